@@ -1,0 +1,283 @@
+//! Registration entries: which SPIFFE ID a workload gets, under which agent,
+//! for which attested selectors, and with which SVID lifetimes.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::selector::Selector;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+/// Longest accepted entry ID.
+pub const MAX_ENTRY_ID_LEN: usize = 64;
+/// Most selectors one entry may carry.
+pub const MAX_SELECTORS: usize = 64;
+/// Most DNS names one entry may carry.
+pub const MAX_DNS_NAMES: usize = 32;
+/// Shortest SVID lifetime an entry may ask for.
+pub const MIN_SVID_TTL: Duration = Duration::from_secs(10);
+/// Longest SVID lifetime an entry may ask for (short-lived credentials are the point).
+pub const MAX_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Why an entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The entry ID is empty, too long, or holds characters outside `[A-Za-z0-9_-]`.
+    #[error("entry ID must be 1-{MAX_ENTRY_ID_LEN} characters of letters, digits, '-' or '_'")]
+    BadId,
+    /// The workload SPIFFE ID is in another trust domain.
+    #[error("SPIFFE ID {0} is not in trust domain {1}")]
+    ForeignSpiffeId(SpiffeId, TrustDomain),
+    /// The parent ID is in another trust domain.
+    #[error("parent ID {0} is not in trust domain {1}")]
+    ForeignParentId(SpiffeId, TrustDomain),
+    /// The workload SPIFFE ID has no path.
+    #[error("SPIFFE ID {0} must have a path (the trust domain ID itself cannot be issued)")]
+    NoPath(SpiffeId),
+    /// The workload ID is in the reserved `/lanyard/` namespace.
+    #[error("SPIFFE ID {0} is in the reserved /lanyard/ namespace")]
+    Reserved(SpiffeId),
+    /// No selectors at all: such an entry would match every process.
+    #[error("an entry needs at least one selector")]
+    NoSelectors,
+    /// Too many selectors.
+    #[error("an entry can have at most {MAX_SELECTORS} selectors")]
+    TooManySelectors,
+    /// A TTL outside the accepted range.
+    #[error("{which} TTL must be between {min}s and {max}s", min = MIN_SVID_TTL.as_secs(), max = MAX_SVID_TTL.as_secs())]
+    BadTtl {
+        /// `x509` or `jwt`.
+        which: &'static str,
+    },
+    /// A DNS name is not a valid hostname.
+    #[error("invalid DNS name {0:?}")]
+    BadDnsName(String),
+    /// Too many DNS names.
+    #[error("an entry can have at most {MAX_DNS_NAMES} DNS names")]
+    TooManyDnsNames,
+    /// The hint is too long or has control characters.
+    #[error("hint must be at most 256 printable characters")]
+    BadHint,
+}
+
+/// A registration entry's ID: opaque, URL-safe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct EntryId(String);
+
+impl EntryId {
+    /// Validates an entry ID.
+    pub fn new(s: &str) -> Result<Self, EntryError> {
+        if s.is_empty()
+            || s.len() > MAX_ENTRY_ID_LEN
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(EntryError::BadId);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Makes an ID from 16 random bytes (hex, 32 characters).
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        Self(hex::encode(bytes))
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for EntryId {
+    type Err = EntryError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// Limits on the tasks a workload may begin under this entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Task types the workload may begin; empty means any.
+    pub allowed_task_types: Vec<String>,
+    /// Tools a task may be granted; empty means any the policy allows.
+    pub allowed_tools: Vec<String>,
+    /// Longest task window; `None` uses the server default.
+    pub max_task_ttl: Option<Duration>,
+}
+
+/// A registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationEntry {
+    /// Unique ID.
+    pub id: EntryId,
+    /// The identity issued to matching workloads.
+    pub spiffe_id: SpiffeId,
+    /// The agent (node) allowed to obtain this identity.
+    pub parent_id: SpiffeId,
+    /// Sorted, de-duplicated selectors that must all be attested.
+    pub selectors: Vec<Selector>,
+    /// X.509-SVID lifetime; `None` uses the server default.
+    pub x509_ttl: Option<Duration>,
+    /// JWT-SVID lifetime; `None` uses the server default.
+    pub jwt_ttl: Option<Duration>,
+    /// DNS SANs added to the X.509-SVID.
+    pub dns_names: Vec<String>,
+    /// Free-form hint passed to workloads with the SVID.
+    pub hint: String,
+    /// No SVID outside a task.
+    pub require_task: bool,
+    /// Limits on tasks.
+    pub task_limits: TaskLimits,
+    /// Bumped on every update.
+    pub revision: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+impl RegistrationEntry {
+    /// Checks every field against the rules, and normalises the selector and
+    /// DNS name lists (sorted, de-duplicated).
+    pub fn validate(mut self, td: &TrustDomain) -> Result<Self, EntryError> {
+        if !self.spiffe_id.is_member_of(td) {
+            return Err(EntryError::ForeignSpiffeId(self.spiffe_id, td.clone()));
+        }
+        if !self.parent_id.is_member_of(td) {
+            return Err(EntryError::ForeignParentId(self.parent_id, td.clone()));
+        }
+        if self.spiffe_id.is_trust_domain_id() {
+            return Err(EntryError::NoPath(self.spiffe_id));
+        }
+        if self.spiffe_id.path().starts_with("/lanyard/") {
+            return Err(EntryError::Reserved(self.spiffe_id));
+        }
+        self.selectors.sort();
+        self.selectors.dedup();
+        if self.selectors.is_empty() {
+            return Err(EntryError::NoSelectors);
+        }
+        if self.selectors.len() > MAX_SELECTORS {
+            return Err(EntryError::TooManySelectors);
+        }
+        check_ttl(self.x509_ttl, "x509")?;
+        check_ttl(self.jwt_ttl, "jwt")?;
+        self.dns_names.sort();
+        self.dns_names.dedup();
+        if self.dns_names.len() > MAX_DNS_NAMES {
+            return Err(EntryError::TooManyDnsNames);
+        }
+        if let Some(bad) = self.dns_names.iter().find(|d| !is_dns_name(d)) {
+            return Err(EntryError::BadDnsName(bad.clone()));
+        }
+        if self.hint.len() > 256 || self.hint.chars().any(char::is_control) {
+            return Err(EntryError::BadHint);
+        }
+        Ok(self)
+    }
+}
+
+fn check_ttl(ttl: Option<Duration>, which: &'static str) -> Result<(), EntryError> {
+    match ttl {
+        Some(t) if !(MIN_SVID_TTL..=MAX_SVID_TTL).contains(&t) => Err(EntryError::BadTtl { which }),
+        _ => Ok(()),
+    }
+}
+
+/// True for a syntactically valid DNS host name (optionally with a leading
+/// `*.` wildcard label).
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(td: &str) -> RegistrationEntry {
+        RegistrationEntry {
+            id: EntryId::new("e1").unwrap(),
+            spiffe_id: SpiffeId::new(&format!("spiffe://{td}/agent/planner")).unwrap(),
+            parent_id: SpiffeId::new(&format!("spiffe://{td}/node/n1")).unwrap(),
+            selectors: vec![
+                "unix:uid:1000".parse().unwrap(),
+                "unix:gid:1000".parse().unwrap(),
+                "unix:uid:1000".parse().unwrap(),
+            ],
+            x509_ttl: Some(Duration::from_secs(60)),
+            jwt_ttl: None,
+            dns_names: vec!["b.example".into(), "a.example".into()],
+            hint: "planner".into(),
+            require_task: false,
+            task_limits: TaskLimits::default(),
+            revision: 0,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn validation_normalises_and_accepts() {
+        let td = TrustDomain::new("td").unwrap();
+        let e = sample("td").validate(&td).unwrap();
+        assert_eq!(e.selectors.len(), 2);
+        assert_eq!(e.dns_names, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn validation_refuses_bad_fields() {
+        let td = TrustDomain::new("td").unwrap();
+        assert!(matches!(
+            sample("other").validate(&td),
+            Err(EntryError::ForeignSpiffeId(..))
+        ));
+        let mut e = sample("td");
+        e.selectors.clear();
+        assert_eq!(e.validate(&td), Err(EntryError::NoSelectors));
+        let mut e = sample("td");
+        e.x509_ttl = Some(Duration::from_secs(1));
+        assert_eq!(e.validate(&td), Err(EntryError::BadTtl { which: "x509" }));
+        let mut e = sample("td");
+        e.spiffe_id = SpiffeId::new("spiffe://td").unwrap();
+        assert!(matches!(e.validate(&td), Err(EntryError::NoPath(_))));
+        let mut e = sample("td");
+        e.spiffe_id = SpiffeId::new("spiffe://td/lanyard/server").unwrap();
+        assert!(matches!(e.validate(&td), Err(EntryError::Reserved(_))));
+        let mut e = sample("td");
+        e.dns_names = vec!["-bad.example".into()];
+        assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+    }
+
+    #[test]
+    fn entry_ids() {
+        assert!(EntryId::new("abc-DEF_123").is_ok());
+        assert!(EntryId::new("").is_err());
+        assert!(EntryId::new("a/b").is_err());
+        assert!(EntryId::new(&"a".repeat(65)).is_err());
+        assert_eq!(EntryId::from_random([0xab; 16]).as_str().len(), 32);
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("a.example.org"));
+        assert!(is_dns_name("*.example.org"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name("a_b.org"));
+        assert!(!is_dns_name(""));
+    }
+}

@@ -1,0 +1,16 @@
+//! Lanyard's pure domain: SPIFFE IDs, selectors and matching, registration
+//! entries, X.509-SVID minting and validation, rotation math.
+//!
+//! Nothing here performs I/O or reads the clock directly; time comes in
+//! through [`clock::Clock`].
+
+pub mod clock;
+pub mod entry;
+pub mod rotation;
+pub mod selector;
+pub mod spiffe_id;
+pub mod x509;
+
+pub use entry::{EntryError, EntryId, RegistrationEntry, TaskLimits};
+pub use selector::{Selector, SelectorError, SelectorIndex};
+pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

@@ -1,0 +1,121 @@
+//! When to renew a credential: pure functions of its validity window, the
+//! current time and a jitter sample, so schedulers stay trivial and testable.
+
+use std::time::{Duration, SystemTime};
+
+/// Fraction of the lifetime after which a credential is renewed.
+pub const RENEW_FRACTION: f64 = 0.5;
+/// Maximum jitter around the renewal point, as a fraction of the lifetime.
+pub const JITTER_FRACTION: f64 = 0.1;
+
+/// The moment to renew a credential valid from `not_before` to `not_after`:
+/// at half its lifetime, moved by `jitter` (a sample in `[-1, 1]`) times 10 %
+/// of the lifetime, so that many credentials issued together do not all renew
+/// in the same second. Out-of-range jitter samples are clamped.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let offset = lifetime * (RENEW_FRACTION + JITTER_FRACTION * jitter);
+    not_before + Duration::from_secs_f64(offset.max(0.0))
+}
+
+/// True when a credential should be renewed now (its renewal point has
+/// passed, without jitter).
+pub fn should_renew(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
+    now >= renew_at(not_before, not_after, 0.0)
+}
+
+/// The lifetime to give a new credential: the requested TTL, but never past
+/// the signing key's own expiry.
+pub fn capped_not_after(
+    now: SystemTime,
+    ttl: Duration,
+    signer_not_after: SystemTime,
+) -> SystemTime {
+    (now + ttl).min(signer_not_after)
+}
+
+/// Exponential backoff for a failing renewal: `base * 2^attempt`, capped at
+/// `max`, and never later than `deadline - now` (so a still-valid credential
+/// is retried before it expires).
+pub fn retry_delay(
+    attempt: u32,
+    base: Duration,
+    max: Duration,
+    now: SystemTime,
+    deadline: SystemTime,
+) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
+    let mut d = exp.min(max);
+    if let Ok(left) = deadline.duration_since(now) {
+        // Leave room for at least one more try before expiry.
+        d = d.min(left / 2).max(Duration::from_millis(100));
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, FakeClock, from_unix_secs};
+
+    #[test]
+    fn renews_at_half_life_with_bounded_jitter() {
+        let nb = from_unix_secs(1000);
+        let na = from_unix_secs(1100);
+        assert_eq!(renew_at(nb, na, 0.0), from_unix_secs(1050));
+        assert_eq!(renew_at(nb, na, 1.0), from_unix_secs(1060));
+        assert_eq!(renew_at(nb, na, -1.0), from_unix_secs(1040));
+        assert_eq!(renew_at(nb, na, 7.0), from_unix_secs(1060));
+        assert_eq!(renew_at(nb, na, f64::NAN), from_unix_secs(1050));
+        // A window that is already inverted renews immediately.
+        assert_eq!(renew_at(na, nb, 0.0), na);
+    }
+
+    #[test]
+    fn should_renew_follows_fake_clock() {
+        let clock = FakeClock::at(1000);
+        let nb = from_unix_secs(1000);
+        let na = from_unix_secs(1030);
+        assert!(!should_renew(nb, na, clock.now()));
+        clock.advance(Duration::from_secs(14));
+        assert!(!should_renew(nb, na, clock.now()));
+        clock.advance(Duration::from_secs(1));
+        assert!(should_renew(nb, na, clock.now()));
+    }
+
+    #[test]
+    fn caps_lifetime_at_signer_expiry() {
+        let now = from_unix_secs(1000);
+        assert_eq!(
+            capped_not_after(now, Duration::from_secs(60), from_unix_secs(2000)),
+            from_unix_secs(1060)
+        );
+        assert_eq!(
+            capped_not_after(now, Duration::from_secs(60), from_unix_secs(1030)),
+            from_unix_secs(1030)
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_respects_deadline() {
+        let now = from_unix_secs(0);
+        let far = from_unix_secs(10_000);
+        let base = Duration::from_millis(500);
+        let max = Duration::from_secs(30);
+        assert_eq!(retry_delay(0, base, max, now, far), base);
+        assert_eq!(retry_delay(3, base, max, now, far), Duration::from_secs(4));
+        assert_eq!(retry_delay(40, base, max, now, far), max);
+        assert_eq!(
+            retry_delay(10, base, max, now, from_unix_secs(10)),
+            Duration::from_secs(5)
+        );
+    }
+}

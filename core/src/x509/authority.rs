@@ -1,0 +1,214 @@
+//! The X.509 signing authority (a CA key and certificate) and SVID minting.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+};
+
+use super::SvidError;
+use super::csr::parse_csr_public_key;
+use super::info::CertInfo;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+/// How far NotBefore is set in the past, to absorb clock skew between peers.
+pub const BACKDATE: Duration = Duration::from_secs(10);
+
+/// What to put in a minted SVID besides the key from the CSR.
+#[derive(Debug, Clone)]
+pub struct SvidParams {
+    /// The one URI SAN.
+    pub spiffe_id: SpiffeId,
+    /// Extra DNS SANs.
+    pub dns_names: Vec<String>,
+    /// Requested lifetime (capped at the authority's NotAfter).
+    pub ttl: Duration,
+    /// Extra non-critical extensions as `(OID arcs, DER content)`.
+    pub extensions: Vec<(Vec<u64>, Vec<u8>)>,
+}
+
+/// A freshly minted certificate.
+#[derive(Debug, Clone)]
+pub struct IssuedSvid {
+    /// The leaf certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Validity start.
+    pub not_before: SystemTime,
+    /// Validity end.
+    pub not_after: SystemTime,
+}
+
+/// A CA key pair with its certificate, able to sign X.509-SVIDs.
+pub struct X509Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: Vec<u8>,
+    info: CertInfo,
+}
+
+impl std::fmt::Debug for X509Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509Authority")
+            .field("id", &self.info.subject_key_id)
+            .field("not_after", &self.info.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl X509Authority {
+    /// Generates a new self-signed root CA for `td`, valid from `now - BACKDATE`
+    /// for `ttl`.
+    pub fn generate_root(
+        td: &TrustDomain,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<Self, SvidError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Lanyard");
+        dn.push(DnType::CommonName, format!("Lanyard CA {}", td.name()));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.subject_alt_names =
+            vec![SanType::URI(td.id_string().try_into().map_err(
+                |e: rcgen::Error| SvidError::Issue(e.to_string()),
+            )?)];
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + ttl).into();
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        let cert_der = cert.der().to_vec();
+        Self::from_parts(&cert_der, &key.serialize_der())
+    }
+
+    /// Rebuilds an authority from its certificate and PKCS#8 key, checking
+    /// that they belong together.
+    pub fn from_parts(cert_der: &[u8], key_pkcs8: &[u8]) -> Result<Self, SvidError> {
+        let key =
+            KeyPair::try_from(key_pkcs8).map_err(|e| SvidError::Crypto(format!("CA key: {e}")))?;
+        let info = CertInfo::parse(cert_der)?;
+        if info.spki_der != key.subject_public_key_info() {
+            return Err(SvidError::Crypto(
+                "CA certificate does not match its private key".into(),
+            ));
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der.into(), key)
+            .map_err(|e| SvidError::Malformed(e.to_string()))?;
+        Ok(Self {
+            issuer,
+            cert_der: cert_der.to_vec(),
+            info,
+        })
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The private key, PKCS#8 DER. Handle with care.
+    pub fn key_pkcs8_der(&self) -> Vec<u8> {
+        self.issuer.key().serialize_der()
+    }
+
+    /// Parsed details of the CA certificate.
+    pub fn info(&self) -> &CertInfo {
+        &self.info
+    }
+
+    /// Mints an X.509-SVID for the public key in `csr_der`. Only the key is
+    /// taken from the CSR (after checking its signature); every other field
+    /// comes from `params`.
+    pub fn sign_x509_svid(
+        &self,
+        csr_der: &[u8],
+        params: &SvidParams,
+        now: SystemTime,
+    ) -> Result<IssuedSvid, SvidError> {
+        let public_key = parse_csr_public_key(csr_der)?;
+        self.sign_public_key(&public_key, params, now)
+    }
+
+    /// Mints an X.509-SVID for an already-verified public key (SPKI DER).
+    pub fn sign_public_key(
+        &self,
+        public_key: &rcgen::SubjectPublicKeyInfo,
+        params: &SvidParams,
+        now: SystemTime,
+    ) -> Result<IssuedSvid, SvidError> {
+        if now >= self.info.not_after {
+            return Err(SvidError::Issue("the signing CA has expired".into()));
+        }
+        let not_before = (now - BACKDATE).max(self.info.not_before);
+        let not_after = crate::rotation::capped_not_after(now, params.ttl, self.info.not_after);
+        let serial = random_serial()?;
+        let mut cp = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Lanyard");
+        cp.distinguished_name = dn;
+        cp.is_ca = IsCa::ExplicitNoCa;
+        cp.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyAgreement,
+        ];
+        cp.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let mut sans =
+            vec![SanType::URI(params.spiffe_id.as_str().try_into().map_err(
+                |e: rcgen::Error| SvidError::Issue(e.to_string()),
+            )?)];
+        for dns in &params.dns_names {
+            sans.push(SanType::DnsName(
+                dns.as_str()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| SvidError::Issue(e.to_string()))?,
+            ));
+        }
+        cp.subject_alt_names = sans;
+        cp.not_before = not_before.into();
+        cp.not_after = not_after.into();
+        cp.use_authority_key_identifier_extension = true;
+        for (oid, content) in &params.extensions {
+            cp.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    oid,
+                    content.clone(),
+                ));
+        }
+        let serial_hex = hex::encode(serial.to_bytes())
+            .trim_start_matches("00")
+            .to_owned();
+        cp.serial_number = Some(serial);
+        let cert = cp.signed_by(public_key, &self.issuer)?;
+        Ok(IssuedSvid {
+            cert_der: cert.der().to_vec(),
+            serial: serial_hex,
+            // Round to whole seconds, as encoded in the certificate.
+            not_before: crate::clock::from_unix_secs(crate::clock::unix_secs(not_before)),
+            not_after: crate::clock::from_unix_secs(crate::clock::unix_secs(not_after)),
+        })
+    }
+}
+
+/// A random, positive, non-zero 128-bit serial number.
+pub(crate) fn random_serial() -> Result<SerialNumber, SvidError> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| SvidError::Crypto("random source failed".into()))?;
+    b[0] &= 0x7f; // positive
+    if b.iter().all(|&x| x == 0) {
+        b[15] = 1; // never zero
+    }
+    Ok(SerialNumber::from_slice(&b))
+}
