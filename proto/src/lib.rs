@@ -1,1 +1,46 @@
+//! Lanyard's protobuf definitions and their one conversion boundary to
+//! domain types.
+//!
+//! - [`workload`]: the SPIFFE Workload API, byte-compatible with the spec.
+//! - [`types`], [`server`], [`admin`]: Lanyard's own APIs.
+//! - [`convert`]: `TryFrom` between the messages and `lanyard-core` types.
 
+/// The SPIFFE Workload API (the spec's proto has no package).
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+mod generated {
+    pub mod lanyard {
+        pub mod types {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/lanyard.types.v1.rs"));
+            }
+        }
+        pub mod server {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/lanyard.server.v1.rs"));
+            }
+        }
+        pub mod admin {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/lanyard.admin.v1.rs"));
+            }
+        }
+    }
+}
+
+/// `lanyard.types.v1`: messages shared by the server and admin APIs.
+pub use generated::lanyard::types::v1 as types;
+
+/// `lanyard.server.v1`: the server API agents call over mTLS.
+pub use generated::lanyard::server::v1 as server;
+
+/// `lanyard.admin.v1`: the admin API on the server's local socket.
+pub use generated::lanyard::admin::v1 as admin;
+
+pub mod convert;
+
+pub use convert::ProtoError;

@@ -1,0 +1,172 @@
+//! The one boundary between protobuf messages and `lanyard-core` domain
+//! types. Everything that arrives over the wire is validated here.
+
+use std::time::Duration;
+
+use lanyard_core::{
+    EntryError, EntryId, RegistrationEntry, Selector, SelectorError, SpiffeId, SpiffeIdError,
+    TaskLimits,
+};
+
+use crate::types;
+
+/// Why a message could not become a domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    /// A SPIFFE ID field is invalid.
+    #[error("{field}: {source}")]
+    SpiffeId {
+        /// The field name.
+        field: &'static str,
+        /// What is wrong.
+        source: SpiffeIdError,
+    },
+    /// A selector is invalid.
+    #[error("selector: {0}")]
+    Selector(#[from] SelectorError),
+    /// An entry rule is broken.
+    #[error("{0}")]
+    Entry(#[from] EntryError),
+    /// A duration field is negative.
+    #[error("{0} must not be negative")]
+    Negative(&'static str),
+    /// A required field is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+}
+
+/// Parses a SPIFFE ID field.
+pub fn spiffe_id(field: &'static str, s: &str) -> Result<SpiffeId, ProtoError> {
+    SpiffeId::new(s).map_err(|source| ProtoError::SpiffeId { field, source })
+}
+
+fn ttl(field: &'static str, secs: i64) -> Result<Option<Duration>, ProtoError> {
+    match secs {
+        0 => Ok(None),
+        s if s < 0 => Err(ProtoError::Negative(field)),
+        s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
+    }
+}
+
+fn secs(d: Option<Duration>) -> i64 {
+    d.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Converts an entry message. An empty `id` is refused: callers that create
+/// entries assign the ID before converting.
+impl TryFrom<types::Entry> for RegistrationEntry {
+    type Error = ProtoError;
+
+    fn try_from(e: types::Entry) -> Result<Self, Self::Error> {
+        if e.id.is_empty() {
+            return Err(ProtoError::Missing("entry id"));
+        }
+        let limits = e.task_limits.unwrap_or_default();
+        Ok(RegistrationEntry {
+            id: EntryId::new(&e.id)?,
+            spiffe_id: spiffe_id("spiffe_id", &e.spiffe_id)?,
+            parent_id: spiffe_id("parent_id", &e.parent_id)?,
+            selectors: e
+                .selectors
+                .iter()
+                .map(|s| s.parse::<Selector>())
+                .collect::<Result<_, _>>()?,
+            x509_ttl: ttl("x509_ttl", e.x509_ttl_seconds)?,
+            jwt_ttl: ttl("jwt_ttl", e.jwt_ttl_seconds)?,
+            dns_names: e.dns_names,
+            hint: e.hint,
+            require_task: e.require_task,
+            task_limits: TaskLimits {
+                allowed_task_types: limits.allowed_task_types,
+                allowed_tools: limits.allowed_tools,
+                max_task_ttl: ttl("max_task_ttl", limits.max_task_ttl_seconds)?,
+            },
+            revision: e.revision,
+            created_at: u64::try_from(e.created_at).unwrap_or(0),
+        })
+    }
+}
+
+impl From<&RegistrationEntry> for types::Entry {
+    fn from(e: &RegistrationEntry) -> Self {
+        types::Entry {
+            id: e.id.to_string(),
+            spiffe_id: e.spiffe_id.to_string(),
+            parent_id: e.parent_id.to_string(),
+            selectors: e.selectors.iter().map(ToString::to_string).collect(),
+            x509_ttl_seconds: secs(e.x509_ttl),
+            jwt_ttl_seconds: secs(e.jwt_ttl),
+            dns_names: e.dns_names.clone(),
+            hint: e.hint.clone(),
+            require_task: e.require_task,
+            task_limits: Some(types::TaskLimits {
+                allowed_task_types: e.task_limits.allowed_task_types.clone(),
+                allowed_tools: e.task_limits.allowed_tools.clone(),
+                max_task_ttl_seconds: secs(e.task_limits.max_task_ttl),
+            }),
+            revision: e.revision,
+            created_at: i64::try_from(e.created_at).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> types::Entry {
+        types::Entry {
+            id: "e1".into(),
+            spiffe_id: "spiffe://td/w".into(),
+            parent_id: "spiffe://td/node/n1".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            x509_ttl_seconds: 60,
+            jwt_ttl_seconds: 0,
+            dns_names: vec!["a.example".into()],
+            hint: "h".into(),
+            require_task: true,
+            task_limits: Some(types::TaskLimits {
+                allowed_task_types: vec!["triage".into()],
+                allowed_tools: vec!["search".into()],
+                max_task_ttl_seconds: 300,
+            }),
+            revision: 3,
+            created_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn entry_round_trips() {
+        let m = msg();
+        let e = RegistrationEntry::try_from(m.clone()).unwrap();
+        assert_eq!(e.x509_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(e.jwt_ttl, None);
+        assert_eq!(types::Entry::from(&e), m);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut m = msg();
+        m.spiffe_id = "http://x".into();
+        let err = RegistrationEntry::try_from(m).unwrap_err();
+        assert!(err.to_string().starts_with("spiffe_id:"), "{err}");
+        let mut m = msg();
+        m.selectors = vec!["nocolon".into()];
+        assert!(matches!(
+            RegistrationEntry::try_from(m),
+            Err(ProtoError::Selector(_))
+        ));
+        let mut m = msg();
+        m.x509_ttl_seconds = -1;
+        assert_eq!(
+            RegistrationEntry::try_from(m).unwrap_err(),
+            ProtoError::Negative("x509_ttl")
+        );
+        let mut m = msg();
+        m.id.clear();
+        assert_eq!(
+            RegistrationEntry::try_from(m).unwrap_err(),
+            ProtoError::Missing("entry id")
+        );
+    }
+}
