@@ -62,6 +62,7 @@ pub enum EntryError {
 
 /// A registration entry's ID: opaque, URL-safe.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct EntryId(String);
 
 impl EntryId {
@@ -95,6 +96,13 @@ impl fmt::Display for EntryId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for EntryId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EntryId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for EntryId {
     type Err = EntryError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -103,7 +111,7 @@ impl FromStr for EntryId {
 }
 
 /// Limits on the tasks a workload may begin under this entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskLimits {
     /// Task types the workload may begin; empty means any.
     pub allowed_task_types: Vec<String>,
@@ -114,7 +122,7 @@ pub struct TaskLimits {
 }
 
 /// A registration entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegistrationEntry {
     /// Unique ID.
     pub id: EntryId,

@@ -5,10 +5,12 @@
 //! through [`clock::Clock`].
 
 pub mod clock;
+pub mod duration;
 pub mod entry;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;
+pub mod tls;
 pub mod x509;
 
 pub use entry::{EntryError, EntryId, RegistrationEntry, TaskLimits};

@@ -42,5 +42,6 @@ pub use generated::lanyard::server::v1 as server;
 pub use generated::lanyard::admin::v1 as admin;
 
 pub mod convert;
+pub mod uds;
 
 pub use convert::ProtoError;

@@ -1,0 +1,251 @@
+//! rustls certificate verifiers that authenticate peers by SPIFFE ID
+//! against a live trust bundle (sans-I/O: rustls drives them).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::x509::{PeerUsage, validate_x509_svid};
+
+/// Where a verifier reads the current X.509 authorities of its trust domain.
+/// Implementations return a snapshot, so rotation never blocks a handshake.
+pub trait X509BundleSource: Send + Sync + fmt::Debug {
+    /// DER CA certificates trusted right now.
+    fn x509_authorities(&self) -> Arc<Vec<Vec<u8>>>;
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+}
+
+fn validate(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    td: &TrustDomain,
+    bundle: &dyn X509BundleSource,
+    usage: PeerUsage,
+    now: UnixTime,
+) -> Result<SpiffeId, Error> {
+    let mut chain = Vec::with_capacity(1 + intermediates.len());
+    chain.push(end_entity.to_vec());
+    chain.extend(intermediates.iter().map(|c| c.to_vec()));
+    let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+    validate_x509_svid(&chain, td, &bundle.x509_authorities(), usage, now).map_err(|e| {
+        Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+    })
+}
+
+/// Verifies a server's certificate: an X.509-SVID of `td` whose SPIFFE ID
+/// is exactly `expected` (the DNS name rustls passes is ignored; SPIFFE
+/// authenticates by ID).
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    td: TrustDomain,
+    expected: SpiffeId,
+    bundle: Arc<dyn X509BundleSource>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeServerVerifier {
+    /// A verifier for a server that must present `expected`.
+    pub fn new(expected: SpiffeId, bundle: Arc<dyn X509BundleSource>) -> Self {
+        Self {
+            td: expected.trust_domain(),
+            expected,
+            bundle,
+            algs: algorithms(),
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let id = validate(
+            end_entity,
+            intermediates,
+            &self.td,
+            self.bundle.as_ref(),
+            PeerUsage::Server,
+            now,
+        )?;
+        if id != self.expected {
+            return Err(Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(UnexpectedPeer(id.to_string()))),
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The peer presented an SVID with an unexpected SPIFFE ID.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected peer SPIFFE ID {0}")]
+pub struct UnexpectedPeer(pub String);
+
+/// Verifies client certificates as X.509-SVIDs of `td`. Client certificates
+/// are optional at the TLS layer (`mandatory = false`) so that a service can
+/// serve a bootstrap call without one; handlers then require an identity.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    td: TrustDomain,
+    bundle: Arc<dyn X509BundleSource>,
+    mandatory: bool,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeClientVerifier {
+    /// A client verifier for `td`.
+    pub fn new(td: TrustDomain, bundle: Arc<dyn X509BundleSource>, mandatory: bool) -> Self {
+        Self {
+            td,
+            bundle,
+            mandatory,
+            algs: algorithms(),
+        }
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        validate(
+            end_entity,
+            intermediates,
+            &self.td,
+            self.bundle.as_ref(),
+            PeerUsage::Client,
+            now,
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Accepts any server certificate whose handshake signature verifies,
+/// without checking whom it belongs to. Only for `--insecure-bootstrap`
+/// during development: the first connection then learns the bundle from the
+/// server it reached, which an attacker on the path could impersonate.
+#[derive(Debug)]
+pub struct InsecureBootstrapVerifier {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl Default for InsecureBootstrapVerifier {
+    fn default() -> Self {
+        Self { algs: algorithms() }
+    }
+}
+
+impl ServerCertVerifier for InsecureBootstrapVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// A fixed bundle (tests, and the agent's bootstrap bundle file).
+#[derive(Debug, Clone)]
+pub struct StaticBundle(pub Arc<Vec<Vec<u8>>>);
+
+impl X509BundleSource for StaticBundle {
+    fn x509_authorities(&self) -> Arc<Vec<Vec<u8>>> {
+        self.0.clone()
+    }
+}
