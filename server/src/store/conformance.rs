@@ -1,0 +1,134 @@
+//! The behaviour every [`Store`] implementation must show. Each backend's
+//! tests call [`run_all`] with a constructor of fresh, empty stores.
+
+use std::time::Duration;
+
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskLimits};
+
+use super::{AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord, Store, StoreError};
+
+/// A valid entry for tests.
+pub fn entry(id: &str, spiffe_id: &str) -> RegistrationEntry {
+    RegistrationEntry {
+        id: EntryId::new(id).unwrap_or_else(|_| EntryId::from_random([7; 16])),
+        spiffe_id: SpiffeId::new(spiffe_id).unwrap_or_else(|_| agent_id("fallback")),
+        parent_id: agent_id("n1"),
+        selectors: vec!["unix:uid:1000".parse().unwrap_or_else(|_| unreachable!())],
+        x509_ttl: Some(Duration::from_secs(60)),
+        jwt_ttl: None,
+        dns_names: vec![],
+        hint: String::new(),
+        require_task: false,
+        task_limits: TaskLimits::default(),
+        revision: 0,
+        created_at: 1,
+    }
+}
+
+fn agent_id(n: &str) -> SpiffeId {
+    SpiffeId::new(&format!("spiffe://td/node/{n}")).unwrap_or_else(|_| unreachable!())
+}
+
+/// Runs every conformance check, each on a fresh store from `make`. The
+/// second value `make` returns is kept alive while the store is used (e.g. a
+/// temp dir).
+pub fn run_all<S: Store, G>(make: impl Fn() -> (S, G)) {
+    let checks: &[(&str, fn(&dyn Store))] = &[
+        ("entries_crud", entries_crud),
+        ("agents_crud", agents_crud),
+        ("join_tokens_are_single_use", join_tokens_are_single_use),
+        ("ca_keys", ca_keys),
+    ];
+    for (name, check) in checks {
+        let (store, _guard) = make();
+        eprintln!("store conformance: {name}");
+        check(&store);
+    }
+}
+
+fn entries_crud(s: &dyn Store) {
+    let a = entry("a", "spiffe://td/w1");
+    let b = entry("b", "spiffe://td/w2");
+    s.create_entry(&b).unwrap();
+    s.create_entry(&a).unwrap();
+    assert!(matches!(
+        s.create_entry(&a),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let ids: Vec<String> = s
+        .list_entries()
+        .unwrap()
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    let mut a2 = a.clone();
+    a2.revision = 1;
+    a2.hint = "updated".into();
+    s.update_entry(&a2).unwrap();
+    assert_eq!(s.get_entry(&a.id).unwrap(), Some(a2.clone()));
+    let missing = entry("zz", "spiffe://td/w3");
+    assert!(matches!(
+        s.update_entry(&missing),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.delete_entry(&a.id).unwrap(), Some(a2));
+    assert_eq!(s.delete_entry(&a.id).unwrap(), None);
+    assert_eq!(s.get_entry(&a.id).unwrap(), None);
+    assert_eq!(s.list_entries().unwrap(), vec![b]);
+}
+
+fn agents_crud(s: &dyn Store) {
+    let a = AgentRecord {
+        spiffe_id: agent_id("n1"),
+        attestation_type: "join_token".into(),
+        serial: "01".into(),
+        previous_serial: None,
+        expires_at: 10,
+        banned: false,
+        attested_at: 1,
+    };
+    s.put_agent(&a).unwrap();
+    let mut a2 = a.clone();
+    a2.serial = "02".into();
+    a2.previous_serial = Some("01".into());
+    s.put_agent(&a2).unwrap();
+    assert_eq!(s.get_agent(&a.spiffe_id).unwrap(), Some(a2.clone()));
+    assert!(a2.knows_serial("01") && a2.knows_serial("02") && !a2.knows_serial("03"));
+    assert_eq!(s.list_agents().unwrap().len(), 1);
+    assert_eq!(s.delete_agent(&a.spiffe_id).unwrap(), Some(a2));
+    assert_eq!(s.get_agent(&a.spiffe_id).unwrap(), None);
+}
+
+fn join_tokens_are_single_use(s: &dyn Store) {
+    let t = JoinTokenRecord {
+        token_hash: "abc".into(),
+        agent_id: agent_id("n1"),
+        expires_at: 100,
+    };
+    s.create_join_token(&t).unwrap();
+    assert!(matches!(
+        s.create_join_token(&t),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(s.take_join_token("abc").unwrap(), Some(t));
+    assert_eq!(s.take_join_token("abc").unwrap(), None);
+    assert_eq!(s.take_join_token("nope").unwrap(), None);
+}
+
+fn ca_keys(s: &dyn Store) {
+    let k = CaKeyRecord {
+        id: "k1".into(),
+        cert_der: vec![1, 2, 3],
+        key_pkcs8: vec![4, 5],
+        state: CaKeyState::Active,
+    };
+    s.put_ca_key(&k).unwrap();
+    let mut k2 = k.clone();
+    k2.id = "k2".into();
+    k2.state = CaKeyState::Prepared;
+    s.put_ca_key(&k2).unwrap();
+    assert_eq!(s.list_ca_keys().unwrap(), vec![k.clone(), k2.clone()]);
+    s.delete_ca_key("k1").unwrap();
+    assert_eq!(s.list_ca_keys().unwrap(), vec![k2]);
+}

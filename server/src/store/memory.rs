@@ -1,0 +1,101 @@
+//! An in-memory [`Store`] for unit tests of the code around the store seam.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+
+use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, Store, StoreError};
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<EntryId, RegistrationEntry>,
+    agents: BTreeMap<SpiffeId, AgentRecord>,
+    tokens: BTreeMap<String, JoinTokenRecord>,
+    ca_keys: BTreeMap<String, CaKeyRecord>,
+}
+
+/// A [`Store`] in a mutex-guarded map.
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Inner>);
+
+impl MemoryStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+}
+
+impl Store for MemoryStore {
+    fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        self.with(|i| {
+            if i.entries.contains_key(&entry.id) {
+                return Err(StoreError::AlreadyExists(entry.id.to_string()));
+            }
+            i.entries.insert(entry.id.clone(), entry.clone());
+            Ok(())
+        })
+    }
+    fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        self.with(|i| match i.entries.get_mut(&entry.id) {
+            Some(e) => {
+                *e = entry.clone();
+                Ok(())
+            }
+            None => Err(StoreError::NotFound(format!("entry {}", entry.id))),
+        })
+    }
+    fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        Ok(self.with(|i| i.entries.get(id).cloned()))
+    }
+    fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        Ok(self.with(|i| i.entries.remove(id)))
+    }
+    fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
+        Ok(self.with(|i| i.entries.values().cloned().collect()))
+    }
+    fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.with(|i| i.agents.insert(agent.spiffe_id.clone(), agent.clone()));
+        Ok(())
+    }
+    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(self.with(|i| i.agents.get(id).cloned()))
+    }
+    fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(self.with(|i| i.agents.remove(id)))
+    }
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        Ok(self.with(|i| i.agents.values().cloned().collect()))
+    }
+    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        self.with(|i| {
+            if i.tokens.contains_key(&token.token_hash) {
+                return Err(StoreError::AlreadyExists("join token".into()));
+            }
+            i.tokens.insert(token.token_hash.clone(), token.clone());
+            Ok(())
+        })
+    }
+    fn take_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        Ok(self.with(|i| i.tokens.remove(token_hash)))
+    }
+    fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
+        self.with(|i| i.ca_keys.insert(key.id.clone(), key.clone()));
+        Ok(())
+    }
+    fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+        Ok(self.with(|i| i.ca_keys.values().cloned().collect()))
+    }
+    fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|i| i.ca_keys.remove(id));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_store_passes_the_conformance_suite() {
+        super::super::conformance::run_all(|| (super::MemoryStore::default(), ()));
+    }
+}

@@ -1,0 +1,79 @@
+//! Persistence behind the [`Store`] trait. The default implementation is
+//! sled ([`SledStore`]); every implementation must pass [`conformance`].
+//!
+//! The trait is synchronous: sled answers in microseconds. A networked SQL
+//! store would implement it over a blocking pool behind the same trait.
+
+mod records;
+mod sled_store;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
+mod memory;
+
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemoryStore;
+pub use records::{AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord};
+pub use sled_store::SledStore;
+
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An item with that key already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// No item with that key.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The stored bytes could not be decoded (corruption or an incompatible
+    /// version); the item is left untouched.
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt {
+        /// The key of the bad record.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The database itself failed.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Lanyard's persistent state, in domain types.
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new entry; `AlreadyExists` when the ID is taken.
+    fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
+    /// Replaces an existing entry; `NotFound` when absent.
+    fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
+    /// Reads one entry.
+    fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
+    /// Removes an entry, returning it.
+    fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
+    /// Every entry, ordered by ID.
+    fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError>;
+
+    /// Inserts or replaces an agent.
+    fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    /// Reads one agent.
+    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
+    /// Removes an agent, returning it.
+    fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
+    /// Every agent, ordered by ID.
+    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Stores a new join token (keyed by the token's hash).
+    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Atomically removes and returns the token with this hash: a token can
+    /// be taken once.
+    fn take_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError>;
+
+    /// Inserts or replaces a CA key.
+    fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError>;
+    /// Every CA key, ordered by ID.
+    fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
+    /// Removes a CA key.
+    fn delete_ca_key(&self, id: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,86 @@
+//! Records kept by the store besides registration entries.
+
+use lanyard_core::SpiffeId;
+
+/// An attested agent (node).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentRecord {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// How it attested, e.g. `join_token`.
+    pub attestation_type: String,
+    /// Serial of its current SVID (hex).
+    pub serial: String,
+    /// Serial of the SVID it had before the last renewal, accepted until
+    /// that SVID expires so an in-flight renewal cannot lock the agent out.
+    pub previous_serial: Option<String>,
+    /// Current SVID expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Banned agents are refused and cannot re-attest under this ID.
+    pub banned: bool,
+    /// First attestation, Unix seconds.
+    pub attested_at: u64,
+}
+
+impl AgentRecord {
+    /// True when `serial` is the agent's current or previous SVID serial.
+    pub fn knows_serial(&self, serial: &str) -> bool {
+        self.serial == serial || self.previous_serial.as_deref() == Some(serial)
+    }
+}
+
+/// A join token, stored by hash so the store never holds usable secrets.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinTokenRecord {
+    /// Lowercase hex SHA-256 of the token.
+    pub token_hash: String,
+    /// The SPIFFE ID the attested agent will have.
+    pub agent_id: SpiffeId,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for JoinTokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTokenRecord")
+            .field("token_hash", &"<redacted>")
+            .field("agent_id", &self.agent_id)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Where a CA key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaKeyState {
+    /// Published in the bundle, not yet signing.
+    Prepared,
+    /// Signing new SVIDs.
+    Active,
+    /// No longer signing; published until its last SVID expires.
+    Old,
+}
+
+/// A CA key pair with its certificate.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaKeyRecord {
+    /// Key ID (subject key identifier, hex).
+    pub id: String,
+    /// DER certificate.
+    pub cert_der: Vec<u8>,
+    /// PKCS#8 DER private key.
+    pub key_pkcs8: Vec<u8>,
+    /// Life-cycle state.
+    pub state: CaKeyState,
+}
+
+impl std::fmt::Debug for CaKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaKeyRecord")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("key_pkcs8", &"<redacted>")
+            .finish()
+    }
+}
