@@ -1,0 +1,163 @@
+//! Registration entries in memory, written through to the store, with a
+//! change signal that the agents' sync streams wait on.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TrustDomain};
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreError};
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The entry is invalid.
+    #[error("{0}")]
+    Invalid(#[from] lanyard_core::EntryError),
+    /// An entry with the same SPIFFE ID, parent and selectors exists.
+    #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists: {0}")]
+    Duplicate(EntryId),
+    /// No such entry.
+    #[error("entry {0} not found")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The entries, behind a cheap clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    td: TrustDomain,
+    store: Arc<dyn Store>,
+    entries: RwLock<Arc<BTreeMap<EntryId, RegistrationEntry>>>,
+    /// Serialises writers so that store and memory stay in step.
+    write: std::sync::Mutex<()>,
+    changes: watch::Sender<u64>,
+}
+
+impl Registry {
+    /// Loads every entry from the store.
+    pub fn load(td: TrustDomain, store: Arc<dyn Store>) -> Result<Self, RegistryError> {
+        let entries: BTreeMap<_, _> = store
+            .list_entries()?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        let (changes, _) = watch::channel(0);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                td,
+                store,
+                entries: RwLock::new(Arc::new(entries)),
+                write: std::sync::Mutex::new(()),
+                changes,
+            }),
+        })
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<EntryId, RegistrationEntry>> {
+        self.inner
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut BTreeMap<EntryId, RegistrationEntry>)) {
+        let mut guard = self.inner.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**guard).clone();
+        f(&mut next);
+        *guard = Arc::new(next);
+        drop(guard);
+        self.inner.changes.send_modify(|r| *r += 1);
+    }
+
+    /// Validates and stores a new entry.
+    pub fn create(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, RegistryError> {
+        let entry = entry.validate(&self.inner.td)?;
+        let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dup) = self.snapshot().values().find(|e| {
+            e.spiffe_id == entry.spiffe_id
+                && e.parent_id == entry.parent_id
+                && e.selectors == entry.selectors
+        }) {
+            return Err(RegistryError::Duplicate(dup.id.clone()));
+        }
+        self.inner.store.create_entry(&entry)?;
+        let stored = entry.clone();
+        self.publish(|m| {
+            m.insert(stored.id.clone(), stored);
+        });
+        Ok(entry)
+    }
+
+    /// Replaces an entry, bumping its revision.
+    pub fn update(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, RegistryError> {
+        let mut entry = entry.validate(&self.inner.td)?;
+        let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self
+            .snapshot()
+            .get(&entry.id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(entry.id.to_string()))?;
+        entry.revision = old.revision + 1;
+        entry.created_at = old.created_at;
+        self.inner.store.update_entry(&entry)?;
+        let stored = entry.clone();
+        self.publish(|m| {
+            m.insert(stored.id.clone(), stored);
+        });
+        Ok(entry)
+    }
+
+    /// Deletes an entry, returning it.
+    pub fn delete(&self, id: &str) -> Result<RegistrationEntry, RegistryError> {
+        let id = EntryId::new(id).map_err(|_| RegistryError::NotFound(id.to_owned()))?;
+        let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self
+            .inner
+            .store
+            .delete_entry(&id)?
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        self.publish(|m| {
+            m.remove(&id);
+        });
+        Ok(old)
+    }
+
+    /// One entry.
+    pub fn get(&self, id: &str) -> Option<RegistrationEntry> {
+        let id = EntryId::new(id).ok()?;
+        self.snapshot().get(&id).cloned()
+    }
+
+    /// Every entry, optionally filtered.
+    pub fn list(
+        &self,
+        spiffe_id: Option<&SpiffeId>,
+        parent_id: Option<&SpiffeId>,
+    ) -> Vec<RegistrationEntry> {
+        self.snapshot()
+            .values()
+            .filter(|e| spiffe_id.is_none_or(|s| &e.spiffe_id == s))
+            .filter(|e| parent_id.is_none_or(|p| &e.parent_id == p))
+            .cloned()
+            .collect()
+    }
+
+    /// The entries an agent is authorised to obtain SVIDs for.
+    pub fn for_agent(&self, agent: &SpiffeId) -> Vec<RegistrationEntry> {
+        self.list(None, Some(agent))
+    }
+
+    /// Notified on every entry change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+}
