@@ -1,7 +1,16 @@
 //! The Lanyard server: CA, registration entries, node attestation, the
 //! server API agents call over mTLS, and the local admin API.
 
+pub mod admin_api;
+pub mod app;
 pub mod attestation;
 pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod node_api;
 pub mod registry;
 pub mod store;
+pub mod tls;
+
+pub use app::{Bound, build};
+pub use config::Config;

@@ -8,6 +8,8 @@ mod validate;
 
 pub use authority::{IssuedSvid, SvidParams, X509Authority};
 pub use csr::{SvidKey, parse_csr_public_key};
+/// A public key (SubjectPublicKeyInfo) to sign for.
+pub use rcgen::SubjectPublicKeyInfo as Spki;
 pub use info::{CertInfo, der_chain_split, pem_to_der_certs};
 pub use validate::{PeerUsage, validate_x509_svid};
 

@@ -1,0 +1,298 @@
+//! `lanyard.admin.v1.Admin`: entry, token, agent and bundle management on a
+//! local unix socket. Only root and the server's own user may call it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::clock::{Clock, unix_secs};
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+use lanyard_proto::admin::admin_server::Admin;
+use lanyard_proto::admin::{
+    Agent, AgentRequest, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetEntryRequest,
+    ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
+    UpdateEntryRequest,
+};
+use lanyard_proto::convert::{ProtoError, spiffe_id};
+use lanyard_proto::types;
+use tokio::sync::watch;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::attestation::{AttestationError, JoinTokens};
+use crate::ca::Ca;
+use crate::registry::{Registry, RegistryError};
+use crate::store::{AgentRecord, Store, StoreError};
+
+/// Why an admin call failed. Mapped to a status in one place below.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Proto(#[from] ProtoError),
+    /// A registry rule refused it.
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    /// Token issuance failed.
+    #[error("{0}")]
+    Token(#[from] AttestationError),
+    /// No such agent.
+    #[error("agent {0} not found")]
+    NoAgent(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match &e {
+            AdminError::Proto(_) | AdminError::Registry(RegistryError::Invalid(_)) => {
+                Status::invalid_argument(e.to_string())
+            }
+            AdminError::Token(AttestationError::ForeignAgentId(..)) => {
+                Status::invalid_argument(e.to_string())
+            }
+            AdminError::Registry(RegistryError::Duplicate(_)) => {
+                Status::already_exists(e.to_string())
+            }
+            AdminError::Registry(RegistryError::NotFound(_)) | AdminError::NoAgent(_) => {
+                Status::not_found(e.to_string())
+            }
+            _ => {
+                tracing::error!(err = %e, "admin API internal error");
+                Status::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// The admin service.
+#[derive(Clone)]
+pub struct AdminApi {
+    pub(crate) ca: Ca,
+    pub(crate) registry: Registry,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) tokens: JoinTokens,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) default_token_ttl: Duration,
+    pub(crate) agent_changes: watch::Sender<u64>,
+}
+
+/// Rejects callers whose uid is neither root nor the server's own.
+#[allow(clippy::result_large_err)]
+pub fn check_peer_uid(req: Request<()>) -> Result<Request<()>, Status> {
+    let own = own_uid();
+    let uid = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid());
+    match uid {
+        Some(u) if u == 0 || Some(u) == own => Ok(req),
+        Some(u) => {
+            tracing::warn!(uid = u, "admin call refused");
+            Err(Status::permission_denied(format!(
+                "uid {u} may not use the admin API"
+            )))
+        }
+        None => Err(Status::permission_denied("caller credentials unavailable")),
+    }
+}
+
+/// The effective uid of this process (owner of `/proc/self`).
+pub fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+fn agent_msg(a: &AgentRecord) -> Agent {
+    Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        attestation_type: a.attestation_type.clone(),
+        serial: a.serial.clone(),
+        expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
+        banned: a.banned,
+        attested_at: i64::try_from(a.attested_at).unwrap_or(i64::MAX),
+    }
+}
+
+fn optional_id(field: &'static str, s: &str) -> Result<Option<SpiffeId>, AdminError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(spiffe_id(field, s)?))
+    }
+}
+
+impl AdminApi {
+    fn new_entry_id() -> Result<EntryId, AdminError> {
+        let mut b = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut b)
+            .map_err(|_| AdminError::Store(StoreError::Backend("random source failed".into())))?;
+        Ok(EntryId::from_random(b))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    #[instrument(skip_all)]
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let req = req.into_inner();
+        let agent_id = optional_id("agent_id", &req.agent_id)?;
+        let ttl = match req.ttl_seconds {
+            0 => self.default_token_ttl,
+            s if s < 0 => return Err(AdminError::Proto(ProtoError::Negative("ttl")).into()),
+            s => Duration::from_secs(s.unsigned_abs()),
+        };
+        let t = self.tokens.issue(agent_id, ttl).map_err(AdminError::from)?;
+        tracing::info!(agent_id = %t.agent_id, "join token created");
+        Ok(Response::new(CreateJoinTokenResponse {
+            token: t.token,
+            agent_id: t.agent_id.to_string(),
+            expires_at: i64::try_from(t.expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn create_entry(
+        &self,
+        req: Request<CreateEntryRequest>,
+    ) -> Result<Response<types::Entry>, Status> {
+        let mut msg = req
+            .into_inner()
+            .entry
+            .ok_or(AdminError::Proto(ProtoError::Missing("entry")))?;
+        if msg.id.is_empty() {
+            msg.id = Self::new_entry_id()?.to_string();
+        }
+        msg.revision = 0;
+        msg.created_at = i64::try_from(unix_secs(self.clock.now())).unwrap_or(0);
+        let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
+        let entry = self.registry.create(entry).map_err(AdminError::from)?;
+        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry created");
+        Ok(Response::new(types::Entry::from(&entry)))
+    }
+
+    #[instrument(skip_all)]
+    async fn update_entry(
+        &self,
+        req: Request<UpdateEntryRequest>,
+    ) -> Result<Response<types::Entry>, Status> {
+        let msg = req
+            .into_inner()
+            .entry
+            .ok_or(AdminError::Proto(ProtoError::Missing("entry")))?;
+        let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
+        let entry = self.registry.update(entry).map_err(AdminError::from)?;
+        tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
+        Ok(Response::new(types::Entry::from(&entry)))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_entry(
+        &self,
+        req: Request<GetEntryRequest>,
+    ) -> Result<Response<types::Entry>, Status> {
+        let id = req.into_inner().id;
+        let e = self
+            .registry
+            .get(&id)
+            .ok_or_else(|| AdminError::Registry(RegistryError::NotFound(id)))?;
+        Ok(Response::new(types::Entry::from(&e)))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_entries(
+        &self,
+        req: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        let req = req.into_inner();
+        let sid = optional_id("spiffe_id", &req.spiffe_id)?;
+        let pid = optional_id("parent_id", &req.parent_id)?;
+        let entries = self
+            .registry
+            .list(sid.as_ref(), pid.as_ref())
+            .iter()
+            .map(types::Entry::from)
+            .collect();
+        Ok(Response::new(ListEntriesResponse { entries }))
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_entry(
+        &self,
+        req: Request<DeleteEntryRequest>,
+    ) -> Result<Response<DeleteEntryResponse>, Status> {
+        let e = self
+            .registry
+            .delete(&req.into_inner().id)
+            .map_err(AdminError::from)?;
+        tracing::info!(entry_id = %e.id, "entry deleted");
+        Ok(Response::new(DeleteEntryResponse {
+            entry: Some(types::Entry::from(&e)),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_agents(
+        &self,
+        _req: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let agents = self
+            .store
+            .list_agents()
+            .map_err(AdminError::from)?
+            .iter()
+            .map(agent_msg)
+            .collect();
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    #[instrument(skip_all)]
+    async fn evict_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
+        let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
+        let a = self
+            .store
+            .delete_agent(&id)
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoAgent(id.to_string()))?;
+        self.agent_changes.send_modify(|v| *v += 1);
+        tracing::info!(agent_id = %id, "agent evicted");
+        Ok(Response::new(agent_msg(&a)))
+    }
+
+    #[instrument(skip_all)]
+    async fn ban_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
+        let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
+        let mut a = self
+            .store
+            .get_agent(&id)
+            .map_err(AdminError::from)?
+            .ok_or_else(|| AdminError::NoAgent(id.to_string()))?;
+        a.banned = true;
+        self.store.put_agent(&a).map_err(AdminError::from)?;
+        self.agent_changes.send_modify(|v| *v += 1);
+        tracing::info!(agent_id = %id, "agent banned");
+        Ok(Response::new(agent_msg(&a)))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_bundle(
+        &self,
+        _req: Request<GetBundleRequest>,
+    ) -> Result<Response<types::Bundle>, Status> {
+        let snap = self.ca.snapshot();
+        Ok(Response::new(types::Bundle {
+            trust_domain: self.ca.trust_domain().to_string(),
+            x509_authorities: snap.authorities.iter().cloned().collect(),
+            sequence: snap.sequence,
+            refresh_hint_seconds: 60,
+            jwt_authorities: vec![],
+        }))
+    }
+}

@@ -1,0 +1,204 @@
+//! Composition root: builds every part of the server from a validated
+//! [`Config`], binds its listeners and returns a [`Bound`] handle.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::clock::{Clock, SystemClock};
+use lanyard_proto::admin::admin_server::AdminServer;
+use lanyard_proto::server::node_server::NodeServer;
+use lanyard_proto::uds::{SocketError, bind_unix_listener};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::admin_api::{AdminApi, check_peer_uid};
+use crate::attestation::JoinTokens;
+use crate::ca::{Ca, CaError};
+use crate::config::Config;
+use crate::node_api::{IssuanceSettings, NodeApi};
+use crate::registry::{Registry, RegistryError};
+use crate::store::{SledStore, Store, StoreError};
+use crate::tls::{ServerIdentity, incoming, server_config};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The data directory could not be prepared.
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// The database could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The CA could not be loaded.
+    #[error("{0}")]
+    Ca(#[from] CaError),
+    /// Entries could not be loaded.
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    /// The server API address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The admin socket could not be bound.
+    #[error("admin socket: {0}")]
+    Socket(#[from] SocketError),
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A running server.
+pub struct Bound {
+    /// Where the server API listens.
+    pub server_addr: SocketAddr,
+    /// The admin socket.
+    pub admin_socket: PathBuf,
+    /// The CA, for callers embedding the server (tests, tools).
+    pub ca: Ca,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Bound {
+    /// Stops accepting, ends open streams and waits until every part has
+    /// stopped (the database is closed when this returns).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless a
+    /// listener fails) or `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Builds and starts the server.
+pub async fn build(config: Config) -> Result<Bound, AppError> {
+    build_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`build`] with an explicit clock.
+pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Bound, AppError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| AppError::DataDir(dir.clone(), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| AppError::DataDir(dir.clone(), e))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"))?);
+    let td = config.trust_domain.clone();
+    let ca = Ca::load_or_create(&td, store.as_ref(), clock.as_ref(), config.ca_ttl)?;
+    let registry = Registry::load(td.clone(), store.clone())?;
+    let tokens = JoinTokens::new(td.clone(), store.clone(), clock.clone());
+    let identity = ServerIdentity::new(&ca, clock.as_ref())?;
+    let tls = Arc::new(server_config(&ca, identity.clone())?);
+
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| AppError::Bind(config.bind, e))?;
+    let server_addr = listener
+        .local_addr()
+        .map_err(|e| AppError::Bind(config.bind, e))?;
+    let admin_listener = bind_unix_listener(&config.admin_socket, 0o600).await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (agent_changes, _) = watch::channel(0u64);
+    let node = NodeApi {
+        ca: ca.clone(),
+        registry: registry.clone(),
+        store: store.clone(),
+        tokens: tokens.clone(),
+        clock: clock.clone(),
+        settings: IssuanceSettings {
+            default_x509_svid_ttl: config.default_x509_svid_ttl,
+            agent_svid_ttl: config.agent_svid_ttl,
+        },
+        agent_changes: agent_changes.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+    let admin = AdminApi {
+        ca: ca.clone(),
+        registry,
+        store,
+        tokens,
+        clock: clock.clone(),
+        default_token_ttl: config.join_token_ttl,
+        agent_changes,
+    };
+
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let node_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(NodeServer::new(node))
+        .serve_with_incoming_shutdown(incoming(listener, tls), stop(shutdown_rx.clone()));
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminServer::with_interceptor(admin, check_peer_uid))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(admin_listener),
+            stop(shutdown_rx.clone()),
+        );
+    let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
+
+    tracing::info!(
+        trust_domain = %td,
+        %server_addr,
+        admin_socket = %config.admin_socket.display(),
+        data_dir = %config.data_dir.display(),
+        "lanyard-server started"
+    );
+    let admin_path = config.admin_socket.clone();
+    let task = tokio::spawn(async move {
+        let (a, b, ()) = tokio::join!(node_server, admin_server, renewer);
+        if let Err(e) = a {
+            tracing::error!(?e, "server API stopped");
+        }
+        if let Err(e) = b {
+            tracing::error!(?e, "admin API stopped");
+        }
+        let _ = std::fs::remove_file(&admin_path);
+    });
+    Ok(Bound {
+        server_addr,
+        admin_socket: config.admin_socket,
+        ca,
+        shutdown,
+        task,
+    })
+}
+
+/// Re-mints the server's TLS identity at half its lifetime.
+async fn renew_identity(
+    identity: Arc<ServerIdentity>,
+    ca: Ca,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut attempt = 0u32;
+    let mut wait = crate::tls::SERVER_SVID_TTL / 2;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+        match identity.renew(&ca, clock.as_ref()) {
+            Ok(()) => {
+                attempt = 0;
+                wait = crate::tls::SERVER_SVID_TTL / 2;
+                tracing::debug!("server TLS identity renewed");
+            }
+            Err(e) => {
+                attempt += 1;
+                wait = Duration::from_secs(1 << attempt.min(6));
+                tracing::error!(?e, "server TLS identity renewal failed");
+            }
+        }
+    }
+}

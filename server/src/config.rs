@@ -1,0 +1,260 @@
+//! Server configuration: TOML file → flags and `LANYARD_*` environment →
+//! [`Config::validate`] → a typed [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lanyard_core::TrustDomain;
+use lanyard_core::duration::{format_duration, parse_duration};
+
+/// Default admin socket path.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/lanyard/private/admin.sock";
+/// Default server API address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8081";
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, String),
+    /// A value is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+/// Raw settings, as read from TOML or flags; every field optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Trust domain name.
+    pub trust_domain: Option<String>,
+    /// Where the database and CA keys live.
+    pub data_dir: Option<PathBuf>,
+    /// Server API listen address.
+    pub bind: Option<String>,
+    /// Admin API socket path.
+    pub admin_socket: Option<PathBuf>,
+    /// CA certificate lifetime.
+    pub ca_ttl: Option<String>,
+    /// Default X.509-SVID lifetime.
+    pub default_x509_svid_ttl: Option<String>,
+    /// Default JWT-SVID lifetime.
+    pub default_jwt_svid_ttl: Option<String>,
+    /// Agent SVID lifetime.
+    pub agent_svid_ttl: Option<String>,
+    /// Default join token lifetime.
+    pub join_token_ttl: Option<String>,
+    /// `plain` or `json`.
+    pub log_format: Option<String>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
+    }
+
+    /// Overlays `other`'s set fields on `self`.
+    pub fn merge(mut self, other: RawConfig) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            trust_domain,
+            data_dir,
+            bind,
+            admin_socket,
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_svid_ttl,
+            join_token_ttl,
+            log_format
+        );
+        self
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let trust_domain = TrustDomain::new(
+            self.trust_domain
+                .as_deref()
+                .ok_or_else(|| invalid("trust_domain", "is required (e.g. --trust-domain example.org)"))?,
+        )
+        .map_err(|e| invalid("trust_domain", e))?;
+        let dur = |field: &'static str, v: Option<String>, default: &str| {
+            parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| invalid(field, e))
+        };
+        let ca_ttl = dur("ca_ttl", self.ca_ttl, "24h")?;
+        let default_x509_svid_ttl = dur("default_x509_svid_ttl", self.default_x509_svid_ttl, "5m")?;
+        let default_jwt_svid_ttl = dur("default_jwt_svid_ttl", self.default_jwt_svid_ttl, "5m")?;
+        let agent_svid_ttl = dur("agent_svid_ttl", self.agent_svid_ttl, "30m")?;
+        let join_token_ttl = dur("join_token_ttl", self.join_token_ttl, "10m")?;
+        for (field, v) in [
+            ("default_x509_svid_ttl", default_x509_svid_ttl),
+            ("default_jwt_svid_ttl", default_jwt_svid_ttl),
+            ("agent_svid_ttl", agent_svid_ttl),
+        ] {
+            if v < Duration::from_secs(1) {
+                return Err(invalid(field, "must be at least 1s"));
+            }
+        }
+        let largest = default_x509_svid_ttl
+            .max(default_jwt_svid_ttl)
+            .max(agent_svid_ttl);
+        if ca_ttl < largest * 6 {
+            return Err(invalid(
+                "ca_ttl",
+                format!(
+                    "{} is less than 6x the largest SVID TTL ({}); SVIDs would be cut short by CA rotation. Raise ca_ttl to at least {}",
+                    format_duration(ca_ttl),
+                    format_duration(largest),
+                    format_duration(largest * 6)
+                ),
+            ));
+        }
+        let bind: SocketAddr = self
+            .bind
+            .as_deref()
+            .unwrap_or(DEFAULT_BIND)
+            .parse()
+            .map_err(|e| invalid("bind", format!("{e} (expected host:port, e.g. 127.0.0.1:8081)")))?;
+        let log_format = match self.log_format.as_deref().unwrap_or("plain") {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log_format", format!("{other:?} is not plain or json"))),
+        };
+        Ok(Config {
+            trust_domain,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(".lanyard/server")),
+            bind,
+            admin_socket: self
+                .admin_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET)),
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_svid_ttl,
+            join_token_ttl,
+            log_format,
+        })
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Trust domain.
+    pub trust_domain: TrustDomain,
+    /// Database and key directory.
+    pub data_dir: PathBuf,
+    /// Server API address (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
+    /// CA lifetime.
+    pub ca_ttl: Duration,
+    /// Default X.509-SVID lifetime.
+    pub default_x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub default_jwt_svid_ttl: Duration,
+    /// Agent SVID lifetime.
+    pub agent_svid_ttl: Duration,
+    /// Default join token lifetime.
+    pub join_token_ttl: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: everything under `dir`,
+    /// server API on an ephemeral loopback port.
+    pub fn for_dir(trust_domain: &str, dir: &Path) -> Result<Config, ConfigError> {
+        RawConfig {
+            trust_domain: Some(trust_domain.to_owned()),
+            data_dir: Some(dir.join("data")),
+            bind: Some("127.0.0.1:0".into()),
+            admin_socket: Some(dir.join("admin.sock")),
+            ..RawConfig::default()
+        }
+        .validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = RawConfig {
+            trust_domain: Some("example.org".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.bind.to_string(), DEFAULT_BIND);
+        assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(300));
+        let file: RawConfig = toml::from_str("trust_domain = \"a.org\"\nca_ttl = \"1h\"").unwrap();
+        let flags = RawConfig {
+            trust_domain: Some("b.org".into()),
+            ..Default::default()
+        };
+        let c = file.merge(flags).validate().unwrap();
+        assert_eq!(c.trust_domain.name(), "b.org");
+        assert_eq!(c.ca_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn refuses_bad_values_with_reasons() {
+        assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+        let e = RawConfig::default().validate().unwrap_err();
+        assert!(e.to_string().contains("trust_domain"), "{e}");
+        let e = RawConfig {
+            trust_domain: Some("td".into()),
+            ca_ttl: Some("10m".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("6x the largest SVID TTL"), "{e}");
+        let e = RawConfig {
+            trust_domain: Some("td".into()),
+            bind: Some("nope".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("bind:"), "{e}");
+    }
+}

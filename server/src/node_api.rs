@@ -1,0 +1,345 @@
+//! `lanyard.server.v1.Node`: what agents call over mTLS.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::clock::{Clock, unix_secs};
+use lanyard_core::x509::{CertInfo, SvidError, SvidParams};
+use lanyard_core::{EntryId, SpiffeId};
+use lanyard_proto::server::node_server::Node;
+use lanyard_proto::server::{
+    AttestAgentRequest, AttestAgentResponse, RenewAgentRequest, RenewAgentResponse, SignResult,
+    SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncUpdate,
+};
+use lanyard_proto::types;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::attestation::{AttestationError, JoinTokens};
+use crate::ca::Ca;
+use crate::registry::Registry;
+use crate::store::{AgentRecord, Store, StoreError};
+use crate::tls::PeerInfo;
+
+/// Most CSRs in one `SignX509Svids` call.
+pub const MAX_BATCH: usize = 1000;
+
+/// Lifetimes the server applies.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuanceSettings {
+    /// X.509-SVID TTL for entries that do not set one.
+    pub default_x509_svid_ttl: Duration,
+    /// TTL of agent SVIDs.
+    pub agent_svid_ttl: Duration,
+}
+
+/// Why a node API call failed. Mapped to a status in one place below.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No client certificate on a call that needs one.
+    #[error("an agent SVID (client certificate) is required")]
+    NoClientCert,
+    /// The caller is not a known agent.
+    #[error("agent {0} is not attested (evicted or never attested)")]
+    UnknownAgent(String),
+    /// The agent is banned.
+    #[error("agent {0} is banned")]
+    Banned(String),
+    /// The caller's SVID is no longer its current one.
+    #[error("agent SVID {0} has been superseded or revoked")]
+    StaleSvid(String),
+    /// Join-token attestation failed.
+    #[error("attestation failed: {0}")]
+    Attestation(#[from] AttestationError),
+    /// A CSR or certificate problem.
+    #[error("{0}")]
+    Svid(#[from] SvidError),
+    /// Too many CSRs.
+    #[error("at most {MAX_BATCH} CSRs per call")]
+    BatchTooLarge,
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match &e {
+            NodeError::NoClientCert => Status::unauthenticated(e.to_string()),
+            NodeError::UnknownAgent(_) | NodeError::Banned(_) | NodeError::StaleSvid(_) => {
+                tracing::info!(err = %e, "agent refused");
+                Status::permission_denied(e.to_string())
+            }
+            NodeError::Attestation(AttestationError::Store(_)) | NodeError::Store(_) => {
+                tracing::error!(err = %e, "node API internal error");
+                Status::internal("internal error")
+            }
+            NodeError::Attestation(_) => {
+                tracing::info!(err = %e, "attestation refused");
+                Status::permission_denied(e.to_string())
+            }
+            NodeError::Svid(SvidError::Issue(_) | SvidError::Crypto(_)) => {
+                tracing::error!(err = %e, "signing failed");
+                Status::internal("signing failed")
+            }
+            NodeError::Svid(_) | NodeError::BatchTooLarge => {
+                Status::invalid_argument(e.to_string())
+            }
+        }
+    }
+}
+
+/// The Node service.
+#[derive(Clone)]
+pub struct NodeApi {
+    pub(crate) ca: Ca,
+    pub(crate) registry: Registry,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) tokens: JoinTokens,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: IssuanceSettings,
+    /// Bumped when an agent is evicted or banned, so its stream ends.
+    pub(crate) agent_changes: watch::Sender<u64>,
+    /// Turns true when the server shuts down; open streams end.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+fn bundle_msg(ca: &Ca) -> types::Bundle {
+    let snap = ca.snapshot();
+    types::Bundle {
+        trust_domain: ca.trust_domain().to_string(),
+        x509_authorities: snap.authorities.iter().cloned().collect(),
+        sequence: snap.sequence,
+        refresh_hint_seconds: 60,
+        jwt_authorities: vec![],
+    }
+}
+
+fn svid_msg(id: &SpiffeId, chain: Vec<Vec<u8>>, not_after: std::time::SystemTime) -> types::X509Svid {
+    types::X509Svid {
+        spiffe_id: id.to_string(),
+        cert_chain: chain,
+        expires_at: i64::try_from(unix_secs(not_after)).unwrap_or(i64::MAX),
+    }
+}
+
+impl NodeApi {
+    /// Identifies the calling agent from its verified client certificate.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, NodeError> {
+        let leaf = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.certs.first().cloned())
+            .ok_or(NodeError::NoClientCert)?;
+        let info = CertInfo::parse(&leaf)?;
+        let id = info
+            .uri_sans
+            .first()
+            .and_then(|u| SpiffeId::new(u).ok())
+            .ok_or(SvidError::UriSanCount(info.uri_sans.len()))?;
+        let agent = self
+            .store
+            .get_agent(&id)?
+            .ok_or_else(|| NodeError::UnknownAgent(id.to_string()))?;
+        if agent.banned {
+            return Err(NodeError::Banned(id.to_string()));
+        }
+        if !agent.knows_serial(&info.serial) {
+            return Err(NodeError::StaleSvid(info.serial));
+        }
+        Ok(agent)
+    }
+
+    fn sign_agent(
+        &self,
+        id: &SpiffeId,
+        csr: &[u8],
+    ) -> Result<lanyard_core::x509::IssuedSvid, NodeError> {
+        let params = SvidParams {
+            spiffe_id: id.clone(),
+            dns_names: vec![],
+            ttl: self.settings.agent_svid_ttl,
+            extensions: vec![],
+        };
+        Ok(self
+            .ca
+            .snapshot()
+            .active
+            .sign_x509_svid(csr, &params, self.clock.now())?)
+    }
+
+    fn sync_update(&self, agent: &SpiffeId) -> SyncUpdate {
+        SyncUpdate {
+            entries: self
+                .registry
+                .for_agent(agent)
+                .iter()
+                .map(types::Entry::from)
+                .collect(),
+            bundle: Some(bundle_msg(&self.ca)),
+        }
+    }
+
+    fn sign_one(&self, agent: &SpiffeId, entry_id: &str, csr: &[u8]) -> Result<types::X509Svid, String> {
+        let entry = EntryId::new(entry_id)
+            .ok()
+            .and_then(|id| self.registry.get(id.as_str()))
+            .filter(|e| &e.parent_id == agent)
+            .ok_or_else(|| format!("entry {entry_id:?} is not authorized for agent {agent}"))?;
+        let params = SvidParams {
+            spiffe_id: entry.spiffe_id.clone(),
+            dns_names: entry.dns_names.clone(),
+            ttl: entry.x509_ttl.unwrap_or(self.settings.default_x509_svid_ttl),
+            extensions: vec![],
+        };
+        let snap = self.ca.snapshot();
+        let svid = snap
+            .active
+            .sign_x509_svid(csr, &params, self.clock.now())
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(%agent, spiffe_id = %entry.spiffe_id, serial = %svid.serial, "signed X.509-SVID");
+        Ok(svid_msg(&entry.spiffe_id, vec![svid.cert_der], svid.not_after))
+    }
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    #[instrument(skip_all)]
+    async fn attest_agent(
+        &self,
+        req: Request<AttestAgentRequest>,
+    ) -> Result<Response<AttestAgentResponse>, Status> {
+        let req = req.into_inner();
+        // Check the CSR before spending the token, so a bad CSR does not
+        // burn it.
+        lanyard_core::x509::parse_csr_public_key(&req.csr).map_err(NodeError::from)?;
+        let agent_id = self.tokens.redeem(&req.join_token).map_err(NodeError::from)?;
+        if let Some(existing) = self.store.get_agent(&agent_id).map_err(NodeError::from)? {
+            if existing.banned {
+                return Err(NodeError::Banned(agent_id.to_string()).into());
+            }
+        }
+        let svid = self.sign_agent(&agent_id, &req.csr)?;
+        let now = unix_secs(self.clock.now());
+        self.store
+            .put_agent(&AgentRecord {
+                spiffe_id: agent_id.clone(),
+                attestation_type: "join_token".into(),
+                serial: svid.serial.clone(),
+                previous_serial: None,
+                expires_at: unix_secs(svid.not_after),
+                banned: false,
+                attested_at: now,
+            })
+            .map_err(NodeError::from)?;
+        tracing::info!(%agent_id, serial = %svid.serial, "agent attested");
+        Ok(Response::new(AttestAgentResponse {
+            svid: Some(svid_msg(&agent_id, vec![svid.cert_der], svid.not_after)),
+            bundle: Some(bundle_msg(&self.ca)),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn renew_agent(
+        &self,
+        req: Request<RenewAgentRequest>,
+    ) -> Result<Response<RenewAgentResponse>, Status> {
+        let mut agent = self.authenticate(&req)?;
+        let svid = self.sign_agent(&agent.spiffe_id, &req.get_ref().csr)?;
+        agent.previous_serial = Some(std::mem::replace(&mut agent.serial, svid.serial.clone()));
+        agent.expires_at = unix_secs(svid.not_after);
+        self.store.put_agent(&agent).map_err(NodeError::from)?;
+        tracing::info!(agent_id = %agent.spiffe_id, serial = %svid.serial, "agent SVID renewed");
+        Ok(Response::new(RenewAgentResponse {
+            svid: Some(svid_msg(&agent.spiffe_id, vec![svid.cert_der], svid.not_after)),
+        }))
+    }
+
+    type SyncStream = SyncStream;
+
+    #[instrument(skip_all)]
+    async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
+        let agent = self.authenticate(&req)?;
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.clone();
+        let mut entries = self.registry.subscribe();
+        let mut bundle = self.ca.subscribe();
+        let mut agents = self.agent_changes.subscribe();
+        let mut stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            let id = agent.spiffe_id;
+            let mut last: Option<SyncUpdate> = None;
+            loop {
+                // Re-check the agent on every wake-up: an evicted or banned
+                // agent's stream ends with an error.
+                let still_ok = match api.store.get_agent(&id) {
+                    Ok(Some(a)) => !a.banned,
+                    _ => false,
+                };
+                if !still_ok {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "agent {id} has been evicted or banned"
+                        ))))
+                        .await;
+                    return;
+                }
+                let update = api.sync_update(&id);
+                if last.as_ref() != Some(&update) {
+                    if tx.send(Ok(update.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(update);
+                }
+                tokio::select! {
+                    r = entries.changed() => if r.is_err() { return },
+                    r = bundle.changed() => if r.is_err() { return },
+                    r = agents.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all)]
+    async fn sign_x509_svids(
+        &self,
+        req: Request<SignX509SvidsRequest>,
+    ) -> Result<Response<SignX509SvidsResponse>, Status> {
+        let agent = self.authenticate(&req)?;
+        let csrs = req.into_inner().csrs;
+        if csrs.len() > MAX_BATCH {
+            return Err(NodeError::BatchTooLarge.into());
+        }
+        let results = csrs
+            .into_iter()
+            .map(|item| match self.sign_one(&agent.spiffe_id, &item.entry_id, &item.csr) {
+                Ok(svid) => SignResult {
+                    entry_id: item.entry_id,
+                    svid: Some(svid),
+                    error: String::new(),
+                },
+                Err(error) => {
+                    tracing::info!(agent_id = %agent.spiffe_id, entry_id = %item.entry_id, %error, "refused to sign");
+                    SignResult {
+                        entry_id: item.entry_id,
+                        svid: None,
+                        error,
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(SignX509SvidsResponse { results }))
+    }
+}

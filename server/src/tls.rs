@@ -1,0 +1,224 @@
+//! The server's mTLS listener: its own SVID (`spiffe://<td>/lanyard/server`)
+//! served through a resolver that can be swapped without restarting, agent
+//! client certificates verified against the live bundle, and an accept loop
+//! that turns TCP connections into TLS streams for tonic.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lanyard_core::SpiffeId;
+use lanyard_core::clock::Clock;
+use lanyard_core::tls::SpiffeClientVerifier;
+use lanyard_core::x509::{SvidKey, SvidParams};
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::ca::{Ca, CaError};
+
+/// Lifetime of the server's own TLS certificate; renewed at half-life.
+pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
+
+/// The server's TLS identity, swappable at run time.
+#[derive(Debug)]
+pub struct ServerIdentity {
+    id: SpiffeId,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerIdentity {
+    /// Mints the first identity.
+    pub fn new(ca: &Ca, clock: &dyn Clock) -> Result<Arc<Self>, CaError> {
+        let id = ca
+            .trust_domain()
+            .id_with_segments(["lanyard", "server"])
+            .map_err(|e| CaError::Svid(lanyard_core::x509::SvidError::Issue(e.to_string())))?;
+        let key = mint(ca, &id, clock)?;
+        Ok(Arc::new(Self {
+            id,
+            current: RwLock::new(Arc::new(key)),
+        }))
+    }
+
+    /// Re-mints the identity from the CA's active key.
+    pub fn renew(&self, ca: &Ca, clock: &dyn Clock) -> Result<(), CaError> {
+        let key = mint(ca, &self.id, clock)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        Ok(())
+    }
+
+    /// The server's SPIFFE ID.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.id
+    }
+}
+
+fn mint(ca: &Ca, id: &SpiffeId, clock: &dyn Clock) -> Result<CertifiedKey, CaError> {
+    let snap = ca.snapshot();
+    let key = SvidKey::generate()?;
+    let params = SvidParams {
+        spiffe_id: id.clone(),
+        dns_names: vec!["localhost".into()],
+        ttl: SERVER_SVID_TTL,
+        extensions: vec![],
+    };
+    let spki = rcgen_spki(&key)?;
+    let svid = snap.active.sign_public_key(&spki, &params, clock.now())?;
+    let chain = vec![CertificateDer::from(svid.cert_der)];
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
+    let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
+        .map_err(|e| CaError::Svid(lanyard_core::x509::SvidError::Crypto(e.to_string())))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+fn rcgen_spki(key: &SvidKey) -> Result<lanyard_core::x509::Spki, CaError> {
+    lanyard_core::x509::Spki::from_der(&key.spki_der())
+        .map_err(|e| CaError::Svid(lanyard_core::x509::SvidError::Crypto(e.to_string())))
+}
+
+impl ResolvesServerCert for ServerIdentity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The rustls configuration of the server API.
+pub fn server_config(ca: &Ca, identity: Arc<ServerIdentity>) -> Result<ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = SpiffeClientVerifier::new(ca.trust_domain().clone(), Arc::new(ca.clone()), false);
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(identity);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The remote address.
+    pub addr: Option<SocketAddr>,
+    /// The verified client certificate chain (DER, leaf first); empty when
+    /// the client sent none.
+    pub certs: Arc<Vec<Vec<u8>>>,
+}
+
+/// A server-side TLS connection that tells tonic who the peer is.
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// How long a client gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections and performs TLS handshakes concurrently; yields
+/// the established connections. Failed handshakes (garbage, wrong CA,
+/// timeouts) are logged and dropped without affecting anything else.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(?e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let certs = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|c| c.to_vec()).collect())
+                            .unwrap_or_default();
+                        let info = PeerInfo {
+                            addr: Some(addr),
+                            certs: Arc::new(certs),
+                        };
+                        let _ = tx.send(Ok(TlsConn { inner: tls, info })).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, ?e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
