@@ -9,9 +9,8 @@ use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
     Agent, AgentRequest, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
-    DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetEntryRequest,
-    ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
-    UpdateEntryRequest,
+    DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetEntryRequest, ListAgentsRequest,
+    ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;

@@ -141,7 +141,9 @@ mod tests {
             Err(AttestationError::UnknownToken)
         ));
         let alias = SpiffeId::new("spiffe://td/node/n1").unwrap();
-        let b = t.issue(Some(alias.clone()), Duration::from_secs(60)).unwrap();
+        let b = t
+            .issue(Some(alias.clone()), Duration::from_secs(60))
+            .unwrap();
         assert_eq!(b.agent_id, alias);
         clock.advance(Duration::from_secs(61));
         assert!(matches!(t.redeem(&b.token), Err(AttestationError::Expired)));

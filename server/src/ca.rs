@@ -5,10 +5,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use lanyard_core::TrustDomain;
 use lanyard_core::clock::Clock;
 use lanyard_core::tls::X509BundleSource;
 use lanyard_core::x509::{SvidError, X509Authority};
-use lanyard_core::TrustDomain;
 use tokio::sync::watch;
 
 use crate::store::{CaKeyRecord, CaKeyState, Store, StoreError};

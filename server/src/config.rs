@@ -95,11 +95,12 @@ impl RawConfig {
 
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let trust_domain = TrustDomain::new(
-            self.trust_domain
-                .as_deref()
-                .ok_or_else(|| invalid("trust_domain", "is required (e.g. --trust-domain example.org)"))?,
-        )
+        let trust_domain = TrustDomain::new(self.trust_domain.as_deref().ok_or_else(|| {
+            invalid(
+                "trust_domain",
+                "is required (e.g. --trust-domain example.org)",
+            )
+        })?)
         .map_err(|e| invalid("trust_domain", e))?;
         let dur = |field: &'static str, v: Option<String>, default: &str| {
             parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| invalid(field, e))
@@ -137,11 +138,21 @@ impl RawConfig {
             .as_deref()
             .unwrap_or(DEFAULT_BIND)
             .parse()
-            .map_err(|e| invalid("bind", format!("{e} (expected host:port, e.g. 127.0.0.1:8081)")))?;
+            .map_err(|e| {
+                invalid(
+                    "bind",
+                    format!("{e} (expected host:port, e.g. 127.0.0.1:8081)"),
+                )
+            })?;
         let log_format = match self.log_format.as_deref().unwrap_or("plain") {
             "plain" => LogFormat::Plain,
             "json" => LogFormat::Json,
-            other => return Err(invalid("log_format", format!("{other:?} is not plain or json"))),
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not plain or json"),
+                ));
+            }
         };
         Ok(Config {
             trust_domain,

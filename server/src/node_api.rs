@@ -119,7 +119,11 @@ fn bundle_msg(ca: &Ca) -> types::Bundle {
     }
 }
 
-fn svid_msg(id: &SpiffeId, chain: Vec<Vec<u8>>, not_after: std::time::SystemTime) -> types::X509Svid {
+fn svid_msg(
+    id: &SpiffeId,
+    chain: Vec<Vec<u8>>,
+    not_after: std::time::SystemTime,
+) -> types::X509Svid {
     types::X509Svid {
         spiffe_id: id.to_string(),
         cert_chain: chain,
@@ -184,7 +188,12 @@ impl NodeApi {
         }
     }
 
-    fn sign_one(&self, agent: &SpiffeId, entry_id: &str, csr: &[u8]) -> Result<types::X509Svid, String> {
+    fn sign_one(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+        csr: &[u8],
+    ) -> Result<types::X509Svid, String> {
         let entry = EntryId::new(entry_id)
             .ok()
             .and_then(|id| self.registry.get(id.as_str()))
@@ -193,7 +202,9 @@ impl NodeApi {
         let params = SvidParams {
             spiffe_id: entry.spiffe_id.clone(),
             dns_names: entry.dns_names.clone(),
-            ttl: entry.x509_ttl.unwrap_or(self.settings.default_x509_svid_ttl),
+            ttl: entry
+                .x509_ttl
+                .unwrap_or(self.settings.default_x509_svid_ttl),
             extensions: vec![],
         };
         let snap = self.ca.snapshot();
@@ -202,7 +213,11 @@ impl NodeApi {
             .sign_x509_svid(csr, &params, self.clock.now())
             .map_err(|e| e.to_string())?;
         tracing::debug!(%agent, spiffe_id = %entry.spiffe_id, serial = %svid.serial, "signed X.509-SVID");
-        Ok(svid_msg(&entry.spiffe_id, vec![svid.cert_der], svid.not_after))
+        Ok(svid_msg(
+            &entry.spiffe_id,
+            vec![svid.cert_der],
+            svid.not_after,
+        ))
     }
 }
 
@@ -219,7 +234,10 @@ impl Node for NodeApi {
         // Check the CSR before spending the token, so a bad CSR does not
         // burn it.
         lanyard_core::x509::parse_csr_public_key(&req.csr).map_err(NodeError::from)?;
-        let agent_id = self.tokens.redeem(&req.join_token).map_err(NodeError::from)?;
+        let agent_id = self
+            .tokens
+            .redeem(&req.join_token)
+            .map_err(NodeError::from)?;
         if let Some(existing) = self.store.get_agent(&agent_id).map_err(NodeError::from)? {
             if existing.banned {
                 return Err(NodeError::Banned(agent_id.to_string()).into());
@@ -257,7 +275,11 @@ impl Node for NodeApi {
         self.store.put_agent(&agent).map_err(NodeError::from)?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %svid.serial, "agent SVID renewed");
         Ok(Response::new(RenewAgentResponse {
-            svid: Some(svid_msg(&agent.spiffe_id, vec![svid.cert_der], svid.not_after)),
+            svid: Some(svid_msg(
+                &agent.spiffe_id,
+                vec![svid.cert_der],
+                svid.not_after,
+            )),
         }))
     }
 

@@ -70,7 +70,11 @@ impl Registry {
     }
 
     fn publish(&self, f: impl FnOnce(&mut BTreeMap<EntryId, RegistrationEntry>)) {
-        let mut guard = self.inner.entries.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .inner
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let mut next = (**guard).clone();
         f(&mut next);
         *guard = Arc::new(next);

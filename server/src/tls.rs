@@ -98,9 +98,13 @@ impl ResolvesServerCert for ServerIdentity {
 }
 
 /// The rustls configuration of the server API.
-pub fn server_config(ca: &Ca, identity: Arc<ServerIdentity>) -> Result<ServerConfig, rustls::Error> {
+pub fn server_config(
+    ca: &Ca,
+    identity: Arc<ServerIdentity>,
+) -> Result<ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = SpiffeClientVerifier::new(ca.trust_domain().clone(), Arc::new(ca.clone()), false);
+    let verifier =
+        SpiffeClientVerifier::new(ca.trust_domain().clone(), Arc::new(ca.clone()), false);
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -153,10 +157,7 @@ impl AsyncWrite for TlsConn {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
