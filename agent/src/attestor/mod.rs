@@ -1,0 +1,49 @@
+//! Workload attestation: from the kernel-verified credentials of a caller on
+//! the agent socket to the selectors that describe it.
+
+mod proc_info;
+mod unix;
+mod users;
+
+pub use unix::UnixAttestor;
+
+use lanyard_core::Selector;
+
+/// Kernel-verified credentials of a socket peer (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process ID (may be missing on some platforms).
+    pub pid: Option<i32>,
+    /// Effective user ID.
+    pub uid: u32,
+    /// Effective group ID.
+    pub gid: u32,
+}
+
+/// Why a caller could not be attested.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The kernel did not report a PID for the caller.
+    #[error("caller PID is unavailable")]
+    NoPid,
+    /// The process exited or its PID was reused during attestation.
+    #[error("process {0} exited or its PID was reused during attestation")]
+    ProcessChanged(i32),
+    /// The process's credentials differ from the socket's.
+    #[error("process {0} changed its credentials since it connected")]
+    CredentialsChanged(i32),
+    /// Reading /proc failed.
+    #[error("reading process {pid} information: {source}")]
+    Proc {
+        /// The process.
+        pid: i32,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Something that turns a peer's credentials into selectors.
+pub trait WorkloadAttestor: Send + Sync + 'static {
+    /// The selectors of the caller.
+    fn attest(&self, peer: PeerCred) -> Result<Vec<Selector>, AttestError>;
+}

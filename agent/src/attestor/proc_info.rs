@@ -1,0 +1,98 @@
+//! Reading what the kernel says about a process under /proc.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The start time of a process (field 22 of /proc/PID/stat, in clock
+/// ticks since boot): with the PID, it identifies one process instance.
+pub fn start_time(proc_root: &Path, pid: i32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))?;
+    parse_start_time(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+/// Parses the start time out of a /proc/PID/stat line. The command name
+/// (field 2) may contain spaces and parentheses, so fields are counted
+/// after the last `)`.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After ")" come field 3 (state) onwards; start time is field 22.
+    after.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// Real, effective UIDs/GIDs and supplementary groups from /proc/PID/status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Effective UID.
+    pub euid: Option<u32>,
+    /// Effective GID.
+    pub egid: Option<u32>,
+    /// Supplementary group IDs.
+    pub groups: Vec<u32>,
+}
+
+/// Reads /proc/PID/status.
+pub fn status(proc_root: &Path, pid: i32) -> io::Result<Status> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))?;
+    Ok(parse_status(&text))
+}
+
+/// Parses the Uid, Gid and Groups lines of /proc/PID/status.
+pub fn parse_status(text: &str) -> Status {
+    let mut s = Status::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let nums = || {
+            value
+                .split_whitespace()
+                .filter_map(|v| v.parse::<u32>().ok())
+        };
+        match key {
+            "Uid" => s.euid = nums().nth(1),
+            "Gid" => s.egid = nums().nth(1),
+            "Groups" => s.groups = nums().collect(),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The executable path of a process.
+pub fn exe_path(proc_root: &Path, pid: i32) -> io::Result<PathBuf> {
+    std::fs::read_link(proc_root.join(pid.to_string()).join("exe"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_command_names() {
+        let line = "1234 (my (weird) prog) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
+        assert_eq!(parse_start_time(line), Some(987_654));
+        assert_eq!(parse_start_time("garbage"), None);
+        assert_eq!(parse_start_time("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id() as i32;
+        let root = Path::new("/proc");
+        assert!(start_time(root, me).unwrap() > 0);
+        let st = status(root, me).unwrap();
+        assert!(st.euid.is_some() && st.egid.is_some());
+        assert!(exe_path(root, me).unwrap().is_absolute());
+    }
+
+    #[test]
+    fn parses_status_lines() {
+        let s = parse_status(
+            "Name:\tx\nUid:\t1000\t1001\t1000\t1000\nGid:\t50\t51\t50\t50\nGroups:\t4 24 27\n",
+        );
+        assert_eq!(s.euid, Some(1001));
+        assert_eq!(s.egid, Some(51));
+        assert_eq!(s.groups, vec![4, 24, 27]);
+    }
+}

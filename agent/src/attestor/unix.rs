@@ -1,0 +1,238 @@
+//! The unix workload attestor: uid, gid, user, group, supplementary groups,
+//! executable path and (size-limited) executable SHA-256.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use lanyard_core::Selector;
+
+use super::proc_info;
+use super::{AttestError, PeerCred, WorkloadAttestor, users};
+
+/// Default largest executable hashed for `unix:sha256` (bigger ones get no
+/// sha256 selector).
+pub const DEFAULT_MAX_HASH_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Identity of an executable file for the hash cache.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+/// The unix attestor.
+pub struct UnixAttestor {
+    proc_root: PathBuf,
+    etc_root: PathBuf,
+    max_hash_bytes: u64,
+    hashes: Mutex<HashMap<FileKey, String>>,
+}
+
+impl std::fmt::Debug for UnixAttestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixAttestor")
+            .field("proc_root", &self.proc_root)
+            .field("max_hash_bytes", &self.max_hash_bytes)
+            .finish()
+    }
+}
+
+impl Default for UnixAttestor {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_HASH_BYTES)
+    }
+}
+
+fn sel(kind_value: String) -> Option<Selector> {
+    Selector::new("unix", &kind_value).ok()
+}
+
+impl UnixAttestor {
+    /// An attestor reading the real /proc and /etc.
+    pub fn new(max_hash_bytes: u64) -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            etc_root: PathBuf::from("/etc"),
+            max_hash_bytes,
+            hashes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn exe_sha256(&self, pid: i32) -> Result<Option<String>, std::io::Error> {
+        let mut file = std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe"))?;
+        let meta = file.metadata()?;
+        if meta.len() > self.max_hash_bytes {
+            tracing::debug!(pid, size = meta.len(), "executable too large to hash");
+            return Ok(None);
+        }
+        let key = FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        if let Some(h) = self
+            .hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(h.clone()));
+        }
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > self.max_hash_bytes {
+                return Ok(None);
+            }
+            ctx.update(&buf[..n]);
+        }
+        let h = hex::encode(ctx.finish().as_ref());
+        let mut cache = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(key, h.clone());
+        Ok(Some(h))
+    }
+
+    fn group_name(&self, gid: u32) -> Option<String> {
+        users::name_for_id(&self.etc_root.join("group"), gid)
+    }
+}
+
+impl WorkloadAttestor for UnixAttestor {
+    fn attest(&self, peer: PeerCred) -> Result<Vec<Selector>, AttestError> {
+        let pid = peer.pid.ok_or(AttestError::NoPid)?;
+        let proc_err = |source| AttestError::Proc { pid, source };
+        let root = Path::new(&self.proc_root);
+        let started =
+            proc_info::start_time(root, pid).map_err(|_| AttestError::ProcessChanged(pid))?;
+
+        let status = proc_info::status(root, pid).map_err(proc_err)?;
+        if status.euid != Some(peer.uid) || status.egid != Some(peer.gid) {
+            return Err(AttestError::CredentialsChanged(pid));
+        }
+        let mut out: Vec<Selector> = Vec::new();
+        out.extend(sel(format!("uid:{}", peer.uid)));
+        out.extend(sel(format!("gid:{}", peer.gid)));
+        if let Some(name) = users::name_for_id(&self.etc_root.join("passwd"), peer.uid) {
+            out.extend(sel(format!("user:{name}")));
+        }
+        if let Some(name) = self.group_name(peer.gid) {
+            out.extend(sel(format!("group:{name}")));
+        }
+        for g in &status.groups {
+            out.extend(sel(format!("supplementary_gid:{g}")));
+            if let Some(name) = self.group_name(*g) {
+                out.extend(sel(format!("supplementary_group:{name}")));
+            }
+        }
+        match proc_info::exe_path(root, pid) {
+            Ok(path) => {
+                out.extend(sel(format!("path:{}", path.display())));
+                match self.exe_sha256(pid) {
+                    Ok(Some(h)) => out.extend(sel(format!("sha256:{h}"))),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(pid, ?e, "cannot hash executable"),
+                }
+            }
+            // Another user's process without CAP_SYS_PTRACE: no path selectors.
+            Err(e) => tracing::debug!(pid, ?e, "cannot read executable path"),
+        }
+
+        // PID-reuse guard: the same process instance must still be there.
+        match proc_info::start_time(root, pid) {
+            Ok(t) if t == started => {}
+            _ => return Err(AttestError::ProcessChanged(pid)),
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> PeerCred {
+        let st = proc_info::status(Path::new("/proc"), std::process::id() as i32).unwrap();
+        PeerCred {
+            pid: Some(std::process::id() as i32),
+            uid: st.euid.unwrap(),
+            gid: st.egid.unwrap(),
+        }
+    }
+
+    #[test]
+    fn attests_own_process() {
+        let a = UnixAttestor::new(u64::MAX);
+        let peer = me();
+        let sels: Vec<String> = a
+            .attest(peer)
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(sels.contains(&format!("unix:uid:{}", peer.uid)), "{sels:?}");
+        assert!(sels.contains(&format!("unix:gid:{}", peer.gid)));
+        let exe = std::env::current_exe().unwrap();
+        let exe = std::fs::canonicalize(exe).unwrap();
+        assert!(
+            sels.contains(&format!("unix:path:{}", exe.display())),
+            "{sels:?}"
+        );
+        let bytes = std::fs::read(&exe).unwrap();
+        let want = hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &bytes,
+        ));
+        assert!(sels.contains(&format!("unix:sha256:{want}")));
+        // Cached the second time, same answer.
+        let again: Vec<String> = a
+            .attest(peer)
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(sels, again);
+    }
+
+    #[test]
+    fn size_limit_skips_hash() {
+        let a = UnixAttestor::new(10);
+        let sels = a.attest(me()).unwrap();
+        assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
+    }
+
+    #[test]
+    fn refuses_missing_pid_and_wrong_credentials() {
+        let a = UnixAttestor::default();
+        let mut p = me();
+        p.pid = None;
+        assert!(matches!(a.attest(p), Err(AttestError::NoPid)));
+        let mut p = me();
+        p.uid = p.uid.wrapping_add(12345);
+        assert!(matches!(
+            a.attest(p),
+            Err(AttestError::CredentialsChanged(_))
+        ));
+        let mut p = me();
+        p.pid = Some(i32::MAX);
+        assert!(matches!(a.attest(p), Err(AttestError::ProcessChanged(_))));
+    }
+}
