@@ -1,1 +1,17 @@
+//! The Lanyard node agent: attests the processes that call its unix socket
+//! and serves them SVIDs through the SPIFFE Workload API.
+
+pub mod app;
 pub mod attestor;
+pub mod bootstrap;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod creds;
+pub mod manager;
+pub mod server_client;
+pub mod storage;
+pub mod workload_api;
+
+pub use app::{Bound, build};
+pub use config::Config;

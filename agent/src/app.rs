@@ -1,0 +1,124 @@
+//! Composition root of the agent: identity, SVID manager and Workload API
+//! built from a validated [`Config`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lanyard_core::clock::{Clock, SystemClock};
+use lanyard_proto::uds::{SocketError, bind_unix_listener};
+use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::attestor::{UnixAttestor, WorkloadAttestor};
+use crate::bootstrap::{BootstrapError, ensure_identity};
+use crate::cache::Snapshot;
+use crate::config::Config;
+use crate::creds::Credentials;
+use crate::manager::Manager;
+use crate::storage::{AgentStorage, StorageError};
+use crate::workload_api::WorkloadApi;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The data directory is unusable.
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    /// No identity could be obtained.
+    #[error("{0}")]
+    Bootstrap(#[from] BootstrapError),
+    /// The socket could not be bound.
+    #[error("workload API socket: {0}")]
+    Socket(#[from] SocketError),
+}
+
+/// A running agent.
+pub struct Bound {
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    /// The agent's published state.
+    pub state: watch::Receiver<Arc<Snapshot>>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Bound {
+    /// Stops serving and waits for every part to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+/// Builds and starts the agent.
+pub async fn build(config: Config) -> Result<Bound, AppError> {
+    build_with(config, Arc::new(SystemClock), Arc::new(UnixAttestor::default())).await
+}
+
+/// [`build`] with explicit clock and attestor.
+pub async fn build_with(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    attestor: Arc<dyn WorkloadAttestor>,
+) -> Result<Bound, AppError> {
+    let storage = AgentStorage::open(&config.data_dir)?;
+    let creds = Arc::new(Credentials::default());
+    ensure_identity(&config, &storage, &creds, clock.as_ref()).await?;
+    let listener = bind_unix_listener(&config.socket, 0o777).await?;
+
+    let (publish, state) = watch::channel(Arc::new(Snapshot::empty(config.trust_domain.clone())));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let manager = Manager::new(
+        config.server.clone(),
+        config.trust_domain.clone(),
+        creds,
+        storage,
+        clock.clone(),
+        publish,
+    );
+    let api = WorkloadApi {
+        cache: state.clone(),
+        attestor,
+        clock,
+        shutdown: shutdown_rx.clone(),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    health
+        .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
+        .await;
+    let mut stop = shutdown_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(SpiffeWorkloadApiServer::new(api))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+    tracing::info!(socket = %config.socket.display(), server = %config.server, "lanyard-agent started");
+    let socket = config.socket.clone();
+    let task = tokio::spawn(async move {
+        let (r, ()) = tokio::join!(server, manager.run(shutdown_rx));
+        if let Err(e) = r {
+            tracing::error!(?e, "workload API stopped");
+        }
+        let _ = std::fs::remove_file(&socket);
+    });
+    Ok(Bound {
+        socket: config.socket,
+        state,
+        shutdown,
+        task,
+    })
+}

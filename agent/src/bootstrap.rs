@@ -1,0 +1,132 @@
+//! Getting the agent's first identity: reuse the SVID stored in the data
+//! directory, or attest with a join token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_core::clock::Clock;
+use lanyard_core::tls::{InsecureBootstrapVerifier, SpiffeServerVerifier, StaticBundle};
+use lanyard_core::x509::{PeerUsage, SvidKey, pem_to_der_certs, validate_x509_svid};
+use lanyard_proto::server::AttestAgentRequest;
+use rustls::client::danger::ServerCertVerifier;
+
+use crate::config::{Bootstrap, Config};
+use crate::creds::{AgentIdentity, Credentials};
+use crate::server_client::{node_client, tls_config};
+use crate::storage::AgentStorage;
+
+/// Why the agent could not obtain an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// No stored SVID and no join token.
+    #[error("no stored agent SVID in the data directory; pass --join-token (from `lanyard-server token generate`)")]
+    NeedToken,
+    /// A token but no way to authenticate the server.
+    #[error("pass --trust-bundle FILE (from `lanyard-server bundle show`) or --insecure-bootstrap to attest with a join token")]
+    NeedTrust,
+    /// The trust bundle file is unreadable or invalid.
+    #[error("trust bundle {0}: {1}")]
+    TrustBundle(String, String),
+    /// The server refused the attestation.
+    #[error("server refused attestation: {0}")]
+    Refused(String),
+    /// The server could not be reached.
+    #[error("cannot reach server {0}: {1}")]
+    Unreachable(String, String),
+    /// Something else failed.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Loads or obtains the agent identity and puts it into `creds`.
+pub async fn ensure_identity(
+    cfg: &Config,
+    storage: &AgentStorage,
+    creds: &Arc<Credentials>,
+    clock: &dyn Clock,
+) -> Result<(), BootstrapError> {
+    match storage.load() {
+        Ok(Some(stored)) => match AgentIdentity::new(stored.chain, stored.key_pkcs8) {
+            Ok(id) if id.not_after > clock.now() && id.spiffe_id.is_member_of(&cfg.trust_domain) => {
+                tracing::info!(agent_id = %id.spiffe_id, not_after = ?id.not_after, "using stored agent SVID");
+                creds.set_bundle(Arc::new(stored.bundle));
+                creds.set_identity(Some(Arc::new(id)));
+                return Ok(());
+            }
+            Ok(id) => tracing::warn!(agent_id = %id.spiffe_id, "stored agent SVID has expired or is for another trust domain"),
+            Err(err) => tracing::warn!(%err, "stored agent SVID is unusable"),
+        },
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, "cannot read stored agent SVID"),
+    }
+    let token = cfg.join_token.as_deref().ok_or(BootstrapError::NeedToken)?;
+    let verifier: Arc<dyn ServerCertVerifier> = match &cfg.bootstrap {
+        Bootstrap::None => return Err(BootstrapError::NeedTrust),
+        Bootstrap::Insecure => {
+            tracing::warn!("--insecure-bootstrap: the server is not authenticated for the first attestation");
+            Arc::new(InsecureBootstrapVerifier::default())
+        }
+        Bootstrap::TrustBundle(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| BootstrapError::TrustBundle(path.display().to_string(), e.to_string()))?;
+            let certs = pem_to_der_certs(&bytes)
+                .map_err(|e| BootstrapError::TrustBundle(path.display().to_string(), e.to_string()))?;
+            let server_id = cfg
+                .trust_domain
+                .id_with_segments(["lanyard", "server"])
+                .map_err(|e| BootstrapError::Other(e.to_string()))?;
+            Arc::new(SpiffeServerVerifier::new(
+                server_id,
+                Arc::new(StaticBundle(Arc::new(certs))),
+            ))
+        }
+    };
+    let tls = tls_config(verifier, None).map_err(|e| BootstrapError::Other(e.to_string()))?;
+    let mut client =
+        node_client(&cfg.server, tls).map_err(|e| BootstrapError::Other(e.to_string()))?;
+    let key = SvidKey::generate().map_err(|e| BootstrapError::Other(e.to_string()))?;
+    // The CSR's SPIFFE ID is ignored by the server; any ID of the domain will do.
+    let placeholder = cfg
+        .trust_domain
+        .id_with_segments(["lanyard", "agent"])
+        .map_err(|e| BootstrapError::Other(e.to_string()))?;
+    let csr = key
+        .csr(&placeholder)
+        .map_err(|e| BootstrapError::Other(e.to_string()))?;
+    let mut attempt = 0u32;
+    let resp = loop {
+        let req = AttestAgentRequest {
+            join_token: token.to_owned(),
+            csr: csr.clone(),
+        };
+        match client.attest_agent(req).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < 8 => {
+                attempt += 1;
+                tracing::warn!(message = s.message(), attempt, "server unavailable; retrying attestation");
+                tokio::time::sleep(Duration::from_millis(250 << attempt.min(5))).await;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                return Err(BootstrapError::Unreachable(cfg.server.clone(), s.message().to_owned()));
+            }
+            Err(s) => return Err(BootstrapError::Refused(s.message().to_owned())),
+        }
+    };
+    let svid = resp.svid.ok_or_else(|| BootstrapError::Other("server sent no SVID".into()))?;
+    let bundle = resp
+        .bundle
+        .ok_or_else(|| BootstrapError::Other("server sent no bundle".into()))?
+        .x509_authorities;
+    validate_x509_svid(&svid.cert_chain, &cfg.trust_domain, &bundle, PeerUsage::Client, clock.now())
+        .map_err(|e| BootstrapError::Other(format!("server sent an invalid agent SVID: {e}")))?;
+    let identity = AgentIdentity::new(svid.cert_chain, key.pkcs8_der())
+        .map_err(|e| BootstrapError::Other(e.to_string()))?;
+    storage
+        .save_bundle(&bundle)
+        .and_then(|()| storage.save_svid(&identity.chain, &identity.key_pkcs8))
+        .map_err(|e| BootstrapError::Other(e.to_string()))?;
+    tracing::info!(agent_id = %identity.spiffe_id, "node attested with join token");
+    creds.set_bundle(Arc::new(bundle));
+    creds.set_identity(Some(Arc::new(identity)));
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! What the agent knows at one moment: its authorised entries, the SVIDs it
+//! holds for them, and the trust bundle. Published as an immutable
+//! [`Snapshot`] through a `watch` channel, so Workload API readers never lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use lanyard_core::{EntryId, RegistrationEntry, Selector, SelectorIndex, SpiffeId, TrustDomain};
+
+/// An X.509-SVID the agent holds for one entry.
+pub struct CachedSvid {
+    /// The entry it was issued for.
+    pub entry_id: EntryId,
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// DER chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8 DER private key.
+    pub key_pkcs8: Vec<u8>,
+    /// Serial, hex.
+    pub serial: String,
+    /// Validity start.
+    pub not_before: SystemTime,
+    /// Validity end.
+    pub not_after: SystemTime,
+    /// When the agent re-issues it.
+    pub renew_at: SystemTime,
+    /// The entry revision it reflects.
+    pub entry_revision: u64,
+}
+
+impl std::fmt::Debug for CachedSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedSvid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The agent's state at one moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Trust domain.
+    pub trust_domain: TrustDomain,
+    /// Authorised entries, ordered by creation time then ID (the first
+    /// matching entry's SVID is a workload's default).
+    pub entries: Vec<RegistrationEntry>,
+    /// Selector index over `entries` (values are positions).
+    pub index: SelectorIndex<usize>,
+    /// SVIDs by entry.
+    pub svids: HashMap<EntryId, Arc<CachedSvid>>,
+    /// DER CA certificates of the trust domain.
+    pub bundle: Arc<Vec<Vec<u8>>>,
+    /// Bundle sequence from the server.
+    pub bundle_sequence: u64,
+    /// True once the first sync from the server has been applied.
+    pub synced: bool,
+}
+
+/// What a caller with given selectors is entitled to now.
+#[derive(Debug)]
+pub enum Identities {
+    /// No entry matches: "no identity issued".
+    None,
+    /// Entries match but no SVID is ready yet.
+    Pending,
+    /// The SVIDs to serve, default first.
+    Ready(Vec<Arc<CachedSvid>>),
+}
+
+impl Snapshot {
+    /// An empty snapshot for `td`.
+    pub fn empty(td: TrustDomain) -> Self {
+        Self {
+            trust_domain: td,
+            entries: Vec::new(),
+            index: SelectorIndex::build(std::iter::empty::<(usize, &[Selector])>()),
+            svids: HashMap::new(),
+            bundle: Arc::new(Vec::new()),
+            bundle_sequence: 0,
+            synced: false,
+        }
+    }
+
+    /// Builds the entry list and index from `entries`.
+    pub fn with_entries(mut self, mut entries: Vec<RegistrationEntry>) -> Self {
+        entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        self.index = SelectorIndex::build(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i, e.selectors.as_slice())),
+        );
+        self.entries = entries;
+        self
+    }
+
+    /// The identities for a caller's selectors at `now`; expired SVIDs are
+    /// never returned.
+    pub fn identities_for(&self, selectors: &[Selector], now: SystemTime) -> Identities {
+        let matched = self.index.matching(selectors.iter());
+        if matched.is_empty() {
+            return Identities::None;
+        }
+        let ready: Vec<Arc<CachedSvid>> = matched
+            .iter()
+            .filter_map(|&i| self.entries.get(i))
+            .filter_map(|e| self.svids.get(&e.id))
+            .filter(|s| s.not_after > now)
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            Identities::Pending
+        } else {
+            Identities::Ready(ready)
+        }
+    }
+
+    /// A copy with the same content (SVIDs shared), for building the next
+    /// snapshot.
+    pub fn clone_shallow(&self) -> Self {
+        Self {
+            trust_domain: self.trust_domain.clone(),
+            entries: self.entries.clone(),
+            index: self.index.clone(),
+            svids: self.svids.clone(),
+            bundle: self.bundle.clone(),
+            bundle_sequence: self.bundle_sequence,
+            synced: self.synced,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::TaskLimits;
+    use lanyard_core::clock::from_unix_secs;
+
+    fn entry(id: &str, created: u64, sel: &str) -> RegistrationEntry {
+        RegistrationEntry {
+            id: EntryId::new(id).unwrap(),
+            spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
+            parent_id: SpiffeId::new("spiffe://td/node").unwrap(),
+            selectors: vec![sel.parse().unwrap()],
+            x509_ttl: None,
+            jwt_ttl: None,
+            dns_names: vec![],
+            hint: String::new(),
+            require_task: false,
+            task_limits: TaskLimits::default(),
+            revision: 0,
+            created_at: created,
+        }
+    }
+
+    fn svid(e: &RegistrationEntry, not_after: u64) -> Arc<CachedSvid> {
+        Arc::new(CachedSvid {
+            entry_id: e.id.clone(),
+            spiffe_id: e.spiffe_id.clone(),
+            chain: vec![],
+            key_pkcs8: vec![],
+            serial: "01".into(),
+            not_before: from_unix_secs(0),
+            not_after: from_unix_secs(not_after),
+            renew_at: from_unix_secs(not_after / 2),
+            entry_revision: 0,
+        })
+    }
+
+    #[test]
+    fn identities_none_pending_ready_and_never_expired() {
+        let a = entry("a", 2, "unix:uid:1");
+        let b = entry("b", 1, "unix:uid:1");
+        let mut s = Snapshot::empty(TrustDomain::new("td").unwrap())
+            .with_entries(vec![a.clone(), b.clone()]);
+        let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
+        let other: Vec<Selector> = vec!["unix:uid:2".parse().unwrap()];
+        assert!(matches!(s.identities_for(&other, from_unix_secs(5)), Identities::None));
+        assert!(matches!(s.identities_for(&caller, from_unix_secs(5)), Identities::Pending));
+        s.svids.insert(a.id.clone(), svid(&a, 100));
+        s.svids.insert(b.id.clone(), svid(&b, 10));
+        match s.identities_for(&caller, from_unix_secs(5)) {
+            // b was created first: it is the default.
+            Identities::Ready(v) => assert_eq!(
+                v.iter().map(|s| s.entry_id.as_str()).collect::<Vec<_>>(),
+                vec!["b", "a"]
+            ),
+            other => panic!("{other:?}"),
+        }
+        match s.identities_for(&caller, from_unix_secs(50)) {
+            Identities::Ready(v) => assert_eq!(v.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+}

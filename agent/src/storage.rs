@@ -1,0 +1,125 @@
+//! The agent's own credentials and bundle in `--data-dir`, written
+//! atomically (temp file, fsync, rename, fsync of the directory) so a crash
+//! never leaves a half-written file.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use lanyard_core::x509::{SvidError, pem_to_der_certs};
+
+const SVID_FILE: &str = "agent_svid.pem";
+const KEY_FILE: &str = "agent_key.der";
+const BUNDLE_FILE: &str = "bundle.pem";
+
+/// Why stored credentials could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// File system error.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// A stored file is corrupt.
+    #[error("{0} is corrupt: {1}")]
+    Corrupt(PathBuf, SvidError),
+}
+
+/// Stored agent credentials.
+pub struct StoredCreds {
+    /// SVID chain, DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8 key.
+    pub key_pkcs8: Vec<u8>,
+    /// Trust bundle, DER certificates.
+    pub bundle: Vec<Vec<u8>>,
+}
+
+/// The agent's data directory.
+#[derive(Debug, Clone)]
+pub struct AgentStorage {
+    dir: PathBuf,
+}
+
+/// Writes `data` to `path` atomically with mode `mode`.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn pem_chain(certs: &[Vec<u8>]) -> String {
+    certs
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone())))
+        .collect()
+}
+
+impl AgentStorage {
+    /// Opens (creating with mode 0700) the data directory.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Io(dir.to_owned(), e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StorageError::Io(dir.to_owned(), e))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Loads stored credentials; `None` when there are none yet.
+    pub fn load(&self) -> Result<Option<StoredCreds>, StorageError> {
+        let svid_path = self.dir.join(SVID_FILE);
+        if !svid_path.exists() {
+            return Ok(None);
+        }
+        let read = |p: &Path| std::fs::read(p).map_err(|e| StorageError::Io(p.to_owned(), e));
+        let chain = pem_to_der_certs(&read(&svid_path)?)
+            .map_err(|e| StorageError::Corrupt(svid_path.clone(), e))?;
+        let key_path = self.dir.join(KEY_FILE);
+        let key_pkcs8 = read(&key_path)?;
+        let bundle_path = self.dir.join(BUNDLE_FILE);
+        let bundle = pem_to_der_certs(&read(&bundle_path)?)
+            .map_err(|e| StorageError::Corrupt(bundle_path.clone(), e))?;
+        Ok(Some(StoredCreds {
+            chain,
+            key_pkcs8,
+            bundle,
+        }))
+    }
+
+    /// Stores the agent SVID and key (key first, so a crash in between
+    /// leaves a mismatched pair that `load` callers detect and discard).
+    pub fn save_svid(&self, chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), StorageError> {
+        let key_path = self.dir.join(KEY_FILE);
+        write_atomic(&key_path, key_pkcs8, 0o600).map_err(|e| StorageError::Io(key_path, e))?;
+        let svid_path = self.dir.join(SVID_FILE);
+        write_atomic(&svid_path, pem_chain(chain).as_bytes(), 0o644)
+            .map_err(|e| StorageError::Io(svid_path, e))
+    }
+
+    /// Stores the trust bundle.
+    pub fn save_bundle(&self, bundle: &[Vec<u8>]) -> Result<(), StorageError> {
+        let path = self.dir.join(BUNDLE_FILE);
+        write_atomic(&path, pem_chain(bundle).as_bytes(), 0o644)
+            .map_err(|e| StorageError::Io(path, e))
+    }
+
+    /// Removes stored credentials (after the server refused them for good).
+    pub fn clear(&self) {
+        for f in [SVID_FILE, KEY_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+}
