@@ -1,0 +1,352 @@
+//! `lanyard-agent` command line: `run`, the Workload API client commands
+//! (`api ...`) and `healthcheck`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lanyard_core::clock::format_rfc3339;
+use lanyard_core::x509::{CertInfo, der_chain_split};
+use lanyard_proto::uds::{socket_path, unix_channel};
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard_proto::workload::{X509svidRequest, X509svidResponse};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::config::{DEFAULT_SOCKET, RawConfig};
+use crate::storage::write_atomic;
+use crate::workload_api::SECURITY_HEADER;
+
+/// Lanyard node agent: workload attestation and the SPIFFE Workload API.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run(RunArgs),
+    /// Talk to a running agent's Workload API, as a workload would.
+    #[command(subcommand)]
+    Api(ApiCmd),
+    /// Exit 0 when the agent's Workload API answers its health check.
+    Healthcheck {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+/// Flags of `run`; each overrides the config file and has a `LANYARD_*` variable.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long, env = "LANYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Server address, host:port [default: 127.0.0.1:8081].
+    #[arg(long, env = "LANYARD_SERVER")]
+    pub server: Option<String>,
+    /// Trust domain, e.g. example.org.
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Join token from `lanyard-server token generate` (first start only).
+    #[arg(long, env = "LANYARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// PEM bundle from `lanyard-server bundle show`, to authenticate the server.
+    #[arg(long, env = "LANYARD_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// Trust the first server reached (development only).
+    #[arg(long)]
+    pub insecure_bootstrap: bool,
+    /// Workload API socket [default: /tmp/lanyard/public/api.sock].
+    #[arg(long, env = "LANYARD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Data directory for the agent's own SVID [default: .lanyard/agent].
+    #[arg(long, env = "LANYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: plain or json [default: plain].
+    #[arg(long, env = "LANYARD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl RunArgs {
+    /// The merged raw configuration: file first, then flags and environment.
+    pub fn raw_config(&self) -> Result<RawConfig, crate::config::ConfigError> {
+        let file = match &self.config {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        Ok(file.merge(RawConfig {
+            server: self.server.clone(),
+            trust_domain: self.trust_domain.clone(),
+            join_token: self.join_token.clone(),
+            trust_bundle: self.trust_bundle.clone(),
+            insecure_bootstrap: self.insecure_bootstrap.then_some(true),
+            socket: self.socket.clone(),
+            data_dir: self.data_dir.clone(),
+            log_format: self.log_format.clone(),
+        }))
+    }
+}
+
+/// Where the Workload API is.
+#[derive(Debug, Args, Clone)]
+pub struct SocketArgs {
+    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/lanyard/public/api.sock].
+    #[arg(long)]
+    pub socket: Option<String>,
+}
+
+impl SocketArgs {
+    /// The socket path: flag, then `SPIFFE_ENDPOINT_SOCKET`, then the default.
+    pub fn path(&self) -> PathBuf {
+        let addr = self
+            .socket
+            .clone()
+            .or_else(|| std::env::var("SPIFFE_ENDPOINT_SOCKET").ok())
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_owned());
+        socket_path(&addr)
+    }
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable.
+    Text,
+    /// Machine-readable JSON.
+    Json,
+}
+
+/// `api` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ApiCmd {
+    /// Fetch SVIDs once.
+    #[command(subcommand)]
+    Fetch(FetchCmd),
+    /// Print every X.509-SVID update as it arrives.
+    Watch {
+        #[command(flatten)]
+        socket: SocketArgs,
+    },
+}
+
+/// `api fetch` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FetchCmd {
+    /// Fetch the caller's X.509-SVIDs and bundle.
+    X509 {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Write svid.N.pem, svid.N.key and bundle.N.pem into this directory.
+        #[arg(long)]
+        write: Option<PathBuf>,
+        /// Give up after this long.
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// A one-line error for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn err(m: impl ToString) -> CliError {
+    CliError(m.to_string())
+}
+
+fn client(socket: &Path) -> Result<SpiffeWorkloadApiClient<Channel>, CliError> {
+    if !socket.exists() {
+        return Err(err(format!(
+            "Workload API socket {} does not exist; is lanyard-agent running? (use --socket or SPIFFE_ENDPOINT_SOCKET)",
+            socket.display()
+        )));
+    }
+    Ok(SpiffeWorkloadApiClient::new(unix_channel(socket).map_err(err)?))
+}
+
+fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+    r
+}
+
+fn status_err(s: tonic::Status) -> CliError {
+    err(format!("{:?}: {}", s.code(), s.message()))
+}
+
+async fn first_x509(socket: &Path, timeout: Duration) -> Result<X509svidResponse, CliError> {
+    let mut c = client(socket)?;
+    let fut = async {
+        let mut stream = c
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        stream
+            .message()
+            .await
+            .map_err(status_err)?
+            .ok_or_else(|| err("the agent closed the stream without sending SVIDs"))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| err(format!("no SVID received within {timeout:?}")))?
+}
+
+fn pem_blocks(label: &str, ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new(label, d.clone())))
+        .collect()
+}
+
+fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliError> {
+    let mut text = String::new();
+    let mut svids = Vec::new();
+    for s in &resp.svids {
+        let chain = der_chain_split(&s.x509_svid).map_err(err)?;
+        let leaf = CertInfo::parse(chain.first().ok_or_else(|| err("empty SVID chain"))?)
+            .map_err(err)?;
+        text.push_str(&format!(
+            "SPIFFE ID:\t\t{}\nSVID Valid After:\t{}\nSVID Valid Until:\t{}\nSerial:\t\t\t{}\n",
+            s.spiffe_id,
+            format_rfc3339(leaf.not_before),
+            format_rfc3339(leaf.not_after),
+            leaf.serial
+        ));
+        if !s.hint.is_empty() {
+            text.push_str(&format!("Hint:\t\t\t{}\n", s.hint));
+        }
+        let bundle = der_chain_split(&s.bundle).map_err(err)?;
+        for (i, ca) in bundle.iter().enumerate() {
+            let ca = CertInfo::parse(ca).map_err(err)?;
+            text.push_str(&format!(
+                "CA #{} Valid After:\t{}\nCA #{} Valid Until:\t{}\n",
+                i + 1,
+                format_rfc3339(ca.not_before),
+                i + 1,
+                format_rfc3339(ca.not_after)
+            ));
+        }
+        text.push('\n');
+        svids.push(json!({
+            "spiffe_id": s.spiffe_id,
+            "hint": s.hint,
+            "serial": leaf.serial,
+            "not_before": format_rfc3339(leaf.not_before),
+            "not_after": format_rfc3339(leaf.not_after),
+            "svid_pem": pem_blocks("CERTIFICATE", &chain),
+            "bundle_pem": pem_blocks("CERTIFICATE", &bundle),
+        }));
+    }
+    Ok((text, json!({ "svids": svids })))
+}
+
+fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    for (i, s) in resp.svids.iter().enumerate() {
+        let chain = der_chain_split(&s.x509_svid).map_err(err)?;
+        let bundle = der_chain_split(&s.bundle).map_err(err)?;
+        let files = [
+            (format!("svid.{i}.pem"), pem_blocks("CERTIFICATE", &chain), 0o644),
+            (
+                format!("svid.{i}.key"),
+                pem_blocks("PRIVATE KEY", std::slice::from_ref(&s.x509_svid_key)),
+                0o600,
+            ),
+            (format!("bundle.{i}.pem"), pem_blocks("CERTIFICATE", &bundle), 0o644),
+        ];
+        for (name, content, mode) in files {
+            let p = dir.join(&name);
+            write_atomic(&p, content.as_bytes(), mode)
+                .map_err(|e| err(format!("{}: {e}", p.display())))?;
+            println!("Wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Runs a client subcommand.
+pub async fn run_client(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Run(_) => Err(err("run is handled by main")),
+        Command::Healthcheck { socket } => {
+            let path = socket.path();
+            if !path.exists() {
+                return Err(err(format!("agent socket {} does not exist", path.display())));
+            }
+            let mut c = tonic_health::pb::health_client::HealthClient::new(
+                unix_channel(&path).map_err(err)?,
+            );
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
+            .await
+            .map_err(|_| err("health check timed out"))?
+            .map_err(status_err)?
+            .into_inner();
+            if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                println!("Agent is healthy.");
+                Ok(())
+            } else {
+                Err(err("agent is not serving"))
+            }
+        }
+        Command::Api(ApiCmd::Fetch(FetchCmd::X509 {
+            socket,
+            write,
+            timeout,
+            output,
+        })) => {
+            let timeout = lanyard_core::duration::parse_duration(&timeout).map_err(err)?;
+            let started = Instant::now();
+            let resp = first_x509(&socket.path(), timeout).await?;
+            let (text, js) = describe(&resp)?;
+            match output {
+                Output::Json => println!("{js}"),
+                Output::Text => {
+                    println!(
+                        "Received {} svid after {:.3}ms\n",
+                        resp.svids.len(),
+                        started.elapsed().as_secs_f64() * 1000.0
+                    );
+                    print!("{text}");
+                }
+            }
+            if let Some(dir) = write {
+                write_files(&dir, &resp)?;
+            }
+            Ok(())
+        }
+        Command::Api(ApiCmd::Watch { socket }) => {
+            let mut c = client(&socket.path())?;
+            let mut stream = c
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        println!("Received {} svid(s) at {}", resp.svids.len(), format_rfc3339(std::time::SystemTime::now()));
+                        print!("{}", describe(&resp)?.0);
+                    }
+                    Ok(None) => return Err(err("the agent closed the stream")),
+                    Err(s) => return Err(status_err(s)),
+                }
+            }
+        }
+    }
+}

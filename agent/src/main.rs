@@ -1,1 +1,57 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use lanyard_agent::cli::{Cli, Command};
+use lanyard_agent::config::LogFormat;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Run(args) => async {
+            let config = args.raw_config()?.validate()?;
+            init_tracing(config.log_format);
+            tracing::info!(?config, "configuration");
+            let bound = lanyard_agent::build(config).await?;
+            bound.run_until(shutdown_signal()).await;
+            Ok(())
+        }
+        .await,
+        cmd => lanyard_agent::cli::run_client(cmd).await.map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
