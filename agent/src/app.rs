@@ -62,7 +62,12 @@ impl Bound {
 
 /// Builds and starts the agent.
 pub async fn build(config: Config) -> Result<Bound, AppError> {
-    build_with(config, Arc::new(SystemClock), Arc::new(UnixAttestor::default())).await
+    build_with(
+        config,
+        Arc::new(SystemClock),
+        Arc::new(UnixAttestor::default()),
+    )
+    .await
 }
 
 /// [`build`] with explicit clock and attestor.
@@ -93,9 +98,7 @@ pub async fn build_with(
         shutdown: shutdown_rx.clone(),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
         .await;

@@ -19,10 +19,14 @@ use crate::storage::AgentStorage;
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     /// No stored SVID and no join token.
-    #[error("no stored agent SVID in the data directory; pass --join-token (from `lanyard-server token generate`)")]
+    #[error(
+        "no stored agent SVID in the data directory; pass --join-token (from `lanyard-server token generate`)"
+    )]
     NeedToken,
     /// A token but no way to authenticate the server.
-    #[error("pass --trust-bundle FILE (from `lanyard-server bundle show`) or --insecure-bootstrap to attest with a join token")]
+    #[error(
+        "pass --trust-bundle FILE (from `lanyard-server bundle show`) or --insecure-bootstrap to attest with a join token"
+    )]
     NeedTrust,
     /// The trust bundle file is unreadable or invalid.
     #[error("trust bundle {0}: {1}")]
@@ -33,6 +37,10 @@ pub enum BootstrapError {
     /// The server could not be reached.
     #[error("cannot reach server {0}: {1}")]
     Unreachable(String, String),
+    /// The server's certificate does not chain to the trust bundle or has
+    /// the wrong SPIFFE ID.
+    #[error("server {0} is not trusted: {1}")]
+    ServerNotTrusted(String, String),
     /// Something else failed.
     #[error("{0}")]
     Other(String),
@@ -47,13 +55,17 @@ pub async fn ensure_identity(
 ) -> Result<(), BootstrapError> {
     match storage.load() {
         Ok(Some(stored)) => match AgentIdentity::new(stored.chain, stored.key_pkcs8) {
-            Ok(id) if id.not_after > clock.now() && id.spiffe_id.is_member_of(&cfg.trust_domain) => {
+            Ok(id)
+                if id.not_after > clock.now() && id.spiffe_id.is_member_of(&cfg.trust_domain) =>
+            {
                 tracing::info!(agent_id = %id.spiffe_id, not_after = ?id.not_after, "using stored agent SVID");
                 creds.set_bundle(Arc::new(stored.bundle));
                 creds.set_identity(Some(Arc::new(id)));
                 return Ok(());
             }
-            Ok(id) => tracing::warn!(agent_id = %id.spiffe_id, "stored agent SVID has expired or is for another trust domain"),
+            Ok(id) => {
+                tracing::warn!(agent_id = %id.spiffe_id, "stored agent SVID has expired or is for another trust domain")
+            }
             Err(err) => tracing::warn!(%err, "stored agent SVID is unusable"),
         },
         Ok(None) => {}
@@ -63,14 +75,18 @@ pub async fn ensure_identity(
     let verifier: Arc<dyn ServerCertVerifier> = match &cfg.bootstrap {
         Bootstrap::None => return Err(BootstrapError::NeedTrust),
         Bootstrap::Insecure => {
-            tracing::warn!("--insecure-bootstrap: the server is not authenticated for the first attestation");
+            tracing::warn!(
+                "--insecure-bootstrap: the server is not authenticated for the first attestation"
+            );
             Arc::new(InsecureBootstrapVerifier::default())
         }
         Bootstrap::TrustBundle(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| BootstrapError::TrustBundle(path.display().to_string(), e.to_string()))?;
-            let certs = pem_to_der_certs(&bytes)
-                .map_err(|e| BootstrapError::TrustBundle(path.display().to_string(), e.to_string()))?;
+            let bytes = std::fs::read(path).map_err(|e| {
+                BootstrapError::TrustBundle(path.display().to_string(), e.to_string())
+            })?;
+            let certs = pem_to_der_certs(&bytes).map_err(|e| {
+                BootstrapError::TrustBundle(path.display().to_string(), e.to_string())
+            })?;
             let server_id = cfg
                 .trust_domain
                 .id_with_segments(["lanyard", "server"])
@@ -101,24 +117,45 @@ pub async fn ensure_identity(
         };
         match client.attest_agent(req).await {
             Ok(r) => break r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable && attempt < 8 => {
+            Err(s) if is_tls_rejection(&s) => {
+                return Err(BootstrapError::ServerNotTrusted(
+                    cfg.server.clone(),
+                    tls_reason(&s),
+                ));
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable && attempt < 6 => {
                 attempt += 1;
-                tracing::warn!(message = s.message(), attempt, "server unavailable; retrying attestation");
-                tokio::time::sleep(Duration::from_millis(250 << attempt.min(5))).await;
+                tracing::warn!(
+                    message = s.message(),
+                    attempt,
+                    "server unavailable; retrying attestation"
+                );
+                tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
             }
             Err(s) if s.code() == tonic::Code::Unavailable => {
-                return Err(BootstrapError::Unreachable(cfg.server.clone(), s.message().to_owned()));
+                return Err(BootstrapError::Unreachable(
+                    cfg.server.clone(),
+                    s.message().to_owned(),
+                ));
             }
             Err(s) => return Err(BootstrapError::Refused(s.message().to_owned())),
         }
     };
-    let svid = resp.svid.ok_or_else(|| BootstrapError::Other("server sent no SVID".into()))?;
+    let svid = resp
+        .svid
+        .ok_or_else(|| BootstrapError::Other("server sent no SVID".into()))?;
     let bundle = resp
         .bundle
         .ok_or_else(|| BootstrapError::Other("server sent no bundle".into()))?
         .x509_authorities;
-    validate_x509_svid(&svid.cert_chain, &cfg.trust_domain, &bundle, PeerUsage::Client, clock.now())
-        .map_err(|e| BootstrapError::Other(format!("server sent an invalid agent SVID: {e}")))?;
+    validate_x509_svid(
+        &svid.cert_chain,
+        &cfg.trust_domain,
+        &bundle,
+        PeerUsage::Client,
+        clock.now(),
+    )
+    .map_err(|e| BootstrapError::Other(format!("server sent an invalid agent SVID: {e}")))?;
     let identity = AgentIdentity::new(svid.cert_chain, key.pkcs8_der())
         .map_err(|e| BootstrapError::Other(e.to_string()))?;
     storage
@@ -129,4 +166,28 @@ pub async fn ensure_identity(
     creds.set_bundle(Arc::new(bundle));
     creds.set_identity(Some(Arc::new(identity)));
     Ok(())
+}
+
+/// The error chain of a status, as text.
+fn chain_text(s: &tonic::Status) -> String {
+    let mut out = s.message().to_owned();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        src = e.source();
+    }
+    out
+}
+
+/// True when the connection failed because our verifier refused the
+/// server's certificate (retrying cannot help).
+fn is_tls_rejection(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && chain_text(s).contains("invalid peer certificate")
+}
+
+fn tls_reason(s: &tonic::Status) -> String {
+    let text = chain_text(s);
+    text.find("invalid peer certificate")
+        .map_or(text.clone(), |i| text[i..].to_owned())
 }

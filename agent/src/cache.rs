@@ -180,8 +180,14 @@ mod tests {
             .with_entries(vec![a.clone(), b.clone()]);
         let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
         let other: Vec<Selector> = vec!["unix:uid:2".parse().unwrap()];
-        assert!(matches!(s.identities_for(&other, from_unix_secs(5)), Identities::None));
-        assert!(matches!(s.identities_for(&caller, from_unix_secs(5)), Identities::Pending));
+        assert!(matches!(
+            s.identities_for(&other, from_unix_secs(5)),
+            Identities::None
+        ));
+        assert!(matches!(
+            s.identities_for(&caller, from_unix_secs(5)),
+            Identities::Pending
+        ));
         s.svids.insert(a.id.clone(), svid(&a, 100));
         s.svids.insert(b.id.clone(), svid(&b, 10));
         match s.identities_for(&caller, from_unix_secs(5)) {

@@ -170,13 +170,17 @@ fn client(socket: &Path) -> Result<SpiffeWorkloadApiClient<Channel>, CliError> {
             socket.display()
         )));
     }
-    Ok(SpiffeWorkloadApiClient::new(unix_channel(socket).map_err(err)?))
+    Ok(SpiffeWorkloadApiClient::new(
+        unix_channel(socket).map_err(err)?,
+    ))
 }
 
 fn with_header<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert(SECURITY_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+    r.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     r
 }
 
@@ -214,8 +218,8 @@ fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliE
     let mut svids = Vec::new();
     for s in &resp.svids {
         let chain = der_chain_split(&s.x509_svid).map_err(err)?;
-        let leaf = CertInfo::parse(chain.first().ok_or_else(|| err("empty SVID chain"))?)
-            .map_err(err)?;
+        let leaf =
+            CertInfo::parse(chain.first().ok_or_else(|| err("empty SVID chain"))?).map_err(err)?;
         text.push_str(&format!(
             "SPIFFE ID:\t\t{}\nSVID Valid After:\t{}\nSVID Valid Until:\t{}\nSerial:\t\t\t{}\n",
             s.spiffe_id,
@@ -257,13 +261,21 @@ fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), CliError> {
         let chain = der_chain_split(&s.x509_svid).map_err(err)?;
         let bundle = der_chain_split(&s.bundle).map_err(err)?;
         let files = [
-            (format!("svid.{i}.pem"), pem_blocks("CERTIFICATE", &chain), 0o644),
+            (
+                format!("svid.{i}.pem"),
+                pem_blocks("CERTIFICATE", &chain),
+                0o644,
+            ),
             (
                 format!("svid.{i}.key"),
                 pem_blocks("PRIVATE KEY", std::slice::from_ref(&s.x509_svid_key)),
                 0o600,
             ),
-            (format!("bundle.{i}.pem"), pem_blocks("CERTIFICATE", &bundle), 0o644),
+            (
+                format!("bundle.{i}.pem"),
+                pem_blocks("CERTIFICATE", &bundle),
+                0o644,
+            ),
         ];
         for (name, content, mode) in files {
             let p = dir.join(&name);
@@ -282,7 +294,10 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
         Command::Healthcheck { socket } => {
             let path = socket.path();
             if !path.exists() {
-                return Err(err(format!("agent socket {} does not exist", path.display())));
+                return Err(err(format!(
+                    "agent socket {} does not exist",
+                    path.display()
+                )));
             }
             let mut c = tonic_health::pb::health_client::HealthClient::new(
                 unix_channel(&path).map_err(err)?,
@@ -340,7 +355,11 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
             loop {
                 match stream.message().await {
                     Ok(Some(resp)) => {
-                        println!("Received {} svid(s) at {}", resp.svids.len(), format_rfc3339(std::time::SystemTime::now()));
+                        println!(
+                            "Received {} svid(s) at {}",
+                            resp.svids.len(),
+                            format_rfc3339(std::time::SystemTime::now())
+                        );
                         print!("{}", describe(&resp)?.0);
                     }
                     Ok(None) => return Err(err("the agent closed the stream")),

@@ -56,7 +56,10 @@ impl std::fmt::Debug for RawConfig {
         f.debug_struct("RawConfig")
             .field("server", &self.server)
             .field("trust_domain", &self.trust_domain)
-            .field("join_token", &self.join_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +108,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("server", &self.server)
             .field("trust_domain", &self.trust_domain)
-            .field("join_token", &self.join_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("bootstrap", &self.bootstrap)
             .field("socket", &self.socket)
             .field("data_dir", &self.data_dir)
@@ -149,11 +155,17 @@ impl RawConfig {
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let trust_domain = TrustDomain::new(self.trust_domain.as_deref().ok_or_else(|| {
-            invalid("trust_domain", "is required (e.g. --trust-domain example.org)")
+            invalid(
+                "trust_domain",
+                "is required (e.g. --trust-domain example.org)",
+            )
         })?)
         .map_err(|e| invalid("trust_domain", e))?;
         let server = self.server.unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        if server.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if server
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             return Err(invalid("server", format!("{server:?} is not host:port")));
         }
         let bootstrap = match (self.trust_bundle, self.insecure_bootstrap.unwrap_or(false)) {
@@ -170,7 +182,12 @@ impl RawConfig {
         let log_format = match self.log_format.as_deref().unwrap_or("plain") {
             "plain" => LogFormat::Plain,
             "json" => LogFormat::Json,
-            other => return Err(invalid("log_format", format!("{other:?} is not plain or json"))),
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not plain or json"),
+                ));
+            }
         };
         Ok(Config {
             server,
@@ -178,7 +195,9 @@ impl RawConfig {
             join_token: self.join_token.filter(|t| !t.is_empty()),
             bootstrap,
             socket: self.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(".lanyard/agent")),
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(".lanyard/agent")),
             log_format,
         })
     }

@@ -48,15 +48,15 @@ impl AgentIdentity {
                 "agent key does not match its certificate".into(),
             ));
         }
-        let uri = info
-            .uri_sans
-            .first()
-            .ok_or(SvidError::UriSanCount(0))?;
+        let uri = info.uri_sans.first().ok_or(SvidError::UriSanCount(0))?;
         let spiffe_id = SpiffeId::new(uri).map_err(|e| SvidError::BadSpiffeId(e.to_string()))?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.clone()));
         let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
             .map_err(|e| SvidError::Crypto(e.to_string()))?;
-        let certs = chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let certs = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect();
         Ok(Self {
             spiffe_id,
             not_before: info.not_before,

@@ -36,16 +36,20 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Run(args) => async {
-            let config = args.raw_config()?.validate()?;
-            init_tracing(config.log_format);
-            tracing::info!(?config, "configuration");
-            let bound = lanyard_agent::build(config).await?;
-            bound.run_until(shutdown_signal()).await;
-            Ok(())
+        Command::Run(args) => {
+            async {
+                let config = args.raw_config()?.validate()?;
+                init_tracing(config.log_format);
+                tracing::info!(?config, "configuration");
+                let bound = lanyard_agent::build(config).await?;
+                bound.run_until(shutdown_signal()).await;
+                Ok(())
+            }
+            .await
         }
-        .await,
-        cmd => lanyard_agent::cli::run_client(cmd).await.map_err(Into::into),
+        cmd => lanyard_agent::cli::run_client(cmd)
+            .await
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

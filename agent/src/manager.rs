@@ -14,7 +14,9 @@ use lanyard_core::tls::SpiffeServerVerifier;
 use lanyard_core::x509::{CertInfo, SvidKey};
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TrustDomain};
 use lanyard_proto::server::node_client::NodeClient;
-use lanyard_proto::server::{RenewAgentRequest, SignX509SvidsRequest, SvidCsr, SyncRequest, SyncUpdate};
+use lanyard_proto::server::{
+    RenewAgentRequest, SignX509SvidsRequest, SvidCsr, SyncRequest, SyncUpdate,
+};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -139,7 +141,9 @@ impl Manager {
         };
         if self.agent_renew_at.is_none() {
             self.agent_renew_at = Some(renew_at(
-                identity.not_before,
+                self.clock
+                    .now()
+                    .clamp(identity.not_before, identity.not_after),
                 identity.not_after,
                 jitter_sample(),
             ));
@@ -207,7 +211,9 @@ impl Manager {
             let id = msg.id.clone();
             match RegistrationEntry::try_from(msg) {
                 Ok(e) => entries.push(e),
-                Err(err) => tracing::warn!(entry_id = %id, %err, "ignoring invalid entry from server"),
+                Err(err) => {
+                    tracing::warn!(entry_id = %id, %err, "ignoring invalid entry from server")
+                }
             }
         }
         self.entries = entries;
@@ -219,11 +225,16 @@ impl Manager {
                 if let Err(err) = self.storage.save_bundle(&self.bundle) {
                     tracing::warn!(%err, "cannot persist trust bundle");
                 }
-                tracing::info!(sequence = self.bundle_sequence, authorities = self.bundle.len(), "trust bundle updated");
+                tracing::info!(
+                    sequence = self.bundle_sequence,
+                    authorities = self.bundle.len(),
+                    "trust bundle updated"
+                );
             }
         }
         self.synced = true;
-        let live: std::collections::HashSet<&EntryId> = self.entries.iter().map(|e| &e.id).collect();
+        let live: std::collections::HashSet<&EntryId> =
+            self.entries.iter().map(|e| &e.id).collect();
         self.svids.retain(|id, _| live.contains(id));
         self.failures.retain(|id, _| live.contains(id));
         self.publish_snapshot();
@@ -303,7 +314,10 @@ impl Manager {
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(count = chunk.len(), "SVID signing timed out; keeping current SVIDs");
+                    tracing::warn!(
+                        count = chunk.len(),
+                        "SVID signing timed out; keeping current SVIDs"
+                    );
                     chunk.iter().for_each(|e| self.fail(&e.id, now));
                     continue;
                 }
@@ -312,7 +326,11 @@ impl Manager {
                 let Some((key, entry)) = keys.remove(&r.entry_id) else {
                     continue;
                 };
-                match r.svid.ok_or(r.error).and_then(|s| self.accept(&entry, key, s.cert_chain)) {
+                match r
+                    .svid
+                    .ok_or(r.error)
+                    .and_then(|s| self.accept(&entry, key, s.cert_chain))
+                {
                     Ok(svid) => {
                         tracing::debug!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "SVID issued");
                         self.failures.remove(&entry.id);
@@ -353,7 +371,13 @@ impl Manager {
             serial: info.serial,
             not_before: info.not_before,
             not_after: info.not_after,
-            renew_at: renew_at(info.not_before, info.not_after, jitter_sample()),
+            // Half of the lifetime left on receipt: the backdated part of
+            // the validity window does not count.
+            renew_at: renew_at(
+                self.clock.now().clamp(info.not_before, info.not_after),
+                info.not_after,
+                jitter_sample(),
+            ),
             entry_revision: entry.revision,
             chain,
         })
@@ -366,11 +390,12 @@ impl Manager {
             let id = self.creds.identity().ok_or("no agent identity")?;
             let key = SvidKey::generate().map_err(|e| e.to_string())?;
             let csr = key.csr(&id.spiffe_id).map_err(|e| e.to_string())?;
-            let resp = tokio::time::timeout(CALL_TIMEOUT, client.renew_agent(RenewAgentRequest { csr }))
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .map_err(|s| s.message().to_string())?
-                .into_inner();
+            let resp =
+                tokio::time::timeout(CALL_TIMEOUT, client.renew_agent(RenewAgentRequest { csr }))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|s| s.message().to_string())?
+                    .into_inner();
             let chain = resp.svid.ok_or("empty response")?.cert_chain;
             let identity = AgentIdentity::new(chain, key.pkcs8_der()).map_err(|e| e.to_string())?;
             self.storage
@@ -382,14 +407,19 @@ impl Manager {
         match result {
             Ok(identity) => {
                 tracing::info!(agent_id = %identity.spiffe_id, not_after = ?identity.not_after, "agent SVID renewed");
-                self.agent_renew_at = Some(renew_at(identity.not_before, identity.not_after, jitter_sample()));
+                self.agent_renew_at = Some(renew_at(
+                    now.clamp(identity.not_before, identity.not_after),
+                    identity.not_after,
+                    jitter_sample(),
+                ));
                 self.agent_failures = 0;
                 self.creds.set_identity(Some(Arc::new(identity)));
                 true
             }
             Err(err) => {
                 let expires = self.creds.identity().map_or(now, |i| i.not_after);
-                let delay = retry_delay(self.agent_failures, BACKOFF_BASE, BACKOFF_MAX, now, expires);
+                let delay =
+                    retry_delay(self.agent_failures, BACKOFF_BASE, BACKOFF_MAX, now, expires);
                 self.agent_failures = self.agent_failures.saturating_add(1);
                 self.agent_renew_at = Some(now + delay);
                 tracing::warn!(%err, retry_in = ?delay, "agent SVID renewal failed");

@@ -42,7 +42,10 @@ pub fn tls_config(
 }
 
 /// A lazily connecting Node API client for `server` (`host:port`).
-pub fn node_client(server: &str, tls: Arc<ClientConfig>) -> Result<NodeClient<Channel>, ClientError> {
+pub fn node_client(
+    server: &str,
+    tls: Arc<ClientConfig>,
+) -> Result<NodeClient<Channel>, ClientError> {
     let addr = server.to_owned();
     let endpoint = Endpoint::try_from(format!("http://{server}"))
         .map_err(|e| ClientError::Address(server.to_owned(), e.to_string()))?

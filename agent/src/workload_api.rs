@@ -91,7 +91,10 @@ type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
     /// Checks the header and attests the caller.
-    async fn attest<T>(&self, req: &Request<T>) -> Result<(Vec<Selector>, PeerCred), WorkloadError> {
+    async fn attest<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(Vec<Selector>, PeerCred), WorkloadError> {
         check_header(req)?;
         let cred = req
             .extensions()
@@ -196,7 +199,13 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
 fn bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<Vec<u8>>, X509BundlesResponse) {
     let mut bundles = HashMap::new();
     bundles.insert(snap.trust_domain.id_string(), concat(&snap.bundle));
-    ((*snap.bundle).clone(), X509BundlesResponse { crl: vec![], bundles })
+    (
+        (*snap.bundle).clone(),
+        X509BundlesResponse {
+            crl: vec![],
+            bundles,
+        },
+    )
 }
 
 #[tonic::async_trait]
@@ -249,6 +258,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(WorkloadError::Unimplemented("JWT-SVID validation is not supported by this agent yet").into())
+        Err(
+            WorkloadError::Unimplemented("JWT-SVID validation is not supported by this agent yet")
+                .into(),
+        )
     }
 }

@@ -1,1 +1,174 @@
+//! Helpers for Lanyard's end-to-end tests: a real server and a real agent
+//! running in this process over real sockets, in a temporary directory.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest};
+use lanyard_proto::types;
+use lanyard_proto::uds::unix_channel;
+use tonic::transport::Channel;
+
+/// The trust domain every test uses.
+pub const TD: &str = "example.org";
+
+/// Installs the process-wide rustls provider (once) and test logging.
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The uid of this process.
+pub fn own_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    /// Its handle.
+    pub bound: lanyard_server::Bound,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl TestServer {
+    /// Starts a server in `dir` on `bind` (use port 0 for a free port).
+    pub async fn start(dir: &Path, bind: &str) -> Self {
+        Self::start_with(dir, bind, |_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusts its configuration.
+    pub async fn start_with(
+        dir: &Path,
+        bind: &str,
+        tweak: impl FnOnce(&mut lanyard_server::Config),
+    ) -> Self {
+        init();
+        let mut cfg = lanyard_server::Config::for_dir(TD, dir).expect("config");
+        cfg.bind = bind.parse().expect("bind address");
+        tweak(&mut cfg);
+        let bound = lanyard_server::build(cfg).await.expect("server starts");
+        Self {
+            bound,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The server API address.
+    pub fn addr(&self) -> SocketAddr {
+        self.bound.server_addr
+    }
+
+    /// An admin client.
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(unix_channel(&self.bound.admin_socket).expect("admin channel"))
+    }
+
+    /// A join token for `agent_id`.
+    pub async fn token(&self, agent_id: &str) -> String {
+        self.admin()
+            .create_join_token(CreateJoinTokenRequest {
+                agent_id: agent_id.to_owned(),
+                ttl_seconds: 600,
+            })
+            .await
+            .expect("token")
+            .into_inner()
+            .token
+    }
+
+    /// Creates an entry for this process's uid under `parent`.
+    pub async fn entry_for_me(&self, spiffe_id: &str, parent: &str, x509_ttl: i64) -> types::Entry {
+        self.admin()
+            .create_entry(CreateEntryRequest {
+                entry: Some(types::Entry {
+                    spiffe_id: spiffe_id.to_owned(),
+                    parent_id: parent.to_owned(),
+                    selectors: vec![format!("unix:uid:{}", own_uid())],
+                    x509_ttl_seconds: x509_ttl,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("create entry")
+            .into_inner()
+    }
+
+    /// The bundle's DER CA certificates.
+    pub fn bundle(&self) -> Vec<Vec<u8>> {
+        self.bound.ca.snapshot().authorities.to_vec()
+    }
+
+    /// Writes the bundle as PEM into the server's directory and returns the path.
+    pub fn write_bundle_pem(&self) -> PathBuf {
+        let pem: String = self
+            .bundle()
+            .into_iter()
+            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c)))
+            .collect();
+        let p = self.dir.join("bundle.pem");
+        std::fs::write(&p, pem).expect("write bundle");
+        p
+    }
+
+    /// Stops the server and closes its database.
+    pub async fn stop(self) {
+        self.bound.shutdown().await;
+    }
+}
+
+/// Agent configuration for tests.
+pub fn agent_config(
+    dir: &Path,
+    server: SocketAddr,
+    token: Option<String>,
+) -> lanyard_agent::Config {
+    lanyard_agent::config::RawConfig {
+        server: Some(server.to_string()),
+        trust_domain: Some(TD.into()),
+        join_token: token,
+        insecure_bootstrap: Some(true),
+        socket: Some(dir.join("agent.sock")),
+        data_dir: Some(dir.join("agent-data")),
+        ..Default::default()
+    }
+    .validate()
+    .expect("agent config")
+}
+
+/// Starts an agent in `dir`.
+pub async fn start_agent(
+    dir: &Path,
+    server: SocketAddr,
+    token: Option<String>,
+) -> Result<lanyard_agent::Bound, lanyard_agent::app::AppError> {
+    init();
+    lanyard_agent::build(agent_config(dir, server, token)).await
+}
+
+/// The `unix://` endpoint of an agent socket, as SPIFFE clients take it.
+pub fn endpoint(socket: &Path) -> String {
+    format!("unix://{}", socket.display())
+}
