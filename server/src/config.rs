@@ -236,14 +236,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.bind.to_string(), DEFAULT_BIND);
         assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(300));
-        let file: RawConfig = toml::from_str("trust_domain = \"a.org\"\nca_ttl = \"1h\"").unwrap();
+        let file: RawConfig = toml::from_str("trust_domain = \"a.org\"\nca_ttl = \"4h\"").unwrap();
         let flags = RawConfig {
             trust_domain: Some("b.org".into()),
             ..Default::default()
         };
         let c = file.merge(flags).validate().unwrap();
         assert_eq!(c.trust_domain.name(), "b.org");
-        assert_eq!(c.ca_ttl, Duration::from_secs(3600));
+        assert_eq!(c.ca_ttl, Duration::from_secs(4 * 3600));
     }
 
     #[test]

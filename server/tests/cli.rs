@@ -1,0 +1,313 @@
+//! The real `lanyard-server` binary: `run` plus every admin command, in text
+//! and JSON, and the errors users see.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lanyard-server");
+
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> Server {
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            "--trust-domain",
+            "example.org",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--admin-socket")
+        .arg(dir.join("admin.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("admin.sock").exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child }
+}
+
+fn admin(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--admin-socket")
+        .arg(dir.join("admin.sock"))
+        .output()
+        .expect("run admin command")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(o: &Output) -> String {
+    assert!(!o.status.success(), "command should fail");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one-line error expected: {err}"
+    );
+    err
+}
+
+#[test]
+fn admin_commands_work_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = start(dir.path());
+    let d = dir.path();
+
+    let token = ok(&admin(
+        d,
+        &[
+            "token",
+            "generate",
+            "--agent-id",
+            "spiffe://example.org/node/n1",
+            "--ttl",
+            "5m",
+        ],
+    ));
+    assert_eq!(token.trim().len(), 32);
+    let js = ok(&admin(d, &["token", "generate", "--output", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&js).unwrap();
+    assert!(
+        v["agent_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("spiffe://example.org/lanyard/agent/join_token/")
+    );
+
+    let created = ok(&admin(
+        d,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/agent/planner",
+            "--parent-id",
+            "spiffe://example.org/node/n1",
+            "--selector",
+            "unix:uid:1000",
+            "--x509-ttl",
+            "60s",
+            "--allow-tool",
+            "search",
+            "--output",
+            "json",
+        ],
+    ));
+    let e: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    assert_eq!(e["x509_ttl_seconds"], 60);
+    assert_eq!(e["allowed_tools"][0], "search");
+
+    let shown = ok(&admin(d, &["entry", "show", &id]));
+    assert!(shown.contains("spiffe://example.org/agent/planner"));
+    assert!(shown.contains("unix:uid:1000"));
+
+    let updated = ok(&admin(
+        d,
+        &[
+            "entry",
+            "update",
+            &id,
+            "--x509-ttl",
+            "2m",
+            "--output",
+            "json",
+        ],
+    ));
+    let u: serde_json::Value = serde_json::from_str(&updated).unwrap();
+    assert_eq!(u["x509_ttl_seconds"], 120);
+    assert_eq!(u["revision"], 1);
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&admin(d, &["entry", "list", "--output", "json"]))).unwrap();
+    assert_eq!(list["entries"].as_array().unwrap().len(), 1);
+
+    // Duplicates are refused.
+    let err = fails(&admin(
+        d,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://example.org/agent/planner",
+            "--parent-id",
+            "spiffe://example.org/node/n1",
+            "--selector",
+            "unix:uid:1000",
+        ],
+    ));
+    assert!(err.contains("already exists"), "{err}");
+
+    let pem = ok(&admin(d, &["bundle", "show", "--format", "pem"]));
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let agents = ok(&admin(d, &["agent", "list"]));
+    assert!(agents.contains("No agents"));
+
+    assert!(ok(&admin(d, &["entry", "delete", &id])).contains(&id));
+    let err = fails(&admin(d, &["entry", "show", &id]));
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No server yet.
+    let err = fails(&admin(d, &["entry", "list"]));
+    assert!(err.contains("is lanyard-server running"), "{err}");
+
+    let _server = start(d);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "http://x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "unix:uid:1",
+            ],
+            "must start with \"spiffe://\"",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "nocolon",
+            ],
+            "type:value",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+            ],
+            "--selector is required",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://other.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "unix:uid:1",
+            ],
+            "not in trust domain",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "unix:uid:1",
+                "--x509-ttl",
+                "1s",
+            ],
+            "TTL must be between",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "unix:uid:1",
+                "--x509-ttl",
+                "soon",
+            ],
+            "invalid duration",
+        ),
+        (
+            &["token", "generate", "--agent-id", "spiffe://other.org/n"],
+            "not in trust domain",
+        ),
+        (
+            &["agent", "evict", "spiffe://example.org/nobody"],
+            "not found",
+        ),
+    ];
+    for (args, want) in cases {
+        let err = fails(&admin(d, args));
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn run_refuses_bad_configuration_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["run", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("trust_domain: is required"));
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            "--trust-domain",
+            "example.org",
+            "--ca-ttl",
+            "10m",
+            "--default-x509-svid-ttl",
+            "5m",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("6x the largest SVID TTL"));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "trust_domain = \"example.org\"\nunknown_key = 1\n").unwrap();
+    let o = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"));
+}
