@@ -181,12 +181,12 @@ impl Manager {
                     }
                 },
                 () = tokio::time::sleep(wait) => {
-                    if self.agent_renew_at.is_some_and(|t| self.clock.now() >= t) {
-                        if self.renew_agent(&mut client).await {
-                            // Reconnect so the server sees the new SVID.
-                            *attempt = 0;
-                            return Next::Reconnect;
-                        }
+                    if self.agent_renew_at.is_some_and(|t| self.clock.now() >= t)
+                        && self.renew_agent(&mut client).await
+                    {
+                        // Reconnect so the server sees the new SVID.
+                        *attempt = 0;
+                        return Next::Reconnect;
                     }
                     self.reconcile(&mut client).await;
                 }
@@ -217,8 +217,11 @@ impl Manager {
             }
         }
         self.entries = entries;
-        if let Some(b) = update.bundle {
-            if b.sequence != self.bundle_sequence || *self.bundle != b.x509_authorities {
+        if let Some(b) = update
+            .bundle
+            .filter(|b| b.sequence != self.bundle_sequence || *self.bundle != b.x509_authorities)
+        {
+            {
                 self.bundle_sequence = b.sequence;
                 self.bundle = Arc::new(b.x509_authorities);
                 self.creds.set_bundle(self.bundle.clone());

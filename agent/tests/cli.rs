@@ -1,5 +1,7 @@
 //! The real `lanyard-agent` binary against a server running in this test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Helpers for Lanyard's end-to-end tests: a real server and a real agent
 //! running in this process over real sockets, in a temporary directory.
+//! Test support panics on failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

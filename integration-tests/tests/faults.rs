@@ -1,6 +1,8 @@
 //! Bad input and faults: wrong or missing headers, another agent's entry,
 //! garbage on sockets, restarts, a server that is down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

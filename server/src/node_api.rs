@@ -238,10 +238,9 @@ impl Node for NodeApi {
             .tokens
             .redeem(&req.join_token)
             .map_err(NodeError::from)?;
-        if let Some(existing) = self.store.get_agent(&agent_id).map_err(NodeError::from)? {
-            if existing.banned {
-                return Err(NodeError::Banned(agent_id.to_string()).into());
-            }
+        let existing = self.store.get_agent(&agent_id).map_err(NodeError::from)?;
+        if existing.is_some_and(|a| a.banned) {
+            return Err(NodeError::Banned(agent_id.to_string()).into());
         }
         let svid = self.sign_agent(&agent_id, &req.csr)?;
         let now = unix_secs(self.clock.now());

@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(info.serial, svid.serial.trim_start_matches("00"));
         assert!(info.serial.len() >= 30, "serial {}", info.serial);
         let got = validate_x509_svid(
-            &[svid.cert_der.clone()],
+            std::slice::from_ref(&svid.cert_der),
             &td,
             &[ca.cert_der().to_vec()],
             PeerUsage::Client,

@@ -1,5 +1,7 @@
 //! The behaviour every [`Store`] implementation must show. Each backend's
 //! tests call [`run_all`] with a constructor of fresh, empty stores.
+//! Test-only code: a failed check panics.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::type_complexity)]
 
 use std::time::Duration;
 
