@@ -25,8 +25,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # path, what, log
-  for _ in $(seq 1 300); do [ -S "$1" ] && return 0; sleep 0.1; done
+wait_for() { # socket, what, log, pid
+  for _ in $(seq 1 300); do
+    [ -S "$1" ] && return 0
+    kill -0 "$4" 2>/dev/null || break
+    sleep 0.1
+  done
   echo "error: $2 did not start; its log:" >&2; cat "$3" >&2; exit 1
 }
 
@@ -37,7 +41,7 @@ step "Starting lanyard-server (trust domain $TD, 127.0.0.1:$PORT)"
 $BIN/lanyard-server run --trust-domain "$TD" --data-dir "$WORK/server" \
   --bind "127.0.0.1:$PORT" --admin-socket "$ADMIN" >"$WORK/server.log" 2>&1 &
 PIDS+=($!)
-wait_for "$ADMIN" lanyard-server "$WORK/server.log"
+wait_for "$ADMIN" lanyard-server "$WORK/server.log" "${PIDS[-1]}"
 
 step "Creating a join token and exporting the trust bundle"
 TOKEN="$($BIN/lanyard-server token generate --agent-id "$NODE" --admin-socket "$ADMIN")"
@@ -54,7 +58,7 @@ $BIN/lanyard-agent run --server "127.0.0.1:$PORT" --trust-domain "$TD" \
   --join-token "$TOKEN" --trust-bundle "$WORK/bundle.pem" \
   --socket "$SOCKET" --data-dir "$WORK/agent" >"$WORK/agent.log" 2>&1 &
 PIDS+=($!)
-wait_for "$SOCKET" lanyard-agent "$WORK/agent.log"
+wait_for "$SOCKET" lanyard-agent "$WORK/agent.log" "${PIDS[-1]}"
 
 export SPIFFE_ENDPOINT_SOCKET="unix://$SOCKET"
 
