@@ -86,13 +86,16 @@ impl Snapshot {
         }
     }
 
-    /// Builds the entry list and index from `entries`.
+    /// Builds the entry list and index from `entries`. Entries that
+    /// require a task are kept but not indexed: they grant no standing
+    /// SVID.
     pub fn with_entries(mut self, mut entries: Vec<RegistrationEntry>) -> Self {
         entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         self.index = SelectorIndex::build(
             entries
                 .iter()
                 .enumerate()
+                .filter(|(_, e)| !e.require_task)
                 .map(|(i, e)| (i, e.selectors.as_slice())),
         );
         self.entries = entries;
@@ -202,5 +205,14 @@ mod tests {
             Identities::Ready(v) => assert_eq!(v.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn require_task_entries_grant_no_standing_svid() {
+        let mut e = entry("t", 1, "unix:uid:1");
+        e.require_task = true;
+        let s = Snapshot::empty(TrustDomain::new("td").unwrap()).with_entries(vec![e]);
+        let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
+        assert!(matches!(s.identities_for(&caller, from_unix_secs(5)), Identities::None));
     }
 }

@@ -255,6 +255,8 @@ impl Manager {
     fn due(&self, now: SystemTime) -> Vec<RegistrationEntry> {
         self.entries
             .iter()
+            // Task-bound entries get SVIDs only inside a task.
+            .filter(|e| !e.require_task)
             .filter(|e| match self.svids.get(&e.id) {
                 None => true,
                 Some(s) => s.entry_revision != e.revision || now >= s.renew_at,
