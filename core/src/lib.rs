@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod duration;
 pub mod entry;
+pub mod jwt;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;
