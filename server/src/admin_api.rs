@@ -285,13 +285,8 @@ impl Admin for AdminApi {
         &self,
         _req: Request<GetBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
-        let snap = self.ca.snapshot();
-        Ok(Response::new(types::Bundle {
-            trust_domain: self.ca.trust_domain().to_string(),
-            x509_authorities: snap.authorities.iter().cloned().collect(),
-            sequence: snap.sequence,
-            refresh_hint_seconds: 60,
-            jwt_authorities: vec![],
-        }))
+        Ok(Response::new(
+            self.ca.snapshot().to_proto(self.ca.trust_domain()),
+        ))
     }
 }

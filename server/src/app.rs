@@ -20,7 +20,7 @@ use crate::admin_api::{AdminApi, check_peer_uid};
 use crate::attestation::JoinTokens;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
-use crate::node_api::{IssuanceSettings, NodeApi};
+use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{SledStore, Store, StoreError};
 use crate::tls::{ServerIdentity, incoming, server_config};
@@ -59,6 +59,8 @@ pub struct Bound {
     pub admin_socket: PathBuf,
     /// The CA, for callers embedding the server (tests, tools).
     pub ca: Ca,
+    /// What the server signed.
+    pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -109,6 +111,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (agent_changes, _) = watch::channel(0u64);
+    let metrics = Arc::new(Metrics::default());
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
@@ -117,10 +120,12 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         clock: clock.clone(),
         settings: IssuanceSettings {
             default_x509_svid_ttl: config.default_x509_svid_ttl,
+            default_jwt_svid_ttl: config.default_jwt_svid_ttl,
             agent_svid_ttl: config.agent_svid_ttl,
         },
         agent_changes: agent_changes.clone(),
         shutdown: shutdown_rx.clone(),
+        metrics: metrics.clone(),
     };
     let admin = AdminApi {
         ca: ca.clone(),
@@ -169,6 +174,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         server_addr,
         admin_socket: config.admin_socket,
         ca,
+        metrics,
         shutdown,
         task,
     })

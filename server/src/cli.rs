@@ -252,6 +252,8 @@ pub enum AgentCmd {
 pub enum BundleFormat {
     /// PEM certificates (for `lanyard-agent --trust-bundle`).
     Pem,
+    /// The SPIFFE bundle format: a JWKS with X.509 and JWT authorities.
+    Jwks,
 }
 
 /// `bundle` subcommands.
@@ -493,7 +495,26 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match (admin.output, format) {
-                (Output::Json, _) => println!(
+                (_, BundleFormat::Jwks) => {
+                    let jwt: Vec<lanyard_core::jwt::JwtAuthority> = b
+                        .jwt_authorities
+                        .iter()
+                        .map(|a| lanyard_core::jwt::JwtAuthority {
+                            key_id: a.key_id.clone(),
+                            public_key: a.public_key.clone(),
+                            expires_at: u64::try_from(a.expires_at).unwrap_or(0),
+                        })
+                        .collect();
+                    let doc = lanyard_core::jwt::spiffe_bundle_json(
+                        &b.x509_authorities,
+                        &jwt,
+                        b.sequence,
+                        u64::try_from(b.refresh_hint_seconds).unwrap_or(0),
+                    )
+                    .map_err(err)?;
+                    println!("{doc}");
+                }
+                (Output::Json, BundleFormat::Pem) => println!(
                     "{}",
                     json!({
                         "trust_domain": b.trust_domain,

@@ -9,8 +9,9 @@ use lanyard_core::x509::{CertInfo, SvidError, SvidParams};
 use lanyard_core::{EntryId, SpiffeId};
 use lanyard_proto::server::node_server::Node;
 use lanyard_proto::server::{
-    AttestAgentRequest, AttestAgentResponse, RenewAgentRequest, RenewAgentResponse, SignResult,
-    SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncUpdate,
+    AttestAgentRequest, AttestAgentResponse, RenewAgentRequest, RenewAgentResponse,
+    SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignX509SvidsRequest,
+    SignX509SvidsResponse, SyncRequest, SyncUpdate,
 };
 use lanyard_proto::types;
 use tokio::sync::{mpsc, watch};
@@ -27,12 +28,25 @@ use crate::tls::PeerInfo;
 
 /// Most CSRs in one `SignX509Svids` call.
 pub const MAX_BATCH: usize = 1000;
+/// Most audiences in one JWT-SVID.
+pub const MAX_AUDIENCES: usize = 32;
+
+/// Counters of what the server signed, for tests and tools.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// X.509-SVIDs signed for workloads.
+    pub x509_svids_signed: std::sync::atomic::AtomicU64,
+    /// JWT-SVIDs signed.
+    pub jwt_svids_signed: std::sync::atomic::AtomicU64,
+}
 
 /// Lifetimes the server applies.
 #[derive(Debug, Clone, Copy)]
 pub struct IssuanceSettings {
     /// X.509-SVID TTL for entries that do not set one.
     pub default_x509_svid_ttl: Duration,
+    /// JWT-SVID TTL for entries that do not set one.
+    pub default_jwt_svid_ttl: Duration,
     /// TTL of agent SVIDs.
     pub agent_svid_ttl: Duration,
 }
@@ -61,6 +75,15 @@ pub enum NodeError {
     /// Too many CSRs.
     #[error("at most {MAX_BATCH} CSRs per call")]
     BatchTooLarge,
+    /// The entry is not the caller's.
+    #[error("entry {0:?} is not authorized for agent {1}")]
+    NotAuthorized(String, String),
+    /// The JWT request is invalid.
+    #[error("{0}")]
+    BadJwtRequest(String),
+    /// JWT signing failed.
+    #[error("JWT signing failed: {0}")]
+    Jwt(#[from] lanyard_core::jwt::JwtError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -86,7 +109,12 @@ impl From<NodeError> for Status {
                 tracing::error!(err = %e, "signing failed");
                 Status::internal("signing failed")
             }
-            NodeError::Svid(_) | NodeError::BatchTooLarge => {
+            NodeError::NotAuthorized(..) => Status::permission_denied(e.to_string()),
+            NodeError::Jwt(_) => {
+                tracing::error!(err = %e, "JWT signing failed");
+                Status::internal("signing failed")
+            }
+            NodeError::Svid(_) | NodeError::BatchTooLarge | NodeError::BadJwtRequest(_) => {
                 Status::invalid_argument(e.to_string())
             }
         }
@@ -106,17 +134,12 @@ pub struct NodeApi {
     pub(crate) agent_changes: watch::Sender<u64>,
     /// Turns true when the server shuts down; open streams end.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// What was signed.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn bundle_msg(ca: &Ca) -> types::Bundle {
-    let snap = ca.snapshot();
-    types::Bundle {
-        trust_domain: ca.trust_domain().to_string(),
-        x509_authorities: snap.authorities.iter().cloned().collect(),
-        sequence: snap.sequence,
-        refresh_hint_seconds: 60,
-        jwt_authorities: vec![],
-    }
+    ca.snapshot().to_proto(ca.trust_domain())
 }
 
 fn svid_msg(
@@ -188,17 +211,28 @@ impl NodeApi {
         }
     }
 
+    /// The entry `entry_id` if `agent` is its parent.
+    fn owned_entry(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+    ) -> Result<lanyard_core::RegistrationEntry, NodeError> {
+        EntryId::new(entry_id)
+            .ok()
+            .and_then(|id| self.registry.get(id.as_str()))
+            .filter(|e| &e.parent_id == agent)
+            .ok_or_else(|| NodeError::NotAuthorized(entry_id.to_owned(), agent.to_string()))
+    }
+
     fn sign_one(
         &self,
         agent: &SpiffeId,
         entry_id: &str,
         csr: &[u8],
     ) -> Result<types::X509Svid, String> {
-        let entry = EntryId::new(entry_id)
-            .ok()
-            .and_then(|id| self.registry.get(id.as_str()))
-            .filter(|e| &e.parent_id == agent)
-            .ok_or_else(|| format!("entry {entry_id:?} is not authorized for agent {agent}"))?;
+        let entry = self
+            .owned_entry(agent, entry_id)
+            .map_err(|e| e.to_string())?;
         let params = SvidParams {
             spiffe_id: entry.spiffe_id.clone(),
             dns_names: entry.dns_names.clone(),
@@ -212,6 +246,9 @@ impl NodeApi {
             .active
             .sign_x509_svid(csr, &params, self.clock.now())
             .map_err(|e| e.to_string())?;
+        self.metrics
+            .x509_svids_signed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(%agent, spiffe_id = %entry.spiffe_id, serial = %svid.serial, "signed X.509-SVID");
         Ok(svid_msg(
             &entry.spiffe_id,
@@ -362,5 +399,53 @@ impl Node for NodeApi {
             })
             .collect();
         Ok(Response::new(SignX509SvidsResponse { results }))
+    }
+
+    #[instrument(skip_all)]
+    async fn sign_jwt_svid(
+        &self,
+        req: Request<SignJwtSvidRequest>,
+    ) -> Result<Response<SignJwtSvidResponse>, Status> {
+        let agent = self.authenticate(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() {
+            return Err(NodeError::BadJwtRequest("audience must be specified".into()).into());
+        }
+        if req.audience.len() > MAX_AUDIENCES
+            || req
+                .audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
+        {
+            return Err(NodeError::BadJwtRequest(format!(
+                "at most {MAX_AUDIENCES} audiences of 1 to {} bytes each",
+                lanyard_core::jwt::MAX_AUDIENCE_LEN
+            ))
+            .into());
+        }
+        let entry = self.owned_entry(&agent.spiffe_id, &req.entry_id)?;
+        let ttl = entry.jwt_ttl.unwrap_or(self.settings.default_jwt_svid_ttl);
+        let minted = self
+            .ca
+            .snapshot()
+            .jwt_active
+            .sign_svid(
+                &entry.spiffe_id,
+                &req.audience,
+                ttl,
+                self.clock.now(),
+                serde_json::Map::new(),
+            )
+            .map_err(NodeError::from)?;
+        self.metrics
+            .jwt_svids_signed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(agent_id = %agent.spiffe_id, spiffe_id = %entry.spiffe_id, jti = %minted.jti, "signed JWT-SVID");
+        let secs = |t| i64::try_from(unix_secs(t)).unwrap_or(i64::MAX);
+        Ok(Response::new(SignJwtSvidResponse {
+            token: minted.token,
+            issued_at: secs(minted.issued_at),
+            expires_at: secs(minted.expires_at),
+        }))
     }
 }

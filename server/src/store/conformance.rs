@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskLimits};
 
-use super::{AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord, Store, StoreError};
+use super::{
+    AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord, JwtKeyRecord, Store, StoreError,
+};
 
 /// A valid entry for tests.
 pub fn entry(id: &str, spiffe_id: &str) -> RegistrationEntry {
@@ -40,6 +42,8 @@ pub fn run_all<S: Store, G>(make: impl Fn() -> (S, G)) {
         ("agents_crud", agents_crud),
         ("join_tokens_are_single_use", join_tokens_are_single_use),
         ("ca_keys", ca_keys),
+        ("jwt_keys", jwt_keys),
+        ("counters", counters),
     ];
     for (name, check) in checks {
         let (store, _guard) = make();
@@ -133,4 +137,28 @@ fn ca_keys(s: &dyn Store) {
     assert_eq!(s.list_ca_keys().unwrap(), vec![k.clone(), k2.clone()]);
     s.delete_ca_key("k1").unwrap();
     assert_eq!(s.list_ca_keys().unwrap(), vec![k2]);
+}
+
+fn jwt_keys(s: &dyn Store) {
+    let k = JwtKeyRecord {
+        kid: "a".into(),
+        key_pkcs8: vec![1],
+        not_after: 5,
+        state: CaKeyState::Active,
+    };
+    s.put_jwt_key(&k).unwrap();
+    let mut k2 = k.clone();
+    k2.kid = "b".into();
+    s.put_jwt_key(&k2).unwrap();
+    assert_eq!(s.list_jwt_keys().unwrap(), vec![k, k2.clone()]);
+    s.delete_jwt_key("a").unwrap();
+    assert_eq!(s.list_jwt_keys().unwrap(), vec![k2]);
+}
+
+fn counters(s: &dyn Store) {
+    assert_eq!(s.counter("c").unwrap(), 0);
+    assert_eq!(s.bump_counter("c").unwrap(), 1);
+    assert_eq!(s.bump_counter("c").unwrap(), 2);
+    assert_eq!(s.counter("c").unwrap(), 2);
+    assert_eq!(s.counter("other").unwrap(), 0);
 }

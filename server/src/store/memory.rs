@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 
-use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, Store, StoreError};
+use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, JwtKeyRecord, Store, StoreError};
 
 #[derive(Default)]
 struct Inner {
@@ -13,6 +13,8 @@ struct Inner {
     agents: BTreeMap<SpiffeId, AgentRecord>,
     tokens: BTreeMap<String, JoinTokenRecord>,
     ca_keys: BTreeMap<String, CaKeyRecord>,
+    jwt_keys: BTreeMap<String, JwtKeyRecord>,
+    counters: BTreeMap<String, u64>,
 }
 
 /// A [`Store`] in a mutex-guarded map.
@@ -89,6 +91,27 @@ impl Store for MemoryStore {
     fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
         self.with(|i| i.ca_keys.remove(id));
         Ok(())
+    }
+    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+        self.with(|i| i.jwt_keys.insert(key.kid.clone(), key.clone()));
+        Ok(())
+    }
+    fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
+        Ok(self.with(|i| i.jwt_keys.values().cloned().collect()))
+    }
+    fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.with(|i| i.jwt_keys.remove(kid));
+        Ok(())
+    }
+    fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.with(|i| i.counters.get(name).copied().unwrap_or(0)))
+    }
+    fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self.with(|i| {
+            let c = i.counters.entry(name.to_owned()).or_insert(0);
+            *c += 1;
+            *c
+        }))
     }
 }
 

@@ -14,7 +14,7 @@ mod memory;
 
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
-pub use records::{AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord};
+pub use records::{AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord, JwtKeyRecord};
 pub use sled_store::SledStore;
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
@@ -76,4 +76,16 @@ pub trait Store: Send + Sync + 'static {
     fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
     /// Removes a CA key.
     fn delete_ca_key(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Inserts or replaces a JWT signing key.
+    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError>;
+    /// Every JWT signing key, ordered by key ID.
+    fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
+    /// Removes a JWT signing key.
+    fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError>;
+
+    /// The current value of a named counter (0 when never bumped).
+    fn counter(&self, name: &str) -> Result<u64, StoreError>;
+    /// Atomically increments a named counter and returns the new value.
+    fn bump_counter(&self, name: &str) -> Result<u64, StoreError>;
 }

@@ -84,3 +84,27 @@ impl std::fmt::Debug for CaKeyRecord {
             .finish()
     }
 }
+
+/// A JWT signing key.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JwtKeyRecord {
+    /// Key ID (`kid`).
+    pub kid: String,
+    /// PKCS#8 DER private key.
+    pub key_pkcs8: Vec<u8>,
+    /// Expiry, Unix seconds.
+    pub not_after: u64,
+    /// Life-cycle state.
+    pub state: CaKeyState,
+}
+
+impl std::fmt::Debug for JwtKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeyRecord")
+            .field("kid", &self.kid)
+            .field("not_after", &self.not_after)
+            .field("state", &self.state)
+            .field("key_pkcs8", &"<redacted>")
+            .finish()
+    }
+}

@@ -8,7 +8,7 @@ use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, Store, StoreError};
+use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, JwtKeyRecord, Store, StoreError};
 
 const SCHEMA_VERSION: &[u8] = b"1";
 
@@ -20,6 +20,8 @@ pub struct SledStore {
     agents: sled::Tree,
     tokens: sled::Tree,
     ca_keys: sled::Tree,
+    jwt_keys: sled::Tree,
+    counters: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -64,6 +66,8 @@ impl SledStore {
             agents: db.open_tree("agents").map_err(backend)?,
             tokens: db.open_tree("join_tokens").map_err(backend)?,
             ca_keys: db.open_tree("ca_keys").map_err(backend)?,
+            jwt_keys: db.open_tree("jwt_keys").map_err(backend)?,
+            counters: db.open_tree("counters").map_err(backend)?,
             db,
         };
         store.flush()?;
@@ -188,6 +192,44 @@ impl Store for SledStore {
         self.remove::<CaKeyRecord>(&self.ca_keys, id.as_bytes())
             .map(|_| ())
     }
+
+    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+        self.put(&self.jwt_keys, key.kid.as_bytes(), encode(key)?)
+    }
+
+    fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
+        Self::list(&self.jwt_keys)
+    }
+
+    fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.remove::<JwtKeyRecord>(&self.jwt_keys, kid.as_bytes())
+            .map(|_| ())
+    }
+
+    fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .counters
+            .get(name)
+            .map_err(backend)?
+            .map_or(0, |v| decode_u64(&v)))
+    }
+
+    fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+        let new = self
+            .counters
+            .update_and_fetch(name, |old| {
+                let n = old.map_or(0, decode_u64) + 1;
+                Some(n.to_be_bytes().to_vec())
+            })
+            .map_err(backend)?
+            .map_or(0, |v| decode_u64(&v));
+        self.flush()?;
+        Ok(new)
+    }
+}
+
+fn decode_u64(b: &[u8]) -> u64 {
+    b.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 #[cfg(test)]
