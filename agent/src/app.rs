@@ -17,6 +17,7 @@ use crate::bootstrap::{BootstrapError, ensure_identity};
 use crate::cache::Snapshot;
 use crate::config::Config;
 use crate::creds::Credentials;
+use crate::jwt_cache::JwtCache;
 use crate::manager::Manager;
 use crate::storage::{AgentStorage, StorageError};
 use crate::workload_api::WorkloadApi;
@@ -96,6 +97,7 @@ pub async fn build_with(
         attestor,
         clock,
         shutdown: shutdown_rx.clone(),
+        jwt: Arc::new(JwtCache::new(manager.client_handle())),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;

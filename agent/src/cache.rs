@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use lanyard_core::jwt::JwtAuthority;
 use lanyard_core::{EntryId, RegistrationEntry, Selector, SelectorIndex, SpiffeId, TrustDomain};
 
 /// An X.509-SVID the agent holds for one entry.
@@ -55,6 +56,8 @@ pub struct Snapshot {
     pub svids: HashMap<EntryId, Arc<CachedSvid>>,
     /// DER CA certificates of the trust domain.
     pub bundle: Arc<Vec<Vec<u8>>>,
+    /// JWT authorities of the trust domain.
+    pub jwt_authorities: Arc<Vec<JwtAuthority>>,
     /// Bundle sequence from the server.
     pub bundle_sequence: u64,
     /// True once the first sync from the server has been applied.
@@ -81,9 +84,22 @@ impl Snapshot {
             index: SelectorIndex::build(std::iter::empty::<(usize, &[Selector])>()),
             svids: HashMap::new(),
             bundle: Arc::new(Vec::new()),
+            jwt_authorities: Arc::new(Vec::new()),
             bundle_sequence: 0,
             synced: false,
         }
+    }
+
+    /// The entries a caller with `selectors` matches, default first (one
+    /// per SPIFFE ID).
+    pub fn entries_for(&self, selectors: &[Selector]) -> Vec<&RegistrationEntry> {
+        let mut seen = std::collections::HashSet::new();
+        self.index
+            .matching(selectors.iter())
+            .into_iter()
+            .filter_map(|i| self.entries.get(i))
+            .filter(|e| seen.insert(e.spiffe_id.clone()))
+            .collect()
     }
 
     /// Builds the entry list and index from `entries`. Entries that
@@ -132,6 +148,7 @@ impl Snapshot {
             index: self.index.clone(),
             svids: self.svids.clone(),
             bundle: self.bundle.clone(),
+            jwt_authorities: self.jwt_authorities.clone(),
             bundle_sequence: self.bundle_sequence,
             synced: self.synced,
         }
@@ -213,6 +230,9 @@ mod tests {
         e.require_task = true;
         let s = Snapshot::empty(TrustDomain::new("td").unwrap()).with_entries(vec![e]);
         let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
-        assert!(matches!(s.identities_for(&caller, from_unix_secs(5)), Identities::None));
+        assert!(matches!(
+            s.identities_for(&caller, from_unix_secs(5)),
+            Identities::None
+        ));
     }
 }

@@ -9,7 +9,9 @@ use lanyard_core::clock::format_rfc3339;
 use lanyard_core::x509::{CertInfo, der_chain_split};
 use lanyard_proto::uds::{socket_path, unix_channel};
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use lanyard_proto::workload::{X509svidRequest, X509svidResponse};
+use lanyard_proto::workload::{
+    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
+};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -128,6 +130,9 @@ pub enum ApiCmd {
     /// Fetch SVIDs once.
     #[command(subcommand)]
     Fetch(FetchCmd),
+    /// Validate a token as the Workload API does.
+    #[command(subcommand)]
+    Validate(ValidateCmd),
     /// Print every X.509-SVID update as it arrives.
     Watch {
         #[command(flatten)]
@@ -151,6 +156,36 @@ pub enum FetchCmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Fetch JWT-SVIDs for an audience.
+    Jwt {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Audience (repeatable).
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        /// Only this SPIFFE ID (must be one of the caller's).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// `api validate` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ValidateCmd {
+    /// Validate a JWT-SVID for an audience; prints its SPIFFE ID and claims.
+    Jwt {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// The audience the token must carry.
+        #[arg(long)]
+        audience: String,
+        /// The token.
+        #[arg(long)]
+        svid: String,
     },
 }
 
@@ -345,6 +380,52 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Api(ApiCmd::Fetch(FetchCmd::Jwt {
+            socket,
+            audience,
+            spiffe_id,
+            output,
+        })) => {
+            let mut c = client(&socket.path())?;
+            let resp = c
+                .fetch_jwtsvid(with_header(JwtsvidRequest {
+                    audience,
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                }))
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"svids": resp.svids.iter().map(|s| json!({"spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint})).collect::<Vec<_>>()})
+                ),
+                Output::Text => {
+                    for s in &resp.svids {
+                        println!("token({}):\n\t{}", s.spiffe_id, s.svid);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Api(ApiCmd::Validate(ValidateCmd::Jwt {
+            socket,
+            audience,
+            svid,
+        })) => {
+            let mut c = client(&socket.path())?;
+            let resp = c
+                .validate_jwtsvid(with_header(ValidateJwtsvidRequest { audience, svid }))
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let claims = resp.claims.map(|s| struct_to_json(&s)).unwrap_or_default();
+            println!(
+                "SVID is valid.\nSPIFFE ID : {}\nClaims    : {}",
+                resp.spiffe_id, claims
+            );
+            Ok(())
+        }
         Command::Api(ApiCmd::Watch { socket }) => {
             let mut c = client(&socket.path())?;
             let mut stream = c
@@ -367,5 +448,30 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
                 }
             }
         }
+    }
+}
+
+/// Renders a `google.protobuf.Struct` as JSON.
+fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => json!(*n as i64),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
+        Some(Kind::StructValue(s)) => struct_to_json(s),
     }
 }

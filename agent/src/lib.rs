@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod creds;
+pub mod jwt_cache;
 pub mod manager;
 pub mod server_client;
 pub mod storage;

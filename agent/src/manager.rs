@@ -60,7 +60,11 @@ pub struct Manager {
     svids: HashMap<EntryId, Arc<CachedSvid>>,
     failures: HashMap<EntryId, Failure>,
     bundle: Arc<Vec<Vec<u8>>>,
+    jwt_authorities: Arc<Vec<lanyard_core::jwt::JwtAuthority>>,
     bundle_sequence: u64,
+    /// The current server client, shared with the Workload API for
+    /// JWT-SVID signing.
+    client_tx: watch::Sender<Option<NodeClient<Channel>>>,
     synced: bool,
     agent_renew_at: Option<SystemTime>,
     agent_failures: u32,
@@ -93,11 +97,18 @@ impl Manager {
             svids: HashMap::new(),
             failures: HashMap::new(),
             bundle,
+            jwt_authorities: Arc::new(Vec::new()),
             bundle_sequence: 0,
+            client_tx: watch::channel(None).0,
             synced: false,
             agent_renew_at: None,
             agent_failures: 0,
         }
+    }
+
+    /// Follows the manager's current server client.
+    pub fn client_handle(&self) -> watch::Receiver<Option<NodeClient<Channel>>> {
+        self.client_tx.subscribe()
     }
 
     fn client(&self) -> Option<NodeClient<Channel>> {
@@ -151,6 +162,7 @@ impl Manager {
         let Some(mut client) = self.client() else {
             return Next::Reconnect;
         };
+        self.client_tx.send_replace(Some(client.clone()));
         let mut stream = match client.sync(SyncRequest {}).await {
             Ok(s) => s.into_inner(),
             Err(status) => {
@@ -224,6 +236,16 @@ impl Manager {
             {
                 self.bundle_sequence = b.sequence;
                 self.bundle = Arc::new(b.x509_authorities);
+                self.jwt_authorities = Arc::new(
+                    b.jwt_authorities
+                        .into_iter()
+                        .map(|a| lanyard_core::jwt::JwtAuthority {
+                            key_id: a.key_id,
+                            public_key: a.public_key,
+                            expires_at: u64::try_from(a.expires_at).unwrap_or(0),
+                        })
+                        .collect(),
+                );
                 self.creds.set_bundle(self.bundle.clone());
                 if let Err(err) = self.storage.save_bundle(&self.bundle) {
                     tracing::warn!(%err, "cannot persist trust bundle");
@@ -247,6 +269,7 @@ impl Manager {
         let mut snap = Snapshot::empty(self.td.clone()).with_entries(self.entries.clone());
         snap.svids = self.svids.clone();
         snap.bundle = self.bundle.clone();
+        snap.jwt_authorities = self.jwt_authorities.clone();
         snap.bundle_sequence = self.bundle_sequence;
         snap.synced = self.synced;
         self.publish.send_replace(Arc::new(snap));

@@ -10,9 +10,9 @@ use lanyard_core::Selector;
 use lanyard_core::clock::Clock;
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
-    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
-    X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
@@ -23,6 +23,7 @@ use tracing::instrument;
 
 use crate::attestor::{AttestError, PeerCred, WorkloadAttestor};
 use crate::cache::{CachedSvid, Identities, Snapshot};
+use crate::jwt_cache::{JwtCache, JwtFetchError};
 
 /// The metadata key every Workload API request must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -43,9 +44,18 @@ pub enum WorkloadError {
     /// Attestation failed.
     #[error("workload attestation failed: {0}")]
     Attestation(#[from] AttestError),
-    /// The RPC is not offered.
+    /// A required request field is empty.
+    #[error("{0} must be specified")]
+    Required(&'static str),
+    /// The requested SPIFFE ID is not one of the caller's.
+    #[error("no identity issued for {0}")]
+    NotYours(String),
+    /// A JWT-SVID could not be obtained.
     #[error("{0}")]
-    Unimplemented(&'static str),
+    JwtFetch(#[from] JwtFetchError),
+    /// A JWT-SVID did not validate.
+    #[error("{0}")]
+    InvalidJwt(#[from] lanyard_core::jwt::JwtError),
     /// The agent is shutting down.
     #[error("agent is shutting down")]
     ShuttingDown,
@@ -61,7 +71,13 @@ impl From<WorkloadError> for Status {
                 tracing::warn!(%err, "workload attestation failed");
                 Status::unavailable(e.to_string())
             }
-            WorkloadError::Unimplemented(_) => Status::unimplemented(e.to_string()),
+            WorkloadError::Required(_) | WorkloadError::InvalidJwt(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            WorkloadError::NotYours(_) | WorkloadError::JwtFetch(JwtFetchError::Refused(_)) => {
+                Status::permission_denied(e.to_string())
+            }
+            WorkloadError::JwtFetch(_) => Status::unavailable(e.to_string()),
             WorkloadError::ShuttingDown => Status::unavailable(e.to_string()),
         }
     }
@@ -74,6 +90,7 @@ pub struct WorkloadApi {
     pub(crate) attestor: Arc<dyn WorkloadAttestor>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) jwt: Arc<JwtCache>,
 }
 
 fn check_header<T>(req: &Request<T>) -> Result<(), WorkloadError> {
@@ -238,7 +255,40 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(WorkloadError::Unimplemented("JWT-SVIDs are not supported by this agent yet").into())
+        if req.get_ref().audience.is_empty() {
+            return Err(WorkloadError::Required("audience").into());
+        }
+        let (selectors, _) = self.attest(&req).await?;
+        let JwtsvidRequest {
+            audience,
+            spiffe_id,
+        } = req.into_inner();
+        let snap = self.cache.borrow().clone();
+        let mut entries = snap.entries_for(&selectors);
+        if entries.is_empty() {
+            return Err(WorkloadError::NoIdentity.into());
+        }
+        if !spiffe_id.is_empty() {
+            entries.retain(|e| e.spiffe_id.as_str() == spiffe_id);
+            if entries.is_empty() {
+                return Err(WorkloadError::NotYours(spiffe_id).into());
+            }
+        }
+        let now = self.clock.now();
+        let mut svids = Vec::with_capacity(entries.len());
+        for e in entries {
+            let token = self
+                .jwt
+                .token(e.id.as_str(), e.spiffe_id.as_str(), &audience, now)
+                .await
+                .map_err(WorkloadError::from)?;
+            svids.push(Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint: e.hint.clone(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
     }
 
     type FetchJWTBundlesStream = Streamed<JwtBundlesResponse>;
@@ -249,7 +299,39 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        Err(WorkloadError::Unimplemented("JWT bundles are not supported by this agent yet").into())
+        let (tx, rx) = mpsc::channel(2);
+        let mut cache = self.cache.clone();
+        let mut stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut last: Option<Arc<Vec<lanyard_core::jwt::JwtAuthority>>> = None;
+            loop {
+                let snap = cache.borrow_and_update().clone();
+                let changed = last.as_ref().is_none_or(|l| **l != *snap.jwt_authorities);
+                if snap.synced && changed {
+                    let msg = match lanyard_core::jwt::jwks_for_workloads(&snap.jwt_authorities) {
+                        Ok(jwks) => {
+                            let mut bundles = HashMap::new();
+                            bundles.insert(snap.trust_domain.id_string(), jwks);
+                            Ok(JwtBundlesResponse { bundles })
+                        }
+                        Err(e) => Err(Status::internal(e.to_string())),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                    last = Some(snap.jwt_authorities.clone());
+                }
+                tokio::select! {
+                    r = cache.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(WorkloadError::ShuttingDown.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     #[instrument(skip_all)]
@@ -258,9 +340,25 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        Err(
-            WorkloadError::Unimplemented("JWT-SVID validation is not supported by this agent yet")
-                .into(),
+        let ValidateJwtsvidRequest { audience, svid } = req.into_inner();
+        if audience.is_empty() {
+            return Err(WorkloadError::Required("audience").into());
+        }
+        if svid.is_empty() {
+            return Err(WorkloadError::Required("svid").into());
+        }
+        let snap = self.cache.borrow().clone();
+        let v = lanyard_core::jwt::validate_jwt_svid(
+            &svid,
+            &audience,
+            &snap.trust_domain,
+            &snap.jwt_authorities,
+            self.clock.now(),
         )
+        .map_err(WorkloadError::from)?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: v.spiffe_id.to_string(),
+            claims: Some(lanyard_proto::convert::json_to_struct(&v.claims)),
+        }))
     }
 }

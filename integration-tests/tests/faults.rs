@@ -60,7 +60,7 @@ async fn security_header_is_required() {
         .insert("workload.spiffe.io", "false".parse().unwrap());
     let err = raw.fetch_x509svid(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    // JWT RPCs check the header too, then answer Unimplemented for now.
+    // JWT RPCs check the header too.
     let err = raw
         .fetch_jwtsvid(lanyard_proto::workload::JwtsvidRequest::default())
         .await

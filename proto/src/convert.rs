@@ -110,8 +110,45 @@ impl From<&RegistrationEntry> for types::Entry {
     }
 }
 
+/// Converts JSON claims to a `google.protobuf.Struct` (the
+/// `ValidateJWTSVIDResponse.claims` field).
+pub fn json_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        J::Object(m) => Kind::StructValue(json_to_struct(m)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_claims_become_a_struct() {
+        let v = serde_json::json!({"sub": "spiffe://td/w", "aud": ["a"], "exp": 5, "x": {"y": null, "b": true}});
+        let s = super::json_to_struct(v.as_object().unwrap());
+        assert_eq!(s.fields.len(), 4);
+        use prost_types::value::Kind;
+        assert_eq!(s.fields["exp"].kind, Some(Kind::NumberValue(5.0)));
+        assert!(matches!(&s.fields["aud"].kind, Some(Kind::ListValue(l)) if l.values.len() == 1));
+    }
+
     use super::*;
 
     fn msg() -> types::Entry {

@@ -210,7 +210,8 @@ fn load_jwt(
             changed = true;
             continue;
         }
-        let signer = JwtSigner::from_parts(&rec.kid, &rec.key_pkcs8, from_unix_secs(rec.not_after))?;
+        let signer =
+            JwtSigner::from_parts(&rec.kid, &rec.key_pkcs8, from_unix_secs(rec.not_after))?;
         if rec.state == CaKeyState::Active
             && active
                 .as_ref()

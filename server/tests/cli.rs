@@ -167,6 +167,18 @@ fn admin_commands_work_end_to_end() {
 
     let pem = ok(&admin(d, &["bundle", "show", "--format", "pem"]));
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    let jwks: serde_json::Value =
+        serde_json::from_str(&ok(&admin(d, &["bundle", "show", "--format", "jwks"]))).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k["use"] == "x509-svid" && k.get("kid").is_none() && k["x5c"].is_array())
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k["use"] == "jwt-svid" && k["kid"].is_string())
+    );
+    assert!(jwks["spiffe_sequence"].as_u64().unwrap() >= 1);
     let agents = ok(&admin(d, &["agent", "list"]));
     assert!(agents.contains("No agents"));
 

@@ -68,8 +68,9 @@ fn random_hex(n: usize) -> Result<String, JwtError> {
 impl JwtSigner {
     /// Generates a new key valid until `not_after`, with a random key ID.
     pub fn generate(not_after: SystemTime) -> Result<Self, JwtError> {
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|_| JwtError::Key("key generation failed".into()))?;
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| JwtError::Key("key generation failed".into()))?;
         Self::from_parts(&random_hex(16)?, doc.as_ref(), not_after)
     }
 

@@ -128,10 +128,11 @@ pub fn validate_jwt_svid(
         _ => return Err(JwtError::Algorithm(String::new())),
     };
     verifier(&alg)?;
-    if let Some(typ) = header.get("typ") {
-        if typ != "JWT" && typ != "JOSE" {
-            return Err(JwtError::Malformed("header typ must be JWT or JOSE".into()));
-        }
+    if header
+        .get("typ")
+        .is_some_and(|typ| typ != "JWT" && typ != "JOSE")
+    {
+        return Err(JwtError::Malformed("header typ must be JWT or JOSE".into()));
     }
     let kid = match header.get("kid") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
@@ -232,10 +233,15 @@ mod tests {
         assert_eq!(v.claims["iat"], json!(T0 + 10));
         assert!(v.claims["jti"].as_str().unwrap().len() == 32);
         let header: Value = serde_json::from_slice(
-            &URL_SAFE_NO_PAD.decode(t.split('.').next().unwrap()).unwrap(),
+            &URL_SAFE_NO_PAD
+                .decode(t.split('.').next().unwrap())
+                .unwrap(),
         )
         .unwrap();
-        assert_eq!(header, json!({"alg": "ES256", "kid": s.key_id(), "typ": "JWT"}));
+        assert_eq!(
+            header,
+            json!({"alg": "ES256", "kid": s.key_id(), "typ": "JWT"})
+        );
     }
 
     #[test]
@@ -252,14 +258,31 @@ mod tests {
         ));
         assert!(matches!(check("a.b", "a"), Err(JwtError::Malformed(_))));
         assert!(matches!(check("a.b.c.d", "a"), Err(JwtError::Malformed(_))));
-        assert!(matches!(check("!!.??.**", "a"), Err(JwtError::Malformed(_))));
-        assert!(matches!(check(&"a".repeat(MAX_TOKEN_LEN + 1), "a"), Err(JwtError::TooLong(_))));
-        assert!(matches!(check(&good, &"a".repeat(MAX_AUDIENCE_LEN + 1)), Err(JwtError::TooLong(_))));
+        assert!(matches!(
+            check("!!.??.**", "a"),
+            Err(JwtError::Malformed(_))
+        ));
+        assert!(matches!(
+            check(&"a".repeat(MAX_TOKEN_LEN + 1), "a"),
+            Err(JwtError::TooLong(_))
+        ));
+        assert!(matches!(
+            check(&good, &"a".repeat(MAX_AUDIENCE_LEN + 1)),
+            Err(JwtError::TooLong(_))
+        ));
 
         // alg none, HS256 and no alg.
-        let none = forge(json!({"alg": "none", "kid": s.key_id()}), claims.clone(), &s);
+        let none = forge(
+            json!({"alg": "none", "kid": s.key_id()}),
+            claims.clone(),
+            &s,
+        );
         assert!(matches!(check(&none, "a"), Err(JwtError::Algorithm(a)) if a == "none"));
-        let hs = forge(json!({"alg": "HS256", "kid": s.key_id()}), claims.clone(), &s);
+        let hs = forge(
+            json!({"alg": "HS256", "kid": s.key_id()}),
+            claims.clone(),
+            &s,
+        );
         assert!(matches!(check(&hs, "a"), Err(JwtError::Algorithm(_))));
         let noalg = forge(json!({"kid": s.key_id()}), claims.clone(), &s);
         assert!(matches!(check(&noalg, "a"), Err(JwtError::Algorithm(_))));
@@ -269,32 +292,65 @@ mod tests {
         let badkid = forge(json!({"alg": "ES256", "kid": "nope"}), claims.clone(), &s);
         assert!(matches!(check(&badkid, "a"), Err(JwtError::UnknownKid(_))));
         // Wrong algorithm for the key.
-        let es384 = forge(json!({"alg": "ES384", "kid": s.key_id()}), claims.clone(), &s);
+        let es384 = forge(
+            json!({"alg": "ES384", "kid": s.key_id()}),
+            claims.clone(),
+            &s,
+        );
         assert!(matches!(check(&es384, "a"), Err(JwtError::KeyMismatch(..))));
-        let rs = forge(json!({"alg": "RS256", "kid": s.key_id()}), claims.clone(), &s);
+        let rs = forge(
+            json!({"alg": "RS256", "kid": s.key_id()}),
+            claims.clone(),
+            &s,
+        );
         assert!(matches!(check(&rs, "a"), Err(JwtError::KeyMismatch(..))));
         // Tampered payload and signature.
         let mut parts: Vec<String> = good.split('.').map(String::from).collect();
         let tampered_claims = json!({"sub": "spiffe://td/admin", "aud": ["aud1"], "exp": T0 + 70});
         parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&tampered_claims).unwrap());
-        assert!(matches!(check(&parts.join("."), "aud1"), Err(JwtError::BadSignature)));
+        assert!(matches!(
+            check(&parts.join("."), "aud1"),
+            Err(JwtError::BadSignature)
+        ));
         let mut parts: Vec<String> = good.split('.').map(String::from).collect();
         let mut sig = URL_SAFE_NO_PAD.decode(&parts[2]).unwrap();
         sig[5] ^= 1;
         parts[2] = URL_SAFE_NO_PAD.encode(sig);
-        assert!(matches!(check(&parts.join("."), "aud1"), Err(JwtError::BadSignature)));
+        assert!(matches!(
+            check(&parts.join("."), "aud1"),
+            Err(JwtError::BadSignature)
+        ));
         // Subject rules.
         let h = json!({"alg": "ES256", "kid": s.key_id(), "typ": "JWT"});
-        let bad_sub = forge(h.clone(), json!({"sub": "not-spiffe", "aud": "a", "exp": T0 + 100}), &s);
+        let bad_sub = forge(
+            h.clone(),
+            json!({"sub": "not-spiffe", "aud": "a", "exp": T0 + 100}),
+            &s,
+        );
         assert!(matches!(check(&bad_sub, "a"), Err(JwtError::Subject(_))));
-        let foreign = forge(h.clone(), json!({"sub": "spiffe://other/w", "aud": "a", "exp": T0 + 100}), &s);
-        assert!(matches!(check(&foreign, "a"), Err(JwtError::ForeignSubject(..))));
+        let foreign = forge(
+            h.clone(),
+            json!({"sub": "spiffe://other/w", "aud": "a", "exp": T0 + 100}),
+            &s,
+        );
+        assert!(matches!(
+            check(&foreign, "a"),
+            Err(JwtError::ForeignSubject(..))
+        ));
         let no_exp = forge(h.clone(), json!({"sub": "spiffe://td/w", "aud": "a"}), &s);
         assert!(matches!(check(&no_exp, "a"), Err(JwtError::Claim("exp"))));
-        let future = forge(h.clone(), json!({"sub": "spiffe://td/w", "aud": "a", "exp": T0 + 100, "nbf": T0 + 50}), &s);
+        let future = forge(
+            h.clone(),
+            json!({"sub": "spiffe://td/w", "aud": "a", "exp": T0 + 100, "nbf": T0 + 50}),
+            &s,
+        );
         assert!(matches!(check(&future, "a"), Err(JwtError::NotYetValid)));
         // A single-string audience is accepted.
-        let single = forge(h, json!({"sub": "spiffe://td/w", "aud": "a", "exp": T0 + 100}), &s);
+        let single = forge(
+            h,
+            json!({"sub": "spiffe://td/w", "aud": "a", "exp": T0 + 100}),
+            &s,
+        );
         assert!(check(&single, "a").is_ok());
     }
 
@@ -313,15 +369,23 @@ mod tests {
         assert_eq!(m.expires_at, from_unix_secs(T0 + 3600));
         let again = JwtSigner::from_parts(s.key_id(), s.pkcs8(), s.not_after()).unwrap();
         assert_eq!(again.spki_der(), s.spki_der());
-        assert!(s
-            .sign_svid(&SpiffeId::new("spiffe://td/w").unwrap(), &[], Duration::from_secs(1), now(), Map::new())
-            .is_err());
+        assert!(
+            s.sign_svid(
+                &SpiffeId::new("spiffe://td/w").unwrap(),
+                &[],
+                Duration::from_secs(1),
+                now(),
+                Map::new()
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn bundle_json_follows_the_spiffe_bundle_format() {
         let (td, s, auths) = setup();
-        let ca = crate::x509::X509Authority::generate_root(&td, now(), Duration::from_secs(3600)).unwrap();
+        let ca = crate::x509::X509Authority::generate_root(&td, now(), Duration::from_secs(3600))
+            .unwrap();
         let doc: Value = serde_json::from_str(
             &crate::jwt::spiffe_bundle_json(&[ca.cert_der().to_vec()], &auths, 7, 60).unwrap(),
         )
@@ -337,7 +401,8 @@ mod tests {
         let jwt = keys.iter().find(|k| k["use"] == "jwt-svid").unwrap();
         assert_eq!(jwt["kid"], s.key_id());
         assert_eq!(jwt["crv"], "P-256");
-        let plain: Value = serde_json::from_slice(&crate::jwt::jwks_for_workloads(&auths).unwrap()).unwrap();
+        let plain: Value =
+            serde_json::from_slice(&crate::jwt::jwks_for_workloads(&auths).unwrap()).unwrap();
         assert_eq!(plain["keys"].as_array().unwrap().len(), 1);
         assert!(plain.get("spiffe_sequence").is_none());
     }
