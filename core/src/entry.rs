@@ -14,8 +14,9 @@ pub const MAX_ENTRY_ID_LEN: usize = 64;
 pub const MAX_SELECTORS: usize = 64;
 /// Most DNS names one entry may carry.
 pub const MAX_DNS_NAMES: usize = 32;
-/// Shortest SVID lifetime an entry may ask for.
-pub const MIN_SVID_TTL: Duration = Duration::from_secs(10);
+/// Shortest SVID lifetime an entry may ask for. Production TTLs are tens of
+/// seconds or more; a few seconds are allowed for rotation tests.
+pub const MIN_SVID_TTL: Duration = Duration::from_secs(2);
 /// Longest SVID lifetime an entry may ask for (short-lived credentials are the point).
 pub const MAX_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
 

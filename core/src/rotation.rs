@@ -42,6 +42,33 @@ pub fn capped_not_after(
     (now + ttl).min(signer_not_after)
 }
 
+/// Fraction of a CA key's life after which the next key is prepared
+/// (published in the bundle, not yet signing).
+pub const CA_PREPARE_FRACTION: f64 = 0.5;
+/// Fraction of a CA key's life after which the prepared key is activated.
+pub const CA_ACTIVATE_FRACTION: f64 = 5.0 / 6.0;
+
+fn at_fraction(not_before: SystemTime, not_after: SystemTime, f: f64) -> SystemTime {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    not_before + Duration::from_secs_f64(life * f)
+}
+
+/// When the successor of a CA key valid over `[not_before, not_after]` is
+/// prepared: at half its life.
+pub fn ca_prepare_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    at_fraction(not_before, not_after, CA_PREPARE_FRACTION)
+}
+
+/// When the prepared successor replaces the key: at five sixths of its
+/// life, so the last sixth covers SVIDs it already signed (the CA TTL is at
+/// least six times the largest SVID TTL).
+pub fn ca_activate_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    at_fraction(not_before, not_after, CA_ACTIVATE_FRACTION)
+}
+
 /// Exponential backoff for a failing renewal: `base * 2^attempt`, capped at
 /// `max`, and never later than `deadline - now` (so a still-valid credential
 /// is retried before it expires).
@@ -102,6 +129,25 @@ mod tests {
             capped_not_after(now, Duration::from_secs(60), from_unix_secs(1030)),
             from_unix_secs(1030)
         );
+    }
+
+    #[test]
+    fn ca_slots_prepare_at_half_and_activate_at_five_sixths() {
+        let clock = FakeClock::at(0);
+        let nb = from_unix_secs(0);
+        let na = from_unix_secs(600);
+        assert_eq!(ca_prepare_at(nb, na), from_unix_secs(300));
+        assert_eq!(ca_activate_at(nb, na), from_unix_secs(500));
+        clock.advance(Duration::from_secs(299));
+        assert!(clock.now() < ca_prepare_at(nb, na));
+        clock.advance(Duration::from_secs(1));
+        assert!(clock.now() >= ca_prepare_at(nb, na));
+        assert!(clock.now() < ca_activate_at(nb, na));
+        // An activated key never outlives what it signed: SVIDs signed just
+        // before activation with a TTL of a sixth of the CA life end by the
+        // CA's NotAfter.
+        let last_signing = ca_activate_at(nb, na);
+        assert!(last_signing + Duration::from_secs(100) <= na);
     }
 
     #[test]

@@ -272,6 +272,7 @@ async fn every_bad_token_is_refused_with_invalid_argument() {
     let forge =
         |h: serde_json::Value, c: serde_json::Value| signer.sign_with_header(&h, &c).unwrap();
     let other_key = lanyard_core::jwt::JwtSigner::generate(
+        std::time::SystemTime::now(),
         std::time::SystemTime::now() + Duration::from_secs(3600),
     )
     .unwrap();

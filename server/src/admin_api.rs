@@ -8,7 +8,8 @@ use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
-    Agent, AgentRequest, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    Agent, AgentRequest, Authority, AuthorityRequest, ListAuthoritiesRequest,
+    ListAuthoritiesResponse, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetEntryRequest, ListAgentsRequest,
     ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
@@ -20,7 +21,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::attestation::{AttestationError, JoinTokens};
-use crate::ca::Ca;
+use crate::ca::{Ca, CaError};
+use crate::store::CaKeyState;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{AgentRecord, Store, StoreError};
 
@@ -39,6 +41,9 @@ pub enum AdminError {
     /// No such agent.
     #[error("agent {0} not found")]
     NoAgent(String),
+    /// An authority operation was refused or failed.
+    #[error("{0}")]
+    Ca(#[from] CaError),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -56,9 +61,12 @@ impl From<AdminError> for Status {
             AdminError::Registry(RegistryError::Duplicate(_)) => {
                 Status::already_exists(e.to_string())
             }
-            AdminError::Registry(RegistryError::NotFound(_)) | AdminError::NoAgent(_) => {
-                Status::not_found(e.to_string())
-            }
+            AdminError::Registry(RegistryError::NotFound(_))
+            | AdminError::NoAgent(_)
+            | AdminError::Ca(CaError::UnknownKey(_)) => Status::not_found(e.to_string()),
+            AdminError::Ca(
+                CaError::NothingPrepared | CaError::ActiveKey(_) | CaError::NotTainted(_),
+            ) => Status::failed_precondition(e.to_string()),
             _ => {
                 tracing::error!(err = %e, "admin API internal error");
                 Status::internal(e.to_string())
@@ -122,6 +130,29 @@ fn optional_id(field: &'static str, s: &str) -> Result<Option<SpiffeId>, AdminEr
         Ok(None)
     } else {
         Ok(Some(spiffe_id(field, s)?))
+    }
+}
+
+fn authorities(ca: &Ca) -> ListAuthoritiesResponse {
+    let secs = |t| i64::try_from(unix_secs(t)).unwrap_or(i64::MAX);
+    ListAuthoritiesResponse {
+        authorities: ca
+            .list()
+            .into_iter()
+            .map(|a| Authority {
+                id: a.id,
+                kind: a.kind.into(),
+                state: match a.state {
+                    CaKeyState::Prepared => "prepared",
+                    CaKeyState::Active => "active",
+                    CaKeyState::Old => "old",
+                }
+                .into(),
+                tainted: a.tainted,
+                not_before: secs(a.not_before),
+                not_after: secs(a.not_after),
+            })
+            .collect(),
     }
 }
 
@@ -288,5 +319,53 @@ impl Admin for AdminApi {
         Ok(Response::new(
             self.ca.snapshot().to_proto(self.ca.trust_domain()),
         ))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_authorities(
+        &self,
+        _req: Request<ListAuthoritiesRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        Ok(Response::new(authorities(&self.ca)))
+    }
+
+    #[instrument(skip_all)]
+    async fn prepare_authorities(
+        &self,
+        _req: Request<ListAuthoritiesRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        self.ca.prepare().map_err(AdminError::from)?;
+        Ok(Response::new(authorities(&self.ca)))
+    }
+
+    #[instrument(skip_all)]
+    async fn activate_authorities(
+        &self,
+        _req: Request<ListAuthoritiesRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        self.ca.activate().map_err(AdminError::from)?;
+        Ok(Response::new(authorities(&self.ca)))
+    }
+
+    #[instrument(skip_all)]
+    async fn taint_authority(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        self.ca
+            .taint(&req.into_inner().id)
+            .map_err(AdminError::from)?;
+        Ok(Response::new(authorities(&self.ca)))
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_authority(
+        &self,
+        req: Request<AuthorityRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        self.ca
+            .revoke(&req.into_inner().id)
+            .map_err(AdminError::from)?;
+        Ok(Response::new(authorities(&self.ca)))
     }
 }

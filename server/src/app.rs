@@ -95,7 +95,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         .map_err(|e| AppError::DataDir(dir.clone(), e))?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"))?);
     let td = config.trust_domain.clone();
-    let ca = Ca::load_or_create(&td, store.as_ref(), clock.as_ref(), config.ca_ttl)?;
+    let ca = Ca::load_or_create(&td, store.clone(), clock.clone(), config.ca_ttl)?;
     let registry = Registry::load(td.clone(), store.clone())?;
     let tokens = JoinTokens::new(td.clone(), store.clone(), clock.clone());
     let identity = ServerIdentity::new(&ca, clock.as_ref())?;
@@ -151,6 +151,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             stop(shutdown_rx.clone()),
         );
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
+    let rotator = crate::ca::rotator::run(ca.clone(), shutdown_rx.clone());
 
     tracing::info!(
         trust_domain = %td,
@@ -161,7 +162,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     let admin_path = config.admin_socket.clone();
     let task = tokio::spawn(async move {
-        let (a, b, ()) = tokio::join!(node_server, admin_server, renewer);
+        let (a, b, (), ()) = tokio::join!(node_server, admin_server, renewer, rotator);
         if let Err(e) = a {
             tracing::error!(?e, "server API stopped");
         }
@@ -180,31 +181,43 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     })
 }
 
-/// Re-mints the server's TLS identity at half its lifetime.
+/// Re-mints the server's TLS identity at half its lifetime, and as soon as
+/// the CA that signed it is no longer the active one.
 async fn renew_identity(
     identity: Arc<ServerIdentity>,
     ca: Ca,
     clock: Arc<dyn Clock>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut changes = ca.subscribe();
     let mut attempt = 0u32;
-    let mut wait = crate::tls::SERVER_SVID_TTL / 2;
     loop {
+        let now = clock.now();
+        if identity.due(&ca, now) {
+            match identity.renew(&ca, clock.as_ref()) {
+                Ok(()) => {
+                    attempt = 0;
+                    tracing::debug!("server TLS identity renewed");
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::error!(?e, "server TLS identity renewal failed");
+                }
+            }
+        }
+        let wait = if attempt > 0 {
+            Duration::from_secs(1 << attempt.min(5))
+        } else {
+            identity
+                .renew_at()
+                .duration_since(clock.now())
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(300))
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            r = changes.changed() => if r.is_err() { return },
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-        }
-        match identity.renew(&ca, clock.as_ref()) {
-            Ok(()) => {
-                attempt = 0;
-                wait = crate::tls::SERVER_SVID_TTL / 2;
-                tracing::debug!("server TLS identity renewed");
-            }
-            Err(e) => {
-                attempt += 1;
-                wait = Duration::from_secs(1 << attempt.min(6));
-                tracing::error!(?e, "server TLS identity renewal failed");
-            }
         }
     }
 }

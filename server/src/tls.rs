@@ -34,6 +34,8 @@ pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 pub struct ServerIdentity {
     id: SpiffeId,
     current: RwLock<Arc<CertifiedKey>>,
+    /// (issuing CA key ID, renew at) of the current certificate.
+    meta: RwLock<(String, std::time::SystemTime)>,
 }
 
 impl ServerIdentity {
@@ -43,18 +45,32 @@ impl ServerIdentity {
             .trust_domain()
             .id_with_segments(["lanyard", "server"])
             .map_err(|e| CaError::Svid(lanyard_core::x509::SvidError::Issue(e.to_string())))?;
-        let key = mint(ca, &id, clock)?;
+        let (key, meta) = mint(ca, &id, clock)?;
         Ok(Arc::new(Self {
             id,
             current: RwLock::new(Arc::new(key)),
+            meta: RwLock::new(meta),
         }))
     }
 
     /// Re-mints the identity from the CA's active key.
     pub fn renew(&self, ca: &Ca, clock: &dyn Clock) -> Result<(), CaError> {
-        let key = mint(ca, &self.id, clock)?;
+        let (key, meta) = mint(ca, &self.id, clock)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        *self.meta.write().unwrap_or_else(|p| p.into_inner()) = meta;
         Ok(())
+    }
+
+    /// True when the certificate is due for renewal: half its lifetime has
+    /// passed, or the CA that signed it is no longer the active one.
+    pub fn due(&self, ca: &Ca, now: std::time::SystemTime) -> bool {
+        let (issuer, renew_at) = self.meta.read().unwrap_or_else(|p| p.into_inner()).clone();
+        now >= renew_at || ca.snapshot().active.info().subject_key_id != issuer
+    }
+
+    /// When the certificate reaches its renewal point.
+    pub fn renew_at(&self) -> std::time::SystemTime {
+        self.meta.read().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// The server's SPIFFE ID.
@@ -63,7 +79,9 @@ impl ServerIdentity {
     }
 }
 
-fn mint(ca: &Ca, id: &SpiffeId, clock: &dyn Clock) -> Result<CertifiedKey, CaError> {
+type Meta = (String, std::time::SystemTime);
+
+fn mint(ca: &Ca, id: &SpiffeId, clock: &dyn Clock) -> Result<(CertifiedKey, Meta), CaError> {
     let snap = ca.snapshot();
     let key = SvidKey::generate()?;
     let params = SvidParams {
@@ -73,12 +91,15 @@ fn mint(ca: &Ca, id: &SpiffeId, clock: &dyn Clock) -> Result<CertifiedKey, CaErr
         extensions: vec![],
     };
     let spki = rcgen_spki(&key)?;
-    let svid = snap.active.sign_public_key(&spki, &params, clock.now())?;
+    let now = clock.now();
+    let svid = snap.active.sign_public_key(&spki, &params, now)?;
+    let renew = lanyard_core::rotation::renew_at(now.min(svid.not_after), svid.not_after, 0.0);
+    let meta = (snap.active.info().subject_key_id.clone(), renew);
     let chain = vec![CertificateDer::from(svid.cert_der)];
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
     let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
         .map_err(|e| CaError::Svid(lanyard_core::x509::SvidError::Crypto(e.to_string())))?;
-    Ok(CertifiedKey::new(chain, signing))
+    Ok((CertifiedKey::new(chain, signing), meta))
 }
 
 fn rcgen_spki(key: &SvidKey) -> Result<lanyard_core::x509::Spki, CaError> {

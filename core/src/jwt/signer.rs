@@ -46,6 +46,7 @@ pub struct JwtSigner {
     kid: String,
     key: EcdsaKeyPair,
     pkcs8: Vec<u8>,
+    not_before: SystemTime,
     not_after: SystemTime,
 }
 
@@ -66,22 +67,29 @@ fn random_hex(n: usize) -> Result<String, JwtError> {
 }
 
 impl JwtSigner {
-    /// Generates a new key valid until `not_after`, with a random key ID.
-    pub fn generate(not_after: SystemTime) -> Result<Self, JwtError> {
+    /// Generates a new key valid from `not_before` until `not_after`, with a
+    /// random key ID.
+    pub fn generate(not_before: SystemTime, not_after: SystemTime) -> Result<Self, JwtError> {
         let doc =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
                 .map_err(|_| JwtError::Key("key generation failed".into()))?;
-        Self::from_parts(&random_hex(16)?, doc.as_ref(), not_after)
+        Self::from_parts(&random_hex(16)?, doc.as_ref(), not_before, not_after)
     }
 
     /// Rebuilds a key from its stored parts.
-    pub fn from_parts(kid: &str, pkcs8: &[u8], not_after: SystemTime) -> Result<Self, JwtError> {
+    pub fn from_parts(
+        kid: &str,
+        pkcs8: &[u8],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Self, JwtError> {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
             .map_err(|e| JwtError::Key(format!("JWT key: {e}")))?;
         Ok(Self {
             kid: kid.to_owned(),
             key,
             pkcs8: pkcs8.to_vec(),
+            not_before,
             not_after,
         })
     }
@@ -94,6 +102,11 @@ impl JwtSigner {
     /// The PKCS#8 private key. Handle with care.
     pub fn pkcs8(&self) -> &[u8] {
         &self.pkcs8
+    }
+
+    /// When the key was created.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
     }
 
     /// When the key stops signing.

@@ -198,7 +198,7 @@ mod tests {
 
     fn setup() -> (TrustDomain, JwtSigner, Vec<JwtAuthority>) {
         let td = TrustDomain::new("td").unwrap();
-        let signer = JwtSigner::generate(from_unix_secs(T0 + 3600)).unwrap();
+        let signer = JwtSigner::generate(from_unix_secs(T0), from_unix_secs(T0 + 3600)).unwrap();
         let auths = vec![signer.authority()];
         (td, signer, auths)
     }
@@ -367,7 +367,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(m.expires_at, from_unix_secs(T0 + 3600));
-        let again = JwtSigner::from_parts(s.key_id(), s.pkcs8(), s.not_after()).unwrap();
+        let again = JwtSigner::from_parts(s.key_id(), s.pkcs8(), s.not_before(), s.not_after()).unwrap();
         assert_eq!(again.spki_der(), s.spki_der());
         assert!(
             s.sign_svid(

@@ -28,6 +28,8 @@ pub struct CertInfo {
     pub can_sign_certs: bool,
     /// SubjectKeyIdentifier, hex (or SHA-256 of the SPKI when absent).
     pub subject_key_id: String,
+    /// AuthorityKeyIdentifier key ID, hex (the issuer's subject key ID).
+    pub authority_key_id: Option<String>,
     /// SubjectPublicKeyInfo DER.
     pub spki_der: Vec<u8>,
 }
@@ -52,6 +54,7 @@ impl CertInfo {
         let mut digital_signature = None;
         let mut can_sign_certs = false;
         let mut skid = None;
+        let mut akid = None;
         for ext in cert.extensions() {
             match ext.parsed_extension() {
                 ParsedExtension::SubjectAlternativeName(san) => {
@@ -69,6 +72,9 @@ impl CertInfo {
                     can_sign_certs = ku.key_cert_sign() || ku.crl_sign();
                 }
                 ParsedExtension::SubjectKeyIdentifier(id) => skid = Some(hex::encode(id.0)),
+                ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    akid = aki.key_identifier.as_ref().map(|k| hex::encode(k.0));
+                }
                 _ => {}
             }
         }
@@ -89,6 +95,7 @@ impl CertInfo {
             digital_signature,
             can_sign_certs,
             subject_key_id,
+            authority_key_id: akid,
             spki_der,
         }
     }

@@ -129,6 +129,10 @@ mod tests {
         assert_eq!(info.not_after, from_unix_secs(T0 + 160));
         assert_eq!(info.serial, svid.serial.trim_start_matches("00"));
         assert!(info.serial.len() >= 30, "serial {}", info.serial);
+        assert_eq!(
+            info.authority_key_id.as_deref(),
+            Some(ca.info().subject_key_id.as_str())
+        );
         let got = validate_x509_svid(
             std::slice::from_ref(&svid.cert_der),
             &td,

@@ -128,11 +128,13 @@ fn ca_keys(s: &dyn Store) {
         cert_der: vec![1, 2, 3],
         key_pkcs8: vec![4, 5],
         state: CaKeyState::Active,
+        tainted: false,
     };
     s.put_ca_key(&k).unwrap();
     let mut k2 = k.clone();
     k2.id = "k2".into();
     k2.state = CaKeyState::Prepared;
+    k2.tainted = true;
     s.put_ca_key(&k2).unwrap();
     assert_eq!(s.list_ca_keys().unwrap(), vec![k.clone(), k2.clone()]);
     s.delete_ca_key("k1").unwrap();
@@ -143,8 +145,10 @@ fn jwt_keys(s: &dyn Store) {
     let k = JwtKeyRecord {
         kid: "a".into(),
         key_pkcs8: vec![1],
+        not_before: 1,
         not_after: 5,
         state: CaKeyState::Active,
+        tainted: false,
     };
     s.put_jwt_key(&k).unwrap();
     let mut k2 = k.clone();

@@ -73,6 +73,9 @@ pub struct CaKeyRecord {
     pub key_pkcs8: Vec<u8>,
     /// Life-cycle state.
     pub state: CaKeyState,
+    /// Tainted keys make agents re-issue what they signed.
+    #[serde(default)]
+    pub tainted: bool,
 }
 
 impl std::fmt::Debug for CaKeyRecord {
@@ -92,10 +95,16 @@ pub struct JwtKeyRecord {
     pub kid: String,
     /// PKCS#8 DER private key.
     pub key_pkcs8: Vec<u8>,
+    /// Creation, Unix seconds.
+    #[serde(default)]
+    pub not_before: u64,
     /// Expiry, Unix seconds.
     pub not_after: u64,
     /// Life-cycle state.
     pub state: CaKeyState,
+    /// Tainted keys make agents re-issue what they signed.
+    #[serde(default)]
+    pub tainted: bool,
 }
 
 impl std::fmt::Debug for JwtKeyRecord {

@@ -1,0 +1,256 @@
+//! The server's signing authorities: the X.509 CA and the JWT key. Loaded
+//! from the store at start (or created on first run), rotated by
+//! prepare → activate → retire (see [`rotator`]), published as the trust
+//! bundle, and used to sign agent and workload SVIDs and the server's own
+//! TLS identity.
+
+mod keys;
+pub mod rotator;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use lanyard_core::TrustDomain;
+use lanyard_core::clock::Clock;
+use lanyard_core::jwt::{JwtAuthority, JwtError, JwtSigner};
+use lanyard_core::tls::X509BundleSource;
+use lanyard_core::x509::{SvidError, X509Authority};
+use lanyard_proto::types;
+use tokio::sync::watch;
+
+use crate::store::{CaKeyState, Store, StoreError};
+use keys::Keys;
+
+/// Store counter holding the bundle sequence number.
+const SEQUENCE: &str = "bundle_sequence";
+/// Refresh hint published with the bundle.
+pub const REFRESH_HINT_SECS: u64 = 60;
+
+/// Why an authority operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Reading or writing keys failed.
+    #[error("CA store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored key is unusable or signing failed.
+    #[error("CA: {0}")]
+    Svid(#[from] SvidError),
+    /// A stored JWT key is unusable.
+    #[error("JWT key: {0}")]
+    Jwt(#[from] JwtError),
+    /// Activation without a prepared key.
+    #[error("no prepared authority to activate; run `lanyard-server ca prepare` first")]
+    NothingPrepared,
+    /// No key with that ID.
+    #[error("no authority with ID {0:?} (see `lanyard-server ca show`)")]
+    UnknownKey(String),
+    /// The active key cannot be tainted or revoked.
+    #[error("authority {0} is active; prepare and activate a new one first")]
+    ActiveKey(String),
+    /// Revocation of a key that was not tainted first.
+    #[error("authority {0} must be tainted before it is revoked")]
+    NotTainted(String),
+}
+
+/// What the authorities publish at one moment.
+#[derive(Debug)]
+pub struct CaSnapshot {
+    /// The key that signs new X.509-SVIDs.
+    pub active: Arc<X509Authority>,
+    /// Every published CA certificate (DER), active first.
+    pub authorities: Arc<Vec<Vec<u8>>>,
+    /// The key that signs new JWT-SVIDs.
+    pub jwt_active: Arc<JwtSigner>,
+    /// Every published JWT key, active first.
+    pub jwt_authorities: Arc<Vec<JwtAuthority>>,
+    /// IDs of tainted authorities.
+    pub tainted: Arc<Vec<String>>,
+    /// Bundle sequence number, bumped on every change.
+    pub sequence: u64,
+}
+
+impl CaSnapshot {
+    /// The bundle as a protobuf message.
+    pub fn to_proto(&self, td: &TrustDomain) -> types::Bundle {
+        types::Bundle {
+            trust_domain: td.to_string(),
+            x509_authorities: self.authorities.to_vec(),
+            sequence: self.sequence,
+            refresh_hint_seconds: i64::try_from(REFRESH_HINT_SECS).unwrap_or(60),
+            jwt_authorities: self
+                .jwt_authorities
+                .iter()
+                .map(|a| types::JwtAuthority {
+                    key_id: a.key_id.clone(),
+                    public_key: a.public_key.clone(),
+                    expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
+                })
+                .collect(),
+            tainted_key_ids: self.tainted.to_vec(),
+        }
+    }
+}
+
+/// One authority as `ca show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityInfo {
+    /// X.509 subject key ID or JWT key ID.
+    pub id: String,
+    /// `x509` or `jwt`.
+    pub kind: &'static str,
+    /// Life-cycle state.
+    pub state: CaKeyState,
+    /// Tainted.
+    pub tainted: bool,
+    /// Validity start.
+    pub not_before: SystemTime,
+    /// Validity end.
+    pub not_after: SystemTime,
+}
+
+/// The authorities, behind a cheap clone.
+#[derive(Clone)]
+pub struct Ca {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    td: TrustDomain,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ca_ttl: Duration,
+    /// Serialises changes; readers use `state`.
+    keys: Mutex<Keys>,
+    state: RwLock<Arc<CaSnapshot>>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("td", &self.inner.td).finish()
+    }
+}
+
+impl Ca {
+    /// Loads the authorities from the store, creating an active X.509 CA
+    /// and JWT key when there is none (or they have expired).
+    pub fn load_or_create(
+        td: &TrustDomain,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        ca_ttl: Duration,
+    ) -> Result<Self, CaError> {
+        let (keys, changed) = Keys::load(td, store.as_ref(), clock.now(), ca_ttl)?;
+        let sequence = if changed || store.counter(SEQUENCE)? == 0 {
+            store.bump_counter(SEQUENCE)?
+        } else {
+            store.counter(SEQUENCE)?
+        };
+        let snapshot = keys.snapshot(sequence)?;
+        let (changes, _) = watch::channel(sequence);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                td: td.clone(),
+                store,
+                clock,
+                ca_ttl,
+                keys: Mutex::new(keys),
+                state: RwLock::new(Arc::new(snapshot)),
+                changes,
+            }),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<CaSnapshot> {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.inner.td
+    }
+
+    /// The clock the authorities run on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Notified with the bundle sequence on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Every authority, X.509 first.
+    pub fn list(&self) -> Vec<AuthorityInfo> {
+        self.lock().list()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
+        self.inner.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `f` to the keys, persists and publishes if it changed
+    /// anything.
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Keys, SystemTime) -> Result<bool, CaError>,
+    ) -> Result<bool, CaError> {
+        let mut keys = self.lock();
+        let changed = f(&mut keys, self.inner.clock.now())?;
+        if changed {
+            keys.persist(self.inner.store.as_ref())?;
+            let seq = self.inner.store.bump_counter(SEQUENCE)?;
+            let snap = keys.snapshot(seq)?;
+            *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+            self.inner.changes.send_replace(seq);
+            tracing::info!(sequence = seq, "trust bundle changed");
+        }
+        Ok(changed)
+    }
+
+    /// Prepares the next X.509 CA and JWT key (published, not signing),
+    /// where none is prepared yet.
+    pub fn prepare(&self) -> Result<bool, CaError> {
+        let (td, ttl) = (self.inner.td.clone(), self.inner.ca_ttl);
+        self.change(|k, now| k.prepare(&td, now, ttl))
+    }
+
+    /// Makes the prepared keys active; the previous ones stay published
+    /// until they expire.
+    pub fn activate(&self) -> Result<(), CaError> {
+        self.change(|k, _| k.activate()).map(|_| ())
+    }
+
+    /// Marks an authority tainted: agents re-issue everything it signed.
+    pub fn taint(&self, id: &str) -> Result<(), CaError> {
+        self.change(|k, _| k.taint(id)).map(|_| ())
+    }
+
+    /// Removes a tainted authority from the bundle.
+    pub fn revoke(&self, id: &str) -> Result<(), CaError> {
+        self.change(|k, _| k.revoke(id)).map(|_| ())
+    }
+
+    /// Performs whatever rotation step is due now: prepare at half the
+    /// active key's life, activate at five sixths, drop expired keys.
+    pub fn tick(&self) -> Result<bool, CaError> {
+        let (td, ttl) = (self.inner.td.clone(), self.inner.ca_ttl);
+        self.change(|k, now| k.tick(&td, now, ttl))
+    }
+
+    /// When the next rotation step is due.
+    pub fn next_event(&self) -> SystemTime {
+        self.lock().next_event(self.inner.clock.now())
+    }
+}
+
+impl X509BundleSource for Ca {
+    fn x509_authorities(&self) -> Arc<Vec<Vec<u8>>> {
+        self.snapshot().authorities.clone()
+    }
+}
