@@ -29,6 +29,8 @@ pub struct CachedSvid {
     pub renew_at: SystemTime,
     /// The entry revision it reflects.
     pub entry_revision: u64,
+    /// Subject key ID of the CA that signed it.
+    pub issuer_id: Option<String>,
 }
 
 impl std::fmt::Debug for CachedSvid {
@@ -58,6 +60,8 @@ pub struct Snapshot {
     pub bundle: Arc<Vec<Vec<u8>>>,
     /// JWT authorities of the trust domain.
     pub jwt_authorities: Arc<Vec<JwtAuthority>>,
+    /// IDs of tainted authorities.
+    pub tainted: Arc<Vec<String>>,
     /// Bundle sequence from the server.
     pub bundle_sequence: u64,
     /// True once the first sync from the server has been applied.
@@ -85,6 +89,7 @@ impl Snapshot {
             svids: HashMap::new(),
             bundle: Arc::new(Vec::new()),
             jwt_authorities: Arc::new(Vec::new()),
+            tainted: Arc::new(Vec::new()),
             bundle_sequence: 0,
             synced: false,
         }
@@ -149,6 +154,7 @@ impl Snapshot {
             svids: self.svids.clone(),
             bundle: self.bundle.clone(),
             jwt_authorities: self.jwt_authorities.clone(),
+            tainted: self.tainted.clone(),
             bundle_sequence: self.bundle_sequence,
             synced: self.synced,
         }
@@ -189,6 +195,7 @@ mod tests {
             not_after: from_unix_secs(not_after),
             renew_at: from_unix_secs(not_after / 2),
             entry_revision: 0,
+            issuer_id: None,
         })
     }
 

@@ -36,6 +36,7 @@ pub enum JwtFetchError {
 #[derive(Clone)]
 struct Cached {
     token: String,
+    kid: String,
     refresh_at: SystemTime,
     expires_at: SystemTime,
 }
@@ -73,18 +74,23 @@ impl JwtCache {
 
     /// A token for `spiffe_id` (from `entry_id`) and `audience`, from the
     /// cache while it is younger than half its life.
+    /// Tokens signed by a key in `usable_kids` only are served from the
+    /// cache (a tainted or removed key forces a new token).
     pub async fn token(
         &self,
         entry_id: &str,
         spiffe_id: &str,
         audience: &[String],
         now: SystemTime,
+        usable_kids: &[&str],
     ) -> Result<String, JwtFetchError> {
         let mut aud = audience.to_vec();
         aud.sort();
         aud.dedup();
         let key = (spiffe_id.to_owned(), aud.clone());
-        let cached = self.get(&key).filter(|c| c.expires_at > now);
+        let cached = self
+            .get(&key)
+            .filter(|c| c.expires_at > now && usable_kids.contains(&c.kid.as_str()));
         if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
             return Ok(c.token.clone());
         }
@@ -119,6 +125,7 @@ impl JwtCache {
                 self.put(
                     key,
                     Cached {
+                        kid: token_kid(&r.token).unwrap_or_default(),
                         token: r.token.clone(),
                         refresh_at: iat + half,
                         expires_at: exp,
@@ -136,4 +143,15 @@ impl JwtCache {
             },
         }
     }
+}
+
+/// The `kid` of a compact JWS, if readable.
+fn token_kid(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("kid")?.as_str().map(str::to_owned)
 }

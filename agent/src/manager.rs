@@ -61,6 +61,10 @@ pub struct Manager {
     failures: HashMap<EntryId, Failure>,
     bundle: Arc<Vec<Vec<u8>>>,
     jwt_authorities: Arc<Vec<lanyard_core::jwt::JwtAuthority>>,
+    /// Tainted authority IDs from the bundle.
+    tainted: Arc<Vec<String>>,
+    /// Subject key IDs of the CAs in the bundle.
+    bundle_ids: std::collections::HashSet<String>,
     bundle_sequence: u64,
     /// The current server client, shared with the Workload API for
     /// JWT-SVID signing.
@@ -98,6 +102,8 @@ impl Manager {
             failures: HashMap::new(),
             bundle,
             jwt_authorities: Arc::new(Vec::new()),
+            tainted: Arc::new(Vec::new()),
+            bundle_ids: std::collections::HashSet::new(),
             bundle_sequence: 0,
             client_tx: watch::channel(None).0,
             synced: false,
@@ -235,6 +241,13 @@ impl Manager {
         {
             {
                 self.bundle_sequence = b.sequence;
+                self.bundle_ids = b
+                    .x509_authorities
+                    .iter()
+                    .filter_map(|c| CertInfo::parse(c).ok())
+                    .map(|i| i.subject_key_id)
+                    .collect();
+                self.tainted = Arc::new(b.tainted_key_ids);
                 self.bundle = Arc::new(b.x509_authorities);
                 self.jwt_authorities = Arc::new(
                     b.jwt_authorities
@@ -270,9 +283,19 @@ impl Manager {
         snap.svids = self.svids.clone();
         snap.bundle = self.bundle.clone();
         snap.jwt_authorities = self.jwt_authorities.clone();
+        snap.tainted = self.tainted.clone();
         snap.bundle_sequence = self.bundle_sequence;
         snap.synced = self.synced;
         self.publish.send_replace(Arc::new(snap));
+    }
+
+    /// True when an SVID signed by `issuer` may still be served: the CA is
+    /// in the bundle and not tainted.
+    fn issuer_ok(&self, issuer: Option<&str>) -> bool {
+        match issuer {
+            Some(i) => self.bundle_ids.contains(i) && !self.tainted.iter().any(|t| t == i),
+            None => true,
+        }
     }
 
     fn due(&self, now: SystemTime) -> Vec<RegistrationEntry> {
@@ -282,7 +305,11 @@ impl Manager {
             .filter(|e| !e.require_task)
             .filter(|e| match self.svids.get(&e.id) {
                 None => true,
-                Some(s) => s.entry_revision != e.revision || now >= s.renew_at,
+                Some(s) => {
+                    s.entry_revision != e.revision
+                        || now >= s.renew_at
+                        || !self.issuer_ok(s.issuer_id.as_deref())
+                }
             })
             .filter(|e| self.failures.get(&e.id).is_none_or(|f| now >= f.next_try))
             .cloned()
@@ -407,6 +434,7 @@ impl Manager {
                 jitter_sample(),
             ),
             entry_revision: entry.revision,
+            issuer_id: info.authority_key_id,
             chain,
         })
     }

@@ -275,11 +275,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
         }
         let now = self.clock.now();
+        let usable: Vec<&str> = snap
+            .jwt_authorities
+            .iter()
+            .map(|a| a.key_id.as_str())
+            .filter(|k| !snap.tainted.iter().any(|t| t == k))
+            .collect();
         let mut svids = Vec::with_capacity(entries.len());
         for e in entries {
             let token = self
                 .jwt
-                .token(e.id.as_str(), e.spiffe_id.as_str(), &audience, now)
+                .token(e.id.as_str(), e.spiffe_id.as_str(), &audience, now, &usable)
                 .await
                 .map_err(WorkloadError::from)?;
             svids.push(Jwtsvid {

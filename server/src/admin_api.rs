@@ -8,10 +8,10 @@ use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
-    Agent, AgentRequest, Authority, AuthorityRequest, ListAuthoritiesRequest,
-    ListAuthoritiesResponse, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
-    DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetEntryRequest, ListAgentsRequest,
-    ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
+    Agent, AgentRequest, Authority, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest,
+    GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListAuthoritiesRequest,
+    ListAuthoritiesResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;
@@ -22,8 +22,8 @@ use tracing::instrument;
 
 use crate::attestation::{AttestationError, JoinTokens};
 use crate::ca::{Ca, CaError};
-use crate::store::CaKeyState;
 use crate::registry::{Registry, RegistryError};
+use crate::store::CaKeyState;
 use crate::store::{AgentRecord, Store, StoreError};
 
 /// Why an admin call failed. Mapped to a status in one place below.

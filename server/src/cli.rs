@@ -8,8 +8,9 @@ use lanyard_core::duration::{format_duration, parse_duration};
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
-    AgentRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, GetBundleRequest,
-    GetEntryRequest, ListAgentsRequest, ListEntriesRequest, UpdateEntryRequest,
+    AgentRequest, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest,
+    GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAuthoritiesRequest,
+    ListAuthoritiesResponse, ListEntriesRequest, UpdateEntryRequest,
 };
 use lanyard_proto::types;
 use lanyard_proto::uds::unix_channel;
@@ -44,6 +45,43 @@ pub enum Command {
     /// The trust bundle.
     #[command(subcommand)]
     Bundle(BundleCmd),
+    /// Signing authorities (X.509 CA and JWT keys) and their rotation.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+/// `ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// List the authorities with their state.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Prepare the next X.509 CA and JWT key (published, not signing yet).
+    Prepare {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Activate the prepared authorities.
+    Activate {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Taint an inactive authority: agents re-issue every SVID it signed.
+    Taint {
+        /// Authority ID from `ca show`.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a tainted authority from the trust bundle.
+    Revoke {
+        /// Authority ID from `ca show`.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// Flags of `run`; each overrides the config file and has a `LANYARD_*` variable.
@@ -486,6 +524,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Entry(cmd) => run_entry(cmd).await,
+        Command::Ca(cmd) => run_ca(cmd).await,
         Command::Agent(cmd) => run_agent(cmd).await,
         Command::Bundle(BundleCmd::Show { format, admin }) => {
             let b = client(&admin)
@@ -685,5 +724,74 @@ async fn run_agent(cmd: AgentCmd) -> Result<(), CliError> {
             }
         }
     }
+    Ok(())
+}
+
+fn print_authorities(out: Output, r: &ListAuthoritiesResponse) {
+    use lanyard_core::clock::{format_rfc3339, from_unix_secs};
+    let t = |s: i64| format_rfc3339(from_unix_secs(u64::try_from(s).unwrap_or(0)));
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({"authorities": r.authorities.iter().map(|a| json!({
+                "id": a.id, "kind": a.kind, "state": a.state, "tainted": a.tainted,
+                "not_before": a.not_before, "not_after": a.not_after,
+            })).collect::<Vec<_>>()})
+        ),
+        Output::Text => {
+            for a in &r.authorities {
+                println!(
+                    "{:<5} {:<9} {}{}  valid {} .. {}",
+                    a.kind,
+                    a.state,
+                    a.id,
+                    if a.tainted { " (tainted)" } else { "" },
+                    t(a.not_before),
+                    t(a.not_after)
+                );
+            }
+        }
+    }
+}
+
+async fn run_ca(cmd: CaCmd) -> Result<(), CliError> {
+    let (admin, r) = match cmd {
+        CaCmd::Show { admin } => {
+            let r = client(&admin)
+                .await?
+                .list_authorities(ListAuthoritiesRequest {})
+                .await;
+            (admin, r)
+        }
+        CaCmd::Prepare { admin } => {
+            let r = client(&admin)
+                .await?
+                .prepare_authorities(ListAuthoritiesRequest {})
+                .await;
+            (admin, r)
+        }
+        CaCmd::Activate { admin } => {
+            let r = client(&admin)
+                .await?
+                .activate_authorities(ListAuthoritiesRequest {})
+                .await;
+            (admin, r)
+        }
+        CaCmd::Taint { id, admin } => {
+            let r = client(&admin)
+                .await?
+                .taint_authority(AuthorityRequest { id })
+                .await;
+            (admin, r)
+        }
+        CaCmd::Revoke { id, admin } => {
+            let r = client(&admin)
+                .await?
+                .revoke_authority(AuthorityRequest { id })
+                .await;
+            (admin, r)
+        }
+    };
+    print_authorities(admin.output, &r.map_err(status_err)?.into_inner());
     Ok(())
 }

@@ -179,6 +179,32 @@ fn admin_commands_work_end_to_end() {
             .any(|k| k["use"] == "jwt-svid" && k["kid"].is_string())
     );
     assert!(jwks["spiffe_sequence"].as_u64().unwrap() >= 1);
+    // Authorities: show, prepare, activate, taint and revoke the old one.
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&admin(d, &["ca", "show", "--output", "json"]))).unwrap();
+    let old_x509 = show["authorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "x509" && a["state"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = fails(&admin(d, &["ca", "taint", &old_x509]));
+    assert!(err.contains("is active"), "{err}");
+    let err = fails(&admin(d, &["ca", "activate"]));
+    assert!(err.contains("ca prepare"), "{err}");
+    assert!(ok(&admin(d, &["ca", "prepare"])).contains("prepared"));
+    assert!(ok(&admin(d, &["ca", "activate"])).contains("old"));
+    let err = fails(&admin(d, &["ca", "revoke", &old_x509]));
+    assert!(err.contains("tainted before"), "{err}");
+    assert!(ok(&admin(d, &["ca", "taint", &old_x509])).contains("(tainted)"));
+    let after = ok(&admin(d, &["ca", "revoke", &old_x509]));
+    assert!(!after.contains(&old_x509));
+    let err = fails(&admin(d, &["ca", "taint", "nope"]));
+    assert!(err.contains("no authority"), "{err}");
+
     let agents = ok(&admin(d, &["agent", "list"]));
     assert!(agents.contains("No agents"));
 

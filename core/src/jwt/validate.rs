@@ -367,7 +367,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(m.expires_at, from_unix_secs(T0 + 3600));
-        let again = JwtSigner::from_parts(s.key_id(), s.pkcs8(), s.not_before(), s.not_after()).unwrap();
+        let again =
+            JwtSigner::from_parts(s.key_id(), s.pkcs8(), s.not_before(), s.not_after()).unwrap();
         assert_eq!(again.spki_der(), s.spki_der());
         assert!(
             s.sign_svid(

@@ -69,7 +69,8 @@ impl<K: Key> Ring<K> {
         let before = self.slots.len();
         let (keep, gone): (Vec<_>, Vec<_>) =
             self.slots.drain(..).partition(|s| s.key.not_after() > now);
-        self.removed.extend(gone.iter().map(|s| s.key.id().to_owned()));
+        self.removed
+            .extend(gone.iter().map(|s| s.key.id().to_owned()));
         self.slots = keep;
         let best = self
             .slots
@@ -248,7 +249,12 @@ impl Keys {
             .ok_or(CaError::NothingPrepared)?
             .key
             .clone();
-        let jwt_active = self.jwt.active().ok_or(CaError::NothingPrepared)?.key.clone();
+        let jwt_active = self
+            .jwt
+            .active()
+            .ok_or(CaError::NothingPrepared)?
+            .key
+            .clone();
         let tainted = self
             .x509
             .slots
@@ -273,7 +279,13 @@ impl Keys {
                     .collect(),
             ),
             jwt_active,
-            jwt_authorities: Arc::new(self.jwt.ordered().iter().map(|s| s.key.authority()).collect()),
+            jwt_authorities: Arc::new(
+                self.jwt
+                    .ordered()
+                    .iter()
+                    .map(|s| s.key.authority())
+                    .collect(),
+            ),
             tainted: Arc::new(tainted),
             sequence,
         })
@@ -385,8 +397,14 @@ impl Keys {
                 (now >= ca_prepare_at(nb, na), now >= ca_activate_at(nb, na))
             })
         };
-        let x = due(self.x509.active().map(|s| (s.key.not_before(), s.key.not_after())));
-        let j = due(self.jwt.active().map(|s| (s.key.not_before(), s.key.not_after())));
+        let x = due(self
+            .x509
+            .active()
+            .map(|s| (s.key.not_before(), s.key.not_after())));
+        let j = due(self
+            .jwt
+            .active()
+            .map(|s| (s.key.not_before(), s.key.not_after())));
         if (x.0 && !self.x509.has_prepared()) || (j.0 && !self.jwt.has_prepared()) {
             changed |= self.prepare(td, now, ttl)?;
         }

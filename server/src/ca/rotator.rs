@@ -88,31 +88,49 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(280)).await;
         assert_eq!(states(&ca, "x509"), vec![CaKeyState::Active]);
         tokio::time::sleep(Duration::from_secs(21)).await;
-        assert_eq!(states(&ca, "x509"), vec![CaKeyState::Active, CaKeyState::Prepared]);
-        assert_eq!(states(&ca, "jwt"), vec![CaKeyState::Active, CaKeyState::Prepared]);
+        assert_eq!(
+            states(&ca, "x509"),
+            vec![CaKeyState::Active, CaKeyState::Prepared]
+        );
+        assert_eq!(
+            states(&ca, "jwt"),
+            vec![CaKeyState::Active, CaKeyState::Prepared]
+        );
         let prepared = ca.snapshot();
         assert_eq!(prepared.authorities.len(), 2, "prepared key is published");
-        assert_eq!(prepared.active.cert_der(), first.active.cert_der(), "but not signing");
+        assert_eq!(
+            prepared.active.cert_der(),
+            first.active.cert_der(),
+            "but not signing"
+        );
         assert!(prepared.sequence > first.sequence);
 
         tokio::time::sleep(Duration::from_secs(200)).await; // past 5/6 of 600 s
-        assert_eq!(states(&ca, "x509"), vec![CaKeyState::Active, CaKeyState::Old]);
-        assert_eq!(states(&ca, "jwt"), vec![CaKeyState::Active, CaKeyState::Old]);
+        assert_eq!(
+            states(&ca, "x509"),
+            vec![CaKeyState::Active, CaKeyState::Old]
+        );
+        assert_eq!(
+            states(&ca, "jwt"),
+            vec![CaKeyState::Active, CaKeyState::Old]
+        );
         assert_ne!(ca.snapshot().active.cert_der(), first.active.cert_der());
         assert_ne!(ca.snapshot().jwt_active.key_id(), first.jwt_active.key_id());
 
         tokio::time::sleep(Duration::from_secs(120)).await; // the first keys expire
         assert_eq!(states(&ca, "x509").first(), Some(&CaKeyState::Active));
-        assert!(!ca
-            .snapshot()
-            .authorities
-            .iter()
-            .any(|c| c == first.active.cert_der()));
-        assert!(!ca
-            .snapshot()
-            .jwt_authorities
-            .iter()
-            .any(|a| a.key_id == first.jwt_active.key_id()));
+        assert!(
+            !ca.snapshot()
+                .authorities
+                .iter()
+                .any(|c| c == first.active.cert_der())
+        );
+        assert!(
+            !ca.snapshot()
+                .jwt_authorities
+                .iter()
+                .any(|a| a.key_id == first.jwt_active.key_id())
+        );
         tx.send(true).unwrap();
         task.await.unwrap();
     }
@@ -127,16 +145,28 @@ mod tests {
         )
         .unwrap();
         let old = ca.snapshot().active.info().subject_key_id.clone();
-        assert!(matches!(ca.activate(), Err(crate::ca::CaError::NothingPrepared)));
-        assert!(matches!(ca.taint(&old), Err(crate::ca::CaError::ActiveKey(_))));
+        assert!(matches!(
+            ca.activate(),
+            Err(crate::ca::CaError::NothingPrepared)
+        ));
+        assert!(matches!(
+            ca.taint(&old),
+            Err(crate::ca::CaError::ActiveKey(_))
+        ));
         assert!(ca.prepare().unwrap());
         assert!(!ca.prepare().unwrap(), "second prepare is a no-op");
         ca.activate().unwrap();
-        assert!(matches!(ca.revoke(&old), Err(crate::ca::CaError::NotTainted(_))));
+        assert!(matches!(
+            ca.revoke(&old),
+            Err(crate::ca::CaError::NotTainted(_))
+        ));
         ca.taint(&old).unwrap();
         assert_eq!(*ca.snapshot().tainted, vec![old.clone()]);
         ca.revoke(&old).unwrap();
         assert_eq!(ca.snapshot().authorities.len(), 1);
-        assert!(matches!(ca.taint("nope"), Err(crate::ca::CaError::UnknownKey(_))));
+        assert!(matches!(
+            ca.taint("nope"),
+            Err(crate::ca::CaError::UnknownKey(_))
+        ));
     }
 }
