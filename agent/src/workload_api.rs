@@ -123,67 +123,90 @@ impl WorkloadApi {
             uid: cred.uid(),
             gid: cred.gid(),
         };
-        let attestor = self.attestor.clone();
-        let selectors = tokio::task::spawn_blocking(move || attestor.attest(peer))
-            .await
-            .map_err(|_| WorkloadError::ShuttingDown)??;
+        // The cached case answers inline; only hashing a new executable
+        // goes to a blocking thread.
+        let selectors = match self.attestor.attest(peer, false)? {
+            Some(s) => s,
+            None => {
+                let attestor = self.attestor.clone();
+                tokio::task::spawn_blocking(move || attestor.attest(peer, true))
+                    .await
+                    .map_err(|_| WorkloadError::ShuttingDown)??
+                    .ok_or(WorkloadError::ShuttingDown)?
+            }
+        };
         tracing::debug!(pid = ?peer.pid, uid = peer.uid, selectors = selectors.len(), "workload attested");
         Ok((selectors, peer))
     }
 
     /// Streams `build(snapshot, svids)` whenever it changes, for as long as
     /// the caller has identities. `key` tells whether two states differ.
+    /// The stream is driven by the connection (no task per stream): it ends
+    /// when the client goes away.
     fn stream<T, K>(
         &self,
         selectors: Vec<Selector>,
-        build: impl Fn(&Snapshot, &[Arc<CachedSvid>]) -> (K, T) + Send + 'static,
+        build: impl Fn(&Snapshot, &[Arc<CachedSvid>]) -> (K, T) + Send + Sync + 'static,
     ) -> Streamed<T>
     where
         T: Send + 'static,
         K: PartialEq + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(2);
-        let mut cache = self.cache.clone();
-        let mut stop = self.shutdown.clone();
-        let clock = self.clock.clone();
-        tokio::spawn(async move {
-            let mut last: Option<K> = None;
+        struct State<K, B> {
+            cache: watch::Receiver<Arc<Snapshot>>,
+            stop: watch::Receiver<bool>,
+            clock: Arc<dyn Clock>,
+            selectors: Vec<Selector>,
+            last: Option<K>,
+            build: B,
+            done: bool,
+        }
+        let state = State {
+            cache: self.cache.clone(),
+            stop: self.shutdown.clone(),
+            clock: self.clock.clone(),
+            selectors,
+            last: None,
+            build,
+            done: false,
+        };
+        Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+            if st.done {
+                return None;
+            }
             loop {
-                let snap = cache.borrow_and_update().clone();
-                let now = clock.now();
+                let snap = st.cache.borrow_and_update().clone();
+                let now = st.clock.now();
                 let mut recheck: Option<SystemTime> = None;
-                match snap.identities_for(&selectors, now) {
+                match snap.identities_for(&st.selectors, now) {
                     Identities::None if snap.synced => {
-                        let _ = tx.send(Err(WorkloadError::NoIdentity.into())).await;
-                        return;
+                        st.done = true;
+                        return Some((Err(WorkloadError::NoIdentity.into()), st));
                     }
                     Identities::None | Identities::Pending => {}
                     Identities::Ready(svids) => {
                         recheck = svids.iter().map(|s| s.not_after).min();
-                        let (key, msg) = build(&snap, &svids);
-                        if last.as_ref() != Some(&key) {
-                            if tx.send(Ok(msg)).await.is_err() {
-                                return;
-                            }
-                            last = Some(key);
+                        let (key, msg) = (st.build)(&snap, &svids);
+                        if st.last.as_ref() != Some(&key) {
+                            st.last = Some(key);
+                            return Some((Ok(msg), st));
                         }
                     }
                 }
                 let wait = recheck
                     .and_then(|t| t.duration_since(now).ok())
                     .map_or(Duration::from_secs(3600), |d| d + Duration::from_millis(10));
+                let stop = &mut st.stop;
                 tokio::select! {
-                    r = cache.changed() => if r.is_err() { return },
+                    r = st.cache.changed() => if r.is_err() { return None },
                     () = tokio::time::sleep(wait) => {}
-                    () = tx.closed() => return,
                     () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                        let _ = tx.send(Err(WorkloadError::ShuttingDown.into())).await;
-                        return;
+                        st.done = true;
+                        return Some((Err(WorkloadError::ShuttingDown.into()), st));
                     }
                 }
             }
-        });
-        Box::pin(ReceiverStream::new(rx))
+        }))
     }
 }
 

@@ -44,6 +44,9 @@ pub enum AttestError {
 
 /// Something that turns a peer's credentials into selectors.
 pub trait WorkloadAttestor: Send + Sync + 'static {
-    /// The selectors of the caller.
-    fn attest(&self, peer: PeerCred) -> Result<Vec<Selector>, AttestError>;
+    /// The selectors of the caller. With `allow_slow` false the attestor
+    /// answers `Ok(None)` instead of doing slow work (hashing a new
+    /// executable), so the caller can run it on a blocking thread; the
+    /// common, cached case then costs no thread hand-off.
+    fn attest(&self, peer: PeerCred, allow_slow: bool) -> Result<Option<Vec<Selector>>, AttestError>;
 }

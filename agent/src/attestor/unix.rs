@@ -29,9 +29,10 @@ struct FileKey {
 /// The unix attestor.
 pub struct UnixAttestor {
     proc_root: PathBuf,
-    etc_root: PathBuf,
     max_hash_bytes: u64,
     hashes: Mutex<HashMap<FileKey, String>>,
+    users: users::NameTable,
+    groups: users::NameTable,
 }
 
 impl std::fmt::Debug for UnixAttestor {
@@ -58,18 +59,22 @@ impl UnixAttestor {
     pub fn new(max_hash_bytes: u64) -> Self {
         Self {
             proc_root: PathBuf::from("/proc"),
-            etc_root: PathBuf::from("/etc"),
             max_hash_bytes,
             hashes: Mutex::new(HashMap::new()),
+            users: users::NameTable::new(PathBuf::from("/etc/passwd")),
+            groups: users::NameTable::new(PathBuf::from("/etc/group")),
         }
     }
 
-    fn exe_sha256(&self, pid: i32) -> Result<Option<String>, std::io::Error> {
+    /// The executable's hash: `Ok(Some(Some(h)))`, `Ok(Some(None))` when it
+    /// is too large to hash, `Ok(None)` when hashing is needed but not
+    /// allowed.
+    fn exe_sha256(&self, pid: i32, allow_slow: bool) -> Result<Option<Option<String>>, std::io::Error> {
         let mut file = std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe"))?;
         let meta = file.metadata()?;
         if meta.len() > self.max_hash_bytes {
             tracing::debug!(pid, size = meta.len(), "executable too large to hash");
-            return Ok(None);
+            return Ok(Some(None));
         }
         let key = FileKey {
             dev: meta.dev(),
@@ -84,7 +89,10 @@ impl UnixAttestor {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            return Ok(Some(h.clone()));
+            return Ok(Some(Some(h.clone())));
+        }
+        if !allow_slow {
+            return Ok(None);
         }
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut buf = vec![0u8; 1 << 16];
@@ -96,7 +104,7 @@ impl UnixAttestor {
             }
             total += n as u64;
             if total > self.max_hash_bytes {
-                return Ok(None);
+                return Ok(Some(None));
             }
             ctx.update(&buf[..n]);
         }
@@ -106,16 +114,16 @@ impl UnixAttestor {
             cache.clear();
         }
         cache.insert(key, h.clone());
-        Ok(Some(h))
+        Ok(Some(Some(h)))
     }
 
     fn group_name(&self, gid: u32) -> Option<String> {
-        users::name_for_id(&self.etc_root.join("group"), gid)
+        self.groups.name(gid)
     }
 }
 
 impl WorkloadAttestor for UnixAttestor {
-    fn attest(&self, peer: PeerCred) -> Result<Vec<Selector>, AttestError> {
+    fn attest(&self, peer: PeerCred, allow_slow: bool) -> Result<Option<Vec<Selector>>, AttestError> {
         let pid = peer.pid.ok_or(AttestError::NoPid)?;
         let proc_err = |source| AttestError::Proc { pid, source };
         let root = Path::new(&self.proc_root);
@@ -129,7 +137,7 @@ impl WorkloadAttestor for UnixAttestor {
         let mut out: Vec<Selector> = Vec::new();
         out.extend(sel(format!("uid:{}", peer.uid)));
         out.extend(sel(format!("gid:{}", peer.gid)));
-        if let Some(name) = users::name_for_id(&self.etc_root.join("passwd"), peer.uid) {
+        if let Some(name) = self.users.name(peer.uid) {
             out.extend(sel(format!("user:{name}")));
         }
         if let Some(name) = self.group_name(peer.gid) {
@@ -144,9 +152,10 @@ impl WorkloadAttestor for UnixAttestor {
         match proc_info::exe_path(root, pid) {
             Ok(path) => {
                 out.extend(sel(format!("path:{}", path.display())));
-                match self.exe_sha256(pid) {
-                    Ok(Some(h)) => out.extend(sel(format!("sha256:{h}"))),
-                    Ok(None) => {}
+                match self.exe_sha256(pid, allow_slow) {
+                    Ok(Some(Some(h))) => out.extend(sel(format!("sha256:{h}"))),
+                    Ok(Some(None)) => {}
+                    Ok(None) => return Ok(None),
                     Err(e) => tracing::debug!(pid, ?e, "cannot hash executable"),
                 }
             }
@@ -161,7 +170,7 @@ impl WorkloadAttestor for UnixAttestor {
         }
         out.sort();
         out.dedup();
-        Ok(out)
+        Ok(Some(out))
     }
 }
 
@@ -182,8 +191,11 @@ mod tests {
     fn attests_own_process() {
         let a = UnixAttestor::new(u64::MAX);
         let peer = me();
+        // Not hashed yet: the fast path defers.
+        assert!(a.attest(peer, false).unwrap().is_none());
         let sels: Vec<String> = a
-            .attest(peer)
+            .attest(peer, true)
+            .unwrap()
             .unwrap()
             .iter()
             .map(|s| s.to_string())
@@ -204,7 +216,8 @@ mod tests {
         assert!(sels.contains(&format!("unix:sha256:{want}")));
         // Cached the second time, same answer.
         let again: Vec<String> = a
-            .attest(peer)
+            .attest(peer, false)
+            .unwrap()
             .unwrap()
             .iter()
             .map(|s| s.to_string())
@@ -215,7 +228,7 @@ mod tests {
     #[test]
     fn size_limit_skips_hash() {
         let a = UnixAttestor::new(10);
-        let sels = a.attest(me()).unwrap();
+        let sels = a.attest(me(), false).unwrap().unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
     }
 
@@ -224,15 +237,15 @@ mod tests {
         let a = UnixAttestor::default();
         let mut p = me();
         p.pid = None;
-        assert!(matches!(a.attest(p), Err(AttestError::NoPid)));
+        assert!(matches!(a.attest(p, true), Err(AttestError::NoPid)));
         let mut p = me();
         p.uid = p.uid.wrapping_add(12345);
         assert!(matches!(
-            a.attest(p),
+            a.attest(p, true),
             Err(AttestError::CredentialsChanged(_))
         ));
         let mut p = me();
         p.pid = Some(i32::MAX);
-        assert!(matches!(a.attest(p), Err(AttestError::ProcessChanged(_))));
+        assert!(matches!(a.attest(p, true), Err(AttestError::ProcessChanged(_))));
     }
 }

@@ -1,0 +1,117 @@
+//! Criterion benches of Lanyard's hot paths. X.509-SVID issuance is reported
+//! next to the bare P-256 operations it cannot avoid (one verify of the CSR
+//! signature and one sign of the certificate), in the same run.
+//!
+//! ```text
+//! cargo bench -p lanyard-bench --bench hot_paths
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use lanyard_core::jwt::{JwtSigner, validate_jwt_svid};
+use lanyard_core::x509::{SvidKey, SvidParams, X509Authority};
+use lanyard_core::{Selector, SelectorIndex, SpiffeId, TrustDomain};
+
+fn issuance(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref()).unwrap();
+    // About the size of an SVID's to-be-signed part.
+    let msg = vec![0x5au8; 400];
+    let sig = key.sign(&rng, &msg).unwrap();
+    let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+
+    let td = TrustDomain::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let ca = X509Authority::generate_root(&td, now, Duration::from_secs(86_400)).unwrap();
+    let id = SpiffeId::new("spiffe://example.org/agent/planner").unwrap();
+    let csr = SvidKey::generate().unwrap().csr(&id).unwrap();
+    let params = SvidParams {
+        spiffe_id: id,
+        dns_names: vec![],
+        ttl: Duration::from_secs(60),
+        extensions: vec![],
+    };
+
+    let mut g = c.benchmark_group("x509_issuance");
+    g.bench_function("p256_sign", |b| b.iter(|| key.sign(&rng, black_box(&msg)).unwrap()));
+    g.bench_function("p256_verify", |b| {
+        b.iter(|| public.verify(black_box(&msg), sig.as_ref()).unwrap())
+    });
+    g.bench_function("p256_verify_plus_sign", |b| {
+        b.iter(|| {
+            public.verify(black_box(&msg), sig.as_ref()).unwrap();
+            key.sign(&rng, black_box(&msg)).unwrap()
+        })
+    });
+    g.bench_function("mint_svid_from_csr", |b| {
+        b.iter(|| ca.sign_x509_svid(black_box(&csr), &params, now).unwrap())
+    });
+    g.finish();
+}
+
+fn jwt(c: &mut Criterion) {
+    let now = SystemTime::now();
+    let td = TrustDomain::new("example.org").unwrap();
+    let signer = JwtSigner::generate(now, now + Duration::from_secs(3600)).unwrap();
+    let id = SpiffeId::new("spiffe://example.org/agent/planner").unwrap();
+    let aud = vec!["tools.example.org".to_owned()];
+    let auths = vec![signer.authority()];
+    let token = signer
+        .sign_svid(&id, &aud, Duration::from_secs(300), now, Default::default())
+        .unwrap()
+        .token;
+    let mut g = c.benchmark_group("jwt_svid");
+    g.bench_function("sign", |b| {
+        b.iter(|| {
+            signer
+                .sign_svid(&id, &aud, Duration::from_secs(300), now, Default::default())
+                .unwrap()
+        })
+    });
+    g.bench_function("validate", |b| {
+        b.iter(|| validate_jwt_svid(black_box(&token), "tools.example.org", &td, &auths, now).unwrap())
+    });
+    g.finish();
+}
+
+fn selectors(c: &mut Criterion) {
+    let entries: Vec<Vec<Selector>> = (0..10_000)
+        .map(|i| {
+            vec![
+                format!("unix:uid:{}", 1000 + i % 500).parse().unwrap(),
+                format!("unix:sha256:{:064x}", i).parse().unwrap(),
+            ]
+        })
+        .collect();
+    let index = SelectorIndex::build(entries.iter().enumerate().map(|(i, s)| (i, s.as_slice())));
+    let caller: Vec<Selector> = vec![
+        "unix:uid:1042".parse().unwrap(),
+        "unix:gid:1042".parse().unwrap(),
+        format!("unix:sha256:{:064x}", 542).parse().unwrap(),
+        "unix:path:/usr/bin/agent".parse().unwrap(),
+        "unix:user:planner".parse().unwrap(),
+    ];
+    assert_eq!(index.matching(caller.iter()).len(), 1);
+    c.bench_function("selector_match_10k_entries", |b| {
+        b.iter(|| index.matching(black_box(&caller).iter()))
+    });
+}
+
+fn spiffe_ids(c: &mut Criterion) {
+    c.bench_function("spiffe_id_parse", |b| {
+        b.iter(|| SpiffeId::new(black_box("spiffe://example.org/ns/prod/sa/agent-planner")).unwrap())
+    });
+}
+
+criterion_group!(benches, issuance, jwt, selectors, spiffe_ids);
+criterion_main!(benches);

@@ -1,0 +1,132 @@
+//! `lanyard-bench`: drives a real `lanyard-server` and `lanyard-agent`
+//! (child processes, unix sockets and loopback only) and reports latency,
+//! throughput, propagation and the agent's footprint against the targets.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/lanyard-bench --json bench.json
+//! ```
+
+mod procs;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use lanyard_core::duration::parse_duration;
+
+/// Load tool for Lanyard: real server and agent, real sockets.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard-bench", version, about)]
+struct Args {
+    /// Directory with lanyard-server and lanyard-agent [default: this binary's directory].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Concurrent workloads for the Workload API scenarios.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Length of each Workload API scenario.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Entry-create → SVID-in-stream samples.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Cached SVIDs for the footprint scenario (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    svids: usize,
+    /// SVID TTL for the footprint scenario.
+    #[arg(long, default_value = "30s")]
+    ttl: String,
+    /// How long to observe the agent's CPU and memory.
+    #[arg(long, default_value = "60s")]
+    observe: String,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    let d = parse_duration(v).with_context(|| format!("--{flag}"))?;
+    anyhow::ensure!(d <= Duration::from_secs(600), "--{flag} must be at most 10m");
+    Ok(d)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let duration = dur("duration", &args.duration)?;
+    let ttl = dur("ttl", &args.ttl)?;
+    let observe = dur("observe", &args.observe)?;
+    anyhow::ensure!((1..=1000).contains(&args.concurrency), "--concurrency must be 1..=1000");
+    anyhow::ensure!(args.svids <= 10_000, "--svids must be at most 10000");
+    let bins = procs::bin_dir(args.bin_dir.clone())?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("lanyard-bench: {cpus} CPUs, binaries from {}", bins.display());
+
+    let d = procs::start(&bins, ttl).await?;
+    scenarios::entry_for_me(&d, &format!("spiffe://{}/bench/workload", procs::TD), None, 0).await?;
+    scenarios::wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
+
+    let mut reports = Vec::new();
+    eprintln!("- bare tonic unary call (grpc.health.v1 Check) on the agent socket");
+    reports.push(scenarios::baseline(&d, args.concurrency, duration).await?);
+    eprintln!("- FetchX509SVID, {} concurrent workloads", args.concurrency);
+    reports.push(scenarios::fetch_x509(&d, args.concurrency, duration).await?);
+    eprintln!("- FetchJWTSVID, {} concurrent workloads", args.concurrency);
+    reports.push(scenarios::fetch_jwt(&d, args.concurrency, duration).await?);
+    eprintln!("- entry create → SVID in a waiting stream, {} samples", args.samples);
+    reports.push(scenarios::propagation(&d, args.samples, Duration::from_secs(120)).await?);
+    let footprint = if args.svids > 0 {
+        eprintln!("- agent footprint: {} SVIDs on a {}s TTL, observed {}s", args.svids, ttl.as_secs(), observe.as_secs());
+        Some(scenarios::footprint(&d, args.svids, ttl, observe).await?)
+    } else {
+        None
+    };
+
+    println!();
+    stats::print_table(&reports);
+    let base = &reports[0];
+    let x509 = &reports[1];
+    let ratio = if base.p99_ms > 0.0 { x509.p99_ms / base.p99_ms } else { 0.0 };
+    println!();
+    println!(
+        "FetchX509SVID p99 {:.3} ms (target < 2 ms); {:.2}x the bare unary call's p99 (target <= 1.5x)",
+        x509.p99_ms, ratio
+    );
+    println!(
+        "entry create -> SVID in stream p99 {:.1} ms (target < 500 ms)",
+        reports[3].p99_ms
+    );
+    if let Some(f) = &footprint {
+        println!(
+            "agent with {} SVIDs on a {}s TTL: RSS {:.1} MiB (idle {:.1} MiB; target < 30 MB), CPU {:.1}% of one core over {:.0}s; all served {:.1}s after creation",
+            f.svids, f.ttl_seconds, f.rss_loaded_mib, f.rss_idle_mib, f.cpu_percent, f.observed_seconds, f.fill_seconds
+        );
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "cpus": cpus,
+            "concurrency": args.concurrency,
+            "scenarios": reports,
+            "fetch_x509_p99_over_baseline_p99": ratio,
+            "footprint": footprint,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
