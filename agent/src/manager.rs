@@ -33,6 +33,10 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Deadline for one signing call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// SVIDs due within this window of the one that triggered a renewal are
+/// renewed in the same batch: one signing call and one snapshot instead of
+/// many (jitter spreads renewals; this gathers them back into rounds).
+const RENEW_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// A uniformly random sample in [-1, 1] for rotation jitter.
 pub fn jitter_sample() -> f64 {
@@ -307,7 +311,7 @@ impl Manager {
                 None => true,
                 Some(s) => {
                     s.entry_revision != e.revision
-                        || now >= s.renew_at
+                        || now + RENEW_BATCH_WINDOW >= s.renew_at
                         || !self.issuer_ok(s.issuer_id.as_deref())
                 }
             })
