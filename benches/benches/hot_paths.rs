@@ -28,7 +28,8 @@ fn issuance(c: &mut Criterion) {
     // About the size of an SVID's to-be-signed part.
     let msg = vec![0x5au8; 400];
     let sig = key.sign(&rng, &msg).unwrap();
-    let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+    let public =
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
 
     let td = TrustDomain::new("example.org").unwrap();
     let now = SystemTime::now();
@@ -43,7 +44,9 @@ fn issuance(c: &mut Criterion) {
     };
 
     let mut g = c.benchmark_group("x509_issuance");
-    g.bench_function("p256_sign", |b| b.iter(|| key.sign(&rng, black_box(&msg)).unwrap()));
+    g.bench_function("p256_sign", |b| {
+        b.iter(|| key.sign(&rng, black_box(&msg)).unwrap())
+    });
     g.bench_function("p256_verify", |b| {
         b.iter(|| public.verify(black_box(&msg), sig.as_ref()).unwrap())
     });
@@ -79,7 +82,9 @@ fn jwt(c: &mut Criterion) {
         })
     });
     g.bench_function("validate", |b| {
-        b.iter(|| validate_jwt_svid(black_box(&token), "tools.example.org", &td, &auths, now).unwrap())
+        b.iter(|| {
+            validate_jwt_svid(black_box(&token), "tools.example.org", &td, &auths, now).unwrap()
+        })
     });
     g.finish();
 }
@@ -109,9 +114,28 @@ fn selectors(c: &mut Criterion) {
 
 fn spiffe_ids(c: &mut Criterion) {
     c.bench_function("spiffe_id_parse", |b| {
-        b.iter(|| SpiffeId::new(black_box("spiffe://example.org/ns/prod/sa/agent-planner")).unwrap())
+        b.iter(|| {
+            SpiffeId::new(black_box("spiffe://example.org/ns/prod/sa/agent-planner")).unwrap()
+        })
     });
 }
 
-criterion_group!(benches, issuance, jwt, selectors, spiffe_ids);
+fn attestation(c: &mut Criterion) {
+    use lanyard_agent::attestor::{PeerCred, UnixAttestor, WorkloadAttestor};
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata("/proc/self").unwrap();
+    let peer = PeerCred {
+        pid: Some(std::process::id() as i32),
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let a = UnixAttestor::default();
+    // Hash the executable once; calls are then served from the cache.
+    a.attest(peer, true).unwrap().unwrap();
+    c.bench_function("unix_attest_cached", |b| {
+        b.iter(|| a.attest(black_box(peer), false).unwrap().unwrap())
+    });
+}
+
+criterion_group!(benches, issuance, jwt, selectors, spiffe_ids, attestation);
 criterion_main!(benches);

@@ -50,7 +50,10 @@ struct Args {
 
 fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
     let d = parse_duration(v).with_context(|| format!("--{flag}"))?;
-    anyhow::ensure!(d <= Duration::from_secs(600), "--{flag} must be at most 10m");
+    anyhow::ensure!(
+        d <= Duration::from_secs(600),
+        "--{flag} must be at most 10m"
+    );
     Ok(d)
 }
 
@@ -70,14 +73,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let duration = dur("duration", &args.duration)?;
     let ttl = dur("ttl", &args.ttl)?;
     let observe = dur("observe", &args.observe)?;
-    anyhow::ensure!((1..=1000).contains(&args.concurrency), "--concurrency must be 1..=1000");
+    anyhow::ensure!(
+        (1..=1000).contains(&args.concurrency),
+        "--concurrency must be 1..=1000"
+    );
     anyhow::ensure!(args.svids <= 10_000, "--svids must be at most 10000");
     let bins = procs::bin_dir(args.bin_dir.clone())?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!("lanyard-bench: {cpus} CPUs, binaries from {}", bins.display());
+    eprintln!(
+        "lanyard-bench: {cpus} CPUs, binaries from {}",
+        bins.display()
+    );
 
     let d = procs::start(&bins, ttl).await?;
-    scenarios::entry_for_me(&d, &format!("spiffe://{}/bench/workload", procs::TD), None, 0).await?;
+    scenarios::entry_for_me(
+        &d,
+        &format!("spiffe://{}/bench/workload", procs::TD),
+        None,
+        0,
+    )
+    .await?;
     scenarios::wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
 
     let mut reports = Vec::new();
@@ -87,10 +102,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     reports.push(scenarios::fetch_x509(&d, args.concurrency, duration).await?);
     eprintln!("- FetchJWTSVID, {} concurrent workloads", args.concurrency);
     reports.push(scenarios::fetch_jwt(&d, args.concurrency, duration).await?);
-    eprintln!("- entry create → SVID in a waiting stream, {} samples", args.samples);
+    eprintln!(
+        "- entry create → SVID in a waiting stream, {} samples",
+        args.samples
+    );
     reports.push(scenarios::propagation(&d, args.samples, Duration::from_secs(120)).await?);
     let footprint = if args.svids > 0 {
-        eprintln!("- agent footprint: {} SVIDs on a {}s TTL, observed {}s", args.svids, ttl.as_secs(), observe.as_secs());
+        eprintln!(
+            "- agent footprint: {} SVIDs on a {}s TTL, observed {}s",
+            args.svids,
+            ttl.as_secs(),
+            observe.as_secs()
+        );
         Some(scenarios::footprint(&d, args.svids, ttl, observe).await?)
     } else {
         None
@@ -100,7 +123,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stats::print_table(&reports);
     let base = &reports[0];
     let x509 = &reports[1];
-    let ratio = if base.p99_ms > 0.0 { x509.p99_ms / base.p99_ms } else { 0.0 };
+    let ratio = if base.p99_ms > 0.0 {
+        x509.p99_ms / base.p99_ms
+    } else {
+        0.0
+    };
     println!();
     println!(
         "FetchX509SVID p99 {:.3} ms (target < 2 ms); {:.2}x the bare unary call's p99 (target <= 1.5x)",
@@ -113,7 +140,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(f) = &footprint {
         println!(
             "agent with {} SVIDs on a {}s TTL: RSS {:.1} MiB (idle {:.1} MiB; target < 30 MB), CPU {:.1}% of one core over {:.0}s; all served {:.1}s after creation",
-            f.svids, f.ttl_seconds, f.rss_loaded_mib, f.rss_idle_mib, f.cpu_percent, f.observed_seconds, f.fill_seconds
+            f.svids,
+            f.ttl_seconds,
+            f.rss_loaded_mib,
+            f.rss_idle_mib,
+            f.cpu_percent,
+            f.observed_seconds,
+            f.fill_seconds
         );
     }
     if let Some(path) = &args.json {

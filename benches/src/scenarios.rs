@@ -19,19 +19,28 @@ use crate::stats::Report;
 
 fn req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+    r.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     r
 }
 
 /// Our uid (owner of /proc/self).
 pub fn own_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }
 
 /// Registers an entry for this process and returns its ID.
-pub async fn entry_for_me(d: &Deployment, spiffe_id: &str, extra_selector: Option<&str>, ttl: i64) -> anyhow::Result<String> {
+pub async fn entry_for_me(
+    d: &Deployment,
+    spiffe_id: &str,
+    extra_selector: Option<&str>,
+    ttl: i64,
+) -> anyhow::Result<String> {
     let mut selectors = vec![format!("unix:uid:{}", own_uid())];
     selectors.extend(extra_selector.map(str::to_owned));
     let e = procs::admin(&d.admin_socket)?
@@ -51,16 +60,23 @@ pub async fn entry_for_me(d: &Deployment, spiffe_id: &str, extra_selector: Optio
 
 /// Fetches X.509-SVIDs once; the number of SVIDs.
 pub async fn fetch_once(c: &mut SpiffeWorkloadApiClient<Channel>) -> anyhow::Result<usize> {
-    let mut s = c.fetch_x509svid(req(X509svidRequest {})).await?.into_inner();
+    let mut s = c
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await?
+        .into_inner();
     let m = s.message().await?.context("stream ended")?;
     Ok(m.svids.len())
 }
 
 /// Waits until the caller gets `n` SVIDs (bounded by `timeout`).
-pub async fn wait_for_svids(socket: &Path, n: usize, timeout: Duration) -> anyhow::Result<Duration> {
+pub async fn wait_for_svids(
+    socket: &Path,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut c = SpiffeWorkloadApiClient::new(unix_channel(socket)?)
-        .max_decoding_message_size(64 << 20);
+    let mut c =
+        SpiffeWorkloadApiClient::new(unix_channel(socket)?).max_decoding_message_size(64 << 20);
     loop {
         if let Ok(got) = fetch_once(&mut c).await {
             if got >= n {
@@ -107,7 +123,9 @@ async fn closed_loop(
                 let t = Instant::now();
                 let ok = match op {
                     Op::Health => health
-                        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
                         .await
                         .is_ok(),
                     Op::X509 => fetch_once(&mut api).await.is_ok(),
@@ -149,28 +167,67 @@ async fn closed_loop(
         samples.extend(t.await?);
     }
     progress.abort();
-    Ok(Report::from_samples(name, samples, errors.load(Ordering::Relaxed), start.elapsed(), true))
+    Ok(Report::from_samples(
+        name,
+        samples,
+        errors.load(Ordering::Relaxed),
+        start.elapsed(),
+        true,
+    ))
 }
 
 /// The bare tonic unary call (grpc.health.v1 Check) on the agent socket.
-pub async fn baseline(d: &Deployment, concurrency: usize, duration: Duration) -> anyhow::Result<Report> {
-    closed_loop("baseline-health-unary", &d.socket, Op::Health, concurrency, duration).await
+pub async fn baseline(
+    d: &Deployment,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    closed_loop(
+        "baseline-health-unary",
+        &d.socket,
+        Op::Health,
+        concurrency,
+        duration,
+    )
+    .await
 }
 
 /// FetchX509SVID, first message of the stream, SVIDs cached by the agent.
-pub async fn fetch_x509(d: &Deployment, concurrency: usize, duration: Duration) -> anyhow::Result<Report> {
-    closed_loop("fetch-x509-svid", &d.socket, Op::X509, concurrency, duration).await
+pub async fn fetch_x509(
+    d: &Deployment,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    closed_loop(
+        "fetch-x509-svid",
+        &d.socket,
+        Op::X509,
+        concurrency,
+        duration,
+    )
+    .await
 }
 
 /// FetchJWTSVID for one audience (served from the agent's cache).
-pub async fn fetch_jwt(d: &Deployment, concurrency: usize, duration: Duration) -> anyhow::Result<Report> {
+pub async fn fetch_jwt(
+    d: &Deployment,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
     closed_loop("fetch-jwt-svid", &d.socket, Op::Jwt, concurrency, duration).await
 }
 
 /// Entry created on the server → SVID in a waiting workload stream.
-pub async fn propagation(d: &Deployment, samples: usize, budget: Duration) -> anyhow::Result<Report> {
+pub async fn propagation(
+    d: &Deployment,
+    samples: usize,
+    budget: Duration,
+) -> anyhow::Result<Report> {
     let mut api = SpiffeWorkloadApiClient::new(unix_channel(&d.socket)?);
-    let mut stream = api.fetch_x509svid(req(X509svidRequest {})).await?.into_inner();
+    let mut stream = api
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await?
+        .into_inner();
     let first = stream.message().await?.context("stream ended")?;
     let base = first.svids.len();
     let start = Instant::now();
@@ -214,7 +271,13 @@ pub async fn propagation(d: &Deployment, samples: usize, budget: Duration) -> an
             eprintln!("  [propagation] {} samples", i + 1);
         }
     }
-    Ok(Report::from_samples("entry-create-to-stream", lat, errors, start.elapsed(), false))
+    Ok(Report::from_samples(
+        "entry-create-to-stream",
+        lat,
+        errors,
+        start.elapsed(),
+        false,
+    ))
 }
 
 /// Agent resource use with `count` cached SVIDs on `ttl`.
@@ -237,7 +300,12 @@ pub struct Footprint {
 }
 
 /// Registers `count` entries and observes the agent for `observe`.
-pub async fn footprint(d: &Deployment, count: usize, ttl: Duration, observe: Duration) -> anyhow::Result<Footprint> {
+pub async fn footprint(
+    d: &Deployment,
+    count: usize,
+    ttl: Duration,
+    observe: Duration,
+) -> anyhow::Result<Footprint> {
     let pid = d.agent.0.id();
     let rss_idle = procs::rss_bytes(pid)?;
     wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;

@@ -42,7 +42,13 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 impl Report {
     /// Summarises samples taken over `elapsed`.
-    pub fn from_samples(name: &str, mut samples: Vec<Duration>, errors: u64, elapsed: Duration, rate: bool) -> Self {
+    pub fn from_samples(
+        name: &str,
+        mut samples: Vec<Duration>,
+        errors: u64,
+        elapsed: Duration,
+        rate: bool,
+    ) -> Self {
         samples.sort_unstable();
         Self {
             name: name.to_owned(),

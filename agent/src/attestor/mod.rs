@@ -48,5 +48,9 @@ pub trait WorkloadAttestor: Send + Sync + 'static {
     /// answers `Ok(None)` instead of doing slow work (hashing a new
     /// executable), so the caller can run it on a blocking thread; the
     /// common, cached case then costs no thread hand-off.
-    fn attest(&self, peer: PeerCred, allow_slow: bool) -> Result<Option<Vec<Selector>>, AttestError>;
+    fn attest(
+        &self,
+        peer: PeerCred,
+        allow_slow: bool,
+    ) -> Result<Option<Vec<Selector>>, AttestError>;
 }

@@ -6,9 +6,31 @@ use std::path::{Path, PathBuf};
 /// The start time of a process (field 22 of /proc/PID/stat, in clock
 /// ticks since boot): with the PID, it identifies one process instance.
 pub fn start_time(proc_root: &Path, pid: i32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))?;
-    parse_start_time(&stat)
+    use std::io::Read;
+    // One read into a stack buffer: no size probe, no allocation. The line
+    // is well under 1 KiB; the fields needed come early.
+    let mut f = std::fs::File::open(proc_root.join(pid.to_string()).join("stat"))?;
+    let mut buf = [0u8; 1024];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read(&mut buf[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(parse_start_time)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+/// Owner of /proc/PID: the process's effective uid and gid, except for
+/// non-dumpable processes, whose entries belong to root.
+pub fn owner(proc_root: &Path, pid: i32) -> io::Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(proc_root.join(pid.to_string()))?;
+    Ok((m.uid(), m.gid()))
 }
 
 /// Parses the start time out of a /proc/PID/stat line. The command name

@@ -33,7 +33,13 @@ pub struct UnixAttestor {
     hashes: Mutex<HashMap<FileKey, String>>,
     users: users::NameTable,
     groups: users::NameTable,
+    /// Supplementary groups by process instance (pid, start time), kept for
+    /// [`GROUPS_TTL`]: reading /proc/PID/status is the costliest step.
+    supplementary: Mutex<HashMap<(i32, u64), (std::time::Instant, Vec<u32>)>>,
 }
+
+/// How long a process instance's supplementary groups are reused.
+const GROUPS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for UnixAttestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,15 +69,22 @@ impl UnixAttestor {
             hashes: Mutex::new(HashMap::new()),
             users: users::NameTable::new(PathBuf::from("/etc/passwd")),
             groups: users::NameTable::new(PathBuf::from("/etc/group")),
+            supplementary: Mutex::new(HashMap::new()),
         }
     }
 
     /// The executable's hash: `Ok(Some(Some(h)))`, `Ok(Some(None))` when it
     /// is too large to hash, `Ok(None)` when hashing is needed but not
     /// allowed.
-    fn exe_sha256(&self, pid: i32, allow_slow: bool) -> Result<Option<Option<String>>, std::io::Error> {
-        let mut file = std::fs::File::open(self.proc_root.join(pid.to_string()).join("exe"))?;
-        let meta = file.metadata()?;
+    fn exe_sha256(
+        &self,
+        pid: i32,
+        allow_slow: bool,
+    ) -> Result<Option<Option<String>>, std::io::Error> {
+        let exe = self.proc_root.join(pid.to_string()).join("exe");
+        // stat() follows the /proc link to the executable: one call finds
+        // the cache key; the file is opened only to hash it.
+        let meta = std::fs::metadata(&exe)?;
         if meta.len() > self.max_hash_bytes {
             tracing::debug!(pid, size = meta.len(), "executable too large to hash");
             return Ok(Some(None));
@@ -93,6 +106,14 @@ impl UnixAttestor {
         }
         if !allow_slow {
             return Ok(None);
+        }
+        let mut file = std::fs::File::open(&exe)?;
+        let opened = file.metadata()?;
+        if (opened.dev(), opened.ino()) != (key.dev, key.ino) {
+            // The process exec'd another binary in between; attest again.
+            return Err(std::io::Error::other(
+                "executable changed during attestation",
+            ));
         }
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut buf = vec![0u8; 1 << 16];
@@ -117,23 +138,67 @@ impl UnixAttestor {
         Ok(Some(Some(h)))
     }
 
+    fn supplementary_groups(
+        &self,
+        root: &Path,
+        pid: i32,
+        started: u64,
+        fresh: Option<proc_info::Status>,
+    ) -> Result<Vec<u32>, AttestError> {
+        let key = (pid, started);
+        let mut cache = self.supplementary.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.is_none() {
+            if let Some((at, g)) = cache.get(&key) {
+                if at.elapsed() < GROUPS_TTL {
+                    return Ok(g.clone());
+                }
+            }
+        }
+        drop(cache);
+        let status = match fresh {
+            Some(s) => s,
+            None => {
+                proc_info::status(root, pid).map_err(|source| AttestError::Proc { pid, source })?
+            }
+        };
+        cache = self.supplementary.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 4096 {
+            cache.retain(|_, (at, _)| at.elapsed() < GROUPS_TTL);
+        }
+        cache.insert(key, (std::time::Instant::now(), status.groups.clone()));
+        Ok(status.groups)
+    }
+
     fn group_name(&self, gid: u32) -> Option<String> {
         self.groups.name(gid)
     }
 }
 
 impl WorkloadAttestor for UnixAttestor {
-    fn attest(&self, peer: PeerCred, allow_slow: bool) -> Result<Option<Vec<Selector>>, AttestError> {
+    fn attest(
+        &self,
+        peer: PeerCred,
+        allow_slow: bool,
+    ) -> Result<Option<Vec<Selector>>, AttestError> {
         let pid = peer.pid.ok_or(AttestError::NoPid)?;
         let proc_err = |source| AttestError::Proc { pid, source };
         let root = Path::new(&self.proc_root);
         let started =
             proc_info::start_time(root, pid).map_err(|_| AttestError::ProcessChanged(pid))?;
 
-        let status = proc_info::status(root, pid).map_err(proc_err)?;
-        if status.euid != Some(peer.uid) || status.egid != Some(peer.gid) {
-            return Err(AttestError::CredentialsChanged(pid));
+        // The owner of /proc/PID is the effective uid/gid (one stat); only
+        // when it differs (a changed or non-dumpable process) is the full
+        // status read to decide.
+        let owner = proc_info::owner(root, pid).map_err(proc_err)?;
+        let mut fresh_status = None;
+        if owner != (peer.uid, peer.gid) {
+            let status = proc_info::status(root, pid).map_err(proc_err)?;
+            if status.euid != Some(peer.uid) || status.egid != Some(peer.gid) {
+                return Err(AttestError::CredentialsChanged(pid));
+            }
+            fresh_status = Some(status);
         }
+        let groups = self.supplementary_groups(root, pid, started, fresh_status)?;
         let mut out: Vec<Selector> = Vec::new();
         out.extend(sel(format!("uid:{}", peer.uid)));
         out.extend(sel(format!("gid:{}", peer.gid)));
@@ -143,7 +208,7 @@ impl WorkloadAttestor for UnixAttestor {
         if let Some(name) = self.group_name(peer.gid) {
             out.extend(sel(format!("group:{name}")));
         }
-        for g in &status.groups {
+        for g in &groups {
             out.extend(sel(format!("supplementary_gid:{g}")));
             if let Some(name) = self.group_name(*g) {
                 out.extend(sel(format!("supplementary_group:{name}")));
@@ -246,6 +311,9 @@ mod tests {
         ));
         let mut p = me();
         p.pid = Some(i32::MAX);
-        assert!(matches!(a.attest(p, true), Err(AttestError::ProcessChanged(_))));
+        assert!(matches!(
+            a.attest(p, true),
+            Err(AttestError::ProcessChanged(_))
+        ));
     }
 }

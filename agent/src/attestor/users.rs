@@ -67,8 +67,6 @@ fn parse(text: &str) -> HashMap<u32, String> {
     m
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
