@@ -35,8 +35,11 @@ pub struct UnixAttestor {
     groups: users::NameTable,
     /// Supplementary groups by process instance (pid, start time), kept for
     /// [`GROUPS_TTL`]: reading /proc/PID/status is the costliest step.
-    supplementary: Mutex<HashMap<(i32, u64), (std::time::Instant, Vec<u32>)>>,
+    supplementary: Mutex<HashMap<(i32, u64), GroupsSeen>>,
 }
+
+/// Supplementary groups of one process instance and when they were read.
+type GroupsSeen = (std::time::Instant, Vec<u32>);
 
 /// How long a process instance's supplementary groups are reused.
 const GROUPS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -147,12 +150,10 @@ impl UnixAttestor {
     ) -> Result<Vec<u32>, AttestError> {
         let key = (pid, started);
         let mut cache = self.supplementary.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh.is_none() {
-            if let Some((at, g)) = cache.get(&key) {
-                if at.elapsed() < GROUPS_TTL {
-                    return Ok(g.clone());
-                }
-            }
+        if let (None, Some((at, g))) = (&fresh, cache.get(&key))
+            && at.elapsed() < GROUPS_TTL
+        {
+            return Ok(g.clone());
         }
         drop(cache);
         let status = match fresh {
