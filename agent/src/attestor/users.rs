@@ -58,10 +58,10 @@ fn parse(text: &str) -> HashMap<u32, String> {
         let (Some(name), Some(_), Some(num)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
-        if let Ok(id) = num.parse::<u32>() {
-            if !name.is_empty() {
-                m.entry(id).or_insert_with(|| name.to_owned());
-            }
+        if let Ok(id) = num.parse::<u32>()
+            && !name.is_empty()
+        {
+            m.entry(id).or_insert_with(|| name.to_owned());
         }
     }
     m
