@@ -78,10 +78,10 @@ pub async fn wait_for_svids(
     let mut c =
         SpiffeWorkloadApiClient::new(unix_channel(socket)?).max_decoding_message_size(64 << 20);
     loop {
-        if let Ok(got) = fetch_once(&mut c).await {
-            if got >= n {
-                return Ok(start.elapsed());
-            }
+        if let Ok(got) = fetch_once(&mut c).await
+            && got >= n
+        {
+            return Ok(start.elapsed());
         }
         if start.elapsed() > timeout {
             anyhow::bail!("the agent did not serve {n} SVIDs within {timeout:?}");
@@ -267,7 +267,7 @@ pub async fn propagation(
             anyhow::Ok(())
         })
         .await;
-        if i % 20 == 19 {
+        if (i + 1).is_multiple_of(20) {
             eprintln!("  [propagation] {} samples", i + 1);
         }
     }
@@ -324,7 +324,7 @@ pub async fn footprint(
                 }),
             })
             .await?;
-        if i % 250 == 249 {
+        if (i + 1).is_multiple_of(250) {
             eprintln!("  [footprint] {} entries created", i + 1);
         }
     }
@@ -340,7 +340,7 @@ pub async fn footprint(
         tokio::time::sleep(Duration::from_secs(1)).await;
         rss_max = rss_max.max(procs::rss_bytes(pid)?);
         let s = obs_start.elapsed().as_secs();
-        if s % 10 == 0 {
+        if s.is_multiple_of(10) {
             eprintln!("  [footprint] observing {s}s/{}s", observe.as_secs());
         }
     }
