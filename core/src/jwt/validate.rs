@@ -408,3 +408,50 @@ mod tests {
         assert!(plain.get("spiffe_sequence").is_none());
     }
 }
+
+/// Generated garbage never panics the validator and is always refused.
+#[cfg(test)]
+mod generated {
+    use super::*;
+
+    #[test]
+    fn garbage_tokens_are_refused_without_panicking() {
+        let td = TrustDomain::new("td").unwrap();
+        let now = crate::clock::from_unix_secs(1_800_000_000);
+        let signer =
+            crate::jwt::JwtSigner::generate(now, now + std::time::Duration::from_secs(60)).unwrap();
+        let auths = vec![signer.authority()];
+        let good = signer
+            .sign_svid(
+                &SpiffeId::new("spiffe://td/w").unwrap(),
+                &["a".into()],
+                std::time::Duration::from_secs(30),
+                now,
+                Map::new(),
+            )
+            .unwrap()
+            .token;
+        let bytes = good.as_bytes();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..5_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut t = bytes.to_vec();
+            // Flip, drop or duplicate a byte somewhere.
+            let pos = (state % t.len() as u64) as usize;
+            match i % 3 {
+                0 => t[pos] = (state >> 8) as u8,
+                1 => {
+                    t.remove(pos);
+                }
+                _ => t.insert(pos, t[pos]),
+            }
+            let s = String::from_utf8_lossy(&t);
+            if s == good {
+                continue;
+            }
+            assert!(validate_jwt_svid(&s, "a", &td, &auths, now).is_err(), "{s}");
+        }
+    }
+}
