@@ -18,6 +18,10 @@ pub enum SocketError {
     /// The path exists and is not a socket; it is left alone.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The socket's directory belongs to another user, who could replace
+    /// the socket.
+    #[error("{0} is owned by uid {1}, not by this user or root; refusing to serve a socket in it")]
+    ForeignDirectory(PathBuf, u32),
     /// An I/O error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {
@@ -55,6 +59,19 @@ pub async fn bind_unix_listener(path: &Path, mode: u32) -> Result<UnixListener, 
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err(dir))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(dir).map_err(io_err(dir))?.uid();
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        // World-writable shared directories (/tmp) are fine: the sticky bit
+        // stops others from removing our socket.
+        let sticky = std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o1000 != 0)
+            .unwrap_or(false);
+        if owner != 0 && Some(owner) != me && !sticky {
+            return Err(SocketError::ForeignDirectory(dir.to_owned(), owner));
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -127,6 +144,22 @@ mod tests {
             Err(SocketError::NotASocket(_))
         ));
         assert!(file.exists());
+    }
+
+    #[tokio::test]
+    async fn refuses_a_directory_another_user_controls() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("theirs");
+        std::fs::create_dir(&sub).unwrap();
+        // Only root can hand the directory to another user; elsewhere the
+        // situation cannot be built, so there is nothing to check.
+        if std::os::unix::fs::chown(&sub, Some(54_321), None).is_err() {
+            return;
+        }
+        assert!(matches!(
+            bind_unix_listener(&sub.join("api.sock"), 0o777).await,
+            Err(SocketError::ForeignDirectory(_, 54_321))
+        ));
     }
 
     #[test]
