@@ -79,7 +79,11 @@ pub struct Manager {
 }
 
 enum Next {
+    /// Connect again after a backoff.
     Reconnect,
+    /// Connect again at once (the agent SVID was renewed).
+    Renewed,
+    /// Shut down.
     Stop,
 }
 
@@ -137,6 +141,7 @@ impl Manager {
             }
             match self.session(&mut shutdown, &mut attempt).await {
                 Next::Stop => return,
+                Next::Renewed => continue,
                 Next::Reconnect => {}
             }
             let delay = retry_delay(
@@ -208,7 +213,7 @@ impl Manager {
                     {
                         // Reconnect so the server sees the new SVID.
                         *attempt = 0;
-                        return Next::Reconnect;
+                        return Next::Renewed;
                     }
                     self.reconcile(&mut client).await;
                 }
