@@ -9,7 +9,6 @@ use lanyard_proto::uds::{SocketError, bind_unix_listener};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::attestor::{UnixAttestor, WorkloadAttestor};
@@ -108,7 +107,7 @@ pub async fn build_with(
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(api))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(crate::listener::incoming(listener), async move {
             let _ = stop.wait_for(|s| *s).await;
         });
     tracing::info!(socket = %config.socket.display(), server = %config.server, "lanyard-agent started");

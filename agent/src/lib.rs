@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod creds;
 pub mod jwt_cache;
+pub mod listener;
 pub mod manager;
 pub mod server_client;
 pub mod storage;

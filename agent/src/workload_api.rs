@@ -17,13 +17,13 @@ use lanyard_proto::workload::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::attestor::{AttestError, PeerCred, WorkloadAttestor};
 use crate::cache::{CachedSvid, Identities, Snapshot};
 use crate::jwt_cache::{JwtCache, JwtFetchError};
+use crate::listener::ConnInfo;
 
 /// The metadata key every Workload API request must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -113,15 +113,17 @@ impl WorkloadApi {
         req: &Request<T>,
     ) -> Result<(Vec<Selector>, PeerCred), WorkloadError> {
         check_header(req)?;
-        let cred = req
+        let conn = req
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
+            .get::<ConnInfo>()
+            .copied()
             .ok_or(WorkloadError::NoPeer)?;
+        let cred = conn.cred.ok_or(WorkloadError::NoPeer)?;
         let peer = PeerCred {
             pid: cred.pid(),
             uid: cred.uid(),
             gid: cred.gid(),
+            connected_ticks: conn.accepted_ticks,
         };
         // The cached case answers inline; only hashing a new executable
         // goes to a blocking thread.

@@ -128,6 +128,7 @@ fn attestation(c: &mut Criterion) {
         pid: Some(std::process::id() as i32),
         uid: meta.uid(),
         gid: meta.gid(),
+        connected_ticks: lanyard_agent::listener::uptime_ticks(),
     };
     let a = UnixAttestor::default();
     // Hash the executable once; calls are then served from the cache.

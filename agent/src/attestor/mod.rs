@@ -18,6 +18,9 @@ pub struct PeerCred {
     pub uid: u32,
     /// Effective group ID.
     pub gid: u32,
+    /// When the connection was accepted, in ticks since boot (the unit of
+    /// process start times); a process that started later reused the PID.
+    pub connected_ticks: Option<u64>,
 }
 
 /// Why a caller could not be attested.

@@ -186,6 +186,12 @@ impl WorkloadAttestor for UnixAttestor {
         let root = Path::new(&self.proc_root);
         let started =
             proc_info::start_time(root, pid).map_err(|_| AttestError::ProcessChanged(pid))?;
+        // A process younger than the connection is not the one that
+        // connected: its PID was reused. (One tick of tolerance for the
+        // clocks' 10 ms granularity.)
+        if peer.connected_ticks.is_some_and(|t| started > t + 1) {
+            return Err(AttestError::ProcessChanged(pid));
+        }
 
         // The owner of /proc/PID is the effective uid/gid (one stat); only
         // when it differs (a changed or non-dumpable process) is the full
@@ -250,6 +256,7 @@ mod tests {
             pid: Some(std::process::id() as i32),
             uid: st.euid.unwrap(),
             gid: st.egid.unwrap(),
+            connected_ticks: crate::listener::uptime_ticks(),
         }
     }
 
@@ -309,6 +316,14 @@ mod tests {
         assert!(matches!(
             a.attest(p, true),
             Err(AttestError::CredentialsChanged(_))
+        ));
+        // A connection older than the process: the PID was reused.
+        let mut p = me();
+        let started = proc_info::start_time(Path::new("/proc"), p.pid.unwrap()).unwrap();
+        p.connected_ticks = Some(started.saturating_sub(5));
+        assert!(matches!(
+            a.attest(p, true),
+            Err(AttestError::ProcessChanged(_))
         ));
         let mut p = me();
         p.pid = Some(i32::MAX);
