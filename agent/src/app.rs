@@ -97,6 +97,7 @@ pub async fn build_with(
         clock,
         shutdown: shutdown_rx.clone(),
         jwt: Arc::new(JwtCache::new(manager.client_handle())),
+        attested: Arc::default(),
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;

@@ -20,6 +20,8 @@ pub const USER_HZ: u64 = 100;
 /// What the Workload API knows about a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
+    /// Unique per accepted connection (for per-connection caches).
+    pub id: u64,
     /// `SO_PEERCRED` of the caller.
     pub cred: Option<UCred>,
     /// Time since boot when the connection was accepted, in `USER_HZ` ticks.
@@ -82,6 +84,7 @@ fn parse_uptime_ticks(text: &str) -> Option<u64> {
 
 /// Accepted connections with their [`ConnInfo`].
 pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<WorkloadConn>> {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     futures_util::stream::unfold(listener, |listener| async move {
         let item = match listener.accept().await {
             Ok((stream, _)) => {
@@ -90,6 +93,7 @@ pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<Workloa
                 Ok(WorkloadConn {
                     inner: stream,
                     info: ConnInfo {
+                        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                         cred,
                         accepted_ticks,
                     },

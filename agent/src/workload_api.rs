@@ -28,6 +28,20 @@ use crate::listener::ConnInfo;
 /// The metadata key every Workload API request must carry.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
+/// How long a connection's attestation is reused for further calls on the
+/// same connection, as long as the same process instance (PID and start
+/// time) is behind it.
+pub const ATTESTATION_REUSE: Duration = Duration::from_secs(1);
+
+/// A connection's latest attestation.
+#[derive(Clone)]
+pub(crate) struct ConnAttestation {
+    pid: i32,
+    started: u64,
+    at: std::time::Instant,
+    selectors: Arc<Vec<Selector>>,
+}
+
 /// Why a Workload API call failed. Mapped to a status in one place below,
 /// with the texts SPIFFE clients match on.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +105,8 @@ pub struct WorkloadApi {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) jwt: Arc<JwtCache>,
+    /// Attestations by connection, reused for [`ATTESTATION_REUSE`].
+    pub(crate) attested: Arc<std::sync::Mutex<HashMap<u64, ConnAttestation>>>,
 }
 
 fn check_header<T>(req: &Request<T>) -> Result<(), WorkloadError> {
@@ -107,6 +123,48 @@ fn concat(certs: &[Vec<u8>]) -> Vec<u8> {
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
+    /// A still-fresh attestation of the same process on this connection.
+    fn reuse(&self, conn: u64, pid: Option<i32>) -> Option<Arc<Vec<Selector>>> {
+        let pid = pid?;
+        let cached = self
+            .attested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&conn)
+            .cloned()?;
+        if cached.pid != pid || cached.at.elapsed() >= ATTESTATION_REUSE {
+            return None;
+        }
+        // The same process instance must still be there (one /proc read).
+        match crate::attestor::process_start_time(pid) {
+            Ok(t) if t == cached.started => Some(cached.selectors),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, conn: u64, pid: Option<i32>, selectors: &[Selector]) {
+        let Some(pid) = pid else { return };
+        let Ok(started) = crate::attestor::process_start_time(pid) else {
+            return;
+        };
+        let mut m = self.attested.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= 1024 {
+            m.retain(|_, a| a.at.elapsed() < ATTESTATION_REUSE);
+            if m.len() >= 4096 {
+                return; // very many live connections: attest each call
+            }
+        }
+        m.insert(
+            conn,
+            ConnAttestation {
+                pid,
+                started,
+                at: std::time::Instant::now(),
+                selectors: Arc::new(selectors.to_vec()),
+            },
+        );
+    }
+
     /// Checks the header and attests the caller.
     async fn attest<T>(
         &self,
@@ -125,6 +183,9 @@ impl WorkloadApi {
             gid: cred.gid(),
             connected_ticks: conn.accepted_ticks,
         };
+        if let Some(s) = self.reuse(conn.id, peer.pid) {
+            return Ok(((*s).clone(), peer));
+        }
         // The cached case answers inline; only hashing a new executable
         // goes to a blocking thread.
         let selectors = match self.attestor.attest(peer, false)? {
@@ -138,6 +199,7 @@ impl WorkloadApi {
             }
         };
         tracing::debug!(pid = ?peer.pid, uid = peer.uid, selectors = selectors.len(), "workload attested");
+        self.remember(conn.id, peer.pid, &selectors);
         Ok((selectors, peer))
     }
 
@@ -391,5 +453,45 @@ impl SpiffeWorkloadApi for WorkloadApi {
             spiffe_id: v.spiffe_id.to_string(),
             claims: Some(lanyard_proto::convert::json_to_struct(&v.claims)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestor::UnixAttestor;
+    use lanyard_core::TrustDomain;
+    use lanyard_core::clock::SystemClock;
+
+    fn api() -> WorkloadApi {
+        let (_, cache) = watch::channel(Arc::new(Snapshot::empty(TrustDomain::new("td").unwrap())));
+        let (_, shutdown) = watch::channel(false);
+        let (_, server) = watch::channel(None);
+        WorkloadApi {
+            cache,
+            attestor: Arc::new(UnixAttestor::default()),
+            clock: Arc::new(SystemClock),
+            shutdown,
+            jwt: Arc::new(JwtCache::new(server)),
+            attested: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn attestation_is_reused_only_for_the_same_process_on_the_same_connection() {
+        let api = api();
+        let me = std::process::id() as i32;
+        let sels: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
+        assert!(api.reuse(7, Some(me)).is_none());
+        api.remember(7, Some(me), &sels);
+        assert_eq!(*api.reuse(7, Some(me)).unwrap(), sels);
+        // Another connection, another PID, or no PID: attest afresh.
+        assert!(api.reuse(8, Some(me)).is_none());
+        assert!(api.reuse(7, Some(me + 1)).is_none());
+        assert!(api.reuse(7, None).is_none());
+        // A different process instance behind the same PID (start time
+        // differs) is not served from the cache.
+        api.attested.lock().unwrap().get_mut(&7).unwrap().started += 1;
+        assert!(api.reuse(7, Some(me)).is_none());
     }
 }

@@ -7,6 +7,12 @@ mod users;
 
 pub use unix::UnixAttestor;
 
+/// The start time of process `pid` (ticks since boot): with the PID it
+/// names one process instance.
+pub fn process_start_time(pid: i32) -> std::io::Result<u64> {
+    proc_info::start_time(std::path::Path::new("/proc"), pid)
+}
+
 use lanyard_core::Selector;
 
 /// Kernel-verified credentials of a socket peer (SO_PEERCRED).
