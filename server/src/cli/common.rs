@@ -1,0 +1,54 @@
+//! Errors, the admin client and flag parsing shared by the subcommands.
+
+use super::*;
+
+/// A one-line error for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+pub(super) fn err(msg: impl ToString) -> CliError {
+    CliError(msg.to_string())
+}
+
+pub(super) fn status_err(s: tonic::Status) -> CliError {
+    if s.code() == tonic::Code::Unavailable {
+        return err(format!(
+            "cannot reach the server's admin socket ({}); is lanyard-server running?",
+            s.message()
+        ));
+    }
+    err(s.message())
+}
+
+pub(super) async fn client(admin: &AdminArgs) -> Result<AdminClient<Channel>, CliError> {
+    if !admin.admin_socket.exists() {
+        return Err(err(format!(
+            "admin socket {} does not exist; is lanyard-server running? (use --admin-socket)",
+            admin.admin_socket.display()
+        )));
+    }
+    let ch = unix_channel(&admin.admin_socket).map_err(err)?;
+    Ok(AdminClient::new(ch))
+}
+
+pub(super) fn check_id(field: &str, s: &str) -> Result<String, CliError> {
+    SpiffeId::new(s)
+        .map(|id| id.to_string())
+        .map_err(|e| err(format!("--{field} {s:?}: {e}")))
+}
+
+pub(super) fn ttl_secs(field: &str, v: &Option<String>) -> Result<Option<i64>, CliError> {
+    v.as_deref()
+        .map(|s| {
+            parse_duration(s)
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                .map_err(|e| err(format!("--{field}: {e}")))
+        })
+        .transpose()
+}
+
+/// PEM-encodes one DER certificate.
+pub fn pem_cert(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}

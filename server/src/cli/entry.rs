@@ -1,0 +1,218 @@
+//! `entry` subcommands and how entries are printed.
+
+use super::*;
+
+impl EntryFields {
+    /// Applies the given fields onto `e`.
+    fn apply(&self, e: &mut types::Entry) -> Result<(), CliError> {
+        if let Some(s) = &self.spiffe_id {
+            e.spiffe_id = check_id("spiffe-id", s)?;
+        }
+        if let Some(s) = &self.parent_id {
+            e.parent_id = check_id("parent-id", s)?;
+        }
+        if !self.selectors.is_empty() {
+            for s in &self.selectors {
+                s.parse::<Selector>()
+                    .map_err(|x| err(format!("--selector {s:?}: {x}")))?;
+            }
+            e.selectors = self.selectors.clone();
+        }
+        if let Some(t) = ttl_secs("x509-ttl", &self.x509_ttl)? {
+            e.x509_ttl_seconds = t;
+        }
+        if let Some(t) = ttl_secs("jwt-ttl", &self.jwt_ttl)? {
+            e.jwt_ttl_seconds = t;
+        }
+        if !self.dns_names.is_empty() {
+            e.dns_names = self.dns_names.clone();
+        }
+        if let Some(h) = &self.hint {
+            e.hint = h.clone();
+        }
+        if self.require_task {
+            e.require_task = true;
+        }
+        let limits = e.task_limits.get_or_insert_with(Default::default);
+        if !self.allow_tools.is_empty() {
+            limits.allowed_tools = self.allow_tools.clone();
+        }
+        if !self.allow_task_types.is_empty() {
+            limits.allowed_task_types = self.allow_task_types.clone();
+        }
+        if let Some(t) = ttl_secs("max-task-ttl", &self.max_task_ttl)? {
+            limits.max_task_ttl_seconds = t;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn entry_json(e: &types::Entry) -> serde_json::Value {
+    let limits = e.task_limits.clone().unwrap_or_default();
+    json!({
+        "id": e.id,
+        "spiffe_id": e.spiffe_id,
+        "parent_id": e.parent_id,
+        "selectors": e.selectors,
+        "x509_ttl_seconds": e.x509_ttl_seconds,
+        "jwt_ttl_seconds": e.jwt_ttl_seconds,
+        "dns_names": e.dns_names,
+        "hint": e.hint,
+        "require_task": e.require_task,
+        "allowed_tools": limits.allowed_tools,
+        "allowed_task_types": limits.allowed_task_types,
+        "max_task_ttl_seconds": limits.max_task_ttl_seconds,
+        "revision": e.revision,
+        "created_at": e.created_at,
+    })
+}
+
+pub(super) fn ttl_text(secs: i64) -> String {
+    if secs == 0 {
+        "server default".into()
+    } else {
+        format_duration(std::time::Duration::from_secs(secs.unsigned_abs()))
+    }
+}
+
+pub(super) fn entry_text(e: &types::Entry) -> String {
+    let mut s = format!(
+        "Entry ID      : {}\nSPIFFE ID     : {}\nParent ID     : {}\nRevision      : {}\nX509-SVID TTL : {}\nJWT-SVID TTL  : {}\n",
+        e.id,
+        e.spiffe_id,
+        e.parent_id,
+        e.revision,
+        ttl_text(e.x509_ttl_seconds),
+        ttl_text(e.jwt_ttl_seconds)
+    );
+    for sel in &e.selectors {
+        s.push_str(&format!("Selector      : {sel}\n"));
+    }
+    for d in &e.dns_names {
+        s.push_str(&format!("DNS name      : {d}\n"));
+    }
+    if !e.hint.is_empty() {
+        s.push_str(&format!("Hint          : {}\n", e.hint));
+    }
+    if e.require_task {
+        s.push_str("Require task  : true\n");
+    }
+    if let Some(l) = &e.task_limits {
+        for t in &l.allowed_tools {
+            s.push_str(&format!("Allowed tool  : {t}\n"));
+        }
+    }
+    s
+}
+
+pub(super) fn print_entries(out: Output, entries: &[types::Entry]) {
+    match out {
+        Output::Json => println!(
+            "{}",
+            json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })
+        ),
+        Output::Text => {
+            if entries.is_empty() {
+                println!("No entries");
+            }
+            let blocks: Vec<String> = entries.iter().map(entry_text).collect();
+            print!("{}", blocks.join("\n"));
+        }
+    }
+}
+
+pub(super) fn print_entry(out: Output, e: &types::Entry) {
+    match out {
+        Output::Json => println!("{}", entry_json(e)),
+        Output::Text => print!("{}", entry_text(e)),
+    }
+}
+
+pub(super) async fn run_entry(cmd: EntryCmd) -> Result<(), CliError> {
+    match cmd {
+        EntryCmd::Create { fields, admin } => {
+            let mut e = types::Entry::default();
+            fields.apply(&mut e)?;
+            if e.spiffe_id.is_empty() {
+                return Err(err("--spiffe-id is required"));
+            }
+            if e.parent_id.is_empty() {
+                return Err(err("--parent-id is required"));
+            }
+            if e.selectors.is_empty() {
+                return Err(err(
+                    "at least one --selector is required (e.g. unix:uid:1000)",
+                ));
+            }
+            let e = client(&admin)
+                .await?
+                .create_entry(CreateEntryRequest { entry: Some(e) })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_entry(admin.output, &e);
+        }
+        EntryCmd::List {
+            spiffe_id,
+            parent_id,
+            admin,
+        } => {
+            let spiffe_id = spiffe_id
+                .map(|s| check_id("spiffe-id", &s))
+                .transpose()?
+                .unwrap_or_default();
+            let parent_id = parent_id
+                .map(|s| check_id("parent-id", &s))
+                .transpose()?
+                .unwrap_or_default();
+            let r = client(&admin)
+                .await?
+                .list_entries(ListEntriesRequest {
+                    spiffe_id,
+                    parent_id,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_entries(admin.output, &r.entries);
+        }
+        EntryCmd::Show { id, admin } => {
+            let e = client(&admin)
+                .await?
+                .get_entry(GetEntryRequest { id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_entry(admin.output, &e);
+        }
+        EntryCmd::Update { id, fields, admin } => {
+            let mut c = client(&admin).await?;
+            let mut e = c
+                .get_entry(GetEntryRequest { id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            fields.apply(&mut e)?;
+            let e = c
+                .update_entry(UpdateEntryRequest { entry: Some(e) })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_entry(admin.output, &e);
+        }
+        EntryCmd::Delete { id, admin } => {
+            let r = client(&admin)
+                .await?
+                .delete_entry(DeleteEntryRequest { id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let e = r.entry.unwrap_or_default();
+            match admin.output {
+                Output::Json => println!("{}", json!({"deleted": entry_json(&e)})),
+                Output::Text => println!("Deleted entry {}", e.id),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! `lanyard-server` command line: `run` and the admin subcommands, which
+//! talk to a running server over its admin socket.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lanyard_core::duration::{format_duration, parse_duration};
+use lanyard_core::{Selector, SpiffeId};
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{
+    AgentRequest, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest,
+    GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAuthoritiesRequest,
+    ListAuthoritiesResponse, ListEntriesRequest, UpdateEntryRequest,
+};
+use lanyard_proto::types;
+use lanyard_proto::uds::unix_channel;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::config::{DEFAULT_ADMIN_SOCKET, RawConfig};
+
+/// Lanyard server: CA, registration entries and node attestation.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Run(RunArgs),
+    /// Join tokens for node attestation.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Registration entries.
+    #[command(subcommand)]
+    Entry(EntryCmd),
+    /// Attested agents.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// The trust bundle.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// Signing authorities (X.509 CA and JWT keys) and their rotation.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+/// `ca` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// List the authorities with their state.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Prepare the next X.509 CA and JWT key (published, not signing yet).
+    Prepare {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Activate the prepared authorities.
+    Activate {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Taint an inactive authority: agents re-issue every SVID it signed.
+    Taint {
+        /// Authority ID from `ca show`.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a tainted authority from the trust bundle.
+    Revoke {
+        /// Authority ID from `ca show`.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Flags of `run`; each overrides the config file and has a `LANYARD_*` variable.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file.
+    #[arg(long, env = "LANYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Trust domain, e.g. example.org.
+    #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Directory for the database and CA keys [default: .lanyard/server].
+    #[arg(long, env = "LANYARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Server API address [default: 127.0.0.1:8081].
+    #[arg(long, env = "LANYARD_BIND")]
+    pub bind: Option<String>,
+    /// Admin API socket [default: /tmp/lanyard/private/admin.sock].
+    #[arg(long, env = "LANYARD_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+    /// CA lifetime [default: 24h].
+    #[arg(long, env = "LANYARD_CA_TTL")]
+    pub ca_ttl: Option<String>,
+    /// Default X.509-SVID lifetime [default: 5m].
+    #[arg(long, env = "LANYARD_DEFAULT_X509_SVID_TTL")]
+    pub default_x509_svid_ttl: Option<String>,
+    /// Default JWT-SVID lifetime [default: 5m].
+    #[arg(long, env = "LANYARD_DEFAULT_JWT_SVID_TTL")]
+    pub default_jwt_svid_ttl: Option<String>,
+    /// Agent SVID lifetime [default: 30m].
+    #[arg(long, env = "LANYARD_AGENT_SVID_TTL")]
+    pub agent_svid_ttl: Option<String>,
+    /// Log format: plain or json [default: plain].
+    #[arg(long, env = "LANYARD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl RunArgs {
+    /// The merged raw configuration: file first, then flags and environment.
+    pub fn raw_config(&self) -> Result<RawConfig, crate::config::ConfigError> {
+        let file = match &self.config {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        Ok(file.merge(RawConfig {
+            trust_domain: self.trust_domain.clone(),
+            data_dir: self.data_dir.clone(),
+            bind: self.bind.clone(),
+            admin_socket: self.admin_socket.clone(),
+            ca_ttl: self.ca_ttl.clone(),
+            default_x509_svid_ttl: self.default_x509_svid_ttl.clone(),
+            default_jwt_svid_ttl: self.default_jwt_svid_ttl.clone(),
+            agent_svid_ttl: self.agent_svid_ttl.clone(),
+            join_token_ttl: None,
+            log_format: self.log_format.clone(),
+        }))
+    }
+}
+
+/// Flags every admin command takes.
+#[derive(Debug, Args, Clone)]
+pub struct AdminArgs {
+    /// The server's admin socket.
+    #[arg(long, env = "LANYARD_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable.
+    Text,
+    /// Machine-readable JSON.
+    Json,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a single-use join token and print it.
+    Generate {
+        /// SPIFFE ID the agent will have [default: spiffe://TD/lanyard/agent/join_token/ID].
+        #[arg(long)]
+        agent_id: Option<String>,
+        /// Token lifetime, e.g. 10m [default: server's join_token_ttl].
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Fields of an entry shared by `create` and `update`.
+#[derive(Debug, Args, Clone)]
+pub struct EntryFields {
+    /// Workload SPIFFE ID.
+    #[arg(long)]
+    pub spiffe_id: Option<String>,
+    /// Agent SPIFFE ID allowed to obtain this identity.
+    #[arg(long)]
+    pub parent_id: Option<String>,
+    /// Selector (repeatable), e.g. unix:uid:1000.
+    #[arg(long = "selector")]
+    pub selectors: Vec<String>,
+    /// X.509-SVID lifetime, e.g. 60s.
+    #[arg(long)]
+    pub x509_ttl: Option<String>,
+    /// JWT-SVID lifetime, e.g. 60s.
+    #[arg(long)]
+    pub jwt_ttl: Option<String>,
+    /// DNS SAN (repeatable).
+    #[arg(long = "dns-name")]
+    pub dns_names: Vec<String>,
+    /// Hint passed to workloads.
+    #[arg(long)]
+    pub hint: Option<String>,
+    /// Issue no SVID outside a task.
+    #[arg(long)]
+    pub require_task: bool,
+    /// Tool a task may be granted (repeatable).
+    #[arg(long = "allow-tool")]
+    pub allow_tools: Vec<String>,
+    /// Task type the workload may begin (repeatable).
+    #[arg(long = "allow-task-type")]
+    pub allow_task_types: Vec<String>,
+    /// Longest task window, e.g. 10m.
+    #[arg(long)]
+    pub max_task_ttl: Option<String>,
+}
+
+/// `entry` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EntryCmd {
+    /// Create an entry.
+    Create {
+        #[command(flatten)]
+        fields: EntryFields,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List entries.
+    List {
+        /// Only entries with this SPIFFE ID.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Only entries with this parent ID.
+        #[arg(long)]
+        parent_id: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one entry.
+    Show {
+        /// Entry ID.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change an entry: the given fields replace the stored ones.
+    Update {
+        /// Entry ID.
+        id: String,
+        #[command(flatten)]
+        fields: EntryFields,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Delete an entry.
+    Delete {
+        /// Entry ID.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `agent` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// List attested agents.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an agent; it must attest again with a new token.
+    Evict {
+        /// Agent SPIFFE ID.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Ban an agent: refused now and cannot re-attest under this ID.
+    Ban {
+        /// Agent SPIFFE ID.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Bundle formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BundleFormat {
+    /// PEM certificates (for `lanyard-agent --trust-bundle`).
+    Pem,
+    /// The SPIFFE bundle format: a JWKS with X.509 and JWT authorities.
+    Jwks,
+}
+
+/// `bundle` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Print the trust bundle.
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
+        format: BundleFormat,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+mod common;
+mod entry;
+mod ops;
+
+pub use common::{CliError, pem_cert};
+use common::{check_id, client, err, status_err, ttl_secs};
+use entry::run_entry;
+use ops::{run_agent, run_ca};
+
+/// Runs an admin subcommand.
+pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Run(_) => Err(err("run is handled by main")),
+        Command::Token(TokenCmd::Generate {
+            agent_id,
+            ttl,
+            admin,
+        }) => {
+            let agent_id = agent_id
+                .as_deref()
+                .map(|s| check_id("agent-id", s))
+                .transpose()?
+                .unwrap_or_default();
+            let ttl_seconds = ttl_secs("ttl", &ttl)?.unwrap_or(0);
+            let r = client(&admin)
+                .await?
+                .create_join_token(CreateJoinTokenRequest {
+                    agent_id,
+                    ttl_seconds,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match admin.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"token": r.token, "agent_id": r.agent_id, "expires_at": r.expires_at})
+                ),
+                Output::Text => println!("{}", r.token),
+            }
+            Ok(())
+        }
+        Command::Entry(cmd) => run_entry(cmd).await,
+        Command::Ca(cmd) => run_ca(cmd).await,
+        Command::Agent(cmd) => run_agent(cmd).await,
+        Command::Bundle(BundleCmd::Show { format, admin }) => {
+            let b = client(&admin)
+                .await?
+                .get_bundle(GetBundleRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match (admin.output, format) {
+                (_, BundleFormat::Jwks) => {
+                    let jwt: Vec<lanyard_core::jwt::JwtAuthority> = b
+                        .jwt_authorities
+                        .iter()
+                        .map(|a| lanyard_core::jwt::JwtAuthority {
+                            key_id: a.key_id.clone(),
+                            public_key: a.public_key.clone(),
+                            expires_at: u64::try_from(a.expires_at).unwrap_or(0),
+                        })
+                        .collect();
+                    let doc = lanyard_core::jwt::spiffe_bundle_json(
+                        &b.x509_authorities,
+                        &jwt,
+                        b.sequence,
+                        u64::try_from(b.refresh_hint_seconds).unwrap_or(0),
+                    )
+                    .map_err(err)?;
+                    println!("{doc}");
+                }
+                (Output::Json, BundleFormat::Pem) => println!(
+                    "{}",
+                    json!({
+                        "trust_domain": b.trust_domain,
+                        "sequence": b.sequence,
+                        "x509_authorities": b.x509_authorities.iter().map(|c| pem_cert(c)).collect::<Vec<_>>(),
+                    })
+                ),
+                (Output::Text, BundleFormat::Pem) => {
+                    for c in &b.x509_authorities {
+                        print!("{}", pem_cert(c));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
