@@ -142,11 +142,15 @@ impl WorkloadApi {
         }
     }
 
-    fn remember(&self, conn: u64, pid: Option<i32>, selectors: &[Selector]) {
-        let Some(pid) = pid else { return };
+    fn remember(&self, conn: u64, peer: &PeerCred, selectors: &[Selector]) {
+        let Some(pid) = peer.pid else { return };
         let Ok(started) = crate::attestor::process_start_time(pid) else {
             return;
         };
+        // Never remember a process younger than the connection.
+        if peer.connected_ticks.is_some_and(|t| started > t + 1) {
+            return;
+        }
         let mut m = self.attested.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= 1024 {
             m.retain(|_, a| a.at.elapsed() < ATTESTATION_REUSE);
@@ -199,7 +203,7 @@ impl WorkloadApi {
             }
         };
         tracing::debug!(pid = ?peer.pid, uid = peer.uid, selectors = selectors.len(), "workload attested");
-        self.remember(conn.id, peer.pid, &selectors);
+        self.remember(conn.id, &peer, &selectors);
         Ok((selectors, peer))
     }
 
@@ -483,7 +487,13 @@ mod tests {
         let me = std::process::id() as i32;
         let sels: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
         assert!(api.reuse(7, Some(me)).is_none());
-        api.remember(7, Some(me), &sels);
+        let peer = PeerCred {
+            pid: Some(me),
+            uid: 0,
+            gid: 0,
+            connected_ticks: crate::listener::uptime_ticks(),
+        };
+        api.remember(7, &peer, &sels);
         assert_eq!(*api.reuse(7, Some(me)).unwrap(), sels);
         // Another connection, another PID, or no PID: attest afresh.
         assert!(api.reuse(8, Some(me)).is_none());
@@ -493,5 +503,12 @@ mod tests {
         // differs) is not served from the cache.
         api.attested.lock().unwrap().get_mut(&7).unwrap().started += 1;
         assert!(api.reuse(7, Some(me)).is_none());
+        // A process that started after the connection is never remembered.
+        let young = PeerCred {
+            connected_ticks: Some(0),
+            ..peer
+        };
+        api.remember(9, &young, &sels);
+        assert!(api.reuse(9, Some(me)).is_none());
     }
 }
