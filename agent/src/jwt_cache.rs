@@ -28,6 +28,9 @@ pub enum JwtFetchError {
     /// The server refused.
     #[error("server refused the JWT-SVID: {0}")]
     Refused(String),
+    /// The server found the request invalid.
+    #[error("{0}")]
+    Invalid(String),
     /// The server did not answer in time or failed.
     #[error("cannot obtain a JWT-SVID from the server: {0}")]
     Unavailable(String),
@@ -112,6 +115,9 @@ impl JwtCache {
                     Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
                         Err(JwtFetchError::Refused(s.message().to_owned()))
                     }
+                    Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => {
+                        Err(JwtFetchError::Invalid(s.message().to_owned()))
+                    }
                     Ok(Err(s)) => Err(JwtFetchError::Unavailable(s.message().to_owned())),
                     Ok(Ok(r)) => Ok(r.into_inner()),
                 }
@@ -135,7 +141,12 @@ impl JwtCache {
                 Ok(r.token)
             }
             Err(e) => match cached {
-                Some(c) if !matches!(e, JwtFetchError::Refused(_)) => {
+                Some(c)
+                    if matches!(
+                        e,
+                        JwtFetchError::Unavailable(_) | JwtFetchError::NotConnected
+                    ) =>
+                {
                     tracing::warn!(err = %e, %spiffe_id, "serving cached JWT-SVID");
                     Ok(c.token)
                 }

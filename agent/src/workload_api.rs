@@ -61,6 +61,12 @@ pub enum WorkloadError {
     /// A required request field is empty.
     #[error("{0} must be specified")]
     Required(&'static str),
+    /// Too many audiences, or one empty or too long.
+    #[error(
+        "at most 32 audiences of 1 to {} bytes each",
+        lanyard_core::jwt::MAX_AUDIENCE_LEN
+    )]
+    BadAudience,
     /// The requested SPIFFE ID is not one of the caller's.
     #[error("no identity issued for {0}")]
     NotYours(String),
@@ -85,7 +91,10 @@ impl From<WorkloadError> for Status {
                 tracing::warn!(%err, "workload attestation failed");
                 Status::unavailable(e.to_string())
             }
-            WorkloadError::Required(_) | WorkloadError::InvalidJwt(_) => {
+            WorkloadError::Required(_)
+            | WorkloadError::InvalidJwt(_)
+            | WorkloadError::BadAudience
+            | WorkloadError::JwtFetch(JwtFetchError::Invalid(_)) => {
                 Status::invalid_argument(e.to_string())
             }
             WorkloadError::NotYours(_) | WorkloadError::JwtFetch(JwtFetchError::Refused(_)) => {
@@ -346,8 +355,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_header(&req)?;
-        if req.get_ref().audience.is_empty() {
+        let audience = &req.get_ref().audience;
+        if audience.is_empty() {
             return Err(WorkloadError::Required("audience").into());
+        }
+        if audience.len() > 32
+            || audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
+        {
+            return Err(WorkloadError::BadAudience.into());
         }
         let (selectors, _) = self.attest(&req).await?;
         let JwtsvidRequest {
