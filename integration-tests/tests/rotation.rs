@@ -123,3 +123,88 @@ async fn svids_and_the_ca_rotate_without_the_workload_noticing() {
     agent.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tainting_a_ca_makes_agents_reissue_at_once_and_revoking_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let old_ca = server
+        .bound
+        .ca
+        .snapshot()
+        .active
+        .info()
+        .subject_key_id
+        .clone();
+    let token = server.token(NODE).await;
+    // A long TTL: only the taint can explain a re-issue within the test.
+    server
+        .entry_for_me("spiffe://example.org/long", NODE, 3600)
+        .await;
+    let agent = start_agent(dir.path(), server.addr(), Some(token))
+        .await
+        .unwrap();
+    let source = X509Source::builder()
+        .endpoint(endpoint(&agent.socket))
+        .build()
+        .await
+        .unwrap();
+    let issuer = |s: &X509Source| {
+        let svid = s.svid().unwrap();
+        CertInfo::parse(svid.leaf().as_bytes())
+            .unwrap()
+            .authority_key_id
+            .unwrap()
+    };
+    assert_eq!(issuer(&source), old_ca);
+
+    server.bound.ca.prepare().unwrap();
+    server.bound.ca.activate().unwrap();
+    let new_ca = server
+        .bound
+        .ca
+        .snapshot()
+        .active
+        .info()
+        .subject_key_id
+        .clone();
+    // Activation alone does not force a re-issue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(issuer(&source), old_ca);
+
+    server.bound.ca.taint(&old_ca).unwrap();
+    lanyard_integration_tests::eventually(
+        "an SVID from the new CA",
+        Duration::from_secs(20),
+        || {
+            let got = issuer(&source);
+            let want = new_ca.clone();
+            async move { (got == want).then_some(()) }
+        },
+    )
+    .await;
+
+    server.bound.ca.revoke(&old_ca).unwrap();
+    lanyard_integration_tests::eventually(
+        "the revoked CA out of the bundle",
+        Duration::from_secs(20),
+        || {
+            let bundle = source
+                .bundle_set()
+                .unwrap()
+                .get(&spiffe::TrustDomain::new(TD).unwrap())
+                .unwrap();
+            let ids: Vec<String> = bundle
+                .authorities()
+                .iter()
+                .map(|c| CertInfo::parse(c.as_bytes()).unwrap().subject_key_id)
+                .collect();
+            let gone = !ids.contains(&old_ca) && ids.contains(&new_ca);
+            async move { gone.then_some(()) }
+        },
+    )
+    .await;
+    source.shutdown().await;
+    agent.shutdown().await;
+    server.stop().await;
+}
