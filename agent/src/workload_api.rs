@@ -79,6 +79,9 @@ pub enum WorkloadError {
     /// The agent is shutting down.
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// The agent has not received its entries from the server yet.
+    #[error("the agent has not synchronised with the server yet; retry")]
+    NotSynced,
 }
 
 impl From<WorkloadError> for Status {
@@ -101,7 +104,9 @@ impl From<WorkloadError> for Status {
                 Status::permission_denied(e.to_string())
             }
             WorkloadError::JwtFetch(_) => Status::unavailable(e.to_string()),
-            WorkloadError::ShuttingDown => Status::unavailable(e.to_string()),
+            WorkloadError::ShuttingDown | WorkloadError::NotSynced => {
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }
@@ -374,7 +379,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let snap = self.cache.borrow().clone();
         let mut entries = snap.entries_for(&selectors);
         if entries.is_empty() {
-            return Err(WorkloadError::NoIdentity.into());
+            return Err(if snap.synced {
+                WorkloadError::NoIdentity
+            } else {
+                WorkloadError::NotSynced
+            }
+            .into());
         }
         if !spiffe_id.is_empty() {
             entries.retain(|e| e.spiffe_id.as_str() == spiffe_id);
