@@ -31,6 +31,9 @@ pub struct CachedSvid {
     pub entry_revision: u64,
     /// Subject key ID of the CA that signed it.
     pub issuer_id: Option<String>,
+    /// The entry's hint when it was issued (an entry update bumps the
+    /// revision, which re-issues the SVID).
+    pub hint: String,
 }
 
 impl std::fmt::Debug for CachedSvid {
@@ -143,22 +146,6 @@ impl Snapshot {
             Identities::Ready(ready)
         }
     }
-
-    /// A copy with the same content (SVIDs shared), for building the next
-    /// snapshot.
-    pub fn clone_shallow(&self) -> Self {
-        Self {
-            trust_domain: self.trust_domain.clone(),
-            entries: self.entries.clone(),
-            index: self.index.clone(),
-            svids: self.svids.clone(),
-            bundle: self.bundle.clone(),
-            jwt_authorities: self.jwt_authorities.clone(),
-            tainted: self.tainted.clone(),
-            bundle_sequence: self.bundle_sequence,
-            synced: self.synced,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -196,6 +183,7 @@ mod tests {
             renew_at: from_unix_secs(not_after / 2),
             entry_revision: 0,
             issuer_id: None,
+            hint: String::new(),
         })
     }
 

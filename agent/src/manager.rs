@@ -444,6 +444,7 @@ impl Manager {
             ),
             entry_revision: entry.revision,
             issuer_id: info.authority_key_id,
+            hint: entry.hint.clone(),
             chain,
         })
     }

@@ -130,10 +130,6 @@ fn check_header<T>(req: &Request<T>) -> Result<(), WorkloadError> {
     }
 }
 
-fn concat(certs: &[Vec<u8>]) -> Vec<u8> {
-    certs.concat()
-}
-
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl WorkloadApi {
@@ -293,7 +289,7 @@ impl WorkloadApi {
 }
 
 fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X509svidResponse) {
-    let bundle = concat(&snap.bundle);
+    let bundle = snap.bundle.concat();
     let mut key: Vec<String> = svids.iter().map(|s| s.serial.clone()).collect();
     key.push(format!("bundle:{}:{}", snap.bundle_sequence, bundle.len()));
     let msg = X509svidResponse {
@@ -301,15 +297,10 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
             .iter()
             .map(|s| X509svid {
                 spiffe_id: s.spiffe_id.to_string(),
-                x509_svid: concat(&s.chain),
+                x509_svid: s.chain.concat(),
                 x509_svid_key: s.key_pkcs8.clone(),
                 bundle: bundle.clone(),
-                hint: snap
-                    .entries
-                    .iter()
-                    .find(|e| e.id == s.entry_id)
-                    .map(|e| e.hint.clone())
-                    .unwrap_or_default(),
+                hint: s.hint.clone(),
             })
             .collect(),
         crl: vec![],
@@ -320,7 +311,7 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
 
 fn bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<Vec<u8>>, X509BundlesResponse) {
     let mut bundles = HashMap::new();
-    bundles.insert(snap.trust_domain.id_string(), concat(&snap.bundle));
+    bundles.insert(snap.trust_domain.id_string(), snap.bundle.concat());
     (
         (*snap.bundle).clone(),
         X509BundlesResponse {
