@@ -47,16 +47,56 @@ impl std::fmt::Debug for CachedSvid {
     }
 }
 
+/// The authorised entries with their selector index, built once per entry
+/// change and shared by every snapshot until the next one.
+#[derive(Debug)]
+pub struct EntrySet {
+    /// Ordered by creation time then ID (the first matching entry's SVID is
+    /// a workload's default).
+    entries: Vec<RegistrationEntry>,
+    /// Selector index over `entries` (values are positions). Entries that
+    /// require a task are not indexed: they grant no standing SVID.
+    index: SelectorIndex<usize>,
+}
+
+impl EntrySet {
+    /// Sorts `entries` and indexes their selectors.
+    pub fn new(mut entries: Vec<RegistrationEntry>) -> Self {
+        entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let index = SelectorIndex::build(
+            entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.require_task)
+                .map(|(i, e)| (i, e.selectors.as_slice())),
+        );
+        Self { entries, index }
+    }
+
+    /// Every entry, in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, RegistrationEntry> {
+        self.entries.iter()
+    }
+
+    /// The entries whose selectors are all in `selectors`, in order.
+    fn matching<'a>(
+        &'a self,
+        selectors: &[Selector],
+    ) -> impl Iterator<Item = &'a RegistrationEntry> {
+        self.index
+            .matching(selectors.iter())
+            .into_iter()
+            .filter_map(|i| self.entries.get(i))
+    }
+}
+
 /// The agent's state at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
     /// Trust domain.
     pub trust_domain: TrustDomain,
-    /// Authorised entries, ordered by creation time then ID (the first
-    /// matching entry's SVID is a workload's default).
-    pub entries: Vec<RegistrationEntry>,
-    /// Selector index over `entries` (values are positions).
-    pub index: SelectorIndex<usize>,
+    /// Authorised entries and their index.
+    pub entries: Arc<EntrySet>,
     /// SVIDs by entry.
     pub svids: HashMap<EntryId, Arc<CachedSvid>>,
     /// DER CA certificates of the trust domain.
@@ -87,8 +127,7 @@ impl Snapshot {
     pub fn empty(td: TrustDomain) -> Self {
         Self {
             trust_domain: td,
-            entries: Vec::new(),
-            index: SelectorIndex::build(std::iter::empty::<(usize, &[Selector])>()),
+            entries: Arc::new(EntrySet::new(Vec::new())),
             svids: HashMap::new(),
             bundle: Arc::new(Vec::new()),
             jwt_authorities: Arc::new(Vec::new()),
@@ -102,40 +141,27 @@ impl Snapshot {
     /// per SPIFFE ID).
     pub fn entries_for(&self, selectors: &[Selector]) -> Vec<&RegistrationEntry> {
         let mut seen = std::collections::HashSet::new();
-        self.index
-            .matching(selectors.iter())
-            .into_iter()
-            .filter_map(|i| self.entries.get(i))
+        self.entries
+            .matching(selectors)
             .filter(|e| seen.insert(e.spiffe_id.clone()))
             .collect()
     }
 
-    /// Builds the entry list and index from `entries`. Entries that
-    /// require a task are kept but not indexed: they grant no standing
-    /// SVID.
-    pub fn with_entries(mut self, mut entries: Vec<RegistrationEntry>) -> Self {
-        entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        self.index = SelectorIndex::build(
-            entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| !e.require_task)
-                .map(|(i, e)| (i, e.selectors.as_slice())),
-        );
-        self.entries = entries;
+    /// The same snapshot over `entries`.
+    pub fn with_entries(mut self, entries: Vec<RegistrationEntry>) -> Self {
+        self.entries = Arc::new(EntrySet::new(entries));
         self
     }
 
     /// The identities for a caller's selectors at `now`; expired SVIDs are
     /// never returned.
     pub fn identities_for(&self, selectors: &[Selector], now: SystemTime) -> Identities {
-        let matched = self.index.matching(selectors.iter());
+        let matched: Vec<&RegistrationEntry> = self.entries.matching(selectors).collect();
         if matched.is_empty() {
             return Identities::None;
         }
         let ready: Vec<Arc<CachedSvid>> = matched
             .iter()
-            .filter_map(|&i| self.entries.get(i))
             .filter_map(|e| self.svids.get(&e.id))
             .filter(|s| s.not_after > now)
             .cloned()

@@ -20,7 +20,7 @@ use lanyard_proto::server::{
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use crate::cache::{CachedSvid, Snapshot};
+use crate::cache::{CachedSvid, EntrySet, Snapshot};
 use crate::creds::{AgentIdentity, ClientCert, Credentials};
 use crate::server_client::{node_client, tls_config};
 use crate::storage::AgentStorage;
@@ -60,7 +60,7 @@ pub struct Manager {
     pub(crate) storage: AgentStorage,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) publish: watch::Sender<Arc<Snapshot>>,
-    entries: Vec<RegistrationEntry>,
+    entries: Arc<EntrySet>,
     svids: HashMap<EntryId, Arc<CachedSvid>>,
     failures: HashMap<EntryId, Failure>,
     bundle: Arc<Vec<Vec<u8>>>,
@@ -105,7 +105,7 @@ impl Manager {
             storage,
             clock,
             publish,
-            entries: Vec::new(),
+            entries: Arc::new(EntrySet::new(Vec::new())),
             svids: HashMap::new(),
             failures: HashMap::new(),
             bundle,
@@ -243,7 +243,7 @@ impl Manager {
                 }
             }
         }
-        self.entries = entries;
+        self.entries = Arc::new(EntrySet::new(entries));
         if let Some(b) = update
             .bundle
             .filter(|b| b.sequence != self.bundle_sequence || *self.bundle != b.x509_authorities)
@@ -288,7 +288,8 @@ impl Manager {
     }
 
     fn publish_snapshot(&self) {
-        let mut snap = Snapshot::empty(self.td.clone()).with_entries(self.entries.clone());
+        let mut snap = Snapshot::empty(self.td.clone());
+        snap.entries = self.entries.clone();
         snap.svids = self.svids.clone();
         snap.bundle = self.bundle.clone();
         snap.jwt_authorities = self.jwt_authorities.clone();
