@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lanyard_core::clock::format_rfc3339;
-use lanyard_core::x509::{CertInfo, der_chain_split};
+use lanyard_core::x509::{CertInfo, der_chain_split, der_to_pem};
 use lanyard_proto::uds::{socket_path, unix_channel};
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{
@@ -242,12 +242,6 @@ async fn first_x509(socket: &Path, timeout: Duration) -> Result<X509svidResponse
         .map_err(|_| err(format!("no SVID received within {timeout:?}")))?
 }
 
-fn pem_blocks(label: &str, ders: &[Vec<u8>]) -> String {
-    ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new(label, d.clone())))
-        .collect()
-}
-
 fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliError> {
     let mut text = String::new();
     let mut svids = Vec::new();
@@ -283,8 +277,8 @@ fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliE
             "serial": leaf.serial,
             "not_before": format_rfc3339(leaf.not_before),
             "not_after": format_rfc3339(leaf.not_after),
-            "svid_pem": pem_blocks("CERTIFICATE", &chain),
-            "bundle_pem": pem_blocks("CERTIFICATE", &bundle),
+            "svid_pem": der_to_pem("CERTIFICATE", &chain),
+            "bundle_pem": der_to_pem("CERTIFICATE", &bundle),
         }));
     }
     Ok((text, json!({ "svids": svids })))
@@ -298,17 +292,17 @@ fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), CliError> {
         let files = [
             (
                 format!("svid.{i}.pem"),
-                pem_blocks("CERTIFICATE", &chain),
+                der_to_pem("CERTIFICATE", &chain),
                 0o644,
             ),
             (
                 format!("svid.{i}.key"),
-                pem_blocks("PRIVATE KEY", std::slice::from_ref(&s.x509_svid_key)),
+                der_to_pem("PRIVATE KEY", std::slice::from_ref(&s.x509_svid_key)),
                 0o600,
             ),
             (
                 format!("bundle.{i}.pem"),
-                pem_blocks("CERTIFICATE", &bundle),
+                der_to_pem("CERTIFICATE", &bundle),
                 0o644,
             ),
         ];

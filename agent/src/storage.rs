@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use lanyard_core::x509::{SvidError, pem_to_der_certs};
+use lanyard_core::x509::{SvidError, der_to_pem, pem_to_der_certs};
 
 const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_key.der";
@@ -60,13 +60,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn pem_chain(certs: &[Vec<u8>]) -> String {
-    certs
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone())))
-        .collect()
-}
-
 impl AgentStorage {
     /// Opens (creating with mode 0700) the data directory.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
@@ -105,14 +98,18 @@ impl AgentStorage {
         let key_path = self.dir.join(KEY_FILE);
         write_atomic(&key_path, key_pkcs8, 0o600).map_err(|e| StorageError::Io(key_path, e))?;
         let svid_path = self.dir.join(SVID_FILE);
-        write_atomic(&svid_path, pem_chain(chain).as_bytes(), 0o644)
-            .map_err(|e| StorageError::Io(svid_path, e))
+        write_atomic(
+            &svid_path,
+            der_to_pem("CERTIFICATE", chain).as_bytes(),
+            0o644,
+        )
+        .map_err(|e| StorageError::Io(svid_path, e))
     }
 
     /// Stores the trust bundle.
     pub fn save_bundle(&self, bundle: &[Vec<u8>]) -> Result<(), StorageError> {
         let path = self.dir.join(BUNDLE_FILE);
-        write_atomic(&path, pem_chain(bundle).as_bytes(), 0o644)
+        write_atomic(&path, der_to_pem("CERTIFICATE", bundle).as_bytes(), 0o644)
             .map_err(|e| StorageError::Io(path, e))
     }
 

@@ -69,13 +69,7 @@ async fn run_fetch_write_watch_and_healthcheck() {
         })
         .await
         .unwrap();
-    let bundle: String = server
-        .ca
-        .snapshot()
-        .authorities
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone())))
-        .collect();
+    let bundle = lanyard_core::x509::der_to_pem("CERTIFICATE", &server.ca.snapshot().authorities);
     std::fs::write(d.join("bundle.pem"), bundle).unwrap();
     let socket = d.join("agent.sock");
     let _agent = Agent(

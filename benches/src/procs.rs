@@ -117,11 +117,7 @@ pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
         .into_inner()
         .token;
     let bundle = a.get_bundle(GetBundleRequest {}).await?.into_inner();
-    let pem: String = bundle
-        .x509_authorities
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.clone())))
-        .collect();
+    let pem = lanyard_core::x509::der_to_pem("CERTIFICATE", &bundle.x509_authorities);
     let bundle_path = dir.path().join("bundle.pem");
     std::fs::write(&bundle_path, pem)?;
     let socket = dir.path().join("agent.sock");

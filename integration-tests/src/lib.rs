@@ -125,11 +125,7 @@ impl TestServer {
 
     /// Writes the bundle as PEM into the server's directory and returns the path.
     pub fn write_bundle_pem(&self) -> PathBuf {
-        let pem: String = self
-            .bundle()
-            .into_iter()
-            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c)))
-            .collect();
+        let pem = lanyard_core::x509::der_to_pem("CERTIFICATE", &self.bundle());
         let p = self.dir.join("bundle.pem");
         std::fs::write(&p, pem).expect("write bundle");
         p

@@ -119,6 +119,14 @@ pub fn der_chain_split(mut data: &[u8]) -> Result<Vec<Vec<u8>>, SvidError> {
     Ok(out)
 }
 
+/// PEM text with one `label` block per DER item (e.g. `CERTIFICATE`,
+/// `PRIVATE KEY`): the inverse of [`pem_to_der_certs`].
+pub fn der_to_pem(label: &str, ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new(label, d.clone())))
+        .collect()
+}
+
 /// Reads every `CERTIFICATE` block of a PEM text, as DER.
 pub fn pem_to_der_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, SvidError> {
     let mut out = Vec::new();
@@ -133,4 +141,30 @@ pub fn pem_to_der_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, SvidError> {
         return Err(SvidError::Empty("PEM certificate list"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trips() {
+        let td = crate::TrustDomain::new("td").unwrap();
+        let now = crate::clock::from_unix_secs(1_800_000_000);
+        let ders: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                crate::x509::X509Authority::generate_root(
+                    &td,
+                    now,
+                    std::time::Duration::from_secs(60),
+                )
+                .unwrap()
+                .cert_der()
+                .to_vec()
+            })
+            .collect();
+        let text = der_to_pem("CERTIFICATE", &ders);
+        assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+        assert_eq!(pem_to_der_certs(text.as_bytes()).unwrap(), ders);
+    }
 }

@@ -8,7 +8,7 @@ mod validate;
 
 pub use authority::{IssuedSvid, SvidParams, X509Authority};
 pub use csr::{SvidKey, parse_csr_public_key};
-pub use info::{CertInfo, der_chain_split, pem_to_der_certs};
+pub use info::{CertInfo, der_chain_split, der_to_pem, pem_to_der_certs};
 /// A public key (SubjectPublicKeyInfo) to sign for.
 pub use rcgen::SubjectPublicKeyInfo as Spki;
 pub use validate::{PeerUsage, validate_x509_svid};

@@ -47,8 +47,3 @@ pub(super) fn ttl_secs(field: &str, v: &Option<String>) -> Result<Option<i64>, C
         })
         .transpose()
 }
-
-/// PEM-encodes one DER certificate.
-pub fn pem_cert(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}

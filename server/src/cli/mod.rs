@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lanyard_core::duration::{format_duration, parse_duration};
+use lanyard_core::x509::der_to_pem;
 use lanyard_core::{Selector, SpiffeId};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
@@ -311,7 +312,7 @@ mod common;
 mod entry;
 mod ops;
 
-pub use common::{CliError, pem_cert};
+pub use common::CliError;
 use common::{check_id, client, err, status_err, ttl_secs};
 use entry::run_entry;
 use ops::{run_agent, run_ca};
@@ -384,13 +385,11 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                     json!({
                         "trust_domain": b.trust_domain,
                         "sequence": b.sequence,
-                        "x509_authorities": b.x509_authorities.iter().map(|c| pem_cert(c)).collect::<Vec<_>>(),
+                        "x509_authorities": b.x509_authorities.iter().map(|c| der_to_pem("CERTIFICATE", std::slice::from_ref(c))).collect::<Vec<_>>(),
                     })
                 ),
                 (Output::Text, BundleFormat::Pem) => {
-                    for c in &b.x509_authorities {
-                        print!("{}", pem_cert(c));
-                    }
+                    print!("{}", der_to_pem("CERTIFICATE", &b.x509_authorities));
                 }
             }
             Ok(())
