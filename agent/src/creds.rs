@@ -10,7 +10,6 @@ use lanyard_core::tls::X509BundleSource;
 use lanyard_core::x509::{CertInfo, SvidError};
 use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The agent SVID with its key.
 pub struct AgentIdentity {
@@ -50,20 +49,15 @@ impl AgentIdentity {
         }
         let uri = info.uri_sans.first().ok_or(SvidError::UriSanCount(0))?;
         let spiffe_id = SpiffeId::new(uri).map_err(|e| SvidError::BadSpiffeId(e.to_string()))?;
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.clone()));
-        let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
+        let certified = lanyard_core::tls::certified_key(&chain, &key_pkcs8)
             .map_err(|e| SvidError::Crypto(e.to_string()))?;
-        let certs = chain
-            .iter()
-            .map(|c| CertificateDer::from(c.clone()))
-            .collect();
         Ok(Self {
             spiffe_id,
             not_before: info.not_before,
             not_after: info.not_after,
             chain,
             key_pkcs8,
-            certified: Arc::new(CertifiedKey::new(certs, signing)),
+            certified: Arc::new(certified),
         })
     }
 }

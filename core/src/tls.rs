@@ -208,6 +208,21 @@ impl ServerCertVerifier for InsecureBootstrapVerifier {
     handshake_signatures!();
 }
 
+/// A rustls signing identity from a DER chain (leaf first) and its PKCS#8
+/// ECDSA key: what a TLS client or server presents as its SVID.
+pub fn certified_key(
+    chain: &[Vec<u8>],
+    key_pkcs8: &[u8],
+) -> Result<rustls::sign::CertifiedKey, Error> {
+    let der = rustls_pki_types::PrivateKeyDer::Pkcs8(key_pkcs8.to_vec().into());
+    let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)?;
+    let certs = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    Ok(rustls::sign::CertifiedKey::new(certs, signing))
+}
+
 /// A fixed bundle (tests, and the agent's bootstrap bundle file).
 #[derive(Debug, Clone)]
 pub struct StaticBundle(pub Arc<Vec<Vec<u8>>>);

@@ -16,7 +16,6 @@ use lanyard_core::x509::{SvidKey, SvidParams};
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -95,11 +94,9 @@ fn mint(ca: &Ca, id: &SpiffeId, clock: &dyn Clock) -> Result<(CertifiedKey, Meta
     let svid = snap.active.sign_public_key(&spki, &params, now)?;
     let renew = lanyard_core::rotation::renew_at(now.min(svid.not_after), svid.not_after, 0.0);
     let meta = (snap.active.info().subject_key_id.clone(), renew);
-    let chain = vec![CertificateDer::from(svid.cert_der)];
-    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
-    let signing = rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
+    let certified = lanyard_core::tls::certified_key(&[svid.cert_der], &key.pkcs8_der())
         .map_err(|e| CaError::Svid(lanyard_core::x509::SvidError::Crypto(e.to_string())))?;
-    Ok((CertifiedKey::new(chain, signing), meta))
+    Ok((certified, meta))
 }
 
 fn rcgen_spki(key: &SvidKey) -> Result<lanyard_core::x509::Spki, CaError> {
