@@ -24,8 +24,7 @@ impl Drop for Agent {
 }
 
 fn uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").unwrap().uid()
+    lanyard_proto::uds::own_uid().unwrap()
 }
 
 async fn wait_for(path: &Path) {

@@ -28,10 +28,7 @@ fn req<T>(msg: T) -> tonic::Request<T> {
 
 /// Our uid (owner of /proc/self).
 pub fn own_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(0)
+    lanyard_proto::uds::own_uid().unwrap_or(0)
 }
 
 /// Registers an entry for this process and returns its ID.

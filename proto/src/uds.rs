@@ -63,7 +63,7 @@ pub async fn bind_unix_listener(path: &Path, mode: u32) -> Result<UnixListener, 
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(dir).map_err(io_err(dir))?.uid();
-        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        let me = own_uid();
         // World-writable shared directories (/tmp) are fine: the sticky bit
         // stops others from removing our socket.
         let sticky = std::fs::metadata(dir)
@@ -87,6 +87,12 @@ pub async fn bind_unix_listener(path: &Path, mode: u32) -> Result<UnixListener, 
     let listener = UnixListener::bind(path).map_err(io_err(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
     Ok(listener)
+}
+
+/// The effective uid of this process (the owner of `/proc/self`).
+pub fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// Strips an optional `unix://` or `unix:` prefix from a socket address

@@ -90,7 +90,7 @@ pub struct AdminApi {
 /// Rejects callers whose uid is neither root nor the server's own.
 #[allow(clippy::result_large_err)]
 pub fn check_peer_uid(req: Request<()>) -> Result<Request<()>, Status> {
-    let own = own_uid();
+    let own = lanyard_proto::uds::own_uid();
     let uid = req
         .extensions()
         .get::<UdsConnectInfo>()
@@ -106,12 +106,6 @@ pub fn check_peer_uid(req: Request<()>) -> Result<Request<()>, Status> {
         }
         None => Err(Status::permission_denied("caller credentials unavailable")),
     }
-}
-
-/// The effective uid of this process (owner of `/proc/self`).
-pub fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 fn agent_msg(a: &AgentRecord) -> Agent {
