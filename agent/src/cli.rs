@@ -413,7 +413,10 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            let claims = resp.claims.map(|s| struct_to_json(&s)).unwrap_or_default();
+            let claims = resp
+                .claims
+                .map(|s| lanyard_proto::convert::struct_to_json(&s))
+                .unwrap_or_default();
             println!(
                 "SVID is valid.\nSPIFFE ID : {}\nClaims    : {}",
                 resp.spiffe_id, claims
@@ -442,30 +445,5 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
                 }
             }
         }
-    }
-}
-
-/// Renders a `google.protobuf.Struct` as JSON.
-fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
-    serde_json::Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => json!(*n as i64),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
-        Some(Kind::StructValue(s)) => struct_to_json(s),
     }
 }

@@ -258,16 +258,8 @@ impl Manager {
                     .collect();
                 self.tainted = Arc::new(b.tainted_key_ids);
                 self.bundle = Arc::new(b.x509_authorities);
-                self.jwt_authorities = Arc::new(
-                    b.jwt_authorities
-                        .into_iter()
-                        .map(|a| lanyard_core::jwt::JwtAuthority {
-                            key_id: a.key_id,
-                            public_key: a.public_key,
-                            expires_at: u64::try_from(a.expires_at).unwrap_or(0),
-                        })
-                        .collect(),
-                );
+                self.jwt_authorities =
+                    Arc::new(b.jwt_authorities.into_iter().map(Into::into).collect());
                 self.creds.set_bundle(self.bundle.clone());
                 if let Err(err) = self.storage.save_bundle(&self.bundle) {
                     tracing::warn!(%err, "cannot persist trust bundle");

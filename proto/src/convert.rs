@@ -110,6 +110,26 @@ impl From<&RegistrationEntry> for types::Entry {
     }
 }
 
+impl From<types::JwtAuthority> for lanyard_core::jwt::JwtAuthority {
+    fn from(a: types::JwtAuthority) -> Self {
+        Self {
+            key_id: a.key_id,
+            public_key: a.public_key,
+            expires_at: u64::try_from(a.expires_at).unwrap_or(0),
+        }
+    }
+}
+
+impl From<&lanyard_core::jwt::JwtAuthority> for types::JwtAuthority {
+    fn from(a: &lanyard_core::jwt::JwtAuthority) -> Self {
+        Self {
+            key_id: a.key_id.clone(),
+            public_key: a.public_key.clone(),
+            expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
+        }
+    }
+}
+
 /// Converts JSON claims to a `google.protobuf.Struct` (the
 /// `ValidateJWTSVIDResponse.claims` field).
 pub fn json_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
@@ -137,6 +157,31 @@ fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// Renders a `google.protobuf.Struct` as JSON: the inverse of
+/// [`json_to_struct`] (integral numbers come back as integers).
+pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    use serde_json::{Value as J, json};
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => J::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => json!(*n as i64),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(l)) => J::Array(l.values.iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -147,6 +192,7 @@ mod tests {
         use prost_types::value::Kind;
         assert_eq!(s.fields["exp"].kind, Some(Kind::NumberValue(5.0)));
         assert!(matches!(&s.fields["aud"].kind, Some(Kind::ListValue(l)) if l.values.len() == 1));
+        assert_eq!(super::struct_to_json(&s), v);
     }
 
     use super::*;

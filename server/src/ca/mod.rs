@@ -80,11 +80,7 @@ impl CaSnapshot {
             jwt_authorities: self
                 .jwt_authorities
                 .iter()
-                .map(|a| types::JwtAuthority {
-                    key_id: a.key_id.clone(),
-                    public_key: a.public_key.clone(),
-                    expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
-                })
+                .map(types::JwtAuthority::from)
                 .collect(),
             tainted_key_ids: self.tainted.to_vec(),
         }

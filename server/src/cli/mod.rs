@@ -362,15 +362,8 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 .into_inner();
             match (admin.output, format) {
                 (_, BundleFormat::Jwks) => {
-                    let jwt: Vec<lanyard_core::jwt::JwtAuthority> = b
-                        .jwt_authorities
-                        .iter()
-                        .map(|a| lanyard_core::jwt::JwtAuthority {
-                            key_id: a.key_id.clone(),
-                            public_key: a.public_key.clone(),
-                            expires_at: u64::try_from(a.expires_at).unwrap_or(0),
-                        })
-                        .collect();
+                    let jwt: Vec<lanyard_core::jwt::JwtAuthority> =
+                        b.jwt_authorities.iter().cloned().map(Into::into).collect();
                     let doc = lanyard_core::jwt::spiffe_bundle_json(
                         &b.x509_authorities,
                         &jwt,
