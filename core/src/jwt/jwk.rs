@@ -62,15 +62,9 @@ impl Jwk {
     pub fn from_spki(spki_der: &[u8]) -> Result<Self, JwtError> {
         let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der)
             .map_err(|e| JwtError::Key(format!("public key: {e}")))?;
-        let alg = spki.algorithm.algorithm.to_id_string();
+        let (alg, curve) = crate::x509::key_algorithm(&spki);
         let key = spki.subject_public_key.data.as_ref();
         if alg == EC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
             let (crv, len) = match curve.as_deref() {
                 Some(P256) => ("P-256", 32),
                 Some(P384) => ("P-384", 48),

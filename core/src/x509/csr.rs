@@ -74,13 +74,7 @@ pub fn parse_csr_public_key(der: &[u8]) -> Result<SubjectPublicKeyInfo, SvidErro
         return Err(SvidError::BadCsr("trailing bytes after the CSR".into()));
     }
     let spki = &csr.certification_request_info.subject_pki;
-    let alg = spki.algorithm.algorithm.to_id_string();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string());
+    let (alg, curve) = super::info::key_algorithm(spki);
     if alg != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P256) {
         return Err(SvidError::UnsupportedKey);
     }

@@ -105,6 +105,20 @@ fn to_system_time(unix: i64) -> SystemTime {
     crate::clock::from_unix_secs(u64::try_from(unix).unwrap_or(0))
 }
 
+/// The key algorithm OID of a public key, and for EC keys the curve OID,
+/// both in dotted form.
+pub(crate) fn key_algorithm(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> (String, Option<String>) {
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    (spki.algorithm.algorithm.to_id_string(), curve)
+}
+
 /// Splits concatenated DER certificates (the Workload API's chain and bundle
 /// encoding) into one DER blob per certificate.
 pub fn der_chain_split(mut data: &[u8]) -> Result<Vec<Vec<u8>>, SvidError> {

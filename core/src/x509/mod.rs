@@ -8,6 +8,7 @@ mod validate;
 
 pub use authority::{IssuedSvid, SvidParams, X509Authority};
 pub use csr::{SvidKey, parse_csr_public_key};
+pub(crate) use info::key_algorithm;
 pub use info::{CertInfo, der_chain_split, der_to_pem, pem_to_der_certs};
 /// A public key (SubjectPublicKeyInfo) to sign for.
 pub use rcgen::SubjectPublicKeyInfo as Spki;
