@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 
 /// The trust domain every test uses.
 pub const TD: &str = "example.org";
+/// The agent ID tests attest their agent as.
+pub const NODE: &str = "spiffe://example.org/node/n1";
 
 /// Installs the process-wide rustls provider (once) and test logging.
 pub fn init() {
@@ -113,6 +115,37 @@ impl TestServer {
             .await
             .expect("create entry")
             .into_inner()
+    }
+
+    /// Registers `spiffe_id` for this process under [`NODE`] and starts an
+    /// agent attested as [`NODE`] in the server's directory.
+    pub async fn agent_with_entry(&self, spiffe_id: &str, x509_ttl: i64) -> lanyard_agent::Bound {
+        let token = self.token(NODE).await;
+        self.entry_for_me(spiffe_id, NODE, x509_ttl).await;
+        start_agent(&self.dir, self.addr(), Some(token))
+            .await
+            .expect("agent starts")
+    }
+
+    /// The subject key ID of the active X.509 CA.
+    pub fn active_ca_id(&self) -> String {
+        self.bound
+            .ca
+            .snapshot()
+            .active
+            .info()
+            .subject_key_id
+            .clone()
+    }
+
+    /// Every registered entry.
+    pub async fn entries(&self) -> Vec<types::Entry> {
+        self.admin()
+            .list_entries(lanyard_proto::admin::ListEntriesRequest::default())
+            .await
+            .expect("list entries")
+            .into_inner()
+            .entries
     }
 
     /// The bundle's DER CA certificates.

@@ -12,7 +12,7 @@ use lanyard_agent::storage::AgentStorage;
 use lanyard_core::tls::SpiffeServerVerifier;
 use lanyard_core::x509::SvidKey;
 use lanyard_core::{SpiffeId, TrustDomain};
-use lanyard_integration_tests::{TD, TestServer, endpoint, eventually, start_agent};
+use lanyard_integration_tests::{NODE, TD, TestServer, endpoint, eventually, start_agent};
 use lanyard_proto::server::{SignX509SvidsRequest, SvidCsr};
 use lanyard_proto::uds::unix_channel;
 use lanyard_proto::workload::X509svidRequest;
@@ -20,7 +20,6 @@ use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient
 use spiffe::WorkloadApiClient;
 use tokio::io::AsyncWriteExt;
 
-const NODE: &str = "spiffe://example.org/node/n1";
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn spiffe_id_of(socket: &std::path::Path) -> String {
@@ -43,13 +42,7 @@ async fn spiffe_id_of(socket: &std::path::Path) -> String {
 async fn security_header_is_required() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
-    let token = server.token(NODE).await;
-    server
-        .entry_for_me("spiffe://example.org/w", NODE, 60)
-        .await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
+    let agent = server.agent_with_entry("spiffe://example.org/w", 60).await;
     let mut raw = SpiffeWorkloadApiClient::new(unix_channel(&agent.socket).unwrap());
     let err = raw.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -205,13 +198,7 @@ async fn an_agent_cannot_get_another_agents_svids() {
 async fn garbage_on_both_sockets_breaks_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
-    let token = server.token(NODE).await;
-    server
-        .entry_for_me("spiffe://example.org/w", NODE, 60)
-        .await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
+    let agent = server.agent_with_entry("spiffe://example.org/w", 60).await;
     let junk: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -231,13 +218,7 @@ async fn garbage_on_both_sockets_breaks_nothing() {
     }
     assert_eq!(spiffe_id_of(&agent.socket).await, "spiffe://example.org/w");
     // The admin API still answers.
-    let entries = server
-        .admin()
-        .list_entries(lanyard_proto::admin::ListEntriesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let entries = server.entries().await;
     assert_eq!(entries.len(), 1);
     agent.shutdown().await;
     server.stop().await;
@@ -249,11 +230,7 @@ async fn server_restart_keeps_entries_agents_and_ca_and_agent_resyncs() {
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
     let addr = server.addr();
     let bundle_before = server.bundle();
-    let token = server.token(NODE).await;
-    server
-        .entry_for_me("spiffe://example.org/a", NODE, 60)
-        .await;
-    let agent = start_agent(dir.path(), addr, Some(token)).await.unwrap();
+    let agent = server.agent_with_entry("spiffe://example.org/a", 60).await;
     assert_eq!(spiffe_id_of(&agent.socket).await, "spiffe://example.org/a");
 
     server.stop().await;
@@ -271,13 +248,7 @@ async fn server_restart_keeps_entries_agents_and_ca_and_agent_resyncs() {
         .agents;
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].spiffe_id, NODE);
-    let entries = server
-        .admin()
-        .list_entries(lanyard_proto::admin::ListEntriesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let entries = server.entries().await;
     assert_eq!(entries.len(), 1);
 
     // The agent reconnects by itself: an entry created now reaches it.
@@ -307,13 +278,7 @@ async fn server_restart_keeps_entries_agents_and_ca_and_agent_resyncs() {
 async fn agent_restart_reattests_from_its_stored_svid() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
-    let token = server.token(NODE).await;
-    server
-        .entry_for_me("spiffe://example.org/w", NODE, 60)
-        .await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
+    let agent = server.agent_with_entry("spiffe://example.org/w", 60).await;
     assert_eq!(spiffe_id_of(&agent.socket).await, "spiffe://example.org/w");
     agent.shutdown().await;
     // No token this time: the stored agent SVID is enough.

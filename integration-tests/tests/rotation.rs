@@ -9,10 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_core::TrustDomain;
 use lanyard_core::x509::{CertInfo, PeerUsage, validate_x509_svid};
-use lanyard_integration_tests::{TD, TestServer, endpoint, start_agent};
+use lanyard_integration_tests::{TD, TestServer, endpoint};
 use spiffe::X509Source;
-
-const NODE: &str = "spiffe://example.org/node/n1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn svids_and_the_ca_rotate_without_the_workload_noticing() {
@@ -24,21 +22,10 @@ async fn svids_and_the_ca_rotate_without_the_workload_noticing() {
         c.agent_svid_ttl = Duration::from_secs(6);
     })
     .await;
-    let first_ca = server
-        .bound
-        .ca
-        .snapshot()
-        .active
-        .info()
-        .subject_key_id
-        .clone();
-    let token = server.token(NODE).await;
-    server
-        .entry_for_me("spiffe://example.org/short", NODE, 0)
+    let first_ca = server.active_ca_id();
+    let agent = server
+        .agent_with_entry("spiffe://example.org/short", 0)
         .await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
 
     let source = X509Source::builder()
         .endpoint(endpoint(&agent.socket))
@@ -85,14 +72,7 @@ async fn svids_and_the_ca_rotate_without_the_workload_noticing() {
         checks += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let now_ca = server
-        .bound
-        .ca
-        .snapshot()
-        .active
-        .info()
-        .subject_key_id
-        .clone();
+    let now_ca = server.active_ca_id();
     assert_ne!(now_ca, first_ca, "the CA must have rotated");
     assert!(
         issuers.len() >= 2,
@@ -128,22 +108,11 @@ async fn svids_and_the_ca_rotate_without_the_workload_noticing() {
 async fn tainting_a_ca_makes_agents_reissue_at_once_and_revoking_drops_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
-    let old_ca = server
-        .bound
-        .ca
-        .snapshot()
-        .active
-        .info()
-        .subject_key_id
-        .clone();
-    let token = server.token(NODE).await;
+    let old_ca = server.active_ca_id();
     // A long TTL: only the taint can explain a re-issue within the test.
-    server
-        .entry_for_me("spiffe://example.org/long", NODE, 3600)
+    let agent = server
+        .agent_with_entry("spiffe://example.org/long", 3600)
         .await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
     let source = X509Source::builder()
         .endpoint(endpoint(&agent.socket))
         .build()
@@ -160,14 +129,7 @@ async fn tainting_a_ca_makes_agents_reissue_at_once_and_revoking_drops_it() {
 
     server.bound.ca.prepare().unwrap();
     server.bound.ca.activate().unwrap();
-    let new_ca = server
-        .bound
-        .ca
-        .snapshot()
-        .active
-        .info()
-        .subject_key_id
-        .clone();
+    let new_ca = server.active_ca_id();
     // Activation alone does not force a re-issue.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(issuer(&source), old_ca);

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use lanyard_core::x509::{CertInfo, PeerUsage, validate_x509_svid};
 use lanyard_core::{SpiffeId, TrustDomain};
-use lanyard_integration_tests::{TD, TestServer, endpoint, eventually, start_agent};
+use lanyard_integration_tests::{NODE, TD, TestServer, endpoint, eventually, start_agent};
 use spiffe::{WorkloadApiClient, X509Source};
 
-const NODE: &str = "spiffe://example.org/node/n1";
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn fetch_ok(socket: &std::path::Path) -> spiffe::X509Svid {
@@ -28,13 +27,9 @@ async fn fetch_ok(socket: &std::path::Path) -> spiffe::X509Svid {
 async fn spiffe_client_gets_a_valid_svid_with_matching_key() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
-    let token = server.token(NODE).await;
-    server
-        .entry_for_me("spiffe://example.org/workload", NODE, 60)
+    let agent = server
+        .agent_with_entry("spiffe://example.org/workload", 60)
         .await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
 
     let svid = fetch_ok(&agent.socket).await;
     assert_eq!(
