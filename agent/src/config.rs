@@ -4,30 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use lanyard_core::TrustDomain;
+use lanyard_core::config::parse_toml;
+pub use lanyard_core::config::{ConfigError, LogFormat};
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET: &str = "/tmp/lanyard/public/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:8081";
-
-/// Why the configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {0}: {1}")]
-    Read(PathBuf, std::io::Error),
-    /// The file is not valid TOML or has unknown keys.
-    #[error("invalid config file {0}: {1}")]
-    Parse(PathBuf, String),
-    /// A value is invalid.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The setting.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
 
 /// Raw settings; every field optional.
 #[derive(Clone, Default, serde::Deserialize)]
@@ -75,15 +58,6 @@ pub enum Bootstrap {
     None,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The validated agent configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -119,19 +93,12 @@ impl std::fmt::Debug for Config {
     }
 }
 
-fn invalid(field: &'static str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.to_string(),
-    }
-}
-
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
+        parse_toml(path, &text)
     }
 
     /// Overlays `other`'s set fields on `self`.
@@ -155,22 +122,25 @@ impl RawConfig {
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let trust_domain = TrustDomain::new(self.trust_domain.as_deref().ok_or_else(|| {
-            invalid(
+            ConfigError::invalid(
                 "trust_domain",
                 "is required (e.g. --trust-domain example.org)",
             )
         })?)
-        .map_err(|e| invalid("trust_domain", e))?;
+        .map_err(|e| ConfigError::invalid("trust_domain", e))?;
         let server = self.server.unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         if server
             .rsplit_once(':')
             .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
         {
-            return Err(invalid("server", format!("{server:?} is not host:port")));
+            return Err(ConfigError::invalid(
+                "server",
+                format!("{server:?} is not host:port"),
+            ));
         }
         let bootstrap = match (self.trust_bundle, self.insecure_bootstrap.unwrap_or(false)) {
             (Some(_), true) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "trust_bundle",
                     "--trust-bundle and --insecure-bootstrap are mutually exclusive",
                 ));
@@ -179,16 +149,7 @@ impl RawConfig {
             (None, true) => Bootstrap::Insecure,
             (None, false) => Bootstrap::None,
         };
-        let log_format = match self.log_format.as_deref().unwrap_or("plain") {
-            "plain" => LogFormat::Plain,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log_format",
-                    format!("{other:?} is not plain or json"),
-                ));
-            }
-        };
+        let log_format = LogFormat::from_setting(self.log_format.as_deref())?;
         Ok(Config {
             server,
             trust_domain,

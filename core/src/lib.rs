@@ -5,6 +5,7 @@
 //! through [`clock::Clock`].
 
 pub mod clock;
+pub mod config;
 pub mod duration;
 pub mod entry;
 pub mod jwt;

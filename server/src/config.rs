@@ -6,38 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_core::TrustDomain;
+use lanyard_core::config::parse_toml;
+pub use lanyard_core::config::{ConfigError, LogFormat};
 use lanyard_core::duration::{format_duration, parse_duration};
 
 /// Default admin socket path.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/lanyard/private/admin.sock";
 /// Default server API address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8081";
-
-/// Why the configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {0}: {1}")]
-    Read(PathBuf, std::io::Error),
-    /// The file is not valid TOML or has unknown keys.
-    #[error("invalid config file {0}: {1}")]
-    Parse(PathBuf, String),
-    /// A value is invalid.
-    #[error("{field}: {reason}")]
-    Invalid {
-        /// The setting.
-        field: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-fn invalid(field: &'static str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        reason: reason.to_string(),
-    }
-}
 
 /// Raw settings, as read from TOML or flags; every field optional.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -70,7 +46,7 @@ impl RawConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
+        parse_toml(path, &text)
     }
 
     /// Overlays `other`'s set fields on `self`.
@@ -96,14 +72,15 @@ impl RawConfig {
     /// Applies defaults and checks every value.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let trust_domain = TrustDomain::new(self.trust_domain.as_deref().ok_or_else(|| {
-            invalid(
+            ConfigError::invalid(
                 "trust_domain",
                 "is required (e.g. --trust-domain example.org)",
             )
         })?)
-        .map_err(|e| invalid("trust_domain", e))?;
+        .map_err(|e| ConfigError::invalid("trust_domain", e))?;
         let dur = |field: &'static str, v: Option<String>, default: &str| {
-            parse_duration(v.as_deref().unwrap_or(default)).map_err(|e| invalid(field, e))
+            parse_duration(v.as_deref().unwrap_or(default))
+                .map_err(|e| ConfigError::invalid(field, e))
         };
         let ca_ttl = dur("ca_ttl", self.ca_ttl, "24h")?;
         let default_x509_svid_ttl = dur("default_x509_svid_ttl", self.default_x509_svid_ttl, "5m")?;
@@ -116,14 +93,14 @@ impl RawConfig {
             ("agent_svid_ttl", agent_svid_ttl),
         ] {
             if v < Duration::from_secs(1) {
-                return Err(invalid(field, "must be at least 1s"));
+                return Err(ConfigError::invalid(field, "must be at least 1s"));
             }
         }
         let largest = default_x509_svid_ttl
             .max(default_jwt_svid_ttl)
             .max(agent_svid_ttl);
         if ca_ttl < largest * 6 {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "ca_ttl",
                 format!(
                     "{} is less than 6x the largest SVID TTL ({}); SVIDs would be cut short by CA rotation. Raise ca_ttl to at least {}",
@@ -139,21 +116,12 @@ impl RawConfig {
             .unwrap_or(DEFAULT_BIND)
             .parse()
             .map_err(|e| {
-                invalid(
+                ConfigError::invalid(
                     "bind",
                     format!("{e} (expected host:port, e.g. 127.0.0.1:8081)"),
                 )
             })?;
-        let log_format = match self.log_format.as_deref().unwrap_or("plain") {
-            "plain" => LogFormat::Plain,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log_format",
-                    format!("{other:?} is not plain or json"),
-                ));
-            }
-        };
+        let log_format = LogFormat::from_setting(self.log_format.as_deref())?;
         Ok(Config {
             trust_domain,
             data_dir: self
@@ -171,15 +139,6 @@ impl RawConfig {
             log_format,
         })
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The validated server configuration.

@@ -1,0 +1,80 @@
+//! What the server's and the agent's configuration pipelines share: the
+//! error type, the log format, and TOML parsing (the caller reads the file).
+
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {0}: {1}")]
+    Parse(PathBuf, String),
+    /// A value is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// An invalid value of `field`.
+    pub fn invalid(field: &'static str, reason: impl ToString) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Reads the `log_format` setting (`plain`, the default, or `json`).
+    pub fn from_setting(value: Option<&str>) -> Result<Self, ConfigError> {
+        match value.unwrap_or("plain") {
+            "plain" => Ok(Self::Plain),
+            "json" => Ok(Self::Json),
+            other => Err(ConfigError::invalid(
+                "log_format",
+                format!("{other:?} is not plain or json"),
+            )),
+        }
+    }
+}
+
+/// Parses the TOML text of the config file at `path`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_setting() {
+        assert_eq!(LogFormat::from_setting(None).unwrap(), LogFormat::Plain);
+        assert_eq!(
+            LogFormat::from_setting(Some("json")).unwrap(),
+            LogFormat::Json
+        );
+        let e = LogFormat::from_setting(Some("xml")).unwrap_err();
+        assert_eq!(e.to_string(), "log_format: \"xml\" is not plain or json");
+    }
+}
