@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_core::clock::{Clock, unix_secs};
-use lanyard_core::x509::{CertInfo, SvidError, SvidParams};
+use lanyard_core::x509::{SvidError, SvidParams};
 use lanyard_core::{EntryId, SpiffeId};
 use lanyard_proto::server::node_server::Node;
 use lanyard_proto::server::{
@@ -157,17 +157,12 @@ fn svid_msg(
 impl NodeApi {
     /// Identifies the calling agent from its verified client certificate.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, NodeError> {
-        let leaf = req
+        let client = req
             .extensions()
             .get::<PeerInfo>()
-            .and_then(|p| p.certs.first().cloned())
-            .ok_or(NodeError::NoClientCert)?;
-        let info = CertInfo::parse(&leaf)?;
-        let id = info
-            .uri_sans
-            .first()
-            .and_then(|u| SpiffeId::new(u).ok())
-            .ok_or(SvidError::UriSanCount(info.uri_sans.len()))?;
+            .and_then(|p| p.client.clone())
+            .ok_or(NodeError::NoClientCert)??;
+        let id = client.spiffe_id;
         let agent = self
             .store
             .get_agent(&id)?
@@ -175,8 +170,8 @@ impl NodeApi {
         if agent.banned {
             return Err(NodeError::Banned(id.to_string()));
         }
-        if !agent.knows_serial(&info.serial) {
-            return Err(NodeError::StaleSvid(info.serial));
+        if !agent.knows_serial(&client.serial) {
+            return Err(NodeError::StaleSvid(client.serial));
         }
         Ok(agent)
     }

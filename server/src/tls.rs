@@ -12,7 +12,7 @@ use std::time::Duration;
 use lanyard_core::SpiffeId;
 use lanyard_core::clock::Clock;
 use lanyard_core::tls::SpiffeClientVerifier;
-use lanyard_core::x509::{SvidKey, SvidParams};
+use lanyard_core::x509::{CertInfo, SvidError, SvidKey, SvidParams};
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -136,9 +136,34 @@ pub fn server_config(
 pub struct PeerInfo {
     /// The remote address.
     pub addr: Option<SocketAddr>,
-    /// The verified client certificate chain (DER, leaf first); empty when
-    /// the client sent none.
-    pub certs: Arc<Vec<Vec<u8>>>,
+    /// The verified client SVID, read once per connection; `None` when the
+    /// client sent no certificate.
+    pub client: Option<Result<ClientSvid, SvidError>>,
+}
+
+/// The parts of a verified client SVID that authorisation needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Its serial number, hex.
+    pub serial: String,
+}
+
+impl ClientSvid {
+    /// Reads the SPIFFE ID and serial of a leaf certificate.
+    pub fn parse(leaf: &[u8]) -> Result<Self, SvidError> {
+        let info = CertInfo::parse(leaf)?;
+        let spiffe_id = info
+            .uri_sans
+            .first()
+            .and_then(|u| SpiffeId::new(u).ok())
+            .ok_or(SvidError::UriSanCount(info.uri_sans.len()))?;
+        Ok(Self {
+            spiffe_id,
+            serial: info.serial,
+        })
+    }
 }
 
 /// A server-side TLS connection that tells tonic who the peer is.
@@ -221,15 +246,15 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let certs = tls
+                        let client = tls
                             .get_ref()
                             .1
                             .peer_certificates()
-                            .map(|c| c.iter().map(|c| c.to_vec()).collect())
-                            .unwrap_or_default();
+                            .and_then(|c| c.first())
+                            .map(|leaf| ClientSvid::parse(leaf));
                         let info = PeerInfo {
                             addr: Some(addr),
-                            certs: Arc::new(certs),
+                            client,
                         };
                         let _ = tx.send(Ok(TlsConn { inner: tls, info })).await;
                     }
