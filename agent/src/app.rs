@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lanyard_core::clock::{Clock, SystemClock};
-use lanyard_proto::uds::{SocketError, bind_unix_listener};
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use lanyard_uds::{SocketError, bind_unix_listener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
+use crate::api::WorkloadApi;
 use crate::attestor::{UnixAttestor, WorkloadAttestor};
 use crate::bootstrap::{BootstrapError, ensure_identity};
 use crate::cache::Snapshot;
@@ -19,7 +20,6 @@ use crate::creds::Credentials;
 use crate::jwt_cache::JwtCache;
 use crate::manager::Manager;
 use crate::storage::{AgentStorage, StorageError};
-use crate::workload_api::WorkloadApi;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +62,8 @@ impl Bound {
 
 /// Builds and starts the agent.
 pub async fn build(config: Config) -> Result<Bound, AppError> {
-    build_with(
-        config,
-        Arc::new(SystemClock),
-        Arc::new(UnixAttestor::default()),
-    )
-    .await
+    let attestor = Arc::new(UnixAttestor::new(config.limits.max_hash_bytes));
+    build_with(config, Arc::new(SystemClock), attestor).await
 }
 
 /// [`build`] with explicit clock and attestor.
@@ -79,7 +75,8 @@ pub async fn build_with(
     let storage = AgentStorage::open(&config.data_dir)?;
     let creds = Arc::new(Credentials::default());
     ensure_identity(&config, &storage, &creds, clock.as_ref()).await?;
-    let listener = bind_unix_listener(&config.socket, 0o777).await?;
+    let listener =
+        bind_unix_listener(&config.socket, 0o777, lanyard_uds::SocketDir::Shared).await?;
 
     let (publish, state) = watch::channel(Arc::new(Snapshot::empty(config.trust_domain.clone())));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -91,13 +88,24 @@ pub async fn build_with(
         clock.clone(),
         publish,
     );
-    let api = WorkloadApi {
-        cache: state.clone(),
+    let limits = config.limits;
+    let api = WorkloadApi::new(
+        state.clone(),
         attestor,
         clock,
-        shutdown: shutdown_rx.clone(),
-        jwt: Arc::new(JwtCache::new(manager.client_handle())),
-        attested: Arc::default(),
+        shutdown_rx.clone(),
+        Arc::new(JwtCache::new(
+            manager.client_handle(),
+            limits.jwt_cache_bytes,
+            limits.jwt_signings_per_caller_per_second,
+        )),
+    );
+    let admission = crate::listener::Admission {
+        limits: lanyard_uds::ConnLimiter::new(
+            limits.max_connections,
+            limits.max_connections_per_caller,
+        ),
+        use_pidfd: config.use_pidfd,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -106,9 +114,10 @@ pub async fn build_with(
         .await;
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(api))
-        .serve_with_incoming_shutdown(crate::listener::incoming(listener), async move {
+        .serve_with_incoming_shutdown(crate::listener::incoming(listener, admission), async move {
             let _ = stop.wait_for(|s| *s).await;
         });
     tracing::info!(socket = %config.socket.display(), server = %config.server, "lanyard-agent started");

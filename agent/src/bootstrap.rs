@@ -53,25 +53,67 @@ pub async fn ensure_identity(
     creds: &Arc<Credentials>,
     clock: &dyn Clock,
 ) -> Result<(), BootstrapError> {
-    match storage.load() {
+    let stored = match storage.load() {
         Ok(Some(stored)) => match AgentIdentity::new(stored.chain, stored.key_pkcs8) {
             Ok(id)
                 if id.not_after > clock.now() && id.spiffe_id.is_member_of(&cfg.trust_domain) =>
             {
-                tracing::info!(agent_id = %id.spiffe_id, not_after = ?id.not_after, "using stored agent SVID");
-                creds.set_bundle(Arc::new(stored.bundle));
-                creds.set_identity(Some(Arc::new(id)));
-                return Ok(());
+                Some((id, stored.bundle))
             }
             Ok(id) => {
-                tracing::warn!(agent_id = %id.spiffe_id, "stored agent SVID has expired or is for another trust domain")
+                tracing::warn!(agent_id = %id.spiffe_id, "stored agent SVID has expired or is for another trust domain");
+                None
             }
-            Err(err) => tracing::warn!(%err, "stored agent SVID is unusable"),
+            Err(err) => {
+                tracing::warn!(%err, "stored agent SVID is unusable");
+                None
+            }
         },
-        Ok(None) => {}
-        Err(err) => tracing::warn!(%err, "cannot read stored agent SVID"),
-    }
-    let token = cfg.join_token.as_deref().ok_or(BootstrapError::NeedToken)?;
+        Ok(None) => None,
+        Err(err) => {
+            tracing::warn!(%err, "cannot read stored agent SVID");
+            None
+        }
+    };
+    // A join token not used before means the operator wants a fresh
+    // attestation (after an eviction, say): it wins over the stored SVID.
+    let new_token = cfg.join_token.as_deref().filter(|t| {
+        storage.used_token_hash().as_deref() != Some(crate::storage::token_hash(t).as_str())
+    });
+    let use_stored = |(id, bundle): (AgentIdentity, Vec<Vec<u8>>)| {
+        tracing::info!(agent_id = %id.spiffe_id, not_after = ?id.not_after, "using stored agent SVID");
+        creds.set_bundle(Arc::new(bundle));
+        creds.set_identity(Some(Arc::new(id)));
+    };
+    let token = match (stored, new_token) {
+        (Some(s), None) => {
+            use_stored(s);
+            return Ok(());
+        }
+        (None, None) => cfg.join_token.as_deref().ok_or(BootstrapError::NeedToken)?,
+        (Some(s), Some(t)) => match attest(cfg, storage, creds, clock, t).await {
+            // The token may be one a previous version used without
+            // recording it: keep serving with the stored SVID.
+            Err(BootstrapError::Refused(why)) => {
+                tracing::warn!(%why, "join token refused; continuing with the stored agent SVID");
+                use_stored(s);
+                return Ok(());
+            }
+            other => return other,
+        },
+        (None, Some(t)) => t,
+    };
+    attest(cfg, storage, creds, clock, token).await
+}
+
+/// Attests with a join token and stores the resulting identity.
+async fn attest(
+    cfg: &Config,
+    storage: &AgentStorage,
+    creds: &Arc<Credentials>,
+    clock: &dyn Clock,
+    token: &str,
+) -> Result<(), BootstrapError> {
     let verifier: Arc<dyn ServerCertVerifier> = match &cfg.bootstrap {
         Bootstrap::None => return Err(BootstrapError::NeedTrust),
         Bootstrap::Insecure => {
@@ -161,6 +203,7 @@ pub async fn ensure_identity(
     storage
         .save_bundle(&bundle)
         .and_then(|()| storage.save_svid(&identity.chain, &identity.key_pkcs8))
+        .and_then(|()| storage.save_used_token(token))
         .map_err(|e| BootstrapError::Other(e.to_string()))?;
     tracing::info!(agent_id = %identity.spiffe_id, "node attested with join token");
     creds.set_bundle(Arc::new(bundle));

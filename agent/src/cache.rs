@@ -57,6 +57,9 @@ pub struct EntrySet {
     /// Selector index over `entries` (values are positions). Entries that
     /// require a task are not indexed: they grant no standing SVID.
     index: SelectorIndex<usize>,
+    /// Whether any entry selects on `unix:sha256` (only then are callers'
+    /// executables hashed).
+    uses_sha256: bool,
 }
 
 impl EntrySet {
@@ -70,7 +73,21 @@ impl EntrySet {
                 .filter(|(_, e)| !e.require_task)
                 .map(|(i, e)| (i, e.selectors.as_slice())),
         );
-        Self { entries, index }
+        let uses_sha256 = entries.iter().any(|e| {
+            e.selectors
+                .iter()
+                .any(|s| s.kind() == "unix" && s.value().starts_with("sha256:"))
+        });
+        Self {
+            entries,
+            index,
+            uses_sha256,
+        }
+    }
+
+    /// Whether any entry selects on the executable's hash.
+    pub fn uses_sha256(&self) -> bool {
+        self.uses_sha256
     }
 
     /// Every entry, in order.
@@ -154,16 +171,18 @@ impl Snapshot {
     }
 
     /// The identities for a caller's selectors at `now`; expired SVIDs are
-    /// never returned.
+    /// never returned, and each SPIFFE ID appears once (the first entry's).
     pub fn identities_for(&self, selectors: &[Selector], now: SystemTime) -> Identities {
         let matched: Vec<&RegistrationEntry> = self.entries.matching(selectors).collect();
         if matched.is_empty() {
             return Identities::None;
         }
+        let mut seen = std::collections::HashSet::new();
         let ready: Vec<Arc<CachedSvid>> = matched
             .iter()
             .filter_map(|e| self.svids.get(&e.id))
             .filter(|s| s.not_after > now)
+            .filter(|s| seen.insert(s.spiffe_id.clone()))
             .cloned()
             .collect();
         if ready.is_empty() {
@@ -243,6 +262,23 @@ mod tests {
             Identities::Ready(v) => assert_eq!(v.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_spiffe_id_is_served_once() {
+        let a = entry("a", 1, "unix:uid:1");
+        let mut b = entry("b", 2, "unix:uid:1");
+        b.spiffe_id = a.spiffe_id.clone();
+        let mut s = Snapshot::empty(TrustDomain::new("td").unwrap())
+            .with_entries(vec![a.clone(), b.clone()]);
+        s.svids.insert(a.id.clone(), svid(&a, 100));
+        s.svids.insert(b.id.clone(), svid(&b, 100));
+        let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
+        match s.identities_for(&caller, from_unix_secs(5)) {
+            Identities::Ready(v) => assert_eq!(v.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(!s.entries.uses_sha256());
     }
 
     #[test]

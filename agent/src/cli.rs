@@ -7,17 +7,17 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lanyard_core::clock::format_rfc3339;
 use lanyard_core::x509::{CertInfo, der_chain_split, der_to_pem};
-use lanyard_proto::uds::{socket_path, unix_channel};
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{
     JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse,
 };
+use lanyard_uds::{socket_path, unix_channel};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use crate::api::SECURITY_HEADER;
 use crate::config::{DEFAULT_SOCKET, RawConfig};
 use crate::storage::write_atomic;
-use crate::workload_api::SECURITY_HEADER;
 
 /// Lanyard node agent: workload attestation and the SPIFFE Workload API.
 #[derive(Debug, Parser)]
@@ -55,16 +55,21 @@ pub struct RunArgs {
     /// Trust domain, e.g. example.org.
     #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
-    /// Join token from `lanyard-server token generate` (first start only).
+    /// Join token from `lanyard-server token generate`: used on the first
+    /// start, and again whenever a token not used before is given (after an
+    /// eviction). Visible in the process list: prefer --join-token-file.
     #[arg(long, env = "LANYARD_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// File holding the join token (mode 0600; kept out of argv).
+    #[arg(long, env = "LANYARD_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// PEM bundle from `lanyard-server bundle show`, to authenticate the server.
     #[arg(long, env = "LANYARD_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
     /// Trust the first server reached (development only).
     #[arg(long)]
     pub insecure_bootstrap: bool,
-    /// Workload API socket [default: /tmp/lanyard/public/api.sock].
+    /// Workload API socket [default: /run/lanyard/agent/api.sock].
     #[arg(long, env = "LANYARD_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Data directory for the agent's own SVID [default: .lanyard/agent].
@@ -73,6 +78,16 @@ pub struct RunArgs {
     /// Log format: plain or json [default: plain].
     #[arg(long, env = "LANYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Most open Workload API connections [default: 8192].
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open Workload API connections per caller (uid and cgroup) [default: 256].
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS_PER_CALLER")]
+    pub max_connections_per_caller: Option<usize>,
+    /// Identify callers by start time only, not by pidfd (for kernels or
+    /// sandboxes without SO_PEERPIDFD; chosen automatically when missing).
+    #[arg(long)]
+    pub no_pidfd: bool,
 }
 
 impl RunArgs {
@@ -86,11 +101,16 @@ impl RunArgs {
             server: self.server.clone(),
             trust_domain: self.trust_domain.clone(),
             join_token: self.join_token.clone(),
+            join_token_file: self.join_token_file.clone(),
             trust_bundle: self.trust_bundle.clone(),
             insecure_bootstrap: self.insecure_bootstrap.then_some(true),
             socket: self.socket.clone(),
             data_dir: self.data_dir.clone(),
             log_format: self.log_format.clone(),
+            use_pidfd: self.no_pidfd.then_some(false),
+            max_connections: self.max_connections,
+            max_connections_per_caller: self.max_connections_per_caller,
+            ..Default::default()
         }))
     }
 }
@@ -98,7 +118,7 @@ impl RunArgs {
 /// Where the Workload API is.
 #[derive(Debug, Args, Clone)]
 pub struct SocketArgs {
-    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /tmp/lanyard/public/api.sock].
+    /// Workload API socket [default: $SPIFFE_ENDPOINT_SOCKET, else /run/lanyard/agent/api.sock].
     #[arg(long)]
     pub socket: Option<String>,
 }

@@ -8,7 +8,7 @@ use lanyard_core::config::parse_toml;
 pub use lanyard_core::config::{ConfigError, LogFormat};
 
 /// Default Workload API socket.
-pub const DEFAULT_SOCKET: &str = "/tmp/lanyard/public/api.sock";
+pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:8081";
 
@@ -22,6 +22,9 @@ pub struct RawConfig {
     pub trust_domain: Option<String>,
     /// Join token for the first attestation.
     pub join_token: Option<String>,
+    /// File holding the join token (keeps it out of argv and the
+    /// environment).
+    pub join_token_file: Option<PathBuf>,
     /// PEM bundle to authenticate the server at bootstrap.
     pub trust_bundle: Option<PathBuf>,
     /// Trust the first server reached (development only).
@@ -32,6 +35,21 @@ pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
     /// `plain` or `json`.
     pub log_format: Option<String>,
+    /// Identify callers by pidfd (`SO_PEERPIDFD`) where the kernel has it;
+    /// `false` forces the start-time fallback.
+    pub use_pidfd: Option<bool>,
+    /// Most open Workload API connections in total.
+    pub max_connections: Option<usize>,
+    /// Most open Workload API connections per caller (its uid and cgroup).
+    pub max_connections_per_caller: Option<usize>,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: Option<u32>,
+    /// Largest executable hashed for `unix:sha256`, bytes.
+    pub max_hash_bytes: Option<u64>,
+    /// Bytes of JWT-SVIDs kept in the cache.
+    pub jwt_cache_bytes: Option<usize>,
+    /// JWT-SVID signings each caller may cause per second (burst twice).
+    pub jwt_signings_per_caller_per_second: Option<u32>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -58,6 +76,37 @@ pub enum Bootstrap {
     None,
 }
 
+/// Resource limits of the Workload API: every one configurable, so a load
+/// tool can raise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most open connections in total (kept below the descriptor limit).
+    pub max_connections: usize,
+    /// Most open connections per caller.
+    pub max_connections_per_caller: usize,
+    /// Most concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Largest executable hashed for `unix:sha256`.
+    pub max_hash_bytes: u64,
+    /// Bytes of JWT-SVIDs cached.
+    pub jwt_cache_bytes: usize,
+    /// JWT-SVID signings per caller per second.
+    pub jwt_signings_per_caller_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 8192,
+            max_connections_per_caller: 256,
+            max_streams_per_connection: 128,
+            max_hash_bytes: crate::attestor::DEFAULT_MAX_HASH_BYTES,
+            jwt_cache_bytes: 16 << 20,
+            jwt_signings_per_caller_per_second: 20,
+        }
+    }
+}
+
 /// The validated agent configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -75,6 +124,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log format.
     pub log_format: LogFormat,
+    /// Use pidfds to identify callers where the kernel has them.
+    pub use_pidfd: bool,
+    /// Workload API limits.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for Config {
@@ -89,6 +142,8 @@ impl std::fmt::Debug for Config {
             .field("bootstrap", &self.bootstrap)
             .field("socket", &self.socket)
             .field("data_dir", &self.data_dir)
+            .field("use_pidfd", &self.use_pidfd)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -110,11 +165,19 @@ impl RawConfig {
             server,
             trust_domain,
             join_token,
+            join_token_file,
             trust_bundle,
             insecure_bootstrap,
             socket,
             data_dir,
-            log_format
+            log_format,
+            use_pidfd,
+            max_connections,
+            max_connections_per_caller,
+            max_streams_per_connection,
+            max_hash_bytes,
+            jwt_cache_bytes,
+            jwt_signings_per_caller_per_second
         );
         self
     }
@@ -150,10 +213,67 @@ impl RawConfig {
             (None, false) => Bootstrap::None,
         };
         let log_format = LogFormat::from_setting(self.log_format.as_deref())?;
+        let join_token = match (
+            self.join_token.filter(|t| !t.is_empty()),
+            self.join_token_file,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "join_token_file",
+                    "--join-token and --join-token-file are mutually exclusive",
+                ));
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(p)) => {
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| ConfigError::Read(p.clone(), e))?;
+                let t = text.trim().to_owned();
+                if t.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "join_token_file",
+                        format!("{} is empty", p.display()),
+                    ));
+                }
+                Some(t)
+            }
+            (None, None) => None,
+        };
+        let d = Limits::default();
+        let positive = |name: &'static str, v: Option<usize>, def: usize| match v {
+            Some(0) => Err(ConfigError::invalid(name, "must be at least 1")),
+            Some(v) => Ok(v),
+            None => Ok(def),
+        };
+        let limits = Limits {
+            max_connections: positive("max_connections", self.max_connections, d.max_connections)?,
+            max_connections_per_caller: positive(
+                "max_connections_per_caller",
+                self.max_connections_per_caller,
+                d.max_connections_per_caller,
+            )?,
+            max_streams_per_connection: positive(
+                "max_streams_per_connection",
+                self.max_streams_per_connection.map(|v| v as usize),
+                d.max_streams_per_connection as usize,
+            )?
+            .try_into()
+            .unwrap_or(u32::MAX),
+            max_hash_bytes: self.max_hash_bytes.unwrap_or(d.max_hash_bytes),
+            jwt_cache_bytes: positive("jwt_cache_bytes", self.jwt_cache_bytes, d.jwt_cache_bytes)?,
+            jwt_signings_per_caller_per_second: positive(
+                "jwt_signings_per_caller_per_second",
+                self.jwt_signings_per_caller_per_second.map(|v| v as usize),
+                d.jwt_signings_per_caller_per_second as usize,
+            )?
+            .try_into()
+            .unwrap_or(u32::MAX),
+        };
         Ok(Config {
             server,
             trust_domain,
-            join_token: self.join_token.filter(|t| !t.is_empty()),
+            join_token,
+            use_pidfd: self.use_pidfd.unwrap_or(true),
+            limits,
             bootstrap,
             socket: self.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
             data_dir: self

@@ -23,6 +23,8 @@ pub struct AgentIdentity {
     pub not_before: SystemTime,
     /// Validity end.
     pub not_after: SystemTime,
+    /// Key ID of the CA that signed it.
+    pub issuer_id: Option<String>,
     certified: Arc<CertifiedKey>,
 }
 
@@ -55,6 +57,7 @@ impl AgentIdentity {
             spiffe_id,
             not_before: info.not_before,
             not_after: info.not_after,
+            issuer_id: info.authority_key_id.clone(),
             chain,
             key_pkcs8,
             certified: Arc::new(certified),

@@ -1,10 +1,14 @@
 //! JWT-SVIDs for workloads: a cache keyed by (SPIFFE ID, sorted audiences)
 //! that serves a token until its half-life, and falls back to a still-valid
 //! cached token when the server is slow or unreachable.
+//!
+//! The cache is bounded by bytes (least recently used tokens go first), and
+//! each caller may cause only so many signings per second: random audiences
+//! from one process cannot grow the agent's memory or flood the server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_core::clock::from_unix_secs;
 use lanyard_proto::server::SignJwtSvidRequest;
@@ -16,8 +20,8 @@ use tonic::transport::Channel;
 const FALLBACK_WAIT: Duration = Duration::from_secs(1);
 /// How long to wait for the server when there is nothing to fall back on.
 const FULL_WAIT: Duration = Duration::from_secs(10);
-/// Cached tokens above which expired ones are pruned.
-const PRUNE_AT: usize = 4096;
+/// Callers remembered by the rate limiter before idle ones are dropped.
+const MAX_TRACKED_CALLERS: usize = 4096;
 
 /// Why a JWT-SVID could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,9 @@ pub enum JwtFetchError {
     /// The server did not answer in time or failed.
     #[error("cannot obtain a JWT-SVID from the server: {0}")]
     Unavailable(String),
+    /// The caller asked for too many new tokens too fast.
+    #[error("too many new JWT-SVID requests from this caller; retry in a second")]
+    RateLimited,
 }
 
 #[derive(Clone)]
@@ -44,35 +51,141 @@ struct Cached {
     expires_at: SystemTime,
 }
 
+type Key = (String, Vec<String>);
+
+fn key_bytes(key: &Key, c: &Cached) -> usize {
+    key.0.len()
+        + key.1.iter().map(|a| a.len() + 24).sum::<usize>()
+        + c.token.len()
+        + c.kid.len()
+        + 128
+}
+
+/// Tokens in least-recently-used order, bounded by bytes.
+struct Lru {
+    map: HashMap<Key, (Cached, u64)>,
+    order: BTreeMap<u64, Key>,
+    tick: u64,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Lru {
+    fn get(&mut self, key: &Key) -> Option<Cached> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (c, used) = self.map.get_mut(key)?;
+        self.order.remove(used);
+        *used = tick;
+        self.order.insert(tick, key.clone());
+        Some(c.clone())
+    }
+
+    fn put(&mut self, key: Key, value: Cached) {
+        self.remove(&key);
+        let size = key_bytes(&key, &value);
+        while self.bytes + size > self.max_bytes {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((c, _)) = self.map.remove(&oldest) {
+                self.bytes -= key_bytes(&oldest, &c);
+            }
+        }
+        if size > self.max_bytes {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += size;
+        self.order.insert(self.tick, key.clone());
+        self.map.insert(key, (value, self.tick));
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some((c, used)) = self.map.remove(key) {
+            self.order.remove(&used);
+            self.bytes -= key_bytes(key, &c);
+        }
+    }
+}
+
+/// A token bucket per caller.
+struct Buckets {
+    per_second: f64,
+    callers: HashMap<u64, (f64, Instant)>,
+}
+
+impl Buckets {
+    fn take(&mut self, caller: u64) -> bool {
+        let now = Instant::now();
+        let burst = self.per_second * 2.0;
+        if self.callers.len() >= MAX_TRACKED_CALLERS {
+            let per_second = self.per_second;
+            self.callers.retain(|_, (tokens, at)| {
+                *tokens + at.elapsed().as_secs_f64() * per_second < burst
+            });
+        }
+        let (tokens, at) = self.callers.entry(caller).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The cache, shared by every Workload API call.
 pub struct JwtCache {
     server: watch::Receiver<Option<NodeClient<Channel>>>,
-    tokens: Mutex<HashMap<(String, Vec<String>), Cached>>,
+    tokens: Mutex<Lru>,
+    buckets: Mutex<Buckets>,
 }
 
 impl JwtCache {
-    /// A cache signing through the client published by the SVID manager.
-    pub fn new(server: watch::Receiver<Option<NodeClient<Channel>>>) -> Self {
+    /// A cache signing through the client published by the SVID manager,
+    /// holding at most `max_bytes` of tokens, letting each caller cause
+    /// `per_caller_per_second` signings (bursts of twice that).
+    pub fn new(
+        server: watch::Receiver<Option<NodeClient<Channel>>>,
+        max_bytes: usize,
+        per_caller_per_second: u32,
+    ) -> Self {
         Self {
             server,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Lru {
+                map: HashMap::new(),
+                order: BTreeMap::new(),
+                tick: 0,
+                bytes: 0,
+                max_bytes,
+            }),
+            buckets: Mutex::new(Buckets {
+                per_second: f64::from(per_caller_per_second.max(1)),
+                callers: HashMap::new(),
+            }),
         }
     }
 
-    fn get(&self, key: &(String, Vec<String>)) -> Option<Cached> {
+    fn get(&self, key: &Key) -> Option<Cached> {
         self.tokens
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .cloned()
     }
 
-    fn put(&self, key: (String, Vec<String>), value: Cached, now: SystemTime) {
-        let mut m = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= PRUNE_AT {
-            m.retain(|_, c| c.expires_at > now);
-        }
-        m.insert(key, value);
+    fn put(&self, key: Key, value: Cached) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, value);
+    }
+
+    /// Bytes of tokens held.
+    pub fn bytes(&self) -> usize {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
     /// A token for `spiffe_id` (from `entry_id`) and `audience`, from the
@@ -81,6 +194,7 @@ impl JwtCache {
     /// cache (a tainted or removed key forces a new token).
     pub async fn token(
         &self,
+        caller: u64,
         entry_id: &str,
         spiffe_id: &str,
         audience: &[String],
@@ -96,6 +210,18 @@ impl JwtCache {
             .filter(|c| c.expires_at > now && usable_kids.contains(&c.kid.as_str()));
         if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
             return Ok(c.token.clone());
+        }
+        // Only new signings count against the caller's rate.
+        let allowed = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(caller);
+        if !allowed {
+            return match cached {
+                Some(c) => Ok(c.token),
+                None => Err(JwtFetchError::RateLimited),
+            };
         }
         let wait = if cached.is_some() {
             FALLBACK_WAIT
@@ -136,7 +262,6 @@ impl JwtCache {
                         refresh_at: iat + half,
                         expires_at: exp,
                     },
-                    now,
                 );
                 Ok(r.token)
             }
@@ -165,4 +290,67 @@ fn token_kid(token: &str) -> Option<String> {
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("kid")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(token: &str) -> Cached {
+        Cached {
+            token: token.to_owned(),
+            kid: "k".into(),
+            refresh_at: SystemTime::UNIX_EPOCH,
+            expires_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn lru_stays_within_its_bytes_and_drops_the_least_recent() {
+        let (_, rx) = watch::channel(None);
+        let cache = JwtCache::new(rx, 16 * 1024, 10);
+        let key = |i: usize| ("spiffe://td/w".to_owned(), vec![format!("aud-{i}")]);
+        for i in 0..10_000 {
+            cache.put(key(i), cached(&"t".repeat(1000)));
+            assert!(cache.bytes() <= 16 * 1024);
+        }
+        // The most recent is there, the oldest long gone.
+        assert!(cache.get(&key(9_999)).is_some());
+        assert!(cache.get(&key(0)).is_none());
+        // Reading refreshes: key 9_990 survives new inserts that evict its
+        // neighbours.
+        assert!(cache.get(&key(9_990)).is_some());
+        for i in 10_000..10_005 {
+            cache.put(key(i), cached(&"t".repeat(1000)));
+        }
+        assert!(cache.get(&key(9_990)).is_some());
+        assert!(cache.get(&key(9_991)).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_caller_over_its_rate_is_refused_and_others_are_not() {
+        let (_, rx) = watch::channel(None);
+        let cache = JwtCache::new(rx, 1 << 20, 5);
+        let now = SystemTime::now();
+        let mut refused = 0;
+        for i in 0..50 {
+            match cache
+                .token(1, "e", "spiffe://td/w", &[format!("a{i}")], now, &[])
+                .await
+            {
+                Err(JwtFetchError::RateLimited) => refused += 1,
+                Err(JwtFetchError::NotConnected) => {}
+                other => panic!("{:?}", other.map(|_| ())),
+            }
+        }
+        // A burst of 10 passes to the (absent) server, the rest is refused.
+        assert_eq!(refused, 40);
+        // Another caller is unaffected.
+        assert!(matches!(
+            cache
+                .token(2, "e", "spiffe://td/w", &["x".into()], now, &[])
+                .await,
+            Err(JwtFetchError::NotConnected)
+        ));
+    }
 }

@@ -1,6 +1,7 @@
 //! The Lanyard node agent: attests the processes that call its unix socket
 //! and serves them SVIDs through the SPIFFE Workload API.
 
+pub mod api;
 pub mod app;
 pub mod attestor;
 pub mod bootstrap;
@@ -13,7 +14,6 @@ pub mod listener;
 pub mod manager;
 pub mod server_client;
 pub mod storage;
-pub mod workload_api;
 
 pub use app::{Bound, build};
 pub use config::Config;

@@ -1,24 +1,53 @@
 //! The Workload API listener: accepted unix connections carry the caller's
-//! kernel credentials and the moment they were accepted (in the same clock
-//! as process start times), so attestation can tell a process that was
-//! there when it connected from one that reused its PID later.
+//! kernel credentials, the moment they were accepted (in the same clock as
+//! process start times), the pinned process instance (pidfd where the
+//! kernel has one), and a slot of the connection limits.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use lanyard_uds::{AcceptBackoff, AuthorityShim, ConnLimiter, ConnPermit};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
+use crate::attestor::ProcessInstance;
+
 /// Clock ticks per second of /proc/PID/stat start times (`USER_HZ`, 100 on
 /// every Linux ABI).
 pub const USER_HZ: u64 = 100;
 
+/// Who a caller is for the per-caller limits: its uid and its cgroup (on
+/// Kubernetes every container may run as the same uid; its cgroup differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallerKey {
+    uid: u32,
+    cgroup: u64,
+}
+
+impl CallerKey {
+    /// The key of the process `pid` running as `uid`.
+    pub fn of(uid: u32, pid: Option<i32>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if let Some(pid) = pid
+            && let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        {
+            text.hash(&mut h);
+        }
+        Self {
+            uid,
+            cgroup: h.finish(),
+        }
+    }
+}
+
 /// What the Workload API knows about a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// Unique per accepted connection (for per-connection caches).
     pub id: u64,
@@ -26,18 +55,25 @@ pub struct ConnInfo {
     pub cred: Option<UCred>,
     /// Time since boot when the connection was accepted, in `USER_HZ` ticks.
     pub accepted_ticks: Option<u64>,
+    /// The process that connected, pinned at accept.
+    pub instance: Option<Arc<ProcessInstance>>,
+    /// The caller's key for per-caller limits.
+    pub caller: CallerKey,
 }
 
-/// An accepted Workload API connection.
+/// An accepted Workload API connection. Its HTTP/2 bytes go through
+/// [`AuthorityShim`] so that clients sending a socket path as `:authority`
+/// (gRPC C-core, grpc-java) are served like any other.
 pub struct WorkloadConn {
-    inner: UnixStream,
+    inner: AuthorityShim<UnixStream>,
     info: ConnInfo,
+    _permit: ConnPermit<CallerKey>,
 }
 
 impl Connected for WorkloadConn {
     type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> ConnInfo {
-        self.info
+        self.info.clone()
     }
 }
 
@@ -58,6 +94,16 @@ impl AsyncWrite for WorkloadConn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -82,26 +128,65 @@ fn parse_uptime_ticks(text: &str) -> Option<u64> {
     Some(secs * USER_HZ + hundredths * USER_HZ / 100)
 }
 
-/// Accepted connections with their [`ConnInfo`].
-pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<WorkloadConn>> {
+/// How accepted connections are admitted.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Connection limits.
+    pub limits: ConnLimiter<CallerKey>,
+    /// Pin callers with a pidfd where the kernel has `SO_PEERPIDFD`.
+    pub use_pidfd: bool,
+}
+
+/// Accepted connections with their [`ConnInfo`]. Connections over a limit
+/// are closed at once (and logged); accept errors back off instead of
+/// spinning, so a full descriptor table cannot busy-loop the agent.
+pub fn incoming(
+    listener: UnixListener,
+    admission: Admission,
+) -> impl Stream<Item = io::Result<WorkloadConn>> {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    futures_util::stream::unfold(listener, |listener| async move {
-        let item = match listener.accept().await {
-            Ok((stream, _)) => {
-                let accepted_ticks = uptime_ticks();
-                let cred = stream.peer_cred().ok();
-                Ok(WorkloadConn {
-                    inner: stream,
-                    info: ConnInfo {
-                        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                        cred,
-                        accepted_ticks,
-                    },
-                })
-            }
-            Err(e) => Err(e),
-        };
-        Some((item, listener))
+    let state = (listener, admission, AcceptBackoff::default());
+    futures_util::stream::unfold(state, |(listener, admission, mut backoff)| async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    stream
+                }
+                Err(e) => {
+                    let pause = backoff.failed();
+                    tracing::warn!(?e, ?pause, "accept failed; backing off");
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            };
+            let accepted_ticks = uptime_ticks();
+            let cred = stream.peer_cred().ok();
+            let pid = cred.and_then(|c| c.pid());
+            let caller = CallerKey::of(cred.map_or(u32::MAX, |c| c.uid()), pid);
+            let permit = match admission.limits.try_acquire(caller) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(pid = ?pid, uid = ?cred.map(|c| c.uid()), %e, "connection refused");
+                    drop(stream);
+                    continue;
+                }
+            };
+            let instance =
+                pid.map(|p| Arc::new(ProcessInstance::capture(&stream, p, admission.use_pidfd)));
+            let conn = WorkloadConn {
+                inner: AuthorityShim::new(stream),
+                info: ConnInfo {
+                    id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    cred,
+                    accepted_ticks,
+                    instance,
+                    caller,
+                },
+                _permit: permit,
+            };
+            return Some((Ok(conn), (listener, admission, backoff)));
+        }
     })
 }
 

@@ -271,6 +271,15 @@ impl Manager {
                 );
             }
         }
+        // The agent's own SVID follows the same rule as the workloads': one
+        // signed by a tainted CA (or one that left the bundle) is renewed at
+        // once, before the CA is revoked and the server refuses it.
+        if let Some(id) = self.creds.identity()
+            && !self.issuer_ok(id.issuer_id.as_deref())
+        {
+            tracing::warn!(issuer = ?id.issuer_id, "agent SVID signed by a tainted or removed CA; renewing now");
+            self.agent_renew_at = Some(self.clock.now());
+        }
         self.synced = true;
         let live: std::collections::HashSet<&EntryId> =
             self.entries.iter().map(|e| &e.id).collect();

@@ -11,6 +11,7 @@ use lanyard_core::x509::{SvidError, der_to_pem, pem_to_der_certs};
 const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_key.der";
 const BUNDLE_FILE: &str = "bundle.pem";
+const TOKEN_FILE: &str = "join_token.sha256";
 
 /// Why stored credentials could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -39,24 +40,39 @@ pub struct AgentStorage {
     dir: PathBuf,
 }
 
-/// Writes `data` to `path` atomically with mode `mode`.
+/// The SHA-256 of a join token, hex.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// Writes `data` to `path` atomically with mode `mode`: a new temporary
+/// file with an unpredictable name, created exclusively and never through a
+/// symlink (`O_EXCL | O_NOFOLLOW`), synced, then renamed over `path` (which
+/// replaces a symlink there rather than following it).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| std::io::Error::other("random source failed"))?;
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        hex::encode(nonce)
     ));
-    {
+    let written = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
+    written?;
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -113,10 +129,59 @@ impl AgentStorage {
             .map_err(|e| StorageError::Io(path, e))
     }
 
+    /// The SHA-256 (hex) of the join token the stored SVID came from.
+    pub fn used_token_hash(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(TOKEN_FILE))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// Records the join token the stored SVID came from (its hash only).
+    pub fn save_used_token(&self, token: &str) -> Result<(), StorageError> {
+        let path = self.dir.join(TOKEN_FILE);
+        write_atomic(&path, token_hash(token).as_bytes(), 0o600)
+            .map_err(|e| StorageError::Io(path, e))
+    }
+
     /// Removes stored credentials (after the server refused them for good).
     pub fn clear(&self) {
         for f in [SVID_FILE, KEY_FILE] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_never_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        // The temp name of older versions, and the target itself, planted
+        // as symlinks to the victim.
+        std::os::unix::fs::symlink(&victim, dir.path().join(".svid.0.key.tmp")).unwrap();
+        let target = dir.path().join("svid.0.key");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"secret", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&target).unwrap(), b"secret");
+        assert!(
+            !std::fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temp files left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert_eq!(left.len(), 1, "only the planted link remains");
     }
 }

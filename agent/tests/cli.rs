@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest};
 use lanyard_proto::types::Entry;
-use lanyard_proto::uds::unix_channel;
+use lanyard_uds::unix_channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-agent");
 const NODE: &str = "spiffe://example.org/node/n1";
@@ -24,7 +24,7 @@ impl Drop for Agent {
 }
 
 fn uid() -> u32 {
-    lanyard_proto::uds::own_uid().unwrap()
+    lanyard_uds::own_uid().unwrap()
 }
 
 async fn wait_for(path: &Path) {

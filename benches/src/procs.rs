@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateJoinTokenRequest, GetBundleRequest};
-use lanyard_proto::uds::unix_channel;
+use lanyard_uds::unix_channel;
 use tonic::transport::Channel;
 
 /// Trust domain of the bench deployment.

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lanyard_proto::admin::{CreateEntryRequest, DeleteEntryRequest};
 use lanyard_proto::types::Entry;
-use lanyard_proto::uds::unix_channel;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{JwtsvidRequest, X509svidRequest};
+use lanyard_uds::unix_channel;
 use tonic::transport::Channel;
 
 use crate::procs::{self, Deployment, NODE};
@@ -28,7 +28,7 @@ fn req<T>(msg: T) -> tonic::Request<T> {
 
 /// Our uid (owner of /proc/self).
 pub fn own_uid() -> u32 {
-    lanyard_proto::uds::own_uid().unwrap_or(0)
+    lanyard_uds::own_uid().unwrap_or(0)
 }
 
 /// Registers an entry for this process and returns its ID.

@@ -41,6 +41,13 @@ pub enum EntryError {
     /// No selectors at all: such an entry would match every process.
     #[error("an entry needs at least one selector")]
     NoSelectors,
+    /// Only `unix:path` / `unix:sha256` selectors: they name a program, not
+    /// a process boundary (any user can run the same binary, bind-mount
+    /// another over the path, or exec it after connecting).
+    #[error(
+        "unix:path and unix:sha256 do not separate processes on their own: add a uid, gid, user, group, systemd unit or Kubernetes selector"
+    )]
+    NoBoundary,
     /// Too many selectors.
     #[error("an entry can have at most {MAX_SELECTORS} selectors")]
     TooManySelectors,
@@ -175,6 +182,9 @@ impl RegistrationEntry {
         if self.selectors.len() > MAX_SELECTORS {
             return Err(EntryError::TooManySelectors);
         }
+        if !self.selectors.iter().any(Selector::is_boundary) {
+            return Err(EntryError::NoBoundary);
+        }
         check_ttl(self.x509_ttl, "x509")?;
         check_ttl(self.jwt_ttl, "jwt")?;
         self.dns_names.sort();
@@ -267,6 +277,18 @@ pub(crate) mod tests {
         let mut e = sample("td");
         e.spiffe_id = SpiffeId::new("spiffe://td/lanyard/server").unwrap();
         assert!(matches!(e.validate(&td), Err(EntryError::Reserved(_))));
+        let mut e = sample("td");
+        e.selectors = vec![
+            "unix:path:/usr/bin/agent".parse().unwrap(),
+            "unix:sha256:00ff".parse().unwrap(),
+        ];
+        assert_eq!(e.validate(&td), Err(EntryError::NoBoundary));
+        let mut e = sample("td");
+        e.selectors = vec![
+            "unix:path:/usr/bin/agent".parse().unwrap(),
+            "systemd:unit:agent.service".parse().unwrap(),
+        ];
+        assert!(e.validate(&td).is_ok());
         let mut e = sample("td");
         e.dns_names = vec!["-bad.example".into()];
         assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));

@@ -4,6 +4,7 @@
 //! Nothing here performs I/O or reads the clock directly; time comes in
 //! through [`clock::Clock`].
 
+pub mod agent_id;
 pub mod clock;
 pub mod config;
 pub mod duration;

@@ -71,6 +71,16 @@ impl Selector {
     pub fn value(&self) -> &str {
         &self.value
     }
+
+    /// Whether the selector separates processes by something the process
+    /// cannot choose for itself (its uid or gid, a systemd unit, a pod).
+    /// `unix:path` and `unix:sha256` only name a program: any user can run
+    /// the same binary, bind-mount another over a path in a mount namespace
+    /// of their own, or exec the program after connecting.
+    pub fn is_boundary(&self) -> bool {
+        !(self.kind == "unix"
+            && (self.value.starts_with("path:") || self.value.starts_with("sha256:")))
+    }
 }
 
 impl FromStr for Selector {

@@ -3,7 +3,7 @@
 //! `SPIFFE_ENDPOINT_SOCKET`, and prints it.
 //!
 //! ```text
-//! SPIFFE_ENDPOINT_SOCKET=unix:///tmp/lanyard/public/api.sock cargo run -p lanyard-examples --bin fetch-svid
+//! SPIFFE_ENDPOINT_SOCKET=unix:///run/lanyard/agent/api.sock cargo run -p lanyard-examples --bin fetch-svid
 //! ```
 
 use std::time::Duration;
@@ -25,7 +25,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET")
-        .context("set SPIFFE_ENDPOINT_SOCKET, e.g. unix:///tmp/lanyard/public/api.sock")?;
+        .context("set SPIFFE_ENDPOINT_SOCKET, e.g. unix:///run/lanyard/agent/api.sock")?;
 
     // One-shot fetch with the Workload API client.
     let client = WorkloadApiClient::connect_to(&endpoint)

@@ -10,7 +10,10 @@ use std::time::Duration;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest};
 use lanyard_proto::types;
-use lanyard_proto::uds::unix_channel;
+use lanyard_uds::unix_channel;
+
+pub mod h2raw;
+pub mod python;
 use tonic::transport::Channel;
 
 /// The trust domain every test uses.
@@ -43,7 +46,7 @@ where
 
 /// The uid of this process.
 pub fn own_uid() -> u32 {
-    lanyard_proto::uds::own_uid().unwrap_or(0)
+    lanyard_uds::own_uid().unwrap_or(0)
 }
 
 /// A server running in this process.

@@ -14,9 +14,9 @@ use lanyard_core::x509::SvidKey;
 use lanyard_core::{SpiffeId, TrustDomain};
 use lanyard_integration_tests::{NODE, TD, TestServer, endpoint, eventually, start_agent};
 use lanyard_proto::server::{SignX509SvidsRequest, SvidCsr};
-use lanyard_proto::uds::unix_channel;
 use lanyard_proto::workload::X509svidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard_uds::unix_channel;
 use spiffe::WorkloadApiClient;
 use tokio::io::AsyncWriteExt;
 
@@ -382,6 +382,57 @@ async fn evicted_agent_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("not attested"), "{}", err.message());
+    assert!(
+        err.message().contains("evicted or never attested"),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}
+
+/// An evicted agent restarted with a new join token attests again instead
+/// of presenting its stored (refused) SVID; restarted with the token it
+/// already used, it keeps its stored SVID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_agent_restarted_with_a_new_token_attests_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    server
+        .entry_for_me("spiffe://example.org/w", NODE, 60)
+        .await;
+    let first = server.token(NODE).await;
+    let agent = start_agent(dir.path(), server.addr(), Some(first.clone()))
+        .await
+        .unwrap();
+    assert_eq!(spiffe_id_of(&agent.socket).await, "spiffe://example.org/w");
+    agent.shutdown().await;
+    // Same token again: the stored SVID is used (the token is spent).
+    let agent = start_agent(dir.path(), server.addr(), Some(first))
+        .await
+        .unwrap();
+    assert_eq!(spiffe_id_of(&agent.socket).await, "spiffe://example.org/w");
+    agent.shutdown().await;
+    server
+        .admin()
+        .evict_agent(lanyard_proto::admin::AgentRequest {
+            spiffe_id: NODE.into(),
+        })
+        .await
+        .unwrap();
+    let second = server.token(NODE).await;
+    let agent = start_agent(dir.path(), server.addr(), Some(second))
+        .await
+        .unwrap();
+    assert_eq!(spiffe_id_of(&agent.socket).await, "spiffe://example.org/w");
+    let agents = server
+        .admin()
+        .list_agents(lanyard_proto::admin::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].spiffe_id, NODE);
+    agent.shutdown().await;
     server.stop().await;
 }

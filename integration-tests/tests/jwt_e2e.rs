@@ -12,9 +12,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use lanyard_core::clock::{FakeClock, unix_secs};
 use lanyard_integration_tests::{TestServer, endpoint, eventually, init};
-use lanyard_proto::uds::unix_channel;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest};
+use lanyard_uds::unix_channel;
 use serde_json::json;
 use spiffe::{JwtSvid, WorkloadApiClient};
 

@@ -42,6 +42,5 @@ pub use generated::lanyard::server::v1 as server;
 pub use generated::lanyard::admin::v1 as admin;
 
 pub mod convert;
-pub mod uds;
 
 pub use convert::ProtoError;

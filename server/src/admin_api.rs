@@ -15,16 +15,16 @@ use lanyard_proto::admin::{
 };
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;
-use tokio::sync::watch;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::agents::{AgentError, Agents};
 use crate::attestation::{AttestationError, JoinTokens};
 use crate::ca::{Ca, CaError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::CaKeyState;
-use crate::store::{AgentRecord, Store, StoreError};
+use crate::store::{AgentRecord, StoreError};
 
 /// Why an admin call failed. Mapped to a status in one place below.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +38,9 @@ pub enum AdminError {
     /// Token issuance failed.
     #[error("{0}")]
     Token(#[from] AttestationError),
-    /// No such agent.
-    #[error("agent {0} not found")]
-    NoAgent(String),
+    /// An agent life-cycle change was refused.
+    #[error("{0}")]
+    Agent(#[from] AgentError),
     /// An authority operation was refused or failed.
     #[error("{0}")]
     Ca(#[from] CaError),
@@ -55,14 +55,22 @@ impl From<AdminError> for Status {
             AdminError::Proto(_) | AdminError::Registry(RegistryError::Invalid(_)) => {
                 Status::invalid_argument(e.to_string())
             }
-            AdminError::Token(AttestationError::ForeignAgentId(..)) => {
+            AdminError::Token(
+                AttestationError::AgentId(_)
+                | AttestationError::CollidesWithEntry(_)
+                | AttestationError::BadTtl,
+            )
+            | AdminError::Registry(RegistryError::AgentId(_)) => {
                 Status::invalid_argument(e.to_string())
             }
+            AdminError::Agent(AgentError::Banned(_)) => Status::failed_precondition(format!(
+                "{e}; a ban is permanent and eviction does not lift it"
+            )),
             AdminError::Registry(RegistryError::Duplicate(_)) => {
                 Status::already_exists(e.to_string())
             }
             AdminError::Registry(RegistryError::NotFound(_))
-            | AdminError::NoAgent(_)
+            | AdminError::Agent(AgentError::Unknown(_))
             | AdminError::Ca(CaError::UnknownKey(_)) => Status::not_found(e.to_string()),
             AdminError::Ca(
                 CaError::NothingPrepared | CaError::ActiveKey(_) | CaError::NotTainted(_),
@@ -80,17 +88,16 @@ impl From<AdminError> for Status {
 pub struct AdminApi {
     pub(crate) ca: Ca,
     pub(crate) registry: Registry,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) agents: Agents,
     pub(crate) tokens: JoinTokens,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
-    pub(crate) agent_changes: watch::Sender<u64>,
 }
 
 /// Rejects callers whose uid is neither root nor the server's own.
 #[allow(clippy::result_large_err)]
 pub fn check_peer_uid(req: Request<()>) -> Result<Request<()>, Status> {
-    let own = lanyard_proto::uds::own_uid();
+    let own = lanyard_uds::own_uid();
     let uid = req
         .extensions()
         .get::<UdsConnectInfo>()
@@ -268,8 +275,8 @@ impl Admin for AdminApi {
         _req: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
         let agents = self
-            .store
-            .list_agents()
+            .agents
+            .list()
             .map_err(AdminError::from)?
             .iter()
             .map(agent_msg)
@@ -280,12 +287,7 @@ impl Admin for AdminApi {
     #[instrument(skip_all)]
     async fn evict_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
-        let a = self
-            .store
-            .delete_agent(&id)
-            .map_err(AdminError::from)?
-            .ok_or_else(|| AdminError::NoAgent(id.to_string()))?;
-        self.agent_changes.send_modify(|v| *v += 1);
+        let a = self.agents.evict(&id).map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent evicted");
         Ok(Response::new(agent_msg(&a)))
     }
@@ -293,14 +295,7 @@ impl Admin for AdminApi {
     #[instrument(skip_all)]
     async fn ban_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
-        let mut a = self
-            .store
-            .get_agent(&id)
-            .map_err(AdminError::from)?
-            .ok_or_else(|| AdminError::NoAgent(id.to_string()))?;
-        a.banned = true;
-        self.store.put_agent(&a).map_err(AdminError::from)?;
-        self.agent_changes.send_modify(|v| *v += 1);
+        let a = self.agents.ban(&id).map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent banned");
         Ok(Response::new(agent_msg(&a)))
     }

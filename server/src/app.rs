@@ -10,13 +10,14 @@ use std::time::Duration;
 use lanyard_core::clock::{Clock, SystemClock};
 use lanyard_proto::admin::admin_server::AdminServer;
 use lanyard_proto::server::node_server::NodeServer;
-use lanyard_proto::uds::{SocketError, bind_unix_listener};
+use lanyard_uds::{SocketError, bind_unix_listener};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::admin_api::{AdminApi, check_peer_uid};
+use crate::agents::Agents;
 use crate::attestation::JoinTokens;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
@@ -107,15 +108,17 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let server_addr = listener
         .local_addr()
         .map_err(|e| AppError::Bind(config.bind, e))?;
-    let admin_listener = bind_unix_listener(&config.admin_socket, 0o600).await?;
+    let admin_listener =
+        bind_unix_listener(&config.admin_socket, 0o600, lanyard_uds::SocketDir::Private).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (agent_changes, _) = watch::channel(0u64);
+    let agents = Agents::new(store.clone(), clock.clone(), agent_changes);
     let metrics = Arc::new(Metrics::default());
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
-        store: store.clone(),
+        agents: agents.clone(),
         tokens: tokens.clone(),
         clock: clock.clone(),
         settings: IssuanceSettings {
@@ -123,18 +126,16 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             default_jwt_svid_ttl: config.default_jwt_svid_ttl,
             agent_svid_ttl: config.agent_svid_ttl,
         },
-        agent_changes: agent_changes.clone(),
         shutdown: shutdown_rx.clone(),
         metrics: metrics.clone(),
     };
     let admin = AdminApi {
         ca: ca.clone(),
         registry,
-        store,
+        agents,
         tokens,
         clock: clock.clone(),
         default_token_ttl: config.join_token_ttl,
-        agent_changes,
     };
 
     let stop = |mut rx: watch::Receiver<bool>| async move {
@@ -143,13 +144,13 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let node_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(NodeServer::new(node))
-        .serve_with_incoming_shutdown(incoming(listener, tls), stop(shutdown_rx.clone()));
-    let admin_server = tonic::transport::Server::builder()
-        .add_service(AdminServer::with_interceptor(admin, check_peer_uid))
         .serve_with_incoming_shutdown(
-            UnixListenerStream::new(admin_listener),
+            incoming(listener, tls, config.net),
             stop(shutdown_rx.clone()),
         );
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminServer::with_interceptor(admin, check_peer_uid))
+        .serve_with_incoming_shutdown(admin_incoming(admin_listener), stop(shutdown_rx.clone()));
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
     let rotator = crate::ca::rotator::run(ca.clone(), shutdown_rx.clone());
 
@@ -220,4 +221,34 @@ async fn renew_identity(
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
     }
+}
+
+/// Most admin connections open at once, and per uid.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+const ADMIN_MAX_PER_UID: usize = 64;
+
+type AdminConn = lanyard_uds::Limited<lanyard_uds::AuthorityShim<tokio::net::UnixStream>, u32>;
+
+/// Admin socket connections: any `:authority` accepted (see
+/// `lanyard_uds::authority`), capped in number per uid and in total.
+fn admin_incoming(
+    listener: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AdminConn>> {
+    let limits = lanyard_uds::ConnLimiter::new(ADMIN_MAX_CONNECTIONS, ADMIN_MAX_PER_UID);
+    tokio_stream::StreamExt::filter_map(UnixListenerStream::new(listener), move |conn| match conn {
+        Err(e) => Some(Err(e)),
+        Ok(stream) => {
+            let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+            match limits.try_acquire(uid) {
+                Ok(permit) => Some(Ok(lanyard_uds::Limited::new(
+                    lanyard_uds::AuthorityShim::new(stream),
+                    permit,
+                ))),
+                Err(e) => {
+                    tracing::warn!(uid, %e, "admin connection refused");
+                    None
+                }
+            }
+        }
+    })
 }

@@ -21,9 +21,16 @@ pub enum AttestationError {
     /// The token was empty or malformed.
     #[error("join token is missing or malformed")]
     Malformed,
-    /// The agent ID for the token is not in the trust domain.
-    #[error("agent ID {0} is not in trust domain {1}")]
-    ForeignAgentId(SpiffeId, TrustDomain),
+    /// The agent ID may not name an agent (another trust domain, the
+    /// server's ID, the trust domain itself, a reserved path).
+    #[error("{0}")]
+    AgentId(#[from] lanyard_core::agent_id::AgentIdError),
+    /// A registration entry already hands this SPIFFE ID to workloads.
+    #[error("agent ID {0} is the SPIFFE ID of a registration entry")]
+    CollidesWithEntry(SpiffeId),
+    /// The TTL is zero or too large.
+    #[error("join token TTL must be between 1 second and {} days", MAX_TOKEN_TTL.as_secs() / 86_400)]
+    BadTtl,
     /// The random source failed.
     #[error("random source failed")]
     Random,
@@ -31,6 +38,9 @@ pub enum AttestationError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Longest join token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 /// Issues and redeems join tokens.
 #[derive(Clone)]
@@ -77,20 +87,27 @@ impl JoinTokens {
         agent_id: Option<SpiffeId>,
         ttl: Duration,
     ) -> Result<IssuedToken, AttestationError> {
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(AttestationError::BadTtl);
+        }
+        let expires = self
+            .clock
+            .now()
+            .checked_add(ttl)
+            .ok_or(AttestationError::BadTtl)?;
         let mut secret = [0u8; 16];
         aws_lc_rs::rand::fill(&mut secret).map_err(|_| AttestationError::Random)?;
         let token = hex::encode(secret);
         let agent_id = match agent_id {
-            Some(id) if !id.is_member_of(&self.td) => {
-                return Err(AttestationError::ForeignAgentId(id, self.td.clone()));
-            }
             Some(id) => id,
             None => self
                 .td
                 .id_with_segments(["lanyard", "agent", "join_token", &hash(&token)[..16]])
                 .map_err(|_| AttestationError::Malformed)?,
         };
-        let expires_at = unix_secs(self.clock.now() + ttl);
+        lanyard_core::agent_id::check_agent_id(&agent_id, &self.td)?;
+        self.check_no_entry(&agent_id)?;
+        let expires_at = unix_secs(expires);
         self.store.create_join_token(&JoinTokenRecord {
             token_hash: hash(&token),
             agent_id: agent_id.clone(),
@@ -115,7 +132,21 @@ impl JoinTokens {
         if rec.expires_at <= unix_secs(self.clock.now()) {
             return Err(AttestationError::Expired);
         }
+        // An entry created after the token may have taken the ID since.
+        self.check_no_entry(&rec.agent_id)?;
         Ok(rec.agent_id)
+    }
+
+    fn check_no_entry(&self, agent_id: &SpiffeId) -> Result<(), AttestationError> {
+        if self
+            .store
+            .list_entries()?
+            .iter()
+            .any(|e| &e.spiffe_id == agent_id)
+        {
+            return Err(AttestationError::CollidesWithEntry(agent_id.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -153,7 +184,25 @@ mod tests {
                 Some(SpiffeId::new("spiffe://other/n").unwrap()),
                 Duration::from_secs(1)
             ),
-            Err(AttestationError::ForeignAgentId(..))
+            Err(AttestationError::AgentId(_))
         ));
+        for bad in [
+            "spiffe://td/lanyard/server",
+            "spiffe://td",
+            "spiffe://td/lanyard/x",
+        ] {
+            assert!(matches!(
+                t.issue(Some(SpiffeId::new(bad).unwrap()), Duration::from_secs(1)),
+                Err(AttestationError::AgentId(_))
+            ));
+        }
+        // Huge or zero TTLs are refused, never a panic.
+        for ttl in [
+            Duration::ZERO,
+            Duration::from_secs(i64::MAX as u64),
+            Duration::MAX,
+        ] {
+            assert!(matches!(t.issue(None, ttl), Err(AttestationError::BadTtl)));
+        }
     }
 }

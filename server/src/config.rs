@@ -11,7 +11,7 @@ pub use lanyard_core::config::{ConfigError, LogFormat};
 use lanyard_core::duration::{format_duration, parse_duration};
 
 /// Default admin socket path.
-pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/lanyard/private/admin.sock";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/lanyard/server/admin.sock";
 /// Default server API address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8081";
 
@@ -39,6 +39,16 @@ pub struct RawConfig {
     pub join_token_ttl: Option<String>,
     /// `plain` or `json`.
     pub log_format: Option<String>,
+    /// Most open connections on the server port.
+    pub max_connections: Option<usize>,
+    /// Most open connections (and handshakes) from one peer address.
+    pub max_connections_per_peer: Option<usize>,
+    /// Most TLS handshakes in progress at once.
+    pub max_handshakes: Option<usize>,
+    /// How long a peer gets to finish the TLS handshake.
+    pub handshake_timeout: Option<String>,
+    /// Connections older than this are closed (agents reconnect).
+    pub max_connection_age: Option<String>,
 }
 
 impl RawConfig {
@@ -64,7 +74,12 @@ impl RawConfig {
             default_jwt_svid_ttl,
             agent_svid_ttl,
             join_token_ttl,
-            log_format
+            log_format,
+            max_connections,
+            max_connections_per_peer,
+            max_handshakes,
+            handshake_timeout,
+            max_connection_age
         );
         self
     }
@@ -122,6 +137,41 @@ impl RawConfig {
                 )
             })?;
         let log_format = LogFormat::from_setting(self.log_format.as_deref())?;
+        let d = NetLimits::default();
+        let count = |field: &'static str, v: Option<usize>, def: usize| match v {
+            Some(0) => Err(ConfigError::invalid(field, "must be at least 1")),
+            Some(v) => Ok(v),
+            None => Ok(def),
+        };
+        let handshake_timeout = match self.handshake_timeout {
+            Some(v) => {
+                parse_duration(&v).map_err(|e| ConfigError::invalid("handshake_timeout", e))?
+            }
+            None => d.handshake_timeout,
+        };
+        let max_connection_age = match self.max_connection_age {
+            Some(v) => {
+                parse_duration(&v).map_err(|e| ConfigError::invalid("max_connection_age", e))?
+            }
+            None => d.max_connection_age,
+        };
+        if handshake_timeout.is_zero() || max_connection_age < Duration::from_secs(10) {
+            return Err(ConfigError::invalid(
+                "max_connection_age",
+                "handshake_timeout must be above 0 and max_connection_age at least 10s",
+            ));
+        }
+        let net = NetLimits {
+            max_connections: count("max_connections", self.max_connections, d.max_connections)?,
+            max_connections_per_peer: count(
+                "max_connections_per_peer",
+                self.max_connections_per_peer,
+                d.max_connections_per_peer,
+            )?,
+            max_handshakes: count("max_handshakes", self.max_handshakes, d.max_handshakes)?,
+            handshake_timeout,
+            max_connection_age,
+        };
         Ok(Config {
             trust_domain,
             data_dir: self
@@ -137,7 +187,39 @@ impl RawConfig {
             agent_svid_ttl,
             join_token_ttl,
             log_format,
+            net,
         })
+    }
+}
+
+/// Limits on the server port: a flood from one peer must not stop service
+/// for the others. Every one is configurable (a load tool simulating
+/// thousands of agents from one address raises them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetLimits {
+    /// Most open connections in total.
+    pub max_connections: usize,
+    /// Most open connections and handshakes from one peer address.
+    pub max_connections_per_peer: usize,
+    /// Most TLS handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Time allowed for a TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Connections are closed at this age (the agent reconnects with its
+    /// current SVID; a connection never outlives certificate checks by
+    /// long).
+    pub max_connection_age: Duration,
+}
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_connections_per_peer: 256,
+            max_handshakes: 128,
+            handshake_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -164,6 +246,8 @@ pub struct Config {
     pub join_token_ttl: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Limits on the server port.
+    pub net: NetLimits,
 }
 
 impl Config {

@@ -2,6 +2,7 @@
 //! server API agents call over mTLS, and the local admin API.
 
 pub mod admin_api;
+pub mod agents;
 pub mod app;
 pub mod attestation;
 pub mod ca;

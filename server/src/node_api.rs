@@ -20,11 +20,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::agents::{AgentError, Agents};
 use crate::attestation::{AttestationError, JoinTokens};
 use crate::ca::Ca;
 use crate::registry::Registry;
-use crate::store::{AgentRecord, Store, StoreError};
-use crate::tls::PeerInfo;
+use crate::store::{AgentRecord, StoreError};
+use crate::tls::{ClientSvid, PeerInfo};
 
 /// Most CSRs in one `SignX509Svids` call.
 pub const MAX_BATCH: usize = 1000;
@@ -57,15 +58,13 @@ pub enum NodeError {
     /// No client certificate on a call that needs one.
     #[error("an agent SVID (client certificate) is required")]
     NoClientCert,
-    /// The caller is not a known agent.
-    #[error("agent {0} is not attested (evicted or never attested)")]
-    UnknownAgent(String),
-    /// The agent is banned.
-    #[error("agent {0} is banned")]
-    Banned(String),
-    /// The caller's SVID is no longer its current one.
-    #[error("agent SVID {0} has been superseded or revoked")]
-    StaleSvid(String),
+    /// The agent record refused the call (unknown, banned, superseded).
+    #[error("{0}")]
+    Agent(#[from] AgentError),
+    /// The client SVID expired, or its CA left the bundle, after the TLS
+    /// handshake that admitted the connection.
+    #[error("agent SVID {0} is no longer valid: {1}")]
+    SvidNoLongerValid(String, &'static str),
     /// Join-token attestation failed.
     #[error("attestation failed: {0}")]
     Attestation(#[from] AttestationError),
@@ -93,13 +92,16 @@ impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         match &e {
             NodeError::NoClientCert => Status::unauthenticated(e.to_string()),
-            NodeError::UnknownAgent(_) | NodeError::Banned(_) | NodeError::StaleSvid(_) => {
-                tracing::info!(err = %e, "agent refused");
-                Status::permission_denied(e.to_string())
-            }
-            NodeError::Attestation(AttestationError::Store(_)) | NodeError::Store(_) => {
+            NodeError::Attestation(AttestationError::Store(_))
+            | NodeError::Store(_)
+            | NodeError::Agent(AgentError::Store(_)) => {
                 tracing::error!(err = %e, "node API internal error");
                 Status::internal("internal error")
+            }
+            NodeError::Agent(AgentError::Contended(_)) => Status::aborted(e.to_string()),
+            NodeError::Agent(_) | NodeError::SvidNoLongerValid(..) => {
+                tracing::info!(err = %e, "agent refused");
+                Status::permission_denied(e.to_string())
             }
             NodeError::Attestation(_) => {
                 tracing::info!(err = %e, "attestation refused");
@@ -126,12 +128,10 @@ impl From<NodeError> for Status {
 pub struct NodeApi {
     pub(crate) ca: Ca,
     pub(crate) registry: Registry,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) agents: Agents,
     pub(crate) tokens: JoinTokens,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: IssuanceSettings,
-    /// Bumped when an agent is evicted or banned, so its stream ends.
-    pub(crate) agent_changes: watch::Sender<u64>,
     /// Turns true when the server shuts down; open streams end.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// What was signed.
@@ -155,25 +155,36 @@ fn svid_msg(
 }
 
 impl NodeApi {
-    /// Identifies the calling agent from its verified client certificate.
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, NodeError> {
+    /// Identifies the calling agent from its verified client certificate,
+    /// on every call: the certificate must still be valid now (not only at
+    /// the handshake) and its CA still in the bundle.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<(AgentRecord, ClientSvid), NodeError> {
         let client = req
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.client.clone())
             .ok_or(NodeError::NoClientCert)??;
-        let id = client.spiffe_id;
+        if self.clock.now() >= client.not_after {
+            return Err(NodeError::SvidNoLongerValid(
+                client.serial,
+                "it has expired",
+            ));
+        }
+        let snap = self.ca.snapshot();
+        if !client
+            .issuer
+            .as_ref()
+            .is_some_and(|i| snap.authority_ids.iter().any(|a| a == i))
+        {
+            return Err(NodeError::SvidNoLongerValid(
+                client.serial,
+                "its CA is no longer in the trust bundle",
+            ));
+        }
         let agent = self
-            .store
-            .get_agent(&id)?
-            .ok_or_else(|| NodeError::UnknownAgent(id.to_string()))?;
-        if agent.banned {
-            return Err(NodeError::Banned(id.to_string()));
-        }
-        if !agent.knows_serial(&client.serial) {
-            return Err(NodeError::StaleSvid(client.serial));
-        }
-        Ok(agent)
+            .agents
+            .authenticate(&client.spiffe_id, &client.serial)?;
+        Ok((agent, client))
     }
 
     fn sign_agent(
@@ -270,22 +281,17 @@ impl Node for NodeApi {
             .tokens
             .redeem(&req.join_token)
             .map_err(NodeError::from)?;
-        let existing = self.store.get_agent(&agent_id).map_err(NodeError::from)?;
-        if existing.is_some_and(|a| a.banned) {
-            return Err(NodeError::Banned(agent_id.to_string()).into());
-        }
+        self.agents
+            .check_not_banned(&agent_id)
+            .map_err(NodeError::from)?;
         let svid = self.sign_agent(&agent_id, &req.csr)?;
-        let now = unix_secs(self.clock.now());
-        self.store
-            .put_agent(&AgentRecord {
-                spiffe_id: agent_id.clone(),
-                attestation_type: "join_token".into(),
-                serial: svid.serial.clone(),
-                previous_serial: None,
-                expires_at: unix_secs(svid.not_after),
-                banned: false,
-                attested_at: now,
-            })
+        self.agents
+            .attested(
+                &agent_id,
+                "join_token",
+                &svid.serial,
+                unix_secs(svid.not_after),
+            )
             .map_err(NodeError::from)?;
         tracing::info!(%agent_id, serial = %svid.serial, "agent attested");
         Ok(Response::new(AttestAgentResponse {
@@ -299,11 +305,19 @@ impl Node for NodeApi {
         &self,
         req: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, Status> {
-        let mut agent = self.authenticate(&req)?;
+        let (agent, client) = self.authenticate(&req)?;
         let svid = self.sign_agent(&agent.spiffe_id, &req.get_ref().csr)?;
-        agent.previous_serial = Some(std::mem::replace(&mut agent.serial, svid.serial.clone()));
-        agent.expires_at = unix_secs(svid.not_after);
-        self.store.put_agent(&agent).map_err(NodeError::from)?;
+        // Written only if the record is still the one authenticated against
+        // (or a compatible renewal): a concurrent ban or eviction wins.
+        let agent = self
+            .agents
+            .renewed(
+                agent,
+                &client.serial,
+                &svid.serial,
+                unix_secs(svid.not_after),
+            )
+            .map_err(NodeError::from)?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %svid.serial, "agent SVID renewed");
         Ok(Response::new(RenewAgentResponse {
             svid: Some(svid_msg(
@@ -318,12 +332,12 @@ impl Node for NodeApi {
 
     #[instrument(skip_all)]
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
-        let agent = self.authenticate(&req)?;
+        let (agent, client) = self.authenticate(&req)?;
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         let mut entries = self.registry.subscribe();
         let mut bundle = self.ca.subscribe();
-        let mut agents = self.agent_changes.subscribe();
+        let mut agents = self.agents.subscribe();
         let mut stop = self.shutdown.clone();
         tokio::spawn(async move {
             let id = agent.spiffe_id;
@@ -331,7 +345,7 @@ impl Node for NodeApi {
             loop {
                 // Re-check the agent on every wake-up: an evicted or banned
                 // agent's stream ends with an error.
-                let still_ok = match api.store.get_agent(&id) {
+                let still_ok = match api.agents.get(&id) {
                     Ok(Some(a)) => !a.banned,
                     _ => false,
                 };
@@ -343,6 +357,26 @@ impl Node for NodeApi {
                         .await;
                     return;
                 }
+                // The stream outlives no certificate: once the SVID that
+                // opened it expires or its CA leaves the bundle, it ends and
+                // the agent reconnects with its renewed SVID.
+                let snap = api.ca.snapshot();
+                let issuer_ok = client
+                    .issuer
+                    .as_ref()
+                    .is_some_and(|i| snap.authority_ids.iter().any(|a| a == i));
+                if api.clock.now() >= client.not_after || !issuer_ok {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the agent SVID that opened this stream is no longer valid; reconnect",
+                        )))
+                        .await;
+                    return;
+                }
+                let until_expiry = client
+                    .not_after
+                    .duration_since(api.clock.now())
+                    .unwrap_or_default();
                 let update = api.sync_update(&id);
                 if last.as_ref() != Some(&update) {
                     if tx.send(Ok(update.clone())).await.is_err() {
@@ -354,6 +388,7 @@ impl Node for NodeApi {
                     r = entries.changed() => if r.is_err() { return },
                     r = bundle.changed() => if r.is_err() { return },
                     r = agents.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep(until_expiry) => {}
                     () = tx.closed() => return,
                     () = async { let _ = stop.wait_for(|s| *s).await; } => {
                         let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
@@ -370,7 +405,7 @@ impl Node for NodeApi {
         &self,
         req: Request<SignX509SvidsRequest>,
     ) -> Result<Response<SignX509SvidsResponse>, Status> {
-        let agent = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req)?;
         let csrs = req.into_inner().csrs;
         if csrs.len() > MAX_BATCH {
             return Err(NodeError::BatchTooLarge.into());
@@ -401,7 +436,7 @@ impl Node for NodeApi {
         &self,
         req: Request<SignJwtSvidRequest>,
     ) -> Result<Response<SignJwtSvidResponse>, Status> {
-        let agent = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req)?;
         let req = req.into_inner();
         if req.audience.is_empty() {
             return Err(NodeError::BadJwtRequest("audience must be specified".into()).into());

@@ -21,6 +21,10 @@ pub enum RegistryError {
     /// No such entry.
     #[error("entry {0} not found")]
     NotFound(String),
+    /// The SPIFFE ID is an agent's: a workload holding it would be taken
+    /// for that agent.
+    #[error("SPIFFE ID {0} belongs to an agent; entries cannot issue it")]
+    AgentId(SpiffeId),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -82,9 +86,18 @@ impl Registry {
         self.inner.changes.send_modify(|r| *r += 1);
     }
 
+    /// Refuses an entry whose SPIFFE ID is an attested (or banned) agent's.
+    fn check_not_agent(&self, id: &SpiffeId) -> Result<(), RegistryError> {
+        if self.inner.store.get_agent(id)?.is_some() {
+            return Err(RegistryError::AgentId(id.clone()));
+        }
+        Ok(())
+    }
+
     /// Validates and stores a new entry.
     pub fn create(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, RegistryError> {
         let entry = entry.validate(&self.inner.td)?;
+        self.check_not_agent(&entry.spiffe_id)?;
         let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(dup) = self.snapshot().values().find(|e| {
             e.spiffe_id == entry.spiffe_id
@@ -104,6 +117,7 @@ impl Registry {
     /// Replaces an entry, bumping its revision.
     pub fn update(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, RegistryError> {
         let mut entry = entry.validate(&self.inner.td)?;
+        self.check_not_agent(&entry.spiffe_id)?;
         let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
         let old = self
             .snapshot()

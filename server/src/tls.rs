@@ -3,7 +3,8 @@
 //! client certificates verified against the live bundle, and an accept loop
 //! that turns TCP connections into TLS streams for tonic.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -24,6 +25,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::ca::{Ca, CaError};
+use crate::config::NetLimits;
+use lanyard_uds::{AcceptBackoff, ConnLimiter, ConnPermit};
 
 /// Lifetime of the server's own TLS certificate; renewed at half-life.
 pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
@@ -148,6 +151,11 @@ pub struct ClientSvid {
     pub spiffe_id: SpiffeId,
     /// Its serial number, hex.
     pub serial: String,
+    /// Its expiry: checked on every call, not only at the handshake.
+    pub not_after: std::time::SystemTime,
+    /// The issuing CA's key ID (authority key identifier), checked against
+    /// the bundle on every call.
+    pub issuer: Option<String>,
 }
 
 impl ClientSvid {
@@ -162,14 +170,26 @@ impl ClientSvid {
         Ok(Self {
             spiffe_id,
             serial: info.serial,
+            not_after: info.not_after,
+            issuer: info.authority_key_id,
         })
     }
 }
 
-/// A server-side TLS connection that tells tonic who the peer is.
+/// A server-side TLS connection that tells tonic who the peer is. It holds
+/// a slot of the connection limits, and ends (as a closed stream) at its
+/// maximum age.
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    _permit: ConnPermit<IpAddr>,
+    expires: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TlsConn {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.expires.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl Connected for TlsConn {
@@ -185,6 +205,10 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            // Maximum age reached: end of stream; the agent reconnects.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -215,36 +239,61 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// How long a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts TCP connections and performs TLS handshakes concurrently; yields
 /// the established connections. Failed handshakes (garbage, wrong CA,
 /// timeouts) are logged and dropped without affecting anything else.
+///
+/// Limits: connections in total and per peer address (a slot is taken at
+/// accept and held for the connection's life, so half-open handshakes count
+/// too), handshakes in progress at once, a handshake deadline, and a
+/// maximum connection age. Over a limit, a connection is closed at once.
+/// Accept errors (descriptor exhaustion) back off instead of spinning.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    limits: NetLimits,
 ) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let conns = ConnLimiter::new(limits.max_connections, limits.max_connections_per_peer);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes));
     tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        backoff.succeeded();
+                        x
+                    }
                     Err(e) => {
-                        tracing::warn!(?e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let pause = backoff.failed();
+                        tracing::warn!(?e, ?pause, "accept failed; backing off");
+                        tokio::time::sleep(pause).await;
                         continue;
                     }
                 },
                 () = tx.closed() => return,
             };
+            let permit = match conns.try_acquire(addr.ip()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%addr, %e, "connection refused");
+                    continue;
+                }
+            };
+            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "too many TLS handshakes in progress; connection refused");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let accepted =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshake);
+                match accepted {
                     Ok(Ok(tls)) => {
                         let client = tls
                             .get_ref()
@@ -256,7 +305,14 @@ pub fn incoming(
                             addr: Some(addr),
                             client,
                         };
-                        let _ = tx.send(Ok(TlsConn { inner: tls, info })).await;
+                        let expires = Box::pin(tokio::time::sleep(limits.max_connection_age));
+                        let conn = TlsConn {
+                            inner: tls,
+                            info,
+                            _permit: permit,
+                            expires,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%addr, ?e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),

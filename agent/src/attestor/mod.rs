@@ -1,11 +1,14 @@
 //! Workload attestation: from the kernel-verified credentials of a caller on
 //! the agent socket to the selectors that describe it.
 
+mod instance;
 mod proc_info;
+mod systemd;
 mod unix;
 mod users;
 
-pub use unix::UnixAttestor;
+pub use instance::{ExeId, InstanceChanged, ProcessInstance};
+pub use unix::{DEFAULT_MAX_HASH_BYTES, UnixAttestor};
 
 /// The start time of process `pid` (ticks since boot): with the PID it
 /// names one process instance.
@@ -51,15 +54,25 @@ pub enum AttestError {
     },
 }
 
+/// What an attestation may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttestOptions {
+    /// With `false` the attestor answers `Ok(None)` instead of doing slow
+    /// work (hashing a new executable), so the caller can run it on a
+    /// blocking thread; the common, cached case then costs no thread
+    /// hand-off.
+    pub allow_slow: bool,
+    /// Report `unix:sha256` (hash the executable): only when an entry
+    /// selects on it.
+    pub hash_executable: bool,
+}
+
 /// Something that turns a peer's credentials into selectors.
 pub trait WorkloadAttestor: Send + Sync + 'static {
-    /// The selectors of the caller. With `allow_slow` false the attestor
-    /// answers `Ok(None)` instead of doing slow work (hashing a new
-    /// executable), so the caller can run it on a blocking thread; the
-    /// common, cached case then costs no thread hand-off.
+    /// The selectors of the caller.
     fn attest(
         &self,
         peer: PeerCred,
-        allow_slow: bool,
+        opts: AttestOptions,
     ) -> Result<Option<Vec<Selector>>, AttestError>;
 }

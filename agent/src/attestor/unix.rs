@@ -1,5 +1,13 @@
 //! The unix workload attestor: uid, gid, user, group, supplementary groups,
-//! executable path and (size-limited) executable SHA-256.
+//! the systemd unit, executable path and (size-limited) executable SHA-256.
+//!
+//! Trust model: uid, gid, groups and the systemd unit come from the kernel
+//! and cannot be chosen by the process. `unix:sha256` is read through
+//! /proc/PID/exe, the file the kernel runs, in whatever mount namespace.
+//! `unix:path` is the path the agent sees: it is reported only when the
+//! caller shares the agent's mount namespace and the file at that path in
+//! the agent's view is the very file running (same device and inode), so a
+//! bind mount in a private namespace cannot fake it.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -10,7 +18,7 @@ use std::sync::Mutex;
 use lanyard_core::Selector;
 
 use super::proc_info;
-use super::{AttestError, PeerCred, WorkloadAttestor, users};
+use super::{AttestError, AttestOptions, PeerCred, WorkloadAttestor, systemd, users};
 
 /// Default largest executable hashed for `unix:sha256` (bigger ones get no
 /// sha256 selector).
@@ -24,6 +32,9 @@ struct FileKey {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// A rewrite in place with the mtime restored still changes ctime.
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 /// The unix attestor.
@@ -98,6 +109,8 @@ impl UnixAttestor {
             size: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         };
         if let Some(h) = self
             .hashes
@@ -173,13 +186,27 @@ impl UnixAttestor {
     fn group_name(&self, gid: u32) -> Option<String> {
         self.groups.name(gid)
     }
+
+    /// Whether `path` (the caller's executable as /proc names it) means
+    /// the same file to the agent: same mount namespace, and the file the
+    /// agent finds at that path is the one running.
+    fn path_is_shared(&self, root: &Path, pid: i32, path: &Path) -> bool {
+        let ns = |p: PathBuf| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let theirs = ns(root.join(pid.to_string()).join("ns/mnt"));
+        let ours = ns(root.join("self/ns/mnt"));
+        if theirs.is_none() || theirs != ours {
+            return false;
+        }
+        let running = ns(root.join(pid.to_string()).join("exe"));
+        running.is_some() && ns(path.to_owned()) == running
+    }
 }
 
 impl WorkloadAttestor for UnixAttestor {
     fn attest(
         &self,
         peer: PeerCred,
-        allow_slow: bool,
+        opts: AttestOptions,
     ) -> Result<Option<Vec<Selector>>, AttestError> {
         let pid = peer.pid.ok_or(AttestError::NoPid)?;
         let proc_err = |source| AttestError::Proc { pid, source };
@@ -221,14 +248,24 @@ impl WorkloadAttestor for UnixAttestor {
                 out.extend(sel(format!("supplementary_group:{name}")));
             }
         }
+        if let Some(unit) = std::fs::read_to_string(root.join(pid.to_string()).join("cgroup"))
+            .ok()
+            .and_then(|text| systemd::unit_of(&text))
+        {
+            out.extend(Selector::new("systemd", &format!("unit:{unit}")).ok());
+        }
         match proc_info::exe_path(root, pid) {
             Ok(path) => {
-                out.extend(sel(format!("path:{}", path.display())));
-                match self.exe_sha256(pid, allow_slow) {
-                    Ok(Some(Some(h))) => out.extend(sel(format!("sha256:{h}"))),
-                    Ok(Some(None)) => {}
-                    Ok(None) => return Ok(None),
-                    Err(e) => tracing::debug!(pid, ?e, "cannot hash executable"),
+                if self.path_is_shared(root, pid, &path) {
+                    out.extend(sel(format!("path:{}", path.display())));
+                }
+                if opts.hash_executable {
+                    match self.exe_sha256(pid, opts.allow_slow) {
+                        Ok(Some(Some(h))) => out.extend(sel(format!("sha256:{h}"))),
+                        Ok(Some(None)) => {}
+                        Ok(None) => return Ok(None),
+                        Err(e) => tracing::debug!(pid, ?e, "cannot hash executable"),
+                    }
                 }
             }
             // Another user's process without CAP_SYS_PTRACE: no path selectors.
@@ -250,6 +287,15 @@ impl WorkloadAttestor for UnixAttestor {
 mod tests {
     use super::*;
 
+    const FAST: AttestOptions = AttestOptions {
+        allow_slow: false,
+        hash_executable: true,
+    };
+    const SLOW: AttestOptions = AttestOptions {
+        allow_slow: true,
+        hash_executable: true,
+    };
+
     fn me() -> PeerCred {
         let st = proc_info::status(Path::new("/proc"), std::process::id() as i32).unwrap();
         PeerCred {
@@ -265,9 +311,9 @@ mod tests {
         let a = UnixAttestor::new(u64::MAX);
         let peer = me();
         // Not hashed yet: the fast path defers.
-        assert!(a.attest(peer, false).unwrap().is_none());
+        assert!(a.attest(peer, FAST).unwrap().is_none());
         let sels: Vec<String> = a
-            .attest(peer, true)
+            .attest(peer, SLOW)
             .unwrap()
             .unwrap()
             .iter()
@@ -289,7 +335,7 @@ mod tests {
         assert!(sels.contains(&format!("unix:sha256:{want}")));
         // Cached the second time, same answer.
         let again: Vec<String> = a
-            .attest(peer, false)
+            .attest(peer, FAST)
             .unwrap()
             .unwrap()
             .iter()
@@ -299,9 +345,22 @@ mod tests {
     }
 
     #[test]
+    fn no_hash_unless_asked() {
+        let a = UnixAttestor::new(u64::MAX);
+        let opts = AttestOptions {
+            allow_slow: false,
+            hash_executable: false,
+        };
+        // Answered on the fast path (nothing to hash), with no sha256.
+        let sels = a.attest(me(), opts).unwrap().unwrap();
+        assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
+        assert!(a.hashes.lock().unwrap().is_empty());
+    }
+
+    #[test]
     fn size_limit_skips_hash() {
         let a = UnixAttestor::new(10);
-        let sels = a.attest(me(), false).unwrap().unwrap();
+        let sels = a.attest(me(), FAST).unwrap().unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
     }
 
@@ -310,11 +369,11 @@ mod tests {
         let a = UnixAttestor::default();
         let mut p = me();
         p.pid = None;
-        assert!(matches!(a.attest(p, true), Err(AttestError::NoPid)));
+        assert!(matches!(a.attest(p, SLOW), Err(AttestError::NoPid)));
         let mut p = me();
         p.uid = p.uid.wrapping_add(12345);
         assert!(matches!(
-            a.attest(p, true),
+            a.attest(p, SLOW),
             Err(AttestError::CredentialsChanged(_))
         ));
         // A connection older than the process: the PID was reused.
@@ -322,13 +381,13 @@ mod tests {
         let started = proc_info::start_time(Path::new("/proc"), p.pid.unwrap()).unwrap();
         p.connected_ticks = Some(started.saturating_sub(5));
         assert!(matches!(
-            a.attest(p, true),
+            a.attest(p, SLOW),
             Err(AttestError::ProcessChanged(_))
         ));
         let mut p = me();
         p.pid = Some(i32::MAX);
         assert!(matches!(
-            a.attest(p, true),
+            a.attest(p, SLOW),
             Err(AttestError::ProcessChanged(_))
         ));
     }

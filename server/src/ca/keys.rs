@@ -278,6 +278,13 @@ impl Keys {
                     .map(|s| s.key.cert_der().to_vec())
                     .collect(),
             ),
+            authority_ids: Arc::new(
+                self.x509
+                    .ordered()
+                    .iter()
+                    .map(|s| s.key.id().to_owned())
+                    .collect(),
+            ),
             jwt_active,
             jwt_authorities: Arc::new(
                 self.jwt
@@ -341,6 +348,11 @@ impl Keys {
     }
 
     pub(super) fn activate(&mut self) -> Result<bool, CaError> {
+        // Both slots or neither: never an X.509 activation in memory with
+        // the JWT one failing.
+        if !self.x509.has_prepared() || !self.jwt.has_prepared() {
+            return Err(CaError::NothingPrepared);
+        }
         self.x509.activate()?;
         self.jwt.activate()?;
         Ok(true)

@@ -59,6 +59,8 @@ pub struct CaSnapshot {
     pub active: Arc<X509Authority>,
     /// Every published CA certificate (DER), active first.
     pub authorities: Arc<Vec<Vec<u8>>>,
+    /// The key IDs of those certificates, in the same order.
+    pub authority_ids: Arc<Vec<String>>,
     /// The key that signs new JWT-SVIDs.
     pub jwt_active: Arc<JwtSigner>,
     /// Every published JWT key, active first.

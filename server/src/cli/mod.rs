@@ -14,7 +14,7 @@ use lanyard_proto::admin::{
     ListAuthoritiesResponse, ListEntriesRequest, UpdateEntryRequest,
 };
 use lanyard_proto::types;
-use lanyard_proto::uds::unix_channel;
+use lanyard_uds::unix_channel;
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -100,7 +100,7 @@ pub struct RunArgs {
     /// Server API address [default: 127.0.0.1:8081].
     #[arg(long, env = "LANYARD_BIND")]
     pub bind: Option<String>,
-    /// Admin API socket [default: /tmp/lanyard/private/admin.sock].
+    /// Admin API socket [default: /run/lanyard/server/admin.sock].
     #[arg(long, env = "LANYARD_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
     /// CA lifetime [default: 24h].
@@ -118,6 +118,12 @@ pub struct RunArgs {
     /// Log format: plain or json [default: plain].
     #[arg(long, env = "LANYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Most open connections on the server port [default: 16384].
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one peer address [default: 256].
+    #[arg(long, env = "LANYARD_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
 }
 
 impl RunArgs {
@@ -138,6 +144,9 @@ impl RunArgs {
             agent_svid_ttl: self.agent_svid_ttl.clone(),
             join_token_ttl: None,
             log_format: self.log_format.clone(),
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            ..Default::default()
         }))
     }
 }

@@ -40,6 +40,10 @@ pub fn run_all<S: Store, G>(make: impl Fn() -> (S, G)) {
     let checks: &[(&str, fn(&dyn Store))] = &[
         ("entries_crud", entries_crud),
         ("agents_crud", agents_crud),
+        (
+            "agent_swaps_race_without_lost_updates",
+            agent_swaps_race_without_lost_updates,
+        ),
         ("join_tokens_are_single_use", join_tokens_are_single_use),
         ("ca_keys", ca_keys),
         ("jwt_keys", jwt_keys),
@@ -94,16 +98,68 @@ fn agents_crud(s: &dyn Store) {
         banned: false,
         attested_at: 1,
     };
-    s.put_agent(&a).unwrap();
+    let id = &a.spiffe_id;
+    assert_eq!(s.swap_agent(id, None, Some(&a)).unwrap(), Ok(()));
+    // Creating again over an existing record is a mismatch.
+    assert_eq!(
+        s.swap_agent(id, None, Some(&a)).unwrap(),
+        Err(Some(a.clone()))
+    );
     let mut a2 = a.clone();
     a2.serial = "02".into();
     a2.previous_serial = Some("01".into());
-    s.put_agent(&a2).unwrap();
-    assert_eq!(s.get_agent(&a.spiffe_id).unwrap(), Some(a2.clone()));
+    assert_eq!(s.swap_agent(id, Some(&a), Some(&a2)).unwrap(), Ok(()));
+    assert_eq!(s.get_agent(id).unwrap(), Some(a2.clone()));
     assert!(a2.knows_serial("01") && a2.knows_serial("02") && !a2.knows_serial("03"));
     assert_eq!(s.list_agents().unwrap().len(), 1);
-    assert_eq!(s.delete_agent(&a.spiffe_id).unwrap(), Some(a2));
-    assert_eq!(s.get_agent(&a.spiffe_id).unwrap(), None);
+    // A writer holding the stale record loses: nothing is written.
+    let mut stale = a.clone();
+    stale.serial = "03".into();
+    assert_eq!(
+        s.swap_agent(id, Some(&a), Some(&stale)).unwrap(),
+        Err(Some(a2.clone()))
+    );
+    assert_eq!(
+        s.swap_agent(id, Some(&a), None).unwrap(),
+        Err(Some(a2.clone()))
+    );
+    assert_eq!(s.get_agent(id).unwrap(), Some(a2.clone()));
+    assert_eq!(s.swap_agent(id, Some(&a2), None).unwrap(), Ok(()));
+    assert_eq!(s.get_agent(id).unwrap(), None);
+    assert_eq!(s.swap_agent(id, Some(&a2), None).unwrap(), Err(None));
+}
+
+/// Two writers race on one agent record from many threads: each change is
+/// a read-modify-swap loop, and no increment is lost.
+fn agent_swaps_race_without_lost_updates(s: &dyn Store) {
+    let id = agent_id("racer");
+    let base = AgentRecord {
+        spiffe_id: id.clone(),
+        attestation_type: "join_token".into(),
+        serial: "0".into(),
+        previous_serial: None,
+        expires_at: 0,
+        banned: false,
+        attested_at: 0,
+    };
+    assert_eq!(s.swap_agent(&id, None, Some(&base)).unwrap(), Ok(()));
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..50 {
+                    loop {
+                        let cur = s.get_agent(&id).unwrap().unwrap();
+                        let mut next = cur.clone();
+                        next.expires_at += 1;
+                        if s.swap_agent(&id, Some(&cur), Some(&next)).unwrap().is_ok() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(s.get_agent(&id).unwrap().unwrap().expires_at, 200);
 }
 
 fn join_tokens_are_single_use(s: &dyn Store) {

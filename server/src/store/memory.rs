@@ -56,15 +56,27 @@ impl Store for MemoryStore {
     fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
         Ok(self.with(|i| i.entries.values().cloned().collect()))
     }
-    fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.with(|i| i.agents.insert(agent.spiffe_id.clone(), agent.clone()));
-        Ok(())
+    #[allow(clippy::result_large_err)] // the record found, returned by value like the trait's
+    fn swap_agent(
+        &self,
+        id: &SpiffeId,
+        expected: Option<&AgentRecord>,
+        new: Option<&AgentRecord>,
+    ) -> Result<super::Swap<AgentRecord>, StoreError> {
+        Ok(self.with(|i| {
+            let current = i.agents.get(id);
+            if current != expected {
+                return Err(current.cloned());
+            }
+            match new {
+                Some(a) => i.agents.insert(id.clone(), a.clone()),
+                None => i.agents.remove(id),
+            };
+            Ok(())
+        }))
     }
     fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.with(|i| i.agents.get(id).cloned()))
-    }
-    fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.with(|i| i.agents.remove(id)))
     }
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         Ok(self.with(|i| i.agents.values().cloned().collect()))

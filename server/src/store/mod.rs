@@ -42,6 +42,10 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// The outcome of a compare-and-swap: `Ok(())` when written, otherwise the
+/// record found instead of the expected one.
+pub type Swap<T> = Result<(), Option<T>>;
+
 /// Lanyard's persistent state, in domain types.
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new entry; `AlreadyExists` when the ID is taken.
@@ -55,12 +59,19 @@ pub trait Store: Send + Sync + 'static {
     /// Every entry, ordered by ID.
     fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError>;
 
-    /// Inserts or replaces an agent.
-    fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    /// Replaces the agent record `id` with `new` (`None` removes it) only if
+    /// it currently equals `expected` (`None`: absent). Every change to an
+    /// agent goes through here, so a renewal can never write back a record
+    /// that a concurrent ban or eviction changed. On a mismatch nothing is
+    /// written and the current record is returned.
+    fn swap_agent(
+        &self,
+        id: &SpiffeId,
+        expected: Option<&AgentRecord>,
+        new: Option<&AgentRecord>,
+    ) -> Result<Swap<AgentRecord>, StoreError>;
     /// Reads one agent.
     fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
-    /// Removes an agent, returning it.
-    fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
     /// Every agent, ordered by ID.
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
 

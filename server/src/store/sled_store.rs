@@ -11,6 +11,10 @@ use serde::de::DeserializeOwned;
 use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, JwtKeyRecord, Store, StoreError};
 
 const SCHEMA_VERSION: &[u8] = b"1";
+/// Written beside the database once it holds data: a database that opens
+/// empty next to this marker was truncated or lost, and is refused rather
+/// than silently started afresh (with a new CA).
+const MARKER: &str = "lanyard-initialized";
 
 /// sled-backed [`Store`].
 #[derive(Debug, Clone)]
@@ -48,7 +52,15 @@ impl SledStore {
             .open()
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
         let meta = db.open_tree("meta").map_err(backend)?;
+        let marker = dir.join(MARKER);
         match meta.get("schema").map_err(backend)? {
+            None if marker.exists() => {
+                return Err(StoreError::Backend(format!(
+                    "the database in {} is empty, but {} says it held data: it was truncated or lost; restore it from a backup, or remove the directory to start afresh with a new CA",
+                    dir.display(),
+                    marker.display()
+                )));
+            }
             None => {
                 meta.insert("schema", SCHEMA_VERSION).map_err(backend)?;
             }
@@ -71,6 +83,11 @@ impl SledStore {
             db,
         };
         store.flush()?;
+        if !marker.exists() {
+            std::fs::write(&marker, b"1\n")
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", marker.display())))?;
+        }
         Ok(store)
     }
 
@@ -152,20 +169,41 @@ impl Store for SledStore {
         Self::list(&self.entries)
     }
 
-    fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.put(
-            &self.agents,
-            agent.spiffe_id.as_str().as_bytes(),
-            encode(agent)?,
-        )
+    fn swap_agent(
+        &self,
+        id: &SpiffeId,
+        expected: Option<&AgentRecord>,
+        new: Option<&AgentRecord>,
+    ) -> Result<super::Swap<AgentRecord>, StoreError> {
+        let key = id.as_str().as_bytes();
+        // Compare decoded records (the stored bytes may come from an older
+        // encoder), then swap against the exact bytes read, so a write in
+        // between is detected by sled.
+        let raw = self.agents.get(key).map_err(backend)?;
+        let current: Option<AgentRecord> = raw.as_ref().map(|b| decode(key, b)).transpose()?;
+        if current.as_ref() != expected {
+            return Ok(Err(current));
+        }
+        let new_raw = new.map(encode).transpose()?;
+        match self
+            .agents
+            .compare_and_swap(key, raw, new_raw)
+            .map_err(backend)?
+        {
+            Ok(()) => {
+                self.flush()?;
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(e
+                .current
+                .as_ref()
+                .map(|b| decode(key, b))
+                .transpose()?)),
+        }
     }
 
     fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
         Self::get(&self.agents, id.as_str().as_bytes())
-    }
-
-    fn delete_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
-        self.remove(&self.agents, id.as_str().as_bytes())
     }
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
@@ -266,6 +304,36 @@ mod tests {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         // Still there for an operator to inspect.
         assert!(s.entries.get("bad").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_truncated_database_is_refused_not_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.create_entry(&super::super::conformance::entry("a", "spiffe://td/w"))
+                .unwrap();
+        }
+        // Truncate every file of the database (a full disk, a bad copy).
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            if f.path().is_file() && f.file_name() != MARKER {
+                std::fs::File::create(f.path()).unwrap();
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir.path().join("blobs"));
+        match SledStore::open(dir.path()) {
+            Err(StoreError::Backend(msg)) => {
+                assert!(
+                    msg.contains("truncated") || msg.contains("opening"),
+                    "{msg}"
+                )
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(s) => panic!(
+                "a truncated database opened with {} entries",
+                s.list_entries().map(|e| e.len()).unwrap_or(0)
+            ),
+        }
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! Who is calling: the security header, the attested selectors of the
+//! process behind the connection, and the re-check that it is still that
+//! process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lanyard_core::Selector;
+use tonic::Request;
+
+use super::status::{SECURITY_HEADER, WorkloadError};
+use crate::attestor::{AttestOptions, PeerCred, WorkloadAttestor};
+use crate::listener::ConnInfo;
+
+/// How long a connection's attestation is reused for further calls on the
+/// same connection, as long as the same process instance, running the same
+/// executable, is behind it.
+pub const ATTESTATION_REUSE: Duration = Duration::from_secs(1);
+
+/// Connections whose attestations are remembered before old ones are
+/// dropped (beyond that, every call attests afresh).
+const MAX_REMEMBERED: usize = 4096;
+
+/// A connection's latest attestation.
+#[derive(Clone)]
+struct ConnAttestation {
+    pid: i32,
+    at: Instant,
+    hashed: bool,
+    selectors: Arc<Vec<Selector>>,
+}
+
+/// An attested caller.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    /// Its selectors.
+    pub selectors: Arc<Vec<Selector>>,
+    /// Its connection.
+    pub conn: ConnInfo,
+}
+
+impl Caller {
+    /// Checks that the process that connected, running the program it ran
+    /// then, is still behind the connection.
+    pub fn recheck(&self) -> Result<(), WorkloadError> {
+        recheck(&self.conn)
+    }
+
+    /// A number identifying the caller for per-caller limits.
+    pub fn key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.conn.caller.hash(&mut h);
+        h.finish()
+    }
+}
+
+fn recheck(conn: &ConnInfo) -> Result<(), WorkloadError> {
+    match &conn.instance {
+        Some(i) => Ok(i.check()?),
+        None => Err(WorkloadError::NoPeer),
+    }
+}
+
+/// Rejects requests without the SPIFFE security header.
+pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), WorkloadError> {
+    match req.metadata().get(SECURITY_HEADER) {
+        Some(v) if v.as_bytes() == b"true" => Ok(()),
+        _ => Err(WorkloadError::MissingHeader),
+    }
+}
+
+/// Attests callers, remembering each connection's result briefly.
+pub(crate) struct Callers {
+    attestor: Arc<dyn WorkloadAttestor>,
+    attested: Mutex<HashMap<u64, ConnAttestation>>,
+}
+
+impl Callers {
+    pub fn new(attestor: Arc<dyn WorkloadAttestor>) -> Self {
+        Self {
+            attestor,
+            attested: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn reuse(&self, conn: &ConnInfo, pid: i32, hash: bool) -> Option<Arc<Vec<Selector>>> {
+        let m = self.attested.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = m.get(&conn.id)?;
+        (cached.pid == pid && cached.at.elapsed() < ATTESTATION_REUSE && (cached.hashed || !hash))
+            .then(|| cached.selectors.clone())
+    }
+
+    fn remember(&self, conn: &ConnInfo, pid: i32, hashed: bool, selectors: Arc<Vec<Selector>>) {
+        let mut m = self.attested.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_REMEMBERED {
+            m.retain(|_, a| a.at.elapsed() < ATTESTATION_REUSE);
+            if m.len() >= MAX_REMEMBERED {
+                return;
+            }
+        }
+        m.insert(
+            conn.id,
+            ConnAttestation {
+                pid,
+                at: Instant::now(),
+                hashed,
+                selectors,
+            },
+        );
+    }
+
+    /// Checks the header and attests the caller; `hash` asks for the
+    /// executable's SHA-256 (only needed when an entry selects on it).
+    pub async fn attest<T>(&self, req: &Request<T>, hash: bool) -> Result<Caller, WorkloadError> {
+        check_header(req)?;
+        let conn = req
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or(WorkloadError::NoPeer)?;
+        let cred = conn.cred.ok_or(WorkloadError::NoPeer)?;
+        let pid = cred.pid().ok_or(WorkloadError::NoPeer)?;
+        // The process must still be the one that connected (pidfd or start
+        // time, and the same executable) before anything is reused.
+        recheck(&conn)?;
+        if let Some(selectors) = self.reuse(&conn, pid, hash) {
+            return Ok(Caller { selectors, conn });
+        }
+        let peer = PeerCred {
+            pid: Some(pid),
+            uid: cred.uid(),
+            gid: cred.gid(),
+            connected_ticks: conn.accepted_ticks,
+        };
+        let fast = AttestOptions {
+            allow_slow: false,
+            hash_executable: hash,
+        };
+        // The cached case answers inline; only hashing a new executable
+        // goes to a blocking thread.
+        let selectors = match self.attestor.attest(peer, fast)? {
+            Some(s) => s,
+            None => {
+                let attestor = self.attestor.clone();
+                let slow = AttestOptions {
+                    allow_slow: true,
+                    ..fast
+                };
+                tokio::task::spawn_blocking(move || attestor.attest(peer, slow))
+                    .await
+                    .map_err(|_| WorkloadError::ShuttingDown)??
+                    .ok_or(WorkloadError::ShuttingDown)?
+            }
+        };
+        // With a pidfd this is exact: what /proc said was about the process
+        // that connected, which is still alive and unchanged.
+        recheck(&conn)?;
+        tracing::debug!(
+            pid,
+            uid = cred.uid(),
+            selectors = selectors.len(),
+            "workload attested"
+        );
+        let selectors = Arc::new(selectors);
+        self.remember(&conn, pid, hash, selectors.clone());
+        Ok(Caller { selectors, conn })
+    }
+}

@@ -1,0 +1,18 @@
+//! The services on the agent's unix socket.
+//!
+//! - `status`: one error type and its mapping to gRPC status, with the
+//!   texts SPIFFE clients match on.
+//! - `caller`: who is calling: the security header, attestation of the
+//!   process behind the connection (reused briefly per connection), and the
+//!   re-check of that process before every answer and stream send.
+//! - `streams`: the driver that follows the agent's snapshot for a stream.
+//! - `workload`: the `SpiffeWorkloadAPI` handlers.
+
+mod caller;
+mod status;
+mod streams;
+mod workload;
+
+pub use caller::ATTESTATION_REUSE;
+pub use status::{SECURITY_HEADER, WorkloadError};
+pub use workload::WorkloadApi;

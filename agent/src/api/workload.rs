@@ -1,0 +1,261 @@
+//! `SpiffeWorkloadAPI` on the agent's unix socket, following the SPIFFE
+//! Workload API specification's status codes and texts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use lanyard_core::clock::Clock;
+use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use lanyard_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::caller::{Caller, Callers, check_header};
+use super::status::WorkloadError;
+use super::streams::{StreamSource, Streamed, follow};
+use crate::attestor::WorkloadAttestor;
+use crate::cache::{CachedSvid, Snapshot};
+use crate::jwt_cache::JwtCache;
+
+/// The Workload API service.
+#[derive(Clone)]
+pub struct WorkloadApi {
+    cache: watch::Receiver<Arc<Snapshot>>,
+    clock: Arc<dyn Clock>,
+    shutdown: watch::Receiver<bool>,
+    jwt: Arc<JwtCache>,
+    callers: Arc<Callers>,
+}
+
+impl WorkloadApi {
+    /// The service over the agent's published state.
+    pub fn new(
+        cache: watch::Receiver<Arc<Snapshot>>,
+        attestor: Arc<dyn WorkloadAttestor>,
+        clock: Arc<dyn Clock>,
+        shutdown: watch::Receiver<bool>,
+        jwt: Arc<JwtCache>,
+    ) -> Self {
+        Self {
+            cache,
+            clock,
+            shutdown,
+            jwt,
+            callers: Arc::new(Callers::new(attestor)),
+        }
+    }
+
+    async fn attest<T>(&self, req: &Request<T>) -> Result<Caller, WorkloadError> {
+        let hash = self.cache.borrow().entries.uses_sha256();
+        self.callers.attest(req, hash).await
+    }
+
+    fn source(&self) -> StreamSource {
+        StreamSource {
+            cache: self.cache.clone(),
+            stop: self.shutdown.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X509svidResponse) {
+    let bundle = snap.bundle.concat();
+    let mut key: Vec<String> = svids.iter().map(|s| s.serial.clone()).collect();
+    key.push(format!("bundle:{}:{}", snap.bundle_sequence, bundle.len()));
+    // Hints must be unique within a response (SPIFFE Workload API): a
+    // repeated hint is sent only on its first SVID.
+    let mut hints = HashSet::new();
+    let msg = X509svidResponse {
+        svids: svids
+            .iter()
+            .map(|s| X509svid {
+                spiffe_id: s.spiffe_id.to_string(),
+                x509_svid: s.chain.concat(),
+                x509_svid_key: s.key_pkcs8.clone(),
+                bundle: bundle.clone(),
+                hint: if s.hint.is_empty() || hints.insert(s.hint.clone()) {
+                    s.hint.clone()
+                } else {
+                    String::new()
+                },
+            })
+            .collect(),
+        crl: vec![],
+        federated_bundles: HashMap::new(),
+    };
+    (key, msg)
+}
+
+fn bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<Vec<u8>>, X509BundlesResponse) {
+    let mut bundles = HashMap::new();
+    bundles.insert(snap.trust_domain.id_string(), snap.bundle.concat());
+    (
+        (*snap.bundle).clone(),
+        X509BundlesResponse {
+            crl: vec![],
+            bundles,
+        },
+    )
+}
+
+fn jwt_bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<u8>, JwtBundlesResponse) {
+    let jwks = lanyard_core::jwt::jwks_for_workloads(&snap.jwt_authorities).unwrap_or_default();
+    let mut bundles = HashMap::new();
+    bundles.insert(snap.trust_domain.id_string(), jwks.clone());
+    (jwks, JwtBundlesResponse { bundles })
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = Streamed<X509svidResponse>;
+
+    #[instrument(skip_all)]
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let caller = self.attest(&req).await?;
+        Ok(Response::new(follow(self.source(), caller, x509_response)))
+    }
+
+    type FetchX509BundlesStream = Streamed<X509BundlesResponse>;
+
+    #[instrument(skip_all)]
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let caller = self.attest(&req).await?;
+        Ok(Response::new(follow(
+            self.source(),
+            caller,
+            bundles_response,
+        )))
+    }
+
+    #[instrument(skip_all)]
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let audience = &req.get_ref().audience;
+        if audience.is_empty() {
+            return Err(WorkloadError::Required("audience").into());
+        }
+        if audience.len() > 32
+            || audience
+                .iter()
+                .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
+        {
+            return Err(WorkloadError::BadAudience.into());
+        }
+        let caller = self.attest(&req).await?;
+        let JwtsvidRequest {
+            audience,
+            spiffe_id,
+        } = req.into_inner();
+        let snap = self.cache.borrow().clone();
+        let mut entries = snap.entries_for(&caller.selectors);
+        if entries.is_empty() {
+            return Err(if snap.synced {
+                WorkloadError::NoIdentity
+            } else {
+                WorkloadError::NotSynced
+            }
+            .into());
+        }
+        if !spiffe_id.is_empty() {
+            entries.retain(|e| e.spiffe_id.as_str() == spiffe_id);
+            if entries.is_empty() {
+                return Err(WorkloadError::NotYours(spiffe_id).into());
+            }
+        }
+        let now = self.clock.now();
+        let usable: Vec<&str> = snap
+            .jwt_authorities
+            .iter()
+            .map(|a| a.key_id.as_str())
+            .filter(|k| !snap.tainted.iter().any(|t| t == k))
+            .collect();
+        let mut svids = Vec::with_capacity(entries.len());
+        let mut hints = HashSet::new();
+        for e in entries {
+            let token = self
+                .jwt
+                .token(
+                    caller.key(),
+                    e.id.as_str(),
+                    e.spiffe_id.as_str(),
+                    &audience,
+                    now,
+                    &usable,
+                )
+                .await
+                .map_err(WorkloadError::from)?;
+            let hint = if e.hint.is_empty() || hints.insert(e.hint.clone()) {
+                e.hint.clone()
+            } else {
+                String::new()
+            };
+            svids.push(Jwtsvid {
+                spiffe_id: e.spiffe_id.to_string(),
+                svid: token,
+                hint,
+            });
+        }
+        caller.recheck()?;
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    type FetchJWTBundlesStream = Streamed<JwtBundlesResponse>;
+
+    /// Like the X.509 bundle stream, only for a caller with an identity
+    /// (the SPIFFE specification: PermissionDenied otherwise).
+    #[instrument(skip_all)]
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let caller = self.attest(&req).await?;
+        Ok(Response::new(follow(
+            self.source(),
+            caller,
+            jwt_bundles_response,
+        )))
+    }
+
+    #[instrument(skip_all)]
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let ValidateJwtsvidRequest { audience, svid } = req.into_inner();
+        if audience.is_empty() {
+            return Err(WorkloadError::Required("audience").into());
+        }
+        if svid.is_empty() {
+            return Err(WorkloadError::Required("svid").into());
+        }
+        let snap = self.cache.borrow().clone();
+        let v = lanyard_core::jwt::validate_jwt_svid(
+            &svid,
+            &audience,
+            &snap.trust_domain,
+            &snap.jwt_authorities,
+            self.clock.now(),
+        )
+        .map_err(WorkloadError::from)?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: v.spiffe_id.to_string(),
+            claims: Some(lanyard_proto::convert::json_to_struct(&v.claims)),
+        }))
+    }
+}

@@ -1,0 +1,172 @@
+//! The process instance behind a Workload API connection, pinned when the
+//! connection is accepted and checked again before every answer and every
+//! stream send.
+//!
+//! Where the kernel has `SO_PEERPIDFD` (Linux 6.5+), the connection holds a
+//! pidfd of the process that connected: while that pidfd reports the
+//! process alive, its PID cannot have been reused, so what /proc says about
+//! the PID is about that process. Elsewhere (or with `use_pidfd = false`)
+//! the process start time stands in for it, with the accept-time guard of
+//! the attestor. Either way the executable (device and inode of
+//! /proc/PID/exe) seen at accept must still be the one running: a process
+//! that execs another program, or exits and leaves its descriptor to
+//! another, is no longer the caller that connected.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::proc_info;
+
+/// Why the process behind a connection is no longer the one that connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InstanceChanged {
+    /// It exited (its descriptor lives on in another process), or its PID
+    /// now names another process.
+    #[error("the process that opened this connection has exited")]
+    Exited,
+    /// It exec'd another program since connecting.
+    #[error("the process behind this connection exec'd another program")]
+    Execd,
+}
+
+/// Device and inode of a running executable.
+pub type ExeId = (u64, u64);
+
+/// The executable of `pid` as the kernel sees it (through /proc/PID/exe,
+/// so mount namespaces do not matter).
+pub fn exe_id(proc_root: &Path, pid: i32) -> Option<ExeId> {
+    std::fs::metadata(proc_root.join(pid.to_string()).join("exe"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// One connected process instance.
+#[derive(Debug)]
+pub struct ProcessInstance {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    start: Option<u64>,
+    exe: Option<ExeId>,
+}
+
+impl ProcessInstance {
+    /// Pins the process behind `socket` (its peer `pid`).
+    pub fn capture(socket: &impl AsFd, pid: i32, use_pidfd: bool) -> Self {
+        let root = Path::new("/proc");
+        let pidfd = if use_pidfd {
+            nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerPidfd).ok()
+        } else {
+            None
+        };
+        Self {
+            pid,
+            pidfd,
+            start: proc_info::start_time(root, pid).ok(),
+            exe: exe_id(root, pid),
+        }
+    }
+
+    /// The PID.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether a pidfd backs this instance.
+    pub fn has_pidfd(&self) -> bool {
+        self.pidfd.is_some()
+    }
+
+    /// The executable seen at accept.
+    pub fn exe(&self) -> Option<ExeId> {
+        self.exe
+    }
+
+    /// The start time read at accept.
+    pub fn start_time(&self) -> Option<u64> {
+        self.start
+    }
+
+    fn alive(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::ZERO) {
+                    // A pidfd turns readable when its process exits.
+                    Ok(0) => true,
+                    Ok(_) => !fds[0]
+                        .revents()
+                        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP)),
+                    Err(_) => false,
+                }
+            }
+            None => {
+                self.start.is_some()
+                    && proc_info::start_time(Path::new("/proc"), self.pid).ok() == self.start
+            }
+        }
+    }
+
+    /// Checks that the same process, running the same program, is still
+    /// behind the connection.
+    pub fn check(&self) -> Result<(), InstanceChanged> {
+        if !self.alive() {
+            return Err(InstanceChanged::Exited);
+        }
+        if let Some(exe) = self.exe
+            && exe_id(Path::new("/proc"), self.pid) != Some(exe)
+        {
+            // Unreadable now (it exited in between) or another program.
+            return Err(if self.alive() {
+                InstanceChanged::Execd
+            } else {
+                InstanceChanged::Exited
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child process connected to a listener of ours, and our end.
+    fn connected_child(dir: &Path) -> (std::process::Child, std::os::unix::net::UnixStream) {
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(60)",
+            ])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        (child, conn)
+    }
+
+    #[test]
+    fn an_exited_peer_is_seen_with_and_without_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        for use_pidfd in [true, false] {
+            let (mut child, conn) = connected_child(dir.path());
+            let pid = child.id() as i32;
+            let inst = ProcessInstance::capture(&conn, pid, use_pidfd);
+            assert_eq!(inst.has_pidfd(), use_pidfd);
+            assert_eq!(inst.check(), Ok(()));
+            assert!(inst.exe().is_some());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // The connection (our end) is still open; the process is gone.
+            assert_eq!(
+                inst.check(),
+                Err(InstanceChanged::Exited),
+                "pidfd {use_pidfd}"
+            );
+            std::fs::remove_file(dir.path().join("s.sock")).unwrap();
+        }
+    }
+}

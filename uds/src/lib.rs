@@ -1,0 +1,17 @@
+//! Serving gRPC on unix sockets the way a node-local security service must:
+//! sockets only in directories no other user controls, HTTP/2 interop with
+//! every gRPC client's idea of `:authority`, and the client side's channel.
+//!
+//! Shared by the agent's Workload API socket, the server's admin socket and
+//! their command-line clients. This is socket policy, not wire format, so it
+//! lives apart from `lanyard-proto`.
+
+pub mod authority;
+pub mod limits;
+pub mod socket;
+
+pub use authority::AuthorityShim;
+pub use limits::{AcceptBackoff, ConnLimiter, ConnPermit, LimitError, Limited};
+pub use socket::{
+    SocketDir, SocketError, bind_unix_listener, own_uid, secure_dir, socket_path, unix_channel,
+};
