@@ -91,6 +91,18 @@ async fn call_inner(
     max_messages: usize,
 ) -> std::io::Result<Reply> {
     let mut s = UnixStream::connect(socket).await?;
+    send_request(&mut s, authority, path, extra, body).await?;
+    read_reply(&mut s, max_messages).await
+}
+
+/// Writes the connection preface and one request on stream 1.
+pub async fn send_request(
+    s: &mut UnixStream,
+    authority: Option<&[u8]>,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut block = Vec::new();
     literal(&mut block, b":method", b"POST");
     literal(&mut block, b":scheme", b"http");
@@ -110,8 +122,11 @@ async fn call_inner(
     out.extend(frame(0x4, 0, 0, &[]));
     out.extend(frame(0x1, 0x4, 1, &block));
     out.extend(frame(0x0, 0x1, 1, &msg));
-    s.write_all(&out).await?;
+    s.write_all(&out).await
+}
 
+/// Reads the reply to stream 1 until it ends or `max_messages` arrived.
+pub async fn read_reply(s: &mut UnixStream, max_messages: usize) -> std::io::Result<Reply> {
     let mut dec = loona_hpack::Decoder::new();
     let mut reply = Reply::default();
     let mut data = Vec::new();
@@ -163,7 +178,7 @@ async fn call_inner(
                     s.write_all(&frame(0x8, 0, 1, &inc)).await?;
                 }
             }
-            0x3 if stream == 1 => {
+            0x3 if stream == 1 && payload.len() == 4 => {
                 reply.reset = Some(u32::from_be_bytes([
                     payload[0], payload[1], payload[2], payload[3],
                 ]));

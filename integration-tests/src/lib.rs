@@ -203,3 +203,36 @@ pub async fn start_agent(
 pub fn endpoint(socket: &Path) -> String {
     format!("unix://{}", socket.display())
 }
+
+/// A node API client authenticated with the agent SVID stored in
+/// `data_dir` (as a stolen or stale agent credential would be used).
+pub fn node_client_from(
+    data_dir: &Path,
+    server: SocketAddr,
+) -> lanyard_proto::server::node_client::NodeClient<Channel> {
+    use lanyard_agent::creds::{AgentIdentity, ClientCert, Credentials};
+    use lanyard_agent::server_client::{node_client, tls_config};
+    use lanyard_agent::storage::AgentStorage;
+    use lanyard_core::tls::SpiffeServerVerifier;
+    use std::sync::Arc;
+    let stored = AgentStorage::open(data_dir)
+        .unwrap()
+        .load()
+        .unwrap()
+        .unwrap();
+    let creds = Arc::new(Credentials::default());
+    creds.set_bundle(Arc::new(stored.bundle));
+    creds.set_identity(Some(Arc::new(
+        AgentIdentity::new(stored.chain, stored.key_pkcs8).unwrap(),
+    )));
+    let server_id = lanyard_core::TrustDomain::new(TD)
+        .unwrap()
+        .id_with_segments(["lanyard", "server"])
+        .unwrap();
+    let tls = tls_config(
+        Arc::new(SpiffeServerVerifier::new(server_id, creds.clone())),
+        Some(Arc::new(ClientCert(creds))),
+    )
+    .unwrap();
+    node_client(&server.to_string(), tls).unwrap()
+}

@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_agent::creds::{AgentIdentity, ClientCert, Credentials};
 use lanyard_agent::server_client::{node_client, tls_config};
-use lanyard_agent::storage::AgentStorage;
-use lanyard_core::tls::SpiffeServerVerifier;
+use lanyard_core::SpiffeId;
 use lanyard_core::x509::SvidKey;
-use lanyard_core::{SpiffeId, TrustDomain};
-use lanyard_integration_tests::{NODE, TD, TestServer, endpoint, eventually, start_agent};
+use lanyard_integration_tests::{
+    NODE, TestServer, endpoint, eventually, node_client_from, start_agent,
+};
 use lanyard_proto::server::{SignX509SvidsRequest, SvidCsr};
 use lanyard_proto::workload::X509svidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -106,31 +105,6 @@ async fn wit_rpcs_are_unimplemented_and_health_is_served() {
 }
 
 /// A Node API client using the agent SVID stored in `data_dir`.
-fn node_client_from(
-    data_dir: &std::path::Path,
-    server: std::net::SocketAddr,
-) -> lanyard_proto::server::node_client::NodeClient<tonic::transport::Channel> {
-    let stored = AgentStorage::open(data_dir)
-        .unwrap()
-        .load()
-        .unwrap()
-        .unwrap();
-    let creds = Arc::new(Credentials::default());
-    creds.set_bundle(Arc::new(stored.bundle));
-    creds.set_identity(Some(Arc::new(
-        AgentIdentity::new(stored.chain, stored.key_pkcs8).unwrap(),
-    )));
-    let server_id = TrustDomain::new(TD)
-        .unwrap()
-        .id_with_segments(["lanyard", "server"])
-        .unwrap();
-    let tls = tls_config(
-        Arc::new(SpiffeServerVerifier::new(server_id, creds.clone())),
-        Some(Arc::new(ClientCert(creds))),
-    )
-    .unwrap();
-    node_client(&server.to_string(), tls).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_get_another_agents_svids() {

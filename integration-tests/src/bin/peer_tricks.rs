@@ -1,0 +1,120 @@
+//! What a hostile process on the node does with a Workload API socket, as a
+//! real separate process for the end-to-end tests:
+//!
+//! - `flood SOCKET N`: opens N connections and holds them idle; prints
+//!   `ready K` (K opened) and waits until its stdin closes.
+//! - `handoff SOCKET`: opens a FetchX509SVID stream, reads the first
+//!   response, hands the connection to a child process (`relay`) and exits.
+//! - `exec SOCKET PROGRAM`: the same, but execs PROGRAM (a copy of this
+//!   binary, so another executable) in place with the connection as stdin.
+//! - `relay`: reads the stream from stdin and prints `data` if the agent
+//!   sends another response, `ended` if it ends the stream.
+//!
+//! Test support: exits non-zero with a message on unexpected failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+
+use lanyard_integration_tests::h2raw;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("flood") => flood(&args[2], args[3].parse().unwrap()),
+        Some("handoff") => handoff(&args[2], None).await,
+        Some("exec") => handoff(&args[2], Some(&args[3])).await,
+        Some("relay") => relay(),
+        _ => panic!("usage: peer_tricks flood|handoff|exec|relay ..."),
+    }
+}
+
+fn flood(socket: &str, n: usize) {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    println!("ready {}", held.len());
+    std::io::stdout().flush().unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+async fn handoff(socket: &str, program: Option<&str>) {
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    h2raw::send_request(
+        &mut s,
+        Some(b"localhost"),
+        "/SpiffeWorkloadAPI/FetchX509SVID",
+        &[("workload.spiffe.io", "true")],
+        &[],
+    )
+    .await
+    .unwrap();
+    let first = h2raw::read_reply(&mut s, 1).await.unwrap();
+    assert_eq!(first.messages.len(), 1, "no first response: {first:?}");
+    println!("first");
+    std::io::stdout().flush().unwrap();
+    let std_stream = s.into_std().unwrap();
+    std_stream.set_nonblocking(false).unwrap();
+    let fd: OwnedFd = std_stream.into();
+    match program {
+        None => {
+            // A child holds the connection; this process, the one that
+            // connected, exits.
+            Command::new(std::env::current_exe().unwrap())
+                .arg("relay")
+                .stdin(Stdio::from(fd))
+                .spawn()
+                .unwrap();
+        }
+        Some(p) => {
+            use std::os::unix::process::CommandExt;
+            let err = Command::new(p).arg("relay").stdin(Stdio::from(fd)).exec();
+            panic!("exec {p}: {err}");
+        }
+    }
+}
+
+fn relay() {
+    let mut input = std::io::stdin().lock();
+    let mut head = [0u8; 9];
+    loop {
+        if input.read_exact(&mut head).is_err() {
+            println!("ended");
+            return;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if input.read_exact(&mut payload).is_err() {
+            println!("ended");
+            return;
+        }
+        match kind {
+            0x0 if stream == 1 && len > 0 => {
+                println!("data");
+                return;
+            }
+            0x1 if stream == 1 && flags & 0x1 != 0 => {
+                println!("ended");
+                return;
+            }
+            0x3 if stream == 1 => {
+                println!("ended");
+                return;
+            }
+            0x7 => {
+                println!("ended");
+                return;
+            }
+            _ => {}
+        }
+    }
+}

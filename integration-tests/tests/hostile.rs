@@ -1,0 +1,282 @@
+//! An attacker on the same node or the same network: real processes that
+//! hand their connection on, exec another program, flood the agent's
+//! socket; a stale agent credential on an open connection; a flood of TCP
+//! connections to the server from one peer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lanyard_integration_tests::{
+    NODE, TestServer, agent_config, endpoint, eventually, init, node_client_from,
+};
+use lanyard_proto::admin::AuthorityRequest;
+use lanyard_proto::server::SignX509SvidsRequest;
+use spiffe::WorkloadApiClient;
+
+const WAIT: Duration = Duration::from_secs(20);
+const TRICKS: &str = env!("CARGO_BIN_EXE_peer_tricks");
+
+/// Starts an agent with `tweak` applied to its configuration.
+async fn agent_with(
+    server: &TestServer,
+    tweak: impl FnOnce(&mut lanyard_agent::Config),
+) -> lanyard_agent::Bound {
+    init();
+    let token = server.token(NODE).await;
+    let mut cfg = agent_config(&server.dir, server.addr(), Some(token));
+    tweak(&mut cfg);
+    lanyard_agent::build(cfg).await.unwrap()
+}
+
+async fn wait_for_svid(socket: &Path) {
+    let client = WorkloadApiClient::connect_to(endpoint(socket))
+        .await
+        .unwrap();
+    eventually("an X.509-SVID", WAIT, || {
+        let c = client.clone();
+        async move { c.fetch_x509_svid().await.ok() }
+    })
+    .await;
+}
+
+/// Reads the child's stdout lines until `want` lines arrived or `WAIT`.
+fn lines(child: &mut Child, want: usize) -> Vec<String> {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// The caller that opened a stream exits and leaves the connection to a
+/// child: the next rotation is not sent to the child; the stream ends.
+async fn handoff_case(use_pidfd: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    // 2 s SVIDs: a rotation (and so a send) within about a second.
+    server.entry_for_me("spiffe://example.org/w", NODE, 2).await;
+    let agent = agent_with(&server, |c| c.use_pidfd = use_pidfd).await;
+    wait_for_svid(&agent.socket).await;
+    let socket = agent.socket.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(TRICKS)
+            .arg("handoff")
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = lines(&mut child, 2);
+        let _ = child.wait();
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, vec!["first", "ended"], "pidfd {use_pidfd}");
+    agent.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_process_exits_and_leaves_the_connection_to_a_child() {
+    handoff_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_time_fallback_ends_a_handed_off_stream_too() {
+    handoff_case(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_process_execs_another_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    server.entry_for_me("spiffe://example.org/w", NODE, 2).await;
+    let agent = agent_with(&server, |_| {}).await;
+    wait_for_svid(&agent.socket).await;
+    // Another executable (a copy: another inode) for the exec.
+    let other = dir.path().join("other-program");
+    std::fs::copy(TRICKS, &other).unwrap();
+    let socket = agent.socket.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(TRICKS)
+            .arg("exec")
+            .arg(&socket)
+            .arg(&other)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = lines(&mut child, 2);
+        let _ = child.wait();
+        got
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, vec!["first", "ended"]);
+    agent.shutdown().await;
+    server.stop().await;
+}
+
+/// Local processes of another uid hold 20,000 idle connections (the
+/// descriptor limit of this machine's processes): the agent keeps serving
+/// everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_flood_from_one_caller_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another uid must reach the socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    server
+        .entry_for_me("spiffe://example.org/w", NODE, 60)
+        .await;
+    let agent = agent_with(&server, |_| {}).await;
+    wait_for_svid(&agent.socket).await;
+    // Two processes of the attacker's uid, 10,000 connections each: more
+    // than this process's descriptor limit (20,000 here) could hold.
+    let mut floods = Vec::new();
+    for _ in 0..2 {
+        let mut flood = Command::new(TRICKS)
+            .arg("flood")
+            .arg(&agent.socket)
+            .arg("10000")
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (flood, ready) = tokio::task::spawn_blocking(move || {
+            let l = lines(&mut flood, 1);
+            (flood, l)
+        })
+        .await
+        .unwrap();
+        assert!(
+            ready.first().is_some_and(|l| l.starts_with("ready ")),
+            "{ready:?}"
+        );
+        floods.push(flood);
+    }
+    // While the flood holds its connections, a fresh caller is served.
+    for _ in 0..3 {
+        let client = WorkloadApiClient::connect_to(endpoint(&agent.socket))
+            .await
+            .unwrap();
+        let svid = tokio::time::timeout(WAIT, client.fetch_x509_svid())
+            .await
+            .expect("fetch within the deadline")
+            .expect("an SVID while the flood holds its connections");
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/w");
+    }
+    for mut flood in floods {
+        drop(flood.stdin.take());
+        let _ = flood.wait();
+    }
+    agent.shutdown().await;
+    server.stop().await;
+}
+
+/// An agent SVID whose CA is revoked stops working on a connection that
+/// was established while it was valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_ca_stops_an_agent_credential_on_an_open_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let agent = agent_with(&server, |_| {}).await;
+    agent.shutdown().await;
+    let old_ca = server.active_ca_id();
+    let mut client = node_client_from(&dir.path().join("agent-data"), server.addr());
+    client
+        .sign_x509_svids(SignX509SvidsRequest { csrs: vec![] })
+        .await
+        .expect("the stored SVID works");
+    let mut admin = server.admin();
+    admin
+        .prepare_authorities(lanyard_proto::admin::ListAuthoritiesRequest {})
+        .await
+        .unwrap();
+    admin
+        .activate_authorities(lanyard_proto::admin::ListAuthoritiesRequest {})
+        .await
+        .unwrap();
+    admin
+        .taint_authority(AuthorityRequest { id: old_ca.clone() })
+        .await
+        .unwrap();
+    admin
+        .revoke_authority(AuthorityRequest { id: old_ca })
+        .await
+        .unwrap();
+    // Same client, same HTTP/2 connection.
+    let err = client
+        .sign_x509_svids(SignX509SvidsRequest { csrs: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("no longer in the trust bundle"),
+        "{}",
+        err.message()
+    );
+    server.stop().await;
+}
+
+/// One network peer opens thousands of connections and never handshakes:
+/// beyond its share they are closed at once, and an agent on another
+/// address attests and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_flood_from_one_peer_does_not_stop_agents_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), "127.0.0.1:0", |c| {
+        c.net.max_connections_per_peer = 64;
+        c.net.max_handshakes = 32;
+    })
+    .await;
+    server
+        .entry_for_me("spiffe://example.org/w", NODE, 60)
+        .await;
+    let addr = server.addr();
+    let mut held = Vec::new();
+    for _ in 0..1500 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        if let Ok(s) = sock.connect(addr).await {
+            held.push(s);
+        }
+    }
+    // Over the peer's share, connections are closed by the server: reading
+    // gives end-of-file at once.
+    let mut closed = 0;
+    for s in &mut held {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1500 - 64, "only {closed} of 1500 closed");
+    let agent = agent_with(&server, |_| {}).await;
+    wait_for_svid(&agent.socket).await;
+    drop(held);
+    agent.shutdown().await;
+    server.stop().await;
+}
