@@ -323,4 +323,54 @@ mod tests {
         };
         assert!(!format!("{secret:?}").contains("s3cret"));
     }
+
+    #[test]
+    fn join_token_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "abc123\n").unwrap();
+        let base = RawConfig {
+            trust_domain: Some("td".into()),
+            join_token_file: Some(f.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            base.clone().validate().unwrap().join_token.as_deref(),
+            Some("abc123")
+        );
+        let both = RawConfig {
+            join_token: Some("x".into()),
+            ..base.clone()
+        };
+        assert!(
+            both.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("mutually exclusive")
+        );
+        std::fs::write(&f, "\n").unwrap();
+        assert!(
+            base.clone()
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
+        let missing = RawConfig {
+            join_token_file: Some(dir.path().join("nope")),
+            ..base
+        };
+        assert!(missing.validate().is_err());
+        let zero = RawConfig {
+            trust_domain: Some("td".into()),
+            max_connections: Some(0),
+            ..Default::default()
+        };
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 1")
+        );
+    }
 }

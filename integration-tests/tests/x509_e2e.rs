@@ -125,6 +125,32 @@ async fn caller_without_entry_gets_no_identity_issued() {
         ),
         "{err:?}"
     );
+    // The bundle streams too: a caller with no identity gets none (the
+    // SPIFFE Workload API says PermissionDenied for both).
+    let mut raw = lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        lanyard_uds::unix_channel(&agent.socket).unwrap(),
+    );
+    fn with_header<T>(r: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(r);
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        req
+    }
+    let mut s = raw
+        .fetch_jwt_bundles(with_header(lanyard_proto::workload::JwtBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = s.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert_eq!(err.message(), "no identity issued");
+    let mut s = raw
+        .fetch_x509_bundles(with_header(lanyard_proto::workload::X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = s.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
     agent.shutdown().await;
     server.stop().await;
 }

@@ -280,4 +280,21 @@ mod tests {
         // Banning twice is fine.
         assert!(a.ban(&id()).unwrap().banned);
     }
+
+    #[test]
+    fn entries_cannot_take_an_agent_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let (tx, _) = watch::channel(0);
+        let a = Agents::new(store.clone(), Arc::new(FakeClock::at(1000)), tx);
+        a.attested(&id(), "join_token", "01", 2000).unwrap();
+        let td = lanyard_core::TrustDomain::new("td").unwrap();
+        let registry = crate::registry::Registry::load(td, store).unwrap();
+        let mut e = crate::store::conformance::entry("e1", "spiffe://td/node/n1");
+        e.parent_id = SpiffeId::new("spiffe://td/node/n2").unwrap();
+        assert!(matches!(
+            registry.create(e),
+            Err(crate::registry::RegistryError::AgentId(_))
+        ));
+    }
 }

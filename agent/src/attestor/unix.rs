@@ -391,4 +391,119 @@ mod tests {
             Err(AttestError::ProcessChanged(_))
         ));
     }
+
+    fn peer_of(child: &std::process::Child) -> PeerCred {
+        let pid = child.id() as i32;
+        // Wait until the child runs its final program.
+        for _ in 0..200 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let st = proc_info::status(Path::new("/proc"), pid).unwrap();
+            if st.euid.is_some() {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+                if !comm.starts_with("unshare") && !comm.starts_with("sh") {
+                    break;
+                }
+            }
+        }
+        let st = proc_info::status(Path::new("/proc"), pid).unwrap();
+        PeerCred {
+            pid: Some(pid),
+            uid: st.euid.unwrap(),
+            gid: st.egid.unwrap(),
+            connected_ticks: None,
+        }
+    }
+
+    fn which(prog: &str) -> PathBuf {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {prog}")])
+            .output()
+            .unwrap();
+        std::fs::canonicalize(String::from_utf8(out.stdout).unwrap().trim()).unwrap()
+    }
+
+    /// A bind mount in a private mount namespace makes /proc/PID/exe name
+    /// a path that, for the agent, is another file: no `unix:path` then.
+    #[test]
+    fn path_is_not_reported_from_another_mount_namespace() {
+        let a = UnixAttestor::new(u64::MAX);
+        let (sleep, tail) = (which("sleep"), which("tail"));
+        let mut same = std::process::Command::new(&sleep)
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let sels = a.attest(peer_of(&same), SLOW).unwrap().unwrap();
+        let want = format!("unix:path:{}", sleep.display());
+        assert!(sels.iter().any(|s| s.to_string() == want), "{sels:?}");
+        same.kill().unwrap();
+        same.wait().unwrap();
+
+        // In its own namespace, `tail` is mounted over the `sleep` path and
+        // run under that name.
+        let script = format!(
+            "mount --bind {tail} {sleep} && exec {sleep} -f /dev/null",
+            tail = tail.display(),
+            sleep = sleep.display()
+        );
+        let mut faked = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .spawn()
+            .unwrap();
+        let peer = peer_of(&faked);
+        let exe = std::fs::read_link(format!("/proc/{}/exe", peer.pid.unwrap())).unwrap();
+        assert_eq!(exe, sleep, "the trick names the sleep path");
+        let sels = a.attest(peer, SLOW).unwrap().unwrap();
+        assert!(
+            !sels.iter().any(|s| s.value().starts_with("path:")),
+            "{sels:?}"
+        );
+        // The hash is of the file really running (tail), read through
+        // /proc/PID/exe.
+        let tail_hash = hex::encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &std::fs::read(&tail).unwrap(),
+        ));
+        assert!(
+            sels.iter()
+                .any(|s| s.to_string() == format!("unix:sha256:{tail_hash}")),
+            "{sels:?}"
+        );
+        faked.kill().unwrap();
+        faked.wait().unwrap();
+    }
+
+    /// A process in a system unit's cgroup gets `systemd:unit:NAME`. These
+    /// machines run no systemd: the test makes a cgroup of that shape.
+    #[test]
+    fn systemd_unit_from_the_cgroup() {
+        let unit = format!("lanyard-test-{}.service", std::process::id());
+        let roots = [
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ];
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut placed = None;
+        for root in roots {
+            let dir = Path::new(root).join("system.slice").join(&unit);
+            if std::fs::create_dir_all(&dir).is_ok()
+                && std::fs::write(dir.join("cgroup.procs"), pid.to_string()).is_ok()
+            {
+                placed = Some(dir);
+                break;
+            }
+        }
+        let dir = placed.expect("a writable cgroup hierarchy (tests run as root)");
+        let a = UnixAttestor::new(u64::MAX);
+        let sels = a.attest(peer_of(&child), SLOW).unwrap().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = std::fs::remove_dir(&dir);
+        let want = format!("systemd:unit:{unit}");
+        assert!(sels.iter().any(|s| s.to_string() == want), "{sels:?}");
+    }
 }

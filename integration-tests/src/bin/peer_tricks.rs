@@ -66,7 +66,8 @@ async fn handoff(socket: &str, program: Option<&str>) {
     match program {
         None => {
             // A child holds the connection; this process, the one that
-            // connected, exits.
+            // connected, exits (deliberately without waiting for it).
+            #[allow(clippy::zombie_processes)]
             Command::new(std::env::current_exe().unwrap())
                 .arg("relay")
                 .stdin(Stdio::from(fd))

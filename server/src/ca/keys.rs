@@ -439,3 +439,40 @@ impl Keys {
             .fold(far, SystemTime::min)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn activation_changes_both_slots_or_neither() {
+        let td = TrustDomain::new("td").unwrap();
+        let store = MemoryStore::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ttl = Duration::from_secs(3600);
+        let (mut keys, _) = Keys::load(&td, &store, now, ttl).unwrap();
+        let active = |k: &Keys| {
+            (
+                k.x509.active().map(|s| s.key.id().to_owned()),
+                k.jwt.active().map(|s| s.key.id().to_owned()),
+            )
+        };
+        let before = active(&keys);
+        // Only the X.509 slot has a prepared key (as after a partial
+        // failure): activation must refuse without touching it.
+        let a = X509Authority::generate_root(&td, now, ttl).unwrap();
+        keys.x509.slots.push(Slot {
+            key: Arc::new(a),
+            state: CaKeyState::Prepared,
+            tainted: false,
+        });
+        assert!(matches!(keys.activate(), Err(CaError::NothingPrepared)));
+        assert_eq!(active(&keys), before);
+        keys.prepare(&td, now, ttl).unwrap();
+        keys.activate().unwrap();
+        let after = active(&keys);
+        assert_ne!(after.0, before.0);
+        assert_ne!(after.1, before.1);
+    }
+}
