@@ -293,4 +293,28 @@ mod tests {
             assert_eq!(idx.matching(caller.iter()), want);
         }
     }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any valid selector prints and parses back to itself; any
+            /// string at all parses or is refused without a panic.
+            #[test]
+            fn selectors_round_trip(kind in "[a-z0-9_-]{1,16}", value in "[^\\p{Cc}]{1,64}") {
+                if let Ok(sel) = Selector::new(&kind, &value) {
+                    let again: Selector = sel.to_string().parse().unwrap();
+                    prop_assert_eq!(&again, &sel);
+                    prop_assert_eq!(again.kind(), kind.as_str());
+                    prop_assert_eq!(again.value(), value.as_str());
+                }
+            }
+
+            #[test]
+            fn any_string_parses_or_is_refused(s in "\\PC{0,300}") {
+                let _ = s.parse::<Selector>();
+            }
+        }
+    }
 }

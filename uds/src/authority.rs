@@ -753,4 +753,82 @@ mod tests {
         assert_eq!(dec[0].1, b"localhost");
         assert_eq!(dec[1].1.len(), 40_000);
     }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn decode_all(stream: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut dec = loona_hpack::Decoder::new();
+            let mut rest = &stream[PREFACE.len()..];
+            let mut fields = Vec::new();
+            let mut block = Vec::new();
+            while rest.len() >= FRAME_HEADER {
+                let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+                let (kind, flags) = (rest[3], rest[4]);
+                let mut payload = &rest[FRAME_HEADER..FRAME_HEADER + len];
+                if kind == HEADERS && flags & PRIORITY != 0 {
+                    payload = &payload[5..];
+                }
+                if kind == HEADERS || kind == CONTINUATION {
+                    block.extend_from_slice(payload);
+                    if flags & END_HEADERS != 0 {
+                        fields.extend(dec.decode(&block).unwrap());
+                        block.clear();
+                    }
+                }
+                rest = &rest[FRAME_HEADER + len..];
+            }
+            fields
+        }
+
+        proptest! {
+            /// Any header list with any authority: the output decodes, every
+            /// field but a bad authority is unchanged, the authority is one
+            /// h2 accepts, and how the bytes are split into reads does not
+            /// matter.
+            #[test]
+            fn any_authority_comes_out_acceptable(
+                authority in proptest::collection::vec(0x21u8..0x7f, 1..200),
+                extra in proptest::collection::vec(("[a-z][a-z0-9-]{0,20}", "[ -~]{0,100}"), 0..20),
+                blocks in 1usize..4,
+                step in 1usize..64,
+            ) {
+                let mut input = PREFACE.to_vec();
+                let mut want = Vec::new();
+                for b in 0..blocks {
+                    let mut fields = vec![
+                        (b":method".to_vec(), b"POST".to_vec()),
+                        (b":path".to_vec(), b"/x".to_vec()),
+                        (b":authority".to_vec(), authority.clone()),
+                    ];
+                    for (n, v) in &extra {
+                        fields.push((n.as_bytes().to_vec(), v.as_bytes().to_vec()));
+                    }
+                    let mut raw = BytesMut::new();
+                    for (n, v) in &fields {
+                        raw.put_u8(0x40); // with incremental indexing
+                        put_int(&mut raw, 0, 7, n.len());
+                        raw.extend_from_slice(n);
+                        put_int(&mut raw, 0, 7, v.len());
+                        raw.extend_from_slice(v);
+                    }
+                    let stream = 1 + 2 * b as u32;
+                    input.extend(frame(HEADERS, END_HEADERS, stream, &raw));
+                    for (n, v) in fields {
+                        let v = if n == b":authority" && !acceptable_authority(&v) {
+                            REPLACEMENT.to_vec()
+                        } else {
+                            v
+                        };
+                        want.push((n, v));
+                    }
+                }
+                let (whole, _) = run(&input, input.len()).unwrap();
+                let (split, _) = run(&input, step).unwrap();
+                prop_assert_eq!(&whole, &split);
+                prop_assert_eq!(decode_all(&whole), want);
+            }
+        }
+    }
 }

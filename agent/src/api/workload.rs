@@ -115,7 +115,7 @@ fn jwt_bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<u8>, Jwt
 impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = Streamed<X509svidResponse>;
 
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn fetch_x509svid(
         &self,
         req: Request<X509svidRequest>,
@@ -126,7 +126,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     type FetchX509BundlesStream = Streamed<X509BundlesResponse>;
 
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn fetch_x509_bundles(
         &self,
         req: Request<X509BundlesRequest>,
@@ -139,7 +139,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         )))
     }
 
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn fetch_jwtsvid(
         &self,
         req: Request<JwtsvidRequest>,
@@ -218,7 +218,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     /// Like the X.509 bundle stream, only for a caller with an identity
     /// (the SPIFFE specification: PermissionDenied otherwise).
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn fetch_jwt_bundles(
         &self,
         req: Request<JwtBundlesRequest>,
@@ -231,7 +231,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         )))
     }
 
-    #[instrument(skip_all)]
+    #[instrument(level = "debug", skip_all)]
     async fn validate_jwtsvid(
         &self,
         req: Request<ValidateJwtsvidRequest>,

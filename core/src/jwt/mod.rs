@@ -1,10 +1,12 @@
 //! JWT-SVIDs: ES256 signing keys, minting, JWKS bundles, and validation as
 //! any peer holding the bundle does it.
 
+mod bundle;
 mod jwk;
 mod signer;
 mod validate;
 
+pub use bundle::{MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, SpiffeBundle, parse_spiffe_bundle};
 pub use jwk::{Jwk, JwtAuthority, jwks_for_workloads, spiffe_bundle_json};
 pub use signer::{JwtSigner, MintedJwt};
 pub use validate::{MAX_AUDIENCE_LEN, MAX_TOKEN_LEN, ValidatedJwt, validate_jwt_svid};
