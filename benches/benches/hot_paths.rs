@@ -146,5 +146,71 @@ fn attestation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, issuance, jwt, selectors, spiffe_ids, attestation);
+/// The HTTP/2 `:authority` shim on one gRPC request as a client sends it
+/// (HEADERS with the usual fields, then a DATA frame), per connection state:
+/// a valid authority (decode only, bytes forwarded) and a socket path
+/// (decode and re-encode).
+fn authority_shim(c: &mut Criterion) {
+    use lanyard_uds::authority::Rewriter;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend(stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    fn lit(out: &mut Vec<u8>, n: &[u8], v: &[u8]) {
+        out.extend([0, n.len() as u8]);
+        out.extend_from_slice(n);
+        out.push(v.len() as u8);
+        out.extend_from_slice(v);
+    }
+    for (name, authority) in [
+        ("authority_shim/valid", &b"localhost"[..]),
+        (
+            "authority_shim/socket_path",
+            b"run%2Flanyard%2Fagent%2Fapi.sock",
+        ),
+    ] {
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        preface.extend(frame(4, 0, 0, &[]));
+        let mut block = Vec::new();
+        lit(&mut block, b":method", b"POST");
+        lit(&mut block, b":scheme", b"http");
+        lit(&mut block, b":path", b"/SpiffeWorkloadAPI/FetchX509SVID");
+        lit(&mut block, b":authority", authority);
+        lit(&mut block, b"content-type", b"application/grpc");
+        lit(&mut block, b"te", b"trailers");
+        lit(&mut block, b"workload.spiffe.io", b"true");
+        lit(
+            &mut block,
+            b"user-agent",
+            b"grpc-python/1.76.0 grpc-c/51.0.0 (linux; chttp2)",
+        );
+        let mut request = frame(1, 4, 1, &block);
+        request.extend(frame(0, 1, 1, &[0, 0, 0, 0, 0]));
+        c.bench_function(name, |b| {
+            let mut rw = Rewriter::new();
+            let mut input = bytes::BytesMut::from(&preface[..]);
+            let mut out = bytes::BytesMut::new();
+            rw.process(&mut input, &mut out).unwrap();
+            b.iter(|| {
+                out.clear();
+                input.extend_from_slice(&request);
+                rw.process(&mut input, &mut out).unwrap();
+                black_box(out.len())
+            })
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    issuance,
+    jwt,
+    selectors,
+    spiffe_ids,
+    attestation,
+    authority_shim
+);
 criterion_main!(benches);

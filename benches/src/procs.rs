@@ -130,6 +130,9 @@ pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
         .arg(&socket)
         .arg("--data-dir")
         .arg(dir.path().join("agent"))
+        // Every workload of the load tool is this one process: raise the
+        // per-caller connection limit above --concurrency (at most 1,000).
+        .args(["--max-connections-per-caller", "2048"])
         .env("LANYARD_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

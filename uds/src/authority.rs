@@ -39,7 +39,6 @@
 //! whole transport. The shim costs one HPACK decode per request header block
 //! (a few microseconds) and keeps both listeners on the stock stack.
 
-use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -98,7 +97,7 @@ pub struct Rewriter {
     /// Payload bytes of the current pass-through frame still to forward.
     passthrough: usize,
     block: Option<Block>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: crate::hpack::Decoder,
     reencode: bool,
     rewritten: u64,
 }
@@ -131,8 +130,7 @@ fn acceptable_authority(value: &[u8]) -> bool {
 impl Rewriter {
     /// A rewriter for a fresh connection.
     pub fn new() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
+        let decoder = crate::hpack::Decoder::new(TABLE_SIZE);
         Self {
             phase: Phase::Preface(0),
             passthrough: 0,
@@ -317,16 +315,16 @@ impl Rewriter {
         let mut too_big = false;
         let mut bad_authority = false;
         self.decoder
-            .decode_with_cb(&block.fragment, |name: Cow<[u8]>, value: Cow<[u8]>| {
+            .decode(&block.fragment, |name, value| {
                 decoded += name.len() + value.len() + 32;
                 if decoded > MAX_DECODED {
                     too_big = true;
                     return;
                 }
-                if &*name == b":authority" && !acceptable_authority(&value) {
+                if name == b":authority" && !acceptable_authority(value) {
                     bad_authority = true;
                 }
-                fields.push((name.into_owned(), value.into_owned()));
+                fields.push((name.to_vec(), value.to_vec()));
             })
             .map_err(|_| invalid("HTTP/2 header block does not decode (HPACK)"))?;
         if too_big {
@@ -429,6 +427,8 @@ pub struct AuthorityShim<IO> {
     rewriter: Rewriter,
     input: BytesMut,
     output: BytesMut,
+    /// Reused read buffer (not zeroed on every read).
+    scratch: Box<[u8]>,
     eof: bool,
 }
 
@@ -448,6 +448,7 @@ impl<IO> AuthorityShim<IO> {
             rewriter: Rewriter::new(),
             input: BytesMut::new(),
             output: BytesMut::new(),
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             eof: false,
         }
     }
@@ -518,8 +519,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityShim<IO> {
             if this.input.len() > MAX_BLOCK + FRAME_HEADER {
                 return Poll::Ready(Err(invalid("HTTP/2 header block too large")));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut chunk);
+            let mut rb = ReadBuf::new(&mut this.scratch[..]);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
             if rb.filled().is_empty() {
                 this.eof = true;

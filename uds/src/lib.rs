@@ -7,6 +7,7 @@
 //! lives apart from `lanyard-proto`.
 
 pub mod authority;
+pub mod hpack;
 pub mod limits;
 pub mod socket;
 
