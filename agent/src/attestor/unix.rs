@@ -47,10 +47,12 @@ pub struct UnixAttestor {
     /// Supplementary groups by process instance (pid, start time), kept for
     /// [`GROUPS_TTL`]: reading /proc/PID/status is the costliest step.
     supplementary: Mutex<HashMap<(i32, u64), GroupsSeen>>,
+    /// The agent's own mount namespace (device, inode).
+    own_mnt_ns: Option<(u64, u64)>,
 }
 
 /// Supplementary groups of one process instance and when they were read.
-type GroupsSeen = (std::time::Instant, Vec<u32>);
+type GroupsSeen = (std::time::Instant, Vec<u32>, Option<String>);
 
 /// How long a process instance's supplementary groups are reused.
 const GROUPS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -84,6 +86,9 @@ impl UnixAttestor {
             users: users::NameTable::new(PathBuf::from("/etc/passwd")),
             groups: users::NameTable::new(PathBuf::from("/etc/group")),
             supplementary: Mutex::new(HashMap::new()),
+            own_mnt_ns: std::fs::metadata("/proc/self/ns/mnt")
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
         }
     }
 
@@ -93,12 +98,12 @@ impl UnixAttestor {
     fn exe_sha256(
         &self,
         pid: i32,
+        meta: &std::fs::Metadata,
         allow_slow: bool,
     ) -> Result<Option<Option<String>>, std::io::Error> {
         let exe = self.proc_root.join(pid.to_string()).join("exe");
-        // stat() follows the /proc link to the executable: one call finds
-        // the cache key; the file is opened only to hash it.
-        let meta = std::fs::metadata(&exe)?;
+        // `meta` is the stat() of the /proc link (the running file): the
+        // cache key; the file is opened only to hash it.
         if meta.len() > self.max_hash_bytes {
             tracing::debug!(pid, size = meta.len(), "executable too large to hash");
             return Ok(Some(None));
@@ -154,21 +159,27 @@ impl UnixAttestor {
         Ok(Some(Some(h)))
     }
 
-    fn supplementary_groups(
+    /// Supplementary groups and systemd unit of a process instance (both
+    /// from /proc reads that cost more than the rest of an attestation),
+    /// reused for [`GROUPS_TTL`].
+    fn groups_and_unit(
         &self,
         root: &Path,
         pid: i32,
         started: u64,
         fresh: Option<proc_info::Status>,
-    ) -> Result<Vec<u32>, AttestError> {
+    ) -> Result<(Vec<u32>, Option<String>), AttestError> {
         let key = (pid, started);
         let mut cache = self.supplementary.lock().unwrap_or_else(|p| p.into_inner());
-        if let (None, Some((at, g))) = (&fresh, cache.get(&key))
+        if let (None, Some((at, g, u))) = (&fresh, cache.get(&key))
             && at.elapsed() < GROUPS_TTL
         {
-            return Ok(g.clone());
+            return Ok((g.clone(), u.clone()));
         }
         drop(cache);
+        let unit = std::fs::read_to_string(root.join(pid.to_string()).join("cgroup"))
+            .ok()
+            .and_then(|text| systemd::unit_of(&text));
         let status = match fresh {
             Some(s) => s,
             None => {
@@ -177,10 +188,17 @@ impl UnixAttestor {
         };
         cache = self.supplementary.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 4096 {
-            cache.retain(|_, (at, _)| at.elapsed() < GROUPS_TTL);
+            cache.retain(|_, (at, _, _)| at.elapsed() < GROUPS_TTL);
         }
-        cache.insert(key, (std::time::Instant::now(), status.groups.clone()));
-        Ok(status.groups)
+        cache.insert(
+            key,
+            (
+                std::time::Instant::now(),
+                status.groups.clone(),
+                unit.clone(),
+            ),
+        );
+        Ok((status.groups, unit))
     }
 
     fn group_name(&self, gid: u32) -> Option<String> {
@@ -190,14 +208,19 @@ impl UnixAttestor {
     /// Whether `path` (the caller's executable as /proc names it) means
     /// the same file to the agent: same mount namespace, and the file the
     /// agent finds at that path is the one running.
-    fn path_is_shared(&self, root: &Path, pid: i32, path: &Path) -> bool {
+    fn path_is_shared(
+        &self,
+        root: &Path,
+        pid: i32,
+        path: &Path,
+        running: Option<&std::fs::Metadata>,
+    ) -> bool {
         let ns = |p: PathBuf| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
         let theirs = ns(root.join(pid.to_string()).join("ns/mnt"));
-        let ours = ns(root.join("self/ns/mnt"));
-        if theirs.is_none() || theirs != ours {
+        if theirs.is_none() || theirs != self.own_mnt_ns {
             return false;
         }
-        let running = ns(root.join(pid.to_string()).join("exe"));
+        let running = running.map(|m| (m.dev(), m.ino()));
         running.is_some() && ns(path.to_owned()) == running
     }
 }
@@ -232,7 +255,7 @@ impl WorkloadAttestor for UnixAttestor {
             }
             fresh_status = Some(status);
         }
-        let groups = self.supplementary_groups(root, pid, started, fresh_status)?;
+        let (groups, unit) = self.groups_and_unit(root, pid, started, fresh_status)?;
         let mut out: Vec<Selector> = Vec::new();
         out.extend(sel(format!("uid:{}", peer.uid)));
         out.extend(sel(format!("gid:{}", peer.gid)));
@@ -248,19 +271,18 @@ impl WorkloadAttestor for UnixAttestor {
                 out.extend(sel(format!("supplementary_group:{name}")));
             }
         }
-        if let Some(unit) = std::fs::read_to_string(root.join(pid.to_string()).join("cgroup"))
-            .ok()
-            .and_then(|text| systemd::unit_of(&text))
-        {
+        if let Some(unit) = unit {
             out.extend(Selector::new("systemd", &format!("unit:{unit}")).ok());
         }
         match proc_info::exe_path(root, pid) {
             Ok(path) => {
-                if self.path_is_shared(root, pid, &path) {
+                // stat() through the /proc link: the file really running.
+                let running = std::fs::metadata(root.join(pid.to_string()).join("exe"));
+                if self.path_is_shared(root, pid, &path, running.as_ref().ok()) {
                     out.extend(sel(format!("path:{}", path.display())));
                 }
-                if opts.hash_executable {
-                    match self.exe_sha256(pid, opts.allow_slow) {
+                if let (true, Ok(meta)) = (opts.hash_executable, &running) {
+                    match self.exe_sha256(pid, meta, opts.allow_slow) {
                         Ok(Some(Some(h))) => out.extend(sel(format!("sha256:{h}"))),
                         Ok(Some(None)) => {}
                         Ok(None) => return Ok(None),
