@@ -16,6 +16,30 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Raises the soft descriptor limit so the connection limits, not the
+/// kernel, decide when a caller is refused; warns when even the hard limit
+/// is below them.
+fn raise_fd_limit(config: &lanyard_agent::Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let want = (config.limits.max_connections as u64).saturating_add(1024);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let target = want.min(hard);
+            if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() {
+                tracing::warn!(soft, hard, "cannot raise the descriptor limit");
+            }
+            if hard < want {
+                tracing::warn!(
+                    hard,
+                    max_connections = config.limits.max_connections,
+                    "descriptor limit is below max_connections + 1024; lower max_connections or raise LimitNOFILE"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(?e, "cannot read the descriptor limit"),
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -41,6 +65,7 @@ async fn main() -> ExitCode {
                 let config = args.raw_config()?.validate()?;
                 init_tracing(config.log_format);
                 tracing::info!(?config, "configuration");
+                raise_fd_limit(&config);
                 let bound = lanyard_agent::build(config).await?;
                 bound.run_until(shutdown_signal()).await;
                 Ok(())
