@@ -46,6 +46,8 @@ where
         last: Option<K>,
         build: B,
         done: bool,
+        /// Whether the stream has waited since the caller was attested.
+        waited: bool,
     }
     let state = State {
         src: source,
@@ -53,6 +55,7 @@ where
         last: None,
         build,
         done: false,
+        waited: false,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -72,9 +75,10 @@ where
                     recheck = svids.iter().map(|s| s.not_after).min();
                     let (key, msg) = (st.build)(&snap, &svids);
                     if st.last.as_ref() != Some(&key) {
-                        // The first send follows the attestation's own
-                        // check by microseconds; every later one checks.
-                        if st.last.is_some()
+                        // A first send without waiting follows the
+                        // attestation's own check by microseconds; every
+                        // other send checks again.
+                        if (st.last.is_some() || st.waited)
                             && let Err(e) = st.caller.recheck()
                         {
                             st.done = true;
@@ -88,6 +92,7 @@ where
             let wait = recheck
                 .and_then(|t| t.duration_since(now).ok())
                 .map_or(Duration::from_secs(3600), |d| d + Duration::from_millis(10));
+            st.waited = true;
             let stop = &mut st.src.stop;
             tokio::select! {
                 r = st.src.cache.changed() => if r.is_err() { return None },
