@@ -152,9 +152,13 @@ async fn an_idle_connection_flood_from_one_caller_does_not_stop_the_others() {
     wait_for_svid(&agent.socket).await;
     // Two processes of the attacker's uid, 10,000 connections each: more
     // than this process's descriptor limit (20,000 here) could hold.
+    // The helper must be executable by that uid wherever the checkout is.
+    let tricks = dir.path().join("peer_tricks");
+    std::fs::copy(TRICKS, &tricks).unwrap();
+    std::fs::set_permissions(&tricks, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut floods = Vec::new();
     for _ in 0..2 {
-        let mut flood = Command::new(TRICKS)
+        let mut flood = Command::new(&tricks)
             .arg("flood")
             .arg(&agent.socket)
             .arg("10000")
