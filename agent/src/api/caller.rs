@@ -168,3 +168,71 @@ impl Callers {
         Ok(Caller { selectors, conn })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestor::{AttestError, ProcessInstance};
+    use crate::listener::CallerKey;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts attestations; answers one selector.
+    struct Counting(AtomicUsize);
+
+    impl WorkloadAttestor for Counting {
+        fn attest(
+            &self,
+            _peer: PeerCred,
+            _opts: AttestOptions,
+        ) -> Result<Option<Vec<Selector>>, AttestError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(vec!["unix:uid:1".parse().unwrap()]))
+        }
+    }
+
+    fn request(conn: &ConnInfo) -> Request<()> {
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert(SECURITY_HEADER, "true".parse().unwrap());
+        req.extensions_mut().insert(conn.clone());
+        req
+    }
+
+    #[tokio::test]
+    async fn attestation_is_reused_per_connection_and_only_while_the_process_is_unchanged() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let cred = a.peer_cred().unwrap();
+        let pid = cred.pid().unwrap();
+        let instance = Arc::new(ProcessInstance::capture(&a, pid, true));
+        let conn = |id| ConnInfo {
+            id,
+            cred: Some(cred),
+            accepted_ticks: crate::listener::uptime_ticks(),
+            instance: Some(instance.clone()),
+            caller: CallerKey::of(cred.uid(), Some(pid)),
+        };
+        let attestor = Arc::new(Counting(AtomicUsize::new(0)));
+        let callers = Callers::new(attestor.clone());
+        callers.attest(&request(&conn(1)), false).await.unwrap();
+        callers.attest(&request(&conn(1)), false).await.unwrap();
+        assert_eq!(
+            attestor.0.load(Ordering::SeqCst),
+            1,
+            "reused on the same connection"
+        );
+        // Asking for the executable's hash needs an attestation that made one.
+        callers.attest(&request(&conn(1)), true).await.unwrap();
+        assert_eq!(attestor.0.load(Ordering::SeqCst), 2);
+        // Another connection attests afresh.
+        callers.attest(&request(&conn(2)), false).await.unwrap();
+        assert_eq!(attestor.0.load(Ordering::SeqCst), 3);
+        // No header: refused before anything else.
+        let mut bare = Request::new(());
+        bare.extensions_mut().insert(conn(1));
+        assert!(matches!(
+            callers.attest(&bare, false).await,
+            Err(WorkloadError::MissingHeader)
+        ));
+        drop((a, b));
+    }
+}
