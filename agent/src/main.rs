@@ -21,7 +21,10 @@ fn init_tracing(format: LogFormat) {
 /// is below them.
 fn raise_fd_limit(config: &lanyard_agent::Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let want = (config.limits.max_connections as u64).saturating_add(1024);
+    // Each connection holds its socket, a pidfd and a /proc/PID directory.
+    let want = (config.limits.max_connections as u64)
+        .saturating_mul(3)
+        .saturating_add(1024);
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) => {
             let target = want.min(hard);
@@ -32,7 +35,7 @@ fn raise_fd_limit(config: &lanyard_agent::Config) {
                 tracing::warn!(
                     hard,
                     max_connections = config.limits.max_connections,
-                    "descriptor limit is below max_connections + 1024; lower max_connections or raise LimitNOFILE"
+                    "descriptor limit is below 3 x max_connections + 1024; lower max_connections or raise LimitNOFILE"
                 );
             }
         }

@@ -13,7 +13,6 @@
 //! another, is no longer the caller that connected.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::proc_info;
@@ -33,12 +32,13 @@ pub enum InstanceChanged {
 /// Device and inode of a running executable.
 pub type ExeId = (u64, u64);
 
-/// The executable of `pid` as the kernel sees it (through /proc/PID/exe,
-/// so mount namespaces do not matter).
-pub fn exe_id(proc_root: &Path, pid: i32) -> Option<ExeId> {
-    std::fs::metadata(proc_root.join(pid.to_string()).join("exe"))
+/// The executable behind an open `/proc/PID` directory: `fstatat` on the
+/// `exe` link, with no path walk through `/proc` (and, the directory being
+/// the process's own, no PID-reuse question).
+fn exe_id_at(dir: &std::fs::File) -> Option<ExeId> {
+    nix::sys::stat::fstatat(dir, "exe", nix::fcntl::AtFlags::empty())
         .ok()
-        .map(|m| (m.dev(), m.ino()))
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 /// One connected process instance.
@@ -46,6 +46,8 @@ pub fn exe_id(proc_root: &Path, pid: i32) -> Option<ExeId> {
 pub struct ProcessInstance {
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// `/proc/PID`, opened at accept.
+    dir: Option<std::fs::File>,
     start: Option<u64>,
     exe: Option<ExeId>,
 }
@@ -59,11 +61,14 @@ impl ProcessInstance {
         } else {
             None
         };
+        let dir = std::fs::File::open(root.join(pid.to_string())).ok();
+        let exe = dir.as_ref().and_then(exe_id_at);
         Self {
             pid,
             pidfd,
+            dir,
             start: proc_info::start_time(root, pid).ok(),
-            exe: exe_id(root, pid),
+            exe,
         }
     }
 
@@ -115,7 +120,7 @@ impl ProcessInstance {
             return Err(InstanceChanged::Exited);
         }
         if let Some(exe) = self.exe
-            && exe_id(Path::new("/proc"), self.pid) != Some(exe)
+            && self.dir.as_ref().and_then(exe_id_at) != Some(exe)
         {
             // Unreadable now (it exited in between) or another program.
             return Err(if self.alive() {
