@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use lanyard_core::TrustDomain;
-use lanyard_core::config::parse_toml;
 pub use lanyard_core::config::{ConfigError, LogFormat};
+use lanyard_core::config::{at_least_one, parse_toml};
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
@@ -239,34 +239,33 @@ impl RawConfig {
             (None, None) => None,
         };
         let d = Limits::default();
-        let positive = |name: &'static str, v: Option<usize>, def: usize| match v {
-            Some(0) => Err(ConfigError::invalid(name, "must be at least 1")),
-            Some(v) => Ok(v),
-            None => Ok(def),
-        };
         let limits = Limits {
-            max_connections: positive("max_connections", self.max_connections, d.max_connections)?,
-            max_connections_per_caller: positive(
+            max_connections: at_least_one(
+                "max_connections",
+                self.max_connections,
+                d.max_connections,
+            )?,
+            max_connections_per_caller: at_least_one(
                 "max_connections_per_caller",
                 self.max_connections_per_caller,
                 d.max_connections_per_caller,
             )?,
-            max_streams_per_connection: positive(
+            max_streams_per_connection: at_least_one(
                 "max_streams_per_connection",
-                self.max_streams_per_connection.map(|v| v as usize),
-                d.max_streams_per_connection as usize,
-            )?
-            .try_into()
-            .unwrap_or(u32::MAX),
+                self.max_streams_per_connection,
+                d.max_streams_per_connection,
+            )?,
             max_hash_bytes: self.max_hash_bytes.unwrap_or(d.max_hash_bytes),
-            jwt_cache_bytes: positive("jwt_cache_bytes", self.jwt_cache_bytes, d.jwt_cache_bytes)?,
-            jwt_signings_per_caller_per_second: positive(
+            jwt_cache_bytes: at_least_one(
+                "jwt_cache_bytes",
+                self.jwt_cache_bytes,
+                d.jwt_cache_bytes,
+            )?,
+            jwt_signings_per_caller_per_second: at_least_one(
                 "jwt_signings_per_caller_per_second",
-                self.jwt_signings_per_caller_per_second.map(|v| v as usize),
-                d.jwt_signings_per_caller_per_second as usize,
-            )?
-            .try_into()
-            .unwrap_or(u32::MAX),
+                self.jwt_signings_per_caller_per_second,
+                d.jwt_signings_per_caller_per_second,
+            )?,
         };
         Ok(Config {
             server,

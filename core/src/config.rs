@@ -22,6 +22,20 @@ pub enum ConfigError {
     },
 }
 
+/// A count or size setting that must be at least 1: `value`, or `default`
+/// when unset; 0 is refused with the field's name.
+pub fn at_least_one<T: Copy + PartialEq + From<u8>>(
+    field: &'static str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        Some(v) if v == T::from(0) => Err(ConfigError::invalid(field, "must be at least 1")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
 impl ConfigError {
     /// An invalid value of `field`.
     pub fn invalid(field: &'static str, reason: impl ToString) -> Self {
@@ -66,6 +80,14 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_least_one_refuses_zero_and_defaults_when_unset() {
+        assert_eq!(at_least_one("n", None, 5usize).unwrap(), 5);
+        assert_eq!(at_least_one("n", Some(7u32), 5).unwrap(), 7);
+        let e = at_least_one("n", Some(0u64), 5).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+    }
 
     #[test]
     fn log_format_setting() {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_core::TrustDomain;
-use lanyard_core::config::parse_toml;
 pub use lanyard_core::config::{ConfigError, LogFormat};
+use lanyard_core::config::{at_least_one, parse_toml};
 use lanyard_core::duration::{format_duration, parse_duration};
 
 /// Default admin socket path.
@@ -138,11 +138,6 @@ impl RawConfig {
             })?;
         let log_format = LogFormat::from_setting(self.log_format.as_deref())?;
         let d = NetLimits::default();
-        let count = |field: &'static str, v: Option<usize>, def: usize| match v {
-            Some(0) => Err(ConfigError::invalid(field, "must be at least 1")),
-            Some(v) => Ok(v),
-            None => Ok(def),
-        };
         let handshake_timeout = match self.handshake_timeout {
             Some(v) => {
                 parse_duration(&v).map_err(|e| ConfigError::invalid("handshake_timeout", e))?
@@ -162,13 +157,17 @@ impl RawConfig {
             ));
         }
         let net = NetLimits {
-            max_connections: count("max_connections", self.max_connections, d.max_connections)?,
-            max_connections_per_peer: count(
+            max_connections: at_least_one(
+                "max_connections",
+                self.max_connections,
+                d.max_connections,
+            )?,
+            max_connections_per_peer: at_least_one(
                 "max_connections_per_peer",
                 self.max_connections_per_peer,
                 d.max_connections_per_peer,
             )?,
-            max_handshakes: count("max_handshakes", self.max_handshakes, d.max_handshakes)?,
+            max_handshakes: at_least_one("max_handshakes", self.max_handshakes, d.max_handshakes)?,
             handshake_timeout,
             max_connection_age,
         };
