@@ -74,25 +74,13 @@ pub async fn call(
     body: &[u8],
     max_messages: usize,
 ) -> std::io::Result<Reply> {
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        call_inner(socket, authority, path, extra, body, max_messages),
-    )
+    tokio::time::timeout(Duration::from_secs(15), async {
+        let mut s = UnixStream::connect(socket).await?;
+        send_request(&mut s, authority, path, extra, body).await?;
+        read_reply(&mut s, max_messages).await
+    })
     .await
     .map_err(|_| std::io::Error::other("HTTP/2 call timed out"))?
-}
-
-async fn call_inner(
-    socket: &Path,
-    authority: Option<&[u8]>,
-    path: &str,
-    extra: &[(&str, &str)],
-    body: &[u8],
-    max_messages: usize,
-) -> std::io::Result<Reply> {
-    let mut s = UnixStream::connect(socket).await?;
-    send_request(&mut s, authority, path, extra, body).await?;
-    read_reply(&mut s, max_messages).await
 }
 
 /// Writes the connection preface and one request on stream 1.

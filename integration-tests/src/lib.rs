@@ -44,6 +44,19 @@ where
     }
 }
 
+/// Waits (up to 20 s) until the agent at `socket` serves an X.509-SVID to
+/// this process, through the `spiffe` crate, and returns it.
+pub async fn wait_for_svid(socket: &Path) -> spiffe::X509Svid {
+    let client = spiffe::WorkloadApiClient::connect_to(endpoint(socket))
+        .await
+        .expect("connect to the agent");
+    eventually("an X.509-SVID", Duration::from_secs(20), || {
+        let c = client.clone();
+        async move { c.fetch_x509_svid().await.ok() }
+    })
+    .await
+}
+
 /// The uid of this process.
 pub fn own_uid() -> u32 {
     lanyard_uds::own_uid().unwrap_or(0)

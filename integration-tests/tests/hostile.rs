@@ -8,12 +8,11 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lanyard_integration_tests::{
-    NODE, TestServer, agent_config, endpoint, eventually, init, node_client_from,
+    NODE, TestServer, agent_config, endpoint, init, node_client_from, wait_for_svid,
 };
 use lanyard_proto::admin::AuthorityRequest;
 use lanyard_proto::server::SignX509SvidsRequest;
@@ -32,17 +31,6 @@ async fn agent_with(
     let mut cfg = agent_config(&server.dir, server.addr(), Some(token));
     tweak(&mut cfg);
     lanyard_agent::build(cfg).await.unwrap()
-}
-
-async fn wait_for_svid(socket: &Path) {
-    let client = WorkloadApiClient::connect_to(endpoint(socket))
-        .await
-        .unwrap();
-    eventually("an X.509-SVID", WAIT, || {
-        let c = client.clone();
-        async move { c.fetch_x509_svid().await.ok() }
-    })
-    .await;
 }
 
 /// Reads the child's stdout lines until `want` lines arrived or `WAIT`.
@@ -68,6 +56,22 @@ fn lines(child: &mut Child, want: usize) -> Vec<String> {
     got
 }
 
+/// Runs the helper with `args` and returns the first two lines it prints.
+async fn tricks(args: Vec<std::ffi::OsString>) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(TRICKS)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = lines(&mut child, 2);
+        let _ = child.wait();
+        got
+    })
+    .await
+    .unwrap()
+}
+
 /// The caller that opened a stream exits and leaves the connection to a
 /// child: the next rotation is not sent to the child; the stream ends.
 async fn handoff_case(use_pidfd: bool) {
@@ -77,20 +81,7 @@ async fn handoff_case(use_pidfd: bool) {
     server.entry_for_me("spiffe://example.org/w", NODE, 2).await;
     let agent = agent_with(&server, |c| c.use_pidfd = use_pidfd).await;
     wait_for_svid(&agent.socket).await;
-    let socket = agent.socket.clone();
-    let got = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(TRICKS)
-            .arg("handoff")
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let got = lines(&mut child, 2);
-        let _ = child.wait();
-        got
-    })
-    .await
-    .unwrap();
+    let got = tricks(vec!["handoff".into(), agent.socket.clone().into()]).await;
     assert_eq!(got, vec!["first", "ended"], "pidfd {use_pidfd}");
     agent.shutdown().await;
     server.stop().await;
@@ -116,21 +107,12 @@ async fn a_stream_ends_when_its_process_execs_another_program() {
     // Another executable (a copy: another inode) for the exec.
     let other = dir.path().join("other-program");
     std::fs::copy(TRICKS, &other).unwrap();
-    let socket = agent.socket.clone();
-    let got = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(TRICKS)
-            .arg("exec")
-            .arg(&socket)
-            .arg(&other)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let got = lines(&mut child, 2);
-        let _ = child.wait();
-        got
-    })
-    .await
-    .unwrap();
+    let got = tricks(vec![
+        "exec".into(),
+        agent.socket.clone().into(),
+        other.into(),
+    ])
+    .await;
     assert_eq!(got, vec!["first", "ended"]);
     agent.shutdown().await;
     server.stop().await;

@@ -7,21 +7,10 @@ use std::time::Duration;
 
 use lanyard_core::x509::{CertInfo, PeerUsage, validate_x509_svid};
 use lanyard_core::{SpiffeId, TrustDomain};
-use lanyard_integration_tests::{NODE, TD, TestServer, endpoint, eventually, start_agent};
+use lanyard_integration_tests::{NODE, TD, TestServer, endpoint, start_agent};
 use spiffe::{WorkloadApiClient, X509Source};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn fetch_ok(socket: &std::path::Path) -> spiffe::X509Svid {
-    let client = WorkloadApiClient::connect_to(endpoint(socket))
-        .await
-        .unwrap();
-    eventually("an X.509-SVID", WAIT, || {
-        let c = client.clone();
-        async move { c.fetch_x509_svid().await.ok() }
-    })
-    .await
-}
+use lanyard_integration_tests::wait_for_svid as fetch_ok;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spiffe_client_gets_a_valid_svid_with_matching_key() {
