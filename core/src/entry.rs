@@ -66,6 +66,9 @@ pub enum EntryError {
     /// The hint is too long or has control characters.
     #[error("hint must be at most 256 printable characters")]
     BadHint,
+    /// A task type, tool or task TTL limit that is not valid.
+    #[error("task limits: {0}")]
+    BadTaskLimits(String),
 }
 
 /// A registration entry's ID: opaque, URL-safe.
@@ -121,12 +124,66 @@ impl FromStr for EntryId {
 /// Limits on the tasks a workload may begin under this entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskLimits {
-    /// Task types the workload may begin; empty means any.
+    /// Task types the workload may begin; empty permits none, `*` any.
     pub allowed_task_types: Vec<String>,
-    /// Tools a task may be granted; empty means any the policy allows.
+    /// Tools a task may be granted; empty permits none, `*` any.
     pub allowed_tools: Vec<String>,
-    /// Longest task window; `None` uses the server default.
+    /// Longest task window; `None` uses the default (one hour).
     pub max_task_ttl: Option<Duration>,
+    /// Highest data sensitivity level a task may be granted; `None`: any.
+    #[serde(default)]
+    pub max_sensitivity: Option<String>,
+}
+
+/// Most task types or tools one entry may list.
+pub const MAX_TASK_LIMIT_ITEMS: usize = 256;
+/// Longest task window an entry may allow.
+pub const MAX_TASK_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl TaskLimits {
+    /// Checks the names (each a valid task type or tool, or `*`) and the
+    /// TTL, and sorts and de-duplicates the lists.
+    pub fn validate(mut self) -> Result<Self, EntryError> {
+        let bad = |e: crate::task::TaskError| EntryError::BadTaskLimits(e.to_string());
+        for (list, check) in [
+            (
+                &mut self.allowed_task_types,
+                crate::task::check_task_type as fn(&str) -> Result<(), crate::task::TaskError>,
+            ),
+            (&mut self.allowed_tools, crate::task::check_tool),
+        ] {
+            if list.len() > MAX_TASK_LIMIT_ITEMS {
+                return Err(EntryError::BadTaskLimits(format!(
+                    "at most {MAX_TASK_LIMIT_ITEMS} task types or tools"
+                )));
+            }
+            list.iter()
+                .filter(|s| s.as_str() != "*")
+                .try_for_each(|s| check(s).map_err(bad))?;
+            list.sort();
+            list.dedup();
+        }
+        if let Some(t) = self.max_task_ttl
+            && (t.is_zero() || t > MAX_TASK_TTL)
+        {
+            return Err(EntryError::BadTaskLimits(format!(
+                "max task TTL must be between 1s and {}s",
+                MAX_TASK_TTL.as_secs()
+            )));
+        }
+        if let Some(level) = &self.max_sensitivity
+            && (level.is_empty()
+                || level.len() > 64
+                || !level
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err(EntryError::BadTaskLimits(format!(
+                "invalid sensitivity level {level:?}"
+            )));
+        }
+        Ok(self)
+    }
 }
 
 /// A registration entry.
@@ -198,6 +255,7 @@ impl RegistrationEntry {
         if self.hint.len() > 256 || self.hint.chars().any(char::is_control) {
             return Err(EntryError::BadHint);
         }
+        self.task_limits = self.task_limits.validate()?;
         Ok(self)
     }
 }

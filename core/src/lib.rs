@@ -7,15 +7,18 @@
 pub mod agent_id;
 pub mod clock;
 pub mod config;
+pub(crate) mod der;
 pub mod duration;
 pub mod entry;
 pub mod jwt;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;
+pub mod task;
 pub mod tls;
 pub mod x509;
 
 pub use entry::{EntryError, EntryId, RegistrationEntry, TaskLimits};
 pub use selector::{Selector, SelectorError, SelectorIndex};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use task::{TaskClaims, TaskError, TaskGrant, TaskId, TaskRequest};

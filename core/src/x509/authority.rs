@@ -7,9 +7,12 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
 };
 
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+
 use super::SvidError;
 use super::csr::parse_csr_public_key;
 use super::info::CertInfo;
+use crate::der;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// How far NotBefore is set in the past, to absorb clock skew between peers.
@@ -24,8 +27,10 @@ pub struct SvidParams {
     pub dns_names: Vec<String>,
     /// Requested lifetime (capped at the authority's NotAfter).
     pub ttl: Duration,
-    /// Extra non-critical extensions as `(OID arcs, DER content)`.
-    pub extensions: Vec<(Vec<u64>, Vec<u8>)>,
+    /// Extra non-critical extensions as `(OID content octets, DER value)`.
+    /// OIDs of any size are accepted (UUID arcs under `2.25` exceed the
+    /// 64-bit arcs the certificate builder takes; see [`resign_with_oids`]).
+    pub extensions: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A freshly minted certificate.
@@ -44,6 +49,8 @@ pub struct IssuedSvid {
 /// A CA key pair with its certificate, able to sign X.509-SVIDs.
 pub struct X509Authority {
     issuer: Issuer<'static, KeyPair>,
+    /// The same key, for re-signing a certificate whose TBS was rewritten.
+    signing_key: EcdsaKeyPair,
     cert_der: Vec<u8>,
     info: CertInfo,
 }
@@ -103,8 +110,11 @@ impl X509Authority {
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der.into(), key)
             .map_err(|e| SvidError::Malformed(e.to_string()))?;
+        let signing_key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, key_pkcs8)
+            .map_err(|e| SvidError::Crypto(format!("CA key: {e}")))?;
         Ok(Self {
             issuer,
+            signing_key,
             cert_der: cert_der.to_vec(),
             info,
         })
@@ -180,20 +190,28 @@ impl X509Authority {
         cp.not_before = not_before.into();
         cp.not_after = not_after.into();
         cp.use_authority_key_identifier_extension = true;
-        for (oid, content) in &params.extensions {
+        let mut swaps = Vec::with_capacity(params.extensions.len());
+        for (i, (oid, content)) in params.extensions.iter().enumerate() {
+            let (arcs, stand_in) = stand_in_oid(oid.len(), i)?;
             cp.custom_extensions
                 .push(rcgen::CustomExtension::from_oid_content(
-                    oid,
+                    &arcs,
                     content.clone(),
                 ));
+            swaps.push((stand_in, oid.as_slice()));
         }
         let serial_hex = hex::encode(serial.to_bytes())
             .trim_start_matches("00")
             .to_owned();
         cp.serial_number = Some(serial);
         let cert = cp.signed_by(public_key, &self.issuer)?;
+        let cert_der = if swaps.is_empty() {
+            cert.der().to_vec()
+        } else {
+            resign_with_oids(cert.der(), &swaps, &self.signing_key)?
+        };
         Ok(IssuedSvid {
-            cert_der: cert.der().to_vec(),
+            cert_der,
             serial: serial_hex,
             // Round to whole seconds, as encoded in the certificate.
             not_before: crate::clock::from_unix_secs(crate::clock::unix_secs(not_before)),
@@ -211,4 +229,76 @@ pub(crate) fn random_serial() -> Result<SerialNumber, SvidError> {
         b[15] = 1; // never zero
     }
     Ok(SerialNumber::from_slice(&b))
+}
+
+/// A stand-in OID (arcs under `2.25`) whose content octets have exactly
+/// `len` bytes, and those octets. Each byte pattern differs by `salt`.
+fn stand_in_oid(len: usize, salt: usize) -> Result<(Vec<u64>, Vec<u8>), SvidError> {
+    if !(2..=127).contains(&len) {
+        return Err(SvidError::Issue(format!("unsupported OID length {len}")));
+    }
+    let mut arcs = vec![2u64, 25];
+    let mut octets = vec![2 * 40 + 25];
+    let mut left = len - 1;
+    let mut n = 0u8;
+    while left > 0 {
+        // Arcs of up to 9 base-128 digits fit in 63 bits.
+        let k = left.min(9);
+        let mut digits = Vec::with_capacity(k);
+        for j in 0..k {
+            // 0x5a-based pattern, first digit non-zero; mixes in the salt
+            // and position so two stand-ins never coincide.
+            let d = (0x5a ^ (salt as u8).wrapping_mul(31) ^ n.wrapping_mul(7) ^ (j as u8)) & 0x7f;
+            digits.push(if j == 0 { d | 0x40 } else { d });
+            n = n.wrapping_add(1);
+        }
+        let value = digits
+            .iter()
+            .fold(0u64, |acc, d| (acc << 7) | u64::from(*d));
+        for (j, d) in digits.iter().enumerate() {
+            octets.push(if j + 1 < k { d | 0x80 } else { *d });
+        }
+        arcs.push(value);
+        left -= k;
+    }
+    Ok((arcs, octets))
+}
+
+/// Replaces each stand-in OID in a signed certificate's TBS with the real
+/// one (same length, so no length changes), then signs the TBS again with
+/// the CA key. Each stand-in must occur exactly once in the TBS.
+fn resign_with_oids(
+    cert_der: &[u8],
+    swaps: &[(Vec<u8>, &[u8])],
+    key: &EcdsaKeyPair,
+) -> Result<Vec<u8>, SvidError> {
+    let bad = |e: String| SvidError::Issue(format!("re-signing: {e}"));
+    let mut outer = der::Reader::new(cert_der);
+    let mut cert = der::Reader::new(outer.read(der::SEQUENCE).map_err(bad)?);
+    let mut tbs = cert.read_raw(der::SEQUENCE).map_err(bad)?.to_vec();
+    let alg = cert.read_raw(der::SEQUENCE).map_err(bad)?;
+    for (stand_in, real) in swaps {
+        let hits: Vec<usize> = tbs
+            .windows(stand_in.len())
+            .enumerate()
+            .filter(|(_, w)| *w == stand_in.as_slice())
+            .map(|(i, _)| i)
+            .collect();
+        let [at] = hits.as_slice() else {
+            return Err(bad(format!("stand-in OID found {} times", hits.len())));
+        };
+        tbs[*at..*at + real.len()].copy_from_slice(real);
+    }
+    let sig = key
+        .sign(&aws_lc_rs::rand::SystemRandom::new(), &tbs)
+        .map_err(|_| SvidError::Crypto("signing failed".into()))?;
+    let mut bits = Vec::with_capacity(sig.as_ref().len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(sig.as_ref());
+    let mut body = tbs;
+    body.extend_from_slice(alg);
+    der::write(&mut body, der::BIT_STRING, &bits);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    der::write(&mut out, der::SEQUENCE, &body);
+    Ok(out)
 }

@@ -110,6 +110,45 @@ mod tests {
     }
 
     #[test]
+    fn task_svid_carries_the_claims_extension_and_still_validates() {
+        use crate::task::{TaskClaims, TaskId, task_claims_oid_der};
+        let (td, ca) = setup();
+        let key = SvidKey::generate().unwrap();
+        let id = SpiffeId::new("spiffe://td/w").unwrap();
+        let claims = TaskClaims {
+            task_id: TaskId::from_random([3; 16]),
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            data_sensitivity: "internal".into(),
+            grant_digest: [9; 32],
+            on_behalf_of: None,
+            not_after: Some(from_unix_secs(T0 + 300)),
+            parent_task_id: None,
+        };
+        let mut p = params("spiffe://td/w", 60);
+        p.extensions = vec![(task_claims_oid_der(), claims.to_der())];
+        let now = from_unix_secs(T0 + 100);
+        let svid = ca.sign_x509_svid(&key.csr(&id).unwrap(), &p, now).unwrap();
+        assert_eq!(TaskClaims::from_x509(&svid.cert_der).unwrap(), Some(claims));
+        // The re-signed certificate chains to the CA (webpki checks the
+        // signature over the rewritten TBS).
+        let got = validate_x509_svid(
+            std::slice::from_ref(&svid.cert_der),
+            &td,
+            &[ca.cert_der().to_vec()],
+            PeerUsage::Client,
+            now,
+        )
+        .unwrap();
+        assert_eq!(got, id);
+        // A plain SVID has no claims.
+        let plain = ca
+            .sign_x509_svid(&key.csr(&id).unwrap(), &params("spiffe://td/w", 60), now)
+            .unwrap();
+        assert_eq!(TaskClaims::from_x509(&plain.cert_der).unwrap(), None);
+    }
+
+    #[test]
     fn minted_svid_follows_the_x509_svid_standard() {
         let (td, ca) = setup();
         let key = SvidKey::generate().unwrap();
