@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lanyard/types/v1/types.proto",
         "proto/lanyard/server/v1/server.proto",
         "proto/lanyard/admin/v1/admin.proto",
+        "proto/lanyard/task/v1/task.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -33,7 +33,13 @@ pub enum ProtoError {
     /// A required field is missing.
     #[error("{0} is required")]
     Missing(&'static str),
+    /// A task field is invalid.
+    #[error("{0}")]
+    Task(#[from] lanyard_core::TaskError),
 }
+
+mod task;
+pub use task::{task_request, ttl_seconds};
 
 /// Parses a SPIFFE ID field.
 pub fn spiffe_id(field: &'static str, s: &str) -> Result<SpiffeId, ProtoError> {
@@ -48,7 +54,7 @@ fn ttl(field: &'static str, secs: i64) -> Result<Option<Duration>, ProtoError> {
     }
 }
 
-fn secs(d: Option<Duration>) -> i64 {
+pub(crate) fn secs(d: Option<Duration>) -> i64 {
     d.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
@@ -80,6 +86,7 @@ impl TryFrom<types::Entry> for RegistrationEntry {
                 allowed_task_types: limits.allowed_task_types,
                 allowed_tools: limits.allowed_tools,
                 max_task_ttl: ttl("max_task_ttl", limits.max_task_ttl_seconds)?,
+                max_sensitivity: Some(limits.max_sensitivity).filter(|s| !s.is_empty()),
             },
             revision: e.revision,
             created_at: u64::try_from(e.created_at).unwrap_or(0),
@@ -103,6 +110,7 @@ impl From<&RegistrationEntry> for types::Entry {
                 allowed_task_types: e.task_limits.allowed_task_types.clone(),
                 allowed_tools: e.task_limits.allowed_tools.clone(),
                 max_task_ttl_seconds: secs(e.task_limits.max_task_ttl),
+                max_sensitivity: e.task_limits.max_sensitivity.clone().unwrap_or_default(),
             }),
             revision: e.revision,
             created_at: i64::try_from(e.created_at).unwrap_or(i64::MAX),
@@ -212,6 +220,7 @@ mod tests {
                 allowed_task_types: vec!["triage".into()],
                 allowed_tools: vec!["search".into()],
                 max_task_ttl_seconds: 300,
+                max_sensitivity: "internal".into(),
             }),
             revision: 3,
             created_at: 1_700_000_000,

@@ -2,7 +2,7 @@
 //! domain types.
 //!
 //! - [`workload`]: the SPIFFE Workload API, byte-compatible with the spec.
-//! - [`types`], [`server`], [`admin`]: Lanyard's own APIs.
+//! - [`types`], [`server`], [`admin`], [`task`]: Lanyard's own APIs.
 //! - [`convert`]: `TryFrom` between the messages and `lanyard-core` types.
 
 /// The SPIFFE Workload API (the spec's proto has no package).
@@ -13,6 +13,9 @@ pub mod workload {
 
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
 mod generated {
+    // The task service reuses the Workload API's SVID messages, which live
+    // in the package-less root.
+    pub use super::workload::{Jwtsvid, X509svid};
     pub mod lanyard {
         pub mod types {
             pub mod v1 {
@@ -29,6 +32,11 @@ mod generated {
                 include!(concat!(env!("OUT_DIR"), "/lanyard.admin.v1.rs"));
             }
         }
+        pub mod task {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/lanyard.task.v1.rs"));
+            }
+        }
     }
 }
 
@@ -40,6 +48,9 @@ pub use generated::lanyard::server::v1 as server;
 
 /// `lanyard.admin.v1`: the admin API on the server's local socket.
 pub use generated::lanyard::admin::v1 as admin;
+
+/// `lanyard.task.v1`: task-scoped identities on the agent's socket.
+pub use generated::lanyard::task::v1 as task;
 
 pub mod convert;
 

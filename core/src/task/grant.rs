@@ -35,6 +35,10 @@ pub struct TaskRequest {
     pub on_behalf_of: Option<String>,
     /// Begin with the permitted tools when some are denied.
     pub allow_partial: bool,
+    /// For a delegated sub-task: the parent task.
+    pub parent_task_id: Option<TaskId>,
+    /// For a delegated sub-task: the token from `DelegateTask`.
+    pub delegation_token: Option<String>,
 }
 
 impl TaskRequest {
@@ -68,6 +72,11 @@ impl TaskRequest {
         }
         if self.ttl.is_zero() {
             return Err(TaskError::BadTtl { max: 0 });
+        }
+        if self.parent_task_id.is_some() != self.delegation_token.is_some() {
+            return Err(TaskError::Malformed(
+                "parent_task_id and delegation_token go together".into(),
+            ));
         }
         Ok(self)
     }

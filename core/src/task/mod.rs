@@ -8,6 +8,7 @@ mod ceilings;
 mod claims;
 mod grant;
 mod names;
+mod record;
 mod sensitivity;
 
 pub use canonical::{CanonicalError, canonical_json};
@@ -18,4 +19,5 @@ pub use names::{
     MAX_DESTINATIONS, MAX_INTENT_LEN, MAX_TOOLS, TaskError, TaskId, check_destination,
     check_on_behalf_of, check_task_type, check_tool,
 };
+pub use record::{TaskRecord, TaskState};
 pub use sensitivity::SensitivityLevels;
