@@ -13,6 +13,10 @@ use lanyard_proto::admin::{
     GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListAuthoritiesRequest,
     ListAuthoritiesResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
+use lanyard_proto::admin::{
+    CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest,
+    ListTasksResponse, SetPolicyRequest, TaskRequest, TestPolicyRequest, TestPolicyResponse,
+};
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;
 use tonic::transport::server::UdsConnectInfo;
@@ -90,6 +94,8 @@ pub struct AdminApi {
     pub(crate) registry: Registry,
     pub(crate) agents: Agents,
     pub(crate) tokens: JoinTokens,
+    pub(crate) tasks: crate::tasks::Tasks,
+    pub(crate) policies: crate::policy::Policies,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
 }
@@ -356,5 +362,61 @@ impl Admin for AdminApi {
             .revoke(&req.into_inner().id)
             .map_err(AdminError::from)?;
         Ok(Response::new(authorities(&self.ca)))
+    }
+
+    #[instrument(skip_all)]
+    async fn set_policy(
+        &self,
+        req: Request<SetPolicyRequest>,
+    ) -> Result<Response<types::PolicyInfo>, Status> {
+        self.set_policy_impl(req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn get_policy(
+        &self,
+        req: Request<GetPolicyRequest>,
+    ) -> Result<Response<types::PolicyInfo>, Status> {
+        self.get_policy_impl(req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn check_policy(
+        &self,
+        req: Request<CheckPolicyRequest>,
+    ) -> Result<Response<CheckPolicyResponse>, Status> {
+        self.check_policy_impl(req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn test_policy(
+        &self,
+        req: Request<TestPolicyRequest>,
+    ) -> Result<Response<TestPolicyResponse>, Status> {
+        self.test_policy_impl(req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        self.list_tasks_impl(req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn get_task(
+        &self,
+        req: Request<TaskRequest>,
+    ) -> Result<Response<types::TaskInfo>, Status> {
+        self.get_task_impl(req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_task(
+        &self,
+        req: Request<TaskRequest>,
+    ) -> Result<Response<types::TaskInfo>, Status> {
+        self.revoke_task_impl(req.into_inner()).map(Response::new)
     }
 }

@@ -22,6 +22,8 @@ use crate::attestation::JoinTokens;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
+use crate::policy::Policies;
+use crate::tasks::Tasks;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{SledStore, Store, StoreError};
 use crate::tls::{ServerIdentity, incoming, server_config};
@@ -50,6 +52,12 @@ pub enum AppError {
     /// TLS configuration failed.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// A stored policy set no longer loads.
+    #[error("policy: {0}")]
+    Policy(#[from] crate::policy::PolicySetError),
+    /// Tasks could not be loaded.
+    #[error("tasks: {0}")]
+    Tasks(#[from] crate::tasks::TaskServiceError),
 }
 
 /// A running server.
@@ -115,17 +123,30 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let (agent_changes, _) = watch::channel(0u64);
     let agents = Agents::new(store.clone(), clock.clone(), agent_changes);
     let metrics = Arc::new(Metrics::default());
+    let settings = IssuanceSettings {
+        default_x509_svid_ttl: config.default_x509_svid_ttl,
+        default_jwt_svid_ttl: config.default_jwt_svid_ttl,
+        agent_svid_ttl: config.agent_svid_ttl,
+    };
+    let policies = Policies::load(store.clone(), clock.clone())?;
+    let tasks = Tasks::load(
+        store.clone(),
+        registry.clone(),
+        ca.clone(),
+        policies.clone(),
+        clock.clone(),
+        config.sensitivity_levels.clone(),
+        settings,
+    )?;
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
         agents: agents.clone(),
         tokens: tokens.clone(),
+        tasks: tasks.clone(),
+        policies: policies.clone(),
         clock: clock.clone(),
-        settings: IssuanceSettings {
-            default_x509_svid_ttl: config.default_x509_svid_ttl,
-            default_jwt_svid_ttl: config.default_jwt_svid_ttl,
-            agent_svid_ttl: config.agent_svid_ttl,
-        },
+        settings,
         shutdown: shutdown_rx.clone(),
         metrics: metrics.clone(),
     };
@@ -134,6 +155,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         registry,
         agents,
         tokens,
+        tasks,
+        policies,
         clock: clock.clone(),
         default_token_ttl: config.join_token_ttl,
     };

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_core::TrustDomain;
+use lanyard_core::task::SensitivityLevels;
 pub use lanyard_core::config::{ConfigError, LogFormat};
 use lanyard_core::config::{at_least_one, parse_toml};
 use lanyard_core::duration::{format_duration, parse_duration};
@@ -49,6 +50,9 @@ pub struct RawConfig {
     pub handshake_timeout: Option<String>,
     /// Connections older than this are closed (agents reconnect).
     pub max_connection_age: Option<String>,
+    /// Data sensitivity levels, lowest first (default: public, internal,
+    /// confidential, restricted).
+    pub sensitivity_levels: Option<Vec<String>>,
 }
 
 impl RawConfig {
@@ -79,7 +83,8 @@ impl RawConfig {
             max_connections_per_peer,
             max_handshakes,
             handshake_timeout,
-            max_connection_age
+            max_connection_age,
+            sensitivity_levels
         );
         self
     }
@@ -171,7 +176,13 @@ impl RawConfig {
             handshake_timeout,
             max_connection_age,
         };
+        let sensitivity_levels = match self.sensitivity_levels {
+            Some(l) => SensitivityLevels::new(l)
+                .map_err(|e| ConfigError::invalid("sensitivity_levels", e))?,
+            None => SensitivityLevels::default(),
+        };
         Ok(Config {
+            sensitivity_levels,
             trust_domain,
             data_dir: self
                 .data_dir
@@ -247,6 +258,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Limits on the server port.
     pub net: NetLimits,
+    /// Ordered data sensitivity levels for tasks.
+    pub sensitivity_levels: SensitivityLevels,
 }
 
 impl Config {

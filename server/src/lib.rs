@@ -2,6 +2,7 @@
 //! server API agents call over mTLS, and the local admin API.
 
 pub mod admin_api;
+mod admin_tasks;
 pub mod agents;
 pub mod app;
 pub mod attestation;
@@ -9,8 +10,10 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod node_api;
+pub mod policy;
 pub mod registry;
 pub mod store;
+pub mod tasks;
 pub mod tls;
 
 pub use app::{Bound, build};

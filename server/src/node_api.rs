@@ -9,9 +9,11 @@ use lanyard_core::x509::{SvidError, SvidParams};
 use lanyard_core::{EntryId, SpiffeId};
 use lanyard_proto::server::node_server::Node;
 use lanyard_proto::server::{
-    AttestAgentRequest, AttestAgentResponse, RenewAgentRequest, RenewAgentResponse,
-    SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignX509SvidsRequest,
-    SignX509SvidsResponse, SyncRequest, SyncUpdate,
+    AttestAgentRequest, AttestAgentResponse, BeginTaskRequest, BeginTaskResponse,
+    DelegateTaskRequest, DelegateTaskResponse, EndTaskRequest, EndTaskResponse,
+    RenewAgentRequest, RenewAgentResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult,
+    SignTaskSvidRequest, SignTaskSvidResponse, SignX509SvidsRequest, SignX509SvidsResponse,
+    SyncRequest, SyncUpdate,
 };
 use lanyard_proto::types;
 use tokio::sync::{mpsc, watch};
@@ -23,7 +25,9 @@ use tracing::instrument;
 use crate::agents::{AgentError, Agents};
 use crate::attestation::{AttestationError, JoinTokens};
 use crate::ca::Ca;
+use crate::policy::Policies;
 use crate::registry::Registry;
+use crate::tasks::{BeginInput, Caller, Tasks};
 use crate::store::{AgentRecord, StoreError};
 use crate::tls::{ClientSvid, PeerInfo};
 
@@ -130,6 +134,8 @@ pub struct NodeApi {
     pub(crate) registry: Registry,
     pub(crate) agents: Agents,
     pub(crate) tokens: JoinTokens,
+    pub(crate) tasks: Tasks,
+    pub(crate) policies: Policies,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: IssuanceSettings,
     /// Turns true when the server shuts down; open streams end.
@@ -214,6 +220,16 @@ impl NodeApi {
                 .map(types::Entry::from)
                 .collect(),
             bundle: Some(bundle_msg(&self.ca)),
+            ended_task_ids: self.tasks.ended_for(agent),
+            policy_version: self
+                .policies
+                .enforced()
+                .map_or(0, |p| p.record.version),
+            policy_text: self
+                .policies
+                .enforced()
+                .map(|p| p.record.text.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -338,6 +354,8 @@ impl Node for NodeApi {
         let mut entries = self.registry.subscribe();
         let mut bundle = self.ca.subscribe();
         let mut agents = self.agents.subscribe();
+        let mut tasks = self.tasks.subscribe();
+        let mut policies = self.policies.subscribe();
         let mut stop = self.shutdown.clone();
         tokio::spawn(async move {
             let id = agent.spiffe_id;
@@ -388,6 +406,8 @@ impl Node for NodeApi {
                     r = entries.changed() => if r.is_err() { return },
                     r = bundle.changed() => if r.is_err() { return },
                     r = agents.changed() => if r.is_err() { return },
+                    r = tasks.changed() => if r.is_err() { return },
+                    r = policies.changed() => if r.is_err() { return },
                     () = tokio::time::sleep(until_expiry) => {}
                     () = tx.closed() => return,
                     () = async { let _ = stop.wait_for(|s| *s).await; } => {
@@ -441,18 +461,7 @@ impl Node for NodeApi {
         if req.audience.is_empty() {
             return Err(NodeError::BadJwtRequest("audience must be specified".into()).into());
         }
-        if req.audience.len() > MAX_AUDIENCES
-            || req
-                .audience
-                .iter()
-                .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
-        {
-            return Err(NodeError::BadJwtRequest(format!(
-                "at most {MAX_AUDIENCES} audiences of 1 to {} bytes each",
-                lanyard_core::jwt::MAX_AUDIENCE_LEN
-            ))
-            .into());
-        }
+        crate::tasks::check_audiences(&req.audience).map_err(NodeError::BadJwtRequest)?;
         let entry = self.owned_entry(&agent.spiffe_id, &req.entry_id)?;
         let ttl = entry.jwt_ttl.unwrap_or(self.settings.default_jwt_svid_ttl);
         let minted = self
@@ -476,6 +485,110 @@ impl Node for NodeApi {
             token: minted.token,
             issued_at: secs(minted.issued_at),
             expires_at: secs(minted.expires_at),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn begin_task(
+        &self,
+        req: Request<BeginTaskRequest>,
+    ) -> Result<Response<BeginTaskResponse>, Status> {
+        let (agent, _) = self.authenticate(&req)?;
+        let req = req.into_inner();
+        let input = BeginInput {
+            entry_id: req.entry_id,
+            spec: req.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?,
+            csr: req.csr,
+            jwt_audiences: req.jwt_audiences,
+            caller: Caller {
+                agent_id: Some(agent.spiffe_id.clone()),
+                selectors: req.selectors,
+                exe_path: req.exe_path,
+                exe_sha256: req.exe_sha256,
+            },
+        };
+        let tasks = self.tasks.clone();
+        let agent_id = agent.spiffe_id.clone();
+        // Policy evaluation and signing are CPU work: off the I/O threads.
+        let (record, minted) = tokio::task::spawn_blocking(move || tasks.begin(&agent_id, input))
+            .await
+            .map_err(|_| Status::internal("internal error"))??;
+        let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
+        Ok(Response::new(BeginTaskResponse {
+            task: Some(types::TaskInfo::from(&record)),
+            svid: minted.svid,
+            jwt,
+            jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn sign_task_svid(
+        &self,
+        req: Request<SignTaskSvidRequest>,
+    ) -> Result<Response<SignTaskSvidResponse>, Status> {
+        let (agent, _) = self.authenticate(&req)?;
+        let req = req.into_inner();
+        let minted = self.tasks.sign(
+            &agent.spiffe_id,
+            &req.task_id,
+            &req.csr,
+            &req.jwt_audiences,
+            &req.exe_sha256,
+        )?;
+        let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
+        Ok(Response::new(SignTaskSvidResponse {
+            svid: minted.svid,
+            jwt,
+            jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn end_task(
+        &self,
+        req: Request<EndTaskRequest>,
+    ) -> Result<Response<EndTaskResponse>, Status> {
+        let (agent, _) = self.authenticate(&req)?;
+        let req = req.into_inner();
+        let reason = if req.reason.is_empty() {
+            "ended".to_owned()
+        } else {
+            req.reason.chars().take(128).collect()
+        };
+        self.tasks.end(
+            Some(&agent.spiffe_id),
+            &req.task_id,
+            lanyard_core::task::TaskState::Ended,
+            &reason,
+        )?;
+        Ok(Response::new(EndTaskResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn delegate_task(
+        &self,
+        req: Request<DelegateTaskRequest>,
+    ) -> Result<Response<DelegateTaskResponse>, Status> {
+        let (agent, _) = self.authenticate(&req)?;
+        let req = req.into_inner();
+        let caller = Caller {
+            agent_id: Some(agent.spiffe_id.clone()),
+            selectors: req.selectors,
+            exe_path: req.exe_path,
+            exe_sha256: req.exe_sha256,
+        };
+        let (token, expires_at) = self.tasks.delegate(
+            &agent.spiffe_id,
+            &req.task_id,
+            &req.to_spiffe_id,
+            req.tools,
+            req.ttl_seconds,
+            &caller,
+        )?;
+        Ok(Response::new(DelegateTaskResponse {
+            token,
+            expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),
         }))
     }
 }

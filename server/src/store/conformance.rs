@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskLimits};
 
+use lanyard_core::task::{TaskGrant, TaskRecord, TaskState};
+use lanyard_core::TaskId;
+
 use super::{
-    AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord, JwtKeyRecord, Store, StoreError,
+    AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
+    PolicyRecord, Store, StoreError,
 };
 
 /// A valid entry for tests.
@@ -48,6 +52,9 @@ pub fn run_all<S: Store, G>(make: impl Fn() -> (S, G)) {
         ("ca_keys", ca_keys),
         ("jwt_keys", jwt_keys),
         ("counters", counters),
+        ("tasks_swap_and_list", tasks_swap_and_list),
+        ("policies_are_versioned", policies_are_versioned),
+        ("delegations_are_single_use", delegations_are_single_use),
     ];
     for (name, check) in checks {
         let (store, _guard) = make();
@@ -221,4 +228,87 @@ fn counters(s: &dyn Store) {
     assert_eq!(s.bump_counter("c").unwrap(), 2);
     assert_eq!(s.counter("c").unwrap(), 2);
     assert_eq!(s.counter("other").unwrap(), 0);
+}
+
+fn task(n: u8) -> TaskRecord {
+    TaskRecord {
+        grant: TaskGrant {
+            task_id: TaskId::from_random([n; 16]),
+            spiffe_id: SpiffeId::new("spiffe://td/w").unwrap(),
+            task_type: "t".into(),
+            tools: vec!["a".into()],
+            destinations: vec![],
+            data_sensitivity: "public".into(),
+            on_behalf_of: None,
+            intent_sha256: String::new(),
+            not_after: 100,
+            chain: vec![],
+        },
+        entry_id: EntryId::new("e").unwrap(),
+        agent_id: agent_id("n1"),
+        denied: vec![],
+        created_at: 1,
+        state: TaskState::Active,
+        end_reason: String::new(),
+    }
+}
+
+fn tasks_swap_and_list(s: &dyn Store) {
+    let (a, b) = (task(2), task(1));
+    assert_eq!(s.swap_task(&a.grant.task_id, None, &a).unwrap(), Ok(()));
+    assert_eq!(s.swap_task(&b.grant.task_id, None, &b).unwrap(), Ok(()));
+    // Creating again fails and returns what is there.
+    assert_eq!(
+        s.swap_task(&a.grant.task_id, None, &a).unwrap(),
+        Err(Some(a.clone()))
+    );
+    let mut ended = a.clone();
+    ended.state = TaskState::Ended;
+    assert_eq!(s.swap_task(&a.grant.task_id, Some(&a), &ended).unwrap(), Ok(()));
+    // A stale expectation loses.
+    let mut revoked = a.clone();
+    revoked.state = TaskState::Revoked;
+    assert_eq!(
+        s.swap_task(&a.grant.task_id, Some(&a), &revoked).unwrap(),
+        Err(Some(ended.clone()))
+    );
+    assert_eq!(s.get_task(&a.grant.task_id).unwrap(), Some(ended.clone()));
+    let ids: Vec<TaskId> = s.list_tasks().unwrap().into_iter().map(|t| t.grant.task_id).collect();
+    assert_eq!(ids, vec![b.grant.task_id, a.grant.task_id]);
+}
+
+fn policies_are_versioned(s: &dyn Store) {
+    for (version, shadow) in [(1, false), (2, true), (10, false)] {
+        s.create_policy(&PolicyRecord {
+            version,
+            shadow,
+            text: format!("// v{version}"),
+            created_at: version,
+        })
+        .unwrap();
+    }
+    let dup = PolicyRecord {
+        version: 2,
+        shadow: false,
+        text: String::new(),
+        created_at: 0,
+    };
+    assert!(matches!(s.create_policy(&dup), Err(StoreError::AlreadyExists(_))));
+    let versions: Vec<u64> = s.list_policies().unwrap().iter().map(|p| p.version).collect();
+    assert_eq!(versions, vec![1, 2, 10]);
+}
+
+fn delegations_are_single_use(s: &dyn Store) {
+    let d = DelegationRecord {
+        token_hash: "h".into(),
+        parent_task_id: TaskId::from_random([1; 16]),
+        to_spiffe_id: SpiffeId::new("spiffe://td/child").unwrap(),
+        tools: vec!["a".into()],
+        ttl_seconds: 30,
+        expires_at: 60,
+    };
+    s.create_delegation(&d).unwrap();
+    assert!(matches!(s.create_delegation(&d), Err(StoreError::AlreadyExists(_))));
+    assert_eq!(s.take_delegation("h").unwrap(), Some(d));
+    assert_eq!(s.take_delegation("h").unwrap(), None);
 }

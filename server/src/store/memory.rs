@@ -3,9 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+use lanyard_core::task::TaskRecord;
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
-use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, JwtKeyRecord, Store, StoreError};
+use super::{
+    AgentRecord, CaKeyRecord, DelegationRecord, JoinTokenRecord, JwtKeyRecord, PolicyRecord, Store,
+    StoreError,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -15,6 +19,9 @@ struct Inner {
     ca_keys: BTreeMap<String, CaKeyRecord>,
     jwt_keys: BTreeMap<String, JwtKeyRecord>,
     counters: BTreeMap<String, u64>,
+    tasks: BTreeMap<TaskId, TaskRecord>,
+    policies: BTreeMap<u64, PolicyRecord>,
+    delegations: BTreeMap<String, DelegationRecord>,
 }
 
 /// A [`Store`] in a mutex-guarded map.
@@ -114,6 +121,52 @@ impl Store for MemoryStore {
     fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
         self.with(|i| i.jwt_keys.remove(kid));
         Ok(())
+    }
+    #[allow(clippy::result_large_err)]
+    fn swap_task(
+        &self,
+        id: &TaskId,
+        expected: Option<&TaskRecord>,
+        new: &TaskRecord,
+    ) -> Result<super::Swap<TaskRecord>, StoreError> {
+        Ok(self.with(|i| {
+            let current = i.tasks.get(id);
+            if current != expected {
+                return Err(current.cloned());
+            }
+            i.tasks.insert(id.clone(), new.clone());
+            Ok(())
+        }))
+    }
+    fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.with(|i| i.tasks.get(id).cloned()))
+    }
+    fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        Ok(self.with(|i| i.tasks.values().cloned().collect()))
+    }
+    fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+        self.with(|i| {
+            if i.policies.contains_key(&policy.version) {
+                return Err(StoreError::AlreadyExists(format!("policy version {}", policy.version)));
+            }
+            i.policies.insert(policy.version, policy.clone());
+            Ok(())
+        })
+    }
+    fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        Ok(self.with(|i| i.policies.values().cloned().collect()))
+    }
+    fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+        self.with(|i| {
+            if i.delegations.contains_key(&d.token_hash) {
+                return Err(StoreError::AlreadyExists("delegation token".into()));
+            }
+            i.delegations.insert(d.token_hash.clone(), d.clone());
+            Ok(())
+        })
+    }
+    fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
+        Ok(self.with(|i| i.delegations.remove(token_hash)))
     }
     fn counter(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self.with(|i| i.counters.get(name).copied().unwrap_or(0)))

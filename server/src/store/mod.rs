@@ -14,10 +14,14 @@ mod memory;
 
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
-pub use records::{AgentRecord, CaKeyRecord, CaKeyState, JoinTokenRecord, JwtKeyRecord};
+pub use records::{
+    AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
+    PolicyRecord,
+};
 pub use sled_store::SledStore;
 
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+use lanyard_core::task::TaskRecord;
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,30 @@ pub trait Store: Send + Sync + 'static {
     fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
     /// Removes a JWT signing key.
     fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError>;
+
+    /// Replaces task `id` with `new` only if it currently equals `expected`
+    /// (`None`: absent); as for agents, concurrent state changes (end,
+    /// revoke, a parent's cascade) cannot overwrite each other.
+    fn swap_task(
+        &self,
+        id: &TaskId,
+        expected: Option<&TaskRecord>,
+        new: &TaskRecord,
+    ) -> Result<Swap<TaskRecord>, StoreError>;
+    /// Reads one task.
+    fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
+    /// Every task, ordered by ID.
+    fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// Stores a new policy version; `AlreadyExists` when the version is taken.
+    fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError>;
+    /// Every policy version, oldest first.
+    fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
+
+    /// Stores a new delegation token (keyed by its hash).
+    fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError>;
+    /// Atomically removes and returns the delegation with this hash.
+    fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError>;
 
     /// The current value of a named counter (0 when never bumped).
     fn counter(&self, name: &str) -> Result<u64, StoreError>;

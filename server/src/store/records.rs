@@ -117,3 +117,45 @@ impl std::fmt::Debug for JwtKeyRecord {
             .finish()
     }
 }
+
+/// One version of a Cedar policy set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyRecord {
+    /// Version, from 1, shared by enforced and shadow sets.
+    pub version: u64,
+    /// A shadow (candidate) set: decisions logged, never enforced.
+    pub shadow: bool,
+    /// The Cedar text.
+    pub text: String,
+    /// Creation, Unix seconds.
+    pub created_at: u64,
+}
+
+/// A delegation token, stored by hash; taken once by the sub-task's
+/// BeginTask.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DelegationRecord {
+    /// Lowercase hex SHA-256 of the token.
+    pub token_hash: String,
+    /// The task delegating.
+    pub parent_task_id: lanyard_core::TaskId,
+    /// The only workload that may redeem it.
+    pub to_spiffe_id: SpiffeId,
+    /// The tools the sub-task may have (a subset of the parent's).
+    pub tools: Vec<String>,
+    /// The sub-task's longest lifetime, seconds.
+    pub ttl_seconds: u64,
+    /// Token expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for DelegationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelegationRecord")
+            .field("token_hash", &"<redacted>")
+            .field("parent_task_id", &self.parent_task_id)
+            .field("to_spiffe_id", &self.to_spiffe_id)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}

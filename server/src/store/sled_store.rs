@@ -8,7 +8,13 @@ use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{AgentRecord, CaKeyRecord, JoinTokenRecord, JwtKeyRecord, Store, StoreError};
+use lanyard_core::TaskId;
+use lanyard_core::task::TaskRecord;
+
+use super::{
+    AgentRecord, CaKeyRecord, DelegationRecord, JoinTokenRecord, JwtKeyRecord, PolicyRecord, Store,
+    StoreError,
+};
 
 const SCHEMA_VERSION: &[u8] = b"1";
 /// Written beside the database once it holds data: a database that opens
@@ -26,6 +32,9 @@ pub struct SledStore {
     ca_keys: sled::Tree,
     jwt_keys: sled::Tree,
     counters: sled::Tree,
+    tasks: sled::Tree,
+    policies: sled::Tree,
+    delegations: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -80,6 +89,9 @@ impl SledStore {
             ca_keys: db.open_tree("ca_keys").map_err(backend)?,
             jwt_keys: db.open_tree("jwt_keys").map_err(backend)?,
             counters: db.open_tree("counters").map_err(backend)?,
+            tasks: db.open_tree("tasks").map_err(backend)?,
+            policies: db.open_tree("policies").map_err(backend)?,
+            delegations: db.open_tree("delegations").map_err(backend)?,
             db,
         };
         store.flush()?;
@@ -133,6 +145,35 @@ impl SledStore {
         }
     }
 
+    /// Compare-and-swap on decoded records (the stored bytes may come from
+    /// an older encoder), then on the exact bytes read, so a write in
+    /// between is detected by sled.
+    fn swap<T: Serialize + DeserializeOwned + PartialEq>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        expected: Option<&T>,
+        new: Option<&T>,
+    ) -> Result<super::Swap<T>, StoreError> {
+        let raw = tree.get(key).map_err(backend)?;
+        let current: Option<T> = raw.as_ref().map(|b| decode(key, b)).transpose()?;
+        if current.as_ref() != expected {
+            return Ok(Err(current));
+        }
+        let new_raw = new.map(encode).transpose()?;
+        match tree.compare_and_swap(key, raw, new_raw).map_err(backend)? {
+            Ok(()) => {
+                self.flush()?;
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(e
+                .current
+                .as_ref()
+                .map(|b| decode(key, b))
+                .transpose()?)),
+        }
+    }
+
     fn put(&self, tree: &sled::Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         tree.insert(key, value).map_err(backend)?;
         self.flush()
@@ -175,31 +216,7 @@ impl Store for SledStore {
         expected: Option<&AgentRecord>,
         new: Option<&AgentRecord>,
     ) -> Result<super::Swap<AgentRecord>, StoreError> {
-        let key = id.as_str().as_bytes();
-        // Compare decoded records (the stored bytes may come from an older
-        // encoder), then swap against the exact bytes read, so a write in
-        // between is detected by sled.
-        let raw = self.agents.get(key).map_err(backend)?;
-        let current: Option<AgentRecord> = raw.as_ref().map(|b| decode(key, b)).transpose()?;
-        if current.as_ref() != expected {
-            return Ok(Err(current));
-        }
-        let new_raw = new.map(encode).transpose()?;
-        match self
-            .agents
-            .compare_and_swap(key, raw, new_raw)
-            .map_err(backend)?
-        {
-            Ok(()) => {
-                self.flush()?;
-                Ok(Ok(()))
-            }
-            Err(e) => Ok(Err(e
-                .current
-                .as_ref()
-                .map(|b| decode(key, b))
-                .transpose()?)),
-        }
+        self.swap(&self.agents, id.as_str().as_bytes(), expected, new)
     }
 
     fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
@@ -242,6 +259,40 @@ impl Store for SledStore {
     fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
         self.remove::<JwtKeyRecord>(&self.jwt_keys, kid.as_bytes())
             .map(|_| ())
+    }
+
+    fn swap_task(
+        &self,
+        id: &TaskId,
+        expected: Option<&TaskRecord>,
+        new: &TaskRecord,
+    ) -> Result<super::Swap<TaskRecord>, StoreError> {
+        self.swap(&self.tasks, id.as_str().as_bytes(), expected, Some(new))
+    }
+
+    fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        Self::get(&self.tasks, id.as_str().as_bytes())
+    }
+
+    fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        Self::list(&self.tasks)
+    }
+
+    fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+        // Big-endian keys keep versions in order.
+        self.insert_new(&self.policies, &policy.version.to_be_bytes(), encode(policy)?)
+    }
+
+    fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        Self::list(&self.policies)
+    }
+
+    fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+        self.insert_new(&self.delegations, d.token_hash.as_bytes(), encode(d)?)
+    }
+
+    fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
+        self.remove(&self.delegations, token_hash.as_bytes())
     }
 
     fn counter(&self, name: &str) -> Result<u64, StoreError> {

@@ -1,0 +1,253 @@
+//! A compiled policy set: parsed, validated against the schema, given its
+//! policy IDs (`@id("...")` or `policyN`), and sliced by action and by the
+//! resource a policy's scope names.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Decision as CedarDecision, Effect, PolicyId, PolicySet,
+    ResourceConstraint, Schema, ValidationMode, Validator,
+};
+
+use crate::error::{PolicyError, located};
+use crate::request::{Action, Prepared, Principal, Request, TaskContext, uid};
+
+/// Most policies one set may hold.
+pub const MAX_POLICIES: usize = 100_000;
+/// Largest policy text accepted, bytes.
+pub const MAX_TEXT: usize = 16 * 1024 * 1024;
+
+/// A decision with what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Permitted.
+    pub allowed: bool,
+    /// The policies that decided: the permits that allowed, or the forbids
+    /// that denied (empty when nothing permitted: default deny).
+    pub policy_ids: Vec<String>,
+    /// Their `@reason` annotations, where present.
+    pub reasons: Vec<String>,
+    /// Whether a deciding `forbid` carries `@quarantine`.
+    pub quarantine: bool,
+    /// Policies that failed to evaluate (they are skipped, as Cedar does).
+    pub errors: Vec<String>,
+}
+
+/// The policies that can apply to one (action, resource).
+#[derive(Default)]
+struct Slices {
+    /// By resource name: the policies naming it plus those naming none.
+    by_resource: HashMap<String, PolicySet>,
+    /// Policies whose scope names no particular resource.
+    any_resource: PolicySet,
+}
+
+/// A validated, sliced policy set.
+pub struct PolicyBook {
+    slices: HashMap<Action, Slices>,
+    /// `@reason` and `@quarantine` per policy ID.
+    notes: HashMap<String, (Option<String>, bool)>,
+    count: usize,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for PolicyBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyBook").field("policies", &self.count).finish()
+    }
+}
+
+fn schema() -> Result<Schema, PolicyError> {
+    Schema::from_cedarschema_str(crate::SCHEMA)
+        .map(|(s, _)| s)
+        .map_err(|e| PolicyError::Schema(e.to_string()))
+}
+
+impl PolicyBook {
+    /// Parses and validates `text` (named `source` in errors).
+    pub fn compile(text: &str, source: &str) -> Result<Arc<Self>, PolicyError> {
+        if text.len() > MAX_TEXT {
+            return Err(PolicyError::TooLarge(format!("more than {MAX_TEXT} bytes")));
+        }
+        let parsed: PolicySet = text.parse().map_err(|e: cedar_policy::ParseErrors| {
+            PolicyError::Invalid(e.iter().map(|d| located(source, text, d)).collect())
+        })?;
+        let schema = schema()?;
+        let result = Validator::new(schema).validate(&parsed, ValidationMode::Strict);
+        let errors: Vec<String> = result
+            .validation_errors()
+            .map(|d| located(source, text, d))
+            .collect();
+        if !errors.is_empty() {
+            return Err(PolicyError::Invalid(errors));
+        }
+        if parsed.templates().next().is_some() {
+            return Err(PolicyError::Invalid(vec![format!(
+                "{source}: policy templates are not supported"
+            )]));
+        }
+        let mut renamed = Vec::new();
+        let mut seen = HashMap::new();
+        for p in parsed.policies() {
+            let id = p.annotation("id").map_or_else(|| p.id().to_string(), str::to_owned);
+            if seen.insert(id.clone(), ()).is_some() {
+                return Err(PolicyError::Invalid(vec![format!(
+                    "{source}: policy ID {id:?} is used twice"
+                )]));
+            }
+            renamed.push(p.new_id(PolicyId::new(&id)));
+        }
+        if renamed.len() > MAX_POLICIES {
+            return Err(PolicyError::TooLarge(format!(
+                "more than {MAX_POLICIES} policies"
+            )));
+        }
+        let mut book = PolicyBook {
+            slices: HashMap::new(),
+            notes: HashMap::new(),
+            count: renamed.len(),
+            authorizer: Authorizer::new(),
+        };
+        for p in &renamed {
+            book.notes.insert(
+                p.id().to_string(),
+                (
+                    p.annotation("reason").map(str::to_owned),
+                    p.effect() == Effect::Forbid && p.annotation("quarantine").is_some(),
+                ),
+            );
+        }
+        let add = |set: &mut PolicySet, p: &cedar_policy::Policy| {
+            set.add(p.clone())
+                .map_err(|e| PolicyError::Invalid(vec![format!("{source}: {e}")]))
+        };
+        for action in Action::ALL {
+            let action_uid = action.uid().map_err(PolicyError::Schema)?;
+            let mut slices = Slices::default();
+            let mut named: Vec<(String, &cedar_policy::Policy)> = Vec::new();
+            for p in &renamed {
+                let applies = match p.action_constraint() {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(a) => a == action_uid,
+                    ActionConstraint::In(list) => list.contains(&action_uid),
+                };
+                if !applies {
+                    continue;
+                }
+                match p.resource_constraint() {
+                    ResourceConstraint::Eq(r) | ResourceConstraint::In(r)
+                        if r.type_name().to_string() == action.resource_type() =>
+                    {
+                        // Tools and task types have no parents, so `in` is `==`.
+                        named.push((r.id().unescaped().to_owned(), p));
+                    }
+                    ResourceConstraint::Eq(_) | ResourceConstraint::In(_) => {}
+                    _ => add(&mut slices.any_resource, p)?,
+                }
+            }
+            for (resource, p) in named {
+                if !slices.by_resource.contains_key(&resource) {
+                    let mut set = PolicySet::new();
+                    for q in slices.any_resource.policies() {
+                        add(&mut set, q)?;
+                    }
+                    slices.by_resource.insert(resource.clone(), set);
+                }
+                if let Some(set) = slices.by_resource.get_mut(&resource) {
+                    add(set, p)?;
+                }
+            }
+            book.slices.insert(action, slices);
+        }
+        Ok(Arc::new(book))
+    }
+
+    /// How many policies the set holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True for a set without policies (which denies everything).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Decides one request.
+    pub fn decide(&self, req: &Request<'_>) -> Decision {
+        match Prepared::new(req.principal, req.context) {
+            Ok(prepared) => self.decide_prepared(&prepared, req.action, req.resource),
+            Err(e) => deny_error(e),
+        }
+    }
+
+    /// Decides several resources for the same principal and task, building
+    /// the entities and context once.
+    pub fn decide_many(
+        &self,
+        principal: &Principal,
+        context: &TaskContext,
+        action: Action,
+        resources: &[String],
+    ) -> Vec<Decision> {
+        match Prepared::new(principal, context) {
+            Ok(p) => resources
+                .iter()
+                .map(|r| self.decide_prepared(&p, action, r))
+                .collect(),
+            Err(e) => resources.iter().map(|_| deny_error(e.clone())).collect(),
+        }
+    }
+
+    fn decide_prepared(&self, p: &Prepared, action: Action, resource: &str) -> Decision {
+        let Some(slices) = self.slices.get(&action) else {
+            return deny_error("unknown action".into());
+        };
+        let set = slices
+            .by_resource
+            .get(resource)
+            .unwrap_or(&slices.any_resource);
+        let built = action.uid().and_then(|a| {
+            let r = uid(action.resource_type(), resource)?;
+            cedar_policy::Request::new(p.principal.clone(), a, r, p.context.clone(), None)
+                .map_err(|e| e.to_string())
+        });
+        let request = match built {
+            Ok(r) => r,
+            Err(e) => return deny_error(e),
+        };
+        let response = self.authorizer.is_authorized(&request, set, &p.entities);
+        let diag = response.diagnostics();
+        let mut policy_ids: Vec<String> = diag.reason().map(ToString::to_string).collect();
+        policy_ids.sort();
+        let mut reasons = Vec::new();
+        let mut quarantine = false;
+        for id in &policy_ids {
+            if let Some((reason, q)) = self.notes.get(id) {
+                reasons.extend(reason.clone());
+                quarantine |= *q;
+            }
+        }
+        let allowed = response.decision() == CedarDecision::Allow;
+        Decision {
+            allowed,
+            quarantine: quarantine && !allowed,
+            policy_ids,
+            reasons,
+            errors: diag.errors().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+fn deny_error(e: String) -> Decision {
+    Decision {
+        allowed: false,
+        policy_ids: vec![],
+        reasons: vec![],
+        quarantine: false,
+        errors: vec![e],
+    }
+}
+
+#[cfg(test)]
+mod tests;

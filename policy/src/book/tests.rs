@@ -1,0 +1,157 @@
+use super::*;
+
+const POLICIES: &str = r#"
+@id("planner-reports")
+permit (
+  principal == Lanyard::Workload::"spiffe://td/agent/planner",
+  action == Lanyard::Action::"BeginTask",
+  resource == Lanyard::TaskType::"report.generate"
+);
+
+@id("crm-read")
+permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"crm.read")
+when { context.sensitivity_rank <= 2 };
+
+@id("email-on-behalf")
+permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+when { context.on_behalf_of like "user:*" };
+
+@id("no-restricted")
+@reason("restricted data needs a human in the loop")
+forbid (principal, action, resource)
+when { context.sensitivity == "restricted" };
+
+@id("node-wide")
+permit (principal in Lanyard::Node::"spiffe://td/node/n2", action == Lanyard::Action::"UseTool", resource);
+
+@id("shell-quarantine")
+@reason("shell access is never granted")
+@quarantine
+forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"shell.exec");
+"#;
+
+fn principal(node: &str) -> Principal {
+    Principal {
+        spiffe_id: "spiffe://td/agent/planner".into(),
+        node: node.into(),
+        selectors: vec!["unix:uid:1000".into()],
+        ..Default::default()
+    }
+}
+
+fn ctx(level: &str, rank: i64, obo: &str) -> TaskContext {
+    TaskContext {
+        task_type: "report.generate".into(),
+        sensitivity: level.into(),
+        sensitivity_rank: rank,
+        on_behalf_of: obo.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn permits_forbids_and_default_deny() {
+    let book = PolicyBook::compile(POLICIES, "p.cedar").unwrap();
+    assert_eq!(book.len(), 6);
+    let p = principal("spiffe://td/node/n1");
+    let c = ctx("confidential", 2, "user:alice@example.com");
+    let d = book.decide(&Request {
+        principal: &p,
+        action: Action::BeginTask,
+        resource: "report.generate",
+        context: &c,
+    });
+    assert!(d.allowed);
+    assert_eq!(d.policy_ids, vec!["planner-reports"]);
+
+    let tools = ["crm.read", "email.send", "db.write", "shell.exec"].map(String::from);
+    let ds = book.decide_many(&p, &c, Action::UseTool, &tools);
+    assert!(ds[0].allowed && ds[1].allowed);
+    assert!(!ds[2].allowed && ds[2].policy_ids.is_empty(), "default deny");
+    assert!(!ds[3].allowed);
+    assert_eq!(ds[3].policy_ids, vec!["shell-quarantine"]);
+    assert_eq!(ds[3].reasons, vec!["shell access is never granted"]);
+    assert!(ds[3].quarantine);
+
+    let restricted = ctx("restricted", 3, "user:alice@example.com");
+    let d = book.decide(&Request {
+        principal: &p,
+        action: Action::BeginTask,
+        resource: "report.generate",
+        context: &restricted,
+    });
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, vec!["no-restricted"]);
+    assert_eq!(d.reasons, vec!["restricted data needs a human in the loop"]);
+    assert!(!d.quarantine);
+
+    // The principal's node is its parent: `principal in Node` applies.
+    let n2 = principal("spiffe://td/node/n2");
+    let d = book.decide(&Request {
+        principal: &n2,
+        action: Action::UseTool,
+        resource: "db.write",
+        context: &c,
+    });
+    assert!(d.allowed);
+    assert_eq!(d.policy_ids, vec!["node-wide"]);
+}
+
+#[test]
+fn slices_hold_exactly_the_applicable_policies() {
+    // 1,000 tool policies: each decision sees its own and the wildcards.
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "permit (principal, action == Lanyard::Action::\"UseTool\", resource == Lanyard::Tool::\"tool{i}\");\n"
+        ));
+    }
+    text.push_str("forbid (principal, action, resource) when { context.hour > 22 };\n");
+    let book = PolicyBook::compile(&text, "many.cedar").unwrap();
+    let slices = &book.slices[&Action::UseTool];
+    assert_eq!(slices.by_resource.len(), 1000);
+    assert_eq!(slices.by_resource["tool7"].policies().count(), 2);
+    assert_eq!(book.slices[&Action::BeginTask].any_resource.policies().count(), 1);
+    let p = principal("spiffe://td/node/n1");
+    let mut c = ctx("public", 0, "");
+    let allow = |c: &TaskContext, tool: &str| {
+        book.decide(&Request {
+            principal: &p,
+            action: Action::UseTool,
+            resource: tool,
+            context: c,
+        })
+        .allowed
+    };
+    assert!(allow(&c, "tool999"));
+    assert!(!allow(&c, "tool1000"));
+    c.hour = 23;
+    assert!(!allow(&c, "tool999"));
+}
+
+#[test]
+fn bad_sets_are_refused_with_locations() {
+    let err = PolicyBook::compile("permit (principal, action, resource)\nwhen { context.nope == 1 };", "bad.cedar")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("bad.cedar:2:"), "{err}");
+    let err = PolicyBook::compile("permit (principal, action, resource);\nforbid (", "syntax.cedar")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("syntax.cedar:2:"), "{err}");
+    let err = PolicyBook::compile(
+        "@id(\"a\") permit (principal, action, resource);\n@id(\"a\") forbid (principal, action, resource);",
+        "dup.cedar",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("used twice"), "{err}");
+    // Unknown entity types fail validation.
+    assert!(
+        PolicyBook::compile(
+            "permit (principal == User::\"x\", action, resource);",
+            "t.cedar"
+        )
+        .is_err()
+    );
+    assert!(PolicyBook::compile("", "empty.cedar").unwrap().is_empty());
+}

@@ -1,0 +1,20 @@
+//! Lanyard's policy engine: Cedar policy sets, validated against the schema
+//! shipped in `schema/lanyard.cedarschema`, compiled into slices per action
+//! and resource so that a decision only scans the policies that can apply,
+//! and decided with the IDs and `@reason` annotations of the policies that
+//! decided.
+//!
+//! The rest of Lanyard sees only [`PolicyBook`], [`Request`] and
+//! [`Decision`]: Cedar stays behind this crate (it is also the slowest crate
+//! of the workspace to compile).
+
+mod book;
+mod error;
+mod request;
+
+pub use book::{Decision, PolicyBook};
+pub use error::PolicyError;
+pub use request::{Action, Principal, Request, TaskContext};
+
+/// The Cedar schema every policy set is validated against.
+pub const SCHEMA: &str = include_str!("../schema/lanyard.cedarschema");

@@ -1,0 +1,189 @@
+//! What a decision is asked about, in Lanyard's terms.
+
+use std::collections::{HashMap, HashSet};
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression,
+};
+use serde_json::{Map, Value};
+
+/// The three actions of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Begin a task of a type (resource: `TaskType`).
+    BeginTask,
+    /// Use one tool inside a task (resource: `Tool`).
+    UseTool,
+    /// Hand a sub-task to another workload (resource: `TaskType`).
+    Delegate,
+}
+
+impl Action {
+    /// All actions.
+    pub const ALL: [Action; 3] = [Action::BeginTask, Action::UseTool, Action::Delegate];
+
+    /// The action's name in the schema.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BeginTask => "BeginTask",
+            Self::UseTool => "UseTool",
+            Self::Delegate => "Delegate",
+        }
+    }
+
+    /// The entity type of the action's resources.
+    pub(crate) fn resource_type(self) -> &'static str {
+        match self {
+            Self::UseTool => "Lanyard::Tool",
+            Self::BeginTask | Self::Delegate => "Lanyard::TaskType",
+        }
+    }
+
+    pub(crate) fn uid(self) -> Result<EntityUid, String> {
+        uid("Lanyard::Action", self.name())
+    }
+}
+
+/// The workload asking, as attested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// The entry's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The agent's SPIFFE ID.
+    pub node: String,
+    /// Attested selectors.
+    pub selectors: Vec<String>,
+    /// Executable path, or empty.
+    pub exe_path: String,
+    /// Executable SHA-256 (hex), or empty.
+    pub exe_sha256: String,
+}
+
+/// The task request as policy context.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskContext {
+    /// Task type.
+    pub task_type: String,
+    /// All requested tools.
+    pub tools: Vec<String>,
+    /// Declared destinations.
+    pub destinations: Vec<String>,
+    /// Sensitivity level name.
+    pub sensitivity: String,
+    /// Its rank (0 = lowest).
+    pub sensitivity_rank: i64,
+    /// Requested lifetime.
+    pub ttl_seconds: i64,
+    /// On-behalf-of principal, or empty.
+    pub on_behalf_of: String,
+    /// Intent text.
+    pub intent: String,
+    /// UTC hour, 0-23.
+    pub hour: i64,
+    /// Parent task ID, or empty.
+    pub parent_task_id: String,
+    /// Delegation target, or empty.
+    pub delegate_to: String,
+    /// Recent denials of this workload.
+    pub recent_denials: i64,
+    /// Extra members (from `policy test --context`), merged over the above.
+    pub extra: Map<String, Value>,
+}
+
+impl TaskContext {
+    pub(crate) fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("task_type".into(), self.task_type.clone().into());
+        m.insert("tools".into(), self.tools.clone().into());
+        m.insert("destinations".into(), self.destinations.clone().into());
+        m.insert("sensitivity".into(), self.sensitivity.clone().into());
+        m.insert("sensitivity_rank".into(), self.sensitivity_rank.into());
+        m.insert("ttl_seconds".into(), self.ttl_seconds.into());
+        m.insert("on_behalf_of".into(), self.on_behalf_of.clone().into());
+        m.insert("intent".into(), self.intent.clone().into());
+        m.insert("hour".into(), self.hour.into());
+        m.insert("parent_task_id".into(), self.parent_task_id.clone().into());
+        m.insert("delegate_to".into(), self.delegate_to.clone().into());
+        m.insert("recent_denials".into(), self.recent_denials.into());
+        for (k, v) in &self.extra {
+            m.insert(k.clone(), v.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+/// One question: may `principal` do `action` on `resource` in `context`?
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Who.
+    pub principal: &'a Principal,
+    /// What.
+    pub action: Action,
+    /// On what: a task type or a tool name.
+    pub resource: &'a str,
+    /// With which task.
+    pub context: &'a TaskContext,
+}
+
+/// The entity `type_name::"id"` (the type names are the schema's own
+/// constants; `EntityId` accepts any string).
+pub(crate) fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
+    let ty = type_name
+        .parse::<EntityTypeName>()
+        .map_err(|e| format!("entity type {type_name}: {e}"))?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+/// The entities and context of a request, built once and shared by every
+/// decision about the same task.
+pub(crate) struct Prepared {
+    pub(crate) principal: EntityUid,
+    pub(crate) entities: Entities,
+    pub(crate) context: Context,
+}
+
+impl Prepared {
+    pub(crate) fn new(principal: &Principal, context: &TaskContext) -> Result<Self, String> {
+        let node = uid("Lanyard::Node", &principal.node)?;
+        let p_uid = uid("Lanyard::Workload", &principal.spiffe_id)?;
+        let set = |items: &[String]| {
+            RestrictedExpression::new_set(
+                items
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            )
+        };
+        let attrs = HashMap::from([
+            (
+                "spiffe_id".to_owned(),
+                RestrictedExpression::new_string(principal.spiffe_id.clone()),
+            ),
+            (
+                "node".to_owned(),
+                RestrictedExpression::new_string(principal.node.clone()),
+            ),
+            ("selectors".to_owned(), set(&principal.selectors)),
+            (
+                "exe_path".to_owned(),
+                RestrictedExpression::new_string(principal.exe_path.clone()),
+            ),
+            (
+                "exe_sha256".to_owned(),
+                RestrictedExpression::new_string(principal.exe_sha256.clone()),
+            ),
+        ]);
+        let workload = Entity::new(p_uid.clone(), attrs, HashSet::from([node.clone()]))
+            .map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities(
+            [workload, Entity::new_no_attrs(node, HashSet::new())],
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let context = Context::from_json_value(context.to_json(), None).map_err(|e| e.to_string())?;
+        Ok(Self {
+            principal: p_uid,
+            entities,
+            context,
+        })
+    }
+}

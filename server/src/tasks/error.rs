@@ -1,0 +1,62 @@
+//! Why a task operation failed; mapped to a gRPC status in one place.
+
+use tonic::Status;
+
+use crate::store::StoreError;
+
+/// Why a task operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskServiceError {
+    /// The request is malformed (the message names the field).
+    #[error("{0}")]
+    Invalid(String),
+    /// Policy, ceilings or delegation refused it.
+    #[error("{0}")]
+    Denied(String),
+    /// No such task, or not the caller's.
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The task is no longer active.
+    #[error("task {0} is {1}")]
+    NotActive(String, &'static str),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Signing(String),
+    /// Another change to the same task won repeatedly.
+    #[error("task {0} is being changed concurrently; retry")]
+    Contended(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<lanyard_core::TaskError> for TaskServiceError {
+    fn from(e: lanyard_core::TaskError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+impl From<lanyard_proto::ProtoError> for TaskServiceError {
+    fn from(e: lanyard_proto::ProtoError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+impl From<TaskServiceError> for Status {
+    fn from(e: TaskServiceError) -> Self {
+        match &e {
+            TaskServiceError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            TaskServiceError::Denied(_) => {
+                tracing::info!(err = %e, "task refused");
+                Status::permission_denied(e.to_string())
+            }
+            TaskServiceError::NotFound(_) => Status::not_found(e.to_string()),
+            TaskServiceError::NotActive(..) => Status::failed_precondition(e.to_string()),
+            TaskServiceError::Contended(_) => Status::aborted(e.to_string()),
+            TaskServiceError::Signing(_) | TaskServiceError::Store(_) => {
+                tracing::error!(err = %e, "task service internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Minting a task's credentials: an X.509-SVID with the task claims
+//! extension whose NotAfter never passes the task's end, and a JWT-SVID
+//! with the task claims.
+
+use std::time::{Duration, SystemTime};
+
+use lanyard_core::clock::{from_unix_secs, unix_secs};
+use lanyard_core::task::{TaskGrant, task_claims_oid_der};
+use lanyard_core::x509::SvidParams;
+use lanyard_core::{RegistrationEntry, SpiffeId};
+use lanyard_proto::types;
+
+use super::error::TaskServiceError;
+use crate::ca::Ca;
+use crate::node_api::{IssuanceSettings, MAX_AUDIENCES};
+
+/// A task's freshly minted credentials.
+#[derive(Debug, Default)]
+pub struct MintedTask {
+    /// The X.509-SVID, when a CSR was given.
+    pub svid: Option<types::X509Svid>,
+    /// The JWT-SVID and its expiry (Unix seconds), when audiences were given.
+    pub jwt: Option<(String, u64)>,
+}
+
+/// Checks JWT audiences: at most [`MAX_AUDIENCES`], each 1 to
+/// `MAX_AUDIENCE_LEN` bytes.
+pub(crate) fn check_audiences(audience: &[String]) -> Result<(), String> {
+    if audience.len() > MAX_AUDIENCES
+        || audience
+            .iter()
+            .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
+    {
+        return Err(format!(
+            "at most {MAX_AUDIENCES} audiences of 1 to {} bytes each",
+            lanyard_core::jwt::MAX_AUDIENCE_LEN
+        ));
+    }
+    Ok(())
+}
+
+/// What minting needs besides the grant.
+pub(crate) struct MintRequest<'a> {
+    pub(crate) entry: &'a RegistrationEntry,
+    pub(crate) node: &'a SpiffeId,
+    pub(crate) csr: &'a [u8],
+    pub(crate) audiences: &'a [String],
+    pub(crate) exe_sha256: Option<&'a str>,
+}
+
+/// Mints the credentials of `grant` at `now`.
+pub(crate) fn mint(
+    ca: &Ca,
+    settings: &IssuanceSettings,
+    grant: &TaskGrant,
+    req: &MintRequest<'_>,
+    now: SystemTime,
+) -> Result<MintedTask, TaskServiceError> {
+    let end = from_unix_secs(grant.not_after);
+    let remaining = end.duration_since(now).unwrap_or(Duration::ZERO);
+    if remaining.is_zero() {
+        return Err(TaskServiceError::NotActive(
+            grant.task_id.to_string(),
+            "expired",
+        ));
+    }
+    let snap = ca.snapshot();
+    let mut out = MintedTask::default();
+    if !req.csr.is_empty() {
+        let ttl = req
+            .entry
+            .x509_ttl
+            .unwrap_or(settings.default_x509_svid_ttl)
+            .min(remaining);
+        let params = SvidParams {
+            spiffe_id: grant.spiffe_id.clone(),
+            dns_names: req.entry.dns_names.clone(),
+            ttl,
+            extensions: vec![(task_claims_oid_der(), grant.claims().to_der())],
+        };
+        let svid = snap
+            .active
+            .sign_x509_svid(req.csr, &params, now)
+            .map_err(|e| match e {
+                lanyard_core::x509::SvidError::Issue(_)
+                | lanyard_core::x509::SvidError::Crypto(_) => {
+                    TaskServiceError::Signing(e.to_string())
+                }
+                other => TaskServiceError::Invalid(format!("csr: {other}")),
+            })?;
+        out.svid = Some(types::X509Svid {
+            spiffe_id: grant.spiffe_id.to_string(),
+            cert_chain: vec![svid.cert_der],
+            expires_at: i64::try_from(unix_secs(svid.not_after)).unwrap_or(i64::MAX),
+        });
+    }
+    if !req.audiences.is_empty() {
+        let ttl = req
+            .entry
+            .jwt_ttl
+            .unwrap_or(settings.default_jwt_svid_ttl)
+            .min(remaining);
+        let minted = snap
+            .jwt_active
+            .sign_svid(
+                &grant.spiffe_id,
+                req.audiences,
+                ttl,
+                now,
+                grant.jwt_claims(req.node, req.exe_sha256),
+            )
+            .map_err(|e| TaskServiceError::Signing(e.to_string()))?;
+        out.jwt = Some((minted.token, unix_secs(minted.expires_at)));
+    }
+    Ok(out)
+}

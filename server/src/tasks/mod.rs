@@ -1,0 +1,16 @@
+//! Tasks on the server: decisions (entry ceilings, then Cedar when a policy
+//! set is loaded), the task records (one owner, compare-and-swap state
+//! changes, cascades to delegated sub-tasks), delegation tokens, and
+//! minting the task SVIDs that carry the grant.
+
+mod decide;
+mod delegation;
+mod error;
+mod mint;
+mod service;
+
+pub use decide::{BeginVerdict, Caller, ToolVerdict};
+pub use error::TaskServiceError;
+pub(crate) use mint::check_audiences;
+pub use mint::MintedTask;
+pub use service::{BeginInput, Tasks};

@@ -1,0 +1,577 @@
+//! The owner of task records: begin, sign, end, revoke, delegate, list.
+//! Every state change is a compare-and-swap on the stored record, so an
+//! EndTask racing a revoke or a parent's cascade cannot undo either.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lanyard_core::clock::{Clock, unix_secs};
+use lanyard_core::task::{Actor, SensitivityLevels, TaskGrant, TaskRecord, TaskRequest, TaskState};
+use lanyard_core::{RegistrationEntry, SpiffeId, TaskId};
+use lanyard_proto::types;
+use serde_json::Map;
+use tokio::sync::watch;
+
+use super::decide::{BeginVerdict, Caller, context, decide_begin, denial_text, principal};
+use super::delegation::{TOKEN_TTL, new_token, token_hash};
+use super::error::TaskServiceError;
+use super::mint::{MintRequest, MintedTask, check_audiences, mint};
+use crate::ca::Ca;
+use crate::node_api::IssuanceSettings;
+use crate::policy::Policies;
+use crate::registry::Registry;
+use crate::store::{DelegationRecord, Store};
+
+/// How often a contended state change is retried.
+const SWAP_ATTEMPTS: usize = 16;
+
+/// A BeginTask forwarded by an agent.
+#[derive(Debug, Clone)]
+pub struct BeginInput {
+    /// The entry the agent matched for the caller.
+    pub entry_id: String,
+    /// What the workload asked for.
+    pub spec: types::TaskSpec,
+    /// PKCS#10 DER for the task X.509-SVID.
+    pub csr: Vec<u8>,
+    /// Audiences of a task JWT-SVID, if one is wanted.
+    pub jwt_audiences: Vec<String>,
+    /// What the agent attested.
+    pub caller: Caller,
+}
+
+/// The tasks, behind a cheap clone.
+#[derive(Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    ca: Ca,
+    policies: Policies,
+    clock: Arc<dyn Clock>,
+    levels: SensitivityLevels,
+    settings: IssuanceSettings,
+    /// Ended or revoked, not yet expired tasks per agent (task -> expiry):
+    /// pushed to agents so they drop the credentials.
+    ended: Mutex<HashMap<SpiffeId, BTreeMap<TaskId, u64>>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Tasks {
+    /// Builds the service and its index of ended tasks from the store.
+    pub fn load(
+        store: Arc<dyn Store>,
+        registry: Registry,
+        ca: Ca,
+        policies: Policies,
+        clock: Arc<dyn Clock>,
+        levels: SensitivityLevels,
+        settings: IssuanceSettings,
+    ) -> Result<Self, TaskServiceError> {
+        let now = unix_secs(clock.now());
+        let mut ended: HashMap<SpiffeId, BTreeMap<TaskId, u64>> = HashMap::new();
+        for t in store.list_tasks()? {
+            if matches!(t.state, TaskState::Ended | TaskState::Revoked) && t.grant.not_after > now {
+                ended
+                    .entry(t.agent_id.clone())
+                    .or_default()
+                    .insert(t.grant.task_id.clone(), t.grant.not_after);
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                ca,
+                policies,
+                clock,
+                levels,
+                settings,
+                ended: Mutex::new(ended),
+                changes: watch::channel(0).0,
+            }),
+        })
+    }
+
+    /// Wakes on every task that ends or is revoked.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// The configured sensitivity levels.
+    pub fn levels(&self) -> &SensitivityLevels {
+        &self.inner.levels
+    }
+
+    /// Ended or revoked tasks of `agent` that have not expired.
+    pub fn ended_for(&self, agent: &SpiffeId) -> Vec<String> {
+        let now = unix_secs(self.inner.clock.now());
+        let mut ended = self.inner.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tasks) = ended.get_mut(agent) else {
+            return vec![];
+        };
+        tasks.retain(|_, exp| *exp > now);
+        tasks.keys().map(ToString::to_string).collect()
+    }
+
+    fn owned_entry(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &str,
+    ) -> Result<RegistrationEntry, TaskServiceError> {
+        self.inner
+            .registry
+            .get(entry_id)
+            .filter(|e| &e.parent_id == agent)
+            .ok_or_else(|| {
+                TaskServiceError::Denied(format!(
+                    "entry {entry_id:?} is not authorized for agent {agent}"
+                ))
+            })
+    }
+
+    fn hour(&self) -> u32 {
+        u32::try_from(unix_secs(self.inner.clock.now()) / 3600 % 24).unwrap_or(0)
+    }
+
+    /// Decides a request without creating anything (`policy test`).
+    pub fn dry_run(
+        &self,
+        entry: &RegistrationEntry,
+        caller: &Caller,
+        request: TaskRequest,
+        extra: Map<String, serde_json::Value>,
+    ) -> Result<(BeginVerdict, u64), TaskServiceError> {
+        let request = request.check(&self.inner.levels)?;
+        let ctx = context(&request, &self.inner.levels, self.hour(), extra);
+        let enforced = self.inner.policies.enforced();
+        let verdict = decide_begin(
+            entry,
+            &self.inner.levels,
+            enforced.as_ref().map(|l| l.book.as_ref()),
+            caller,
+            &request,
+            &ctx,
+        );
+        Ok((verdict, enforced.map_or(0, |l| l.record.version)))
+    }
+
+    /// Decides, records and mints a task for a workload `agent` attested.
+    pub fn begin(
+        &self,
+        agent: &SpiffeId,
+        input: BeginInput,
+    ) -> Result<(TaskRecord, MintedTask), TaskServiceError> {
+        let inner = &self.inner;
+        let entry = self.owned_entry(agent, &input.entry_id)?;
+        let request = lanyard_proto::convert::task_request(input.spec)?.check(&inner.levels)?;
+        check_audiences(&input.jwt_audiences).map_err(TaskServiceError::Invalid)?;
+        lanyard_core::x509::parse_csr_public_key(&input.csr)
+            .map_err(|e| TaskServiceError::Invalid(format!("csr: {e}")))?;
+        let now = inner.clock.now();
+        let now_secs = unix_secs(now);
+        let parent = match (&request.parent_task_id, &request.delegation_token) {
+            (Some(p), Some(token)) => Some(self.redeem(p, token, &entry, &request, now_secs)?),
+            _ => None,
+        };
+        let ctx = context(&request, &inner.levels, self.hour(), Map::new());
+        let enforced = inner.policies.enforced();
+        let verdict = decide_begin(
+            &entry,
+            &inner.levels,
+            enforced.as_ref().map(|l| l.book.as_ref()),
+            &input.caller,
+            &request,
+            &ctx,
+        );
+        if let Some(shadow) = inner.policies.shadow() {
+            let candidate = decide_begin(
+                &entry,
+                &inner.levels,
+                Some(shadow.book.as_ref()),
+                &input.caller,
+                &request,
+                &ctx,
+            );
+            tracing::info!(
+                spiffe_id = %entry.spiffe_id,
+                task_type = %request.task_type,
+                shadow_version = shadow.record.version,
+                enforced_allows = verdict.task_allowed,
+                shadow_allows = candidate.task_allowed,
+                enforced_tools = ?verdict.granted(),
+                shadow_tools = ?candidate.granted(),
+                differs = verdict != candidate,
+                "shadow policy decision"
+            );
+        }
+        if !verdict.task_allowed {
+            return Err(TaskServiceError::Denied(format!(
+                "task denied: {}",
+                verdict.task_reason
+            )));
+        }
+        let denied = verdict.denied();
+        if !denied.is_empty() && !request.allow_partial {
+            let list: Vec<String> = denied.iter().map(|(t, r)| format!("{t} ({r})")).collect();
+            return Err(TaskServiceError::Denied(format!(
+                "task denied: tools not permitted: {}",
+                list.join("; ")
+            )));
+        }
+        let mut not_after = now_secs.saturating_add(request.ttl.as_secs());
+        let mut chain = Vec::new();
+        if let Some(p) = &parent {
+            not_after = not_after.min(p.grant.not_after);
+            chain.push(Actor {
+                spiffe_id: p.grant.spiffe_id.clone(),
+                task_id: p.grant.task_id.clone(),
+            });
+            chain.extend(p.grant.chain.iter().cloned());
+        }
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id)
+            .map_err(|_| TaskServiceError::Signing("random source failed".into()))?;
+        let grant = TaskGrant {
+            task_id: TaskId::from_random(id),
+            spiffe_id: entry.spiffe_id.clone(),
+            task_type: request.task_type.clone(),
+            tools: verdict.granted(),
+            destinations: request.destinations.clone(),
+            data_sensitivity: request.data_sensitivity.clone(),
+            on_behalf_of: request.on_behalf_of.clone(),
+            intent_sha256: request.intent_sha256(),
+            not_after,
+            chain,
+        };
+        let record = TaskRecord {
+            grant,
+            entry_id: entry.id.clone(),
+            agent_id: agent.clone(),
+            denied,
+            created_at: now_secs,
+            state: TaskState::Active,
+            end_reason: String::new(),
+        };
+        let minted = mint(
+            &inner.ca,
+            &inner.settings,
+            &record.grant,
+            &MintRequest {
+                entry: &entry,
+                node: agent,
+                csr: &input.csr,
+                audiences: &input.jwt_audiences,
+                exe_sha256: Some(input.caller.exe_sha256.as_str()).filter(|h| !h.is_empty()),
+            },
+            now,
+        )?;
+        if let Err(found) = inner
+            .store
+            .swap_task(&record.grant.task_id, None, &record)?
+        {
+            tracing::error!(task_id = %record.grant.task_id, ?found, "task ID collision");
+            return Err(TaskServiceError::Contended(record.grant.task_id.to_string()));
+        }
+        tracing::info!(
+            task_id = %record.grant.task_id,
+            spiffe_id = %record.grant.spiffe_id,
+            %agent,
+            task_type = %record.grant.task_type,
+            tools = ?record.grant.tools,
+            denied = record.denied.len(),
+            parent = ?record.grant.parent_task_id(),
+            "task begun"
+        );
+        Ok((record, minted))
+    }
+
+    /// Takes a delegation token and checks it against the request; returns
+    /// the active parent task.
+    fn redeem(
+        &self,
+        parent_id: &TaskId,
+        token: &str,
+        entry: &RegistrationEntry,
+        request: &TaskRequest,
+        now: u64,
+    ) -> Result<TaskRecord, TaskServiceError> {
+        let refused = |why: &str| TaskServiceError::Denied(format!("delegation refused: {why}"));
+        let d = self
+            .inner
+            .store
+            .take_delegation(&token_hash(token))?
+            .ok_or_else(|| refused("unknown or already used delegation token"))?;
+        if d.expires_at <= now {
+            return Err(refused("the delegation token has expired"));
+        }
+        if &d.parent_task_id != parent_id {
+            return Err(refused("the token was issued for another parent task"));
+        }
+        if d.to_spiffe_id != entry.spiffe_id {
+            return Err(refused(&format!(
+                "the token was issued to {}, not {}",
+                d.to_spiffe_id, entry.spiffe_id
+            )));
+        }
+        let parent = self
+            .inner
+            .store
+            .get_task(parent_id)?
+            .ok_or_else(|| refused("the parent task does not exist"))?;
+        if parent.state_at(now) != TaskState::Active {
+            return Err(refused("the parent task is no longer active"));
+        }
+        if let Some(extra) = request.tools.iter().find(|t| !d.tools.contains(t)) {
+            return Err(refused(&format!(
+                "tool {extra:?} is outside the delegated grant"
+            )));
+        }
+        if request.ttl.as_secs() > d.ttl_seconds {
+            return Err(refused(&format!(
+                "TTL {}s exceeds the delegated {}s",
+                request.ttl.as_secs(),
+                d.ttl_seconds
+            )));
+        }
+        let levels = &self.inner.levels;
+        if levels.rank(&request.data_sensitivity)? > levels.rank(&parent.grant.data_sensitivity)? {
+            return Err(refused(&format!(
+                "data sensitivity {:?} exceeds the parent's {:?}",
+                request.data_sensitivity, parent.grant.data_sensitivity
+            )));
+        }
+        Ok(parent)
+    }
+
+    /// Issues a delegation token for a sub-task of `task_id`.
+    pub fn delegate(
+        &self,
+        agent: &SpiffeId,
+        task_id: &str,
+        to: &str,
+        mut tools: Vec<String>,
+        ttl_seconds: i64,
+        caller: &Caller,
+    ) -> Result<(String, u64), TaskServiceError> {
+        let inner = &self.inner;
+        let now = unix_secs(inner.clock.now());
+        let parent = self.active_owned(agent, task_id, now)?;
+        let to = lanyard_core::SpiffeId::new(to)
+            .map_err(|e| TaskServiceError::Invalid(format!("to_spiffe_id: {e}")))?;
+        tools.sort();
+        tools.dedup();
+        if tools.len() > lanyard_core::task::MAX_TOOLS {
+            return Err(lanyard_core::TaskError::TooManyTools.into());
+        }
+        tools
+            .iter()
+            .try_for_each(|t| lanyard_core::task::check_tool(t))?;
+        let remaining = parent.grant.not_after.saturating_sub(now);
+        let ttl = lanyard_proto::convert::ttl_seconds(ttl_seconds)?.as_secs();
+        if ttl > remaining {
+            return Err(TaskServiceError::Denied(format!(
+                "delegation refused: TTL {ttl}s exceeds the parent's remaining {remaining}s"
+            )));
+        }
+        if let Some(extra) = tools.iter().find(|t| !parent.grant.tools.contains(t)) {
+            return Err(TaskServiceError::Denied(format!(
+                "delegation refused: tool {extra:?} is not in the parent's grant"
+            )));
+        }
+        if let Some(policy) = inner.policies.enforced() {
+            let entry = self.owned_entry(agent, parent.entry_id.as_str())?;
+            let request = TaskRequest {
+                task_type: parent.grant.task_type.clone(),
+                tools: tools.clone(),
+                destinations: parent.grant.destinations.clone(),
+                data_sensitivity: parent.grant.data_sensitivity.clone(),
+                ttl: Duration::from_secs(ttl),
+                on_behalf_of: parent.grant.on_behalf_of.clone(),
+                parent_task_id: Some(parent.grant.task_id.clone()),
+                ..Default::default()
+            };
+            let mut ctx = context(&request, &inner.levels, self.hour(), Map::new());
+            ctx.delegate_to = to.to_string();
+            let d = policy.book.decide(&lanyard_policy::Request {
+                principal: &principal(&entry, caller),
+                action: lanyard_policy::Action::Delegate,
+                resource: &parent.grant.task_type,
+                context: &ctx,
+            });
+            if !d.allowed {
+                return Err(TaskServiceError::Denied(format!(
+                    "delegation refused: {}",
+                    denial_text(lanyard_policy::Action::Delegate, &parent.grant.task_type, &d)
+                )));
+            }
+        }
+        let (token, hash) = new_token()?;
+        let expires_at = (now + TOKEN_TTL.as_secs()).min(parent.grant.not_after);
+        inner.store.create_delegation(&DelegationRecord {
+            token_hash: hash,
+            parent_task_id: parent.grant.task_id.clone(),
+            to_spiffe_id: to.clone(),
+            tools,
+            ttl_seconds: ttl,
+            expires_at,
+        })?;
+        tracing::info!(parent = %parent.grant.task_id, to = %to, "delegation token issued");
+        Ok((token, expires_at))
+    }
+
+    fn active_owned(
+        &self,
+        agent: &SpiffeId,
+        task_id: &str,
+        now: u64,
+    ) -> Result<TaskRecord, TaskServiceError> {
+        let task = self.get(task_id)?;
+        if &task.agent_id != agent {
+            return Err(TaskServiceError::NotFound(task_id.to_owned()));
+        }
+        match task.state_at(now) {
+            TaskState::Active => Ok(task),
+            s => Err(TaskServiceError::NotActive(task_id.to_owned(), s.as_str())),
+        }
+    }
+
+    /// Mints new credentials for an active task the agent holds.
+    pub fn sign(
+        &self,
+        agent: &SpiffeId,
+        task_id: &str,
+        csr: &[u8],
+        audiences: &[String],
+        exe_sha256: &str,
+    ) -> Result<MintedTask, TaskServiceError> {
+        let now = self.inner.clock.now();
+        let task = self.active_owned(agent, task_id, unix_secs(now))?;
+        check_audiences(audiences).map_err(TaskServiceError::Invalid)?;
+        if csr.is_empty() && audiences.is_empty() {
+            return Err(TaskServiceError::Invalid(
+                "a CSR or JWT audiences are required".into(),
+            ));
+        }
+        let entry = self.owned_entry(agent, task.entry_id.as_str())?;
+        mint(
+            &self.inner.ca,
+            &self.inner.settings,
+            &task.grant,
+            &MintRequest {
+                entry: &entry,
+                node: agent,
+                csr,
+                audiences,
+                exe_sha256: Some(exe_sha256).filter(|h| !h.is_empty()),
+            },
+            now,
+        )
+    }
+
+    /// One task by ID.
+    pub fn get(&self, task_id: &str) -> Result<TaskRecord, TaskServiceError> {
+        let id = TaskId::new(task_id)?;
+        self.inner
+            .store
+            .get_task(&id)?
+            .ok_or_else(|| TaskServiceError::NotFound(task_id.to_owned()))
+    }
+
+    /// Tasks, newest first, optionally only active ones, filtered by
+    /// workload and agent.
+    pub fn list(
+        &self,
+        spiffe_id: Option<&SpiffeId>,
+        agent: Option<&SpiffeId>,
+        all: bool,
+    ) -> Result<Vec<TaskRecord>, TaskServiceError> {
+        let now = unix_secs(self.inner.clock.now());
+        let mut tasks: Vec<TaskRecord> = self
+            .inner
+            .store
+            .list_tasks()?
+            .into_iter()
+            .map(|mut t| {
+                t.state = t.state_at(now);
+                t
+            })
+            .filter(|t| all || t.state == TaskState::Active)
+            .filter(|t| spiffe_id.is_none_or(|s| &t.grant.spiffe_id == s))
+            .filter(|t| agent.is_none_or(|a| &t.agent_id == a))
+            .collect();
+        tasks.sort_by(|a, b| (b.created_at, &b.grant.task_id).cmp(&(a.created_at, &a.grant.task_id)));
+        Ok(tasks)
+    }
+
+    /// Ends a task: by its agent (`agent` set: EndTask, expiry, exit) or by
+    /// an operator (revoke). Every descendant is revoked with it. Ending an
+    /// already ended task changes nothing.
+    pub fn end(
+        &self,
+        agent: Option<&SpiffeId>,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+    ) -> Result<TaskRecord, TaskServiceError> {
+        let task = self.get(task_id)?;
+        if agent.is_some_and(|a| a != &task.agent_id) {
+            return Err(TaskServiceError::NotFound(task_id.to_owned()));
+        }
+        let ended = self.set_state(&task.grant.task_id, state, reason)?;
+        // Cascade: every task whose chain holds this one.
+        let children: Vec<TaskRecord> = self
+            .inner
+            .store
+            .list_tasks()?
+            .into_iter()
+            .filter(|t| t.grant.chain.iter().any(|a| a.task_id == task.grant.task_id))
+            .collect();
+        for child in children {
+            self.set_state(
+                &child.grant.task_id,
+                TaskState::Revoked,
+                &format!("ancestor task {} ended", task.grant.task_id),
+            )?;
+        }
+        self.inner.changes.send_modify(|v| *v += 1);
+        Ok(ended)
+    }
+
+    fn set_state(
+        &self,
+        id: &TaskId,
+        state: TaskState,
+        reason: &str,
+    ) -> Result<TaskRecord, TaskServiceError> {
+        for _ in 0..SWAP_ATTEMPTS {
+            let Some(cur) = self.inner.store.get_task(id)? else {
+                return Err(TaskServiceError::NotFound(id.to_string()));
+            };
+            if cur.state != TaskState::Active {
+                return Ok(cur);
+            }
+            let mut next = cur.clone();
+            next.state = state;
+            next.end_reason = reason.to_owned();
+            if self.inner.store.swap_task(id, Some(&cur), &next)?.is_ok() {
+                if matches!(state, TaskState::Ended | TaskState::Revoked) {
+                    self.inner
+                        .ended
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(next.agent_id.clone())
+                        .or_default()
+                        .insert(id.clone(), next.grant.not_after);
+                }
+                tracing::info!(task_id = %id, state = state.as_str(), reason, "task ended");
+                return Ok(next);
+            }
+        }
+        Err(TaskServiceError::Contended(id.to_string()))
+    }
+}
