@@ -43,6 +43,9 @@ impl EntryFields {
         if let Some(t) = ttl_secs("max-task-ttl", &self.max_task_ttl)? {
             limits.max_task_ttl_seconds = t;
         }
+        if let Some(l) = &self.max_sensitivity {
+            limits.max_sensitivity = l.clone();
+        }
         Ok(())
     }
 }
@@ -62,6 +65,7 @@ pub(super) fn entry_json(e: &types::Entry) -> serde_json::Value {
         "allowed_tools": limits.allowed_tools,
         "allowed_task_types": limits.allowed_task_types,
         "max_task_ttl_seconds": limits.max_task_ttl_seconds,
+        "max_sensitivity": limits.max_sensitivity,
         "revision": e.revision,
         "created_at": e.created_at,
     })
@@ -98,8 +102,17 @@ pub(super) fn entry_text(e: &types::Entry) -> String {
         s.push_str("Require task  : true\n");
     }
     if let Some(l) = &e.task_limits {
+        for t in &l.allowed_task_types {
+            s.push_str(&format!("Task type     : {t}\n"));
+        }
         for t in &l.allowed_tools {
             s.push_str(&format!("Allowed tool  : {t}\n"));
+        }
+        if l.max_task_ttl_seconds > 0 {
+            s.push_str(&format!("Max task TTL  : {}\n", ttl_text(l.max_task_ttl_seconds)));
+        }
+        if !l.max_sensitivity.is_empty() {
+            s.push_str(&format!("Max sensitivity: {}\n", l.max_sensitivity));
         }
     }
     s

@@ -49,6 +49,12 @@ pub enum Command {
     /// Signing authorities (X.509 CA and JWT keys) and their rotation.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Cedar policies that decide tasks.
+    #[command(subcommand)]
+    Policy(tasks::PolicyCmd),
+    /// Task-scoped identities.
+    #[command(subcommand)]
+    Task(tasks::TaskCmd),
 }
 
 /// `ca` subcommands.
@@ -220,9 +226,12 @@ pub struct EntryFields {
     /// Task type the workload may begin (repeatable).
     #[arg(long = "allow-task-type")]
     pub allow_task_types: Vec<String>,
-    /// Longest task window, e.g. 10m.
+    /// Longest task window, e.g. 10m [default: 1h].
     #[arg(long)]
     pub max_task_ttl: Option<String>,
+    /// Highest data sensitivity a task may be granted, e.g. confidential.
+    #[arg(long)]
+    pub max_sensitivity: Option<String>,
 }
 
 /// `entry` subcommands.
@@ -320,6 +329,7 @@ pub enum BundleCmd {
 mod common;
 mod entry;
 mod ops;
+mod tasks;
 
 pub use common::CliError;
 use common::{check_id, client, err, status_err, ttl_secs};
@@ -362,6 +372,8 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
         Command::Entry(cmd) => run_entry(cmd).await,
         Command::Ca(cmd) => run_ca(cmd).await,
         Command::Agent(cmd) => run_agent(cmd).await,
+        Command::Policy(cmd) => tasks::run_policy(cmd).await,
+        Command::Task(cmd) => tasks::run_task(cmd).await,
         Command::Bundle(BundleCmd::Show { format, admin }) => {
             let b = client(&admin)
                 .await?
