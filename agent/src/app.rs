@@ -1,24 +1,26 @@
-//! Composition root of the agent: identity, SVID manager and Workload API
+//! Composition root of the agent: identity, its owner task, the Workload
+//! API and the TaskIdentity service
 //! built from a validated [`Config`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use lanyard_core::clock::{Clock, SystemClock};
+use lanyard_proto::task::task_identity_server::TaskIdentityServer;
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use lanyard_uds::{SocketError, bind_unix_listener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
-use crate::api::WorkloadApi;
+use crate::api::{Callers, TaskApi, WorkloadApi};
 use crate::attestor::{UnixAttestor, WorkloadAttestor};
 use crate::bootstrap::{BootstrapError, ensure_identity};
 use crate::cache::Snapshot;
 use crate::config::Config;
 use crate::creds::Credentials;
+use crate::identity::Manager;
 use crate::jwt_cache::JwtCache;
-use crate::manager::Manager;
 use crate::storage::{AgentStorage, StorageError};
 
 /// Why the agent could not start.
@@ -80,6 +82,7 @@ pub async fn build_with(
 
     let (publish, state) = watch::channel(Arc::new(Snapshot::empty(config.trust_domain.clone())));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (identity, commands) = crate::identity::channel(state.clone());
     let manager = Manager::new(
         config.server.clone(),
         config.trust_domain.clone(),
@@ -87,19 +90,22 @@ pub async fn build_with(
         storage,
         clock.clone(),
         publish,
+        commands,
     );
     let limits = config.limits;
+    let callers = Arc::new(Callers::new(attestor));
     let api = WorkloadApi::new(
         state.clone(),
-        attestor,
+        callers.clone(),
         clock,
         shutdown_rx.clone(),
         Arc::new(JwtCache::new(
-            manager.client_handle(),
+            identity.clone(),
             limits.jwt_cache_bytes,
             limits.jwt_signings_per_caller_per_second,
         )),
     );
+    let task_api = TaskApi::new(identity, callers);
     let admission = crate::listener::Admission {
         limits: lanyard_uds::ConnLimiter::new(
             limits.max_connections,
@@ -112,18 +118,24 @@ pub async fn build_with(
     health
         .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
         .await;
+    health.set_serving::<TaskIdentityServer<TaskApi>>().await;
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(api))
+        .add_service(TaskIdentityServer::new(task_api))
         .serve_with_incoming_shutdown(crate::listener::incoming(listener, admission), async move {
             let _ = stop.wait_for(|s| *s).await;
         });
     tracing::info!(socket = %config.socket.display(), server = %config.server, "lanyard-agent started");
     let socket = config.socket.clone();
     let task = tokio::spawn(async move {
-        let (r, ()) = tokio::join!(server, manager.run(shutdown_rx));
+        let owner = tracing::Instrument::instrument(
+            manager.run(shutdown_rx),
+            tracing::info_span!("identity"),
+        );
+        let (r, ()) = tokio::join!(server, owner);
         if let Err(e) = r {
             tracing::error!(?e, "workload API stopped");
         }

@@ -9,6 +9,9 @@ use std::time::SystemTime;
 use lanyard_core::jwt::JwtAuthority;
 use lanyard_core::{EntryId, RegistrationEntry, Selector, SelectorIndex, SpiffeId, TrustDomain};
 
+use crate::attestor::ProcessInstance;
+use crate::identity::ActiveTask;
+
 /// An X.509-SVID the agent holds for one entry.
 pub struct CachedSvid {
     /// The entry it was issued for.
@@ -60,6 +63,8 @@ pub struct EntrySet {
     /// Whether any entry selects on `unix:sha256` (only then are callers'
     /// executables hashed).
     uses_sha256: bool,
+    /// Positions by entry ID.
+    by_id: HashMap<EntryId, usize>,
 }
 
 impl EntrySet {
@@ -78,11 +83,39 @@ impl EntrySet {
                 .iter()
                 .any(|s| s.kind() == "unix" && s.value().starts_with("sha256:"))
         });
+        let by_id = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.clone(), i))
+            .collect();
         Self {
             entries,
             index,
             uses_sha256,
+            by_id,
         }
+    }
+
+    /// One entry by ID.
+    pub fn get(&self, id: &EntryId) -> Option<&RegistrationEntry> {
+        self.by_id.get(id).and_then(|i| self.entries.get(*i))
+    }
+
+    /// The entries a caller may begin a task under, in order: every entry
+    /// (task-only ones included) whose selectors other than `unix:path` and
+    /// `unix:sha256` the caller has, so that `task run` can exec into the
+    /// program the entry names (its SVIDs are served only while the full
+    /// selectors match). A linear scan: BeginTask is not a hot path.
+    pub fn for_task<'a>(&'a self, selectors: &[Selector]) -> Vec<&'a RegistrationEntry> {
+        self.entries
+            .iter()
+            .filter(|e| {
+                e.selectors
+                    .iter()
+                    .filter(|s| s.is_boundary())
+                    .all(|s| selectors.contains(s))
+            })
+            .collect()
     }
 
     /// Whether any entry selects on the executable's hash.
@@ -124,6 +157,12 @@ pub struct Snapshot {
     pub tainted: Arc<Vec<String>>,
     /// Bundle sequence from the server.
     pub bundle_sequence: u64,
+    /// Tasks held, newest first.
+    pub tasks: Arc<Vec<Arc<ActiveTask>>>,
+    /// The enforced policy set's version (0: none) and text.
+    pub policy_version: u64,
+    /// The enforced policy set's text.
+    pub policy_text: Arc<str>,
     /// True once the first sync from the server has been applied.
     pub synced: bool,
 }
@@ -150,8 +189,27 @@ impl Snapshot {
             jwt_authorities: Arc::new(Vec::new()),
             tainted: Arc::new(Vec::new()),
             bundle_sequence: 0,
+            tasks: Arc::new(Vec::new()),
+            policy_version: 0,
+            policy_text: Arc::from(""),
             synced: false,
         }
+    }
+
+    /// The tasks `holder` holds whose entry the caller's current selectors
+    /// still match in full, newest first.
+    pub fn tasks_for<'a>(
+        &'a self,
+        selectors: &'a [Selector],
+        holder: Option<&'a ProcessInstance>,
+    ) -> impl Iterator<Item = &'a Arc<ActiveTask>> + 'a {
+        self.tasks.iter().filter(move |t| {
+            holder.is_some_and(|h| t.owner.is(h))
+                && self
+                    .entries
+                    .get(&t.record.entry_id)
+                    .is_some_and(|e| e.selectors.iter().all(|s| selectors.contains(s)))
+        })
     }
 
     /// The entries a caller with `selectors` matches, default first (one
@@ -170,21 +228,37 @@ impl Snapshot {
         self
     }
 
-    /// The identities for a caller's selectors at `now`; expired SVIDs are
-    /// never returned, and each SPIFFE ID appears once (the first entry's).
-    pub fn identities_for(&self, selectors: &[Selector], now: SystemTime) -> Identities {
+    /// The identities for a caller (its selectors and, for tasks, the
+    /// process instance behind it) at `now`: its task SVIDs first, newest
+    /// first (the newest is every SPIFFE client's default SVID), then its
+    /// standing SVIDs. Expired SVIDs are never returned; among standing
+    /// SVIDs each SPIFFE ID appears once (the first entry's).
+    pub fn identities_for(
+        &self,
+        selectors: &[Selector],
+        holder: Option<&ProcessInstance>,
+        now: SystemTime,
+    ) -> Identities {
+        let mut tasks = 0;
+        let mut ready: Vec<Arc<CachedSvid>> = self
+            .tasks_for(selectors, holder)
+            .inspect(|_| tasks += 1)
+            .filter_map(|t| t.svid.clone())
+            .filter(|s| s.not_after > now)
+            .collect();
         let matched: Vec<&RegistrationEntry> = self.entries.matching(selectors).collect();
-        if matched.is_empty() {
+        if matched.is_empty() && tasks == 0 {
             return Identities::None;
         }
         let mut seen = std::collections::HashSet::new();
-        let ready: Vec<Arc<CachedSvid>> = matched
-            .iter()
-            .filter_map(|e| self.svids.get(&e.id))
-            .filter(|s| s.not_after > now)
-            .filter(|s| seen.insert(&s.spiffe_id))
-            .cloned()
-            .collect();
+        ready.extend(
+            matched
+                .iter()
+                .filter_map(|e| self.svids.get(&e.id))
+                .filter(|s| s.not_after > now)
+                .filter(|s| seen.insert(s.spiffe_id.clone()))
+                .cloned(),
+        );
         if ready.is_empty() {
             Identities::Pending
         } else {
@@ -241,16 +315,16 @@ mod tests {
         let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
         let other: Vec<Selector> = vec!["unix:uid:2".parse().unwrap()];
         assert!(matches!(
-            s.identities_for(&other, from_unix_secs(5)),
+            s.identities_for(&other, None, from_unix_secs(5)),
             Identities::None
         ));
         assert!(matches!(
-            s.identities_for(&caller, from_unix_secs(5)),
+            s.identities_for(&caller, None, from_unix_secs(5)),
             Identities::Pending
         ));
         s.svids.insert(a.id.clone(), svid(&a, 100));
         s.svids.insert(b.id.clone(), svid(&b, 10));
-        match s.identities_for(&caller, from_unix_secs(5)) {
+        match s.identities_for(&caller, None, from_unix_secs(5)) {
             // b was created first: it is the default.
             Identities::Ready(v) => assert_eq!(
                 v.iter().map(|s| s.entry_id.as_str()).collect::<Vec<_>>(),
@@ -258,7 +332,7 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
-        match s.identities_for(&caller, from_unix_secs(50)) {
+        match s.identities_for(&caller, None, from_unix_secs(50)) {
             Identities::Ready(v) => assert_eq!(v.len(), 1),
             other => panic!("{other:?}"),
         }
@@ -274,7 +348,7 @@ mod tests {
         s.svids.insert(a.id.clone(), svid(&a, 100));
         s.svids.insert(b.id.clone(), svid(&b, 100));
         let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
-        match s.identities_for(&caller, from_unix_secs(5)) {
+        match s.identities_for(&caller, None, from_unix_secs(5)) {
             Identities::Ready(v) => assert_eq!(v.len(), 1),
             other => panic!("{other:?}"),
         }
@@ -288,7 +362,7 @@ mod tests {
         let s = Snapshot::empty(TrustDomain::new("td").unwrap()).with_entries(vec![e]);
         let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
         assert!(matches!(
-            s.identities_for(&caller, from_unix_secs(5)),
+            s.identities_for(&caller, None, from_unix_secs(5)),
             Identities::None
         ));
     }

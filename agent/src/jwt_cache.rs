@@ -11,10 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_core::clock::from_unix_secs;
-use lanyard_proto::server::SignJwtSvidRequest;
-use lanyard_proto::server::node_client::NodeClient;
-use tokio::sync::watch;
-use tonic::transport::Channel;
+
+use crate::identity::{CommandError, IdentityHandle, JwtSubject};
 
 /// How long to wait for the server when a valid cached token exists.
 const FALLBACK_WAIT: Duration = Duration::from_secs(1);
@@ -137,24 +135,21 @@ impl Buckets {
     }
 }
 
-/// The cache, shared by every Workload API call.
+/// The cache, shared by every Workload API call. Signing goes through the
+/// identity owner.
 pub struct JwtCache {
-    server: watch::Receiver<Option<NodeClient<Channel>>>,
+    owner: IdentityHandle,
     tokens: Mutex<Lru>,
     buckets: Mutex<Buckets>,
 }
 
 impl JwtCache {
-    /// A cache signing through the client published by the SVID manager,
-    /// holding at most `max_bytes` of tokens, letting each caller cause
+    /// A cache signing through the identity owner, holding at most
+    /// `max_bytes` of tokens, letting each caller cause
     /// `per_caller_per_second` signings (bursts of twice that).
-    pub fn new(
-        server: watch::Receiver<Option<NodeClient<Channel>>>,
-        max_bytes: usize,
-        per_caller_per_second: u32,
-    ) -> Self {
+    pub fn new(owner: IdentityHandle, max_bytes: usize, per_caller_per_second: u32) -> Self {
         Self {
-            server,
+            owner,
             tokens: Mutex::new(Lru {
                 map: HashMap::new(),
                 order: BTreeMap::new(),
@@ -188,23 +183,30 @@ impl JwtCache {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
-    /// A token for `spiffe_id` (from `entry_id`) and `audience`, from the
-    /// cache while it is younger than half its life.
-    /// Tokens signed by a key in `usable_kids` only are served from the
-    /// cache (a tainted or removed key forces a new token).
+    /// A token for `subject` (an entry's or a task's identity, whose
+    /// SPIFFE ID is `spiffe_id`) and `audience`, from the cache while it is
+    /// younger than half its life. Tokens signed by a key in `usable_kids`
+    /// only are served from the cache (a tainted or removed key forces a
+    /// new token).
+    #[allow(clippy::too_many_arguments)]
     pub async fn token(
         &self,
         caller: u64,
-        entry_id: &str,
+        subject: &JwtSubject,
         spiffe_id: &str,
         audience: &[String],
         now: SystemTime,
         usable_kids: &[&str],
+        exe_sha256: &str,
     ) -> Result<String, JwtFetchError> {
         let mut aud = audience.to_vec();
         aud.sort();
         aud.dedup();
-        let key = (spiffe_id.to_owned(), aud.clone());
+        let cache_name = match subject {
+            JwtSubject::Entry(_) => spiffe_id.to_owned(),
+            JwtSubject::Task(id) => format!("task:{id}"),
+        };
+        let key = (cache_name, aud.clone());
         let cached = self
             .get(&key)
             .filter(|c| c.expires_at > now && usable_kids.contains(&c.kid.as_str()));
@@ -228,31 +230,26 @@ impl JwtCache {
         } else {
             FULL_WAIT
         };
-        let client = self.server.borrow().clone();
-        let result = match client {
-            None => Err(JwtFetchError::NotConnected),
-            Some(mut client) => {
-                let call = client.sign_jwt_svid(SignJwtSvidRequest {
-                    entry_id: entry_id.to_owned(),
-                    audience: aud,
-                });
-                match tokio::time::timeout(wait, call).await {
-                    Err(_) => Err(JwtFetchError::Unavailable("timed out".into())),
-                    Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
-                        Err(JwtFetchError::Refused(s.message().to_owned()))
-                    }
-                    Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => {
-                        Err(JwtFetchError::Invalid(s.message().to_owned()))
-                    }
-                    Ok(Err(s)) => Err(JwtFetchError::Unavailable(s.message().to_owned())),
-                    Ok(Ok(r)) => Ok(r.into_inner()),
-                }
-            }
+        let call = self
+            .owner
+            .sign_jwt(subject.clone(), aud, exe_sha256.to_owned());
+        let result = match tokio::time::timeout(wait, call).await {
+            Err(_) => Err(JwtFetchError::Unavailable("timed out".into())),
+            Ok(Err(CommandError::NotConnected)) => Err(JwtFetchError::NotConnected),
+            Ok(Err(CommandError::Server(s))) => Err(match s.code() {
+                tonic::Code::PermissionDenied
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::NotFound => JwtFetchError::Refused(s.message().to_owned()),
+                tonic::Code::InvalidArgument => JwtFetchError::Invalid(s.message().to_owned()),
+                _ => JwtFetchError::Unavailable(s.message().to_owned()),
+            }),
+            Ok(Err(e)) => Err(JwtFetchError::Unavailable(e.to_string())),
+            Ok(Ok(r)) => Ok(r),
         };
         match result {
             Ok(r) => {
-                let iat = from_unix_secs(u64::try_from(r.issued_at).unwrap_or(0));
-                let exp = from_unix_secs(u64::try_from(r.expires_at).unwrap_or(0));
+                let iat = from_unix_secs(r.issued_at);
+                let exp = from_unix_secs(r.expires_at);
                 let half = exp.duration_since(iat).unwrap_or(Duration::ZERO) / 2;
                 self.put(
                     key,
@@ -307,8 +304,8 @@ mod tests {
 
     #[test]
     fn lru_stays_within_its_bytes_and_drops_the_least_recent() {
-        let (_, rx) = watch::channel(None);
-        let cache = JwtCache::new(rx, 16 * 1024, 10);
+        let (handle, _commands) = crate::identity::test_handle();
+        let cache = JwtCache::new(handle, 16 * 1024, 10);
         let key = |i: usize| ("spiffe://td/w".to_owned(), vec![format!("aud-{i}")]);
         for i in 0..10_000 {
             cache.put(key(i), cached(&"t".repeat(1000)));
@@ -329,13 +326,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_over_its_rate_is_refused_and_others_are_not() {
-        let (_, rx) = watch::channel(None);
-        let cache = JwtCache::new(rx, 1 << 20, 5);
+        let (handle, mut commands) = crate::identity::test_handle();
+        // An owner that is not connected to any server.
+        tokio::spawn(async move {
+            while let Some(cmd) = commands.recv().await {
+                crate::identity::refuse(cmd);
+            }
+        });
+        let cache = JwtCache::new(handle, 1 << 20, 5);
+        let e = JwtSubject::Entry("e".into());
         let now = SystemTime::now();
         let mut refused = 0;
         for i in 0..50 {
             match cache
-                .token(1, "e", "spiffe://td/w", &[format!("a{i}")], now, &[])
+                .token(1, &e, "spiffe://td/w", &[format!("a{i}")], now, &[], "")
                 .await
             {
                 Err(JwtFetchError::RateLimited) => refused += 1,
@@ -348,7 +352,7 @@ mod tests {
         // Another caller is unaffected.
         assert!(matches!(
             cache
-                .token(2, "e", "spiffe://td/w", &["x".into()], now, &[])
+                .token(2, &e, "spiffe://td/w", &["x".into()], now, &[], "")
                 .await,
             Err(JwtFetchError::NotConnected)
         ));

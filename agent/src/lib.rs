@@ -1,5 +1,6 @@
 //! The Lanyard node agent: attests the processes that call its unix socket
-//! and serves them SVIDs through the SPIFFE Workload API.
+//! and serves them SVIDs through the SPIFFE Workload API, and task-scoped
+//! SVIDs through `lanyard.task.v1.TaskIdentity`.
 
 pub mod api;
 pub mod app;
@@ -9,9 +10,9 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod creds;
+pub mod identity;
 pub mod jwt_cache;
 pub mod listener;
-pub mod manager;
 pub mod server_client;
 pub mod storage;
 

@@ -12,6 +12,8 @@ const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_key.der";
 const BUNDLE_FILE: &str = "bundle.pem";
 const TOKEN_FILE: &str = "join_token.sha256";
+/// Task bindings (which process holds which task), kept across restarts.
+const TASKS_FILE: &str = "tasks.json";
 
 /// Why stored credentials could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +143,35 @@ impl AgentStorage {
         let path = self.dir.join(TOKEN_FILE);
         write_atomic(&path, token_hash(token).as_bytes(), 0o600)
             .map_err(|e| StorageError::Io(path, e))
+    }
+
+    /// Stores the task bindings (JSON, owner-only).
+    pub fn save_tasks(&self, json: &[u8]) -> Result<(), StorageError> {
+        let path = self.dir.join(TASKS_FILE);
+        write_atomic(&path, json, 0o600).map_err(|e| StorageError::Io(path, e))
+    }
+
+    /// The stored task bindings, if any. A file that does not read is moved
+    /// aside (kept for inspection) and reported.
+    pub fn load_tasks(&self) -> Option<Vec<u8>> {
+        let path = self.dir.join(TASKS_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!(path = %path.display(), %e, "cannot read task bindings");
+                None
+            }
+        }
+    }
+
+    /// Moves a task bindings file that does not parse aside.
+    pub fn quarantine_tasks_file(&self) {
+        let path = self.dir.join(TASKS_FILE);
+        let aside = self.dir.join(format!("{TASKS_FILE}.corrupt"));
+        if let Err(e) = std::fs::rename(&path, &aside) {
+            tracing::error!(path = %path.display(), %e, "cannot move corrupt task bindings aside");
+        }
     }
 
     /// Removes stored credentials (after the server refused them for good).

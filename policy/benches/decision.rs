@@ -11,7 +11,9 @@ fn policies(n: usize) -> String {
             "@id(\"tool{i}\")\npermit (principal, action == Lanyard::Action::\"UseTool\", resource == Lanyard::Tool::\"tool{i}\")\nwhen {{ context.sensitivity_rank <= 2 && principal.selectors.contains(\"unix:uid:1000\") }};\n"
         ));
     }
-    text.push_str("forbid (principal, action, resource) when { context.sensitivity == \"restricted\" };\n");
+    text.push_str(
+        "forbid (principal, action, resource) when { context.sensitivity == \"restricted\" };\n",
+    );
     text
 }
 

@@ -54,7 +54,9 @@ pub struct PolicyBook {
 
 impl std::fmt::Debug for PolicyBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyBook").field("policies", &self.count).finish()
+        f.debug_struct("PolicyBook")
+            .field("policies", &self.count)
+            .finish()
     }
 }
 
@@ -90,7 +92,9 @@ impl PolicyBook {
         let mut renamed = Vec::new();
         let mut seen = HashMap::new();
         for p in parsed.policies() {
-            let id = p.annotation("id").map_or_else(|| p.id().to_string(), str::to_owned);
+            let id = p
+                .annotation("id")
+                .map_or_else(|| p.id().to_string(), str::to_owned);
             if seen.insert(id.clone(), ()).is_some() {
                 return Err(PolicyError::Invalid(vec![format!(
                     "{source}: policy ID {id:?} is used twice"

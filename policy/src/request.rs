@@ -174,12 +174,11 @@ impl Prepared {
         ]);
         let workload = Entity::new(p_uid.clone(), attrs, HashSet::from([node.clone()]))
             .map_err(|e| e.to_string())?;
-        let entities = Entities::from_entities(
-            [workload, Entity::new_no_attrs(node, HashSet::new())],
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-        let context = Context::from_json_value(context.to_json(), None).map_err(|e| e.to_string())?;
+        let entities =
+            Entities::from_entities([workload, Entity::new_no_attrs(node, HashSet::new())], None)
+                .map_err(|e| e.to_string())?;
+        let context =
+            Context::from_json_value(context.to_json(), None).map_err(|e| e.to_string())?;
         Ok(Self {
             principal: p_uid,
             entities,

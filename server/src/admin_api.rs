@@ -14,8 +14,8 @@ use lanyard_proto::admin::{
     ListAuthoritiesResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
 use lanyard_proto::admin::{
-    CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest,
-    ListTasksResponse, SetPolicyRequest, TaskRequest, TestPolicyRequest, TestPolicyResponse,
+    CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest, ListTasksResponse,
+    SetPolicyRequest, TaskRequest, TestPolicyRequest, TestPolicyResponse,
 };
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use lanyard_core::task::{TaskRequest, TaskState};
 use lanyard_proto::admin::{
-    CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest,
-    ListTasksResponse, SetPolicyRequest, TaskRequest as TaskIdRequest, TestPolicyRequest,
-    TestPolicyResponse, ToolDecision,
+    CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest, ListTasksResponse,
+    SetPolicyRequest, TaskRequest as TaskIdRequest, TestPolicyRequest, TestPolicyResponse,
+    ToolDecision,
 };
 use lanyard_proto::convert::spiffe_id;
 use lanyard_proto::types;
 use tonic::Status;
 
 use crate::admin_api::AdminApi;
-use crate::policy::{LoadedPolicy, PolicySetError, Policies};
+use crate::policy::{LoadedPolicy, Policies, PolicySetError};
 use crate::tasks::{Caller, TaskServiceError};
 
 impl From<PolicySetError> for Status {
@@ -56,7 +56,9 @@ fn loaded_info(l: &LoadedPolicy) -> types::PolicyInfo {
 
 impl AdminApi {
     pub(crate) fn set_policy_impl(&self, r: SetPolicyRequest) -> Result<types::PolicyInfo, Status> {
-        let loaded = self.policies.set(&r.text, r.shadow, source(&r.source_name))?;
+        let loaded = self
+            .policies
+            .set(&r.text, r.shadow, source(&r.source_name))?;
         Ok(loaded_info(&loaded))
     }
 
@@ -76,7 +78,10 @@ impl AdminApi {
         })
     }
 
-    pub(crate) fn test_policy_impl(&self, r: TestPolicyRequest) -> Result<TestPolicyResponse, Status> {
+    pub(crate) fn test_policy_impl(
+        &self,
+        r: TestPolicyRequest,
+    ) -> Result<TestPolicyResponse, Status> {
         let id = spiffe_id("spiffe_id", &r.spiffe_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let entry = self
@@ -110,7 +115,11 @@ impl AdminApi {
         let exe_path = entry
             .selectors
             .iter()
-            .find_map(|s| s.value().strip_prefix("path:").filter(|_| s.kind() == "unix"))
+            .find_map(|s| {
+                s.value()
+                    .strip_prefix("path:")
+                    .filter(|_| s.kind() == "unix")
+            })
             .unwrap_or_default()
             .to_owned();
         let caller = Caller {
@@ -135,7 +144,11 @@ impl AdminApi {
                     tool: t.tool,
                     allowed: t.allowed,
                     policy_ids: t.policy_ids,
-                    reasons: if t.reason.is_empty() { vec![] } else { vec![t.reason] },
+                    reasons: if t.reason.is_empty() {
+                        vec![]
+                    } else {
+                        vec![t.reason]
+                    },
                 })
                 .collect(),
             entry_id: entry.id.to_string(),
@@ -170,7 +183,12 @@ impl AdminApi {
     pub(crate) fn revoke_task_impl(&self, r: TaskIdRequest) -> Result<types::TaskInfo, Status> {
         let t = self
             .tasks
-            .end(None, &r.task_id, TaskState::Revoked, "revoked by an operator")
+            .end(
+                None,
+                &r.task_id,
+                TaskState::Revoked,
+                "revoked by an operator",
+            )
             .map_err(|e| match e {
                 TaskServiceError::Invalid(_) => Status::invalid_argument(e.to_string()),
                 other => Status::from(other),

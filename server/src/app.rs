@@ -23,9 +23,9 @@ use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
 use crate::policy::Policies;
-use crate::tasks::Tasks;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{SledStore, Store, StoreError};
+use crate::tasks::Tasks;
 use crate::tls::{ServerIdentity, incoming, server_config};
 
 /// Why the server could not start.

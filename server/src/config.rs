@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanyard_core::TrustDomain;
-use lanyard_core::task::SensitivityLevels;
 pub use lanyard_core::config::{ConfigError, LogFormat};
 use lanyard_core::config::{at_least_one, parse_toml};
 use lanyard_core::duration::{format_duration, parse_duration};
+use lanyard_core::task::SensitivityLevels;
 
 /// Default admin socket path.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/lanyard/server/admin.sock";

@@ -10,10 +10,9 @@ use lanyard_core::{EntryId, SpiffeId};
 use lanyard_proto::server::node_server::Node;
 use lanyard_proto::server::{
     AttestAgentRequest, AttestAgentResponse, BeginTaskRequest, BeginTaskResponse,
-    DelegateTaskRequest, DelegateTaskResponse, EndTaskRequest, EndTaskResponse,
-    RenewAgentRequest, RenewAgentResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult,
-    SignTaskSvidRequest, SignTaskSvidResponse, SignX509SvidsRequest, SignX509SvidsResponse,
-    SyncRequest, SyncUpdate,
+    DelegateTaskRequest, DelegateTaskResponse, EndTaskRequest, EndTaskResponse, RenewAgentRequest,
+    RenewAgentResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignTaskSvidRequest,
+    SignTaskSvidResponse, SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncUpdate,
 };
 use lanyard_proto::types;
 use tokio::sync::{mpsc, watch};
@@ -27,8 +26,8 @@ use crate::attestation::{AttestationError, JoinTokens};
 use crate::ca::Ca;
 use crate::policy::Policies;
 use crate::registry::Registry;
-use crate::tasks::{BeginInput, Caller, Tasks};
 use crate::store::{AgentRecord, StoreError};
+use crate::tasks::{BeginInput, Caller, Tasks};
 use crate::tls::{ClientSvid, PeerInfo};
 
 /// Most CSRs in one `SignX509Svids` call.
@@ -221,10 +220,7 @@ impl NodeApi {
                 .collect(),
             bundle: Some(bundle_msg(&self.ca)),
             ended_task_ids: self.tasks.ended_for(agent),
-            policy_version: self
-                .policies
-                .enforced()
-                .map_or(0, |p| p.record.version),
+            policy_version: self.policies.enforced().map_or(0, |p| p.record.version),
             policy_text: self
                 .policies
                 .enforced()
@@ -497,7 +493,9 @@ impl Node for NodeApi {
         let req = req.into_inner();
         let input = BeginInput {
             entry_id: req.entry_id,
-            spec: req.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?,
+            spec: req
+                .spec
+                .ok_or_else(|| Status::invalid_argument("spec is required"))?,
             csr: req.csr,
             jwt_audiences: req.jwt_audiences,
             caller: Caller {

@@ -138,17 +138,30 @@ impl Policies {
         if !shadow {
             self.changed.send_replace(version);
         }
-        tracing::info!(version, shadow, policies = loaded.book.len(), "policy set loaded");
+        tracing::info!(
+            version,
+            shadow,
+            policies = loaded.book.len(),
+            "policy set loaded"
+        );
         Ok(loaded)
     }
 
     /// A stored version, or the current one (`version` 0).
     pub fn get(&self, version: u64, shadow: bool) -> Result<PolicyRecord, PolicySetError> {
         if version == 0 {
-            let cur = if shadow { self.shadow() } else { self.enforced() };
+            let cur = if shadow {
+                self.shadow()
+            } else {
+                self.enforced()
+            };
             return cur
                 .map(|l| l.record.clone())
-                .ok_or(PolicySetError::None(if shadow { "shadow" } else { "enforced" }));
+                .ok_or(PolicySetError::None(if shadow {
+                    "shadow"
+                } else {
+                    "enforced"
+                }));
         }
         self.store
             .list_policies()?

@@ -72,12 +72,13 @@ pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), WorkloadError> {
 }
 
 /// Attests callers, remembering each connection's result briefly.
-pub(crate) struct Callers {
+pub struct Callers {
     attestor: Arc<dyn WorkloadAttestor>,
     attested: Mutex<HashMap<u64, ConnAttestation>>,
 }
 
 impl Callers {
+    /// Attests through `attestor`.
     pub fn new(attestor: Arc<dyn WorkloadAttestor>) -> Self {
         Self {
             attestor,
@@ -113,7 +114,11 @@ impl Callers {
 
     /// Checks the header and attests the caller; `hash` asks for the
     /// executable's SHA-256 (only needed when an entry selects on it).
-    pub async fn attest<T>(&self, req: &Request<T>, hash: bool) -> Result<Caller, WorkloadError> {
+    pub(crate) async fn attest<T>(
+        &self,
+        req: &Request<T>,
+        hash: bool,
+    ) -> Result<Caller, WorkloadError> {
         check_header(req)?;
         let conn = req
             .extensions()

@@ -7,12 +7,15 @@
 //!   re-check of that process before every answer and stream send.
 //! - `streams`: the driver that follows the agent's snapshot for a stream.
 //! - `workload`: the `SpiffeWorkloadAPI` handlers.
+//! - `task`: the `lanyard.task.v1.TaskIdentity` handlers.
 
 mod caller;
 mod status;
 mod streams;
+mod task;
 mod workload;
 
-pub use caller::ATTESTATION_REUSE;
+pub use caller::{ATTESTATION_REUSE, Callers};
 pub use status::{SECURITY_HEADER, WorkloadError};
+pub use task::TaskApi;
 pub use workload::WorkloadApi;

@@ -65,7 +65,11 @@ where
             let snap = st.src.cache.borrow_and_update().clone();
             let now = st.src.clock.now();
             let mut recheck: Option<SystemTime> = None;
-            match snap.identities_for(&st.caller.selectors, now) {
+            match snap.identities_for(
+                &st.caller.selectors,
+                st.caller.conn.instance.as_deref(),
+                now,
+            ) {
                 Identities::None if snap.synced => {
                     st.done = true;
                     return Some((Err(WorkloadError::NoIdentity.into()), st));

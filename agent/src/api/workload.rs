@@ -18,8 +18,8 @@ use tracing::instrument;
 use super::caller::{Caller, Callers, check_header};
 use super::status::WorkloadError;
 use super::streams::{StreamSource, Streamed, follow};
-use crate::attestor::WorkloadAttestor;
 use crate::cache::{CachedSvid, Snapshot};
+use crate::identity::JwtSubject;
 use crate::jwt_cache::JwtCache;
 
 /// The Workload API service.
@@ -36,7 +36,7 @@ impl WorkloadApi {
     /// The service over the agent's published state.
     pub fn new(
         cache: watch::Receiver<Arc<Snapshot>>,
-        attestor: Arc<dyn WorkloadAttestor>,
+        callers: Arc<Callers>,
         clock: Arc<dyn Clock>,
         shutdown: watch::Receiver<bool>,
         jwt: Arc<JwtCache>,
@@ -46,7 +46,7 @@ impl WorkloadApi {
             clock,
             shutdown,
             jwt,
-            callers: Arc::new(Callers::new(attestor)),
+            callers,
         }
     }
 
@@ -162,8 +162,29 @@ impl SpiffeWorkloadApi for WorkloadApi {
             spiffe_id,
         } = req.into_inner();
         let snap = self.cache.borrow().clone();
-        let mut entries = snap.entries_for(&caller.selectors);
-        if entries.is_empty() {
+        let holder = caller.conn.instance.as_deref();
+        // The caller's tasks first (newest first), then its standing
+        // identities: a process inside a task gets task JWTs by default.
+        let mut subjects: Vec<(JwtSubject, &lanyard_core::SpiffeId, String, &str)> = snap
+            .tasks_for(&caller.selectors, holder)
+            .map(|t| {
+                (
+                    JwtSubject::Task(t.id().to_owned()),
+                    &t.record.grant.spiffe_id,
+                    t.hint(),
+                    t.exe_sha256.as_str(),
+                )
+            })
+            .collect();
+        subjects.extend(snap.entries_for(&caller.selectors).into_iter().map(|e| {
+            (
+                JwtSubject::Entry(e.id.to_string()),
+                &e.spiffe_id,
+                e.hint.clone(),
+                "",
+            )
+        }));
+        if subjects.is_empty() {
             return Err(if snap.synced {
                 WorkloadError::NoIdentity
             } else {
@@ -172,8 +193,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .into());
         }
         if !spiffe_id.is_empty() {
-            entries.retain(|e| e.spiffe_id.as_str() == spiffe_id);
-            if entries.is_empty() {
+            subjects.retain(|(_, id, _, _)| id.as_str() == spiffe_id);
+            if subjects.is_empty() {
                 return Err(WorkloadError::NotYours(spiffe_id).into());
             }
         }
@@ -184,28 +205,29 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .map(|a| a.key_id.as_str())
             .filter(|k| !snap.tainted.iter().any(|t| t == k))
             .collect();
-        let mut svids = Vec::with_capacity(entries.len());
+        let mut svids = Vec::with_capacity(subjects.len());
         let mut hints = HashSet::new();
-        for e in entries {
+        for (subject, id, hint, exe_sha256) in subjects {
             let token = self
                 .jwt
                 .token(
                     caller.key(),
-                    e.id.as_str(),
-                    e.spiffe_id.as_str(),
+                    &subject,
+                    id.as_str(),
                     &audience,
                     now,
                     &usable,
+                    exe_sha256,
                 )
                 .await
                 .map_err(WorkloadError::from)?;
-            let hint = if e.hint.is_empty() || hints.insert(e.hint.clone()) {
-                e.hint.clone()
+            let hint = if hint.is_empty() || hints.insert(hint.clone()) {
+                hint
             } else {
                 String::new()
             };
             svids.push(Jwtsvid {
-                spiffe_id: e.spiffe_id.to_string(),
+                spiffe_id: id.to_string(),
                 svid: token,
                 hint,
             });

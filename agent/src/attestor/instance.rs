@@ -92,7 +92,9 @@ impl ProcessInstance {
         self.start
     }
 
-    fn alive(&self) -> bool {
+    /// Whether the process is still running (pidfd, or the start time at
+    /// the same PID).
+    pub fn alive(&self) -> bool {
         match &self.pidfd {
             Some(fd) => {
                 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};

@@ -67,7 +67,10 @@ fn permits_forbids_and_default_deny() {
     let tools = ["crm.read", "email.send", "db.write", "shell.exec"].map(String::from);
     let ds = book.decide_many(&p, &c, Action::UseTool, &tools);
     assert!(ds[0].allowed && ds[1].allowed);
-    assert!(!ds[2].allowed && ds[2].policy_ids.is_empty(), "default deny");
+    assert!(
+        !ds[2].allowed && ds[2].policy_ids.is_empty(),
+        "default deny"
+    );
     assert!(!ds[3].allowed);
     assert_eq!(ds[3].policy_ids, vec!["shell-quarantine"]);
     assert_eq!(ds[3].reasons, vec!["shell access is never granted"]);
@@ -111,7 +114,13 @@ fn slices_hold_exactly_the_applicable_policies() {
     let slices = &book.slices[&Action::UseTool];
     assert_eq!(slices.by_resource.len(), 1000);
     assert_eq!(slices.by_resource["tool7"].policies().count(), 2);
-    assert_eq!(book.slices[&Action::BeginTask].any_resource.policies().count(), 1);
+    assert_eq!(
+        book.slices[&Action::BeginTask]
+            .any_resource
+            .policies()
+            .count(),
+        1
+    );
     let p = principal("spiffe://td/node/n1");
     let mut c = ctx("public", 0, "");
     let allow = |c: &TaskContext, tool: &str| {
@@ -131,13 +140,19 @@ fn slices_hold_exactly_the_applicable_policies() {
 
 #[test]
 fn bad_sets_are_refused_with_locations() {
-    let err = PolicyBook::compile("permit (principal, action, resource)\nwhen { context.nope == 1 };", "bad.cedar")
-        .unwrap_err()
-        .to_string();
+    let err = PolicyBook::compile(
+        "permit (principal, action, resource)\nwhen { context.nope == 1 };",
+        "bad.cedar",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.starts_with("bad.cedar:2:"), "{err}");
-    let err = PolicyBook::compile("permit (principal, action, resource);\nforbid (", "syntax.cedar")
-        .unwrap_err()
-        .to_string();
+    let err = PolicyBook::compile(
+        "permit (principal, action, resource);\nforbid (",
+        "syntax.cedar",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.starts_with("syntax.cedar:2:"), "{err}");
     let err = PolicyBook::compile(
         "@id(\"a\") permit (principal, action, resource);\n@id(\"a\") forbid (principal, action, resource);",

@@ -109,7 +109,10 @@ pub(super) fn entry_text(e: &types::Entry) -> String {
             s.push_str(&format!("Allowed tool  : {t}\n"));
         }
         if l.max_task_ttl_seconds > 0 {
-            s.push_str(&format!("Max task TTL  : {}\n", ttl_text(l.max_task_ttl_seconds)));
+            s.push_str(&format!(
+                "Max task TTL  : {}\n",
+                ttl_text(l.max_task_ttl_seconds)
+            ));
         }
         if !l.max_sensitivity.is_empty() {
             s.push_str(&format!("Max sensitivity: {}\n", l.max_sensitivity));

@@ -164,7 +164,10 @@ fn task_text(t: &types::TaskInfo) -> String {
         s.push_str(&format!("On behalf of  : {}\n", t.on_behalf_of));
     }
     for a in &t.chain {
-        s.push_str(&format!("Delegated by  : {} (task {})\n", a.spiffe_id, a.task_id));
+        s.push_str(&format!(
+            "Delegated by  : {} (task {})\n",
+            a.spiffe_id, a.task_id
+        ));
     }
     if !t.end_reason.is_empty() {
         s.push_str(&format!("End reason    : {}\n", t.end_reason));
@@ -245,7 +248,9 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!("{}", json!({"valid": true, "policy_count": r.policy_count})),
+                Output::Json => {
+                    println!("{}", json!({"valid": true, "policy_count": r.policy_count}))
+                }
                 Output::Text => println!("{}: valid ({} policies)", file.display(), r.policy_count),
             }
         }

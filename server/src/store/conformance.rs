@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskLimits};
 
-use lanyard_core::task::{TaskGrant, TaskRecord, TaskState};
 use lanyard_core::TaskId;
+use lanyard_core::task::{TaskGrant, TaskRecord, TaskState};
 
 use super::{
     AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
@@ -264,7 +264,10 @@ fn tasks_swap_and_list(s: &dyn Store) {
     );
     let mut ended = a.clone();
     ended.state = TaskState::Ended;
-    assert_eq!(s.swap_task(&a.grant.task_id, Some(&a), &ended).unwrap(), Ok(()));
+    assert_eq!(
+        s.swap_task(&a.grant.task_id, Some(&a), &ended).unwrap(),
+        Ok(())
+    );
     // A stale expectation loses.
     let mut revoked = a.clone();
     revoked.state = TaskState::Revoked;
@@ -273,7 +276,12 @@ fn tasks_swap_and_list(s: &dyn Store) {
         Err(Some(ended.clone()))
     );
     assert_eq!(s.get_task(&a.grant.task_id).unwrap(), Some(ended.clone()));
-    let ids: Vec<TaskId> = s.list_tasks().unwrap().into_iter().map(|t| t.grant.task_id).collect();
+    let ids: Vec<TaskId> = s
+        .list_tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.grant.task_id)
+        .collect();
     assert_eq!(ids, vec![b.grant.task_id, a.grant.task_id]);
 }
 
@@ -293,8 +301,16 @@ fn policies_are_versioned(s: &dyn Store) {
         text: String::new(),
         created_at: 0,
     };
-    assert!(matches!(s.create_policy(&dup), Err(StoreError::AlreadyExists(_))));
-    let versions: Vec<u64> = s.list_policies().unwrap().iter().map(|p| p.version).collect();
+    assert!(matches!(
+        s.create_policy(&dup),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let versions: Vec<u64> = s
+        .list_policies()
+        .unwrap()
+        .iter()
+        .map(|p| p.version)
+        .collect();
     assert_eq!(versions, vec![1, 2, 10]);
 }
 
@@ -308,7 +324,10 @@ fn delegations_are_single_use(s: &dyn Store) {
         expires_at: 60,
     };
     s.create_delegation(&d).unwrap();
-    assert!(matches!(s.create_delegation(&d), Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(
+        s.create_delegation(&d),
+        Err(StoreError::AlreadyExists(_))
+    ));
     assert_eq!(s.take_delegation("h").unwrap(), Some(d));
     assert_eq!(s.take_delegation("h").unwrap(), None);
 }

@@ -147,7 +147,10 @@ impl Store for MemoryStore {
     fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
         self.with(|i| {
             if i.policies.contains_key(&policy.version) {
-                return Err(StoreError::AlreadyExists(format!("policy version {}", policy.version)));
+                return Err(StoreError::AlreadyExists(format!(
+                    "policy version {}",
+                    policy.version
+                )));
             }
             i.policies.insert(policy.version, policy.clone());
             Ok(())

@@ -280,7 +280,11 @@ impl Store for SledStore {
 
     fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
         // Big-endian keys keep versions in order.
-        self.insert_new(&self.policies, &policy.version.to_be_bytes(), encode(policy)?)
+        self.insert_new(
+            &self.policies,
+            &policy.version.to_be_bytes(),
+            encode(policy)?,
+        )
     }
 
     fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {

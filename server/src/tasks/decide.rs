@@ -265,7 +265,10 @@ mod tests {
         assert_eq!(v.granted(), vec!["crm.read", "email.send"]);
         let denied = v.denied();
         assert_eq!(denied.len(), 2);
-        assert!(denied[0].1.contains("tool not allowed by the entry"), "{denied:?}");
+        assert!(
+            denied[0].1.contains("tool not allowed by the entry"),
+            "{denied:?}"
+        );
         assert_eq!(denied[1].1, "denied by policy no-shell: no shells");
         assert!(v.quarantine);
 
@@ -277,6 +280,9 @@ mod tests {
         let none = PolicyBook::compile("", "empty.cedar").unwrap();
         let v = decide_begin(&e, &levels, Some(&none), &Caller::default(), &r, &ctx);
         assert!(!v.task_allowed);
-        assert_eq!(v.task_reason, "no policy permits BeginTask on \"report.generate\"");
+        assert_eq!(
+            v.task_reason,
+            "no policy permits BeginTask on \"report.generate\""
+        );
     }
 }

@@ -11,6 +11,6 @@ mod service;
 
 pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
-pub(crate) use mint::check_audiences;
 pub use mint::MintedTask;
+pub(crate) use mint::check_audiences;
 pub use service::{BeginInput, Tasks};

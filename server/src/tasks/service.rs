@@ -275,7 +275,9 @@ impl Tasks {
             .swap_task(&record.grant.task_id, None, &record)?
         {
             tracing::error!(task_id = %record.grant.task_id, ?found, "task ID collision");
-            return Err(TaskServiceError::Contended(record.grant.task_id.to_string()));
+            return Err(TaskServiceError::Contended(
+                record.grant.task_id.to_string(),
+            ));
         }
         tracing::info!(
             task_id = %record.grant.task_id,
@@ -406,7 +408,11 @@ impl Tasks {
             if !d.allowed {
                 return Err(TaskServiceError::Denied(format!(
                     "delegation refused: {}",
-                    denial_text(lanyard_policy::Action::Delegate, &parent.grant.task_type, &d)
+                    denial_text(
+                        lanyard_policy::Action::Delegate,
+                        &parent.grant.task_type,
+                        &d
+                    )
                 )));
             }
         }
@@ -504,7 +510,9 @@ impl Tasks {
             .filter(|t| spiffe_id.is_none_or(|s| &t.grant.spiffe_id == s))
             .filter(|t| agent.is_none_or(|a| &t.agent_id == a))
             .collect();
-        tasks.sort_by(|a, b| (b.created_at, &b.grant.task_id).cmp(&(a.created_at, &a.grant.task_id)));
+        tasks.sort_by(|a, b| {
+            (b.created_at, &b.grant.task_id).cmp(&(a.created_at, &a.grant.task_id))
+        });
         Ok(tasks)
     }
 
@@ -529,7 +537,12 @@ impl Tasks {
             .store
             .list_tasks()?
             .into_iter()
-            .filter(|t| t.grant.chain.iter().any(|a| a.task_id == task.grant.task_id))
+            .filter(|t| {
+                t.grant
+                    .chain
+                    .iter()
+                    .any(|a| a.task_id == task.grant.task_id)
+            })
             .collect();
         for child in children {
             self.set_state(

@@ -1,0 +1,310 @@
+//! `lanyard.task.v1.TaskIdentity` on the agent's socket: BeginTask,
+//! EndTask, ListTasks and DelegateTask for the calling process. The caller
+//! is attested like a Workload API caller; a task belongs to the process
+//! instance that began it, and only that process sees, ends or delegates it.
+
+use std::sync::Arc;
+
+use lanyard_core::task::{
+    MAX_DESTINATIONS, MAX_INTENT_LEN, MAX_TOOLS, check_destination, check_on_behalf_of,
+    check_task_type, check_tool,
+};
+use lanyard_proto::task::task_identity_server::TaskIdentity;
+use lanyard_proto::task::{
+    BeginTaskRequest, BeginTaskResponse, DelegateTaskRequest, DelegateTaskResponse, DeniedTool,
+    EndTaskRequest, EndTaskResponse, ListTasksRequest, ListTasksResponse, Task,
+};
+use lanyard_proto::types;
+use lanyard_proto::workload::{Jwtsvid, X509svid};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::caller::{Caller, Callers};
+use super::status::WorkloadError;
+use crate::cache::Snapshot;
+use crate::identity::{ActiveTask, BeginRequest, CommandError, IdentityHandle, TaskOwner};
+
+/// Most JWT audiences in one BeginTask.
+const MAX_AUDIENCES: usize = 32;
+
+/// The TaskIdentity service.
+#[derive(Clone)]
+pub struct TaskApi {
+    owner: IdentityHandle,
+    callers: Arc<Callers>,
+}
+
+impl TaskApi {
+    /// The service over the identity owner.
+    pub fn new(owner: IdentityHandle, callers: Arc<Callers>) -> Self {
+        Self { owner, callers }
+    }
+
+    async fn attest<T>(&self, req: &Request<T>) -> Result<(Caller, TaskOwner), Status> {
+        let hash = self.owner.snapshot().entries.uses_sha256();
+        let caller = self.callers.attest(req, hash).await?;
+        let owner = caller
+            .conn
+            .instance
+            .as_ref()
+            .and_then(TaskOwner::of)
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the calling process cannot be identified (no PID and start time)",
+                )
+            })?;
+        Ok((caller, owner))
+    }
+}
+
+fn command_status(e: CommandError) -> Status {
+    match e {
+        // The server's decision (InvalidArgument, PermissionDenied with the
+        // deciding policies, ...) reaches the workload as is.
+        CommandError::Server(s) if s.code() == tonic::Code::Internal => {
+            Status::unavailable("the server failed; retry")
+        }
+        CommandError::Server(s) => Status::new(s.code(), s.message().to_owned()),
+        CommandError::NotConnected | CommandError::Stopped => Status::unavailable(e.to_string()),
+        CommandError::NoTask(_) => Status::not_found(e.to_string()),
+        CommandError::BadAnswer(_) => {
+            tracing::error!(err = %e, "task answer refused");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+/// Checks what the agent can check alone, so that an absurd request never
+/// reaches the server (sensitivity levels and ceilings are the server's).
+fn precheck(r: &BeginTaskRequest) -> Result<(), Status> {
+    let bad = |e: lanyard_core::TaskError| Status::invalid_argument(e.to_string());
+    check_task_type(&r.task_type).map_err(bad)?;
+    if r.tools.len() > MAX_TOOLS {
+        return Err(bad(lanyard_core::TaskError::TooManyTools));
+    }
+    r.tools
+        .iter()
+        .try_for_each(|t| check_tool(t))
+        .map_err(bad)?;
+    if r.destinations.len() > MAX_DESTINATIONS {
+        return Err(bad(lanyard_core::TaskError::TooManyDestinations));
+    }
+    r.destinations
+        .iter()
+        .try_for_each(|d| check_destination(d))
+        .map_err(bad)?;
+    if r.intent.len() > MAX_INTENT_LEN || r.intent.chars().any(char::is_control) {
+        return Err(bad(lanyard_core::TaskError::BadIntent));
+    }
+    if !r.on_behalf_of.is_empty() {
+        check_on_behalf_of(&r.on_behalf_of).map_err(bad)?;
+    }
+    if r.data_sensitivity.len() > 64 {
+        return Err(Status::invalid_argument("data_sensitivity is too long"));
+    }
+    if r.ttl_seconds <= 0 {
+        return Err(Status::invalid_argument(
+            "ttl_seconds must be at least 1 (the task's lifetime)",
+        ));
+    }
+    if r.jwt_audiences.len() > MAX_AUDIENCES
+        || r.jwt_audiences
+            .iter()
+            .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
+    {
+        return Err(WorkloadError::BadAudience.into());
+    }
+    if r.parent_task_id.is_empty() != r.delegation_token.is_empty() {
+        return Err(Status::invalid_argument(
+            "parent_task_id and delegation_token go together",
+        ));
+    }
+    if r.delegation_token.len() > 256 {
+        return Err(Status::invalid_argument("delegation_token is too long"));
+    }
+    Ok(())
+}
+
+fn task_msg(t: &ActiveTask) -> Task {
+    let g = &t.record.grant;
+    Task {
+        task_id: g.task_id.to_string(),
+        spiffe_id: g.spiffe_id.to_string(),
+        task_type: g.task_type.clone(),
+        granted_tools: g.tools.clone(),
+        data_sensitivity: g.data_sensitivity.clone(),
+        expires_at: i64::try_from(g.not_after).unwrap_or(i64::MAX),
+        on_behalf_of: g.on_behalf_of.clone().unwrap_or_default(),
+        parent_task_id: g
+            .parent_task_id()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    }
+}
+
+/// The caller's own active task `id`.
+fn own_task(snap: &Snapshot, owner: &TaskOwner, id: &str) -> Result<Arc<ActiveTask>, Status> {
+    snap.tasks
+        .iter()
+        .find(|t| {
+            t.id() == id && t.owner.pid == owner.pid && t.owner.start_time == owner.start_time
+        })
+        .cloned()
+        .ok_or_else(|| Status::not_found(format!("task {id:?} not found among the caller's tasks")))
+}
+
+fn selector_value<'a>(caller: &'a Caller, prefix: &str) -> &'a str {
+    caller
+        .selectors
+        .iter()
+        .find_map(|s| {
+            (s.kind() == "unix")
+                .then(|| s.value().strip_prefix(prefix))
+                .flatten()
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TaskIdentity for TaskApi {
+    #[instrument(skip_all)]
+    async fn begin_task(
+        &self,
+        req: Request<BeginTaskRequest>,
+    ) -> Result<Response<BeginTaskResponse>, Status> {
+        let (caller, owner) = self.attest(&req).await?;
+        let r = req.into_inner();
+        precheck(&r)?;
+        let snap = self.owner.snapshot();
+        let candidates = snap.entries.for_task(&caller.selectors);
+        let entry = if r.spiffe_id.is_empty() {
+            candidates.first()
+        } else {
+            candidates
+                .iter()
+                .find(|e| e.spiffe_id.as_str() == r.spiffe_id)
+        };
+        let Some(entry) = entry.map(|e| (*e).clone()) else {
+            return Err(if !snap.synced {
+                WorkloadError::NotSynced.into()
+            } else if r.spiffe_id.is_empty() {
+                WorkloadError::NoIdentity.into()
+            } else {
+                WorkloadError::NotYours(r.spiffe_id).into()
+            });
+        };
+        let spec = types::TaskSpec {
+            task_type: r.task_type,
+            intent: r.intent,
+            tools: r.tools,
+            destinations: r.destinations,
+            data_sensitivity: r.data_sensitivity,
+            ttl_seconds: r.ttl_seconds,
+            on_behalf_of: r.on_behalf_of,
+            allow_partial: r.allow_partial,
+            parent_task_id: r.parent_task_id,
+            delegation_token: r.delegation_token,
+        };
+        let begun = self
+            .owner
+            .begin_task(BeginRequest {
+                entry,
+                spec,
+                owner,
+                selectors: caller.selectors.iter().map(ToString::to_string).collect(),
+                exe_path: selector_value(&caller, "path:").to_owned(),
+                exe_sha256: selector_value(&caller, "sha256:").to_owned(),
+                jwt_audiences: r.jwt_audiences,
+            })
+            .await
+            .map_err(command_status)?;
+        caller.recheck()?;
+        let t = &begun.task;
+        let snap = self.owner.snapshot();
+        let x509_svid = t.svid.as_ref().map(|s| X509svid {
+            spiffe_id: s.spiffe_id.to_string(),
+            x509_svid: s.chain.concat(),
+            x509_svid_key: s.key_pkcs8.clone(),
+            bundle: snap.bundle.concat(),
+            hint: t.hint(),
+        });
+        Ok(Response::new(BeginTaskResponse {
+            task_id: t.id().to_owned(),
+            granted_tools: t.record.grant.tools.clone(),
+            denied: t
+                .record
+                .denied
+                .iter()
+                .map(|(tool, reason)| DeniedTool {
+                    tool: tool.clone(),
+                    reason: reason.clone(),
+                })
+                .collect(),
+            expires_at: i64::try_from(t.record.grant.not_after).unwrap_or(i64::MAX),
+            x509_svid,
+            jwt_svid: begun.jwt.map(|svid| Jwtsvid {
+                spiffe_id: t.record.grant.spiffe_id.to_string(),
+                svid,
+                hint: t.hint(),
+            }),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn end_task(
+        &self,
+        req: Request<EndTaskRequest>,
+    ) -> Result<Response<EndTaskResponse>, Status> {
+        let (_, owner) = self.attest(&req).await?;
+        let id = req.into_inner().task_id;
+        own_task(&self.owner.snapshot(), &owner, &id)?;
+        self.owner
+            .end_task(&id, "ended")
+            .await
+            .map_err(command_status)?;
+        Ok(Response::new(EndTaskResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let (_, owner) = self.attest(&req).await?;
+        let snap = self.owner.snapshot();
+        let tasks = snap
+            .tasks
+            .iter()
+            .filter(|t| t.owner.pid == owner.pid && t.owner.start_time == owner.start_time)
+            .map(|t| task_msg(t))
+            .collect();
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    #[instrument(skip_all)]
+    async fn delegate_task(
+        &self,
+        req: Request<DelegateTaskRequest>,
+    ) -> Result<Response<DelegateTaskResponse>, Status> {
+        let (caller, owner) = self.attest(&req).await?;
+        let r = req.into_inner();
+        own_task(&self.owner.snapshot(), &owner, &r.task_id)?;
+        let (token, expires_at) = self
+            .owner
+            .delegate_task(lanyard_proto::server::DelegateTaskRequest {
+                task_id: r.task_id,
+                to_spiffe_id: r.to_spiffe_id,
+                tools: r.tools,
+                ttl_seconds: r.ttl_seconds,
+                selectors: caller.selectors.iter().map(ToString::to_string).collect(),
+                exe_path: selector_value(&caller, "path:").to_owned(),
+                exe_sha256: selector_value(&caller, "sha256:").to_owned(),
+            })
+            .await
+            .map_err(command_status)?;
+        Ok(Response::new(DelegateTaskResponse {
+            delegation_token: token,
+            expires_at,
+        }))
+    }
+}

@@ -1,0 +1,565 @@
+//! The owner loop: one task that holds the server connection, applies the
+//! pushed entries, bundle, policy and task revocations, keeps standing and
+//! task SVIDs fresh, renews the agent's own SVID, answers commands from
+//! the handle, and publishes [`Snapshot`]s. Server calls run as in-flight
+//! futures polled here; when the server is unreachable the agent keeps
+//! serving what it holds and retries with backoff.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lanyard_core::clock::{Clock, from_unix_secs};
+use lanyard_core::rotation::{renew_at, retry_delay};
+use lanyard_core::tls::SpiffeServerVerifier;
+use lanyard_core::x509::{CertInfo, SvidKey};
+use lanyard_core::{EntryId, RegistrationEntry, TrustDomain};
+use lanyard_proto::server::node_client::NodeClient;
+use lanyard_proto::server::{RenewAgentRequest, SyncRequest, SyncUpdate};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use super::reconcile::Batch;
+use super::tasks::ActiveTask;
+use super::{Command, CommandError};
+use crate::cache::{CachedSvid, EntrySet, Snapshot};
+use crate::creds::{AgentIdentity, ClientCert, Credentials};
+use crate::server_client::{node_client, tls_config};
+use crate::storage::AgentStorage;
+
+/// First retry delay after a failure.
+pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Deadline for one server call.
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often task holders are checked for exit.
+pub(super) const TASK_WATCH: Duration = Duration::from_millis(250);
+
+/// A uniformly random sample in [-1, 1] for rotation jitter.
+pub fn jitter_sample() -> f64 {
+    let mut b = [0u8; 4];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        return 0.0;
+    }
+    f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0
+}
+
+pub(super) struct Failure {
+    pub(super) attempts: u32,
+    pub(super) next_try: SystemTime,
+}
+
+/// What an in-flight server call reports back to the loop.
+pub(super) enum Event {
+    /// A batch of standing SVIDs was signed (or not).
+    Signed(
+        Batch,
+        Result<lanyard_proto::server::SignX509SvidsResponse, String>,
+    ),
+    /// The server answered a BeginTask.
+    Begun(Box<super::tasks::PendingBegin>),
+    /// The server signed a task SVID (rotation or after a restart).
+    TaskSigned {
+        task_id: String,
+        key: SvidKey,
+        result: Result<lanyard_proto::server::SignTaskSvidResponse, CommandError>,
+    },
+    /// The server recorded (or failed to record) a task's end.
+    Ended {
+        task_id: String,
+        reason: &'static str,
+        ok: bool,
+    },
+    /// Nothing for the loop to do (the future answered its caller itself).
+    Done,
+}
+
+pub(super) type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Event> + Send>>>;
+
+/// The identity owner.
+pub struct Manager {
+    pub(crate) server: String,
+    pub(crate) td: TrustDomain,
+    pub(crate) creds: Arc<Credentials>,
+    pub(crate) storage: AgentStorage,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) publish: watch::Sender<Arc<Snapshot>>,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) inflight: InFlight,
+    /// The current server client (set while a session is up).
+    pub(super) client: Option<NodeClient<Channel>>,
+    pub(super) entries: Arc<EntrySet>,
+    pub(super) svids: HashMap<EntryId, Arc<CachedSvid>>,
+    pub(super) failures: HashMap<EntryId, Failure>,
+    /// Standing-SVID batches in flight.
+    pub(super) signing: usize,
+    /// Tasks held, newest first.
+    pub(super) tasks: Vec<Arc<ActiveTask>>,
+    /// Per-task upkeep: signing in flight, retry time.
+    pub(super) task_work: HashMap<String, super::tasks::TaskWork>,
+    /// Task ends not yet reported to the server.
+    pub(super) pending_ends: Vec<(String, &'static str)>,
+    bundle: Arc<Vec<Vec<u8>>>,
+    jwt_authorities: Arc<Vec<lanyard_core::jwt::JwtAuthority>>,
+    /// Tainted authority IDs from the bundle.
+    tainted: Arc<Vec<String>>,
+    /// Subject key IDs of the CAs in the bundle.
+    bundle_ids: std::collections::HashSet<String>,
+    bundle_sequence: u64,
+    policy_version: u64,
+    policy_text: Arc<str>,
+    synced: bool,
+    agent_renew_at: Option<SystemTime>,
+    agent_failures: u32,
+}
+
+enum Next {
+    /// Connect again after a backoff.
+    Reconnect,
+    /// Connect again at once (the agent SVID was renewed).
+    Renewed,
+    /// Shut down.
+    Stop,
+}
+
+impl Manager {
+    /// An owner publishing into `publish` and answering `commands`.
+    pub(crate) fn new(
+        server: String,
+        td: TrustDomain,
+        creds: Arc<Credentials>,
+        storage: AgentStorage,
+        clock: Arc<dyn Clock>,
+        publish: watch::Sender<Arc<Snapshot>>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Self {
+        let bundle = lanyard_core::tls::X509BundleSource::x509_authorities(creds.as_ref());
+        let mut m = Self {
+            server,
+            td,
+            creds,
+            storage,
+            clock,
+            publish,
+            commands,
+            inflight: FuturesUnordered::new(),
+            client: None,
+            entries: Arc::new(EntrySet::new(Vec::new())),
+            svids: HashMap::new(),
+            failures: HashMap::new(),
+            signing: 0,
+            tasks: Vec::new(),
+            task_work: HashMap::new(),
+            pending_ends: Vec::new(),
+            bundle,
+            jwt_authorities: Arc::new(Vec::new()),
+            tainted: Arc::new(Vec::new()),
+            bundle_ids: std::collections::HashSet::new(),
+            bundle_sequence: 0,
+            policy_version: 0,
+            policy_text: Arc::from(""),
+            synced: false,
+            agent_renew_at: None,
+            agent_failures: 0,
+        };
+        m.restore_tasks();
+        m
+    }
+
+    fn new_client(&self) -> Option<NodeClient<Channel>> {
+        let server_id = self.td.id_with_segments(["lanyard", "server"]).ok()?;
+        let verifier = Arc::new(SpiffeServerVerifier::new(server_id, self.creds.clone()));
+        let tls = tls_config(verifier, Some(Arc::new(ClientCert(self.creds.clone())))).ok()?;
+        node_client(&self.server, tls).ok()
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut attempt = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let next = self.session(&mut shutdown, &mut attempt).await;
+            self.client = None;
+            match next {
+                Next::Stop => return,
+                Next::Renewed => continue,
+                Next::Reconnect => {}
+            }
+            let delay = retry_delay(
+                attempt,
+                BACKOFF_BASE,
+                BACKOFF_MAX,
+                SystemTime::UNIX_EPOCH,
+                from_unix_secs(u64::MAX / 4),
+            );
+            attempt = attempt.saturating_add(1);
+            if self.idle(delay, &mut shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits `delay` while disconnected, still answering commands, finishing
+    /// in-flight calls and watching task holders. True on shutdown.
+    async fn idle(&mut self, delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            let tick = TASK_WATCH.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {
+                    self.task_upkeep();
+                    if tokio::time::Instant::now() >= until {
+                        return false;
+                    }
+                }
+                Some(ev) = self.inflight.next(), if !self.inflight.is_empty() => self.handle(ev),
+                Some(cmd) = self.commands.recv() => self.command(cmd),
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => return true,
+            }
+        }
+    }
+
+    /// One connection to the server: sync stream plus SVID upkeep.
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>, attempt: &mut u32) -> Next {
+        let Some(identity) = self.creds.identity() else {
+            tracing::error!("agent has no SVID; restart it with a new --join-token");
+            return Next::Reconnect;
+        };
+        if self.agent_renew_at.is_none() {
+            self.agent_renew_at = Some(renew_at(
+                self.clock
+                    .now()
+                    .clamp(identity.not_before, identity.not_after),
+                identity.not_after,
+                jitter_sample(),
+            ));
+        }
+        let Some(mut client) = self.new_client() else {
+            return Next::Reconnect;
+        };
+        let mut stream = match client.sync(SyncRequest {}).await {
+            Ok(s) => s.into_inner(),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), server = %self.server, "cannot open sync stream; serving cached SVIDs");
+                return Next::Reconnect;
+            }
+        };
+        self.client = Some(client.clone());
+        tracing::info!(server = %self.server, agent_id = %identity.spiffe_id, "connected to server");
+        self.flush_pending_ends();
+        loop {
+            let deadline = self.next_deadline();
+            let wait = deadline
+                .duration_since(self.clock.now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                msg = stream.message() => match msg {
+                    Ok(Some(update)) => {
+                        *attempt = 0;
+                        self.apply(update);
+                        self.upkeep();
+                    }
+                    Ok(None) => {
+                        tracing::warn!("server closed the sync stream");
+                        return Next::Reconnect;
+                    }
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "sync stream failed; serving cached SVIDs");
+                        return Next::Reconnect;
+                    }
+                },
+                Some(ev) = self.inflight.next(), if !self.inflight.is_empty() => self.handle(ev),
+                Some(cmd) = self.commands.recv() => self.command(cmd),
+                () = tokio::time::sleep(wait) => {
+                    if self.agent_renew_at.is_some_and(|t| self.clock.now() >= t)
+                        && self.renew_agent(&mut client).await
+                    {
+                        // Reconnect so the server sees the new SVID.
+                        *attempt = 0;
+                        return Next::Renewed;
+                    }
+                    self.upkeep();
+                }
+                () = async { let _ = shutdown.wait_for(|s| *s).await; } => return Next::Stop,
+            }
+        }
+    }
+
+    /// Everything time-driven: standing SVIDs due, task holders, task SVIDs.
+    fn upkeep(&mut self) {
+        self.start_reconcile();
+        self.task_upkeep();
+    }
+
+    fn next_deadline(&self) -> SystemTime {
+        let now = self.clock.now();
+        let far = now + Duration::from_secs(3600);
+        let svids = self.svids.values().map(|s| s.renew_at);
+        let failures = self.failures.values().map(|f| f.next_try);
+        let tasks = (!self.tasks.is_empty()).then_some(now + TASK_WATCH);
+        svids
+            .chain(failures)
+            .chain(self.agent_renew_at)
+            .chain(tasks)
+            .fold(far, SystemTime::min)
+    }
+
+    /// Handles a finished in-flight call.
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Signed(batch, result) => self.finish_reconcile(batch, result),
+            Event::Begun(pending) => self.finish_begin(*pending),
+            Event::TaskSigned {
+                task_id,
+                key,
+                result,
+            } => self.finish_task_signing(&task_id, key, result),
+            Event::Ended {
+                task_id,
+                reason,
+                ok,
+            } => {
+                if !ok {
+                    self.pending_ends.push((task_id, reason));
+                }
+            }
+            Event::Done => {}
+        }
+    }
+
+    /// Handles a command from the handle.
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::BeginTask(req, reply) => self.start_begin(*req, reply),
+            Command::EndTask {
+                task_id,
+                reason,
+                reply,
+            } => {
+                let r = if self.end_task(&task_id, reason, true) {
+                    Ok(())
+                } else {
+                    Err(CommandError::NoTask(task_id))
+                };
+                let _ = reply.send(r);
+            }
+            Command::DelegateTask { request, reply } => {
+                let Some(mut client) = self.client.clone() else {
+                    let _ = reply.send(Err(CommandError::NotConnected));
+                    return;
+                };
+                self.inflight.push(Box::pin(async move {
+                    let r = match tokio::time::timeout(CALL_TIMEOUT, client.delegate_task(request))
+                        .await
+                    {
+                        Err(_) => Err(CommandError::Server(tonic::Status::unavailable(
+                            "the server did not answer in time",
+                        ))),
+                        Ok(Err(s)) => Err(CommandError::Server(s)),
+                        Ok(Ok(r)) => {
+                            let r = r.into_inner();
+                            Ok((r.token, r.expires_at))
+                        }
+                    };
+                    let _ = reply.send(r);
+                    Event::Done
+                }));
+            }
+            Command::SignJwt {
+                subject,
+                audience,
+                exe_sha256,
+                reply,
+            } => self.start_jwt(subject, audience, exe_sha256, reply),
+        }
+    }
+
+    fn start_jwt(
+        &mut self,
+        subject: super::JwtSubject,
+        audience: Vec<String>,
+        exe_sha256: String,
+        reply: tokio::sync::oneshot::Sender<Result<super::SignedJwt, CommandError>>,
+    ) {
+        let Some(mut client) = self.client.clone() else {
+            let _ = reply.send(Err(CommandError::NotConnected));
+            return;
+        };
+        let issued_at = lanyard_core::clock::unix_secs(self.clock.now());
+        self.inflight.push(Box::pin(async move {
+            let r = match subject {
+                super::JwtSubject::Entry(entry_id) => client
+                    .sign_jwt_svid(lanyard_proto::server::SignJwtSvidRequest { entry_id, audience })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        super::SignedJwt {
+                            token: r.token,
+                            issued_at: u64::try_from(r.issued_at).unwrap_or(0),
+                            expires_at: u64::try_from(r.expires_at).unwrap_or(0),
+                        }
+                    }),
+                super::JwtSubject::Task(task_id) => client
+                    .sign_task_svid(lanyard_proto::server::SignTaskSvidRequest {
+                        task_id,
+                        csr: vec![],
+                        jwt_audiences: audience,
+                        exe_sha256,
+                    })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        super::SignedJwt {
+                            token: r.jwt,
+                            issued_at,
+                            expires_at: u64::try_from(r.jwt_expires_at).unwrap_or(0),
+                        }
+                    }),
+            };
+            let _ = reply.send(r.map_err(CommandError::Server));
+            Event::Done
+        }));
+    }
+
+    fn apply(&mut self, update: SyncUpdate) {
+        let mut entries = Vec::with_capacity(update.entries.len());
+        for msg in update.entries {
+            let id = msg.id.clone();
+            match RegistrationEntry::try_from(msg) {
+                Ok(e) => entries.push(e),
+                Err(err) => {
+                    tracing::warn!(entry_id = %id, %err, "ignoring invalid entry from server")
+                }
+            }
+        }
+        self.entries = Arc::new(EntrySet::new(entries));
+        if let Some(b) = update
+            .bundle
+            .filter(|b| b.sequence != self.bundle_sequence || *self.bundle != b.x509_authorities)
+        {
+            self.bundle_sequence = b.sequence;
+            self.bundle_ids = b
+                .x509_authorities
+                .iter()
+                .filter_map(|c| CertInfo::parse(c).ok())
+                .map(|i| i.subject_key_id)
+                .collect();
+            self.tainted = Arc::new(b.tainted_key_ids);
+            self.bundle = Arc::new(b.x509_authorities);
+            self.jwt_authorities =
+                Arc::new(b.jwt_authorities.into_iter().map(Into::into).collect());
+            self.creds.set_bundle(self.bundle.clone());
+            if let Err(err) = self.storage.save_bundle(&self.bundle) {
+                tracing::warn!(%err, "cannot persist trust bundle");
+            }
+            tracing::info!(
+                sequence = self.bundle_sequence,
+                authorities = self.bundle.len(),
+                "trust bundle updated"
+            );
+        }
+        if update.policy_version != self.policy_version {
+            self.policy_version = update.policy_version;
+            self.policy_text = Arc::from(update.policy_text);
+            tracing::info!(version = self.policy_version, "policy set updated");
+        }
+        for id in &update.ended_task_ids {
+            if self.end_task(id, "revoked", false) {
+                tracing::info!(task_id = %id, "task revoked by the server");
+            }
+        }
+        // The agent's own SVID follows the same rule as the workloads': one
+        // signed by a tainted CA (or one that left the bundle) is renewed at
+        // once, before the CA is revoked and the server refuses it.
+        if let Some(id) = self.creds.identity()
+            && !self.issuer_ok(id.issuer_id.as_deref())
+        {
+            tracing::warn!(issuer = ?id.issuer_id, "agent SVID signed by a tainted or removed CA; renewing now");
+            self.agent_renew_at = Some(self.clock.now());
+        }
+        self.synced = true;
+        let live: std::collections::HashSet<&EntryId> =
+            self.entries.iter().map(|e| &e.id).collect();
+        self.svids.retain(|id, _| live.contains(id));
+        self.failures.retain(|id, _| live.contains(id));
+        self.publish_snapshot();
+    }
+
+    pub(super) fn publish_snapshot(&self) {
+        let mut snap = Snapshot::empty(self.td.clone());
+        snap.entries = self.entries.clone();
+        snap.svids = self.svids.clone();
+        snap.tasks = Arc::new(self.tasks.clone());
+        snap.bundle = self.bundle.clone();
+        snap.jwt_authorities = self.jwt_authorities.clone();
+        snap.tainted = self.tainted.clone();
+        snap.bundle_sequence = self.bundle_sequence;
+        snap.policy_version = self.policy_version;
+        snap.policy_text = self.policy_text.clone();
+        snap.synced = self.synced;
+        self.publish.send_replace(Arc::new(snap));
+    }
+
+    /// True when an SVID signed by `issuer` may still be served: the CA is
+    /// in the bundle and not tainted.
+    pub(super) fn issuer_ok(&self, issuer: Option<&str>) -> bool {
+        match issuer {
+            Some(i) => self.bundle_ids.contains(i) && !self.tainted.iter().any(|t| t == i),
+            None => true,
+        }
+    }
+
+    /// Renews the agent's own SVID; true when it was replaced. Awaited in
+    /// the loop: it happens once per half-life, and the session reconnects
+    /// right after it anyway.
+    async fn renew_agent(&mut self, client: &mut NodeClient<Channel>) -> bool {
+        let now = self.clock.now();
+        let result = async {
+            let id = self.creds.identity().ok_or("no agent identity")?;
+            let key = SvidKey::generate().map_err(|e| e.to_string())?;
+            let csr = key.csr(&id.spiffe_id).map_err(|e| e.to_string())?;
+            let resp =
+                tokio::time::timeout(CALL_TIMEOUT, client.renew_agent(RenewAgentRequest { csr }))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|s| s.message().to_string())?
+                    .into_inner();
+            let chain = resp.svid.ok_or("empty response")?.cert_chain;
+            let identity = AgentIdentity::new(chain, key.pkcs8_der()).map_err(|e| e.to_string())?;
+            self.storage
+                .save_svid(&identity.chain, &identity.key_pkcs8)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(identity)
+        }
+        .await;
+        match result {
+            Ok(identity) => {
+                tracing::info!(agent_id = %identity.spiffe_id, not_after = ?identity.not_after, "agent SVID renewed");
+                self.agent_renew_at = Some(renew_at(
+                    now.clamp(identity.not_before, identity.not_after),
+                    identity.not_after,
+                    jitter_sample(),
+                ));
+                self.agent_failures = 0;
+                self.creds.set_identity(Some(Arc::new(identity)));
+                true
+            }
+            Err(err) => {
+                let expires = self.creds.identity().map_or(now, |i| i.not_after);
+                let delay =
+                    retry_delay(self.agent_failures, BACKOFF_BASE, BACKOFF_MAX, now, expires);
+                self.agent_failures = self.agent_failures.saturating_add(1);
+                self.agent_renew_at = Some(now + delay);
+                tracing::warn!(%err, retry_in = ?delay, "agent SVID renewal failed");
+                false
+            }
+        }
+    }
+}

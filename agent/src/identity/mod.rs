@@ -1,0 +1,201 @@
+//! The agent's identity state and its one owner.
+//!
+//! [`Manager`] is a single task that owns everything the agent holds: the
+//! server connection and sync stream, the entries and bundle, the standing
+//! SVIDs, the agent's own SVID, and the task SVIDs. Everything else talks
+//! to it through an [`IdentityHandle`] (cheap `Clone`): commands go in over
+//! a channel, state comes out as immutable [`Snapshot`]s through a `watch`,
+//! so readers never lock. Server calls run as in-flight futures polled by
+//! the owner's loop, never awaited inside it, so a slow signing round does
+//! not hold up sync updates, task commands or shutdown.
+//!
+//! - `manager`: the loop (session, sync stream, deadlines, commands).
+//! - `reconcile`: standing SVIDs: which are due, the CSR batch, accepting
+//!   the signed result.
+//! - `tasks`: task SVIDs: begin, rotate inside the task's window, end on
+//!   EndTask, expiry, revocation or process exit; kept across restarts.
+
+mod manager;
+mod reconcile;
+mod task_life;
+mod tasks;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use manager::{Manager, jitter_sample};
+pub use tasks::{ActiveTask, BeginRequest, BegunTask, TaskOwner};
+
+use crate::cache::Snapshot;
+
+/// Why a command to the identity owner failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The agent is not connected to the server.
+    #[error("the agent is not connected to the server; retry")]
+    NotConnected,
+    /// The agent is shutting down (or the owner stopped).
+    #[error("the agent is shutting down")]
+    Stopped,
+    /// The server answered with an error (its code and message are kept).
+    #[error("{}", .0.message())]
+    Server(tonic::Status),
+    /// The server's answer failed the agent's checks.
+    #[error("the server's answer was refused: {0}")]
+    BadAnswer(String),
+    /// No such task for this caller.
+    #[error("task {0} not found")]
+    NoTask(String),
+}
+
+/// A signed JWT-SVID: token, issued-at and expiry (Unix seconds).
+#[derive(Debug, Clone)]
+pub struct SignedJwt {
+    /// The compact JWS.
+    pub token: String,
+    /// Issue time.
+    pub issued_at: u64,
+    /// Expiry.
+    pub expires_at: u64,
+}
+
+/// What a JWT-SVID is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum JwtSubject {
+    /// A standing identity (an entry).
+    Entry(String),
+    /// A task's identity.
+    Task(String),
+}
+
+/// A command to the owner.
+pub(crate) enum Command {
+    BeginTask(
+        Box<BeginRequest>,
+        oneshot::Sender<Result<BegunTask, CommandError>>,
+    ),
+    EndTask {
+        task_id: String,
+        reason: &'static str,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    DelegateTask {
+        request: lanyard_proto::server::DelegateTaskRequest,
+        reply: oneshot::Sender<Result<(String, i64), CommandError>>,
+    },
+    SignJwt {
+        subject: JwtSubject,
+        audience: Vec<String>,
+        exe_sha256: String,
+        reply: oneshot::Sender<Result<SignedJwt, CommandError>>,
+    },
+}
+
+/// The handle to the identity owner.
+#[derive(Clone)]
+pub struct IdentityHandle {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// Commands queued before senders wait.
+const COMMAND_QUEUE: usize = 1024;
+
+impl IdentityHandle {
+    /// The published state.
+    pub fn state(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.state.clone()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command,
+    ) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| CommandError::Stopped)?;
+        rx.await.map_err(|_| CommandError::Stopped)?
+    }
+
+    /// Begins a task (the server decides and mints).
+    pub async fn begin_task(&self, req: BeginRequest) -> Result<BegunTask, CommandError> {
+        self.ask(|reply| Command::BeginTask(Box::new(req), reply))
+            .await
+    }
+
+    /// Ends a task: its credentials leave the snapshot before this returns.
+    pub async fn end_task(&self, task_id: &str, reason: &'static str) -> Result<(), CommandError> {
+        self.ask(|reply| Command::EndTask {
+            task_id: task_id.to_owned(),
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks the server for a delegation token; returns it with its expiry.
+    pub async fn delegate_task(
+        &self,
+        request: lanyard_proto::server::DelegateTaskRequest,
+    ) -> Result<(String, i64), CommandError> {
+        self.ask(|reply| Command::DelegateTask { request, reply })
+            .await
+    }
+
+    /// Signs a JWT-SVID through the server.
+    pub async fn sign_jwt(
+        &self,
+        subject: JwtSubject,
+        audience: Vec<String>,
+        exe_sha256: String,
+    ) -> Result<SignedJwt, CommandError> {
+        self.ask(|reply| Command::SignJwt {
+            subject,
+            audience,
+            exe_sha256,
+            reply,
+        })
+        .await
+    }
+}
+
+/// A handle and the receiving end for a new owner.
+pub(crate) fn channel(
+    state: watch::Receiver<Arc<Snapshot>>,
+) -> (IdentityHandle, mpsc::Receiver<Command>) {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    (
+        IdentityHandle {
+            commands: tx,
+            state,
+        },
+        rx,
+    )
+}
+
+/// A handle over an empty state, and its command receiver, for tests.
+#[cfg(test)]
+pub(crate) fn test_handle() -> (IdentityHandle, mpsc::Receiver<Command>) {
+    let td = lanyard_core::TrustDomain::new("td").unwrap_or_else(|_| unreachable!());
+    let (_, state) = watch::channel(Arc::new(Snapshot::empty(td)));
+    channel(state)
+}
+
+/// Answers a command as an owner without a server connection would.
+#[cfg(test)]
+pub(crate) fn refuse(cmd: Command) {
+    match cmd {
+        Command::BeginTask(_, r) => drop(r.send(Err(CommandError::NotConnected))),
+        Command::EndTask { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
+        Command::DelegateTask { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
+        Command::SignJwt { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
+    }
+}

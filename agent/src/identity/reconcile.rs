@@ -1,0 +1,190 @@
+//! Standing SVIDs: which entries are due (none yet, changed, half-life
+//! reached, signed by a tainted CA), the CSR batch sent as an in-flight
+//! call, and accepting what the server signed. On failure the still-valid
+//! SVID is kept and the entry retried with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lanyard_core::rotation::{renew_at, retry_delay};
+use lanyard_core::x509::{CertInfo, SvidKey};
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+use lanyard_proto::server::{SignX509SvidsRequest, SignX509SvidsResponse, SvidCsr};
+
+use super::manager::{
+    BACKOFF_BASE, BACKOFF_MAX, CALL_TIMEOUT, Event, Failure, Manager, jitter_sample,
+};
+use crate::cache::CachedSvid;
+
+/// Most CSRs sent in one call.
+const BATCH: usize = 500;
+/// SVIDs due within this window of the one that triggered a renewal are
+/// renewed in the same batch: one signing call and one snapshot instead of
+/// many (jitter spreads renewals; this gathers them back into rounds).
+const RENEW_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
+/// One signing call's keys, by entry ID.
+pub(crate) struct Batch {
+    keys: HashMap<String, (SvidKey, RegistrationEntry)>,
+    at: SystemTime,
+}
+
+impl Manager {
+    fn due(&self, now: SystemTime) -> Vec<RegistrationEntry> {
+        self.entries
+            .iter()
+            // Task-bound entries get SVIDs only inside a task.
+            .filter(|e| !e.require_task)
+            .filter(|e| match self.svids.get(&e.id) {
+                None => true,
+                Some(s) => {
+                    s.entry_revision != e.revision
+                        || now + RENEW_BATCH_WINDOW >= s.renew_at
+                        || !self.issuer_ok(s.issuer_id.as_deref())
+                }
+            })
+            .filter(|e| self.failures.get(&e.id).is_none_or(|f| now >= f.next_try))
+            .cloned()
+            .collect()
+    }
+
+    fn fail(&mut self, id: &EntryId, now: SystemTime) {
+        let expires = self
+            .svids
+            .get(id)
+            .map_or(now + BACKOFF_MAX, |s| s.not_after);
+        let f = self.failures.entry(id.clone()).or_insert(Failure {
+            attempts: 0,
+            next_try: now,
+        });
+        f.next_try = now + retry_delay(f.attempts, BACKOFF_BASE, BACKOFF_MAX, now, expires);
+        f.attempts = f.attempts.saturating_add(1);
+    }
+
+    /// Sends the due entries' CSRs, unless a round is already in flight.
+    pub(super) fn start_reconcile(&mut self) {
+        if self.signing > 0 {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        let now = self.clock.now();
+        let due = self.due(now);
+        for chunk in due.chunks(BATCH) {
+            let mut keys = HashMap::new();
+            let mut csrs = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let made = SvidKey::generate().and_then(|k| Ok((k.csr(&e.spiffe_id)?, k)));
+                match made {
+                    Ok((csr, key)) => {
+                        csrs.push(SvidCsr {
+                            entry_id: e.id.to_string(),
+                            csr,
+                        });
+                        keys.insert(e.id.to_string(), (key, e.clone()));
+                    }
+                    Err(err) => tracing::error!(%err, "key or CSR generation failed"),
+                }
+            }
+            let mut client = client.clone();
+            let batch = Batch { keys, at: now };
+            self.signing += 1;
+            self.inflight.push(Box::pin(async move {
+                let call = client.sign_x509_svids(SignX509SvidsRequest { csrs });
+                let result = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                    Err(_) => Err("timed out".to_owned()),
+                };
+                Event::Signed(batch, result)
+            }));
+        }
+    }
+
+    /// Applies a signing round's result.
+    pub(super) fn finish_reconcile(
+        &mut self,
+        mut batch: Batch,
+        result: Result<SignX509SvidsResponse, String>,
+    ) {
+        self.signing = self.signing.saturating_sub(1);
+        let now = batch.at;
+        match result {
+            Err(err) => {
+                tracing::warn!(%err, count = batch.keys.len(), "SVID signing failed; keeping current SVIDs");
+                let ids: Vec<EntryId> = batch.keys.values().map(|(_, e)| e.id.clone()).collect();
+                ids.iter().for_each(|id| self.fail(id, now));
+            }
+            Ok(resp) => {
+                for r in resp.results {
+                    let Some((key, entry)) = batch.keys.remove(&r.entry_id) else {
+                        continue;
+                    };
+                    match r
+                        .svid
+                        .ok_or(r.error)
+                        .and_then(|s| self.accept(&entry, key, s.cert_chain))
+                    {
+                        Ok(svid) => {
+                            tracing::debug!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "SVID issued");
+                            self.failures.remove(&entry.id);
+                            self.svids.insert(entry.id.clone(), Arc::new(svid));
+                        }
+                        Err(err) => {
+                            tracing::warn!(entry_id = %entry.id, %err, "server refused SVID");
+                            self.fail(&entry.id, now);
+                        }
+                    }
+                }
+                let missing: Vec<EntryId> =
+                    batch.keys.values().map(|(_, e)| e.id.clone()).collect();
+                missing.iter().for_each(|id| self.fail(id, now));
+            }
+        }
+        // Entries deleted while the round was in flight are not kept.
+        let live: std::collections::HashSet<&EntryId> =
+            self.entries.iter().map(|e| &e.id).collect();
+        self.svids.retain(|id, _| live.contains(id));
+        self.publish_snapshot();
+        // Anything that fell due meanwhile goes out now.
+        self.start_reconcile();
+    }
+
+    /// Checks a signed SVID before caching it.
+    fn accept(
+        &self,
+        entry: &RegistrationEntry,
+        key: SvidKey,
+        chain: Vec<Vec<u8>>,
+    ) -> Result<CachedSvid, String> {
+        let leaf = chain.first().ok_or("empty certificate chain")?;
+        let info = CertInfo::parse(leaf).map_err(|e| e.to_string())?;
+        if info.uri_sans.len() != 1 || info.uri_sans[0] != entry.spiffe_id.as_str() {
+            return Err(format!("SVID has URI SANs {:?}", info.uri_sans));
+        }
+        if info.spki_der != key.spki_der() {
+            return Err("SVID does not carry the requested key".into());
+        }
+        Ok(CachedSvid {
+            entry_id: entry.id.clone(),
+            spiffe_id: SpiffeId::new(&info.uri_sans[0]).map_err(|e| e.to_string())?,
+            key_pkcs8: key.pkcs8_der(),
+            serial: info.serial,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            // Half of the lifetime left on receipt: the backdated part of
+            // the validity window does not count.
+            renew_at: renew_at(
+                self.clock.now().clamp(info.not_before, info.not_after),
+                info.not_after,
+                jitter_sample(),
+            ),
+            entry_revision: entry.revision,
+            issuer_id: info.authority_key_id,
+            hint: entry.hint.clone(),
+            chain,
+        })
+    }
+}
