@@ -98,6 +98,8 @@ pub struct Manager {
     pub(super) failures: HashMap<EntryId, Failure>,
     /// Standing-SVID batches in flight.
     pub(super) signing: usize,
+    /// A reconcile was asked for while a round was in flight.
+    pub(super) reconcile_wanted: bool,
     /// Tasks held, newest first.
     pub(super) tasks: Vec<Arc<ActiveTask>>,
     /// Per-task upkeep: signing in flight, retry time.
@@ -153,6 +155,7 @@ impl Manager {
             svids: HashMap::new(),
             failures: HashMap::new(),
             signing: 0,
+            reconcile_wanted: false,
             tasks: Vec::new(),
             task_work: HashMap::new(),
             pending_ends: Vec::new(),

@@ -65,8 +65,11 @@ impl Manager {
     /// Sends the due entries' CSRs, unless a round is already in flight.
     pub(super) fn start_reconcile(&mut self) {
         if self.signing > 0 {
+            // Looked at again when the round in flight finishes.
+            self.reconcile_wanted = true;
             return;
         }
+        self.reconcile_wanted = false;
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -148,8 +151,11 @@ impl Manager {
             self.entries.iter().map(|e| &e.id).collect();
         self.svids.retain(|id, _| live.contains(id));
         self.publish_snapshot();
-        // Anything that fell due meanwhile goes out now.
-        self.start_reconcile();
+        // A sync update that arrived meanwhile (new or changed entries) is
+        // served now, not at the next deadline.
+        if self.signing == 0 && self.reconcile_wanted {
+            self.start_reconcile();
+        }
     }
 
     /// Checks a signed SVID before caching it.

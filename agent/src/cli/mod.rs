@@ -1,5 +1,5 @@
 //! `lanyard-agent` command line: `run`, the Workload API client commands
-//! (`api ...`) and `healthcheck`.
+//! (`api ...`), `task run` and `healthcheck`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ pub enum Command {
     /// Talk to a running agent's Workload API, as a workload would.
     #[command(subcommand)]
     Api(ApiCmd),
+    /// Task-scoped identities: begin a task and run a command inside it.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
     /// Exit 0 when the agent's Workload API answers its health check.
     Healthcheck {
         #[command(flatten)]
@@ -214,7 +217,7 @@ pub enum ValidateCmd {
 #[error("{0}")]
 pub struct CliError(pub String);
 
-fn err(m: impl ToString) -> CliError {
+pub(crate) fn err(m: impl ToString) -> CliError {
     CliError(m.to_string())
 }
 
@@ -230,7 +233,7 @@ fn client(socket: &Path) -> Result<SpiffeWorkloadApiClient<Channel>, CliError> {
     ))
 }
 
-fn with_header<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn with_header<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
         SECURITY_HEADER,
@@ -239,7 +242,7 @@ fn with_header<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-fn status_err(s: tonic::Status) -> CliError {
+pub(crate) fn status_err(s: tonic::Status) -> CliError {
     err(format!("{:?}: {}", s.code(), s.message()))
 }
 
@@ -304,7 +307,7 @@ fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliE
     Ok((text, json!({ "svids": svids })))
 }
 
-fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), CliError> {
+pub(crate) fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), CliError> {
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     for (i, s) in resp.svids.iter().enumerate() {
         let chain = der_chain_split(&s.x509_svid).map_err(err)?;
@@ -336,10 +339,13 @@ fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), CliError> {
     Ok(())
 }
 
+mod task;
+
 /// Runs a client subcommand.
 pub async fn run_client(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Run(_) => Err(err("run is handled by main")),
+        Command::Task(cmd) => task::run_task(cmd).await,
         Command::Healthcheck { socket } => {
             let path = socket.path();
             if !path.exists() {
