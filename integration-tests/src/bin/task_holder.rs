@@ -1,0 +1,77 @@
+//! A second workload process for the task end-to-end tests:
+//!
+//! - `begin SOCKET TYPE [TOOL...]`: begins a task (TTL 5 minutes), prints
+//!   `task ID`, then `svids HINT,HINT...` (its FetchX509SVID answer), and
+//!   holds the task until its stdin closes; then exits.
+//! - `fetch SOCKET`: prints `svids HINT,...` for this process's
+//!   FetchX509SVID answer, or `error CODE MESSAGE`.
+//!
+//! Test support: exits non-zero with a message on unexpected failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+
+use lanyard_proto::task::BeginTaskRequest;
+use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+use lanyard_proto::workload::X509svidRequest;
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+fn header<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    r
+}
+
+async fn fetch(socket: &str) -> String {
+    let ch = lanyard_uds::unix_channel(std::path::Path::new(socket)).unwrap();
+    let mut c = SpiffeWorkloadApiClient::new(ch);
+    let reply = async {
+        let mut s = c.fetch_x509svid(header(X509svidRequest {})).await?.into_inner();
+        s.message().await
+    }
+    .await;
+    match reply {
+        Ok(Some(r)) => format!(
+            "svids {}",
+            r.svids
+                .iter()
+                .map(|s| if s.hint.is_empty() { s.spiffe_id.clone() } else { s.hint.clone() })
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Ok(None) => "error ended".into(),
+        Err(s) => format!("error {:?} {}", s.code(), s.message()),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("begin") => {
+            let ch = lanyard_uds::unix_channel(std::path::Path::new(&args[2])).unwrap();
+            let r = TaskIdentityClient::new(ch)
+                .begin_task(header(BeginTaskRequest {
+                    task_type: args[3].clone(),
+                    tools: args[4..].to_vec(),
+                    ttl_seconds: 300,
+                    ..Default::default()
+                }))
+                .await;
+            match r {
+                Ok(r) => println!("task {}", r.into_inner().task_id),
+                Err(s) => {
+                    println!("error {:?} {}", s.code(), s.message());
+                    return;
+                }
+            }
+            println!("{}", fetch(&args[2]).await);
+            std::io::stdout().flush().unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        }
+        Some("fetch") => println!("{}", fetch(&args[2]).await),
+        _ => panic!("usage: task_holder begin|fetch SOCKET ..."),
+    }
+}
