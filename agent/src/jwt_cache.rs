@@ -24,8 +24,8 @@ const MAX_TRACKED_CALLERS: usize = 4096;
 /// Why a JWT-SVID could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtFetchError {
-    /// The agent has no connection to the server yet.
-    #[error("the agent is not connected to the server yet")]
+    /// The agent has no connection to the server (yet, or at the moment).
+    #[error("cannot obtain a JWT-SVID: the agent is not connected to the server; retry")]
     NotConnected,
     /// The server refused.
     #[error("server refused the JWT-SVID: {0}")]
