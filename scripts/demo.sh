@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lanyard local demo: starts a server and a node agent on this machine,
-# registers an identity for the current user, and runs an unmodified SPIFFE
-# workload (the `spiffe` crate) that fetches and prints its X.509-SVID.
+# registers an identity for the current user, runs an unmodified SPIFFE
+# workload (the `spiffe` crate) that fetches and prints its X.509-SVID, then
+# loads a Cedar policy and runs one permitted and one denied task.
 # Everything lives in a temporary directory and is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,5 +73,42 @@ if command -v openssl >/dev/null 2>&1; then
   step "openssl verifies the SVID against the bundle"
   openssl verify -CAfile "$WORK/svid/bundle.0.pem" "$WORK/svid/svid.0.pem"
 fi
+
+step "Registering an AI agent identity that may only work inside tasks"
+PLANNER="spiffe://$TD/agent/planner"
+$BIN/lanyard-server entry create --spiffe-id "$PLANNER" \
+  --parent-id "$NODE" --selector "unix:uid:$(id -u)" --x509-ttl 60s \
+  --require-task --allow-task-type report.generate \
+  --allow-tool crm.read --allow-tool email.send --allow-tool shell.exec \
+  --max-task-ttl 10m --max-sensitivity confidential --admin-socket "$ADMIN"
+
+step "Loading the Cedar policies in examples/policies/agents.cedar"
+$BIN/lanyard-server policy set examples/policies/agents.cedar --admin-socket "$ADMIN"
+$BIN/lanyard-server policy test --spiffe-id "$PLANNER" --task-type report.generate \
+  --tool crm.read --tool shell.exec --on-behalf-of user:alice@example.com \
+  --admin-socket "$ADMIN"
+
+# Wait until the agent has the new entry.
+for _ in $(seq 1 50); do
+  $BIN/lanyard-server entry list --spiffe-id "$PLANNER" --admin-socket "$ADMIN" >/dev/null && break
+  sleep 0.1
+done
+sleep 0.5
+
+step "A permitted task: the command runs holding a task SVID with the grant"
+$BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \
+  --tool crm.read --tool email.send --ttl 2m --sensitivity internal \
+  --on-behalf-of user:alice@example.com --intent "weekly pipeline report" \
+  -- "$BIN/lanyard-agent" api fetch x509
+
+step "A denied task: the policy names the rule and its reason"
+if $BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \
+  --tool shell.exec --on-behalf-of user:alice@example.com -- true; then
+  echo "error: the shell task was permitted" >&2; exit 1
+fi
+
+step "Tasks as the server recorded them (the first ended with its process)"
+sleep 1
+$BIN/lanyard-server task list --all --admin-socket "$ADMIN"
 
 step "Done: the server, agent and all files are removed now"

@@ -2,6 +2,8 @@
 //! crate as the workload's client, a second real process of the same uid,
 //! Cedar policies through the admin API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,8 +15,8 @@ use lanyard_proto::admin::{
 };
 use lanyard_proto::task::task_identity_client::TaskIdentityClient;
 use lanyard_proto::task::{
-    BeginTaskRequest, BeginTaskResponse, DelegateTaskRequest, EndTaskRequest, ListTasksRequest as
-    OwnTasks,
+    BeginTaskRequest, BeginTaskResponse, DelegateTaskRequest, EndTaskRequest,
+    ListTasksRequest as OwnTasks,
 };
 use lanyard_proto::types;
 use spiffe::X509Source;
@@ -104,10 +106,13 @@ async fn setup(require_task: bool) -> Setup {
         .unwrap();
     // Synced: the entry is known to the agent.
     let mut state = agent.state.clone();
-    tokio::time::timeout(WAIT, state.wait_for(|s| s.synced && s.entries.iter().count() > 0))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| s.synced && s.entries.iter().count() > 0),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     Setup {
         server,
         agent,
@@ -118,9 +123,7 @@ async fn setup(require_task: bool) -> Setup {
 async fn server_task(server: &TestServer, id: &str) -> TaskRecord {
     let info = server
         .admin()
-        .get_task(TaskRequest {
-            task_id: id.into(),
-        })
+        .get_task(TaskRequest { task_id: id.into() })
         .await
         .unwrap()
         .into_inner();
@@ -187,9 +190,12 @@ async fn a_task_svid_becomes_the_default_svid_and_carries_exactly_the_grant() {
     assert_eq!(standing.spiffe_id().to_string(), PLANNER);
     assert_eq!(standing.hint(), None);
 
-    let resp = begin(&s.agent.socket, request("report.generate", &["crm.read", "email.send"]))
-        .await
-        .unwrap();
+    let resp = begin(
+        &s.agent.socket,
+        request("report.generate", &["crm.read", "email.send"]),
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.granted_tools, vec!["crm.read", "email.send"]);
     assert!(resp.denied.is_empty());
     let x = resp.x509_svid.as_ref().unwrap();
@@ -447,20 +453,32 @@ async fn ceilings_and_cedar_decide_with_reasons_and_reloads_reach_the_agent() {
     assert_eq!(v.policy_count, 4);
     // Pushed to the agent.
     let mut state = s.agent.state.clone();
-    tokio::time::timeout(WAIT, state.wait_for(|snap| snap.policy_version == v.version))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| snap.policy_version == v.version),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(state.borrow().policy_text.contains("no-shell"));
 
-    assert!(begin(sock, request("report.generate", &["crm.read"])).await.is_ok());
-    let err = begin(sock, request("report.generate", &["crm.read", "shell.exec"]))
-        .await
-        .unwrap_err();
+    assert!(
+        begin(sock, request("report.generate", &["crm.read"]))
+            .await
+            .is_ok()
+    );
+    let err = begin(
+        sock,
+        request("report.generate", &["crm.read", "shell.exec"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert!(
         err.message().contains("no-shell")
-            && err.message().contains("shell access is never granted to agents"),
+            && err
+                .message()
+                .contains("shell access is never granted to agents"),
         "{}",
         err.message()
     );
@@ -468,8 +486,7 @@ async fn ceilings_and_cedar_decide_with_reasons_and_reloads_reach_the_agent() {
     bob.on_behalf_of = "user:bob@example.com".into();
     let err = begin(sock, bob).await.unwrap_err();
     assert!(
-        err.message().contains("no-triage-for-bob")
-            && err.message().contains("handled by humans"),
+        err.message().contains("no-triage-for-bob") && err.message().contains("handled by humans"),
         "{}",
         err.message()
     );
@@ -501,8 +518,16 @@ async fn ceilings_and_cedar_decide_with_reasons_and_reloads_reach_the_agent() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().starts_with("bad.cedar:2:"), "{}", err.message());
-    assert!(begin(sock, request("report.generate", &["crm.read"])).await.is_ok());
+    assert!(
+        err.message().starts_with("bad.cedar:2:"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        begin(sock, request("report.generate", &["crm.read"]))
+            .await
+            .is_ok()
+    );
     s.agent.shutdown().await;
     s.server.stop().await;
 }
@@ -512,10 +537,13 @@ async fn delegation_narrows_is_single_use_and_ending_the_parent_ends_the_child()
     let s = setup(false).await;
     task_entry(&s.server, WORKER, false).await;
     let mut state = s.agent.state.clone();
-    tokio::time::timeout(WAIT, state.wait_for(|snap| snap.entries.iter().count() == 2))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| snap.entries.iter().count() == 2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let sock = &s.agent.socket;
     let mut parent_req = request("report.generate", &["crm.read", "email.send"]);
     parent_req.spiffe_id = PLANNER.into();
@@ -563,8 +591,14 @@ async fn delegation_narrows_is_single_use_and_ending_the_parent_ends_the_child()
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
-    assert!(err.message().contains("outside the delegated grant"), "{}", err.message());
-    let err = begin(sock, child_req(&["crm.read"], &token)).await.unwrap_err();
+    assert!(
+        err.message().contains("outside the delegated grant"),
+        "{}",
+        err.message()
+    );
+    let err = begin(sock, child_req(&["crm.read"], &token))
+        .await
+        .unwrap_err();
     assert!(err.message().contains("already used"), "{}", err.message());
 
     let token = c
@@ -584,7 +618,9 @@ async fn delegation_narrows_is_single_use_and_ending_the_parent_ends_the_child()
     let record = server_task(&s.server, &child.task_id).await;
     assert_eq!(record.grant.chain[0].spiffe_id.as_str(), PLANNER);
     // The token cannot be used twice.
-    let err = begin(sock, child_req(&["crm.read"], &token)).await.unwrap_err();
+    let err = begin(sock, child_req(&["crm.read"], &token))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     // Ending the parent revokes the child everywhere.
@@ -605,7 +641,11 @@ async fn delegation_narrows_is_single_use_and_ending_the_parent_ends_the_child()
         server_task(&s.server, &child.task_id).await.state,
         TaskState::Revoked
     );
-    let own = c.list_tasks(header(OwnTasks {})).await.unwrap().into_inner();
+    let own = c
+        .list_tasks(header(OwnTasks {}))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(own.tasks.is_empty(), "{:?}", own.tasks);
     s.agent.shutdown().await;
     s.server.stop().await;
@@ -616,8 +656,16 @@ async fn bad_task_requests_are_refused_and_create_nothing() {
     let s = setup(false).await;
     let sock = &s.agent.socket;
     let cases: Vec<(&str, BeginTaskRequest, tonic::Code)> = vec![
-        ("unknown task type", request("deploy.prod", &[]), tonic::Code::PermissionDenied),
-        ("malformed task type", request("../etc", &[]), tonic::Code::InvalidArgument),
+        (
+            "unknown task type",
+            request("deploy.prod", &[]),
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            "malformed task type",
+            request("../etc", &[]),
+            tonic::Code::InvalidArgument,
+        ),
         (
             "10,000 tools",
             BeginTaskRequest {
@@ -727,10 +775,66 @@ async fn task_bindings_survive_an_agent_restart() {
     // Re-minted: a new certificate for the same task.
     let leaf = svid.cert_chain()[0].as_bytes();
     assert_eq!(
-        TaskClaims::from_x509(leaf).unwrap().unwrap().task_id.as_str(),
+        TaskClaims::from_x509(leaf)
+            .unwrap()
+            .unwrap()
+            .task_id
+            .as_str(),
         resp.task_id
     );
     let _ = TD;
     agent.shutdown().await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_begins_a_task_and_uses_its_svid_for_mutual_tls() {
+    use lanyard_integration_tests::python;
+    let py = python::python(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let s = setup(true).await;
+    let script = python::repo_root().join("examples/python/task_agent.py");
+    let socket = s.agent.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = Command::new(&py)
+            .arg(&script)
+            .arg("--socket")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--type",
+                "report.generate",
+                "--tool",
+                "crm.read",
+                "--audience",
+                "crm",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python task agent failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    let id = out["task_id"].as_str().unwrap();
+    let hint = format!("task:{id}");
+    assert_eq!(out["granted_tools"][0], "crm.read");
+    assert_eq!(out["begin_hint"], hint.as_str());
+    assert_eq!(out["begin_jwt"], true);
+    assert_eq!(out["default_hint"], hint.as_str());
+    assert_eq!(out["default_spiffe_id"], PLANNER);
+    assert_eq!(out["tool_reply"], "ok");
+    assert_eq!(out["tool_server"]["peer_spiffe_id"], PLANNER);
+    assert_eq!(out["tool_server"]["peer_has_task_claims"], true);
+    assert_eq!(out["tool_server"]["peer_task_id_in_cert"], true);
+    assert_eq!(out["jwt_claims"]["txn"], id);
+    assert_eq!(out["jwt_claims"]["scope"], "report.generate");
+    assert_eq!(out["jwt_claims"]["tctx"]["tools"][0], "crm.read");
+    assert_eq!(out["tasks_after_end"], 0);
+    assert_eq!(server_task(&s.server, id).await.state, TaskState::Ended);
+    s.agent.shutdown().await;
+    s.server.stop().await;
 }

@@ -1,6 +1,8 @@
 //! One Cedar decision with 1,000 policies loaded (DESIGN.md: slices keep a
 //! decision in the tens of microseconds at any set size).
 
+#![allow(clippy::panic, clippy::unwrap_used)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use lanyard_policy::{Action, PolicyBook, Principal, Request, TaskContext};
 

@@ -282,6 +282,26 @@ fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliE
         if !s.hint.is_empty() {
             text.push_str(&format!("Hint:\t\t\t{}\n", s.hint));
         }
+        let leaf_der = chain.first().ok_or_else(|| err("empty SVID chain"))?;
+        let task = lanyard_core::TaskClaims::from_x509(leaf_der).map_err(err)?;
+        if let Some(t) = &task {
+            text.push_str(&format!(
+                "Task ID:\t\t{}\nTask type:\t\t{}\nTask tools:\t\t{}\nData sensitivity:\t{}\n",
+                t.task_id,
+                t.task_type,
+                t.tools.join(", "),
+                t.data_sensitivity
+            ));
+            if let Some(o) = &t.on_behalf_of {
+                text.push_str(&format!("On behalf of:\t\t{o}\n"));
+            }
+            if let Some(end) = t.not_after {
+                text.push_str(&format!("Task ends:\t\t{}\n", format_rfc3339(end)));
+            }
+            if let Some(p) = &t.parent_task_id {
+                text.push_str(&format!("Parent task:\t\t{p}\n"));
+            }
+        }
         let bundle = der_chain_split(&s.bundle).map_err(err)?;
         for (i, ca) in bundle.iter().enumerate() {
             let ca = CertInfo::parse(ca).map_err(err)?;
@@ -301,6 +321,16 @@ fn describe(resp: &X509svidResponse) -> Result<(String, serde_json::Value), CliE
             "not_before": format_rfc3339(leaf.not_before),
             "not_after": format_rfc3339(leaf.not_after),
             "svid_pem": der_to_pem("CERTIFICATE", &chain),
+            "task": task.as_ref().map(|t| json!({
+                "task_id": t.task_id.as_str(),
+                "task_type": t.task_type,
+                "tools": t.tools,
+                "data_sensitivity": t.data_sensitivity,
+                "on_behalf_of": t.on_behalf_of,
+                "not_after": t.not_after.map(format_rfc3339),
+                "parent_task_id": t.parent_task_id.as_ref().map(|p| p.as_str()),
+                "grant_sha256": hex::encode(t.grant_digest),
+            })),
             "bundle_pem": der_to_pem("CERTIFICATE", &bundle),
         }));
     }

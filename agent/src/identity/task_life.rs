@@ -67,7 +67,7 @@ impl Manager {
             }));
         }
         self.tasks
-            .sort_by(|a, b| b.record.created_at.cmp(&a.record.created_at));
+            .sort_by_key(|t| std::cmp::Reverse(t.record.created_at));
     }
 
     fn save_tasks(&self) {

@@ -27,7 +27,10 @@ async fn fetch(socket: &str) -> String {
     let ch = lanyard_uds::unix_channel(std::path::Path::new(socket)).unwrap();
     let mut c = SpiffeWorkloadApiClient::new(ch);
     let reply = async {
-        let mut s = c.fetch_x509svid(header(X509svidRequest {})).await?.into_inner();
+        let mut s = c
+            .fetch_x509svid(header(X509svidRequest {}))
+            .await?
+            .into_inner();
         s.message().await
     }
     .await;
@@ -36,7 +39,11 @@ async fn fetch(socket: &str) -> String {
             "svids {}",
             r.svids
                 .iter()
-                .map(|s| if s.hint.is_empty() { s.spiffe_id.clone() } else { s.hint.clone() })
+                .map(|s| if s.hint.is_empty() {
+                    s.spiffe_id.clone()
+                } else {
+                    s.hint.clone()
+                })
                 .collect::<Vec<_>>()
                 .join(",")
         ),

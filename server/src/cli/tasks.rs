@@ -152,7 +152,9 @@ fn task_text(t: &types::TaskInfo) -> String {
         t.agent_id,
         t.task_type,
         t.data_sensitivity,
-        t.not_after
+        lanyard_core::clock::format_rfc3339(lanyard_core::clock::from_unix_secs(
+            u64::try_from(t.not_after).unwrap_or(0)
+        ))
     );
     for tool in &t.tools {
         s.push_str(&format!("Tool          : {tool}\n"));
