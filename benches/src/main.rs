@@ -10,6 +10,7 @@
 mod procs;
 mod scenarios;
 mod stats;
+mod tasks;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +44,12 @@ struct Args {
     /// How long to observe the agent's CPU and memory.
     #[arg(long, default_value = "60s")]
     observe: String,
+    /// Length of each BeginTask scenario (at 1 and 10 callers).
+    #[arg(long, default_value = "5s")]
+    task_duration: String,
+    /// Cedar policies loaded for the BeginTask scenarios (0: ceilings only).
+    #[arg(long, default_value_t = 1000)]
+    task_policies: usize,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -73,6 +80,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let duration = dur("duration", &args.duration)?;
     let ttl = dur("ttl", &args.ttl)?;
     let observe = dur("observe", &args.observe)?;
+    let task_duration = dur("task-duration", &args.task_duration)?;
     anyhow::ensure!(
         (1..=1000).contains(&args.concurrency),
         "--concurrency must be 1..=1000"
@@ -107,6 +115,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.samples
     );
     reports.push(scenarios::propagation(&d, args.samples, Duration::from_secs(120)).await?);
+    eprintln!(
+        "- BeginTask -> task SVID in hand, {} Cedar policies loaded",
+        args.task_policies
+    );
+    tasks::prepare(&d, args.task_policies).await?;
+    scenarios::wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
+    let task_reports = [
+        tasks::begin_task(&d, 1, task_duration).await?,
+        tasks::begin_task(&d, 10, task_duration).await?,
+    ];
     let footprint = if args.svids > 0 {
         eprintln!(
             "- agent footprint: {} SVIDs on a {}s TTL, observed {}s",
@@ -119,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
 
+    reports.extend(task_reports);
     println!();
     stats::print_table(&reports);
     let base = &reports[0];
@@ -140,6 +159,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "entry create -> SVID in stream p99 {:.1} ms (target < 500 ms)",
         reports[3].p99_ms
     );
+    for r in &reports[4..6] {
+        println!(
+            "{} p50 {:.2} ms p99 {:.2} ms, {:.0}/s (target p99 < 50 ms)",
+            r.name, r.p50_ms, r.p99_ms, r.per_second
+        );
+    }
     if let Some(f) = &footprint {
         println!(
             "agent with {} SVIDs on a {}s TTL: RSS {:.1} MiB (idle {:.1} MiB; target < 30 MB), CPU {:.1}% of one core over {:.0}s; all served {:.1}s after creation",
