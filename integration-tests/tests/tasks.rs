@@ -260,10 +260,13 @@ async fn a_task_svid_becomes_the_default_svid_and_carries_exactly_the_grant() {
         async move { src.svid().ok().filter(|s| s.hint().is_none()) }
     })
     .await;
-    assert_eq!(
-        server_task(&s.server, &resp.task_id).await.state,
-        TaskState::Ended
-    );
+    // The server records the end right after (reported in the background).
+    eventually("the server to record the end", WAIT, || {
+        let server = &s.server;
+        let id = resp.task_id.clone();
+        async move { (server_task(server, &id).await.state == TaskState::Ended).then_some(()) }
+    })
+    .await;
     s.agent.shutdown().await;
     s.server.stop().await;
 }
@@ -834,7 +837,83 @@ async fn a_python_agent_begins_a_task_and_uses_its_svid_for_mutual_tls() {
     assert_eq!(out["jwt_claims"]["scope"], "report.generate");
     assert_eq!(out["jwt_claims"]["tctx"]["tools"][0], "crm.read");
     assert_eq!(out["tasks_after_end"], 0);
-    assert_eq!(server_task(&s.server, id).await.state, TaskState::Ended);
+    eventually("the server to record the end", WAIT, || {
+        let server = &s.server;
+        async move { (server_task(server, id).await.state == TaskState::Ended).then_some(()) }
+    })
+    .await;
+    s.agent.shutdown().await;
+    s.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_matching_the_entry_only_without_its_program_gets_no_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let token = server.token(NODE).await;
+    // The entry names a program this test process is not.
+    server
+        .admin()
+        .create_entry(CreateEntryRequest {
+            entry: Some(types::Entry {
+                spiffe_id: PLANNER.into(),
+                parent_id: NODE.into(),
+                selectors: vec![
+                    format!("unix:uid:{}", own_uid()),
+                    "unix:path:/opt/agents/planner".into(),
+                ],
+                require_task: true,
+                task_limits: Some(types::TaskLimits {
+                    allowed_task_types: vec!["*".into()],
+                    allowed_tools: vec!["*".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let agent = start_agent(dir.path(), server.addr(), Some(token))
+        .await
+        .unwrap();
+    let mut state = agent.state.clone();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| s.synced && s.entries.iter().count() > 0),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // A runner may begin the task (it would exec into the program) ...
+    let mut req = request("triage", &["crm.read"]);
+    req.jwt_audiences = vec!["crm".into()];
+    let resp = begin(&agent.socket, req).await.unwrap();
+    assert!(!resp.task_id.is_empty());
+    // ... but holds no credential of it while it is not that program.
+    assert!(resp.x509_svid.is_none());
+    assert!(resp.jwt_svid.is_none());
+    let client = spiffe::WorkloadApiClient::connect_to(endpoint(&agent.socket))
+        .await
+        .unwrap();
+    let err = client.fetch_x509_svid().await.unwrap_err().to_string();
+    assert!(err.contains("no identity issued"), "{err}");
+    assert!(client.fetch_jwt_svid(["crm"], None).await.is_err());
+    agent.shutdown().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_cannot_hold_unbounded_tasks() {
+    let s = setup(false).await;
+    for _ in 0..lanyard_agent::api::MAX_TASKS_PER_PROCESS {
+        begin(&s.agent.socket, request("triage", &["crm.read"]))
+            .await
+            .unwrap();
+    }
+    let err = begin(&s.agent.socket, request("triage", &["crm.read"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     s.agent.shutdown().await;
     s.server.stop().await;
 }

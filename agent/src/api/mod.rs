@@ -17,5 +17,5 @@ mod workload;
 
 pub use caller::{ATTESTATION_REUSE, Callers};
 pub use status::{SECURITY_HEADER, WorkloadError};
-pub use task::TaskApi;
+pub use task::{MAX_TASKS_PER_PROCESS, TaskApi};
 pub use workload::WorkloadApi;

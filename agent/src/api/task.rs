@@ -26,6 +26,8 @@ use crate::identity::{ActiveTask, BeginRequest, CommandError, IdentityHandle, Ta
 
 /// Most JWT audiences in one BeginTask.
 const MAX_AUDIENCES: usize = 32;
+/// Most tasks one process instance may hold at once.
+pub const MAX_TASKS_PER_PROCESS: usize = 64;
 
 /// The TaskIdentity service.
 #[derive(Clone)]
@@ -176,6 +178,16 @@ impl TaskIdentity for TaskApi {
         let r = req.into_inner();
         precheck(&r)?;
         let snap = self.owner.snapshot();
+        let held = snap
+            .tasks
+            .iter()
+            .filter(|t| t.owner.pid == owner.pid && t.owner.start_time == owner.start_time)
+            .count();
+        if held >= MAX_TASKS_PER_PROCESS {
+            return Err(Status::resource_exhausted(format!(
+                "this process already holds {held} tasks (at most {MAX_TASKS_PER_PROCESS}); end some first"
+            )));
+        }
         let candidates = snap.entries.for_task(&caller.selectors);
         let entry = if r.spiffe_id.is_empty() {
             candidates.first()
@@ -221,7 +233,14 @@ impl TaskIdentity for TaskApi {
         caller.recheck()?;
         let t = &begun.task;
         let snap = self.owner.snapshot();
-        let x509_svid = t.svid.as_ref().map(|s| X509svid {
+        // The credentials themselves go only to a caller that matches the
+        // entry in full now (a `task run` that will exec into the entry's
+        // program gets them through the Workload API after the exec).
+        let full_match = snap
+            .entries
+            .get(&t.record.entry_id)
+            .is_some_and(|e| e.selectors.iter().all(|s| caller.selectors.contains(s)));
+        let x509_svid = t.svid.as_ref().filter(|_| full_match).map(|s| X509svid {
             spiffe_id: s.spiffe_id.to_string(),
             x509_svid: s.chain.concat(),
             x509_svid_key: s.key_pkcs8.clone(),
@@ -242,7 +261,7 @@ impl TaskIdentity for TaskApi {
                 .collect(),
             expires_at: i64::try_from(t.record.grant.not_after).unwrap_or(i64::MAX),
             x509_svid,
-            jwt_svid: begun.jwt.map(|svid| Jwtsvid {
+            jwt_svid: begun.jwt.filter(|_| full_match).map(|svid| Jwtsvid {
                 spiffe_id: t.record.grant.spiffe_id.to_string(),
                 svid,
                 hint: t.hint(),

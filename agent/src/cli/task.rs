@@ -113,7 +113,9 @@ pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
         let svid = resp
             .x509_svid
             .clone()
-            .ok_or_else(|| err("the agent returned no task SVID"))?;
+            .ok_or_else(|| {
+                err("the agent returned no task SVID: this process does not match the entry in full (unix:path or unix:sha256); --write needs a runner the entry names")
+            })?;
         write_files(
             dir,
             &X509svidResponse {
