@@ -150,6 +150,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         shutdown: shutdown_rx.clone(),
         metrics: metrics.clone(),
     };
+    let pruner = prune_tasks(tasks.clone(), shutdown_rx.clone());
     let admin = AdminApi {
         ca: ca.clone(),
         registry,
@@ -186,7 +187,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     let admin_path = config.admin_socket.clone();
     let task = tokio::spawn(async move {
-        let (a, b, (), ()) = tokio::join!(node_server, admin_server, renewer, rotator);
+        let (a, b, (), (), ()) = tokio::join!(node_server, admin_server, renewer, rotator, pruner);
         if let Err(e) = a {
             tracing::error!(?e, "server API stopped");
         }
@@ -242,6 +243,28 @@ async fn renew_identity(
             () = tokio::time::sleep(wait) => {}
             r = changes.changed() => if r.is_err() { return },
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+/// How long ended and expired tasks stay listed (`task list --all`).
+const TASK_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often old task records and expired delegation tokens are removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes old task records and expired delegation tokens periodically.
+async fn prune_tasks(tasks: Tasks, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+        let t = tasks.clone();
+        match tokio::task::spawn_blocking(move || t.prune(TASK_RETENTION)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(records = n, "pruned old tasks and delegation tokens"),
+            Ok(Err(e)) => tracing::warn!(%e, "pruning tasks failed"),
+            Err(_) => return,
         }
     }
 }

@@ -144,6 +144,9 @@ impl Store for MemoryStore {
     fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
         Ok(self.with(|i| i.tasks.values().cloned().collect()))
     }
+    fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self.with(|i| i.tasks.remove(id)))
+    }
     fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
         self.with(|i| {
             if i.policies.contains_key(&policy.version) {
@@ -170,6 +173,9 @@ impl Store for MemoryStore {
     }
     fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
         Ok(self.with(|i| i.delegations.remove(token_hash)))
+    }
+    fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+        Ok(self.with(|i| i.delegations.values().cloned().collect()))
     }
     fn counter(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self.with(|i| i.counters.get(name).copied().unwrap_or(0)))

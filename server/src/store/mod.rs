@@ -112,6 +112,8 @@ pub trait Store: Send + Sync + 'static {
     fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
     /// Every task, ordered by ID.
     fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Removes a task, returning it.
+    fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
 
     /// Stores a new policy version; `AlreadyExists` when the version is taken.
     fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError>;
@@ -122,6 +124,8 @@ pub trait Store: Send + Sync + 'static {
     fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError>;
     /// Atomically removes and returns the delegation with this hash.
     fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError>;
+    /// Every stored delegation token (hashes only), ordered by hash.
+    fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError>;
 
     /// The current value of a named counter (0 when never bumped).
     fn counter(&self, name: &str) -> Result<u64, StoreError>;

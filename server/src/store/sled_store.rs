@@ -278,6 +278,10 @@ impl Store for SledStore {
         Self::list(&self.tasks)
     }
 
+    fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.remove(&self.tasks, id.as_str().as_bytes())
+    }
+
     fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
         // Big-endian keys keep versions in order.
         self.insert_new(
@@ -297,6 +301,10 @@ impl Store for SledStore {
 
     fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
         self.remove(&self.delegations, token_hash.as_bytes())
+    }
+
+    fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+        Self::list(&self.delegations)
     }
 
     fn counter(&self, name: &str) -> Result<u64, StoreError> {
