@@ -106,6 +106,8 @@ pub struct Manager {
     pub(super) task_work: HashMap<String, super::tasks::TaskWork>,
     /// Task ends not yet reported to the server.
     pub(super) pending_ends: Vec<(String, &'static str)>,
+    /// The newest task bindings, for the writer task.
+    pub(super) task_file: watch::Sender<Option<Arc<Vec<u8>>>>,
     bundle: Arc<Vec<Vec<u8>>>,
     jwt_authorities: Arc<Vec<lanyard_core::jwt::JwtAuthority>>,
     /// Tainted authority IDs from the bundle.
@@ -159,6 +161,7 @@ impl Manager {
             tasks: Vec::new(),
             task_work: HashMap::new(),
             pending_ends: Vec::new(),
+            task_file: watch::channel(None).0,
             bundle,
             jwt_authorities: Arc::new(Vec::new()),
             tainted: Arc::new(Vec::new()),
@@ -183,12 +186,23 @@ impl Manager {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let writer = tokio::spawn(super::task_life::write_task_bindings(
+            self.storage.clone(),
+            self.task_file.subscribe(),
+        ));
+        self.run_loop(&mut shutdown).await;
+        // The last bindings are on disk before the agent stops.
+        drop(self.task_file);
+        let _ = writer.await;
+    }
+
+    async fn run_loop(&mut self, shutdown: &mut watch::Receiver<bool>) {
         let mut attempt = 0u32;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let next = self.session(&mut shutdown, &mut attempt).await;
+            let next = self.session(shutdown, &mut attempt).await;
             self.client = None;
             match next {
                 Next::Stop => return,
@@ -203,7 +217,7 @@ impl Manager {
                 from_unix_secs(u64::MAX / 4),
             );
             attempt = attempt.saturating_add(1);
-            if self.idle(delay, &mut shutdown).await {
+            if self.idle(delay, shutdown).await {
                 return;
             }
         }

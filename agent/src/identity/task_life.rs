@@ -70,6 +70,8 @@ impl Manager {
             .sort_by_key(|t| std::cmp::Reverse(t.record.created_at));
     }
 
+    /// Hands the current bindings to the writer task (which coalesces
+    /// bursts and writes off the owner's loop).
     fn save_tasks(&self) {
         let stored: Vec<PersistedTask> = self
             .tasks
@@ -83,9 +85,7 @@ impl Manager {
             .collect();
         match serde_json::to_vec(&stored) {
             Ok(b) => {
-                if let Err(e) = self.storage.save_tasks(&b) {
-                    tracing::error!(%e, "cannot persist task bindings");
-                }
+                self.task_file.send_replace(Some(Arc::new(b)));
             }
             Err(e) => tracing::error!(%e, "cannot encode task bindings"),
         }
@@ -396,6 +396,26 @@ impl Manager {
                 work.attempts = work.attempts.saturating_add(1);
                 tracing::warn!(task_id, %err, "task SVID signing failed; keeping the current one");
             }
+        }
+    }
+}
+
+/// Writes the task bindings file whenever the owner publishes new bindings:
+/// one write per burst (a write in progress is followed by one more with
+/// the newest bindings), each atomic and synced, never on the owner's loop.
+pub(crate) async fn write_task_bindings(
+    storage: crate::storage::AgentStorage,
+    mut latest: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
+) {
+    while latest.changed().await.is_ok() {
+        let Some(bytes) = latest.borrow_and_update().clone() else {
+            continue;
+        };
+        let st = storage.clone();
+        match tokio::task::spawn_blocking(move || st.save_tasks(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(%e, "cannot persist task bindings"),
+            Err(_) => return,
         }
     }
 }

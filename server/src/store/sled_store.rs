@@ -22,10 +22,23 @@ const SCHEMA_VERSION: &[u8] = b"1";
 /// than silently started afresh (with a new CA).
 const MARKER: &str = "lanyard-initialized";
 
+/// Group commit: writers that finish while a flush is in progress share
+/// the next one instead of each paying for its own fsync.
+#[derive(Debug, Default)]
+struct Flusher {
+    /// Bumped after every applied write.
+    written: std::sync::atomic::AtomicU64,
+    /// The highest `written` value a completed flush covers.
+    flushed: std::sync::atomic::AtomicU64,
+    /// One flush at a time.
+    lock: std::sync::Mutex<()>,
+}
+
 /// sled-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
+    flusher: std::sync::Arc<Flusher>,
     entries: sled::Tree,
     agents: sled::Tree,
     tokens: sled::Tree,
@@ -92,6 +105,7 @@ impl SledStore {
             tasks: db.open_tree("tasks").map_err(backend)?,
             policies: db.open_tree("policies").map_err(backend)?,
             delegations: db.open_tree("delegations").map_err(backend)?,
+            flusher: std::sync::Arc::default(),
             db,
         };
         store.flush()?;
@@ -103,8 +117,21 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Makes every write applied so far durable before returning. A write
+    /// covered by a flush that started after it was applied returns without
+    /// another fsync.
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        use std::sync::atomic::Ordering::SeqCst;
+        let f = &self.flusher;
+        let mine = f.written.fetch_add(1, SeqCst) + 1;
+        let _one = f.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if f.flushed.load(SeqCst) >= mine {
+            return Ok(());
+        }
+        let covers = f.written.load(SeqCst);
+        self.db.flush().map_err(backend)?;
+        f.flushed.fetch_max(covers, SeqCst);
+        Ok(())
     }
 
     fn list<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {

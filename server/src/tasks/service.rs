@@ -55,9 +55,13 @@ struct Inner {
     clock: Arc<dyn Clock>,
     levels: SensitivityLevels,
     settings: IssuanceSettings,
-    /// Ended or revoked, not yet expired tasks per agent (task -> expiry):
-    /// pushed to agents so they drop the credentials.
+    /// Revoked, not yet expired tasks per agent (task -> expiry): pushed to
+    /// agents so they drop the credentials. (Tasks an agent ended itself
+    /// are not pushed back to it.)
     ended: Mutex<HashMap<SpiffeId, BTreeMap<TaskId, u64>>>,
+    /// Active delegated tasks under each of their ancestors, so that ending
+    /// a task finds its descendants without scanning the store.
+    descendants: Mutex<HashMap<TaskId, Vec<TaskId>>>,
     changes: watch::Sender<u64>,
 }
 
@@ -74,8 +78,17 @@ impl Tasks {
     ) -> Result<Self, TaskServiceError> {
         let now = unix_secs(clock.now());
         let mut ended: HashMap<SpiffeId, BTreeMap<TaskId, u64>> = HashMap::new();
+        let mut descendants: HashMap<TaskId, Vec<TaskId>> = HashMap::new();
         for t in store.list_tasks()? {
-            if matches!(t.state, TaskState::Ended | TaskState::Revoked) && t.grant.not_after > now {
+            if t.state_at(now) == TaskState::Active {
+                for a in &t.grant.chain {
+                    descendants
+                        .entry(a.task_id.clone())
+                        .or_default()
+                        .push(t.grant.task_id.clone());
+                }
+            }
+            if t.state == TaskState::Revoked && t.grant.not_after > now {
                 ended
                     .entry(t.agent_id.clone())
                     .or_default()
@@ -92,12 +105,14 @@ impl Tasks {
                 levels,
                 settings,
                 ended: Mutex::new(ended),
+                descendants: Mutex::new(descendants),
                 changes: watch::channel(0).0,
             }),
         })
     }
 
-    /// Wakes on every task that ends or is revoked.
+    /// Wakes on every revocation (an operator's, or a cascade from an ended
+    /// ancestor).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
@@ -107,7 +122,7 @@ impl Tasks {
         &self.inner.levels
     }
 
-    /// Ended or revoked tasks of `agent` that have not expired.
+    /// Revoked tasks held by `agent` that have not expired.
     pub fn ended_for(&self, agent: &SpiffeId) -> Vec<String> {
         let now = unix_secs(self.inner.clock.now());
         let mut ended = self.inner.ended.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,6 +293,14 @@ impl Tasks {
             return Err(TaskServiceError::Contended(
                 record.grant.task_id.to_string(),
             ));
+        }
+        if !record.grant.chain.is_empty() {
+            let mut d = inner.descendants.lock().unwrap_or_else(|p| p.into_inner());
+            for a in &record.grant.chain {
+                d.entry(a.task_id.clone())
+                    .or_default()
+                    .push(record.grant.task_id.clone());
+            }
         }
         tracing::info!(
             task_id = %record.grant.task_id,
@@ -522,12 +545,20 @@ impl Tasks {
         let now = unix_secs(self.inner.clock.now());
         let cutoff = now.saturating_sub(retention.as_secs());
         let mut n = 0;
+        let mut active = std::collections::HashSet::new();
         for t in self.inner.store.list_tasks()? {
             if t.grant.not_after < cutoff {
                 self.inner.store.delete_task(&t.grant.task_id)?;
                 n += 1;
+            } else if t.state_at(now) == TaskState::Active {
+                active.insert(t.grant.task_id);
             }
         }
+        self.inner
+            .descendants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|ancestor, _| active.contains(ancestor));
         for d in self.inner.store.list_delegations()? {
             if d.expires_at <= now && self.inner.store.take_delegation(&d.token_hash)?.is_some() {
                 n += 1;
@@ -552,26 +583,27 @@ impl Tasks {
         }
         let ended = self.set_state(&task.grant.task_id, state, reason)?;
         // Cascade: every task whose chain holds this one.
-        let children: Vec<TaskRecord> = self
+        let descendants = self
             .inner
-            .store
-            .list_tasks()?
-            .into_iter()
-            .filter(|t| {
-                t.grant
-                    .chain
-                    .iter()
-                    .any(|a| a.task_id == task.grant.task_id)
-            })
-            .collect();
-        for child in children {
-            self.set_state(
-                &child.grant.task_id,
+            .descendants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task.grant.task_id)
+            .unwrap_or_default();
+        let cascaded = !descendants.is_empty();
+        for child in descendants {
+            match self.set_state(
+                &child,
                 TaskState::Revoked,
                 &format!("ancestor task {} ended", task.grant.task_id),
-            )?;
+            ) {
+                Ok(_) | Err(TaskServiceError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
-        self.inner.changes.send_modify(|v| *v += 1);
+        if state == TaskState::Revoked || cascaded {
+            self.inner.changes.send_modify(|v| *v += 1);
+        }
         Ok(ended)
     }
 
@@ -592,7 +624,7 @@ impl Tasks {
             next.state = state;
             next.end_reason = reason.to_owned();
             if self.inner.store.swap_task(id, Some(&cur), &next)?.is_ok() {
-                if matches!(state, TaskState::Ended | TaskState::Revoked) {
+                if state == TaskState::Revoked {
                     self.inner
                         .ended
                         .lock()
