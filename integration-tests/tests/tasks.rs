@@ -302,6 +302,24 @@ async fn a_require_task_entry_gives_nothing_outside_a_task_and_another_process_s
         "{line}"
     );
     // Nor can it end or list it.
+    let run = |args: &[&str]| {
+        let out = Command::new(HOLDER)
+            .arg(args[0])
+            .arg(&s.agent.socket)
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run(&["end", &resp.task_id]), "error NotFound");
+    assert_eq!(run(&["list"]), "tasks 0");
+    // Still held by this process.
+    let own = tasks_client(&s.agent.socket)
+        .list_tasks(header(OwnTasks {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.tasks.len(), 1);
     s.agent.shutdown().await;
     s.server.stop().await;
 }

@@ -5,6 +5,8 @@
 //!   holds the task until its stdin closes; then exits.
 //! - `fetch SOCKET`: prints `svids HINT,...` for this process's
 //!   FetchX509SVID answer, or `error CODE MESSAGE`.
+//! - `end SOCKET ID`: tries to end task ID; prints `ok` or `error CODE`.
+//! - `list SOCKET`: prints `tasks N` (this process's tasks).
 //!
 //! Test support: exits non-zero with a message on unexpected failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -79,6 +81,26 @@ async fn main() {
             let _ = std::io::stdin().read_to_end(&mut sink);
         }
         Some("fetch") => println!("{}", fetch(&args[2]).await),
-        _ => panic!("usage: task_holder begin|fetch SOCKET ..."),
+        Some("end") => {
+            let ch = lanyard_uds::unix_channel(std::path::Path::new(&args[2])).unwrap();
+            let r = TaskIdentityClient::new(ch)
+                .end_task(header(lanyard_proto::task::EndTaskRequest {
+                    task_id: args[3].clone(),
+                }))
+                .await;
+            match r {
+                Ok(_) => println!("ok"),
+                Err(s) => println!("error {:?}", s.code()),
+            }
+        }
+        Some("list") => {
+            let ch = lanyard_uds::unix_channel(std::path::Path::new(&args[2])).unwrap();
+            let r = TaskIdentityClient::new(ch)
+                .list_tasks(header(lanyard_proto::task::ListTasksRequest {}))
+                .await
+                .unwrap();
+            println!("tasks {}", r.into_inner().tasks.len());
+        }
+        _ => panic!("usage: task_holder begin|fetch|end|list SOCKET ..."),
     }
 }
