@@ -256,7 +256,7 @@ impl Snapshot {
                 .iter()
                 .filter_map(|e| self.svids.get(&e.id))
                 .filter(|s| s.not_after > now)
-                .filter(|s| seen.insert(s.spiffe_id.clone()))
+                .filter(|s| seen.insert(&s.spiffe_id))
                 .cloned(),
         );
         if ready.is_empty() {

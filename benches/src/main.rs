@@ -124,6 +124,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let task_reports = [
         tasks::begin_task(&d, 1, task_duration).await?,
         tasks::begin_task(&d, 10, task_duration).await?,
+        tasks::withdrawal(&d, tasks::Withdraw::End, args.samples.min(100)).await?,
+        tasks::withdrawal(&d, tasks::Withdraw::Revoke, args.samples.min(100)).await?,
     ];
     let footprint = if args.svids > 0 {
         eprintln!(
@@ -163,6 +165,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "{} p50 {:.2} ms p99 {:.2} ms, {:.0}/s (target p99 < 50 ms)",
             r.name, r.p50_ms, r.p99_ms, r.per_second
+        );
+    }
+    for r in &reports[6..8] {
+        println!(
+            "{}: task gone from the holder's stream p50 {:.2} ms p99 {:.2} ms (target < 1 s)",
+            r.name, r.p50_ms, r.p99_ms
         );
     }
     if let Some(f) = &footprint {

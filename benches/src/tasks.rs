@@ -130,3 +130,95 @@ pub async fn begin_task(
         true,
     ))
 }
+
+/// How a task is withdrawn in [`withdrawal`].
+#[derive(Debug, Clone, Copy)]
+pub enum Withdraw {
+    /// EndTask by the holder (the agent withdraws it at once).
+    End,
+    /// `task revoke` by an operator (server → agent push).
+    Revoke,
+}
+
+/// Reads the stream until an answer does (`present`) or does not carry an
+/// SVID with `hint`.
+async fn until_hint(
+    stream: &mut tonic::Streaming<lanyard_proto::workload::X509svidResponse>,
+    hint: &str,
+    present: bool,
+) -> Result<anyhow::Result<()>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = stream.message().await? {
+            if m.svids.iter().any(|s| s.hint == hint) == present {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("stream ended")
+    })
+    .await
+}
+
+/// Task withdrawn → gone from the holder's waiting FetchX509SVID stream.
+pub async fn withdrawal(d: &Deployment, how: Withdraw, samples: usize) -> anyhow::Result<Report> {
+    use lanyard_proto::workload::X509svidRequest;
+    use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    let mut tasks = TaskIdentityClient::new(unix_channel(&d.socket)?);
+    let mut api = SpiffeWorkloadApiClient::new(unix_channel(&d.socket)?);
+    let mut admin = procs::admin(&d.admin_socket)?;
+    let mut stream = api
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await?
+        .into_inner();
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    for _ in 0..samples {
+        let r = tasks
+            .begin_task(req(BeginTaskRequest {
+                spiffe_id: TASK_ID.into(),
+                task_type: "bench.task".into(),
+                tools: vec!["tool1".into()],
+                ttl_seconds: 60,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let hint = format!("task:{}", r.task_id);
+        if !matches!(until_hint(&mut stream, &hint, true).await, Ok(Ok(()))) {
+            errors += 1;
+            continue;
+        }
+        let t = Instant::now();
+        match how {
+            Withdraw::End => {
+                tasks
+                    .end_task(req(EndTaskRequest {
+                        task_id: r.task_id.clone(),
+                    }))
+                    .await?;
+            }
+            Withdraw::Revoke => {
+                admin
+                    .revoke_task(lanyard_proto::admin::TaskRequest {
+                        task_id: r.task_id.clone(),
+                    })
+                    .await?;
+            }
+        }
+        match until_hint(&mut stream, &hint, false).await {
+            Ok(Ok(())) => lat.push(t.elapsed()),
+            _ => errors += 1,
+        }
+    }
+    let name = match how {
+        Withdraw::End => "end-task-to-stream",
+        Withdraw::Revoke => "revoke-task-to-stream",
+    };
+    Ok(Report::from_samples(
+        name,
+        lat,
+        errors,
+        start.elapsed(),
+        false,
+    ))
+}
