@@ -13,15 +13,14 @@ use lanyard_proto::types;
 use serde_json::Map;
 use tokio::sync::watch;
 
-use super::decide::{BeginVerdict, Caller, context, decide_begin, denial_text, principal};
-use super::delegation::{TOKEN_TTL, new_token, token_hash};
+use super::decide::{BeginVerdict, Caller, context, decide_begin};
 use super::error::TaskServiceError;
 use super::mint::{MintRequest, MintedTask, check_audiences, mint};
 use crate::ca::Ca;
 use crate::node_api::IssuanceSettings;
 use crate::policy::Policies;
 use crate::registry::Registry;
-use crate::store::{DelegationRecord, Store};
+use crate::store::Store;
 
 /// How often a contended state change is retried.
 const SWAP_ATTEMPTS: usize = 16;
@@ -44,25 +43,25 @@ pub struct BeginInput {
 /// The tasks, behind a cheap clone.
 #[derive(Clone)]
 pub struct Tasks {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn Store>,
-    registry: Registry,
-    ca: Ca,
-    policies: Policies,
-    clock: Arc<dyn Clock>,
-    levels: SensitivityLevels,
-    settings: IssuanceSettings,
+pub(super) struct Inner {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) registry: Registry,
+    pub(super) ca: Ca,
+    pub(super) policies: Policies,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) levels: SensitivityLevels,
+    pub(super) settings: IssuanceSettings,
     /// Revoked, not yet expired tasks per agent (task -> expiry): pushed to
     /// agents so they drop the credentials. (Tasks an agent ended itself
     /// are not pushed back to it.)
-    ended: Mutex<HashMap<SpiffeId, BTreeMap<TaskId, u64>>>,
+    pub(super) ended: Mutex<HashMap<SpiffeId, BTreeMap<TaskId, u64>>>,
     /// Active delegated tasks under each of their ancestors, so that ending
     /// a task finds its descendants without scanning the store.
-    descendants: Mutex<HashMap<TaskId, Vec<TaskId>>>,
-    changes: watch::Sender<u64>,
+    pub(super) descendants: Mutex<HashMap<TaskId, Vec<TaskId>>>,
+    pub(super) changes: watch::Sender<u64>,
 }
 
 impl Tasks {
@@ -133,7 +132,7 @@ impl Tasks {
         tasks.keys().map(ToString::to_string).collect()
     }
 
-    fn owned_entry(
+    pub(super) fn owned_entry(
         &self,
         agent: &SpiffeId,
         entry_id: &str,
@@ -149,7 +148,7 @@ impl Tasks {
             })
     }
 
-    fn hour(&self) -> u32 {
+    pub(super) fn hour(&self) -> u32 {
         u32::try_from(unix_secs(self.inner.clock.now()) / 3600 % 24).unwrap_or(0)
     }
 
@@ -315,145 +314,7 @@ impl Tasks {
         Ok((record, minted))
     }
 
-    /// Takes a delegation token and checks it against the request; returns
-    /// the active parent task.
-    fn redeem(
-        &self,
-        parent_id: &TaskId,
-        token: &str,
-        entry: &RegistrationEntry,
-        request: &TaskRequest,
-        now: u64,
-    ) -> Result<TaskRecord, TaskServiceError> {
-        let refused = |why: &str| TaskServiceError::Denied(format!("delegation refused: {why}"));
-        let d = self
-            .inner
-            .store
-            .take_delegation(&token_hash(token))?
-            .ok_or_else(|| refused("unknown or already used delegation token"))?;
-        if d.expires_at <= now {
-            return Err(refused("the delegation token has expired"));
-        }
-        if &d.parent_task_id != parent_id {
-            return Err(refused("the token was issued for another parent task"));
-        }
-        if d.to_spiffe_id != entry.spiffe_id {
-            return Err(refused(&format!(
-                "the token was issued to {}, not {}",
-                d.to_spiffe_id, entry.spiffe_id
-            )));
-        }
-        let parent = self
-            .inner
-            .store
-            .get_task(parent_id)?
-            .ok_or_else(|| refused("the parent task does not exist"))?;
-        if parent.state_at(now) != TaskState::Active {
-            return Err(refused("the parent task is no longer active"));
-        }
-        if let Some(extra) = request.tools.iter().find(|t| !d.tools.contains(t)) {
-            return Err(refused(&format!(
-                "tool {extra:?} is outside the delegated grant"
-            )));
-        }
-        if request.ttl.as_secs() > d.ttl_seconds {
-            return Err(refused(&format!(
-                "TTL {}s exceeds the delegated {}s",
-                request.ttl.as_secs(),
-                d.ttl_seconds
-            )));
-        }
-        let levels = &self.inner.levels;
-        if levels.rank(&request.data_sensitivity)? > levels.rank(&parent.grant.data_sensitivity)? {
-            return Err(refused(&format!(
-                "data sensitivity {:?} exceeds the parent's {:?}",
-                request.data_sensitivity, parent.grant.data_sensitivity
-            )));
-        }
-        Ok(parent)
-    }
-
-    /// Issues a delegation token for a sub-task of `task_id`.
-    pub fn delegate(
-        &self,
-        agent: &SpiffeId,
-        task_id: &str,
-        to: &str,
-        mut tools: Vec<String>,
-        ttl_seconds: i64,
-        caller: &Caller,
-    ) -> Result<(String, u64), TaskServiceError> {
-        let inner = &self.inner;
-        let now = unix_secs(inner.clock.now());
-        let parent = self.active_owned(agent, task_id, now)?;
-        let to = lanyard_core::SpiffeId::new(to)
-            .map_err(|e| TaskServiceError::Invalid(format!("to_spiffe_id: {e}")))?;
-        tools.sort();
-        tools.dedup();
-        if tools.len() > lanyard_core::task::MAX_TOOLS {
-            return Err(lanyard_core::TaskError::TooManyTools.into());
-        }
-        tools
-            .iter()
-            .try_for_each(|t| lanyard_core::task::check_tool(t))?;
-        let remaining = parent.grant.not_after.saturating_sub(now);
-        let ttl = lanyard_proto::convert::ttl_seconds(ttl_seconds)?.as_secs();
-        if ttl > remaining {
-            return Err(TaskServiceError::Denied(format!(
-                "delegation refused: TTL {ttl}s exceeds the parent's remaining {remaining}s"
-            )));
-        }
-        if let Some(extra) = tools.iter().find(|t| !parent.grant.tools.contains(t)) {
-            return Err(TaskServiceError::Denied(format!(
-                "delegation refused: tool {extra:?} is not in the parent's grant"
-            )));
-        }
-        if let Some(policy) = inner.policies.enforced() {
-            let entry = self.owned_entry(agent, parent.entry_id.as_str())?;
-            let request = TaskRequest {
-                task_type: parent.grant.task_type.clone(),
-                tools: tools.clone(),
-                destinations: parent.grant.destinations.clone(),
-                data_sensitivity: parent.grant.data_sensitivity.clone(),
-                ttl: Duration::from_secs(ttl),
-                on_behalf_of: parent.grant.on_behalf_of.clone(),
-                parent_task_id: Some(parent.grant.task_id.clone()),
-                ..Default::default()
-            };
-            let mut ctx = context(&request, &inner.levels, self.hour(), Map::new());
-            ctx.delegate_to = to.to_string();
-            let d = policy.book.decide(&lanyard_policy::Request {
-                principal: &principal(&entry, caller),
-                action: lanyard_policy::Action::Delegate,
-                resource: &parent.grant.task_type,
-                context: &ctx,
-            });
-            if !d.allowed {
-                return Err(TaskServiceError::Denied(format!(
-                    "delegation refused: {}",
-                    denial_text(
-                        lanyard_policy::Action::Delegate,
-                        &parent.grant.task_type,
-                        &d
-                    )
-                )));
-            }
-        }
-        let (token, hash) = new_token()?;
-        let expires_at = (now + TOKEN_TTL.as_secs()).min(parent.grant.not_after);
-        inner.store.create_delegation(&DelegationRecord {
-            token_hash: hash,
-            parent_task_id: parent.grant.task_id.clone(),
-            to_spiffe_id: to.clone(),
-            tools,
-            ttl_seconds: ttl,
-            expires_at,
-        })?;
-        tracing::info!(parent = %parent.grant.task_id, to = %to, "delegation token issued");
-        Ok((token, expires_at))
-    }
-
-    fn active_owned(
+    pub(super) fn active_owned(
         &self,
         agent: &SpiffeId,
         task_id: &str,
@@ -642,153 +503,4 @@ impl Tasks {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::MemoryStore;
-    use lanyard_core::clock::FakeClock;
-    use lanyard_core::x509::SvidKey;
-    use lanyard_core::{TaskLimits, TrustDomain};
-
-    const T0: u64 = 1_800_000_000;
-
-    struct Fixture {
-        tasks: Tasks,
-        clock: Arc<FakeClock>,
-        agent: SpiffeId,
-        planner: RegistrationEntry,
-        worker: RegistrationEntry,
-    }
-
-    fn fixture() -> Fixture {
-        let td = TrustDomain::new("td").unwrap();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let clock = Arc::new(FakeClock::at(T0));
-        let ca = Ca::load_or_create(
-            &td,
-            store.clone(),
-            clock.clone(),
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
-        let registry = Registry::load(td, store.clone()).unwrap();
-        let entry = |id: &str, spiffe: &str| {
-            let mut e = crate::store::conformance::entry(id, spiffe);
-            e.task_limits = TaskLimits {
-                allowed_task_types: vec!["*".into()],
-                allowed_tools: vec!["*".into()],
-                max_task_ttl: None,
-                max_sensitivity: None,
-            };
-            e.created_at = u64::from(id.as_bytes()[0]);
-            registry.create(e).unwrap()
-        };
-        let planner = entry("p", "spiffe://td/agent/planner");
-        let worker = entry("w", "spiffe://td/agent/worker");
-        let policies = Policies::load(store.clone(), clock.clone()).unwrap();
-        let tasks = Tasks::load(
-            store,
-            registry,
-            ca,
-            policies,
-            clock.clone(),
-            SensitivityLevels::default(),
-            IssuanceSettings {
-                default_x509_svid_ttl: Duration::from_secs(60),
-                default_jwt_svid_ttl: Duration::from_secs(60),
-                agent_svid_ttl: Duration::from_secs(60),
-            },
-        )
-        .unwrap();
-        Fixture {
-            tasks,
-            clock,
-            agent: planner.parent_id.clone(),
-            planner,
-            worker,
-        }
-    }
-
-    fn input(entry: &RegistrationEntry, parent: Option<(&str, &str)>) -> BeginInput {
-        let csr = SvidKey::generate().unwrap().csr(&entry.spiffe_id).unwrap();
-        BeginInput {
-            entry_id: entry.id.to_string(),
-            spec: types::TaskSpec {
-                task_type: "t".into(),
-                tools: vec!["a".into()],
-                ttl_seconds: 300,
-                parent_task_id: parent.map(|p| p.0.to_owned()).unwrap_or_default(),
-                delegation_token: parent.map(|p| p.1.to_owned()).unwrap_or_default(),
-                ..Default::default()
-            },
-            csr,
-            jwt_audiences: vec![],
-            caller: Caller::default(),
-        }
-    }
-
-    #[test]
-    fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
-        let f = fixture();
-        let (parent, minted) = f.tasks.begin(&f.agent, input(&f.planner, None)).unwrap();
-        assert!(minted.svid.is_some());
-        let pid = parent.grant.task_id.to_string();
-        let (token, _) = f
-            .tasks
-            .delegate(
-                &f.agent,
-                &pid,
-                f.worker.spiffe_id.as_str(),
-                vec!["a".into()],
-                60,
-                &Caller::default(),
-            )
-            .unwrap();
-        f.clock.advance(Duration::from_secs(61));
-        let err = f
-            .tasks
-            .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
-            .unwrap_err();
-        assert!(err.to_string().contains("expired"), "{err}");
-        // A token for another workload is refused too.
-        let (token, _) = f
-            .tasks
-            .delegate(
-                &f.agent,
-                &pid,
-                "spiffe://td/agent/other",
-                vec!["a".into()],
-                60,
-                &Caller::default(),
-            )
-            .unwrap();
-        let err = f
-            .tasks
-            .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
-            .unwrap_err();
-        assert!(err.to_string().contains("issued to"), "{err}");
-        // Another agent cannot end, sign for or delegate from this task.
-        let other = SpiffeId::new("spiffe://td/node/other").unwrap();
-        assert!(matches!(
-            f.tasks.end(Some(&other), &pid, TaskState::Ended, "x"),
-            Err(TaskServiceError::NotFound(_))
-        ));
-        assert!(f.tasks.sign(&other, &pid, &[], &["a".into()], "").is_err());
-
-        // An unused token, and the task, go a day after expiry; nothing
-        // before.
-        f.tasks
-            .delegate(
-                &f.agent,
-                &pid,
-                f.worker.spiffe_id.as_str(),
-                vec!["a".into()],
-                60,
-                &Caller::default(),
-            )
-            .unwrap();
-        assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).unwrap(), 0);
-        f.clock.advance(Duration::from_secs(300 + 86_400 + 1));
-        assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).unwrap(), 2);
-        assert!(f.tasks.list(None, None, true).unwrap().is_empty());
-    }
-}
+mod tests;

@@ -1,0 +1,150 @@
+//! Unit tests of the task service with an in-memory store and a fake clock.
+
+use super::*;
+use crate::store::MemoryStore;
+use lanyard_core::clock::FakeClock;
+use lanyard_core::x509::SvidKey;
+use lanyard_core::{TaskLimits, TrustDomain};
+
+const T0: u64 = 1_800_000_000;
+
+struct Fixture {
+    tasks: Tasks,
+    clock: Arc<FakeClock>,
+    agent: SpiffeId,
+    planner: RegistrationEntry,
+    worker: RegistrationEntry,
+}
+
+fn fixture() -> Fixture {
+    let td = TrustDomain::new("td").unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let clock = Arc::new(FakeClock::at(T0));
+    let ca = Ca::load_or_create(
+        &td,
+        store.clone(),
+        clock.clone(),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let registry = Registry::load(td, store.clone()).unwrap();
+    let entry = |id: &str, spiffe: &str| {
+        let mut e = crate::store::conformance::entry(id, spiffe);
+        e.task_limits = TaskLimits {
+            allowed_task_types: vec!["*".into()],
+            allowed_tools: vec!["*".into()],
+            max_task_ttl: None,
+            max_sensitivity: None,
+        };
+        e.created_at = u64::from(id.as_bytes()[0]);
+        registry.create(e).unwrap()
+    };
+    let planner = entry("p", "spiffe://td/agent/planner");
+    let worker = entry("w", "spiffe://td/agent/worker");
+    let policies = Policies::load(store.clone(), clock.clone()).unwrap();
+    let tasks = Tasks::load(
+        store,
+        registry,
+        ca,
+        policies,
+        clock.clone(),
+        SensitivityLevels::default(),
+        IssuanceSettings {
+            default_x509_svid_ttl: Duration::from_secs(60),
+            default_jwt_svid_ttl: Duration::from_secs(60),
+            agent_svid_ttl: Duration::from_secs(60),
+        },
+    )
+    .unwrap();
+    Fixture {
+        tasks,
+        clock,
+        agent: planner.parent_id.clone(),
+        planner,
+        worker,
+    }
+}
+
+fn input(entry: &RegistrationEntry, parent: Option<(&str, &str)>) -> BeginInput {
+    let csr = SvidKey::generate().unwrap().csr(&entry.spiffe_id).unwrap();
+    BeginInput {
+        entry_id: entry.id.to_string(),
+        spec: types::TaskSpec {
+            task_type: "t".into(),
+            tools: vec!["a".into()],
+            ttl_seconds: 300,
+            parent_task_id: parent.map(|p| p.0.to_owned()).unwrap_or_default(),
+            delegation_token: parent.map(|p| p.1.to_owned()).unwrap_or_default(),
+            ..Default::default()
+        },
+        csr,
+        jwt_audiences: vec![],
+        caller: Caller::default(),
+    }
+}
+
+#[test]
+fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
+    let f = fixture();
+    let (parent, minted) = f.tasks.begin(&f.agent, input(&f.planner, None)).unwrap();
+    assert!(minted.svid.is_some());
+    let pid = parent.grant.task_id.to_string();
+    let (token, _) = f
+        .tasks
+        .delegate(
+            &f.agent,
+            &pid,
+            f.worker.spiffe_id.as_str(),
+            vec!["a".into()],
+            60,
+            &Caller::default(),
+        )
+        .unwrap();
+    f.clock.advance(Duration::from_secs(61));
+    let err = f
+        .tasks
+        .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    // A token for another workload is refused too.
+    let (token, _) = f
+        .tasks
+        .delegate(
+            &f.agent,
+            &pid,
+            "spiffe://td/agent/other",
+            vec!["a".into()],
+            60,
+            &Caller::default(),
+        )
+        .unwrap();
+    let err = f
+        .tasks
+        .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
+        .unwrap_err();
+    assert!(err.to_string().contains("issued to"), "{err}");
+    // Another agent cannot end, sign for or delegate from this task.
+    let other = SpiffeId::new("spiffe://td/node/other").unwrap();
+    assert!(matches!(
+        f.tasks.end(Some(&other), &pid, TaskState::Ended, "x"),
+        Err(TaskServiceError::NotFound(_))
+    ));
+    assert!(f.tasks.sign(&other, &pid, &[], &["a".into()], "").is_err());
+
+    // An unused token, and the task, go a day after expiry; nothing
+    // before.
+    f.tasks
+        .delegate(
+            &f.agent,
+            &pid,
+            f.worker.spiffe_id.as_str(),
+            vec!["a".into()],
+            60,
+            &Caller::default(),
+        )
+        .unwrap();
+    assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).unwrap(), 0);
+    f.clock.advance(Duration::from_secs(300 + 86_400 + 1));
+    assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).unwrap(), 2);
+    assert!(f.tasks.list(None, None, true).unwrap().is_empty());
+}
