@@ -33,7 +33,7 @@ use crate::tls::{ClientSvid, PeerInfo};
 /// Most CSRs in one `SignX509Svids` call.
 pub const MAX_BATCH: usize = 1000;
 /// Most audiences in one JWT-SVID.
-pub const MAX_AUDIENCES: usize = 32;
+pub use lanyard_core::jwt::MAX_AUDIENCES;
 
 /// Counters of what the server signed, for tests and tools.
 #[derive(Debug, Default)]

@@ -34,7 +34,8 @@ pub enum WorkloadError {
     Required(&'static str),
     /// Too many audiences, or one empty or too long.
     #[error(
-        "at most 32 audiences of 1 to {} bytes each",
+        "at most {} audiences of 1 to {} bytes each",
+        lanyard_core::jwt::MAX_AUDIENCES,
         lanyard_core::jwt::MAX_AUDIENCE_LEN
     )]
     BadAudience,

@@ -24,8 +24,6 @@ use super::status::WorkloadError;
 use crate::cache::Snapshot;
 use crate::identity::{ActiveTask, BeginRequest, CommandError, IdentityHandle, TaskOwner};
 
-/// Most JWT audiences in one BeginTask.
-const MAX_AUDIENCES: usize = 32;
 /// Most tasks one process instance may hold at once.
 pub const MAX_TASKS_PER_PROCESS: usize = 64;
 
@@ -109,11 +107,7 @@ fn precheck(r: &BeginTaskRequest) -> Result<(), Status> {
             "ttl_seconds must be at least 1 (the task's lifetime)",
         ));
     }
-    if r.jwt_audiences.len() > MAX_AUDIENCES
-        || r.jwt_audiences
-            .iter()
-            .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
-    {
+    if !lanyard_core::jwt::audiences_ok(&r.jwt_audiences) {
         return Err(WorkloadError::BadAudience.into());
     }
     if r.parent_task_id.is_empty() != r.delegation_token.is_empty() {

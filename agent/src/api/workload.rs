@@ -149,11 +149,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if audience.is_empty() {
             return Err(WorkloadError::Required("audience").into());
         }
-        if audience.len() > 32
-            || audience
-                .iter()
-                .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
-        {
+        if !lanyard_core::jwt::audiences_ok(audience) {
             return Err(WorkloadError::BadAudience.into());
         }
         let caller = self.attest(&req).await?;

@@ -9,7 +9,9 @@ mod validate;
 pub use bundle::{MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, SpiffeBundle, parse_spiffe_bundle};
 pub use jwk::{Jwk, JwtAuthority, jwks_for_workloads, spiffe_bundle_json};
 pub use signer::{JwtSigner, MintedJwt};
-pub use validate::{MAX_AUDIENCE_LEN, MAX_TOKEN_LEN, ValidatedJwt, validate_jwt_svid};
+pub use validate::{
+    MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_TOKEN_LEN, ValidatedJwt, audiences_ok, validate_jwt_svid,
+};
 
 /// Why a JWT-SVID could not be minted or validated. Every message names the
 /// problem so callers can pass it on.

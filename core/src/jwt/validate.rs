@@ -98,6 +98,19 @@ fn verify_signature(
     }
 }
 
+/// Most audiences one JWT-SVID may be requested for.
+pub const MAX_AUDIENCES: usize = 32;
+
+/// Whether a requested audience list is acceptable: at most
+/// [`MAX_AUDIENCES`] entries, each 1 to [`MAX_AUDIENCE_LEN`] bytes (an
+/// empty list is the caller's to refuse where an audience is required).
+pub fn audiences_ok(audience: &[String]) -> bool {
+    audience.len() <= MAX_AUDIENCES
+        && audience
+            .iter()
+            .all(|a| !a.is_empty() && a.len() <= MAX_AUDIENCE_LEN)
+}
+
 /// Validates a JWT-SVID for `audience` against the JWT authorities of
 /// `td`, at `now`: SPIFFE algorithms only, `kid` required and known,
 /// signature, `exp` (and `nbf` when present), `aud` contains the audience,

@@ -12,7 +12,7 @@ use lanyard_proto::types;
 
 use super::error::TaskServiceError;
 use crate::ca::Ca;
-use crate::node_api::{IssuanceSettings, MAX_AUDIENCES};
+use crate::node_api::IssuanceSettings;
 
 /// A task's freshly minted credentials.
 #[derive(Debug, Default)]
@@ -23,16 +23,13 @@ pub struct MintedTask {
     pub jwt: Option<(String, u64)>,
 }
 
-/// Checks JWT audiences: at most [`MAX_AUDIENCES`], each 1 to
-/// `MAX_AUDIENCE_LEN` bytes.
+/// Checks JWT audiences ([`lanyard_core::jwt::audiences_ok`]), with the
+/// message a caller gets.
 pub(crate) fn check_audiences(audience: &[String]) -> Result<(), String> {
-    if audience.len() > MAX_AUDIENCES
-        || audience
-            .iter()
-            .any(|a| a.is_empty() || a.len() > lanyard_core::jwt::MAX_AUDIENCE_LEN)
-    {
+    if !lanyard_core::jwt::audiences_ok(audience) {
         return Err(format!(
-            "at most {MAX_AUDIENCES} audiences of 1 to {} bytes each",
+            "at most {} audiences of 1 to {} bytes each",
+            lanyard_core::jwt::MAX_AUDIENCES,
             lanyard_core::jwt::MAX_AUDIENCE_LEN
         ));
     }
