@@ -5,10 +5,6 @@
 
 use std::sync::Arc;
 
-use lanyard_core::task::{
-    MAX_DESTINATIONS, MAX_INTENT_LEN, MAX_TOOLS, check_destination, check_on_behalf_of,
-    check_task_type, check_tool,
-};
 use lanyard_proto::task::task_identity_server::TaskIdentity;
 use lanyard_proto::task::{
     BeginTaskRequest, BeginTaskResponse, DelegateTaskRequest, DelegateTaskResponse, DeniedTool,
@@ -74,48 +70,21 @@ fn command_status(e: CommandError) -> Status {
     }
 }
 
-/// Checks what the agent can check alone, so that an absurd request never
-/// reaches the server (sensitivity levels and ceilings are the server's).
-fn precheck(r: &BeginTaskRequest) -> Result<(), Status> {
-    let bad = |e: lanyard_core::TaskError| Status::invalid_argument(e.to_string());
-    check_task_type(&r.task_type).map_err(bad)?;
-    if r.tools.len() > MAX_TOOLS {
-        return Err(bad(lanyard_core::TaskError::TooManyTools));
-    }
-    r.tools
-        .iter()
-        .try_for_each(|t| check_tool(t))
-        .map_err(bad)?;
-    if r.destinations.len() > MAX_DESTINATIONS {
-        return Err(bad(lanyard_core::TaskError::TooManyDestinations));
-    }
-    r.destinations
-        .iter()
-        .try_for_each(|d| check_destination(d))
-        .map_err(bad)?;
-    if r.intent.len() > MAX_INTENT_LEN || r.intent.chars().any(char::is_control) {
-        return Err(bad(lanyard_core::TaskError::BadIntent));
-    }
-    if !r.on_behalf_of.is_empty() {
-        check_on_behalf_of(&r.on_behalf_of).map_err(bad)?;
-    }
-    if r.data_sensitivity.len() > 64 {
+/// Checks what the agent can check alone (everything but the sensitivity
+/// levels and the ceilings, which are the server's), so that an absurd
+/// request never reaches the server.
+fn precheck(spec: &types::TaskSpec, jwt_audiences: &[String]) -> Result<(), Status> {
+    lanyard_proto::convert::task_request(spec.clone())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .check_shape()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if spec.data_sensitivity.len() > 64 {
         return Err(Status::invalid_argument("data_sensitivity is too long"));
     }
-    if r.ttl_seconds <= 0 {
-        return Err(Status::invalid_argument(
-            "ttl_seconds must be at least 1 (the task's lifetime)",
-        ));
-    }
-    if !lanyard_core::jwt::audiences_ok(&r.jwt_audiences) {
+    if !lanyard_core::jwt::audiences_ok(jwt_audiences) {
         return Err(WorkloadError::BadAudience.into());
     }
-    if r.parent_task_id.is_empty() != r.delegation_token.is_empty() {
-        return Err(Status::invalid_argument(
-            "parent_task_id and delegation_token go together",
-        ));
-    }
-    if r.delegation_token.len() > 256 {
+    if spec.delegation_token.len() > 256 {
         return Err(Status::invalid_argument("delegation_token is too long"));
     }
     Ok(())
@@ -170,7 +139,19 @@ impl TaskIdentity for TaskApi {
     ) -> Result<Response<BeginTaskResponse>, Status> {
         let (caller, owner) = self.attest(&req).await?;
         let r = req.into_inner();
-        precheck(&r)?;
+        let spec = types::TaskSpec {
+            task_type: r.task_type,
+            intent: r.intent,
+            tools: r.tools,
+            destinations: r.destinations,
+            data_sensitivity: r.data_sensitivity,
+            ttl_seconds: r.ttl_seconds,
+            on_behalf_of: r.on_behalf_of,
+            allow_partial: r.allow_partial,
+            parent_task_id: r.parent_task_id,
+            delegation_token: r.delegation_token,
+        };
+        precheck(&spec, &r.jwt_audiences)?;
         let snap = self.owner.snapshot();
         let held = snap
             .tasks
@@ -198,18 +179,6 @@ impl TaskIdentity for TaskApi {
             } else {
                 WorkloadError::NotYours(r.spiffe_id).into()
             });
-        };
-        let spec = types::TaskSpec {
-            task_type: r.task_type,
-            intent: r.intent,
-            tools: r.tools,
-            destinations: r.destinations,
-            data_sensitivity: r.data_sensitivity,
-            ttl_seconds: r.ttl_seconds,
-            on_behalf_of: r.on_behalf_of,
-            allow_partial: r.allow_partial,
-            parent_task_id: r.parent_task_id,
-            delegation_token: r.delegation_token,
         };
         let begun = self
             .owner

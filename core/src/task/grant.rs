@@ -44,7 +44,19 @@ pub struct TaskRequest {
 impl TaskRequest {
     /// Validates every field, normalises the lists and fills in the
     /// lowest sensitivity level when none was named.
-    pub fn check(mut self, levels: &SensitivityLevels) -> Result<Self, TaskError> {
+    pub fn check(self, levels: &SensitivityLevels) -> Result<Self, TaskError> {
+        let mut r = self.check_shape()?;
+        if r.data_sensitivity.is_empty() {
+            r.data_sensitivity = levels.lowest().to_owned();
+        }
+        levels.rank(&r.data_sensitivity)?;
+        Ok(r)
+    }
+
+    /// Every check that needs no configuration (all but the sensitivity
+    /// level, which the server's levels decide), normalising the lists: what
+    /// a node agent can refuse before forwarding.
+    pub fn check_shape(mut self) -> Result<Self, TaskError> {
         check_task_type(&self.task_type)?;
         if self.intent.len() > MAX_INTENT_LEN || self.intent.chars().any(char::is_control) {
             return Err(TaskError::BadIntent);
@@ -63,10 +75,6 @@ impl TaskRequest {
             .try_for_each(|d| check_destination(d))?;
         self.destinations.sort();
         self.destinations.dedup();
-        if self.data_sensitivity.is_empty() {
-            self.data_sensitivity = levels.lowest().to_owned();
-        }
-        levels.rank(&self.data_sensitivity)?;
         if let Some(obo) = &self.on_behalf_of {
             check_on_behalf_of(obo)?;
         }
