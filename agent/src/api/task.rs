@@ -111,9 +111,7 @@ fn task_msg(t: &ActiveTask) -> Task {
 fn own_task(snap: &Snapshot, owner: &TaskOwner, id: &str) -> Result<Arc<ActiveTask>, Status> {
     snap.tasks
         .iter()
-        .find(|t| {
-            t.id() == id && t.owner.pid == owner.pid && t.owner.start_time == owner.start_time
-        })
+        .find(|t| t.id() == id && t.owner.same_process(owner))
         .cloned()
         .ok_or_else(|| Status::not_found(format!("task {id:?} not found among the caller's tasks")))
 }
@@ -156,7 +154,7 @@ impl TaskIdentity for TaskApi {
         let held = snap
             .tasks
             .iter()
-            .filter(|t| t.owner.pid == owner.pid && t.owner.start_time == owner.start_time)
+            .filter(|t| t.owner.same_process(&owner))
             .count();
         if held >= MAX_TASKS_PER_PROCESS {
             return Err(Status::resource_exhausted(format!(
@@ -257,7 +255,7 @@ impl TaskIdentity for TaskApi {
         let tasks = snap
             .tasks
             .iter()
-            .filter(|t| t.owner.pid == owner.pid && t.owner.start_time == owner.start_time)
+            .filter(|t| t.owner.same_process(&owner))
             .map(|t| task_msg(t))
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))

@@ -45,6 +45,11 @@ impl TaskOwner {
         instance.pid() == self.pid && instance.start_time() == Some(self.start_time)
     }
 
+    /// Whether `other` names the same process instance.
+    pub fn same_process(&self, other: &TaskOwner) -> bool {
+        self.pid == other.pid && self.start_time == other.start_time
+    }
+
     /// Whether the owner process still runs.
     pub fn alive(&self) -> bool {
         match &self.instance {
