@@ -2,6 +2,8 @@
 //! when one is loaded (both must permit). Each tool is its own `UseTool`
 //! decision, so a grant can be narrowed.
 
+use std::collections::HashMap;
+
 use lanyard_core::RegistrationEntry;
 use lanyard_core::SpiffeId;
 use lanyard_core::task::{SensitivityLevels, TaskRequest, check_ceilings};
@@ -171,45 +173,43 @@ pub fn decide_begin(
         .filter(|t| ceilings.tool_allowed(t))
         .cloned()
         .collect();
-    let cedar: Vec<Decision> = match book {
-        Some(b) => b.decide_many(&principal, ctx, Action::UseTool, &passed),
-        None => vec![],
+    // One UseTool decision per tool that passed the ceilings (tool names
+    // are de-duplicated, so they key the decisions).
+    let mut cedar: HashMap<&str, Decision> = match book {
+        Some(b) => passed
+            .iter()
+            .map(String::as_str)
+            .zip(b.decide_many(&principal, ctx, Action::UseTool, &passed))
+            .collect(),
+        None => HashMap::new(),
     };
-    let mut cedar = passed.iter().zip(cedar);
-    let mut next_cedar = cedar.next();
     for tool in &request.tools {
-        if let Some((_, reason)) = ceilings.denied_tools.iter().find(|(t, _)| t == tool) {
-            verdict.tools.push(ToolVerdict {
+        let v = if let Some((_, reason)) = ceilings.denied_tools.iter().find(|(t, _)| t == tool) {
+            ToolVerdict {
                 tool: tool.clone(),
                 allowed: false,
                 policy_ids: vec![],
                 reason: format!("entry {}: {reason}", entry.id),
-            });
-            continue;
-        }
-        let v = match next_cedar.take() {
-            Some((t, d)) if t == tool => {
-                next_cedar = cedar.next();
-                verdict.quarantine |= d.quarantine;
-                ToolVerdict {
-                    tool: tool.clone(),
-                    allowed: d.allowed,
-                    reason: if d.allowed {
-                        String::new()
-                    } else {
-                        denial_text(Action::UseTool, tool, &d)
-                    },
-                    policy_ids: d.policy_ids,
-                }
             }
-            other => {
-                next_cedar = other;
-                ToolVerdict {
-                    tool: tool.clone(),
-                    allowed: true,
-                    policy_ids: vec![],
-                    reason: String::new(),
-                }
+        } else if let Some(d) = cedar.remove(tool.as_str()) {
+            verdict.quarantine |= d.quarantine;
+            ToolVerdict {
+                tool: tool.clone(),
+                allowed: d.allowed,
+                reason: if d.allowed {
+                    String::new()
+                } else {
+                    denial_text(Action::UseTool, tool, &d)
+                },
+                policy_ids: d.policy_ids,
+            }
+        } else {
+            // No policy set loaded: the ceilings alone decide.
+            ToolVerdict {
+                tool: tool.clone(),
+                allowed: true,
+                policy_ids: vec![],
+                reason: String::new(),
             }
         };
         verdict.tools.push(v);
