@@ -172,11 +172,7 @@ impl TaskLimits {
             )));
         }
         if let Some(level) = &self.max_sensitivity
-            && (level.is_empty()
-                || level.len() > 64
-                || !level
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            && !crate::task::SensitivityLevels::is_level_name(level)
         {
             return Err(EntryError::BadTaskLimits(format!(
                 "invalid sensitivity level {level:?}"

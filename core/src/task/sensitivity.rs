@@ -20,20 +20,27 @@ impl Default for SensitivityLevels {
 impl SensitivityLevels {
     /// Validates a list of levels, lowest first.
     pub fn new(levels: Vec<String>) -> Result<Self, TaskError> {
-        let ok_name = |s: &String| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
         let distinct = levels
             .iter()
             .enumerate()
             .all(|(i, l)| !levels[..i].contains(l));
-        if levels.is_empty() || levels.len() > 16 || !distinct || !levels.iter().all(ok_name) {
+        if levels.is_empty()
+            || levels.len() > 16
+            || !distinct
+            || !levels.iter().all(|l| Self::is_level_name(l))
+        {
             return Err(TaskError::BadLevels);
         }
         Ok(Self(levels))
+    }
+
+    /// Whether `name` could be a level: 1-64 letters, digits, `_` or `-`.
+    pub fn is_level_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     }
 
     /// The rank of `level` (0 is the lowest).
