@@ -211,6 +211,7 @@ impl NodeApi {
     }
 
     fn sync_update(&self, agent: &SpiffeId) -> SyncUpdate {
+        let policy = self.policies.enforced();
         SyncUpdate {
             entries: self
                 .registry
@@ -220,12 +221,8 @@ impl NodeApi {
                 .collect(),
             bundle: Some(bundle_msg(&self.ca)),
             ended_task_ids: self.tasks.ended_for(agent),
-            policy_version: self.policies.enforced().map_or(0, |p| p.record.version),
-            policy_text: self
-                .policies
-                .enforced()
-                .map(|p| p.record.text.clone())
-                .unwrap_or_default(),
+            policy_version: policy.as_ref().map_or(0, |p| p.record.version),
+            policy_text: policy.map(|p| p.record.text.clone()).unwrap_or_default(),
         }
     }
 
