@@ -125,11 +125,17 @@ impl Manager {
                     let Some((key, entry)) = batch.keys.remove(&r.entry_id) else {
                         continue;
                     };
-                    match r
-                        .svid
-                        .ok_or(r.error)
-                        .and_then(|s| self.accept(&entry, key, s.cert_chain))
-                    {
+                    match r.svid.ok_or(r.error).and_then(|s| {
+                        accept_signed(
+                            &entry.id,
+                            &entry.spiffe_id,
+                            entry.revision,
+                            entry.hint.clone(),
+                            &key,
+                            s.cert_chain,
+                            self.clock.now(),
+                        )
+                    }) {
                         Ok(svid) => {
                             tracing::debug!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "SVID issued");
                             self.failures.remove(&entry.id);
@@ -157,40 +163,47 @@ impl Manager {
             self.start_reconcile();
         }
     }
+}
 
-    /// Checks a signed SVID before caching it.
-    fn accept(
-        &self,
-        entry: &RegistrationEntry,
-        key: SvidKey,
-        chain: Vec<Vec<u8>>,
-    ) -> Result<CachedSvid, String> {
-        let leaf = chain.first().ok_or("empty certificate chain")?;
-        let info = CertInfo::parse(leaf).map_err(|e| e.to_string())?;
-        if info.uri_sans.len() != 1 || info.uri_sans[0] != entry.spiffe_id.as_str() {
-            return Err(format!("SVID has URI SANs {:?}", info.uri_sans));
-        }
-        if info.spki_der != key.spki_der() {
-            return Err("SVID does not carry the requested key".into());
-        }
-        Ok(CachedSvid {
-            entry_id: entry.id.clone(),
-            spiffe_id: SpiffeId::new(&info.uri_sans[0]).map_err(|e| e.to_string())?,
-            key_pkcs8: key.pkcs8_der(),
-            serial: info.serial,
-            not_before: info.not_before,
-            not_after: info.not_after,
-            // Half of the lifetime left on receipt: the backdated part of
-            // the validity window does not count.
-            renew_at: renew_at(
-                self.clock.now().clamp(info.not_before, info.not_after),
-                info.not_after,
-                jitter_sample(),
-            ),
-            entry_revision: entry.revision,
-            issuer_id: info.authority_key_id,
-            hint: entry.hint.clone(),
-            chain,
-        })
+/// Checks an SVID the server signed for `key` (exactly one URI SAN, the
+/// expected SPIFFE ID; the requested key) and makes it servable: renewed at
+/// half of the lifetime left on receipt (the backdated part of the validity
+/// window does not count).
+pub(super) fn accept_signed(
+    entry_id: &EntryId,
+    spiffe_id: &SpiffeId,
+    revision: u64,
+    hint: String,
+    key: &SvidKey,
+    chain: Vec<Vec<u8>>,
+    now: SystemTime,
+) -> Result<CachedSvid, String> {
+    let leaf = chain.first().ok_or("empty certificate chain")?;
+    let info = CertInfo::parse(leaf).map_err(|e| e.to_string())?;
+    if info.uri_sans.len() != 1 || info.uri_sans[0] != spiffe_id.as_str() {
+        return Err(format!(
+            "SVID has URI SANs {:?}, wanted {spiffe_id}",
+            info.uri_sans
+        ));
     }
+    if info.spki_der != key.spki_der() {
+        return Err("SVID does not carry the requested key".into());
+    }
+    Ok(CachedSvid {
+        entry_id: entry_id.clone(),
+        spiffe_id: spiffe_id.clone(),
+        key_pkcs8: key.pkcs8_der(),
+        serial: info.serial,
+        not_before: info.not_before,
+        not_after: info.not_after,
+        renew_at: renew_at(
+            now.clamp(info.not_before, info.not_after),
+            info.not_after,
+            jitter_sample(),
+        ),
+        entry_revision: revision,
+        issuer_id: info.authority_key_id,
+        hint,
+        chain,
+    })
 }

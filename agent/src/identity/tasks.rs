@@ -6,13 +6,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use lanyard_core::rotation::renew_at;
 use lanyard_core::task::TaskRecord;
-use lanyard_core::x509::{CertInfo, SvidKey};
-use lanyard_core::{RegistrationEntry, SpiffeId, TaskClaims};
+use lanyard_core::x509::SvidKey;
+use lanyard_core::{RegistrationEntry, TaskClaims};
 use lanyard_proto::types;
 
-use super::manager::jitter_sample;
+use super::reconcile::accept_signed;
 use crate::attestor::{ProcessInstance, process_start_time};
 use crate::cache::CachedSvid;
 
@@ -136,44 +135,27 @@ pub(crate) fn accept_task_svid(
     chain: Vec<Vec<u8>>,
     now: SystemTime,
 ) -> Result<CachedSvid, String> {
-    let leaf = chain.first().ok_or("empty certificate chain")?;
-    let info = CertInfo::parse(leaf).map_err(|e| e.to_string())?;
-    let want = record.grant.spiffe_id.as_str();
-    if info.uri_sans.len() != 1 || info.uri_sans[0] != want {
-        return Err(format!(
-            "task SVID has URI SANs {:?}, wanted {want}",
-            info.uri_sans
-        ));
-    }
-    if info.spki_der != key.spki_der() {
-        return Err("task SVID does not carry the requested key".into());
-    }
+    let svid = accept_signed(
+        &record.entry_id,
+        &record.grant.spiffe_id,
+        entry_revision,
+        format!("task:{}", record.grant.task_id),
+        key,
+        chain,
+        now,
+    )
+    .map_err(|e| format!("task {e}"))?;
+    let leaf = svid.chain.first().ok_or("empty certificate chain")?;
     let claims = TaskClaims::from_x509(leaf)
         .map_err(|e| e.to_string())?
         .ok_or("task SVID has no task claims")?;
     if claims != record.grant.claims() {
         return Err("task SVID claims differ from the task's grant".into());
     }
-    if info.not_after > lanyard_core::clock::from_unix_secs(record.grant.not_after) {
+    if svid.not_after > lanyard_core::clock::from_unix_secs(record.grant.not_after) {
         return Err("task SVID outlives its task".into());
     }
-    Ok(CachedSvid {
-        entry_id: record.entry_id.clone(),
-        spiffe_id: SpiffeId::new(want).map_err(|e| e.to_string())?,
-        key_pkcs8: key.pkcs8_der(),
-        serial: info.serial,
-        not_before: info.not_before,
-        not_after: info.not_after,
-        renew_at: renew_at(
-            now.clamp(info.not_before, info.not_after),
-            info.not_after,
-            jitter_sample(),
-        ),
-        entry_revision,
-        issuer_id: info.authority_key_id,
-        hint: format!("task:{}", record.grant.task_id),
-        chain,
-    })
+    Ok(svid)
 }
 
 /// The owner's upkeep state for one task.
