@@ -302,7 +302,12 @@ impl Manager {
                         *attempt = 0;
                         return Next::Renewed;
                     }
-                    self.upkeep();
+                    // The task watch wakes the loop every 250 ms; standing
+                    // SVIDs are looked at only when one of them is due.
+                    if self.clock.now() >= self.standing_deadline() {
+                        self.start_reconcile();
+                    }
+                    self.task_upkeep();
                 }
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => return Next::Stop,
             }
@@ -315,17 +320,20 @@ impl Manager {
         self.task_upkeep();
     }
 
-    fn next_deadline(&self) -> SystemTime {
-        let now = self.clock.now();
-        let far = now + Duration::from_secs(3600);
+    /// When the next standing SVID is due for renewal or retry.
+    fn standing_deadline(&self) -> SystemTime {
+        let far = self.clock.now() + Duration::from_secs(3600);
         let svids = self.svids.values().map(|s| s.renew_at);
         let failures = self.failures.values().map(|f| f.next_try);
-        let tasks = (!self.tasks.is_empty()).then_some(now + TASK_WATCH);
-        svids
-            .chain(failures)
-            .chain(self.agent_renew_at)
+        svids.chain(failures).fold(far, SystemTime::min)
+    }
+
+    fn next_deadline(&self) -> SystemTime {
+        let tasks = (!self.tasks.is_empty()).then(|| self.clock.now() + TASK_WATCH);
+        self.agent_renew_at
+            .into_iter()
             .chain(tasks)
-            .fold(far, SystemTime::min)
+            .fold(self.standing_deadline(), SystemTime::min)
     }
 
     /// Handles a finished in-flight call.
