@@ -63,8 +63,7 @@ impl AdminApi {
     }
 
     pub(crate) fn get_policy_impl(&self, r: GetPolicyRequest) -> Result<types::PolicyInfo, Status> {
-        let record = self.policies.get(r.version, r.shadow)?;
-        let count = Policies::check(&record.text, "stored").unwrap_or(0);
+        let (record, count) = self.policies.get(r.version, r.shadow)?;
         Ok(policy_info(&record, count))
     }
 

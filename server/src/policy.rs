@@ -147,27 +147,39 @@ impl Policies {
         Ok(loaded)
     }
 
-    /// A stored version, or the current one (`version` 0).
-    pub fn get(&self, version: u64, shadow: bool) -> Result<PolicyRecord, PolicySetError> {
-        if version == 0 {
-            let cur = if shadow {
-                self.shadow()
-            } else {
-                self.enforced()
-            };
-            return cur
-                .map(|l| l.record.clone())
-                .ok_or(PolicySetError::None(if shadow {
-                    "shadow"
+    /// A stored version, or the current one (`version` 0), with how many
+    /// policies it holds (from the loaded set when it is in force; only an
+    /// older version is compiled again to count them).
+    pub fn get(&self, version: u64, shadow: bool) -> Result<(PolicyRecord, usize), PolicySetError> {
+        let loaded = [self.enforced(), self.shadow()]
+            .into_iter()
+            .flatten()
+            .find(|l| {
+                if version == 0 {
+                    l.record.shadow == shadow
                 } else {
-                    "enforced"
-                }));
+                    l.record.version == version
+                }
+            });
+        if let Some(l) = loaded {
+            return Ok((l.record.clone(), l.book.len()));
         }
-        self.store
+        if version == 0 {
+            return Err(PolicySetError::None(if shadow {
+                "shadow"
+            } else {
+                "enforced"
+            }));
+        }
+        let record = self
+            .store
             .list_policies()?
             .into_iter()
             .find(|p| p.version == version)
-            .ok_or(PolicySetError::NoVersion(version))
+            .ok_or(PolicySetError::NoVersion(version))?;
+        // A version that no longer validates is still shown (count 0).
+        let count = Self::check(&record.text, &source_name(version)).unwrap_or(0);
+        Ok((record, count))
     }
 }
 
@@ -198,7 +210,9 @@ mod tests {
         let again = Policies::load(store, Arc::new(SystemClock)).unwrap();
         assert_eq!(again.enforced().unwrap().record.version, 1);
         assert_eq!(again.shadow().unwrap().record.version, 2);
-        assert_eq!(again.get(2, false).unwrap().version, 2);
+        assert_eq!(again.get(2, false).unwrap().0.version, 2);
+        assert_eq!(again.get(1, false).unwrap(), (v1.record.clone(), 1));
+        assert_eq!(again.get(0, true).unwrap().0.version, 2);
         assert!(again.get(9, false).is_err());
     }
 }
