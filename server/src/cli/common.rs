@@ -38,6 +38,14 @@ pub(super) fn check_id(field: &str, s: &str) -> Result<String, CliError> {
         .map_err(|e| err(format!("--{field} {s:?}: {e}")))
 }
 
+/// An optional SPIFFE ID flag, checked; empty when absent (the admin API's
+/// "no filter").
+pub(super) fn optional_id(field: &str, v: Option<&str>) -> Result<String, CliError> {
+    v.map(|s| check_id(field, s))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
 pub(super) fn ttl_secs(field: &str, v: &Option<String>) -> Result<Option<i64>, CliError> {
     v.as_deref()
         .map(|s| {

@@ -173,14 +173,8 @@ pub(super) async fn run_entry(cmd: EntryCmd) -> Result<(), CliError> {
             parent_id,
             admin,
         } => {
-            let spiffe_id = spiffe_id
-                .map(|s| check_id("spiffe-id", &s))
-                .transpose()?
-                .unwrap_or_default();
-            let parent_id = parent_id
-                .map(|s| check_id("parent-id", &s))
-                .transpose()?
-                .unwrap_or_default();
+            let spiffe_id = optional_id("spiffe-id", spiffe_id.as_deref())?;
+            let parent_id = optional_id("parent-id", parent_id.as_deref())?;
             let r = client(&admin)
                 .await?
                 .list_entries(ListEntriesRequest {

@@ -332,7 +332,7 @@ mod ops;
 mod tasks;
 
 pub use common::CliError;
-use common::{check_id, client, err, status_err, ttl_secs};
+use common::{check_id, client, err, optional_id, status_err, ttl_secs};
 use entry::run_entry;
 use ops::{run_agent, run_ca};
 
@@ -345,11 +345,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
             ttl,
             admin,
         }) => {
-            let agent_id = agent_id
-                .as_deref()
-                .map(|s| check_id("agent-id", s))
-                .transpose()?
-                .unwrap_or_default();
+            let agent_id = optional_id("agent-id", agent_id.as_deref())?;
             let ttl_seconds = ttl_secs("ttl", &ttl)?.unwrap_or(0);
             let r = client(&admin)
                 .await?

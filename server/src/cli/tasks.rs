@@ -344,14 +344,8 @@ pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
             all,
             admin,
         } => {
-            let spiffe_id = spiffe_id
-                .map(|s| check_id("spiffe-id", &s))
-                .transpose()?
-                .unwrap_or_default();
-            let agent_id = agent
-                .map(|s| check_id("agent", &s))
-                .transpose()?
-                .unwrap_or_default();
+            let spiffe_id = optional_id("spiffe-id", spiffe_id.as_deref())?;
+            let agent_id = optional_id("agent", agent.as_deref())?;
             let r = client(&admin)
                 .await?
                 .list_tasks(ListTasksRequest {
