@@ -11,9 +11,12 @@
 //!
 //! - `manager`: the loop (session, sync stream, deadlines, commands).
 //! - `reconcile`: standing SVIDs: which are due, the CSR batch, accepting
-//!   the signed result.
-//! - `tasks`: task SVIDs: begin, rotate inside the task's window, end on
-//!   EndTask, expiry, revocation or process exit; kept across restarts.
+//!   the signed result (`accept_signed`, shared with task SVIDs).
+//! - `tasks`: what a held task is (holder, task SVID, persisted binding)
+//!   and the checks on a task SVID the server signed.
+//! - `task_life`: the owner's side of tasks: begin, rotate inside the
+//!   task's window, end on EndTask, expiry, revocation or process exit;
+//!   bindings kept across restarts.
 
 mod manager;
 mod reconcile;
