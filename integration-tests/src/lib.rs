@@ -13,6 +13,7 @@ use lanyard_proto::types;
 use lanyard_uds::unix_channel;
 
 pub mod h2raw;
+pub mod pg;
 pub mod python;
 use tonic::transport::Channel;
 

@@ -127,14 +127,14 @@ async fn tainting_a_ca_makes_agents_reissue_at_once_and_revoking_drops_it() {
     };
     assert_eq!(issuer(&source), old_ca);
 
-    server.bound.ca.prepare().unwrap();
-    server.bound.ca.activate().unwrap();
+    server.bound.ca.prepare().await.unwrap();
+    server.bound.ca.activate().await.unwrap();
     let new_ca = server.active_ca_id();
     // Activation alone does not force a re-issue.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(issuer(&source), old_ca);
 
-    server.bound.ca.taint(&old_ca).unwrap();
+    server.bound.ca.taint(&old_ca).await.unwrap();
     lanyard_integration_tests::eventually(
         "an SVID from the new CA",
         Duration::from_secs(20),
@@ -146,7 +146,7 @@ async fn tainting_a_ca_makes_agents_reissue_at_once_and_revoking_drops_it() {
     )
     .await;
 
-    server.bound.ca.revoke(&old_ca).unwrap();
+    server.bound.ca.revoke(&old_ca).await.unwrap();
     lanyard_integration_tests::eventually(
         "the revoked CA out of the bundle",
         Duration::from_secs(20),

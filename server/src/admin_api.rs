@@ -140,11 +140,12 @@ fn optional_id(field: &'static str, s: &str) -> Result<Option<SpiffeId>, AdminEr
     }
 }
 
-fn authorities(ca: &Ca) -> ListAuthoritiesResponse {
+async fn authorities(ca: &Ca) -> ListAuthoritiesResponse {
     let secs = |t| i64::try_from(unix_secs(t)).unwrap_or(i64::MAX);
     ListAuthoritiesResponse {
         authorities: ca
             .list()
+            .await
             .into_iter()
             .map(|a| Authority {
                 id: a.id,
@@ -158,6 +159,7 @@ fn authorities(ca: &Ca) -> ListAuthoritiesResponse {
                 tainted: a.tainted,
                 not_before: secs(a.not_before),
                 not_after: secs(a.not_after),
+                server_id: a.owner,
             })
             .collect(),
     }
@@ -186,7 +188,11 @@ impl Admin for AdminApi {
             s if s < 0 => return Err(AdminError::Proto(ProtoError::Negative("ttl")).into()),
             s => Duration::from_secs(s.unsigned_abs()),
         };
-        let t = self.tokens.issue(agent_id, ttl).map_err(AdminError::from)?;
+        let t = self
+            .tokens
+            .issue(agent_id, ttl)
+            .await
+            .map_err(AdminError::from)?;
         tracing::info!(agent_id = %t.agent_id, "join token created");
         Ok(Response::new(CreateJoinTokenResponse {
             token: t.token,
@@ -210,7 +216,11 @@ impl Admin for AdminApi {
         msg.revision = 0;
         msg.created_at = i64::try_from(unix_secs(self.clock.now())).unwrap_or(0);
         let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
-        let entry = self.registry.create(entry).map_err(AdminError::from)?;
+        let entry = self
+            .registry
+            .create(entry)
+            .await
+            .map_err(AdminError::from)?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry created");
         Ok(Response::new(types::Entry::from(&entry)))
     }
@@ -225,7 +235,11 @@ impl Admin for AdminApi {
             .entry
             .ok_or(AdminError::Proto(ProtoError::Missing("entry")))?;
         let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
-        let entry = self.registry.update(entry).map_err(AdminError::from)?;
+        let entry = self
+            .registry
+            .update(entry)
+            .await
+            .map_err(AdminError::from)?;
         tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
         Ok(Response::new(types::Entry::from(&entry)))
     }
@@ -268,6 +282,7 @@ impl Admin for AdminApi {
         let e = self
             .registry
             .delete(&req.into_inner().id)
+            .await
             .map_err(AdminError::from)?;
         tracing::info!(entry_id = %e.id, "entry deleted");
         Ok(Response::new(DeleteEntryResponse {
@@ -283,6 +298,7 @@ impl Admin for AdminApi {
         let agents = self
             .agents
             .list()
+            .await
             .map_err(AdminError::from)?
             .iter()
             .map(agent_msg)
@@ -293,7 +309,7 @@ impl Admin for AdminApi {
     #[instrument(skip_all)]
     async fn evict_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
-        let a = self.agents.evict(&id).map_err(AdminError::from)?;
+        let a = self.agents.evict(&id).await.map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent evicted");
         Ok(Response::new(agent_msg(&a)))
     }
@@ -301,7 +317,7 @@ impl Admin for AdminApi {
     #[instrument(skip_all)]
     async fn ban_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
-        let a = self.agents.ban(&id).map_err(AdminError::from)?;
+        let a = self.agents.ban(&id).await.map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent banned");
         Ok(Response::new(agent_msg(&a)))
     }
@@ -321,7 +337,7 @@ impl Admin for AdminApi {
         &self,
         _req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        Ok(Response::new(authorities(&self.ca)))
+        Ok(Response::new(authorities(&self.ca).await))
     }
 
     #[instrument(skip_all)]
@@ -329,8 +345,8 @@ impl Admin for AdminApi {
         &self,
         _req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        self.ca.prepare().map_err(AdminError::from)?;
-        Ok(Response::new(authorities(&self.ca)))
+        self.ca.prepare().await.map_err(AdminError::from)?;
+        Ok(Response::new(authorities(&self.ca).await))
     }
 
     #[instrument(skip_all)]
@@ -338,8 +354,8 @@ impl Admin for AdminApi {
         &self,
         _req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        self.ca.activate().map_err(AdminError::from)?;
-        Ok(Response::new(authorities(&self.ca)))
+        self.ca.activate().await.map_err(AdminError::from)?;
+        Ok(Response::new(authorities(&self.ca).await))
     }
 
     #[instrument(skip_all)]
@@ -349,8 +365,9 @@ impl Admin for AdminApi {
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
         self.ca
             .taint(&req.into_inner().id)
+            .await
             .map_err(AdminError::from)?;
-        Ok(Response::new(authorities(&self.ca)))
+        Ok(Response::new(authorities(&self.ca).await))
     }
 
     #[instrument(skip_all)]
@@ -360,8 +377,9 @@ impl Admin for AdminApi {
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
         self.ca
             .revoke(&req.into_inner().id)
+            .await
             .map_err(AdminError::from)?;
-        Ok(Response::new(authorities(&self.ca)))
+        Ok(Response::new(authorities(&self.ca).await))
     }
 
     #[instrument(skip_all)]
@@ -369,7 +387,9 @@ impl Admin for AdminApi {
         &self,
         req: Request<SetPolicyRequest>,
     ) -> Result<Response<types::PolicyInfo>, Status> {
-        self.set_policy_impl(req.into_inner()).map(Response::new)
+        self.set_policy_impl(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     #[instrument(skip_all)]
@@ -377,7 +397,9 @@ impl Admin for AdminApi {
         &self,
         req: Request<GetPolicyRequest>,
     ) -> Result<Response<types::PolicyInfo>, Status> {
-        self.get_policy_impl(req.into_inner()).map(Response::new)
+        self.get_policy_impl(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     #[instrument(skip_all)]
@@ -401,7 +423,9 @@ impl Admin for AdminApi {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        self.list_tasks_impl(req.into_inner()).map(Response::new)
+        self.list_tasks_impl(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     #[instrument(skip_all)]
@@ -409,7 +433,9 @@ impl Admin for AdminApi {
         &self,
         req: Request<TaskRequest>,
     ) -> Result<Response<types::TaskInfo>, Status> {
-        self.get_task_impl(req.into_inner()).map(Response::new)
+        self.get_task_impl(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     #[instrument(skip_all)]
@@ -417,6 +443,8 @@ impl Admin for AdminApi {
         &self,
         req: Request<TaskRequest>,
     ) -> Result<Response<types::TaskInfo>, Status> {
-        self.revoke_task_impl(req.into_inner()).map(Response::new)
+        self.revoke_task_impl(req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -55,15 +55,22 @@ fn loaded_info(l: &LoadedPolicy) -> types::PolicyInfo {
 }
 
 impl AdminApi {
-    pub(crate) fn set_policy_impl(&self, r: SetPolicyRequest) -> Result<types::PolicyInfo, Status> {
+    pub(crate) async fn set_policy_impl(
+        &self,
+        r: SetPolicyRequest,
+    ) -> Result<types::PolicyInfo, Status> {
         let loaded = self
             .policies
-            .set(&r.text, r.shadow, source(&r.source_name))?;
+            .set(&r.text, r.shadow, source(&r.source_name))
+            .await?;
         Ok(loaded_info(&loaded))
     }
 
-    pub(crate) fn get_policy_impl(&self, r: GetPolicyRequest) -> Result<types::PolicyInfo, Status> {
-        let (record, count) = self.policies.get(r.version, r.shadow)?;
+    pub(crate) async fn get_policy_impl(
+        &self,
+        r: GetPolicyRequest,
+    ) -> Result<types::PolicyInfo, Status> {
+        let (record, count) = self.policies.get(r.version, r.shadow).await?;
         Ok(policy_info(&record, count))
     }
 
@@ -155,7 +162,10 @@ impl AdminApi {
         })
     }
 
-    pub(crate) fn list_tasks_impl(&self, r: ListTasksRequest) -> Result<ListTasksResponse, Status> {
+    pub(crate) async fn list_tasks_impl(
+        &self,
+        r: ListTasksRequest,
+    ) -> Result<ListTasksResponse, Status> {
         let parse = |field, s: &str| {
             if s.is_empty() {
                 Ok(None)
@@ -167,19 +177,22 @@ impl AdminApi {
         };
         let sid = parse("spiffe_id", &r.spiffe_id)?;
         let agent = parse("agent_id", &r.agent_id)?;
-        let tasks = self.tasks.list(sid.as_ref(), agent.as_ref(), r.all)?;
+        let tasks = self.tasks.list(sid.as_ref(), agent.as_ref(), r.all).await?;
         Ok(ListTasksResponse {
             tasks: tasks.iter().map(types::TaskInfo::from).collect(),
         })
     }
 
-    pub(crate) fn get_task_impl(&self, r: TaskIdRequest) -> Result<types::TaskInfo, Status> {
-        let mut t = self.tasks.get(&r.task_id)?;
+    pub(crate) async fn get_task_impl(&self, r: TaskIdRequest) -> Result<types::TaskInfo, Status> {
+        let mut t = self.tasks.get(&r.task_id).await?;
         t.state = t.state_at(lanyard_core::clock::unix_secs(self.clock.now()));
         Ok(types::TaskInfo::from(&t))
     }
 
-    pub(crate) fn revoke_task_impl(&self, r: TaskIdRequest) -> Result<types::TaskInfo, Status> {
+    pub(crate) async fn revoke_task_impl(
+        &self,
+        r: TaskIdRequest,
+    ) -> Result<types::TaskInfo, Status> {
         let t = self
             .tasks
             .end(
@@ -188,6 +201,7 @@ impl AdminApi {
                 TaskState::Revoked,
                 "revoked by an operator",
             )
+            .await
             .map_err(|e| match e {
                 TaskServiceError::Invalid(_) => Status::invalid_argument(e.to_string()),
                 other => Status::from(other),

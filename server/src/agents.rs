@@ -62,21 +62,45 @@ impl Agents {
         self.changes.subscribe()
     }
 
+    /// Wakes every stream to re-check its agent.
+    pub fn wake(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// After a change to agent `id` on the feed (possibly made through
+    /// another server): wakes the streams when it was banned or evicted, so
+    /// its streams end on this server too. Renewals wake nothing.
+    pub async fn refresh(&self, id: &str) -> Result<(), AgentError> {
+        let Ok(id) = SpiffeId::new(id) else {
+            return Ok(());
+        };
+        match self.store.get_agent(&id).await? {
+            Some(a) if !a.banned => {}
+            _ => self.wake(),
+        }
+        Ok(())
+    }
+
     /// One agent's record.
-    pub fn get(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, AgentError> {
-        Ok(self.store.get_agent(id)?)
+    pub async fn get(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, AgentError> {
+        Ok(self.store.get_agent(id).await?)
     }
 
     /// Every agent.
-    pub fn list(&self) -> Result<Vec<AgentRecord>, AgentError> {
-        Ok(self.store.list_agents()?)
+    pub async fn list(&self) -> Result<Vec<AgentRecord>, AgentError> {
+        Ok(self.store.list_agents().await?)
     }
 
     /// The agent behind a verified client SVID with `serial`, if it may act.
-    pub fn authenticate(&self, id: &SpiffeId, serial: &str) -> Result<AgentRecord, AgentError> {
+    pub async fn authenticate(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+    ) -> Result<AgentRecord, AgentError> {
         let agent = self
             .store
-            .get_agent(id)?
+            .get_agent(id)
+            .await?
             .ok_or_else(|| AgentError::Unknown(id.clone()))?;
         if agent.banned {
             return Err(AgentError::Banned(id.clone()));
@@ -88,22 +112,22 @@ impl Agents {
     }
 
     /// Refuses a banned ID before any work is done for it.
-    pub fn check_not_banned(&self, id: &SpiffeId) -> Result<(), AgentError> {
-        match self.store.get_agent(id)? {
+    pub async fn check_not_banned(&self, id: &SpiffeId) -> Result<(), AgentError> {
+        match self.store.get_agent(id).await? {
             Some(a) if a.banned => Err(AgentError::Banned(id.clone())),
             _ => Ok(()),
         }
     }
 
     /// Records a (re-)attested agent holding a fresh SVID.
-    pub fn attested(
+    pub async fn attested(
         &self,
         id: &SpiffeId,
         attestation_type: &str,
         serial: &str,
         expires_at: u64,
     ) -> Result<AgentRecord, AgentError> {
-        let mut current = self.store.get_agent(id)?;
+        let mut current = self.store.get_agent(id).await?;
         for _ in 0..MAX_ATTEMPTS {
             if current.as_ref().is_some_and(|a| a.banned) {
                 return Err(AgentError::Banned(id.clone()));
@@ -117,7 +141,11 @@ impl Agents {
                 banned: false,
                 attested_at: unix_secs(self.clock.now()),
             };
-            match self.store.swap_agent(id, current.as_ref(), Some(&next))? {
+            match self
+                .store
+                .swap_agent(id, current.as_ref(), Some(&next))
+                .await?
+            {
                 Ok(()) => return Ok(next),
                 Err(found) => current = found,
             }
@@ -129,7 +157,7 @@ impl Agents {
     /// `caller_serial` now holds `serial`. Re-checked against the record in
     /// the store at the moment of writing: a ban, an eviction or a
     /// re-attestation in the meantime wins.
-    pub fn renewed(
+    pub async fn renewed(
         &self,
         caller: AgentRecord,
         caller_serial: &str,
@@ -148,7 +176,11 @@ impl Agents {
             let mut next = expected.clone();
             next.previous_serial = Some(std::mem::replace(&mut next.serial, serial.to_owned()));
             next.expires_at = expires_at;
-            match self.store.swap_agent(&id, Some(&expected), Some(&next))? {
+            match self
+                .store
+                .swap_agent(&id, Some(&expected), Some(&next))
+                .await?
+            {
                 Ok(()) => return Ok(next),
                 Err(None) => return Err(AgentError::Unknown(id)),
                 Err(Some(found)) => expected = found,
@@ -159,8 +191,8 @@ impl Agents {
 
     /// Bans an agent: its SVIDs are refused and it can never attest again
     /// under this ID.
-    pub fn ban(&self, id: &SpiffeId) -> Result<AgentRecord, AgentError> {
-        let mut current = self.store.get_agent(id)?;
+    pub async fn ban(&self, id: &SpiffeId) -> Result<AgentRecord, AgentError> {
+        let mut current = self.store.get_agent(id).await?;
         for _ in 0..MAX_ATTEMPTS {
             let Some(cur) = current.as_ref() else {
                 return Err(AgentError::Unknown(id.clone()));
@@ -170,7 +202,7 @@ impl Agents {
             }
             let mut next = cur.clone();
             next.banned = true;
-            match self.store.swap_agent(id, Some(cur), Some(&next))? {
+            match self.store.swap_agent(id, Some(cur), Some(&next)).await? {
                 Ok(()) => {
                     self.changes.send_modify(|v| *v += 1);
                     return Ok(next);
@@ -183,8 +215,8 @@ impl Agents {
 
     /// Evicts an agent: it must attest again. A banned agent stays banned
     /// (the ban is refused here rather than removed).
-    pub fn evict(&self, id: &SpiffeId) -> Result<AgentRecord, AgentError> {
-        let mut current = self.store.get_agent(id)?;
+    pub async fn evict(&self, id: &SpiffeId) -> Result<AgentRecord, AgentError> {
+        let mut current = self.store.get_agent(id).await?;
         for _ in 0..MAX_ATTEMPTS {
             let Some(cur) = current.as_ref() else {
                 return Err(AgentError::Unknown(id.clone()));
@@ -192,7 +224,7 @@ impl Agents {
             if cur.banned {
                 return Err(AgentError::Banned(id.clone()));
             }
-            match self.store.swap_agent(id, Some(cur), None)? {
+            match self.store.swap_agent(id, Some(cur), None).await? {
                 Ok(()) => {
                     self.changes.send_modify(|v| *v += 1);
                     return Ok(cur.clone());
@@ -221,79 +253,79 @@ mod tests {
         SpiffeId::new("spiffe://td/node/n1").unwrap()
     }
 
-    #[test]
-    fn a_renewal_racing_a_ban_or_an_eviction_loses() {
+    #[tokio::test]
+    async fn a_renewal_racing_a_ban_or_an_eviction_loses() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).unwrap();
+        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
         // The renewal authenticated (read the record) before the ban...
-        let seen = a.authenticate(&id(), "01").unwrap();
-        a.ban(&id()).unwrap();
+        let seen = a.authenticate(&id(), "01").await.unwrap();
+        a.ban(&id()).await.unwrap();
         // ...and must not write the unbanned record back.
         assert!(matches!(
-            a.renewed(seen, "01", "02", 3000),
+            a.renewed(seen, "01", "02", 3000).await,
             Err(AgentError::Banned(_))
         ));
-        let stored = a.get(&id()).unwrap().unwrap();
+        let stored = a.get(&id()).await.unwrap().unwrap();
         assert!(stored.banned);
         assert_eq!(stored.serial, "01");
 
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).unwrap();
-        let seen = a.authenticate(&id(), "01").unwrap();
-        a.evict(&id()).unwrap();
+        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        let seen = a.authenticate(&id(), "01").await.unwrap();
+        a.evict(&id()).await.unwrap();
         assert!(matches!(
-            a.renewed(seen, "01", "02", 3000),
+            a.renewed(seen, "01", "02", 3000).await,
             Err(AgentError::Unknown(_))
         ));
-        assert_eq!(a.get(&id()).unwrap(), None);
+        assert_eq!(a.get(&id()).await.unwrap(), None);
     }
 
-    #[test]
-    fn a_renewal_racing_another_renewal_keeps_both_serials_consistent() {
+    #[tokio::test]
+    async fn a_renewal_racing_another_renewal_keeps_both_serials_consistent() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).unwrap();
-        let seen = a.authenticate(&id(), "01").unwrap();
-        let other = a.authenticate(&id(), "01").unwrap();
-        a.renewed(other, "01", "02", 3000).unwrap();
+        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        let seen = a.authenticate(&id(), "01").await.unwrap();
+        let other = a.authenticate(&id(), "01").await.unwrap();
+        a.renewed(other, "01", "02", 3000).await.unwrap();
         // The caller's serial is still known (previous): the late renewal
         // applies on top of the record it finds.
-        let r = a.renewed(seen, "01", "03", 4000).unwrap();
+        let r = a.renewed(seen, "01", "03", 4000).await.unwrap();
         assert_eq!(r.serial, "03");
         assert_eq!(r.previous_serial.as_deref(), Some("02"));
     }
 
-    #[test]
-    fn bans_are_tombstones_that_eviction_and_attestation_keep() {
+    #[tokio::test]
+    async fn bans_are_tombstones_that_eviction_and_attestation_keep() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).unwrap();
-        a.ban(&id()).unwrap();
-        assert!(matches!(a.evict(&id()), Err(AgentError::Banned(_))));
-        assert!(a.get(&id()).unwrap().unwrap().banned);
+        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        a.ban(&id()).await.unwrap();
+        assert!(matches!(a.evict(&id()).await, Err(AgentError::Banned(_))));
+        assert!(a.get(&id()).await.unwrap().unwrap().banned);
         assert!(matches!(
-            a.attested(&id(), "join_token", "09", 9000),
+            a.attested(&id(), "join_token", "09", 9000).await,
             Err(AgentError::Banned(_))
         ));
         assert!(matches!(
-            a.authenticate(&id(), "01"),
+            a.authenticate(&id(), "01").await,
             Err(AgentError::Banned(_))
         ));
         // Banning twice is fine.
-        assert!(a.ban(&id()).unwrap().banned);
+        assert!(a.ban(&id()).await.unwrap().banned);
     }
 
-    #[test]
-    fn entries_cannot_take_an_agent_id() {
+    #[tokio::test]
+    async fn entries_cannot_take_an_agent_id() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let (tx, _) = watch::channel(0);
         let a = Agents::new(store.clone(), Arc::new(FakeClock::at(1000)), tx);
-        a.attested(&id(), "join_token", "01", 2000).unwrap();
+        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
         let td = lanyard_core::TrustDomain::new("td").unwrap();
-        let registry = crate::registry::Registry::load(td, store).unwrap();
+        let registry = crate::registry::Registry::load(td, store).await.unwrap();
         let mut e = crate::store::conformance::entry("e1", "spiffe://td/node/n1");
         e.parent_id = SpiffeId::new("spiffe://td/node/n2").unwrap();
         assert!(matches!(
-            registry.create(e),
+            registry.create(e).await,
             Err(crate::registry::RegistryError::AgentId(_))
         ));
     }

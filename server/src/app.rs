@@ -20,11 +20,11 @@ use crate::admin_api::{AdminApi, check_peer_uid};
 use crate::agents::Agents;
 use crate::attestation::JoinTokens;
 use crate::ca::{Ca, CaError};
-use crate::config::Config;
+use crate::config::{Config, Datastore};
 use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
 use crate::policy::Policies;
 use crate::registry::{Registry, RegistryError};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{PgStore, SledStore, Store, StoreError};
 use crate::tasks::Tasks;
 use crate::tls::{ServerIdentity, incoming, server_config};
 
@@ -102,10 +102,15 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     std::fs::create_dir_all(dir).map_err(|e| AppError::DataDir(dir.clone(), e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| AppError::DataDir(dir.clone(), e))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db"))?);
+    let store = open_store(&config).await?;
+    let server_id = server_id(dir)?;
+    // The feed position is read before anything is loaded: every change
+    // after it is applied again (idempotently) by the follower.
+    let feed_from = store.last_change().await?;
     let td = config.trust_domain.clone();
-    let ca = Ca::load_or_create(&td, store.clone(), clock.clone(), config.ca_ttl)?;
-    let registry = Registry::load(td.clone(), store.clone())?;
+    let ca =
+        Ca::load_or_create(&td, &server_id, store.clone(), clock.clone(), config.ca_ttl).await?;
+    let registry = Registry::load(td.clone(), store.clone()).await?;
     let tokens = JoinTokens::new(td.clone(), store.clone(), clock.clone());
     let identity = ServerIdentity::new(&ca, clock.as_ref())?;
     let tls = Arc::new(server_config(&ca, identity.clone())?);
@@ -128,7 +133,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         default_jwt_svid_ttl: config.default_jwt_svid_ttl,
         agent_svid_ttl: config.agent_svid_ttl,
     };
-    let policies = Policies::load(store.clone(), clock.clone())?;
+    let policies = Policies::load(store.clone(), clock.clone()).await?;
     let tasks = Tasks::load(
         store.clone(),
         registry.clone(),
@@ -137,7 +142,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         clock.clone(),
         config.sensitivity_levels.clone(),
         settings,
-    )?;
+    )
+    .await?;
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
@@ -150,7 +156,19 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         shutdown: shutdown_rx.clone(),
         metrics: metrics.clone(),
     };
-    let pruner = prune_tasks(tasks.clone(), shutdown_rx.clone());
+    let pruner = prune(tasks.clone(), store.clone(), shutdown_rx.clone());
+    let follower = crate::follow::run(
+        store.clone(),
+        crate::follow::Views {
+            registry: registry.clone(),
+            agents: agents.clone(),
+            ca: ca.clone(),
+            policies: policies.clone(),
+            tasks: tasks.clone(),
+        },
+        feed_from,
+        shutdown_rx.clone(),
+    );
     let admin = AdminApi {
         ca: ca.clone(),
         registry,
@@ -180,6 +198,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
 
     tracing::info!(
         trust_domain = %td,
+        server_id = %server_id,
+        datastore = store.kind(),
         %server_addr,
         admin_socket = %config.admin_socket.display(),
         data_dir = %config.data_dir.display(),
@@ -187,7 +207,14 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     let admin_path = config.admin_socket.clone();
     let task = tokio::spawn(async move {
-        let (a, b, (), (), ()) = tokio::join!(node_server, admin_server, renewer, rotator, pruner);
+        let (a, b, (), (), (), ()) = tokio::join!(
+            node_server,
+            admin_server,
+            renewer,
+            rotator,
+            pruner,
+            follower
+        );
         if let Err(e) = a {
             tracing::error!(?e, "server API stopped");
         }
@@ -204,6 +231,49 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         shutdown,
         task,
     })
+}
+
+/// Opens the configured datastore.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
+    Ok(match &config.datastore {
+        Datastore::Sled => Arc::new(SledStore::open(&config.data_dir.join("db"))?),
+        Datastore::Postgres(opts) => Arc::new(PgStore::connect(opts).await?),
+    })
+}
+
+/// This server's ID, made at first start and kept in the data dir: it
+/// names the authorities the server owns in a shared database.
+fn server_id(dir: &std::path::Path) -> Result<String, AppError> {
+    let path = dir.join("server-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if is_server_id(id.trim()) => return Ok(id.trim().to_owned()),
+        Ok(_) => {
+            return Err(AppError::DataDir(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a server ID (16 lowercase hex digits); remove it to make a new one",
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AppError::DataDir(path, e)),
+    }
+    let mut raw = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut raw)
+        .map_err(|_| AppError::DataDir(path.clone(), std::io::Error::other("no randomness")))?;
+    let id = hex::encode(raw);
+    let tmp = dir.join("server-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| AppError::DataDir(path.clone(), e))?;
+    tracing::info!(server_id = %id, "created server ID");
+    Ok(id)
+}
+
+fn is_server_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Re-mints the server's TLS identity at half its lifetime, and as soon as
@@ -252,19 +322,26 @@ const TASK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How often old task records and expired delegation tokens are removed.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// Removes old task records and expired delegation tokens periodically.
-async fn prune_tasks(tasks: Tasks, mut shutdown: watch::Receiver<bool>) {
+/// Removes old task records, expired delegation tokens and old changes
+/// of a persistent change feed periodically.
+async fn prune(tasks: Tasks, store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(PRUNE_EVERY) => {}
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
-        let t = tasks.clone();
-        match tokio::task::spawn_blocking(move || t.prune(TASK_RETENTION)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(records = n, "pruned old tasks and delegation tokens"),
-            Ok(Err(e)) => tracing::warn!(%e, "pruning tasks failed"),
-            Err(_) => return,
+        match tasks.prune(TASK_RETENTION).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "pruned old tasks and delegation tokens"),
+            Err(e) => tracing::warn!(%e, "pruning tasks failed"),
+        }
+        match store
+            .prune_changes(crate::store::pg::CHANGE_RETENTION)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(changes = n, "pruned the change feed"),
+            Err(e) => tracing::warn!(%e, "pruning the change feed failed"),
         }
     }
 }

@@ -82,7 +82,7 @@ impl JoinTokens {
 
     /// Issues a token; the agent ID defaults to
     /// `spiffe://<td>/lanyard/agent/join_token/<token-id>`.
-    pub fn issue(
+    pub async fn issue(
         &self,
         agent_id: Option<SpiffeId>,
         ttl: Duration,
@@ -106,13 +106,15 @@ impl JoinTokens {
                 .map_err(|_| AttestationError::Malformed)?,
         };
         lanyard_core::agent_id::check_agent_id(&agent_id, &self.td)?;
-        self.check_no_entry(&agent_id)?;
+        self.check_no_entry(&agent_id).await?;
         let expires_at = unix_secs(expires);
-        self.store.create_join_token(&JoinTokenRecord {
-            token_hash: hash(&token),
-            agent_id: agent_id.clone(),
-            expires_at,
-        })?;
+        self.store
+            .create_join_token(&JoinTokenRecord {
+                token_hash: hash(&token),
+                agent_id: agent_id.clone(),
+                expires_at,
+            })
+            .await?;
         Ok(IssuedToken {
             token,
             agent_id,
@@ -121,26 +123,28 @@ impl JoinTokens {
     }
 
     /// Redeems a token once, returning the agent ID it grants.
-    pub fn redeem(&self, token: &str) -> Result<SpiffeId, AttestationError> {
+    pub async fn redeem(&self, token: &str) -> Result<SpiffeId, AttestationError> {
         if token.is_empty() || token.len() > 256 {
             return Err(AttestationError::Malformed);
         }
         let rec = self
             .store
-            .take_join_token(&hash(token))?
+            .take_join_token(&hash(token))
+            .await?
             .ok_or(AttestationError::UnknownToken)?;
         if rec.expires_at <= unix_secs(self.clock.now()) {
             return Err(AttestationError::Expired);
         }
         // An entry created after the token may have taken the ID since.
-        self.check_no_entry(&rec.agent_id)?;
+        self.check_no_entry(&rec.agent_id).await?;
         Ok(rec.agent_id)
     }
 
-    fn check_no_entry(&self, agent_id: &SpiffeId) -> Result<(), AttestationError> {
+    async fn check_no_entry(&self, agent_id: &SpiffeId) -> Result<(), AttestationError> {
         if self
             .store
-            .list_entries()?
+            .list_entries()
+            .await?
             .iter()
             .any(|e| &e.spiffe_id == agent_id)
         {
@@ -156,34 +160,42 @@ mod tests {
     use crate::store::MemoryStore;
     use lanyard_core::clock::FakeClock;
 
-    #[test]
-    fn tokens_are_single_use_and_expire() {
+    #[tokio::test]
+    async fn tokens_are_single_use_and_expire() {
         let clock = Arc::new(FakeClock::at(1000));
         let t = JoinTokens::new(
             TrustDomain::new("td").unwrap(),
             Arc::new(MemoryStore::default()),
             clock.clone(),
         );
-        let a = t.issue(None, Duration::from_secs(60)).unwrap();
+        let a = t.issue(None, Duration::from_secs(60)).await.unwrap();
         assert!(a.agent_id.path().starts_with("/lanyard/agent/join_token/"));
-        assert_eq!(t.redeem(&a.token).unwrap(), a.agent_id);
+        assert_eq!(t.redeem(&a.token).await.unwrap(), a.agent_id);
         assert!(matches!(
-            t.redeem(&a.token),
+            t.redeem(&a.token).await,
             Err(AttestationError::UnknownToken)
         ));
         let alias = SpiffeId::new("spiffe://td/node/n1").unwrap();
         let b = t
             .issue(Some(alias.clone()), Duration::from_secs(60))
+            .await
             .unwrap();
         assert_eq!(b.agent_id, alias);
         clock.advance(Duration::from_secs(61));
-        assert!(matches!(t.redeem(&b.token), Err(AttestationError::Expired)));
-        assert!(matches!(t.redeem(""), Err(AttestationError::Malformed)));
+        assert!(matches!(
+            t.redeem(&b.token).await,
+            Err(AttestationError::Expired)
+        ));
+        assert!(matches!(
+            t.redeem("").await,
+            Err(AttestationError::Malformed)
+        ));
         assert!(matches!(
             t.issue(
                 Some(SpiffeId::new("spiffe://other/n").unwrap()),
                 Duration::from_secs(1)
-            ),
+            )
+            .await,
             Err(AttestationError::AgentId(_))
         ));
         for bad in [
@@ -192,7 +204,8 @@ mod tests {
             "spiffe://td/lanyard/x",
         ] {
             assert!(matches!(
-                t.issue(Some(SpiffeId::new(bad).unwrap()), Duration::from_secs(1)),
+                t.issue(Some(SpiffeId::new(bad).unwrap()), Duration::from_secs(1))
+                    .await,
                 Err(AttestationError::AgentId(_))
             ));
         }
@@ -202,7 +215,10 @@ mod tests {
             Duration::from_secs(i64::MAX as u64),
             Duration::MAX,
         ] {
-            assert!(matches!(t.issue(None, ttl), Err(AttestationError::BadTtl)));
+            assert!(matches!(
+                t.issue(None, ttl).await,
+                Err(AttestationError::BadTtl)
+            ));
         }
     }
 }

@@ -53,6 +53,11 @@ pub struct RawConfig {
     /// Data sensitivity levels, lowest first (default: public, internal,
     /// confidential, restricted).
     pub sensitivity_levels: Option<Vec<String>>,
+    /// `sled` (default: the embedded database in the data dir) or a
+    /// `postgres://` URL shared by several servers.
+    pub datastore: Option<String>,
+    /// PEM CA certificates that sign the PostgreSQL server's certificate.
+    pub datastore_ca: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -84,7 +89,9 @@ impl RawConfig {
             max_handshakes,
             handshake_timeout,
             max_connection_age,
-            sensitivity_levels
+            sensitivity_levels,
+            datastore,
+            datastore_ca
         );
         self
     }
@@ -181,7 +188,29 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid("sensitivity_levels", e))?,
             None => SensitivityLevels::default(),
         };
+        let datastore = match self.datastore.as_deref().map(str::trim) {
+            None | Some("" | "sled") => Datastore::Sled,
+            Some(url) if crate::store::PgOptions::is_postgres_url(url) => {
+                Datastore::Postgres(crate::store::PgOptions {
+                    url: url.to_owned(),
+                    ca_file: self.datastore_ca.clone(),
+                })
+            }
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    "datastore",
+                    "must be \"sled\" or a postgres://user:password@host:port/database URL",
+                ));
+            }
+        };
+        if self.datastore_ca.is_some() && datastore == Datastore::Sled {
+            return Err(ConfigError::invalid(
+                "datastore_ca",
+                "is only used with a postgres:// datastore",
+            ));
+        }
         Ok(Config {
+            datastore,
             sensitivity_levels,
             trust_domain,
             data_dir: self
@@ -233,9 +262,27 @@ impl Default for NetLimits {
     }
 }
 
+/// Where the server keeps its state.
+#[derive(Debug, Clone)]
+pub enum Datastore {
+    /// sled in `<data_dir>/db`: one server.
+    Sled,
+    /// A PostgreSQL database shared by every server.
+    Postgres(crate::store::PgOptions),
+}
+
+impl PartialEq for Datastore {
+    fn eq(&self, other: &Self) -> bool {
+        matches!((self, other), (Self::Sled, Self::Sled))
+            || matches!((self, other), (Self::Postgres(a), Self::Postgres(b)) if a.url == b.url)
+    }
+}
+
 /// The validated server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where state is kept.
+    pub datastore: Datastore,
     /// Trust domain.
     pub trust_domain: TrustDomain,
     /// Database and key directory.
@@ -299,6 +346,38 @@ mod tests {
         let c = file.merge(flags).validate().unwrap();
         assert_eq!(c.trust_domain.name(), "b.org");
         assert_eq!(c.ca_ttl, Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn datastore_is_sled_or_a_postgres_url() {
+        let base = || RawConfig {
+            trust_domain: Some("td".into()),
+            ..Default::default()
+        };
+        assert_eq!(base().validate().unwrap().datastore, Datastore::Sled);
+        let c = RawConfig {
+            datastore: Some("postgres://lanyard@db:5432/lanyard".into()),
+            ..base()
+        }
+        .validate()
+        .unwrap();
+        assert!(matches!(c.datastore, Datastore::Postgres(o) if o.url.ends_with("/lanyard")));
+        for bad in ["mysql://x", "sqlite:foo"] {
+            let e = RawConfig {
+                datastore: Some(bad.into()),
+                ..base()
+            }
+            .validate()
+            .unwrap_err();
+            assert!(e.to_string().starts_with("datastore:"), "{e}");
+        }
+        let e = RawConfig {
+            datastore_ca: Some("/x.pem".into()),
+            ..base()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("postgres"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod attestation;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod follow;
 pub mod node_api;
 pub mod policy;
 pub mod registry;

@@ -163,7 +163,10 @@ impl NodeApi {
     /// Identifies the calling agent from its verified client certificate,
     /// on every call: the certificate must still be valid now (not only at
     /// the handshake) and its CA still in the bundle.
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<(AgentRecord, ClientSvid), NodeError> {
+    async fn authenticate<T: Sync>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(AgentRecord, ClientSvid), NodeError> {
         let client = req
             .extensions()
             .get::<PeerInfo>()
@@ -188,7 +191,8 @@ impl NodeApi {
         }
         let agent = self
             .agents
-            .authenticate(&client.spiffe_id, &client.serial)?;
+            .authenticate(&client.spiffe_id, &client.serial)
+            .await?;
         Ok((agent, client))
     }
 
@@ -289,9 +293,11 @@ impl Node for NodeApi {
         let agent_id = self
             .tokens
             .redeem(&req.join_token)
+            .await
             .map_err(NodeError::from)?;
         self.agents
             .check_not_banned(&agent_id)
+            .await
             .map_err(NodeError::from)?;
         let svid = self.sign_agent(&agent_id, &req.csr)?;
         self.agents
@@ -301,6 +307,7 @@ impl Node for NodeApi {
                 &svid.serial,
                 unix_secs(svid.not_after),
             )
+            .await
             .map_err(NodeError::from)?;
         tracing::info!(%agent_id, serial = %svid.serial, "agent attested");
         Ok(Response::new(AttestAgentResponse {
@@ -314,7 +321,7 @@ impl Node for NodeApi {
         &self,
         req: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, Status> {
-        let (agent, client) = self.authenticate(&req)?;
+        let (agent, client) = self.authenticate(&req).await?;
         let svid = self.sign_agent(&agent.spiffe_id, &req.get_ref().csr)?;
         // Written only if the record is still the one authenticated against
         // (or a compatible renewal): a concurrent ban or eviction wins.
@@ -326,6 +333,7 @@ impl Node for NodeApi {
                 &svid.serial,
                 unix_secs(svid.not_after),
             )
+            .await
             .map_err(NodeError::from)?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %svid.serial, "agent SVID renewed");
         Ok(Response::new(RenewAgentResponse {
@@ -341,7 +349,7 @@ impl Node for NodeApi {
 
     #[instrument(skip_all)]
     async fn sync(&self, req: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
-        let (agent, client) = self.authenticate(&req)?;
+        let (agent, client) = self.authenticate(&req).await?;
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         let mut entries = self.registry.subscribe();
@@ -356,7 +364,7 @@ impl Node for NodeApi {
             loop {
                 // Re-check the agent on every wake-up: an evicted or banned
                 // agent's stream ends with an error.
-                let still_ok = match api.agents.get(&id) {
+                let still_ok = match api.agents.get(&id).await {
                     Ok(Some(a)) => !a.banned,
                     _ => false,
                 };
@@ -418,7 +426,7 @@ impl Node for NodeApi {
         &self,
         req: Request<SignX509SvidsRequest>,
     ) -> Result<Response<SignX509SvidsResponse>, Status> {
-        let (agent, _) = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let csrs = req.into_inner().csrs;
         if csrs.len() > MAX_BATCH {
             return Err(NodeError::BatchTooLarge.into());
@@ -449,7 +457,7 @@ impl Node for NodeApi {
         &self,
         req: Request<SignJwtSvidRequest>,
     ) -> Result<Response<SignJwtSvidResponse>, Status> {
-        let (agent, _) = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let req = req.into_inner();
         if req.audience.is_empty() {
             return Err(NodeError::BadJwtRequest("audience must be specified".into()).into());
@@ -486,7 +494,7 @@ impl Node for NodeApi {
         &self,
         req: Request<BeginTaskRequest>,
     ) -> Result<Response<BeginTaskResponse>, Status> {
-        let (agent, _) = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let req = req.into_inner();
         let input = BeginInput {
             entry_id: req.entry_id,
@@ -502,12 +510,8 @@ impl Node for NodeApi {
                 exe_sha256: req.exe_sha256,
             },
         };
-        let tasks = self.tasks.clone();
-        let agent_id = agent.spiffe_id.clone();
-        // Policy evaluation and signing are CPU work: off the I/O threads.
-        let (record, minted) = tokio::task::spawn_blocking(move || tasks.begin(&agent_id, input))
-            .await
-            .map_err(|_| Status::internal("internal error"))??;
+        // Policy evaluation and signing take tens of microseconds: inline.
+        let (record, minted) = self.tasks.begin(&agent.spiffe_id, input).await?;
         let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
         Ok(Response::new(BeginTaskResponse {
             task: Some(types::TaskInfo::from(&record)),
@@ -522,15 +526,18 @@ impl Node for NodeApi {
         &self,
         req: Request<SignTaskSvidRequest>,
     ) -> Result<Response<SignTaskSvidResponse>, Status> {
-        let (agent, _) = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let req = req.into_inner();
-        let minted = self.tasks.sign(
-            &agent.spiffe_id,
-            &req.task_id,
-            &req.csr,
-            &req.jwt_audiences,
-            &req.exe_sha256,
-        )?;
+        let minted = self
+            .tasks
+            .sign(
+                &agent.spiffe_id,
+                &req.task_id,
+                &req.csr,
+                &req.jwt_audiences,
+                &req.exe_sha256,
+            )
+            .await?;
         let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
         Ok(Response::new(SignTaskSvidResponse {
             svid: minted.svid,
@@ -544,19 +551,21 @@ impl Node for NodeApi {
         &self,
         req: Request<EndTaskRequest>,
     ) -> Result<Response<EndTaskResponse>, Status> {
-        let (agent, _) = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let req = req.into_inner();
         let reason = if req.reason.is_empty() {
             "ended".to_owned()
         } else {
             req.reason.chars().take(128).collect()
         };
-        self.tasks.end(
-            Some(&agent.spiffe_id),
-            &req.task_id,
-            lanyard_core::task::TaskState::Ended,
-            &reason,
-        )?;
+        self.tasks
+            .end(
+                Some(&agent.spiffe_id),
+                &req.task_id,
+                lanyard_core::task::TaskState::Ended,
+                &reason,
+            )
+            .await?;
         Ok(Response::new(EndTaskResponse {}))
     }
 
@@ -565,7 +574,7 @@ impl Node for NodeApi {
         &self,
         req: Request<DelegateTaskRequest>,
     ) -> Result<Response<DelegateTaskResponse>, Status> {
-        let (agent, _) = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let req = req.into_inner();
         let caller = Caller {
             agent_id: Some(agent.spiffe_id.clone()),
@@ -573,14 +582,17 @@ impl Node for NodeApi {
             exe_path: req.exe_path,
             exe_sha256: req.exe_sha256,
         };
-        let (token, expires_at) = self.tasks.delegate(
-            &agent.spiffe_id,
-            &req.task_id,
-            &req.to_spiffe_id,
-            req.tools,
-            req.ttl_seconds,
-            &caller,
-        )?;
+        let (token, expires_at) = self
+            .tasks
+            .delegate(
+                &agent.spiffe_id,
+                &req.task_id,
+                &req.to_spiffe_id,
+                req.tools,
+                req.ttl_seconds,
+                &caller,
+            )
+            .await?;
         Ok(Response::new(DelegateTaskResponse {
             token,
             expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),

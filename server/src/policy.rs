@@ -4,7 +4,7 @@
 //! replaces the set in force; every change is versioned in the store and
 //! announced on a `watch` so agents receive it over their sync streams.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_policy::{PolicyBook, PolicyError};
@@ -50,8 +50,8 @@ pub struct Policies {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     current: Arc<RwLock<Current>>,
-    /// Serialises `set` (version allocation and replacement).
-    writer: Arc<Mutex<()>>,
+    /// Serialises `set` and `refresh` (version allocation and replacement).
+    writer: Arc<tokio::sync::Mutex<()>>,
     changed: watch::Sender<u64>,
 }
 
@@ -63,25 +63,73 @@ impl Policies {
     /// Loads the newest enforced and shadow sets from the store. A stored
     /// set that no longer validates stops the server: it must not start
     /// without the policies an operator put in force.
-    pub fn load(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, PolicySetError> {
-        let mut current = Current::default();
-        for record in store.list_policies()? {
-            let book = PolicyBook::compile(&record.text, &source_name(record.version))?;
-            let loaded = Some(Arc::new(LoadedPolicy { record, book }));
-            if loaded.as_ref().is_some_and(|l| l.record.shadow) {
-                current.shadow = loaded;
-            } else {
-                current.enforced = loaded;
-            }
-        }
+    pub async fn load(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, PolicySetError> {
+        let current = Self::stored(store.as_ref(), None).await?;
         let version = current.enforced.as_ref().map_or(0, |l| l.record.version);
         Ok(Self {
             store,
             clock,
             current: Arc::new(RwLock::new(current)),
-            writer: Arc::new(Mutex::new(())),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             changed: watch::channel(version).0,
         })
+    }
+
+    /// The newest enforced and shadow sets in the store, reusing the
+    /// compiled sets of `known` where the version is the same.
+    async fn stored(store: &dyn Store, known: Option<&Current>) -> Result<Current, PolicySetError> {
+        let records = store.list_policies().await?;
+        let newest = |shadow: bool| records.iter().rev().find(|r| r.shadow == shadow).cloned();
+        let mut current = Current::default();
+        for (shadow, record) in [(false, newest(false)), (true, newest(true))] {
+            let Some(record) = record else { continue };
+            let same = known
+                .and_then(|k| {
+                    if shadow {
+                        k.shadow.clone()
+                    } else {
+                        k.enforced.clone()
+                    }
+                })
+                .filter(|l| l.record == record);
+            let loaded = match same {
+                Some(l) => l,
+                None => {
+                    let book = PolicyBook::compile(&record.text, &source_name(record.version))?;
+                    Arc::new(LoadedPolicy { record, book })
+                }
+            };
+            if shadow {
+                current.shadow = Some(loaded);
+            } else {
+                current.enforced = Some(loaded);
+            }
+        }
+        Ok(current)
+    }
+
+    /// Brings the sets in memory in step with the store (after a change on
+    /// the feed, possibly made through another server). A stored set that
+    /// does not compile here (a newer server's syntax) is logged and the
+    /// sets in force are kept.
+    pub async fn refresh(&self) -> Result<(), PolicySetError> {
+        let _guard = self.writer.lock().await;
+        let known = Current {
+            enforced: self.enforced(),
+            shadow: self.shadow(),
+        };
+        let next = Self::stored(self.store.as_ref(), Some(&known)).await?;
+        let version = next.enforced.as_ref().map_or(0, |l| l.record.version);
+        let changed = version != *self.changed.borrow();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        if changed {
+            tracing::info!(version, "policy set loaded from the store");
+            self.changed.send_replace(version);
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
@@ -110,22 +158,22 @@ impl Policies {
 
     /// Validates, stores and puts in force a new set (or, with `shadow`,
     /// a new candidate set).
-    pub fn set(
+    pub async fn set(
         &self,
         text: &str,
         shadow: bool,
         source: &str,
     ) -> Result<Arc<LoadedPolicy>, PolicySetError> {
         let book = PolicyBook::compile(text, source)?;
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let version = self.store.bump_counter("policy_version")?;
+        let _guard = self.writer.lock().await;
+        let version = self.store.bump_counter("policy_version").await?;
         let record = PolicyRecord {
             version,
             shadow,
             text: text.to_owned(),
             created_at: unix_secs(self.clock.now()),
         };
-        self.store.create_policy(&record)?;
+        self.store.create_policy(&record).await?;
         let loaded = Arc::new(LoadedPolicy { record, book });
         {
             let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
@@ -150,7 +198,11 @@ impl Policies {
     /// A stored version, or the current one (`version` 0), with how many
     /// policies it holds (from the loaded set when it is in force; only an
     /// older version is compiled again to count them).
-    pub fn get(&self, version: u64, shadow: bool) -> Result<(PolicyRecord, usize), PolicySetError> {
+    pub async fn get(
+        &self,
+        version: u64,
+        shadow: bool,
+    ) -> Result<(PolicyRecord, usize), PolicySetError> {
         let loaded = [self.enforced(), self.shadow()]
             .into_iter()
             .flatten()
@@ -173,7 +225,8 @@ impl Policies {
         }
         let record = self
             .store
-            .list_policies()?
+            .list_policies()
+            .await?
             .into_iter()
             .find(|p| p.version == version)
             .ok_or(PolicySetError::NoVersion(version))?;
@@ -189,30 +242,38 @@ mod tests {
     use crate::store::MemoryStore;
     use lanyard_core::clock::SystemClock;
 
-    #[test]
-    fn versions_survive_reload_and_bad_sets_change_nothing() {
+    #[tokio::test]
+    async fn versions_survive_reload_and_bad_sets_change_nothing() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let p = Policies::load(store.clone(), Arc::new(SystemClock)).unwrap();
+        let p = Policies::load(store.clone(), Arc::new(SystemClock))
+            .await
+            .unwrap();
         assert!(p.enforced().is_none());
         let mut rx = p.subscribe();
         let v1 = p
             .set("permit (principal, action, resource);", false, "a.cedar")
+            .await
             .unwrap();
         assert_eq!(v1.record.version, 1);
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 1);
-        let err = p.set("permit (", false, "b.cedar").unwrap_err().to_string();
+        let err = p
+            .set("permit (", false, "b.cedar")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("b.cedar:1:"), "{err}");
         assert_eq!(p.enforced().unwrap().record.version, 1);
         p.set("forbid (principal, action, resource);", true, "c.cedar")
+            .await
             .unwrap();
         assert!(!rx.has_changed().unwrap(), "shadow sets are not pushed");
-        let again = Policies::load(store, Arc::new(SystemClock)).unwrap();
+        let again = Policies::load(store, Arc::new(SystemClock)).await.unwrap();
         assert_eq!(again.enforced().unwrap().record.version, 1);
         assert_eq!(again.shadow().unwrap().record.version, 2);
-        assert_eq!(again.get(2, false).unwrap().0.version, 2);
-        assert_eq!(again.get(1, false).unwrap(), (v1.record.clone(), 1));
-        assert_eq!(again.get(0, true).unwrap().0.version, 2);
-        assert!(again.get(9, false).is_err());
+        assert_eq!(again.get(2, false).await.unwrap().0.version, 2);
+        assert_eq!(again.get(1, false).await.unwrap(), (v1.record.clone(), 1));
+        assert_eq!(again.get(0, true).await.unwrap().0.version, 2);
+        assert!(again.get(9, false).await.is_err());
     }
 }

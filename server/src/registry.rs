@@ -30,6 +30,13 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+fn duplicate(e: StoreError) -> RegistryError {
+    match e {
+        StoreError::DuplicateEntry(id) => RegistryError::Duplicate(id),
+        e => RegistryError::Store(e),
+    }
+}
+
 /// The entries, behind a cheap clone.
 #[derive(Clone)]
 pub struct Registry {
@@ -40,16 +47,18 @@ struct Inner {
     td: TrustDomain,
     store: Arc<dyn Store>,
     entries: RwLock<Arc<BTreeMap<EntryId, RegistrationEntry>>>,
-    /// Serialises writers so that store and memory stay in step.
-    write: std::sync::Mutex<()>,
+    /// Serialises this server's writers so that store and memory stay in
+    /// step; other servers' changes arrive through [`Registry::refresh`].
+    write: tokio::sync::Mutex<()>,
     changes: watch::Sender<u64>,
 }
 
 impl Registry {
     /// Loads every entry from the store.
-    pub fn load(td: TrustDomain, store: Arc<dyn Store>) -> Result<Self, RegistryError> {
+    pub async fn load(td: TrustDomain, store: Arc<dyn Store>) -> Result<Self, RegistryError> {
         let entries: BTreeMap<_, _> = store
-            .list_entries()?
+            .list_entries()
+            .await?
             .into_iter()
             .map(|e| (e.id.clone(), e))
             .collect();
@@ -59,7 +68,7 @@ impl Registry {
                 td,
                 store,
                 entries: RwLock::new(Arc::new(entries)),
-                write: std::sync::Mutex::new(()),
+                write: tokio::sync::Mutex::new(()),
                 changes,
             }),
         })
@@ -87,18 +96,21 @@ impl Registry {
     }
 
     /// Refuses an entry whose SPIFFE ID is an attested (or banned) agent's.
-    fn check_not_agent(&self, id: &SpiffeId) -> Result<(), RegistryError> {
-        if self.inner.store.get_agent(id)?.is_some() {
+    async fn check_not_agent(&self, id: &SpiffeId) -> Result<(), RegistryError> {
+        if self.inner.store.get_agent(id).await?.is_some() {
             return Err(RegistryError::AgentId(id.clone()));
         }
         Ok(())
     }
 
     /// Validates and stores a new entry.
-    pub fn create(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, RegistryError> {
+    pub async fn create(
+        &self,
+        entry: RegistrationEntry,
+    ) -> Result<RegistrationEntry, RegistryError> {
         let entry = entry.validate(&self.inner.td)?;
-        self.check_not_agent(&entry.spiffe_id)?;
-        let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_not_agent(&entry.spiffe_id).await?;
+        let _w = self.inner.write.lock().await;
         if let Some(dup) = self.snapshot().values().find(|e| {
             e.spiffe_id == entry.spiffe_id
                 && e.parent_id == entry.parent_id
@@ -106,7 +118,11 @@ impl Registry {
         }) {
             return Err(RegistryError::Duplicate(dup.id.clone()));
         }
-        self.inner.store.create_entry(&entry)?;
+        self.inner
+            .store
+            .create_entry(&entry)
+            .await
+            .map_err(duplicate)?;
         let stored = entry.clone();
         self.publish(|m| {
             m.insert(stored.id.clone(), stored);
@@ -115,10 +131,13 @@ impl Registry {
     }
 
     /// Replaces an entry, bumping its revision.
-    pub fn update(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, RegistryError> {
+    pub async fn update(
+        &self,
+        entry: RegistrationEntry,
+    ) -> Result<RegistrationEntry, RegistryError> {
         let mut entry = entry.validate(&self.inner.td)?;
-        self.check_not_agent(&entry.spiffe_id)?;
-        let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_not_agent(&entry.spiffe_id).await?;
+        let _w = self.inner.write.lock().await;
         let old = self
             .snapshot()
             .get(&entry.id)
@@ -126,7 +145,11 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(entry.id.to_string()))?;
         entry.revision = old.revision + 1;
         entry.created_at = old.created_at;
-        self.inner.store.update_entry(&entry)?;
+        self.inner
+            .store
+            .update_entry(&entry)
+            .await
+            .map_err(duplicate)?;
         let stored = entry.clone();
         self.publish(|m| {
             m.insert(stored.id.clone(), stored);
@@ -135,13 +158,14 @@ impl Registry {
     }
 
     /// Deletes an entry, returning it.
-    pub fn delete(&self, id: &str) -> Result<RegistrationEntry, RegistryError> {
+    pub async fn delete(&self, id: &str) -> Result<RegistrationEntry, RegistryError> {
         let id = EntryId::new(id).map_err(|_| RegistryError::NotFound(id.to_owned()))?;
-        let _w = self.inner.write.lock().unwrap_or_else(|p| p.into_inner());
+        let _w = self.inner.write.lock().await;
         let old = self
             .inner
             .store
-            .delete_entry(&id)?
+            .delete_entry(&id)
+            .await?
             .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
         self.publish(|m| {
             m.remove(&id);
@@ -172,6 +196,43 @@ impl Registry {
     /// The entries an agent is authorised to obtain SVIDs for.
     pub fn for_agent(&self, agent: &SpiffeId) -> Vec<RegistrationEntry> {
         self.list(None, Some(agent))
+    }
+
+    /// Brings one entry in memory in step with the store (after a change
+    /// on the feed, possibly made through another server).
+    pub async fn refresh(&self, id: &str) -> Result<(), RegistryError> {
+        let Ok(id) = EntryId::new(id) else {
+            return Ok(());
+        };
+        let stored = self.inner.store.get_entry(&id).await?;
+        let current = self.snapshot().get(&id).cloned();
+        if stored != current {
+            self.publish(|m| match stored {
+                Some(e) => {
+                    m.insert(id, e);
+                }
+                None => {
+                    m.remove(&id);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Reloads every entry (after a gap in the change feed).
+    pub async fn reload(&self) -> Result<(), RegistryError> {
+        let entries: BTreeMap<_, _> = self
+            .inner
+            .store
+            .list_entries()
+            .await?
+            .into_iter()
+            .map(|e| (e.id.clone(), e))
+            .collect();
+        if *self.snapshot() != entries {
+            self.publish(|m| *m = entries);
+        }
+        Ok(())
     }
 
     /// Notified on every entry change.

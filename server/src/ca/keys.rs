@@ -1,4 +1,11 @@
 //! The authority key slots and their life cycle, persisted in the store.
+//!
+//! With several servers on one database every server owns its own X.509 CA
+//! and JWT key and runs their life cycle (prepare, activate, retire) on its
+//! own schedule; the bundle is the union of every server's published keys.
+//! A key of another server is only ever read, tainted or revoked (for a
+//! server that is gone for good), and expired keys of any server are
+//! dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -47,24 +54,64 @@ pub(super) struct Slot<K> {
     key: Arc<K>,
     state: CaKeyState,
     tainted: bool,
+    /// The server that owns the key.
+    owner: String,
+    /// Written by this server since its last persist (a new key, a state
+    /// change, a taint).
+    dirty: bool,
+    /// Seen in the store (loaded, or persisted): an own key that was, and
+    /// no longer is, was revoked through another server.
+    stored: bool,
+}
+
+impl<K> Slot<K> {
+    fn new(key: K, state: CaKeyState, owner: &str) -> Self {
+        Self {
+            key: Arc::new(key),
+            state,
+            tainted: false,
+            owner: owner.to_owned(),
+            dirty: true,
+            stored: false,
+        }
+    }
 }
 
 /// One kind of key: its slots and the IDs removed since the last persist.
 pub(super) struct Ring<K> {
+    /// This server's ID.
+    me: String,
     slots: Vec<Slot<K>>,
     removed: Vec<String>,
 }
 
 impl<K: Key> Ring<K> {
+    fn new(me: &str) -> Self {
+        Self {
+            me: me.to_owned(),
+            slots: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    fn mine(&self, s: &Slot<K>) -> bool {
+        s.owner == self.me
+    }
+
     fn active(&self) -> Option<&Slot<K>> {
-        self.slots.iter().find(|s| s.state == CaKeyState::Active)
+        self.slots
+            .iter()
+            .find(|s| s.state == CaKeyState::Active && self.mine(s))
     }
 
     fn has_prepared(&self) -> bool {
-        self.slots.iter().any(|s| s.state == CaKeyState::Prepared)
+        self.slots
+            .iter()
+            .any(|s| s.state == CaKeyState::Prepared && self.mine(s))
     }
 
-    /// Keeps one active key (the longest-lived) and drops expired keys.
+    /// Keeps one active own key (the longest-lived) and drops expired keys
+    /// (of any server).
     fn normalise(&mut self, now: SystemTime) -> bool {
         let before = self.slots.len();
         let (keep, gone): (Vec<_>, Vec<_>) =
@@ -72,32 +119,39 @@ impl<K: Key> Ring<K> {
         self.removed
             .extend(gone.iter().map(|s| s.key.id().to_owned()));
         self.slots = keep;
+        let me = self.me.clone();
         let best = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state == CaKeyState::Active)
+            .filter(|(_, s)| s.state == CaKeyState::Active && s.owner == me)
             .max_by_key(|(_, s)| s.key.not_after())
             .map(|(i, _)| i);
+        let mut changed = self.slots.len() != before;
         for (i, s) in self.slots.iter_mut().enumerate() {
-            if s.state == CaKeyState::Active && Some(i) != best {
+            if s.state == CaKeyState::Active && s.owner == me && Some(i) != best {
                 s.state = CaKeyState::Old;
+                s.dirty = true;
+                changed = true;
             }
         }
-        self.slots.len() != before
+        changed
     }
 
     fn activate(&mut self) -> Result<(), CaError> {
+        let me = self.me.clone();
         let idx = self
             .slots
             .iter()
-            .position(|s| s.state == CaKeyState::Prepared)
+            .position(|s| s.state == CaKeyState::Prepared && s.owner == me)
             .ok_or(CaError::NothingPrepared)?;
         for s in &mut self.slots {
-            if s.state == CaKeyState::Active {
+            if s.state == CaKeyState::Active && s.owner == me {
                 s.state = CaKeyState::Old;
+                s.dirty = true;
             }
         }
+        self.slots[idx].dirty = true;
         self.slots[idx].state = CaKeyState::Active;
         tracing::info!(id = %self.slots[idx].key.id(), "authority activated");
         Ok(())
@@ -123,16 +177,67 @@ impl<K: Key> Ring<K> {
         Some(expiries.fold(step, SystemTime::min))
     }
 
-    /// The published keys, active first, then prepared, then old.
+    /// The published keys of every server: this server's active key
+    /// first, then other active keys, then prepared, then old.
     fn ordered(&self) -> Vec<&Slot<K>> {
-        let rank = |s: &CaKeyState| match s {
-            CaKeyState::Active => 0,
-            CaKeyState::Prepared => 1,
-            CaKeyState::Old => 2,
+        let rank = |s: &Slot<K>| match s.state {
+            CaKeyState::Active if self.mine(s) => 0,
+            CaKeyState::Active => 1,
+            CaKeyState::Prepared => 2,
+            CaKeyState::Old => 3,
         };
         let mut v: Vec<&Slot<K>> = self.slots.iter().collect();
-        v.sort_by_key(|s| rank(&s.state));
+        v.sort_by_key(|s| rank(s));
         v
+    }
+
+    /// Merges what the store holds now: other servers' keys are taken as
+    /// stored; own keys keep their state here, take a taint made
+    /// elsewhere, and are dropped when revoked elsewhere. Returns whether
+    /// anything changed.
+    fn merge(&mut self, stored: Vec<(Slot<K>, String)>) -> bool {
+        let mut changed = false;
+        let mut seen = std::collections::HashSet::new();
+        for (slot, id) in stored {
+            seen.insert(id.clone());
+            match self.slots.iter_mut().find(|s| s.key.id() == id) {
+                Some(s) if s.owner == self.me => {
+                    s.stored = true;
+                    if slot.tainted && !s.tainted {
+                        s.tainted = true;
+                        changed = true;
+                    }
+                }
+                Some(s) => {
+                    if s.state != slot.state || s.tainted != slot.tainted || s.owner != slot.owner {
+                        *s = slot;
+                        changed = true;
+                    }
+                }
+                None if slot.owner == self.me => {
+                    // Our own key we no longer hold in memory (a restart
+                    // race); keep it as stored.
+                    self.slots.push(slot);
+                    changed = true;
+                }
+                None => {
+                    self.slots.push(slot);
+                    changed = true;
+                }
+            }
+        }
+        let me = self.me.clone();
+        let before = self.slots.len();
+        self.slots.retain(|s| {
+            let revoked_elsewhere = s.owner == me
+                && s.stored
+                && !s.dirty
+                && s.state != CaKeyState::Active
+                && !seen.contains(s.key.id());
+            let gone_foreign = s.owner != me && !seen.contains(s.key.id());
+            !(revoked_elsewhere || gone_foreign)
+        });
+        changed || self.slots.len() != before
     }
 }
 
@@ -142,101 +247,147 @@ pub(super) struct Keys {
     jwt: Ring<JwtSigner>,
 }
 
+type Stored = (
+    Vec<(Slot<X509Authority>, String)>,
+    Vec<(Slot<JwtSigner>, String)>,
+);
+
 impl Keys {
-    /// Loads keys from the store; creates active ones where missing.
-    /// Returns whether anything changed.
-    pub(super) fn load(
-        td: &TrustDomain,
-        store: &dyn Store,
-        now: SystemTime,
-        ttl: Duration,
-    ) -> Result<(Self, bool), CaError> {
-        let mut x509 = Ring {
-            slots: Vec::new(),
-            removed: Vec::new(),
+    /// The keys in the store, as slots. Records without an owner (written
+    /// before servers had IDs) are adopted by `me`.
+    async fn read_stored(store: &dyn Store, me: &str, ttl: Duration) -> Result<Stored, CaError> {
+        let owner = |o: &str| {
+            if o.is_empty() {
+                me.to_owned()
+            } else {
+                o.to_owned()
+            }
         };
-        for rec in store.list_ca_keys()? {
-            x509.slots.push(Slot {
-                key: Arc::new(X509Authority::from_parts(&rec.cert_der, &rec.key_pkcs8)?),
-                state: rec.state,
-                tainted: rec.tainted,
-            });
+        let mut x509 = Vec::new();
+        for rec in store.list_ca_keys().await? {
+            x509.push((
+                Slot {
+                    key: Arc::new(X509Authority::from_parts(&rec.cert_der, &rec.key_pkcs8)?),
+                    state: rec.state,
+                    tainted: rec.tainted,
+                    dirty: rec.owner.is_empty(),
+                    owner: owner(&rec.owner),
+                    stored: true,
+                },
+                rec.id,
+            ));
         }
-        let mut jwt = Ring {
-            slots: Vec::new(),
-            removed: Vec::new(),
-        };
-        for rec in store.list_jwt_keys()? {
+        let mut jwt = Vec::new();
+        for rec in store.list_jwt_keys().await? {
             let nb = if rec.not_before == 0 {
                 rec.not_after.saturating_sub(ttl.as_secs())
             } else {
                 rec.not_before
             };
-            jwt.slots.push(Slot {
-                key: Arc::new(JwtSigner::from_parts(
-                    &rec.kid,
-                    &rec.key_pkcs8,
-                    from_unix_secs(nb),
-                    from_unix_secs(rec.not_after),
-                )?),
-                state: rec.state,
-                tainted: rec.tainted,
-            });
+            jwt.push((
+                Slot {
+                    key: Arc::new(JwtSigner::from_parts(
+                        &rec.kid,
+                        &rec.key_pkcs8,
+                        from_unix_secs(nb),
+                        from_unix_secs(rec.not_after),
+                    )?),
+                    state: rec.state,
+                    tainted: rec.tainted,
+                    dirty: rec.owner.is_empty(),
+                    owner: owner(&rec.owner),
+                    stored: true,
+                },
+                rec.kid,
+            ));
         }
-        let mut keys = Self { x509, jwt };
-        let mut changed = keys.x509.normalise(now) | keys.jwt.normalise(now);
+        Ok((x509, jwt))
+    }
+
+    /// Loads keys from the store; creates this server's active ones where
+    /// missing. Returns whether anything changed.
+    pub(super) async fn load(
+        td: &TrustDomain,
+        me: &str,
+        store: &dyn Store,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<(Self, bool), CaError> {
+        let mut keys = Self {
+            x509: Ring::new(me),
+            jwt: Ring::new(me),
+        };
+        let (x, j) = Self::read_stored(store, me, ttl).await?;
+        keys.x509.merge(x);
+        keys.jwt.merge(j);
+        let adopted =
+            keys.x509.slots.iter().any(|s| s.dirty) || keys.jwt.slots.iter().any(|s| s.dirty);
+        let mut changed = adopted | keys.x509.normalise(now) | keys.jwt.normalise(now);
         if keys.x509.active().is_none() {
             let a = X509Authority::generate_root(td, now, ttl)?;
-            tracing::info!(id = %a.info().subject_key_id, ttl = ?ttl, "created X.509 CA");
-            keys.x509.slots.push(Slot {
-                key: Arc::new(a),
-                state: CaKeyState::Active,
-                tainted: false,
-            });
+            tracing::info!(id = %a.info().subject_key_id, ttl = ?ttl, server = me, "created X.509 CA");
+            keys.x509.slots.push(Slot::new(a, CaKeyState::Active, me));
             changed = true;
         }
         if keys.jwt.active().is_none() {
             let j = JwtSigner::generate(now, now + ttl)?;
-            tracing::info!(kid = %j.key_id(), "created JWT key");
-            keys.jwt.slots.push(Slot {
-                key: Arc::new(j),
-                state: CaKeyState::Active,
-                tainted: false,
-            });
+            tracing::info!(kid = %j.key_id(), server = me, "created JWT key");
+            keys.jwt.slots.push(Slot::new(j, CaKeyState::Active, me));
             changed = true;
         }
         if changed {
-            keys.persist(store)?;
+            keys.persist(store).await?;
         }
         Ok((keys, changed))
     }
 
-    /// Writes every slot and deletes removed keys.
-    pub(super) fn persist(&mut self, store: &dyn Store) -> Result<(), CaError> {
-        for s in &self.x509.slots {
-            store.put_ca_key(&CaKeyRecord {
-                id: s.key.id().to_owned(),
-                cert_der: s.key.cert_der().to_vec(),
-                key_pkcs8: s.key.key_pkcs8_der(),
-                state: s.state,
-                tainted: s.tainted,
-            })?;
+    /// Merges the store's current keys (see [`Ring::merge`]); returns
+    /// whether anything changed.
+    pub(super) async fn refresh(
+        &mut self,
+        store: &dyn Store,
+        ttl: Duration,
+    ) -> Result<bool, CaError> {
+        let (x, j) = Self::read_stored(store, &self.x509.me, ttl).await?;
+        Ok(self.x509.merge(x) | self.jwt.merge(j))
+    }
+
+    /// Writes every slot changed here and deletes removed keys.
+    pub(super) async fn persist(&mut self, store: &dyn Store) -> Result<(), CaError> {
+        for s in self.x509.slots.iter_mut().filter(|s| s.dirty) {
+            store
+                .put_ca_key(&CaKeyRecord {
+                    id: s.key.id().to_owned(),
+                    cert_der: s.key.cert_der().to_vec(),
+                    key_pkcs8: s.key.key_pkcs8_der(),
+                    state: s.state,
+                    tainted: s.tainted,
+                    owner: s.owner.clone(),
+                })
+                .await?;
+            s.dirty = false;
+            s.stored = true;
         }
-        for s in &self.jwt.slots {
-            store.put_jwt_key(&JwtKeyRecord {
-                kid: s.key.id().to_owned(),
-                key_pkcs8: s.key.pkcs8().to_vec(),
-                not_before: unix_secs(s.key.not_before()),
-                not_after: unix_secs(s.key.not_after()),
-                state: s.state,
-                tainted: s.tainted,
-            })?;
+        for s in self.jwt.slots.iter_mut().filter(|s| s.dirty) {
+            store
+                .put_jwt_key(&JwtKeyRecord {
+                    kid: s.key.id().to_owned(),
+                    key_pkcs8: s.key.pkcs8().to_vec(),
+                    not_before: unix_secs(s.key.not_before()),
+                    not_after: unix_secs(s.key.not_after()),
+                    state: s.state,
+                    tainted: s.tainted,
+                    owner: s.owner.clone(),
+                })
+                .await?;
+            s.dirty = false;
+            s.stored = true;
         }
         for id in self.x509.removed.drain(..) {
-            store.delete_ca_key(&id)?;
+            store.delete_ca_key(&id).await?;
         }
         for id in self.jwt.removed.drain(..) {
-            store.delete_jwt_key(&id)?;
+            store.delete_jwt_key(&id).await?;
         }
         Ok(())
     }
@@ -302,6 +453,7 @@ impl Keys {
         fn info<K: Key>(kind: &'static str, s: &Slot<K>) -> AuthorityInfo {
             AuthorityInfo {
                 id: s.key.id().to_owned(),
+                owner: s.owner.clone(),
                 kind,
                 state: s.state,
                 tainted: s.tainted,
@@ -327,21 +479,17 @@ impl Keys {
         if !self.x509.has_prepared() {
             let a = X509Authority::generate_root(td, now, ttl)?;
             tracing::info!(id = %a.info().subject_key_id, "prepared X.509 CA");
-            self.x509.slots.push(Slot {
-                key: Arc::new(a),
-                state: CaKeyState::Prepared,
-                tainted: false,
-            });
+            self.x509
+                .slots
+                .push(Slot::new(a, CaKeyState::Prepared, &self.x509.me));
             changed = true;
         }
         if !self.jwt.has_prepared() {
             let j = JwtSigner::generate(now, now + ttl)?;
             tracing::info!(kid = %j.key_id(), "prepared JWT key");
-            self.jwt.slots.push(Slot {
-                key: Arc::new(j),
-                state: CaKeyState::Prepared,
-                tainted: false,
-            });
+            self.jwt
+                .slots
+                .push(Slot::new(j, CaKeyState::Prepared, &self.jwt.me));
             changed = true;
         }
         Ok(changed)
@@ -359,10 +507,10 @@ impl Keys {
     }
 
     pub(super) fn taint(&mut self, id: &str) -> Result<bool, CaError> {
-        let (state, tainted) = if let Some(s) = self.x509.find(id) {
-            (s.state, &mut s.tainted)
+        let (state, tainted, dirty) = if let Some(s) = self.x509.find(id) {
+            (s.state, &mut s.tainted, &mut s.dirty)
         } else if let Some(s) = self.jwt.find(id) {
-            (s.state, &mut s.tainted)
+            (s.state, &mut s.tainted, &mut s.dirty)
         } else {
             return Err(CaError::UnknownKey(id.to_owned()));
         };
@@ -371,6 +519,7 @@ impl Keys {
         }
         let changed = !*tainted;
         *tainted = true;
+        *dirty |= changed;
         tracing::warn!(%id, "authority tainted");
         Ok(changed)
     }
@@ -420,11 +569,11 @@ impl Keys {
         if (x.0 && !self.x509.has_prepared()) || (j.0 && !self.jwt.has_prepared()) {
             changed |= self.prepare(td, now, ttl)?;
         }
-        if x.1 {
+        if x.1 && self.x509.has_prepared() {
             self.x509.activate()?;
             changed = true;
         }
-        if j.1 {
+        if j.1 && self.jwt.has_prepared() {
             self.jwt.activate()?;
             changed = true;
         }
@@ -445,13 +594,13 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
-    #[test]
-    fn activation_changes_both_slots_or_neither() {
+    #[tokio::test]
+    async fn activation_changes_both_slots_or_neither() {
         let td = TrustDomain::new("td").unwrap();
         let store = MemoryStore::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let ttl = Duration::from_secs(3600);
-        let (mut keys, _) = Keys::load(&td, &store, now, ttl).unwrap();
+        let (mut keys, _) = Keys::load(&td, "s1", &store, now, ttl).await.unwrap();
         let active = |k: &Keys| {
             (
                 k.x509.active().map(|s| s.key.id().to_owned()),
@@ -462,11 +611,9 @@ mod tests {
         // Only the X.509 slot has a prepared key (as after a partial
         // failure): activation must refuse without touching it.
         let a = X509Authority::generate_root(&td, now, ttl).unwrap();
-        keys.x509.slots.push(Slot {
-            key: Arc::new(a),
-            state: CaKeyState::Prepared,
-            tainted: false,
-        });
+        keys.x509
+            .slots
+            .push(Slot::new(a, CaKeyState::Prepared, "s1"));
         assert!(matches!(keys.activate(), Err(CaError::NothingPrepared)));
         assert_eq!(active(&keys), before);
         keys.prepare(&td, now, ttl).unwrap();

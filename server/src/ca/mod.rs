@@ -7,7 +7,7 @@
 mod keys;
 pub mod rotator;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use lanyard_core::TrustDomain;
@@ -22,7 +22,7 @@ use crate::store::{CaKeyState, Store, StoreError};
 use keys::Keys;
 
 /// Store counter holding the bundle sequence number.
-const SEQUENCE: &str = "bundle_sequence";
+pub(crate) const SEQUENCE: &str = "bundle_sequence";
 /// Refresh hint published with the bundle.
 pub const REFRESH_HINT_SECS: u64 = 60;
 
@@ -94,6 +94,8 @@ impl CaSnapshot {
 pub struct AuthorityInfo {
     /// X.509 subject key ID or JWT key ID.
     pub id: String,
+    /// The server that owns it.
+    pub owner: String,
     /// `x509` or `jwt`.
     pub kind: &'static str,
     /// Life-cycle state.
@@ -117,8 +119,10 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     ca_ttl: Duration,
+    /// This server's ID: the owner of the keys it rotates.
+    server_id: String,
     /// Serialises changes; readers use `state`.
-    keys: Mutex<Keys>,
+    keys: tokio::sync::Mutex<Keys>,
     state: RwLock<Arc<CaSnapshot>>,
     changes: watch::Sender<u64>,
 }
@@ -132,17 +136,19 @@ impl std::fmt::Debug for Ca {
 impl Ca {
     /// Loads the authorities from the store, creating an active X.509 CA
     /// and JWT key when there is none (or they have expired).
-    pub fn load_or_create(
+    pub async fn load_or_create(
         td: &TrustDomain,
+        server_id: &str,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         ca_ttl: Duration,
     ) -> Result<Self, CaError> {
-        let (keys, changed) = Keys::load(td, store.as_ref(), clock.now(), ca_ttl)?;
-        let sequence = if changed || store.counter(SEQUENCE)? == 0 {
-            store.bump_counter(SEQUENCE)?
+        let (keys, changed) =
+            Keys::load(td, server_id, store.as_ref(), clock.now(), ca_ttl).await?;
+        let sequence = if changed || store.counter(SEQUENCE).await? == 0 {
+            store.bump_counter(SEQUENCE).await?
         } else {
-            store.counter(SEQUENCE)?
+            store.counter(SEQUENCE).await?
         };
         let snapshot = keys.snapshot(sequence)?;
         let (changes, _) = watch::channel(sequence);
@@ -152,7 +158,8 @@ impl Ca {
                 store,
                 clock,
                 ca_ttl,
-                keys: Mutex::new(keys),
+                server_id: server_id.to_owned(),
+                keys: tokio::sync::Mutex::new(keys),
                 state: RwLock::new(Arc::new(snapshot)),
                 changes,
             }),
@@ -183,67 +190,100 @@ impl Ca {
         self.inner.changes.subscribe()
     }
 
-    /// Every authority, X.509 first.
-    pub fn list(&self) -> Vec<AuthorityInfo> {
-        self.lock().list()
+    /// This server's ID (the owner of the keys it rotates).
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
-        self.inner.keys.lock().unwrap_or_else(|p| p.into_inner())
+    /// Every authority of every server, X.509 first.
+    pub async fn list(&self) -> Vec<AuthorityInfo> {
+        self.inner.keys.lock().await.list()
     }
 
-    /// Applies `f` to the keys, persists and publishes if it changed
-    /// anything.
-    fn change(
+    fn publish(&self, keys: &Keys, seq: u64) -> Result<(), CaError> {
+        let snap = keys.snapshot(seq)?;
+        *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+        self.inner.changes.send_replace(seq);
+        Ok(())
+    }
+
+    /// Applies `f` to the keys (first brought in step with the store, so
+    /// another server's taint or revocation is not written over), persists
+    /// and publishes if it changed anything.
+    async fn change(
         &self,
         f: impl FnOnce(&mut Keys, SystemTime) -> Result<bool, CaError>,
     ) -> Result<bool, CaError> {
-        let mut keys = self.lock();
+        let mut keys = self.inner.keys.lock().await;
+        let store = self.inner.store.as_ref();
+        let merged = keys.refresh(store, self.inner.ca_ttl).await?;
         let changed = f(&mut keys, self.inner.clock.now())?;
         if changed {
-            keys.persist(self.inner.store.as_ref())?;
-            let seq = self.inner.store.bump_counter(SEQUENCE)?;
-            let snap = keys.snapshot(seq)?;
-            *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
-            self.inner.changes.send_replace(seq);
+            keys.persist(store).await?;
+            let seq = store.bump_counter(SEQUENCE).await?;
+            self.publish(&keys, seq)?;
             tracing::info!(sequence = seq, "trust bundle changed");
+        } else if merged {
+            self.publish(&keys, store.counter(SEQUENCE).await?)?;
         }
         Ok(changed)
     }
 
+    /// Brings the published keys in step with the store after a change on
+    /// the feed (another server's rotation, taint or revocation, or the
+    /// bundle sequence moving).
+    pub async fn refresh(&self) -> Result<(), CaError> {
+        let mut keys = self.inner.keys.lock().await;
+        let store = self.inner.store.as_ref();
+        let merged = keys.refresh(store, self.inner.ca_ttl).await?;
+        let seq = store.counter(SEQUENCE).await?;
+        if merged || seq != self.snapshot().sequence {
+            self.publish(&keys, seq)?;
+            tracing::debug!(sequence = seq, "trust bundle reloaded from the store");
+        }
+        Ok(())
+    }
+
     /// Prepares the next X.509 CA and JWT key (published, not signing),
     /// where none is prepared yet.
-    pub fn prepare(&self) -> Result<bool, CaError> {
+    pub async fn prepare(&self) -> Result<bool, CaError> {
         let (td, ttl) = (self.inner.td.clone(), self.inner.ca_ttl);
-        self.change(|k, now| k.prepare(&td, now, ttl))
+        self.change(|k, now| k.prepare(&td, now, ttl)).await
     }
 
     /// Makes the prepared keys active; the previous ones stay published
     /// until they expire.
-    pub fn activate(&self) -> Result<(), CaError> {
-        self.change(|k, _| k.activate()).map(|_| ())
+    pub async fn activate(&self) -> Result<(), CaError> {
+        self.change(|k, _| k.activate()).await.map(|_| ())
     }
 
-    /// Marks an authority tainted: agents re-issue everything it signed.
-    pub fn taint(&self, id: &str) -> Result<(), CaError> {
-        self.change(|k, _| k.taint(id)).map(|_| ())
+    /// Marks an authority (of any server) tainted: agents re-issue
+    /// everything it signed.
+    pub async fn taint(&self, id: &str) -> Result<(), CaError> {
+        self.change(|k, _| k.taint(id)).await.map(|_| ())
     }
 
-    /// Removes a tainted authority from the bundle.
-    pub fn revoke(&self, id: &str) -> Result<(), CaError> {
-        self.change(|k, _| k.revoke(id)).map(|_| ())
+    /// Removes a tainted authority (of any server, e.g. one gone for good)
+    /// from the bundle.
+    pub async fn revoke(&self, id: &str) -> Result<(), CaError> {
+        self.change(|k, _| k.revoke(id)).await.map(|_| ())
     }
 
-    /// Performs whatever rotation step is due now: prepare at half the
-    /// active key's life, activate at five sixths, drop expired keys.
-    pub fn tick(&self) -> Result<bool, CaError> {
+    /// Performs whatever rotation step of this server's keys is due now:
+    /// prepare at half the active key's life, activate at five sixths,
+    /// drop expired keys (of any server).
+    pub async fn tick(&self) -> Result<bool, CaError> {
         let (td, ttl) = (self.inner.td.clone(), self.inner.ca_ttl);
-        self.change(|k, now| k.tick(&td, now, ttl))
+        self.change(|k, now| k.tick(&td, now, ttl)).await
     }
 
     /// When the next rotation step is due.
-    pub fn next_event(&self) -> SystemTime {
-        self.lock().next_event(self.inner.clock.now())
+    pub async fn next_event(&self) -> SystemTime {
+        self.inner
+            .keys
+            .lock()
+            .await
+            .next_event(self.inner.clock.now())
     }
 }
 

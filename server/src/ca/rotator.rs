@@ -17,6 +17,7 @@ pub async fn run(ca: Ca, mut shutdown: watch::Receiver<bool>) {
         let now = ca.clock().now();
         let wait = ca
             .next_event()
+            .await
             .duration_since(now)
             .unwrap_or(Duration::ZERO)
             .min(MAX_SLEEP);
@@ -26,7 +27,7 @@ pub async fn run(ca: Ca, mut shutdown: watch::Receiver<bool>) {
             r = changes.changed() => if r.is_err() { return } else { continue },
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
-        if let Err(err) = ca.tick() {
+        if let Err(err) = ca.tick().await {
             tracing::error!(%err, "authority rotation failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -59,8 +60,9 @@ mod tests {
         }
     }
 
-    fn states(ca: &Ca, kind: &str) -> Vec<CaKeyState> {
+    async fn states(ca: &Ca, kind: &str) -> Vec<CaKeyState> {
         ca.list()
+            .await
             .into_iter()
             .filter(|a| a.kind == kind)
             .map(|a| a.state)
@@ -75,10 +77,12 @@ mod tests {
         });
         let ca = Ca::load_or_create(
             &TrustDomain::new("td").unwrap(),
+            "s1",
             Arc::new(MemoryStore::default()),
             clock.clone(),
             Duration::from_secs(600),
         )
+        .await
         .unwrap();
         let first = ca.snapshot();
         let (tx, rx) = watch::channel(false);
@@ -86,14 +90,14 @@ mod tests {
 
         // The X.509 CA was backdated 10 s: its half-life is at 290 s.
         tokio::time::sleep(Duration::from_secs(280)).await;
-        assert_eq!(states(&ca, "x509"), vec![CaKeyState::Active]);
+        assert_eq!(states(&ca, "x509").await, vec![CaKeyState::Active]);
         tokio::time::sleep(Duration::from_secs(21)).await;
         assert_eq!(
-            states(&ca, "x509"),
+            states(&ca, "x509").await,
             vec![CaKeyState::Active, CaKeyState::Prepared]
         );
         assert_eq!(
-            states(&ca, "jwt"),
+            states(&ca, "jwt").await,
             vec![CaKeyState::Active, CaKeyState::Prepared]
         );
         let prepared = ca.snapshot();
@@ -107,18 +111,18 @@ mod tests {
 
         tokio::time::sleep(Duration::from_secs(200)).await; // past 5/6 of 600 s
         assert_eq!(
-            states(&ca, "x509"),
+            states(&ca, "x509").await,
             vec![CaKeyState::Active, CaKeyState::Old]
         );
         assert_eq!(
-            states(&ca, "jwt"),
+            states(&ca, "jwt").await,
             vec![CaKeyState::Active, CaKeyState::Old]
         );
         assert_ne!(ca.snapshot().active.cert_der(), first.active.cert_der());
         assert_ne!(ca.snapshot().jwt_active.key_id(), first.jwt_active.key_id());
 
         tokio::time::sleep(Duration::from_secs(120)).await; // the first keys expire
-        assert_eq!(states(&ca, "x509").first(), Some(&CaKeyState::Active));
+        assert_eq!(states(&ca, "x509").await.first(), Some(&CaKeyState::Active));
         assert!(
             !ca.snapshot()
                 .authorities
@@ -139,33 +143,35 @@ mod tests {
     async fn manual_prepare_activate_taint_revoke() {
         let ca = Ca::load_or_create(
             &TrustDomain::new("td").unwrap(),
+            "s1",
             Arc::new(MemoryStore::default()),
             Arc::new(lanyard_core::clock::SystemClock),
             Duration::from_secs(3600),
         )
+        .await
         .unwrap();
         let old = ca.snapshot().active.info().subject_key_id.clone();
         assert!(matches!(
-            ca.activate(),
+            ca.activate().await,
             Err(crate::ca::CaError::NothingPrepared)
         ));
         assert!(matches!(
-            ca.taint(&old),
+            ca.taint(&old).await,
             Err(crate::ca::CaError::ActiveKey(_))
         ));
-        assert!(ca.prepare().unwrap());
-        assert!(!ca.prepare().unwrap(), "second prepare is a no-op");
-        ca.activate().unwrap();
+        assert!(ca.prepare().await.unwrap());
+        assert!(!ca.prepare().await.unwrap(), "second prepare is a no-op");
+        ca.activate().await.unwrap();
         assert!(matches!(
-            ca.revoke(&old),
+            ca.revoke(&old).await,
             Err(crate::ca::CaError::NotTainted(_))
         ));
-        ca.taint(&old).unwrap();
+        ca.taint(&old).await.unwrap();
         assert_eq!(*ca.snapshot().tainted, vec![old.clone()]);
-        ca.revoke(&old).unwrap();
+        ca.revoke(&old).await.unwrap();
         assert_eq!(ca.snapshot().authorities.len(), 1);
         assert!(matches!(
-            ca.taint("nope"),
+            ca.taint("nope").await,
             Err(crate::ca::CaError::UnknownKey(_))
         ));
     }

@@ -130,6 +130,15 @@ pub struct RunArgs {
     /// Most open connections from one peer address [default: 256].
     #[arg(long, env = "LANYARD_MAX_CONNECTIONS_PER_PEER")]
     pub max_connections_per_peer: Option<usize>,
+    /// Where state lives: `sled` (embedded, one server) or a
+    /// `postgres://user:password@host:port/database` URL shared by several
+    /// servers [default: sled].
+    #[arg(long, env = "LANYARD_DATASTORE")]
+    pub datastore: Option<String>,
+    /// PEM file of the CA certificates that sign the PostgreSQL server's
+    /// certificate (for `sslmode=require`).
+    #[arg(long, env = "LANYARD_DATASTORE_CA")]
+    pub datastore_ca: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -152,6 +161,8 @@ impl RunArgs {
             log_format: self.log_format.clone(),
             max_connections: self.max_connections,
             max_connections_per_peer: self.max_connections_per_peer,
+            datastore: self.datastore.clone(),
+            datastore_ca: self.datastore_ca.clone(),
             ..Default::default()
         }))
     }

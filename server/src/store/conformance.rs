@@ -3,6 +3,9 @@
 //! Test-only code: a failed check panics.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::type_complexity)]
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskLimits};
@@ -11,8 +14,8 @@ use lanyard_core::TaskId;
 use lanyard_core::task::{TaskGrant, TaskRecord, TaskState};
 
 use super::{
-    AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
-    PolicyRecord, Store, StoreError,
+    AgentRecord, CaKeyRecord, CaKeyState, ChangeKind, DelegationRecord, Feed, JoinTokenRecord,
+    JwtKeyRecord, PolicyRecord, Store, StoreError,
 };
 
 /// A valid entry for tests.
@@ -37,43 +40,59 @@ fn agent_id(n: &str) -> SpiffeId {
     SpiffeId::new(&format!("spiffe://td/node/{n}")).unwrap_or_else(|_| unreachable!())
 }
 
-/// Runs every conformance check, each on a fresh store from `make`. The
-/// second value `make` returns is kept alive while the store is used (e.g. a
-/// temp dir).
-pub fn run_all<S: Store, G>(make: impl Fn() -> (S, G)) {
-    let checks: &[(&str, fn(&dyn Store))] = &[
-        ("entries_crud", entries_crud),
-        ("agents_crud", agents_crud),
-        (
-            "agent_swaps_race_without_lost_updates",
-            agent_swaps_race_without_lost_updates,
-        ),
-        ("join_tokens_are_single_use", join_tokens_are_single_use),
-        ("ca_keys", ca_keys),
-        ("jwt_keys", jwt_keys),
-        ("counters", counters),
-        ("tasks_swap_and_list", tasks_swap_and_list),
-        ("policies_are_versioned", policies_are_versioned),
-        ("delegations_are_single_use", delegations_are_single_use),
-    ];
+type Check = fn(Arc<dyn Store>, Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! checks {
+    ($($one:ident),* ; $($two:ident),*) => {
+        &[
+            $((stringify!($one), (|s, _t| Box::pin($one(s))) as Check),)*
+            $((stringify!($two), (|s, t| Box::pin($two(s, t))) as Check),)*
+        ]
+    };
+}
+
+/// Runs every conformance check, each on a fresh, empty database from
+/// `make`, which returns two handles to it (for a shared database, two
+/// separate connections, as two servers would hold; for an embedded one,
+/// the same store twice) and a value kept alive meanwhile (a temp dir).
+pub async fn run_all<G, F>(make: impl Fn() -> F)
+where
+    F: Future<Output = (Arc<dyn Store>, Arc<dyn Store>, G)>,
+{
+    let checks: &[(&str, Check)] = checks!(
+        entries_crud,
+        agents_crud,
+        join_tokens_are_single_use,
+        ca_keys,
+        jwt_keys,
+        counters,
+        tasks_swap_and_list,
+        policies_are_versioned,
+        delegations_are_single_use;
+        agent_swaps_race_without_lost_updates,
+        renewal_racing_a_ban_or_eviction_never_undoes_it,
+        two_servers_creating_the_same_entry,
+        change_feed_numbers_every_change_in_order
+    );
     for (name, check) in checks {
-        let (store, _guard) = make();
-        eprintln!("store conformance: {name}");
-        check(&store);
+        let (a, b, _guard) = make().await;
+        eprintln!("store conformance ({}): {name}", a.kind());
+        check(a, b).await;
     }
 }
 
-fn entries_crud(s: &dyn Store) {
+async fn entries_crud(s: Arc<dyn Store>) {
     let a = entry("a", "spiffe://td/w1");
     let b = entry("b", "spiffe://td/w2");
-    s.create_entry(&b).unwrap();
-    s.create_entry(&a).unwrap();
+    s.create_entry(&b).await.unwrap();
+    s.create_entry(&a).await.unwrap();
     assert!(matches!(
-        s.create_entry(&a),
+        s.create_entry(&a).await,
         Err(StoreError::AlreadyExists(_))
     ));
     let ids: Vec<String> = s
         .list_entries()
+        .await
         .unwrap()
         .iter()
         .map(|e| e.id.to_string())
@@ -82,20 +101,20 @@ fn entries_crud(s: &dyn Store) {
     let mut a2 = a.clone();
     a2.revision = 1;
     a2.hint = "updated".into();
-    s.update_entry(&a2).unwrap();
-    assert_eq!(s.get_entry(&a.id).unwrap(), Some(a2.clone()));
+    s.update_entry(&a2).await.unwrap();
+    assert_eq!(s.get_entry(&a.id).await.unwrap(), Some(a2.clone()));
     let missing = entry("zz", "spiffe://td/w3");
     assert!(matches!(
-        s.update_entry(&missing),
+        s.update_entry(&missing).await,
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(s.delete_entry(&a.id).unwrap(), Some(a2));
-    assert_eq!(s.delete_entry(&a.id).unwrap(), None);
-    assert_eq!(s.get_entry(&a.id).unwrap(), None);
-    assert_eq!(s.list_entries().unwrap(), vec![b]);
+    assert_eq!(s.delete_entry(&a.id).await.unwrap(), Some(a2));
+    assert_eq!(s.delete_entry(&a.id).await.unwrap(), None);
+    assert_eq!(s.get_entry(&a.id).await.unwrap(), None);
+    assert_eq!(s.list_entries().await.unwrap(), vec![b]);
 }
 
-fn agents_crud(s: &dyn Store) {
+async fn agents_crud(s: Arc<dyn Store>) {
     let a = AgentRecord {
         spiffe_id: agent_id("n1"),
         attestation_type: "join_token".into(),
@@ -106,41 +125,38 @@ fn agents_crud(s: &dyn Store) {
         attested_at: 1,
     };
     let id = &a.spiffe_id;
-    assert_eq!(s.swap_agent(id, None, Some(&a)).unwrap(), Ok(()));
+    assert_eq!(s.swap_agent(id, None, Some(&a)).await.unwrap(), Ok(()));
     // Creating again over an existing record is a mismatch.
     assert_eq!(
-        s.swap_agent(id, None, Some(&a)).unwrap(),
+        s.swap_agent(id, None, Some(&a)).await.unwrap(),
         Err(Some(a.clone()))
     );
     let mut a2 = a.clone();
     a2.serial = "02".into();
     a2.previous_serial = Some("01".into());
-    assert_eq!(s.swap_agent(id, Some(&a), Some(&a2)).unwrap(), Ok(()));
-    assert_eq!(s.get_agent(id).unwrap(), Some(a2.clone()));
+    assert_eq!(s.swap_agent(id, Some(&a), Some(&a2)).await.unwrap(), Ok(()));
+    assert_eq!(s.get_agent(id).await.unwrap(), Some(a2.clone()));
     assert!(a2.knows_serial("01") && a2.knows_serial("02") && !a2.knows_serial("03"));
-    assert_eq!(s.list_agents().unwrap().len(), 1);
+    assert_eq!(s.list_agents().await.unwrap().len(), 1);
     // A writer holding the stale record loses: nothing is written.
     let mut stale = a.clone();
     stale.serial = "03".into();
     assert_eq!(
-        s.swap_agent(id, Some(&a), Some(&stale)).unwrap(),
+        s.swap_agent(id, Some(&a), Some(&stale)).await.unwrap(),
         Err(Some(a2.clone()))
     );
     assert_eq!(
-        s.swap_agent(id, Some(&a), None).unwrap(),
+        s.swap_agent(id, Some(&a), None).await.unwrap(),
         Err(Some(a2.clone()))
     );
-    assert_eq!(s.get_agent(id).unwrap(), Some(a2.clone()));
-    assert_eq!(s.swap_agent(id, Some(&a2), None).unwrap(), Ok(()));
-    assert_eq!(s.get_agent(id).unwrap(), None);
-    assert_eq!(s.swap_agent(id, Some(&a2), None).unwrap(), Err(None));
+    assert_eq!(s.get_agent(id).await.unwrap(), Some(a2.clone()));
+    assert_eq!(s.swap_agent(id, Some(&a2), None).await.unwrap(), Ok(()));
+    assert_eq!(s.get_agent(id).await.unwrap(), None);
+    assert_eq!(s.swap_agent(id, Some(&a2), None).await.unwrap(), Err(None));
 }
 
-/// Two writers race on one agent record from many threads: each change is
-/// a read-modify-swap loop, and no increment is lost.
-fn agent_swaps_race_without_lost_updates(s: &dyn Store) {
-    let id = agent_id("racer");
-    let base = AgentRecord {
+fn agent(id: &SpiffeId) -> AgentRecord {
+    AgentRecord {
         spiffe_id: id.clone(),
         attestation_type: "join_token".into(),
         serial: "0".into(),
@@ -148,63 +164,261 @@ fn agent_swaps_race_without_lost_updates(s: &dyn Store) {
         expires_at: 0,
         banned: false,
         attested_at: 0,
-    };
-    assert_eq!(s.swap_agent(&id, None, Some(&base)).unwrap(), Ok(()));
-    std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
-                for _ in 0..50 {
-                    loop {
-                        let cur = s.get_agent(&id).unwrap().unwrap();
-                        let mut next = cur.clone();
-                        next.expires_at += 1;
-                        if s.swap_agent(&id, Some(&cur), Some(&next)).unwrap().is_ok() {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    assert_eq!(s.get_agent(&id).unwrap().unwrap().expires_at, 200);
+    }
 }
 
-fn join_tokens_are_single_use(s: &dyn Store) {
+/// Writers on both handles race on one agent record: each change is a
+/// read-modify-swap loop, and no increment is lost.
+async fn agent_swaps_race_without_lost_updates(s: Arc<dyn Store>, t: Arc<dyn Store>) {
+    let id = agent_id("racer");
+    assert_eq!(
+        s.swap_agent(&id, None, Some(&agent(&id))).await.unwrap(),
+        Ok(())
+    );
+    let mut writers = Vec::new();
+    for n in 0..4 {
+        let (store, id) = (if n % 2 == 0 { s.clone() } else { t.clone() }, id.clone());
+        writers.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                loop {
+                    let cur = store.get_agent(&id).await.unwrap().unwrap();
+                    let mut next = cur.clone();
+                    next.expires_at += 1;
+                    if store
+                        .swap_agent(&id, Some(&cur), Some(&next))
+                        .await
+                        .unwrap()
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(s.get_agent(&id).await.unwrap().unwrap().expires_at, 100);
+}
+
+/// A renewal loop on one server against a ban, then an eviction, on the
+/// other: the renewal never writes back a record the ban or eviction
+/// changed.
+async fn renewal_racing_a_ban_or_eviction_never_undoes_it(s: Arc<dyn Store>, t: Arc<dyn Store>) {
+    for evict in [false, true] {
+        let id = agent_id(if evict { "evicted" } else { "banned" });
+        assert_eq!(
+            s.swap_agent(&id, None, Some(&agent(&id))).await.unwrap(),
+            Ok(())
+        );
+        let (renewer, rid) = (s.clone(), id.clone());
+        let renewals = tokio::spawn(async move {
+            let mut n = 0u64;
+            for _ in 0..200 {
+                let Some(cur) = renewer.get_agent(&rid).await.unwrap() else {
+                    break;
+                };
+                if cur.banned {
+                    break;
+                }
+                let mut next = cur.clone();
+                next.previous_serial = Some(cur.serial.clone());
+                next.serial = format!("{n:x}");
+                n += 1;
+                let _ = renewer
+                    .swap_agent(&rid, Some(&cur), Some(&next))
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        loop {
+            let cur = t.get_agent(&id).await.unwrap().unwrap();
+            let next = (!evict).then(|| AgentRecord {
+                banned: true,
+                ..cur.clone()
+            });
+            if t.swap_agent(&id, Some(&cur), next.as_ref())
+                .await
+                .unwrap()
+                .is_ok()
+            {
+                break;
+            }
+        }
+        renewals.await.unwrap();
+        let after = s.get_agent(&id).await.unwrap();
+        if evict {
+            assert_eq!(after, None, "an eviction was undone by a renewal");
+        } else {
+            assert!(after.unwrap().banned, "a ban was undone by a renewal");
+        }
+    }
+}
+
+/// Two servers create the same registration (same SPIFFE ID, parent and
+/// selectors, different entry IDs) at the same moment: one wins, the other
+/// is told which entry exists.
+async fn two_servers_creating_the_same_entry(s: Arc<dyn Store>, t: Arc<dyn Store>) {
+    for round in 0..10 {
+        let path = format!("spiffe://td/same{round}");
+        let x = entry(&format!("x{round}"), &path);
+        let y = entry(&format!("y{round}"), &path);
+        let (s2, t2, x2, y2) = (s.clone(), t.clone(), x.clone(), y.clone());
+        let (rx, ry) = tokio::join!(
+            tokio::spawn(async move { s2.create_entry(&x2).await }),
+            tokio::spawn(async move { t2.create_entry(&y2).await })
+        );
+        let (rx, ry) = (rx.unwrap(), ry.unwrap());
+        match (&rx, &ry) {
+            (Ok(()), Err(StoreError::DuplicateEntry(id))) => assert_eq!(id, &x.id),
+            (Err(StoreError::DuplicateEntry(id)), Ok(())) => assert_eq!(id, &y.id),
+            other => panic!("round {round}: expected one winner, got {other:?}"),
+        }
+    }
+    // An update that would make an entry the same as another is refused.
+    let a = entry("ua", "spiffe://td/u1");
+    let b = entry("ub", "spiffe://td/u2");
+    s.create_entry(&a).await.unwrap();
+    s.create_entry(&b).await.unwrap();
+    let mut b2 = b.clone();
+    b2.spiffe_id = a.spiffe_id.clone();
+    assert!(matches!(
+        t.update_entry(&b2).await,
+        Err(StoreError::DuplicateEntry(id)) if id == a.id
+    ));
+    // Its old identity is still taken, and freed by a real change.
+    assert!(matches!(
+        s.create_entry(&entry("uc", "spiffe://td/u2")).await,
+        Err(StoreError::DuplicateEntry(id)) if id == b.id
+    ));
+    let mut b3 = b.clone();
+    b3.spiffe_id = SpiffeId::new("spiffe://td/u3").unwrap();
+    t.update_entry(&b3).await.unwrap();
+    s.create_entry(&entry("uc", "spiffe://td/u2"))
+        .await
+        .unwrap();
+    // A deleted entry frees its identity.
+    s.delete_entry(&a.id).await.unwrap();
+    t.create_entry(&entry("ud", "spiffe://td/u1"))
+        .await
+        .unwrap();
+}
+
+/// Every change made through either handle is numbered, without gaps, in
+/// order, readable from the other handle, and wakes its followers; a swap
+/// that did not write announces nothing.
+async fn change_feed_numbers_every_change_in_order(s: Arc<dyn Store>, t: Arc<dyn Store>) {
+    let mut wake = s.wake();
+    let start = s.last_change().await.unwrap();
+    let e = entry("fe", "spiffe://td/feed");
+    let a = agent(&agent_id("feed"));
+    let tk = task(9);
+    t.create_entry(&e).await.unwrap();
+    t.swap_agent(&a.spiffe_id, None, Some(&a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.swap_agent(&a.spiffe_id, None, Some(&a))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    t.put_ca_key(&ca_key("feedkey")).await.unwrap();
+    t.create_policy(&PolicyRecord {
+        version: 7,
+        shadow: false,
+        text: String::new(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    t.swap_task(&tk.grant.task_id, None, &tk)
+        .await
+        .unwrap()
+        .unwrap();
+    t.bump_counter("feed").await.unwrap();
+    t.delete_entry(&e.id).await.unwrap();
+    let want = [
+        (ChangeKind::Entry, e.id.to_string()),
+        (ChangeKind::Agent, a.spiffe_id.to_string()),
+        (ChangeKind::Authority, "feedkey".to_owned()),
+        (ChangeKind::Policy, "7".to_owned()),
+        (ChangeKind::Task, tk.grant.task_id.to_string()),
+        (ChangeKind::Counter, "feed".to_owned()),
+        (ChangeKind::Entry, e.id.to_string()),
+    ];
+    let end = start + want.len() as u64;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while *wake.borrow_and_update() < end {
+            wake.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the other handle was not woken by the changes");
+    assert_eq!(s.last_change().await.unwrap(), end);
+    let Feed::Changes(got) = s.changes_since(start, 100).await.unwrap() else {
+        panic!("gap in a fresh feed")
+    };
+    let seqs: Vec<u64> = got.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (start + 1..=end).collect::<Vec<_>>());
+    let got: Vec<(ChangeKind, String)> = got.into_iter().map(|c| (c.kind, c.key)).collect();
+    assert_eq!(got, want);
+    let Feed::Changes(two) = s.changes_since(start, 2).await.unwrap() else {
+        panic!("gap")
+    };
+    assert_eq!(two.len(), 2);
+    assert_eq!(
+        s.changes_since(end, 10).await.unwrap(),
+        Feed::Changes(vec![])
+    );
+}
+
+fn ca_key(id: &str) -> CaKeyRecord {
+    CaKeyRecord {
+        id: id.into(),
+        cert_der: vec![1, 2, 3],
+        key_pkcs8: vec![4, 5],
+        state: CaKeyState::Active,
+        tainted: false,
+        owner: "server-a".into(),
+    }
+}
+
+async fn join_tokens_are_single_use(s: Arc<dyn Store>) {
     let t = JoinTokenRecord {
         token_hash: "abc".into(),
         agent_id: agent_id("n1"),
         expires_at: 100,
     };
-    s.create_join_token(&t).unwrap();
+    s.create_join_token(&t).await.unwrap();
     assert!(matches!(
-        s.create_join_token(&t),
+        s.create_join_token(&t).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    assert_eq!(s.take_join_token("abc").unwrap(), Some(t));
-    assert_eq!(s.take_join_token("abc").unwrap(), None);
-    assert_eq!(s.take_join_token("nope").unwrap(), None);
+    assert_eq!(s.take_join_token("abc").await.unwrap(), Some(t));
+    assert_eq!(s.take_join_token("abc").await.unwrap(), None);
+    assert_eq!(s.take_join_token("nope").await.unwrap(), None);
 }
 
-fn ca_keys(s: &dyn Store) {
-    let k = CaKeyRecord {
-        id: "k1".into(),
-        cert_der: vec![1, 2, 3],
-        key_pkcs8: vec![4, 5],
-        state: CaKeyState::Active,
-        tainted: false,
-    };
-    s.put_ca_key(&k).unwrap();
+async fn ca_keys(s: Arc<dyn Store>) {
+    let k = ca_key("k1");
+    s.put_ca_key(&k).await.unwrap();
     let mut k2 = k.clone();
     k2.id = "k2".into();
     k2.state = CaKeyState::Prepared;
     k2.tainted = true;
-    s.put_ca_key(&k2).unwrap();
-    assert_eq!(s.list_ca_keys().unwrap(), vec![k.clone(), k2.clone()]);
-    s.delete_ca_key("k1").unwrap();
-    assert_eq!(s.list_ca_keys().unwrap(), vec![k2]);
+    k2.owner = "server-b".into();
+    s.put_ca_key(&k2).await.unwrap();
+    assert_eq!(s.list_ca_keys().await.unwrap(), vec![k.clone(), k2.clone()]);
+    s.delete_ca_key("k1").await.unwrap();
+    assert_eq!(s.list_ca_keys().await.unwrap(), vec![k2]);
 }
 
-fn jwt_keys(s: &dyn Store) {
+async fn jwt_keys(s: Arc<dyn Store>) {
     let k = JwtKeyRecord {
         kid: "a".into(),
         key_pkcs8: vec![1],
@@ -212,22 +426,23 @@ fn jwt_keys(s: &dyn Store) {
         not_after: 5,
         state: CaKeyState::Active,
         tainted: false,
+        owner: "server-b".into(),
     };
-    s.put_jwt_key(&k).unwrap();
+    s.put_jwt_key(&k).await.unwrap();
     let mut k2 = k.clone();
     k2.kid = "b".into();
-    s.put_jwt_key(&k2).unwrap();
-    assert_eq!(s.list_jwt_keys().unwrap(), vec![k, k2.clone()]);
-    s.delete_jwt_key("a").unwrap();
-    assert_eq!(s.list_jwt_keys().unwrap(), vec![k2]);
+    s.put_jwt_key(&k2).await.unwrap();
+    assert_eq!(s.list_jwt_keys().await.unwrap(), vec![k, k2.clone()]);
+    s.delete_jwt_key("a").await.unwrap();
+    assert_eq!(s.list_jwt_keys().await.unwrap(), vec![k2]);
 }
 
-fn counters(s: &dyn Store) {
-    assert_eq!(s.counter("c").unwrap(), 0);
-    assert_eq!(s.bump_counter("c").unwrap(), 1);
-    assert_eq!(s.bump_counter("c").unwrap(), 2);
-    assert_eq!(s.counter("c").unwrap(), 2);
-    assert_eq!(s.counter("other").unwrap(), 0);
+async fn counters(s: Arc<dyn Store>) {
+    assert_eq!(s.counter("c").await.unwrap(), 0);
+    assert_eq!(s.bump_counter("c").await.unwrap(), 1);
+    assert_eq!(s.bump_counter("c").await.unwrap(), 2);
+    assert_eq!(s.counter("c").await.unwrap(), 2);
+    assert_eq!(s.counter("other").await.unwrap(), 0);
 }
 
 fn task(n: u8) -> TaskRecord {
@@ -253,31 +468,45 @@ fn task(n: u8) -> TaskRecord {
     }
 }
 
-fn tasks_swap_and_list(s: &dyn Store) {
+async fn tasks_swap_and_list(s: Arc<dyn Store>) {
     let (a, b) = (task(2), task(1));
-    assert_eq!(s.swap_task(&a.grant.task_id, None, &a).unwrap(), Ok(()));
-    assert_eq!(s.swap_task(&b.grant.task_id, None, &b).unwrap(), Ok(()));
+    assert_eq!(
+        s.swap_task(&a.grant.task_id, None, &a).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        s.swap_task(&b.grant.task_id, None, &b).await.unwrap(),
+        Ok(())
+    );
     // Creating again fails and returns what is there.
     assert_eq!(
-        s.swap_task(&a.grant.task_id, None, &a).unwrap(),
+        s.swap_task(&a.grant.task_id, None, &a).await.unwrap(),
         Err(Some(a.clone()))
     );
     let mut ended = a.clone();
     ended.state = TaskState::Ended;
     assert_eq!(
-        s.swap_task(&a.grant.task_id, Some(&a), &ended).unwrap(),
+        s.swap_task(&a.grant.task_id, Some(&a), &ended)
+            .await
+            .unwrap(),
         Ok(())
     );
     // A stale expectation loses.
     let mut revoked = a.clone();
     revoked.state = TaskState::Revoked;
     assert_eq!(
-        s.swap_task(&a.grant.task_id, Some(&a), &revoked).unwrap(),
+        s.swap_task(&a.grant.task_id, Some(&a), &revoked)
+            .await
+            .unwrap(),
         Err(Some(ended.clone()))
     );
-    assert_eq!(s.get_task(&a.grant.task_id).unwrap(), Some(ended.clone()));
+    assert_eq!(
+        s.get_task(&a.grant.task_id).await.unwrap(),
+        Some(ended.clone())
+    );
     let ids: Vec<TaskId> = s
         .list_tasks()
+        .await
         .unwrap()
         .into_iter()
         .map(|t| t.grant.task_id)
@@ -285,7 +514,7 @@ fn tasks_swap_and_list(s: &dyn Store) {
     assert_eq!(ids, vec![b.grant.task_id, a.grant.task_id]);
 }
 
-fn policies_are_versioned(s: &dyn Store) {
+async fn policies_are_versioned(s: Arc<dyn Store>) {
     for (version, shadow) in [(1, false), (2, true), (10, false)] {
         s.create_policy(&PolicyRecord {
             version,
@@ -293,6 +522,7 @@ fn policies_are_versioned(s: &dyn Store) {
             text: format!("// v{version}"),
             created_at: version,
         })
+        .await
         .unwrap();
     }
     let dup = PolicyRecord {
@@ -302,11 +532,12 @@ fn policies_are_versioned(s: &dyn Store) {
         created_at: 0,
     };
     assert!(matches!(
-        s.create_policy(&dup),
+        s.create_policy(&dup).await,
         Err(StoreError::AlreadyExists(_))
     ));
     let versions: Vec<u64> = s
         .list_policies()
+        .await
         .unwrap()
         .iter()
         .map(|p| p.version)
@@ -314,7 +545,7 @@ fn policies_are_versioned(s: &dyn Store) {
     assert_eq!(versions, vec![1, 2, 10]);
 }
 
-fn delegations_are_single_use(s: &dyn Store) {
+async fn delegations_are_single_use(s: Arc<dyn Store>) {
     let d = DelegationRecord {
         token_hash: "h".into(),
         parent_task_id: TaskId::from_random([1; 16]),
@@ -323,11 +554,11 @@ fn delegations_are_single_use(s: &dyn Store) {
         ttl_seconds: 30,
         expires_at: 60,
     };
-    s.create_delegation(&d).unwrap();
+    s.create_delegation(&d).await.unwrap();
     assert!(matches!(
-        s.create_delegation(&d),
+        s.create_delegation(&d).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    assert_eq!(s.take_delegation("h").unwrap(), Some(d));
-    assert_eq!(s.take_delegation("h").unwrap(), None);
+    assert_eq!(s.take_delegation("h").await.unwrap(), Some(d));
+    assert_eq!(s.take_delegation("h").await.unwrap(), None);
 }

@@ -6,9 +6,11 @@ use std::sync::Mutex;
 use lanyard_core::task::TaskRecord;
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 
+use tokio::sync::watch;
+
 use super::{
-    AgentRecord, CaKeyRecord, DelegationRecord, JoinTokenRecord, JwtKeyRecord, PolicyRecord, Store,
-    StoreError,
+    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, Feed, JoinTokenRecord, JwtKeyRecord,
+    LocalFeed, PolicyRecord, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -24,53 +26,109 @@ struct Inner {
     delegations: BTreeMap<String, DelegationRecord>,
 }
 
-/// A [`Store`] in a mutex-guarded map.
-#[derive(Default)]
-pub struct MemoryStore(Mutex<Inner>);
-
-impl MemoryStore {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+impl Inner {
+    fn duplicate_of(&self, entry: &RegistrationEntry) -> Option<EntryId> {
+        let ident = super::entry_identity(entry);
+        self.entries
+            .values()
+            .find(|e| e.id != entry.id && super::entry_identity(e) == ident)
+            .map(|e| e.id.clone())
     }
 }
 
+/// A [`Store`] in a mutex-guarded map, with an in-process change feed.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    feed: LocalFeed,
+}
+
+impl MemoryStore {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// A swap that announces a change when it wrote.
+    fn pushed<T>(
+        &self,
+        kind: ChangeKind,
+        key: String,
+        f: impl FnOnce(&mut Inner) -> Result<(), T>,
+    ) -> Result<(), T> {
+        let r = self.with(f);
+        if r.is_ok() {
+            self.feed.push(kind, key);
+        }
+        r
+    }
+}
+
+#[async_trait::async_trait]
 impl Store for MemoryStore {
-    fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    async fn last_change(&self) -> Result<u64, StoreError> {
+        Ok(self.feed.last())
+    }
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError> {
+        Ok(self.feed.since(after, limit))
+    }
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.feed.wake()
+    }
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
         self.with(|i| {
             if i.entries.contains_key(&entry.id) {
                 return Err(StoreError::AlreadyExists(entry.id.to_string()));
             }
+            if let Some(dup) = i.duplicate_of(entry) {
+                return Err(StoreError::DuplicateEntry(dup));
+            }
             i.entries.insert(entry.id.clone(), entry.clone());
             Ok(())
-        })
+        })?;
+        self.feed.push(ChangeKind::Entry, entry.id.to_string());
+        Ok(())
     }
-    fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        self.with(|i| match i.entries.get_mut(&entry.id) {
-            Some(e) => {
-                *e = entry.clone();
-                Ok(())
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        self.with(|i| {
+            if let Some(dup) = i.duplicate_of(entry) {
+                return Err(StoreError::DuplicateEntry(dup));
             }
-            None => Err(StoreError::NotFound(format!("entry {}", entry.id))),
-        })
+            match i.entries.get_mut(&entry.id) {
+                Some(e) => {
+                    *e = entry.clone();
+                    Ok(())
+                }
+                None => Err(StoreError::NotFound(format!("entry {}", entry.id))),
+            }
+        })?;
+        self.feed.push(ChangeKind::Entry, entry.id.to_string());
+        Ok(())
     }
-    fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
         Ok(self.with(|i| i.entries.get(id).cloned()))
     }
-    fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
-        Ok(self.with(|i| i.entries.remove(id)))
+    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        let old = self.with(|i| i.entries.remove(id));
+        if old.is_some() {
+            self.feed.push(ChangeKind::Entry, id.to_string());
+        }
+        Ok(old)
     }
-    fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
+    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
         Ok(self.with(|i| i.entries.values().cloned().collect()))
     }
     #[allow(clippy::result_large_err)] // the record found, returned by value like the trait's
-    fn swap_agent(
+    async fn swap_agent(
         &self,
         id: &SpiffeId,
         expected: Option<&AgentRecord>,
         new: Option<&AgentRecord>,
     ) -> Result<super::Swap<AgentRecord>, StoreError> {
-        Ok(self.with(|i| {
+        Ok(self.pushed(ChangeKind::Agent, id.to_string(), |i| {
             let current = i.agents.get(id);
             if current != expected {
                 return Err(current.cloned());
@@ -82,13 +140,13 @@ impl Store for MemoryStore {
             Ok(())
         }))
     }
-    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.with(|i| i.agents.get(id).cloned()))
     }
-    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         Ok(self.with(|i| i.agents.values().cloned().collect()))
     }
-    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         self.with(|i| {
             if i.tokens.contains_key(&token.token_hash) {
                 return Err(StoreError::AlreadyExists("join token".into()));
@@ -97,39 +155,46 @@ impl Store for MemoryStore {
             Ok(())
         })
     }
-    fn take_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+    async fn take_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
         Ok(self.with(|i| i.tokens.remove(token_hash)))
     }
-    fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
+    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
         self.with(|i| i.ca_keys.insert(key.id.clone(), key.clone()));
+        self.feed.push(ChangeKind::Authority, key.id.clone());
         Ok(())
     }
-    fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
         Ok(self.with(|i| i.ca_keys.values().cloned().collect()))
     }
-    fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
+    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
         self.with(|i| i.ca_keys.remove(id));
+        self.feed.push(ChangeKind::Authority, id.to_owned());
         Ok(())
     }
-    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
         self.with(|i| i.jwt_keys.insert(key.kid.clone(), key.clone()));
+        self.feed.push(ChangeKind::Authority, key.kid.clone());
         Ok(())
     }
-    fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
+    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
         Ok(self.with(|i| i.jwt_keys.values().cloned().collect()))
     }
-    fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
+    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
         self.with(|i| i.jwt_keys.remove(kid));
+        self.feed.push(ChangeKind::Authority, kid.to_owned());
         Ok(())
     }
     #[allow(clippy::result_large_err)]
-    fn swap_task(
+    async fn swap_task(
         &self,
         id: &TaskId,
         expected: Option<&TaskRecord>,
         new: &TaskRecord,
     ) -> Result<super::Swap<TaskRecord>, StoreError> {
-        Ok(self.with(|i| {
+        Ok(self.pushed(ChangeKind::Task, id.to_string(), |i| {
             let current = i.tasks.get(id);
             if current != expected {
                 return Err(current.cloned());
@@ -138,16 +203,16 @@ impl Store for MemoryStore {
             Ok(())
         }))
     }
-    fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         Ok(self.with(|i| i.tasks.get(id).cloned()))
     }
-    fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
         Ok(self.with(|i| i.tasks.values().cloned().collect()))
     }
-    fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         Ok(self.with(|i| i.tasks.remove(id)))
     }
-    fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
         self.with(|i| {
             if i.policies.contains_key(&policy.version) {
                 return Err(StoreError::AlreadyExists(format!(
@@ -157,12 +222,15 @@ impl Store for MemoryStore {
             }
             i.policies.insert(policy.version, policy.clone());
             Ok(())
-        })
+        })?;
+        self.feed
+            .push(ChangeKind::Policy, policy.version.to_string());
+        Ok(())
     }
-    fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         Ok(self.with(|i| i.policies.values().cloned().collect()))
     }
-    fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
         self.with(|i| {
             if i.delegations.contains_key(&d.token_hash) {
                 return Err(StoreError::AlreadyExists("delegation token".into()));
@@ -171,28 +239,38 @@ impl Store for MemoryStore {
             Ok(())
         })
     }
-    fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
+    async fn take_delegation(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DelegationRecord>, StoreError> {
         Ok(self.with(|i| i.delegations.remove(token_hash)))
     }
-    fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
         Ok(self.with(|i| i.delegations.values().cloned().collect()))
     }
-    fn counter(&self, name: &str) -> Result<u64, StoreError> {
+    async fn counter(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self.with(|i| i.counters.get(name).copied().unwrap_or(0)))
     }
-    fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
-        Ok(self.with(|i| {
+    async fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+        let n = self.with(|i| {
             let c = i.counters.entry(name.to_owned()).or_insert(0);
             *c += 1;
             *c
-        }))
+        });
+        self.feed.push(ChangeKind::Counter, name);
+        Ok(n)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn memory_store_passes_the_conformance_suite() {
-        super::super::conformance::run_all(|| (super::MemoryStore::default(), ()));
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_store_passes_the_conformance_suite() {
+        super::super::conformance::run_all(|| async {
+            let s: std::sync::Arc<dyn super::Store> =
+                std::sync::Arc::new(super::MemoryStore::default());
+            (s.clone(), s, ())
+        })
+        .await;
     }
 }

@@ -1,9 +1,18 @@
 //! Persistence behind the [`Store`] trait. The default implementation is
-//! sled ([`SledStore`]); every implementation must pass [`conformance`].
+//! sled ([`SledStore`], one server, embedded); [`PgStore`] shares one
+//! PostgreSQL database between several servers. Every implementation must
+//! pass [`conformance`].
 //!
-//! The trait is synchronous: sled answers in microseconds. A networked SQL
-//! store would implement it over a blocking pool behind the same trait.
+//! The trait is async: handlers await it without blocking a runtime worker
+//! (sled's writes, which fsync, run on the blocking pool; PostgreSQL's are
+//! network round trips). Changes that race each other go through
+//! compare-and-swap (`swap_*`), and every change is announced on the
+//! store's change feed ([`Change`]), which is what the server's in-memory
+//! views and push streams follow: with a shared database, a change made
+//! through another server arrives the same way as one's own.
 
+mod feed;
+pub(crate) mod pg;
 mod records;
 mod sled_store;
 
@@ -12,8 +21,10 @@ pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
 mod memory;
 
+pub use feed::{Change, ChangeKind, Feed, LocalFeed};
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
+pub use pg::{PgOptions, PgStore};
 pub use records::{
     AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
     PolicyRecord,
@@ -22,6 +33,7 @@ pub use sled_store::SledStore;
 
 use lanyard_core::task::TaskRecord;
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
+use tokio::sync::watch;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +41,10 @@ pub enum StoreError {
     /// An item with that key already exists.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// An entry with the same SPIFFE ID, parent ID and selectors exists
+    /// (possibly created through another server at the same moment).
+    #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists: {0}")]
+    DuplicateEntry(EntryId),
     /// No item with that key.
     #[error("{0} not found")]
     NotFound(String),
@@ -50,85 +66,129 @@ pub enum StoreError {
 /// record found instead of the expected one.
 pub type Swap<T> = Result<(), Option<T>>;
 
+/// The key that makes two entries the same registration: SPIFFE ID, parent
+/// ID and the (sorted, de-duplicated) selectors. Stores keep it unique, so
+/// two servers creating the same entry at once cannot both succeed.
+pub fn entry_identity(entry: &RegistrationEntry) -> String {
+    let mut selectors: Vec<String> = entry.selectors.iter().map(ToString::to_string).collect();
+    selectors.sort();
+    selectors.dedup();
+    let mut key = format!("{}\n{}", entry.spiffe_id, entry.parent_id);
+    for s in selectors {
+        key.push('\n');
+        key.push_str(&s);
+    }
+    key
+}
+
 /// Lanyard's persistent state, in domain types.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts a new entry; `AlreadyExists` when the ID is taken.
-    fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
-    /// Replaces an existing entry; `NotFound` when absent.
-    fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
+    /// Which backend, for logs: `sled` or `postgres`.
+    fn kind(&self) -> &'static str;
+
+    /// Inserts a new entry; `AlreadyExists` when the ID is taken,
+    /// `DuplicateEntry` when an entry with the same identity exists.
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
+    /// Replaces an existing entry; `NotFound` when absent, `DuplicateEntry`
+    /// when the change would make it the same as another entry.
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
     /// Reads one entry.
-    fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
     /// Removes an entry, returning it.
-    fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
+    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
     /// Every entry, ordered by ID.
-    fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError>;
+    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError>;
 
     /// Replaces the agent record `id` with `new` (`None` removes it) only if
     /// it currently equals `expected` (`None`: absent). Every change to an
     /// agent goes through here, so a renewal can never write back a record
-    /// that a concurrent ban or eviction changed. On a mismatch nothing is
-    /// written and the current record is returned.
-    fn swap_agent(
+    /// that a concurrent ban or eviction changed, on this server or another.
+    /// On a mismatch nothing is written and the current record is returned.
+    async fn swap_agent(
         &self,
         id: &SpiffeId,
         expected: Option<&AgentRecord>,
         new: Option<&AgentRecord>,
     ) -> Result<Swap<AgentRecord>, StoreError>;
     /// Reads one agent.
-    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
     /// Every agent, ordered by ID.
-    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
 
     /// Stores a new join token (keyed by the token's hash).
-    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
     /// Atomically removes and returns the token with this hash: a token can
-    /// be taken once.
-    fn take_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError>;
+    /// be taken once, across every server.
+    async fn take_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError>;
 
     /// Inserts or replaces a CA key.
-    fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError>;
-    /// Every CA key, ordered by ID.
-    fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
+    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError>;
+    /// Every CA key (of every server), ordered by ID.
+    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
     /// Removes a CA key.
-    fn delete_ca_key(&self, id: &str) -> Result<(), StoreError>;
+    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError>;
 
     /// Inserts or replaces a JWT signing key.
-    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError>;
-    /// Every JWT signing key, ordered by key ID.
-    fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
+    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError>;
+    /// Every JWT signing key (of every server), ordered by key ID.
+    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
     /// Removes a JWT signing key.
-    fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError>;
+    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError>;
 
     /// Replaces task `id` with `new` only if it currently equals `expected`
     /// (`None`: absent); as for agents, concurrent state changes (end,
     /// revoke, a parent's cascade) cannot overwrite each other.
-    fn swap_task(
+    async fn swap_task(
         &self,
         id: &TaskId,
         expected: Option<&TaskRecord>,
         new: &TaskRecord,
     ) -> Result<Swap<TaskRecord>, StoreError>;
     /// Reads one task.
-    fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
     /// Every task, ordered by ID.
-    fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
+    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
     /// Removes a task, returning it.
-    fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
+    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
 
     /// Stores a new policy version; `AlreadyExists` when the version is taken.
-    fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError>;
+    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError>;
     /// Every policy version, oldest first.
-    fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
 
     /// Stores a new delegation token (keyed by its hash).
-    fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError>;
+    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError>;
     /// Atomically removes and returns the delegation with this hash.
-    fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError>;
+    async fn take_delegation(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DelegationRecord>, StoreError>;
     /// Every stored delegation token (hashes only), ordered by hash.
-    fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError>;
+    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError>;
 
     /// The current value of a named counter (0 when never bumped).
-    fn counter(&self, name: &str) -> Result<u64, StoreError>;
+    async fn counter(&self, name: &str) -> Result<u64, StoreError>;
     /// Atomically increments a named counter and returns the new value.
-    fn bump_counter(&self, name: &str) -> Result<u64, StoreError>;
+    async fn bump_counter(&self, name: &str) -> Result<u64, StoreError>;
+
+    /// The sequence number of the newest change (0 when none yet). A
+    /// follower reads this before loading state, then follows
+    /// [`Store::changes_since`] from it.
+    async fn last_change(&self) -> Result<u64, StoreError>;
+    /// Changes after `after`, oldest first, at most `limit`; or
+    /// [`Feed::Gap`] when some of them are no longer kept (the follower
+    /// was away too long) and it must reload everything.
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError>;
+    /// Removes changes older than `age` from a persistent feed (an
+    /// in-process feed keeps a bounded number instead); returns how many.
+    async fn prune_changes(&self, _age: std::time::Duration) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Wakes (with the newest known sequence) whenever new changes may be
+    /// readable. Only a wake-up: what changed is read from the feed.
+    fn wake(&self) -> watch::Receiver<u64>;
 }

@@ -76,12 +76,18 @@ pub struct CaKeyRecord {
     /// Tainted keys make agents re-issue what they signed.
     #[serde(default)]
     pub tainted: bool,
+    /// The server that holds the private key and rotates it (empty in
+    /// records written before servers had IDs: adopted by the first server
+    /// that loads them).
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl std::fmt::Debug for CaKeyRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaKeyRecord")
             .field("id", &self.id)
+            .field("owner", &self.owner)
             .field("state", &self.state)
             .field("key_pkcs8", &"<redacted>")
             .finish()
@@ -105,6 +111,9 @@ pub struct JwtKeyRecord {
     /// Tainted keys make agents re-issue what they signed.
     #[serde(default)]
     pub tainted: bool,
+    /// The server that holds the private key (see [`CaKeyRecord::owner`]).
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl std::fmt::Debug for JwtKeyRecord {

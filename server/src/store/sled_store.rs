@@ -11,9 +11,13 @@ use serde::de::DeserializeOwned;
 use lanyard_core::TaskId;
 use lanyard_core::task::TaskRecord;
 
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::watch;
+
 use super::{
-    AgentRecord, CaKeyRecord, DelegationRecord, JoinTokenRecord, JwtKeyRecord, PolicyRecord, Store,
-    StoreError,
+    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, Feed, JoinTokenRecord, JwtKeyRecord,
+    LocalFeed, PolicyRecord, Store, StoreError, Swap,
 };
 
 const SCHEMA_VERSION: &[u8] = b"1";
@@ -48,6 +52,9 @@ pub struct SledStore {
     tasks: sled::Tree,
     policies: sled::Tree,
     delegations: sled::Tree,
+    /// Entry identity (SPIFFE ID, parent, selectors) → entry ID.
+    entry_ids: sled::Tree,
+    feed: std::sync::Arc<LocalFeed>,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -56,6 +63,21 @@ fn backend(e: sled::Error) -> StoreError {
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn finish<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    })
+}
+
+fn existing_id(raw: &[u8]) -> EntryId {
+    EntryId::new(&String::from_utf8_lossy(raw)).unwrap_or_else(|_| EntryId::from_random([0; 16]))
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -105,9 +127,12 @@ impl SledStore {
             tasks: db.open_tree("tasks").map_err(backend)?,
             policies: db.open_tree("policies").map_err(backend)?,
             delegations: db.open_tree("delegations").map_err(backend)?,
+            entry_ids: db.open_tree("entry_ids").map_err(backend)?,
+            feed: std::sync::Arc::default(),
             flusher: std::sync::Arc::default(),
             db,
         };
+        store.index_entries()?;
         store.flush()?;
         if !marker.exists() {
             std::fs::write(&marker, b"1\n")
@@ -115,6 +140,40 @@ impl SledStore {
                 .map_err(|e| StoreError::Backend(format!("{}: {e}", marker.display())))?;
         }
         Ok(store)
+    }
+
+    /// Builds the entry identity index of a database written before it
+    /// existed.
+    fn index_entries(&self) -> Result<(), StoreError> {
+        if !self.entry_ids.is_empty() || self.entries.is_empty() {
+            return Ok(());
+        }
+        for e in Self::list::<RegistrationEntry>(&self.entries)? {
+            self.entry_ids
+                .insert(
+                    super::entry_identity(&e).as_bytes(),
+                    e.id.as_str().as_bytes(),
+                )
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a write (which flushes) on the blocking pool and announces it
+    /// on the feed once durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        change: Option<(ChangeKind, String)>,
+        f: impl FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let me = self.clone();
+        let out = tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task: {e}")))??;
+        if let Some((kind, key)) = change {
+            self.feed.push(kind, key);
+        }
+        Ok(out)
     }
 
     /// Makes every write applied so far durable before returning. A write
@@ -207,37 +266,75 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        self.insert_new(&self.entries, entry.id.as_str().as_bytes(), encode(entry)?)
-    }
-
-    fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        let key = entry.id.as_str().as_bytes();
+impl SledStore {
+    fn do_create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        let id = entry.id.as_str().as_bytes();
+        let ident = super::entry_identity(entry);
         let value = encode(entry)?;
-        let updated = self
-            .entries
-            .fetch_and_update(key, |old| old.map(|_| value.clone()))
-            .map_err(backend)?;
-        if updated.is_none() {
-            return Err(StoreError::NotFound(format!("entry {}", entry.id)));
-        }
+        let r = (&self.entries, &self.entry_ids).transaction(|(entries, ids)| {
+            if entries.get(id)?.is_some() {
+                return abort(StoreError::AlreadyExists(format!("entry {}", entry.id)));
+            }
+            if let Some(other) = ids.get(ident.as_bytes())? {
+                return abort(StoreError::DuplicateEntry(existing_id(&other)));
+            }
+            entries.insert(id, value.clone())?;
+            ids.insert(ident.as_bytes(), id)?;
+            Ok(())
+        });
+        finish(r)?;
         self.flush()
     }
 
-    fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+    fn do_update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        let id = entry.id.as_str().as_bytes();
+        let ident = super::entry_identity(entry);
+        let value = encode(entry)?;
+        let r = (&self.entries, &self.entry_ids).transaction(|(entries, ids)| {
+            let Some(old) = entries.get(id)? else {
+                return abort(StoreError::NotFound(format!("entry {}", entry.id)));
+            };
+            if let Some(other) = ids.get(ident.as_bytes())?
+                && other.as_ref() != id
+            {
+                return abort(StoreError::DuplicateEntry(existing_id(&other)));
+            }
+            if let Ok(old) = serde_json::from_slice::<RegistrationEntry>(&old) {
+                ids.remove(super::entry_identity(&old).as_bytes())?;
+            }
+            entries.insert(id, value.clone())?;
+            ids.insert(ident.as_bytes(), id)?;
+            Ok(())
+        });
+        finish(r)?;
+        self.flush()
+    }
+
+    fn do_get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
         Self::get(&self.entries, id.as_str().as_bytes())
     }
 
-    fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
-        self.remove(&self.entries, id.as_str().as_bytes())
+    fn do_delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        let key = id.as_str().as_bytes();
+        let r = (&self.entries, &self.entry_ids).transaction(|(entries, ids)| {
+            let Some(old) = entries.remove(key)? else {
+                return Ok(None);
+            };
+            if let Ok(e) = serde_json::from_slice::<RegistrationEntry>(&old) {
+                ids.remove(super::entry_identity(&e).as_bytes())?;
+            }
+            Ok(Some(old))
+        });
+        let old = finish(r)?;
+        self.flush()?;
+        old.map(|v| decode(key, &v)).transpose()
     }
 
-    fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
+    fn do_list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
         Self::list(&self.entries)
     }
 
-    fn swap_agent(
+    fn do_swap_agent(
         &self,
         id: &SpiffeId,
         expected: Option<&AgentRecord>,
@@ -246,49 +343,49 @@ impl Store for SledStore {
         self.swap(&self.agents, id.as_str().as_bytes(), expected, new)
     }
 
-    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+    fn do_get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
         Self::get(&self.agents, id.as_str().as_bytes())
     }
 
-    fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+    fn do_list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         Self::list(&self.agents)
     }
 
-    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+    fn do_create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
         self.insert_new(&self.tokens, token.token_hash.as_bytes(), encode(token)?)
     }
 
-    fn take_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+    fn do_take_join_token(&self, token_hash: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
         self.remove(&self.tokens, token_hash.as_bytes())
     }
 
-    fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
+    fn do_put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
         self.put(&self.ca_keys, key.id.as_bytes(), encode(key)?)
     }
 
-    fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+    fn do_list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
         Self::list(&self.ca_keys)
     }
 
-    fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
+    fn do_delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
         self.remove::<CaKeyRecord>(&self.ca_keys, id.as_bytes())
             .map(|_| ())
     }
 
-    fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+    fn do_put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
         self.put(&self.jwt_keys, key.kid.as_bytes(), encode(key)?)
     }
 
-    fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
+    fn do_list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
         Self::list(&self.jwt_keys)
     }
 
-    fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
+    fn do_delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
         self.remove::<JwtKeyRecord>(&self.jwt_keys, kid.as_bytes())
             .map(|_| ())
     }
 
-    fn swap_task(
+    fn do_swap_task(
         &self,
         id: &TaskId,
         expected: Option<&TaskRecord>,
@@ -297,19 +394,19 @@ impl Store for SledStore {
         self.swap(&self.tasks, id.as_str().as_bytes(), expected, Some(new))
     }
 
-    fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    fn do_get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         Self::get(&self.tasks, id.as_str().as_bytes())
     }
 
-    fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+    fn do_list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
         Self::list(&self.tasks)
     }
 
-    fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+    fn do_delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
         self.remove(&self.tasks, id.as_str().as_bytes())
     }
 
-    fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+    fn do_create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
         // Big-endian keys keep versions in order.
         self.insert_new(
             &self.policies,
@@ -318,23 +415,23 @@ impl Store for SledStore {
         )
     }
 
-    fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+    fn do_list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         Self::list(&self.policies)
     }
 
-    fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+    fn do_create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
         self.insert_new(&self.delegations, d.token_hash.as_bytes(), encode(d)?)
     }
 
-    fn take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
+    fn do_take_delegation(&self, token_hash: &str) -> Result<Option<DelegationRecord>, StoreError> {
         self.remove(&self.delegations, token_hash.as_bytes())
     }
 
-    fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+    fn do_list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
         Self::list(&self.delegations)
     }
 
-    fn counter(&self, name: &str) -> Result<u64, StoreError> {
+    fn do_counter(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self
             .counters
             .get(name)
@@ -342,7 +439,7 @@ impl Store for SledStore {
             .map_or(0, |v| decode_u64(&v)))
     }
 
-    fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+    fn do_bump_counter(&self, name: &str) -> Result<u64, StoreError> {
         let new = self
             .counters
             .update_and_fetch(name, |old| {
@@ -356,6 +453,196 @@ impl Store for SledStore {
     }
 }
 
+#[async_trait::async_trait]
+impl Store for SledStore {
+    fn kind(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        let change = (ChangeKind::Entry, entry.id.to_string());
+        self.write(Some(change), move |s| s.do_create_entry(&e))
+            .await
+    }
+
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        let change = (ChangeKind::Entry, entry.id.to_string());
+        self.write(Some(change), move |s| s.do_update_entry(&e))
+            .await
+    }
+
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        self.do_get_entry(id)
+    }
+
+    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        let i = id.clone();
+        let old = self.write(None, move |s| s.do_delete_entry(&i)).await?;
+        if old.is_some() {
+            self.feed.push(ChangeKind::Entry, id.to_string());
+        }
+        Ok(old)
+    }
+
+    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
+        self.do_list_entries()
+    }
+
+    async fn swap_agent(
+        &self,
+        id: &SpiffeId,
+        expected: Option<&AgentRecord>,
+        new: Option<&AgentRecord>,
+    ) -> Result<Swap<AgentRecord>, StoreError> {
+        let (i, e, n) = (id.clone(), expected.cloned(), new.cloned());
+        let r = self
+            .write(None, move |s| s.do_swap_agent(&i, e.as_ref(), n.as_ref()))
+            .await?;
+        if r.is_ok() {
+            self.feed.push(ChangeKind::Agent, id.to_string());
+        }
+        Ok(r)
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        self.do_get_agent(id)
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.do_list_agents()
+    }
+
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        let t = token.clone();
+        self.write(None, move |s| s.do_create_join_token(&t)).await
+    }
+
+    async fn take_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let h = token_hash.to_owned();
+        self.write(None, move |s| s.do_take_join_token(&h)).await
+    }
+
+    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
+        let k = key.clone();
+        let change = (ChangeKind::Authority, key.id.clone());
+        self.write(Some(change), move |s| s.do_put_ca_key(&k)).await
+    }
+
+    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+        self.do_list_ca_keys()
+    }
+
+    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
+        let i = id.to_owned();
+        let change = (ChangeKind::Authority, id.to_owned());
+        self.write(Some(change), move |s| s.do_delete_ca_key(&i))
+            .await
+    }
+
+    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+        let k = key.clone();
+        let change = (ChangeKind::Authority, key.kid.clone());
+        self.write(Some(change), move |s| s.do_put_jwt_key(&k))
+            .await
+    }
+
+    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
+        self.do_list_jwt_keys()
+    }
+
+    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
+        let i = kid.to_owned();
+        let change = (ChangeKind::Authority, kid.to_owned());
+        self.write(Some(change), move |s| s.do_delete_jwt_key(&i))
+            .await
+    }
+
+    async fn swap_task(
+        &self,
+        id: &TaskId,
+        expected: Option<&TaskRecord>,
+        new: &TaskRecord,
+    ) -> Result<Swap<TaskRecord>, StoreError> {
+        let (i, e, n) = (id.clone(), expected.cloned(), new.clone());
+        let r = self
+            .write(None, move |s| s.do_swap_task(&i, e.as_ref(), &n))
+            .await?;
+        if r.is_ok() {
+            self.feed.push(ChangeKind::Task, id.to_string());
+        }
+        Ok(r)
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.do_get_task(id)
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.do_list_tasks()
+    }
+
+    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let i = id.clone();
+        self.write(None, move |s| s.do_delete_task(&i)).await
+    }
+
+    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+        let p = policy.clone();
+        let change = (ChangeKind::Policy, policy.version.to_string());
+        self.write(Some(change), move |s| s.do_create_policy(&p))
+            .await
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        self.do_list_policies()
+    }
+
+    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+        let d = d.clone();
+        self.write(None, move |s| s.do_create_delegation(&d)).await
+    }
+
+    async fn take_delegation(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DelegationRecord>, StoreError> {
+        let h = token_hash.to_owned();
+        self.write(None, move |s| s.do_take_delegation(&h)).await
+    }
+
+    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+        self.do_list_delegations()
+    }
+
+    async fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        self.do_counter(name)
+    }
+
+    async fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+        let n = name.to_owned();
+        let change = (ChangeKind::Counter, name.to_owned());
+        self.write(Some(change), move |s| s.do_bump_counter(&n))
+            .await
+    }
+
+    async fn last_change(&self) -> Result<u64, StoreError> {
+        Ok(self.feed.last())
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError> {
+        Ok(self.feed.since(after, limit))
+    }
+
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.feed.wake()
+    }
+}
+
 fn decode_u64(b: &[u8]) -> u64 {
     b.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -364,44 +651,48 @@ fn decode_u64(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sled_store_passes_the_conformance_suite() {
-        super::super::conformance::run_all(|| {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sled_store_passes_the_conformance_suite() {
+        super::super::conformance::run_all(|| async {
             let dir = tempfile::tempdir().unwrap();
-            let store = SledStore::open(dir.path()).unwrap();
-            (store, dir)
-        });
+            let store: std::sync::Arc<dyn Store> =
+                std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+            (store.clone(), store, dir)
+        })
+        .await;
     }
 
-    #[test]
-    fn data_survives_reopen() {
+    #[tokio::test]
+    async fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.create_entry(&super::super::conformance::entry("a", "spiffe://td/w"))
+                .await
                 .unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.list_entries().unwrap().len(), 1);
+        assert_eq!(s.list_entries().await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn corrupt_record_is_reported_not_dropped() {
+    #[tokio::test]
+    async fn corrupt_record_is_reported_not_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
         s.entries.insert("bad", b"{not json".as_slice()).unwrap();
-        let err = s.list_entries().unwrap_err();
+        let err = s.list_entries().await.unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         // Still there for an operator to inspect.
         assert!(s.entries.get("bad").unwrap().is_some());
     }
 
-    #[test]
-    fn a_truncated_database_is_refused_not_started_afresh() {
+    #[tokio::test]
+    async fn a_truncated_database_is_refused_not_started_afresh() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.create_entry(&super::super::conformance::entry("a", "spiffe://td/w"))
+                .await
                 .unwrap();
         }
         // Truncate every file of the database (a full disk, a bad copy).
@@ -421,13 +712,13 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(s) => panic!(
                 "a truncated database opened with {} entries",
-                s.list_entries().map(|e| e.len()).unwrap_or(0)
+                s.do_list_entries().map(|e| e.len()).unwrap_or(0)
             ),
         }
     }
 
-    #[test]
-    fn garbage_database_gives_a_clear_error() {
+    #[tokio::test]
+    async fn garbage_database_gives_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("conf"), b"\x00garbage\xff").unwrap();
         std::fs::write(dir.path().join("db"), b"\x00garbage\xff").unwrap();
@@ -435,7 +726,7 @@ mod tests {
             Err(StoreError::Backend(msg)) => assert!(msg.contains("opening"), "{msg}"),
             Err(e) => panic!("unexpected error {e}"),
             // sled may treat unreadable files as empty; then it must still work.
-            Ok(s) => assert!(s.list_entries().is_ok()),
+            Ok(s) => assert!(s.list_entries().await.is_ok()),
         }
     }
 }

@@ -39,7 +39,7 @@ pub(crate) fn token_hash(token: &str) -> String {
 impl Tasks {
     /// Takes a delegation token and checks it against the request; returns
     /// the active parent task.
-    pub(super) fn redeem(
+    pub(super) async fn redeem(
         &self,
         parent_id: &TaskId,
         token: &str,
@@ -51,7 +51,8 @@ impl Tasks {
         let d = self
             .inner
             .store
-            .take_delegation(&token_hash(token))?
+            .take_delegation(&token_hash(token))
+            .await?
             .ok_or_else(|| refused("unknown or already used delegation token"))?;
         if d.expires_at <= now {
             return Err(refused("the delegation token has expired"));
@@ -68,7 +69,8 @@ impl Tasks {
         let parent = self
             .inner
             .store
-            .get_task(parent_id)?
+            .get_task(parent_id)
+            .await?
             .ok_or_else(|| refused("the parent task does not exist"))?;
         if parent.state_at(now) != TaskState::Active {
             return Err(refused("the parent task is no longer active"));
@@ -96,7 +98,7 @@ impl Tasks {
     }
 
     /// Issues a delegation token for a sub-task of `task_id`.
-    pub fn delegate(
+    pub async fn delegate(
         &self,
         agent: &SpiffeId,
         task_id: &str,
@@ -107,7 +109,7 @@ impl Tasks {
     ) -> Result<(String, u64), TaskServiceError> {
         let inner = &self.inner;
         let now = unix_secs(inner.clock.now());
-        let parent = self.active_owned(agent, task_id, now)?;
+        let parent = self.active_owned(agent, task_id, now).await?;
         let to = lanyard_core::SpiffeId::new(to)
             .map_err(|e| TaskServiceError::Invalid(format!("to_spiffe_id: {e}")))?;
         tools.sort();
@@ -163,14 +165,17 @@ impl Tasks {
         }
         let (token, hash) = new_token()?;
         let expires_at = (now + TOKEN_TTL.as_secs()).min(parent.grant.not_after);
-        inner.store.create_delegation(&DelegationRecord {
-            token_hash: hash,
-            parent_task_id: parent.grant.task_id.clone(),
-            to_spiffe_id: to.clone(),
-            tools,
-            ttl_seconds: ttl,
-            expires_at,
-        })?;
+        inner
+            .store
+            .create_delegation(&DelegationRecord {
+                token_hash: hash,
+                parent_task_id: parent.grant.task_id.clone(),
+                to_spiffe_id: to.clone(),
+                tools,
+                ttl_seconds: ttl,
+                expires_at,
+            })
+            .await?;
         tracing::info!(parent = %parent.grant.task_id, to = %to, "delegation token issued");
         Ok((token, expires_at))
     }

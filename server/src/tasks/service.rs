@@ -40,6 +40,34 @@ pub struct BeginInput {
     pub caller: Caller,
 }
 
+type Indexes = (
+    HashMap<SpiffeId, BTreeMap<TaskId, u64>>,
+    HashMap<TaskId, Vec<TaskId>>,
+);
+
+/// Adds one stored task to the indexes.
+fn index_one(
+    t: &TaskRecord,
+    now: u64,
+    ended: &mut HashMap<SpiffeId, BTreeMap<TaskId, u64>>,
+    descendants: &mut HashMap<TaskId, Vec<TaskId>>,
+) {
+    if t.state_at(now) == TaskState::Active {
+        for a in &t.grant.chain {
+            descendants
+                .entry(a.task_id.clone())
+                .or_default()
+                .push(t.grant.task_id.clone());
+        }
+    }
+    if t.state == TaskState::Revoked && t.grant.not_after > now {
+        ended
+            .entry(t.agent_id.clone())
+            .or_default()
+            .insert(t.grant.task_id.clone(), t.grant.not_after);
+    }
+}
+
 /// The tasks, behind a cheap clone.
 #[derive(Clone)]
 pub struct Tasks {
@@ -66,7 +94,7 @@ pub(super) struct Inner {
 
 impl Tasks {
     /// Builds the service and its index of ended tasks from the store.
-    pub fn load(
+    pub async fn load(
         store: Arc<dyn Store>,
         registry: Registry,
         ca: Ca,
@@ -75,25 +103,7 @@ impl Tasks {
         levels: SensitivityLevels,
         settings: IssuanceSettings,
     ) -> Result<Self, TaskServiceError> {
-        let now = unix_secs(clock.now());
-        let mut ended: HashMap<SpiffeId, BTreeMap<TaskId, u64>> = HashMap::new();
-        let mut descendants: HashMap<TaskId, Vec<TaskId>> = HashMap::new();
-        for t in store.list_tasks()? {
-            if t.state_at(now) == TaskState::Active {
-                for a in &t.grant.chain {
-                    descendants
-                        .entry(a.task_id.clone())
-                        .or_default()
-                        .push(t.grant.task_id.clone());
-                }
-            }
-            if t.state == TaskState::Revoked && t.grant.not_after > now {
-                ended
-                    .entry(t.agent_id.clone())
-                    .or_default()
-                    .insert(t.grant.task_id.clone(), t.grant.not_after);
-            }
-        }
+        let (ended, descendants) = Self::indexes(store.as_ref(), clock.as_ref()).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -108,6 +118,76 @@ impl Tasks {
                 changes: watch::channel(0).0,
             }),
         })
+    }
+
+    /// The ended-task and descendant indexes, built from the store.
+    async fn indexes(store: &dyn Store, clock: &dyn Clock) -> Result<Indexes, TaskServiceError> {
+        let now = unix_secs(clock.now());
+        let mut ended: HashMap<SpiffeId, BTreeMap<TaskId, u64>> = HashMap::new();
+        let mut descendants: HashMap<TaskId, Vec<TaskId>> = HashMap::new();
+        for t in store.list_tasks().await? {
+            index_one(&t, now, &mut ended, &mut descendants);
+        }
+        Ok((ended, descendants))
+    }
+
+    /// Rebuilds the indexes (after a gap in the change feed).
+    pub async fn reload(&self) -> Result<(), TaskServiceError> {
+        let (ended, descendants) =
+            Self::indexes(self.inner.store.as_ref(), self.inner.clock.as_ref()).await?;
+        *self.inner.ended.lock().unwrap_or_else(|p| p.into_inner()) = ended;
+        *self
+            .inner
+            .descendants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = descendants;
+        self.inner.changes.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// After a change to task `id` on the feed (possibly made through
+    /// another server): indexes a new delegated task under its ancestors
+    /// and a revoked one for its agent's stream.
+    pub async fn refresh(&self, id: &str) -> Result<(), TaskServiceError> {
+        let Ok(id) = TaskId::new(id) else {
+            return Ok(());
+        };
+        let Some(t) = self.inner.store.get_task(&id).await? else {
+            return Ok(());
+        };
+        let now = unix_secs(self.inner.clock.now());
+        let revoked_before = self.is_indexed_revoked(&t);
+        {
+            let mut ended = self.inner.ended.lock().unwrap_or_else(|p| p.into_inner());
+            let mut descendants = self
+                .inner
+                .descendants
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if t.state_at(now) == TaskState::Active {
+                for a in &t.grant.chain {
+                    let list = descendants.entry(a.task_id.clone()).or_default();
+                    if !list.contains(&t.grant.task_id) {
+                        list.push(t.grant.task_id.clone());
+                    }
+                }
+            } else {
+                index_one(&t, now, &mut ended, &mut HashMap::new());
+            }
+        }
+        if !revoked_before && self.is_indexed_revoked(&t) {
+            self.inner.changes.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
+    fn is_indexed_revoked(&self, t: &TaskRecord) -> bool {
+        self.inner
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&t.agent_id)
+            .is_some_and(|m| m.contains_key(&t.grant.task_id))
     }
 
     /// Wakes on every revocation (an operator's, or a cascade from an ended
@@ -175,7 +255,7 @@ impl Tasks {
     }
 
     /// Decides, records and mints a task for a workload `agent` attested.
-    pub fn begin(
+    pub async fn begin(
         &self,
         agent: &SpiffeId,
         input: BeginInput,
@@ -189,7 +269,9 @@ impl Tasks {
         let now = inner.clock.now();
         let now_secs = unix_secs(now);
         let parent = match (&request.parent_task_id, &request.delegation_token) {
-            (Some(p), Some(token)) => Some(self.redeem(p, token, &entry, &request, now_secs)?),
+            (Some(p), Some(token)) => {
+                Some(self.redeem(p, token, &entry, &request, now_secs).await?)
+            }
             _ => None,
         };
         let ctx = context(&request, &inner.levels, self.hour(), Map::new());
@@ -286,7 +368,8 @@ impl Tasks {
         )?;
         if let Err(found) = inner
             .store
-            .swap_task(&record.grant.task_id, None, &record)?
+            .swap_task(&record.grant.task_id, None, &record)
+            .await?
         {
             tracing::error!(task_id = %record.grant.task_id, ?found, "task ID collision");
             return Err(TaskServiceError::Contended(
@@ -314,13 +397,13 @@ impl Tasks {
         Ok((record, minted))
     }
 
-    pub(super) fn active_owned(
+    pub(super) async fn active_owned(
         &self,
         agent: &SpiffeId,
         task_id: &str,
         now: u64,
     ) -> Result<TaskRecord, TaskServiceError> {
-        let task = self.get(task_id)?;
+        let task = self.get(task_id).await?;
         if &task.agent_id != agent {
             return Err(TaskServiceError::NotFound(task_id.to_owned()));
         }
@@ -331,7 +414,7 @@ impl Tasks {
     }
 
     /// Mints new credentials for an active task the agent holds.
-    pub fn sign(
+    pub async fn sign(
         &self,
         agent: &SpiffeId,
         task_id: &str,
@@ -340,7 +423,7 @@ impl Tasks {
         exe_sha256: &str,
     ) -> Result<MintedTask, TaskServiceError> {
         let now = self.inner.clock.now();
-        let task = self.active_owned(agent, task_id, unix_secs(now))?;
+        let task = self.active_owned(agent, task_id, unix_secs(now)).await?;
         check_audiences(audiences).map_err(TaskServiceError::Invalid)?;
         if csr.is_empty() && audiences.is_empty() {
             return Err(TaskServiceError::Invalid(
@@ -364,17 +447,18 @@ impl Tasks {
     }
 
     /// One task by ID.
-    pub fn get(&self, task_id: &str) -> Result<TaskRecord, TaskServiceError> {
+    pub async fn get(&self, task_id: &str) -> Result<TaskRecord, TaskServiceError> {
         let id = TaskId::new(task_id)?;
         self.inner
             .store
-            .get_task(&id)?
+            .get_task(&id)
+            .await?
             .ok_or_else(|| TaskServiceError::NotFound(task_id.to_owned()))
     }
 
     /// Tasks, newest first, optionally only active ones, filtered by
     /// workload and agent.
-    pub fn list(
+    pub async fn list(
         &self,
         spiffe_id: Option<&SpiffeId>,
         agent: Option<&SpiffeId>,
@@ -384,7 +468,8 @@ impl Tasks {
         let mut tasks: Vec<TaskRecord> = self
             .inner
             .store
-            .list_tasks()?
+            .list_tasks()
+            .await?
             .into_iter()
             .map(|mut t| {
                 t.state = t.state_at(now);
@@ -402,14 +487,14 @@ impl Tasks {
 
     /// Removes tasks that ended more than `retention` ago and expired
     /// delegation tokens; returns how many records went.
-    pub fn prune(&self, retention: Duration) -> Result<usize, TaskServiceError> {
+    pub async fn prune(&self, retention: Duration) -> Result<usize, TaskServiceError> {
         let now = unix_secs(self.inner.clock.now());
         let cutoff = now.saturating_sub(retention.as_secs());
         let mut n = 0;
         let mut active = std::collections::HashSet::new();
-        for t in self.inner.store.list_tasks()? {
+        for t in self.inner.store.list_tasks().await? {
             if t.grant.not_after < cutoff {
-                self.inner.store.delete_task(&t.grant.task_id)?;
+                self.inner.store.delete_task(&t.grant.task_id).await?;
                 n += 1;
             } else if t.state_at(now) == TaskState::Active {
                 active.insert(t.grant.task_id);
@@ -420,8 +505,15 @@ impl Tasks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|ancestor, _| active.contains(ancestor));
-        for d in self.inner.store.list_delegations()? {
-            if d.expires_at <= now && self.inner.store.take_delegation(&d.token_hash)?.is_some() {
+        for d in self.inner.store.list_delegations().await? {
+            if d.expires_at <= now
+                && self
+                    .inner
+                    .store
+                    .take_delegation(&d.token_hash)
+                    .await?
+                    .is_some()
+            {
                 n += 1;
             }
         }
@@ -431,18 +523,18 @@ impl Tasks {
     /// Ends a task: by its agent (`agent` set: EndTask, expiry, exit) or by
     /// an operator (revoke). Every descendant is revoked with it. Ending an
     /// already ended task changes nothing.
-    pub fn end(
+    pub async fn end(
         &self,
         agent: Option<&SpiffeId>,
         task_id: &str,
         state: TaskState,
         reason: &str,
     ) -> Result<TaskRecord, TaskServiceError> {
-        let task = self.get(task_id)?;
+        let task = self.get(task_id).await?;
         if agent.is_some_and(|a| a != &task.agent_id) {
             return Err(TaskServiceError::NotFound(task_id.to_owned()));
         }
-        let ended = self.set_state(&task.grant.task_id, state, reason)?;
+        let ended = self.set_state(&task.grant.task_id, state, reason).await?;
         // Cascade: every task whose chain holds this one.
         let descendants = self
             .inner
@@ -453,11 +545,14 @@ impl Tasks {
             .unwrap_or_default();
         let cascaded = !descendants.is_empty();
         for child in descendants {
-            match self.set_state(
-                &child,
-                TaskState::Revoked,
-                &format!("ancestor task {} ended", task.grant.task_id),
-            ) {
+            match self
+                .set_state(
+                    &child,
+                    TaskState::Revoked,
+                    &format!("ancestor task {} ended", task.grant.task_id),
+                )
+                .await
+            {
                 Ok(_) | Err(TaskServiceError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -468,14 +563,14 @@ impl Tasks {
         Ok(ended)
     }
 
-    fn set_state(
+    async fn set_state(
         &self,
         id: &TaskId,
         state: TaskState,
         reason: &str,
     ) -> Result<TaskRecord, TaskServiceError> {
         for _ in 0..SWAP_ATTEMPTS {
-            let Some(cur) = self.inner.store.get_task(id)? else {
+            let Some(cur) = self.inner.store.get_task(id).await? else {
                 return Err(TaskServiceError::NotFound(id.to_string()));
             };
             if cur.state != TaskState::Active {
@@ -484,7 +579,13 @@ impl Tasks {
             let mut next = cur.clone();
             next.state = state;
             next.end_reason = reason.to_owned();
-            if self.inner.store.swap_task(id, Some(&cur), &next)?.is_ok() {
+            if self
+                .inner
+                .store
+                .swap_task(id, Some(&cur), &next)
+                .await?
+                .is_ok()
+            {
                 if state == TaskState::Revoked {
                     self.inner
                         .ended

@@ -16,19 +16,21 @@ struct Fixture {
     worker: RegistrationEntry,
 }
 
-fn fixture() -> Fixture {
+async fn fixture() -> Fixture {
     let td = TrustDomain::new("td").unwrap();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     let clock = Arc::new(FakeClock::at(T0));
     let ca = Ca::load_or_create(
         &td,
+        "s1",
         store.clone(),
         clock.clone(),
         Duration::from_secs(86_400),
     )
+    .await
     .unwrap();
-    let registry = Registry::load(td, store.clone()).unwrap();
-    let entry = |id: &str, spiffe: &str| {
+    let registry = Registry::load(td, store.clone()).await.unwrap();
+    let entry = async |id: &str, spiffe: &str| {
         let mut e = crate::store::conformance::entry(id, spiffe);
         e.task_limits = TaskLimits {
             allowed_task_types: vec!["*".into()],
@@ -37,11 +39,11 @@ fn fixture() -> Fixture {
             max_sensitivity: None,
         };
         e.created_at = u64::from(id.as_bytes()[0]);
-        registry.create(e).unwrap()
+        registry.create(e).await.unwrap()
     };
-    let planner = entry("p", "spiffe://td/agent/planner");
-    let worker = entry("w", "spiffe://td/agent/worker");
-    let policies = Policies::load(store.clone(), clock.clone()).unwrap();
+    let planner = entry("p", "spiffe://td/agent/planner").await;
+    let worker = entry("w", "spiffe://td/agent/worker").await;
+    let policies = Policies::load(store.clone(), clock.clone()).await.unwrap();
     let tasks = Tasks::load(
         store,
         registry,
@@ -55,6 +57,7 @@ fn fixture() -> Fixture {
             agent_svid_ttl: Duration::from_secs(60),
         },
     )
+    .await
     .unwrap();
     Fixture {
         tasks,
@@ -83,10 +86,14 @@ fn input(entry: &RegistrationEntry, parent: Option<(&str, &str)>) -> BeginInput 
     }
 }
 
-#[test]
-fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
-    let f = fixture();
-    let (parent, minted) = f.tasks.begin(&f.agent, input(&f.planner, None)).unwrap();
+#[tokio::test]
+async fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
+    let f = fixture().await;
+    let (parent, minted) = f
+        .tasks
+        .begin(&f.agent, input(&f.planner, None))
+        .await
+        .unwrap();
     assert!(minted.svid.is_some());
     let pid = parent.grant.task_id.to_string();
     let (token, _) = f
@@ -99,11 +106,13 @@ fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
             60,
             &Caller::default(),
         )
+        .await
         .unwrap();
     f.clock.advance(Duration::from_secs(61));
     let err = f
         .tasks
         .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
+        .await
         .unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
     // A token for another workload is refused too.
@@ -117,19 +126,26 @@ fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
             60,
             &Caller::default(),
         )
+        .await
         .unwrap();
     let err = f
         .tasks
         .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
+        .await
         .unwrap_err();
     assert!(err.to_string().contains("issued to"), "{err}");
     // Another agent cannot end, sign for or delegate from this task.
     let other = SpiffeId::new("spiffe://td/node/other").unwrap();
     assert!(matches!(
-        f.tasks.end(Some(&other), &pid, TaskState::Ended, "x"),
+        f.tasks.end(Some(&other), &pid, TaskState::Ended, "x").await,
         Err(TaskServiceError::NotFound(_))
     ));
-    assert!(f.tasks.sign(&other, &pid, &[], &["a".into()], "").is_err());
+    assert!(
+        f.tasks
+            .sign(&other, &pid, &[], &["a".into()], "")
+            .await
+            .is_err()
+    );
 
     // An unused token, and the task, go a day after expiry; nothing
     // before.
@@ -142,9 +158,10 @@ fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
             60,
             &Caller::default(),
         )
+        .await
         .unwrap();
-    assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).unwrap(), 0);
+    assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).await.unwrap(), 0);
     f.clock.advance(Duration::from_secs(300 + 86_400 + 1));
-    assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).unwrap(), 2);
-    assert!(f.tasks.list(None, None, true).unwrap().is_empty());
+    assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).await.unwrap(), 2);
+    assert!(f.tasks.list(None, None, true).await.unwrap().is_empty());
 }

@@ -1,0 +1,226 @@
+//! The PostgreSQL store against a real PostgreSQL server (a throwaway
+//! cluster per test binary): the whole store conformance suite with two
+//! connections per database as two servers would hold, TLS to the
+//! database, migrations, the change feed across disconnection and pruning,
+//! and clear errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanyard_integration_tests::pg::PgCluster;
+use lanyard_server::store::{Feed, PgOptions, PgStore, Store, conformance};
+use tokio::sync::OnceCell;
+
+static CLUSTER: OnceCell<PgCluster> = OnceCell::const_new();
+
+async fn cluster() -> &'static PgCluster {
+    CLUSTER
+        .get_or_init(|| async { PgCluster::start().await.expect("start PostgreSQL") })
+        .await
+}
+
+async fn store(url: String) -> Arc<dyn Store> {
+    Arc::new(
+        PgStore::connect(&PgOptions { url, ca_file: None })
+            .await
+            .expect("connect"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_passes_the_conformance_suite_with_two_servers() {
+    let pg = cluster().await;
+    conformance::run_all(|| async {
+        let db = pg.create_db().await.expect("create database");
+        let a = store(pg.url(&db)).await;
+        let b = store(pg.url(&db)).await;
+        (a, b, ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_reconnect_and_migrations_apply_once() {
+    let pg = cluster().await;
+    let db = pg.create_db().await.unwrap();
+    {
+        let s = store(pg.url(&db)).await;
+        s.create_entry(&conformance::entry("a", "spiffe://td/w"))
+            .await
+            .unwrap();
+    }
+    // Two servers starting at once on the same new schema version.
+    let (x, y) = tokio::join!(store(pg.url(&db)), store(pg.url(&db)));
+    assert_eq!(x.list_entries().await.unwrap().len(), 1);
+    assert_eq!(y.list_entries().await.unwrap().len(), 1);
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM lanyard_schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // A database written by a newer server is refused with the reason.
+    client
+        .execute(
+            "INSERT INTO lanyard_schema_migrations (version) VALUES (99)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = PgStore::connect(&PgOptions {
+        url: pg.url(&db),
+        ca_file: None,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("newer than this lanyard-server"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    let pg = cluster().await;
+    let db = pg.create_db().await.unwrap();
+    let s = PgStore::connect(&PgOptions {
+        url: pg.tls_url(&db),
+        ca_file: Some(pg.ca_file()),
+    })
+    .await
+    .expect("TLS connection with the right CA");
+    s.create_entry(&conformance::entry("a", "spiffe://td/w"))
+        .await
+        .unwrap();
+    // Verified: the server's session is encrypted.
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tls_sessions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls_sessions >= 1, "no TLS session to the database");
+    // sslmode=require without a CA to verify against is refused up front.
+    let err = PgStore::connect(&PgOptions {
+        url: pg.tls_url(&db),
+        ca_file: None,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--datastore-ca"), "{err}");
+    // A CA that did not sign the server's certificate fails the handshake.
+    let other = tempfile::NamedTempFile::new().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(other.path(), params.self_signed(&key).unwrap().pem()).unwrap();
+    let err = PgStore::connect(&PgOptions {
+        url: pg.tls_url(&db),
+        ca_file: Some(other.path().to_owned()),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot reach the database") || err.contains("certificate"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_catches_up_from_the_table_and_a_pruned_gap_says_reload() {
+    let pg = cluster().await;
+    let db = pg.create_db().await.unwrap();
+    let writer = store(pg.url(&db)).await;
+    let follower = store(pg.url(&db)).await;
+    let from = follower.last_change().await.unwrap();
+    // Terminate every connection of the follower's database session
+    // (its LISTEN connection among them): what is written meanwhile is
+    // still read from the table after it reconnects.
+    let (admin, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    let mut last = from;
+    for i in 0..5 {
+        loop {
+            // The writer's pool also lost its connections: retry.
+            match writer
+                .create_entry(&conformance::entry(
+                    &format!("e{i}"),
+                    &format!("spiffe://td/w{i}"),
+                ))
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(e.to_string().contains("database"), "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    let mut wake = follower.wake();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(Feed::Changes(c)) = follower.changes_since(last, 100).await {
+                if let Some(c) = c.last() {
+                    last = c.seq;
+                }
+                if last >= from + 5 {
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.changed()).await;
+        }
+    })
+    .await
+    .expect("the follower never read the changes made while it was cut off");
+    // Pruning everything (age 0) leaves a gap for a follower at `from`.
+    assert!(writer.prune_changes(Duration::ZERO).await.unwrap() >= 4);
+    match follower.changes_since(from, 100).await.unwrap() {
+        Feed::Gap { last } => assert_eq!(last, from + 5),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    // The newest change is kept, so a follower that is up to date is not.
+    assert_eq!(
+        follower.changes_since(from + 5, 100).await.unwrap(),
+        Feed::Changes(vec![])
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_is_not_there_is_a_clear_error() {
+    let err = PgStore::connect(&PgOptions {
+        url: "postgres://lanyard@127.0.0.1:1/none?sslmode=disable&connect_timeout=2".into(),
+        ca_file: None,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot reach the database"), "{err}");
+    let err = PgStore::connect(&PgOptions {
+        url: "postgres://%%%".into(),
+        ca_file: None,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("datastore URL"), "{err}");
+}

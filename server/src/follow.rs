@@ -1,0 +1,136 @@
+//! Follows the store's change feed and brings this server's in-memory
+//! views (entries, authorities, policies, task indexes, agent bans) in step
+//! with it, which wakes the agents' sync streams. With one server on sled
+//! the feed only repeats its own changes; with several servers on one
+//! PostgreSQL database it is how a change made through one reaches the
+//! agents of every other.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::agents::Agents;
+use crate::ca::Ca;
+use crate::policy::Policies;
+use crate::registry::Registry;
+use crate::store::{ChangeKind, Feed, Store};
+use crate::tasks::Tasks;
+
+/// Longest wait between reads of the feed when no wake-up arrives (a
+/// wake-up lost with a database connection costs at most this).
+const POLL: Duration = Duration::from_secs(2);
+/// Changes read at once.
+const BATCH: usize = 1000;
+
+/// The views a change can touch.
+#[derive(Clone)]
+pub struct Views {
+    /// Entries.
+    pub registry: Registry,
+    /// Agent records.
+    pub agents: Agents,
+    /// Authorities and bundle.
+    pub ca: Ca,
+    /// Policy sets.
+    pub policies: Policies,
+    /// Task indexes.
+    pub tasks: Tasks,
+}
+
+impl Views {
+    async fn apply(&self, kind: ChangeKind, key: &str) -> Result<(), String> {
+        match kind {
+            ChangeKind::Entry => self.registry.refresh(key).await.map_err(|e| e.to_string()),
+            ChangeKind::Agent => self.agents.refresh(key).await.map_err(|e| e.to_string()),
+            ChangeKind::Authority => self.ca.refresh().await.map_err(|e| e.to_string()),
+            ChangeKind::Counter if key == crate::ca::SEQUENCE => {
+                self.ca.refresh().await.map_err(|e| e.to_string())
+            }
+            ChangeKind::Counter => Ok(()),
+            ChangeKind::Policy => self.policies.refresh().await.map_err(|e| e.to_string()),
+            ChangeKind::Task => self.tasks.refresh(key).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn reload(&self) -> Result<(), String> {
+        self.registry.reload().await.map_err(|e| e.to_string())?;
+        self.ca.refresh().await.map_err(|e| e.to_string())?;
+        self.policies.refresh().await.map_err(|e| e.to_string())?;
+        self.tasks.reload().await.map_err(|e| e.to_string())?;
+        self.agents.wake();
+        Ok(())
+    }
+}
+
+/// Follows the feed from `from` (read before the views were loaded) until
+/// `shutdown` turns true.
+pub async fn run(
+    store: Arc<dyn Store>,
+    views: Views,
+    from: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut wake = store.wake();
+    let mut pos = from;
+    let mut failures = 0u32;
+    loop {
+        match catch_up(store.as_ref(), &views, &mut pos).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, position = pos, "following the change feed failed; retrying");
+            }
+        }
+        let wait = if failures > 0 {
+            Duration::from_millis(100 << failures.min(5))
+        } else {
+            POLL
+        };
+        tokio::select! {
+            r = wake.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+            () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+        }
+    }
+}
+
+/// Applies every change after `pos`, moving `pos`; a change is applied by
+/// reading the record's current state, so a batch applies each key once.
+async fn catch_up(store: &dyn Store, views: &Views, pos: &mut u64) -> Result<(), String> {
+    loop {
+        match store
+            .changes_since(*pos, BATCH)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Feed::Changes(changes) if changes.is_empty() => return Ok(()),
+            Feed::Changes(changes) => {
+                let last = changes.last().map_or(*pos, |c| c.seq);
+                let keys: BTreeSet<(ChangeKind, String)> =
+                    changes.into_iter().map(|c| (c.kind, c.key)).collect();
+                let mut authority_done = false;
+                for (kind, key) in keys {
+                    let bundle = kind == ChangeKind::Authority
+                        || (kind == ChangeKind::Counter && key == crate::ca::SEQUENCE);
+                    if bundle && std::mem::replace(&mut authority_done, true) {
+                        continue;
+                    }
+                    views.apply(kind, &key).await?;
+                }
+                *pos = last;
+            }
+            Feed::Gap { last } => {
+                tracing::info!(
+                    position = *pos,
+                    last,
+                    "change feed gap: reloading every view"
+                );
+                views.reload().await?;
+                *pos = last;
+                return Ok(());
+            }
+        }
+    }
+}

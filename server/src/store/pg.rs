@@ -1,0 +1,927 @@
+//! The shared store: PostgreSQL, for several servers on one database.
+//!
+//! - `tokio-postgres` with a `deadpool` pool: async all the way, no ORM or
+//!   compile-time query checking to build (sqlx's macros need a live
+//!   database or checked-in query data at build time), and rustls for TLS
+//!   like the rest of Lanyard. Every query is parameterised; table names are
+//!   constants.
+//! - Records are JSON (`jsonb`) in one table per kind, keyed like sled's
+//!   trees, so both stores hold the same documents and `datastore migrate`
+//!   copies them unchanged.
+//! - Schema migrations are numbered, applied at start under an advisory
+//!   lock (several servers may start at once) and recorded in
+//!   `lanyard_schema_migrations`; a database newer than this binary is
+//!   refused.
+//! - The change feed is the `lanyard_changes` table, written in the same
+//!   transaction as the change. Its sequence comes from a one-row counter
+//!   updated last in each transaction: the row lock orders writers, so
+//!   sequence order is commit order and a follower reading `seq > N` never
+//!   skips a change that commits later with a smaller number. `NOTIFY
+//!   lanyard_changes` (sent at commit) only wakes followers; what they read
+//!   is the table, so a server that was disconnected catches up. Changes
+//!   older than [`CHANGE_RETENTION`] are pruned; a follower further behind
+//!   is told to reload ([`Feed::Gap`]).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use lanyard_core::task::TaskRecord;
+use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::Json;
+use tokio_postgres::{AsyncMessage, NoTls, Row, Transaction};
+
+use super::{
+    AgentRecord, CaKeyRecord, Change, ChangeKind, DelegationRecord, Feed, JoinTokenRecord,
+    JwtKeyRecord, PolicyRecord, Store, StoreError, Swap,
+};
+
+/// The NOTIFY channel.
+const CHANNEL: &str = "lanyard_changes";
+/// How long changes stay in the feed.
+pub const CHANGE_RETENTION: Duration = Duration::from_secs(3600);
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+
+/// The schema, one step per version; never edit a released step.
+const MIGRATIONS: &[&str] = &[
+    // 1: every record kind, the change feed and its counter.
+    "CREATE TABLE lanyard_entries (id text PRIMARY KEY, identity text NOT NULL UNIQUE, data jsonb NOT NULL);
+     CREATE TABLE lanyard_agents (id text PRIMARY KEY, data jsonb NOT NULL);
+     CREATE TABLE lanyard_join_tokens (id text PRIMARY KEY, data jsonb NOT NULL);
+     CREATE TABLE lanyard_ca_keys (id text PRIMARY KEY, owner text NOT NULL, data jsonb NOT NULL);
+     CREATE TABLE lanyard_jwt_keys (id text PRIMARY KEY, owner text NOT NULL, data jsonb NOT NULL);
+     CREATE TABLE lanyard_tasks (id text PRIMARY KEY, data jsonb NOT NULL);
+     CREATE TABLE lanyard_policies (version bigint PRIMARY KEY, data jsonb NOT NULL);
+     CREATE TABLE lanyard_delegations (id text PRIMARY KEY, data jsonb NOT NULL);
+     CREATE TABLE lanyard_counters (name text PRIMARY KEY, value bigint NOT NULL);
+     CREATE TABLE lanyard_changes (seq bigint PRIMARY KEY, kind text NOT NULL, key text NOT NULL,
+                                   at timestamptz NOT NULL DEFAULT now());
+     CREATE INDEX lanyard_changes_at ON lanyard_changes (at);
+     CREATE TABLE lanyard_change_head (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);
+     INSERT INTO lanyard_change_head (one, seq) VALUES (true, 0);",
+];
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/db?sslmode=...` (or a libpq
+    /// key=value string).
+    pub url: String,
+    /// PEM file of CA certificates that sign the database server's
+    /// certificate; required when `sslmode=require`.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl PgOptions {
+    /// Whether `url` names a PostgreSQL database.
+    pub fn is_postgres_url(url: &str) -> bool {
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+}
+
+/// [`Store`] on PostgreSQL.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    wake: Arc<watch::Sender<u64>>,
+    _listener: Arc<Listener>,
+}
+
+/// The change listener's task, stopped with the last store handle.
+struct Listener(tokio::task::JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(d) => StoreError::Backend(format!("postgres: {}", d.message())),
+        None => StoreError::Backend(format!("postgres: {e}")),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Backend(format!("cannot reach the database: {e}"))
+}
+
+fn decode<T: DeserializeOwned>(key: &str, v: serde_json::Value) -> Result<T, StoreError> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn value<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn row_data<T: DeserializeOwned>(table: &str, row: &Row) -> Result<T, StoreError> {
+    let key = row
+        .try_get::<_, String>(0)
+        .unwrap_or_else(|_| "?".to_owned());
+    let v: Json<serde_json::Value> = row.try_get(1).map_err(|e| StoreError::Corrupt {
+        key: format!("{table}/{key}"),
+        reason: e.to_string(),
+    })?;
+    decode(&format!("{table}/{key}"), v.0)
+}
+
+fn i64_of(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} does not fit a bigint")))
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// The unique constraint a failed insert or update hit, if any.
+fn unique_violation(e: &tokio_postgres::Error) -> Option<&str> {
+    let d = e.as_db_error()?;
+    (d.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        .then(|| d.constraint().unwrap_or(""))
+}
+
+/// Appends a change in `tx`; must be the transaction's last statement
+/// before commit (it takes the feed's row lock).
+async fn record(tx: &Transaction<'_>, kind: ChangeKind, key: &str) -> Result<u64, StoreError> {
+    let row = tx
+        .query_one(
+            "WITH h AS (UPDATE lanyard_change_head SET seq = seq + 1 RETURNING seq),
+                  i AS (INSERT INTO lanyard_changes (seq, kind, key) SELECT seq, $1, $2 FROM h RETURNING seq)
+             SELECT seq, pg_notify('lanyard_changes', seq::text) FROM i",
+            &[&kind.as_str(), &key],
+        )
+        .await
+        .map_err(db)?;
+    Ok(u64_of(row.get(0)))
+}
+
+fn tls_connector(
+    opts: &PgOptions,
+    mode: SslMode,
+) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StoreError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let Some(path) = &opts.ca_file else {
+        if mode == SslMode::Require {
+            return Err(StoreError::Backend(
+                "the datastore URL asks for sslmode=require: give the CA that signs the database's certificate with --datastore-ca FILE".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| StoreError::Backend(format!("datastore CA {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(StoreError::Backend(format!(
+            "datastore CA {}: no certificate in it",
+            path.display()
+        )));
+    }
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| StoreError::Backend(format!("datastore CA {}: {e}", path.display())))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations and starts listening for
+    /// changes.
+    pub async fn connect(opts: &PgOptions) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(&opts.url)
+            .map_err(|e| StoreError::Backend(format!("datastore URL: {e}")))?;
+        let tls = tls_connector(opts, config.get_ssl_mode())?;
+        let mgr_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(t) => Manager::from_config(config.clone(), t.clone(), mgr_config),
+            None => Manager::from_config(config.clone(), NoTls, mgr_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("datastore pool: {e}")))?;
+        let store = Self {
+            pool,
+            wake: Arc::new(watch::channel(0).0),
+            _listener: Arc::new(Listener(tokio::spawn(async {}))),
+        };
+        store.migrate().await?;
+        let head = store.last_change().await?;
+        store.wake.send_replace(head);
+        let listener = tokio::spawn(listen(config, tls, store.wake.clone()));
+        Ok(Self {
+            _listener: Arc::new(Listener(listener)),
+            ..store
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Applies every migration newer than the database's version, under
+    /// an advisory lock.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7316827041)", &[])
+            .await
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS lanyard_schema_migrations (
+                 version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db)?;
+        let row = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM lanyard_schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let current: i32 = row.get(0);
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if current > known {
+            return Err(StoreError::Backend(format!(
+                "the database schema is version {current}, newer than this lanyard-server knows ({known}); upgrade the server"
+            )));
+        }
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.batch_execute(sql).await.map_err(db)?;
+            tx.execute(
+                "INSERT INTO lanyard_schema_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(db)?;
+            tracing::info!(version, "applied datastore schema migration");
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        table: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await.map_err(db)?;
+        c.query(&stmt, &[])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| row_data(table, r))
+            .collect()
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await.map_err(db)?;
+        c.query_opt(&stmt, &[&key])
+            .await
+            .map_err(db)?
+            .map(|r| row_data(table, &r))
+            .transpose()
+    }
+
+    /// Deletes and returns a record in one statement (single-use tokens).
+    async fn take<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        table: &str,
+        key: &str,
+        change: Option<ChangeKind>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx.query_opt(sql, &[&key]).await.map_err(db)?;
+        let old = row.map(|r| row_data(table, &r)).transpose()?;
+        if let (Some(kind), Some(_)) = (change, &old) {
+            record(&tx, kind, key).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(old)
+    }
+
+    /// Inserts or replaces a key record.
+    async fn put_key(
+        &self,
+        table: &str,
+        id: &str,
+        owner: &str,
+        data: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} (id, owner, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, data = EXCLUDED.data"
+            ),
+            &[&id, &owner, &Json(data)],
+        )
+        .await
+        .map_err(db)?;
+        record(&tx, ChangeKind::Authority, id).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// Compare-and-swap on a decoded record, under a row lock.
+    async fn swap<T: Serialize + DeserializeOwned + PartialEq + Sync>(
+        &self,
+        table: &str,
+        kind: ChangeKind,
+        key: &str,
+        expected: Option<&T>,
+        new: Option<&T>,
+    ) -> Result<Swap<T>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let current: Option<T> = tx
+            .query_opt(
+                &format!("SELECT id, data FROM {table} WHERE id = $1 FOR UPDATE"),
+                &[&key],
+            )
+            .await
+            .map_err(db)?
+            .map(|r| row_data(table, &r))
+            .transpose()?;
+        if current.as_ref() != expected {
+            return Ok(Err(current));
+        }
+        let written = match (expected, new) {
+            (None, Some(n)) => tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
+                    ),
+                    &[&key, &Json(value(n)?)],
+                )
+                .await
+                .map_err(db)?,
+            (Some(_), Some(n)) => tx
+                .execute(
+                    &format!("UPDATE {table} SET data = $2 WHERE id = $1"),
+                    &[&key, &Json(value(n)?)],
+                )
+                .await
+                .map_err(db)?,
+            (_, None) => tx
+                .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&key])
+                .await
+                .map_err(db)?,
+        };
+        if written == 0 && expected.is_none() && new.is_none() {
+            return Ok(Ok(()));
+        }
+        if written == 0 {
+            // A concurrent insert of a record that was absent: report it.
+            drop(tx);
+            let now = self
+                .get(
+                    &format!("SELECT id, data FROM {table} WHERE id = $1"),
+                    table,
+                    key,
+                )
+                .await?;
+            return Ok(Err(now));
+        }
+        record(&tx, kind, key).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Ok(()))
+    }
+
+    /// The entry that holds an identity.
+    async fn entry_with_identity(&self, identity: &str) -> Result<EntryId, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT id FROM lanyard_entries WHERE identity = $1",
+                &[&identity],
+            )
+            .await
+            .map_err(db)?;
+        let id: String = row
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::Backend("a duplicate entry vanished".into()))?;
+        EntryId::new(&id).map_err(|e| StoreError::Corrupt {
+            key: format!("lanyard_entries/{id}"),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Removes changes older than `age` (followers further behind reload).
+    async fn prune_feed(&self, age: Duration) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let secs = age.as_secs_f64();
+        c.execute(
+            "DELETE FROM lanyard_changes WHERE at < now() - make_interval(secs => $1)
+             AND seq < (SELECT seq FROM lanyard_change_head)",
+            &[&secs],
+        )
+        .await
+        .map_err(db)
+    }
+}
+
+/// Holds a dedicated connection that LISTENs for change notifications and
+/// turns them into wake-ups; reconnects with backoff, and wakes followers
+/// after a reconnect so they read what they missed.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    wake: Arc<watch::Sender<u64>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = match &tls {
+            Some(t) => listen_once(&config, t.clone(), &wake).await,
+            None => listen_once(&config, NoTls, &wake).await,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "datastore change listener disconnected; reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    wake: &watch::Sender<u64>,
+) -> Result<(), tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut conn) = config.connect(tls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(Ok(n.payload().parse::<u64>().unwrap_or(0)));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Whatever committed while this connection was down.
+        let head: i64 = client
+            .query_one("SELECT seq FROM lanyard_change_head", &[])
+            .await?
+            .get(0);
+        wake.send_modify(|v| *v = (*v).max(u64_of(head)));
+        while let Some(msg) = rx.recv().await {
+            let seq = msg?;
+            wake.send_modify(|v| *v = (*v).max(seq));
+        }
+        Ok(())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        let identity = super::entry_identity(entry);
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let id = entry.id.as_str();
+        let r = tx
+            .execute(
+                "INSERT INTO lanyard_entries (id, identity, data) VALUES ($1, $2, $3)",
+                &[&id, &identity, &Json(value(entry)?)],
+            )
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) => {
+                return Err(match unique_violation(&e) {
+                    Some("lanyard_entries_pkey") => {
+                        StoreError::AlreadyExists(format!("entry {id}"))
+                    }
+                    Some(_) => {
+                        drop(tx);
+                        StoreError::DuplicateEntry(self.entry_with_identity(&identity).await?)
+                    }
+                    None => db(e),
+                });
+            }
+        }
+        record(&tx, ChangeKind::Entry, id).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
+        let identity = super::entry_identity(entry);
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let id = entry.id.as_str();
+        let r = tx
+            .execute(
+                "UPDATE lanyard_entries SET identity = $2, data = $3 WHERE id = $1",
+                &[&id, &identity, &Json(value(entry)?)],
+            )
+            .await;
+        match r {
+            Ok(0) => return Err(StoreError::NotFound(format!("entry {id}"))),
+            Ok(_) => {}
+            Err(e) if unique_violation(&e).is_some() => {
+                drop(tx);
+                return Err(StoreError::DuplicateEntry(
+                    self.entry_with_identity(&identity).await?,
+                ));
+            }
+            Err(e) => return Err(db(e)),
+        }
+        record(&tx, ChangeKind::Entry, id).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        self.get(
+            "SELECT id, data FROM lanyard_entries WHERE id = $1",
+            "entries",
+            id.as_str(),
+        )
+        .await
+    }
+
+    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
+        self.take(
+            "DELETE FROM lanyard_entries WHERE id = $1 RETURNING id, data",
+            "entries",
+            id.as_str(),
+            Some(ChangeKind::Entry),
+        )
+        .await
+    }
+
+    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
+        self.list(
+            "SELECT id, data FROM lanyard_entries ORDER BY id COLLATE \"C\"",
+            "entries",
+        )
+        .await
+    }
+
+    async fn swap_agent(
+        &self,
+        id: &SpiffeId,
+        expected: Option<&AgentRecord>,
+        new: Option<&AgentRecord>,
+    ) -> Result<Swap<AgentRecord>, StoreError> {
+        self.swap(
+            "lanyard_agents",
+            ChangeKind::Agent,
+            id.as_str(),
+            expected,
+            new,
+        )
+        .await
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
+        self.get(
+            "SELECT id, data FROM lanyard_agents WHERE id = $1",
+            "agents",
+            id.as_str(),
+        )
+        .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.list(
+            "SELECT id, data FROM lanyard_agents ORDER BY id COLLATE \"C\"",
+            "agents",
+        )
+        .await
+    }
+
+    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO lanyard_join_tokens (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&token.token_hash, &Json(value(token)?)],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists("join token".into()));
+        }
+        Ok(())
+    }
+
+    async fn take_join_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        self.take(
+            "DELETE FROM lanyard_join_tokens WHERE id = $1 RETURNING id, data",
+            "join_tokens",
+            token_hash,
+            None,
+        )
+        .await
+    }
+
+    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
+        self.put_key("lanyard_ca_keys", &key.id, &key.owner, value(key)?)
+            .await
+    }
+
+    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+        self.list(
+            "SELECT id, data FROM lanyard_ca_keys ORDER BY id COLLATE \"C\"",
+            "ca_keys",
+        )
+        .await
+    }
+
+    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
+        self.take::<serde_json::Value>(
+            "DELETE FROM lanyard_ca_keys WHERE id = $1 RETURNING id, data",
+            "ca_keys",
+            id,
+            Some(ChangeKind::Authority),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
+        self.put_key("lanyard_jwt_keys", &key.kid, &key.owner, value(key)?)
+            .await
+    }
+
+    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
+        self.list(
+            "SELECT id, data FROM lanyard_jwt_keys ORDER BY id COLLATE \"C\"",
+            "jwt_keys",
+        )
+        .await
+    }
+
+    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
+        self.take::<serde_json::Value>(
+            "DELETE FROM lanyard_jwt_keys WHERE id = $1 RETURNING id, data",
+            "jwt_keys",
+            kid,
+            Some(ChangeKind::Authority),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn swap_task(
+        &self,
+        id: &TaskId,
+        expected: Option<&TaskRecord>,
+        new: &TaskRecord,
+    ) -> Result<Swap<TaskRecord>, StoreError> {
+        self.swap(
+            "lanyard_tasks",
+            ChangeKind::Task,
+            id.as_str(),
+            expected,
+            Some(new),
+        )
+        .await
+    }
+
+    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.get(
+            "SELECT id, data FROM lanyard_tasks WHERE id = $1",
+            "tasks",
+            id.as_str(),
+        )
+        .await
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.list(
+            "SELECT id, data FROM lanyard_tasks ORDER BY id COLLATE \"C\"",
+            "tasks",
+        )
+        .await
+    }
+
+    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        self.take(
+            "DELETE FROM lanyard_tasks WHERE id = $1 RETURNING id, data",
+            "tasks",
+            id.as_str(),
+            None,
+        )
+        .await
+    }
+
+    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let version = i64_of(policy.version)?;
+        let n = tx
+            .execute(
+                "INSERT INTO lanyard_policies (version, data) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
+                &[&version, &Json(value(policy)?)],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(format!(
+                "policy version {}",
+                policy.version
+            )));
+        }
+        record(&tx, ChangeKind::Policy, &policy.version.to_string()).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+        self.list(
+            "SELECT version::text, data FROM lanyard_policies ORDER BY version",
+            "policies",
+        )
+        .await
+    }
+
+    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "INSERT INTO lanyard_delegations (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&d.token_hash, &Json(value(d)?)],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists("delegation token".into()));
+        }
+        Ok(())
+    }
+
+    async fn take_delegation(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DelegationRecord>, StoreError> {
+        self.take(
+            "DELETE FROM lanyard_delegations WHERE id = $1 RETURNING id, data",
+            "delegations",
+            token_hash,
+            None,
+        )
+        .await
+    }
+
+    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
+        self.list(
+            "SELECT id, data FROM lanyard_delegations ORDER BY id COLLATE \"C\"",
+            "delegations",
+        )
+        .await
+    }
+
+    async fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT value FROM lanyard_counters WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map_or(0, |r| u64_of(r.get(0))))
+    }
+
+    async fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx
+            .query_one(
+                "INSERT INTO lanyard_counters (name, value) VALUES ($1, 1)
+                 ON CONFLICT (name) DO UPDATE SET value = lanyard_counters.value + 1
+                 RETURNING value",
+                &[&name],
+            )
+            .await
+            .map_err(db)?;
+        record(&tx, ChangeKind::Counter, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(u64_of(row.get(0)))
+    }
+
+    async fn last_change(&self) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SELECT seq FROM lanyard_change_head", &[])
+            .await
+            .map_err(db)?;
+        Ok(u64_of(row.get(0)))
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError> {
+        // The head first: every change up to it has committed (the head
+        // moves in the same transaction), so a missing one was pruned.
+        let head = self.last_change().await?;
+        if after >= head {
+            return Ok(Feed::Changes(Vec::new()));
+        }
+        let c = self.client().await?;
+        let (after_i, head_i, limit_i) = (
+            i64_of(after)?,
+            i64_of(head)?,
+            i64::try_from(limit.max(1)).unwrap_or(i64::MAX),
+        );
+        let stmt = c
+            .prepare_cached(
+                "SELECT seq, kind, key FROM lanyard_changes WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+            )
+            .await
+            .map_err(db)?;
+        let rows = c
+            .query(&stmt, &[&after_i, &head_i, &limit_i])
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let seq = u64_of(r.get(0));
+            let kind: String = r.get(1);
+            let key: String = r.get(2);
+            let kind = ChangeKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
+                key: format!("lanyard_changes/{seq}"),
+                reason: format!("unknown change kind {kind:?}"),
+            })?;
+            out.push(Change { seq, kind, key });
+        }
+        Ok(match out.first() {
+            Some(first) if first.seq == after + 1 => Feed::Changes(out),
+            _ => Feed::Gap { last: head },
+        })
+    }
+
+    async fn prune_changes(&self, age: Duration) -> Result<u64, StoreError> {
+        self.prune_feed(age).await
+    }
+
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
