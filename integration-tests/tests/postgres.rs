@@ -216,7 +216,7 @@ async fn a_database_that_is_not_there_is_a_clear_error() {
     .to_string();
     assert!(err.contains("cannot reach the database"), "{err}");
     let err = PgStore::connect(&PgOptions {
-        url: "postgres://%%%".into(),
+        url: "postgres://lanyard@db:notaport/x".into(),
         ca_file: None,
     })
     .await

@@ -797,7 +797,7 @@ impl Store for PgStore {
 
     async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         self.list(
-            "SELECT version::text, data FROM lanyard_policies ORDER BY version",
+            "SELECT version::text, data FROM lanyard_policies ORDER BY lanyard_policies.version",
             "policies",
         )
         .await
