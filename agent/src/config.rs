@@ -12,11 +12,27 @@ pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
 /// Default server address.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:8081";
 
+/// `server = "a:1"`, `server = "a:1,b:2"` or `server = ["a:1", "b:2"]`.
+fn server_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Servers {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match <Servers as serde::Deserialize>::deserialize(d)? {
+        Servers::One(s) => s,
+        Servers::Many(v) => v.join(","),
+    }))
+}
+
 /// Raw settings; every field optional.
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Server address, host:port.
+    /// Server address(es), host:port: one string (comma-separated for
+    /// several) or a list.
+    #[serde(default, deserialize_with = "server_addresses")]
     pub server: Option<String>,
     /// Trust domain.
     pub trust_domain: Option<String>,
@@ -110,7 +126,8 @@ impl Default for Limits {
 /// The validated agent configuration.
 #[derive(Clone)]
 pub struct Config {
-    /// Server address, host:port.
+    /// Server addresses, host:port, comma-separated; the agent fails over
+    /// between them.
     pub server: String,
     /// Trust domain.
     pub trust_domain: TrustDomain,
@@ -192,15 +209,20 @@ impl RawConfig {
         })?)
         .map_err(|e| ConfigError::invalid("trust_domain", e))?;
         let server = self.server.unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        if server
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
-            return Err(ConfigError::invalid(
-                "server",
-                format!("{server:?} is not host:port"),
-            ));
+        let list = crate::server_client::server_list(&server)
+            .map_err(|_| ConfigError::invalid("server", "is empty (expected host:port)"))?;
+        for one in &list {
+            if one
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(ConfigError::invalid(
+                    "server",
+                    format!("{one:?} is not host:port"),
+                ));
+            }
         }
+        let server = list.join(",");
         let bootstrap = match (self.trust_bundle, self.insecure_bootstrap.unwrap_or(false)) {
             (Some(_), true) => {
                 return Err(ConfigError::invalid(
@@ -316,6 +338,23 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().starts_with("server:"));
         assert!(toml::from_str::<RawConfig>("nope = 1").is_err());
+        // Several servers: a list, or commas.
+        for text in [
+            "trust_domain = \"td\"\ninsecure_bootstrap = true\nserver = [\"a:1\", \"b:2\"]",
+            "trust_domain = \"td\"\ninsecure_bootstrap = true\nserver = \"a:1, b:2\"",
+        ] {
+            let c = toml::from_str::<RawConfig>(text).unwrap().validate().unwrap();
+            assert_eq!(c.server, "a:1,b:2");
+        }
+        let e = RawConfig {
+            trust_domain: Some("td".into()),
+            insecure_bootstrap: Some(true),
+            server: Some("a:1,b".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("\"b\" is not host:port"), "{e}");
         let secret = RawConfig {
             join_token: Some("s3cret".into()),
             ..Default::default()

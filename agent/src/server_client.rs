@@ -1,6 +1,7 @@
 //! gRPC channels to the server over rustls mTLS.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper_util::rt::TokioIo;
 use lanyard_proto::server::node_client::NodeClient;
@@ -41,31 +42,91 @@ pub fn tls_config(
     Ok(Arc::new(cfg))
 }
 
-/// A lazily connecting Node API client for `server` (`host:port`).
+/// The server addresses in `servers`: `host:port`, comma-separated.
+pub fn server_list(servers: &str) -> Result<Vec<String>, ClientError> {
+    let list: Vec<String> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if list.is_empty() {
+        return Err(ClientError::Address(
+            servers.to_owned(),
+            "no server address".into(),
+        ));
+    }
+    Ok(list)
+}
+
+/// How long one server address gets to accept a TCP connection before the
+/// next is tried.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A lazily connecting Node API client for `servers` (`host:port`, several
+/// comma-separated). Every (re)connection starts with the server that
+/// answered last (at first, one picked at random, which spreads agents
+/// over the servers) and moves on to the next when it does not answer: an
+/// agent whose server goes away reconnects to another one.
 pub fn node_client(
-    server: &str,
+    servers: &str,
     tls: Arc<ClientConfig>,
 ) -> Result<NodeClient<Channel>, ClientError> {
-    let addr = server.to_owned();
-    let endpoint = Endpoint::try_from(format!("http://{server}"))
-        .map_err(|e| ClientError::Address(server.to_owned(), e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(5))
+    let addrs = Arc::new(server_list(servers)?);
+    let first = addrs.first().cloned().unwrap_or_default();
+    let endpoint = Endpoint::try_from(format!("http://{first}"))
+        .map_err(|e| ClientError::Address(servers.to_owned(), e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT * u32::try_from(addrs.len()).unwrap_or(1))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true);
     let connector = TlsConnector::from(tls);
+    let mut seed = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut seed);
+    let current = Arc::new(AtomicUsize::new(
+        usize::try_from(u64::from_le_bytes(seed) % addrs.len() as u64).unwrap_or(0),
+    ));
     let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-        let addr = addr.clone();
-        let connector = connector.clone();
+        let (addrs, current, connector) = (addrs.clone(), current.clone(), connector.clone());
         async move {
-            let tcp = TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            // SPIFFE authenticates the server by SPIFFE ID, not by name; the
-            // name only fills SNI.
-            let name = ServerName::try_from("lanyard-server")
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
+            let start = current.load(Ordering::Relaxed);
+            let mut last_err = None;
+            for i in 0..addrs.len() {
+                let idx = (start + i) % addrs.len();
+                let addr = &addrs[idx];
+                match connect_one(addr, &connector).await {
+                    Ok(tls) => {
+                        if current.swap(idx, Ordering::Relaxed) != idx || i > 0 {
+                            tracing::info!(server = %addr, "connected to server");
+                        }
+                        return Ok::<_, std::io::Error>(TokioIo::new(tls));
+                    }
+                    Err(e) => {
+                        if addrs.len() > 1 {
+                            tracing::warn!(server = %addr, error = %e, "server not answering; trying the next");
+                        }
+                        last_err = Some(e);
+                    }
+                }
+            }
+            Err(last_err.unwrap_or_else(|| std::io::Error::other("no server address")))
         }
     }));
     Ok(NodeClient::new(channel))
+}
+
+async fn connect_one(
+    addr: &str,
+    connector: &TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    // SPIFFE authenticates the server by SPIFFE ID, not by name; the name
+    // only fills SNI.
+    let name = ServerName::try_from("lanyard-server")
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }

@@ -52,9 +52,11 @@ pub struct RunArgs {
     /// TOML config file.
     #[arg(long, env = "LANYARD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Server address, host:port [default: 127.0.0.1:8081].
-    #[arg(long, env = "LANYARD_SERVER")]
-    pub server: Option<String>,
+    /// Server address, host:port [default: 127.0.0.1:8081]. Repeat the
+    /// flag (or separate with commas) to name several servers sharing one
+    /// database: the agent fails over between them.
+    #[arg(long, env = "LANYARD_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Trust domain, e.g. example.org.
     #[arg(long, env = "LANYARD_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
@@ -101,7 +103,7 @@ impl RunArgs {
             None => RawConfig::default(),
         };
         Ok(file.merge(RawConfig {
-            server: self.server.clone(),
+            server: (!self.server.is_empty()).then(|| self.server.join(",")),
             trust_domain: self.trust_domain.clone(),
             join_token: self.join_token.clone(),
             join_token_file: self.join_token_file.clone(),
