@@ -20,10 +20,12 @@ fn server_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
         One(String),
         Many(Vec<String>),
     }
-    Ok(Some(match <Servers as serde::Deserialize>::deserialize(d)? {
-        Servers::One(s) => s,
-        Servers::Many(v) => v.join(","),
-    }))
+    Ok(Some(
+        match <Servers as serde::Deserialize>::deserialize(d)? {
+            Servers::One(s) => s,
+            Servers::Many(v) => v.join(","),
+        },
+    ))
 }
 
 /// Raw settings; every field optional.
@@ -343,7 +345,10 @@ mod tests {
             "trust_domain = \"td\"\ninsecure_bootstrap = true\nserver = [\"a:1\", \"b:2\"]",
             "trust_domain = \"td\"\ninsecure_bootstrap = true\nserver = \"a:1, b:2\"",
         ] {
-            let c = toml::from_str::<RawConfig>(text).unwrap().validate().unwrap();
+            let c = toml::from_str::<RawConfig>(text)
+                .unwrap()
+                .validate()
+                .unwrap();
             assert_eq!(c.server, "a:1,b:2");
         }
         let e = RawConfig {

@@ -68,7 +68,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// How to reach the database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgOptions {
     /// `postgres://user:password@host:port/db?sslmode=...` (or a libpq
     /// key=value string).
@@ -76,6 +76,68 @@ pub struct PgOptions {
     /// PEM file of CA certificates that sign the database server's
     /// certificate; required when `sslmode=require`.
     pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &redact_password(&self.url))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***` (for logs).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        user.to_owned()
+    };
+    let tail = tail
+        .split('&')
+        .map(|kv| {
+            if kv.trim_start_matches('?').starts_with("password=") {
+                let q = if kv.starts_with('?') { "?" } else { "" };
+                format!("{q}password=***")
+            } else {
+                kv.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{scheme}://{masked}@{host}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact_password("postgres://lanyard:s3cret@db:5432/l?sslmode=require"),
+            "postgres://lanyard:***@db:5432/l?sslmode=require"
+        );
+        assert_eq!(
+            redact_password("postgres://lanyard@db/l?password=s3cret&sslmode=require"),
+            "postgres://lanyard@db/l?password=***&sslmode=require"
+        );
+        assert_eq!(redact_password("postgres://db/l"), "postgres://db/l");
+        let o = PgOptions {
+            url: "postgres://u:pw@h/d".into(),
+            ca_file: None,
+        };
+        assert!(!format!("{o:?}").contains("pw"));
+    }
 }
 
 impl PgOptions {

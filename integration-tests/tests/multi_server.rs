@@ -1,0 +1,391 @@
+//! Three servers (real processes) on one real PostgreSQL database, one
+//! real agent given all three addresses, a workload holding an
+//! `X509Source`: an entry created through another server reaches the
+//! agent at once; the bundle holds every server's CA; SIGKILL of the
+//! agent's server moves it to another without the workload ever holding
+//! an expired SVID; a ban through one server is refused by every server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use lanyard_core::x509::CertInfo;
+use lanyard_integration_tests::pg::PgCluster;
+use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
+use lanyard_proto::admin::admin_client::AdminClient;
+use lanyard_proto::admin::{
+    AgentRequest, CreateEntryRequest, CreateJoinTokenRequest, ListAuthoritiesRequest,
+};
+use lanyard_proto::server::SyncRequest;
+use lanyard_proto::types;
+use tonic::transport::Channel;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server_proc");
+
+struct ServerProc {
+    child: Child,
+    port: u16,
+    admin: PathBuf,
+    dir: PathBuf,
+}
+
+impl ServerProc {
+    fn start(dir: &Path, n: usize, datastore: &str) -> Self {
+        let dir = dir.join(format!("server{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin = dir.join("admin.sock");
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let child = Command::new(SERVER)
+            .args(["run", "--trust-domain", TD, "--bind"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--admin-socket")
+            .arg(&admin)
+            .args(["--datastore", datastore])
+            .args(["--default-x509-svid-ttl", "6s", "--agent-svid-ttl", "30s"])
+            .env("LANYARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            port,
+            admin,
+            dir,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(lanyard_uds::unix_channel(&self.admin).unwrap())
+    }
+
+    async fn ready(&self) {
+        eventually("a server to answer", Duration::from_secs(30), || async {
+            self.admin()
+                .list_authorities(ListAuthoritiesRequest {})
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server ports this process holds an established TCP connection to
+/// (the agent runs in this process; its sync stream is the only TCP
+/// connection to a server port).
+fn connected_ports(ports: &[u16]) -> BTreeSet<u16> {
+    let mut out = BTreeSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state)) = (f.get(2), f.get(3)) else {
+                continue;
+            };
+            let port = remote
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "01"
+                && let Some(p) = port
+                && ports.contains(&p)
+            {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans() {
+    init();
+    let pg = PgCluster::start().await.unwrap();
+    let db = pg.create_db().await.unwrap();
+    let url = pg.url(&db);
+    let dir = tempfile::tempdir().unwrap();
+    // The first server creates the schema; the others start together.
+    let s1 = ServerProc::start(dir.path(), 1, &url);
+    s1.ready().await;
+    let s2 = ServerProc::start(dir.path(), 2, &url);
+    let s3 = ServerProc::start(dir.path(), 3, &url);
+    s2.ready().await;
+    s3.ready().await;
+    let mut servers = vec![Some(s1), Some(s2), Some(s3)];
+    let ports: Vec<u16> = servers.iter().flatten().map(|s| s.port).collect();
+    let srv = |servers: &Vec<Option<ServerProc>>, i: usize| -> AdminClient<Channel> {
+        servers[i].as_ref().unwrap().admin()
+    };
+
+    // Every server's CA is in the bundle each of them publishes.
+    let owners = eventually("three servers' CAs", Duration::from_secs(20), || async {
+        let list = srv(&servers, 0)
+            .list_authorities(ListAuthoritiesRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .authorities;
+        let owners: BTreeSet<String> = list
+            .iter()
+            .filter(|a| a.kind == "x509" && a.state == "active")
+            .map(|a| a.server_id.clone())
+            .collect();
+        (owners.len() == 3).then_some(owners)
+    })
+    .await;
+    eprintln!("server IDs: {owners:?}");
+
+    // The agent attests through server 2 and is given all three addresses.
+    let token = srv(&servers, 1)
+        .create_join_token(CreateJoinTokenRequest {
+            agent_id: NODE.into(),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let first = |spiffe_id: &str| CreateEntryRequest {
+        entry: Some(types::Entry {
+            spiffe_id: spiffe_id.into(),
+            parent_id: NODE.into(),
+            selectors: vec![format!("unix:uid:{}", own_uid())],
+            x509_ttl_seconds: 6,
+            ..Default::default()
+        }),
+    };
+    srv(&servers, 1)
+        .create_entry(first("spiffe://example.org/first"))
+        .await
+        .unwrap();
+    let all = servers
+        .iter()
+        .flatten()
+        .map(ServerProc::addr)
+        .collect::<Vec<_>>()
+        .join(",");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let agent = lanyard_agent::build(
+        lanyard_agent::config::RawConfig {
+            server: Some(all),
+            trust_domain: Some(TD.into()),
+            join_token: Some(token),
+            insecure_bootstrap: Some(true),
+            socket: Some(agent_dir.join("agent.sock")),
+            data_dir: Some(agent_dir.join("data")),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    )
+    .await
+    .expect("agent starts");
+    let client = spiffe::WorkloadApiClient::connect_to(endpoint(&agent.socket))
+        .await
+        .unwrap();
+    eventually("the first SVID", Duration::from_secs(20), || async {
+        client.fetch_x509_svid().await.ok()
+    })
+    .await;
+    let attached = eventually("the agent's server", Duration::from_secs(20), || async {
+        let c = connected_ports(&ports);
+        (c.len() == 1).then(|| c.into_iter().next().unwrap())
+    })
+    .await;
+    let home = ports.iter().position(|p| *p == attached).unwrap();
+    let other = (home + 1) % 3;
+    eprintln!("agent attached to server {}", home + 1);
+
+    // The agent's bundle holds the three CAs.
+    let ctx = client.fetch_x509_context().await.unwrap();
+    let bundle = ctx
+        .bundle_set()
+        .get(&spiffe::TrustDomain::new(TD).unwrap())
+        .unwrap()
+        .clone();
+    assert!(
+        bundle.authorities().len() >= 3,
+        "the agent's bundle holds {} CAs",
+        bundle.authorities().len()
+    );
+
+    // An entry created through another server reaches the agent at once.
+    let created = Instant::now();
+    srv(&servers, other)
+        .create_entry(first("spiffe://example.org/second"))
+        .await
+        .unwrap();
+    eventually(
+        "the entry created through another server",
+        Duration::from_secs(10),
+        || async {
+            let ctx = client.fetch_x509_context().await.ok()?;
+            ctx.svids()
+                .iter()
+                .any(|s| s.spiffe_id().to_string() == "spiffe://example.org/second")
+                .then_some(())
+        },
+    )
+    .await;
+    let latency = created.elapsed();
+    eprintln!(
+        "entry via server {} → agent on server {}: {latency:?}",
+        other + 1,
+        home + 1
+    );
+    assert!(
+        latency < Duration::from_secs(2),
+        "an entry took {latency:?} to reach an agent of another server"
+    );
+
+    // A workload holding an X509Source checks every 50 ms that it never
+    // holds an expired SVID, across the failover below.
+    let source = spiffe::X509Source::builder()
+        .endpoint(endpoint(&agent.socket))
+        .build()
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (source, stop) = (source.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut serials = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let svid = source.svid().expect("an SVID");
+                let leaf = CertInfo::parse(svid.leaf().as_bytes()).unwrap();
+                assert!(
+                    leaf.not_after > SystemTime::now(),
+                    "the workload held an expired SVID (serial {})",
+                    leaf.serial
+                );
+                serials.insert(leaf.serial);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            serials
+        })
+    };
+
+    // SIGKILL the agent's server: the agent moves to another one.
+    let killed_at = Instant::now();
+    let mut dead = servers[home].take().unwrap();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let live: Vec<u16> = ports.iter().copied().filter(|p| *p != attached).collect();
+    let moved = eventually(
+        "the agent to reach another server",
+        Duration::from_secs(30),
+        || async {
+            let c = connected_ports(&live);
+            (c.len() == 1).then(|| c.into_iter().next().unwrap())
+        },
+    )
+    .await;
+    eprintln!(
+        "agent moved to port {moved} {:?} after the kill",
+        killed_at.elapsed()
+    );
+    // Three SVID lifetimes (6 s each) on the new server.
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    stop.store(true, Ordering::Relaxed);
+    let serials = watcher.await.unwrap();
+    assert!(
+        serials.len() >= 3,
+        "the SVID rotated across the failover: {serials:?}"
+    );
+    // An entry created now still arrives (through the new server).
+    let now_home = ports.iter().position(|p| *p == moved).unwrap();
+    let third_server = (0..3).find(|i| *i != home && *i != now_home).unwrap();
+    srv(&servers, third_server)
+        .create_entry(first("spiffe://example.org/third"))
+        .await
+        .unwrap();
+    eventually(
+        "an entry after the failover",
+        Duration::from_secs(10),
+        || async {
+            let ctx = client.fetch_x509_context().await.ok()?;
+            ctx.svids()
+                .iter()
+                .any(|s| s.spiffe_id().to_string() == "spiffe://example.org/third")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A ban through the server the agent is not on: every live server
+    // refuses the agent's credentials, and its stream is ended.
+    srv(&servers, third_server)
+        .ban_agent(AgentRequest {
+            spiffe_id: NODE.into(),
+        })
+        .await
+        .unwrap();
+    for (i, s) in servers.iter().enumerate() {
+        let Some(s) = s else { continue };
+        let addr: std::net::SocketAddr = s.addr().parse().unwrap();
+        let mut node = lanyard_integration_tests::node_client_from(&agent_dir.join("data"), addr);
+        let status = eventually("the ban on every server", Duration::from_secs(10), || {
+            let mut node = node.clone();
+            async move {
+                match node.sync(SyncRequest {}).await {
+                    Err(st) => Some(st),
+                    Ok(mut stream) => match stream.get_mut().message().await {
+                        Err(st) => Some(st),
+                        Ok(_) => None,
+                    },
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "server {}: {status:?}",
+            i + 1
+        );
+        assert!(status.message().contains("banned"), "{status:?}");
+        let _ = &mut node;
+    }
+    eventually(
+        "the banned agent's stream to end",
+        Duration::from_secs(10),
+        || async { connected_ports(&live).is_empty().then_some(()) },
+    )
+    .await;
+
+    source.shutdown().await;
+    agent.shutdown().await;
+    for s in servers.iter().flatten() {
+        let log = s.log();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    drop(dead);
+}
