@@ -224,3 +224,110 @@ async fn a_database_that_is_not_there_is_a_clear_error() {
     .to_string();
     assert!(err.contains("datastore URL"), "{err}");
 }
+
+/// A sled server's data, backed up and restored into a new data dir, and
+/// migrated to PostgreSQL: the server started on either has the same
+/// entries, the same CA and a bundle sequence that did not go back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_restore_and_migrate_keep_entries_keys_and_sequences() {
+    use lanyard_integration_tests::TestServer;
+    use lanyard_server::cli::datastore::{DatastoreCmd, run};
+    use lanyard_server::config::Datastore;
+    let pg = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    let server = TestServer::start(&old, "127.0.0.1:0").await;
+    server
+        .entry_for_me(
+            "spiffe://example.org/kept",
+            lanyard_integration_tests::NODE,
+            60,
+        )
+        .await;
+    let ca = server.active_ca_id();
+    let seq = server.bound.ca.snapshot().sequence;
+    // While it runs, the database is locked: a clear refusal.
+    let err = run(DatastoreCmd::Backup {
+        file: dir.path().join("x.jsonl"),
+        data_dir: Some(old.join("data")),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("stop the server first"), "{err}");
+    server.stop().await;
+
+    let file = dir.path().join("backup.jsonl");
+    // The server ran in this process: its connection tasks let go of the
+    // database moments after it stops (a real server's process exits).
+    let t = std::time::Instant::now();
+    loop {
+        match run(DatastoreCmd::Backup {
+            file: file.clone(),
+            data_dir: Some(old.join("data")),
+        })
+        .await
+        {
+            Ok(()) => break,
+            Err(e)
+                if t.elapsed() < Duration::from_secs(10)
+                    && e.to_string().contains("stop the server") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let new = dir.path().join("new");
+    run(DatastoreCmd::Restore {
+        file: file.clone(),
+        data_dir: Some(new.join("data")),
+    })
+    .await
+    .unwrap();
+    let restored = TestServer::start(&new, "127.0.0.1:0").await;
+    let ids: Vec<String> = restored
+        .entries()
+        .await
+        .into_iter()
+        .map(|e| e.spiffe_id)
+        .collect();
+    assert_eq!(ids, ["spiffe://example.org/kept"]);
+    assert_eq!(restored.active_ca_id(), ca);
+    assert!(restored.bound.ca.snapshot().sequence >= seq);
+    restored.stop().await;
+
+    let db = pg.create_db().await.unwrap();
+    run(DatastoreCmd::Migrate {
+        to: pg.url(&db),
+        datastore_ca: None,
+        data_dir: Some(old.join("data")),
+    })
+    .await
+    .unwrap();
+    // Not twice into the same database.
+    let err = run(DatastoreCmd::Migrate {
+        to: pg.url(&db),
+        datastore_ca: None,
+        data_dir: Some(old.join("data")),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not empty"), "{err}");
+    let url = pg.url(&db);
+    let migrated = TestServer::start_with(&old, "127.0.0.1:0", |c| {
+        c.datastore = Datastore::Postgres(PgOptions { url, ca_file: None });
+    })
+    .await;
+    let ids: Vec<String> = migrated
+        .entries()
+        .await
+        .into_iter()
+        .map(|e| e.spiffe_id)
+        .collect();
+    assert_eq!(ids, ["spiffe://example.org/kept"]);
+    assert_eq!(migrated.active_ca_id(), ca, "the server kept its own CA");
+    assert!(migrated.bound.ca.snapshot().sequence >= seq);
+    migrated.stop().await;
+}

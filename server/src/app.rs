@@ -243,7 +243,7 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
 
 /// This server's ID, made at first start and kept in the data dir: it
 /// names the authorities the server owns in a shared database.
-fn server_id(dir: &std::path::Path) -> Result<String, AppError> {
+pub(crate) fn server_id(dir: &std::path::Path) -> Result<String, AppError> {
     let path = dir.join("server-id");
     match std::fs::read_to_string(&path) {
         Ok(id) if is_server_id(id.trim()) => return Ok(id.trim().to_owned()),
@@ -263,13 +263,26 @@ fn server_id(dir: &std::path::Path) -> Result<String, AppError> {
     aws_lc_rs::rand::fill(&mut raw)
         .map_err(|_| AppError::DataDir(path.clone(), std::io::Error::other("no randomness")))?;
     let id = hex::encode(raw);
+    write_server_id(dir, &id)?;
+    tracing::info!(server_id = %id, "created server ID");
+    Ok(id)
+}
+
+/// Writes the server ID file (restore gives a new data dir the ID of the
+/// server it was backed up from).
+pub(crate) fn write_server_id(dir: &std::path::Path, id: &str) -> Result<(), AppError> {
+    let path = dir.join("server-id");
+    if !is_server_id(id) {
+        return Err(AppError::DataDir(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not a server ID"),
+        ));
+    }
     let tmp = dir.join("server-id.tmp");
     std::fs::write(&tmp, format!("{id}\n"))
         .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| AppError::DataDir(path.clone(), e))?;
-    tracing::info!(server_id = %id, "created server ID");
-    Ok(id)
+        .map_err(|e| AppError::DataDir(path.clone(), e))
 }
 
 fn is_server_id(s: &str) -> bool {

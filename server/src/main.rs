@@ -50,6 +50,9 @@ async fn main() -> ExitCode {
             }
             .await
         }
+        Command::Datastore(cmd) => lanyard_server::cli::datastore::run(cmd)
+            .await
+            .map_err(Into::into),
         cmd => lanyard_server::cli::run_admin(cmd)
             .await
             .map_err(Into::into),

@@ -55,6 +55,9 @@ pub enum Command {
     /// Task-scoped identities.
     #[command(subcommand)]
     Task(tasks::TaskCmd),
+    /// Back up, restore or migrate a stopped server's datastore.
+    #[command(subcommand)]
+    Datastore(datastore::DatastoreCmd),
 }
 
 /// `ca` subcommands.
@@ -338,6 +341,7 @@ pub enum BundleCmd {
 }
 
 mod common;
+pub mod datastore;
 mod entry;
 mod ops;
 mod tasks;
@@ -350,7 +354,7 @@ use ops::{run_agent, run_ca};
 /// Runs an admin subcommand.
 pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
     match cmd {
-        Command::Run(_) => Err(err("run is handled by main")),
+        Command::Run(_) | Command::Datastore(_) => Err(err("handled by main")),
         Command::Token(TokenCmd::Generate {
             agent_id,
             ttl,

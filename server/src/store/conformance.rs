@@ -443,6 +443,11 @@ async fn counters(s: Arc<dyn Store>) {
     assert_eq!(s.bump_counter("c").await.unwrap(), 2);
     assert_eq!(s.counter("c").await.unwrap(), 2);
     assert_eq!(s.counter("other").await.unwrap(), 0);
+    s.raise_counter("c", 10).await.unwrap();
+    s.raise_counter("c", 5).await.unwrap();
+    assert_eq!(s.counter("c").await.unwrap(), 10);
+    s.raise_counter("new", 3).await.unwrap();
+    assert_eq!(s.bump_counter("new").await.unwrap(), 4);
 }
 
 fn task(n: u8) -> TaskRecord {

@@ -69,6 +69,14 @@ impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
+    async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.with(|i| {
+            let c = i.counters.entry(name.to_owned()).or_insert(0);
+            *c = (*c).max(value);
+        });
+        self.feed.push(ChangeKind::Counter, name);
+        Ok(())
+    }
     async fn last_change(&self) -> Result<u64, StoreError> {
         Ok(self.feed.last())
     }

@@ -15,6 +15,7 @@ mod feed;
 pub(crate) mod pg;
 mod records;
 mod sled_store;
+pub mod transfer;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -174,6 +175,9 @@ pub trait Store: Send + Sync + 'static {
     async fn counter(&self, name: &str) -> Result<u64, StoreError>;
     /// Atomically increments a named counter and returns the new value.
     async fn bump_counter(&self, name: &str) -> Result<u64, StoreError>;
+    /// Raises a named counter to at least `value` (restore and migration
+    /// carry sequence numbers over; counters never go back).
+    async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError>;
 
     /// The sequence number of the newest change (0 when none yet). A
     /// follower reads this before loading state, then follows

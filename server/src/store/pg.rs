@@ -93,28 +93,33 @@ pub fn redact_password(url: &str) -> String {
         return url.to_owned();
     };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
+    let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("", authority));
     let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
     let masked = if userinfo.contains(':') {
-        format!("{user}:***")
+        format!("{user}:***@")
+    } else if user.is_empty() {
+        String::new()
     } else {
-        user.to_owned()
+        format!("{user}@")
     };
-    let tail = tail
-        .split('&')
-        .map(|kv| {
-            if kv.trim_start_matches('?').starts_with("password=") {
-                let q = if kv.starts_with('?') { "?" } else { "" };
-                format!("{q}password=***")
-            } else {
-                kv.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    format!("{scheme}://{masked}@{host}{tail}")
+    let tail = match tail.split_once('?') {
+        None => tail.to_owned(),
+        Some((path, query)) => {
+            let query = query
+                .split('&')
+                .map(|kv| {
+                    if kv.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        kv
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            format!("{path}?{query}")
+        }
+    };
+    format!("{scheme}://{masked}{host}{tail}")
 }
 
 #[cfg(test)]
@@ -928,6 +933,21 @@ impl Store for PgStore {
         record(&tx, ChangeKind::Counter, name).await?;
         tx.commit().await.map_err(db)?;
         Ok(u64_of(row.get(0)))
+    }
+
+    async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let v = i64_of(value)?;
+        tx.execute(
+            "INSERT INTO lanyard_counters (name, value) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET value = GREATEST(lanyard_counters.value, EXCLUDED.value)",
+            &[&name, &v],
+        )
+        .await
+        .map_err(db)?;
+        record(&tx, ChangeKind::Counter, name).await?;
+        tx.commit().await.map_err(db)
     }
 
     async fn last_change(&self) -> Result<u64, StoreError> {

@@ -630,6 +630,20 @@ impl Store for SledStore {
             .await
     }
 
+    async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        let n = name.to_owned();
+        let change = (ChangeKind::Counter, name.to_owned());
+        self.write(Some(change), move |s| {
+            s.counters
+                .update_and_fetch(&n, |old| {
+                    Some(old.map_or(0, decode_u64).max(value).to_be_bytes().to_vec())
+                })
+                .map_err(backend)?;
+            s.flush()
+        })
+        .await
+    }
+
     async fn last_change(&self) -> Result<u64, StoreError> {
         Ok(self.feed.last())
     }
