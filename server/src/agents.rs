@@ -45,6 +45,10 @@ pub struct Agents {
     clock: Arc<dyn Clock>,
     /// Bumped when an agent is evicted or banned, so its streams end.
     changes: watch::Sender<u64>,
+    /// Agents banned or evicted since this server started (through it or
+    /// another server): their open streams end without a store read per
+    /// stream per wake-up.
+    gone: Arc<std::sync::RwLock<std::collections::HashSet<SpiffeId>>>,
 }
 
 impl Agents {
@@ -54,7 +58,26 @@ impl Agents {
             store,
             clock,
             changes,
+            gone: Arc::default(),
         }
+    }
+
+    fn mark(&self, id: &SpiffeId, gone: bool) {
+        let mut set = self.gone.write().unwrap_or_else(|p| p.into_inner());
+        if gone {
+            set.insert(id.clone());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    /// Whether the agent was banned or evicted while this server ran (a
+    /// stream opened before that must end).
+    pub fn is_gone(&self, id: &SpiffeId) -> bool {
+        self.gone
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     /// A receiver that wakes on every ban or eviction.
@@ -75,8 +98,11 @@ impl Agents {
             return Ok(());
         };
         match self.store.get_agent(&id).await? {
-            Some(a) if !a.banned => {}
-            _ => self.wake(),
+            Some(a) if !a.banned => self.mark(&id, false),
+            _ => {
+                self.mark(&id, true);
+                self.wake();
+            }
         }
         Ok(())
     }
@@ -204,6 +230,7 @@ impl Agents {
             next.banned = true;
             match self.store.swap_agent(id, Some(cur), Some(&next)).await? {
                 Ok(()) => {
+                    self.mark(id, true);
                     self.changes.send_modify(|v| *v += 1);
                     return Ok(next);
                 }
@@ -226,6 +253,7 @@ impl Agents {
             }
             match self.store.swap_agent(id, Some(cur), None).await? {
                 Ok(()) => {
+                    self.mark(id, true);
                     self.changes.send_modify(|v| *v += 1);
                     return Ok(cur.clone());
                 }

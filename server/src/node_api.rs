@@ -363,12 +363,10 @@ impl Node for NodeApi {
             let mut last: Option<SyncUpdate> = None;
             loop {
                 // Re-check the agent on every wake-up: an evicted or banned
-                // agent's stream ends with an error.
-                let still_ok = match api.agents.get(&id).await {
-                    Ok(Some(a)) => !a.banned,
-                    _ => false,
-                };
-                if !still_ok {
+                // agent's stream ends with an error (authenticated against
+                // the store when the stream opened; changes since come from
+                // this server's ban/evict calls and the change feed).
+                if api.agents.is_gone(&id) {
                     let _ = tx
                         .send(Err(Status::permission_denied(format!(
                             "agent {id} has been evicted or banned"

@@ -1,7 +1,7 @@
 //! Registration entries in memory, written through to the store, with a
 //! change signal that the agents' sync streams wait on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TrustDomain};
@@ -30,6 +30,17 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
+/// Entries grouped by parent, each group ordered by ID.
+fn index(
+    entries: &BTreeMap<EntryId, RegistrationEntry>,
+) -> HashMap<SpiffeId, Vec<RegistrationEntry>> {
+    let mut m: HashMap<SpiffeId, Vec<RegistrationEntry>> = HashMap::new();
+    for e in entries.values() {
+        m.entry(e.parent_id.clone()).or_default().push(e.clone());
+    }
+    m
+}
+
 fn duplicate(e: StoreError) -> RegistryError {
     match e {
         StoreError::DuplicateEntry(id) => RegistryError::Duplicate(id),
@@ -47,6 +58,9 @@ struct Inner {
     td: TrustDomain,
     store: Arc<dyn Store>,
     entries: RwLock<Arc<BTreeMap<EntryId, RegistrationEntry>>>,
+    /// The same entries by parent ID, rebuilt on every change: each
+    /// agent's sync stream reads its own entries without a scan.
+    by_parent: RwLock<Arc<HashMap<SpiffeId, Vec<RegistrationEntry>>>>,
     /// Serialises this server's writers so that store and memory stay in
     /// step; other servers' changes arrive through [`Registry::refresh`].
     write: tokio::sync::Mutex<()>,
@@ -67,6 +81,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 td,
                 store,
+                by_parent: RwLock::new(Arc::new(index(&entries))),
                 entries: RwLock::new(Arc::new(entries)),
                 write: tokio::sync::Mutex::new(()),
                 changes,
@@ -90,7 +105,15 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner());
         let mut next = (**guard).clone();
         f(&mut next);
+        let by_parent = index(&next);
         *guard = Arc::new(next);
+        // Written under the entries lock, so the two never disagree for
+        // long and never go back.
+        *self
+            .inner
+            .by_parent
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(by_parent);
         drop(guard);
         self.inner.changes.send_modify(|r| *r += 1);
     }
@@ -193,9 +216,16 @@ impl Registry {
             .collect()
     }
 
-    /// The entries an agent is authorised to obtain SVIDs for.
+    /// The entries an agent is authorised to obtain SVIDs for, ordered by
+    /// ID.
     pub fn for_agent(&self, agent: &SpiffeId) -> Vec<RegistrationEntry> {
-        self.list(None, Some(agent))
+        self.inner
+            .by_parent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Brings one entry in memory in step with the store (after a change

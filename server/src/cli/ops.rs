@@ -83,18 +83,20 @@ pub(super) fn print_authorities(out: Output, r: &ListAuthoritiesResponse) {
             json!({"authorities": r.authorities.iter().map(|a| json!({
                 "id": a.id, "kind": a.kind, "state": a.state, "tainted": a.tainted,
                 "not_before": a.not_before, "not_after": a.not_after,
+                "server_id": a.server_id,
             })).collect::<Vec<_>>()})
         ),
         Output::Text => {
             for a in &r.authorities {
                 println!(
-                    "{:<5} {:<9} {}{}  valid {} .. {}",
+                    "{:<5} {:<9} {}{}  valid {} .. {}  server {}",
                     a.kind,
                     a.state,
                     a.id,
                     if a.tainted { " (tainted)" } else { "" },
                     t(a.not_before),
-                    t(a.not_after)
+                    t(a.not_after),
+                    a.server_id
                 );
             }
         }
