@@ -7,6 +7,7 @@
 //! target/release/lanyard-bench --json bench.json
 //! ```
 
+mod fleet;
 mod procs;
 mod scenarios;
 mod stats;
@@ -53,6 +54,38 @@ struct Args {
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Another scenario instead of the default set.
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+/// Scenarios run on their own.
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Thousands of simulated agents (real attestation, real mTLS and Sync
+    /// streams) against one or several servers: notification latency,
+    /// server memory per agent, signings per second.
+    Fleet {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+        /// Servers; more than one share a PostgreSQL database.
+        #[arg(long, default_value_t = 1)]
+        servers: usize,
+        /// A postgres:// URL (default: sled for one server, a throwaway
+        /// PostgreSQL cluster for several).
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Entry-change samples.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+        /// How long to drive SVID signing.
+        #[arg(long, default_value = "10s")]
+        sign_duration: String,
+        /// Concurrent signing callers.
+        #[arg(long, default_value_t = 32)]
+        sign_concurrency: usize,
+    },
 }
 
 fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
@@ -87,6 +120,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.svids <= 10_000, "--svids must be at most 10000");
     let bins = procs::bin_dir(args.bin_dir.clone())?;
+    if let Some(Cmd::Fleet {
+        agents,
+        servers,
+        datastore,
+        samples,
+        sign_duration,
+        sign_concurrency,
+    }) = &args.cmd
+    {
+        anyhow::ensure!((1..=50_000).contains(agents), "--agents must be 1..=50000");
+        anyhow::ensure!((1..=8).contains(servers), "--servers must be 1..=8");
+        anyhow::ensure!(*samples >= 1, "--samples must be at least 1");
+        let fa = fleet::FleetArgs {
+            agents: *agents,
+            servers: *servers,
+            datastore: datastore.clone(),
+            samples: (*samples).min(*agents),
+            sign_duration: dur("sign-duration", sign_duration)?,
+            sign_concurrency: (*sign_concurrency).clamp(1, 1000),
+        };
+        let r = fleet::run(&bins, &fa).await?;
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "fleet: {} agents on {} server(s) ({}), connected in {:.1} s",
+            r.agents, r.servers, r.datastore, r.connect_seconds
+        );
+        for rep in [&r.entry_notify, &r.bundle_fanout] {
+            println!(
+                "  {:<46} p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  (n={})",
+                rep.name, rep.p50_ms, rep.p99_ms, rep.max_ms, rep.ok
+            );
+        }
+        println!(
+            "  server RSS {:.1} MiB → {:.1} MiB: {:.1} KiB per connected agent",
+            mb(r.rss_before),
+            mb(r.rss_after),
+            r.rss_per_agent / 1024.0
+        );
+        println!("  X.509-SVID signings: {:.0}/s", r.signings_per_second);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
+        }
+        return Ok(());
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "lanyard-bench: {cpus} CPUs, binaries from {}",

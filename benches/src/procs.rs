@@ -40,11 +40,11 @@ pub struct Deployment {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_for_socket(path: &Path, child: &mut Child, what: &str) -> anyhow::Result<()> {
+pub fn wait_for_socket(path: &Path, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
         if let Some(status) = child.try_wait()? {
