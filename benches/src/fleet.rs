@@ -199,7 +199,7 @@ type Streams = Vec<Arc<Mutex<Seen>>>;
 pub async fn run(bins: &Path, args: &FleetArgs) -> anyhow::Result<FleetReport> {
     let nofile = raise_nofile()?;
     anyhow::ensure!(
-        nofile as usize > args.agents * 2 + 1000,
+        nofile as usize > args.agents + 1000,
         "the open-file limit ({nofile}) is too low for {} agents",
         args.agents
     );
