@@ -132,7 +132,7 @@ fn raise_nofile() -> anyhow::Result<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);
     l.current = l.maximum;
-    setrlimit(Resource::Nofile, l.clone()).context("raising the open-file limit")?;
+    setrlimit(Resource::Nofile, l).context("raising the open-file limit")?;
     Ok(l.current.unwrap_or(u64::MAX))
 }
 
@@ -260,15 +260,11 @@ pub async fn run(bins: &Path, args: &FleetArgs) -> anyhow::Result<FleetReport> {
     let (ready_tx, mut ready_rx) = mpsc::channel(args.agents.max(1));
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let mut joins = Vec::with_capacity(args.agents);
-    for n in 0..args.agents {
+    for (n, seen) in streams.iter().enumerate() {
         let s = n % servers.len();
         let (addr, mut admin) = (servers[s].addr.clone(), admins[s].clone());
-        let (bundle, seen, ready, sem) = (
-            bundle.clone(),
-            streams[n].clone(),
-            ready_tx.clone(),
-            sem.clone(),
-        );
+        let (bundle, seen, ready, sem) =
+            (bundle.clone(), seen.clone(), ready_tx.clone(), sem.clone());
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let token = admin

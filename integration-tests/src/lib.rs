@@ -15,6 +15,7 @@ use lanyard_uds::unix_channel;
 pub mod h2raw;
 pub mod pg;
 pub mod python;
+pub mod server_proc;
 use tonic::transport::Channel;
 
 /// The trust domain every test uses.

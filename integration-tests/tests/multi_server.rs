@@ -8,14 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_core::x509::CertInfo;
 use lanyard_integration_tests::pg::PgCluster;
+use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
@@ -26,77 +25,6 @@ use lanyard_proto::types;
 use tonic::transport::Channel;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server_proc");
-
-struct ServerProc {
-    child: Child,
-    port: u16,
-    admin: PathBuf,
-    dir: PathBuf,
-}
-
-impl ServerProc {
-    fn start(dir: &Path, n: usize, datastore: &str) -> Self {
-        let dir = dir.join(format!("server{n}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let admin = dir.join("admin.sock");
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(SERVER)
-            .args(["run", "--trust-domain", TD, "--bind"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--admin-socket")
-            .arg(&admin)
-            .args(["--datastore", datastore])
-            .args(["--default-x509-svid-ttl", "6s", "--agent-svid-ttl", "30s"])
-            .env("LANYARD_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            port,
-            admin,
-            dir,
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(lanyard_uds::unix_channel(&self.admin).unwrap())
-    }
-
-    async fn ready(&self) {
-        eventually("a server to answer", Duration::from_secs(30), || async {
-            self.admin()
-                .list_authorities(ListAuthoritiesRequest {})
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The server ports this process holds an established TCP connection to
 /// (the agent runs in this process; its sync stream is the only TCP
@@ -132,10 +60,10 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     let url = pg.url(&db);
     let dir = tempfile::tempdir().unwrap();
     // The first server creates the schema; the others start together.
-    let s1 = ServerProc::start(dir.path(), 1, &url);
+    let s1 = ServerProc::start(SERVER, dir.path(), 1, &url);
     s1.ready().await;
-    let s2 = ServerProc::start(dir.path(), 2, &url);
-    let s3 = ServerProc::start(dir.path(), 3, &url);
+    let s2 = ServerProc::start(SERVER, dir.path(), 2, &url);
+    let s3 = ServerProc::start(SERVER, dir.path(), 3, &url);
     s2.ready().await;
     s3.ready().await;
     let mut servers = vec![Some(s1), Some(s2), Some(s3)];
@@ -351,16 +279,13 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     for (i, s) in servers.iter().enumerate() {
         let Some(s) = s else { continue };
         let addr: std::net::SocketAddr = s.addr().parse().unwrap();
-        let mut node = lanyard_integration_tests::node_client_from(&agent_dir.join("data"), addr);
+        let node = lanyard_integration_tests::node_client_from(&agent_dir.join("data"), addr);
         let status = eventually("the ban on every server", Duration::from_secs(10), || {
             let mut node = node.clone();
             async move {
                 match node.sync(SyncRequest {}).await {
                     Err(st) => Some(st),
-                    Ok(mut stream) => match stream.get_mut().message().await {
-                        Err(st) => Some(st),
-                        Ok(_) => None,
-                    },
+                    Ok(mut stream) => stream.get_mut().message().await.err(),
                 }
             }
         })
@@ -372,7 +297,6 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
             i + 1
         );
         assert!(status.message().contains("banned"), "{status:?}");
-        let _ = &mut node;
     }
     eventually(
         "the banned agent's stream to end",

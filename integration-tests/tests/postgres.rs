@@ -4,6 +4,8 @@
 //! database, migrations, the change feed across disconnection and pruning,
 //! and clear errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,7 +1,12 @@
 //! The behaviour every [`Store`] implementation must show. Each backend's
 //! tests call [`run_all`] with a constructor of fresh, empty stores.
 //! Test-only code: a failed check panics.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -214,8 +219,7 @@ async fn renewal_racing_a_ban_or_eviction_never_undoes_it(s: Arc<dyn Store>, t: 
         );
         let (renewer, rid) = (s.clone(), id.clone());
         let renewals = tokio::spawn(async move {
-            let mut n = 0u64;
-            for _ in 0..200 {
+            for n in 0..200u64 {
                 let Some(cur) = renewer.get_agent(&rid).await.unwrap() else {
                     break;
                 };
@@ -225,7 +229,6 @@ async fn renewal_racing_a_ban_or_eviction_never_undoes_it(s: Arc<dyn Store>, t: 
                 let mut next = cur.clone();
                 next.previous_serial = Some(cur.serial.clone());
                 next.serial = format!("{n:x}");
-                n += 1;
                 let _ = renewer
                     .swap_agent(&rid, Some(&cur), Some(&next))
                     .await
