@@ -18,7 +18,8 @@ use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
-    AgentRequest, CreateEntryRequest, CreateJoinTokenRequest, ListAuthoritiesRequest,
+    AgentRequest, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest,
+    ListAuthoritiesRequest,
 };
 use lanyard_proto::server::SyncRequest;
 use lanyard_proto::types;
@@ -264,6 +265,61 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
                 .iter()
                 .any(|s| s.spiffe_id().to_string() == "spiffe://example.org/third")
                 .then_some(())
+        },
+    )
+    .await;
+
+    // The killed server is gone for good: its keys (its CA is still the
+    // active one it left) are tainted, then revoked, through another
+    // server, and leave the agent's bundle.
+    let dead_id = std::fs::read_to_string(dead.dir.join("data").join("server-id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let dead_keys: Vec<(String, String)> = srv(&servers, third_server)
+        .list_authorities(ListAuthoritiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .authorities
+        .into_iter()
+        .filter(|a| a.server_id == dead_id)
+        .map(|a| (a.id, a.kind))
+        .collect();
+    assert!(
+        dead_keys.iter().any(|(_, k)| k == "x509") && dead_keys.iter().any(|(_, k)| k == "jwt"),
+        "{dead_keys:?}"
+    );
+    for (id, _) in &dead_keys {
+        srv(&servers, third_server)
+            .taint_authority(AuthorityRequest { id: id.clone() })
+            .await
+            .unwrap();
+        srv(&servers, third_server)
+            .revoke_authority(AuthorityRequest { id: id.clone() })
+            .await
+            .unwrap();
+    }
+    let dead_x509: BTreeSet<String> = dead_keys
+        .iter()
+        .filter(|(_, k)| k == "x509")
+        .map(|(id, _)| id.clone())
+        .collect();
+    eventually(
+        "the dead server's CA to leave the agent's bundle",
+        Duration::from_secs(20),
+        || async {
+            let ctx = client.fetch_x509_context().await.ok()?;
+            let b = ctx
+                .bundle_set()
+                .get(&spiffe::TrustDomain::new(TD).unwrap())?
+                .clone();
+            let ids: BTreeSet<String> = b
+                .authorities()
+                .iter()
+                .map(|c| CertInfo::parse(c.as_bytes()).unwrap().subject_key_id)
+                .collect();
+            (ids.len() >= 2 && ids.is_disjoint(&dead_x509)).then_some(())
         },
     )
     .await;

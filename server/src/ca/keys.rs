@@ -507,14 +507,17 @@ impl Keys {
     }
 
     pub(super) fn taint(&mut self, id: &str) -> Result<bool, CaError> {
-        let (state, tainted, dirty) = if let Some(s) = self.x509.find(id) {
-            (s.state, &mut s.tainted, &mut s.dirty)
+        let me = self.x509.me.clone();
+        let (state, mine, tainted, dirty) = if let Some(s) = self.x509.find(id) {
+            (s.state, s.owner == me, &mut s.tainted, &mut s.dirty)
         } else if let Some(s) = self.jwt.find(id) {
-            (s.state, &mut s.tainted, &mut s.dirty)
+            (s.state, s.owner == me, &mut s.tainted, &mut s.dirty)
         } else {
             return Err(CaError::UnknownKey(id.to_owned()));
         };
-        if state == CaKeyState::Active {
+        // This server's active key must be replaced first; another
+        // server's active key is tainted when that server is gone for good.
+        if state == CaKeyState::Active && mine {
             return Err(CaError::ActiveKey(id.to_owned()));
         }
         let changed = !*tainted;
@@ -528,7 +531,7 @@ impl Keys {
         fn take<K: Key>(ring: &mut Ring<K>, id: &str) -> Option<Result<(), CaError>> {
             let idx = ring.slots.iter().position(|s| s.key.id() == id)?;
             let s = &ring.slots[idx];
-            if s.state == CaKeyState::Active {
+            if s.state == CaKeyState::Active && s.owner == ring.me {
                 return Some(Err(CaError::ActiveKey(id.to_owned())));
             }
             if !s.tainted {
