@@ -543,12 +543,17 @@ async fn listen(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        let started = std::time::Instant::now();
         let outcome = match &tls {
             Some(t) => listen_once(&config, t.clone(), &wake).await,
             None => listen_once(&config, NoTls, &wake).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(error = %e, "datastore change listener disconnected; reconnecting");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            // It had been up for a while: a fresh outage starts fast.
+            backoff = Duration::from_millis(100);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
