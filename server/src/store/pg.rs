@@ -208,6 +208,15 @@ fn row_data<T: DeserializeOwned>(table: &str, row: &Row) -> Result<T, StoreError
     decode(&format!("{table}/{key}"), v.0)
 }
 
+/// Column `i` of `row`, or a clear error (a schema that does not match
+/// this binary must not panic the server).
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
+    row.try_get(i).map_err(|e| StoreError::Corrupt {
+        key: format!("column {i}"),
+        reason: e.to_string(),
+    })
+}
+
 fn i64_of(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} does not fit a bigint")))
 }
@@ -235,7 +244,7 @@ async fn record(tx: &Transaction<'_>, kind: ChangeKind, key: &str) -> Result<u64
         )
         .await
         .map_err(db)?;
-    Ok(u64_of(row.get(0)))
+    Ok(u64_of(col(&row, 0)?))
 }
 
 fn tls_connector(
@@ -338,7 +347,7 @@ impl PgStore {
             )
             .await
             .map_err(db)?;
-        let current: i32 = row.get(0);
+        let current: i32 = col(&row, 0)?;
         let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
         if current > known {
             return Err(StoreError::Backend(format!(
@@ -510,9 +519,8 @@ impl PgStore {
             )
             .await
             .map_err(db)?;
-        let id: String = row
-            .map(|r| r.get(0))
-            .ok_or_else(|| StoreError::Backend("a duplicate entry vanished".into()))?;
+        let row = row.ok_or_else(|| StoreError::Backend("a duplicate entry vanished".into()))?;
+        let id: String = col(&row, 0)?;
         EntryId::new(&id).map_err(|e| StoreError::Corrupt {
             key: format!("lanyard_entries/{id}"),
             reason: e.to_string(),
@@ -592,7 +600,7 @@ where
         let head: i64 = client
             .query_one("SELECT seq FROM lanyard_change_head", &[])
             .await?
-            .get(0);
+            .try_get(0)?;
         wake.send_modify(|v| *v = (*v).max(u64_of(head)));
         while let Some(msg) = rx.recv().await {
             let seq = msg?;
@@ -920,7 +928,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(db)?;
-        Ok(row.map_or(0, |r| u64_of(r.get(0))))
+        row.map_or(Ok(0), |r| col(&r, 0).map(u64_of))
     }
 
     async fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
@@ -937,7 +945,7 @@ impl Store for PgStore {
             .map_err(db)?;
         record(&tx, ChangeKind::Counter, name).await?;
         tx.commit().await.map_err(db)?;
-        Ok(u64_of(row.get(0)))
+        Ok(u64_of(col(&row, 0)?))
     }
 
     async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
@@ -961,7 +969,7 @@ impl Store for PgStore {
             .query_one("SELECT seq FROM lanyard_change_head", &[])
             .await
             .map_err(db)?;
-        Ok(u64_of(row.get(0)))
+        Ok(u64_of(col(&row, 0)?))
     }
 
     async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError> {
@@ -989,9 +997,9 @@ impl Store for PgStore {
             .map_err(db)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let seq = u64_of(r.get(0));
-            let kind: String = r.get(1);
-            let key: String = r.get(2);
+            let seq = u64_of(col(&r, 0)?);
+            let kind: String = col(&r, 1)?;
+            let key: String = col(&r, 2)?;
             let kind = ChangeKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
                 key: format!("lanyard_changes/{seq}"),
                 reason: format!("unknown change kind {kind:?}"),
