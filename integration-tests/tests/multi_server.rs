@@ -90,6 +90,39 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     })
     .await;
     eprintln!("server IDs: {owners:?}");
+    // Private keys stay in each server's data dir (0600); the shared
+    // database holds certificates and public keys only.
+    let (db_client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for table in ["lanyard_ca_keys", "lanyard_jwt_keys"] {
+        let (rows, with_private): (i64, i64) = {
+            let r = db_client
+                .query_one(
+                    &format!(
+                        "SELECT count(*), count(*) FILTER (WHERE jsonb_array_length(data->'key_pkcs8') > 0) FROM {table}"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert!(rows >= 3, "{table}: {rows} rows");
+        assert_eq!(with_private, 0, "{table} holds private keys");
+    }
+    for s in servers.iter().flatten() {
+        let keys: Vec<_> = std::fs::read_dir(s.dir.join("data").join("keys"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(keys.len() >= 2, "{:?}", keys);
+        for k in keys {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(k.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
 
     // The agent attests through server 2 and is given all three addresses.
     let token = srv(&servers, 1)

@@ -330,6 +330,21 @@ async fn backup_restore_and_migrate_keep_entries_keys_and_sequences() {
         .collect();
     assert_eq!(ids, ["spiffe://example.org/kept"]);
     assert_eq!(migrated.active_ca_id(), ca, "the server kept its own CA");
+    // Its private keys moved out of the database into its data dir.
+    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let with_private: i64 = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE jsonb_array_length(data->'key_pkcs8') > 0) FROM lanyard_ca_keys",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(with_private, 0);
+    assert!(old.join("data").join("keys").read_dir().unwrap().count() >= 2);
     assert!(migrated.bound.ca.snapshot().sequence >= seq);
     migrated.stop().await;
 }

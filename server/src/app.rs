@@ -108,8 +108,22 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     // after it is applied again (idempotently) by the follower.
     let feed_from = store.last_change().await?;
     let td = config.trust_domain.clone();
-    let ca =
-        Ca::load_or_create(&td, &server_id, store.clone(), clock.clone(), config.ca_ttl).await?;
+    // With a shared database this server's private keys stay in its own
+    // data dir unless configured otherwise; sled's database is in the data
+    // dir already.
+    let key_dir = match &config.datastore {
+        Datastore::Postgres(_) if !config.ca_keys_in_datastore => Some(dir.join("keys")),
+        _ => None,
+    };
+    let ca = Ca::load_or_create(
+        &td,
+        &server_id,
+        key_dir.as_deref(),
+        store.clone(),
+        clock.clone(),
+        config.ca_ttl,
+    )
+    .await?;
     let registry = Registry::load(td.clone(), store.clone()).await?;
     let tokens = JoinTokens::new(td.clone(), store.clone(), clock.clone());
     let identity = ServerIdentity::new(&ca, clock.as_ref())?;

@@ -58,6 +58,9 @@ pub struct RawConfig {
     pub datastore: Option<String>,
     /// PEM CA certificates that sign the PostgreSQL server's certificate.
     pub datastore_ca: Option<PathBuf>,
+    /// With PostgreSQL: keep this server's CA and JWT private keys in the
+    /// database rows instead of its data dir (default false).
+    pub ca_keys_in_datastore: Option<bool>,
 }
 
 impl RawConfig {
@@ -91,7 +94,8 @@ impl RawConfig {
             max_connection_age,
             sensitivity_levels,
             datastore,
-            datastore_ca
+            datastore_ca,
+            ca_keys_in_datastore
         );
         self
     }
@@ -210,6 +214,7 @@ impl RawConfig {
             ));
         }
         Ok(Config {
+            ca_keys_in_datastore: self.ca_keys_in_datastore.unwrap_or(false),
             datastore,
             sensitivity_levels,
             trust_domain,
@@ -283,6 +288,9 @@ impl PartialEq for Datastore {
 pub struct Config {
     /// Where state is kept.
     pub datastore: Datastore,
+    /// With PostgreSQL: private keys in the database rather than the data
+    /// dir.
+    pub ca_keys_in_datastore: bool,
     /// Trust domain.
     pub trust_domain: TrustDomain,
     /// Database and key directory.

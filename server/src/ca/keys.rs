@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lanyard_core::TrustDomain;
-use lanyard_core::clock::{from_unix_secs, unix_secs};
 use lanyard_core::jwt::JwtSigner;
 use lanyard_core::rotation::{ca_activate_at, ca_prepare_at};
 use lanyard_core::x509::X509Authority;
 
+use super::material::{self, JwtKey, X509Key};
 use super::{AuthorityInfo, CaError, CaSnapshot};
 use crate::store::{CaKeyRecord, CaKeyState, JwtKeyRecord, Store};
 
@@ -24,30 +24,6 @@ pub(super) trait Key {
     fn id(&self) -> &str;
     fn not_before(&self) -> SystemTime;
     fn not_after(&self) -> SystemTime;
-}
-
-impl Key for X509Authority {
-    fn id(&self) -> &str {
-        &self.info().subject_key_id
-    }
-    fn not_before(&self) -> SystemTime {
-        self.info().not_before
-    }
-    fn not_after(&self) -> SystemTime {
-        self.info().not_after
-    }
-}
-
-impl Key for JwtSigner {
-    fn id(&self) -> &str {
-        self.key_id()
-    }
-    fn not_before(&self) -> SystemTime {
-        JwtSigner::not_before(self)
-    }
-    fn not_after(&self) -> SystemTime {
-        JwtSigner::not_after(self)
-    }
 }
 
 pub(super) struct Slot<K> {
@@ -243,19 +219,24 @@ impl<K: Key> Ring<K> {
 
 /// Both kinds of key.
 pub(super) struct Keys {
-    x509: Ring<X509Authority>,
-    jwt: Ring<JwtSigner>,
+    x509: Ring<X509Key>,
+    jwt: Ring<JwtKey>,
+    /// Where this server's private keys are kept, when not in the store.
+    key_dir: Option<std::path::PathBuf>,
 }
 
-type Stored = (
-    Vec<(Slot<X509Authority>, String)>,
-    Vec<(Slot<JwtSigner>, String)>,
-);
+type Stored = (Vec<(Slot<X509Key>, String)>, Vec<(Slot<JwtKey>, String)>);
 
 impl Keys {
     /// The keys in the store, as slots. Records without an owner (written
     /// before servers had IDs) are adopted by `me`.
-    async fn read_stored(store: &dyn Store, me: &str, ttl: Duration) -> Result<Stored, CaError> {
+    async fn read_stored(
+        store: &dyn Store,
+        me: &str,
+        ttl: Duration,
+        key_dir: Option<&std::path::Path>,
+    ) -> Result<Stored, CaError> {
+        let own = |o: &str| o.is_empty() || o == me;
         let owner = |o: &str| {
             if o.is_empty() {
                 me.to_owned()
@@ -263,14 +244,22 @@ impl Keys {
                 o.to_owned()
             }
         };
+        // A record of this server holding its private key while keys are
+        // kept in the data dir (a migrated or older database) is rewritten:
+        // the key moves to the data dir, the row keeps the public part.
+        let rewrite =
+            |o: &str, has_key: bool| o.is_empty() || (own(o) && has_key && key_dir.is_some());
         let mut x509 = Vec::new();
         for rec in store.list_ca_keys().await? {
+            let file = key_dir
+                .filter(|_| own(&rec.owner))
+                .map(|d| material::key_path(d, "x509", &rec.id));
             x509.push((
                 Slot {
-                    key: Arc::new(X509Authority::from_parts(&rec.cert_der, &rec.key_pkcs8)?),
+                    key: Arc::new(X509Key::from_record(&rec, file.as_deref())?),
                     state: rec.state,
                     tainted: rec.tainted,
-                    dirty: rec.owner.is_empty(),
+                    dirty: rewrite(&rec.owner, !rec.key_pkcs8.is_empty()),
                     owner: owner(&rec.owner),
                     stored: true,
                 },
@@ -279,22 +268,16 @@ impl Keys {
         }
         let mut jwt = Vec::new();
         for rec in store.list_jwt_keys().await? {
-            let nb = if rec.not_before == 0 {
-                rec.not_after.saturating_sub(ttl.as_secs())
-            } else {
-                rec.not_before
-            };
+            let nb = material::jwt_not_before(&rec, ttl.as_secs());
+            let file = key_dir
+                .filter(|_| own(&rec.owner))
+                .map(|d| material::key_path(d, "jwt", &rec.kid));
             jwt.push((
                 Slot {
-                    key: Arc::new(JwtSigner::from_parts(
-                        &rec.kid,
-                        &rec.key_pkcs8,
-                        from_unix_secs(nb),
-                        from_unix_secs(rec.not_after),
-                    )?),
+                    key: Arc::new(JwtKey::from_record(&rec, nb, file.as_deref())?),
                     state: rec.state,
                     tainted: rec.tainted,
-                    dirty: rec.owner.is_empty(),
+                    dirty: rewrite(&rec.owner, !rec.key_pkcs8.is_empty()),
                     owner: owner(&rec.owner),
                     stored: true,
                 },
@@ -309,6 +292,7 @@ impl Keys {
     pub(super) async fn load(
         td: &TrustDomain,
         me: &str,
+        key_dir: Option<&std::path::Path>,
         store: &dyn Store,
         now: SystemTime,
         ttl: Duration,
@@ -316,8 +300,9 @@ impl Keys {
         let mut keys = Self {
             x509: Ring::new(me),
             jwt: Ring::new(me),
+            key_dir: key_dir.map(std::path::Path::to_path_buf),
         };
-        let (x, j) = Self::read_stored(store, me, ttl).await?;
+        let (x, j) = Self::read_stored(store, me, ttl, key_dir).await?;
         keys.x509.merge(x);
         keys.jwt.merge(j);
         let adopted =
@@ -326,13 +311,17 @@ impl Keys {
         if keys.x509.active().is_none() {
             let a = X509Authority::generate_root(td, now, ttl)?;
             tracing::info!(id = %a.info().subject_key_id, ttl = ?ttl, server = me, "created X.509 CA");
-            keys.x509.slots.push(Slot::new(a, CaKeyState::Active, me));
+            keys.x509
+                .slots
+                .push(Slot::new(X509Key::own(a), CaKeyState::Active, me));
             changed = true;
         }
         if keys.jwt.active().is_none() {
             let j = JwtSigner::generate(now, now + ttl)?;
             tracing::info!(kid = %j.key_id(), server = me, "created JWT key");
-            keys.jwt.slots.push(Slot::new(j, CaKeyState::Active, me));
+            keys.jwt
+                .slots
+                .push(Slot::new(JwtKey::own(j), CaKeyState::Active, me));
             changed = true;
         }
         if changed {
@@ -348,46 +337,87 @@ impl Keys {
         store: &dyn Store,
         ttl: Duration,
     ) -> Result<bool, CaError> {
-        let (x, j) = Self::read_stored(store, &self.x509.me, ttl).await?;
+        let (x, j) = Self::read_stored(store, &self.x509.me, ttl, self.key_dir.as_deref()).await?;
         Ok(self.x509.merge(x) | self.jwt.merge(j))
     }
 
-    /// Writes every slot changed here and deletes removed keys.
+    /// Writes every slot changed here and deletes removed keys. Own keys
+    /// are written whole (the private key to the data dir when keys are
+    /// kept there); another server's key only ever changes its taint, read
+    /// back and written over the stored record so its private part (when
+    /// the database keeps it) is never lost.
     pub(super) async fn persist(&mut self, store: &dyn Store) -> Result<(), CaError> {
+        let dir = self.key_dir.clone();
+        let me = self.x509.me.clone();
+        let mut foreign_ca = None;
         for s in self.x509.slots.iter_mut().filter(|s| s.dirty) {
-            store
-                .put_ca_key(&CaKeyRecord {
-                    id: s.key.id().to_owned(),
-                    cert_der: s.key.cert_der().to_vec(),
-                    key_pkcs8: s.key.key_pkcs8_der(),
-                    state: s.state,
-                    tainted: s.tainted,
-                    owner: s.owner.clone(),
-                })
-                .await?;
+            if s.owner == me {
+                let key_pkcs8 = material::x509_record(&s.key, dir.as_deref())?
+                    .ok_or(CaError::NothingPrepared)?;
+                store
+                    .put_ca_key(&CaKeyRecord {
+                        id: s.key.id().to_owned(),
+                        cert_der: s.key.cert_der().to_vec(),
+                        key_pkcs8,
+                        state: s.state,
+                        tainted: s.tainted,
+                        owner: s.owner.clone(),
+                    })
+                    .await?;
+            } else {
+                if foreign_ca.is_none() {
+                    foreign_ca = Some(store.list_ca_keys().await?);
+                }
+                if let Some(mut rec) = foreign_ca
+                    .as_ref()
+                    .and_then(|l| l.iter().find(|r| r.id == s.key.id()).cloned())
+                {
+                    rec.tainted |= s.tainted;
+                    store.put_ca_key(&rec).await?;
+                }
+            }
             s.dirty = false;
             s.stored = true;
         }
+        let mut foreign_jwt = None;
         for s in self.jwt.slots.iter_mut().filter(|s| s.dirty) {
-            store
-                .put_jwt_key(&JwtKeyRecord {
-                    kid: s.key.id().to_owned(),
-                    key_pkcs8: s.key.pkcs8().to_vec(),
-                    not_before: unix_secs(s.key.not_before()),
-                    not_after: unix_secs(s.key.not_after()),
-                    state: s.state,
-                    tainted: s.tainted,
-                    owner: s.owner.clone(),
-                })
-                .await?;
+            if s.owner == me {
+                let key_pkcs8 = material::jwt_record(&s.key, dir.as_deref())?
+                    .ok_or(CaError::NothingPrepared)?;
+                store
+                    .put_jwt_key(&JwtKeyRecord {
+                        kid: s.key.id().to_owned(),
+                        key_pkcs8,
+                        public_key: s.key.authority().public_key,
+                        not_before: material::secs(s.key.not_before()),
+                        not_after: material::secs(s.key.not_after()),
+                        state: s.state,
+                        tainted: s.tainted,
+                        owner: s.owner.clone(),
+                    })
+                    .await?;
+            } else {
+                if foreign_jwt.is_none() {
+                    foreign_jwt = Some(store.list_jwt_keys().await?);
+                }
+                if let Some(mut rec) = foreign_jwt
+                    .as_ref()
+                    .and_then(|l| l.iter().find(|r| r.kid == s.key.id()).cloned())
+                {
+                    rec.tainted |= s.tainted;
+                    store.put_jwt_key(&rec).await?;
+                }
+            }
             s.dirty = false;
             s.stored = true;
         }
         for id in self.x509.removed.drain(..) {
             store.delete_ca_key(&id).await?;
+            material::remove_key(dir.as_deref(), "x509", &id);
         }
         for id in self.jwt.removed.drain(..) {
             store.delete_jwt_key(&id).await?;
+            material::remove_key(dir.as_deref(), "jwt", &id);
         }
         Ok(())
     }
@@ -397,15 +427,13 @@ impl Keys {
         let active = self
             .x509
             .active()
-            .ok_or(CaError::NothingPrepared)?
-            .key
-            .clone();
+            .and_then(|s| s.key.signer().cloned())
+            .ok_or(CaError::NothingPrepared)?;
         let jwt_active = self
             .jwt
             .active()
-            .ok_or(CaError::NothingPrepared)?
-            .key
-            .clone();
+            .and_then(|s| s.key.signer().cloned())
+            .ok_or(CaError::NothingPrepared)?;
         let tainted = self
             .x509
             .slots
@@ -479,17 +507,21 @@ impl Keys {
         if !self.x509.has_prepared() {
             let a = X509Authority::generate_root(td, now, ttl)?;
             tracing::info!(id = %a.info().subject_key_id, "prepared X.509 CA");
-            self.x509
-                .slots
-                .push(Slot::new(a, CaKeyState::Prepared, &self.x509.me));
+            self.x509.slots.push(Slot::new(
+                X509Key::own(a),
+                CaKeyState::Prepared,
+                &self.x509.me,
+            ));
             changed = true;
         }
         if !self.jwt.has_prepared() {
             let j = JwtSigner::generate(now, now + ttl)?;
             tracing::info!(kid = %j.key_id(), "prepared JWT key");
-            self.jwt
-                .slots
-                .push(Slot::new(j, CaKeyState::Prepared, &self.jwt.me));
+            self.jwt.slots.push(Slot::new(
+                JwtKey::own(j),
+                CaKeyState::Prepared,
+                &self.jwt.me,
+            ));
             changed = true;
         }
         Ok(changed)
@@ -603,7 +635,7 @@ mod tests {
         let store = MemoryStore::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let ttl = Duration::from_secs(3600);
-        let (mut keys, _) = Keys::load(&td, "s1", &store, now, ttl).await.unwrap();
+        let (mut keys, _) = Keys::load(&td, "s1", None, &store, now, ttl).await.unwrap();
         let active = |k: &Keys| {
             (
                 k.x509.active().map(|s| s.key.id().to_owned()),
@@ -616,7 +648,7 @@ mod tests {
         let a = X509Authority::generate_root(&td, now, ttl).unwrap();
         keys.x509
             .slots
-            .push(Slot::new(a, CaKeyState::Prepared, "s1"));
+            .push(Slot::new(X509Key::own(a), CaKeyState::Prepared, "s1"));
         assert!(matches!(keys.activate(), Err(CaError::NothingPrepared)));
         assert_eq!(active(&keys), before);
         keys.prepare(&td, now, ttl).unwrap();

@@ -5,6 +5,7 @@
 //! TLS identity.
 
 mod keys;
+mod material;
 pub mod rotator;
 
 use std::sync::{Arc, RwLock};
@@ -139,12 +140,13 @@ impl Ca {
     pub async fn load_or_create(
         td: &TrustDomain,
         server_id: &str,
+        key_dir: Option<&std::path::Path>,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         ca_ttl: Duration,
     ) -> Result<Self, CaError> {
         let (keys, changed) =
-            Keys::load(td, server_id, store.as_ref(), clock.now(), ca_ttl).await?;
+            Keys::load(td, server_id, key_dir, store.as_ref(), clock.now(), ca_ttl).await?;
         let sequence = if changed || store.counter(SEQUENCE).await? == 0 {
             store.bump_counter(SEQUENCE).await?
         } else {

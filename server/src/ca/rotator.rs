@@ -78,6 +78,7 @@ mod tests {
         let ca = Ca::load_or_create(
             &TrustDomain::new("td").unwrap(),
             "s1",
+            None,
             Arc::new(MemoryStore::default()),
             clock.clone(),
             Duration::from_secs(600),
@@ -144,6 +145,7 @@ mod tests {
         let ca = Ca::load_or_create(
             &TrustDomain::new("td").unwrap(),
             "s1",
+            None,
             Arc::new(MemoryStore::default()),
             Arc::new(lanyard_core::clock::SystemClock),
             Duration::from_secs(3600),

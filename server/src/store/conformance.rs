@@ -425,6 +425,7 @@ async fn jwt_keys(s: Arc<dyn Store>) {
     let k = JwtKeyRecord {
         kid: "a".into(),
         key_pkcs8: vec![1],
+        public_key: vec![9],
         not_before: 1,
         not_after: 5,
         state: CaKeyState::Active,

@@ -69,7 +69,8 @@ pub struct CaKeyRecord {
     pub id: String,
     /// DER certificate.
     pub cert_der: Vec<u8>,
-    /// PKCS#8 DER private key.
+    /// PKCS#8 DER private key; empty when the owner keeps it in its data
+    /// dir.
     pub key_pkcs8: Vec<u8>,
     /// Life-cycle state.
     pub state: CaKeyState,
@@ -99,8 +100,13 @@ impl std::fmt::Debug for CaKeyRecord {
 pub struct JwtKeyRecord {
     /// Key ID (`kid`).
     pub kid: String,
-    /// PKCS#8 DER private key.
+    /// PKCS#8 DER private key; empty when the owner keeps it in its data
+    /// dir.
     pub key_pkcs8: Vec<u8>,
+    /// SubjectPublicKeyInfo DER (empty in records written before it was
+    /// stored, which hold the private key).
+    #[serde(default)]
+    pub public_key: Vec<u8>,
     /// Creation, Unix seconds.
     #[serde(default)]
     pub not_before: u64,

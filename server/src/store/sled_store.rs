@@ -90,11 +90,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
+        let db = Self::open_db(dir)?;
         let meta = db.open_tree("meta").map_err(backend)?;
         let marker = dir.join(MARKER);
         match meta.get("schema").map_err(backend)? {
@@ -140,6 +136,34 @@ impl SledStore {
                 .map_err(|e| StoreError::Backend(format!("{}: {e}", marker.display())))?;
         }
         Ok(store)
+    }
+
+    /// Opens sled, waiting up to 2 s for the lock of a process (or an
+    /// earlier handle) that is letting go of the database: a restart that
+    /// races the previous process's exit, or a tool run right after it.
+    fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "opening {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        }
     }
 
     /// Builds the entry identity index of a database written before it

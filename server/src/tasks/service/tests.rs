@@ -23,6 +23,7 @@ async fn fixture() -> Fixture {
     let ca = Ca::load_or_create(
         &td,
         "s1",
+        None,
         store.clone(),
         clock.clone(),
         Duration::from_secs(86_400),
