@@ -2,7 +2,8 @@
 # The README's test command: installs what the tests need when it is
 # missing (PostgreSQL's server binaries for the shared-database tests,
 # Python's venv for the interop tests), then runs every test.
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --locked`).
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --locked`);
+# `scripts/test.sh --install-only` installs and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+if [ "${1:-}" = "--install-only" ]; then
+  exit 0
+fi
 exec cargo test --workspace "$@"
