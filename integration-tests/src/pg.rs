@@ -214,18 +214,22 @@ impl PgCluster {
         self.dir.path().join("tls").join("ca.crt")
     }
 
+    /// A plain client of database `db`, its connection driven in the
+    /// background (for tests that look at the tables themselves).
+    pub async fn client(&self, db: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
     /// Creates a new, empty database and returns its name.
     pub async fn create_db(&self) -> Result<String> {
         let n = self.next_db.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{n}");
-        let (client, conn) =
-            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
-        let driver = tokio::spawn(conn);
-        client
+        self.client("postgres")
+            .await?
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await?;
-        drop(client);
-        let _ = driver.await;
         Ok(name)
     }
 

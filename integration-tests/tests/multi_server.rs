@@ -27,6 +27,15 @@ use tonic::transport::Channel;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server_proc");
 
+/// `Some` once the workload's X.509 context holds an SVID for `spiffe_id`.
+async fn holds_svid(client: &spiffe::WorkloadApiClient, spiffe_id: &str) -> Option<()> {
+    let ctx = client.fetch_x509_context().await.ok()?;
+    ctx.svids()
+        .iter()
+        .any(|s| s.spiffe_id().to_string() == spiffe_id)
+        .then_some(())
+}
+
 /// The server ports this process holds an established TCP connection to
 /// (the agent runs in this process; its sync stream is the only TCP
 /// connection to a server port).
@@ -92,10 +101,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     eprintln!("server IDs: {owners:?}");
     // Private keys stay in each server's data dir (0600); the shared
     // database holds certificates and public keys only.
-    let (db_client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let db_client = pg.client(&db).await.unwrap();
     for table in ["lanyard_ca_keys", "lanyard_jwt_keys"] {
         let (rows, with_private): (i64, i64) = {
             let r = db_client
@@ -208,13 +214,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     eventually(
         "the entry created through another server",
         Duration::from_secs(10),
-        || async {
-            let ctx = client.fetch_x509_context().await.ok()?;
-            ctx.svids()
-                .iter()
-                .any(|s| s.spiffe_id().to_string() == "spiffe://example.org/second")
-                .then_some(())
-        },
+        || holds_svid(&client, "spiffe://example.org/second"),
     )
     .await;
     let latency = created.elapsed();
@@ -292,13 +292,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     eventually(
         "an entry after the failover",
         Duration::from_secs(10),
-        || async {
-            let ctx = client.fetch_x509_context().await.ok()?;
-            ctx.svids()
-                .iter()
-                .any(|s| s.spiffe_id().to_string() == "spiffe://example.org/third")
-                .then_some(())
-        },
+        || holds_svid(&client, "spiffe://example.org/third"),
     )
     .await;
 

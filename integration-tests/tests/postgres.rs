@@ -55,10 +55,7 @@ async fn data_survives_reconnect_and_migrations_apply_once() {
     let (x, y) = tokio::join!(store(pg.url(&db)), store(pg.url(&db)));
     assert_eq!(x.list_entries().await.unwrap().len(), 1);
     assert_eq!(y.list_entries().await.unwrap().len(), 1);
-    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg.client(&db).await.unwrap();
     let n: i64 = client
         .query_one("SELECT count(*) FROM lanyard_schema_migrations", &[])
         .await
@@ -97,10 +94,7 @@ async fn tls_to_the_database_is_verified() {
         .await
         .unwrap();
     // Verified: the server's session is encrypted.
-    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg.client(&db).await.unwrap();
     let tls_sessions: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND datname = $1",
@@ -148,10 +142,7 @@ async fn a_follower_cut_off_catches_up_from_the_table_and_a_pruned_gap_says_relo
     // Terminate every connection of the follower's database session
     // (its LISTEN connection among them): what is written meanwhile is
     // still read from the table after it reconnects.
-    let (admin, conn) = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let admin = pg.client("postgres").await.unwrap();
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -331,10 +322,7 @@ async fn backup_restore_and_migrate_keep_entries_keys_and_sequences() {
     assert_eq!(ids, ["spiffe://example.org/kept"]);
     assert_eq!(migrated.active_ca_id(), ca, "the server kept its own CA");
     // Its private keys moved out of the database into its data dir.
-    let (client, conn) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg.client(&db).await.unwrap();
     let with_private: i64 = client
         .query_one(
             "SELECT count(*) FILTER (WHERE jsonb_array_length(data->'key_pkcs8') > 0) FROM lanyard_ca_keys",

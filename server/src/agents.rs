@@ -231,7 +231,7 @@ impl Agents {
             match self.store.swap_agent(id, Some(cur), Some(&next)).await? {
                 Ok(()) => {
                     self.mark(id, true);
-                    self.changes.send_modify(|v| *v += 1);
+                    self.wake();
                     return Ok(next);
                 }
                 Err(found) => current = found,
@@ -254,7 +254,7 @@ impl Agents {
             match self.store.swap_agent(id, Some(cur), None).await? {
                 Ok(()) => {
                     self.mark(id, true);
-                    self.changes.send_modify(|v| *v += 1);
+                    self.wake();
                     return Ok(cur.clone());
                 }
                 Err(found) => current = found,

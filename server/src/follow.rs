@@ -24,6 +24,11 @@ const POLL: Duration = Duration::from_secs(2);
 /// Changes read at once.
 const BATCH: usize = 1000;
 
+/// Whether a change moves the bundle (any authority, or its sequence).
+fn moves_bundle(kind: ChangeKind, key: &str) -> bool {
+    kind == ChangeKind::Authority || (kind == ChangeKind::Counter && key == crate::ca::SEQUENCE)
+}
+
 /// The views a change can touch.
 #[derive(Clone)]
 pub struct Views {
@@ -44,11 +49,8 @@ impl Views {
         match kind {
             ChangeKind::Entry => self.registry.refresh(key).await.map_err(|e| e.to_string()),
             ChangeKind::Agent => self.agents.refresh(key).await.map_err(|e| e.to_string()),
-            ChangeKind::Authority => self.ca.refresh().await.map_err(|e| e.to_string()),
-            ChangeKind::Counter if key == crate::ca::SEQUENCE => {
-                self.ca.refresh().await.map_err(|e| e.to_string())
-            }
-            ChangeKind::Counter => Ok(()),
+            _ if moves_bundle(kind, key) => self.ca.refresh().await.map_err(|e| e.to_string()),
+            ChangeKind::Authority | ChangeKind::Counter => Ok(()),
             ChangeKind::Policy => self.policies.refresh().await.map_err(|e| e.to_string()),
             ChangeKind::Task => self.tasks.refresh(key).await.map_err(|e| e.to_string()),
         }
@@ -112,9 +114,7 @@ async fn catch_up(store: &dyn Store, views: &Views, pos: &mut u64) -> Result<(),
                     changes.into_iter().map(|c| (c.kind, c.key)).collect();
                 let mut authority_done = false;
                 for (kind, key) in keys {
-                    let bundle = kind == ChangeKind::Authority
-                        || (kind == ChangeKind::Counter && key == crate::ca::SEQUENCE);
-                    if bundle && std::mem::replace(&mut authority_done, true) {
+                    if moves_bundle(kind, &key) && std::mem::replace(&mut authority_done, true) {
                         continue;
                     }
                     views.apply(kind, &key).await?;

@@ -134,13 +134,8 @@ impl Registry {
         let entry = entry.validate(&self.inner.td)?;
         self.check_not_agent(&entry.spiffe_id).await?;
         let _w = self.inner.write.lock().await;
-        if let Some(dup) = self.snapshot().values().find(|e| {
-            e.spiffe_id == entry.spiffe_id
-                && e.parent_id == entry.parent_id
-                && e.selectors == entry.selectors
-        }) {
-            return Err(RegistryError::Duplicate(dup.id.clone()));
-        }
+        // The store keeps entry identities unique (across servers too) and
+        // names the entry that holds one.
         self.inner
             .store
             .create_entry(&entry)

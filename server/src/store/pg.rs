@@ -421,6 +421,31 @@ impl PgStore {
         Ok(old)
     }
 
+    /// Inserts a record that announces no change (single-use tokens);
+    /// `AlreadyExists(what)` when the key is taken.
+    async fn insert_new(
+        &self,
+        table: &str,
+        id: &str,
+        data: serde_json::Value,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
+                ),
+                &[&id, &Json(data)],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::AlreadyExists(what.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Inserts or replaces a key record.
     async fn put_key(
         &self,
@@ -736,18 +761,13 @@ impl Store for PgStore {
     }
 
     async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .execute(
-                "INSERT INTO lanyard_join_tokens (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                &[&token.token_hash, &Json(value(token)?)],
-            )
-            .await
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists("join token".into()));
-        }
-        Ok(())
+        self.insert_new(
+            "lanyard_join_tokens",
+            &token.token_hash,
+            value(token)?,
+            "join token",
+        )
+        .await
     }
 
     async fn take_join_token(
@@ -884,18 +904,13 @@ impl Store for PgStore {
     }
 
     async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .execute(
-                "INSERT INTO lanyard_delegations (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
-                &[&d.token_hash, &Json(value(d)?)],
-            )
-            .await
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists("delegation token".into()));
-        }
-        Ok(())
+        self.insert_new(
+            "lanyard_delegations",
+            &d.token_hash,
+            value(d)?,
+            "delegation token",
+        )
+        .await
     }
 
     async fn take_delegation(

@@ -94,6 +94,19 @@ pub struct Counts {
     pub tasks: usize,
 }
 
+impl Counts {
+    fn add(&mut self, r: &Record) {
+        match r {
+            Record::Entry(_) => self.entries += 1,
+            Record::Agent(_) => self.agents += 1,
+            Record::CaKey(_) | Record::JwtKey(_) => self.keys += 1,
+            Record::Policy(_) => self.policies += 1,
+            Record::Task(_) | Record::Delegation(_) => self.tasks += 1,
+            Record::Counter { .. } => {}
+        }
+    }
+}
+
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -157,10 +170,10 @@ async fn check_empty(store: &dyn Store) -> Result<(), TransferError> {
 async fn write_all(store: &dyn Store, records: Vec<Record>) -> Result<Counts, TransferError> {
     let mut n = Counts::default();
     for r in records {
+        n.add(&r);
         match r {
             Record::Entry(e) => {
                 store.create_entry(&e).await?;
-                n.entries += 1;
             }
             Record::Agent(a) => {
                 let id = a.spiffe_id.clone();
@@ -169,30 +182,24 @@ async fn write_all(store: &dyn Store, records: Vec<Record>) -> Result<Counts, Tr
                         "agent {id} appears twice (found {found:?})"
                     )));
                 }
-                n.agents += 1;
             }
             Record::CaKey(k) => {
                 store.put_ca_key(&k).await?;
-                n.keys += 1;
             }
             Record::JwtKey(k) => {
                 store.put_jwt_key(&k).await?;
-                n.keys += 1;
             }
             Record::Policy(p) => {
                 store.create_policy(&p).await?;
-                n.policies += 1;
             }
             Record::Task(t) => {
                 let id = t.grant.task_id.clone();
                 if store.swap_task(&id, None, &t).await?.is_err() {
                     return Err(TransferError::Format(format!("task {id} appears twice")));
                 }
-                n.tasks += 1;
             }
             Record::Delegation(d) => {
                 store.create_delegation(&d).await?;
-                n.tasks += 1;
             }
             Record::Counter { name, value } => store.raise_counter(&name, value).await?,
         }
@@ -234,14 +241,7 @@ pub async fn backup(store: &dyn Store, path: &Path, owner: &str) -> Result<Count
     .map_err(io)?;
     let mut counts = Counts::default();
     for r in &records {
-        match r {
-            Record::Entry(_) => counts.entries += 1,
-            Record::Agent(_) => counts.agents += 1,
-            Record::CaKey(_) | Record::JwtKey(_) => counts.keys += 1,
-            Record::Policy(_) => counts.policies += 1,
-            Record::Task(_) | Record::Delegation(_) => counts.tasks += 1,
-            Record::Counter { .. } => {}
-        }
+        counts.add(r);
         line(&mut w, r).map_err(io)?;
     }
     line(

@@ -45,7 +45,8 @@ type Indexes = (
     HashMap<TaskId, Vec<TaskId>>,
 );
 
-/// Adds one stored task to the indexes.
+/// Adds one stored task to the indexes (again: each ancestor lists a
+/// descendant once).
 fn index_one(
     t: &TaskRecord,
     now: u64,
@@ -54,10 +55,10 @@ fn index_one(
 ) {
     if t.state_at(now) == TaskState::Active {
         for a in &t.grant.chain {
-            descendants
-                .entry(a.task_id.clone())
-                .or_default()
-                .push(t.grant.task_id.clone());
+            let list = descendants.entry(a.task_id.clone()).or_default();
+            if !list.contains(&t.grant.task_id) {
+                list.push(t.grant.task_id.clone());
+            }
         }
     }
     if t.state == TaskState::Revoked && t.grant.not_after > now {
@@ -164,16 +165,7 @@ impl Tasks {
                 .descendants
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if t.state_at(now) == TaskState::Active {
-                for a in &t.grant.chain {
-                    let list = descendants.entry(a.task_id.clone()).or_default();
-                    if !list.contains(&t.grant.task_id) {
-                        list.push(t.grant.task_id.clone());
-                    }
-                }
-            } else {
-                index_one(&t, now, &mut ended, &mut HashMap::new());
-            }
+            index_one(&t, now, &mut ended, &mut descendants);
         }
         if !revoked_before && self.is_indexed_revoked(&t) {
             self.inner.changes.send_modify(|v| *v += 1);
