@@ -11,6 +11,8 @@ pub(crate) mod der;
 pub mod duration;
 pub mod entry;
 pub mod jwt;
+pub mod peer;
+pub mod revocation;
 pub mod rotation;
 pub mod selector;
 pub mod spiffe_id;

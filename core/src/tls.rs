@@ -49,7 +49,9 @@ macro_rules! handshake_signatures {
     };
 }
 
-fn algorithms() -> WebPkiSupportedAlgorithms {
+pub(crate) use handshake_signatures;
+
+pub(crate) fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 

@@ -135,6 +135,10 @@ impl X509Authority {
         &self.info
     }
 
+    pub(super) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// Mints an X.509-SVID for the public key in `csr_der`. Only the key is
     /// taken from the CSR (after checking its signature); every other field
     /// comes from `params`.

@@ -2,11 +2,13 @@
 //! CSRs, and validation against a bundle by any peer.
 
 mod authority;
+mod crl;
 mod csr;
 mod info;
 mod validate;
 
-pub use authority::{IssuedSvid, SvidParams, X509Authority};
+pub use authority::{BACKDATE, IssuedSvid, SvidParams, X509Authority};
+pub use crl::{CrlEntry, ParsedCrl, parse_crl};
 pub use csr::{SvidKey, parse_csr_public_key};
 pub(crate) use info::key_algorithm;
 pub use info::{CertInfo, der_chain_split, der_to_pem, pem_to_der_certs};
