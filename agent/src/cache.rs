@@ -284,6 +284,7 @@ mod tests {
             dns_names: vec![],
             hint: String::new(),
             require_task: false,
+            enforcement_point: false,
             task_limits: TaskLimits::default(),
             revision: 0,
             created_at: created,

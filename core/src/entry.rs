@@ -203,6 +203,9 @@ pub struct RegistrationEntry {
     pub hint: String,
     /// No SVID outside a task.
     pub require_task: bool,
+    /// Its workloads are enforcement points (may ask AuthorizeToolCall).
+    #[serde(default)]
+    pub enforcement_point: bool,
     /// Limits on tasks.
     pub task_limits: TaskLimits,
     /// Bumped on every update.
@@ -298,6 +301,7 @@ pub(crate) mod tests {
             dns_names: vec!["b.example".into(), "a.example".into()],
             hint: "planner".into(),
             require_task: false,
+            enforcement_point: false,
             task_limits: TaskLimits::default(),
             revision: 0,
             created_at: 0,

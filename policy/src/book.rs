@@ -30,6 +30,9 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Whether a deciding `forbid` carries `@quarantine`.
     pub quarantine: bool,
+    /// Whether it says `@quarantine("entry")`: every instance of the
+    /// workload's entry, on every node (otherwise the one instance).
+    pub quarantine_entry: bool,
     /// Policies that failed to evaluate (they are skipped, as Cedar does).
     pub errors: Vec<String>,
 }
@@ -47,7 +50,7 @@ struct Slices {
 pub struct PolicyBook {
     slices: HashMap<Action, Slices>,
     /// `@reason` and `@quarantine` per policy ID.
-    notes: HashMap<String, (Option<String>, bool)>,
+    notes: HashMap<String, (Option<String>, Option<String>)>,
     count: usize,
     authorizer: Authorizer,
 }
@@ -118,7 +121,9 @@ impl PolicyBook {
                 p.id().to_string(),
                 (
                     p.annotation("reason").map(str::to_owned),
-                    p.effect() == Effect::Forbid && p.annotation("quarantine").is_some(),
+                    p.annotation("quarantine")
+                        .filter(|_| p.effect() == Effect::Forbid)
+                        .map(str::to_owned),
                 ),
             );
         }
@@ -226,16 +231,19 @@ impl PolicyBook {
         policy_ids.sort();
         let mut reasons = Vec::new();
         let mut quarantine = false;
+        let mut quarantine_entry = false;
         for id in &policy_ids {
             if let Some((reason, q)) = self.notes.get(id) {
                 reasons.extend(reason.clone());
-                quarantine |= *q;
+                quarantine |= q.is_some();
+                quarantine_entry |= q.as_deref() == Some("entry");
             }
         }
         let allowed = response.decision() == CedarDecision::Allow;
         Decision {
             allowed,
             quarantine: quarantine && !allowed,
+            quarantine_entry: quarantine_entry && !allowed,
             policy_ids,
             reasons,
             errors: diag.errors().map(ToString::to_string).collect(),
@@ -249,6 +257,7 @@ fn deny_error(e: String) -> Decision {
         policy_ids: vec![],
         reasons: vec![],
         quarantine: false,
+        quarantine_entry: false,
         errors: vec![e],
     }
 }

@@ -86,6 +86,12 @@ pub struct TaskContext {
     pub delegate_to: String,
     /// Recent denials of this workload.
     pub recent_denials: i64,
+    /// Deciding a live tool call (AuthorizeToolCall).
+    pub at_call: bool,
+    /// The resource a tool is called on, or empty.
+    pub resource: String,
+    /// The call's context as `key=value` strings.
+    pub call: Vec<String>,
     /// Extra members (from `policy test --context`), merged over the above.
     pub extra: Map<String, Value>,
 }
@@ -105,6 +111,9 @@ impl TaskContext {
         m.insert("parent_task_id".into(), self.parent_task_id.clone().into());
         m.insert("delegate_to".into(), self.delegate_to.clone().into());
         m.insert("recent_denials".into(), self.recent_denials.into());
+        m.insert("at_call".into(), self.at_call.into());
+        m.insert("resource".into(), self.resource.clone().into());
+        m.insert("call".into(), self.call.clone().into());
         for (k, v) in &self.extra {
             m.insert(k.clone(), v.clone());
         }

@@ -38,6 +38,7 @@ pub enum ProtoError {
     Task(#[from] lanyard_core::TaskError),
 }
 
+mod revocation;
 mod task;
 pub use task::{task_request, ttl_seconds};
 
@@ -82,6 +83,7 @@ impl TryFrom<types::Entry> for RegistrationEntry {
             dns_names: e.dns_names,
             hint: e.hint,
             require_task: e.require_task,
+            enforcement_point: e.enforcement_point,
             task_limits: TaskLimits {
                 allowed_task_types: limits.allowed_task_types,
                 allowed_tools: limits.allowed_tools,
@@ -106,6 +108,7 @@ impl From<&RegistrationEntry> for types::Entry {
             dns_names: e.dns_names.clone(),
             hint: e.hint.clone(),
             require_task: e.require_task,
+            enforcement_point: e.enforcement_point,
             task_limits: Some(types::TaskLimits {
                 allowed_task_types: e.task_limits.allowed_task_types.clone(),
                 allowed_tools: e.task_limits.allowed_tools.clone(),

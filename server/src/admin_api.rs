@@ -17,6 +17,10 @@ use lanyard_proto::admin::{
     CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest, ListTasksResponse,
     SetPolicyRequest, TaskRequest, TestPolicyRequest, TestPolicyResponse,
 };
+use lanyard_proto::admin::{
+    AddQuarantineRequest, ListQuarantinesRequest, ListQuarantinesResponse, ListRevocationsRequest,
+    ListRevocationsResponse, QuarantineRequest, RevokeSvidRequest, RevokeSvidResponse,
+};
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;
 use tonic::transport::server::UdsConnectInfo;
@@ -96,6 +100,7 @@ pub struct AdminApi {
     pub(crate) tokens: JoinTokens,
     pub(crate) tasks: crate::tasks::Tasks,
     pub(crate) policies: crate::policy::Policies,
+    pub(crate) enforce: crate::enforce::Enforcement,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
 }
@@ -165,7 +170,37 @@ async fn authorities(ca: &Ca) -> ListAuthoritiesResponse {
     }
 }
 
+fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
+    req.extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid())
+}
+
 impl AdminApi {
+    /// Revokes a banned or evicted agent's SVIDs (current and previous).
+    async fn revoke_agent_svid(&self, a: &AgentRecord, reason: &str) -> Result<(), Status> {
+        let now = unix_secs(self.clock.now());
+        let items = std::iter::once(&a.serial)
+            .chain(a.previous_serial.as_ref())
+            .filter(|s| !s.is_empty())
+            .map(|s| lanyard_core::revocation::Revocation {
+                kind: lanyard_core::revocation::RevokedKind::Serial,
+                value: s.clone(),
+                revoked_at: now,
+                expires_at: a.expires_at.max(now + 1),
+                reason: reason.to_owned(),
+                issuer: None,
+            })
+            .collect();
+        self.enforce
+            .revocations
+            .revoke(items)
+            .await
+            .map_err(crate::enforce::EnforceError::from)?;
+        Ok(())
+    }
+
     fn new_entry_id() -> Result<EntryId, AdminError> {
         let mut b = [0u8; 16];
         aws_lc_rs::rand::fill(&mut b)
@@ -285,6 +320,7 @@ impl Admin for AdminApi {
             .await
             .map_err(AdminError::from)?;
         tracing::info!(entry_id = %e.id, "entry deleted");
+        self.enforce.entry_deleted(&e.spiffe_id).await?;
         Ok(Response::new(DeleteEntryResponse {
             entry: Some(types::Entry::from(&e)),
         }))
@@ -311,6 +347,7 @@ impl Admin for AdminApi {
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
         let a = self.agents.evict(&id).await.map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent evicted");
+        self.revoke_agent_svid(&a, "agent evicted").await?;
         Ok(Response::new(agent_msg(&a)))
     }
 
@@ -319,6 +356,7 @@ impl Admin for AdminApi {
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
         let a = self.agents.ban(&id).await.map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent banned");
+        self.revoke_agent_svid(&a, "agent banned").await?;
         Ok(Response::new(agent_msg(&a)))
     }
 
@@ -444,6 +482,62 @@ impl Admin for AdminApi {
         req: Request<TaskRequest>,
     ) -> Result<Response<types::TaskInfo>, Status> {
         self.revoke_task_impl(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_svid(
+        &self,
+        req: Request<RevokeSvidRequest>,
+    ) -> Result<Response<RevokeSvidResponse>, Status> {
+        self.revoke_svid_impl(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn list_revocations(
+        &self,
+        _req: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        Ok(Response::new(self.list_revocations_impl()))
+    }
+
+    #[instrument(skip_all)]
+    async fn add_quarantine(
+        &self,
+        req: Request<AddQuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        let uid = caller_uid(&req);
+        self.add_quarantine_impl(req.into_inner(), uid)
+            .await
+            .map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn list_quarantines(
+        &self,
+        req: Request<ListQuarantinesRequest>,
+    ) -> Result<Response<ListQuarantinesResponse>, Status> {
+        Ok(Response::new(self.list_quarantines_impl(req.into_inner())))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_quarantine(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        self.get_quarantine_impl(&req.into_inner()).map(Response::new)
+    }
+
+    #[instrument(skip_all)]
+    async fn release_quarantine(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        let uid = caller_uid(&req);
+        self.release_quarantine_impl(req.into_inner(), uid)
             .await
             .map(Response::new)
     }

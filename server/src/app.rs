@@ -25,6 +25,7 @@ use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
 use crate::policy::Policies;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{PgStore, SledStore, Store, StoreError};
+use crate::enforce::{Enforcement, Quarantines, Revocations};
 use crate::tasks::Tasks;
 use crate::tls::{ServerIdentity, incoming, server_config};
 
@@ -148,6 +149,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         agent_svid_ttl: config.agent_svid_ttl,
     };
     let policies = Policies::load(store.clone(), clock.clone()).await?;
+    let revocations = Revocations::load(store.clone(), clock.clone()).await?;
+    let quarantines = Quarantines::load(store.clone(), clock.clone(), config.quarantine).await?;
     let tasks = Tasks::load(
         store.clone(),
         registry.clone(),
@@ -156,8 +159,16 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         clock.clone(),
         config.sensitivity_levels.clone(),
         settings,
+        revocations.clone(),
     )
     .await?;
+    let enforce = Enforcement::new(
+        revocations.clone(),
+        quarantines,
+        tasks.clone(),
+        registry.clone(),
+        clock.clone(),
+    );
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
@@ -165,6 +176,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         tokens: tokens.clone(),
         tasks: tasks.clone(),
         policies: policies.clone(),
+        enforce: enforce.clone(),
         clock: clock.clone(),
         settings,
         shutdown: shutdown_rx.clone(),
@@ -179,6 +191,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             ca: ca.clone(),
             policies: policies.clone(),
             tasks: tasks.clone(),
+            enforce: enforce.clone(),
         },
         feed_from,
         shutdown_rx.clone(),
@@ -190,6 +203,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         tokens,
         tasks,
         policies,
+        enforce,
         clock: clock.clone(),
         default_token_ttl: config.join_token_ttl,
     };
@@ -209,6 +223,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         .serve_with_incoming_shutdown(admin_incoming(admin_listener), stop(shutdown_rx.clone()));
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
     let rotator = crate::ca::rotator::run(ca.clone(), shutdown_rx.clone());
+    let crl_signer = revocations.run(ca.clone(), shutdown_rx.clone());
 
     tracing::info!(
         trust_domain = %td,
@@ -221,13 +236,14 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     let admin_path = config.admin_socket.clone();
     let task = tokio::spawn(async move {
-        let (a, b, (), (), (), ()) = tokio::join!(
+        let (a, b, (), (), (), (), ()) = tokio::join!(
             node_server,
             admin_server,
             renewer,
             rotator,
             pruner,
-            follower
+            follower,
+            crl_signer
         );
         if let Err(e) = a {
             tracing::error!(?e, "server API stopped");

@@ -61,6 +61,11 @@ pub struct RawConfig {
     /// With PostgreSQL: keep this server's CA and JWT private keys in the
     /// database rows instead of its data dir (default false).
     pub ca_keys_in_datastore: Option<bool>,
+    /// More denied tool calls than this for one task, within
+    /// `quarantine_window`, quarantine its holder (default 3).
+    pub quarantine_max_denials: Option<u32>,
+    /// The window of `quarantine_max_denials` (default 60s).
+    pub quarantine_window: Option<String>,
 }
 
 impl RawConfig {
@@ -95,7 +100,9 @@ impl RawConfig {
             sensitivity_levels,
             datastore,
             datastore_ca,
-            ca_keys_in_datastore
+            ca_keys_in_datastore,
+            quarantine_max_denials,
+            quarantine_window
         );
         self
     }
@@ -213,7 +220,16 @@ impl RawConfig {
                 "is only used with a postgres:// datastore",
             ));
         }
+        let quarantine_window = dur("quarantine_window", self.quarantine_window, "60s")?;
+        if quarantine_window.is_zero() {
+            return Err(ConfigError::invalid("quarantine_window", "must be above 0"));
+        }
+        let quarantine = crate::enforce::DenialTrigger {
+            max_denials: self.quarantine_max_denials.unwrap_or(3),
+            window: quarantine_window,
+        };
         Ok(Config {
+            quarantine,
             ca_keys_in_datastore: self.ca_keys_in_datastore.unwrap_or(false),
             datastore,
             sensitivity_levels,
@@ -315,6 +331,8 @@ pub struct Config {
     pub net: NetLimits,
     /// Ordered data sensitivity levels for tasks.
     pub sensitivity_levels: SensitivityLevels,
+    /// When denied tool calls quarantine a task's holder.
+    pub quarantine: crate::enforce::DenialTrigger,
 }
 
 impl Config {

@@ -42,6 +42,8 @@ pub struct Views {
     pub policies: Policies,
     /// Task indexes.
     pub tasks: Tasks,
+    /// Revocations, CRLs and quarantines.
+    pub enforce: crate::enforce::Enforcement,
 }
 
 impl Views {
@@ -53,6 +55,24 @@ impl Views {
             ChangeKind::Authority | ChangeKind::Counter => Ok(()),
             ChangeKind::Policy => self.policies.refresh().await.map_err(|e| e.to_string()),
             ChangeKind::Task => self.tasks.refresh(key).await.map_err(|e| e.to_string()),
+            ChangeKind::Revocation => self
+                .enforce
+                .revocations
+                .refresh(key)
+                .await
+                .map_err(|e| e.to_string()),
+            ChangeKind::Crl => self
+                .enforce
+                .revocations
+                .refresh_crls()
+                .await
+                .map_err(|e| e.to_string()),
+            ChangeKind::Quarantine => self
+                .enforce
+                .quarantines
+                .reload()
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -61,6 +81,16 @@ impl Views {
         self.ca.refresh().await.map_err(|e| e.to_string())?;
         self.policies.refresh().await.map_err(|e| e.to_string())?;
         self.tasks.reload().await.map_err(|e| e.to_string())?;
+        self.enforce
+            .revocations
+            .reload()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.enforce
+            .quarantines
+            .reload()
+            .await
+            .map_err(|e| e.to_string())?;
         self.agents.wake();
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! server API agents call over mTLS, and the local admin API.
 
 pub mod admin_api;
+mod admin_enforce;
 mod admin_tasks;
 pub mod agents;
 pub mod app;
@@ -9,6 +10,7 @@ pub mod attestation;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod enforce;
 pub mod follow;
 pub mod node_api;
 pub mod policy;

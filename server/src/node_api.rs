@@ -12,6 +12,7 @@ use lanyard_proto::server::{
     AttestAgentRequest, AttestAgentResponse, BeginTaskRequest, BeginTaskResponse,
     DelegateTaskRequest, DelegateTaskResponse, EndTaskRequest, EndTaskResponse, RenewAgentRequest,
     RenewAgentResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignTaskSvidRequest,
+    ReportEnforcementRequest, ReportEnforcementResponse, RevokeHeldRequest, RevokeHeldResponse,
     SignTaskSvidResponse, SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncUpdate,
 };
 use lanyard_proto::types;
@@ -135,6 +136,7 @@ pub struct NodeApi {
     pub(crate) tokens: JoinTokens,
     pub(crate) tasks: Tasks,
     pub(crate) policies: Policies,
+    pub(crate) enforce: crate::enforce::Enforcement,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: IssuanceSettings,
     /// Turns true when the server shuts down; open streams end.
@@ -227,6 +229,16 @@ impl NodeApi {
             ended_task_ids: self.tasks.ended_for(agent),
             policy_version: policy.as_ref().map_or(0, |p| p.record.version),
             policy_text: policy.map(|p| p.record.text.clone()).unwrap_or_default(),
+            revocations: vec![],
+            revocations_reset: false,
+            crls: self.enforce.revocations.crls(),
+            quarantines: self
+                .enforce
+                .quarantines
+                .active()
+                .iter()
+                .map(crate::admin_enforce::quarantine_msg)
+                .collect(),
         }
     }
 
@@ -357,10 +369,15 @@ impl Node for NodeApi {
         let mut agents = self.agents.subscribe();
         let mut tasks = self.tasks.subscribe();
         let mut policies = self.policies.subscribe();
+        let mut revocations = self.enforce.revocations.subscribe();
+        let mut quarantines = self.enforce.quarantines.subscribe();
         let mut stop = self.shutdown.clone();
         tokio::spawn(async move {
             let id = agent.spiffe_id;
             let mut last: Option<SyncUpdate> = None;
+            // The revocation set last sent: later updates carry only what
+            // was added since (agents drop entries once they expire).
+            let mut sent: Option<Arc<lanyard_core::revocation::RevocationSet>> = None;
             loop {
                 // Re-check the agent on every wake-up: an evicted or banned
                 // agent's stream ends with an error (authenticated against
@@ -395,11 +412,25 @@ impl Node for NodeApi {
                     .duration_since(api.clock.now())
                     .unwrap_or_default();
                 let update = api.sync_update(&id);
-                if last.as_ref() != Some(&update) {
-                    if tx.send(Ok(update.clone())).await.is_err() {
+                let set = api.enforce.revocations.current();
+                let added: Vec<types::Revocation> = match &sent {
+                    None => set.items().into_iter().map(types::Revocation::from).collect(),
+                    Some(old) => set
+                        .items()
+                        .into_iter()
+                        .filter(|r| old.get(r.kind, &r.value) != Some(*r))
+                        .map(types::Revocation::from)
+                        .collect(),
+                };
+                if last.as_ref() != Some(&update) || sent.is_none() || !added.is_empty() {
+                    let mut msg = update.clone();
+                    msg.revocations = added;
+                    msg.revocations_reset = sent.is_none();
+                    if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
                     last = Some(update);
+                    sent = Some(set);
                 }
                 tokio::select! {
                     r = entries.changed() => if r.is_err() { return },
@@ -407,6 +438,8 @@ impl Node for NodeApi {
                     r = agents.changed() => if r.is_err() { return },
                     r = tasks.changed() => if r.is_err() { return },
                     r = policies.changed() => if r.is_err() { return },
+                    r = revocations.changed() => if r.is_err() { return },
+                    r = quarantines.changed() => if r.is_err() { return },
                     () = tokio::time::sleep(until_expiry) => {}
                     () = tx.closed() => return,
                     () = async { let _ = stop.wait_for(|s| *s).await; } => {
@@ -594,6 +627,86 @@ impl Node for NodeApi {
         Ok(Response::new(DelegateTaskResponse {
             token,
             expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn report_enforcement(
+        &self,
+        req: Request<ReportEnforcementRequest>,
+    ) -> Result<Response<ReportEnforcementResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let denials = req.into_inner().denials;
+        if denials.len() > MAX_BATCH {
+            return Err(NodeError::BatchTooLarge.into());
+        }
+        self.enforce
+            .report_denials(&agent.spiffe_id, denials)
+            .await
+            .map_err(|e| {
+                tracing::error!(err = %e, "cannot record reported denials");
+                Status::internal("cannot record the report")
+            })?;
+        Ok(Response::new(ReportEnforcementResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn revoke_held(
+        &self,
+        req: Request<RevokeHeldRequest>,
+    ) -> Result<Response<RevokeHeldResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        if req.certs.len() > MAX_BATCH {
+            return Err(NodeError::BatchTooLarge.into());
+        }
+        let reason: String = if req.reason.is_empty() {
+            "revoked by its agent".into()
+        } else {
+            req.reason.chars().take(256).collect()
+        };
+        let snap = self.ca.snapshot();
+        let now = self.clock.now();
+        let owned = self.registry.for_agent(&agent.spiffe_id);
+        let mut items = Vec::new();
+        for der in &req.certs {
+            // Only SVIDs this CA set issued for one of the agent's entries:
+            // an agent cannot revoke another node's workloads.
+            let id = lanyard_core::x509::validate_x509_svid(
+                std::slice::from_ref(der),
+                self.ca.trust_domain(),
+                &snap.authorities,
+                lanyard_core::x509::PeerUsage::Client,
+                now,
+            )
+            .map_err(|e| Status::invalid_argument(format!("certificate: {e}")))?;
+            if !owned.iter().any(|e| e.spiffe_id == id) {
+                return Err(Status::permission_denied(format!(
+                    "{id} is not an identity of this agent's entries"
+                )));
+            }
+            let info = lanyard_core::x509::CertInfo::parse(der)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            items.push(lanyard_core::revocation::Revocation {
+                kind: lanyard_core::revocation::RevokedKind::Serial,
+                value: info.serial,
+                revoked_at: unix_secs(now),
+                expires_at: unix_secs(info.not_after),
+                reason: reason.clone(),
+                issuer: info.authority_key_id,
+            });
+        }
+        let n = self
+            .enforce
+            .revocations
+            .revoke(items)
+            .await
+            .map_err(|e| {
+                tracing::error!(err = %e, "cannot store revocations");
+                Status::internal("cannot store the revocations")
+            })?;
+        Ok(Response::new(RevokeHeldResponse {
+            revoked: u32::try_from(n).unwrap_or(u32::MAX),
         }))
     }
 }

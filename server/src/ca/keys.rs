@@ -448,8 +448,15 @@ impl Keys {
                     .map(|s| s.key.id().to_owned()),
             )
             .collect();
+        let signers = self
+            .x509
+            .ordered()
+            .iter()
+            .filter_map(|s| s.key.signer().cloned())
+            .collect();
         Ok(CaSnapshot {
             active,
+            signers: Arc::new(signers),
             authorities: Arc::new(
                 self.x509
                     .ordered()

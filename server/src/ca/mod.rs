@@ -58,6 +58,9 @@ pub enum CaError {
 pub struct CaSnapshot {
     /// The key that signs new X.509-SVIDs.
     pub active: Arc<X509Authority>,
+    /// This server's X.509 CAs in the bundle (with their keys): each signs
+    /// the CRL of what it issued.
+    pub signers: Arc<Vec<Arc<X509Authority>>>,
     /// Every published CA certificate (DER), active first.
     pub authorities: Arc<Vec<Vec<u8>>>,
     /// The key IDs of those certificates, in the same order.

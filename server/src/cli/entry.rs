@@ -33,6 +33,9 @@ impl EntryFields {
         if self.require_task {
             e.require_task = true;
         }
+        if self.enforcement_point {
+            e.enforcement_point = true;
+        }
         let limits = e.task_limits.get_or_insert_with(Default::default);
         if !self.allow_tools.is_empty() {
             limits.allowed_tools = self.allow_tools.clone();
@@ -62,6 +65,7 @@ pub(super) fn entry_json(e: &types::Entry) -> serde_json::Value {
         "dns_names": e.dns_names,
         "hint": e.hint,
         "require_task": e.require_task,
+        "enforcement_point": e.enforcement_point,
         "allowed_tools": limits.allowed_tools,
         "allowed_task_types": limits.allowed_task_types,
         "max_task_ttl_seconds": limits.max_task_ttl_seconds,
@@ -100,6 +104,9 @@ pub(super) fn entry_text(e: &types::Entry) -> String {
     }
     if e.require_task {
         s.push_str("Require task  : true\n");
+    }
+    if e.enforcement_point {
+        s.push_str("Enforcement pt: true\n");
     }
     if let Some(l) = &e.task_limits {
         for t in &l.allowed_task_types {

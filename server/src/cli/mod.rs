@@ -234,6 +234,10 @@ pub struct EntryFields {
     /// Issue no SVID outside a task.
     #[arg(long)]
     pub require_task: bool,
+    /// Mark the entry's workloads as enforcement points (tool servers,
+    /// gateways): they may ask their node agent AuthorizeToolCall.
+    #[arg(long)]
+    pub enforcement_point: bool,
     /// Tool a task may be granted (repeatable).
     #[arg(long = "allow-tool")]
     pub allow_tools: Vec<String>,

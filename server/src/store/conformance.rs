@@ -35,6 +35,7 @@ pub fn entry(id: &str, spiffe_id: &str) -> RegistrationEntry {
         dns_names: vec![],
         hint: String::new(),
         require_task: false,
+        enforcement_point: false,
         task_limits: TaskLimits::default(),
         revision: 0,
         created_at: 1,
@@ -77,7 +78,8 @@ where
         agent_swaps_race_without_lost_updates,
         renewal_racing_a_ban_or_eviction_never_undoes_it,
         two_servers_creating_the_same_entry,
-        change_feed_numbers_every_change_in_order
+        change_feed_numbers_every_change_in_order,
+        documents_are_shared_and_announced
     );
     for (name, check) in checks {
         let (a, b, _guard) = make().await;
@@ -313,6 +315,41 @@ async fn two_servers_creating_the_same_entry(s: Arc<dyn Store>, t: Arc<dyn Store
 /// Every change made through either handle is numbered, without gaps, in
 /// order, readable from the other handle, and wakes its followers; a swap
 /// that did not write announces nothing.
+async fn documents_are_shared_and_announced(s: Arc<dyn Store>, t: Arc<dyn Store>) {
+    use super::DocKind;
+    let start = t.last_change().await.unwrap();
+    let doc = serde_json::json!({"value": "abc", "n": 1});
+    s.put_doc(DocKind::Revocation, "serial:b", &doc).await.unwrap();
+    s.put_doc(DocKind::Revocation, "serial:a", &doc).await.unwrap();
+    s.put_doc(DocKind::Quarantine, "q1", &doc).await.unwrap();
+    let listed = t.list_docs(DocKind::Revocation).await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["serial:a", "serial:b"]);
+    assert_eq!(listed[0].1, doc);
+    assert_eq!(t.get_doc(DocKind::Quarantine, "q1").await.unwrap(), Some(doc.clone()));
+    assert_eq!(t.get_doc(DocKind::Crl, "q1").await.unwrap(), None);
+    let changed = serde_json::json!({"value": "abc", "n": 2});
+    t.put_doc(DocKind::Quarantine, "q1", &changed).await.unwrap();
+    assert_eq!(s.get_doc(DocKind::Quarantine, "q1").await.unwrap(), Some(changed));
+    assert!(s.delete_doc(DocKind::Revocation, "serial:a").await.unwrap());
+    assert!(!t.delete_doc(DocKind::Revocation, "serial:a").await.unwrap());
+    assert_eq!(t.list_docs(DocKind::Revocation).await.unwrap().len(), 1);
+    let Feed::Changes(changes) = t.changes_since(start, 100).await.unwrap() else {
+        panic!("gap")
+    };
+    let seen: Vec<(ChangeKind, &str)> = changes.iter().map(|c| (c.kind, c.key.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            (ChangeKind::Revocation, "serial:b"),
+            (ChangeKind::Revocation, "serial:a"),
+            (ChangeKind::Quarantine, "q1"),
+            (ChangeKind::Quarantine, "q1"),
+            (ChangeKind::Revocation, "serial:a"),
+        ]
+    );
+}
+
 async fn change_feed_numbers_every_change_in_order(s: Arc<dyn Store>, t: Arc<dyn Store>) {
     let mut wake = s.wake();
     let start = s.last_change().await.unwrap();

@@ -22,6 +22,12 @@ pub enum ChangeKind {
     Task,
     /// A named counter, such as the bundle sequence (key: its name).
     Counter,
+    /// A revocation (key: `kind:value`).
+    Revocation,
+    /// A quarantine (key: its ID).
+    Quarantine,
+    /// A CA's CRL (key: the CA's ID).
+    Crl,
 }
 
 impl ChangeKind {
@@ -34,6 +40,9 @@ impl ChangeKind {
             Self::Policy => "policy",
             Self::Task => "task",
             Self::Counter => "counter",
+            Self::Revocation => "revocation",
+            Self::Quarantine => "quarantine",
+            Self::Crl => "crl",
         }
     }
 
@@ -46,6 +55,9 @@ impl ChangeKind {
             "policy" => Self::Policy,
             "task" => Self::Task,
             "counter" => Self::Counter,
+            "revocation" => Self::Revocation,
+            "quarantine" => Self::Quarantine,
+            "crl" => Self::Crl,
             _ => return None,
         })
     }

@@ -9,7 +9,7 @@ use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use tokio::sync::watch;
 
 use super::{
-    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, Feed, JoinTokenRecord, JwtKeyRecord,
+    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord, JwtKeyRecord,
     LocalFeed, PolicyRecord, Store, StoreError,
 };
 
@@ -24,6 +24,7 @@ struct Inner {
     tasks: BTreeMap<TaskId, TaskRecord>,
     policies: BTreeMap<u64, PolicyRecord>,
     delegations: BTreeMap<String, DelegationRecord>,
+    docs: BTreeMap<(DocKind, String), serde_json::Value>,
 }
 
 impl Inner {
@@ -255,6 +256,42 @@ impl Store for MemoryStore {
     }
     async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
         Ok(self.with(|i| i.delegations.values().cloned().collect()))
+    }
+    async fn put_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+        doc: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.with(|i| i.docs.insert((kind, key.to_owned()), doc.clone()));
+        self.feed.push(kind.change(), key);
+        Ok(())
+    }
+    async fn get_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self.with(|i| i.docs.get(&(kind, key.to_owned())).cloned()))
+    }
+    async fn list_docs(
+        &self,
+        kind: DocKind,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        Ok(self.with(|i| {
+            i.docs
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, key), v)| (key.clone(), v.clone()))
+                .collect()
+        }))
+    }
+    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError> {
+        let had = self.with(|i| i.docs.remove(&(kind, key.to_owned())).is_some());
+        if had {
+            self.feed.push(kind.change(), key);
+        }
+        Ok(had)
     }
     async fn counter(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self.with(|i| i.counters.get(name).copied().unwrap_or(0)))

@@ -34,6 +34,7 @@ pub use sled_store::SledStore;
 
 use lanyard_core::task::TaskRecord;
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
+use serde_json::Value;
 use tokio::sync::watch;
 
 /// Why a store operation failed.
@@ -80,6 +81,40 @@ pub fn entry_identity(entry: &RegistrationEntry) -> String {
         key.push_str(&s);
     }
     key
+}
+
+/// The kinds of small documents kept by [`Store::put_doc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DocKind {
+    /// A revocation (key: `kind:value`).
+    Revocation,
+    /// A quarantine (key: its ID).
+    Quarantine,
+    /// A CRL signed by one CA (key: the CA's ID).
+    Crl,
+}
+
+impl DocKind {
+    /// Every kind.
+    pub const ALL: [DocKind; 3] = [DocKind::Revocation, DocKind::Quarantine, DocKind::Crl];
+
+    /// Its name in a database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revocation => "revocation",
+            Self::Quarantine => "quarantine",
+            Self::Crl => "crl",
+        }
+    }
+
+    /// The change-feed kind of its changes.
+    pub fn change(self) -> ChangeKind {
+        match self {
+            Self::Revocation => ChangeKind::Revocation,
+            Self::Quarantine => ChangeKind::Quarantine,
+            Self::Crl => ChangeKind::Crl,
+        }
+    }
 }
 
 /// Lanyard's persistent state, in domain types.
@@ -170,6 +205,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<DelegationRecord>, StoreError>;
     /// Every stored delegation token (hashes only), ordered by hash.
     async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError>;
+
+    /// Inserts or replaces a small document of `kind` (revocations,
+    /// quarantines, CRLs: records read whole and listed whole).
+    async fn put_doc(&self, kind: DocKind, key: &str, doc: &Value) -> Result<(), StoreError>;
+    /// Reads one document.
+    async fn get_doc(&self, kind: DocKind, key: &str) -> Result<Option<Value>, StoreError>;
+    /// Every document of `kind`, ordered by key.
+    async fn list_docs(&self, kind: DocKind) -> Result<Vec<(String, Value)>, StoreError>;
+    /// Removes a document; true when it was there.
+    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError>;
 
     /// The current value of a named counter (0 when never bumped).
     async fn counter(&self, name: &str) -> Result<u64, StoreError>;

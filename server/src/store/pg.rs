@@ -37,7 +37,7 @@ use tokio_postgres::types::Json;
 use tokio_postgres::{AsyncMessage, NoTls, Row, Transaction};
 
 use super::{
-    AgentRecord, CaKeyRecord, Change, ChangeKind, DelegationRecord, Feed, JoinTokenRecord,
+    AgentRecord, CaKeyRecord, Change, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord,
     JwtKeyRecord, PolicyRecord, Store, StoreError, Swap,
 };
 
@@ -65,6 +65,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX lanyard_changes_at ON lanyard_changes (at);
      CREATE TABLE lanyard_change_head (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL);
      INSERT INTO lanyard_change_head (one, seq) VALUES (true, 0);",
+    // 2: small documents (revocations, quarantines, CRLs).
+    "CREATE TABLE lanyard_docs (kind text NOT NULL, id text NOT NULL, data jsonb NOT NULL,
+                                PRIMARY KEY (kind, id));",
 ];
 
 /// How to reach the database.
@@ -932,6 +935,78 @@ impl Store for PgStore {
             "delegations",
         )
         .await
+    }
+
+    async fn put_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+        doc: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute(
+            "INSERT INTO lanyard_docs (kind, id, data) VALUES ($1, $2, $3)
+             ON CONFLICT (kind, id) DO UPDATE SET data = EXCLUDED.data",
+            &[&kind.as_str(), &key, &Json(doc)],
+        )
+        .await
+        .map_err(db)?;
+        record(&tx, kind.change(), key).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached("SELECT id, data FROM lanyard_docs WHERE kind = $1 AND id = $2")
+            .await
+            .map_err(db)?;
+        c.query_opt(&stmt, &[&kind.as_str(), &key])
+            .await
+            .map_err(db)?
+            .map(|r| row_data("docs", &r))
+            .transpose()
+    }
+
+    async fn list_docs(
+        &self,
+        kind: DocKind,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT id, data FROM lanyard_docs WHERE kind = $1 ORDER BY id COLLATE \"C\"",
+            )
+            .await
+            .map_err(db)?;
+        c.query(&stmt, &[&kind.as_str()])
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| Ok((col::<String>(r, 0)?, row_data("docs", r)?)))
+            .collect()
+    }
+
+    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let n = tx
+            .execute(
+                "DELETE FROM lanyard_docs WHERE kind = $1 AND id = $2",
+                &[&kind.as_str(), &key],
+            )
+            .await
+            .map_err(db)?;
+        if n > 0 {
+            record(&tx, kind.change(), key).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(n > 0)
     }
 
     async fn counter(&self, name: &str) -> Result<u64, StoreError> {

@@ -16,7 +16,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::watch;
 
 use super::{
-    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, Feed, JoinTokenRecord, JwtKeyRecord,
+    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord, JwtKeyRecord,
     LocalFeed, PolicyRecord, Store, StoreError, Swap,
 };
 
@@ -54,7 +54,16 @@ pub struct SledStore {
     delegations: sled::Tree,
     /// Entry identity (SPIFFE ID, parent, selectors) → entry ID.
     entry_ids: sled::Tree,
+    /// Small documents, keyed `kind NUL key`.
+    docs: sled::Tree,
     feed: std::sync::Arc<LocalFeed>,
+}
+
+fn doc_key(kind: DocKind, key: &str) -> Vec<u8> {
+    let mut k = kind.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -124,6 +133,7 @@ impl SledStore {
             policies: db.open_tree("policies").map_err(backend)?,
             delegations: db.open_tree("delegations").map_err(backend)?,
             entry_ids: db.open_tree("entry_ids").map_err(backend)?,
+            docs: db.open_tree("docs").map_err(backend)?,
             feed: std::sync::Arc::default(),
             flusher: std::sync::Arc::default(),
             db,
@@ -641,6 +651,56 @@ impl Store for SledStore {
 
     async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
         self.do_list_delegations()
+    }
+
+    async fn put_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+        doc: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let k = doc_key(kind, key);
+        let v = encode(doc)?;
+        self.write(Some((kind.change(), key.to_owned())), move |s| {
+            s.put(&s.docs, &k, v)
+        })
+        .await
+    }
+
+    async fn get_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        Self::get(&self.docs, &doc_key(kind, key))
+    }
+
+    async fn list_docs(
+        &self,
+        kind: DocKind,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let prefix = doc_key(kind, "");
+        self.docs
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(backend)?;
+                let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((key, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError> {
+        let k = doc_key(kind, key);
+        let had = self
+            .write(None, move |s| {
+                s.remove::<serde_json::Value>(&s.docs, &k).map(|o| o.is_some())
+            })
+            .await?;
+        if had {
+            self.feed.push(kind.change(), key);
+        }
+        Ok(had)
     }
 
     async fn counter(&self, name: &str) -> Result<u64, StoreError> {

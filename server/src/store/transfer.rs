@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AgentRecord, CaKeyRecord, DelegationRecord, JwtKeyRecord, PolicyRecord, Store, StoreError,
+    AgentRecord, CaKeyRecord, DocKind, DelegationRecord, JwtKeyRecord, PolicyRecord, Store, StoreError,
 };
 use lanyard_core::RegistrationEntry;
 use lanyard_core::task::TaskRecord;
@@ -57,6 +57,11 @@ enum Record {
     Task(TaskRecord),
     Delegation(DelegationRecord),
     Counter { name: String, value: u64 },
+    Doc {
+        kind: String,
+        key: String,
+        data: serde_json::Value,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,6 +97,8 @@ pub struct Counts {
     pub policies: usize,
     /// Tasks and delegation tokens.
     pub tasks: usize,
+    /// Revocations, quarantines and CRLs.
+    pub docs: usize,
 }
 
 impl Counts {
@@ -103,6 +110,7 @@ impl Counts {
             Record::Policy(_) => self.policies += 1,
             Record::Task(_) | Record::Delegation(_) => self.tasks += 1,
             Record::Counter { .. } => {}
+            Record::Doc { .. } => self.docs += 1,
         }
     }
 }
@@ -111,8 +119,8 @@ impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} entries, {} agents, {} authority keys, {} policy versions, {} tasks and delegations",
-            self.entries, self.agents, self.keys, self.policies, self.tasks
+            "{} entries, {} agents, {} authority keys, {} policy versions, {} tasks and delegations, {} revocations, quarantines and CRLs",
+            self.entries, self.agents, self.keys, self.policies, self.tasks, self.docs
         )
     }
 }
@@ -143,6 +151,15 @@ async fn records(store: &dyn Store, owner: &str) -> Result<Vec<Record>, StoreErr
             .into_iter()
             .map(Record::Delegation),
     );
+    for kind in DocKind::ALL {
+        for (key, data) in store.list_docs(kind).await? {
+            out.push(Record::Doc {
+                kind: kind.as_str().to_owned(),
+                key,
+                data,
+            });
+        }
+    }
     for name in COUNTERS {
         out.push(Record::Counter {
             name: (*name).to_owned(),
@@ -202,6 +219,13 @@ async fn write_all(store: &dyn Store, records: Vec<Record>) -> Result<Counts, Tr
                 store.create_delegation(&d).await?;
             }
             Record::Counter { name, value } => store.raise_counter(&name, value).await?,
+            Record::Doc { kind, key, data } => {
+                let kind = DocKind::ALL
+                    .into_iter()
+                    .find(|k| k.as_str() == kind)
+                    .ok_or_else(|| TransferError::Format(format!("unknown record kind {kind}")))?;
+                store.put_doc(kind, &key, &data).await?;
+            }
         }
     }
     Ok(n)

@@ -112,6 +112,9 @@ pub(crate) fn context(
             .unwrap_or_default(),
         delegate_to: String::new(),
         recent_denials: 0,
+        at_call: false,
+        resource: String::new(),
+        call: vec![],
         extra,
     }
 }

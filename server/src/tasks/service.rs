@@ -11,7 +11,10 @@ use lanyard_core::task::{Actor, SensitivityLevels, TaskGrant, TaskRecord, TaskRe
 use lanyard_core::{RegistrationEntry, SpiffeId, TaskId};
 use lanyard_proto::types;
 use serde_json::Map;
+use lanyard_core::revocation::{Revocation, RevokedKind};
 use tokio::sync::watch;
+
+use crate::enforce::Revocations;
 
 use super::decide::{BeginVerdict, Caller, context, decide_begin};
 use super::error::TaskServiceError;
@@ -83,6 +86,9 @@ pub(super) struct Inner {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) levels: SensitivityLevels,
     pub(super) settings: IssuanceSettings,
+    /// Where an ended task's ID is revoked, so every peer refuses its
+    /// credentials before they expire.
+    pub(super) revocations: Revocations,
     /// Revoked, not yet expired tasks per agent (task -> expiry): pushed to
     /// agents so they drop the credentials. (Tasks an agent ended itself
     /// are not pushed back to it.)
@@ -103,6 +109,7 @@ impl Tasks {
         clock: Arc<dyn Clock>,
         levels: SensitivityLevels,
         settings: IssuanceSettings,
+        revocations: Revocations,
     ) -> Result<Self, TaskServiceError> {
         let (ended, descendants) = Self::indexes(store.as_ref(), clock.as_ref()).await?;
         Ok(Self {
@@ -114,6 +121,7 @@ impl Tasks {
                 clock,
                 levels,
                 settings,
+                revocations,
                 ended: Mutex::new(ended),
                 descendants: Mutex::new(descendants),
                 changes: watch::channel(0).0,
@@ -588,6 +596,20 @@ impl Tasks {
                         .insert(id.clone(), next.grant.not_after);
                 }
                 tracing::info!(task_id = %id, state = state.as_str(), reason, "task ended");
+                if matches!(state, TaskState::Ended | TaskState::Revoked) {
+                    let now = unix_secs(self.inner.clock.now());
+                    self.inner
+                        .revocations
+                        .revoke(vec![Revocation {
+                            kind: RevokedKind::Task,
+                            value: id.to_string(),
+                            revoked_at: now,
+                            expires_at: next.grant.not_after,
+                            reason: format!("task {}: {reason}", state.as_str()),
+                            issuer: None,
+                        }])
+                        .await?;
+                }
                 return Ok(next);
             }
         }

@@ -45,6 +45,9 @@ async fn fixture() -> Fixture {
     let planner = entry("p", "spiffe://td/agent/planner").await;
     let worker = entry("w", "spiffe://td/agent/worker").await;
     let policies = Policies::load(store.clone(), clock.clone()).await.unwrap();
+    let revocations = crate::enforce::Revocations::load(store.clone(), clock.clone())
+        .await
+        .unwrap();
     let tasks = Tasks::load(
         store,
         registry,
@@ -57,6 +60,7 @@ async fn fixture() -> Fixture {
             default_jwt_svid_ttl: Duration::from_secs(60),
             agent_svid_ttl: Duration::from_secs(60),
         },
+        revocations,
     )
     .await
     .unwrap();

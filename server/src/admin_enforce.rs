@@ -1,0 +1,205 @@
+//! The admin API's revocation and quarantine calls (the `Admin` trait impl
+//! in `admin_api` forwards here): `svid revoke`, the revocation list and
+//! CRLs, `quarantine add|list|show|release`.
+
+use lanyard_core::clock::unix_secs;
+use lanyard_core::revocation::{Revocation, RevokedKind, is_serial, normalize_serial};
+use lanyard_proto::admin::{
+    AddQuarantineRequest, ListQuarantinesRequest, ListQuarantinesResponse, ListRevocationsResponse,
+    QuarantineRequest, RevokeSvidRequest, RevokeSvidResponse,
+};
+use lanyard_proto::types;
+use tonic::Status;
+
+use crate::admin_api::AdminApi;
+use crate::enforce::{EnforceError, QuarantineInput, QuarantineRecord, Scope};
+
+impl From<EnforceError> for Status {
+    fn from(e: EnforceError) -> Self {
+        match e {
+            EnforceError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            EnforceError::Task(t) => Status::from(t),
+            EnforceError::Store(_) => {
+                tracing::error!(err = %e, "enforcement store error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// A quarantine record on the wire.
+pub(crate) fn quarantine_msg(q: &QuarantineRecord) -> types::Quarantine {
+    let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    types::Quarantine {
+        id: q.id.clone(),
+        spiffe_id: q.spiffe_id.clone(),
+        node: q.node.clone().unwrap_or_default(),
+        task_id: q.task_id.clone().unwrap_or_default(),
+        scope: q.scope.as_str().into(),
+        reason: q.reason.clone(),
+        source: q.source.clone(),
+        reported_by: q.reported_by.clone(),
+        created_at: secs(q.created_at),
+        released_at: q.released_at.map_or(0, secs),
+        released_by: q.released_by.clone().unwrap_or_default(),
+    }
+}
+
+fn reason_or(reason: &str, default: &str) -> Result<String, Status> {
+    if reason.len() > 512 {
+        return Err(Status::invalid_argument("reason: at most 512 bytes"));
+    }
+    Ok(if reason.is_empty() {
+        default.to_owned()
+    } else {
+        reason.to_owned()
+    })
+}
+
+impl AdminApi {
+    pub(crate) async fn revoke_svid_impl(
+        &self,
+        r: RevokeSvidRequest,
+    ) -> Result<RevokeSvidResponse, Status> {
+        let reason = reason_or(&r.reason, "revoked by operator")?;
+        let rev = match (r.serial.is_empty(), r.spiffe_id.is_empty()) {
+            (false, true) => {
+                if !is_serial(&r.serial) {
+                    return Err(Status::invalid_argument(format!(
+                        "serial {:?} is not a hex serial number",
+                        r.serial
+                    )));
+                }
+                // The serial's issuer and expiry are not known here: it is
+                // listed in the CRL of every CA of this server, and kept as
+                // long as the longest SVID could live.
+                let now = unix_secs(self.clock.now());
+                let rev = Revocation {
+                    kind: RevokedKind::Serial,
+                    value: normalize_serial(&r.serial),
+                    revoked_at: now,
+                    expires_at: now + lanyard_core::entry::MAX_SVID_TTL.as_secs(),
+                    reason,
+                    issuer: None,
+                };
+                self.enforce
+                    .revocations
+                    .revoke(vec![rev.clone()])
+                    .await
+                    .map_err(EnforceError::from)?;
+                rev
+            }
+            (true, false) => {
+                let id = lanyard_proto::convert::spiffe_id("spiffe_id", &r.spiffe_id)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.enforce.revoke_spiffe_id(&id, &reason).await?
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of a serial or a SPIFFE ID",
+                ));
+            }
+        };
+        Ok(RevokeSvidResponse {
+            revocation: Some(types::Revocation::from(&rev)),
+        })
+    }
+
+    pub(crate) fn list_revocations_impl(&self) -> ListRevocationsResponse {
+        ListRevocationsResponse {
+            revocations: self
+                .enforce
+                .revocations
+                .current()
+                .items()
+                .into_iter()
+                .map(types::Revocation::from)
+                .collect(),
+            crls: self.enforce.revocations.crls(),
+        }
+    }
+
+    pub(crate) async fn add_quarantine_impl(
+        &self,
+        r: AddQuarantineRequest,
+        uid: Option<u32>,
+    ) -> Result<types::Quarantine, Status> {
+        let reason = reason_or(&r.reason, "quarantined by operator")?;
+        let reported_by = uid.map_or_else(|| "admin".to_owned(), |u| format!("uid:{u}"));
+        let input = if r.task_id.is_empty() {
+            if r.spiffe_id.is_empty() {
+                return Err(Status::invalid_argument("give a SPIFFE ID or a task ID"));
+            }
+            let node = if r.node.is_empty() {
+                None
+            } else {
+                Some(
+                    lanyard_proto::convert::spiffe_id("node", &r.node)
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?
+                        .to_string(),
+                )
+            };
+            QuarantineInput {
+                spiffe_id: r.spiffe_id,
+                scope: if node.is_some() {
+                    Scope::Instance
+                } else {
+                    Scope::Entry
+                },
+                node,
+                task_id: None,
+                reason,
+                source: "operator".into(),
+                reported_by,
+            }
+        } else {
+            let task = self.tasks.get(&r.task_id).await.map_err(Status::from)?;
+            QuarantineInput {
+                spiffe_id: task.grant.spiffe_id.to_string(),
+                node: Some(task.agent_id.to_string()),
+                task_id: Some(r.task_id),
+                scope: Scope::Instance,
+                reason,
+                source: "operator".into(),
+                reported_by,
+            }
+        };
+        Ok(quarantine_msg(&self.enforce.quarantine(input).await?))
+    }
+
+    pub(crate) fn list_quarantines_impl(&self, r: ListQuarantinesRequest) -> ListQuarantinesResponse {
+        ListQuarantinesResponse {
+            quarantines: self
+                .enforce
+                .quarantines
+                .list()
+                .iter()
+                .filter(|q| r.all || q.active())
+                .map(quarantine_msg)
+                .collect(),
+        }
+    }
+
+    pub(crate) fn get_quarantine_impl(&self, r: &QuarantineRequest) -> Result<types::Quarantine, Status> {
+        self.enforce
+            .quarantines
+            .get(&r.id)
+            .map(|q| quarantine_msg(&q))
+            .ok_or_else(|| Status::not_found(format!("no quarantine {}", r.id)))
+    }
+
+    pub(crate) async fn release_quarantine_impl(
+        &self,
+        r: QuarantineRequest,
+        uid: Option<u32>,
+    ) -> Result<types::Quarantine, Status> {
+        let by = uid.map_or_else(|| "admin".to_owned(), |u| format!("uid:{u}"));
+        self.enforce
+            .quarantines
+            .release(&r.id, &by)
+            .await
+            .map_err(EnforceError::from)?
+            .map(|q| quarantine_msg(&q))
+            .ok_or_else(|| Status::not_found(format!("no quarantine {}", r.id)))
+    }
+}

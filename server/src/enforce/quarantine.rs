@@ -1,0 +1,275 @@
+//! Quarantine records on the server: created by an operator, by too many
+//! denied tool calls for one task (counted across every enforcement point
+//! that reports to this server), or by a `@quarantine` forbid policy;
+//! stored as documents (shared by every server), pushed to every agent,
+//! released only by an operator.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use lanyard_core::clock::{Clock, unix_secs};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::store::{DocKind, Store, StoreError};
+
+/// How far a quarantine reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The one process instance (the task's holder, or the SPIFFE ID's
+    /// processes on one node).
+    Instance,
+    /// Every instance of the SPIFFE ID on every node.
+    Entry,
+}
+
+impl Scope {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Instance => "instance",
+            Self::Entry => "entry",
+        }
+    }
+}
+
+/// One quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    /// Random ID.
+    pub id: String,
+    /// The quarantined workload's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The agent (node) it runs on, when known.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The task that triggered it, if any.
+    #[serde(default)]
+    pub task_id: Option<String>,
+    /// Instance or entry.
+    pub scope: Scope,
+    /// Why.
+    pub reason: String,
+    /// `operator`, `denials` or `policy`.
+    pub source: String,
+    /// Who reported it: an enforcement point's SPIFFE ID, an agent, or
+    /// `uid:N` on the admin socket.
+    pub reported_by: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Set once released.
+    #[serde(default)]
+    pub released_at: Option<u64>,
+    /// Who released it.
+    #[serde(default)]
+    pub released_by: Option<String>,
+}
+
+impl QuarantineRecord {
+    /// In force (not released).
+    pub fn active(&self) -> bool {
+        self.released_at.is_none()
+    }
+}
+
+/// What a new quarantine names.
+#[derive(Debug, Clone)]
+pub struct QuarantineInput {
+    /// Workload SPIFFE ID.
+    pub spiffe_id: String,
+    /// Node, when known.
+    pub node: Option<String>,
+    /// Task, when known.
+    pub task_id: Option<String>,
+    /// Reach.
+    pub scope: Scope,
+    /// Why.
+    pub reason: String,
+    /// `operator`, `denials` or `policy`.
+    pub source: String,
+    /// Who.
+    pub reported_by: String,
+}
+
+/// The denial-count trigger.
+#[derive(Debug, Clone, Copy)]
+pub struct DenialTrigger {
+    /// More than this many denials for one task...
+    pub max_denials: u32,
+    /// ...within this window quarantines it.
+    pub window: Duration,
+}
+
+impl Default for DenialTrigger {
+    fn default() -> Self {
+        Self {
+            max_denials: 3,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The quarantine records and the denial counts.
+#[derive(Clone)]
+pub struct Quarantines {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    trigger: DenialTrigger,
+    records: RwLock<Arc<Vec<QuarantineRecord>>>,
+    /// Recent denial times per task.
+    denials: Mutex<HashMap<String, VecDeque<SystemTime>>>,
+    changes: watch::Sender<u64>,
+}
+
+fn decode(key: &str, v: serde_json::Value) -> Result<QuarantineRecord, StoreError> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    hex::encode(b)
+}
+
+impl Quarantines {
+    /// Loads the records from the store.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        trigger: DenialTrigger,
+    ) -> Result<Self, StoreError> {
+        let q = Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                trigger,
+                records: RwLock::default(),
+                denials: Mutex::default(),
+                changes: watch::channel(0).0,
+            }),
+        };
+        q.reload().await?;
+        Ok(q)
+    }
+
+    /// Re-reads every record (also what the change feed calls).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        for (key, v) in self.inner.store.list_docs(DocKind::Quarantine).await? {
+            out.push(decode(&key, v)?);
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        *self.inner.records.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(out);
+        self.inner.changes.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Every record, oldest first.
+    pub fn list(&self) -> Arc<Vec<QuarantineRecord>> {
+        self.inner
+            .records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The records in force.
+    pub fn active(&self) -> Vec<QuarantineRecord> {
+        self.list().iter().filter(|q| q.active()).cloned().collect()
+    }
+
+    /// One record by ID.
+    pub fn get(&self, id: &str) -> Option<QuarantineRecord> {
+        self.list().iter().find(|q| q.id == id).cloned()
+    }
+
+    /// A receiver that wakes on every change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Quarantines a workload; an active record for the same task (or the
+    /// same SPIFFE ID and node) is returned instead of a second one, with
+    /// `false`.
+    pub async fn add(&self, input: QuarantineInput) -> Result<(QuarantineRecord, bool), StoreError> {
+        if let Some(q) = self.active().into_iter().find(|q| {
+            q.spiffe_id == input.spiffe_id
+                && q.task_id == input.task_id
+                && (q.node == input.node || q.scope == Scope::Entry)
+        }) {
+            return Ok((q, false));
+        }
+        let rec = QuarantineRecord {
+            id: random_id(),
+            spiffe_id: input.spiffe_id,
+            node: input.node,
+            task_id: input.task_id,
+            scope: input.scope,
+            reason: input.reason,
+            source: input.source,
+            reported_by: input.reported_by,
+            created_at: unix_secs(self.inner.clock.now()),
+            released_at: None,
+            released_by: None,
+        };
+        self.put(&rec).await?;
+        tracing::warn!(
+            id = %rec.id, spiffe_id = %rec.spiffe_id, task_id = ?rec.task_id, node = ?rec.node,
+            scope = rec.scope.as_str(), source = %rec.source, reason = %rec.reason,
+            "workload quarantined"
+        );
+        Ok((rec, true))
+    }
+
+    async fn put(&self, rec: &QuarantineRecord) -> Result<(), StoreError> {
+        let v = serde_json::to_value(rec).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.inner.store.put_doc(DocKind::Quarantine, &rec.id, &v).await?;
+        self.reload().await
+    }
+
+    /// Releases a quarantine (what it revoked stays revoked).
+    pub async fn release(&self, id: &str, by: &str) -> Result<Option<QuarantineRecord>, StoreError> {
+        let Some(v) = self.inner.store.get_doc(DocKind::Quarantine, id).await? else {
+            return Ok(None);
+        };
+        let mut rec = decode(id, v)?;
+        if rec.released_at.is_none() {
+            rec.released_at = Some(unix_secs(self.inner.clock.now()));
+            rec.released_by = Some(by.to_owned());
+            self.put(&rec).await?;
+            tracing::info!(id = %rec.id, spiffe_id = %rec.spiffe_id, by, "quarantine released");
+        }
+        Ok(Some(rec))
+    }
+
+    /// Counts one denied call for `task_id`; true when the count now
+    /// exceeds the trigger within its window.
+    pub fn count_denial(&self, task_id: &str) -> bool {
+        let now = self.inner.clock.now();
+        let t = self.inner.trigger;
+        let mut all = self.inner.denials.lock().unwrap_or_else(|p| p.into_inner());
+        let q = all.entry(task_id.to_owned()).or_default();
+        q.push_back(now);
+        while q.front().is_some_and(|f| now.duration_since(*f).unwrap_or_default() > t.window) {
+            q.pop_front();
+        }
+        let over = q.len() > t.max_denials as usize;
+        // Forget tasks with nothing recent so the map stays small.
+        if all.len() > 100_000 {
+            all.retain(|_, q| {
+                q.back()
+                    .is_some_and(|b| now.duration_since(*b).unwrap_or_default() <= t.window)
+            });
+        }
+        over
+    }
+}
