@@ -91,13 +91,14 @@ pub async fn build_with(
         clock.clone(),
         publish,
         commands,
-    );
+    )
+    .freeze_quarantined(config.quarantine.freeze);
     let limits = config.limits;
     let callers = Arc::new(Callers::new(attestor));
     let api = WorkloadApi::new(
         state.clone(),
         callers.clone(),
-        clock,
+        clock.clone(),
         shutdown_rx.clone(),
         Arc::new(JwtCache::new(
             identity.clone(),
@@ -105,7 +106,13 @@ pub async fn build_with(
             limits.jwt_signings_per_caller_per_second,
         )),
     );
-    let task_api = TaskApi::new(identity, callers);
+    let pdp = Arc::new(crate::pdp::Pdp::new(
+        identity.clone(),
+        clock.clone(),
+        config.quarantine.trigger,
+        Arc::new(crate::pdp::TracingSink),
+    ));
+    let task_api = TaskApi::new(identity, callers, pdp);
     let admission = crate::listener::Admission {
         limits: lanyard_uds::ConnLimiter::new(
             limits.max_connections,

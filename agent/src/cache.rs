@@ -165,6 +165,43 @@ pub struct Snapshot {
     pub policy_text: Arc<str>,
     /// True once the first sync from the server has been applied.
     pub synced: bool,
+    /// Revocations in force (from the server, pruned on expiry).
+    pub revocations: Arc<lanyard_core::revocation::RevocationSet>,
+    /// Bumped whenever `revocations` or `crls` change.
+    pub revocation_generation: u64,
+    /// One CRL (DER) per live CA, for the Workload API's `crl` fields.
+    pub crls: Arc<Vec<Vec<u8>>>,
+    /// Quarantines in force that concern this node's callers or the
+    /// credentials its enforcement points are shown.
+    pub quarantines: Arc<Vec<Quarantined>>,
+}
+
+/// A quarantine as the agent applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Its ID (`local:TASK` until the server's record arrives).
+    pub id: String,
+    /// The workload's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The task that triggered it.
+    pub task_id: Option<String>,
+    /// Every caller on this node with the SPIFFE ID is refused (an
+    /// entry-wide quarantine, or one naming this node without a task).
+    pub whole_id: bool,
+    /// Every instance on every node (refused by enforcement points too).
+    pub scope_entry: bool,
+    /// The process instances (PID, start time) it holds on this node.
+    pub instances: Vec<(i32, u64)>,
+    /// Why.
+    pub reason: String,
+}
+
+impl Quarantined {
+    fn holds(&self, instance: &ProcessInstance) -> bool {
+        instance
+            .start_time()
+            .is_some_and(|st| self.instances.contains(&(instance.pid(), st)))
+    }
 }
 
 /// What a caller with given selectors is entitled to now.
@@ -193,7 +230,38 @@ impl Snapshot {
             policy_version: 0,
             policy_text: Arc::from(""),
             synced: false,
+            revocations: Arc::default(),
+            revocation_generation: 0,
+            crls: Arc::default(),
+            quarantines: Arc::default(),
         }
+    }
+
+    /// The quarantine a caller is under, if any: its process instance is
+    /// held by one, or one covers a SPIFFE ID the caller's selectors give.
+    pub fn quarantine_of(
+        &self,
+        selectors: &[Selector],
+        holder: Option<&ProcessInstance>,
+    ) -> Option<&Quarantined> {
+        if self.quarantines.is_empty() {
+            return None;
+        }
+        if let Some(h) = holder
+            && let Some(q) = self.quarantines.iter().find(|q| q.holds(h))
+        {
+            return Some(q);
+        }
+        let ids: Vec<&SpiffeId> = self
+            .entries
+            .for_task(selectors)
+            .into_iter()
+            .filter(|e| e.selectors.iter().all(|s| selectors.contains(s)))
+            .map(|e| &e.spiffe_id)
+            .collect();
+        self.quarantines
+            .iter()
+            .find(|q| q.whole_id && ids.iter().any(|i| i.as_str() == q.spiffe_id))
     }
 
     /// The tasks `holder` holds whose entry the caller's current selectors

@@ -56,6 +56,8 @@ pub struct RawConfig {
     /// Identify callers by pidfd (`SO_PEERPIDFD`) where the kernel has it;
     /// `false` forces the start-time fallback.
     pub use_pidfd: Option<bool>,
+    /// `[quarantine]`: what this node does about workloads it quarantines.
+    pub quarantine: Option<RawQuarantine>,
     /// Most open Workload API connections in total.
     pub max_connections: Option<usize>,
     /// Most open Workload API connections per caller (its uid and cgroup).
@@ -145,6 +147,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Use pidfds to identify callers where the kernel has them.
     pub use_pidfd: bool,
+    /// Quarantine behaviour.
+    pub quarantine: QuarantineSettings,
     /// Workload API limits.
     pub limits: Limits,
 }
@@ -165,6 +169,28 @@ impl std::fmt::Debug for Config {
             .field("limits", &self.limits)
             .finish()
     }
+}
+
+/// The `[quarantine]` table.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuarantine {
+    /// Send SIGSTOP to a quarantined process (default false).
+    pub freeze: Option<bool>,
+    /// More denied tool calls than this for one task, within `window`, at
+    /// this node's enforcement points quarantine it here at once (default 3).
+    pub max_denials: Option<u32>,
+    /// The window of `max_denials` (default 60s).
+    pub window: Option<String>,
+}
+
+/// Quarantine settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuarantineSettings {
+    /// SIGSTOP quarantined processes.
+    pub freeze: bool,
+    /// The local denial trigger.
+    pub trigger: crate::pdp::LocalTrigger,
 }
 
 impl RawConfig {
@@ -191,6 +217,7 @@ impl RawConfig {
             data_dir,
             log_format,
             use_pidfd,
+            quarantine,
             max_connections,
             max_connections_per_caller,
             max_streams_per_connection,
@@ -291,10 +318,28 @@ impl RawConfig {
                 d.jwt_signings_per_caller_per_second,
             )?,
         };
+        let q = self.quarantine.unwrap_or_default();
+        let dq = crate::pdp::LocalTrigger::default();
+        let window = match q.window {
+            Some(w) => lanyard_core::duration::parse_duration(&w)
+                .map_err(|e| ConfigError::invalid("quarantine.window", e))?,
+            None => dq.window,
+        };
+        if window.is_zero() {
+            return Err(ConfigError::invalid("quarantine.window", "must be above 0"));
+        }
+        let quarantine = QuarantineSettings {
+            freeze: q.freeze.unwrap_or(false),
+            trigger: crate::pdp::LocalTrigger {
+                max_denials: q.max_denials.unwrap_or(dq.max_denials),
+                window,
+            },
+        };
         Ok(Config {
             server,
             trust_domain,
             join_token,
+            quarantine,
             use_pidfd: self.use_pidfd.unwrap_or(true),
             limits,
             bootstrap,

@@ -13,6 +13,7 @@ pub mod creds;
 pub mod identity;
 pub mod jwt_cache;
 pub mod listener;
+pub mod pdp;
 pub mod server_client;
 pub mod storage;
 

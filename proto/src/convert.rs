@@ -219,6 +219,7 @@ mod tests {
             dns_names: vec!["a.example".into()],
             hint: "h".into(),
             require_task: true,
+            enforcement_point: true,
             task_limits: Some(types::TaskLimits {
                 allowed_task_types: vec!["triage".into()],
                 allowed_tools: vec!["search".into()],

@@ -54,6 +54,12 @@ pub enum WorkloadError {
     /// The agent has not received its entries from the server yet.
     #[error("the agent has not synchronised with the server yet; retry")]
     NotSynced,
+    /// The caller is quarantined.
+    #[error("quarantined: {0}")]
+    Quarantined(String),
+    /// The credential shown is revoked.
+    #[error("{0}")]
+    Revoked(String),
 }
 
 impl From<WorkloadError> for Status {
@@ -86,6 +92,8 @@ impl From<WorkloadError> for Status {
             WorkloadError::ShuttingDown | WorkloadError::NotSynced => {
                 Status::unavailable(e.to_string())
             }
+            WorkloadError::Quarantined(_) => Status::permission_denied(e.to_string()),
+            WorkloadError::Revoked(_) => Status::invalid_argument(e.to_string()),
         }
     }
 }

@@ -65,6 +65,14 @@ where
             let snap = st.src.cache.borrow_and_update().clone();
             let now = st.src.clock.now();
             let mut recheck: Option<SystemTime> = None;
+            // A quarantined caller's open streams end at once.
+            if let Some(q) =
+                snap.quarantine_of(&st.caller.selectors, st.caller.conn.instance.as_deref())
+            {
+                st.done = true;
+                let e = WorkloadError::Quarantined(q.reason.clone());
+                return Some((Err(e.into()), st));
+            }
             match snap.identities_for(
                 &st.caller.selectors,
                 st.caller.conn.instance.as_deref(),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use lanyard_proto::task::task_identity_server::TaskIdentity;
 use lanyard_proto::task::{
-    BeginTaskRequest, BeginTaskResponse, DelegateTaskRequest, DelegateTaskResponse, DeniedTool,
-    EndTaskRequest, EndTaskResponse, ListTasksRequest, ListTasksResponse, Task,
+    AuthorizeToolCallRequest, AuthorizeToolCallResponse, BeginTaskRequest, BeginTaskResponse,
+    DelegateTaskRequest, DelegateTaskResponse, DeniedTool, EndTaskRequest, EndTaskResponse,
+    ListTasksRequest, ListTasksResponse, Task,
 };
 use lanyard_proto::types;
 use lanyard_proto::workload::{Jwtsvid, X509svid};
@@ -28,17 +29,32 @@ pub const MAX_TASKS_PER_PROCESS: usize = 64;
 pub struct TaskApi {
     owner: IdentityHandle,
     callers: Arc<Callers>,
+    pdp: Arc<crate::pdp::Pdp>,
 }
 
 impl TaskApi {
     /// The service over the identity owner.
-    pub fn new(owner: IdentityHandle, callers: Arc<Callers>) -> Self {
-        Self { owner, callers }
+    pub fn new(owner: IdentityHandle, callers: Arc<Callers>, pdp: Arc<crate::pdp::Pdp>) -> Self {
+        Self {
+            owner,
+            callers,
+            pdp,
+        }
     }
 
     async fn attest<T>(&self, req: &Request<T>) -> Result<(Caller, TaskOwner), Status> {
-        let hash = self.owner.snapshot().entries.uses_sha256();
-        let caller = self.callers.attest(req, hash).await?;
+        let snap = self.owner.snapshot();
+        let caller = self
+            .callers
+            .attest(req, snap.entries.uses_sha256())
+            .await?;
+        if let Some(q) = self
+            .owner
+            .snapshot()
+            .quarantine_of(&caller.selectors, caller.conn.instance.as_deref())
+        {
+            return Err(WorkloadError::Quarantined(q.reason.clone()).into());
+        }
         let owner = caller
             .conn
             .instance
@@ -286,5 +302,29 @@ impl TaskIdentity for TaskApi {
             delegation_token: token,
             expires_at,
         }))
+    }
+
+    #[instrument(skip_all)]
+    async fn authorize_tool_call(
+        &self,
+        req: Request<AuthorizeToolCallRequest>,
+    ) -> Result<Response<AuthorizeToolCallResponse>, Status> {
+        let (caller, _) = self.attest(&req).await?;
+        // Only an enforcement point may ask: certificate chains are public,
+        // and anyone else could rack up denials against a victim's task.
+        let snap = self.owner.snapshot();
+        let Some(ep) = snap
+            .entries_for(&caller.selectors)
+            .into_iter()
+            .find(|e| e.enforcement_point)
+            .map(|e| e.spiffe_id.to_string())
+        else {
+            return Err(Status::permission_denied(
+                "the caller is not an enforcement point (its entry needs --enforcement-point)",
+            ));
+        };
+        let resp = self.pdp.authorize(&ep, req.into_inner()).await?;
+        caller.recheck()?;
+        Ok(Response::new(resp))
     }
 }

@@ -50,9 +50,15 @@ impl WorkloadApi {
         }
     }
 
+    /// Attests the caller and refuses it when it is quarantined.
     async fn attest<T>(&self, req: &Request<T>) -> Result<Caller, WorkloadError> {
         let hash = self.cache.borrow().entries.uses_sha256();
-        self.callers.attest(req, hash).await
+        let caller = self.callers.attest(req, hash).await?;
+        let snap = self.cache.borrow().clone();
+        if let Some(q) = snap.quarantine_of(&caller.selectors, caller.conn.instance.as_deref()) {
+            return Err(WorkloadError::Quarantined(q.reason.clone()));
+        }
+        Ok(caller)
     }
 
     fn source(&self) -> StreamSource {
@@ -68,6 +74,7 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
     let bundle = snap.bundle.concat();
     let mut key: Vec<String> = svids.iter().map(|s| s.serial.clone()).collect();
     key.push(format!("bundle:{}:{}", snap.bundle_sequence, bundle.len()));
+    key.push(crl_key(snap));
     // Hints must be unique within a response (SPIFFE Workload API): a
     // repeated hint is sent only on its first SVID.
     let mut hints = HashSet::new();
@@ -86,19 +93,33 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
                 },
             })
             .collect(),
-        crl: vec![],
+        crl: snap.crls.to_vec(),
         federated_bundles: HashMap::new(),
     };
     (key, msg)
 }
 
-fn bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<Vec<u8>>, X509BundlesResponse) {
+/// What identifies the CRLs sent: their digest (a change of the
+/// revocation set that leaves the CRLs as they were sends nothing).
+fn crl_key(snap: &Snapshot) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for c in snap.crls.iter() {
+        ctx.update(&(c.len() as u64).to_be_bytes());
+        ctx.update(c);
+    }
+    format!("crl:{}", hex::encode(ctx.finish().as_ref()))
+}
+
+fn bundles_response(
+    snap: &Snapshot,
+    _: &[Arc<CachedSvid>],
+) -> ((Vec<Vec<u8>>, String), X509BundlesResponse) {
     let mut bundles = HashMap::new();
     bundles.insert(snap.trust_domain.id_string(), snap.bundle.concat());
     (
-        (*snap.bundle).clone(),
+        ((*snap.bundle).clone(), crl_key(snap)),
         X509BundlesResponse {
-            crl: vec![],
+            crl: snap.crls.to_vec(),
             bundles,
         },
     )
@@ -255,13 +276,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&req)?;
-        let ValidateJwtsvidRequest { audience, svid } = req.into_inner();
+        let (meta, ext, msg) = req.into_parts();
+        let req_meta = Request::from_parts(meta, ext, ());
+        let ValidateJwtsvidRequest { audience, svid } = msg;
         if audience.is_empty() {
             return Err(WorkloadError::Required("audience").into());
         }
         if svid.is_empty() {
             return Err(WorkloadError::Required("svid").into());
         }
+        self.attest(&req_meta).await?;
         let snap = self.cache.borrow().clone();
         let v = lanyard_core::jwt::validate_jwt_svid(
             &svid,
@@ -271,6 +295,13 @@ impl SpiffeWorkloadApi for WorkloadApi {
             self.clock.now(),
         )
         .map_err(WorkloadError::from)?;
+        if let Some(r) = crate::pdp::jwt_revocation(&snap.revocations, &v) {
+            return Err(WorkloadError::Revoked(format!(
+                "JWT-SVID revoked ({} {}): {}",
+                r.kind, r.value, r.reason
+            ))
+            .into());
+        }
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id: v.spiffe_id.to_string(),
             claims: Some(lanyard_proto::convert::json_to_struct(&v.claims)),

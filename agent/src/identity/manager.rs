@@ -75,6 +75,11 @@ pub(super) enum Event {
         reason: &'static str,
         ok: bool,
     },
+    /// An enforcement report finished; what failed is to be sent again.
+    Reported {
+        denials: Vec<lanyard_proto::server::Denial>,
+        revoke: Vec<(Vec<u8>, String)>,
+    },
     /// Nothing for the loop to do (the future answered its caller itself).
     Done,
 }
@@ -120,6 +125,8 @@ pub struct Manager {
     synced: bool,
     agent_renew_at: Option<SystemTime>,
     agent_failures: u32,
+    /// Revocations, CRLs, quarantines and pending reports.
+    pub(super) enforce: super::enforce::EnforceState,
 }
 
 enum Next {
@@ -172,6 +179,7 @@ impl Manager {
             synced: false,
             agent_renew_at: None,
             agent_failures: 0,
+            enforce: super::enforce::EnforceState::default(),
         };
         m.restore_tasks();
         m
@@ -232,6 +240,7 @@ impl Manager {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {
                     self.task_upkeep();
+                    self.prune_revocations();
                     if tokio::time::Instant::now() >= until {
                         return false;
                     }
@@ -271,6 +280,7 @@ impl Manager {
         self.client = Some(client.clone());
         tracing::info!(server = %self.server, agent_id = %identity.spiffe_id, "connected to server");
         self.flush_pending_ends();
+        self.flush_reports();
         loop {
             let deadline = self.next_deadline();
             let wait = deadline
@@ -308,6 +318,8 @@ impl Manager {
                         self.start_reconcile();
                     }
                     self.task_upkeep();
+                    self.prune_revocations();
+                    self.flush_reports();
                 }
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => return Next::Stop,
             }
@@ -355,6 +367,7 @@ impl Manager {
                     self.pending_ends.push((task_id, reason));
                 }
             }
+            Event::Reported { denials, revoke } => self.finish_report(denials, revoke),
             Event::Done => {}
         }
     }
@@ -403,6 +416,12 @@ impl Manager {
                 exe_sha256,
                 reply,
             } => self.start_jwt(subject, audience, exe_sha256, reply),
+            Command::ReportDenial(d) => self.queue_denial(*d),
+            Command::LocalQuarantine {
+                spiffe_id,
+                task_id,
+                reason,
+            } => self.local_quarantine(spiffe_id, task_id, reason),
         }
     }
 
@@ -453,7 +472,14 @@ impl Manager {
         }));
     }
 
-    fn apply(&mut self, update: SyncUpdate) {
+    fn apply(&mut self, mut update: SyncUpdate) {
+        let mut enforcement = SyncUpdate {
+            revocations: std::mem::take(&mut update.revocations),
+            revocations_reset: update.revocations_reset,
+            crls: std::mem::take(&mut update.crls),
+            quarantines: std::mem::take(&mut update.quarantines),
+            ..SyncUpdate::default()
+        };
         let mut entries = Vec::with_capacity(update.entries.len());
         for msg in update.entries {
             let id = msg.id.clone();
@@ -492,7 +518,7 @@ impl Manager {
         }
         if update.policy_version != self.policy_version {
             self.policy_version = update.policy_version;
-            self.policy_text = Arc::from(update.policy_text);
+            self.policy_text = Arc::from(std::mem::take(&mut update.policy_text));
             tracing::info!(version = self.policy_version, "policy set updated");
         }
         for id in &update.ended_task_ids {
@@ -514,6 +540,7 @@ impl Manager {
             self.entries.iter().map(|e| &e.id).collect();
         self.svids.retain(|id, _| live.contains(id));
         self.failures.retain(|id, _| live.contains(id));
+        self.apply_enforcement(&mut enforcement);
         self.publish_snapshot();
     }
 
@@ -529,6 +556,10 @@ impl Manager {
         snap.policy_version = self.policy_version;
         snap.policy_text = self.policy_text.clone();
         snap.synced = self.synced;
+        snap.revocations = self.enforce.revocations.clone();
+        snap.revocation_generation = self.enforce.generation;
+        snap.crls = self.enforce.crls.clone();
+        snap.quarantines = Arc::new(self.enforce.all());
         self.publish.send_replace(Arc::new(snap));
     }
 

@@ -18,6 +18,7 @@
 //!   task's window, end on EndTask, expiry, revocation or process exit;
 //!   bindings kept across restarts.
 
+mod enforce;
 mod manager;
 mod reconcile;
 mod task_life;
@@ -93,6 +94,14 @@ pub(crate) enum Command {
         exe_sha256: String,
         reply: oneshot::Sender<Result<SignedJwt, CommandError>>,
     },
+    /// A denied tool call to report to the server.
+    ReportDenial(Box<lanyard_proto::server::Denial>),
+    /// Quarantine a task's holder on this node's decision.
+    LocalQuarantine {
+        spiffe_id: String,
+        task_id: String,
+        reason: String,
+    },
 }
 
 /// The handle to the identity owner.
@@ -153,6 +162,30 @@ impl IdentityHandle {
             .await
     }
 
+    /// Reports a denied tool call (queued; never waits for the server).
+    pub fn report_denial(&self, d: lanyard_proto::server::Denial) {
+        if self
+            .commands
+            .try_send(Command::ReportDenial(Box::new(d)))
+            .is_err()
+        {
+            tracing::warn!("identity owner busy; a denial report was dropped");
+        }
+    }
+
+    /// Quarantines a task's holder on this node's own decision, at once,
+    /// whether or not the server is reachable.
+    pub async fn local_quarantine(&self, spiffe_id: String, task_id: String, reason: String) {
+        let _ = self
+            .commands
+            .send(Command::LocalQuarantine {
+                spiffe_id,
+                task_id,
+                reason,
+            })
+            .await;
+    }
+
     /// Signs a JWT-SVID through the server.
     pub async fn sign_jwt(
         &self,
@@ -200,5 +233,6 @@ pub(crate) fn refuse(cmd: Command) {
         Command::EndTask { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
         Command::DelegateTask { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
         Command::SignJwt { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
+        Command::ReportDenial(_) | Command::LocalQuarantine { .. } => {}
     }
 }

@@ -55,6 +55,12 @@ pub enum Command {
     /// Task-scoped identities.
     #[command(subcommand)]
     Task(tasks::TaskCmd),
+    /// Revoke SVIDs.
+    #[command(subcommand)]
+    Svid(enforce::SvidCmd),
+    /// Quarantined workloads.
+    #[command(subcommand)]
+    Quarantine(enforce::QuarantineCmd),
     /// Back up, restore or migrate a stopped server's datastore.
     #[command(subcommand)]
     Datastore(datastore::DatastoreCmd),
@@ -329,6 +335,9 @@ pub enum BundleFormat {
     Pem,
     /// The SPIFFE bundle format: a JWKS with X.509 and JWT authorities.
     Jwks,
+    /// The CRLs (one per live CA, signed by it) as PEM, for openssl,
+    /// nginx or Envoy.
+    Crl,
 }
 
 /// `bundle` subcommands.
@@ -346,6 +355,7 @@ pub enum BundleCmd {
 
 mod common;
 pub mod datastore;
+mod enforce;
 mod entry;
 mod ops;
 mod tasks;
@@ -389,6 +399,30 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
         Command::Agent(cmd) => run_agent(cmd).await,
         Command::Policy(cmd) => tasks::run_policy(cmd).await,
         Command::Task(cmd) => tasks::run_task(cmd).await,
+        Command::Svid(cmd) => enforce::run_svid(cmd).await,
+        Command::Quarantine(cmd) => enforce::run_quarantine(cmd).await,
+        Command::Bundle(BundleCmd::Show {
+            format: BundleFormat::Crl,
+            admin,
+        }) => {
+            let r = client(&admin)
+                .await?
+                .list_revocations(lanyard_proto::admin::ListRevocationsRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match admin.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "crls": r.crls.iter().map(|c| der_to_pem("X509 CRL", std::slice::from_ref(c))).collect::<Vec<_>>(),
+                        "revocations": r.revocations.iter().map(enforce::revocation_json).collect::<Vec<_>>(),
+                    })
+                ),
+                Output::Text => print!("{}", der_to_pem("X509 CRL", &r.crls)),
+            }
+            Ok(())
+        }
         Command::Bundle(BundleCmd::Show { format, admin }) => {
             let b = client(&admin)
                 .await?
@@ -420,6 +454,8 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 (Output::Text, BundleFormat::Pem) => {
                     print!("{}", der_to_pem("CERTIFICATE", &b.x509_authorities));
                 }
+                // Printed by the arm above.
+                (_, BundleFormat::Crl) => {}
             }
             Ok(())
         }

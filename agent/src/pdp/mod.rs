@@ -1,0 +1,410 @@
+//! The decision point on the node agent: AuthorizeToolCall decided locally,
+//! with no server round trip: the credential (validated against the
+//! current bundle and revocation set), the task claims (tool granted,
+//! inside the window, task and parent live), quarantines, then the Cedar
+//! `UseTool` policy synced from the server with the call's context. Every
+//! decision is one [`DecisionRecord`]; denials count towards quarantine,
+//! here at once and on the server across every enforcement point.
+
+mod record;
+mod verify;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use lanyard_core::clock::Clock;
+use lanyard_core::task::SensitivityLevels;
+use lanyard_policy::{Action, PolicyBook, Principal, TaskContext};
+use lanyard_proto::task::authorize_tool_call_request::Credential;
+use lanyard_proto::task::{AuthorizeToolCallRequest, AuthorizeToolCallResponse};
+use serde_json::Value;
+use tonic::Status;
+
+pub use record::{DecisionRecord, DecisionSink, TracingSink};
+pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
+
+use crate::cache::Snapshot;
+use crate::identity::IdentityHandle;
+
+/// Largest call context accepted, bytes of JSON.
+pub const MAX_CONTEXT: usize = 16 * 1024;
+/// Longest tool or resource name.
+const MAX_NAME: usize = 256;
+
+/// When this node's own decisions quarantine a task's holder.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalTrigger {
+    /// More than this many denials for one task...
+    pub max_denials: u32,
+    /// ...within this window.
+    pub window: Duration,
+}
+
+impl Default for LocalTrigger {
+    fn default() -> Self {
+        Self {
+            max_denials: 3,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The decision point.
+pub struct Pdp {
+    owner: IdentityHandle,
+    clock: Arc<dyn Clock>,
+    verified: VerifyCache,
+    /// The compiled policy set and its version (`Err`: it failed to
+    /// compile here, and every call is denied rather than decided without
+    /// it).
+    policy: Mutex<(u64, Result<Option<Arc<PolicyBook>>, String>)>,
+    denials: Mutex<HashMap<String, VecDeque<SystemTime>>>,
+    trigger: LocalTrigger,
+    sink: Arc<dyn DecisionSink>,
+    levels: SensitivityLevels,
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    hex::encode(b)
+}
+
+/// The call's context as Cedar sees it: `key=value` per top-level member.
+fn call_strings(json: &str) -> Result<Vec<String>, Status> {
+    if json.len() > MAX_CONTEXT {
+        return Err(Status::invalid_argument(format!(
+            "context_json is {} bytes; at most {MAX_CONTEXT}",
+            json.len()
+        )));
+    }
+    if json.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    let v: Value = serde_json::from_str(json)
+        .map_err(|e| Status::invalid_argument(format!("context_json: {e}")))?;
+    let Value::Object(m) = v else {
+        return Err(Status::invalid_argument("context_json must be a JSON object"));
+    };
+    Ok(m
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect())
+}
+
+/// A decision before it is recorded.
+struct Verdict {
+    allow: bool,
+    reason: String,
+    policy_ids: Vec<String>,
+    /// A deciding forbid said `@quarantine` (and whether entry-wide).
+    quarantine: Option<bool>,
+}
+
+impl Verdict {
+    fn deny(reason: impl Into<String>) -> Self {
+        Self {
+            allow: false,
+            reason: reason.into(),
+            policy_ids: vec![],
+            quarantine: None,
+        }
+    }
+}
+
+impl Pdp {
+    /// A decision point reading `owner`'s snapshots.
+    pub fn new(
+        owner: IdentityHandle,
+        clock: Arc<dyn Clock>,
+        trigger: LocalTrigger,
+        sink: Arc<dyn DecisionSink>,
+    ) -> Self {
+        Self {
+            owner,
+            clock,
+            verified: VerifyCache::default(),
+            policy: Mutex::new((0, Ok(None))),
+            denials: Mutex::default(),
+            trigger,
+            sink,
+            levels: SensitivityLevels::default(),
+        }
+    }
+
+    fn book(&self, snap: &Snapshot) -> Result<Option<Arc<PolicyBook>>, String> {
+        let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != snap.policy_version {
+            let compiled = if snap.policy_version == 0 || snap.policy_text.is_empty() {
+                Ok(None)
+            } else {
+                PolicyBook::compile(&snap.policy_text, "policy")
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = &compiled {
+                tracing::error!(version = snap.policy_version, err = %e, "synced policy set does not compile on this agent; denying tool calls");
+            }
+            *g = (snap.policy_version, compiled);
+        }
+        g.1.clone()
+    }
+
+    fn count_denial(&self, task_id: &str, now: SystemTime) -> (usize, bool) {
+        let mut all = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        let q = all.entry(task_id.to_owned()).or_default();
+        q.push_back(now);
+        let w = self.trigger.window;
+        while q
+            .front()
+            .is_some_and(|f| now.duration_since(*f).unwrap_or_default() > w)
+        {
+            q.pop_front();
+        }
+        let n = q.len();
+        if all.len() > 100_000 {
+            all.retain(|_, q| q.back().is_some_and(|b| now.duration_since(*b).unwrap_or_default() <= w));
+        }
+        (n, n > self.trigger.max_denials as usize)
+    }
+
+    fn recent_denials(&self, task_id: &str, now: SystemTime) -> i64 {
+        let all = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(task_id).map_or(0, |q| {
+            let n = q
+                .iter()
+                .filter(|t| now.duration_since(**t).unwrap_or_default() <= self.trigger.window)
+                .count();
+            i64::try_from(n).unwrap_or(i64::MAX)
+        })
+    }
+
+    /// Decides one call for the enforcement point `ep`.
+    pub async fn authorize(
+        &self,
+        ep: &str,
+        req: AuthorizeToolCallRequest,
+    ) -> Result<AuthorizeToolCallResponse, Status> {
+        if req.tool.is_empty() || req.tool.len() > MAX_NAME {
+            return Err(Status::invalid_argument(format!("tool must be 1 to {MAX_NAME} bytes")));
+        }
+        if req.resource.len() > MAX_NAME {
+            return Err(Status::invalid_argument(format!("resource: at most {MAX_NAME} bytes")));
+        }
+        let call = call_strings(&req.context_json)?;
+        let snap = self.owner.snapshot();
+        let now = self.clock.now();
+        let (kind, checked) = match req.credential {
+            Some(Credential::X509Chain(c)) => ("x509", self.verified.x509(&snap, &c.certs, now)),
+            Some(Credential::JwtSvid(t)) => {
+                let aud = if req.audience.is_empty() { ep } else { req.audience.as_str() };
+                ("jwt", self.verified.jwt(&snap, &t, aud, now))
+            }
+            None => return Err(Status::invalid_argument("credential (x509_chain or jwt_svid) is required")),
+        };
+        let mut record = DecisionRecord {
+            decision_id: random_id(),
+            time: now,
+            allow: false,
+            reason: String::new(),
+            policy_ids: vec![],
+            task_id: String::new(),
+            principal: String::new(),
+            tool: req.tool.clone(),
+            resource: req.resource.clone(),
+            enforcement_point: ep.to_owned(),
+            credential: kind,
+        };
+        let v = match checked {
+            Ok(v) => v,
+            Err(CredentialError::Malformed(m)) => return Err(Status::invalid_argument(m)),
+            Err(e @ CredentialError::Refused(_)) => {
+                record.reason = e.to_string();
+                self.sink.record(&record);
+                return Err(Status::permission_denied(e.to_string()));
+            }
+        };
+        record.principal = v.peer.spiffe_id.to_string();
+        record.task_id = v
+            .peer
+            .claims
+            .as_ref()
+            .map(|c| c.task_id.to_string())
+            .unwrap_or_default();
+        let verdict = self.decide(&snap, &v, &req.tool, &req.resource, call, now);
+        record.allow = verdict.allow;
+        record.reason = verdict.reason.clone();
+        record.policy_ids = verdict.policy_ids.clone();
+        self.sink.record(&record);
+        if !verdict.allow && !record.task_id.is_empty() {
+            self.after_denial(&record, &verdict, now).await;
+        }
+        Ok(AuthorizeToolCallResponse {
+            allow: record.allow,
+            reason: record.reason,
+            policy_ids: record.policy_ids,
+            decision_id: record.decision_id,
+            task_id: record.task_id,
+            principal: record.principal,
+        })
+    }
+
+    fn decide(
+        &self,
+        snap: &Snapshot,
+        v: &Verified,
+        tool: &str,
+        resource: &str,
+        call: Vec<String>,
+        now: SystemTime,
+    ) -> Verdict {
+        let Some(claims) = &v.peer.claims else {
+            return Verdict::deny("the credential carries no task: tool calls need a task SVID");
+        };
+        let task = claims.task_id.to_string();
+        if claims.not_after.is_some_and(|t| now >= t) {
+            return Verdict::deny(format!("task {task} has ended (its window passed)"));
+        }
+        if let Some(q) = snap.quarantines.iter().find(|q| {
+            q.task_id.as_deref() == Some(task.as_str())
+                || (q.scope_entry && q.spiffe_id == v.peer.spiffe_id.as_str())
+        }) {
+            return Verdict::deny(format!("quarantined: {}", q.reason));
+        }
+        if !claims.tools.iter().any(|t| t == tool) {
+            return Verdict::deny(format!("tool {tool} was not granted to task {task}"));
+        }
+        let book = match self.book(snap) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Verdict {
+                    allow: true,
+                    reason: format!("tool {tool} granted to task {task}"),
+                    policy_ids: vec![],
+                    quarantine: None,
+                };
+            }
+            Err(e) => return Verdict::deny(format!("the policy set does not compile on this node: {e}")),
+        };
+        let principal = Principal {
+            spiffe_id: v.peer.spiffe_id.to_string(),
+            node: v.node.clone(),
+            selectors: vec![],
+            exe_path: String::new(),
+            exe_sha256: v.exe_sha256.clone(),
+        };
+        let hour = (lanyard_core::clock::unix_secs(now) / 3600) % 24;
+        let context = TaskContext {
+            task_type: claims.task_type.clone(),
+            tools: claims.tools.clone(),
+            destinations: vec![],
+            sensitivity: claims.data_sensitivity.clone(),
+            sensitivity_rank: self
+                .levels
+                .rank(&claims.data_sensitivity)
+                .map_or(i64::MAX, |r| i64::try_from(r).unwrap_or(i64::MAX)),
+            ttl_seconds: claims
+                .not_after
+                .and_then(|t| t.duration_since(now).ok())
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            on_behalf_of: claims.on_behalf_of.clone().unwrap_or_default(),
+            intent: String::new(),
+            hour: i64::try_from(hour).unwrap_or(0),
+            parent_task_id: claims
+                .parent_task_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            delegate_to: String::new(),
+            recent_denials: self.recent_denials(&task, now),
+            at_call: true,
+            resource: resource.to_owned(),
+            call,
+            extra: serde_json::Map::new(),
+        };
+        let d = book.decide(&lanyard_policy::Request {
+            principal: &principal,
+            action: Action::UseTool,
+            resource: tool,
+            context: &context,
+        });
+        let reason = if !d.reasons.is_empty() {
+            d.reasons.join("; ")
+        } else if d.allowed {
+            format!("permitted by {}", d.policy_ids.join(", "))
+        } else if d.policy_ids.is_empty() {
+            format!("no policy permits UseTool {tool}")
+        } else {
+            format!("forbidden by {}", d.policy_ids.join(", "))
+        };
+        Verdict {
+            allow: d.allowed,
+            reason,
+            policy_ids: d.policy_ids,
+            quarantine: d.quarantine.then_some(d.quarantine_entry),
+        }
+    }
+
+    /// A denial counts towards quarantine: here at once (so this node
+    /// refuses the task even with the server unreachable) and on the server,
+    /// which adds up every enforcement point's reports.
+    async fn after_denial(&self, r: &DecisionRecord, v: &Verdict, now: SystemTime) {
+        let (_, over) = self.count_denial(&r.task_id, now);
+        self.owner.report_denial(lanyard_proto::server::Denial {
+            task_id: r.task_id.clone(),
+            spiffe_id: r.principal.clone(),
+            tool: r.tool.clone(),
+            reason: r.reason.clone(),
+            quarantine: v.quarantine.is_some(),
+            decision_id: r.decision_id.clone(),
+            enforcement_point: r.enforcement_point.clone(),
+            quarantine_entry: v.quarantine == Some(true),
+        });
+        let why = if v.quarantine.is_some() {
+            Some(format!("forbidden tool {}: {}", r.tool, r.reason))
+        } else if over {
+            Some(format!(
+                "more than {} denied tool calls in {}s (last: {} - {})",
+                self.trigger.max_denials,
+                self.trigger.window.as_secs(),
+                r.tool,
+                r.reason
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = why {
+            self.owner
+                .local_quarantine(r.principal.clone(), r.task_id.clone(), reason)
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_context_is_an_object_of_bounded_size() {
+        assert_eq!(
+            call_strings(r#"{"amount": 5, "to": "acme", "urgent": true}"#).unwrap(),
+            vec!["amount=5", "to=acme", "urgent=true"]
+        );
+        assert!(call_strings("").unwrap().is_empty());
+        assert_eq!(
+            call_strings("[1]").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            call_strings("{not json").unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let big = format!(r#"{{"x": "{}"}}"#, "a".repeat(MAX_CONTEXT));
+        assert_eq!(call_strings(&big).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,214 @@
+//! The credential an enforcement point was shown: an X.509-SVID chain or a
+//! JWT-SVID, validated against the agent's bundle and revocation set, with
+//! the signature work cached per credential until it expires or the bundle
+//! changes (revocation is checked on every call: a set lookup).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use lanyard_core::jwt::{ValidatedJwt, validate_jwt_svid};
+use lanyard_core::peer::{Peer, PeerError, Requirements, TrustState};
+use lanyard_core::revocation::{CredentialRef, Revocation, RevocationSet};
+use lanyard_core::task::TaskClaims;
+use lanyard_core::x509::PeerUsage;
+
+use crate::cache::Snapshot;
+
+/// Most certificates in a chain an enforcement point may hand in.
+pub const MAX_CHAIN: usize = 8;
+/// Largest certificate accepted.
+pub const MAX_CERT: usize = 16 * 1024;
+/// Verified credentials kept.
+const CACHE_MAX: usize = 16_384;
+
+/// A credential that verified.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Its holder and claims (for a JWT-SVID, `serial` is empty).
+    pub peer: Peer,
+    /// The JWT ID of a JWT-SVID.
+    pub jwt_id: Option<String>,
+    /// `rctx.node` and `rctx.exe_sha256` of a task JWT, when present.
+    pub node: String,
+    /// Executable digest from the JWT's `rctx`.
+    pub exe_sha256: String,
+}
+
+/// Why a credential was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// Not a credential at all (garbage, too large, empty).
+    #[error("{0}")]
+    Malformed(String),
+    /// It did not verify, or is revoked.
+    #[error("credential refused: {0}")]
+    Refused(String),
+}
+
+/// Verified credentials by digest, for one bundle sequence.
+#[derive(Default)]
+pub struct VerifyCache {
+    inner: Mutex<(u64, HashMap<[u8; 32], Verified>)>,
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+impl VerifyCache {
+    fn get(&self, key: &[u8; 32], sequence: u64, now: SystemTime) -> Option<Verified> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != sequence {
+            return None;
+        }
+        g.1.get(key).filter(|v| v.peer.not_after > now).cloned()
+    }
+
+    fn put(&self, key: [u8; 32], sequence: u64, v: Verified) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != sequence || g.1.len() >= CACHE_MAX {
+            g.0 = sequence;
+            g.1.clear();
+        }
+        g.1.insert(key, v);
+    }
+
+    /// Validates an X.509-SVID chain (DER certificates, leaf first).
+    pub fn x509(&self, snap: &Snapshot, chain: &[Vec<u8>], now: SystemTime) -> Result<Verified, CredentialError> {
+        if chain.is_empty() {
+            return Err(CredentialError::Malformed("x509_chain holds no certificate".into()));
+        }
+        if chain.len() > MAX_CHAIN || chain.iter().any(|c| c.len() > MAX_CERT || c.is_empty()) {
+            return Err(CredentialError::Malformed(format!(
+                "x509_chain: at most {MAX_CHAIN} certificates of 1 to {MAX_CERT} bytes"
+            )));
+        }
+        if let Some((i, e)) = chain
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| lanyard_core::x509::CertInfo::parse(c).err().map(|e| (i, e)))
+        {
+            return Err(CredentialError::Malformed(format!("x509_chain[{i}]: {e}")));
+        }
+        let parts: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+        let key = digest(&parts);
+        let verified = match self.get(&key, snap.bundle_sequence, now) {
+            Some(v) => v,
+            None => {
+                let state = TrustState::new(snap.trust_domain.clone(), (*snap.bundle).clone());
+                let peer = state
+                    .validate(chain, PeerUsage::Client, &Requirements::default(), now)
+                    .map_err(|e| CredentialError::Refused(e.to_string()))?;
+                let v = Verified {
+                    peer,
+                    jwt_id: None,
+                    node: String::new(),
+                    exe_sha256: String::new(),
+                };
+                self.put(key, snap.bundle_sequence, v.clone());
+                v
+            }
+        };
+        check_revoked(&snap.revocations, &verified)?;
+        Ok(verified)
+    }
+
+    /// Validates a JWT-SVID for `audience`.
+    pub fn jwt(
+        &self,
+        snap: &Snapshot,
+        token: &str,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<Verified, CredentialError> {
+        if token.len() > lanyard_core::jwt::MAX_TOKEN_LEN {
+            return Err(CredentialError::Malformed("jwt_svid is too long".into()));
+        }
+        let key = digest(&[token.as_bytes(), audience.as_bytes()]);
+        let verified = match self.get(&key, snap.bundle_sequence, now) {
+            Some(v) => v,
+            None => {
+                let v = validate_jwt_svid(token, audience, &snap.trust_domain, &snap.jwt_authorities, now)
+                    .map_err(|e| CredentialError::Refused(e.to_string()))?;
+                let verified = from_jwt(&v)?;
+                self.put(key, snap.bundle_sequence, verified.clone());
+                verified
+            }
+        };
+        check_revoked(&snap.revocations, &verified)?;
+        Ok(verified)
+    }
+}
+
+fn from_jwt(v: &ValidatedJwt) -> Result<Verified, CredentialError> {
+    let claims = TaskClaims::from_jwt_claims(&v.claims)
+        .map_err(|e| CredentialError::Refused(format!("task claims: {e}")))?;
+    let num = |k: &str| v.claims.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let rctx = |k: &str| {
+        v.claims
+            .get("rctx")
+            .and_then(|r| r.get(k))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(Verified {
+        peer: Peer {
+            spiffe_id: v.spiffe_id.clone(),
+            serial: String::new(),
+            issued_at: lanyard_core::clock::from_unix_secs(num("iat")),
+            not_after: lanyard_core::clock::from_unix_secs(num("exp")),
+            issuer: None,
+            claims,
+        },
+        jwt_id: v.claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
+        node: rctx("node"),
+        exe_sha256: rctx("exe_sha256"),
+    })
+}
+
+fn check_revoked(set: &RevocationSet, v: &Verified) -> Result<(), CredentialError> {
+    if let Some(r) = revoked(set, &v.peer, v.jwt_id.as_deref()) {
+        let e = PeerError::Revoked {
+            kind: r.kind,
+            value: r.value.clone(),
+            reason: r.reason.clone(),
+        };
+        return Err(CredentialError::Refused(e.to_string()));
+    }
+    Ok(())
+}
+
+fn revoked<'a>(set: &'a RevocationSet, peer: &Peer, jwt_id: Option<&str>) -> Option<&'a Revocation> {
+    let task = peer.claims.as_ref().map(|c| c.task_id.to_string());
+    let parent = peer
+        .claims
+        .as_ref()
+        .and_then(|c| c.parent_task_id.as_ref())
+        .map(ToString::to_string);
+    let c = CredentialRef {
+        spiffe_id: peer.spiffe_id.as_str(),
+        issued_at: peer.issued_at,
+        serial: (!peer.serial.is_empty()).then_some(peer.serial.as_str()),
+        jwt_id,
+        task_id: task.as_deref(),
+    };
+    set.check(&c).or_else(|| {
+        // A delegated task dies with its parent.
+        parent.and_then(|p| set.get(lanyard_core::revocation::RevokedKind::Task, &p))
+    })
+}
+
+/// The revocation naming a validated JWT-SVID, if any (for ValidateJWTSVID).
+pub fn jwt_revocation<'a>(set: &'a RevocationSet, v: &ValidatedJwt) -> Option<&'a Revocation> {
+    let verified = from_jwt(v).ok()?;
+    revoked(set, &verified.peer, verified.jwt_id.as_deref())
+}
