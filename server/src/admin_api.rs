@@ -8,6 +8,10 @@ use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
 use lanyard_proto::admin::admin_server::Admin;
 use lanyard_proto::admin::{
+    AddQuarantineRequest, ListQuarantinesRequest, ListQuarantinesResponse, ListRevocationsRequest,
+    ListRevocationsResponse, QuarantineRequest, RevokeSvidRequest, RevokeSvidResponse,
+};
+use lanyard_proto::admin::{
     Agent, AgentRequest, Authority, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest,
     CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest,
     GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListAuthoritiesRequest,
@@ -16,10 +20,6 @@ use lanyard_proto::admin::{
 use lanyard_proto::admin::{
     CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest, ListTasksResponse,
     SetPolicyRequest, TaskRequest, TestPolicyRequest, TestPolicyResponse,
-};
-use lanyard_proto::admin::{
-    AddQuarantineRequest, ListQuarantinesRequest, ListQuarantinesResponse, ListRevocationsRequest,
-    ListRevocationsResponse, QuarantineRequest, RevokeSvidRequest, RevokeSvidResponse,
 };
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;
@@ -528,7 +528,8 @@ impl Admin for AdminApi {
         &self,
         req: Request<QuarantineRequest>,
     ) -> Result<Response<types::Quarantine>, Status> {
-        self.get_quarantine_impl(&req.into_inner()).map(Response::new)
+        self.get_quarantine_impl(&req.into_inner())
+            .map(Response::new)
     }
 
     #[instrument(skip_all)]

@@ -62,23 +62,27 @@ impl AdminApi {
         r: RevokeSvidRequest,
     ) -> Result<RevokeSvidResponse, Status> {
         let reason = reason_or(&r.reason, "revoked by operator")?;
+        let given = [&r.serial, &r.spiffe_id, &r.jwt_id]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .count();
+        if given != 1 {
+            return Err(Status::invalid_argument(
+                "give exactly one of a serial, a SPIFFE ID or a JWT ID",
+            ));
+        }
+        let now = unix_secs(self.clock.now());
+        let keep = now + lanyard_core::entry::MAX_SVID_TTL.as_secs();
         let rev = match (r.serial.is_empty(), r.spiffe_id.is_empty()) {
-            (false, true) => {
-                if !is_serial(&r.serial) {
-                    return Err(Status::invalid_argument(format!(
-                        "serial {:?} is not a hex serial number",
-                        r.serial
-                    )));
+            _ if !r.jwt_id.is_empty() => {
+                if r.jwt_id.len() > 256 {
+                    return Err(Status::invalid_argument("jwt_id: at most 256 bytes"));
                 }
-                // The serial's issuer and expiry are not known here: it is
-                // listed in the CRL of every CA of this server, and kept as
-                // long as the longest SVID could live.
-                let now = unix_secs(self.clock.now());
                 let rev = Revocation {
-                    kind: RevokedKind::Serial,
-                    value: normalize_serial(&r.serial),
+                    kind: RevokedKind::Jwt,
+                    value: r.jwt_id.clone(),
                     revoked_at: now,
-                    expires_at: now + lanyard_core::entry::MAX_SVID_TTL.as_secs(),
+                    expires_at: keep,
                     reason,
                     issuer: None,
                 };
@@ -89,15 +93,35 @@ impl AdminApi {
                     .map_err(EnforceError::from)?;
                 rev
             }
-            (true, false) => {
+            (false, true) => {
+                if !is_serial(&r.serial) {
+                    return Err(Status::invalid_argument(format!(
+                        "serial {:?} is not a hex serial number",
+                        r.serial
+                    )));
+                }
+                // The serial's issuer and expiry are not known here: it is
+                // listed in the CRL of every CA of this server, and kept as
+                // long as the longest SVID could live.
+                let rev = Revocation {
+                    kind: RevokedKind::Serial,
+                    value: normalize_serial(&r.serial),
+                    revoked_at: now,
+                    expires_at: keep,
+                    reason,
+                    issuer: None,
+                };
+                self.enforce
+                    .revocations
+                    .revoke(vec![rev.clone()])
+                    .await
+                    .map_err(EnforceError::from)?;
+                rev
+            }
+            _ => {
                 let id = lanyard_proto::convert::spiffe_id("spiffe_id", &r.spiffe_id)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.enforce.revoke_spiffe_id(&id, &reason).await?
-            }
-            _ => {
-                return Err(Status::invalid_argument(
-                    "give exactly one of a serial or a SPIFFE ID",
-                ));
             }
         };
         Ok(RevokeSvidResponse {
@@ -167,7 +191,10 @@ impl AdminApi {
         Ok(quarantine_msg(&self.enforce.quarantine(input).await?))
     }
 
-    pub(crate) fn list_quarantines_impl(&self, r: ListQuarantinesRequest) -> ListQuarantinesResponse {
+    pub(crate) fn list_quarantines_impl(
+        &self,
+        r: ListQuarantinesRequest,
+    ) -> ListQuarantinesResponse {
         ListQuarantinesResponse {
             quarantines: self
                 .enforce
@@ -180,7 +207,10 @@ impl AdminApi {
         }
     }
 
-    pub(crate) fn get_quarantine_impl(&self, r: &QuarantineRequest) -> Result<types::Quarantine, Status> {
+    pub(crate) fn get_quarantine_impl(
+        &self,
+        r: &QuarantineRequest,
+    ) -> Result<types::Quarantine, Status> {
         self.enforce
             .quarantines
             .get(&r.id)

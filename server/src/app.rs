@@ -21,11 +21,11 @@ use crate::agents::Agents;
 use crate::attestation::JoinTokens;
 use crate::ca::{Ca, CaError};
 use crate::config::{Config, Datastore};
+use crate::enforce::{Enforcement, Quarantines, Revocations};
 use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
 use crate::policy::Policies;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{PgStore, SledStore, Store, StoreError};
-use crate::enforce::{Enforcement, Quarantines, Revocations};
 use crate::tasks::Tasks;
 use crate::tls::{ServerIdentity, incoming, server_config};
 

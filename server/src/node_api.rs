@@ -11,8 +11,8 @@ use lanyard_proto::server::node_server::Node;
 use lanyard_proto::server::{
     AttestAgentRequest, AttestAgentResponse, BeginTaskRequest, BeginTaskResponse,
     DelegateTaskRequest, DelegateTaskResponse, EndTaskRequest, EndTaskResponse, RenewAgentRequest,
-    RenewAgentResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignTaskSvidRequest,
-    ReportEnforcementRequest, ReportEnforcementResponse, RevokeHeldRequest, RevokeHeldResponse,
+    RenewAgentResponse, ReportEnforcementRequest, ReportEnforcementResponse, RevokeHeldRequest,
+    RevokeHeldResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignTaskSvidRequest,
     SignTaskSvidResponse, SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncUpdate,
 };
 use lanyard_proto::types;
@@ -414,7 +414,11 @@ impl Node for NodeApi {
                 let update = api.sync_update(&id);
                 let set = api.enforce.revocations.current();
                 let added: Vec<types::Revocation> = match &sent {
-                    None => set.items().into_iter().map(types::Revocation::from).collect(),
+                    None => set
+                        .items()
+                        .into_iter()
+                        .map(types::Revocation::from)
+                        .collect(),
                     Some(old) => set
                         .items()
                         .into_iter()
@@ -696,15 +700,10 @@ impl Node for NodeApi {
                 issuer: info.authority_key_id,
             });
         }
-        let n = self
-            .enforce
-            .revocations
-            .revoke(items)
-            .await
-            .map_err(|e| {
-                tracing::error!(err = %e, "cannot store revocations");
-                Status::internal("cannot store the revocations")
-            })?;
+        let n = self.enforce.revocations.revoke(items).await.map_err(|e| {
+            tracing::error!(err = %e, "cannot store revocations");
+            Status::internal("cannot store the revocations")
+        })?;
         Ok(Response::new(RevokeHeldResponse {
             revoked: u32::try_from(n).unwrap_or(u32::MAX),
         }))

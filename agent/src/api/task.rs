@@ -44,10 +44,7 @@ impl TaskApi {
 
     async fn attest<T>(&self, req: &Request<T>) -> Result<(Caller, TaskOwner), Status> {
         let snap = self.owner.snapshot();
-        let caller = self
-            .callers
-            .attest(req, snap.entries.uses_sha256())
-            .await?;
+        let caller = self.callers.attest(req, snap.entries.uses_sha256()).await?;
         if let Some(q) = self
             .owner
             .snapshot()

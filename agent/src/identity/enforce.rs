@@ -242,7 +242,13 @@ impl Manager {
             .iter()
             .enumerate()
             .map(|(i, _)| (true, i))
-            .chain(self.enforce.local.iter().enumerate().map(|(i, _)| (false, i)))
+            .chain(
+                self.enforce
+                    .local
+                    .iter()
+                    .enumerate()
+                    .map(|(i, _)| (false, i)),
+            )
             .collect();
         for (server, i) in pending {
             let q = if server {
@@ -264,8 +270,10 @@ impl Manager {
                 })
                 .cloned()
                 .collect();
-            let mut instances: Vec<(i32, u64)> =
-                held.iter().map(|t| (t.owner.pid, t.owner.start_time)).collect();
+            let mut instances: Vec<(i32, u64)> = held
+                .iter()
+                .map(|t| (t.owner.pid, t.owner.start_time))
+                .collect();
             // Every task of those instances goes, whatever its entry.
             let doomed: Vec<_> = self
                 .tasks
@@ -274,12 +282,8 @@ impl Manager {
                 .cloned()
                 .collect();
             let reason = format!("quarantined: {}", q.reason);
+            // Ending each task reports its SVID for revocation.
             for t in &doomed {
-                if let Some(svid) = &t.svid
-                    && let Some(leaf) = svid.chain.first()
-                {
-                    self.enforce.revoke.push((leaf.clone(), reason.clone()));
-                }
                 self.end_task(t.id(), "quarantined", true);
             }
             if !instances.is_empty() || q.whole_id {
@@ -305,7 +309,11 @@ impl Manager {
                         nix::unistd::Pid::from_raw(*pid),
                         nix::sys::signal::Signal::SIGSTOP,
                     );
-                    tracing::warn!(pid, ok = r.is_ok(), "quarantined process stopped (quarantine.freeze)");
+                    tracing::warn!(
+                        pid,
+                        ok = r.is_ok(),
+                        "quarantined process stopped (quarantine.freeze)"
+                    );
                 }
             }
             let slot = if server {
@@ -319,6 +327,14 @@ impl Manager {
         }
         self.publish_snapshot();
         self.start_reconcile();
+        self.flush_reports();
+    }
+
+    /// Queues a held certificate for revocation.
+    pub(super) fn queue_revoke(&mut self, leaf: Vec<u8>, reason: String) {
+        if self.enforce.revoke.len() < MAX_PENDING {
+            self.enforce.revoke.push((leaf, reason));
+        }
         self.flush_reports();
     }
 

@@ -194,10 +194,16 @@ impl Manager {
     /// Ends a held task: its credentials leave the snapshot now; with
     /// `notify` the server records the end. False when not held.
     pub(super) fn end_task(&mut self, task_id: &str, reason: &'static str, notify: bool) -> bool {
-        let before = self.tasks.len();
-        self.tasks.retain(|t| t.id() != task_id);
-        if self.tasks.len() == before {
+        let Some(pos) = self.tasks.iter().position(|t| t.id() == task_id) else {
             return false;
+        };
+        let task = self.tasks.remove(pos);
+        // Its SVID dies with it: the serial goes into the CRLs, so peers
+        // that read them refuse it too (an expired one needs nothing).
+        if reason != "expired"
+            && let Some(leaf) = task.svid.as_ref().and_then(|s| s.chain.first())
+        {
+            self.queue_revoke(leaf.clone(), format!("task {task_id} {reason}"));
         }
         self.task_work.remove(task_id);
         tracing::info!(task_id, reason, "task ended");

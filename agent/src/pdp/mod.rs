@@ -85,10 +85,11 @@ fn call_strings(json: &str) -> Result<Vec<String>, Status> {
     let v: Value = serde_json::from_str(json)
         .map_err(|e| Status::invalid_argument(format!("context_json: {e}")))?;
     let Value::Object(m) = v else {
-        return Err(Status::invalid_argument("context_json must be a JSON object"));
+        return Err(Status::invalid_argument(
+            "context_json must be a JSON object",
+        ));
     };
-    Ok(m
-        .iter()
+    Ok(m.iter()
         .map(|(k, v)| match v {
             Value::String(s) => format!("{k}={s}"),
             other => format!("{k}={other}"),
@@ -167,7 +168,10 @@ impl Pdp {
         }
         let n = q.len();
         if all.len() > 100_000 {
-            all.retain(|_, q| q.back().is_some_and(|b| now.duration_since(*b).unwrap_or_default() <= w));
+            all.retain(|_, q| {
+                q.back()
+                    .is_some_and(|b| now.duration_since(*b).unwrap_or_default() <= w)
+            });
         }
         (n, n > self.trigger.max_denials as usize)
     }
@@ -190,10 +194,14 @@ impl Pdp {
         req: AuthorizeToolCallRequest,
     ) -> Result<AuthorizeToolCallResponse, Status> {
         if req.tool.is_empty() || req.tool.len() > MAX_NAME {
-            return Err(Status::invalid_argument(format!("tool must be 1 to {MAX_NAME} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "tool must be 1 to {MAX_NAME} bytes"
+            )));
         }
         if req.resource.len() > MAX_NAME {
-            return Err(Status::invalid_argument(format!("resource: at most {MAX_NAME} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "resource: at most {MAX_NAME} bytes"
+            )));
         }
         let call = call_strings(&req.context_json)?;
         let snap = self.owner.snapshot();
@@ -201,10 +209,18 @@ impl Pdp {
         let (kind, checked) = match req.credential {
             Some(Credential::X509Chain(c)) => ("x509", self.verified.x509(&snap, &c.certs, now)),
             Some(Credential::JwtSvid(t)) => {
-                let aud = if req.audience.is_empty() { ep } else { req.audience.as_str() };
+                let aud = if req.audience.is_empty() {
+                    ep
+                } else {
+                    req.audience.as_str()
+                };
                 ("jwt", self.verified.jwt(&snap, &t, aud, now))
             }
-            None => return Err(Status::invalid_argument("credential (x509_chain or jwt_svid) is required")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "credential (x509_chain or jwt_svid) is required",
+                ));
+            }
         };
         let mut record = DecisionRecord {
             decision_id: random_id(),
@@ -288,7 +304,9 @@ impl Pdp {
                     quarantine: None,
                 };
             }
-            Err(e) => return Verdict::deny(format!("the policy set does not compile on this node: {e}")),
+            Err(e) => {
+                return Verdict::deny(format!("the policy set does not compile on this node: {e}"));
+            }
         };
         let principal = Principal {
             spiffe_id: v.peer.spiffe_id.to_string(),
@@ -405,6 +423,9 @@ mod tests {
             tonic::Code::InvalidArgument
         );
         let big = format!(r#"{{"x": "{}"}}"#, "a".repeat(MAX_CONTEXT));
-        assert_eq!(call_strings(&big).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            call_strings(&big).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

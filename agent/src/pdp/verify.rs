@@ -82,9 +82,16 @@ impl VerifyCache {
     }
 
     /// Validates an X.509-SVID chain (DER certificates, leaf first).
-    pub fn x509(&self, snap: &Snapshot, chain: &[Vec<u8>], now: SystemTime) -> Result<Verified, CredentialError> {
+    pub fn x509(
+        &self,
+        snap: &Snapshot,
+        chain: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<Verified, CredentialError> {
         if chain.is_empty() {
-            return Err(CredentialError::Malformed("x509_chain holds no certificate".into()));
+            return Err(CredentialError::Malformed(
+                "x509_chain holds no certificate".into(),
+            ));
         }
         if chain.len() > MAX_CHAIN || chain.iter().any(|c| c.len() > MAX_CERT || c.is_empty()) {
             return Err(CredentialError::Malformed(format!(
@@ -136,8 +143,14 @@ impl VerifyCache {
         let verified = match self.get(&key, snap.bundle_sequence, now) {
             Some(v) => v,
             None => {
-                let v = validate_jwt_svid(token, audience, &snap.trust_domain, &snap.jwt_authorities, now)
-                    .map_err(|e| CredentialError::Refused(e.to_string()))?;
+                let v = validate_jwt_svid(
+                    token,
+                    audience,
+                    &snap.trust_domain,
+                    &snap.jwt_authorities,
+                    now,
+                )
+                .map_err(|e| CredentialError::Refused(e.to_string()))?;
                 let verified = from_jwt(&v)?;
                 self.put(key, snap.bundle_sequence, verified.clone());
                 verified
@@ -151,7 +164,12 @@ impl VerifyCache {
 fn from_jwt(v: &ValidatedJwt) -> Result<Verified, CredentialError> {
     let claims = TaskClaims::from_jwt_claims(&v.claims)
         .map_err(|e| CredentialError::Refused(format!("task claims: {e}")))?;
-    let num = |k: &str| v.claims.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let num = |k: &str| {
+        v.claims
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
     let rctx = |k: &str| {
         v.claims
             .get("rctx")
@@ -169,7 +187,11 @@ fn from_jwt(v: &ValidatedJwt) -> Result<Verified, CredentialError> {
             issuer: None,
             claims,
         },
-        jwt_id: v.claims.get("jti").and_then(serde_json::Value::as_str).map(str::to_owned),
+        jwt_id: v
+            .claims
+            .get("jti")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
         node: rctx("node"),
         exe_sha256: rctx("exe_sha256"),
     })
@@ -187,7 +209,11 @@ fn check_revoked(set: &RevocationSet, v: &Verified) -> Result<(), CredentialErro
     Ok(())
 }
 
-fn revoked<'a>(set: &'a RevocationSet, peer: &Peer, jwt_id: Option<&str>) -> Option<&'a Revocation> {
+fn revoked<'a>(
+    set: &'a RevocationSet,
+    peer: &Peer,
+    jwt_id: Option<&str>,
+) -> Option<&'a Revocation> {
     let task = peer.claims.as_ref().map(|c| c.task_id.to_string());
     let parent = peer
         .claims

@@ -7,6 +7,8 @@
 
 pub mod tls;
 
+pub use tls::{PeerClientVerifier, PeerServerVerifier};
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 

@@ -7,6 +7,12 @@
 //!   FetchX509SVID answer, or `error CODE MESSAGE`.
 //! - `end SOCKET ID`: tries to end task ID; prints `ok` or `error CODE`.
 //! - `list SOCKET`: prints `tasks N` (this process's tasks).
+//! - `hold SOCKET TYPE [TOOL...]`: begins a task with a JWT for audience
+//!   `tools`, prints `task ID`, `chain HEX,HEX...` (its X.509-SVID chain)
+//!   and `jwt TOKEN`, then follows its FetchX509SVID stream, printing
+//!   `stream ok` per message and `stream error CODE MESSAGE` when it ends;
+//!   meanwhile each stdin line `fetch` prints a fresh fetch result (as the
+//!   `fetch` mode does). Exits when stdin closes.
 //!
 //! Test support: exits non-zero with a message on unexpected failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -54,6 +60,75 @@ async fn fetch(socket: &str) -> String {
     }
 }
 
+async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
+    let ch = lanyard_uds::unix_channel(std::path::Path::new(socket)).unwrap();
+    let r = TaskIdentityClient::new(ch)
+        .begin_task(header(BeginTaskRequest {
+            task_type: task_type.to_owned(),
+            tools,
+            ttl_seconds: 300,
+            jwt_audiences: vec!["tools".into()],
+            ..Default::default()
+        }))
+        .await;
+    let r = match r {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            println!("error {:?} {}", s.code(), s.message());
+            return;
+        }
+    };
+    let chain = lanyard_core::x509::der_chain_split(&r.x509_svid.unwrap().x509_svid).unwrap();
+    println!("task {}", r.task_id);
+    println!(
+        "chain {}",
+        chain.iter().map(hex_of).collect::<Vec<_>>().join(",")
+    );
+    println!("jwt {}", r.jwt_svid.map(|j| j.svid).unwrap_or_default());
+    std::io::stdout().flush().unwrap();
+    let stream_socket = socket.to_owned();
+    tokio::spawn(async move {
+        let ch = lanyard_uds::unix_channel(std::path::Path::new(&stream_socket)).unwrap();
+        let mut c = SpiffeWorkloadApiClient::new(ch);
+        let outcome = async {
+            let mut s = c
+                .fetch_x509svid(header(X509svidRequest {}))
+                .await?
+                .into_inner();
+            while s.message().await?.is_some() {
+                println!("stream ok");
+                std::io::stdout().flush().unwrap();
+            }
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => println!("stream error ended"),
+            Err(s) => println!("stream error {:?} {}", s.code(), s.message()),
+        }
+        std::io::stdout().flush().unwrap();
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(8);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        if line.trim() == "fetch" {
+            println!("{}", fetch(socket).await);
+            std::io::stdout().flush().unwrap();
+        }
+    }
+}
+
+fn hex_of(b: &Vec<u8>) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -81,6 +156,7 @@ async fn main() {
             let _ = std::io::stdin().read_to_end(&mut sink);
         }
         Some("fetch") => println!("{}", fetch(&args[2]).await),
+        Some("hold") => hold(&args[2], &args[3], args[4..].to_vec()).await,
         Some("end") => {
             let ch = lanyard_uds::unix_channel(std::path::Path::new(&args[2])).unwrap();
             let r = TaskIdentityClient::new(ch)

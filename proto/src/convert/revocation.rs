@@ -35,8 +35,10 @@ impl TryFrom<types::Revocation> for Revocation {
         Ok(Self {
             kind,
             value: r.value,
-            revoked_at: u64::try_from(r.revoked_at).map_err(|_| ProtoError::Negative("revoked_at"))?,
-            expires_at: u64::try_from(r.expires_at).map_err(|_| ProtoError::Negative("expires_at"))?,
+            revoked_at: u64::try_from(r.revoked_at)
+                .map_err(|_| ProtoError::Negative("revoked_at"))?,
+            expires_at: u64::try_from(r.expires_at)
+                .map_err(|_| ProtoError::Negative("expires_at"))?,
             reason: r.reason,
             issuer: Some(r.issuer).filter(|i| !i.is_empty()),
         })

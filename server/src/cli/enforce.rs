@@ -16,11 +16,14 @@ pub enum SvidCmd {
     /// ValidateJWTSVID).
     Revoke {
         /// Serial number in hex (as `openssl x509 -serial` prints it).
-        #[arg(required_unless_present = "spiffe_id", conflicts_with = "spiffe_id")]
+        #[arg(required_unless_present_any = ["spiffe_id", "jwt_id"], conflicts_with_all = ["spiffe_id", "jwt_id"])]
         serial: Option<String>,
         /// Revoke every SVID issued for this SPIFFE ID so far.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "jwt_id")]
         spiffe_id: Option<String>,
+        /// Revoke one JWT-SVID by its ID (the `jti` claim).
+        #[arg(long)]
+        jwt_id: Option<String>,
         /// Why (shown in denials).
         #[arg(long)]
         reason: Option<String>,
@@ -135,6 +138,7 @@ pub(super) async fn run_svid(cmd: SvidCmd) -> Result<(), CliError> {
     let SvidCmd::Revoke {
         serial,
         spiffe_id,
+        jwt_id,
         reason,
         admin,
     } = cmd;
@@ -145,6 +149,7 @@ pub(super) async fn run_svid(cmd: SvidCmd) -> Result<(), CliError> {
             serial: serial.unwrap_or_default(),
             spiffe_id,
             reason: reason.unwrap_or_default(),
+            jwt_id: jwt_id.unwrap_or_default(),
         })
         .await
         .map_err(status_err)?

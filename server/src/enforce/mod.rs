@@ -11,11 +11,11 @@ pub use revocations::{CRL_REFRESH, CRL_VALIDITY, Revocations};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanyard_core::SpiffeId;
 use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_core::entry::MAX_SVID_TTL;
 use lanyard_core::revocation::{Revocation, RevokedKind};
 use lanyard_core::task::TaskState;
-use lanyard_core::SpiffeId;
 
 use crate::registry::Registry;
 use crate::store::StoreError;
@@ -69,7 +69,11 @@ impl Enforcement {
     }
 
     /// Revokes every SVID of `spiffe_id` issued up to now.
-    pub async fn revoke_spiffe_id(&self, spiffe_id: &SpiffeId, reason: &str) -> Result<Revocation, EnforceError> {
+    pub async fn revoke_spiffe_id(
+        &self,
+        spiffe_id: &SpiffeId,
+        reason: &str,
+    ) -> Result<Revocation, EnforceError> {
         let now = unix_secs(self.clock.now());
         let r = Revocation {
             kind: RevokedKind::SpiffeId,
@@ -88,7 +92,10 @@ impl Enforcement {
     /// and for an entry-wide quarantine every SVID of the SPIFFE ID issued
     /// so far. The workload's node agent does the rest for the instance:
     /// its tasks and standing SVIDs, its calls and streams.
-    pub async fn quarantine(&self, input: QuarantineInput) -> Result<QuarantineRecord, EnforceError> {
+    pub async fn quarantine(
+        &self,
+        input: QuarantineInput,
+    ) -> Result<QuarantineRecord, EnforceError> {
         let id = SpiffeId::new(&input.spiffe_id)
             .map_err(|e| EnforceError::Invalid(format!("SPIFFE ID {}: {e}", input.spiffe_id)))?;
         let (rec, new) = self.quarantines.add(input).await?;
@@ -98,7 +105,12 @@ impl Enforcement {
         if let Some(task) = &rec.task_id {
             match self
                 .tasks
-                .end(None, task, TaskState::Revoked, &format!("quarantined: {}", rec.reason))
+                .end(
+                    None,
+                    task,
+                    TaskState::Revoked,
+                    &format!("quarantined: {}", rec.reason),
+                )
                 .await
             {
                 Ok(_) | Err(TaskServiceError::NotFound(_)) => {}
@@ -138,7 +150,13 @@ impl Enforcement {
             let (source, reason) = if d.quarantine {
                 ("policy", format!("forbidden tool {}: {}", d.tool, d.reason))
             } else {
-                ("denials", format!("too many denied tool calls (last: {} - {})", d.tool, d.reason))
+                (
+                    "denials",
+                    format!(
+                        "too many denied tool calls (last: {} - {})",
+                        d.tool, d.reason
+                    ),
+                )
             };
             let scope = if d.quarantine && d.quarantine_entry {
                 Scope::Entry

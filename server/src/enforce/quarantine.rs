@@ -168,7 +168,11 @@ impl Quarantines {
             out.push(decode(&key, v)?);
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        *self.inner.records.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(out);
+        *self
+            .inner
+            .records
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(out);
         self.inner.changes.send_modify(|v| *v += 1);
         Ok(())
     }
@@ -200,7 +204,10 @@ impl Quarantines {
     /// Quarantines a workload; an active record for the same task (or the
     /// same SPIFFE ID and node) is returned instead of a second one, with
     /// `false`.
-    pub async fn add(&self, input: QuarantineInput) -> Result<(QuarantineRecord, bool), StoreError> {
+    pub async fn add(
+        &self,
+        input: QuarantineInput,
+    ) -> Result<(QuarantineRecord, bool), StoreError> {
         if let Some(q) = self.active().into_iter().find(|q| {
             q.spiffe_id == input.spiffe_id
                 && q.task_id == input.task_id
@@ -232,12 +239,19 @@ impl Quarantines {
 
     async fn put(&self, rec: &QuarantineRecord) -> Result<(), StoreError> {
         let v = serde_json::to_value(rec).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.inner.store.put_doc(DocKind::Quarantine, &rec.id, &v).await?;
+        self.inner
+            .store
+            .put_doc(DocKind::Quarantine, &rec.id, &v)
+            .await?;
         self.reload().await
     }
 
     /// Releases a quarantine (what it revoked stays revoked).
-    pub async fn release(&self, id: &str, by: &str) -> Result<Option<QuarantineRecord>, StoreError> {
+    pub async fn release(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<Option<QuarantineRecord>, StoreError> {
         let Some(v) = self.inner.store.get_doc(DocKind::Quarantine, id).await? else {
             return Ok(None);
         };
@@ -259,7 +273,10 @@ impl Quarantines {
         let mut all = self.inner.denials.lock().unwrap_or_else(|p| p.into_inner());
         let q = all.entry(task_id.to_owned()).or_default();
         q.push_back(now);
-        while q.front().is_some_and(|f| now.duration_since(*f).unwrap_or_default() > t.window) {
+        while q
+            .front()
+            .is_some_and(|f| now.duration_since(*f).unwrap_or_default() > t.window)
+        {
             q.pop_front();
         }
         let over = q.len() > t.max_denials as usize;

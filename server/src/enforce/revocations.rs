@@ -171,7 +171,10 @@ impl Revocations {
                 continue;
             }
             let v = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
-            self.inner.store.put_doc(DocKind::Revocation, &r.key(), &v).await?;
+            self.inner
+                .store
+                .put_doc(DocKind::Revocation, &r.key(), &v)
+                .await?;
             tracing::info!(kind = %r.kind, value = %r.value, reason = %r.reason, "revoked");
             let mut g = self.inner.set.write().unwrap_or_else(|p| p.into_inner());
             let mut set = (**g).clone();
@@ -197,7 +200,10 @@ impl Revocations {
             .cloned()
             .collect();
         for r in &expired {
-            self.inner.store.delete_doc(DocKind::Revocation, &r.key()).await?;
+            self.inner
+                .store
+                .delete_doc(DocKind::Revocation, &r.key())
+                .await?;
         }
         if !expired.is_empty() {
             let mut g = self.inner.set.write().unwrap_or_else(|p| p.into_inner());
@@ -226,9 +232,16 @@ impl Revocations {
         .unwrap_or(u64::MAX);
         for signer in snap.signers.iter() {
             let id = signer.info().subject_key_id.clone();
+            // Serials revoked without a known issuer (`svid revoke SERIAL`)
+            // are listed by every CA: serials are random, so this never
+            // names another certificate.
+            let unknown = set.items().into_iter().filter(|r| {
+                r.kind == lanyard_core::revocation::RevokedKind::Serial && r.issuer.is_none()
+            });
             let entries: Vec<CrlEntry> = set
                 .serials_of(&id)
                 .into_iter()
+                .chain(unknown)
                 .map(|r| CrlEntry {
                     serial: r.value.clone(),
                     revoked_at: lanyard_core::clock::from_unix_secs(r.revoked_at),
@@ -253,7 +266,13 @@ impl Revocations {
                 .map_err(|e| e.to_string())?;
         }
         // CRLs of CAs that left the bundle go too.
-        for (id, _) in self.inner.store.list_docs(DocKind::Crl).await.map_err(|e| e.to_string())? {
+        for (id, _) in self
+            .inner
+            .store
+            .list_docs(DocKind::Crl)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             if !snap.authority_ids.contains(&id) {
                 let _ = self.inner.store.delete_doc(DocKind::Crl, &id).await;
             }

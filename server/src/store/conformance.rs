@@ -319,18 +319,30 @@ async fn documents_are_shared_and_announced(s: Arc<dyn Store>, t: Arc<dyn Store>
     use super::DocKind;
     let start = t.last_change().await.unwrap();
     let doc = serde_json::json!({"value": "abc", "n": 1});
-    s.put_doc(DocKind::Revocation, "serial:b", &doc).await.unwrap();
-    s.put_doc(DocKind::Revocation, "serial:a", &doc).await.unwrap();
+    s.put_doc(DocKind::Revocation, "serial:b", &doc)
+        .await
+        .unwrap();
+    s.put_doc(DocKind::Revocation, "serial:a", &doc)
+        .await
+        .unwrap();
     s.put_doc(DocKind::Quarantine, "q1", &doc).await.unwrap();
     let listed = t.list_docs(DocKind::Revocation).await.unwrap();
     let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["serial:a", "serial:b"]);
     assert_eq!(listed[0].1, doc);
-    assert_eq!(t.get_doc(DocKind::Quarantine, "q1").await.unwrap(), Some(doc.clone()));
+    assert_eq!(
+        t.get_doc(DocKind::Quarantine, "q1").await.unwrap(),
+        Some(doc.clone())
+    );
     assert_eq!(t.get_doc(DocKind::Crl, "q1").await.unwrap(), None);
     let changed = serde_json::json!({"value": "abc", "n": 2});
-    t.put_doc(DocKind::Quarantine, "q1", &changed).await.unwrap();
-    assert_eq!(s.get_doc(DocKind::Quarantine, "q1").await.unwrap(), Some(changed));
+    t.put_doc(DocKind::Quarantine, "q1", &changed)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_doc(DocKind::Quarantine, "q1").await.unwrap(),
+        Some(changed)
+    );
     assert!(s.delete_doc(DocKind::Revocation, "serial:a").await.unwrap());
     assert!(!t.delete_doc(DocKind::Revocation, "serial:a").await.unwrap());
     assert_eq!(t.list_docs(DocKind::Revocation).await.unwrap().len(), 1);

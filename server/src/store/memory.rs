@@ -9,8 +9,8 @@ use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
 use tokio::sync::watch;
 
 use super::{
-    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord, JwtKeyRecord,
-    LocalFeed, PolicyRecord, Store, StoreError,
+    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord,
+    JwtKeyRecord, LocalFeed, PolicyRecord, Store, StoreError,
 };
 
 #[derive(Default)]

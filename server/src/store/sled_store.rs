@@ -16,8 +16,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::watch;
 
 use super::{
-    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord, JwtKeyRecord,
-    LocalFeed, PolicyRecord, Store, StoreError, Swap,
+    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord,
+    JwtKeyRecord, LocalFeed, PolicyRecord, Store, StoreError, Swap,
 };
 
 const SCHEMA_VERSION: &[u8] = b"1";
@@ -694,7 +694,8 @@ impl Store for SledStore {
         let k = doc_key(kind, key);
         let had = self
             .write(None, move |s| {
-                s.remove::<serde_json::Value>(&s.docs, &k).map(|o| o.is_some())
+                s.remove::<serde_json::Value>(&s.docs, &k)
+                    .map(|o| o.is_some())
             })
             .await?;
         if had {

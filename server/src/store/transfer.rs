@@ -16,7 +16,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AgentRecord, CaKeyRecord, DocKind, DelegationRecord, JwtKeyRecord, PolicyRecord, Store, StoreError,
+    AgentRecord, CaKeyRecord, DelegationRecord, DocKind, JwtKeyRecord, PolicyRecord, Store,
+    StoreError,
 };
 use lanyard_core::RegistrationEntry;
 use lanyard_core::task::TaskRecord;
@@ -56,7 +57,10 @@ enum Record {
     Policy(PolicyRecord),
     Task(TaskRecord),
     Delegation(DelegationRecord),
-    Counter { name: String, value: u64 },
+    Counter {
+        name: String,
+        value: u64,
+    },
     Doc {
         kind: String,
         key: String,

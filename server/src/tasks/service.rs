@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lanyard_core::clock::{Clock, unix_secs};
+use lanyard_core::revocation::{Revocation, RevokedKind};
 use lanyard_core::task::{Actor, SensitivityLevels, TaskGrant, TaskRecord, TaskRequest, TaskState};
 use lanyard_core::{RegistrationEntry, SpiffeId, TaskId};
 use lanyard_proto::types;
 use serde_json::Map;
-use lanyard_core::revocation::{Revocation, RevokedKind};
 use tokio::sync::watch;
 
 use crate::enforce::Revocations;

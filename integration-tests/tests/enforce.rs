@@ -1,0 +1,495 @@
+//! Runtime enforcement end to end: a real server and agent, a second real
+//! workload process holding a task, this test process as the enforcement
+//! point (a tool server), AuthorizeToolCall, CRLs through the Workload API,
+//! rustls handshakes on the peer validator, quarantine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod enforce_support;
+
+use std::time::{Duration, Instant};
+
+use enforce_support::*;
+use lanyard_core::SpiffeId;
+use lanyard_core::x509::{SvidKey, SvidParams, X509Authority};
+use lanyard_integration_tests::{TD, eventually};
+use lanyard_proto::task::BeginTaskRequest;
+use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard_proto::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
+
+const ALLOW_ALL: &str = r#"
+    @id("begin") permit (principal, action == Lanyard::Action::"BeginTask", resource);
+    @id("tools") permit (principal, action == Lanyard::Action::"UseTool", resource);
+"#;
+
+/// A chain from a CA of the same trust domain that is not in the bundle.
+fn foreign_chain(td: &str, id: &str) -> Vec<Vec<u8>> {
+    let td = lanyard_core::TrustDomain::new(td).unwrap();
+    let now = std::time::SystemTime::now();
+    let ca = X509Authority::generate_root(&td, now, Duration::from_secs(3600)).unwrap();
+    let key = SvidKey::generate().unwrap();
+    let id = SpiffeId::new(id).unwrap();
+    let p = SvidParams {
+        spiffe_id: id.clone(),
+        dns_names: vec![],
+        ttl: Duration::from_secs(60),
+        extensions: vec![],
+    };
+    vec![
+        ca.sign_x509_svid(&key.csr(&id).unwrap(), &p, now)
+            .unwrap()
+            .cert_der,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tool_calls_are_decided_on_the_node_by_claims_and_cedar() {
+    let s = setup(false).await;
+    let holder = Holder::start(&s.socket, &["crm.read", "email.send"]);
+    // Not an enforcement point yet: refused, whatever the credential.
+    let e = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("enforcement point"), "{}", e.message());
+    make_enforcement_point(&s).await;
+
+    // Claims: a granted tool is allowed, with X.509 and with the JWT.
+    let ok = authorize(&s.socket, x509(&holder.chain), "crm.read", "{}")
+        .await
+        .unwrap();
+    assert!(ok.allow, "{ok:?}");
+    assert_eq!(ok.task_id, holder.task_id);
+    assert_eq!(ok.principal, PLANNER);
+    assert_eq!(ok.decision_id.len(), 32);
+    let ok = authorize_aud(&s, jwt(&holder.jwt), "email.send")
+        .await
+        .unwrap();
+    assert!(ok.allow, "{ok:?}");
+    // A tool the task was not granted.
+    let no = authorize(&s.socket, x509(&holder.chain), "payments.transfer", "")
+        .await
+        .unwrap();
+    assert!(!no.allow);
+    assert!(no.reason.contains("not granted"), "{}", no.reason);
+
+    // Cedar with the call's context.
+    set_policy(
+        &s,
+        &format!(
+            r#"{ALLOW_ALL}
+            @id("no-evil-mail") @reason("mail to evil.example is not allowed")
+            forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+            when {{ context.at_call && context.call.contains("to=evil.example") }};"#
+        ),
+    )
+    .await;
+    let no = authorize(
+        &s.socket,
+        x509(&holder.chain),
+        "email.send",
+        r#"{"to": "evil.example"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(!no.allow);
+    assert_eq!(no.policy_ids, vec!["no-evil-mail"]);
+    assert!(
+        no.reason.contains("evil.example is not allowed"),
+        "{}",
+        no.reason
+    );
+    let ok = authorize(
+        &s.socket,
+        x509(&holder.chain),
+        "email.send",
+        r#"{"to": "bob@example.com"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(ok.allow, "{ok:?}");
+    assert_eq!(ok.policy_ids, vec!["tools"]);
+
+    // Hostile input: clear statuses, and the agent keeps serving.
+    let code = |r: Result<_, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(authorize(&s.socket, x509(&[b"garbage".to_vec()]), "crm.read", "").await),
+        tonic::Code::InvalidArgument
+    );
+    let huge = format!(r#"{{"x": "{}"}}"#, "a".repeat(1 << 20));
+    assert_eq!(
+        code(authorize(&s.socket, x509(&holder.chain), "crm.read", &huge).await),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(authorize(&s.socket, x509(&foreign_chain(TD, PLANNER)), "crm.read", "").await),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            authorize(
+                &s.socket,
+                x509(&foreign_chain("other.org", "spiffe://other.org/w")),
+                "crm.read",
+                ""
+            )
+            .await
+        ),
+        tonic::Code::PermissionDenied
+    );
+    let mut tampered = holder.chain.clone();
+    let last = tampered[0].len() - 2;
+    tampered[0][last] ^= 0x5a;
+    let t = authorize(&s.socket, x509(&tampered), "crm.read", "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            t.code(),
+            tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+        ),
+        "{t:?}"
+    );
+    assert_eq!(
+        code(authorize(&s.socket, jwt("not.a.jwt"), "crm.read", "").await),
+        tonic::Code::PermissionDenied
+    );
+    let still = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(still.allow);
+}
+
+async fn authorize_aud(
+    s: &Setup,
+    credential: lanyard_proto::task::authorize_tool_call_request::Credential,
+    tool: &str,
+) -> Result<lanyard_proto::task::AuthorizeToolCallResponse, tonic::Status> {
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    TaskIdentityClient::new(ch)
+        .authorize_tool_call(header(lanyard_proto::task::AuthorizeToolCallRequest {
+            credential: Some(credential),
+            tool: tool.into(),
+            audience: "tools".into(),
+            ..Default::default()
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls `check` until it is true; returns how long that took from `from`.
+async fn within(what: &str, from: Instant, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let deadline = from + WAIT;
+    loop {
+        if check().await {
+            return from.elapsed();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The most a revocation may take to reach a peer in these tests. The
+/// target is well under a second (the benchmark measures p99); the margin
+/// is for a loaded 2-core CI machine.
+const REVOCATION_BOUND: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_reaches_decisions_jwt_validation_crls_and_handshakes_within_a_second() {
+    let s = setup(true).await;
+    let peer = follow_bundles(&s.socket).await;
+    // The CRL of every live CA is there from the start, signed by it.
+    let first = peer.crls.lock().unwrap()[0].clone();
+    assert_eq!(first.len(), 1);
+    let bundle = s.server().bundle();
+    let parsed = lanyard_core::x509::parse_crl(&first[0], &bundle).unwrap();
+    assert_eq!(parsed.issuer_key_id, s.server().active_ca_id());
+    assert!(parsed.serials.is_empty());
+    assert!(x509_parser::parse_x509_crl(&first[0]).is_ok());
+
+    // This process holds a task (it is also the workload); its task SVID
+    // and key make a TLS client; the tool server uses its standing SVID.
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let begun = TaskIdentityClient::new(ch)
+        .begin_task(header(BeginTaskRequest {
+            spiffe_id: PLANNER.into(),
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 300,
+            jwt_audiences: vec!["tools".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let task_svid = begun.x509_svid.unwrap();
+    let task_chain = lanyard_core::x509::der_chain_split(&task_svid.x509_svid).unwrap();
+    let task_key = task_svid.x509_svid_key.clone();
+    let task_jwt = begun.jwt_svid.unwrap().svid;
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let mut wl = SpiffeWorkloadApiClient::new(ch);
+    let resp = wl
+        .fetch_x509svid(header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    // The CRL is in FetchX509SVID too.
+    assert_eq!(resp.crl, first);
+    let standing = resp
+        .svids
+        .iter()
+        .find(|v| v.spiffe_id == PLANNER && !v.hint.starts_with("task:"))
+        .unwrap();
+    let standing_chain = lanyard_core::x509::der_chain_split(&standing.x509_svid).unwrap();
+    let standing_key = standing.x509_svid_key.clone();
+    let server_svid = resp
+        .svids
+        .iter()
+        .find(|v| v.spiffe_id == TOOLS && !v.hint.starts_with("task:"))
+        .unwrap();
+    let addr = tool_server(
+        peer.trust.clone(),
+        lanyard_core::x509::der_chain_split(&server_svid.x509_svid).unwrap(),
+        server_svid.x509_svid_key.clone(),
+    )
+    .await;
+    handshake(addr, peer.trust.clone(), &task_chain, &task_key)
+        .await
+        .unwrap();
+    let wl2 = wl.clone();
+    let validate = |token: String| {
+        let mut wl = wl2.clone();
+        async move {
+            wl.validate_jwtsvid(header(ValidateJwtsvidRequest {
+                audience: "tools".into(),
+                svid: token,
+            }))
+            .await
+        }
+    };
+    assert!(validate(task_jwt.clone()).await.is_ok());
+
+    // task revoke: refused by AuthorizeToolCall, ValidateJWTSVID and the
+    // handshake, each within the bound.
+    let t0 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_task(lanyard_proto::admin::TaskRequest {
+            task_id: begun.task_id.clone(),
+        })
+        .await
+        .unwrap();
+    let d_authz = within(
+        "AuthorizeToolCall refuses the revoked task",
+        t0,
+        async || {
+            authorize(&s.socket, x509(&task_chain), "crm.read", "")
+                .await
+                .is_err_and(|e| {
+                    e.code() == tonic::Code::PermissionDenied && e.message().contains("revoked")
+                })
+        },
+    )
+    .await;
+    let d_jwt = within(
+        "ValidateJWTSVID refuses the revoked task's JWT",
+        t0,
+        async || validate(task_jwt.clone()).await.is_err(),
+    )
+    .await;
+    let d_tls = within(
+        "the handshake refuses the revoked task SVID",
+        t0,
+        async || {
+            handshake(addr, peer.trust.clone(), &task_chain, &task_key)
+                .await
+                .is_err()
+        },
+    )
+    .await;
+    eprintln!("task revoke -> refused: authorize {d_authz:?}, jwt {d_jwt:?}, handshake {d_tls:?}");
+    for d in [d_authz, d_jwt, d_tls] {
+        assert!(d < REVOCATION_BOUND, "took {d:?}");
+    }
+    // The CRL now lists the task SVID's serial.
+    let serial = lanyard_core::revocation::normalize_serial(
+        &lanyard_core::x509::CertInfo::parse(&task_chain[0])
+            .unwrap()
+            .serial,
+    );
+    let newest = peer.crls.lock().unwrap().last().cloned().unwrap();
+    let listed = lanyard_core::x509::parse_crl(&newest[0], &bundle).unwrap();
+    assert!(listed.serials.contains(&serial), "{listed:?}");
+
+    // svid revoke SERIAL of a standing SVID: the handshake refuses it and
+    // the waiting bundle stream got a new CRL.
+    handshake(addr, peer.trust.clone(), &standing_chain, &standing_key)
+        .await
+        .unwrap();
+    let standing_serial = lanyard_core::x509::CertInfo::parse(&standing_chain[0])
+        .unwrap()
+        .serial;
+    let t1 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            serial: standing_serial.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d_serial = within("the handshake refuses the revoked serial", t1, async || {
+        handshake(addr, peer.trust.clone(), &standing_chain, &standing_key)
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(d_serial < REVOCATION_BOUND, "took {d_serial:?}");
+    // The agent signs a new standing SVID for the workload.
+    let fresh = eventually("a new standing SVID", WAIT, || {
+        let mut wl = wl.clone();
+        let old = standing_chain[0].clone();
+        async move {
+            let r = wl
+                .fetch_x509svid(header(X509svidRequest {}))
+                .await
+                .ok()?
+                .into_inner()
+                .message()
+                .await
+                .ok()??;
+            let v = r
+                .svids
+                .into_iter()
+                .find(|v| v.spiffe_id == PLANNER && !v.hint.starts_with("task:"))?;
+            let c = lanyard_core::x509::der_chain_split(&v.x509_svid).ok()?;
+            (c[0] != old).then_some((c, v.x509_svid_key))
+        }
+    })
+    .await;
+    handshake(addr, peer.trust.clone(), &fresh.0, &fresh.1)
+        .await
+        .unwrap();
+
+    // svid revoke --jwt-id: ValidateJWTSVID refuses that token only.
+    let token = wl
+        .fetch_jwtsvid(header(JwtsvidRequest {
+            audience: vec!["tools".into()],
+            spiffe_id: PLANNER.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .svids
+        .remove(0)
+        .svid;
+    validate(token.clone()).await.unwrap();
+    let jti = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["jti"].as_str().unwrap().to_owned()
+    };
+    let t2 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            jwt_id: jti,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = within(
+        "ValidateJWTSVID refuses the revoked JWT ID",
+        t2,
+        async || {
+            validate(token.clone())
+                .await
+                .is_err_and(|e| e.message().contains("revoked"))
+        },
+    )
+    .await;
+    assert!(d < REVOCATION_BOUND, "took {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_are_pruned_once_what_they_revoke_has_expired() {
+    let s = setup(false).await;
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let mut tasks = TaskIdentityClient::new(ch);
+    let begun = tasks
+        .begin_task(header(BeginTaskRequest {
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 3,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    tasks
+        .end_task(header(lanyard_proto::task::EndTaskRequest {
+            task_id: begun.task_id.clone(),
+        }))
+        .await
+        .unwrap();
+    let key = format!("task:{}", begun.task_id);
+    let listed = |s: &Setup| {
+        let mut admin = s.server().admin();
+        async move {
+            admin
+                .list_revocations(lanyard_proto::admin::ListRevocationsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .revocations
+                .iter()
+                .map(|r| format!("{}:{}", r.kind, r.value))
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually("the ended task's revocation", WAIT, || {
+        let f = listed(&s);
+        let key = key.clone();
+        async move { f.await.contains(&key).then_some(()) }
+    })
+    .await;
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| {
+            snap.revocations
+                .get(lanyard_core::revocation::RevokedKind::Task, &begun.task_id)
+                .is_some()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // After the task's window: gone from the server and the agent.
+    eventually("the revocation pruned on the server", WAIT, || {
+        let f = listed(&s);
+        let key = key.clone();
+        async move { (!f.await.contains(&key)).then_some(()) }
+    })
+    .await;
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| {
+            snap.revocations
+                .get(lanyard_core::revocation::RevokedKind::Task, &begun.task_id)
+                .is_none()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
