@@ -493,3 +493,208 @@ async fn revocations_are_pruned_once_what_they_revoke_has_expired() {
     .unwrap()
     .unwrap();
 }
+
+async fn quarantines(s: &Setup, all: bool) -> Vec<lanyard_proto::types::Quarantine> {
+    s.server()
+        .admin()
+        .list_quarantines(lanyard_proto::admin::ListQuarantinesRequest { all })
+        .await
+        .unwrap()
+        .into_inner()
+        .quarantines
+}
+
+/// The holder's stream ends with "quarantined", its next fetch is refused,
+/// and enforcement points refuse its task.
+async fn assert_quarantined(s: &Setup, holder: &mut Holder) {
+    let line = holder.wait_line("stream error");
+    assert!(
+        line.contains("PermissionDenied") && line.contains("quarantined"),
+        "{line}"
+    );
+    let fetched = holder.fetch();
+    assert!(
+        fetched.contains("PermissionDenied") && fetched.contains("quarantined"),
+        "{fetched}"
+    );
+    let d = authorize(&s.socket, x509(&holder.chain), "crm.read", "").await;
+    match d {
+        Ok(r) => assert!(!r.allow && r.reason.contains("quarantined"), "{r:?}"),
+        Err(e) => assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_many_denials_quarantine_the_holder_until_released() {
+    let s = setup(true).await;
+    let mut holder = Holder::start(&s.socket, &["crm.read", "email.send"]);
+    holder.wait_line("stream ok");
+    for _ in 0..3 {
+        let r = authorize(&s.socket, x509(&holder.chain), "payments.transfer", "")
+            .await
+            .unwrap();
+        assert!(!r.allow);
+    }
+    // Three denials are within the default trigger: still served.
+    assert!(
+        authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+            .await
+            .unwrap()
+            .allow
+    );
+    assert!(holder.fetch().starts_with("svids"));
+    // The fourth is over it.
+    authorize(&s.socket, x509(&holder.chain), "payments.transfer", "")
+        .await
+        .unwrap();
+    assert_quarantined(&s, &mut holder).await;
+    // The server owns the record (reported by this node).
+    let q = eventually("the quarantine record", WAIT, || async {
+        quarantines(&s, false).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(q.task_id, holder.task_id);
+    assert_eq!(q.spiffe_id, PLANNER);
+    assert_eq!(q.source, "denials");
+    assert_eq!(q.reported_by, TOOLS);
+    // The task is revoked on the server.
+    let t = s
+        .server()
+        .admin()
+        .get_task(lanyard_proto::admin::TaskRequest {
+            task_id: holder.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.state, "revoked");
+    // This enforcement point itself is not affected.
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    assert!(
+        SpiffeWorkloadApiClient::new(ch)
+            .fetch_jwtsvid(header(JwtsvidRequest {
+                audience: vec!["x".into()],
+                spiffe_id: TOOLS.into(),
+            }))
+            .await
+            .is_ok()
+    );
+    // Release: the holder is served again, with a fresh SVID.
+    s.server()
+        .admin()
+        .release_quarantine(lanyard_proto::admin::QuarantineRequest { id: q.id.clone() })
+        .await
+        .unwrap();
+    eventually("the holder served again", WAIT, || {
+        let r = holder.fetch();
+        async move { r.starts_with("svids").then_some(()) }
+    })
+    .await;
+    let all = quarantines(&s, true).await;
+    assert!(
+        all[0].released_at > 0 && all[0].released_by.starts_with("uid:"),
+        "{all:?}"
+    );
+    assert!(quarantines(&s, false).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quarantine_policy_and_an_operator_quarantine_at_once() {
+    let s = setup(true).await;
+    set_policy(
+        &s,
+        &format!(
+            r#"{ALLOW_ALL}
+            @id("exfiltration") @reason("mail to an attacker") @quarantine
+            forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+            when {{ context.at_call && context.call.contains("to=attacker.example") }};"#
+        ),
+    )
+    .await;
+    let mut holder = Holder::start(&s.socket, &["crm.read", "email.send"]);
+    holder.wait_line("stream ok");
+    let r = authorize(
+        &s.socket,
+        x509(&holder.chain),
+        "email.send",
+        r#"{"to": "attacker.example"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(!r.allow);
+    assert_eq!(r.policy_ids, vec!["exfiltration"]);
+    assert_quarantined(&s, &mut holder).await;
+    let q = eventually("the quarantine record", WAIT, || async {
+        quarantines(&s, false).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(q.source, "policy");
+    drop(holder);
+
+    // An operator quarantines a task's holder.
+    let mut other = Holder::start(&s.socket, &["crm.read"]);
+    other.wait_line("stream ok");
+    assert!(
+        authorize(&s.socket, x509(&other.chain), "crm.read", "")
+            .await
+            .unwrap()
+            .allow
+    );
+    let q = s
+        .server()
+        .admin()
+        .add_quarantine(lanyard_proto::admin::AddQuarantineRequest {
+            task_id: other.task_id.clone(),
+            reason: "suspicious tool use".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(q.source, "operator");
+    assert_quarantined(&s, &mut other).await;
+    let fetched = other.fetch();
+    assert!(fetched.contains("suspicious tool use"), "{fetched}");
+    // Unknown task, empty request: clear errors.
+    let e = s
+        .server()
+        .admin()
+        .add_quarantine(lanyard_proto::admin::AddQuarantineRequest {
+            reason: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantine_holds_with_the_server_stopped_and_is_reported_when_it_is_back() {
+    let mut s = setup(true).await;
+    let mut holder = Holder::start(&s.socket, &["crm.read", "email.send"]);
+    holder.wait_line("stream ok");
+    let addr = s.server().addr();
+    s.server.take().unwrap().stop().await;
+    // Denials with the server down: this node quarantines on its own.
+    for _ in 0..4 {
+        let r = authorize(&s.socket, x509(&holder.chain), "payments.transfer", "")
+            .await
+            .unwrap();
+        assert!(!r.allow);
+    }
+    assert_quarantined(&s, &mut holder).await;
+    // Back: the server receives the report and owns the record.
+    s.server =
+        Some(lanyard_integration_tests::TestServer::start(s.dir.path(), &addr.to_string()).await);
+    let q = eventually(
+        "the quarantine reported to the restarted server",
+        WAIT,
+        || async { quarantines(&s, false).await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(q.task_id, holder.task_id);
+    assert_eq!(q.source, "denials");
+    // Still refused under the server's record.
+    let fetched = holder.fetch();
+    assert!(fetched.contains("quarantined"), "{fetched}");
+}
