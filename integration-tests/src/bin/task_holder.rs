@@ -12,7 +12,8 @@
 //!   and `jwt TOKEN`, then follows its FetchX509SVID stream, printing
 //!   `stream ok` per message and `stream error CODE MESSAGE` when it ends;
 //!   meanwhile each stdin line `fetch` prints a fresh fetch result (as the
-//!   `fetch` mode does). Exits when stdin closes.
+//!   `fetch` mode does). Exits when stdin closes. `HOLD_SPIFFE_ID` picks the
+//!   identity to begin the task under.
 //!
 //! Test support: exits non-zero with a message on unexpected failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -64,6 +65,7 @@ async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
     let ch = lanyard_uds::unix_channel(std::path::Path::new(socket)).unwrap();
     let r = TaskIdentityClient::new(ch)
         .begin_task(header(BeginTaskRequest {
+            spiffe_id: std::env::var("HOLD_SPIFFE_ID").unwrap_or_default(),
             task_type: task_type.to_owned(),
             tools,
             ttl_seconds: 300,

@@ -187,6 +187,7 @@ pub struct Holder {
 impl Holder {
     pub fn start(socket: &Path, tools: &[&str]) -> Self {
         let mut child = Command::new(HOLDER)
+            .env("HOLD_SPIFFE_ID", PLANNER)
             .arg("hold")
             .arg(socket)
             .arg("report.generate")
