@@ -7,6 +7,7 @@
 //! target/release/lanyard-bench --json bench.json
 //! ```
 
+mod enforce;
 mod fleet;
 mod procs;
 mod scenarios;
@@ -204,6 +205,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tasks::withdrawal(&d, tasks::Withdraw::End, args.samples.min(100)).await?,
         tasks::withdrawal(&d, tasks::Withdraw::Revoke, args.samples.min(100)).await?,
     ];
+    eprintln!("- AuthorizeToolCall on the agent, 1 and 10 enforcement-point callers");
+    enforce::prepare(&d).await?;
+    // The workload, task and enforcement-point entries' standing SVIDs.
+    scenarios::wait_for_svids(&d.socket, 3, Duration::from_secs(30)).await?;
+    let (authz1, per_cpu1) = enforce::authorize(&d, 1, task_duration).await?;
+    let (authz10, per_cpu10) = enforce::authorize(&d, 10, task_duration).await?;
+    eprintln!(
+        "- task revoke -> first refused handshake at a peer, {} samples",
+        args.samples.min(100)
+    );
+    let revoke = enforce::revoke_to_handshake(&d, args.samples.min(100)).await?;
     let footprint = if args.svids > 0 {
         eprintln!(
             "- agent footprint: {} SVIDs on a {}s TTL, observed {}s",
@@ -217,6 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     reports.extend(task_reports);
+    reports.extend([authz1, authz10, revoke]);
     println!();
     stats::print_table(&reports);
     let base = &reports[0];
@@ -250,6 +263,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             r.name, r.p50_ms, r.p99_ms
         );
     }
+    for (r, per_cpu) in [(&reports[8], per_cpu1), (&reports[9], per_cpu10)] {
+        println!(
+            "{} p50 {:.3} ms p99 {:.3} ms, {:.0} decisions/s, {:.0} per second of agent CPU (target p99 < 1 ms; >= 10,000/s per core)",
+            r.name, r.p50_ms, r.p99_ms, r.per_second, per_cpu
+        );
+    }
+    println!(
+        "{}: p50 {:.1} ms p99 {:.1} ms over {} samples (target p99 < 1 s)",
+        reports[10].name, reports[10].p50_ms, reports[10].p99_ms, reports[10].ok
+    );
     if let Some(f) = &footprint {
         println!(
             "agent with {} SVIDs on a {}s TTL: RSS {:.1} MiB (idle {:.1} MiB; target < 30 MB), CPU {:.1}% of one core over {:.0}s; all served {:.1}s after creation",

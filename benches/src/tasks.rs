@@ -16,7 +16,7 @@ use crate::procs::{self, Deployment, NODE};
 use crate::scenarios::own_uid;
 use crate::stats::Report;
 
-fn req<T>(msg: T) -> tonic::Request<T> {
+pub fn req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
         "workload.spiffe.io",

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lanyard_core::SpiffeId;
-use lanyard_core::peer::{PeerServerVerifier, Requirements};
+use lanyard_core::peer::{Requirements, client_config};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[tokio::main]
@@ -81,15 +81,12 @@ async fn run() -> anyhow::Result<()> {
         let c = me.chain.read().unwrap_or_else(|p| p.into_inner());
         lanyard_core::x509::CertInfo::parse(&c[0])?.serial
     });
-    let verifier = Arc::new(PeerServerVerifier::new(
+    let tls = client_config(
         me.trust.clone(),
         Some(SpiffeId::new(&server_id)?),
+        me.key.clone(),
         Requirements::default(),
-    ));
-    let tls = rustls::ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(Arc::new(mtls::Current(me.key.clone())));
+    );
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let mut conn = connect(&connector, &addr).await?;
     loop {

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use lanyard_core::peer::{PeerClientVerifier, Requirements};
+use lanyard_core::peer::{Requirements, server_config};
 use lanyard_proto::task::authorize_tool_call_request::Credential;
 use lanyard_proto::task::task_identity_client::TaskIdentityClient;
 use lanyard_proto::task::{AuthorizeToolCallRequest, X509Chain};
@@ -65,13 +65,7 @@ async fn run() -> anyhow::Result<()> {
     let td = flag(&args, "--trust-domain", "example.org");
     let socket = mtls::agent_socket()?;
     let me = mtls::follow(&socket, &td).await?;
-    let verifier = Arc::new(PeerClientVerifier::new(
-        me.trust.clone(),
-        Requirements::default(),
-    ));
-    let tls = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(mtls::Current(me.key.clone())));
+    let tls = server_config(me.trust.clone(), me.key.clone(), Requirements::default());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let agent = TaskIdentityClient::new(lanyard_uds::unix_channel(&socket)?);
     let listener = TcpListener::bind(listen).await?;

@@ -7,7 +7,7 @@
 
 pub mod tls;
 
-pub use tls::{PeerClientVerifier, PeerServerVerifier};
+pub use tls::{PeerClientVerifier, PeerServerVerifier, SvidResolver, client_config, server_config};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};

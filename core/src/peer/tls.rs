@@ -142,3 +142,73 @@ impl ClientCertVerifier for PeerClientVerifier {
 
     handshake_signatures!();
 }
+
+/// The SVID a TLS endpoint presents, swapped in place on rotation: a
+/// rustls certificate resolver for servers and clients alike.
+#[derive(Debug)]
+pub struct SvidResolver(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl SvidResolver {
+    /// A resolver presenting `key`.
+    pub fn new(key: rustls::sign::CertifiedKey) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(Arc::new(key))))
+    }
+
+    /// Presents `key` from the next handshake on.
+    pub fn set(&self, key: rustls::sign::CertifiedKey) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SvidResolver {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for SvidResolver {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A TLS server config for a tool server: mandatory client SVIDs checked by
+/// [`PeerClientVerifier`] on `trust`, presenting `svid`.
+pub fn server_config(
+    trust: Arc<LiveTrust>,
+    svid: Arc<SvidResolver>,
+    req: Requirements,
+) -> rustls::ServerConfig {
+    rustls::ServerConfig::builder()
+        .with_client_cert_verifier(Arc::new(PeerClientVerifier::new(trust, req)))
+        .with_cert_resolver(svid)
+}
+
+/// A TLS client config: the server's SVID checked by [`PeerServerVerifier`]
+/// on `trust` (pinned to `expected` when given), presenting `svid`.
+pub fn client_config(
+    trust: Arc<LiveTrust>,
+    expected: Option<SpiffeId>,
+    svid: Arc<SvidResolver>,
+    req: Requirements,
+) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier::new(trust, expected, req)))
+        .with_client_cert_resolver(svid)
+}

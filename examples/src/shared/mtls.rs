@@ -1,7 +1,6 @@
 //! What the example tool server and client share: following the agent's
 //! Workload API (own SVID, bundle, CRLs) into live trust for the Lanyard
-//! peer verifiers, and a certificate resolver that always presents the
-//! newest SVID.
+//! peer verifiers, and the SVID it presents (swapped on rotation).
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -9,10 +8,9 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use lanyard_core::TrustDomain;
-use lanyard_core::peer::{LiveTrust, TrustState};
+use lanyard_core::peer::{LiveTrust, SvidResolver, TrustState};
 use lanyard_proto::workload::X509svidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use rustls::sign::CertifiedKey;
 
 pub fn header<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -35,7 +33,7 @@ pub struct Identity {
     /// Bundle and CRLs, for the peer verifiers.
     pub trust: Arc<LiveTrust>,
     /// The default SVID (a task SVID while the process holds a task).
-    pub key: Arc<RwLock<Arc<CertifiedKey>>>,
+    pub key: Arc<SvidResolver>,
     /// Its SPIFFE ID.
     pub spiffe_id: String,
     /// Its DER chain, leaf first.
@@ -59,10 +57,10 @@ pub async fn follow(socket: &Path, td: &str) -> anyhow::Result<Identity> {
     let trust = LiveTrust::new(TrustState::new(TrustDomain::new(td)?, vec![]));
     let svid = first.svids.first().context("no SVID")?;
     let chain = lanyard_core::x509::der_chain_split(&svid.x509_svid)?;
-    let key = Arc::new(RwLock::new(Arc::new(lanyard_core::tls::certified_key(
+    let key = SvidResolver::new(lanyard_core::tls::certified_key(
         &chain,
         &svid.x509_svid_key,
-    )?)));
+    )?);
     let chain = Arc::new(RwLock::new(chain));
     let apply = {
         let trust = trust.clone();
@@ -75,8 +73,7 @@ pub async fn follow(socket: &Path, td: &str) -> anyhow::Result<Identity> {
                 eprintln!("warning: a CRL from the agent was refused: {e}");
             }
             let c = lanyard_core::x509::der_chain_split(&svid.x509_svid)?;
-            *key.write().unwrap_or_else(|p| p.into_inner()) =
-                Arc::new(lanyard_core::tls::certified_key(&c, &svid.x509_svid_key)?);
+            key.set(lanyard_core::tls::certified_key(&c, &svid.x509_svid_key)?);
             *chain.write().unwrap_or_else(|p| p.into_inner()) = c;
             Ok(())
         }
@@ -105,30 +102,4 @@ pub async fn follow(socket: &Path, td: &str) -> anyhow::Result<Identity> {
         spiffe_id,
         chain,
     })
-}
-
-/// Presents the newest SVID, as a server and as a client.
-#[derive(Debug)]
-pub struct Current(pub Arc<RwLock<Arc<CertifiedKey>>>);
-
-impl Current {
-    fn get(&self) -> Arc<CertifiedKey> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl rustls::server::ResolvesServerCert for Current {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.get())
-    }
-}
-
-impl rustls::client::ResolvesClientCert for Current {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.get())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
 }

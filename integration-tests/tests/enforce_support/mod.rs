@@ -11,8 +11,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_core::peer::{LiveTrust, PeerClientVerifier, Requirements, TrustState};
-use lanyard_core::{SpiffeId, TrustDomain};
+use lanyard_core::TrustDomain;
+use lanyard_core::peer::{
+    LiveTrust, Requirements, SvidResolver, TrustState, client_config, server_config,
+};
 use lanyard_integration_tests::{NODE, TD, TestServer, own_uid, start_agent};
 use lanyard_proto::admin::{CreateEntryRequest, SetPolicyRequest};
 use lanyard_proto::task::authorize_tool_call_request::Credential;
@@ -335,16 +337,8 @@ pub async fn tool_server(
     chain: Vec<Vec<u8>>,
     key: Vec<u8>,
 ) -> std::net::SocketAddr {
-    let verifier = Arc::new(PeerClientVerifier::new(trust, Requirements::default()));
-    let certs = chain
-        .into_iter()
-        .map(rustls_pki_types::CertificateDer::from)
-        .collect();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.into());
-    let cfg = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .unwrap();
+    let svid = SvidResolver::new(lanyard_core::tls::certified_key(&chain, &key).unwrap());
+    let cfg = server_config(trust, svid, Requirements::default());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -375,23 +369,8 @@ pub async fn handshake(
     key: &[u8],
 ) -> Result<(), String> {
     use tokio::io::AsyncReadExt;
-    let server_id: Option<SpiffeId> = None;
-    let verifier = Arc::new(lanyard_core::peer::PeerServerVerifier::new(
-        trust,
-        server_id,
-        Requirements::default(),
-    ));
-    let certs = chain
-        .iter()
-        .cloned()
-        .map(rustls_pki_types::CertificateDer::from)
-        .collect();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into());
-    let cfg = rustls::ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| e.to_string())?;
+    let ck = lanyard_core::tls::certified_key(chain, key).map_err(|e| e.to_string())?;
+    let cfg = client_config(trust, None, SvidResolver::new(ck), Requirements::default());
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr)
         .await

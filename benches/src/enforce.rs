@@ -1,0 +1,263 @@
+//! Enforcement: AuthorizeToolCall on the agent (latency and decisions per
+//! second at 1 and 10 callers, and per second of agent CPU), and revoke →
+//! first refused handshake at a peer that follows the agent's CRLs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use lanyard_core::TrustDomain;
+use lanyard_core::peer::{LiveTrust, Requirements, SvidResolver, TrustState};
+use lanyard_proto::admin::CreateEntryRequest;
+use lanyard_proto::task::authorize_tool_call_request::Credential;
+use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+use lanyard_proto::task::{AuthorizeToolCallRequest, BeginTaskRequest, X509Chain};
+use lanyard_proto::types::Entry;
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard_proto::workload::{X509BundlesRequest, X509svidRequest};
+use lanyard_uds::unix_channel;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::procs::{self, Deployment, NODE, TD};
+use crate::scenarios::own_uid;
+use crate::stats::Report;
+use crate::tasks::{TASK_ID, req};
+
+/// This bench process becomes an enforcement point (its own binary path
+/// sets it apart from the task entry's workloads).
+pub async fn prepare(d: &Deployment) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    procs::admin(&d.admin_socket)?
+        .create_entry(CreateEntryRequest {
+            entry: Some(Entry {
+                spiffe_id: format!("spiffe://{TD}/bench/tool-server"),
+                parent_id: NODE.into(),
+                selectors: vec![
+                    format!("unix:uid:{}", own_uid()),
+                    format!("unix:path:{}", exe.display()),
+                ],
+                enforcement_point: true,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Begins a task under the bench's task entry; its chain and key.
+async fn task(d: &Deployment) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
+    let r = TaskIdentityClient::new(unix_channel(&d.socket)?)
+        .begin_task(req(BeginTaskRequest {
+            spiffe_id: TASK_ID.into(),
+            task_type: "bench.task".into(),
+            tools: vec!["tool1".into(), "tool2".into()],
+            ttl_seconds: 300,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    let svid = r.x509_svid.ok_or_else(|| anyhow::anyhow!("no task SVID"))?;
+    Ok((
+        r.task_id,
+        lanyard_core::x509::der_chain_split(&svid.x509_svid)?,
+        svid.x509_svid_key,
+    ))
+}
+
+/// `concurrency` enforcement-point callers ask for decisions on one task's
+/// chain for `duration`. Returns the report and the decisions per second
+/// of agent CPU.
+pub async fn authorize(
+    d: &Deployment,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(Report, f64)> {
+    let (_, chain, _) = task(d).await?;
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu_before = procs::cpu_ticks(d.agent.0.id())?;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..concurrency {
+        let socket = d.socket.clone();
+        let errors = errors.clone();
+        let chain = chain.clone();
+        handles.push(tokio::spawn(async move {
+            let mut c = TaskIdentityClient::new(unix_channel(&socket)?);
+            let mut lat = Vec::new();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                let r = c
+                    .authorize_tool_call(req(AuthorizeToolCallRequest {
+                        credential: Some(Credential::X509Chain(X509Chain {
+                            certs: chain.clone(),
+                        })),
+                        tool: if w % 2 == 0 { "tool1" } else { "tool2" }.into(),
+                        resource: "account/42".into(),
+                        context_json: r#"{"amount": 10}"#.into(),
+                        audience: String::new(),
+                    }))
+                    .await;
+                match r {
+                    Ok(r) if r.get_ref().allow => lat.push(t.elapsed()),
+                    Ok(r) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("  [authorize] first denial: {}", r.get_ref().reason);
+                        }
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("  [authorize] first error: {e}");
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    let elapsed = start.elapsed();
+    let cpu =
+        (procs::cpu_ticks(d.agent.0.id())? - cpu_before) as f64 / procs::ticks_per_second() as f64;
+    let n = all.len() as f64;
+    let report = Report::from_samples(
+        &format!("authorize-tool-call-c{concurrency}"),
+        all,
+        errors.load(Ordering::Relaxed),
+        elapsed,
+        true,
+    );
+    Ok((report, if cpu > 0.0 { n / cpu } else { 0.0 }))
+}
+
+/// task revoke → the first handshake a peer (following the agent's
+/// FetchX509Bundles stream, CRLs included) refuses, `samples` times.
+pub async fn revoke_to_handshake(d: &Deployment, samples: usize) -> anyhow::Result<Report> {
+    let td = TrustDomain::new(TD)?;
+    let trust = LiveTrust::new(TrustState::new(td, vec![]));
+    let mut bundles = SpiffeWorkloadApiClient::new(unix_channel(&d.socket)?)
+        .fetch_x509_bundles(req(X509BundlesRequest {}))
+        .await?
+        .into_inner();
+    let apply = {
+        let trust = trust.clone();
+        move |m: lanyard_proto::workload::X509BundlesResponse| -> anyhow::Result<()> {
+            let b = m
+                .bundles
+                .get(&format!("spiffe://{TD}"))
+                .cloned()
+                .unwrap_or_default();
+            let errors = trust.update_from_workload_api(
+                lanyard_core::x509::der_chain_split(&b)?,
+                &m.crl,
+                SystemTime::now(),
+            );
+            anyhow::ensure!(errors.is_empty(), "CRL refused: {errors:?}");
+            Ok(())
+        }
+    };
+    apply(
+        bundles
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("bundle stream closed"))?,
+    )?;
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = bundles.message().await {
+            if let Err(e) = apply(m) {
+                eprintln!("  [revoke] {e:#}");
+            }
+        }
+    });
+    // The tool server presents the bench's standing SVID.
+    let own = SpiffeWorkloadApiClient::new(unix_channel(&d.socket)?)
+        .fetch_x509svid(req(X509svidRequest {}))
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no SVID"))?;
+    let svid = own
+        .svids
+        .iter()
+        .find(|s| !s.hint.starts_with("task:"))
+        .ok_or_else(|| anyhow::anyhow!("no standing SVID"))?;
+    let server_key = SvidResolver::new(lanyard_core::tls::certified_key(
+        &lanyard_core::x509::der_chain_split(&svid.x509_svid)?,
+        &svid.x509_svid_key,
+    )?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(lanyard_core::peer::server_config(
+        trust.clone(),
+        server_key,
+        Requirements::default(),
+    )));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"k").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let handshake = |chain: Vec<Vec<u8>>, key: Vec<u8>| {
+        let trust = trust.clone();
+        async move {
+            let ck = lanyard_core::tls::certified_key(&chain, &key)?;
+            let cfg = lanyard_core::peer::client_config(
+                trust,
+                None,
+                SvidResolver::new(ck),
+                Requirements::default(),
+            );
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("tool")?;
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, tcp)
+                .await?;
+            let mut b = [0u8; 1];
+            tls.read_exact(&mut b).await?;
+            anyhow::Ok(())
+        }
+    };
+    let mut admin = procs::admin(&d.admin_socket)?;
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    for _ in 0..samples {
+        let (task_id, chain, key) = task(d).await?;
+        if handshake(chain.clone(), key.clone()).await.is_err() {
+            errors += 1;
+            continue;
+        }
+        let t = Instant::now();
+        admin
+            .revoke_task(lanyard_proto::admin::TaskRequest { task_id })
+            .await?;
+        let deadline = t + Duration::from_secs(10);
+        loop {
+            if handshake(chain.clone(), key.clone()).await.is_err() {
+                lat.push(t.elapsed());
+                break;
+            }
+            if Instant::now() > deadline {
+                errors += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(Report::from_samples(
+        "revoke-to-refused-handshake",
+        lat,
+        errors,
+        start.elapsed(),
+        false,
+    ))
+}
