@@ -72,7 +72,7 @@ async fn run() -> anyhow::Result<()> {
         .map(|ms| ms.parse::<u64>().map(Duration::from_millis))
         .transpose()
         .context("--every MILLISECONDS")?;
-    if args.is_empty() || args.len() % 3 != 0 {
+    if args.is_empty() || !args.len().is_multiple_of(3) {
         anyhow::bail!("give calls as TOOL RESOURCE CONTEXT-JSON triples");
     }
     let calls: Vec<Vec<String>> = args.chunks(3).map(<[String]>::to_vec).collect();

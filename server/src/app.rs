@@ -153,13 +153,15 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let quarantines = Quarantines::load(store.clone(), clock.clone(), config.quarantine).await?;
     let tasks = Tasks::load(
         store.clone(),
-        registry.clone(),
-        ca.clone(),
-        policies.clone(),
+        crate::tasks::TaskParts {
+            registry: registry.clone(),
+            ca: ca.clone(),
+            policies: policies.clone(),
+            revocations: revocations.clone(),
+        },
         clock.clone(),
         config.sensitivity_levels.clone(),
         settings,
-        revocations.clone(),
     )
     .await?;
     let enforce = Enforcement::new(

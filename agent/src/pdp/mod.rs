@@ -50,6 +50,10 @@ impl Default for LocalTrigger {
     }
 }
 
+/// A synced policy set compiled here: none loaded, the book, or why it
+/// does not compile.
+type Compiled = Result<Option<Arc<PolicyBook>>, String>;
+
 /// The decision point.
 pub struct Pdp {
     owner: IdentityHandle,
@@ -58,7 +62,7 @@ pub struct Pdp {
     /// The compiled policy set and its version (`Err`: it failed to
     /// compile here, and every call is denied rather than decided without
     /// it).
-    policy: Mutex<(u64, Result<Option<Arc<PolicyBook>>, String>)>,
+    policy: Mutex<(u64, Compiled)>,
     denials: Mutex<HashMap<String, VecDeque<SystemTime>>>,
     trigger: LocalTrigger,
     sink: Arc<dyn DecisionSink>,
@@ -137,7 +141,7 @@ impl Pdp {
         }
     }
 
-    fn book(&self, snap: &Snapshot) -> Result<Option<Arc<PolicyBook>>, String> {
+    fn book(&self, snap: &Snapshot) -> Compiled {
         let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 != snap.policy_version {
             let compiled = if snap.policy_version == 0 || snap.policy_text.is_empty() {

@@ -84,7 +84,7 @@ async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
     println!("task {}", r.task_id);
     println!(
         "chain {}",
-        chain.iter().map(hex_of).collect::<Vec<_>>().join(",")
+        chain.iter().map(|c| hex_str(c)).collect::<Vec<_>>().join(",")
     );
     println!("jwt {}", r.jwt_svid.map(|j| j.svid).unwrap_or_default());
     std::io::stdout().flush().unwrap();
@@ -127,7 +127,7 @@ async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
     }
 }
 
-fn hex_of(b: &Vec<u8>) -> String {
+fn hex_str(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

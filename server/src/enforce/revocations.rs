@@ -22,6 +22,9 @@ pub const CRL_REFRESH: Duration = Duration::from_secs(600);
 /// How long a burst of revocations is gathered before CRLs are re-signed.
 const CRL_COALESCE: Duration = Duration::from_millis(20);
 
+/// CRLs (DER) by CA ID.
+type Crls = Arc<Vec<(String, Vec<u8>)>>;
+
 /// The server's revocation set and the CRLs of every server's CAs.
 #[derive(Clone)]
 pub struct Revocations {
@@ -33,7 +36,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     set: RwLock<Arc<RevocationSet>>,
     /// CRLs by CA ID (every server's, from the store).
-    crls: RwLock<Arc<Vec<(String, Vec<u8>)>>>,
+    crls: RwLock<Crls>,
     changes: watch::Sender<u64>,
     /// Asks the CRL signer to run.
     resign: watch::Sender<u64>,

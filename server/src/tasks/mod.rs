@@ -13,4 +13,4 @@ pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
 pub use mint::MintedTask;
 pub(crate) use mint::check_audiences;
-pub use service::{BeginInput, Tasks};
+pub use service::{BeginInput, TaskParts, Tasks};

@@ -72,6 +72,18 @@ fn index_one(
     }
 }
 
+/// The services tasks are decided and minted with.
+pub struct TaskParts {
+    /// Entries (ceilings).
+    pub registry: Registry,
+    /// The CA that mints task SVIDs.
+    pub ca: Ca,
+    /// Cedar policies.
+    pub policies: Policies,
+    /// Where ended tasks are revoked.
+    pub revocations: Revocations,
+}
+
 /// The tasks, behind a cheap clone.
 #[derive(Clone)]
 pub struct Tasks {
@@ -103,14 +115,17 @@ impl Tasks {
     /// Builds the service and its index of ended tasks from the store.
     pub async fn load(
         store: Arc<dyn Store>,
-        registry: Registry,
-        ca: Ca,
-        policies: Policies,
+        parts: TaskParts,
         clock: Arc<dyn Clock>,
         levels: SensitivityLevels,
         settings: IssuanceSettings,
-        revocations: Revocations,
     ) -> Result<Self, TaskServiceError> {
+        let TaskParts {
+            registry,
+            ca,
+            policies,
+            revocations,
+        } = parts;
         let (ended, descendants) = Self::indexes(store.as_ref(), clock.as_ref()).await?;
         Ok(Self {
             inner: Arc::new(Inner {

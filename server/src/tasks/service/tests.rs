@@ -50,9 +50,12 @@ async fn fixture() -> Fixture {
         .unwrap();
     let tasks = Tasks::load(
         store,
-        registry,
-        ca,
-        policies,
+        crate::tasks::TaskParts {
+            registry,
+            ca,
+            policies,
+            revocations,
+        },
         clock.clone(),
         SensitivityLevels::default(),
         IssuanceSettings {
@@ -60,7 +63,6 @@ async fn fixture() -> Fixture {
             default_jwt_svid_ttl: Duration::from_secs(60),
             agent_svid_ttl: Duration::from_secs(60),
         },
-        revocations,
     )
     .await
     .unwrap();
