@@ -84,7 +84,11 @@ async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
     println!("task {}", r.task_id);
     println!(
         "chain {}",
-        chain.iter().map(|c| hex_str(c)).collect::<Vec<_>>().join(",")
+        chain
+            .iter()
+            .map(|c| hex_str(c))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     println!("jwt {}", r.jwt_svid.map(|j| j.svid).unwrap_or_default());
     std::io::stdout().flush().unwrap();
