@@ -97,6 +97,40 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
+    /// The context as typed Cedar values (the same members as
+    /// [`TaskContext::to_json`] without `extra`).
+    pub(crate) fn to_pairs(&self) -> Vec<(String, RestrictedExpression)> {
+        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let set = |items: &[String]| {
+            RestrictedExpression::new_set(
+                items
+                    .iter()
+                    .map(|i| RestrictedExpression::new_string(i.clone())),
+            )
+        };
+        let n = RestrictedExpression::new_long;
+        vec![
+            ("task_type".into(), s(&self.task_type)),
+            ("tools".into(), set(&self.tools)),
+            ("destinations".into(), set(&self.destinations)),
+            ("sensitivity".into(), s(&self.sensitivity)),
+            ("sensitivity_rank".into(), n(self.sensitivity_rank)),
+            ("ttl_seconds".into(), n(self.ttl_seconds)),
+            ("on_behalf_of".into(), s(&self.on_behalf_of)),
+            ("intent".into(), s(&self.intent)),
+            ("hour".into(), n(self.hour)),
+            ("parent_task_id".into(), s(&self.parent_task_id)),
+            ("delegate_to".into(), s(&self.delegate_to)),
+            ("recent_denials".into(), n(self.recent_denials)),
+            (
+                "at_call".into(),
+                RestrictedExpression::new_bool(self.at_call),
+            ),
+            ("resource".into(), s(&self.resource)),
+            ("call".into(), set(&self.call)),
+        ]
+    }
+
     pub(crate) fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("task_type".into(), self.task_type.clone().into());
@@ -186,8 +220,15 @@ impl Prepared {
         let entities =
             Entities::from_entities([workload, Entity::new_no_attrs(node, HashSet::new())], None)
                 .map_err(|e| e.to_string())?;
-        let context =
-            Context::from_json_value(context.to_json(), None).map_err(|e| e.to_string())?;
+        // Built from typed values: parsing the same context from JSON costs
+        // most of a decision (Cedar's JSON reader tries several shapes per
+        // value). Extra members (`policy test --context`) still go through
+        // JSON, which accepts any shape.
+        let context = if context.extra.is_empty() {
+            Context::from_pairs(context.to_pairs()).map_err(|e| e.to_string())?
+        } else {
+            Context::from_json_value(context.to_json(), None).map_err(|e| e.to_string())?
+        };
         Ok(Self {
             principal: p_uid,
             entities,

@@ -187,9 +187,22 @@ pub async fn bind_unix_listener(
         Err(e) => return Err(io_err(path)(e)),
     }
     let listener = UnixListener::bind(path).map_err(io_err(path))?;
+    // A deep accept queue: a flood of connects from one local caller (which
+    // the accept loop closes at once, over its limits) must not leave
+    // other callers' connects refused with EAGAIN while the loop catches
+    // up. The kernel caps it at net.core.somaxconn.
+    nix::sys::socket::listen(
+        &listener,
+        nix::sys::socket::Backlog::new(LISTEN_BACKLOG)
+            .unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    )
+    .map_err(|e| io_err(path)(io::Error::from(e)))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
     Ok(listener)
 }
+
+/// The accept queue asked for on every unix socket Lanyard serves.
+pub const LISTEN_BACKLOG: i32 = 4096;
 
 /// The effective uid of this process (the owner of `/proc/self`).
 pub fn own_uid() -> Option<u32> {

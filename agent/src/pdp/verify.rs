@@ -98,32 +98,33 @@ impl VerifyCache {
                 "x509_chain: at most {MAX_CHAIN} certificates of 1 to {MAX_CERT} bytes"
             )));
         }
-        if let Some((i, e)) = chain
-            .iter()
-            .enumerate()
-            .find_map(|(i, c)| lanyard_core::x509::CertInfo::parse(c).err().map(|e| (i, e)))
-        {
-            return Err(CredentialError::Malformed(format!("x509_chain[{i}]: {e}")));
-        }
         let parts: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
         let key = digest(&parts);
-        let verified = match self.get(&key, snap.bundle_sequence, now) {
-            Some(v) => v,
-            None => {
-                let state = TrustState::new(snap.trust_domain.clone(), (*snap.bundle).clone());
-                let peer = state
-                    .validate(chain, PeerUsage::Client, &Requirements::default(), now)
-                    .map_err(|e| CredentialError::Refused(e.to_string()))?;
-                let v = Verified {
-                    peer,
-                    jwt_id: None,
-                    node: String::new(),
-                    exe_sha256: String::new(),
-                };
-                self.put(key, snap.bundle_sequence, v.clone());
-                v
-            }
-        };
+        let verified =
+            match self.get(&key, snap.bundle_sequence, now) {
+                Some(v) => v,
+                None => {
+                    // Garbage is the caller's mistake (InvalidArgument), not a
+                    // refused credential.
+                    if let Some((i, e)) = chain.iter().enumerate().find_map(|(i, c)| {
+                        lanyard_core::x509::CertInfo::parse(c).err().map(|e| (i, e))
+                    }) {
+                        return Err(CredentialError::Malformed(format!("x509_chain[{i}]: {e}")));
+                    }
+                    let state = TrustState::new(snap.trust_domain.clone(), (*snap.bundle).clone());
+                    let peer = state
+                        .validate(chain, PeerUsage::Client, &Requirements::default(), now)
+                        .map_err(|e| CredentialError::Refused(e.to_string()))?;
+                    let v = Verified {
+                        peer,
+                        jwt_id: None,
+                        node: String::new(),
+                        exe_sha256: String::new(),
+                    };
+                    self.put(key, snap.bundle_sequence, v.clone());
+                    v
+                }
+            };
         check_revoked(&snap.revocations, &verified)?;
         Ok(verified)
     }

@@ -170,3 +170,40 @@ fn bad_sets_are_refused_with_locations() {
     );
     assert!(PolicyBook::compile("", "empty.cedar").unwrap().is_empty());
 }
+
+#[test]
+fn call_context_decides_the_same_built_typed_or_from_json() {
+    let text = r#"
+        @id("tools") permit (principal, action == Lanyard::Action::"UseTool", resource);
+        @id("no-evil") @reason("no mail to evil") @quarantine("entry")
+        forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+        when { context.at_call && context.call.contains("to=evil") && context.resource == "inbox"
+               && context.tools.contains("email.send") && context.recent_denials < 5 };
+    "#;
+    let book = PolicyBook::compile(text, "p.cedar").unwrap();
+    let p = principal("spiffe://td/node/n1");
+    let mut c = ctx("internal", 1, "");
+    c.tools = vec!["email.send".into()];
+    c.at_call = true;
+    c.resource = "inbox".into();
+    c.call = vec!["to=evil".into()];
+    let req = |c: &TaskContext| {
+        book.decide(&Request {
+            principal: &p,
+            action: Action::UseTool,
+            resource: "email.send",
+            context: c,
+        })
+    };
+    let typed = req(&c);
+    assert!(!typed.allowed);
+    assert!(typed.quarantine && typed.quarantine_entry);
+    assert_eq!(typed.policy_ids, vec!["no-evil"]);
+    // An extra member sends the context through JSON: same decision.
+    let mut via_json = c.clone();
+    via_json.extra.insert("note".into(), "x".into());
+    assert_eq!(req(&via_json), typed);
+    // Not at call time (BeginTask's UseTool decisions): the forbid is out.
+    c.at_call = false;
+    assert!(req(&c).allowed);
+}
