@@ -134,9 +134,8 @@ impl AdminApi {
             revocations: self
                 .enforce
                 .revocations
-                .current()
                 .items()
-                .into_iter()
+                .iter()
                 .map(types::Revocation::from)
                 .collect(),
             crls: self.enforce.revocations.crls(),

@@ -375,9 +375,10 @@ impl Node for NodeApi {
         tokio::spawn(async move {
             let id = agent.spiffe_id;
             let mut last: Option<SyncUpdate> = None;
-            // The revocation set last sent: later updates carry only what
-            // was added since (agents drop entries once they expire).
-            let mut sent: Option<Arc<lanyard_core::revocation::RevocationSet>> = None;
+            // The revocation log position last sent: later updates carry
+            // only what was added since (agents drop entries once they
+            // expire).
+            let mut sent: Option<u64> = None;
             loop {
                 // Re-check the agent on every wake-up: an evicted or banned
                 // agent's stream ends with an error (authenticated against
@@ -412,30 +413,17 @@ impl Node for NodeApi {
                     .duration_since(api.clock.now())
                     .unwrap_or_default();
                 let update = api.sync_update(&id);
-                let set = api.enforce.revocations.current();
-                let added: Vec<types::Revocation> = match &sent {
-                    None => set
-                        .items()
-                        .into_iter()
-                        .map(types::Revocation::from)
-                        .collect(),
-                    Some(old) => set
-                        .items()
-                        .into_iter()
-                        .filter(|r| old.get(r.kind, &r.value) != Some(*r))
-                        .map(types::Revocation::from)
-                        .collect(),
-                };
-                if last.as_ref() != Some(&update) || sent.is_none() || !added.is_empty() {
+                let delta = api.enforce.revocations.delta(sent);
+                if last.as_ref() != Some(&update) || delta.reset || !delta.items.is_empty() {
                     let mut msg = update.clone();
-                    msg.revocations = added;
-                    msg.revocations_reset = sent.is_none();
+                    msg.revocations = delta.items.iter().map(types::Revocation::from).collect();
+                    msg.revocations_reset = delta.reset;
                     if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
                     last = Some(update);
-                    sent = Some(set);
                 }
+                sent = Some(delta.seq);
                 tokio::select! {
                     r = entries.changed() => if r.is_err() { return },
                     r = bundle.changed() => if r.is_err() { return },

@@ -31,10 +31,51 @@ pub struct Revocations {
     inner: Arc<Inner>,
 }
 
+/// How many recent additions are kept for deltas; a stream further behind
+/// gets the whole set again.
+const LOG_KEEP: usize = 65_536;
+
+/// The set, and its recent additions numbered for deltas.
+#[derive(Default)]
+struct State {
+    set: RevocationSet,
+    log: std::collections::VecDeque<(u64, Revocation)>,
+    /// Number of the newest addition.
+    seq: u64,
+    /// Deltas from before this number are not available (a reload).
+    floor: u64,
+}
+
+impl State {
+    fn add(&mut self, r: Revocation) -> bool {
+        if !self.set.insert(r.clone()) {
+            return false;
+        }
+        self.seq += 1;
+        self.log.push_back((self.seq, r));
+        if self.log.len() > LOG_KEEP {
+            if let Some((s, _)) = self.log.pop_front() {
+                self.floor = s;
+            }
+        }
+        true
+    }
+}
+
+/// What a push stream sends next.
+pub struct Delta {
+    /// The revocations to send.
+    pub items: Vec<Revocation>,
+    /// They are the whole set (the stream is new or fell behind).
+    pub reset: bool,
+    /// The position to ask from next time.
+    pub seq: u64,
+}
+
 struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    set: RwLock<Arc<RevocationSet>>,
+    state: RwLock<State>,
     /// CRLs by CA ID (every server's, from the store).
     crls: RwLock<Crls>,
     changes: watch::Sender<u64>,
@@ -56,7 +97,7 @@ impl Revocations {
             inner: Arc::new(Inner {
                 store,
                 clock,
-                set: RwLock::default(),
+                state: RwLock::default(),
                 crls: RwLock::default(),
                 changes: watch::channel(0).0,
                 resign: watch::channel(0).0,
@@ -72,7 +113,13 @@ impl Revocations {
         for (key, v) in self.inner.store.list_docs(DocKind::Revocation).await? {
             set.insert(decode(&key, v)?);
         }
-        *self.inner.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        {
+            let mut g = self.write();
+            g.set = set;
+            g.log.clear();
+            g.seq += 1;
+            g.floor = g.seq;
+        }
         self.reload_crls().await?;
         self.announce();
         Ok(())
@@ -99,31 +146,36 @@ impl Revocations {
         self.inner.changes.send_modify(|v| *v += 1);
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// After a change on the feed: re-read one revocation (`kind:value`).
     pub async fn refresh(&self, key: &str) -> Result<(), StoreError> {
         let doc = self.inner.store.get_doc(DocKind::Revocation, key).await?;
-        let changed = {
-            let mut g = self.inner.set.write().unwrap_or_else(|p| p.into_inner());
-            let mut set = (**g).clone();
-            let changed = match doc {
-                Some(v) => {
-                    let r = decode(key, v)?;
-                    set.insert(r)
-                }
-                None => match key.split_once(':') {
-                    Some((k, value)) => set
+        let changed = match doc {
+            Some(v) => {
+                let r = decode(key, v)?;
+                self.write().add(r)
+            }
+            // Deleted: pruned after expiry; agents prune on their own.
+            None => match key.split_once(':') {
+                Some((k, value)) => {
+                    let mut g = self.write();
+                    let kind = g
+                        .set
                         .items()
                         .into_iter()
                         .find(|r| r.kind.as_str() == k && r.value == value)
-                        .map(|r| (r.kind, r.value.clone()))
-                        .is_some_and(|(k, v)| set.remove(k, &v)),
-                    None => false,
-                },
-            };
-            if changed {
-                *g = Arc::new(set);
-            }
-            changed
+                        .map(|r| r.kind);
+                    kind.is_some_and(|kind| g.set.remove(kind, value))
+                }
+                None => false,
+            },
         };
         if changed {
             self.inner.resign.send_modify(|v| *v += 1);
@@ -139,13 +191,38 @@ impl Revocations {
         Ok(())
     }
 
-    /// The set in force.
-    pub fn current(&self) -> Arc<RevocationSet> {
-        self.inner
-            .set
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Every revocation in force, in key order.
+    pub fn items(&self) -> Vec<Revocation> {
+        self.read().set.items().into_iter().cloned().collect()
+    }
+
+    /// Whether `kind:value` is revoked.
+    pub fn contains(&self, kind: lanyard_core::revocation::RevokedKind, value: &str) -> bool {
+        self.read().set.get(kind, value).is_some()
+    }
+
+    /// What a push stream that last sent up to `after` sends now: the
+    /// additions since, or the whole set for a new stream or one further
+    /// behind than the kept log.
+    pub fn delta(&self, after: Option<u64>) -> Delta {
+        let g = self.read();
+        match after {
+            Some(a) if a >= g.floor => Delta {
+                items: g
+                    .log
+                    .iter()
+                    .filter(|(s, _)| *s > a)
+                    .map(|(_, r)| r.clone())
+                    .collect(),
+                reset: false,
+                seq: g.seq,
+            },
+            _ => Delta {
+                items: g.set.items().into_iter().cloned().collect(),
+                reset: true,
+                seq: g.seq,
+            },
+        }
     }
 
     /// Every server's CRLs (DER), ordered by CA ID.
@@ -170,7 +247,7 @@ impl Revocations {
         let now = unix_secs(self.inner.clock.now());
         let mut added = 0;
         for r in items {
-            if r.expires_at <= now || self.current().get(r.kind, &r.value).is_some() {
+            if r.expires_at <= now || self.contains(r.kind, &r.value) {
                 continue;
             }
             let v = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -179,10 +256,7 @@ impl Revocations {
                 .put_doc(DocKind::Revocation, &r.key(), &v)
                 .await?;
             tracing::info!(kind = %r.kind, value = %r.value, reason = %r.reason, "revoked");
-            let mut g = self.inner.set.write().unwrap_or_else(|p| p.into_inner());
-            let mut set = (**g).clone();
-            set.insert(r);
-            *g = Arc::new(set);
+            self.write().add(r);
             added += 1;
         }
         if added > 0 {
@@ -196,7 +270,8 @@ impl Revocations {
     pub async fn prune(&self) -> Result<usize, StoreError> {
         let now = self.inner.clock.now();
         let expired: Vec<Revocation> = self
-            .current()
+            .read()
+            .set
             .items()
             .into_iter()
             .filter(|r| r.expires_at <= unix_secs(now))
@@ -209,11 +284,7 @@ impl Revocations {
                 .await?;
         }
         if !expired.is_empty() {
-            let mut g = self.inner.set.write().unwrap_or_else(|p| p.into_inner());
-            let mut set = (**g).clone();
-            set.prune(now);
-            *g = Arc::new(set);
-            drop(g);
+            self.write().set.prune(now);
             self.inner.resign.send_modify(|v| *v += 1);
             self.announce();
             tracing::info!(count = expired.len(), "pruned expired revocations");
@@ -225,7 +296,6 @@ impl Revocations {
     /// each issued that are revoked.
     pub async fn sign_crls(&self, ca: &Ca) -> Result<(), String> {
         let snap = ca.snapshot();
-        let set = self.current();
         let now = self.inner.clock.now();
         let number = u64::try_from(
             now.duration_since(SystemTime::UNIX_EPOCH)
@@ -238,18 +308,21 @@ impl Revocations {
             // Serials revoked without a known issuer (`svid revoke SERIAL`)
             // are listed by every CA: serials are random, so this never
             // names another certificate.
-            let unknown = set.items().into_iter().filter(|r| {
-                r.kind == lanyard_core::revocation::RevokedKind::Serial && r.issuer.is_none()
-            });
-            let entries: Vec<CrlEntry> = set
-                .serials_of(&id)
-                .into_iter()
-                .chain(unknown)
-                .map(|r| CrlEntry {
-                    serial: r.value.clone(),
-                    revoked_at: lanyard_core::clock::from_unix_secs(r.revoked_at),
-                })
-                .collect();
+            let entries: Vec<CrlEntry> = {
+                let g = self.read();
+                let unknown = g.set.items().into_iter().filter(|r| {
+                    r.kind == lanyard_core::revocation::RevokedKind::Serial && r.issuer.is_none()
+                });
+                g.set
+                    .serials_of(&id)
+                    .into_iter()
+                    .chain(unknown)
+                    .map(|r| CrlEntry {
+                        serial: r.value.clone(),
+                        revoked_at: lanyard_core::clock::from_unix_secs(r.revoked_at),
+                    })
+                    .collect()
+            };
             let validity = CRL_VALIDITY.min(
                 signer
                     .info()
@@ -302,7 +375,8 @@ impl Revocations {
             // Wake when the oldest revocation expires, to prune it.
             let now = unix_secs(self.inner.clock.now());
             let next_expiry = self
-                .current()
+                .read()
+                .set
                 .items()
                 .iter()
                 .map(|r| Duration::from_secs(r.expires_at.saturating_sub(now) + 1))
