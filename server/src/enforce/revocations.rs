@@ -53,10 +53,10 @@ impl State {
         }
         self.seq += 1;
         self.log.push_back((self.seq, r));
-        if self.log.len() > LOG_KEEP {
-            if let Some((s, _)) = self.log.pop_front() {
-                self.floor = s;
-            }
+        if self.log.len() > LOG_KEEP
+            && let Some((s, _)) = self.log.pop_front()
+        {
+            self.floor = s;
         }
         true
     }
