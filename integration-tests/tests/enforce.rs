@@ -700,3 +700,46 @@ async fn quarantine_holds_with_the_server_stopped_and_is_reported_when_it_is_bac
     let fetched = holder.fetch();
     assert!(fetched.contains("quarantined"), "{fetched}");
 }
+
+/// The process state letter from /proc/PID/stat (`T`: stopped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantine_freeze_stops_the_process() {
+    let s = setup_with(true, |c| c.quarantine.freeze = true).await;
+    let holder = Holder::start(&s.socket, &["crm.read"]);
+    holder.wait_line("stream ok");
+    let pid = holder.pid();
+    assert_ne!(proc_state(pid), Some('T'));
+    s.server()
+        .admin()
+        .add_quarantine(lanyard_proto::admin::AddQuarantineRequest {
+            task_id: holder.task_id.clone(),
+            reason: "freeze it".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("the quarantined process stopped", WAIT, || async {
+        (proc_state(pid) == Some('T')).then_some(())
+    })
+    .await;
+    // Not stopped without quarantine.freeze: see the other quarantine
+    // tests, whose holders keep answering after being quarantined.
+    let _ = resume(pid);
+}
+
+fn resume(pid: u32) -> std::io::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg("-CONT")
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill -CONT failed"))
+    }
+}

@@ -15,7 +15,7 @@ use lanyard_core::TrustDomain;
 use lanyard_core::peer::{
     LiveTrust, Requirements, SvidResolver, TrustState, client_config, server_config,
 };
-use lanyard_integration_tests::{NODE, TD, TestServer, own_uid, start_agent};
+use lanyard_integration_tests::{NODE, TD, TestServer, agent_config, own_uid};
 use lanyard_proto::admin::{CreateEntryRequest, SetPolicyRequest};
 use lanyard_proto::task::authorize_tool_call_request::Credential;
 use lanyard_proto::task::task_identity_client::TaskIdentityClient;
@@ -52,13 +52,18 @@ impl Setup {
 /// A server and agent; the workload entry (this uid) and, when `ep`, the
 /// enforcement-point entry (this uid and this test binary's path).
 pub async fn setup(ep: bool) -> Setup {
+    setup_with(ep, |_| {}).await
+}
+
+/// [`setup`] with the agent's configuration adjusted by `tweak`.
+pub async fn setup_with(ep: bool, tweak: impl FnOnce(&mut lanyard_agent::Config)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
     let token = server.token(NODE).await;
     entry(&server, PLANNER, vec![], false).await;
-    let agent = start_agent(dir.path(), server.addr(), Some(token))
-        .await
-        .unwrap();
+    let mut config = agent_config(dir.path(), server.addr(), Some(token));
+    tweak(&mut config);
+    let agent = lanyard_agent::build(config).await.unwrap();
     let socket = dir.path().join("agent.sock");
     let s = Setup {
         server: Some(server),
@@ -257,6 +262,11 @@ impl Holder {
                 return line;
             }
         }
+    }
+
+    /// The holder's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The holder's own FetchX509SVID answer now.
