@@ -71,59 +71,45 @@ impl AdminApi {
                 "give exactly one of a serial, a SPIFFE ID or a JWT ID",
             ));
         }
-        let now = unix_secs(self.clock.now());
-        let keep = now + lanyard_core::entry::MAX_SVID_TTL.as_secs();
-        let rev = match (r.serial.is_empty(), r.spiffe_id.is_empty()) {
-            _ if !r.jwt_id.is_empty() => {
-                if r.jwt_id.len() > 256 {
-                    return Err(Status::invalid_argument("jwt_id: at most 256 bytes"));
-                }
-                let rev = Revocation {
-                    kind: RevokedKind::Jwt,
-                    value: r.jwt_id.clone(),
-                    revoked_at: now,
-                    expires_at: keep,
-                    reason,
-                    issuer: None,
-                };
-                self.enforce
-                    .revocations
-                    .revoke(vec![rev.clone()])
-                    .await
-                    .map_err(EnforceError::from)?;
-                rev
+        if !r.spiffe_id.is_empty() {
+            let id = lanyard_proto::convert::spiffe_id("spiffe_id", &r.spiffe_id)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let rev = self.enforce.revoke_spiffe_id(&id, &reason).await?;
+            return Ok(RevokeSvidResponse {
+                revocation: Some(types::Revocation::from(&rev)),
+            });
+        }
+        let (kind, value) = if r.jwt_id.is_empty() {
+            if !is_serial(&r.serial) {
+                return Err(Status::invalid_argument(format!(
+                    "serial {:?} is not a hex serial number",
+                    r.serial
+                )));
             }
-            (false, true) => {
-                if !is_serial(&r.serial) {
-                    return Err(Status::invalid_argument(format!(
-                        "serial {:?} is not a hex serial number",
-                        r.serial
-                    )));
-                }
-                // The serial's issuer and expiry are not known here: it is
-                // listed in the CRL of every CA of this server, and kept as
-                // long as the longest SVID could live.
-                let rev = Revocation {
-                    kind: RevokedKind::Serial,
-                    value: normalize_serial(&r.serial),
-                    revoked_at: now,
-                    expires_at: keep,
-                    reason,
-                    issuer: None,
-                };
-                self.enforce
-                    .revocations
-                    .revoke(vec![rev.clone()])
-                    .await
-                    .map_err(EnforceError::from)?;
-                rev
+            (RevokedKind::Serial, normalize_serial(&r.serial))
+        } else {
+            if r.jwt_id.len() > 256 {
+                return Err(Status::invalid_argument("jwt_id: at most 256 bytes"));
             }
-            _ => {
-                let id = lanyard_proto::convert::spiffe_id("spiffe_id", &r.spiffe_id)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.enforce.revoke_spiffe_id(&id, &reason).await?
-            }
+            (RevokedKind::Jwt, r.jwt_id)
         };
+        // What it names was issued by an unknown CA until an unknown time:
+        // a serial is listed in the CRL of every CA of this server, and
+        // either is kept as long as the longest SVID could live.
+        let now = unix_secs(self.clock.now());
+        let rev = Revocation {
+            kind,
+            value,
+            revoked_at: now,
+            expires_at: now + lanyard_core::entry::MAX_SVID_TTL.as_secs(),
+            reason,
+            issuer: None,
+        };
+        self.enforce
+            .revocations
+            .revoke(vec![rev.clone()])
+            .await
+            .map_err(EnforceError::from)?;
         Ok(RevokeSvidResponse {
             revocation: Some(types::Revocation::from(&rev)),
         })
