@@ -177,7 +177,7 @@ pub struct Snapshot {
 }
 
 /// A quarantine as the agent applies it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quarantined {
     /// Its ID (`local:TASK` until the server's record arrives).
     pub id: String,

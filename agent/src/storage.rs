@@ -14,6 +14,7 @@ const BUNDLE_FILE: &str = "bundle.pem";
 const TOKEN_FILE: &str = "join_token.sha256";
 /// Task bindings (which process holds which task), kept across restarts.
 const TASKS_FILE: &str = "tasks.json";
+const QUARANTINE_FILE: &str = "quarantined.json";
 
 /// Why stored credentials could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +164,17 @@ impl AgentStorage {
                 None
             }
         }
+    }
+
+    /// Stores the quarantined process instances (JSON, owner-only).
+    pub fn save_quarantined(&self, json: &[u8]) -> Result<(), StorageError> {
+        let path = self.dir.join(QUARANTINE_FILE);
+        write_atomic(&path, json, 0o600).map_err(|e| StorageError::Io(path, e))
+    }
+
+    /// The stored quarantined instances, if any.
+    pub fn load_quarantined(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join(QUARANTINE_FILE)).ok()
     }
 
     /// Moves a task bindings file that does not parse aside.

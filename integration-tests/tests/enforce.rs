@@ -743,3 +743,44 @@ fn resume(pid: u32) -> std::io::Result<()> {
         Err(std::io::Error::other("kill -CONT failed"))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quarantined_process_stays_refused_across_an_agent_restart() {
+    let s = setup(true).await;
+    let mut holder = Holder::start(&s.socket, &["crm.read"]);
+    holder.wait_line("stream ok");
+    s.server()
+        .admin()
+        .add_quarantine(lanyard_proto::admin::AddQuarantineRequest {
+            task_id: holder.task_id.clone(),
+            reason: "stays quarantined".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_quarantined(&s, &mut holder).await;
+    // Restart the agent (its data dir keeps the quarantined instance).
+    let Setup {
+        server,
+        agent,
+        socket,
+        dir,
+    } = s;
+    let addr = server.as_ref().unwrap().addr();
+    agent.shutdown().await;
+    let agent = lanyard_agent::build(lanyard_integration_tests::agent_config(
+        dir.path(),
+        addr,
+        None,
+    ))
+    .await
+    .unwrap();
+    let _s = Setup {
+        server,
+        agent,
+        socket,
+        dir,
+    };
+    let fetched = holder.fetch();
+    assert!(fetched.contains("stays quarantined"), "{fetched}");
+}

@@ -40,12 +40,23 @@ pub(crate) struct EnforceState {
     reporting: bool,
     /// Send SIGSTOP to quarantined processes.
     pub(crate) freeze: bool,
+    /// The server's quarantines as they were before a restart (with the
+    /// instances they held), until the server's list arrives.
+    restored: Vec<Quarantined>,
+    /// What was last written to the data dir.
+    saved: Vec<u8>,
 }
 
 impl EnforceState {
-    /// Every quarantine in force (the server's, then local ones).
+    /// Every quarantine in force (the server's, then local ones, then any
+    /// restored from before a restart that the server has not listed yet).
     pub(crate) fn all(&self) -> Vec<Quarantined> {
-        self.server.iter().chain(&self.local).cloned().collect()
+        self.server
+            .iter()
+            .chain(&self.local)
+            .chain(&self.restored)
+            .cloned()
+            .collect()
     }
 }
 
@@ -111,10 +122,15 @@ impl Manager {
             .into_iter()
             .map(|q| from_server(q, &me))
             .collect();
+        let restored = std::mem::take(&mut self.enforce.restored);
         for q in &mut next {
-            // Keep the instances resolved when it was first seen.
+            // Keep the instances resolved when it was first seen (before a
+            // restart too: acted on then, so not again).
             if let Some(old) = self.enforce.server.iter().find(|o| o.id == q.id) {
                 q.instances = old.instances.clone();
+            } else if let Some(old) = restored.iter().find(|o| o.id == q.id) {
+                q.instances = old.instances.clone();
+                self.enforce.acted.insert(q.id.clone());
             }
             // The server's record replaces a local one for the same task.
             if let Some(pos) = self
@@ -141,6 +157,49 @@ impl Manager {
         }
         self.enforce.server = next;
         self.act_on_quarantines();
+        self.save_quarantines();
+    }
+
+    /// Reads the quarantines in force before a restart: local ones apply
+    /// again at once; the server's keep their instances until its list
+    /// arrives (a process quarantined before the restart stays refused).
+    pub(super) fn restore_quarantines(&mut self) {
+        let Some(bytes) = self.storage.load_quarantined() else {
+            return;
+        };
+        match serde_json::from_slice::<Vec<Quarantined>>(&bytes) {
+            Ok(all) => {
+                for q in all {
+                    self.enforce.acted.insert(q.id.clone());
+                    if q.id.starts_with("local:") {
+                        self.enforce.local.push(q);
+                    } else {
+                        self.enforce.restored.push(q);
+                    }
+                }
+                tracing::info!(
+                    local = self.enforce.local.len(),
+                    server = self.enforce.restored.len(),
+                    "quarantined instances restored"
+                );
+            }
+            Err(e) => tracing::error!(%e, "quarantine file does not parse; ignored"),
+        }
+    }
+
+    /// Writes the quarantines in force (with their instances).
+    fn save_quarantines(&mut self) {
+        let all = self.enforce.all();
+        match serde_json::to_vec(&all) {
+            Ok(b) if b == self.enforce.saved => {}
+            Ok(b) => {
+                if let Err(e) = self.storage.save_quarantined(&b) {
+                    tracing::error!(%e, "cannot persist quarantined instances");
+                }
+                self.enforce.saved = b;
+            }
+            Err(e) => tracing::error!(%e, "cannot encode quarantined instances"),
+        }
     }
 
     /// Prunes expired revocations (called from the task watch).
@@ -229,6 +288,7 @@ impl Manager {
             reason,
         });
         self.act_on_quarantines();
+        self.save_quarantines();
     }
 
     /// For each quarantine not yet acted on: the instances it holds on

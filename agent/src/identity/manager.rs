@@ -182,6 +182,7 @@ impl Manager {
             enforce: super::enforce::EnforceState::default(),
         };
         m.restore_tasks();
+        m.restore_quarantines();
         m
     }
 
