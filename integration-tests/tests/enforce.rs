@@ -418,6 +418,88 @@ async fn revocation_reaches_decisions_jwt_validation_crls_and_handshakes_within_
     )
     .await;
     assert!(d < REVOCATION_BOUND, "took {d:?}");
+
+    // The other direction: the tool server's own SVID revoked, the
+    // client's verifier refuses the server.
+    let server_chain = lanyard_core::x509::der_chain_split(&server_svid.x509_svid).unwrap();
+    let server_serial = lanyard_core::x509::CertInfo::parse(&server_chain[0])
+        .unwrap()
+        .serial;
+    let t3 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            serial: server_serial,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = within(
+        "the client refuses the revoked server SVID",
+        t3,
+        async || {
+            handshake(addr, peer.trust.clone(), &fresh.0, &fresh.1)
+                .await
+                .is_err_and(|e| e.contains("invalid peer certificate: Revoked"))
+        },
+    )
+    .await;
+    assert!(d < REVOCATION_BOUND, "took {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_ending_at_once_push_the_crl_streams_a_few_times_not_once_each() {
+    let s = setup(false).await;
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let tasks = TaskIdentityClient::new(ch);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let r = tasks
+            .clone()
+            .begin_task(header(BeginTaskRequest {
+                spiffe_id: PLANNER.into(),
+                task_type: "report.generate".into(),
+                tools: vec!["crm.read".into()],
+                ttl_seconds: 300,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(r.task_id);
+    }
+    let peer = follow_bundles(&s.socket).await;
+    let before = peer.crls.lock().unwrap().len();
+    let ends: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut t = tasks.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                t.end_task(header(lanyard_proto::task::EndTaskRequest { task_id: id }))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for e in ends {
+        e.await.unwrap();
+    }
+    // Every ended task's SVID ends up in the CRL...
+    eventually("all 20 serials in the CRL", WAIT, || async {
+        let newest = peer.crls.lock().unwrap().last().cloned()?;
+        let parsed = lanyard_core::x509::parse_crl(&newest[0], &s.server().bundle()).ok()?;
+        (parsed.serials.len() >= 20).then_some(())
+    })
+    .await;
+    // ...through a handful of pushes, not twenty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushes = peer.crls.lock().unwrap().len() - before;
+    eprintln!("CRL pushes for 20 tasks ending at once: {pushes}");
+    assert!(
+        pushes <= 5,
+        "{pushes} CRL pushes for 20 tasks ending at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
