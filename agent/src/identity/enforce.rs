@@ -312,14 +312,13 @@ impl Manager {
             .collect();
         for (server, i) in pending {
             let q = if server {
-                &self.enforce.server[i]
+                self.enforce.server.get(i)
             } else {
-                &self.enforce.local[i]
+                self.enforce.local.get(i)
             };
-            if self.enforce.acted.contains(&q.id) {
+            let Some(q) = q.filter(|q| !self.enforce.acted.contains(&q.id)).cloned() else {
                 continue;
-            }
-            let q = q.clone();
+            };
             self.enforce.acted.insert(q.id.clone());
             let held: Vec<_> = self
                 .tasks
