@@ -45,6 +45,23 @@ pub(crate) struct EnforceState {
     restored: Vec<Quarantined>,
     /// What was last written to the data dir.
     saved: Vec<u8>,
+    /// The holders of recently ended tasks: a quarantine for a task can
+    /// arrive after the task's own end (both are pushed; the end may come
+    /// first), and must still find the process.
+    recent_owners: std::collections::VecDeque<(String, (i32, u64))>,
+}
+
+/// How many ended tasks' holders are remembered.
+const RECENT_OWNERS: usize = 4096;
+
+impl EnforceState {
+    /// Remembers who held a task that just ended.
+    pub(crate) fn task_ended(&mut self, task_id: &str, owner: (i32, u64)) {
+        if self.recent_owners.len() >= RECENT_OWNERS {
+            self.recent_owners.pop_front();
+        }
+        self.recent_owners.push_back((task_id.to_owned(), owner));
+    }
 }
 
 impl EnforceState {
@@ -333,6 +350,12 @@ impl Manager {
                 .iter()
                 .map(|t| (t.owner.pid, t.owner.start_time))
                 .collect();
+            if let Some(t) = &q.task_id
+                && instances.is_empty()
+                && let Some((_, owner)) = self.enforce.recent_owners.iter().find(|(id, _)| id == t)
+            {
+                instances.push(*owner);
+            }
             // Every task of those instances goes, whatever its entry.
             let doomed: Vec<_> = self
                 .tasks

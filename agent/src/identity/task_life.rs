@@ -198,6 +198,8 @@ impl Manager {
             return false;
         };
         let task = self.tasks.remove(pos);
+        self.enforce
+            .task_ended(task_id, (task.owner.pid, task.owner.start_time));
         // Its SVID dies with it: the serial goes into the CRLs, so peers
         // that read them refuse it too (an expired one needs nothing).
         if reason != "expired"

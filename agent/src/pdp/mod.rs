@@ -108,6 +108,9 @@ struct Verdict {
     policy_ids: Vec<String>,
     /// A deciding forbid said `@quarantine` (and whether entry-wide).
     quarantine: Option<bool>,
+    /// A denial that counts towards quarantine (one because the workload
+    /// is already quarantined does not).
+    counts: bool,
 }
 
 impl Verdict {
@@ -117,6 +120,7 @@ impl Verdict {
             reason: reason.into(),
             policy_ids: vec![],
             quarantine: None,
+            counts: true,
         }
     }
 }
@@ -260,7 +264,7 @@ impl Pdp {
         record.reason = verdict.reason.clone();
         record.policy_ids = verdict.policy_ids.clone();
         self.sink.record(&record);
-        if !verdict.allow && !record.task_id.is_empty() {
+        if !verdict.allow && verdict.counts && !record.task_id.is_empty() {
             self.after_denial(&record, &verdict, now).await;
         }
         Ok(AuthorizeToolCallResponse {
@@ -293,7 +297,10 @@ impl Pdp {
             q.task_id.as_deref() == Some(task.as_str())
                 || (q.scope_entry && q.spiffe_id == v.peer.spiffe_id.as_str())
         }) {
-            return Verdict::deny(format!("quarantined: {}", q.reason));
+            return Verdict {
+                counts: false,
+                ..Verdict::deny(format!("quarantined: {}", q.reason))
+            };
         }
         if !claims.tools.iter().any(|t| t == tool) {
             return Verdict::deny(format!("tool {tool} was not granted to task {task}"));
@@ -306,6 +313,7 @@ impl Pdp {
                     reason: format!("tool {tool} granted to task {task}"),
                     policy_ids: vec![],
                     quarantine: None,
+                    counts: true,
                 };
             }
             Err(e) => {
@@ -368,6 +376,7 @@ impl Pdp {
             reason,
             policy_ids: d.policy_ids,
             quarantine: d.quarantine.then_some(d.quarantine_entry),
+            counts: true,
         }
     }
 

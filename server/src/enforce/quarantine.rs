@@ -257,6 +257,14 @@ impl Quarantines {
         };
         let mut rec = decode(id, v)?;
         if rec.released_at.is_none() {
+            // Denials before the release do not count again.
+            if let Some(t) = &rec.task_id {
+                self.inner
+                    .denials
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(t);
+            }
             rec.released_at = Some(unix_secs(self.inner.clock.now()));
             rec.released_by = Some(by.to_owned());
             self.put(&rec).await?;
