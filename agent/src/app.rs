@@ -112,6 +112,7 @@ pub async fn build_with(
         config.quarantine.trigger,
         Arc::new(crate::pdp::TracingSink),
     ));
+    pdp.precompile(shutdown_rx.clone());
     let task_api = TaskApi::new(identity, callers, pdp);
     let admission = crate::listener::Admission {
         limits: lanyard_uds::ConnLimiter::new(

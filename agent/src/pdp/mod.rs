@@ -145,6 +145,28 @@ impl Pdp {
         }
     }
 
+    /// Compiles each policy set as it arrives, off the request path (a
+    /// large set takes a while to validate), until the agent stops.
+    pub fn precompile(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let me = self.clone();
+        let mut state = self.owner.state();
+        tokio::spawn(async move {
+            loop {
+                let snap = state.borrow_and_update().clone();
+                let compiled = me.policy.lock().unwrap_or_else(|p| p.into_inner()).0;
+                if compiled != snap.policy_version {
+                    let pdp = me.clone();
+                    // Validation is CPU work: on the blocking pool.
+                    let _ = tokio::task::spawn_blocking(move || pdp.book(&snap)).await;
+                }
+                tokio::select! {
+                    r = state.changed() => if r.is_err() { return },
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                }
+            }
+        });
+    }
+
     fn book(&self, snap: &Snapshot) -> Compiled {
         let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 != snap.policy_version {
