@@ -55,6 +55,19 @@ pub(crate) fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
+/// What rustls hands a verifier, as the validators take it: the DER chain
+/// (leaf first) and the time.
+pub(crate) fn chain_and_time(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> (Vec<Vec<u8>>, std::time::SystemTime) {
+    let mut chain = Vec::with_capacity(1 + intermediates.len());
+    chain.push(end_entity.to_vec());
+    chain.extend(intermediates.iter().map(|c| c.to_vec()));
+    (chain, UNIX_EPOCH + Duration::from_secs(now.as_secs()))
+}
+
 fn validate(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -63,10 +76,7 @@ fn validate(
     usage: PeerUsage,
     now: UnixTime,
 ) -> Result<SpiffeId, Error> {
-    let mut chain = Vec::with_capacity(1 + intermediates.len());
-    chain.push(end_entity.to_vec());
-    chain.extend(intermediates.iter().map(|c| c.to_vec()));
-    let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+    let (chain, now) = chain_and_time(end_entity, intermediates, now);
     validate_x509_svid(&chain, td, &bundle.x509_authorities(), usage, now).map_err(|e| {
         Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
     })

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use lanyard_core::jwt::{ValidatedJwt, validate_jwt_svid};
-use lanyard_core::peer::{Peer, PeerError, Requirements, TrustState};
-use lanyard_core::revocation::{CredentialRef, Revocation, RevocationSet};
+use lanyard_core::peer::{self, Peer, Requirements, TrustState};
+use lanyard_core::revocation::{Revocation, RevocationSet};
 use lanyard_core::task::TaskClaims;
 use lanyard_core::x509::PeerUsage;
 
@@ -199,38 +199,22 @@ fn from_jwt(v: &ValidatedJwt) -> Result<Verified, CredentialError> {
 }
 
 fn check_revoked(set: &RevocationSet, v: &Verified) -> Result<(), CredentialError> {
-    if let Some(r) = revoked(set, &v.peer, v.jwt_id.as_deref()) {
-        let e = PeerError::Revoked {
-            kind: r.kind,
-            value: r.value.clone(),
-            reason: r.reason.clone(),
-        };
-        return Err(CredentialError::Refused(e.to_string()));
+    match revoked(set, &v.peer, v.jwt_id.as_deref()) {
+        Some(r) => Err(CredentialError::Refused(peer::revoked(r).to_string())),
+        None => Ok(()),
     }
-    Ok(())
 }
 
+/// The peer validator's revocation lookup, plus the parent task: a
+/// delegated task dies with its parent.
 fn revoked<'a>(
     set: &'a RevocationSet,
     peer: &Peer,
     jwt_id: Option<&str>,
 ) -> Option<&'a Revocation> {
-    let task = peer.claims.as_ref().map(|c| c.task_id.to_string());
-    let parent = peer
-        .claims
-        .as_ref()
-        .and_then(|c| c.parent_task_id.as_ref())
-        .map(ToString::to_string);
-    let c = CredentialRef {
-        spiffe_id: peer.spiffe_id.as_str(),
-        issued_at: peer.issued_at,
-        serial: (!peer.serial.is_empty()).then_some(peer.serial.as_str()),
-        jwt_id,
-        task_id: task.as_deref(),
-    };
-    set.check(&c).or_else(|| {
-        // A delegated task dies with its parent.
-        parent.and_then(|p| set.get(lanyard_core::revocation::RevokedKind::Task, &p))
+    peer::revocation_of(set, peer, jwt_id).or_else(|| {
+        let parent = peer.claims.as_ref()?.parent_task_id.as_ref()?.to_string();
+        set.get(lanyard_core::revocation::RevokedKind::Task, &parent)
     })
 }
 

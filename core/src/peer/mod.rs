@@ -152,22 +152,32 @@ impl TrustState {
 
     /// Refuses `peer` when a revocation names it (or `jwt_id`).
     pub fn check_revoked(&self, peer: &Peer, jwt_id: Option<&str>) -> Result<(), PeerError> {
-        let task = peer.claims.as_ref().map(|c| c.task_id.to_string());
-        let c = CredentialRef {
-            spiffe_id: peer.spiffe_id.as_str(),
-            issued_at: peer.issued_at,
-            serial: (!peer.serial.is_empty()).then_some(peer.serial.as_str()),
-            jwt_id,
-            task_id: task.as_deref(),
-        };
-        match self.revocations.check(&c) {
+        match revocation_of(&self.revocations, peer, jwt_id) {
             Some(r) => Err(revoked(r)),
             None => Ok(()),
         }
     }
 }
 
-fn revoked(r: &Revocation) -> PeerError {
+/// The revocation in `set` naming `peer`'s credential (its serial, JWT ID
+/// `jwt_id`, task, or its SPIFFE ID at its issue time), if any.
+pub fn revocation_of<'a>(
+    set: &'a RevocationSet,
+    peer: &Peer,
+    jwt_id: Option<&str>,
+) -> Option<&'a Revocation> {
+    let task = peer.claims.as_ref().map(|c| c.task_id.to_string());
+    set.check(&CredentialRef {
+        spiffe_id: peer.spiffe_id.as_str(),
+        issued_at: peer.issued_at,
+        serial: (!peer.serial.is_empty()).then_some(peer.serial.as_str()),
+        jwt_id,
+        task_id: task.as_deref(),
+    })
+}
+
+/// A revocation as the validator's error.
+pub fn revoked(r: &Revocation) -> PeerError {
     PeerError::Revoked {
         kind: r.kind,
         value: r.value.clone(),

@@ -3,7 +3,6 @@
 //! both directions without a restart.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
@@ -13,7 +12,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::{LiveTrust, Peer, PeerError, Requirements};
 use crate::spiffe_id::SpiffeId;
-use crate::tls::{algorithms, handshake_signatures};
+use crate::tls::{algorithms, chain_and_time, handshake_signatures};
 use crate::x509::PeerUsage;
 
 fn check(
@@ -24,10 +23,7 @@ fn check(
     req: &Requirements,
     now: UnixTime,
 ) -> Result<Peer, Error> {
-    let mut chain = Vec::with_capacity(1 + intermediates.len());
-    chain.push(end_entity.to_vec());
-    chain.extend(intermediates.iter().map(|c| c.to_vec()));
-    let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+    let (chain, now) = chain_and_time(end_entity, intermediates, now);
     trust
         .current()
         .validate(&chain, usage, req, now)
