@@ -111,4 +111,10 @@ step "Tasks as the server recorded them (the first ended with its process)"
 sleep 1
 $BIN/lanyard-server task list --all --admin-socket "$ADMIN"
 
+step "The audit log: the latest records, then an export verified offline with the public key"
+$BIN/lanyard-server audit tail -n 8 --admin-socket "$ADMIN"
+$BIN/lanyard-server audit export --format jsonl --admin-socket "$ADMIN" > "$WORK/audit.jsonl"
+$BIN/lanyard-server audit key --admin-socket "$ADMIN" > "$WORK/audit-key.pem"
+$BIN/lanyard-server audit verify --file "$WORK/audit.jsonl" --key "$WORK/audit-key.pem"
+
 step "Done: the server, agent and all files are removed now"

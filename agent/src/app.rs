@@ -35,6 +35,9 @@ pub enum AppError {
     /// The socket could not be bound.
     #[error("workload API socket: {0}")]
     Socket(#[from] SocketError),
+    /// The audit queue could not be opened.
+    #[error("{0}")]
+    Audit(#[from] crate::audit_queue::QueueError),
 }
 
 /// A running agent.
@@ -75,6 +78,7 @@ pub async fn build_with(
     attestor: Arc<dyn WorkloadAttestor>,
 ) -> Result<Bound, AppError> {
     let storage = AgentStorage::open(&config.data_dir)?;
+    let queue = crate::audit_queue::AuditQueue::open(&config.data_dir, config.audit)?;
     let creds = Arc::new(Credentials::default());
     ensure_identity(&config, &storage, &creds, clock.as_ref()).await?;
     let listener =
@@ -110,7 +114,7 @@ pub async fn build_with(
         identity.clone(),
         clock.clone(),
         config.quarantine.trigger,
-        Arc::new(crate::pdp::TracingSink),
+        Arc::new(crate::pdp::QueueSink(queue.clone())),
     ));
     pdp.precompile(shutdown_rx.clone());
     let task_api = TaskApi::new(identity, callers, pdp);
@@ -127,6 +131,14 @@ pub async fn build_with(
         .set_serving::<SpiffeWorkloadApiServer<WorkloadApi>>()
         .await;
     health.set_serving::<TaskIdentityServer<TaskApi>>().await;
+    health
+        .set_service_status(AUDIT_HEALTH_SERVICE, ServingStatus::Serving)
+        .await;
+    let audit_health = watch_audit_health(health.clone(), queue.full(), shutdown_rx.clone());
+    let shipper = queue
+        .clone()
+        .run_ship(manager.clients(), shutdown_rx.clone());
+    let syncer = queue.run_sync(shutdown_rx.clone());
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
@@ -143,7 +155,7 @@ pub async fn build_with(
             manager.run(shutdown_rx),
             tracing::info_span!("identity"),
         );
-        let (r, ()) = tokio::join!(server, owner);
+        let (r, (), (), (), ()) = tokio::join!(server, owner, shipper, syncer, audit_health);
         if let Err(e) = r {
             tracing::error!(?e, "workload API stopped");
         }
@@ -155,4 +167,34 @@ pub async fn build_with(
         shutdown,
         task,
     })
+}
+
+/// The health service that reports the audit queue: NOT_SERVING while it
+/// is full (tool-call decisions are denied then).
+pub const AUDIT_HEALTH_SERVICE: &str = "lanyard.audit.v1.AuditQueue";
+
+/// Follows the queue's fullness into the health service.
+async fn watch_audit_health(
+    health: tonic_health::server::HealthReporter,
+    mut full: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let is_full = *full.borrow_and_update();
+        let status = if is_full {
+            tracing::error!(
+                "audit queue full: tool-call decisions are denied until the server takes queued records"
+            );
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        health
+            .set_service_status(AUDIT_HEALTH_SERVICE, status)
+            .await;
+        tokio::select! {
+            r = full.changed() => if r.is_err() { return },
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+    }
 }

@@ -58,6 +58,8 @@ pub struct RawConfig {
     pub use_pidfd: Option<bool>,
     /// `[quarantine]`: what this node does about workloads it quarantines.
     pub quarantine: Option<RawQuarantine>,
+    /// `[audit]`: the durable queue of decision records.
+    pub audit: Option<RawAudit>,
     /// Most open Workload API connections in total.
     pub max_connections: Option<usize>,
     /// Most open Workload API connections per caller (its uid and cgroup).
@@ -149,6 +151,8 @@ pub struct Config {
     pub use_pidfd: bool,
     /// Quarantine behaviour.
     pub quarantine: QuarantineSettings,
+    /// The audit queue.
+    pub audit: crate::audit_queue::QueueSettings,
     /// Workload API limits.
     pub limits: Limits,
 }
@@ -182,6 +186,17 @@ pub struct RawQuarantine {
     pub max_denials: Option<u32>,
     /// The window of `max_denials` (default 60s).
     pub window: Option<String>,
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Most bytes of records waiting for the server; when full, tool-call
+    /// decisions are denied ("audit unavailable") (default 1 GiB).
+    pub max_queue_bytes: Option<u64>,
+    /// How often queued records are synced to disk (default 5ms).
+    pub sync_interval: Option<String>,
 }
 
 /// Quarantine settings.
@@ -218,6 +233,7 @@ impl RawConfig {
             log_format,
             use_pidfd,
             quarantine,
+            audit,
             max_connections,
             max_connections_per_caller,
             max_streams_per_connection,
@@ -335,11 +351,29 @@ impl RawConfig {
                 window,
             },
         };
+        let a = self.audit.unwrap_or_default();
+        let da = crate::audit_queue::QueueSettings::default();
+        let sync_interval = match a.sync_interval {
+            Some(v) => lanyard_core::duration::parse_duration(&v)
+                .map_err(|e| ConfigError::invalid("audit.sync_interval", e))?,
+            None => da.sync_interval,
+        };
+        if sync_interval.is_zero() || sync_interval > std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "audit.sync_interval",
+                "must be above 0 and at most 1s",
+            ));
+        }
+        let audit = crate::audit_queue::QueueSettings {
+            max_bytes: at_least_one("audit.max_queue_bytes", a.max_queue_bytes, da.max_bytes)?,
+            sync_interval,
+        };
         Ok(Config {
             server,
             trust_domain,
             join_token,
             quarantine,
+            audit,
             use_pidfd: self.use_pidfd.unwrap_or(true),
             limits,
             bootstrap,

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod attestor;
+pub mod audit_queue;
 pub mod bootstrap;
 pub mod cache;
 pub mod cli;

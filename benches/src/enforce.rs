@@ -44,6 +44,34 @@ pub async fn prepare(d: &Deployment) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the server's revocation set has not grown for a second
+/// (at most `limit`); prints how long that took.
+pub async fn wait_revocations_settle(d: &Deployment, limit: Duration) -> anyhow::Result<()> {
+    let mut admin = procs::admin(&d.admin_socket)?;
+    let start = Instant::now();
+    let mut last = (usize::MAX, Instant::now());
+    while start.elapsed() < limit {
+        let n = admin
+            .list_revocations(lanyard_proto::admin::ListRevocationsRequest {})
+            .await?
+            .into_inner()
+            .revocations
+            .len();
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "  ({n} revocations, settled after {:.1} s)",
+                start.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("  (revocations still growing after {limit:?}; measuring anyway)");
+    Ok(())
+}
+
 /// Begins a task under the bench's task entry; its chain and key.
 async fn task(d: &Deployment) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
     let r = TaskIdentityClient::new(unix_channel(&d.socket)?)

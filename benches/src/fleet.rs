@@ -49,10 +49,10 @@ pub struct FleetArgs {
 }
 
 /// A running server process.
-struct Server {
-    proc: Proc,
-    addr: String,
-    admin: PathBuf,
+pub(crate) struct Server {
+    pub(crate) proc: Proc,
+    pub(crate) addr: String,
+    pub(crate) admin: PathBuf,
 }
 
 /// One simulated agent.
@@ -95,7 +95,12 @@ pub struct FleetReport {
     pub signings_per_second: f64,
 }
 
-fn start_server(bins: &Path, dir: &Path, n: usize, datastore: &str) -> anyhow::Result<Server> {
+pub(crate) fn start_server(
+    bins: &Path,
+    dir: &Path,
+    n: usize,
+    datastore: &str,
+) -> anyhow::Result<Server> {
     let port = procs::free_port()?;
     let dir = dir.join(format!("server{n}"));
     std::fs::create_dir_all(&dir)?;
@@ -136,16 +141,14 @@ fn raise_nofile() -> anyhow::Result<u64> {
     Ok(l.current.unwrap_or(u64::MAX))
 }
 
-/// Attests one simulated agent through `server` and opens its stream;
-/// the stream's updates are recorded in `seen`.
-async fn sim_agent(
+/// Attests one simulated agent through `server`: its SPIFFE ID and an
+/// mTLS client holding its agent SVID.
+pub(crate) async fn attest(
     n: usize,
     server: &str,
     token: String,
     bundle: Arc<Vec<Vec<u8>>>,
-    seen: Arc<Mutex<Seen>>,
-    ready: mpsc::Sender<()>,
-) -> anyhow::Result<SimAgent> {
+) -> anyhow::Result<(SpiffeId, NodeClient<Channel>)> {
     let td = TrustDomain::new(TD)?;
     let server_id = td.id_with_segments(["lanyard", "server"])?;
     let creds = Arc::new(Credentials::default());
@@ -167,10 +170,24 @@ async fn sim_agent(
     let identity = AgentIdentity::new(svid.cert_chain, key.pkcs8_der())?;
     let id = identity.spiffe_id.clone();
     creds.set_identity(Some(Arc::new(identity)));
-    let mut client = node_client(
+    let client = node_client(
         server,
         tls_config(verifier, Some(Arc::new(ClientCert(creds))))?,
     )?;
+    Ok((id, client))
+}
+
+/// Attests one simulated agent through `server` and opens its stream;
+/// the stream's updates are recorded in `seen`.
+async fn sim_agent(
+    n: usize,
+    server: &str,
+    token: String,
+    bundle: Arc<Vec<Vec<u8>>>,
+    seen: Arc<Mutex<Seen>>,
+    ready: mpsc::Sender<()>,
+) -> anyhow::Result<SimAgent> {
+    let (id, mut client) = attest(n, server, token, bundle).await?;
     let mut stream = client.sync(SyncRequest {}).await?.into_inner();
     tokio::spawn(async move {
         let mut first = true;

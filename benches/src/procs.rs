@@ -133,7 +133,13 @@ pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
         // Every workload of the load tool is this one process: raise the
         // per-caller connection limit above --concurrency (at most 1,000).
         .args(["--max-connections-per-caller", "2048"])
-        .env("LANYARD_LOG", "warn")
+        // LANYARD_BENCH_AGENT_LOG overrides the agent's log filter (to see
+        // what it does during a scenario); warn by default, so that log
+        // lines cost nothing in the figures.
+        .env(
+            "LANYARD_LOG",
+            std::env::var("LANYARD_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -56,7 +56,61 @@ pub fn from_unix_secs(secs: u64) -> SystemTime {
 /// Formats a time as RFC 3339 UTC with second precision
 /// (`2026-11-28T19:35:14Z`).
 pub fn format_rfc3339(t: SystemTime) -> String {
-    let secs = unix_secs(t);
+    civil(unix_secs(t), None)
+}
+
+/// Formats a time as RFC 3339 UTC with millisecond precision
+/// (`2026-11-28T19:35:14.042Z`), the form audit records carry.
+pub fn format_rfc3339_millis(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    civil(d.as_secs(), Some(d.subsec_millis()))
+}
+
+/// Parses RFC 3339 UTC (`2026-11-28T19:35:14Z`, optionally with a
+/// fraction of a second, `Z` or `+00:00`); `None` for anything else.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix('z'))
+        .or_else(|| s.strip_suffix("+00:00"))?;
+    let (date, time) = s.split_once(['T', 't', ' '])?;
+    let num = |t: &str, len: usize| -> Option<i64> {
+        (t.len() == len && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let mut d = date.split('-');
+    let (year, month, day) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
+    if d.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let (hms, frac) = match time.split_once('.') {
+        Some((hms, f))
+            if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (hms, format!("{f:0<9}").parse::<u32>().ok()?)
+        }
+        Some(_) => return None,
+        None => (time, 0),
+    };
+    let mut t = hms.split(':');
+    let (h, m, sec) = (num(t.next()?, 2)?, num(t.next()?, 2)?, num(t.next()?, 2)?);
+    if t.next().is_some() || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, frac))
+}
+
+fn civil(secs: u64, millis: Option<u32>) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm), for days since 1970-01-01.
@@ -69,8 +123,9 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    let frac = millis.map(|ms| format!(".{ms:03}")).unwrap_or_default();
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{frac}Z",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60
@@ -92,5 +147,32 @@ mod tests {
             format_rfc3339(from_unix_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn millis_round_trip_through_the_parser() {
+        let t = from_unix_secs(1_795_894_514) + Duration::from_millis(42);
+        assert_eq!(format_rfc3339_millis(t), "2026-11-28T19:35:14.042Z");
+        assert_eq!(parse_rfc3339("2026-11-28T19:35:14.042Z"), Some(t));
+        assert_eq!(
+            parse_rfc3339("2026-11-28T19:35:14Z"),
+            Some(from_unix_secs(1_795_894_514))
+        );
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00+00:00"),
+            Some(from_unix_secs(951_782_400))
+        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
+        for bad in [
+            "",
+            "2026-11-28",
+            "2026-13-01T00:00:00Z",
+            "2026-11-28T19:35:14",
+            "2026-11-28T19:35:14.Z",
+            "x026-11-28T19:35:14Z",
+            "2026-11-28T19:35:14+02:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! through [`clock::Clock`].
 
 pub mod agent_id;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub(crate) mod der;

@@ -156,6 +156,13 @@ impl RevocationSet {
         before - self.by_key.len()
     }
 
+    /// Whether any revocation has expired by `now` (what [`Self::prune`]
+    /// would remove), without changing or copying the set.
+    pub fn has_expired(&self, now: SystemTime) -> bool {
+        let now = unix_secs(now);
+        self.by_key.values().any(|r| r.expires_at <= now)
+    }
+
     /// Every revocation, in key order.
     pub fn items(&self) -> Vec<&Revocation> {
         let mut v: Vec<&Revocation> = self.by_key.values().collect();

@@ -251,3 +251,34 @@ pub fn node_client_from(
     .unwrap();
     node_client(&server.to_string(), tls).unwrap()
 }
+
+/// The audit export of the server behind `admin` (its whole chain, closed
+/// by a signed checkpoint), verified with the server's public key; returns
+/// the records (checkpoints left out) as JSON values.
+pub async fn verified_audit(mut admin: AdminClient<Channel>) -> Vec<serde_json::Value> {
+    let key = admin
+        .get_audit_key(lanyard_proto::admin::GetAuditKeyRequest {})
+        .await
+        .expect("audit key")
+        .into_inner();
+    let mut s = admin
+        .read_audit(lanyard_proto::admin::ReadAuditRequest {
+            export: true,
+            ..Default::default()
+        })
+        .await
+        .expect("audit export")
+        .into_inner();
+    let keys = lanyard_core::audit::parse_public_keys(&key.public_key_pem).expect("key PEM");
+    let mut v = lanyard_core::audit::Verifier::new(keys);
+    let mut out = vec![];
+    while let Some(line) = s.message().await.expect("export line") {
+        v.feed(&line.line).expect("export verifies");
+        let value: serde_json::Value = serde_json::from_str(&line.line).expect("JSON");
+        if value.get("checkpoint").is_none() {
+            out.push(value);
+        }
+    }
+    v.finish().expect("export verifies to its end");
+    out
+}

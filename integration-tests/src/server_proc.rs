@@ -27,15 +27,25 @@ impl ServerProc {
     /// Starts server `n` (its own dir under `dir`) of binary `bin` on
     /// `datastore` (`sled` or a URL).
     pub fn start(bin: &str, dir: &Path, n: usize, datastore: &str) -> Self {
-        let dir = dir.join(format!("server{n}"));
-        std::fs::create_dir_all(&dir).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(bin, dir, n, datastore, port)
+    }
+
+    /// [`ServerProc::start`] on a given port (a restart where agents
+    /// expect it).
+    pub fn start_on(bin: &str, dir: &Path, n: usize, datastore: &str, port: u16) -> Self {
+        let dir = dir.join(format!("server{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let admin = dir.join("admin.sock");
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
         let child = Command::new(bin)
             .args(["run", "--trust-domain", TD, "--bind"])
             .arg(format!("127.0.0.1:{port}"))

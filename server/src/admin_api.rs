@@ -27,6 +27,9 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use lanyard_core::audit::Kind;
+use lanyard_proto::admin::{AuditKeyResponse, AuditLine, GetAuditKeyRequest, ReadAuditRequest};
+
 use crate::agents::{AgentError, Agents};
 use crate::attestation::{AttestationError, JoinTokens};
 use crate::ca::{Ca, CaError};
@@ -103,6 +106,10 @@ pub struct AdminApi {
     pub(crate) enforce: crate::enforce::Enforcement,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
+    /// Where admin changes are recorded.
+    pub(crate) audit: crate::audit::Audit,
+    /// Turns true when the server shuts down (ends followed reads).
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Rejects callers whose uid is neither root nor the server's own.
@@ -178,6 +185,22 @@ fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
 }
 
 impl AdminApi {
+    /// Records an authority change (`id` empty: this server's own next or
+    /// active authority; the active one is named in the details).
+    async fn audit_authority(&self, kind: Kind, actor: String, id: &str) {
+        let snap = self.ca.snapshot();
+        let e = self
+            .audit
+            .event(kind)
+            .actor(actor)
+            .details(serde_json::json!({
+                "authority_id": id,
+                "active": snap.active.info().subject_key_id,
+                "server_id": self.ca.server_id(),
+            }));
+        self.audit.note(e).await;
+    }
+
     /// Revokes a banned or evicted agent's SVIDs (current and previous).
     async fn revoke_agent_svid(&self, a: &AgentRecord, reason: &str) -> Result<(), Status> {
         let now = unix_secs(self.clock.now());
@@ -216,6 +239,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let actor = admin_actor(&req);
         let req = req.into_inner();
         let agent_id = optional_id("agent_id", &req.agent_id)?;
         let ttl = match req.ttl_seconds {
@@ -229,6 +253,15 @@ impl Admin for AdminApi {
             .await
             .map_err(AdminError::from)?;
         tracing::info!(agent_id = %t.agent_id, "join token created");
+        self.audit
+            .note(
+                self.audit
+                    .event(Kind::TokenCreated)
+                    .actor(actor)
+                    .subject(t.agent_id.to_string())
+                    .details(serde_json::json!({"expires_at": t.expires_at})),
+            )
+            .await;
         Ok(Response::new(CreateJoinTokenResponse {
             token: t.token,
             agent_id: t.agent_id.to_string(),
@@ -241,6 +274,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<CreateEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
+        let actor = admin_actor(&req);
         let mut msg = req
             .into_inner()
             .entry
@@ -257,6 +291,9 @@ impl Admin for AdminApi {
             .await
             .map_err(AdminError::from)?;
         tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry created");
+        self.audit
+            .note(entry_event(&self.audit, Kind::EntryCreated, actor, &entry))
+            .await;
         Ok(Response::new(types::Entry::from(&entry)))
     }
 
@@ -265,6 +302,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<UpdateEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
+        let actor = admin_actor(&req);
         let msg = req
             .into_inner()
             .entry
@@ -276,6 +314,9 @@ impl Admin for AdminApi {
             .await
             .map_err(AdminError::from)?;
         tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
+        self.audit
+            .note(entry_event(&self.audit, Kind::EntryUpdated, actor, &entry))
+            .await;
         Ok(Response::new(types::Entry::from(&entry)))
     }
 
@@ -314,12 +355,16 @@ impl Admin for AdminApi {
         &self,
         req: Request<DeleteEntryRequest>,
     ) -> Result<Response<DeleteEntryResponse>, Status> {
+        let actor = admin_actor(&req);
         let e = self
             .registry
             .delete(&req.into_inner().id)
             .await
             .map_err(AdminError::from)?;
         tracing::info!(entry_id = %e.id, "entry deleted");
+        self.audit
+            .note(entry_event(&self.audit, Kind::EntryDeleted, actor, &e))
+            .await;
         self.enforce.entry_deleted(&e.spiffe_id).await?;
         Ok(Response::new(DeleteEntryResponse {
             entry: Some(types::Entry::from(&e)),
@@ -344,18 +389,28 @@ impl Admin for AdminApi {
 
     #[instrument(skip_all)]
     async fn evict_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
+        let actor = admin_actor(&req);
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
         let a = self.agents.evict(&id).await.map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent evicted");
+        let e = self.audit.event(Kind::AgentEvicted).actor(actor);
+        self.audit
+            .note(e.subject(id.to_string()).serial(a.serial.clone()))
+            .await;
         self.revoke_agent_svid(&a, "agent evicted").await?;
         Ok(Response::new(agent_msg(&a)))
     }
 
     #[instrument(skip_all)]
     async fn ban_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
+        let actor = admin_actor(&req);
         let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
         let a = self.agents.ban(&id).await.map_err(AdminError::from)?;
         tracing::info!(agent_id = %id, "agent banned");
+        let e = self.audit.event(Kind::AgentBanned).actor(actor);
+        self.audit
+            .note(e.subject(id.to_string()).serial(a.serial.clone()))
+            .await;
         self.revoke_agent_svid(&a, "agent banned").await?;
         Ok(Response::new(agent_msg(&a)))
     }
@@ -381,18 +436,22 @@ impl Admin for AdminApi {
     #[instrument(skip_all)]
     async fn prepare_authorities(
         &self,
-        _req: Request<ListAuthoritiesRequest>,
+        req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
         self.ca.prepare().await.map_err(AdminError::from)?;
+        self.audit_authority(Kind::AuthorityPrepared, admin_actor(&req), "")
+            .await;
         Ok(Response::new(authorities(&self.ca).await))
     }
 
     #[instrument(skip_all)]
     async fn activate_authorities(
         &self,
-        _req: Request<ListAuthoritiesRequest>,
+        req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
         self.ca.activate().await.map_err(AdminError::from)?;
+        self.audit_authority(Kind::AuthorityActivated, admin_actor(&req), "")
+            .await;
         Ok(Response::new(authorities(&self.ca).await))
     }
 
@@ -401,10 +460,11 @@ impl Admin for AdminApi {
         &self,
         req: Request<AuthorityRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        self.ca
-            .taint(&req.into_inner().id)
-            .await
-            .map_err(AdminError::from)?;
+        let actor = admin_actor(&req);
+        let id = req.into_inner().id;
+        self.ca.taint(&id).await.map_err(AdminError::from)?;
+        self.audit_authority(Kind::AuthorityTainted, actor, &id)
+            .await;
         Ok(Response::new(authorities(&self.ca).await))
     }
 
@@ -413,10 +473,11 @@ impl Admin for AdminApi {
         &self,
         req: Request<AuthorityRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        self.ca
-            .revoke(&req.into_inner().id)
-            .await
-            .map_err(AdminError::from)?;
+        let actor = admin_actor(&req);
+        let id = req.into_inner().id;
+        self.ca.revoke(&id).await.map_err(AdminError::from)?;
+        self.audit_authority(Kind::AuthorityRevoked, actor, &id)
+            .await;
         Ok(Response::new(authorities(&self.ca).await))
     }
 
@@ -425,9 +486,21 @@ impl Admin for AdminApi {
         &self,
         req: Request<SetPolicyRequest>,
     ) -> Result<Response<types::PolicyInfo>, Status> {
-        self.set_policy_impl(req.into_inner())
-            .await
-            .map(Response::new)
+        let actor = admin_actor(&req);
+        let info = self.set_policy_impl(req.into_inner()).await?;
+        self.audit
+            .note(
+                self.audit
+                    .event(Kind::PolicySet)
+                    .actor(actor)
+                    .details(serde_json::json!({
+                        "version": info.version,
+                        "shadow": info.shadow,
+                        "policies": info.policy_count,
+                    })),
+            )
+            .await;
+        Ok(Response::new(info))
     }
 
     #[instrument(skip_all)]
@@ -481,7 +554,8 @@ impl Admin for AdminApi {
         &self,
         req: Request<TaskRequest>,
     ) -> Result<Response<types::TaskInfo>, Status> {
-        self.revoke_task_impl(req.into_inner())
+        let actor = admin_actor(&req);
+        self.revoke_task_impl(req.into_inner(), &actor)
             .await
             .map(Response::new)
     }
@@ -538,8 +612,63 @@ impl Admin for AdminApi {
         req: Request<QuarantineRequest>,
     ) -> Result<Response<types::Quarantine>, Status> {
         let uid = caller_uid(&req);
-        self.release_quarantine_impl(req.into_inner(), uid)
-            .await
-            .map(Response::new)
+        let q = self.release_quarantine_impl(req.into_inner(), uid).await?;
+        self.audit
+            .note(
+                self.audit
+                    .event(Kind::QuarantineReleased)
+                    .actor(crate::audit::Actor::Admin(uid).name())
+                    .subject(q.spiffe_id.clone())
+                    .node(q.node.clone())
+                    .task(q.task_id.clone())
+                    .details(serde_json::json!({"quarantine_id": q.id})),
+            )
+            .await;
+        Ok(Response::new(q))
     }
+
+    type ReadAuditStream = tokio_stream::wrappers::ReceiverStream<Result<AuditLine, Status>>;
+
+    #[instrument(skip_all)]
+    async fn read_audit(
+        &self,
+        req: Request<ReadAuditRequest>,
+    ) -> Result<Response<Self::ReadAuditStream>, Status> {
+        let rx = self.read_audit_impl(req.into_inner())?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    #[instrument(skip_all)]
+    async fn get_audit_key(
+        &self,
+        _req: Request<GetAuditKeyRequest>,
+    ) -> Result<Response<AuditKeyResponse>, Status> {
+        Ok(Response::new(self.audit_key_impl()))
+    }
+}
+
+/// The admin caller, as audit records name it.
+fn admin_actor<T>(req: &Request<T>) -> String {
+    crate::audit::Actor::Admin(caller_uid(req)).name()
+}
+
+fn entry_event(
+    audit: &crate::audit::Audit,
+    kind: Kind,
+    actor: String,
+    e: &RegistrationEntry,
+) -> lanyard_core::audit::Event {
+    audit
+        .event(kind)
+        .actor(actor)
+        .subject(e.spiffe_id.to_string())
+        .node(e.parent_id.to_string())
+        .details(serde_json::json!({
+            "entry_id": e.id.to_string(),
+            "revision": e.revision,
+            "selectors": e.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "require_task": e.require_task,
+        }))
 }

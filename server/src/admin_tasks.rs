@@ -192,10 +192,12 @@ impl AdminApi {
     pub(crate) async fn revoke_task_impl(
         &self,
         r: TaskIdRequest,
+        actor: &str,
     ) -> Result<types::TaskInfo, Status> {
         let t = self
             .tasks
-            .end(
+            .end_as(
+                actor,
                 None,
                 &r.task_id,
                 TaskState::Revoked,

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::admin_api::{AdminApi, check_peer_uid};
 use crate::agents::Agents;
 use crate::attestation::JoinTokens;
+use crate::audit::Audit;
 use crate::ca::{Ca, CaError};
 use crate::config::{Config, Datastore};
 use crate::enforce::{Enforcement, Quarantines, Revocations};
@@ -59,6 +60,9 @@ pub enum AppError {
     /// Tasks could not be loaded.
     #[error("tasks: {0}")]
     Tasks(#[from] crate::tasks::TaskServiceError),
+    /// The audit log could not be opened.
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditLogError),
 }
 
 /// A running server.
@@ -71,6 +75,8 @@ pub struct Bound {
     pub ca: Ca,
     /// What the server signed.
     pub metrics: Arc<Metrics>,
+    /// The audit log.
+    pub audit: Audit,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -81,6 +87,9 @@ impl Bound {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        // Every part has stopped: the audit writer signs its last
+        // checkpoint and closes the log.
+        self.audit.close(Duration::from_secs(10)).await;
     }
 
     /// Waits until the server stops by itself (it does not, unless a
@@ -105,6 +114,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         .map_err(|e| AppError::DataDir(dir.clone(), e))?;
     let store = open_store(&config).await?;
     let server_id = server_id(dir)?;
+    let audit = Audit::open(dir, &server_id, clock.clone(), config.audit)?;
     // The feed position is read before anything is loaded: every change
     // after it is applied again (idempotently) by the follower.
     let feed_from = store.last_change().await?;
@@ -171,6 +181,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         registry.clone(),
         clock.clone(),
     );
+    tasks.set_audit(audit.clone());
+    enforce.set_audit(audit.clone());
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
@@ -183,6 +195,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         settings,
         shutdown: shutdown_rx.clone(),
         metrics: metrics.clone(),
+        audit: audit.clone(),
     };
     let pruner = prune(tasks.clone(), store.clone(), shutdown_rx.clone());
     let follower = crate::follow::run(
@@ -208,6 +221,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         enforce,
         clock: clock.clone(),
         default_token_ttl: config.join_token_ttl,
+        audit: audit.clone(),
+        shutdown: shutdown_rx.clone(),
     };
 
     let stop = |mut rx: watch::Receiver<bool>| async move {
@@ -224,7 +239,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         .add_service(AdminServer::with_interceptor(admin, check_peer_uid))
         .serve_with_incoming_shutdown(admin_incoming(admin_listener), stop(shutdown_rx.clone()));
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
-    let rotator = crate::ca::rotator::run(ca.clone(), shutdown_rx.clone());
+    let rotator = crate::ca::rotator::run(ca.clone(), Some(audit.clone()), shutdown_rx.clone());
     let crl_signer = revocations.run(ca.clone(), shutdown_rx.clone());
 
     tracing::info!(
@@ -260,6 +275,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         admin_socket: config.admin_socket,
         ca,
         metrics,
+        audit,
         shutdown,
         task,
     })

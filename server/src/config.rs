@@ -66,6 +66,14 @@ pub struct RawConfig {
     pub quarantine_max_denials: Option<u32>,
     /// The window of `quarantine_max_denials` (default 60s).
     pub quarantine_window: Option<String>,
+    /// Audit records older than this are pruned, in whole segments
+    /// (default 90d; `forever` keeps everything).
+    pub audit_retention: Option<String>,
+    /// Audit segments are pruned while at least this many newer records
+    /// remain (default: no count limit).
+    pub audit_max_records: Option<u64>,
+    /// Size at which a new audit segment file is started (default 64 MiB).
+    pub audit_segment_bytes: Option<u64>,
 }
 
 impl RawConfig {
@@ -102,7 +110,10 @@ impl RawConfig {
             datastore_ca,
             ca_keys_in_datastore,
             quarantine_max_denials,
-            quarantine_window
+            quarantine_window,
+            audit_retention,
+            audit_max_records,
+            audit_segment_bytes
         );
         self
     }
@@ -228,7 +239,36 @@ impl RawConfig {
             max_denials: self.quarantine_max_denials.unwrap_or(3),
             window: quarantine_window,
         };
+        let mut audit = crate::audit::AuditSettings::default();
+        match self.audit_retention.as_deref().map(str::trim) {
+            None => {}
+            Some("forever") => audit.retention = None,
+            Some(v) => {
+                let keep =
+                    parse_duration(v).map_err(|e| ConfigError::invalid("audit_retention", e))?;
+                if keep.is_zero() {
+                    return Err(ConfigError::invalid(
+                        "audit_retention",
+                        "must be above 0 (or \"forever\")",
+                    ));
+                }
+                audit.retention = Some(keep);
+            }
+        }
+        if let Some(n) = self.audit_max_records {
+            audit.max_records = Some(at_least_one("audit_max_records", Some(n), 1u64)?);
+        }
+        if let Some(n) = self.audit_segment_bytes {
+            if n < 4096 {
+                return Err(ConfigError::invalid(
+                    "audit_segment_bytes",
+                    "must be at least 4096",
+                ));
+            }
+            audit.segment_bytes = n;
+        }
         Ok(Config {
+            audit,
             quarantine,
             ca_keys_in_datastore: self.ca_keys_in_datastore.unwrap_or(false),
             datastore,
@@ -333,6 +373,8 @@ pub struct Config {
     pub sensitivity_levels: SensitivityLevels,
     /// When denied tool calls quarantine a task's holder.
     pub quarantine: crate::enforce::DenialTrigger,
+    /// Audit log checkpoints, segments and retention.
+    pub audit: crate::audit::AuditSettings,
 }
 
 impl Config {

@@ -2,17 +2,20 @@
 //! server API agents call over mTLS, and the local admin API.
 
 pub mod admin_api;
+mod admin_audit;
 mod admin_enforce;
 mod admin_tasks;
 pub mod agents;
 pub mod app;
 pub mod attestation;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod enforce;
 pub mod follow;
 pub mod node_api;
+mod node_audit;
 pub mod policy;
 pub mod registry;
 pub mod store;

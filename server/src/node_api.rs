@@ -30,6 +30,7 @@ use crate::registry::Registry;
 use crate::store::{AgentRecord, StoreError};
 use crate::tasks::{BeginInput, Caller, Tasks};
 use crate::tls::{ClientSvid, PeerInfo};
+use lanyard_core::audit::{Event, Kind};
 
 /// Most CSRs in one `SignX509Svids` call.
 pub const MAX_BATCH: usize = 1000;
@@ -143,6 +144,8 @@ pub struct NodeApi {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// What was signed.
     pub(crate) metrics: Arc<Metrics>,
+    /// Where issuance and attestation are recorded.
+    pub(crate) audit: crate::audit::Audit,
 }
 
 fn bundle_msg(ca: &Ca) -> types::Bundle {
@@ -196,6 +199,20 @@ impl NodeApi {
             .authenticate(&client.spiffe_id, &client.serial)
             .await?;
         Ok((agent, client))
+    }
+
+    /// Redeems the join token and signs the agent's SVID.
+    async fn attest(
+        &self,
+        req: &AttestAgentRequest,
+    ) -> Result<(SpiffeId, lanyard_core::x509::IssuedSvid), NodeError> {
+        // Check the CSR before spending the token, so a bad CSR does not
+        // burn it.
+        lanyard_core::x509::parse_csr_public_key(&req.csr)?;
+        let agent_id = self.tokens.redeem(&req.join_token).await?;
+        self.agents.check_not_banned(&agent_id).await?;
+        let svid = self.sign_agent(&agent_id, &req.csr)?;
+        Ok((agent_id, svid))
     }
 
     fn sign_agent(
@@ -260,7 +277,7 @@ impl NodeApi {
         agent: &SpiffeId,
         entry_id: &str,
         csr: &[u8],
-    ) -> Result<types::X509Svid, String> {
+    ) -> Result<(types::X509Svid, Event), String> {
         let entry = self
             .owned_entry(agent, entry_id)
             .map_err(|e| e.to_string())?;
@@ -281,10 +298,20 @@ impl NodeApi {
             .x509_svids_signed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(%agent, spiffe_id = %entry.spiffe_id, serial = %svid.serial, "signed X.509-SVID");
-        Ok(svid_msg(
-            &entry.spiffe_id,
-            vec![svid.cert_der],
-            svid.not_after,
+        let event = self
+            .audit
+            .event(Kind::SvidIssued)
+            .actor(agent.to_string())
+            .subject(entry.spiffe_id.to_string())
+            .node(agent.to_string())
+            .serial(svid.serial.clone())
+            .details(serde_json::json!({
+                "entry_id": entry.id.to_string(),
+                "ttl_seconds": params.ttl.as_secs(),
+            }));
+        Ok((
+            svid_msg(&entry.spiffe_id, vec![svid.cert_der], svid.not_after),
+            event,
         ))
     }
 }
@@ -294,24 +321,37 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncUpdate, Status>> + Send>>
 #[tonic::async_trait]
 impl Node for NodeApi {
     #[instrument(skip_all)]
+    async fn append_audit(
+        &self,
+        req: Request<lanyard_proto::server::AppendAuditRequest>,
+    ) -> Result<Response<lanyard_proto::server::AppendAuditResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        self.append_audit_impl(&agent.spiffe_id, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[instrument(skip_all)]
     async fn attest_agent(
         &self,
         req: Request<AttestAgentRequest>,
     ) -> Result<Response<AttestAgentResponse>, Status> {
         let req = req.into_inner();
-        // Check the CSR before spending the token, so a bad CSR does not
-        // burn it.
-        lanyard_core::x509::parse_csr_public_key(&req.csr).map_err(NodeError::from)?;
-        let agent_id = self
-            .tokens
-            .redeem(&req.join_token)
-            .await
-            .map_err(NodeError::from)?;
-        self.agents
-            .check_not_banned(&agent_id)
-            .await
-            .map_err(NodeError::from)?;
-        let svid = self.sign_agent(&agent_id, &req.csr)?;
+        let (agent_id, svid) = match self.attest(&req).await {
+            Ok(v) => v,
+            Err(e) => {
+                let reason = e.to_string();
+                self.audit
+                    .note(
+                        self.audit
+                            .event(Kind::NodeRefused)
+                            .reason(reason)
+                            .details(serde_json::json!({"method": "join_token"})),
+                    )
+                    .await;
+                return Err(e.into());
+            }
+        };
         self.agents
             .attested(
                 &agent_id,
@@ -322,6 +362,15 @@ impl Node for NodeApi {
             .await
             .map_err(NodeError::from)?;
         tracing::info!(%agent_id, serial = %svid.serial, "agent attested");
+        self.audited(
+            self.audit
+                .event(Kind::NodeAttested)
+                .actor(agent_id.to_string())
+                .subject(agent_id.to_string())
+                .serial(svid.serial.clone())
+                .details(serde_json::json!({"method": "join_token"})),
+        )
+        .await?;
         Ok(Response::new(AttestAgentResponse {
             svid: Some(svid_msg(&agent_id, vec![svid.cert_der], svid.not_after)),
             bundle: Some(bundle_msg(&self.ca)),
@@ -348,6 +397,14 @@ impl Node for NodeApi {
             .await
             .map_err(NodeError::from)?;
         tracing::info!(agent_id = %agent.spiffe_id, serial = %svid.serial, "agent SVID renewed");
+        self.audited(
+            self.audit
+                .event(Kind::AgentRenewed)
+                .actor(agent.spiffe_id.to_string())
+                .subject(agent.spiffe_id.to_string())
+                .serial(svid.serial.clone()),
+        )
+        .await?;
         Ok(Response::new(RenewAgentResponse {
             svid: Some(svid_msg(
                 &agent.spiffe_id,
@@ -454,14 +511,18 @@ impl Node for NodeApi {
         if csrs.len() > MAX_BATCH {
             return Err(NodeError::BatchTooLarge.into());
         }
+        let mut events = Vec::new();
         let results = csrs
             .into_iter()
             .map(|item| match self.sign_one(&agent.spiffe_id, &item.entry_id, &item.csr) {
-                Ok(svid) => SignResult {
-                    entry_id: item.entry_id,
-                    svid: Some(svid),
-                    error: String::new(),
-                },
+                Ok((svid, event)) => {
+                    events.push(event);
+                    SignResult {
+                        entry_id: item.entry_id,
+                        svid: Some(svid),
+                        error: String::new(),
+                    }
+                }
                 Err(error) => {
                     tracing::info!(agent_id = %agent.spiffe_id, entry_id = %item.entry_id, %error, "refused to sign");
                     SignResult {
@@ -472,6 +533,13 @@ impl Node for NodeApi {
                 }
             })
             .collect();
+        // No SVID leaves before its issuance is on disk.
+        if !events.is_empty() {
+            self.audit
+                .record_all(events)
+                .await
+                .map_err(crate::node_audit::unavailable)?;
+        }
         Ok(Response::new(SignX509SvidsResponse { results }))
     }
 
@@ -504,6 +572,15 @@ impl Node for NodeApi {
             .jwt_svids_signed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(agent_id = %agent.spiffe_id, spiffe_id = %entry.spiffe_id, jti = %minted.jti, "signed JWT-SVID");
+        let mut e = self
+            .audit
+            .event(Kind::JwtIssued)
+            .actor(agent.spiffe_id.to_string())
+            .subject(entry.spiffe_id.to_string())
+            .node(agent.spiffe_id.to_string())
+            .details(serde_json::json!({"audience": req.audience, "ttl_seconds": ttl.as_secs()}));
+        e.correlation.jti = minted.jti.clone();
+        self.audited(e).await?;
         let secs = |t| i64::try_from(unix_secs(t)).unwrap_or(i64::MAX);
         Ok(Response::new(SignJwtSvidResponse {
             token: minted.token,
@@ -533,8 +610,19 @@ impl Node for NodeApi {
                 exe_sha256: req.exe_sha256,
             },
         };
+        let denied_as = crate::node_audit::denied_task(&self.audit, &agent.spiffe_id, &input);
         // Policy evaluation and signing take tens of microseconds: inline.
-        let (record, minted) = self.tasks.begin(&agent.spiffe_id, input).await?;
+        let (record, minted) = match self.tasks.begin(&agent.spiffe_id, input).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let crate::tasks::TaskServiceError::Denied(why) = &e {
+                    self.audit.note(denied_as.reason(why.clone())).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.audited_task(&agent.spiffe_id, &record, minted.svid.as_ref(), true)
+            .await?;
         let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
         Ok(Response::new(BeginTaskResponse {
             task: Some(types::TaskInfo::from(&record)),
@@ -561,6 +649,10 @@ impl Node for NodeApi {
                 &req.exe_sha256,
             )
             .await?;
+        if let Ok(record) = self.tasks.get(&req.task_id).await {
+            self.audited_task(&agent.spiffe_id, &record, minted.svid.as_ref(), false)
+                .await?;
+        }
         let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
         Ok(Response::new(SignTaskSvidResponse {
             svid: minted.svid,
@@ -605,6 +697,7 @@ impl Node for NodeApi {
             exe_path: req.exe_path,
             exe_sha256: req.exe_sha256,
         };
+        let tools = req.tools.clone();
         let (token, expires_at) = self
             .tasks
             .delegate(
@@ -616,6 +709,16 @@ impl Node for NodeApi {
                 &caller,
             )
             .await?;
+        self.audited(
+            self.audit
+                .event(Kind::TaskDelegated)
+                .actor(agent.spiffe_id.to_string())
+                .subject(req.to_spiffe_id.clone())
+                .node(agent.spiffe_id.to_string())
+                .task(req.task_id.clone())
+                .details(serde_json::json!({"tools": tools, "token_expires_at": expires_at})),
+        )
+        .await?;
         Ok(Response::new(DelegateTaskResponse {
             token,
             expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),

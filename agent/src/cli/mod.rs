@@ -399,12 +399,27 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
             .map_err(|_| err("health check timed out"))?
             .map_err(status_err)?
             .into_inner();
-            if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                println!("Agent is healthy.");
-                Ok(())
-            } else {
-                Err(err("agent is not serving"))
+            let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            if r.status != serving {
+                return Err(err("agent is not serving"));
             }
+            let audit = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.check(tonic_health::pb::HealthCheckRequest {
+                    service: crate::app::AUDIT_HEALTH_SERVICE.into(),
+                }),
+            )
+            .await
+            .map_err(|_| err("health check timed out"))?
+            .map_err(status_err)?
+            .into_inner();
+            if audit.status != serving {
+                return Err(err(
+                    "audit queue full: tool-call decisions are denied until the server takes the queued records",
+                ));
+            }
+            println!("Agent is healthy.");
+            Ok(())
         }
         Command::Api(ApiCmd::Fetch(FetchCmd::X509 {
             socket,

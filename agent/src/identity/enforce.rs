@@ -102,26 +102,40 @@ impl Manager {
     /// Applies the revocations, CRLs and quarantines of a sync update.
     pub(super) fn apply_enforcement(&mut self, update: &mut SyncUpdate) {
         let now = self.clock.now();
-        let mut set = if update.revocations_reset {
-            RevocationSet::new()
-        } else {
-            (*self.enforce.revocations).clone()
-        };
-        let mut changed = update.revocations_reset && !self.enforce.revocations.is_empty();
-        for r in std::mem::take(&mut update.revocations) {
-            match Revocation::try_from(r) {
-                Ok(r) => changed |= set.insert(r),
-                Err(e) => tracing::warn!(err = %e, "ignoring invalid revocation from server"),
+        // The set is copied only when this update changes it: most
+        // updates (entries, bundle, CRLs re-signed) do not, and copying
+        // thousands of revocations per update was most of the agent's CPU
+        // under load.
+        let mut changed = false;
+        let mut next_set = None;
+        if update.revocations_reset
+            || !update.revocations.is_empty()
+            || self.enforce.revocations.has_expired(now)
+        {
+            let mut set = if update.revocations_reset {
+                RevocationSet::new()
+            } else {
+                (*self.enforce.revocations).clone()
+            };
+            changed = update.revocations_reset && !self.enforce.revocations.is_empty();
+            for r in std::mem::take(&mut update.revocations) {
+                match Revocation::try_from(r) {
+                    Ok(r) => changed |= set.insert(r),
+                    Err(e) => tracing::warn!(err = %e, "ignoring invalid revocation from server"),
+                }
             }
+            changed |= set.prune(now) > 0;
+            next_set = Some(set);
         }
-        changed |= set.prune(now) > 0;
         let crls = std::mem::take(&mut update.crls);
         if *self.enforce.crls != crls {
             self.enforce.crls = Arc::new(crls);
             changed = true;
         }
         if changed {
-            self.enforce.revocations = Arc::new(set);
+            if let Some(set) = next_set {
+                self.enforce.revocations = Arc::new(set);
+            }
             self.enforce.generation += 1;
             tracing::info!(
                 revocations = self.enforce.revocations.len(),

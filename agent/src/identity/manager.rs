@@ -98,6 +98,9 @@ pub struct Manager {
     pub(super) inflight: InFlight,
     /// The current server client (set while a session is up).
     pub(super) client: Option<NodeClient<Channel>>,
+    /// The current client, for parts that call the server on their own
+    /// (the audit shipper).
+    client_watch: watch::Sender<Option<NodeClient<Channel>>>,
     pub(super) entries: Arc<EntrySet>,
     pub(super) svids: HashMap<EntryId, Arc<CachedSvid>>,
     pub(super) failures: HashMap<EntryId, Failure>,
@@ -160,6 +163,7 @@ impl Manager {
             commands,
             inflight: FuturesUnordered::new(),
             client: None,
+            client_watch: watch::channel(None).0,
             entries: Arc::new(EntrySet::new(Vec::new())),
             svids: HashMap::new(),
             failures: HashMap::new(),
@@ -184,6 +188,11 @@ impl Manager {
         m.restore_tasks();
         m.restore_quarantines();
         m
+    }
+
+    /// The server client while a session is up.
+    pub fn clients(&self) -> watch::Receiver<Option<NodeClient<Channel>>> {
+        self.client_watch.subscribe()
     }
 
     fn new_client(&self) -> Option<NodeClient<Channel>> {
@@ -213,6 +222,7 @@ impl Manager {
             }
             let next = self.session(shutdown, &mut attempt).await;
             self.client = None;
+            self.client_watch.send_replace(None);
             match next {
                 Next::Stop => return,
                 Next::Renewed => continue,
@@ -279,6 +289,7 @@ impl Manager {
             }
         };
         self.client = Some(client.clone());
+        self.client_watch.send_replace(Some(client.clone()));
         tracing::info!(server = %self.server, agent_id = %identity.spiffe_id, "connected to server");
         self.flush_pending_ends();
         self.flush_reports();

@@ -21,11 +21,15 @@ use lanyard_proto::task::{AuthorizeToolCallRequest, AuthorizeToolCallResponse};
 use serde_json::Value;
 use tonic::Status;
 
-pub use record::{DecisionRecord, DecisionSink, TracingSink};
+pub use record::{DecisionRecord, DecisionSink, QueueSink, TracingSink, audit_event};
 pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
 
 use crate::cache::Snapshot;
 use crate::identity::IdentityHandle;
+
+/// The reason of every decision while the audit queue cannot take its
+/// record.
+pub const AUDIT_UNAVAILABLE: &str = "audit unavailable";
 
 /// Largest call context accepted, bytes of JSON.
 pub const MAX_CONTEXT: usize = 16 * 1024;
@@ -270,7 +274,9 @@ impl Pdp {
             Err(CredentialError::Malformed(m)) => return Err(Status::invalid_argument(m)),
             Err(e @ CredentialError::Refused(_)) => {
                 record.reason = e.to_string();
-                self.sink.record(&record);
+                if let Err(why) = self.sink.record(&record) {
+                    tracing::error!(%why, decision_id = %record.decision_id, "decision record not kept");
+                }
                 return Err(Status::permission_denied(e.to_string()));
             }
         };
@@ -285,7 +291,18 @@ impl Pdp {
         record.allow = verdict.allow;
         record.reason = verdict.reason.clone();
         record.policy_ids = verdict.policy_ids.clone();
-        self.sink.record(&record);
+        if let Err(why) = self.sink.record(&record) {
+            // No decision without its record: fail closed.
+            tracing::error!(%why, decision_id = %record.decision_id, "decision record not kept; denying");
+            return Ok(AuthorizeToolCallResponse {
+                allow: false,
+                reason: AUDIT_UNAVAILABLE.to_owned(),
+                policy_ids: vec![],
+                decision_id: record.decision_id,
+                task_id: record.task_id,
+                principal: record.principal,
+            });
+        }
         if !verdict.allow && verdict.counts && !record.task_id.is_empty() {
             self.after_denial(&record, &verdict, now).await;
         }

@@ -32,8 +32,44 @@ pub struct DecisionRecord {
 
 /// Where decision records go.
 pub trait DecisionSink: Send + Sync {
-    /// Takes one record. Must not block for long: it runs on every call.
-    fn record(&self, d: &DecisionRecord);
+    /// Takes one record, durably, before the decision is answered; an
+    /// error means it could not be kept (the decision point then denies).
+    /// Must not block for long: it runs on every call.
+    fn record(&self, d: &DecisionRecord) -> Result<(), String>;
+}
+
+/// Writes each record to the durable audit queue (shipped to the
+/// server's audit log), and as a `tracing` event.
+pub struct QueueSink(pub crate::audit_queue::AuditQueue);
+
+impl DecisionSink for QueueSink {
+    fn record(&self, d: &DecisionRecord) -> Result<(), String> {
+        TracingSink.record(d)?;
+        self.0
+            .append(audit_event(d))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The audit record of a decision.
+pub fn audit_event(d: &DecisionRecord) -> lanyard_core::audit::Event {
+    use lanyard_core::audit::{Event, Kind};
+    let mut e = Event::new(
+        Kind::ToolDecision,
+        lanyard_core::clock::format_rfc3339_millis(d.time),
+    )
+    .actor(d.enforcement_point.clone())
+    .subject(d.principal.clone())
+    .task(d.task_id.clone())
+    .reason(d.reason.clone())
+    .details(serde_json::json!({"credential": d.credential}));
+    e.tool = d.tool.clone();
+    e.resource = d.resource.clone();
+    e.decision = if d.allow { "allow" } else { "deny" }.to_owned();
+    e.policy_ids = d.policy_ids.clone();
+    e.correlation.decision_id = d.decision_id.clone();
+    e
 }
 
 /// Writes each record as one `tracing` event (target `lanyard::decision`).
@@ -41,7 +77,7 @@ pub trait DecisionSink: Send + Sync {
 pub struct TracingSink;
 
 impl DecisionSink for TracingSink {
-    fn record(&self, d: &DecisionRecord) {
+    fn record(&self, d: &DecisionRecord) -> Result<(), String> {
         tracing::info!(
             target: "lanyard::decision",
             decision_id = %d.decision_id,
@@ -57,5 +93,6 @@ impl DecisionSink for TracingSink {
             credential = d.credential,
             "tool call decision"
         );
+        Ok(())
     }
 }

@@ -7,8 +7,10 @@
 //!   response, hands the connection to a child process (`relay`) and exits.
 //! - `exec SOCKET PROGRAM`: the same, but execs PROGRAM (a copy of this
 //!   binary, so another executable) in place with the connection as stdin.
-//! - `relay`: reads the stream from stdin and prints `data` if the agent
-//!   sends another response, `ended` if it ends the stream.
+//! - `relay [--after-parent PID]`: reads the stream from stdin and prints
+//!   `data` if the agent sends another response, `ended` if it ends the
+//!   stream (with `--after-parent`: one sent after the process that handed
+//!   the connection over has exited).
 //!
 //! Test support: exits non-zero with a message on unexpected failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,7 +28,12 @@ async fn main() {
         Some("flood") => flood(&args[2], args[3].parse().unwrap()),
         Some("handoff") => handoff(&args[2], None).await,
         Some("exec") => handoff(&args[2], Some(&args[3])).await,
-        Some("relay") => relay(),
+        Some("relay") => relay(
+            args.get(2)
+                .filter(|a| *a == "--after-parent")
+                .and_then(|_| args.get(3))
+                .map(|p| p.parse().unwrap()),
+        ),
         _ => panic!("usage: peer_tricks flood|handoff|exec|relay ..."),
     }
 }
@@ -69,7 +76,7 @@ async fn handoff(socket: &str, program: Option<&str>) {
             // connected, exits (deliberately without waiting for it).
             #[allow(clippy::zombie_processes)]
             Command::new(std::env::current_exe().unwrap())
-                .arg("relay")
+                .args(["relay", "--after-parent", &std::process::id().to_string()])
                 .stdin(Stdio::from(fd))
                 .spawn()
                 .unwrap();
@@ -82,40 +89,92 @@ async fn handoff(socket: &str, program: Option<&str>) {
     }
 }
 
-fn relay() {
-    let mut input = std::io::stdin().lock();
+/// What one frame from the agent means for the relay.
+enum Seen {
+    /// A response (DATA on the stream).
+    Data,
+    /// The stream or connection ended.
+    Ended,
+    /// Anything else (settings, pings, window updates, headers).
+    Other,
+}
+
+fn read_frame(input: &mut impl Read, first: Option<u8>) -> Seen {
     let mut head = [0u8; 9];
+    let from = match first {
+        Some(b) => {
+            head[0] = b;
+            1
+        }
+        None => 0,
+    };
+    if input.read_exact(&mut head[from..]).is_err() {
+        return Seen::Ended;
+    }
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let (kind, flags) = (head[3], head[4]);
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    if input.read_exact(&mut payload).is_err() {
+        return Seen::Ended;
+    }
+    match kind {
+        0x0 if stream == 1 && len > 0 => Seen::Data,
+        0x1 if stream == 1 && flags & 0x1 != 0 => Seen::Ended,
+        0x3 if stream == 1 => Seen::Ended,
+        0x7 => Seen::Ended,
+        _ => Seen::Other,
+    }
+}
+
+fn relay(after_parent: Option<u32>) {
+    // With `--after-parent`: the process that opened the stream is still
+    // alive for a moment after handing the connection to this child, and
+    // what the agent sent before it was gone was sent to it, legitimately.
+    // Wait until it has exited (this process is re-parented), skip the
+    // frames already received, then report what the agent does next.
+    if let Some(parent) = after_parent {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::process::parent_id() == parent && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let conn = {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned().unwrap();
+        std::os::unix::net::UnixStream::from(fd)
+    };
+    let mut input = &conn;
     loop {
-        if input.read_exact(&mut head).is_err() {
+        conn.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let first = match input.read(&mut b) {
+            Ok(1) => b[0],
+            Ok(_) => {
+                println!("ended");
+                return;
+            }
+            Err(_) => break,
+        };
+        conn.set_nonblocking(false).unwrap();
+        if let Seen::Ended = read_frame(&mut input, Some(first)) {
             println!("ended");
             return;
         }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0u8; len];
-        if input.read_exact(&mut payload).is_err() {
-            println!("ended");
-            return;
-        }
-        match kind {
-            0x0 if stream == 1 && len > 0 => {
+    }
+    conn.set_nonblocking(false).unwrap();
+    loop {
+        match read_frame(&mut input, None) {
+            Seen::Data => {
                 println!("data");
                 return;
             }
-            0x1 if stream == 1 && flags & 0x1 != 0 => {
+            Seen::Ended => {
                 println!("ended");
                 return;
             }
-            0x3 if stream == 1 => {
-                println!("ended");
-                return;
-            }
-            0x7 => {
-                println!("ended");
-                return;
-            }
-            _ => {}
+            Seen::Other => {}
         }
     }
 }

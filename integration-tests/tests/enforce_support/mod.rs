@@ -79,10 +79,19 @@ pub async fn setup_with(ep: bool, tweak: impl FnOnce(&mut lanyard_agent::Config)
 }
 
 pub async fn entry(server: &TestServer, id: &str, extra: Vec<String>, ep: bool) -> types::Entry {
+    entry_via(server.admin(), id, extra, ep).await.unwrap()
+}
+
+/// [`entry`] through any admin client (a server process's).
+pub async fn entry_via(
+    mut admin: lanyard_proto::admin::admin_client::AdminClient<tonic::transport::Channel>,
+    id: &str,
+    extra: Vec<String>,
+    ep: bool,
+) -> Result<types::Entry, tonic::Status> {
     let mut selectors = vec![format!("unix:uid:{}", own_uid())];
     selectors.extend(extra);
-    server
-        .admin()
+    admin
         .create_entry(CreateEntryRequest {
             entry: Some(types::Entry {
                 spiffe_id: id.into(),
@@ -100,8 +109,7 @@ pub async fn entry(server: &TestServer, id: &str, extra: Vec<String>, ep: bool) 
             }),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .map(tonic::Response::into_inner)
 }
 
 pub async fn wait_entries(s: &Setup, n: usize) {

@@ -6,12 +6,52 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Ca;
+use crate::store::CaKeyState;
 
 /// Longest sleep between checks (also bounds clock jumps).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
-/// Runs rotation until `shutdown` turns true.
-pub async fn run(ca: Ca, mut shutdown: watch::Receiver<bool>) {
+/// This server's authorities by ID, with their state.
+async fn own_states(ca: &Ca) -> Vec<(String, &'static str, CaKeyState)> {
+    ca.list()
+        .await
+        .into_iter()
+        .filter(|a| a.owner == ca.server_id())
+        .map(|a| (a.id, a.kind, a.state))
+        .collect()
+}
+
+/// Records the steps a rotation took (an authority newly prepared, or
+/// newly active).
+async fn record_steps(
+    audit: &crate::audit::Audit,
+    ca: &Ca,
+    before: &[(String, &'static str, CaKeyState)],
+) {
+    use lanyard_core::audit::Kind;
+    for (id, kind, state) in own_states(ca).await {
+        let was = before.iter().find(|(b, ..)| *b == id).map(|(_, _, s)| *s);
+        let step = match (was, state) {
+            (None, CaKeyState::Prepared) => Kind::AuthorityPrepared,
+            (Some(CaKeyState::Prepared), CaKeyState::Active) => Kind::AuthorityActivated,
+            _ => continue,
+        };
+        let e = audit
+            .event(step)
+            .actor("server")
+            .details(serde_json::json!({
+                "authority_id": id,
+                "kind": kind,
+                "server_id": ca.server_id(),
+                "scheduled": true,
+            }));
+        audit.note(e).await;
+    }
+}
+
+/// Runs rotation until `shutdown` turns true; each step is recorded in
+/// `audit` when given.
+pub async fn run(ca: Ca, audit: Option<crate::audit::Audit>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = ca.subscribe();
     loop {
         let now = ca.clock().now();
@@ -27,7 +67,15 @@ pub async fn run(ca: Ca, mut shutdown: watch::Receiver<bool>) {
             r = changes.changed() => if r.is_err() { return } else { continue },
             () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
         }
-        if let Err(err) = ca.tick().await {
+        let before = match &audit {
+            Some(_) => own_states(&ca).await,
+            None => vec![],
+        };
+        let stepped = ca.tick().await;
+        if let (Ok(true), Some(a)) = (&stepped, &audit) {
+            record_steps(a, &ca, &before).await;
+        }
+        if let Err(err) = stepped {
             tracing::error!(%err, "authority rotation failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -87,7 +135,7 @@ mod tests {
         .unwrap();
         let first = ca.snapshot();
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run(ca.clone(), rx));
+        let task = tokio::spawn(run(ca.clone(), None, rx));
 
         // The X.509 CA was backdated 10 s: its half-life is at 290 s.
         tokio::time::sleep(Duration::from_secs(280)).await;

@@ -61,6 +61,9 @@ pub enum Command {
     /// Quarantined workloads.
     #[command(subcommand)]
     Quarantine(enforce::QuarantineCmd),
+    /// The tamper-evident audit log: tail, export, key, verify.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Back up, restore or migrate a stopped server's datastore.
     #[command(subcommand)]
     Datastore(datastore::DatastoreCmd),
@@ -353,6 +356,7 @@ pub enum BundleCmd {
     },
 }
 
+mod audit;
 mod common;
 pub mod datastore;
 mod enforce;
@@ -401,6 +405,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
         Command::Task(cmd) => tasks::run_task(cmd).await,
         Command::Svid(cmd) => enforce::run_svid(cmd).await,
         Command::Quarantine(cmd) => enforce::run_quarantine(cmd).await,
+        Command::Audit(cmd) => audit::run_audit(cmd).await,
         Command::Bundle(BundleCmd::Show {
             format: BundleFormat::Crl,
             admin,

@@ -45,6 +45,7 @@ pub struct Enforcement {
     tasks: Tasks,
     registry: Registry,
     clock: Arc<dyn Clock>,
+    audit: Arc<crate::audit::AuditHook>,
 }
 
 /// How long a SPIFFE ID revocation is kept: longer than any SVID lives.
@@ -65,7 +66,14 @@ impl Enforcement {
             tasks,
             registry,
             clock,
+            audit: Arc::default(),
         }
+    }
+
+    /// Connects the audit log (quarantines and revocations are recorded).
+    pub fn set_audit(&self, audit: crate::audit::Audit) {
+        self.revocations.set_audit(audit.clone());
+        self.audit.set(audit);
     }
 
     /// Revokes every SVID of `spiffe_id` issued up to now.
@@ -102,10 +110,28 @@ impl Enforcement {
         if !new {
             return Ok(rec);
         }
+        self.audit
+            .note(|a| {
+                let mut e = a
+                    .event(lanyard_core::audit::Kind::QuarantineAdded)
+                    .actor(rec.reported_by.clone())
+                    .subject(rec.spiffe_id.clone())
+                    .node(rec.node.clone().unwrap_or_default())
+                    .task(rec.task_id.clone().unwrap_or_default())
+                    .reason(rec.reason.clone());
+                e.details = serde_json::json!({
+                    "quarantine_id": rec.id,
+                    "scope": rec.scope.as_str(),
+                    "source": rec.source,
+                });
+                e
+            })
+            .await;
         if let Some(task) = &rec.task_id {
             match self
                 .tasks
-                .end(
+                .end_as(
+                    &rec.reported_by,
                     None,
                     task,
                     TaskState::Revoked,

@@ -81,6 +81,27 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// Asks the CRL signer to run.
     resign: watch::Sender<u64>,
+    /// Where new revocations are recorded.
+    audit: crate::audit::AuditHook,
+}
+
+fn revocation_event(a: &crate::audit::Audit, r: &Revocation) -> lanyard_core::audit::Event {
+    use lanyard_core::revocation::RevokedKind;
+    let mut e = a
+        .event(lanyard_core::audit::Kind::Revocation)
+        .reason(r.reason.clone())
+        .details(serde_json::json!({
+            "kind": r.kind.to_string(),
+            "value": r.value,
+            "expires_at": r.expires_at,
+        }));
+    match r.kind {
+        RevokedKind::Serial => e.correlation.serial = r.value.clone(),
+        RevokedKind::Task => e.task.id = r.value.clone(),
+        RevokedKind::Jwt => e.correlation.jti = r.value.clone(),
+        RevokedKind::SpiffeId => e.subject.spiffe_id = r.value.clone(),
+    }
+    e
 }
 
 fn decode(key: &str, v: serde_json::Value) -> Result<Revocation, StoreError> {
@@ -101,6 +122,7 @@ impl Revocations {
                 crls: RwLock::default(),
                 changes: watch::channel(0).0,
                 resign: watch::channel(0).0,
+                audit: crate::audit::AuditHook::default(),
             }),
         };
         r.reload().await?;
@@ -256,6 +278,7 @@ impl Revocations {
                 .put_doc(DocKind::Revocation, &r.key(), &v)
                 .await?;
             tracing::info!(kind = %r.kind, value = %r.value, reason = %r.reason, "revoked");
+            self.inner.audit.note(|a| revocation_event(a, &r)).await;
             self.write().add(r);
             added += 1;
         }
@@ -264,6 +287,11 @@ impl Revocations {
             self.announce();
         }
         Ok(added)
+    }
+
+    /// Connects the audit log (new revocations are recorded).
+    pub fn set_audit(&self, audit: crate::audit::Audit) {
+        self.inner.audit.set(audit);
     }
 
     /// Drops revocations whose credentials have expired, from the store too.

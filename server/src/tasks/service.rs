@@ -105,6 +105,8 @@ pub(super) struct Inner {
     /// agents so they drop the credentials. (Tasks an agent ended itself
     /// are not pushed back to it.)
     pub(super) ended: Mutex<HashMap<SpiffeId, BTreeMap<TaskId, u64>>>,
+    /// Where task ends and revocations are recorded.
+    pub(super) audit: crate::audit::AuditHook,
     /// Active delegated tasks under each of their ancestors, so that ending
     /// a task finds its descendants without scanning the store.
     pub(super) descendants: Mutex<HashMap<TaskId, Vec<TaskId>>>,
@@ -140,8 +142,14 @@ impl Tasks {
                 ended: Mutex::new(ended),
                 descendants: Mutex::new(descendants),
                 changes: watch::channel(0).0,
+                audit: crate::audit::AuditHook::default(),
             }),
         })
+    }
+
+    /// Connects the audit log (task state changes are recorded).
+    pub fn set_audit(&self, audit: crate::audit::Audit) {
+        self.inner.audit.set(audit);
     }
 
     /// The ended-task and descendant indexes, built from the store.
@@ -545,11 +553,27 @@ impl Tasks {
         state: TaskState,
         reason: &str,
     ) -> Result<TaskRecord, TaskServiceError> {
+        let actor = agent.map_or_else(|| "server".to_owned(), ToString::to_string);
+        self.end_as(&actor, agent, task_id, state, reason).await
+    }
+
+    /// [`Tasks::end`], with who ended it named in the audit record (an
+    /// operator's `uid:N`, a quarantine's reporter).
+    pub async fn end_as(
+        &self,
+        actor: &str,
+        agent: Option<&SpiffeId>,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+    ) -> Result<TaskRecord, TaskServiceError> {
         let task = self.get(task_id).await?;
         if agent.is_some_and(|a| a != &task.agent_id) {
             return Err(TaskServiceError::NotFound(task_id.to_owned()));
         }
-        let ended = self.set_state(&task.grant.task_id, state, reason).await?;
+        let ended = self
+            .set_state(actor, &task.grant.task_id, state, reason)
+            .await?;
         // Cascade: every task whose chain holds this one.
         let descendants = self
             .inner
@@ -562,6 +586,7 @@ impl Tasks {
         for child in descendants {
             match self
                 .set_state(
+                    "server",
                     &child,
                     TaskState::Revoked,
                     &format!("ancestor task {} ended", task.grant.task_id),
@@ -580,6 +605,7 @@ impl Tasks {
 
     async fn set_state(
         &self,
+        actor: &str,
         id: &TaskId,
         state: TaskState,
         reason: &str,
@@ -611,6 +637,26 @@ impl Tasks {
                         .insert(id.clone(), next.grant.not_after);
                 }
                 tracing::info!(task_id = %id, state = state.as_str(), reason, "task ended");
+                let kind = if state == TaskState::Revoked {
+                    lanyard_core::audit::Kind::TaskRevoked
+                } else {
+                    lanyard_core::audit::Kind::TaskEnded
+                };
+                self.inner
+                    .audit
+                    .note(|a| {
+                        let mut e = a
+                            .event(kind)
+                            .actor(actor)
+                            .subject(next.grant.spiffe_id.to_string())
+                            .node(next.agent_id.to_string())
+                            .task(id.to_string())
+                            .reason(reason);
+                        e.task.chain = next.grant.chain.iter().map(|a| a.task_id.to_string()).collect();
+                        e.details = serde_json::json!({"state": state.as_str(), "task_type": next.grant.task_type});
+                        e
+                    })
+                    .await;
                 if matches!(state, TaskState::Ended | TaskState::Revoked) {
                     let now = unix_secs(self.inner.clock.now());
                     self.inner

@@ -1,0 +1,562 @@
+//! Offline verification of a log or an export, line by line: every
+//! record's own hash, its link to the previous record, gap-free sequence
+//! numbers, every checkpoint's signature under the chain's key and its
+//! match with the chain, a start at seq 1 or right after a signed
+//! checkpoint, and an end covered by one. Several chains (one per server)
+//! may be interleaved; each is checked on its own.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{AuditPublicKey, Checkpoint, GENESIS, hash_line};
+
+/// One line of a log or export.
+#[derive(Debug, Clone)]
+pub enum Line {
+    /// A record: its chain, sequence number and parsed value.
+    Record {
+        /// Chain (server ID).
+        chain: String,
+        /// Sequence number.
+        seq: u64,
+        /// Time (RFC 3339).
+        time: String,
+        /// The whole record.
+        value: Value,
+    },
+    /// A signed checkpoint.
+    Checkpoint(Checkpoint),
+}
+
+/// Reads one line's shape (not its hashes or signature).
+pub fn classify(text: &str) -> Result<Line, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("checkpoint").is_some() {
+        return Checkpoint::from_value(v)
+            .map(Line::Checkpoint)
+            .map_err(|e| format!("bad checkpoint: {e}"));
+    }
+    let chain = v.get("chain").and_then(Value::as_str).map(str::to_owned);
+    let seq = v.get("seq").and_then(Value::as_u64);
+    let time = v.get("time").and_then(Value::as_str).map(str::to_owned);
+    match (chain, seq, time) {
+        (Some(chain), Some(seq), Some(time)) if seq > 0 => Ok(Line::Record {
+            chain,
+            seq,
+            time,
+            value: v,
+        }),
+        _ => Err("not an audit record (chain, seq or time missing)".into()),
+    }
+}
+
+/// The first thing wrong with a log or export.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{what}", place(*.line), chain_seq(.chain, .seq))]
+pub struct VerifyError {
+    /// Line number (from 1; 0 for the end of the input).
+    pub line: u64,
+    /// The chain concerned (empty if unknown).
+    pub chain: String,
+    /// The first broken record's sequence number, where one can be named.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub what: String,
+}
+
+fn place(line: u64) -> String {
+    if line == 0 {
+        "at the end of the input".to_owned()
+    } else {
+        format!("line {line}")
+    }
+}
+
+fn chain_seq(chain: &str, seq: &Option<u64>) -> String {
+    match (chain.is_empty(), seq) {
+        (false, Some(s)) => format!("chain {chain} record {s}: "),
+        (false, None) => format!("chain {chain}: "),
+        (true, Some(s)) => format!("record {s}: "),
+        (true, None) => String::new(),
+    }
+}
+
+/// What was verified of one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Chain (server ID).
+    pub chain: String,
+    /// ID of the key that signed its checkpoints.
+    pub key: String,
+    /// First record verified (0 if none).
+    pub first_seq: u64,
+    /// Last record verified.
+    pub last_seq: u64,
+    /// Records verified.
+    pub records: u64,
+    /// Checkpoints verified.
+    pub checkpoints: u64,
+    /// The chain resumes after records pruned up to here.
+    pub pruned_through: Option<u64>,
+}
+
+struct State {
+    next_seq: u64,
+    last_hash: [u8; 32],
+    key: String,
+    first_seq: u64,
+    records: u64,
+    checkpoints: u64,
+    pruned_through: Option<u64>,
+    /// First record not yet covered by a checkpoint.
+    uncovered: Option<u64>,
+}
+
+/// Verifies lines fed in order.
+pub struct Verifier {
+    keys: Vec<AuditPublicKey>,
+    chains: BTreeMap<String, State>,
+    line: u64,
+}
+
+impl Verifier {
+    /// A verifier trusting checkpoints signed by `keys`.
+    pub fn new(keys: Vec<AuditPublicKey>) -> Self {
+        Self {
+            keys,
+            chains: BTreeMap::new(),
+            line: 0,
+        }
+    }
+
+    fn err(&self, chain: &str, seq: Option<u64>, what: impl Into<String>) -> VerifyError {
+        VerifyError {
+            line: self.line,
+            chain: chain.to_owned(),
+            seq,
+            what: what.into(),
+        }
+    }
+
+    /// Checks the next line (empty lines are skipped).
+    pub fn feed(&mut self, text: &str) -> Result<(), VerifyError> {
+        self.line += 1;
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        match classify(text).map_err(|e| self.err("", None, e))? {
+            Line::Checkpoint(c) => self.checkpoint(c),
+            Line::Record {
+                chain, seq, value, ..
+            } => self.record(&chain, seq, value),
+        }
+    }
+
+    fn checkpoint(&mut self, c: Checkpoint) -> Result<(), VerifyError> {
+        let Some(key) = self.keys.iter().find(|k| k.id() == c.key) else {
+            return Err(self.err(
+                &c.chain,
+                Some(c.seq),
+                format!(
+                    "checkpoint signed by key {}, which is not a trusted audit key",
+                    c.key
+                ),
+            ));
+        };
+        if !c.verify(key) {
+            return Err(self.err(
+                &c.chain,
+                Some(c.seq),
+                "checkpoint signature does not verify",
+            ));
+        }
+        let Some(hash) = c.hash_bytes() else {
+            return Err(self.err(
+                &c.chain,
+                Some(c.seq),
+                "checkpoint hash is not 32 bytes of hex",
+            ));
+        };
+        let line = self.line;
+        match self.chains.get_mut(&c.chain) {
+            None => {
+                self.chains.insert(
+                    c.chain.clone(),
+                    State {
+                        next_seq: c.seq + 1,
+                        last_hash: hash,
+                        key: c.key.clone(),
+                        first_seq: 0,
+                        records: 0,
+                        checkpoints: 1,
+                        pruned_through: c.pruned.then_some(c.seq),
+                        uncovered: None,
+                    },
+                );
+                Ok(())
+            }
+            Some(st) => {
+                let fail = |what: String| VerifyError {
+                    line,
+                    chain: c.chain.clone(),
+                    seq: Some(c.seq),
+                    what,
+                };
+                if st.key.is_empty() {
+                    st.key = c.key.clone();
+                } else if st.key != c.key {
+                    return Err(fail(format!(
+                        "checkpoint signed by key {}, but this chain's key is {}",
+                        c.key, st.key
+                    )));
+                }
+                if c.seq + 1 != st.next_seq {
+                    return Err(fail(format!(
+                        "checkpoint out of place: the chain is at record {}",
+                        st.next_seq - 1
+                    )));
+                }
+                if hash != st.last_hash {
+                    return Err(fail(
+                        "checkpoint does not match the chain: records before it were changed"
+                            .into(),
+                    ));
+                }
+                st.checkpoints += 1;
+                st.uncovered = None;
+                if c.pruned {
+                    st.pruned_through = Some(c.seq);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn record(&mut self, chain: &str, seq: u64, mut value: Value) -> Result<(), VerifyError> {
+        let hex32 = |v: Option<Value>| -> Option<[u8; 32]> {
+            let raw = hex::decode(v?.as_str()?).ok()?;
+            raw.try_into().ok()
+        };
+        let Value::Object(m) = &mut value else {
+            return Err(self.err(chain, Some(seq), "not an object"));
+        };
+        let Some(hash) = hex32(m.remove("hash")) else {
+            return Err(self.err(chain, Some(seq), "hash missing or not 32 bytes of hex"));
+        };
+        let Some(prev) = hex32(m.get("prev").cloned()) else {
+            return Err(self.err(chain, Some(seq), "prev missing or not 32 bytes of hex"));
+        };
+        match hash_line(&prev, &value) {
+            Ok(h) if h == hash => {}
+            Ok(_) => {
+                return Err(self.err(
+                    chain,
+                    Some(seq),
+                    "hash does not match the record's contents (edited)",
+                ));
+            }
+            Err(e) => return Err(self.err(chain, Some(seq), e.to_string())),
+        }
+        let line = self.line;
+        let fail = |seq: u64, what: String| VerifyError {
+            line,
+            chain: chain.to_owned(),
+            seq: Some(seq),
+            what,
+        };
+        match self.chains.get_mut(chain) {
+            None => {
+                if seq != 1 || prev != GENESIS {
+                    return Err(fail(
+                        seq,
+                        "the chain starts here without a signed checkpoint before it (records before it are missing)".into(),
+                    ));
+                }
+                self.chains.insert(
+                    chain.to_owned(),
+                    State {
+                        next_seq: 2,
+                        last_hash: hash,
+                        key: String::new(),
+                        first_seq: 1,
+                        records: 1,
+                        checkpoints: 0,
+                        pruned_through: None,
+                        uncovered: Some(1),
+                    },
+                );
+                Ok(())
+            }
+            Some(st) => {
+                if seq > st.next_seq {
+                    return Err(fail(
+                        st.next_seq,
+                        format!(
+                            "record missing (the next line is record {seq}): deleted or reordered"
+                        ),
+                    ));
+                }
+                if seq < st.next_seq {
+                    return Err(fail(
+                        seq,
+                        format!(
+                            "record appears again after record {}: inserted or reordered",
+                            st.next_seq - 1
+                        ),
+                    ));
+                }
+                if prev != st.last_hash {
+                    return Err(fail(
+                        seq,
+                        format!(
+                            "prev does not match the hash of record {}: a record was inserted or changed",
+                            seq - 1
+                        ),
+                    ));
+                }
+                if st.first_seq == 0 {
+                    st.first_seq = seq;
+                }
+                st.next_seq = seq + 1;
+                st.last_hash = hash;
+                st.records += 1;
+                st.uncovered.get_or_insert(seq);
+                Ok(())
+            }
+        }
+    }
+
+    /// The end of the input: every chain's last record must be covered by
+    /// a checkpoint.
+    pub fn finish(self) -> Result<Vec<ChainSummary>, VerifyError> {
+        let mut out = vec![];
+        for (chain, st) in self.chains {
+            if let Some(from) = st.uncovered {
+                return Err(VerifyError {
+                    line: 0,
+                    chain,
+                    seq: Some(from),
+                    what: format!(
+                        "records {from} to {} are not covered by a signed checkpoint (cut off or appended?)",
+                        st.next_seq - 1
+                    ),
+                });
+            }
+            out.push(ChainSummary {
+                chain,
+                key: st.key,
+                first_seq: st.first_seq,
+                last_seq: st.next_seq - 1,
+                records: st.records,
+                checkpoints: st.checkpoints,
+                pruned_through: st.pruned_through,
+            });
+        }
+        if out.is_empty() {
+            return Err(VerifyError {
+                line: 0,
+                chain: String::new(),
+                seq: None,
+                what: "no audit records or checkpoints".into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditKey, Event, Kind, seal};
+
+    const T: &str = "2026-12-03T10:00:00.000Z";
+
+    /// A chain of `n` records with a checkpoint after every `every` and at
+    /// the end.
+    fn chain(key: &AuditKey, name: &str, n: u64, every: u64) -> Vec<String> {
+        let mut prev = GENESIS;
+        let mut out = vec![];
+        for seq in 1..=n {
+            let mut e = Event::new(Kind::ToolDecision, T.into());
+            e.tool = format!("tool{seq}");
+            let s = seal(name, seq, &prev, &e).unwrap();
+            out.push(s.line);
+            prev = s.hash;
+            if seq % every == 0 || seq == n {
+                out.push(Checkpoint::sign(key, name, seq, &prev, T.into(), false).to_line());
+            }
+        }
+        out
+    }
+
+    fn verify(keys: &[&AuditKey], lines: &[String]) -> Result<Vec<ChainSummary>, VerifyError> {
+        let mut v = Verifier::new(keys.iter().map(|k| k.public()).collect());
+        for l in lines {
+            v.feed(l)?;
+        }
+        v.finish()
+    }
+
+    /// Index of record `seq` in the lines.
+    fn at(lines: &[String], seq: u64) -> usize {
+        lines
+            .iter()
+            .position(|l| {
+                l.contains(&format!("\"seq\":{seq},")) && !l.starts_with("{\"checkpoint\"")
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let (k, _) = AuditKey::generate().unwrap();
+        let s = verify(&[&k], &chain(&k, "a", 25, 10)).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (
+                s[0].first_seq,
+                s[0].last_seq,
+                s[0].records,
+                s[0].checkpoints
+            ),
+            (1, 25, 25, 3)
+        );
+    }
+
+    #[test]
+    fn edit_delete_reorder_insert_are_named_by_sequence_number() {
+        let (k, _) = AuditKey::generate().unwrap();
+        let good = chain(&k, "a", 25, 10);
+
+        let mut edited = good.clone();
+        let i = at(&edited, 12);
+        edited[i] = edited[i].replace("tool12", "tool99");
+        let e = verify(&[&k], &edited).unwrap_err();
+        assert_eq!(e.seq, Some(12), "{e}");
+        assert!(e.what.contains("edited"), "{e}");
+
+        let mut deleted = good.clone();
+        deleted.remove(at(&good, 7));
+        let e = verify(&[&k], &deleted).unwrap_err();
+        assert_eq!(e.seq, Some(7), "{e}");
+
+        let mut reordered = good.clone();
+        reordered.swap(at(&good, 15), at(&good, 16));
+        let e = verify(&[&k], &reordered).unwrap_err();
+        assert_eq!(e.seq, Some(15), "{e}");
+
+        // An inserted record with a valid hash of its own, linked to the
+        // record before it.
+        let mut inserted = good.clone();
+        let i = at(&good, 5);
+        let prev: [u8; 32] = hex::decode(
+            serde_json::from_str::<Value>(&good[i]).unwrap()["hash"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+        .try_into()
+        .unwrap();
+        let mut e = Event::new(Kind::ToolDecision, T.into());
+        e.tool = "forged".into();
+        inserted.insert(i + 1, seal("a", 6, &prev, &e).unwrap().line);
+        let err = verify(&[&k], &inserted).unwrap_err();
+        assert_eq!(err.seq, Some(6), "{err}");
+
+        // The forged record renumbered in with every later record re-sealed:
+        // the next checkpoint catches it.
+        let mut resealed = vec![];
+        let mut prev = GENESIS;
+        for seq in 1..=10u64 {
+            let mut e = Event::new(Kind::ToolDecision, T.into());
+            e.tool = if seq == 6 {
+                "forged".into()
+            } else {
+                format!("tool{seq}")
+            };
+            let s = seal("a", seq, &prev, &e).unwrap();
+            resealed.push(s.line);
+            prev = s.hash;
+        }
+        resealed.push(good[at(&good, 10) + 1].clone());
+        let err = verify(&[&k], &resealed).unwrap_err();
+        assert_eq!(err.seq, Some(10), "{err}");
+        assert!(err.what.contains("does not match the chain"), "{err}");
+
+        // A cut-off tail is not covered by a signature.
+        let cut = good[..at(&good, 23) + 1].to_vec();
+        let err = verify(&[&k], &cut).unwrap_err();
+        assert_eq!(err.seq, Some(21), "{err}");
+
+        // The first record deleted.
+        let err = verify(&[&k], &good[1..]).unwrap_err();
+        assert_eq!(err.seq, Some(2), "{err}");
+    }
+
+    #[test]
+    fn checkpoints_of_another_key_are_refused() {
+        let (k, _) = AuditKey::generate().unwrap();
+        let (other, _) = AuditKey::generate().unwrap();
+        let good = chain(&k, "a", 5, 10);
+        // Re-signed by another key the verifier does not trust.
+        let mut forged = good.clone();
+        let last = forged.len() - 1;
+        let c = Checkpoint::from_value(serde_json::from_str(&forged[last]).unwrap()).unwrap();
+        forged[last] =
+            Checkpoint::sign(&other, "a", c.seq, &c.hash_bytes().unwrap(), c.time, false).to_line();
+        let e = verify(&[&k], &forged).unwrap_err();
+        assert!(e.what.contains("not a trusted audit key"), "{e}");
+        // Trusted, but not this chain's key.
+        let mut mixed = chain(&k, "a", 12, 10);
+        let last = mixed.len() - 1;
+        let c = Checkpoint::from_value(serde_json::from_str(&mixed[last]).unwrap()).unwrap();
+        mixed[last] =
+            Checkpoint::sign(&other, "a", c.seq, &c.hash_bytes().unwrap(), c.time, false).to_line();
+        let e = verify(&[&k, &other], &mixed).unwrap_err();
+        assert!(e.what.contains("this chain's key"), "{e}");
+        // A tampered signature.
+        let mut bad = good.clone();
+        let i = last_line(&bad);
+        bad[i] = bad[i].replace("\"seq\":5", "\"seq\":4");
+        assert!(verify(&[&k], &bad).is_err());
+    }
+
+    fn last_line(lines: &[String]) -> usize {
+        lines.len() - 1
+    }
+
+    #[test]
+    fn a_pruned_or_windowed_chain_verifies_from_its_signed_anchor() {
+        let (k, _) = AuditKey::generate().unwrap();
+        let good = chain(&k, "a", 25, 10);
+        // Drop records 1..=10 and put a pruned checkpoint for 10 first.
+        let i = at(&good, 11);
+        let c = Checkpoint::from_value(serde_json::from_str(&good[i - 1]).unwrap()).unwrap();
+        let anchor = Checkpoint::sign(&k, "a", 10, &c.hash_bytes().unwrap(), T.into(), true);
+        let mut pruned = vec![anchor.to_line()];
+        pruned.extend_from_slice(&good[i..]);
+        let s = verify(&[&k], &pruned).unwrap();
+        assert_eq!(
+            (s[0].first_seq, s[0].last_seq, s[0].pruned_through),
+            (11, 25, Some(10))
+        );
+        // Without the anchor the start is refused.
+        assert!(verify(&[&k], &good[i..]).is_err());
+    }
+
+    #[test]
+    fn interleaved_chains_are_checked_each_on_its_own() {
+        let (k1, _) = AuditKey::generate().unwrap();
+        let (k2, _) = AuditKey::generate().unwrap();
+        let a = chain(&k1, "a", 5, 10);
+        let b = chain(&k2, "b", 3, 10);
+        let mut both: Vec<String> = a.iter().chain(b.iter()).cloned().collect();
+        both.insert(2, "".into());
+        let s = verify(&[&k1, &k2], &both).unwrap();
+        assert_eq!(s.iter().map(|c| c.records).collect::<Vec<_>>(), vec![5, 3]);
+        assert!(verify(&[&k1], &both).is_err());
+        let e = verify(&[&k1], &["{nope".to_owned()]).unwrap_err();
+        assert_eq!(e.line, 1);
+    }
+}

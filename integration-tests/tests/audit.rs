@@ -1,0 +1,276 @@
+//! The audit log end to end: every kind of record written by the real
+//! flow that causes it (agents, admin calls, tasks, decisions on the node
+//! agent shipped through its durable queue), the export verified with the
+//! public key, and the offline `audit verify` of the real binary refusing
+//! an edited, deleted, reordered or inserted line with its sequence number.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod enforce_support;
+
+use std::collections::{BTreeSet, HashMap};
+
+use enforce_support::*;
+use lanyard_core::audit::Kind;
+use lanyard_integration_tests::{NODE, agent_config, eventually, verified_audit};
+use lanyard_proto::admin::{
+    AddQuarantineRequest, AgentRequest, AuthorityRequest, DeleteEntryRequest,
+    ListAuthoritiesRequest, QuarantineRequest, RevokeSvidRequest, TaskRequest, UpdateEntryRequest,
+};
+use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+use lanyard_proto::task::{BeginTaskRequest, DelegateTaskRequest};
+use lanyard_proto::workload::JwtsvidRequest;
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use serde_json::Value;
+
+fn kind(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or("")
+}
+
+fn begin_request(tools: &[&str]) -> BeginTaskRequest {
+    BeginTaskRequest {
+        spiffe_id: PLANNER.into(),
+        task_type: "report.generate".into(),
+        tools: tools.iter().map(|t| t.to_string()).collect(),
+        ttl_seconds: 120,
+        intent: "quarterly report".into(),
+        on_behalf_of: "user:alice@example.com".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
+    let s = setup(true).await;
+    let admin = || s.server().admin();
+
+    // A refused attestation: an agent with a made-up token.
+    let other = tempfile::tempdir().unwrap();
+    let refused = lanyard_agent::build(agent_config(
+        other.path(),
+        s.server().addr(),
+        Some("not-a-token".into()),
+    ))
+    .await;
+    assert!(refused.is_err());
+
+    // Entries: update one, create and delete another.
+    let mut e = entry(
+        s.server(),
+        "spiffe://example.org/agent/temp",
+        vec!["unix:gid:4242".into()],
+        false,
+    )
+    .await;
+    e.hint = "changed".into();
+    admin()
+        .update_entry(UpdateEntryRequest {
+            entry: Some(e.clone()),
+        })
+        .await
+        .unwrap();
+    admin()
+        .delete_entry(DeleteEntryRequest { id: e.id.clone() })
+        .await
+        .unwrap();
+
+    // A JWT-SVID.
+    let mut wl = SpiffeWorkloadApiClient::new(lanyard_uds::unix_channel(&s.socket).unwrap());
+    wl.fetch_jwtsvid(header(JwtsvidRequest {
+        audience: vec!["crm".into()],
+        spiffe_id: PLANNER.into(),
+    }))
+    .await
+    .unwrap();
+
+    // Tasks: a holder process begins one; this process begins one, is
+    // refused one, delegates from its own, and ends it.
+    let holder = Holder::start(&s.socket, &["crm.read"]);
+    let mut tasks = TaskIdentityClient::new(lanyard_uds::unix_channel(&s.socket).unwrap());
+    let denied = tasks
+        .begin_task(header(begin_request(&["payments.transfer"])))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let mine = tasks
+        .begin_task(header(begin_request(&["crm.read", "email.send"])))
+        .await
+        .unwrap()
+        .into_inner();
+    tasks
+        .delegate_task(header(DelegateTaskRequest {
+            task_id: mine.task_id.clone(),
+            to_spiffe_id: TOOLS.into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 30,
+        }))
+        .await
+        .unwrap();
+    tasks
+        .end_task(header(lanyard_proto::task::EndTaskRequest {
+            task_id: mine.task_id.clone(),
+        }))
+        .await
+        .unwrap();
+
+    // Policy, decisions at the enforcement point (one allowed, one denied).
+    set_policy(&s, "@id(\"all\") permit(principal, action, resource);").await;
+    let allowed = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(allowed.allow, "{allowed:?}");
+    let refused_call = authorize(&s.socket, x509(&holder.chain), "email.send", "")
+        .await
+        .unwrap();
+    assert!(!refused_call.allow);
+
+    // Revocation, quarantine and release, task revoke.
+    admin()
+        .revoke_svid(RevokeSvidRequest {
+            serial: "0abc".into(),
+            reason: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let q = admin()
+        .add_quarantine(AddQuarantineRequest {
+            task_id: holder.task_id.clone(),
+            reason: "audit test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    admin()
+        .release_quarantine(QuarantineRequest { id: q.id.clone() })
+        .await
+        .unwrap();
+    let holder2 = Holder::start(&s.socket, &["crm.read"]);
+    admin()
+        .revoke_task(TaskRequest {
+            task_id: holder2.task_id.clone(),
+        })
+        .await
+        .unwrap();
+
+    // Authorities: prepare, activate, taint and revoke the old one.
+    let old = s.server().active_ca_id();
+    admin()
+        .prepare_authorities(ListAuthoritiesRequest {})
+        .await
+        .unwrap();
+    admin()
+        .activate_authorities(ListAuthoritiesRequest {})
+        .await
+        .unwrap();
+    admin()
+        .taint_authority(AuthorityRequest { id: old.clone() })
+        .await
+        .unwrap();
+    // The agent renews its own SVID at once (signed by the tainted CA);
+    // only then may that CA leave the bundle.
+    eventually("the agent to renew its SVID", WAIT, || async {
+        verified_audit(admin())
+            .await
+            .iter()
+            .any(|r| kind(r) == "agent.renewed")
+            .then_some(())
+    })
+    .await;
+    admin()
+        .revoke_authority(AuthorityRequest { id: old })
+        .await
+        .unwrap();
+
+    // The agent ships its decisions; then it is evicted, and a second
+    // agent banned.
+    eventually("the agent to ship its decisions", WAIT, || async {
+        (verified_audit(admin())
+            .await
+            .iter()
+            .filter(|r| kind(r) == "tool.decision")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    let token2 = s.server().token("spiffe://example.org/node/n2").await;
+    let agent2 = lanyard_agent::build(agent_config(other.path(), s.server().addr(), Some(token2)))
+        .await
+        .unwrap();
+    agent2.shutdown().await;
+    admin()
+        .ban_agent(AgentRequest {
+            spiffe_id: "spiffe://example.org/node/n2".into(),
+        })
+        .await
+        .unwrap();
+    admin()
+        .evict_agent(AgentRequest {
+            spiffe_id: NODE.into(),
+        })
+        .await
+        .unwrap();
+
+    let recs = verified_audit(admin()).await;
+    let kinds: BTreeSet<&str> = recs.iter().map(kind).collect();
+    let missing: Vec<&str> = Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|k| !kinds.contains(k))
+        .collect();
+    assert!(missing.is_empty(), "kinds never recorded: {missing:?}");
+
+    // Decisions carry what the enforcement point was told, and who
+    // shipped them (set by the server from the agent's mTLS identity).
+    let by_decision: HashMap<&str, &Value> = recs
+        .iter()
+        .filter(|r| kind(r) == "tool.decision")
+        .map(|r| (r["correlation"]["decision_id"].as_str().unwrap(), r))
+        .collect();
+    let a = by_decision[allowed.decision_id.as_str()];
+    assert_eq!(a["decision"], "allow");
+    assert_eq!(a["task"]["id"], holder.task_id.as_str());
+    assert_eq!(a["subject"]["spiffe_id"], PLANNER);
+    assert_eq!(a["actor"], TOOLS);
+    assert_eq!(a["tool"], "crm.read");
+    assert_eq!(a["policy_ids"][0], "all");
+    assert_eq!(a["origin"]["agent"], NODE);
+    let d = by_decision[refused_call.decision_id.as_str()];
+    assert_eq!(d["decision"], "deny");
+    assert_eq!(d["reason"], refused_call.reason.as_str());
+    // Issuance names the serial and the agent; the admin's uid is the
+    // actor of admin changes; the denied task says why.
+    let issued = recs.iter().find(|r| kind(r) == "svid.issued").unwrap();
+    assert_eq!(issued["actor"], NODE);
+    assert!(!issued["correlation"]["serial"].as_str().unwrap().is_empty());
+    let created = recs.iter().find(|r| kind(r) == "entry.created").unwrap();
+    assert!(created["actor"].as_str().unwrap().starts_with("uid:"));
+    let denied_rec = recs.iter().find(|r| kind(r) == "task.denied").unwrap();
+    assert!(
+        denied_rec["reason"]
+            .as_str()
+            .unwrap()
+            .contains("payments.transfer"),
+        "{denied_rec}"
+    );
+    let revoked = recs
+        .iter()
+        .find(|r| kind(r) == "task.revoked" && r["task"]["id"] == holder2.task_id.as_str())
+        .unwrap();
+    assert!(
+        revoked["actor"].as_str().unwrap().starts_with("uid:"),
+        "{revoked}"
+    );
+    let ended = recs
+        .iter()
+        .find(|r| kind(r) == "task.ended" && r["task"]["id"] == mine.task_id.as_str())
+        .unwrap();
+    assert_eq!(ended["actor"], NODE);
+    let delegated = recs.iter().find(|r| kind(r) == "task.delegated").unwrap();
+    assert_eq!(delegated["task"]["id"], mine.task_id.as_str());
+    assert_eq!(delegated["subject"]["spiffe_id"], TOOLS);
+    drop((holder, holder2));
+    s.agent.shutdown().await;
+}
