@@ -12,6 +12,7 @@ pub(crate) mod der;
 pub mod duration;
 pub mod entry;
 pub mod jwt;
+pub mod k8s;
 pub mod peer;
 pub mod revocation;
 pub mod rotation;

@@ -92,6 +92,40 @@ pub fn parse_spiffe_bundle(json: &[u8]) -> Result<SpiffeBundle, JwtError> {
     Ok(out)
 }
 
+/// Parses a plain JWKS (RFC 7517), such as a Kubernetes service-account
+/// issuer publishes: every signing key with a `kid` (EC P-256/384/521 or
+/// RSA); keys marked `use: enc`, and keys of other types, are skipped.
+pub fn parse_jwks(json: &[u8]) -> Result<Vec<JwtAuthority>, JwtError> {
+    #[derive(serde::Deserialize)]
+    struct Set {
+        keys: Vec<super::Jwk>,
+    }
+    if json.len() > MAX_BUNDLE_BYTES {
+        return Err(bad("JWKS too large"));
+    }
+    let set: Set = serde_json::from_slice(json).map_err(|e| bad(format!("not a JWKS: {e}")))?;
+    if set.keys.len() > MAX_BUNDLE_KEYS {
+        return Err(bad("too many keys in the JWKS"));
+    }
+    let mut out = Vec::new();
+    for key in set.keys {
+        if key.use_.as_deref() == Some("enc") || !matches!(key.kty.as_str(), "EC" | "RSA") {
+            continue;
+        }
+        let key_id = key
+            .kid
+            .clone()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| bad("JWKS key without a kid"))?;
+        out.push(JwtAuthority {
+            key_id,
+            public_key: spki_of(&key)?,
+            expires_at: 0,
+        });
+    }
+    Ok(out)
+}
+
 /// SubjectPublicKeyInfo DER of an EC (P-256/384/521) or RSA JWK.
 fn spki_of(jwk: &super::Jwk) -> Result<Vec<u8>, JwtError> {
     let b64 = |v: &Option<String>, what: &str| {

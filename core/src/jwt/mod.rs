@@ -6,11 +6,14 @@ mod jwk;
 mod signer;
 mod validate;
 
-pub use bundle::{MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, SpiffeBundle, parse_spiffe_bundle};
+pub use bundle::{
+    MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, SpiffeBundle, parse_jwks, parse_spiffe_bundle,
+};
 pub use jwk::{Jwk, JwtAuthority, jwks_for_workloads, spiffe_bundle_json};
 pub use signer::{JwtSigner, MintedJwt};
 pub use validate::{
     MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_TOKEN_LEN, ValidatedJwt, audiences_ok, validate_jwt_svid,
+    verify_jws,
 };
 
 /// Why a JWT-SVID could not be minted or validated. Every message names the

@@ -111,22 +111,17 @@ pub fn audiences_ok(audience: &[String]) -> bool {
             .all(|a| !a.is_empty() && a.len() <= MAX_AUDIENCE_LEN)
 }
 
-/// Validates a JWT-SVID for `audience` against the JWT authorities of
-/// `td`, at `now`: SPIFFE algorithms only, `kid` required and known,
-/// signature, `exp` (and `nbf` when present), `aud` contains the audience,
-/// `sub` a SPIFFE ID of `td`.
-pub fn validate_jwt_svid(
+/// Checks a compact JWS against `authorities` and returns its payload:
+/// at most [`MAX_TOKEN_LEN`] bytes, three parts, an asymmetric `alg`
+/// (never `none` or HMAC), `typ` JWT or JOSE when present, a `kid` found
+/// among `authorities`, and a signature that verifies. Claims are the
+/// caller's to check.
+pub fn verify_jws(
     token: &str,
-    audience: &str,
-    td: &TrustDomain,
     authorities: &[JwtAuthority],
-    now: SystemTime,
-) -> Result<ValidatedJwt, JwtError> {
+) -> Result<Map<String, Value>, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::TooLong("token"));
-    }
-    if audience.len() > MAX_AUDIENCE_LEN {
-        return Err(JwtError::TooLong("audience"));
     }
     let parts: Vec<&str> = token.split('.').collect();
     let [h, p, s] = parts.as_slice() else {
@@ -162,6 +157,24 @@ pub fn validate_jwt_svid(
     verify_signature(&alg, &kid, &jwk, signing_input.as_bytes(), &sig)?;
 
     let claims = json_object(&b64(p, "payload")?, "payload")?;
+    Ok(claims)
+}
+
+/// Validates a JWT-SVID for `audience` against the JWT authorities of
+/// `td`, at `now`: SPIFFE algorithms only, `kid` required and known,
+/// signature, `exp` (and `nbf` when present), `aud` contains the audience,
+/// `sub` a SPIFFE ID of `td`.
+pub fn validate_jwt_svid(
+    token: &str,
+    audience: &str,
+    td: &TrustDomain,
+    authorities: &[JwtAuthority],
+    now: SystemTime,
+) -> Result<ValidatedJwt, JwtError> {
+    if audience.len() > MAX_AUDIENCE_LEN {
+        return Err(JwtError::TooLong("audience"));
+    }
+    let claims = verify_jws(token, authorities)?;
     let now_secs = unix_secs(now);
     let exp = claims
         .get("exp")
