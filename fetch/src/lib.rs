@@ -1,0 +1,229 @@
+//! A small HTTPS GET client for the few HTTP resources Lanyard reads: the
+//! kubelet's pod list (agent) and a cluster issuer's JWKS (server). TLS by
+//! rustls against a CA file given by the operator (or, where the operator
+//! says so, no verification: kubelets often serve self-signed
+//! certificates), an optional bearer token, a timeout on the whole
+//! exchange and a limit on the body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Why a fetch failed. Each message names the URL's problem.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Not an `https://host[:port]/path` URL.
+    #[error("{0}: not an https:// URL")]
+    BadUrl(String),
+    /// The CA file could not be read or holds no certificate.
+    #[error("CA file {0}: {1}")]
+    Ca(String, String),
+    /// Connecting or the TLS handshake failed.
+    #[error("{0}: {1}")]
+    Connect(String, String),
+    /// The exchange took longer than the timeout.
+    #[error("{0}: no answer within {1:?}")]
+    Timeout(String, Duration),
+    /// A status other than 200.
+    #[error("{0}: HTTP {1}")]
+    Status(String, u16),
+    /// The body was longer than allowed, or broken.
+    #[error("{0}: body: {1}")]
+    Body(String, String),
+}
+
+/// How to reach one server.
+#[derive(Clone)]
+pub struct Client {
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    max_body: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whom to trust.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// PEM certificates (the CA of the server's certificate).
+    Pem(Vec<u8>),
+    /// No verification of the server at all (a kubelet with a self-signed
+    /// serving certificate; the operator's explicit choice).
+    Insecure,
+}
+
+impl Client {
+    /// A client trusting `trust`, answering within `timeout` with at most
+    /// `max_body` bytes.
+    pub fn new(trust: Trust, timeout: Duration, max_body: usize) -> Result<Self, FetchError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| FetchError::Ca("(TLS)".into(), e.to_string()))?;
+        let config = match trust {
+            Trust::Pem(pem_bytes) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = pem::parse_many(&pem_bytes)
+                    .map_err(|e| FetchError::Ca("PEM".into(), e.to_string()))?;
+                for c in certs.iter().filter(|c| c.tag() == "CERTIFICATE") {
+                    roots
+                        .add(CertificateDer::from(c.contents().to_vec()))
+                        .map_err(|e| FetchError::Ca("PEM".into(), e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(FetchError::Ca("PEM".into(), "no certificate in it".into()));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Trust::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth(),
+        };
+        Ok(Self {
+            tls: Arc::new(config),
+            timeout,
+            max_body,
+        })
+    }
+
+    /// A client trusting the CA certificates in the PEM file at `path`.
+    pub fn with_ca_file(
+        path: &std::path::Path,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<Self, FetchError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| FetchError::Ca(path.display().to_string(), e.to_string()))?;
+        Self::new(Trust::Pem(bytes), timeout, max_body).map_err(|e| match e {
+            FetchError::Ca(_, why) => FetchError::Ca(path.display().to_string(), why),
+            other => other,
+        })
+    }
+
+    /// `GET url` with `Authorization: Bearer TOKEN` when given; the body of
+    /// a 200 answer.
+    pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, FetchError> {
+        tokio::time::timeout(self.timeout, self.get_inner(url, bearer))
+            .await
+            .map_err(|_| FetchError::Timeout(url.to_owned(), self.timeout))?
+    }
+
+    async fn get_inner(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, FetchError> {
+        let bad = || FetchError::BadUrl(url.to_owned());
+        let uri: http::Uri = url.parse().map_err(|_| bad())?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad());
+        }
+        let host = uri.host().ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(443);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let connect = |e: String| FetchError::Connect(url.to_owned(), e);
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| bad())?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let authority = uri.authority().map_or(host, |a| a.as_str());
+        let mut req = http::Request::get(path)
+            .header(http::header::HOST, authority)
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(token) = bearer {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|_| bad())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            driver.abort();
+            return Err(FetchError::Status(url.to_owned(), status));
+        }
+        let body = Limited::new(resp.into_body(), self.max_body)
+            .collect()
+            .await
+            .map_err(|e| FetchError::Body(url.to_owned(), e.to_string()))?
+            .to_bytes();
+        driver.abort();
+        Ok(body)
+    }
+}
+
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(feature = "test-server")]
+pub mod test_server;
+
+#[cfg(test)]
+mod tests;

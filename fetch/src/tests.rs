@@ -1,0 +1,75 @@
+use std::time::Duration;
+
+use super::*;
+use crate::test_server::TestServer;
+
+#[tokio::test]
+async fn gets_over_verified_tls_with_a_bearer_token() {
+    let srv = TestServer::start("127.0.0.1:0").await.unwrap();
+    srv.set("/pods", 200, "{\"items\":[]}");
+    srv.require_bearer("sa-token");
+    let client = Client::new(
+        Trust::Pem(srv.ca_pem().as_bytes().to_vec()),
+        Duration::from_secs(5),
+        1024,
+    )
+    .unwrap();
+    let body = client
+        .get(&srv.url("/pods"), Some("sa-token"))
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"{\"items\":[]}");
+    assert!(matches!(
+        client.get(&srv.url("/pods"), Some("wrong")).await,
+        Err(FetchError::Status(_, 401))
+    ));
+    assert!(matches!(
+        client.get(&srv.url("/nope"), Some("sa-token")).await,
+        Err(FetchError::Status(_, 404))
+    ));
+    // Over the size limit.
+    srv.set("/big", 200, vec![b'x'; 4096]);
+    assert!(matches!(
+        client.get(&srv.url("/big"), Some("sa-token")).await,
+        Err(FetchError::Body(..))
+    ));
+    // Another CA: the handshake fails; insecure mode skips the check.
+    let other = TestServer::start("127.0.0.1:0").await.unwrap();
+    let stranger = Client::new(
+        Trust::Pem(other.ca_pem().as_bytes().to_vec()),
+        Duration::from_secs(5),
+        1024,
+    )
+    .unwrap();
+    assert!(matches!(
+        stranger.get(&srv.url("/pods"), Some("sa-token")).await,
+        Err(FetchError::Connect(..))
+    ));
+    let insecure = Client::new(Trust::Insecure, Duration::from_secs(5), 1024).unwrap();
+    assert!(
+        insecure
+            .get(&srv.url("/pods"), Some("sa-token"))
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        client.get("http://127.0.0.1/pods", None).await,
+        Err(FetchError::BadUrl(_))
+    ));
+    assert!(Client::new(Trust::Pem(b"nothing".to_vec()), Duration::from_secs(1), 1).is_err());
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let _conn = listener.accept().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let client = Client::new(Trust::Insecure, Duration::from_millis(300), 1024).unwrap();
+    assert!(matches!(
+        client.get(&format!("https://{addr}/pods"), None).await,
+        Err(FetchError::Timeout(..))
+    ));
+}
