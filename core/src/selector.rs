@@ -73,13 +73,19 @@ impl Selector {
     }
 
     /// Whether the selector separates processes by something the process
-    /// cannot choose for itself (its uid or gid, a systemd unit, a pod).
-    /// `unix:path` and `unix:sha256` only name a program: any user can run
-    /// the same binary, bind-mount another over a path in a mount namespace
-    /// of their own, or exec the program after connecting.
+    /// cannot choose for itself (its uid or gid, a systemd unit, a pod's
+    /// namespace or UID, a node). `unix:path` and `unix:sha256` only name
+    /// a program: any user can run the same binary, bind-mount another
+    /// over a path in a mount namespace of their own, or exec the program
+    /// after connecting. Of the `k8s:` selectors only `ns` and `pod-uid`
+    /// are boundaries: whoever may create a pod in any namespace chooses
+    /// its labels, name, image, container names and service account name.
     pub fn is_boundary(&self) -> bool {
-        !(self.kind == "unix"
-            && (self.value.starts_with("path:") || self.value.starts_with("sha256:")))
+        match self.kind.as_str() {
+            "unix" => !(self.value.starts_with("path:") || self.value.starts_with("sha256:")),
+            "k8s" => self.value.starts_with("ns:") || self.value.starts_with("pod-uid:"),
+            _ => true,
+        }
     }
 }
 

@@ -33,6 +33,10 @@ pub enum AgentError {
     /// The record kept changing under us.
     #[error("agent {0} is being changed concurrently; retry")]
     Contended(SpiffeId),
+    /// The evidence already attested the live agent of this node: a
+    /// replayed token.
+    #[error("this attestation evidence was already used by the live agent {0}; present a fresh token")]
+    Replayed(SpiffeId),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -152,11 +156,18 @@ impl Agents {
         attestation_type: &str,
         serial: &str,
         expires_at: u64,
+        node: &crate::node_attest::Attested,
     ) -> Result<AgentRecord, AgentError> {
         let mut current = self.store.get_agent(id).await?;
+        let now = unix_secs(self.clock.now());
         for _ in 0..MAX_ATTEMPTS {
             if current.as_ref().is_some_and(|a| a.banned) {
                 return Err(AgentError::Banned(id.clone()));
+            }
+            if let (Some(cur), Some(digest)) = (&current, &node.evidence_digest) {
+                if cur.expires_at > now && cur.evidence_digest.as_ref() == Some(digest) {
+                    return Err(AgentError::Replayed(id.clone()));
+                }
             }
             let next = AgentRecord {
                 spiffe_id: id.clone(),
@@ -165,7 +176,9 @@ impl Agents {
                 previous_serial: None,
                 expires_at,
                 banned: false,
-                attested_at: unix_secs(self.clock.now()),
+                attested_at: now,
+                selectors: node.selectors.iter().map(ToString::to_string).collect(),
+                evidence_digest: node.evidence_digest.clone(),
             };
             match self
                 .store
@@ -284,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn a_renewal_racing_a_ban_or_an_eviction_loses() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
         // The renewal authenticated (read the record) before the ban...
         let seen = a.authenticate(&id(), "01").await.unwrap();
         a.ban(&id()).await.unwrap();
@@ -298,7 +311,7 @@ mod tests {
         assert_eq!(stored.serial, "01");
 
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
         let seen = a.authenticate(&id(), "01").await.unwrap();
         a.evict(&id()).await.unwrap();
         assert!(matches!(
@@ -311,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn a_renewal_racing_another_renewal_keeps_both_serials_consistent() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
         let seen = a.authenticate(&id(), "01").await.unwrap();
         let other = a.authenticate(&id(), "01").await.unwrap();
         a.renewed(other, "01", "02", 3000).await.unwrap();
@@ -325,12 +338,12 @@ mod tests {
     #[tokio::test]
     async fn bans_are_tombstones_that_eviction_and_attestation_keep() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
         a.ban(&id()).await.unwrap();
         assert!(matches!(a.evict(&id()).await, Err(AgentError::Banned(_))));
         assert!(a.get(&id()).await.unwrap().unwrap().banned);
         assert!(matches!(
-            a.attested(&id(), "join_token", "09", 9000).await,
+            a.attested(&id(), "join_token", "09", 9000, &crate::node_attest::Attested::new(id())).await,
             Err(AgentError::Banned(_))
         ));
         assert!(matches!(
@@ -347,7 +360,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let (tx, _) = watch::channel(0);
         let a = Agents::new(store.clone(), Arc::new(FakeClock::at(1000)), tx);
-        a.attested(&id(), "join_token", "01", 2000).await.unwrap();
+        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
         let td = lanyard_core::TrustDomain::new("td").unwrap();
         let registry = crate::registry::Registry::load(td, store).await.unwrap();
         let mut e = crate::store::conformance::entry("e1", "spiffe://td/node/n1");

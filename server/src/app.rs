@@ -183,11 +183,23 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     tasks.set_audit(audit.clone());
     enforce.set_audit(audit.clone());
+    let mut attestors = crate::node_attest::NodeAttestors::default().with(Arc::new(
+        crate::node_attest::JoinTokenAttestor(tokens.clone()),
+    ));
+    if !config.psat_clusters.is_empty() {
+        let psat = crate::node_attest::PsatAttestor::new(
+            config.trust_domain.clone(),
+            clock.clone(),
+            config.psat_clusters.clone(),
+        );
+        psat.preload().await;
+        attestors = attestors.with(Arc::new(psat));
+    }
     let node = NodeApi {
         ca: ca.clone(),
         registry: registry.clone(),
         agents: agents.clone(),
-        tokens: tokens.clone(),
+        attestors,
         tasks: tasks.clone(),
         policies: policies.clone(),
         enforce: enforce.clone(),

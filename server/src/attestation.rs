@@ -34,6 +34,12 @@ pub enum AttestationError {
     /// The random source failed.
     #[error("random source failed")]
     Random,
+    /// The agent named a node attestor this server does not run.
+    #[error("node attestor {0:?} is not enabled on this server (enabled: {1})")]
+    UnknownAttestor(String, String),
+    /// A node attestor refused the evidence, saying why.
+    #[error("{0}")]
+    Refused(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -74,6 +74,9 @@ pub struct RawConfig {
     pub audit_max_records: Option<u64>,
     /// Size at which a new audit segment file is started (default 64 MiB).
     pub audit_segment_bytes: Option<u64>,
+    /// `[[k8s_psat]]`: clusters whose agents attest with projected service
+    /// account tokens.
+    pub k8s_psat: Option<Vec<crate::config_psat::RawPsatCluster>>,
 }
 
 impl RawConfig {
@@ -113,7 +116,8 @@ impl RawConfig {
             quarantine_window,
             audit_retention,
             audit_max_records,
-            audit_segment_bytes
+            audit_segment_bytes,
+            k8s_psat
         );
         self
     }
@@ -267,7 +271,9 @@ impl RawConfig {
             }
             audit.segment_bytes = n;
         }
+        let psat_clusters = crate::config_psat::validate(self.k8s_psat.unwrap_or_default())?;
         Ok(Config {
+            psat_clusters,
             audit,
             quarantine,
             ca_keys_in_datastore: self.ca_keys_in_datastore.unwrap_or(false),
@@ -375,6 +381,8 @@ pub struct Config {
     pub quarantine: crate::enforce::DenialTrigger,
     /// Audit log checkpoints, segments and retention.
     pub audit: crate::audit::AuditSettings,
+    /// Clusters whose agents attest with `k8s_psat`.
+    pub psat_clusters: Vec<crate::node_attest::PsatCluster>,
 }
 
 impl Config {

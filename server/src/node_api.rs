@@ -23,7 +23,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::agents::{AgentError, Agents};
-use crate::attestation::{AttestationError, JoinTokens};
+use crate::attestation::AttestationError;
+use crate::node_attest::{Attested, NodeAttestors};
 use crate::ca::Ca;
 use crate::policy::Policies;
 use crate::registry::Registry;
@@ -134,7 +135,7 @@ pub struct NodeApi {
     pub(crate) ca: Ca,
     pub(crate) registry: Registry,
     pub(crate) agents: Agents,
-    pub(crate) tokens: JoinTokens,
+    pub(crate) attestors: NodeAttestors,
     pub(crate) tasks: Tasks,
     pub(crate) policies: Policies,
     pub(crate) enforce: crate::enforce::Enforcement,
@@ -198,21 +199,31 @@ impl NodeApi {
             .agents
             .authenticate(&client.spiffe_id, &client.serial)
             .await?;
+        self.registry.note_node(&agent);
         Ok((agent, client))
     }
 
-    /// Redeems the join token and signs the agent's SVID.
+    /// Checks the node's evidence with the attestor it names and signs the
+    /// agent's SVID.
     async fn attest(
         &self,
         req: &AttestAgentRequest,
-    ) -> Result<(SpiffeId, lanyard_core::x509::IssuedSvid), NodeError> {
-        // Check the CSR before spending the token, so a bad CSR does not
-        // burn it.
+    ) -> Result<(Attested, lanyard_core::x509::IssuedSvid), NodeError> {
+        // Check the CSR before spending the evidence, so a bad CSR does not
+        // burn a join token.
         lanyard_core::x509::parse_csr_public_key(&req.csr)?;
-        let agent_id = self.tokens.redeem(&req.join_token).await?;
-        self.agents.check_not_banned(&agent_id).await?;
-        let svid = self.sign_agent(&agent_id, &req.csr)?;
-        Ok((agent_id, svid))
+        let attestor = self.attestors.get(&req.attestor)?;
+        let data = if attestor.name() == "join_token" && req.attestation_data.is_empty() {
+            req.join_token.as_bytes()
+        } else {
+            &req.attestation_data
+        };
+        let node = attestor.attest(data).await?;
+        lanyard_core::agent_id::check_agent_id(&node.agent_id, self.ca.trust_domain())
+            .map_err(AttestationError::from)?;
+        self.agents.check_not_banned(&node.agent_id).await?;
+        let svid = self.sign_agent(&node.agent_id, &req.csr)?;
+        Ok((node, svid))
     }
 
     fn sign_agent(
@@ -268,7 +279,7 @@ impl NodeApi {
         EntryId::new(entry_id)
             .ok()
             .and_then(|id| self.registry.get(id.as_str()))
-            .filter(|e| &e.parent_id == agent)
+            .filter(|e| self.registry.owns(agent, e))
             .ok_or_else(|| NodeError::NotAuthorized(entry_id.to_owned(), agent.to_string()))
     }
 
@@ -337,7 +348,12 @@ impl Node for NodeApi {
         req: Request<AttestAgentRequest>,
     ) -> Result<Response<AttestAgentResponse>, Status> {
         let req = req.into_inner();
-        let (agent_id, svid) = match self.attest(&req).await {
+        let method = if req.attestor.is_empty() {
+            "join_token".to_owned()
+        } else {
+            req.attestor.chars().take(64).collect()
+        };
+        let (node, svid) = match self.attest(&req).await {
             Ok(v) => v,
             Err(e) => {
                 let reason = e.to_string();
@@ -346,29 +362,40 @@ impl Node for NodeApi {
                         self.audit
                             .event(Kind::NodeRefused)
                             .reason(reason)
-                            .details(serde_json::json!({"method": "join_token"})),
+                            .details(serde_json::json!({"method": method})),
                     )
                     .await;
                 return Err(e.into());
             }
         };
-        self.agents
-            .attested(
-                &agent_id,
-                "join_token",
-                &svid.serial,
-                unix_secs(svid.not_after),
-            )
+        let agent_id = node.agent_id.clone();
+        if let Err(e) = self
+            .agents
+            .attested(&agent_id, &method, &svid.serial, unix_secs(svid.not_after), &node)
             .await
-            .map_err(NodeError::from)?;
-        tracing::info!(%agent_id, serial = %svid.serial, "agent attested");
+        {
+            self.audit
+                .note(
+                    self.audit
+                        .event(Kind::NodeRefused)
+                        .subject(agent_id.to_string())
+                        .reason(e.to_string())
+                        .details(serde_json::json!({"method": method})),
+                )
+                .await;
+            return Err(NodeError::from(e).into());
+        }
+        tracing::info!(%agent_id, %method, serial = %svid.serial, "agent attested");
         self.audited(
             self.audit
                 .event(Kind::NodeAttested)
                 .actor(agent_id.to_string())
                 .subject(agent_id.to_string())
                 .serial(svid.serial.clone())
-                .details(serde_json::json!({"method": "join_token"})),
+                .details(serde_json::json!({
+                    "method": method,
+                    "selectors": node.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })),
         )
         .await?;
         Ok(Response::new(AttestAgentResponse {

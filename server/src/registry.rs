@@ -65,6 +65,13 @@ struct Inner {
     /// step; other servers' changes arrive through [`Registry::refresh`].
     write: tokio::sync::Mutex<()>,
     changes: watch::Sender<u64>,
+    /// The server's own SPIFFE ID: entries parented to it are node
+    /// aliases (their selectors are matched against agents' node
+    /// selectors, their SPIFFE ID becomes a parent for every agent that
+    /// matches).
+    server_id: SpiffeId,
+    /// Each authenticated agent's node selectors.
+    nodes: RwLock<HashMap<SpiffeId, Arc<Vec<lanyard_core::Selector>>>>,
 }
 
 impl Registry {
@@ -77,8 +84,13 @@ impl Registry {
             .map(|e| (e.id.clone(), e))
             .collect();
         let (changes, _) = watch::channel(0);
+        let server_id = td
+            .id_with_segments(["lanyard", "server"])
+            .map_err(|e| RegistryError::Store(StoreError::Backend(e.to_string())))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                server_id,
+                nodes: RwLock::default(),
                 td,
                 store,
                 by_parent: RwLock::new(Arc::new(index(&entries))),
@@ -214,13 +226,77 @@ impl Registry {
     /// The entries an agent is authorised to obtain SVIDs for, ordered by
     /// ID.
     pub fn for_agent(&self, agent: &SpiffeId) -> Vec<RegistrationEntry> {
-        self.inner
+        let by_parent = self
+            .inner
             .by_parent
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(agent)
-            .cloned()
-            .unwrap_or_default()
+            .clone();
+        let mut out = by_parent.get(agent).cloned().unwrap_or_default();
+        let aliases = self.aliases_of(agent, &by_parent);
+        if aliases.is_empty() {
+            return out;
+        }
+        for alias in aliases {
+            out.extend(by_parent.get(&alias).into_iter().flatten().cloned());
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        out
+    }
+
+    /// The node alias IDs whose selectors the agent's node selectors
+    /// include.
+    fn aliases_of(
+        &self,
+        agent: &SpiffeId,
+        by_parent: &HashMap<SpiffeId, Vec<RegistrationEntry>>,
+    ) -> Vec<SpiffeId> {
+        let Some(alias_entries) = by_parent.get(&self.inner.server_id) else {
+            return vec![];
+        };
+        let nodes = self.inner.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(node) = nodes.get(agent) else {
+            return vec![];
+        };
+        alias_entries
+            .iter()
+            .filter(|a| a.selectors.iter().all(|s| node.contains(s)))
+            .map(|a| a.spiffe_id.clone())
+            .collect()
+    }
+
+    /// Whether `agent` may obtain SVIDs of `entry`: its parent, or a node
+    /// alias whose selectors the agent's node has.
+    pub fn owns(&self, agent: &SpiffeId, entry: &RegistrationEntry) -> bool {
+        if &entry.parent_id == agent {
+            return true;
+        }
+        let by_parent = self
+            .inner
+            .by_parent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.aliases_of(agent, &by_parent).contains(&entry.parent_id)
+    }
+
+    /// Remembers an authenticated agent's node selectors (from its record),
+    /// signalling the streams when they changed.
+    pub fn note_node(&self, agent: &crate::store::AgentRecord) {
+        let selectors: Vec<lanyard_core::Selector> =
+            agent.selectors.iter().filter_map(|s| s.parse().ok()).collect();
+        let mut nodes = self.inner.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if nodes.get(&agent.spiffe_id).map(|s| s.as_slice()) == Some(selectors.as_slice()) {
+            return;
+        }
+        if selectors.is_empty() {
+            nodes.remove(&agent.spiffe_id);
+        } else {
+            nodes.insert(agent.spiffe_id.clone(), Arc::new(selectors));
+        }
+        drop(nodes);
+        self.inner.changes.send_modify(|r| *r += 1);
     }
 
     /// Brings one entry in memory in step with the store (after a change

@@ -130,6 +130,8 @@ async fn agents_crud(s: Arc<dyn Store>) {
         expires_at: 10,
         banned: false,
         attested_at: 1,
+        selectors: vec![],
+        evidence_digest: None,
     };
     let id = &a.spiffe_id;
     assert_eq!(s.swap_agent(id, None, Some(&a)).await.unwrap(), Ok(()));
@@ -171,6 +173,8 @@ fn agent(id: &SpiffeId) -> AgentRecord {
         expires_at: 0,
         banned: false,
         attested_at: 0,
+        selectors: vec![],
+        evidence_digest: None,
     }
 }
 

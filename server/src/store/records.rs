@@ -20,6 +20,16 @@ pub struct AgentRecord {
     pub banned: bool,
     /// First attestation, Unix seconds.
     pub attested_at: u64,
+    /// Node selectors from its attestation (`k8s_psat:cluster:prod`, ...),
+    /// matched by node alias entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<String>,
+    /// SHA-256 of the attestation evidence that created this record, for
+    /// attestors whose evidence can be presented more than once (a
+    /// service account token): the same evidence is refused while the
+    /// record is live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_digest: Option<String>,
 }
 
 impl AgentRecord {

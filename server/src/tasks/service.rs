@@ -243,7 +243,7 @@ impl Tasks {
         self.inner
             .registry
             .get(entry_id)
-            .filter(|e| &e.parent_id == agent)
+            .filter(|e| self.inner.registry.owns(agent, e))
             .ok_or_else(|| {
                 TaskServiceError::Denied(format!(
                     "entry {entry_id:?} is not authorized for agent {agent}"
