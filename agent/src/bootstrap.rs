@@ -85,13 +85,28 @@ pub async fn ensure_identity(
         creds.set_bundle(Arc::new(bundle));
         creds.set_identity(Some(Arc::new(id)));
     };
+    if let crate::config_k8s::NodeAttestation::K8sPsat {
+        cluster,
+        token_file,
+    } = &cfg.node_attestation
+    {
+        // A live stored SVID is used as it is; otherwise (first start, or
+        // the SVID expired while the agent was down) attest again with
+        // the token the kubelet keeps fresh.
+        if let Some(s) = stored {
+            use_stored(s);
+            return Ok(());
+        }
+        let evidence = Evidence::psat(cluster, token_file)?;
+        return attest(cfg, storage, creds, clock, &evidence).await;
+    }
     let token = match (stored, new_token) {
         (Some(s), None) => {
             use_stored(s);
             return Ok(());
         }
         (None, None) => cfg.join_token.as_deref().ok_or(BootstrapError::NeedToken)?,
-        (Some(s), Some(t)) => match attest(cfg, storage, creds, clock, t).await {
+        (Some(s), Some(t)) => match attest(cfg, storage, creds, clock, &Evidence::join_token(t)).await {
             // The token may be one a previous version used without
             // recording it: keep serving with the stored SVID.
             Err(BootstrapError::Refused(why)) => {
@@ -103,16 +118,54 @@ pub async fn ensure_identity(
         },
         (None, Some(t)) => t,
     };
-    attest(cfg, storage, creds, clock, token).await
+    attest(cfg, storage, creds, clock, &Evidence::join_token(token)).await
 }
 
-/// Attests with a join token and stores the resulting identity.
+/// What the agent presents to the server's node attestor.
+pub struct Evidence {
+    attestor: &'static str,
+    data: Vec<u8>,
+    join_token: Option<String>,
+}
+
+impl Evidence {
+    fn join_token(token: &str) -> Self {
+        Self {
+            attestor: "join_token",
+            data: vec![],
+            join_token: Some(token.to_owned()),
+        }
+    }
+
+    /// The projected service account token, read afresh from its file
+    /// (the kubelet rotates it).
+    pub fn psat(cluster: &str, token_file: &std::path::Path) -> Result<Self, BootstrapError> {
+        let token = std::fs::read_to_string(token_file).map_err(|e| {
+            BootstrapError::Other(format!(
+                "cannot read the service account token {}: {e} (mount a projected serviceAccountToken volume with audience lanyard-server there)",
+                token_file.display()
+            ))
+        })?;
+        let data = serde_json::to_vec(&serde_json::json!({
+            "cluster": cluster,
+            "token": token.trim(),
+        }))
+        .map_err(|e| BootstrapError::Other(e.to_string()))?;
+        Ok(Self {
+            attestor: "k8s_psat",
+            data,
+            join_token: None,
+        })
+    }
+}
+
+/// Attests with `evidence` and stores the resulting identity.
 async fn attest(
     cfg: &Config,
     storage: &AgentStorage,
     creds: &Arc<Credentials>,
     clock: &dyn Clock,
-    token: &str,
+    evidence: &Evidence,
 ) -> Result<(), BootstrapError> {
     let verifier: Arc<dyn ServerCertVerifier> = match &cfg.bootstrap {
         Bootstrap::None => return Err(BootstrapError::NeedTrust),
@@ -154,8 +207,10 @@ async fn attest(
     let mut attempt = 0u32;
     let resp = loop {
         let req = AttestAgentRequest {
-            join_token: token.to_owned(),
+            join_token: evidence.join_token.clone().unwrap_or_default(),
             csr: csr.clone(),
+            attestor: evidence.attestor.to_owned(),
+            attestation_data: evidence.data.clone(),
         };
         match client.attest_agent(req).await {
             Ok(r) => break r.into_inner(),
@@ -203,9 +258,12 @@ async fn attest(
     storage
         .save_bundle(&bundle)
         .and_then(|()| storage.save_svid(&identity.chain, &identity.key_pkcs8))
-        .and_then(|()| storage.save_used_token(token))
+        .and_then(|()| match &evidence.join_token {
+            Some(t) => storage.save_used_token(t),
+            None => Ok(()),
+        })
         .map_err(|e| BootstrapError::Other(e.to_string()))?;
-    tracing::info!(agent_id = %identity.spiffe_id, "node attested with join token");
+    tracing::info!(agent_id = %identity.spiffe_id, attestor = evidence.attestor, "node attested");
     creds.set_bundle(Arc::new(bundle));
     creds.set_identity(Some(Arc::new(identity)));
     Ok(())

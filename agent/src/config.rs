@@ -72,6 +72,12 @@ pub struct RawConfig {
     pub jwt_cache_bytes: Option<usize>,
     /// JWT-SVID signings each caller may cause per second (burst twice).
     pub jwt_signings_per_caller_per_second: Option<u32>,
+    /// How the node attests: `join_token` (default) or `k8s_psat`.
+    pub node_attestor: Option<String>,
+    /// `[k8s_psat]`: the projected service account token.
+    pub k8s_psat: Option<crate::config_k8s::RawK8sPsat>,
+    /// `[k8s]`: the Kubernetes workload attestor.
+    pub k8s: Option<crate::config_k8s::RawK8s>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -155,6 +161,10 @@ pub struct Config {
     pub audit: crate::audit_queue::QueueSettings,
     /// Workload API limits.
     pub limits: Limits,
+    /// How the node attests.
+    pub node_attestation: crate::config_k8s::NodeAttestation,
+    /// The Kubernetes workload attestor, when on.
+    pub k8s: Option<crate::config_k8s::K8sSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -239,7 +249,10 @@ impl RawConfig {
             max_streams_per_connection,
             max_hash_bytes,
             jwt_cache_bytes,
-            jwt_signings_per_caller_per_second
+            jwt_signings_per_caller_per_second,
+            node_attestor,
+            k8s_psat,
+            k8s
         );
         self
     }
@@ -368,7 +381,18 @@ impl RawConfig {
             max_bytes: at_least_one("audit.max_queue_bytes", a.max_queue_bytes, da.max_bytes)?,
             sync_interval,
         };
+        let node_attestation =
+            crate::config_k8s::node_attestation(self.node_attestor.as_deref(), self.k8s_psat)?;
+        if join_token.is_some() && node_attestation != crate::config_k8s::NodeAttestation::JoinToken {
+            return Err(ConfigError::invalid(
+                "join_token",
+                "is only used with node_attestor = \"join_token\"",
+            ));
+        }
+        let k8s = crate::config_k8s::k8s(self.k8s)?;
         Ok(Config {
+            node_attestation,
+            k8s,
             server,
             trust_domain,
             join_token,

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod config_k8s;
 pub mod creds;
 pub mod identity;
 pub mod jwt_cache;

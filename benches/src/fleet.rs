@@ -160,6 +160,8 @@ pub(crate) async fn attest(
     let resp = boot
         .clone()
         .attest_agent(AttestAgentRequest {
+            attestor: String::new(),
+            attestation_data: vec![],
             join_token: token,
             csr,
         })

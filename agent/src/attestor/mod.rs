@@ -2,12 +2,14 @@
 //! the agent socket to the selectors that describe it.
 
 mod instance;
+mod k8s;
 mod proc_info;
 mod systemd;
 mod unix;
 mod users;
 
 pub use instance::{ExeId, InstanceChanged, ProcessInstance};
+pub use k8s::K8sAttestor;
 pub use unix::{DEFAULT_MAX_HASH_BYTES, UnixAttestor};
 
 /// The start time of process `pid` (ticks since boot): with the PID it

@@ -1,0 +1,172 @@
+//! The agent's Kubernetes settings: node attestation with the projected
+//! service account token (`node_attestor = "k8s_psat"`, `[k8s_psat]`), and
+//! the Kubernetes workload attestor (`[k8s]`).
+//!
+//! ```toml
+//! node_attestor = "k8s_psat"
+//! [k8s_psat]
+//! cluster = "prod"
+//! token_file = "/var/run/secrets/tokens/lanyard-agent"
+//! [k8s]
+//! node_name = "node-1"            # or $MY_NODE_NAME from the downward API
+//! kubelet_url = "https://127.0.0.1:10250"
+//! kubelet_ca_file = "/etc/kubernetes/pki/kubelet-ca.crt"
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lanyard_core::config::ConfigError;
+
+/// Default projected token path.
+pub const DEFAULT_PSAT_TOKEN_FILE: &str = "/var/run/secrets/tokens/lanyard-agent";
+/// Default token for the kubelet (the pod's own service account token).
+pub const DEFAULT_SA_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Default kubelet address (the node's own, reached with `hostNetwork`).
+pub const DEFAULT_KUBELET_URL: &str = "https://127.0.0.1:10250";
+
+/// `[k8s_psat]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawK8sPsat {
+    /// The cluster name the server knows this cluster by.
+    pub cluster: Option<String>,
+    /// The projected service account token (re-read at each attestation).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[k8s]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawK8s {
+    /// Turn the Kubernetes workload attestor on (default: on when the
+    /// table is present).
+    pub enabled: Option<bool>,
+    /// Only pods of this node are considered.
+    pub node_name: Option<String>,
+    /// The kubelet's HTTPS address.
+    pub kubelet_url: Option<String>,
+    /// PEM CA of the kubelet's serving certificate.
+    pub kubelet_ca_file: Option<PathBuf>,
+    /// Do not verify the kubelet's certificate (self-signed kubelets).
+    pub kubelet_insecure_skip_verify: Option<bool>,
+    /// Bearer token for the kubelet (re-read on each request).
+    pub token_file: Option<PathBuf>,
+    /// How long a pod list answers before it is fetched again.
+    pub pod_list_cache: Option<String>,
+    /// Where `/proc` is (the host's, with `hostPID`).
+    pub proc_root: Option<PathBuf>,
+}
+
+/// How this agent attests its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAttestation {
+    /// A join token (`--join-token`, `--join-token-file`).
+    JoinToken,
+    /// The projected service account token.
+    K8sPsat {
+        /// Cluster name.
+        cluster: String,
+        /// Token file.
+        token_file: PathBuf,
+    },
+}
+
+/// The Kubernetes workload attestor's settings.
+#[derive(Debug, Clone)]
+pub struct K8sSettings {
+    /// This node.
+    pub node_name: Option<String>,
+    /// Kubelet URL.
+    pub kubelet_url: String,
+    /// Kubelet client.
+    pub client: lanyard_fetch::Client,
+    /// Bearer token file.
+    pub token_file: Option<PathBuf>,
+    /// Pod list cache lifetime.
+    pub pod_list_cache: Duration,
+    /// `/proc`.
+    pub proc_root: PathBuf,
+}
+
+/// Checks `node_attestor` and `[k8s_psat]`.
+pub fn node_attestation(
+    attestor: Option<&str>,
+    psat: Option<RawK8sPsat>,
+) -> Result<NodeAttestation, ConfigError> {
+    match attestor.unwrap_or("join_token") {
+        "join_token" => {
+            if psat.is_some() {
+                return Err(ConfigError::invalid(
+                    "k8s_psat",
+                    "is only used with node_attestor = \"k8s_psat\"",
+                ));
+            }
+            Ok(NodeAttestation::JoinToken)
+        }
+        "k8s_psat" => {
+            let p = psat.unwrap_or_default();
+            let cluster = p.cluster.filter(|c| !c.is_empty()).ok_or_else(|| {
+                ConfigError::invalid(
+                    "k8s_psat.cluster",
+                    "is required with node_attestor = \"k8s_psat\" (the name the server's [[k8s_psat]] uses)",
+                )
+            })?;
+            Ok(NodeAttestation::K8sPsat {
+                cluster,
+                token_file: p
+                    .token_file
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_PSAT_TOKEN_FILE)),
+            })
+        }
+        other => Err(ConfigError::invalid(
+            "node_attestor",
+            format!("{other:?} is not join_token or k8s_psat"),
+        )),
+    }
+}
+
+/// Checks `[k8s]`.
+pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
+    let Some(r) = raw else { return Ok(None) };
+    if r.enabled == Some(false) {
+        return Ok(None);
+    }
+    let trust = match (r.kubelet_ca_file, r.kubelet_insecure_skip_verify.unwrap_or(false)) {
+        (Some(_), true) => {
+            return Err(ConfigError::invalid(
+                "k8s.kubelet_ca_file",
+                "kubelet_ca_file and kubelet_insecure_skip_verify are mutually exclusive",
+            ));
+        }
+        (Some(p), false) => {
+            let pem = std::fs::read(&p).map_err(|e| ConfigError::Read(p.clone(), e))?;
+            lanyard_fetch::Trust::Pem(pem)
+        }
+        (None, true) => lanyard_fetch::Trust::Insecure,
+        (None, false) => {
+            return Err(ConfigError::invalid(
+                "k8s.kubelet_ca_file",
+                "is required to verify the kubelet (or set kubelet_insecure_skip_verify = true for a kubelet with a self-signed certificate)",
+            ));
+        }
+    };
+    let client = lanyard_fetch::Client::new(trust, Duration::from_secs(5), lanyard_core::k8s::pods::MAX_POD_LIST_BYTES)
+        .map_err(|e| ConfigError::invalid("k8s.kubelet_ca_file", e.to_string()))?;
+    let pod_list_cache = match r.pod_list_cache {
+        Some(v) => lanyard_core::duration::parse_duration(&v)
+            .map_err(|e| ConfigError::invalid("k8s.pod_list_cache", e))?,
+        None => Duration::from_secs(5),
+    };
+    Ok(Some(K8sSettings {
+        node_name: r.node_name.filter(|n| !n.is_empty()),
+        kubelet_url: r.kubelet_url.unwrap_or_else(|| DEFAULT_KUBELET_URL.into()),
+        client,
+        token_file: Some(
+            r.token_file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SA_TOKEN_FILE)),
+        ),
+        pod_list_cache,
+        proc_root: r.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
+    }))
+}
