@@ -67,8 +67,7 @@ impl Bound {
 
 /// Builds and starts the agent.
 pub async fn build(config: Config) -> Result<Bound, AppError> {
-    let unix: Arc<dyn WorkloadAttestor> =
-        Arc::new(UnixAttestor::new(config.limits.max_hash_bytes));
+    let unix: Arc<dyn WorkloadAttestor> = Arc::new(UnixAttestor::new(config.limits.max_hash_bytes));
     let attestor: Arc<dyn WorkloadAttestor> = match &config.k8s {
         Some(k8s) => Arc::new(crate::attestor::K8sAttestor::new(
             unix,

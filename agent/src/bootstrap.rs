@@ -106,16 +106,18 @@ pub async fn ensure_identity(
             return Ok(());
         }
         (None, None) => cfg.join_token.as_deref().ok_or(BootstrapError::NeedToken)?,
-        (Some(s), Some(t)) => match attest(cfg, storage, creds, clock, &Evidence::join_token(t)).await {
-            // The token may be one a previous version used without
-            // recording it: keep serving with the stored SVID.
-            Err(BootstrapError::Refused(why)) => {
-                tracing::warn!(%why, "join token refused; continuing with the stored agent SVID");
-                use_stored(s);
-                return Ok(());
+        (Some(s), Some(t)) => {
+            match attest(cfg, storage, creds, clock, &Evidence::join_token(t)).await {
+                // The token may be one a previous version used without
+                // recording it: keep serving with the stored SVID.
+                Err(BootstrapError::Refused(why)) => {
+                    tracing::warn!(%why, "join token refused; continuing with the stored agent SVID");
+                    use_stored(s);
+                    return Ok(());
+                }
+                other => return other,
             }
-            other => return other,
-        },
+        }
         (None, Some(t)) => t,
     };
     attest(cfg, storage, creds, clock, &Evidence::join_token(token)).await

@@ -383,7 +383,8 @@ impl RawConfig {
         };
         let node_attestation =
             crate::config_k8s::node_attestation(self.node_attestor.as_deref(), self.k8s_psat)?;
-        if join_token.is_some() && node_attestation != crate::config_k8s::NodeAttestation::JoinToken {
+        if join_token.is_some() && node_attestation != crate::config_k8s::NodeAttestation::JoinToken
+        {
             return Err(ConfigError::invalid(
                 "join_token",
                 "is only used with node_attestor = \"join_token\"",

@@ -132,7 +132,10 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
     if r.enabled == Some(false) {
         return Ok(None);
     }
-    let trust = match (r.kubelet_ca_file, r.kubelet_insecure_skip_verify.unwrap_or(false)) {
+    let trust = match (
+        r.kubelet_ca_file,
+        r.kubelet_insecure_skip_verify.unwrap_or(false),
+    ) {
         (Some(_), true) => {
             return Err(ConfigError::invalid(
                 "k8s.kubelet_ca_file",
@@ -151,8 +154,12 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
             ));
         }
     };
-    let client = lanyard_fetch::Client::new(trust, Duration::from_secs(5), lanyard_core::k8s::pods::MAX_POD_LIST_BYTES)
-        .map_err(|e| ConfigError::invalid("k8s.kubelet_ca_file", e.to_string()))?;
+    let client = lanyard_fetch::Client::new(
+        trust,
+        Duration::from_secs(5),
+        lanyard_core::k8s::pods::MAX_POD_LIST_BYTES,
+    )
+    .map_err(|e| ConfigError::invalid("k8s.kubelet_ca_file", e.to_string()))?;
     let pod_list_cache = match r.pod_list_cache {
         Some(v) => lanyard_core::duration::parse_duration(&v)
             .map_err(|e| ConfigError::invalid("k8s.pod_list_cache", e))?,

@@ -141,6 +141,7 @@ fn agent_msg(a: &AgentRecord) -> Agent {
         expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
         banned: a.banned,
         attested_at: i64::try_from(a.attested_at).unwrap_or(i64::MAX),
+        selectors: a.selectors.clone(),
     }
 }
 

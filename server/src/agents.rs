@@ -35,7 +35,9 @@ pub enum AgentError {
     Contended(SpiffeId),
     /// The evidence already attested the live agent of this node: a
     /// replayed token.
-    #[error("this attestation evidence was already used by the live agent {0}; present a fresh token")]
+    #[error(
+        "this attestation evidence was already used by the live agent {0}; present a fresh token"
+    )]
     Replayed(SpiffeId),
     /// The store failed.
     #[error("store: {0}")]
@@ -297,7 +299,15 @@ mod tests {
     #[tokio::test]
     async fn a_renewal_racing_a_ban_or_an_eviction_loses() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
+        a.attested(
+            &id(),
+            "join_token",
+            "01",
+            2000,
+            &crate::node_attest::Attested::new(id()),
+        )
+        .await
+        .unwrap();
         // The renewal authenticated (read the record) before the ban...
         let seen = a.authenticate(&id(), "01").await.unwrap();
         a.ban(&id()).await.unwrap();
@@ -311,7 +321,15 @@ mod tests {
         assert_eq!(stored.serial, "01");
 
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
+        a.attested(
+            &id(),
+            "join_token",
+            "01",
+            2000,
+            &crate::node_attest::Attested::new(id()),
+        )
+        .await
+        .unwrap();
         let seen = a.authenticate(&id(), "01").await.unwrap();
         a.evict(&id()).await.unwrap();
         assert!(matches!(
@@ -324,7 +342,15 @@ mod tests {
     #[tokio::test]
     async fn a_renewal_racing_another_renewal_keeps_both_serials_consistent() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
+        a.attested(
+            &id(),
+            "join_token",
+            "01",
+            2000,
+            &crate::node_attest::Attested::new(id()),
+        )
+        .await
+        .unwrap();
         let seen = a.authenticate(&id(), "01").await.unwrap();
         let other = a.authenticate(&id(), "01").await.unwrap();
         a.renewed(other, "01", "02", 3000).await.unwrap();
@@ -338,12 +364,27 @@ mod tests {
     #[tokio::test]
     async fn bans_are_tombstones_that_eviction_and_attestation_keep() {
         let (a, _d) = agents();
-        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
+        a.attested(
+            &id(),
+            "join_token",
+            "01",
+            2000,
+            &crate::node_attest::Attested::new(id()),
+        )
+        .await
+        .unwrap();
         a.ban(&id()).await.unwrap();
         assert!(matches!(a.evict(&id()).await, Err(AgentError::Banned(_))));
         assert!(a.get(&id()).await.unwrap().unwrap().banned);
         assert!(matches!(
-            a.attested(&id(), "join_token", "09", 9000, &crate::node_attest::Attested::new(id())).await,
+            a.attested(
+                &id(),
+                "join_token",
+                "09",
+                9000,
+                &crate::node_attest::Attested::new(id())
+            )
+            .await,
             Err(AgentError::Banned(_))
         ));
         assert!(matches!(
@@ -360,7 +401,15 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
         let (tx, _) = watch::channel(0);
         let a = Agents::new(store.clone(), Arc::new(FakeClock::at(1000)), tx);
-        a.attested(&id(), "join_token", "01", 2000, &crate::node_attest::Attested::new(id())).await.unwrap();
+        a.attested(
+            &id(),
+            "join_token",
+            "01",
+            2000,
+            &crate::node_attest::Attested::new(id()),
+        )
+        .await
+        .unwrap();
         let td = lanyard_core::TrustDomain::new("td").unwrap();
         let registry = crate::registry::Registry::load(td, store).await.unwrap();
         let mut e = crate::store::conformance::entry("e1", "spiffe://td/node/n1");

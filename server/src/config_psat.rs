@@ -67,7 +67,10 @@ pub fn validate(raw: Vec<RawPsatCluster>) -> Result<Vec<PsatCluster>, ConfigErro
             ));
         }
         if out.iter().any(|c| c.name == name) {
-            return Err(ConfigError::invalid(F, format!("cluster {name:?} is configured twice")));
+            return Err(ConfigError::invalid(
+                F,
+                format!("cluster {name:?} is configured twice"),
+            ));
         }
         let issuer = r.issuer.filter(|i| !i.is_empty()).ok_or_else(|| {
             ConfigError::invalid(F, format!("cluster {name:?} needs issuer = the service-account issuer URL (`kubectl get --raw /.well-known/openid-configuration`)"))
@@ -81,7 +84,9 @@ pub fn validate(raw: Vec<RawPsatCluster>) -> Result<Vec<PsatCluster>, ConfigErro
                 _ => {
                     return Err(ConfigError::invalid(
                         F,
-                        format!("service account {pair:?} of cluster {name:?} must be NAMESPACE:NAME"),
+                        format!(
+                            "service account {pair:?} of cluster {name:?} must be NAMESPACE:NAME"
+                        ),
                     ));
                 }
             }
@@ -89,13 +94,18 @@ pub fn validate(raw: Vec<RawPsatCluster>) -> Result<Vec<PsatCluster>, ConfigErro
         if allowed.is_empty() {
             return Err(ConfigError::invalid(
                 F,
-                format!("cluster {name:?} needs service_accounts = [\"NAMESPACE:NAME\"] (the agents' service account)"),
+                format!(
+                    "cluster {name:?} needs service_accounts = [\"NAMESPACE:NAME\"] (the agents' service account)"
+                ),
             ));
         }
         let jwks = match (r.jwks_file, r.jwks_url) {
             (Some(f), None) => {
                 if r.jwks_ca_file.is_some() || r.jwks_token_file.is_some() {
-                    return Err(ConfigError::invalid(F, "jwks_ca_file and jwks_token_file go with jwks_url"));
+                    return Err(ConfigError::invalid(
+                        F,
+                        "jwks_ca_file and jwks_token_file go with jwks_url",
+                    ));
                 }
                 JwksSource::File(f)
             }
@@ -103,8 +113,9 @@ pub fn validate(raw: Vec<RawPsatCluster>) -> Result<Vec<PsatCluster>, ConfigErro
                 let ca = r.jwks_ca_file.ok_or_else(|| {
                     ConfigError::invalid(F, format!("cluster {name:?}: jwks_url needs jwks_ca_file (the PEM CA of its certificate)"))
                 })?;
-                let client = lanyard_fetch::Client::with_ca_file(&ca, Duration::from_secs(10), 1 << 20)
-                    .map_err(|e| ConfigError::invalid(F, e.to_string()))?;
+                let client =
+                    lanyard_fetch::Client::with_ca_file(&ca, Duration::from_secs(10), 1 << 20)
+                        .map_err(|e| ConfigError::invalid(F, e.to_string()))?;
                 JwksSource::Url {
                     url,
                     client,
@@ -145,12 +156,49 @@ mod tests {
         let c = validate(vec![ok.clone()]).unwrap();
         assert_eq!(c[0].audience, "lanyard-server");
         for (bad, why) in [
-            (RawPsatCluster { cluster: Some("Prod!".into()), ..ok.clone() }, "lowercase"),
-            (RawPsatCluster { issuer: None, ..ok.clone() }, "issuer"),
-            (RawPsatCluster { service_accounts: Some(vec![]), ..ok.clone() }, "service_accounts"),
-            (RawPsatCluster { service_accounts: Some(vec!["nocolon".into()]), ..ok.clone() }, "NAMESPACE:NAME"),
-            (RawPsatCluster { jwks_url: Some("https://x".into()), ..ok.clone() }, "exactly one"),
-            (RawPsatCluster { jwks_file: None, jwks_url: Some("https://x".into()), ..ok.clone() }, "jwks_ca_file"),
+            (
+                RawPsatCluster {
+                    cluster: Some("Prod!".into()),
+                    ..ok.clone()
+                },
+                "lowercase",
+            ),
+            (
+                RawPsatCluster {
+                    issuer: None,
+                    ..ok.clone()
+                },
+                "issuer",
+            ),
+            (
+                RawPsatCluster {
+                    service_accounts: Some(vec![]),
+                    ..ok.clone()
+                },
+                "service_accounts",
+            ),
+            (
+                RawPsatCluster {
+                    service_accounts: Some(vec!["nocolon".into()]),
+                    ..ok.clone()
+                },
+                "NAMESPACE:NAME",
+            ),
+            (
+                RawPsatCluster {
+                    jwks_url: Some("https://x".into()),
+                    ..ok.clone()
+                },
+                "exactly one",
+            ),
+            (
+                RawPsatCluster {
+                    jwks_file: None,
+                    jwks_url: Some("https://x".into()),
+                    ..ok.clone()
+                },
+                "jwks_ca_file",
+            ),
         ] {
             let e = validate(vec![bad]).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");

@@ -24,8 +24,8 @@ use tracing::instrument;
 
 use crate::agents::{AgentError, Agents};
 use crate::attestation::AttestationError;
-use crate::node_attest::{Attested, NodeAttestors};
 use crate::ca::Ca;
+use crate::node_attest::{Attested, NodeAttestors};
 use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::store::{AgentRecord, StoreError};
@@ -371,7 +371,13 @@ impl Node for NodeApi {
         let agent_id = node.agent_id.clone();
         if let Err(e) = self
             .agents
-            .attested(&agent_id, &method, &svid.serial, unix_secs(svid.not_after), &node)
+            .attested(
+                &agent_id,
+                &method,
+                &svid.serial,
+                unix_secs(svid.not_after),
+                &node,
+            )
             .await
         {
             self.audit

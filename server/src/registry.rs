@@ -278,14 +278,18 @@ impl Registry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        self.aliases_of(agent, &by_parent).contains(&entry.parent_id)
+        self.aliases_of(agent, &by_parent)
+            .contains(&entry.parent_id)
     }
 
     /// Remembers an authenticated agent's node selectors (from its record),
     /// signalling the streams when they changed.
     pub fn note_node(&self, agent: &crate::store::AgentRecord) {
-        let selectors: Vec<lanyard_core::Selector> =
-            agent.selectors.iter().filter_map(|s| s.parse().ok()).collect();
+        let selectors: Vec<lanyard_core::Selector> = agent
+            .selectors
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
         let mut nodes = self.inner.nodes.write().unwrap_or_else(|p| p.into_inner());
         if nodes.get(&agent.spiffe_id).map(|s| s.as_slice()) == Some(selectors.as_slice()) {
             return;

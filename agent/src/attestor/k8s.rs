@@ -117,7 +117,8 @@ impl WorkloadAttestor for K8sAttestor {
         };
         let pid = peer.pid.ok_or(AttestError::NoPid)?;
         let path = self.settings.proc_root.join(pid.to_string()).join("cgroup");
-        let cgroup = std::fs::read_to_string(&path).map_err(|source| AttestError::Proc { pid, source })?;
+        let cgroup =
+            std::fs::read_to_string(&path).map_err(|source| AttestError::Proc { pid, source })?;
         let Some(container) = container_of(&cgroup) else {
             return Ok(Some(selectors));
         };

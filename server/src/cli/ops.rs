@@ -10,6 +10,7 @@ pub(super) fn agent_json(a: &lanyard_proto::admin::Agent) -> serde_json::Value {
         "expires_at": a.expires_at,
         "banned": a.banned,
         "attested_at": a.attested_at,
+        "selectors": a.selectors,
     })
 }
 
@@ -33,11 +34,16 @@ pub(super) async fn run_agent(cmd: AgentCmd) -> Result<(), CliError> {
                     }
                     for a in &r.agents {
                         println!(
-                            "{}  attestation={} serial={} expires_at={}{}",
+                            "{}  attestation={} serial={} expires_at={}{}{}",
                             a.spiffe_id,
                             a.attestation_type,
                             a.serial,
                             a.expires_at,
+                            if a.selectors.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" selectors={}", a.selectors.join(","))
+                            },
                             if a.banned { " BANNED" } else { "" }
                         );
                     }

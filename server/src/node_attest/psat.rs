@@ -69,6 +69,18 @@ struct Keys {
     keys: Arc<Vec<JwtAuthority>>,
     loaded: Option<Instant>,
     forced: Option<Instant>,
+    /// A JWKS file's modification time and size when it was read: a
+    /// changed file is re-read at once (a stat is cheap).
+    file_stamp: Option<(std::time::SystemTime, u64)>,
+}
+
+fn stamp(source: &JwksSource) -> Option<(std::time::SystemTime, u64)> {
+    match source {
+        JwksSource::File(p) => std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len()))),
+        JwksSource::Url { .. } => None,
+    }
 }
 
 struct ClusterState {
@@ -108,12 +120,17 @@ impl PsatAttestor {
                             keys: Arc::default(),
                             loaded: None,
                             forced: None,
+                            file_stamp: None,
                         }),
                     },
                 )
             })
             .collect();
-        Self { td, clock, clusters }
+        Self {
+            td,
+            clock,
+            clusters,
+        }
     }
 
     /// Reads every cluster's keys once, so a bad file or URL is reported
@@ -128,9 +145,17 @@ impl PsatAttestor {
         }
     }
 
-    async fn keys(&self, c: &ClusterState, force: bool) -> Result<Arc<Vec<JwtAuthority>>, AttestationError> {
+    async fn keys(
+        &self,
+        c: &ClusterState,
+        force: bool,
+    ) -> Result<Arc<Vec<JwtAuthority>>, AttestationError> {
         let mut k = c.keys.lock().await;
-        let stale = k.loaded.is_none_or(|t| t.elapsed() >= JWKS_REFRESH);
+        let changed_file = force && {
+            let now = stamp(&c.cfg.jwks);
+            now.is_some() && now != k.file_stamp
+        };
+        let stale = changed_file || k.loaded.is_none_or(|t| t.elapsed() >= JWKS_REFRESH);
         let may_force = force && k.forced.is_none_or(|t| t.elapsed() >= JWKS_FORCED_REFRESH);
         if stale || may_force {
             if may_force {
@@ -151,6 +176,7 @@ impl PsatAttestor {
 }
 
 async fn reload(cfg: &PsatCluster, k: &mut Keys) -> Result<(), String> {
+    let file_stamp = stamp(&cfg.jwks);
     let bytes = match &cfg.jwks {
         JwksSource::File(path) => tokio::fs::read(path)
             .await
@@ -186,6 +212,7 @@ async fn reload(cfg: &PsatCluster, k: &mut Keys) -> Result<(), String> {
     }
     k.keys = Arc::new(keys);
     k.loaded = Some(Instant::now());
+    k.file_stamp = file_stamp;
     Ok(())
 }
 
@@ -225,7 +252,13 @@ impl NodeAttestor for PsatAttestor {
             }
             other => other,
         }
-        .map_err(|e| refused(format!("service account token: {e}")))?;
+        .map_err(|e| match e {
+            PsatError::Token(JwtError::UnknownKid(kid)) => refused(format!(
+                "service account token: key ID {kid:?} is not among the issuer keys of cluster {:?}",
+                c.cfg.name
+            )),
+            e => refused(format!("service account token: {e}")),
+        })?;
         let pair = format!("{}:{}", claims.namespace, claims.service_account);
         if !c.cfg.allowed.contains(&pair) {
             return Err(refused(format!(
@@ -235,7 +268,13 @@ impl NodeAttestor for PsatAttestor {
         }
         let agent_id = self
             .td
-            .id_with_segments(["lanyard", "agent", "k8s_psat", &c.cfg.name, &claims.node_uid])
+            .id_with_segments([
+                "lanyard",
+                "agent",
+                "k8s_psat",
+                &c.cfg.name,
+                &claims.node_uid,
+            ])
             .map_err(|e| refused(format!("node UID {:?}: {e}", claims.node_uid)))?;
         let selectors = [
             ("cluster", &c.cfg.name),
