@@ -104,7 +104,8 @@ pub async fn build_with(
         publish,
         commands,
     )
-    .freeze_quarantined(config.quarantine.freeze);
+    .freeze_quarantined(config.quarantine.freeze)
+    .resolver(config.resolver.clone());
     let limits = config.limits;
     let callers = Arc::new(Callers::new(attestor));
     let api = WorkloadApi::new(

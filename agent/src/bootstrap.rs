@@ -12,7 +12,7 @@ use rustls::client::danger::ServerCertVerifier;
 
 use crate::config::{Bootstrap, Config};
 use crate::creds::{AgentIdentity, Credentials};
-use crate::server_client::{node_client, tls_config};
+use crate::server_client::{node_client_with, tls_config};
 use crate::storage::AgentStorage;
 
 /// Why the agent could not obtain an identity.
@@ -195,8 +195,8 @@ async fn attest(
         }
     };
     let tls = tls_config(verifier, None).map_err(|e| BootstrapError::Other(e.to_string()))?;
-    let mut client =
-        node_client(&cfg.server, tls).map_err(|e| BootstrapError::Other(e.to_string()))?;
+    let mut client = node_client_with(&cfg.server, tls, cfg.resolver.clone())
+        .map_err(|e| BootstrapError::Other(e.to_string()))?;
     let key = SvidKey::generate().map_err(|e| BootstrapError::Other(e.to_string()))?;
     // The CSR's SPIFFE ID is ignored by the server; any ID of the domain will do.
     let placeholder = cfg

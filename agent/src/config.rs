@@ -74,6 +74,9 @@ pub struct RawConfig {
     pub jwt_signings_per_caller_per_second: Option<u32>,
     /// How the node attests: `join_token` (default) or `k8s_psat`.
     pub node_attestor: Option<String>,
+    /// A DNS server (`ip:port`) to resolve server names with, instead of
+    /// the system's resolver configuration.
+    pub dns_server: Option<String>,
     /// `[k8s_psat]`: the projected service account token.
     pub k8s_psat: Option<crate::config_k8s::RawK8sPsat>,
     /// `[k8s]`: the Kubernetes workload attestor.
@@ -163,6 +166,8 @@ pub struct Config {
     pub limits: Limits,
     /// How the node attests.
     pub node_attestation: crate::config_k8s::NodeAttestation,
+    /// Resolves server names.
+    pub resolver: std::sync::Arc<crate::server_dns::ServerResolver>,
     /// The Kubernetes workload attestor, when on.
     pub k8s: Option<crate::config_k8s::K8sSettings>,
 }
@@ -251,6 +256,7 @@ impl RawConfig {
             jwt_cache_bytes,
             jwt_signings_per_caller_per_second,
             node_attestor,
+            dns_server,
             k8s_psat,
             k8s
         );
@@ -391,7 +397,19 @@ impl RawConfig {
             ));
         }
         let k8s = crate::config_k8s::k8s(self.k8s)?;
+        let resolver = match self.dns_server.as_deref().map(str::trim) {
+            None | Some("") => crate::server_dns::ServerResolver::system(),
+            Some(v) => std::sync::Arc::new(crate::server_dns::ServerResolver::new(Some(
+                v.parse().map_err(|_| {
+                    ConfigError::invalid(
+                        "dns_server",
+                        format!("{v:?} is not ip:port (e.g. 10.96.0.10:53)"),
+                    )
+                })?,
+            ))),
+        };
         Ok(Config {
+            resolver,
             node_attestation,
             k8s,
             server,

@@ -17,6 +17,7 @@ pub mod jwt_cache;
 pub mod listener;
 pub mod pdp;
 pub mod server_client;
+pub mod server_dns;
 pub mod storage;
 
 pub use app::{Bound, build};

@@ -72,11 +72,20 @@ pub fn node_client(
     servers: &str,
     tls: Arc<ClientConfig>,
 ) -> Result<NodeClient<Channel>, ClientError> {
+    node_client_with(servers, tls, crate::server_dns::ServerResolver::system())
+}
+
+/// [`node_client`] resolving server names with `resolver`.
+pub fn node_client_with(
+    servers: &str,
+    tls: Arc<ClientConfig>,
+    resolver: Arc<crate::server_dns::ServerResolver>,
+) -> Result<NodeClient<Channel>, ClientError> {
     let addrs = Arc::new(server_list(servers)?);
     let first = addrs.first().cloned().unwrap_or_default();
     let endpoint = Endpoint::try_from(format!("http://{first}"))
         .map_err(|e| ClientError::Address(servers.to_owned(), e.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT * u32::try_from(addrs.len()).unwrap_or(1))
+        .connect_timeout(CONNECT_TIMEOUT * 4 * u32::try_from(addrs.len()).unwrap_or(1))
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true);
     let connector = TlsConnector::from(tls);
@@ -86,14 +95,19 @@ pub fn node_client(
         usize::try_from(u64::from_le_bytes(seed) % addrs.len() as u64).unwrap_or(0),
     ));
     let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-        let (addrs, current, connector) = (addrs.clone(), current.clone(), connector.clone());
+        let (addrs, current, connector, resolver) = (
+            addrs.clone(),
+            current.clone(),
+            connector.clone(),
+            resolver.clone(),
+        );
         async move {
             let start = current.load(Ordering::Relaxed);
             let mut last_err = None;
             for i in 0..addrs.len() {
                 let idx = (start + i) % addrs.len();
                 let addr = &addrs[idx];
-                match connect_one(addr, &connector).await {
+                match connect_one(addr, &connector, &resolver).await {
                     Ok(tls) => {
                         if current.swap(idx, Ordering::Relaxed) != idx || i > 0 {
                             tracing::info!(server = %addr, "connected to server");
@@ -114,13 +128,47 @@ pub fn node_client(
     Ok(NodeClient::new(channel))
 }
 
+/// A TCP connection to one of the addresses `addr` names: each is tried in
+/// turn; when none answers, the name is resolved afresh and tried once more.
+async fn connect_tcp(
+    addr: &str,
+    resolver: &crate::server_dns::ServerResolver,
+) -> std::io::Result<TcpStream> {
+    let mut last_err = None;
+    for fresh in [false, true] {
+        let candidates = resolver.addresses(addr, fresh).await?;
+        for a in &candidates {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
+                Ok(Ok(tcp)) => {
+                    resolver.used(addr, *a);
+                    return Ok(tcp);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(server = %addr, address = %a, error = %e, "address not answering");
+                    last_err = Some(e);
+                }
+                Err(_) => {
+                    tracing::debug!(server = %addr, address = %a, "connect timed out");
+                    last_err = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connect to {a} timed out"),
+                    ));
+                }
+            }
+        }
+        if candidates.len() == 1 && addr.parse::<std::net::SocketAddr>().is_ok() {
+            break;
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no address")))
+}
+
 async fn connect_one(
     addr: &str,
     connector: &TlsConnector,
+    resolver: &crate::server_dns::ServerResolver,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let tcp = connect_tcp(addr, resolver).await?;
     let _ = tcp.set_nodelay(true);
     // SPIFFE authenticates the server by SPIFFE ID, not by name; the name
     // only fills SNI.

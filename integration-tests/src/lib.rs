@@ -12,6 +12,7 @@ use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest};
 use lanyard_proto::types;
 use lanyard_uds::unix_channel;
 
+pub mod dns;
 pub mod h2raw;
 pub mod pg;
 pub mod python;

@@ -166,10 +166,11 @@ impl Agents {
             if current.as_ref().is_some_and(|a| a.banned) {
                 return Err(AgentError::Banned(id.clone()));
             }
-            if let (Some(cur), Some(digest)) = (&current, &node.evidence_digest) {
-                if cur.expires_at > now && cur.evidence_digest.as_ref() == Some(digest) {
-                    return Err(AgentError::Replayed(id.clone()));
-                }
+            if let (Some(cur), Some(digest)) = (&current, &node.evidence_digest)
+                && cur.expires_at > now
+                && cur.evidence_digest.as_ref() == Some(digest)
+            {
+                return Err(AgentError::Replayed(id.clone()));
             }
             let next = AgentRecord {
                 spiffe_id: id.clone(),

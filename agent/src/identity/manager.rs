@@ -28,7 +28,7 @@ use super::tasks::ActiveTask;
 use super::{Command, CommandError};
 use crate::cache::{CachedSvid, EntrySet, Snapshot};
 use crate::creds::{AgentIdentity, ClientCert, Credentials};
-use crate::server_client::{node_client, tls_config};
+use crate::server_client::{node_client_with, tls_config};
 use crate::storage::AgentStorage;
 
 /// First retry delay after a failure.
@@ -89,6 +89,8 @@ pub(super) type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Event> +
 /// The identity owner.
 pub struct Manager {
     pub(crate) server: String,
+    /// Resolves server names.
+    pub(crate) resolver: Arc<crate::server_dns::ServerResolver>,
     pub(crate) td: TrustDomain,
     pub(crate) creds: Arc<Credentials>,
     pub(crate) storage: AgentStorage,
@@ -155,6 +157,7 @@ impl Manager {
         let bundle = lanyard_core::tls::X509BundleSource::x509_authorities(creds.as_ref());
         let mut m = Self {
             server,
+            resolver: crate::server_dns::ServerResolver::system(),
             td,
             creds,
             storage,
@@ -190,6 +193,12 @@ impl Manager {
         m
     }
 
+    /// Resolves server names with `resolver` (default: the system's).
+    pub fn resolver(mut self, resolver: Arc<crate::server_dns::ServerResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
     /// The server client while a session is up.
     pub fn clients(&self) -> watch::Receiver<Option<NodeClient<Channel>>> {
         self.client_watch.subscribe()
@@ -199,7 +208,7 @@ impl Manager {
         let server_id = self.td.id_with_segments(["lanyard", "server"]).ok()?;
         let verifier = Arc::new(SpiffeServerVerifier::new(server_id, self.creds.clone()));
         let tls = tls_config(verifier, Some(Arc::new(ClientCert(self.creds.clone())))).ok()?;
-        node_client(&self.server, tls).ok()
+        node_client_with(&self.server, tls, self.resolver.clone()).ok()
     }
 
     /// Runs until `shutdown` turns true.

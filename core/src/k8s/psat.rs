@@ -123,10 +123,10 @@ pub fn validate_psat(
         return Err(PsatError::Expired(exp));
     }
     for name in ["nbf", "iat"] {
-        if let Some(t) = secs(&claims, name)? {
-            if t > now.saturating_add(CLOCK_SKEW_SECS) {
-                return Err(PsatError::NotYetValid(t));
-            }
+        if let Some(t) = secs(&claims, name)?
+            && t > now.saturating_add(CLOCK_SKEW_SECS)
+        {
+            return Err(PsatError::NotYetValid(t));
         }
     }
     let k = |path: &[&str], name: &'static str| -> Result<String, PsatError> {
