@@ -38,12 +38,17 @@ pub enum AppError {
     /// The audit queue could not be opened.
     #[error("{0}")]
     Audit(#[from] crate::audit_queue::QueueError),
+    /// The metrics address could not be bound.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// A running agent.
 pub struct Bound {
     /// The Workload API socket.
     pub socket: PathBuf,
+    /// Where Prometheus metrics are served, when they are.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// The agent's published state.
     pub state: watch::Receiver<Arc<Snapshot>>,
     shutdown: watch::Sender<bool>,
@@ -108,22 +113,27 @@ pub async fn build_with(
     .resolver(config.resolver.clone());
     let limits = config.limits;
     let callers = Arc::new(Callers::new(attestor));
+    let metrics = Arc::new(crate::metrics::AgentMetrics::default());
+    let jwt_cache = Arc::new(JwtCache::new(
+        identity.clone(),
+        limits.jwt_cache_bytes,
+        limits.jwt_signings_per_caller_per_second,
+    ));
     let api = WorkloadApi::new(
         state.clone(),
         callers.clone(),
         clock.clone(),
         shutdown_rx.clone(),
-        Arc::new(JwtCache::new(
-            identity.clone(),
-            limits.jwt_cache_bytes,
-            limits.jwt_signings_per_caller_per_second,
-        )),
+        jwt_cache.clone(),
     );
     let pdp = Arc::new(crate::pdp::Pdp::new(
         identity.clone(),
         clock.clone(),
         config.quarantine.trigger,
-        Arc::new(crate::pdp::QueueSink(queue.clone())),
+        Arc::new(crate::metrics::CountingSink::new(
+            Arc::new(crate::pdp::QueueSink(queue.clone())),
+            metrics.decisions.clone(),
+        )),
     ));
     pdp.precompile(shutdown_rx.clone());
     let task_api = TaskApi::new(identity, callers, pdp);
@@ -147,10 +157,23 @@ pub async fn build_with(
     let shipper = queue
         .clone()
         .run_ship(manager.clients(), shutdown_rx.clone());
-    let syncer = queue.run_sync(shutdown_rx.clone());
+    let syncer = queue.clone().run_sync(shutdown_rx.clone());
+    let metrics_addr = match config.metrics_bind {
+        Some(bind) => Some(
+            lanyard_metrics::serve(bind, metrics.registry.clone(), shutdown_rx.clone())
+                .await
+                .map_err(|e| AppError::Metrics(format!("metrics address {bind}: {e}")))?,
+        ),
+        None => None,
+    };
+    let sampler =
+        metrics
+            .clone()
+            .sample(state.clone(), jwt_cache, queue.clone(), shutdown_rx.clone());
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .layer(lanyard_metrics::CallsLayer::new(metrics.calls.clone()))
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(TaskIdentityServer::new(task_api))
@@ -164,13 +187,15 @@ pub async fn build_with(
             manager.run(shutdown_rx),
             tracing::info_span!("identity"),
         );
-        let (r, (), (), (), ()) = tokio::join!(server, owner, shipper, syncer, audit_health);
+        let (r, (), (), (), (), ()) =
+            tokio::join!(server, owner, shipper, syncer, audit_health, sampler);
         if let Err(e) = r {
             tracing::error!(?e, "workload API stopped");
         }
         let _ = std::fs::remove_file(&socket);
     });
     Ok(Bound {
+        metrics_addr,
         socket: config.socket,
         state,
         shutdown,

@@ -96,7 +96,17 @@ impl EntrySet {
         }
     }
 
-    /// One entry by ID.
+    /// How many entries are authorized.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no entry is authorized.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry `id`.
     pub fn get(&self, id: &EntryId) -> Option<&RegistrationEntry> {
         self.by_id.get(id).and_then(|i| self.entries.get(*i))
     }

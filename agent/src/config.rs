@@ -77,6 +77,8 @@ pub struct RawConfig {
     /// A DNS server (`ip:port`) to resolve server names with, instead of
     /// the system's resolver configuration.
     pub dns_server: Option<String>,
+    /// Prometheus metrics address (off when unset).
+    pub metrics_bind: Option<String>,
     /// `[k8s_psat]`: the projected service account token.
     pub k8s_psat: Option<crate::config_k8s::RawK8sPsat>,
     /// `[k8s]`: the Kubernetes workload attestor.
@@ -168,6 +170,8 @@ pub struct Config {
     pub node_attestation: crate::config_k8s::NodeAttestation,
     /// Resolves server names.
     pub resolver: std::sync::Arc<crate::server_dns::ServerResolver>,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_bind: Option<std::net::SocketAddr>,
     /// The Kubernetes workload attestor, when on.
     pub k8s: Option<crate::config_k8s::K8sSettings>,
 }
@@ -257,6 +261,7 @@ impl RawConfig {
             jwt_signings_per_caller_per_second,
             node_attestor,
             dns_server,
+            metrics_bind,
             k8s_psat,
             k8s
         );
@@ -408,7 +413,10 @@ impl RawConfig {
                 })?,
             ))),
         };
+        let metrics_bind =
+            lanyard_core::config::optional_addr("metrics_bind", self.metrics_bind.as_deref())?;
         Ok(Config {
+            metrics_bind,
             resolver,
             node_attestation,
             k8s,

@@ -15,6 +15,7 @@ pub mod creds;
 pub mod identity;
 pub mod jwt_cache;
 pub mod listener;
+pub mod metrics;
 pub mod pdp;
 pub mod server_client;
 pub mod server_dns;

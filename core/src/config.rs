@@ -100,3 +100,16 @@ mod tests {
         assert_eq!(e.to_string(), "log_format: \"xml\" is not plain or json");
     }
 }
+
+/// An optional `host:port` socket address setting (`""` means unset).
+pub fn optional_addr(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(field, format!("{v:?} is not ip:port (e.g. 0.0.0.0:9090)"))
+        }),
+    }
+}

@@ -77,6 +77,8 @@ pub struct Bound {
     pub metrics: Arc<Metrics>,
     /// The audit log.
     pub audit: Audit,
+    /// Where Prometheus metrics are served, when they are.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -152,7 +154,17 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (agent_changes, _) = watch::channel(0u64);
     let agents = Agents::new(store.clone(), clock.clone(), agent_changes);
-    let metrics = Arc::new(Metrics::default());
+    let prom = lanyard_metrics::Metrics::default();
+    let metrics = Arc::new(Metrics::new(&prom));
+    prom.add(
+        "lanyard_server_events",
+        "Audit records written, by kind and decision: attestations, renewals, SVIDs and JWTs issued, tasks begun/denied/ended, tool-call decisions shipped by agents, revocations, quarantines, authority rotations",
+        audit.events(),
+    );
+    let node_calls = prom.counters(
+        "lanyard_server_node_calls",
+        "Node API calls from agents, by method and status",
+    );
     let settings = IssuanceSettings {
         default_x509_svid_ttl: config.default_x509_svid_ttl,
         default_jwt_svid_ttl: config.default_jwt_svid_ttl,
@@ -240,8 +252,17 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let metrics_addr = match config.metrics_bind {
+        Some(bind) => Some(
+            lanyard_metrics::serve(bind, prom.clone(), shutdown_rx.clone())
+                .await
+                .map_err(|e| AppError::Bind(bind, e))?,
+        ),
+        None => None,
+    };
     let node_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(lanyard_metrics::CallsLayer::new(node_calls))
         .add_service(NodeServer::new(node))
         .serve_with_incoming_shutdown(
             incoming(listener, tls, config.net),
@@ -288,6 +309,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         ca,
         metrics,
         audit,
+        metrics_addr,
         shutdown,
         task,
     })

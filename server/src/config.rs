@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub bind: Option<String>,
     /// Admin API socket path.
     pub admin_socket: Option<PathBuf>,
+    /// Prometheus metrics address (off when unset).
+    pub metrics_bind: Option<String>,
     /// CA certificate lifetime.
     pub ca_ttl: Option<String>,
     /// Default X.509-SVID lifetime.
@@ -97,6 +99,7 @@ impl RawConfig {
             data_dir,
             bind,
             admin_socket,
+            metrics_bind,
             ca_ttl,
             default_x509_svid_ttl,
             default_jwt_svid_ttl,
@@ -272,7 +275,10 @@ impl RawConfig {
             audit.segment_bytes = n;
         }
         let psat_clusters = crate::config_psat::validate(self.k8s_psat.unwrap_or_default())?;
+        let metrics_bind =
+            lanyard_core::config::optional_addr("metrics_bind", self.metrics_bind.as_deref())?;
         Ok(Config {
+            metrics_bind,
             psat_clusters,
             audit,
             quarantine,
@@ -383,6 +389,8 @@ pub struct Config {
     pub audit: crate::audit::AuditSettings,
     /// Clusters whose agents attest with `k8s_psat`.
     pub psat_clusters: Vec<crate::node_attest::PsatCluster>,
+    /// Where Prometheus metrics are served, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl Config {

@@ -39,12 +39,114 @@ pub const MAX_BATCH: usize = 1000;
 pub use lanyard_core::jwt::MAX_AUDIENCES;
 
 /// Counters of what the server signed, for tests and tools.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// X.509-SVIDs signed for workloads.
     pub x509_svids_signed: std::sync::atomic::AtomicU64,
     /// JWT-SVIDs signed.
     pub jwt_svids_signed: std::sync::atomic::AtomicU64,
+    /// The Prometheus side: what operators scrape.
+    pub prom: NodeMetrics,
+}
+
+/// The node API's Prometheus metrics.
+#[derive(Clone, Debug)]
+pub struct NodeMetrics {
+    /// SVIDs signed, by kind (`x509`, `jwt`, `agent`).
+    pub signed: lanyard_metrics::CounterFamily,
+    /// Signing latency, by kind.
+    pub signing: lanyard_metrics::HistogramFamily,
+    /// Refused node attestations, by attestor and reason.
+    pub attestation_failures: lanyard_metrics::CounterFamily,
+    /// Open Sync streams: the agents connected to this server.
+    pub sync_streams: lanyard_metrics::Gauge,
+}
+
+impl Metrics {
+    /// Metrics registered in `registry`.
+    pub fn new(registry: &lanyard_metrics::Metrics) -> Self {
+        Self {
+            x509_svids_signed: Default::default(),
+            jwt_svids_signed: Default::default(),
+            prom: NodeMetrics {
+                signed: registry.counters(
+                    "lanyard_server_svids_signed",
+                    "SVIDs signed, by kind (x509, jwt, agent)",
+                ),
+                signing: registry.latencies(
+                    "lanyard_server_signing_seconds",
+                    "Time to sign one SVID, by kind",
+                ),
+                attestation_failures: registry.counters(
+                    "lanyard_server_attestation_failures",
+                    "Refused node attestations, by attestor and reason",
+                ),
+                sync_streams: registry.gauge(
+                    "lanyard_server_sync_streams",
+                    "Open Sync streams (agents connected to this server)",
+                ),
+            },
+        }
+    }
+
+    fn signed(&self, kind: &str, started: std::time::Instant) {
+        let l = lanyard_metrics::labels(&[("kind", kind)]);
+        self.prom.signed.get_or_create(&l).inc();
+        self.prom
+            .signing
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(&lanyard_metrics::Metrics::default())
+    }
+}
+
+/// Counts an open stream until dropped.
+struct StreamGauge(lanyard_metrics::Gauge);
+
+impl StreamGauge {
+    fn open(g: &lanyard_metrics::Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The attestor's name as a label (names no server knows are one label).
+fn attestor_label(method: &str) -> &'static str {
+    match method {
+        "join_token" => "join_token",
+        "k8s_psat" => "k8s_psat",
+        _ => "unknown",
+    }
+}
+
+/// A short, bounded label for why an attestation was refused.
+fn refusal_reason(e: &NodeError) -> &'static str {
+    match e {
+        NodeError::Attestation(a) => match a {
+            AttestationError::UnknownToken => "unknown_token",
+            AttestationError::Expired => "expired_token",
+            AttestationError::Malformed => "malformed",
+            AttestationError::AgentId(_) | AttestationError::CollidesWithEntry(_) => "agent_id",
+            AttestationError::UnknownAttestor(..) => "unknown_attestor",
+            AttestationError::Refused(why) => crate::node_attest::reason_class(why),
+            _ => "internal",
+        },
+        NodeError::Agent(AgentError::Banned(_)) => "banned",
+        NodeError::Agent(AgentError::Replayed(_)) => "replayed",
+        NodeError::Svid(_) => "bad_csr",
+        _ => "internal",
+    }
 }
 
 /// Lifetimes the server applies.
@@ -237,11 +339,14 @@ impl NodeApi {
             ttl: self.settings.agent_svid_ttl,
             extensions: vec![],
         };
-        Ok(self
+        let started = std::time::Instant::now();
+        let svid = self
             .ca
             .snapshot()
             .active
-            .sign_x509_svid(csr, &params, self.clock.now())?)
+            .sign_x509_svid(csr, &params, self.clock.now())?;
+        self.metrics.signed("agent", started);
+        Ok(svid)
     }
 
     fn sync_update(&self, agent: &SpiffeId) -> SyncUpdate {
@@ -301,10 +406,12 @@ impl NodeApi {
             extensions: vec![],
         };
         let snap = self.ca.snapshot();
+        let started = std::time::Instant::now();
         let svid = snap
             .active
             .sign_x509_svid(csr, &params, self.clock.now())
             .map_err(|e| e.to_string())?;
+        self.metrics.signed("x509", started);
         self.metrics
             .x509_svids_signed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -356,6 +463,14 @@ impl Node for NodeApi {
         let (node, svid) = match self.attest(&req).await {
             Ok(v) => v,
             Err(e) => {
+                self.metrics
+                    .prom
+                    .attestation_failures
+                    .get_or_create(&lanyard_metrics::labels(&[
+                        ("attestor", attestor_label(&method)),
+                        ("reason", refusal_reason(&e)),
+                    ]))
+                    .inc();
                 let reason = e.to_string();
                 self.audit
                     .note(
@@ -380,16 +495,25 @@ impl Node for NodeApi {
             )
             .await
         {
+            let err = NodeError::from(e);
+            self.metrics
+                .prom
+                .attestation_failures
+                .get_or_create(&lanyard_metrics::labels(&[
+                    ("attestor", attestor_label(&method)),
+                    ("reason", refusal_reason(&err)),
+                ]))
+                .inc();
             self.audit
                 .note(
                     self.audit
                         .event(Kind::NodeRefused)
                         .subject(agent_id.to_string())
-                        .reason(e.to_string())
+                        .reason(err.to_string())
                         .details(serde_json::json!({"method": method})),
                 )
                 .await;
-            return Err(NodeError::from(e).into());
+            return Err(err.into());
         }
         tracing::info!(%agent_id, %method, serial = %svid.serial, "agent attested");
         self.audited(
@@ -463,6 +587,7 @@ impl Node for NodeApi {
         let mut quarantines = self.enforce.quarantines.subscribe();
         let mut stop = self.shutdown.clone();
         tokio::spawn(async move {
+            let _open = StreamGauge::open(&api.metrics.prom.sync_streams);
             let id = agent.spiffe_id;
             let mut last: Option<SyncUpdate> = None;
             // The revocation log position last sent: later updates carry
@@ -589,6 +714,7 @@ impl Node for NodeApi {
         crate::tasks::check_audiences(&req.audience).map_err(NodeError::BadJwtRequest)?;
         let entry = self.owned_entry(&agent.spiffe_id, &req.entry_id)?;
         let ttl = entry.jwt_ttl.unwrap_or(self.settings.default_jwt_svid_ttl);
+        let started = std::time::Instant::now();
         let minted = self
             .ca
             .snapshot()
@@ -601,6 +727,7 @@ impl Node for NodeApi {
                 serde_json::Map::new(),
             )
             .map_err(NodeError::from)?;
+        self.metrics.signed("jwt", started);
         self.metrics
             .jwt_svids_signed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -80,6 +80,9 @@ pub struct RunArgs {
     /// Data directory for the agent's own SVID [default: .lanyard/agent].
     #[arg(long, env = "LANYARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
+    #[arg(long, env = "LANYARD_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
     /// Log format: plain or json [default: plain].
     #[arg(long, env = "LANYARD_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -111,6 +114,7 @@ impl RunArgs {
             insecure_bootstrap: self.insecure_bootstrap.then_some(true),
             socket: self.socket.clone(),
             data_dir: self.data_dir.clone(),
+            metrics_bind: self.metrics_bind.clone(),
             log_format: self.log_format.clone(),
             use_pidfd: self.no_pidfd.then_some(false),
             max_connections: self.max_connections,

@@ -114,6 +114,27 @@ pub struct Audit {
     clock: Arc<dyn Clock>,
     /// Turns true once the writer thread has written its last line.
     stopped: watch::Receiver<bool>,
+    /// Records by kind (and decision), for the metrics endpoint.
+    events: lanyard_metrics::CounterFamily,
+}
+
+fn count(events: &lanyard_metrics::CounterFamily, e: &Event) {
+    let decision = if e.decision.is_empty() {
+        "-"
+    } else {
+        e.decision.as_str()
+    };
+    let decision = if matches!(decision, "allow" | "deny" | "-") {
+        decision
+    } else {
+        "other"
+    };
+    events
+        .get_or_create(&lanyard_metrics::labels(&[
+            ("kind", e.kind.as_str()),
+            ("decision", decision),
+        ]))
+        .inc();
 }
 
 impl std::fmt::Debug for Audit {
@@ -211,7 +232,13 @@ impl Audit {
             key,
             clock,
             stopped,
+            events: lanyard_metrics::CounterFamily::default(),
         })
+    }
+
+    /// The counter of records by kind, to register with the metrics.
+    pub fn events(&self) -> lanyard_metrics::CounterFamily {
+        self.events.clone()
     }
 
     /// A new event of `kind`, timed now.
@@ -235,6 +262,9 @@ impl Audit {
     /// Appends events; returns once they are on disk, with the last
     /// record's sequence number.
     pub async fn record_all(&self, events: Vec<Event>) -> Result<u64, AuditLogError> {
+        for e in &events {
+            count(&self.events, e);
+        }
         self.ask(|reply| Cmd::Append { events, reply })
             .await?
             .map_err(AuditLogError::Unavailable)
@@ -263,6 +293,9 @@ impl Audit {
         epoch: &str,
         records: Vec<(u64, Event)>,
     ) -> Result<u64, AuditLogError> {
+        for (_, e) in &records {
+            count(&self.events, e);
+        }
         self.ask(|reply| Cmd::Remote {
             origin_agent: agent.to_owned(),
             epoch: epoch.to_owned(),

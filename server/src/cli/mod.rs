@@ -121,6 +121,9 @@ pub struct RunArgs {
     /// Admin API socket [default: /run/lanyard/server/admin.sock].
     #[arg(long, env = "LANYARD_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
+    #[arg(long, env = "LANYARD_METRICS_BIND")]
+    pub metrics_bind: Option<String>,
     /// CA lifetime [default: 24h].
     #[arg(long, env = "LANYARD_CA_TTL")]
     pub ca_ttl: Option<String>,
@@ -165,6 +168,7 @@ impl RunArgs {
             data_dir: self.data_dir.clone(),
             bind: self.bind.clone(),
             admin_socket: self.admin_socket.clone(),
+            metrics_bind: self.metrics_bind.clone(),
             ca_ttl: self.ca_ttl.clone(),
             default_x509_svid_ttl: self.default_x509_svid_ttl.clone(),
             default_jwt_svid_ttl: self.default_jwt_svid_ttl.clone(),

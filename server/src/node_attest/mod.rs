@@ -80,3 +80,22 @@ impl NodeAttestors {
 pub(crate) fn digest(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
 }
+
+/// A bounded label for a refusal's text (for metrics).
+pub fn reason_class(why: &str) -> &'static str {
+    const CLASSES: [(&str, &str); 9] = [
+        ("audience", "audience"),
+        ("expired", "expired"),
+        ("not valid before", "not_yet_valid"),
+        ("issuer", "issuer"),
+        ("not among the issuer keys", "unknown_key"),
+        ("signature", "signature"),
+        ("may not attest", "service_account"),
+        ("not configured", "unknown_cluster"),
+        ("evidence", "malformed"),
+    ];
+    CLASSES
+        .iter()
+        .find(|(needle, _)| why.contains(needle))
+        .map_or("refused", |(_, class)| class)
+}
