@@ -48,10 +48,18 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 impl TestServer {
     /// Starts on `bind` (e.g. `127.0.0.1:0`).
     pub async fn start(bind: &str) -> std::io::Result<Self> {
+        Self::start_for(bind, &["127.0.0.1", "localhost"]).await
+    }
+
+    /// Starts on `bind` with a certificate for `names` (host names or IP
+    /// addresses).
+    pub async fn start_for(bind: &str, names: &[&str]) -> std::io::Result<Self> {
         let err = |e: String| std::io::Error::other(e);
         let key = rcgen::KeyPair::generate().map_err(|e| err(e.to_string()))?;
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .map_err(|e| err(e.to_string()))?;
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .map_err(|e| err(e.to_string()))?;
         let cert = params.self_signed(&key).map_err(|e| err(e.to_string()))?;
         let ca_pem = cert.pem();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

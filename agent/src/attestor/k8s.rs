@@ -137,7 +137,16 @@ impl WorkloadAttestor for K8sAttestor {
             }
         };
         match found {
-            Some(k8s) => selectors.extend(k8s),
+            Some(k8s) => {
+                tracing::debug!(
+                    pid,
+                    container = %container.container_id,
+                    pod_uid = ?container.pod_uid,
+                    selectors = ?k8s.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "caller attested in a pod"
+                );
+                selectors.extend(k8s);
+            }
             None => tracing::info!(
                 pid,
                 container = %container.container_id,
