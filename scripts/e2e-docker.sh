@@ -60,7 +60,7 @@ docker run -d --name "$P-server" --network "$NET" --network-alias lanyard-server
   -e LANYARD_LOG=info \
   "$IMAGE" run --trust-domain "$TD" --bind 0.0.0.0:8081 --data-dir /data >/dev/null
 admin() { docker exec "$P-server" /usr/local/bin/lanyard-server "$@"; }
-for _ in $(seq 1 100); do admin bundle show >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 1 100); do admin healthcheck >/dev/null 2>&1 && break; sleep 0.2; done
 admin bundle show >"$WORK/bundle.pem"
 TOKEN="$(admin token generate --agent-id "$NODE")"
 

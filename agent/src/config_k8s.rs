@@ -177,3 +177,51 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
         proc_root: r.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubernetes_manifests_agent_config_validates() {
+        for text in [
+            include_str!("../../deploy/kubernetes/base/agent.toml"),
+            include_str!("../../deploy/kubernetes/overlays/example/agent.toml"),
+        ] {
+            let raw: crate::config::RawConfig = toml::from_str(text).unwrap();
+            let cfg = raw.validate().unwrap();
+            assert!(matches!(
+                cfg.node_attestation,
+                NodeAttestation::K8sPsat { .. }
+            ));
+            assert!(cfg.k8s.is_some());
+            assert!(cfg.metrics_bind.is_some());
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_with_reasons() {
+        let e = node_attestation(Some("aws_iid"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not join_token or k8s_psat"), "{e}");
+        let e = node_attestation(Some("k8s_psat"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k8s_psat.cluster"), "{e}");
+        let e = node_attestation(None, Some(RawK8sPsat::default()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only used with"), "{e}");
+        let e = k8s(Some(RawK8s::default())).unwrap_err().to_string();
+        assert!(e.contains("kubelet_ca_file"), "{e}");
+        assert!(
+            k8s(Some(RawK8s {
+                enabled: Some(false),
+                ..Default::default()
+            }))
+            .unwrap()
+            .is_none()
+        );
+    }
+}

@@ -77,6 +77,19 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
     toml::from_str(text).map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))
 }
 
+/// An optional `host:port` socket address setting (`""` means unset).
+pub fn optional_addr(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ConfigError::invalid(field, format!("{v:?} is not ip:port (e.g. 0.0.0.0:9090)"))
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,18 +111,5 @@ mod tests {
         );
         let e = LogFormat::from_setting(Some("xml")).unwrap_err();
         assert_eq!(e.to_string(), "log_format: \"xml\" is not plain or json");
-    }
-}
-
-/// An optional `host:port` socket address setting (`""` means unset).
-pub fn optional_addr(
-    field: &'static str,
-    value: Option<&str>,
-) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            ConfigError::invalid(field, format!("{v:?} is not ip:port (e.g. 0.0.0.0:9090)"))
-        }),
     }
 }

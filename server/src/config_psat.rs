@@ -206,4 +206,28 @@ mod tests {
         let e = validate(vec![ok.clone(), ok]).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
     }
+
+    #[test]
+    fn the_kubernetes_manifests_server_config_parses() {
+        for text in [
+            include_str!("../../deploy/kubernetes/base/server.toml"),
+            include_str!("../../deploy/kubernetes/overlays/example/server.toml"),
+        ] {
+            let raw: crate::config::RawConfig = toml::from_str(text).unwrap();
+            let clusters = raw.k8s_psat.clone().unwrap();
+            assert_eq!(clusters.len(), 1);
+            assert!(clusters[0].jwks_url.is_some());
+            // Everything but the CA file (only inside a pod) validates.
+            let mut file_based = raw;
+            if let Some(c) = file_based.k8s_psat.as_mut() {
+                c[0].jwks_url = None;
+                c[0].jwks_ca_file = None;
+                c[0].jwks_token_file = None;
+                c[0].jwks_file = Some("/nonexistent/jwks.json".into());
+            }
+            let cfg = file_based.validate().unwrap();
+            assert_eq!(cfg.psat_clusters[0].allowed.len(), 1);
+            assert!(cfg.metrics_bind.is_some());
+        }
+    }
 }

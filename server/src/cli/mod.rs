@@ -64,6 +64,12 @@ pub enum Command {
     /// The tamper-evident audit log: tail, export, key, verify.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Exit 0 when the server answers on its admin socket with an active
+    /// CA (for liveness and readiness probes).
+    Healthcheck {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Back up, restore or migrate a stopped server's datastore.
     #[command(subcommand)]
     Datastore(datastore::DatastoreCmd),
@@ -400,6 +406,19 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 ),
                 Output::Text => println!("{}", r.token),
             }
+            Ok(())
+        }
+        Command::Healthcheck { admin } => {
+            let r = client(&admin)
+                .await?
+                .list_authorities(ListAuthoritiesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if !r.authorities.iter().any(|a| a.state == "active") {
+                return Err(err("no active CA"));
+            }
+            println!("SERVING");
             Ok(())
         }
         Command::Entry(cmd) => run_entry(cmd).await,
