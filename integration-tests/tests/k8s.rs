@@ -453,3 +453,41 @@ async fn pods_are_told_apart_by_cgroup_and_the_kubelets_pod_list() {
     agent.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_come_from_the_issuers_discovery_document_over_https() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::rsa("k1");
+    // The API server's issuer endpoints, wanting the server pod's token.
+    let api = lanyard_fetch::test_server::TestServer::start("127.0.0.1:0")
+        .await
+        .unwrap();
+    api.require_bearer("server-sa-token");
+    api.set(
+        "/.well-known/openid-configuration",
+        200,
+        serde_json::json!({"issuer": ISS, "jwks_uri": api.url("/openid/v1/jwks"), "response_types_supported": ["id_token"]}).to_string(),
+    );
+    api.set("/openid/v1/jwks", 200, TestIssuer::jwks(&[&issuer]));
+    std::fs::write(dir.path().join("api-ca.pem"), api.ca_pem()).unwrap();
+    std::fs::write(dir.path().join("sa-token"), "server-sa-token\n").unwrap();
+    let toml = format!(
+        "trust_domain = \"{TD}\"\n[[k8s_psat]]\ncluster = \"prod\"\nissuer = \"{ISS}\"\nservice_accounts = [\"lanyard:lanyard-agent\"]\ndiscovery_url = \"{}\"\njwks_ca_file = \"{}\"\njwks_token_file = \"{}\"\n",
+        api.url("/.well-known/openid-configuration"),
+        dir.path().join("api-ca.pem").display(),
+        dir.path().join("sa-token").display(),
+    );
+    let raw: lanyard_server::config::RawConfig = toml::from_str(&toml).unwrap();
+    let clusters = raw.validate().unwrap().psat_clusters;
+    let server =
+        TestServer::start_with(dir.path(), "127.0.0.1:0", |c| c.psat_clusters = clusters).await;
+    let token = issuer.mint(&PsatSpec::new(ISS, "lanyard-server", now() - 5));
+    let id = attest_raw(server.addr(), "k8s_psat", evidence(&token))
+        .await
+        .unwrap();
+    assert!(id.contains("/lanyard/agent/k8s_psat/prod/"), "{id}");
+    assert!(api.hits("/.well-known/openid-configuration") >= 1);
+    assert!(api.hits("/openid/v1/jwks") >= 1);
+    server.stop().await;
+}

@@ -8,6 +8,7 @@
 //! service_accounts = ["lanyard:lanyard-agent"]
 //! jwks_file = "/etc/lanyard/k8s/prod-jwks.json"
 //! # or: jwks_url = "https://kubernetes.default.svc/openid/v1/jwks"
+//! # or: discovery_url = "https://kubernetes.default.svc/.well-known/openid-configuration"
 //! #     jwks_ca_file = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 //! #     jwks_token_file = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 //! ```
@@ -39,6 +40,9 @@ pub struct RawPsatCluster {
     pub jwks_file: Option<PathBuf>,
     /// The issuer's JWKS over HTTPS.
     pub jwks_url: Option<String>,
+    /// The issuer's OIDC discovery document over HTTPS (its `jwks_uri`
+    /// is followed).
+    pub discovery_url: Option<String>,
     /// PEM CA for `jwks_url`.
     pub jwks_ca_file: Option<PathBuf>,
     /// Bearer token file sent to `jwks_url`.
@@ -99,33 +103,39 @@ pub fn validate(raw: Vec<RawPsatCluster>) -> Result<Vec<PsatCluster>, ConfigErro
                 ),
             ));
         }
-        let jwks = match (r.jwks_file, r.jwks_url) {
-            (Some(f), None) => {
+        let https = |ca: Option<PathBuf>| {
+            let ca = ca.ok_or_else(|| {
+                ConfigError::invalid(F, format!("cluster {name:?}: jwks_url and discovery_url need jwks_ca_file (the PEM CA of the issuer's certificate)"))
+            })?;
+            lanyard_fetch::Client::with_ca_file(&ca, Duration::from_secs(10), 1 << 20)
+                .map_err(|e| ConfigError::invalid(F, e.to_string()))
+        };
+        let jwks = match (r.jwks_file, r.jwks_url, r.discovery_url) {
+            (Some(f), None, None) => {
                 if r.jwks_ca_file.is_some() || r.jwks_token_file.is_some() {
                     return Err(ConfigError::invalid(
                         F,
-                        "jwks_ca_file and jwks_token_file go with jwks_url",
+                        "jwks_ca_file and jwks_token_file go with jwks_url or discovery_url",
                     ));
                 }
                 JwksSource::File(f)
             }
-            (None, Some(url)) => {
-                let ca = r.jwks_ca_file.ok_or_else(|| {
-                    ConfigError::invalid(F, format!("cluster {name:?}: jwks_url needs jwks_ca_file (the PEM CA of its certificate)"))
-                })?;
-                let client =
-                    lanyard_fetch::Client::with_ca_file(&ca, Duration::from_secs(10), 1 << 20)
-                        .map_err(|e| ConfigError::invalid(F, e.to_string()))?;
-                JwksSource::Url {
-                    url,
-                    client,
-                    token_file: r.jwks_token_file,
-                }
-            }
+            (None, Some(url), None) => JwksSource::Url {
+                url,
+                client: https(r.jwks_ca_file)?,
+                token_file: r.jwks_token_file,
+            },
+            (None, None, Some(url)) => JwksSource::Discovery {
+                url,
+                client: https(r.jwks_ca_file)?,
+                token_file: r.jwks_token_file,
+            },
             _ => {
                 return Err(ConfigError::invalid(
                     F,
-                    format!("cluster {name:?} needs exactly one of jwks_file or jwks_url"),
+                    format!(
+                        "cluster {name:?} needs exactly one of jwks_file, jwks_url or discovery_url"
+                    ),
                 ));
             }
         };

@@ -48,6 +48,16 @@ pub enum JwksSource {
         /// Bearer token file sent with the request, re-read each time.
         token_file: Option<PathBuf>,
     },
+    /// The issuer's OIDC discovery document (its `jwks_uri` names the
+    /// keys; its `issuer` must be the cluster's).
+    Discovery {
+        /// The discovery document's URL.
+        url: String,
+        /// HTTPS client (trust configured), for both requests.
+        client: lanyard_fetch::Client,
+        /// Bearer token file sent with both requests.
+        token_file: Option<PathBuf>,
+    },
 }
 
 /// One configured cluster.
@@ -79,7 +89,7 @@ fn stamp(source: &JwksSource) -> Option<(std::time::SystemTime, u64)> {
         JwksSource::File(p) => std::fs::metadata(p)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len()))),
-        JwksSource::Url { .. } => None,
+        JwksSource::Url { .. } | JwksSource::Discovery { .. } => None,
     }
 }
 
@@ -175,6 +185,19 @@ impl PsatAttestor {
     }
 }
 
+async fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    match file {
+        Some(f) => Ok(Some(
+            tokio::fs::read_to_string(f)
+                .await
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .trim()
+                .to_owned(),
+        )),
+        None => Ok(None),
+    }
+}
+
 async fn reload(cfg: &PsatCluster, k: &mut Keys) -> Result<(), String> {
     let file_stamp = stamp(&cfg.jwks);
     let bytes = match &cfg.jwks {
@@ -186,18 +209,38 @@ async fn reload(cfg: &PsatCluster, k: &mut Keys) -> Result<(), String> {
             client,
             token_file,
         } => {
-            let token = match token_file {
-                Some(f) => Some(
-                    tokio::fs::read_to_string(f)
-                        .await
-                        .map_err(|e| format!("{}: {e}", f.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => None,
-            };
+            let token = read_token(token_file.as_deref()).await?;
             client
                 .get(url, token.as_deref())
+                .await
+                .map_err(|e| e.to_string())?
+                .to_vec()
+        }
+        JwksSource::Discovery {
+            url,
+            client,
+            token_file,
+        } => {
+            #[derive(serde::Deserialize)]
+            struct Discovery {
+                issuer: String,
+                jwks_uri: String,
+            }
+            let token = read_token(token_file.as_deref()).await?;
+            let doc = client
+                .get(url, token.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let doc: Discovery = serde_json::from_slice(&doc)
+                .map_err(|e| format!("{url}: not an OIDC discovery document: {e}"))?;
+            if doc.issuer != cfg.issuer {
+                return Err(format!(
+                    "{url}: the discovery document is for issuer {:?}, not {:?}",
+                    doc.issuer, cfg.issuer
+                ));
+            }
+            client
+                .get(&doc.jwks_uri, token.as_deref())
                 .await
                 .map_err(|e| e.to_string())?
                 .to_vec()
