@@ -15,8 +15,19 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(c.container_id.len(), 64);
             assert!(c.container_id.bytes().all(|b| b.is_ascii_hexdigit()));
         }
-        let expect = PsatExpectations { issuer: "https://kubernetes.default.svc", audience: "lanyard-server" };
-        assert!(validate_psat(text, &[], expect, UNIX_EPOCH + Duration::from_secs(1_700_000_000)).is_err());
+        let expect = PsatExpectations {
+            issuer: "https://kubernetes.default.svc",
+            audience: "lanyard-server",
+        };
+        assert!(
+            validate_psat(
+                text,
+                &[],
+                expect,
+                UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+            )
+            .is_err()
+        );
     }
     if let Ok(list) = PodList::parse(data) {
         for pod in &list.items {
