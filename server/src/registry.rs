@@ -290,8 +290,19 @@ impl Registry {
             .iter()
             .filter_map(|s| s.parse().ok())
             .collect();
+        // Nothing changed (the common case, and every agent without node
+        // selectors): only the read lock, and no wake-up of the streams.
+        let known = |nodes: &HashMap<SpiffeId, Arc<Vec<lanyard_core::Selector>>>| match nodes
+            .get(&agent.spiffe_id)
+        {
+            Some(s) => s.as_slice() == selectors.as_slice(),
+            None => selectors.is_empty(),
+        };
+        if known(&self.inner.nodes.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
         let mut nodes = self.inner.nodes.write().unwrap_or_else(|p| p.into_inner());
-        if nodes.get(&agent.spiffe_id).map(|s| s.as_slice()) == Some(selectors.as_slice()) {
+        if known(&nodes) {
             return;
         }
         if selectors.is_empty() {

@@ -30,6 +30,8 @@ pub struct K8sAttestor {
     unix: Arc<dyn WorkloadAttestor>,
     settings: K8sSettings,
     cache: Mutex<Option<Cached>>,
+    /// One pod list fetch at a time; callers that waited look again.
+    fetching: Mutex<()>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -51,6 +53,7 @@ impl K8sAttestor {
             unix,
             settings,
             cache: Mutex::new(None),
+            fetching: Mutex::new(()),
             runtime,
         }
     }
@@ -127,7 +130,11 @@ impl WorkloadAttestor for K8sAttestor {
             Lookup::NotInList => None,
             Lookup::Stale if !opts.allow_slow => return Ok(None),
             Lookup::Stale => {
-                if let Err(e) = self.refresh() {
+                let _one = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+                // Another caller may have fetched while this one waited.
+                if matches!(self.lookup(&container, MISS_REFETCH), Lookup::Stale)
+                    && let Err(e) = self.refresh()
+                {
                     tracing::warn!(err = %e, "cannot read the kubelet's pod list; the caller gets unix selectors only");
                 }
                 match self.lookup(&container, MISS_REFETCH) {
