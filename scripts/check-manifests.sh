@@ -16,7 +16,10 @@ VENV=target/manifest-venv
 
 if ! command -v kubectl >/dev/null; then
   echo "installing kubectl (Debian)"
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y -q kubectl >/dev/null; else sudo apt-get install -y -q kubectl >/dev/null; fi
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get install -y -q kubectl >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q kubectl >/dev/null
+  }
 fi
 if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   python3 -m venv "$VENV"
