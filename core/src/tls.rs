@@ -192,8 +192,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 
 /// Accepts any server certificate whose handshake signature verifies,
 /// without checking whom it belongs to. Only for `--insecure-bootstrap`
-/// during development: the first connection then learns the bundle from the
-/// server it reached, which an attacker on the path could impersonate.
+/// during development (the first connection then learns the bundle from the
+/// server it reached, which an attacker on the path could impersonate) and
+/// for a kubelet the operator chose not to verify
+/// (`kubelet_insecure_skip_verify`).
 #[derive(Debug)]
 pub struct InsecureBootstrapVerifier {
     algs: WebPkiSupportedAlgorithms,
