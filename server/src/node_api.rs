@@ -328,6 +328,34 @@ impl NodeApi {
         Ok((node, svid))
     }
 
+    /// A refused attestation: counted by attestor and reason, recorded in
+    /// the audit log (with the agent ID once known), answered as a status.
+    async fn attestation_refused(
+        &self,
+        method: &str,
+        agent_id: Option<&SpiffeId>,
+        err: NodeError,
+    ) -> Status {
+        self.metrics
+            .prom
+            .attestation_failures
+            .get_or_create(&lanyard_metrics::labels(&[
+                ("attestor", attestor_label(method)),
+                ("reason", refusal_reason(&err)),
+            ]))
+            .inc();
+        let mut event = self
+            .audit
+            .event(Kind::NodeRefused)
+            .reason(err.to_string())
+            .details(serde_json::json!({"method": method}));
+        if let Some(id) = agent_id {
+            event = event.subject(id.to_string());
+        }
+        self.audit.note(event).await;
+        err.into()
+    }
+
     fn sign_agent(
         &self,
         id: &SpiffeId,
@@ -462,26 +490,7 @@ impl Node for NodeApi {
         };
         let (node, svid) = match self.attest(&req).await {
             Ok(v) => v,
-            Err(e) => {
-                self.metrics
-                    .prom
-                    .attestation_failures
-                    .get_or_create(&lanyard_metrics::labels(&[
-                        ("attestor", attestor_label(&method)),
-                        ("reason", refusal_reason(&e)),
-                    ]))
-                    .inc();
-                let reason = e.to_string();
-                self.audit
-                    .note(
-                        self.audit
-                            .event(Kind::NodeRefused)
-                            .reason(reason)
-                            .details(serde_json::json!({"method": method})),
-                    )
-                    .await;
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.attestation_refused(&method, None, e).await),
         };
         let agent_id = node.agent_id.clone();
         if let Err(e) = self
@@ -495,25 +504,9 @@ impl Node for NodeApi {
             )
             .await
         {
-            let err = NodeError::from(e);
-            self.metrics
-                .prom
-                .attestation_failures
-                .get_or_create(&lanyard_metrics::labels(&[
-                    ("attestor", attestor_label(&method)),
-                    ("reason", refusal_reason(&err)),
-                ]))
-                .inc();
-            self.audit
-                .note(
-                    self.audit
-                        .event(Kind::NodeRefused)
-                        .subject(agent_id.to_string())
-                        .reason(err.to_string())
-                        .details(serde_json::json!({"method": method})),
-                )
-                .await;
-            return Err(err.into());
+            return Err(self
+                .attestation_refused(&method, Some(&agent_id), e.into())
+                .await);
         }
         tracing::info!(%agent_id, %method, serial = %svid.serial, "agent attested");
         self.audited(
