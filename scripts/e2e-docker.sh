@@ -38,6 +38,8 @@ cleanup() {
   docker rm -f "$P-server" "$P-agent" "$P-kubelet" "$P-wl-planner" "$P-wl-stranger" "$P-filler" >/dev/null 2>&1 || true
   docker volume rm "$SOCKVOL" "$P-shared" >/dev/null 2>&1 || true
   docker network rm "$NET" >/dev/null 2>&1 || true
+  # The image is rebuilt on every run: keep no copy of it around.
+  docker image rm "$IMAGE" >/dev/null 2>&1 || true
   rm -rf "$WORK"
   exit "$status"
 }
