@@ -14,6 +14,7 @@ mod procs;
 mod scenarios;
 mod stats;
 mod tasks;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +78,17 @@ enum Cmd {
         /// Records per AppendAudit call (the agent sends up to 1000).
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+    },
+    /// The Workload API against the bare unary call on the same socket,
+    /// in interleaved rounds, with the agent's CPU per call.
+    Workload {
+        /// Rounds of (bare call, FetchX509SVID, FetchJWTSVID).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Pin the agent and server to CPU 0 and the load generator to the
+        /// others (needs `taskset`).
+        #[arg(long)]
+        pin: bool,
     },
     /// Thousands of simulated agents (real attestation, real mTLS and Sync
     /// streams) against one or several servers: notification latency,
@@ -160,6 +172,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rep.name, rep.p50_ms, rep.p99_ms, rep.max_ms, rep.per_second
             );
         }
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
+        }
+        return Ok(());
+    }
+    if let Some(Cmd::Workload { rounds, pin }) = &args.cmd {
+        anyhow::ensure!((1..=20).contains(rounds), "--rounds must be 1..=20");
+        let d = procs::start(&bins, ttl).await?;
+        scenarios::entry_for_me(
+            &d,
+            &format!("spiffe://{}/bench/workload", procs::TD),
+            None,
+            0,
+        )
+        .await?;
+        scenarios::wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
+        if *pin {
+            workload::pin(&d)?;
+        }
+        let r = workload::rounds(&d, args.concurrency, duration, *rounds).await?;
+        workload::print(&r);
         if let Some(path) = &args.json {
             std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
         }

@@ -36,7 +36,7 @@ pub struct Deployment {
     /// The agent process.
     pub agent: Proc,
     /// The server process.
-    pub _server: Proc,
+    pub server: Proc,
     _dir: tempfile::TempDir,
 }
 
@@ -149,7 +149,7 @@ pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
         socket,
         admin_socket,
         agent: Proc(agent),
-        _server: server,
+        server,
         _dir: dir,
     })
 }

@@ -70,11 +70,48 @@ impl WorkloadApi {
     }
 }
 
-fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X509svidResponse) {
+/// DER items shared by a snapshot (bundle certificates, CRLs), compared
+/// by pointer first: a snapshot that did not change them shares the same
+/// `Arc`, so the per-call comparison costs nothing, while a replaced set
+/// with equal contents still compares equal (nothing is resent). Holding
+/// the `Arc` keeps its address from being reused by another set.
+#[derive(Clone)]
+struct Shared(Arc<Vec<Vec<u8>>>);
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// What an X.509-SVID response was built from: the SVIDs (by serial), the
+/// bundle and the CRLs. A stream sends again when any of them changes.
+struct X509Key {
+    svids: Vec<Arc<CachedSvid>>,
+    bundle: Shared,
+    crls: Shared,
+}
+
+impl PartialEq for X509Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.svids.len() == other.svids.len()
+            && self
+                .svids
+                .iter()
+                .zip(&other.svids)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a.serial == b.serial)
+            && self.bundle == other.bundle
+            && self.crls == other.crls
+    }
+}
+
+fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (X509Key, X509svidResponse) {
     let bundle = snap.bundle.concat();
-    let mut key: Vec<String> = svids.iter().map(|s| s.serial.clone()).collect();
-    key.push(format!("bundle:{}:{}", snap.bundle_sequence, bundle.len()));
-    key.push(crl_key(snap));
+    let key = X509Key {
+        svids: svids.to_vec(),
+        bundle: Shared(snap.bundle.clone()),
+        crls: Shared(snap.crls.clone()),
+    };
     // Hints must be unique within a response (SPIFFE Workload API): a
     // repeated hint is sent only on its first SVID.
     let mut hints = HashSet::new();
@@ -86,7 +123,7 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
                 x509_svid: s.chain.concat(),
                 x509_svid_key: s.key_pkcs8.clone(),
                 bundle: bundle.clone(),
-                hint: if s.hint.is_empty() || hints.insert(s.hint.clone()) {
+                hint: if s.hint.is_empty() || hints.insert(s.hint.as_str()) {
                     s.hint.clone()
                 } else {
                     String::new()
@@ -99,25 +136,14 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (Vec<String>, X5
     (key, msg)
 }
 
-/// What identifies the CRLs sent: their digest (a change of the
-/// revocation set that leaves the CRLs as they were sends nothing).
-fn crl_key(snap: &Snapshot) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for c in snap.crls.iter() {
-        ctx.update(&(c.len() as u64).to_be_bytes());
-        ctx.update(c);
-    }
-    format!("crl:{}", hex::encode(ctx.finish().as_ref()))
-}
-
 fn bundles_response(
     snap: &Snapshot,
     _: &[Arc<CachedSvid>],
-) -> ((Vec<Vec<u8>>, String), X509BundlesResponse) {
+) -> ((Shared, Shared), X509BundlesResponse) {
     let mut bundles = HashMap::new();
     bundles.insert(snap.trust_domain.id_string(), snap.bundle.concat());
     (
-        ((*snap.bundle).clone(), crl_key(snap)),
+        (Shared(snap.bundle.clone()), Shared(snap.crls.clone())),
         X509BundlesResponse {
             crl: snap.crls.to_vec(),
             bundles,

@@ -50,6 +50,12 @@ pub struct ProcessInstance {
     dir: Option<std::fs::File>,
     start: Option<u64>,
     exe: Option<ExeId>,
+    /// Whether `dir` is known to be the connected process's own: the
+    /// pidfd still reported it alive after the directory was opened, so
+    /// its PID had not been reused. Lookups in such a directory fail once
+    /// that process has exited (even if its PID is reused), so reading the
+    /// `exe` link through it checks liveness and program in one syscall.
+    dir_pinned: bool,
 }
 
 impl ProcessInstance {
@@ -63,13 +69,19 @@ impl ProcessInstance {
         };
         let dir = std::fs::File::open(root.join(pid.to_string())).ok();
         let exe = dir.as_ref().and_then(exe_id_at);
-        Self {
+        let mut instance = Self {
             pid,
             pidfd,
             dir,
             start: proc_info::start_time(root, pid).ok(),
             exe,
-        }
+            dir_pinned: false,
+        };
+        instance.dir_pinned = instance.pidfd.is_some()
+            && instance.dir.is_some()
+            && instance.exe.is_some()
+            && instance.alive();
+        instance
     }
 
     /// The PID.
@@ -118,6 +130,11 @@ impl ProcessInstance {
     /// Checks that the same process, running the same program, is still
     /// behind the connection.
     pub fn check(&self) -> Result<(), InstanceChanged> {
+        // The common case, one syscall: the pinned directory still shows
+        // the same executable, so the process is alive and unchanged.
+        if self.dir_pinned && self.dir.as_ref().and_then(exe_id_at) == self.exe {
+            return Ok(());
+        }
         if !self.alive() {
             return Err(InstanceChanged::Exited);
         }
@@ -174,6 +191,75 @@ mod tests {
                 "pidfd {use_pidfd}"
             );
             std::fs::remove_file(dir.path().join("s.sock")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_killed_peer_not_yet_reaped_is_seen_as_exited() {
+        let dir = tempfile::tempdir().unwrap();
+        for use_pidfd in [true, false] {
+            let (mut child, conn) = connected_child(dir.path());
+            let inst = ProcessInstance::capture(&conn, child.id() as i32, use_pidfd);
+            assert_eq!(inst.dir_pinned, use_pidfd);
+            assert_eq!(inst.check(), Ok(()));
+            child.kill().unwrap();
+            // A zombie until waited for: its /proc directory is still
+            // there, its executable no longer is.
+            let mut tries = 0;
+            while inst.check().is_ok() && tries < 500 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                tries += 1;
+            }
+            // Without a pidfd a zombie still has its start time, so it
+            // is told apart only by its missing executable: refused all
+            // the same.
+            let expected = if use_pidfd {
+                InstanceChanged::Exited
+            } else {
+                InstanceChanged::Execd
+            };
+            assert_eq!(inst.check(), Err(expected), "pidfd {use_pidfd}");
+            child.wait().unwrap();
+            std::fs::remove_file(dir.path().join("s.sock")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_peer_that_execs_another_program_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        for use_pidfd in [true, false] {
+            // Connects, then replaces itself with `sleep`, keeping the
+            // connection open across the exec.
+            let mut child = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import os,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+                     os.set_inheritable(s.fileno(), True); sys.stdin.read(1); \
+                     os.execv('/bin/sleep', ['sleep', '60'])",
+                ])
+                .arg(&path)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (conn, _) = listener.accept().unwrap();
+            let inst = ProcessInstance::capture(&conn, child.id() as i32, use_pidfd);
+            assert_eq!(inst.check(), Ok(()));
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"x").unwrap();
+            let mut tries = 0;
+            while inst.check().is_ok() && tries < 500 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                tries += 1;
+            }
+            assert_eq!(
+                inst.check(),
+                Err(InstanceChanged::Execd),
+                "pidfd {use_pidfd}"
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
         }
     }
 }
