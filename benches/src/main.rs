@@ -125,6 +125,15 @@ fn dur(flag: &str, v: &str) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
+/// Writes `value` as pretty JSON to `path`, when `--json` was given.
+fn write_json(path: Option<&std::path::Path>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run(Args::parse()).await {
@@ -172,30 +181,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 rep.name, rep.p50_ms, rep.p99_ms, rep.max_ms, rep.per_second
             );
         }
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-        }
+        write_json(args.json.as_deref(), &r)?;
         return Ok(());
     }
     if let Some(Cmd::Workload { rounds, pin }) = &args.cmd {
         anyhow::ensure!((1..=20).contains(rounds), "--rounds must be 1..=20");
-        let d = procs::start(&bins, ttl).await?;
-        scenarios::entry_for_me(
-            &d,
-            &format!("spiffe://{}/bench/workload", procs::TD),
-            None,
-            0,
-        )
-        .await?;
-        scenarios::wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
+        let d = scenarios::start_with_workload(&bins, ttl).await?;
         if *pin {
             workload::pin(&d)?;
         }
         let r = workload::rounds(&d, args.concurrency, duration, *rounds).await?;
         workload::print(&r);
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-        }
+        write_json(args.json.as_deref(), &r)?;
         return Ok(());
     }
     if let Some(Cmd::Fleet {
@@ -237,9 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             r.rss_per_agent / 1024.0
         );
         println!("  X.509-SVID signings: {:.0}/s", r.signings_per_second);
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
-        }
+        write_json(args.json.as_deref(), &r)?;
         return Ok(());
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -248,15 +243,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bins.display()
     );
 
-    let d = procs::start(&bins, ttl).await?;
-    scenarios::entry_for_me(
-        &d,
-        &format!("spiffe://{}/bench/workload", procs::TD),
-        None,
-        0,
-    )
-    .await?;
-    scenarios::wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
+    let d = scenarios::start_with_workload(&bins, ttl).await?;
 
     let mut reports = Vec::new();
     eprintln!("- bare tonic unary call (grpc.health.v1 Check) on the agent socket");
@@ -376,8 +363,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "baseline_throughput_over_fetch_x509": throughput_ratio,
             "footprint": footprint,
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(Some(path), &doc)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

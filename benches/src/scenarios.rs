@@ -65,6 +65,21 @@ pub async fn fetch_once(c: &mut SpiffeWorkloadApiClient<Channel>) -> anyhow::Res
     Ok(m.svids.len())
 }
 
+/// Starts a server and an agent from `bins` with an entry for this
+/// process (`spiffe://TD/bench/workload`), once its SVID is served.
+pub async fn start_with_workload(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
+    let d = procs::start(bins, ttl).await?;
+    entry_for_me(
+        &d,
+        &format!("spiffe://{}/bench/workload", procs::TD),
+        None,
+        0,
+    )
+    .await?;
+    wait_for_svids(&d.socket, 1, Duration::from_secs(30)).await?;
+    Ok(d)
+}
+
 /// Waits until the caller gets `n` SVIDs (bounded by `timeout`).
 pub async fn wait_for_svids(
     socket: &Path,
