@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
-use crate::api::{Callers, TaskApi, WorkloadApi};
+use crate::api::{Callers, ExpiryTicker, TaskApi, WorkloadApi};
 use crate::attestor::{UnixAttestor, WorkloadAttestor};
 use crate::bootstrap::{BootstrapError, ensure_identity};
 use crate::cache::Snapshot;
@@ -119,12 +119,14 @@ pub async fn build_with(
         limits.jwt_cache_bytes,
         limits.jwt_signings_per_caller_per_second,
     ));
+    let expiry = ExpiryTicker::new(state.clone(), clock.clone());
     let api = WorkloadApi::new(
         state.clone(),
         callers.clone(),
         clock.clone(),
         shutdown_rx.clone(),
         jwt_cache.clone(),
+        expiry.subscribe(),
     );
     let pdp = Arc::new(crate::pdp::Pdp::new(
         identity.clone(),
@@ -187,8 +189,15 @@ pub async fn build_with(
             manager.run(shutdown_rx),
             tracing::info_span!("identity"),
         );
-        let (r, (), (), (), (), ()) =
-            tokio::join!(server, owner, shipper, syncer, audit_health, sampler);
+        let (r, (), (), (), (), (), ()) = tokio::join!(
+            server,
+            owner,
+            shipper,
+            syncer,
+            audit_health,
+            sampler,
+            expiry.run()
+        );
         if let Err(e) = r {
             tracing::error!(?e, "workload API stopped");
         }

@@ -134,7 +134,11 @@ pub fn is_subset(required: &[Selector], attested: &BTreeSet<Selector>) -> bool {
 pub struct SelectorIndex<K> {
     keys: Vec<K>,
     required: Vec<usize>,
-    postings: HashMap<Selector, Vec<usize>>,
+    /// Keyed with a seeded fast hash: the index is built from registrations
+    /// (operator input) and only looked up with callers' selectors, so a
+    /// caller cannot grow it, and SipHash here was a measurable part of a
+    /// Workload API call.
+    postings: HashMap<Selector, Vec<usize>, foldhash::fast::RandomState>,
 }
 
 impl<K: Clone> SelectorIndex<K> {
@@ -147,7 +151,7 @@ impl<K: Clone> SelectorIndex<K> {
     {
         let mut keys = Vec::new();
         let mut required = Vec::new();
-        let mut postings: HashMap<Selector, Vec<usize>> = HashMap::new();
+        let mut postings: HashMap<Selector, Vec<usize>, _> = HashMap::default();
         for (key, selectors) in items {
             let unique: BTreeSet<&Selector> = selectors.iter().collect();
             if unique.is_empty() {
@@ -173,8 +177,12 @@ impl<K: Clone> SelectorIndex<K> {
     where
         I: IntoIterator<Item = &'s Selector>,
     {
-        let mut hits: HashMap<usize, usize> = HashMap::new();
-        let unique: BTreeSet<&Selector> = attested.into_iter().collect();
+        // Sorting a vector of references de-duplicates without the
+        // allocations of a set.
+        let mut unique: Vec<&Selector> = attested.into_iter().collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut hits: HashMap<usize, usize, foldhash::fast::RandomState> = HashMap::default();
         for s in unique {
             if let Some(items) = self.postings.get(s) {
                 for &i in items {

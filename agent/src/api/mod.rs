@@ -6,16 +6,19 @@
 //!   process behind the connection (reused briefly per connection), and the
 //!   re-check of that process before every answer and stream send.
 //! - `streams`: the driver that follows the agent's snapshot for a stream.
+//! - `expiry`: one timer for all streams, ticking when an SVID expires.
 //! - `workload`: the `SpiffeWorkloadAPI` handlers.
 //! - `task`: the `lanyard.task.v1.TaskIdentity` handlers.
 
 mod caller;
+mod expiry;
 mod status;
 mod streams;
 mod task;
 mod workload;
 
 pub use caller::{ATTESTATION_REUSE, Callers};
+pub use expiry::ExpiryTicker;
 pub use status::{SECURITY_HEADER, WorkloadError};
 pub use task::{MAX_TASKS_PER_PROCESS, TaskApi};
 pub use workload::WorkloadApi;

@@ -7,7 +7,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use lanyard_core::clock::Clock;
 use tokio::sync::watch;
@@ -26,25 +25,31 @@ pub(crate) struct StreamSource {
     pub cache: watch::Receiver<Arc<Snapshot>>,
     pub stop: watch::Receiver<bool>,
     pub clock: Arc<dyn Clock>,
+    /// Ticks when an SVID in the snapshot expires (see `expiry`).
+    pub expiry: watch::Receiver<u64>,
 }
 
-/// Streams `build(snapshot, svids)` whenever its key changes. The stream
-/// is driven by the connection (no task per stream): it ends when the
-/// client goes away.
-pub(crate) fn follow<T, K>(
-    source: StreamSource,
-    caller: Caller,
-    build: impl Fn(&Snapshot, &[Arc<CachedSvid>]) -> (K, T) + Send + Sync + 'static,
-) -> Streamed<T>
+/// How a stream's messages are made: `key` says what a message would be
+/// built from (compared with the last one sent, on every wake-up), and
+/// `message` builds it only when the key changed.
+pub(crate) struct Build<K, T> {
+    pub key: fn(&Snapshot, &[Arc<CachedSvid>]) -> K,
+    pub message: fn(&Snapshot, &[Arc<CachedSvid>]) -> T,
+}
+
+/// Streams `build.message(snapshot, svids)` whenever its key changes. The
+/// stream is driven by the connection (no task, no timer per stream): it
+/// ends when the client goes away.
+pub(crate) fn follow<T, K>(source: StreamSource, caller: Caller, build: Build<K, T>) -> Streamed<T>
 where
     T: Send + 'static,
     K: PartialEq + Send + 'static,
 {
-    struct State<K, B> {
+    struct State<K, T> {
         src: StreamSource,
         caller: Caller,
         last: Option<K>,
-        build: B,
+        build: Build<K, T>,
         done: bool,
         /// Whether the stream has waited since the caller was attested.
         waited: bool,
@@ -61,10 +66,29 @@ where
         if st.done {
             return None;
         }
+        // Polled again right after a send (the connection polls the stream
+        // once more before it parks it): when neither the snapshot nor the
+        // expiry tick moved since, the answer is the same, so go straight
+        // to waiting.
+        let mut unchanged = st.last.is_some()
+            && !st.src.cache.has_changed().unwrap_or(true)
+            && !st.src.expiry.has_changed().unwrap_or(true);
         loop {
+            if std::mem::take(&mut unchanged) {
+                st.waited = true;
+                let stop = &mut st.src.stop;
+                tokio::select! {
+                    r = st.src.cache.changed() => if r.is_err() { return None },
+                    r = st.src.expiry.changed() => if r.is_err() { return None },
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        st.done = true;
+                        return Some((Err(WorkloadError::ShuttingDown.into()), st));
+                    }
+                }
+            }
             let snap = st.src.cache.borrow_and_update().clone();
+            st.src.expiry.mark_unchanged();
             let now = st.src.clock.now();
-            let mut recheck: Option<SystemTime> = None;
             // A quarantined caller's open streams end at once.
             if let Some(q) =
                 snap.quarantine_of(&st.caller.selectors, st.caller.conn.instance.as_deref())
@@ -84,8 +108,7 @@ where
                 }
                 Identities::None | Identities::Pending => {}
                 Identities::Ready(svids) => {
-                    recheck = svids.iter().map(|s| s.not_after).min();
-                    let (key, msg) = (st.build)(&snap, &svids);
+                    let key = (st.build.key)(&snap, &svids);
                     if st.last.as_ref() != Some(&key) {
                         // A first send without waiting follows the
                         // attestation's own check by microseconds; every
@@ -96,24 +119,13 @@ where
                             st.done = true;
                             return Some((Err(e.into()), st));
                         }
+                        let msg = (st.build.message)(&snap, &svids);
                         st.last = Some(key);
                         return Some((Ok(msg), st));
                     }
                 }
             }
-            let wait = recheck
-                .and_then(|t| t.duration_since(now).ok())
-                .map_or(Duration::from_secs(3600), |d| d + Duration::from_millis(10));
-            st.waited = true;
-            let stop = &mut st.src.stop;
-            tokio::select! {
-                r = st.src.cache.changed() => if r.is_err() { return None },
-                () = tokio::time::sleep(wait) => {}
-                () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    st.done = true;
-                    return Some((Err(WorkloadError::ShuttingDown.into()), st));
-                }
-            }
+            unchanged = true;
         }
     }))
 }

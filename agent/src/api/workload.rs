@@ -17,7 +17,7 @@ use tracing::instrument;
 
 use super::caller::{Caller, Callers, check_header};
 use super::status::WorkloadError;
-use super::streams::{StreamSource, Streamed, follow};
+use super::streams::{Build, StreamSource, Streamed, follow};
 use crate::cache::{CachedSvid, Snapshot};
 use crate::identity::JwtSubject;
 use crate::jwt_cache::JwtCache;
@@ -30,16 +30,19 @@ pub struct WorkloadApi {
     shutdown: watch::Receiver<bool>,
     jwt: Arc<JwtCache>,
     callers: Arc<Callers>,
+    expiry: watch::Receiver<u64>,
 }
 
 impl WorkloadApi {
-    /// The service over the agent's published state.
+    /// The service over the agent's published state; `expiry` ticks when
+    /// an SVID in it expires (an [`ExpiryTicker`](super::ExpiryTicker)'s).
     pub fn new(
         cache: watch::Receiver<Arc<Snapshot>>,
         callers: Arc<Callers>,
         clock: Arc<dyn Clock>,
         shutdown: watch::Receiver<bool>,
         jwt: Arc<JwtCache>,
+        expiry: watch::Receiver<u64>,
     ) -> Self {
         Self {
             cache,
@@ -47,6 +50,7 @@ impl WorkloadApi {
             shutdown,
             jwt,
             callers,
+            expiry,
         }
     }
 
@@ -66,30 +70,32 @@ impl WorkloadApi {
             cache: self.cache.clone(),
             stop: self.shutdown.clone(),
             clock: self.clock.clone(),
+            expiry: self.expiry.clone(),
         }
     }
 }
 
-/// DER items shared by a snapshot (bundle certificates, CRLs), compared
-/// by pointer first: a snapshot that did not change them shares the same
-/// `Arc`, so the per-call comparison costs nothing, while a replaced set
-/// with equal contents still compares equal (nothing is resent). Holding
-/// the `Arc` keeps its address from being reused by another set.
-#[derive(Clone)]
-struct Shared(Arc<Vec<Vec<u8>>>);
+/// Parts of a snapshot shared between snapshots that did not change them
+/// (bundle certificates, CRLs, JWT authorities), compared by pointer first:
+/// then the per-call comparison costs nothing, while a replaced part with
+/// equal contents still compares equal (nothing is resent). Holding the
+/// `Arc` keeps its address from being reused by another part.
+struct Shared<T>(Arc<T>);
 
-impl PartialEq for Shared {
+impl<T: PartialEq> PartialEq for Shared<T> {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
     }
 }
 
-/// What an X.509-SVID response was built from: the SVIDs (by serial), the
+type Ders = Vec<Vec<u8>>;
+
+/// What an X.509-SVID response is built from: the SVIDs (by serial), the
 /// bundle and the CRLs. A stream sends again when any of them changes.
 struct X509Key {
     svids: Vec<Arc<CachedSvid>>,
-    bundle: Shared,
-    crls: Shared,
+    bundle: Shared<Ders>,
+    crls: Shared<Ders>,
 }
 
 impl PartialEq for X509Key {
@@ -105,17 +111,21 @@ impl PartialEq for X509Key {
     }
 }
 
-fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (X509Key, X509svidResponse) {
-    let bundle = snap.bundle.concat();
-    let key = X509Key {
+const X509: Build<X509Key, X509svidResponse> = Build {
+    key: |snap, svids| X509Key {
         svids: svids.to_vec(),
         bundle: Shared(snap.bundle.clone()),
         crls: Shared(snap.crls.clone()),
-    };
+    },
+    message: x509_response,
+};
+
+fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> X509svidResponse {
+    let bundle = snap.bundle.concat();
     // Hints must be unique within a response (SPIFFE Workload API): a
     // repeated hint is sent only on its first SVID.
     let mut hints = HashSet::new();
-    let msg = X509svidResponse {
+    X509svidResponse {
         svids: svids
             .iter()
             .map(|s| X509svid {
@@ -132,31 +142,28 @@ fn x509_response(snap: &Snapshot, svids: &[Arc<CachedSvid>]) -> (X509Key, X509sv
             .collect(),
         crl: snap.crls.to_vec(),
         federated_bundles: HashMap::new(),
-    };
-    (key, msg)
+    }
 }
 
-fn bundles_response(
-    snap: &Snapshot,
-    _: &[Arc<CachedSvid>],
-) -> ((Shared, Shared), X509BundlesResponse) {
-    let mut bundles = HashMap::new();
-    bundles.insert(snap.trust_domain.id_string(), snap.bundle.concat());
-    (
-        (Shared(snap.bundle.clone()), Shared(snap.crls.clone())),
-        X509BundlesResponse {
-            crl: snap.crls.to_vec(),
-            bundles,
+const X509_BUNDLES: Build<(Shared<Ders>, Shared<Ders>), X509BundlesResponse> = Build {
+    key: |snap, _| (Shared(snap.bundle.clone()), Shared(snap.crls.clone())),
+    message: |snap, _| X509BundlesResponse {
+        crl: snap.crls.to_vec(),
+        bundles: HashMap::from([(snap.trust_domain.id_string(), snap.bundle.concat())]),
+    },
+};
+
+const JWT_BUNDLES: Build<Shared<Vec<lanyard_core::jwt::JwtAuthority>>, JwtBundlesResponse> =
+    Build {
+        key: |snap, _| Shared(snap.jwt_authorities.clone()),
+        message: |snap, _| {
+            let jwks =
+                lanyard_core::jwt::jwks_for_workloads(&snap.jwt_authorities).unwrap_or_default();
+            JwtBundlesResponse {
+                bundles: HashMap::from([(snap.trust_domain.id_string(), jwks)]),
+            }
         },
-    )
-}
-
-fn jwt_bundles_response(snap: &Snapshot, _: &[Arc<CachedSvid>]) -> (Vec<u8>, JwtBundlesResponse) {
-    let jwks = lanyard_core::jwt::jwks_for_workloads(&snap.jwt_authorities).unwrap_or_default();
-    let mut bundles = HashMap::new();
-    bundles.insert(snap.trust_domain.id_string(), jwks.clone());
-    (jwks, JwtBundlesResponse { bundles })
-}
+    };
 
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
@@ -168,7 +175,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.attest(&req).await?;
-        Ok(Response::new(follow(self.source(), caller, x509_response)))
+        Ok(Response::new(follow(self.source(), caller, X509)))
     }
 
     type FetchX509BundlesStream = Streamed<X509BundlesResponse>;
@@ -179,11 +186,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.attest(&req).await?;
-        Ok(Response::new(follow(
-            self.source(),
-            caller,
-            bundles_response,
-        )))
+        Ok(Response::new(follow(self.source(), caller, X509_BUNDLES)))
     }
 
     #[instrument(level = "debug", skip_all)]
@@ -289,11 +292,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = self.attest(&req).await?;
-        Ok(Response::new(follow(
-            self.source(),
-            caller,
-            jwt_bundles_response,
-        )))
+        Ok(Response::new(follow(self.source(), caller, JWT_BUNDLES)))
     }
 
     #[instrument(level = "debug", skip_all)]
@@ -366,7 +365,7 @@ mod tests {
             svid("d", "spiffe://td/d", ""),
             svid("e", "spiffe://td/e", "web"),
         ];
-        let (_, msg) = x509_response(&snap, &svids);
+        let msg = x509_response(&snap, &svids);
         let hints: Vec<&str> = msg.svids.iter().map(|s| s.hint.as_str()).collect();
         assert_eq!(hints, vec!["db", "", "", "", "web"]);
     }
