@@ -150,6 +150,10 @@ impl EntrySet {
     }
 }
 
+/// SVIDs by entry, hashed with a seeded fast hash (entry IDs come from the
+/// server, and the map is read on every Workload API call).
+pub type SvidMap = HashMap<EntryId, Arc<CachedSvid>, foldhash::fast::RandomState>;
+
 /// The agent's state at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -158,7 +162,7 @@ pub struct Snapshot {
     /// Authorised entries and their index.
     pub entries: Arc<EntrySet>,
     /// SVIDs by entry.
-    pub svids: HashMap<EntryId, Arc<CachedSvid>>,
+    pub svids: SvidMap,
     /// DER CA certificates of the trust domain.
     pub bundle: Arc<Vec<Vec<u8>>>,
     /// JWT authorities of the trust domain.
@@ -231,7 +235,7 @@ impl Snapshot {
         Self {
             trust_domain: td,
             entries: Arc::new(EntrySet::new(Vec::new())),
-            svids: HashMap::new(),
+            svids: SvidMap::default(),
             bundle: Arc::new(Vec::new()),
             jwt_authorities: Arc::new(Vec::new()),
             tainted: Arc::new(Vec::new()),
@@ -328,7 +332,8 @@ impl Snapshot {
         if matched.is_empty() && tasks == 0 {
             return Identities::None;
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<_, foldhash::fast::RandomState> =
+            std::collections::HashSet::default();
         ready.extend(
             matched
                 .iter()

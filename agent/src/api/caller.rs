@@ -74,7 +74,8 @@ pub(crate) fn check_header<T>(req: &Request<T>) -> Result<(), WorkloadError> {
 /// Attests callers, remembering each connection's result briefly.
 pub struct Callers {
     attestor: Arc<dyn WorkloadAttestor>,
-    attested: Mutex<HashMap<u64, ConnAttestation>>,
+    /// By connection number (ours, not the caller's: a fast hash is safe).
+    attested: Mutex<HashMap<u64, ConnAttestation, foldhash::fast::RandomState>>,
 }
 
 impl Callers {
@@ -82,7 +83,7 @@ impl Callers {
     pub fn new(attestor: Arc<dyn WorkloadAttestor>) -> Self {
         Self {
             attestor,
-            attested: Mutex::new(HashMap::new()),
+            attested: Mutex::new(HashMap::default()),
         }
     }
 

@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use super::reconcile::Batch;
 use super::tasks::ActiveTask;
 use super::{Command, CommandError};
-use crate::cache::{CachedSvid, EntrySet, Snapshot};
+use crate::cache::{EntrySet, Snapshot};
 use crate::creds::{AgentIdentity, ClientCert, Credentials};
 use crate::server_client::{node_client_with, tls_config};
 use crate::storage::AgentStorage;
@@ -104,7 +104,7 @@ pub struct Manager {
     /// (the audit shipper).
     client_watch: watch::Sender<Option<NodeClient<Channel>>>,
     pub(super) entries: Arc<EntrySet>,
-    pub(super) svids: HashMap<EntryId, Arc<CachedSvid>>,
+    pub(super) svids: crate::cache::SvidMap,
     pub(super) failures: HashMap<EntryId, Failure>,
     /// Standing-SVID batches in flight.
     pub(super) signing: usize,
@@ -168,7 +168,7 @@ impl Manager {
             client: None,
             client_watch: watch::channel(None).0,
             entries: Arc::new(EntrySet::new(Vec::new())),
-            svids: HashMap::new(),
+            svids: crate::cache::SvidMap::default(),
             failures: HashMap::new(),
             signing: 0,
             reconcile_wanted: false,
