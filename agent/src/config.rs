@@ -28,6 +28,27 @@ fn server_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     ))
 }
 
+impl RawConfig {
+    /// The runtime's worker threads (`None`: one per CPU the process may
+    /// use), checked before the runtime starts.
+    ///
+    /// One worker halves the agent's CPU per streamed Workload API message
+    /// at low load: with several, the HTTP/2 layer waking a stream's task
+    /// while it sends makes the runtime wake a second thread for every
+    /// streamed message. Under many concurrent clients several workers
+    /// keep the tail latency of streams down (BENCHMARKS.md).
+    pub fn worker_threads(&self) -> Result<Option<usize>, ConfigError> {
+        match self.worker_threads {
+            None => Ok(None),
+            Some(n @ 1..=1024) => Ok(Some(n)),
+            Some(n) => Err(ConfigError::Invalid {
+                field: "worker_threads",
+                reason: format!("{n} is not between 1 and 1024"),
+            }),
+        }
+    }
+}
+
 /// Raw settings; every field optional.
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +89,8 @@ pub struct RawConfig {
     pub max_streams_per_connection: Option<u32>,
     /// Largest executable hashed for `unix:sha256`, bytes.
     pub max_hash_bytes: Option<u64>,
+    /// Runtime worker threads (default: one per CPU).
+    pub worker_threads: Option<usize>,
     /// Bytes of JWT-SVIDs kept in the cache.
     pub jwt_cache_bytes: Option<usize>,
     /// JWT-SVID signings each caller may cause per second (burst twice).
@@ -257,6 +280,7 @@ impl RawConfig {
             max_connections_per_caller,
             max_streams_per_connection,
             max_hash_bytes,
+            worker_threads,
             jwt_cache_bytes,
             jwt_signings_per_caller_per_second,
             node_attestor,
@@ -440,6 +464,19 @@ impl RawConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_threads_default_to_the_runtime_and_are_bounded() {
+        let parse = |t: &str| toml::from_str::<RawConfig>(t).unwrap().worker_threads();
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("worker_threads = 1").unwrap(), Some(1));
+        let e = parse("worker_threads = 0").unwrap_err().to_string();
+        assert!(
+            e.contains("worker_threads") && e.contains("between 1 and 1024"),
+            "{e}"
+        );
+        assert!(parse("worker_threads = 5000").is_err());
+    }
 
     #[test]
     fn validates() {

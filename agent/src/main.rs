@@ -58,26 +58,39 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Runs the agent on a runtime with the configured worker threads.
+fn run(args: &lanyard_agent::cli::RunArgs) -> anyhow::Result<()> {
+    let raw = args.raw_config()?;
+    let workers = raw.worker_threads()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
+    runtime.block_on(async {
+        let config = raw.validate()?;
+        init_tracing(config.log_format);
+        tracing::info!(?config, ?workers, "configuration");
+        raise_fd_limit(&config);
+        let bound = lanyard_agent::build(config).await?;
+        bound.run_until(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
-        Command::Run(args) => {
-            async {
-                let config = args.raw_config()?.validate()?;
-                init_tracing(config.log_format);
-                tracing::info!(?config, "configuration");
-                raise_fd_limit(&config);
-                let bound = lanyard_agent::build(config).await?;
-                bound.run_until(shutdown_signal()).await;
-                Ok(())
-            }
-            .await
-        }
-        cmd => lanyard_agent::cli::run_client(cmd)
-            .await
-            .map_err(Into::into),
+        Command::Run(args) => run(&args),
+        cmd => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(lanyard_agent::cli::run_client(cmd))
+                    .map_err(Into::into)
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,6 +92,9 @@ pub struct RunArgs {
     /// Most open Workload API connections per caller (uid and cgroup) [default: 256].
     #[arg(long, env = "LANYARD_MAX_CONNECTIONS_PER_CALLER")]
     pub max_connections_per_caller: Option<usize>,
+    /// Runtime worker threads [default: one per CPU the agent may use].
+    #[arg(long, env = "LANYARD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Identify callers by start time only, not by pidfd (for kernels or
     /// sandboxes without SO_PEERPIDFD; chosen automatically when missing).
     #[arg(long)]
@@ -119,6 +122,7 @@ impl RunArgs {
             use_pidfd: self.no_pidfd.then_some(false),
             max_connections: self.max_connections,
             max_connections_per_caller: self.max_connections_per_caller,
+            worker_threads: self.worker_threads,
             ..Default::default()
         }))
     }
