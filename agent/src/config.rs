@@ -28,27 +28,6 @@ fn server_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     ))
 }
 
-impl RawConfig {
-    /// The runtime's worker threads (`None`: one per CPU the process may
-    /// use), checked before the runtime starts.
-    ///
-    /// One worker halves the agent's CPU per streamed Workload API message
-    /// at low load: with several, the HTTP/2 layer waking a stream's task
-    /// while it sends makes the runtime wake a second thread for every
-    /// streamed message. Under many concurrent clients several workers
-    /// keep the tail latency of streams down (BENCHMARKS.md).
-    pub fn worker_threads(&self) -> Result<Option<usize>, ConfigError> {
-        match self.worker_threads {
-            None => Ok(None),
-            Some(n @ 1..=1024) => Ok(Some(n)),
-            Some(n) => Err(ConfigError::Invalid {
-                field: "worker_threads",
-                reason: format!("{n} is not between 1 and 1024"),
-            }),
-        }
-    }
-}
-
 /// Raw settings; every field optional.
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,6 +230,25 @@ pub struct QuarantineSettings {
 }
 
 impl RawConfig {
+    /// The runtime's worker threads (`None`: one per CPU the process may
+    /// use), checked before the runtime starts.
+    ///
+    /// One worker halves the agent's CPU per streamed Workload API message
+    /// at low load: with several, the HTTP/2 layer waking a stream's task
+    /// while it sends makes the runtime wake a second thread for every
+    /// streamed message. Under many concurrent clients several workers
+    /// keep the tail latency of streams down.
+    pub fn worker_threads(&self) -> Result<Option<usize>, ConfigError> {
+        match self.worker_threads {
+            None => Ok(None),
+            Some(n @ 1..=1024) => Ok(Some(n)),
+            Some(n) => Err(ConfigError::Invalid {
+                field: "worker_threads",
+                reason: format!("{n} is not between 1 and 1024"),
+            }),
+        }
+    }
+
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text =

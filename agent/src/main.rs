@@ -58,16 +58,21 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the agent on a runtime with the configured worker threads.
-fn run(args: &lanyard_agent::cli::RunArgs) -> anyhow::Result<()> {
-    let raw = args.raw_config()?;
-    let workers = raw.worker_threads()?;
+/// A multi-threaded runtime, with `workers` threads when given (else one
+/// per CPU).
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         builder.worker_threads(n);
     }
-    let runtime = builder.enable_all().build()?;
-    runtime.block_on(async {
+    builder.enable_all().build()
+}
+
+/// Runs the agent on a runtime with the configured worker threads.
+fn run(args: &lanyard_agent::cli::RunArgs) -> anyhow::Result<()> {
+    let raw = args.raw_config()?;
+    let workers = raw.worker_threads()?;
+    runtime(workers)?.block_on(async {
         let config = raw.validate()?;
         init_tracing(config.log_format);
         tracing::info!(?config, ?workers, "configuration");
@@ -83,14 +88,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Run(args) => run(&args),
-        cmd => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(lanyard_agent::cli::run_client(cmd))
-                    .map_err(Into::into)
-            }),
+        cmd => runtime(None).map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(lanyard_agent::cli::run_client(cmd))
+                .map_err(Into::into)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
