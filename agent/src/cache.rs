@@ -350,13 +350,18 @@ impl Snapshot {
     }
 }
 
+/// Entries and SVIDs for the agent's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lanyard_core::TaskLimits;
-    use lanyard_core::clock::from_unix_secs;
+pub(crate) mod fixtures {
+    use std::sync::Arc;
+    use std::time::SystemTime;
 
-    fn entry(id: &str, created: u64, sel: &str) -> RegistrationEntry {
+    use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskLimits};
+
+    use super::CachedSvid;
+
+    /// An entry `spiffe://td/ID` for callers with selector `sel`.
+    pub(crate) fn entry(id: &str, created: u64, sel: &str) -> RegistrationEntry {
         RegistrationEntry {
             id: EntryId::new(id).unwrap(),
             spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
@@ -374,21 +379,29 @@ mod tests {
         }
     }
 
-    fn svid(e: &RegistrationEntry, not_after: u64) -> Arc<CachedSvid> {
+    /// An SVID for `e` valid until `not_after`.
+    pub(crate) fn svid(e: &RegistrationEntry, not_after: SystemTime) -> Arc<CachedSvid> {
         Arc::new(CachedSvid {
             entry_id: e.id.clone(),
             spiffe_id: e.spiffe_id.clone(),
-            chain: vec![],
-            key_pkcs8: vec![],
-            serial: "01".into(),
-            not_before: from_unix_secs(0),
-            not_after: from_unix_secs(not_after),
-            renew_at: from_unix_secs(not_after / 2),
+            chain: vec![vec![1]],
+            key_pkcs8: vec![2],
+            serial: e.id.as_str().to_owned(),
+            not_before: SystemTime::UNIX_EPOCH,
+            not_after,
+            renew_at: SystemTime::UNIX_EPOCH,
             entry_revision: 0,
             issuer_id: None,
             hint: String::new(),
         })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{entry, svid};
+    use super::*;
+    use lanyard_core::clock::from_unix_secs;
 
     #[test]
     fn identities_none_pending_ready_and_never_expired() {
@@ -406,8 +419,8 @@ mod tests {
             s.identities_for(&caller, None, from_unix_secs(5)),
             Identities::Pending
         ));
-        s.svids.insert(a.id.clone(), svid(&a, 100));
-        s.svids.insert(b.id.clone(), svid(&b, 10));
+        s.svids.insert(a.id.clone(), svid(&a, from_unix_secs(100)));
+        s.svids.insert(b.id.clone(), svid(&b, from_unix_secs(10)));
         match s.identities_for(&caller, None, from_unix_secs(5)) {
             // b was created first: it is the default.
             Identities::Ready(v) => assert_eq!(
@@ -429,8 +442,8 @@ mod tests {
         b.spiffe_id = a.spiffe_id.clone();
         let mut s = Snapshot::empty(TrustDomain::new("td").unwrap())
             .with_entries(vec![a.clone(), b.clone()]);
-        s.svids.insert(a.id.clone(), svid(&a, 100));
-        s.svids.insert(b.id.clone(), svid(&b, 100));
+        s.svids.insert(a.id.clone(), svid(&a, from_unix_secs(100)));
+        s.svids.insert(b.id.clone(), svid(&b, from_unix_secs(100)));
         let caller: Vec<Selector> = vec!["unix:uid:1".parse().unwrap()];
         match s.identities_for(&caller, None, from_unix_secs(5)) {
             Identities::Ready(v) => assert_eq!(v.len(), 1),

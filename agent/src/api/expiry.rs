@@ -87,26 +87,13 @@ fn until_next_expiry(snap: &Snapshot, now: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::CachedSvid;
+    use crate::cache::{CachedSvid, fixtures};
     use lanyard_core::clock::SystemClock;
-    use lanyard_core::{EntryId, SpiffeId, TrustDomain};
+    use lanyard_core::{EntryId, TrustDomain};
 
     fn svid(id: &str, not_after: SystemTime) -> (EntryId, Arc<CachedSvid>) {
-        let entry_id = EntryId::new(id).unwrap();
-        let s = CachedSvid {
-            entry_id: entry_id.clone(),
-            spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
-            chain: vec![vec![1]],
-            key_pkcs8: vec![2],
-            serial: id.to_owned(),
-            not_before: SystemTime::UNIX_EPOCH,
-            not_after,
-            renew_at: SystemTime::UNIX_EPOCH,
-            entry_revision: 0,
-            issuer_id: None,
-            hint: String::new(),
-        };
-        (entry_id, Arc::new(s))
+        let e = fixtures::entry(id, 0, "unix:uid:1");
+        (e.id.clone(), fixtures::svid(&e, not_after))
     }
 
     fn snapshot(svids: Vec<(EntryId, Arc<CachedSvid>)>) -> Snapshot {

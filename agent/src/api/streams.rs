@@ -129,3 +129,89 @@ where
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use lanyard_core::clock::SystemClock;
+    use lanyard_core::{Selector, TrustDomain};
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::api::ExpiryTicker;
+    use crate::attestor::ProcessInstance;
+    use crate::cache::fixtures::{entry, svid};
+    use crate::listener::{CallerKey, ConnInfo};
+
+    fn ids(_: &Snapshot, svids: &[Arc<CachedSvid>]) -> Vec<String> {
+        svids
+            .iter()
+            .map(|s| s.entry_id.as_str().to_owned())
+            .collect()
+    }
+
+    /// An SVID that expires without being renewed (the server is away)
+    /// leaves an open stream on the shared ticker alone: no snapshot is
+    /// published, no stream holds a timer.
+    #[tokio::test]
+    async fn an_svid_not_renewed_leaves_the_open_stream_when_it_expires() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let cred = a.peer_cred().unwrap();
+        let pid = cred.pid().unwrap();
+        let caller = Caller {
+            selectors: Arc::new(vec!["unix:uid:1".parse::<Selector>().unwrap()]),
+            conn: ConnInfo {
+                id: 1,
+                cred: Some(cred),
+                accepted_ticks: crate::listener::uptime_ticks(),
+                instance: Some(Arc::new(ProcessInstance::capture(&a, pid, true))),
+                caller: CallerKey::of(cred.uid(), Some(pid)),
+            },
+        };
+        let now = SystemTime::now();
+        let (short, long) = (
+            entry("short", 1, "unix:uid:1"),
+            entry("long", 2, "unix:uid:1"),
+        );
+        let mut snap = Snapshot::empty(TrustDomain::new("td").unwrap())
+            .with_entries(vec![short.clone(), long.clone()]);
+        snap.synced = true;
+        snap.svids
+            .insert(short.id.clone(), svid(&short, now + Duration::from_secs(1)));
+        snap.svids.insert(
+            long.id.clone(),
+            svid(&long, now + Duration::from_secs(3600)),
+        );
+        let (publish, cache) = watch::channel(Arc::new(snap));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let ticker = ExpiryTicker::new(cache.clone(), clock.clone());
+        let expiry = ticker.subscribe();
+        let ticking = tokio::spawn(ticker.run());
+        let (_stop_tx, stop) = watch::channel(false);
+        let source = StreamSource {
+            cache,
+            stop,
+            clock,
+            expiry,
+        };
+        let mut stream = follow(
+            source,
+            caller,
+            Build {
+                key: ids,
+                message: ids,
+            },
+        );
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first, vec!["short", "long"]);
+        let second = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the expired SVID leaves the stream")
+            .unwrap()
+            .unwrap();
+        assert_eq!(second, vec!["long"]);
+        drop((stream, publish, a, b));
+        ticking.await.unwrap();
+    }
+}
