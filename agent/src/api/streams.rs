@@ -151,9 +151,9 @@ mod tests {
             .collect()
     }
 
-    /// An SVID that expires without being renewed (the server is away)
-    /// leaves an open stream on the shared ticker alone: no snapshot is
-    /// published, no stream holds a timer.
+    /// An SVID that expires without being renewed (the server is away) is
+    /// dropped from an open stream by the shared expiry tick alone: no
+    /// snapshot is published, and no stream holds a timer.
     #[tokio::test]
     async fn an_svid_not_renewed_leaves_the_open_stream_when_it_expires() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
