@@ -379,7 +379,7 @@ pub(crate) mod fixtures {
         }
     }
 
-    /// An SVID for `e` valid until `not_after`.
+    /// An SVID for `e` (with its hint) valid until `not_after`.
     pub(crate) fn svid(e: &RegistrationEntry, not_after: SystemTime) -> Arc<CachedSvid> {
         Arc::new(CachedSvid {
             entry_id: e.id.clone(),
@@ -392,7 +392,7 @@ pub(crate) mod fixtures {
             renew_at: SystemTime::UNIX_EPOCH,
             entry_revision: 0,
             issuer_id: None,
-            hint: String::new(),
+            hint: e.hint.clone(),
         })
     }
 }

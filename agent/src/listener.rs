@@ -61,6 +61,23 @@ pub struct ConnInfo {
     pub caller: CallerKey,
 }
 
+#[cfg(test)]
+impl ConnInfo {
+    /// This process as the peer of `socket` (one end of a socket pair),
+    /// pinned with a pidfd as the listener pins a caller.
+    pub(crate) fn of_peer(socket: &UnixStream, id: u64) -> Self {
+        let cred = socket.peer_cred().unwrap();
+        let pid = cred.pid().unwrap();
+        Self {
+            id,
+            cred: Some(cred),
+            accepted_ticks: uptime_ticks(),
+            instance: Some(Arc::new(ProcessInstance::capture(socket, pid, true))),
+            caller: CallerKey::of(cred.uid(), Some(pid)),
+        }
+    }
+}
+
 /// An accepted Workload API connection. Its HTTP/2 bytes go through
 /// [`AuthorityShim`] so that clients sending a socket path as `:authority`
 /// (gRPC C-core, grpc-java) are served like any other.

@@ -178,8 +178,7 @@ impl Callers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attestor::{AttestError, ProcessInstance};
-    use crate::listener::CallerKey;
+    use crate::attestor::AttestError;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Counts attestations; answers one selector.
@@ -207,16 +206,7 @@ mod tests {
     #[tokio::test]
     async fn attestation_is_reused_per_connection_and_only_while_the_process_is_unchanged() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let cred = a.peer_cred().unwrap();
-        let pid = cred.pid().unwrap();
-        let instance = Arc::new(ProcessInstance::capture(&a, pid, true));
-        let conn = |id| ConnInfo {
-            id,
-            cred: Some(cred),
-            accepted_ticks: crate::listener::uptime_ticks(),
-            instance: Some(instance.clone()),
-            caller: CallerKey::of(cred.uid(), Some(pid)),
-        };
+        let conn = |id| ConnInfo::of_peer(&a, id);
         let attestor = Arc::new(Counting(AtomicUsize::new(0)));
         let callers = Callers::new(attestor.clone());
         callers.attest(&request(&conn(1)), false).await.unwrap();

@@ -140,9 +140,8 @@ mod tests {
 
     use super::*;
     use crate::api::ExpiryTicker;
-    use crate::attestor::ProcessInstance;
     use crate::cache::fixtures::{entry, svid};
-    use crate::listener::{CallerKey, ConnInfo};
+    use crate::listener::ConnInfo;
 
     fn ids(_: &Snapshot, svids: &[Arc<CachedSvid>]) -> Vec<String> {
         svids
@@ -157,17 +156,9 @@ mod tests {
     #[tokio::test]
     async fn an_svid_not_renewed_leaves_the_open_stream_when_it_expires() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
-        let cred = a.peer_cred().unwrap();
-        let pid = cred.pid().unwrap();
         let caller = Caller {
             selectors: Arc::new(vec!["unix:uid:1".parse::<Selector>().unwrap()]),
-            conn: ConnInfo {
-                id: 1,
-                cred: Some(cred),
-                accepted_ticks: crate::listener::uptime_ticks(),
-                instance: Some(Arc::new(ProcessInstance::capture(&a, pid, true))),
-                caller: CallerKey::of(cred.uid(), Some(pid)),
-            },
+            conn: ConnInfo::of_peer(&a, 1),
         };
         let now = SystemTime::now();
         let (short, long) = (

@@ -337,33 +337,24 @@ impl SpiffeWorkloadApi for WorkloadApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_core::{EntryId, SpiffeId, TrustDomain};
+    use crate::cache::fixtures;
+    use lanyard_core::TrustDomain;
 
-    fn svid(id: &str, spiffe: &str, hint: &str) -> Arc<CachedSvid> {
-        Arc::new(CachedSvid {
-            entry_id: EntryId::new(id).unwrap(),
-            spiffe_id: SpiffeId::new(spiffe).unwrap(),
-            chain: vec![vec![1]],
-            key_pkcs8: vec![2],
-            serial: id.to_owned(),
-            not_before: std::time::SystemTime::UNIX_EPOCH,
-            not_after: std::time::SystemTime::UNIX_EPOCH,
-            renew_at: std::time::SystemTime::UNIX_EPOCH,
-            entry_revision: 0,
-            issuer_id: None,
-            hint: hint.to_owned(),
-        })
+    fn svid(id: &str, hint: &str) -> Arc<CachedSvid> {
+        let mut e = fixtures::entry(id, 0, "unix:uid:1");
+        e.hint = hint.to_owned();
+        fixtures::svid(&e, std::time::SystemTime::UNIX_EPOCH)
     }
 
     #[test]
     fn hints_are_unique_in_a_response() {
         let snap = Snapshot::empty(TrustDomain::new("td").unwrap());
         let svids = vec![
-            svid("a", "spiffe://td/a", "db"),
-            svid("b", "spiffe://td/b", "db"),
-            svid("c", "spiffe://td/c", ""),
-            svid("d", "spiffe://td/d", ""),
-            svid("e", "spiffe://td/e", "web"),
+            svid("a", "db"),
+            svid("b", "db"),
+            svid("c", ""),
+            svid("d", ""),
+            svid("e", "web"),
         ];
         let msg = x509_response(&snap, &svids);
         let hints: Vec<&str> = msg.svids.iter().map(|s| s.hint.as_str()).collect();
