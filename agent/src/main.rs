@@ -4,6 +4,17 @@ use clap::Parser;
 use lanyard_agent::cli::{Cli, Command};
 use lanyard_agent::config::LogFormat;
 
+/// mimalloc instead of glibc's malloc. The Workload API's buffers are
+/// allocated on one worker thread and freed on another; under glibc that
+/// contends on the owning arena's lock (futex waits and wake-ups on every
+/// call at load), which was most of what FetchX509SVID cost the agent above
+/// the bare unary call (BENCHMARKS.md, "Workload API: the allocator").
+/// Version 2 without transparent huge pages: of the variants measured, it
+/// keeps the resident set closest to glibc's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -82,7 +82,7 @@ enum Cmd {
     /// The Workload API against the bare unary call on the same socket,
     /// in interleaved rounds, with the agent's CPU per call.
     Workload {
-        /// Rounds of (bare call, FetchX509SVID, FetchJWTSVID).
+        /// Rounds of (bare call, bare stream, FetchX509SVID, FetchJWTSVID).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Pin the agent and server to CPU 0 and the load generator to the

@@ -105,6 +105,7 @@ pub async fn wait_for_svids(
 #[derive(Clone, Copy)]
 enum Op {
     Health,
+    HealthWatch,
     X509,
     Jwt,
 }
@@ -140,6 +141,7 @@ async fn closed_loop(
                         })
                         .await
                         .is_ok(),
+                    Op::HealthWatch => watch_once(&mut health).await.is_ok(),
                     Op::X509 => fetch_once(&mut api).await.is_ok(),
                     Op::Jwt => api
                         .fetch_jwtsvid(req(JwtsvidRequest {
@@ -202,6 +204,39 @@ pub async fn baseline(
         duration,
     )
     .await
+}
+
+/// The bare tonic server stream (grpc.health.v1 Watch, first message, then
+/// hang up) on the agent socket: what a stream costs with no attestation
+/// and no Workload API behind it.
+pub async fn baseline_stream(
+    d: &Deployment,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
+    closed_loop(
+        "baseline-health-stream",
+        &d.socket,
+        Op::HealthWatch,
+        concurrency,
+        duration,
+    )
+    .await
+}
+
+/// Opens a health Watch, reads its first message and hangs up, as a
+/// FetchX509SVID caller that wants one answer does.
+async fn watch_once(
+    c: &mut tonic_health::pb::health_client::HealthClient<Channel>,
+) -> anyhow::Result<()> {
+    let mut s = c
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    s.message().await?.context("stream ended")?;
+    Ok(())
 }
 
 /// FetchX509SVID, first message of the stream, SVIDs cached by the agent.

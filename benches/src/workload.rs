@@ -1,6 +1,8 @@
 //! `lanyard-bench workload`: the Workload API against the bare tonic unary
 //! call on the same socket, in interleaved rounds, with the agent's CPU per
-//! call beside each figure.
+//! call beside each figure. A bare tonic server stream (health Watch) runs
+//! too, so that what gRPC streaming costs by itself is told apart from what
+//! the Workload API adds to it.
 //!
 //! On a machine where the load generator shares the agent's cores, the
 //! throughput of both scenarios is bounded by the sum of the client's and
@@ -27,12 +29,14 @@ pub struct Measured {
     pub agent_us_per_call: f64,
 }
 
-/// One round: the bare call, FetchX509SVID and FetchJWTSVID, one after the
-/// other.
+/// One round: the bare call, the bare stream, FetchX509SVID and
+/// FetchJWTSVID, one after the other.
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     /// grpc.health.v1 Check.
     pub bare: Measured,
+    /// grpc.health.v1 Watch (first message of the stream).
+    pub bare_stream: Measured,
     /// FetchX509SVID (first message of the stream).
     pub x509: Measured,
     /// FetchJWTSVID (cached).
@@ -58,6 +62,40 @@ impl Round {
     /// Agent CPU per FetchX509SVID call over the bare call's.
     pub fn agent_cpu_ratio(&self) -> f64 {
         ratio(self.x509.agent_us_per_call, self.bare.agent_us_per_call)
+    }
+
+    /// Bare calls per bare stream, in throughput: what gRPC streaming
+    /// itself costs over a unary call.
+    pub fn stream_throughput_ratio(&self) -> f64 {
+        ratio(
+            self.bare.report.per_second,
+            self.bare_stream.report.per_second,
+        )
+    }
+
+    /// Bare streams per FetchX509SVID call, in throughput: what the
+    /// Workload API (attestation, re-check, SVIDs) costs over a stream.
+    pub fn x509_over_stream_throughput_ratio(&self) -> f64 {
+        ratio(
+            self.bare_stream.report.per_second,
+            self.x509.report.per_second,
+        )
+    }
+
+    /// Agent CPU per bare stream over the bare call's.
+    pub fn stream_agent_cpu_ratio(&self) -> f64 {
+        ratio(
+            self.bare_stream.agent_us_per_call,
+            self.bare.agent_us_per_call,
+        )
+    }
+
+    /// Agent CPU per FetchX509SVID call over the bare stream's.
+    pub fn x509_over_stream_agent_cpu_ratio(&self) -> f64 {
+        ratio(
+            self.x509.agent_us_per_call,
+            self.bare_stream.agent_us_per_call,
+        )
     }
 }
 
@@ -94,7 +132,7 @@ where
     })
 }
 
-/// `rounds` rounds of the three scenarios at `concurrency` clients.
+/// `rounds` rounds of the four scenarios at `concurrency` clients.
 pub async fn rounds(
     d: &Deployment,
     concurrency: usize,
@@ -105,9 +143,15 @@ pub async fn rounds(
     for i in 0..rounds {
         eprintln!("- round {}/{rounds}, {concurrency} clients", i + 1);
         let bare = measured(d, scenarios::baseline(d, concurrency, duration)).await?;
+        let bare_stream = measured(d, scenarios::baseline_stream(d, concurrency, duration)).await?;
         let x509 = measured(d, scenarios::fetch_x509(d, concurrency, duration)).await?;
         let jwt = measured(d, scenarios::fetch_jwt(d, concurrency, duration)).await?;
-        out.push(Round { bare, x509, jwt });
+        out.push(Round {
+            bare,
+            bare_stream,
+            x509,
+            jwt,
+        });
     }
     Ok(out)
 }
@@ -141,7 +185,7 @@ pub fn print(rounds: &[Round]) {
         "round", "scenario", "calls/s", "p50 ms", "p99 ms", "agent µs/call"
     );
     for (i, r) in rounds.iter().enumerate() {
-        for m in [&r.bare, &r.x509, &r.jwt] {
+        for m in [&r.bare, &r.bare_stream, &r.x509, &r.jwt] {
             println!(
                 "{:<6} {:<15} {:>10.0} {:>9.3} {:>9.3} {:>14.1}",
                 i + 1,
@@ -163,11 +207,19 @@ pub fn print(rounds: &[Round]) {
         col(Round::p99_ratio),
         col(Round::agent_cpu_ratio),
     );
+    println!(
+        "The bare stream against the bare call: throughput {:.2}x, agent CPU per call {:.2}x; FetchX509SVID against the bare stream: throughput {:.2}x, agent CPU per call {:.2}x",
+        col(Round::stream_throughput_ratio),
+        col(Round::stream_agent_cpu_ratio),
+        col(Round::x509_over_stream_throughput_ratio),
+        col(Round::x509_over_stream_agent_cpu_ratio),
+    );
 }
 
 fn short(name: &str) -> &str {
     match name {
         "baseline-health-unary" => "bare unary",
+        "baseline-health-stream" => "bare stream",
         "fetch-x509-svid" => "FetchX509SVID",
         "fetch-jwt-svid" => "FetchJWTSVID",
         other => other,
