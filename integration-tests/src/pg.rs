@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL cluster for tests: `initdb` in a temp dir, the
 //! real `postgres` server on a free loopback port (TLS on, with a test CA),
 //! run as the unprivileged `postgres` user when the tests run as root
-//! (PostgreSQL refuses to run as root), stopped and removed on drop.
+//! (PostgreSQL refuses to run as root), stopped and removed on drop, or
+//! by a watchdog once the test process has exited without dropping it.
 //!
 //! It needs PostgreSQL's server binaries (Debian: `postgresql`); the
 //! README's test command (`scripts/test.sh`) installs them when missing.
@@ -20,6 +21,9 @@ use anyhow::{Context, Result, bail};
 pub struct PgCluster {
     dir: tempfile::TempDir,
     child: Child,
+    /// Stops the server and removes its directory if this process goes
+    /// away without dropping the cluster (see [`watchdog`]).
+    watchdog: Child,
     port: u16,
     bin: PathBuf,
     run_as: Option<(u32, u32)>,
@@ -161,10 +165,19 @@ impl PgCluster {
         if let Some((u, g)) = run_as {
             postgres.uid(u).gid(g);
         }
-        let child = postgres.spawn().context("starting postgres")?;
+        let mut child = postgres.spawn().context("starting postgres")?;
+        let watchdog = match watchdog(child.id(), dir.path()) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         let cluster = Self {
             dir,
             child,
+            watchdog,
             port,
             bin,
             run_as,
@@ -243,14 +256,55 @@ impl PgCluster {
         &self.bin
     }
 
+    /// The server's process ID.
+    pub fn server_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The cluster's directory (data, sockets, TLS files, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The uid/gid the server runs as, when not the caller's.
     pub fn run_as(&self) -> Option<(u32, u32)> {
         self.run_as
     }
 }
 
+/// A shell that waits on a pipe from this process and, once the pipe
+/// closes (this process exited, however it ended), stops the server fast
+/// if it still runs and removes `dir`. Without it a cluster held
+/// in a `static` (never dropped), or one of a test process that was
+/// killed, would outlive the tests: a running postgres and its files left
+/// behind on every run.
+fn watchdog(pid: u32, dir: &Path) -> Result<Child> {
+    Command::new("sh")
+        .args([
+            "-c",
+            r#"read _ || true
+if kill -0 "$1" 2>/dev/null; then
+  kill -INT "$1"
+  while kill -0 "$1" 2>/dev/null; do sleep 0.1; done
+fi
+rm -rf -- "$2""#,
+            "lanyard-pg-watchdog",
+            &pid.to_string(),
+        ])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the PostgreSQL watchdog (sh)")
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        // Stopped here, in order: the watchdog first, so that it never
+        // signals a PID that has been reaped and reused.
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
         // SIGTERM: "smart" shutdown would wait for clients; a test's are
         // gone or do not matter, so ask for a fast one (SIGINT).
         let _ = Command::new("kill")

@@ -338,3 +338,56 @@ async fn backup_restore_and_migrate_keep_entries_keys_and_sequences() {
     assert!(migrated.bound.ca.snapshot().sequence >= seq);
     migrated.stop().await;
 }
+
+/// Set in the child of `a_cluster_never_dropped_does_not_outlive_its_process`.
+const ORPHAN_ENV: &str = "LANYARD_PG_ORPHAN_CHILD";
+
+/// A cluster held where it is never dropped (the `static` above), or that
+/// of a test process that is killed, is stopped and removed once its
+/// process is gone: a child run of this test binary starts one, reports
+/// the server's PID and directory, and exits without dropping it.
+#[tokio::test]
+async fn a_cluster_never_dropped_does_not_outlive_its_process() {
+    if std::env::var_os(ORPHAN_ENV).is_some() {
+        let pg = PgCluster::start().await.expect("start PostgreSQL");
+        println!("orphan {} {}", pg.server_pid(), pg.dir().display());
+        std::mem::forget(pg);
+        std::process::exit(0);
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_cluster_never_dropped_does_not_outlive_its_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ORPHAN_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("orphan ").map(|(_, rest)| rest.trim()))
+        .unwrap_or_else(|| {
+            panic!(
+                "the child did not start a cluster: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let (pid, dir) = line.split_once(' ').unwrap();
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let dir = std::path::PathBuf::from(dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (proc_dir.exists() || dir.exists()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !proc_dir.exists(),
+        "postgres (PID {pid}) still runs after the process that started it exited"
+    );
+    assert!(
+        !dir.exists(),
+        "the cluster's directory {} is left behind",
+        dir.display()
+    );
+}
