@@ -54,8 +54,9 @@ impl std::fmt::Debug for CachedSvid {
 /// change and shared by every snapshot until the next one.
 #[derive(Debug)]
 pub struct EntrySet {
-    /// Ordered by creation time then ID (the first matching entry's SVID is
-    /// a workload's default).
+    /// In serving order ([`RegistrationEntry::serving_order`]: hinted
+    /// entries first by hint, then by creation time): the first matching
+    /// entry's SVID is a workload's default.
     entries: Vec<RegistrationEntry>,
     /// Selector index over `entries` (values are positions). Entries that
     /// require a task are not indexed: they grant no standing SVID.
@@ -70,7 +71,7 @@ pub struct EntrySet {
 impl EntrySet {
     /// Sorts `entries` and indexes their selectors.
     pub fn new(mut entries: Vec<RegistrationEntry>) -> Self {
-        entries.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        entries.sort_by(|a, b| a.serving_order().cmp(&b.serving_order()));
         let index = SelectorIndex::build(
             entries
                 .iter()
@@ -177,6 +178,8 @@ pub struct Snapshot {
     pub policy_version: u64,
     /// The enforced policy set's text.
     pub policy_text: Arc<str>,
+    /// The server's data sensitivity levels, lowest first.
+    pub levels: Arc<lanyard_core::task::SensitivityLevels>,
     /// True once the first sync from the server has been applied.
     pub synced: bool,
     /// Revocations in force (from the server, pruned on expiry).
@@ -243,6 +246,7 @@ impl Snapshot {
             tasks: Arc::new(Vec::new()),
             policy_version: 0,
             policy_text: Arc::from(""),
+            levels: Arc::default(),
             synced: false,
             revocations: Arc::default(),
             revocation_generation: 0,
@@ -376,6 +380,7 @@ pub(crate) mod fixtures {
             task_limits: TaskLimits::default(),
             revision: 0,
             created_at: created,
+            created_at_nanos: 0,
         }
     }
 

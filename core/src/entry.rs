@@ -51,6 +51,9 @@ pub enum EntryError {
     /// Too many selectors.
     #[error("an entry can have at most {MAX_SELECTORS} selectors")]
     TooManySelectors,
+    /// A selector no attestor produces: it could never match.
+    #[error(transparent)]
+    UnknownSelector(#[from] crate::selector_kinds::UnknownSelector),
     /// A TTL outside the accepted range.
     #[error("{which} TTL must be between {min}s and {max}s", min = MIN_SVID_TTL.as_secs(), max = MAX_SVID_TTL.as_secs())]
     BadTtl {
@@ -212,6 +215,37 @@ pub struct RegistrationEntry {
     pub revision: u64,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: u64,
+    /// The nanoseconds within `created_at`'s second (0 for entries stored
+    /// before it was recorded): with it, entries made in the same second
+    /// keep the order they were made in.
+    #[serde(default)]
+    pub created_at_nanos: u32,
+}
+
+/// The order in which a workload's identities are served: the key of
+/// [`RegistrationEntry::serving_order`].
+pub type ServingOrder<'a> = (bool, &'a str, u64, u32, &'a EntryId);
+
+impl RegistrationEntry {
+    /// Where this entry stands among the identities of one workload: the
+    /// first matching entry's SVID is the default one every SPIFFE client
+    /// uses, so the order is fixed by the entries themselves and never by
+    /// their random IDs. Entries that set a hint come first, in the byte
+    /// order of their hints; then entries without one; within each, the
+    /// older entry first (creation time, to the nanosecond); the entry ID
+    /// breaks a tie only between entries made at the same instant. The key
+    /// is stored with the entry, so it holds across agent restarts, entry
+    /// updates (which keep the creation time) and several servers on one
+    /// database.
+    pub fn serving_order(&self) -> ServingOrder<'_> {
+        (
+            self.hint.is_empty(),
+            self.hint.as_str(),
+            self.created_at,
+            self.created_at_nanos,
+            &self.id,
+        )
+    }
 }
 
 impl RegistrationEntry {
@@ -237,6 +271,9 @@ impl RegistrationEntry {
         }
         if self.selectors.len() > MAX_SELECTORS {
             return Err(EntryError::TooManySelectors);
+        }
+        for sel in &self.selectors {
+            crate::selector_kinds::check_known(sel)?;
         }
         if !self.selectors.iter().any(Selector::is_boundary) {
             return Err(EntryError::NoBoundary);
@@ -305,7 +342,30 @@ pub(crate) mod tests {
             task_limits: TaskLimits::default(),
             revision: 0,
             created_at: 0,
+            created_at_nanos: 0,
         }
+    }
+
+    #[test]
+    fn serving_order_hints_first_then_age_never_the_id() {
+        let mk = |id: &str, hint: &str, secs: u64, nanos: u32| {
+            let mut e = sample("td");
+            e.id = EntryId::new(id).unwrap();
+            e.hint = hint.into();
+            e.created_at = secs;
+            e.created_at_nanos = nanos;
+            e
+        };
+        let mut v = [
+            mk("a", "", 10, 500),
+            mk("b", "", 10, 100),
+            mk("c", "zeta", 20, 0),
+            mk("d", "alpha", 30, 0),
+            mk("e", "", 9, 999_999_999),
+        ];
+        v.sort_by(|x, y| x.serving_order().cmp(&y.serving_order()));
+        let ids: Vec<&str> = v.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["d", "c", "e", "b", "a"]);
     }
 
     #[test]
@@ -338,7 +398,9 @@ pub(crate) mod tests {
         let mut e = sample("td");
         e.selectors = vec![
             "unix:path:/usr/bin/agent".parse().unwrap(),
-            "unix:sha256:00ff".parse().unwrap(),
+            format!("unix:sha256:{}", "00ff".repeat(16))
+                .parse()
+                .unwrap(),
         ];
         assert_eq!(e.validate(&td), Err(EntryError::NoBoundary));
         let mut e = sample("td");
@@ -347,6 +409,18 @@ pub(crate) mod tests {
             "systemd:unit:agent.service".parse().unwrap(),
         ];
         assert!(e.validate(&td).is_ok());
+        let mut e = sample("td");
+        e.selectors = vec!["uid:1000".parse().unwrap()];
+        assert!(matches!(
+            e.validate(&td),
+            Err(EntryError::UnknownSelector(_))
+        ));
+        let mut e = sample("td");
+        e.selectors = vec!["unix:uid:abc".parse().unwrap()];
+        assert!(matches!(
+            e.validate(&td),
+            Err(EntryError::UnknownSelector(_))
+        ));
         let mut e = sample("td");
         e.dns_names = vec!["-bad.example".into()];
         assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));

@@ -17,6 +17,7 @@ pub mod peer;
 pub mod revocation;
 pub mod rotation;
 pub mod selector;
+pub mod selector_kinds;
 pub mod spiffe_id;
 pub mod task;
 pub mod tls;

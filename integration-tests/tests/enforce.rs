@@ -866,3 +866,203 @@ async fn a_quarantined_process_stays_refused_across_an_agent_restart() {
     let fetched = holder.fetch();
     assert!(fetched.contains("stays quarantined"), "{fetched}");
 }
+
+/// `svid revoke --spiffe-id` refuses every SVID of the ID signed before it,
+/// each time it is asked: after the entry was deleted (a first revocation)
+/// and re-created, a second revocation still reaches the new entry's task
+/// SVID, and each one is an audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_a_spiffe_id_again_reaches_what_was_signed_since_and_is_audited() {
+    let s = setup(true).await;
+    let planner = s
+        .server()
+        .entries()
+        .await
+        .into_iter()
+        .find(|e| e.spiffe_id == PLANNER)
+        .unwrap();
+    s.server()
+        .admin()
+        .delete_entry(lanyard_proto::admin::DeleteEntryRequest { id: planner.id })
+        .await
+        .unwrap();
+    // Revocations by SPIFFE ID are kept to the second: what is signed from
+    // the next second on is outside the first one.
+    let deleted = lanyard_core::clock::unix_secs(std::time::SystemTime::now());
+    eventually("the next second", WAIT, || async {
+        (lanyard_core::clock::unix_secs(std::time::SystemTime::now()) > deleted).then_some(())
+    })
+    .await;
+    entry(s.server(), PLANNER, vec![], false).await;
+    wait_entries(&s, 2).await;
+    let begun = eventually("a task under the re-created entry", WAIT, || async {
+        let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+        TaskIdentityClient::new(ch)
+            .begin_task(header(BeginTaskRequest {
+                spiffe_id: PLANNER.into(),
+                task_type: "report.generate".into(),
+                tools: vec!["crm.read".into()],
+                ttl_seconds: 300,
+                ..Default::default()
+            }))
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+    .await;
+    let chain = lanyard_core::x509::der_chain_split(&begun.x509_svid.unwrap().x509_svid).unwrap();
+    let allowed = authorize(&s.socket, x509(&chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(allowed.allow, "{allowed:?}");
+
+    for _ in 0..2 {
+        s.server()
+            .admin()
+            .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+                spiffe_id: PLANNER.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    eventually("AuthorizeToolCall refuses the revoked ID", WAIT, || async {
+        authorize(&s.socket, x509(&chain), "crm.read", "")
+            .await
+            .is_err_and(|e| {
+                e.code() == tonic::Code::PermissionDenied && e.message().contains("revoked")
+            })
+            .then_some(())
+    })
+    .await;
+    let audit = lanyard_integration_tests::verified_audit(s.server().admin()).await;
+    let revocations = audit
+        .iter()
+        .filter(|r| r["kind"] == "revocation" && r.to_string().contains(PLANNER))
+        .count();
+    assert!(
+        revocations >= 3,
+        "the deletion and both revocations are recorded: {revocations}"
+    );
+}
+
+/// An empty policy set means the same on the server and at the tool: it
+/// permits nothing (no new task, no call of a running one); `policy clear`
+/// unloads it, and the grant and the entry's ceilings decide alone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_empty_policy_set_permits_nothing_on_both_sides_and_clear_unloads_it() {
+    let s = setup(true).await;
+    let holder = Holder::start(&s.socket, &["crm.read"]);
+    let allowed = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(allowed.allow, "{allowed:?}");
+    let begin = || async {
+        let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+        TaskIdentityClient::new(ch)
+            .begin_task(header(BeginTaskRequest {
+                spiffe_id: PLANNER.into(),
+                task_type: "report.generate".into(),
+                tools: vec!["crm.read".into()],
+                ttl_seconds: 300,
+                ..Default::default()
+            }))
+            .await
+    };
+
+    set_policy(&s, "").await;
+    let denied = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(!denied.allow, "the running task is refused too: {denied:?}");
+    assert!(denied.reason.contains("no policy permits"), "{denied:?}");
+    let err = begin().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    let cleared = s
+        .server()
+        .admin()
+        .clear_policy(lanyard_proto::admin::ClearPolicyRequest { shadow: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cleared.version > 0);
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(WAIT, state.wait_for(|snap| snap.policy_version == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let allowed = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(allowed.allow, "{allowed:?}");
+    begin().await.unwrap();
+    let none = s
+        .server()
+        .admin()
+        .get_policy(lanyard_proto::admin::GetPolicyRequest {
+            version: 0,
+            shadow: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::NotFound);
+}
+
+/// With sensitivity levels of its own in the server's configuration, a
+/// `UseTool` policy on `sensitivity_rank` decides at the tool as it did at
+/// BeginTask: the node agent ranks with the server's levels, not the
+/// defaults (which do not know "mid" and would deny).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_decision_point_ranks_sensitivity_with_the_servers_levels() {
+    let levels = vec!["low".to_owned(), "mid".to_owned(), "high".to_owned()];
+    let s = setup_configured(
+        true,
+        |c| {
+            c.sensitivity_levels =
+                lanyard_core::task::SensitivityLevels::new(levels.clone()).unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    set_policy(
+        &s,
+        r#"
+        @id("begin") permit (principal, action == Lanyard::Action::"BeginTask", resource)
+            when { context.sensitivity_rank <= 1 };
+        @id("mid-or-below") permit (principal, action == Lanyard::Action::"UseTool", resource)
+            when { context.sensitivity_rank <= 1 };
+        "#,
+    )
+    .await;
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| snap.levels.as_slice() == levels.as_slice()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let begun = TaskIdentityClient::new(ch)
+        .begin_task(header(BeginTaskRequest {
+            spiffe_id: PLANNER.into(),
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            data_sensitivity: "mid".into(),
+            ttl_seconds: 300,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let chain = lanyard_core::x509::der_chain_split(&begun.x509_svid.unwrap().x509_svid).unwrap();
+    let d = authorize(&s.socket, x509(&chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(
+        d.allow,
+        "granted at BeginTask, so allowed at the tool: {d:?}"
+    );
+    assert_eq!(d.policy_ids, ["mid-or-below"]);
+}

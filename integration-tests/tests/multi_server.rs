@@ -295,6 +295,27 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         || holds_svid(&client, "spiffe://example.org/third"),
     )
     .await;
+    // The three entries were created through three different servers (and
+    // the agent has changed servers since): it serves them in creation
+    // order, the oldest as the default SVID.
+    let order = eventually("all three SVIDs", Duration::from_secs(10), || async {
+        let ctx = client.fetch_x509_context().await.ok()?;
+        let ids: Vec<String> = ctx
+            .svids()
+            .iter()
+            .map(|s| s.spiffe_id().to_string())
+            .collect();
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    assert_eq!(
+        order,
+        [
+            "spiffe://example.org/first",
+            "spiffe://example.org/second",
+            "spiffe://example.org/third"
+        ]
+    );
 
     // The killed server is gone for good: its keys (its CA is still the
     // active one it left) are tainted, then revoked, through another

@@ -916,6 +916,19 @@ async fn a_caller_matching_the_entry_only_without_its_program_gets_no_credential
     let err = client.fetch_x509_svid().await.unwrap_err().to_string();
     assert!(err.contains("no identity issued"), "{err}");
     assert!(client.fetch_jwt_svid(["crm"], None).await.is_err());
+    // Nor can it hand the task's tools on: delegation takes the entry in
+    // full, like its credentials.
+    let err = tasks_client(&agent.socket)
+        .delegate_task(header(DelegateTaskRequest {
+            task_id: resp.task_id.clone(),
+            to_spiffe_id: WORKER.into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 60,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("in full"), "{err:?}");
     agent.shutdown().await;
     server.stop().await;
 }

@@ -9,10 +9,12 @@
 //! of the workspace to compile).
 
 mod book;
+pub mod context;
 mod error;
 mod request;
 
 pub use book::{Decision, PolicyBook};
+pub use context::{CallFacts, call_strings};
 pub use error::PolicyError;
 pub use request::{Action, Principal, Request, TaskContext};
 

@@ -92,6 +92,7 @@ impl TryFrom<types::Entry> for RegistrationEntry {
             },
             revision: e.revision,
             created_at: u64::try_from(e.created_at).unwrap_or(0),
+            created_at_nanos: e.created_at_nanos.min(999_999_999),
         })
     }
 }
@@ -117,6 +118,7 @@ impl From<&RegistrationEntry> for types::Entry {
             }),
             revision: e.revision,
             created_at: i64::try_from(e.created_at).unwrap_or(i64::MAX),
+            created_at_nanos: e.created_at_nanos,
         }
     }
 }
@@ -228,6 +230,7 @@ mod tests {
             }),
             revision: 3,
             created_at: 1_700_000_000,
+            created_at_nanos: 123_456_789,
         }
     }
 

@@ -18,8 +18,9 @@ use lanyard_proto::admin::{
     ListAuthoritiesResponse, ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
 };
 use lanyard_proto::admin::{
-    CheckPolicyRequest, CheckPolicyResponse, GetPolicyRequest, ListTasksRequest, ListTasksResponse,
-    SetPolicyRequest, TaskRequest, TestPolicyRequest, TestPolicyResponse,
+    CheckPolicyRequest, CheckPolicyResponse, ClearPolicyRequest, ClearPolicyResponse,
+    GetPolicyRequest, ListTasksRequest, ListTasksResponse, SetPolicyRequest, TaskRequest,
+    TestPolicyRequest, TestPolicyResponse,
 };
 use lanyard_proto::convert::{ProtoError, spiffe_id};
 use lanyard_proto::types;
@@ -110,6 +111,23 @@ pub struct AdminApi {
     pub(crate) audit: crate::audit::Audit,
     /// Turns true when the server shuts down (ends followed reads).
     pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AdminApi {
+    /// An entry's highest sensitivity must be one of the configured levels
+    /// (a name the levels do not hold would deny every task of the entry).
+    #[allow(clippy::result_large_err)]
+    fn check_levels(&self, entry: &RegistrationEntry) -> Result<(), Status> {
+        match &entry.task_limits.max_sensitivity {
+            Some(level) => self
+                .tasks
+                .levels()
+                .rank(level)
+                .map(|_| ())
+                .map_err(|e| Status::invalid_argument(format!("max sensitivity: {e}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Rejects callers whose uid is neither root nor the server's own.
@@ -284,8 +302,15 @@ impl Admin for AdminApi {
             msg.id = Self::new_entry_id()?.to_string();
         }
         msg.revision = 0;
-        msg.created_at = i64::try_from(unix_secs(self.clock.now())).unwrap_or(0);
+        let since_epoch = self
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        msg.created_at = i64::try_from(since_epoch.as_secs()).unwrap_or(0);
+        msg.created_at_nanos = since_epoch.subsec_nanos();
         let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
+        self.check_levels(&entry)?;
         let entry = self
             .registry
             .create(entry)
@@ -309,6 +334,7 @@ impl Admin for AdminApi {
             .entry
             .ok_or(AdminError::Proto(ProtoError::Missing("entry")))?;
         let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
+        self.check_levels(&entry)?;
         let entry = self
             .registry
             .update(entry)
@@ -502,6 +528,29 @@ impl Admin for AdminApi {
             )
             .await;
         Ok(Response::new(info))
+    }
+
+    #[instrument(skip_all)]
+    async fn clear_policy(
+        &self,
+        req: Request<ClearPolicyRequest>,
+    ) -> Result<Response<ClearPolicyResponse>, Status> {
+        let actor = admin_actor(&req);
+        let shadow = req.into_inner().shadow;
+        let version = self.policies.clear(shadow).await?;
+        self.audit
+            .note(
+                self.audit
+                    .event(Kind::PolicySet)
+                    .actor(actor)
+                    .details(serde_json::json!({
+                        "version": version,
+                        "shadow": shadow,
+                        "cleared": true,
+                    })),
+            )
+            .await;
+        Ok(Response::new(ClearPolicyResponse { version }))
     }
 
     #[instrument(skip_all)]

@@ -400,6 +400,7 @@ impl NodeApi {
                 .iter()
                 .map(crate::admin_enforce::quarantine_msg)
                 .collect(),
+            sensitivity_levels: self.tasks.levels().as_slice().to_vec(),
         }
     }
 
@@ -751,6 +752,7 @@ impl Node for NodeApi {
         let req = req.into_inner();
         let input = BeginInput {
             entry_id: req.entry_id,
+            candidates: req.candidate_entry_ids,
             spec: req
                 .spec
                 .ok_or_else(|| Status::invalid_argument("spec is required"))?,

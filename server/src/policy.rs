@@ -85,7 +85,9 @@ impl Policies {
         let newest = |shadow: bool| records.iter().rev().find(|r| r.shadow == shadow).cloned();
         let mut current = Current::default();
         for (shadow, record) in [(false, newest(false)), (true, newest(true))] {
-            let Some(record) = record else { continue };
+            let Some(record) = record.filter(|r| !r.cleared) else {
+                continue;
+            };
             let same = known
                 .and_then(|k| {
                     if shadow {
@@ -172,6 +174,7 @@ impl Policies {
             shadow,
             text: text.to_owned(),
             created_at: unix_secs(self.clock.now()),
+            cleared: false,
         };
         self.store.create_policy(&record).await?;
         let loaded = Arc::new(LoadedPolicy { record, book });
@@ -193,6 +196,35 @@ impl Policies {
             "policy set loaded"
         );
         Ok(loaded)
+    }
+
+    /// Unloads the enforced (or shadow) set: a stored version records it,
+    /// so every server and agent follows. Returns that version.
+    pub async fn clear(&self, shadow: bool) -> Result<u64, PolicySetError> {
+        let _guard = self.writer.lock().await;
+        let version = self.store.bump_counter("policy_version").await?;
+        self.store
+            .create_policy(&PolicyRecord {
+                version,
+                shadow,
+                text: String::new(),
+                created_at: unix_secs(self.clock.now()),
+                cleared: true,
+            })
+            .await?;
+        {
+            let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+            if shadow {
+                cur.shadow = None;
+            } else {
+                cur.enforced = None;
+            }
+        }
+        if !shadow {
+            self.changed.send_replace(0);
+        }
+        tracing::info!(version, shadow, "policy set cleared");
+        Ok(version)
     }
 
     /// A stored version, or the current one (`version` 0), with how many

@@ -175,6 +175,7 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(entry.id.to_string()))?;
         entry.revision = old.revision + 1;
         entry.created_at = old.created_at;
+        entry.created_at_nanos = old.created_at_nanos;
         self.inner
             .store
             .update_entry(&entry)

@@ -243,3 +243,31 @@ fn exports_verify_offline_and_tampering_is_named_by_sequence_number() {
     assert!(!bad.status.success());
     drop(server);
 }
+
+/// `lanyard-server audit tail | head`: the reader goes away; the command
+/// ends quietly instead of panicking on the closed pipe (exit 101).
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = start(dir.path());
+    for args in [
+        &["audit", "tail"][..],
+        &["audit", "export", "--format", "jsonl"][..],
+        &["entry", "list"][..],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--admin-socket")
+            .arg(dir.path().join("admin.sock"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

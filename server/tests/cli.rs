@@ -304,6 +304,60 @@ fn bad_input_gets_one_line_errors() {
             "invalid duration",
         ),
         (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "uid:1000",
+            ],
+            "unknown selector type \"uid\"",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "foo:bar",
+            ],
+            "the types are unix, systemd, k8s and k8s_psat",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "unix:uid:abc",
+            ],
+            "uid and gid are decimal numbers",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://example.org/x",
+                "--parent-id",
+                "spiffe://example.org/n",
+                "--selector",
+                "unix:uid:1",
+                "--max-sensitivity",
+                "secret",
+            ],
+            "unknown data sensitivity \"secret\" (known: public < internal < confidential < restricted)",
+        ),
+        (
             &["token", "generate", "--agent-id", "spiffe://other.org/n"],
             "not in trust domain",
         ),
@@ -350,4 +404,47 @@ fn run_refuses_bad_configuration_with_a_reason() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field"));
+}
+
+/// A data directory holds one trust domain's CA: starting on it with
+/// another trust domain is refused with the reason, and the data is kept.
+#[test]
+fn run_refuses_a_data_dir_of_another_trust_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start(d);
+    drop(server);
+    let o = Command::new(BIN)
+        .args([
+            "run",
+            "--trust-domain",
+            "other.org",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .arg("--admin-socket")
+        .arg(d.join("admin2.sock"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("example.org") && err.contains("other.org"),
+        "{err}"
+    );
+    // The first trust domain still starts on it (the killed server's
+    // socket file is still there: wait for the new server to answer).
+    let _again = start(d);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = admin(d, &["bundle", "show", "--format", "jwks"]);
+        if o.status.success() {
+            assert!(!o.stdout.is_empty());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not start again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -129,6 +129,14 @@ fn own_task(snap: &Snapshot, owner: &TaskOwner, id: &str) -> Result<Arc<ActiveTa
         .ok_or_else(|| Status::not_found(format!("task {id:?} not found among the caller's tasks")))
 }
 
+/// Whether `caller` has every selector of `task`'s entry (not only the
+/// boundary ones BeginTask matched on).
+fn matches_in_full(snap: &Snapshot, task: &ActiveTask, caller: &Caller) -> bool {
+    snap.entries
+        .get(&task.record.entry_id)
+        .is_some_and(|e| e.selectors.iter().all(|s| caller.selectors.contains(s)))
+}
+
 fn selector_value<'a>(caller: &'a Caller, prefix: &str) -> &'a str {
     caller
         .selectors
@@ -174,15 +182,17 @@ impl TaskIdentity for TaskApi {
                 "this process already holds {held} tasks (at most {MAX_TASKS_PER_PROCESS}); end some first"
             )));
         }
-        let candidates = snap.entries.for_task(&caller.selectors);
-        let entry = if r.spiffe_id.is_empty() {
-            candidates.first()
-        } else {
-            candidates
-                .iter()
-                .find(|e| e.spiffe_id.as_str() == r.spiffe_id)
-        };
-        let Some(entry) = entry.map(|e| (*e).clone()) else {
+        // Every identity the caller may begin a task under (or those of the
+        // SPIFFE ID it named), in serving order: the server decides which
+        // one permits the task, never whichever comes first.
+        let entries: Vec<_> = snap
+            .entries
+            .for_task(&caller.selectors)
+            .into_iter()
+            .filter(|e| r.spiffe_id.is_empty() || e.spiffe_id.as_str() == r.spiffe_id)
+            .cloned()
+            .collect();
+        if entries.is_empty() {
             return Err(if !snap.synced {
                 WorkloadError::NotSynced.into()
             } else if r.spiffe_id.is_empty() {
@@ -194,7 +204,7 @@ impl TaskIdentity for TaskApi {
         let begun = self
             .owner
             .begin_task(BeginRequest {
-                entry,
+                entries,
                 spec,
                 owner,
                 selectors: caller.selectors.iter().map(ToString::to_string).collect(),
@@ -210,10 +220,7 @@ impl TaskIdentity for TaskApi {
         // The credentials themselves go only to a caller that matches the
         // entry in full now (a `task run` that will exec into the entry's
         // program gets them through the Workload API after the exec).
-        let full_match = snap
-            .entries
-            .get(&t.record.entry_id)
-            .is_some_and(|e| e.selectors.iter().all(|s| caller.selectors.contains(s)));
+        let full_match = matches_in_full(&snap, t, &caller);
         let x509_svid = t.svid.as_ref().filter(|_| full_match).map(|s| X509svid {
             spiffe_id: s.spiffe_id.to_string(),
             x509_svid: s.chain.concat(),
@@ -281,7 +288,16 @@ impl TaskIdentity for TaskApi {
     ) -> Result<Response<DelegateTaskResponse>, Status> {
         let (caller, owner) = self.attest(&req).await?;
         let r = req.into_inner();
-        own_task(&self.owner.snapshot(), &owner, &r.task_id)?;
+        let snap = self.owner.snapshot();
+        let task = own_task(&snap, &owner, &r.task_id)?;
+        // BeginTask matches only boundary selectors (so `task run` can exec
+        // into the entry's program); handing the task's tools on takes the
+        // entry in full, as its credentials do.
+        if !matches_in_full(&snap, &task, &caller) {
+            return Err(Status::permission_denied(
+                "the caller does not match its task's entry in full (its program differs): only the entry's program may delegate",
+            ));
+        }
         let (token, expires_at) = self
             .owner
             .delegate_task(lanyard_proto::server::DelegateTaskRequest {

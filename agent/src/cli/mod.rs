@@ -373,13 +373,16 @@ pub(crate) fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), Cli
             let p = dir.join(&name);
             write_atomic(&p, content.as_bytes(), mode)
                 .map_err(|e| err(format!("{}: {e}", p.display())))?;
-            println!("Wrote {}", p.display());
+            outln!("Wrote {}", p.display());
         }
     }
     Ok(())
 }
 
+mod out;
 mod task;
+
+use out::{out, outln};
 
 /// Runs a client subcommand.
 pub async fn run_client(cmd: Command) -> Result<(), CliError> {
@@ -426,7 +429,7 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
                     "audit queue full: tool-call decisions are denied until the server takes the queued records",
                 ));
             }
-            println!("Agent is healthy.");
+            outln!("Agent is healthy.");
             Ok(())
         }
         Command::Api(ApiCmd::Fetch(FetchCmd::X509 {
@@ -440,14 +443,14 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
             let resp = first_x509(&socket.path(), timeout).await?;
             let (text, js) = describe(&resp)?;
             match output {
-                Output::Json => println!("{js}"),
+                Output::Json => outln!("{js}"),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "Received {} svid after {:.3}ms\n",
                         resp.svids.len(),
                         started.elapsed().as_secs_f64() * 1000.0
                     );
-                    print!("{text}");
+                    out!("{text}");
                 }
             }
             if let Some(dir) = write {
@@ -471,13 +474,13 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"svids": resp.svids.iter().map(|s| json!({"spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint})).collect::<Vec<_>>()})
                 ),
                 Output::Text => {
                     for s in &resp.svids {
-                        println!("token({}):\n\t{}", s.spiffe_id, s.svid);
+                        outln!("token({}):\n\t{}", s.spiffe_id, s.svid);
                     }
                 }
             }
@@ -498,9 +501,10 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
                 .claims
                 .map(|s| lanyard_proto::convert::struct_to_json(&s))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "SVID is valid.\nSPIFFE ID : {}\nClaims    : {}",
-                resp.spiffe_id, claims
+                resp.spiffe_id,
+                claims
             );
             Ok(())
         }
@@ -514,12 +518,12 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
             loop {
                 match stream.message().await {
                     Ok(Some(resp)) => {
-                        println!(
+                        outln!(
                             "Received {} svid(s) at {}",
                             resp.svids.len(),
                             format_rfc3339(std::time::SystemTime::now())
                         );
-                        print!("{}", describe(&resp)?.0);
+                        out!("{}", describe(&resp)?.0);
                     }
                     Ok(None) => return Err(err("the agent closed the stream")),
                     Err(s) => return Err(status_err(s)),

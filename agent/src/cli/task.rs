@@ -13,7 +13,7 @@ use lanyard_proto::task::task_identity_client::TaskIdentityClient;
 use lanyard_proto::workload::X509svidResponse;
 use lanyard_uds::unix_channel;
 
-use super::{CliError, SocketArgs, err, status_err, with_header, write_files};
+use super::{CliError, SocketArgs, err, outln, status_err, with_header, write_files};
 use crate::storage::write_atomic;
 
 /// `task` subcommands.
@@ -127,7 +127,7 @@ pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
             let p = dir.join("jwt.0");
             write_atomic(&p, jwt.svid.as_bytes(), 0o600)
                 .map_err(|e| err(format!("{}: {e}", p.display())))?;
-            println!("Wrote {}", p.display());
+            outln!("Wrote {}", p.display());
         }
     }
     let socket = std::path::absolute(&socket).unwrap_or(socket);

@@ -127,6 +127,8 @@ pub struct Manager {
     bundle_sequence: u64,
     policy_version: u64,
     policy_text: Arc<str>,
+    /// The server's sensitivity levels (the decision point ranks with them).
+    levels: Arc<lanyard_core::task::SensitivityLevels>,
     synced: bool,
     agent_renew_at: Option<SystemTime>,
     agent_failures: u32,
@@ -183,6 +185,7 @@ impl Manager {
             bundle_sequence: 0,
             policy_version: 0,
             policy_text: Arc::from(""),
+            levels: Arc::default(),
             synced: false,
             agent_renew_at: None,
             agent_failures: 0,
@@ -537,6 +540,7 @@ impl Manager {
                 "trust bundle updated"
             );
         }
+        self.apply_levels(std::mem::take(&mut update.sensitivity_levels));
         if update.policy_version != self.policy_version {
             self.policy_version = update.policy_version;
             self.policy_text = Arc::from(std::mem::take(&mut update.policy_text));
@@ -576,12 +580,33 @@ impl Manager {
         snap.bundle_sequence = self.bundle_sequence;
         snap.policy_version = self.policy_version;
         snap.policy_text = self.policy_text.clone();
+        snap.levels = self.levels.clone();
         snap.synced = self.synced;
         snap.revocations = self.enforce.revocations.clone();
         snap.revocation_generation = self.enforce.generation;
         snap.crls = self.enforce.crls.clone();
         snap.quarantines = Arc::new(self.enforce.all());
         self.publish.send_replace(Arc::new(snap));
+    }
+
+    /// Takes the server's sensitivity levels (none: a server that does not
+    /// send them, whose levels are the defaults).
+    fn apply_levels(&mut self, levels: Vec<String>) {
+        let levels = if levels.is_empty() {
+            lanyard_core::task::SensitivityLevels::default()
+        } else {
+            match lanyard_core::task::SensitivityLevels::new(levels) {
+                Ok(l) => l,
+                Err(err) => {
+                    tracing::warn!(%err, "ignoring invalid sensitivity levels from the server");
+                    return;
+                }
+            }
+        };
+        if *self.levels != levels {
+            tracing::info!(levels = ?levels.as_slice(), "sensitivity levels from the server");
+            self.levels = Arc::new(levels);
+        }
     }
 
     /// True when an SVID signed by `issuer` may still be served: the CA is

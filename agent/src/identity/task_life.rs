@@ -101,7 +101,15 @@ impl Manager {
             let _ = reply.send(Err(CommandError::NotConnected));
             return;
         };
-        let made = SvidKey::generate().and_then(|k| Ok((k.csr(&req.entry.spiffe_id)?, k)));
+        let Some(first) = req.entries.first() else {
+            let _ = reply.send(Err(CommandError::BadAnswer(
+                "no entry to begin under".into(),
+            )));
+            return;
+        };
+        // The server signs the key, not the CSR's name: any candidate's ID
+        // will do here.
+        let made = SvidKey::generate().and_then(|k| Ok((k.csr(&first.spiffe_id)?, k)));
         let (csr, key) = match made {
             Ok(v) => v,
             Err(e) => {
@@ -110,7 +118,12 @@ impl Manager {
             }
         };
         let msg = BeginTaskRequest {
-            entry_id: req.entry.id.to_string(),
+            entry_id: first.id.to_string(),
+            candidate_entry_ids: if req.entries.len() > 1 {
+                req.entries.iter().map(|e| e.id.to_string()).collect()
+            } else {
+                vec![]
+            },
             spec: Some(req.spec.clone()),
             csr,
             jwt_audiences: req.jwt_audiences.clone(),
@@ -152,11 +165,13 @@ impl Manager {
         let checked = (|| {
             let record = TaskRecord::try_from(resp.task.ok_or("no task in the answer")?)
                 .map_err(|e| e.to_string())?;
-            if record.entry_id != req.entry.id || record.grant.spiffe_id != req.entry.spiffe_id {
-                return Err("the task is for another entry".to_owned());
-            }
+            let entry = req
+                .entries
+                .iter()
+                .find(|e| e.id == record.entry_id && e.spiffe_id == record.grant.spiffe_id)
+                .ok_or("the task is for an entry the caller did not ask under")?;
             let chain = resp.svid.ok_or("no SVID in the answer")?.cert_chain;
-            let svid = accept_task_svid(&record, req.entry.revision, &key, chain, now)?;
+            let svid = accept_task_svid(&record, entry.revision, &key, chain, now)?;
             Ok::<_, String>((record, svid))
         })();
         let (record, svid) = match checked {

@@ -91,8 +91,10 @@ impl ActiveTask {
 /// A BeginTask as the Task API hands it to the owner.
 #[derive(Debug, Clone)]
 pub struct BeginRequest {
-    /// The entry matched for the caller.
-    pub entry: RegistrationEntry,
+    /// The entries the task may be begun under, in serving order (one when
+    /// the caller named a SPIFFE ID with a single entry); the server begins
+    /// it under the one whose ceilings and policy permit it.
+    pub entries: Vec<RegistrationEntry>,
     /// What the workload asked for.
     pub spec: types::TaskSpec,
     /// Who asks.

@@ -14,11 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use lanyard_core::clock::Clock;
-use lanyard_core::task::SensitivityLevels;
-use lanyard_policy::{Action, PolicyBook, Principal, TaskContext};
+use lanyard_policy::{Action, CallFacts, PolicyBook, Principal, TaskContext};
 use lanyard_proto::task::authorize_tool_call_request::Credential;
 use lanyard_proto::task::{AuthorizeToolCallRequest, AuthorizeToolCallResponse};
-use serde_json::Value;
 use tonic::Status;
 
 pub use record::{DecisionRecord, DecisionSink, QueueSink, TracingSink, audit_event};
@@ -32,7 +30,7 @@ use crate::identity::IdentityHandle;
 pub const AUDIT_UNAVAILABLE: &str = "audit unavailable";
 
 /// Largest call context accepted, bytes of JSON.
-pub const MAX_CONTEXT: usize = 16 * 1024;
+pub const MAX_CONTEXT: usize = lanyard_policy::context::MAX_CALL_CONTEXT;
 /// Longest tool or resource name.
 const MAX_NAME: usize = 256;
 
@@ -70,7 +68,6 @@ pub struct Pdp {
     denials: Mutex<HashMap<String, VecDeque<SystemTime>>>,
     trigger: LocalTrigger,
     sink: Arc<dyn DecisionSink>,
-    levels: SensitivityLevels,
 }
 
 fn random_id() -> String {
@@ -79,30 +76,10 @@ fn random_id() -> String {
     hex::encode(b)
 }
 
-/// The call's context as Cedar sees it: `key=value` per top-level member.
+/// The call's context as Cedar sees it (`key=value` per top-level member),
+/// or InvalidArgument.
 fn call_strings(json: &str) -> Result<Vec<String>, Status> {
-    if json.len() > MAX_CONTEXT {
-        return Err(Status::invalid_argument(format!(
-            "context_json is {} bytes; at most {MAX_CONTEXT}",
-            json.len()
-        )));
-    }
-    if json.trim().is_empty() {
-        return Ok(vec![]);
-    }
-    let v: Value = serde_json::from_str(json)
-        .map_err(|e| Status::invalid_argument(format!("context_json: {e}")))?;
-    let Value::Object(m) = v else {
-        return Err(Status::invalid_argument(
-            "context_json must be a JSON object",
-        ));
-    };
-    Ok(m.iter()
-        .map(|(k, v)| match v {
-            Value::String(s) => format!("{k}={s}"),
-            other => format!("{k}={other}"),
-        })
-        .collect())
+    lanyard_policy::call_strings(json).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// A decision before it is recorded.
@@ -145,7 +122,6 @@ impl Pdp {
             denials: Mutex::default(),
             trigger,
             sink,
-            levels: SensitivityLevels::default(),
         }
     }
 
@@ -174,7 +150,10 @@ impl Pdp {
     fn book(&self, snap: &Snapshot) -> Compiled {
         let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 != snap.policy_version {
-            let compiled = if snap.policy_version == 0 || snap.policy_text.is_empty() {
+            // Version 0: no set is loaded (never, or `policy clear`), and
+            // the grant decides alone. An empty text is a loaded set that
+            // permits nothing, as on the server.
+            let compiled = if snap.policy_version == 0 {
                 Ok(None)
             } else {
                 PolicyBook::compile(&snap.policy_text, "policy")
@@ -366,35 +345,21 @@ impl Pdp {
             exe_path: String::new(),
             exe_sha256: v.exe_sha256.clone(),
         };
-        let hour = (lanyard_core::clock::unix_secs(now) / 3600) % 24;
-        let context = TaskContext {
-            task_type: claims.task_type.clone(),
-            tools: claims.tools.clone(),
-            destinations: vec![],
-            sensitivity: claims.data_sensitivity.clone(),
-            sensitivity_rank: self
-                .levels
-                .rank(&claims.data_sensitivity)
-                .map_or(i64::MAX, |r| i64::try_from(r).unwrap_or(i64::MAX)),
-            ttl_seconds: claims
-                .not_after
-                .and_then(|t| t.duration_since(now).ok())
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
-            on_behalf_of: claims.on_behalf_of.clone().unwrap_or_default(),
-            intent: String::new(),
-            hour: i64::try_from(hour).unwrap_or(0),
-            parent_task_id: claims
-                .parent_task_id
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            delegate_to: String::new(),
-            recent_denials: self.recent_denials(&task, now),
-            at_call: true,
-            resource: resource.to_owned(),
-            call,
-            extra: serde_json::Map::new(),
-        };
+        let context = TaskContext::for_call(
+            CallFacts {
+                task_type: &claims.task_type,
+                tools: &claims.tools,
+                sensitivity: &claims.data_sensitivity,
+                on_behalf_of: claims.on_behalf_of.as_deref(),
+                parent_task_id: claims.parent_task_id.as_ref().map(ToString::to_string),
+                not_after: claims.not_after,
+                recent_denials: self.recent_denials(&task, now),
+                resource,
+                call,
+            },
+            &snap.levels,
+            now,
+        );
         let d = book.decide(&lanyard_policy::Request {
             principal: &principal,
             action: Action::UseTool,

@@ -57,8 +57,17 @@ pub async fn setup(ep: bool) -> Setup {
 
 /// [`setup`] with the agent's configuration adjusted by `tweak`.
 pub async fn setup_with(ep: bool, tweak: impl FnOnce(&mut lanyard_agent::Config)) -> Setup {
+    setup_configured(ep, |_| {}, tweak).await
+}
+
+/// [`setup`] with the server's and the agent's configuration adjusted.
+pub async fn setup_configured(
+    ep: bool,
+    server_tweak: impl FnOnce(&mut lanyard_server::Config),
+    tweak: impl FnOnce(&mut lanyard_agent::Config),
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let server = TestServer::start_with(dir.path(), "127.0.0.1:0", server_tweak).await;
     let token = server.token(NODE).await;
     entry(&server, PLANNER, vec![], false).await;
     let mut config = agent_config(dir.path(), server.addr(), Some(token));

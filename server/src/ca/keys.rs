@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use lanyard_core::TrustDomain;
 use lanyard_core::jwt::JwtSigner;
 use lanyard_core::rotation::{ca_activate_at, ca_prepare_at};
-use lanyard_core::x509::X509Authority;
+use lanyard_core::x509::{CertInfo, X509Authority};
 
 use super::material::{self, JwtKey, X509Key};
 use super::{AuthorityInfo, CaError, CaSnapshot};
@@ -305,6 +305,21 @@ impl Keys {
         let (x, j) = Self::read_stored(store, me, ttl, key_dir).await?;
         keys.x509.merge(x);
         keys.jwt.merge(j);
+        // A store holds one trust domain's authorities: a server started on
+        // it with another would sign SVIDs no peer of either domain trusts.
+        for slot in &keys.x509.slots {
+            let info = CertInfo::parse(slot.key.cert_der())?;
+            // (An upstream CA from disk may name no trust domain at all.)
+            let Some(stored) = info.uri_sans.iter().find(|u| u.starts_with("spiffe://")) else {
+                continue;
+            };
+            if *stored != td.id_string() {
+                return Err(CaError::OtherTrustDomain {
+                    stored: stored.trim_start_matches("spiffe://").to_owned(),
+                    configured: td.to_string(),
+                });
+            }
+        }
         let adopted =
             keys.x509.slots.iter().any(|s| s.dirty) || keys.jwt.slots.iter().any(|s| s.dirty);
         let mut changed = adopted | keys.x509.normalise(now) | keys.jwt.normalise(now);

@@ -39,6 +39,16 @@ pub enum CaError {
     /// A stored JWT key is unusable.
     #[error("JWT key: {0}")]
     Jwt(#[from] JwtError),
+    /// The store holds the authorities of another trust domain.
+    #[error(
+        "the data holds the CA of trust domain {stored}, not {configured}: start with --trust-domain {stored}, or use another --data-dir (or database) for {configured}"
+    )]
+    OtherTrustDomain {
+        /// The trust domain of the stored CA.
+        stored: String,
+        /// The configured trust domain.
+        configured: String,
+    },
     /// Activation without a prepared key.
     #[error("no prepared authority to activate; run `lanyard-server ca prepare` first")]
     NothingPrepared,

@@ -201,7 +201,7 @@ fn report(v: Verifier, output: Output) -> Result<(), CliError> {
         .map_err(|e| err(format!("audit verify failed: {e}")))?;
     let total: u64 = chains.iter().map(|c| c.records).sum();
     match output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({
                 "verified": total,
@@ -213,15 +213,20 @@ fn report(v: Verifier, output: Output) -> Result<(), CliError> {
             })
         ),
         Output::Text => {
-            println!("verified {total} records in {} chain(s)", chains.len());
+            outln!("verified {total} records in {} chain(s)", chains.len());
             for c in &chains {
                 let pruned = c
                     .pruned_through
                     .map(|p| format!(", pruned through {p}"))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "  chain {}: records {}..{} ({} records, {} checkpoints, key {}{pruned})",
-                    c.chain, c.first_seq, c.last_seq, c.records, c.checkpoints, c.key
+                    c.chain,
+                    c.first_seq,
+                    c.last_seq,
+                    c.records,
+                    c.checkpoints,
+                    c.key
                 );
             }
         }
@@ -251,8 +256,8 @@ pub(super) async fn run_audit(cmd: AuditCmd) -> Result<(), CliError> {
             // The last N are picked here, after filtering.
             let mut latest = std::collections::VecDeque::new();
             let print = |v: &Value| match admin.output {
-                Output::Json => println!("{v}"),
-                Output::Text => println!("{}", text_line(v)),
+                Output::Json => outln!("{v}"),
+                Output::Text => outln!("{}", text_line(v)),
             };
             // Records up to the head at the start are history (the last N
             // are printed); later ones are printed as they come.
@@ -329,8 +334,8 @@ pub(super) async fn run_audit(cmd: AuditCmd) -> Result<(), CliError> {
                 }
             };
             match admin.output {
-                Output::Json => println!("{}", json!({"key_id": id, "public_key_pem": pem})),
-                Output::Text => print!("{pem}"),
+                Output::Json => outln!("{}", json!({"key_id": id, "public_key_pem": pem})),
+                Output::Text => out!("{pem}"),
             }
             Ok(())
         }

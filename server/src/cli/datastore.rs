@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use super::outln;
 use crate::store::transfer::{self, TransferError};
 use crate::store::{PgOptions, PgStore, SledStore};
 
@@ -85,7 +86,7 @@ pub async fn run(cmd: DatastoreCmd) -> Result<(), DatastoreError> {
             let owner =
                 crate::app::server_id(&dir).map_err(|e| DatastoreError::DataDir(e.to_string()))?;
             let n = transfer::backup(&store, &file, &owner).await?;
-            println!("backed up {n} to {}", file.display());
+            outln!("backed up {n} to {}", file.display());
         }
         DatastoreCmd::Restore { file, data_dir: d } => {
             let dir = data_dir(d);
@@ -106,7 +107,7 @@ pub async fn run(cmd: DatastoreCmd) -> Result<(), DatastoreError> {
                         crate::app::write_server_id(&dir, &server_id)
                             .map_err(|e| DatastoreError::DataDir(e.to_string()))?;
                     }
-                    println!("restored {n} into {}", dir.display());
+                    outln!("restored {n} into {}", dir.display());
                 }
                 Err(e) => {
                     drop(store);
@@ -138,7 +139,7 @@ pub async fn run(cmd: DatastoreCmd) -> Result<(), DatastoreError> {
             })
             .await?;
             let n = transfer::copy(&from, &target, &owner).await?;
-            println!(
+            outln!(
                 "migrated {n} to {}; start this server with --datastore pointing there (its keys belong to server {owner})",
                 crate::store::pg::redact_password(&to)
             );

@@ -129,8 +129,8 @@ fn time_text(secs: i64) -> String {
 
 fn print_quarantine(output: Output, q: &types::Quarantine) {
     match output {
-        Output::Json => println!("{}", quarantine_json(q)),
-        Output::Text => print!("{}", quarantine_text(q)),
+        Output::Json => outln!("{}", quarantine_json(q)),
+        Output::Text => out!("{}", quarantine_text(q)),
     }
 }
 
@@ -156,8 +156,8 @@ pub(super) async fn run_svid(cmd: SvidCmd) -> Result<(), CliError> {
         .into_inner();
     let rev = r.revocation.unwrap_or_default();
     match admin.output {
-        Output::Json => println!("{}", revocation_json(&rev)),
-        Output::Text => println!("revoked {} {} ({})", rev.kind, rev.value, rev.reason),
+        Output::Json => outln!("{}", revocation_json(&rev)),
+        Output::Text => outln!("revoked {} {} ({})", rev.kind, rev.value, rev.reason),
     }
     Ok(())
 }
@@ -192,17 +192,17 @@ pub(super) async fn run_quarantine(cmd: QuarantineCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"quarantines": r.quarantines.iter().map(quarantine_json).collect::<Vec<_>>()})
                 ),
-                Output::Text if r.quarantines.is_empty() => println!("no quarantines"),
+                Output::Text if r.quarantines.is_empty() => outln!("no quarantines"),
                 Output::Text => {
                     for (i, q) in r.quarantines.iter().enumerate() {
                         if i > 0 {
-                            println!();
+                            outln!();
                         }
-                        print!("{}", quarantine_text(q));
+                        out!("{}", quarantine_text(q));
                     }
                 }
             }

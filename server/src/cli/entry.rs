@@ -130,24 +130,24 @@ pub(super) fn entry_text(e: &types::Entry) -> String {
 
 pub(super) fn print_entries(out: Output, entries: &[types::Entry]) {
     match out {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({ "entries": entries.iter().map(entry_json).collect::<Vec<_>>() })
         ),
         Output::Text => {
             if entries.is_empty() {
-                println!("No entries");
+                outln!("No entries");
             }
             let blocks: Vec<String> = entries.iter().map(entry_text).collect();
-            print!("{}", blocks.join("\n"));
+            out!("{}", blocks.join("\n"));
         }
     }
 }
 
 pub(super) fn print_entry(out: Output, e: &types::Entry) {
     match out {
-        Output::Json => println!("{}", entry_json(e)),
-        Output::Text => print!("{}", entry_text(e)),
+        Output::Json => outln!("{}", entry_json(e)),
+        Output::Text => out!("{}", entry_text(e)),
     }
 }
 
@@ -226,8 +226,8 @@ pub(super) async fn run_entry(cmd: EntryCmd) -> Result<(), CliError> {
                 .into_inner();
             let e = r.entry.unwrap_or_default();
             match admin.output {
-                Output::Json => println!("{}", json!({"deleted": entry_json(&e)})),
-                Output::Text => println!("Deleted entry {}", e.id),
+                Output::Json => outln!("{}", json!({"deleted": entry_json(&e)})),
+                Output::Text => outln!("Deleted entry {}", e.id),
             }
         }
     }

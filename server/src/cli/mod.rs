@@ -372,7 +372,10 @@ pub mod datastore;
 mod enforce;
 mod entry;
 mod ops;
+mod out;
 mod tasks;
+
+use out::{out, outln};
 
 pub use common::CliError;
 use common::{check_id, client, err, optional_id, status_err, ttl_secs};
@@ -400,11 +403,11 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"token": r.token, "agent_id": r.agent_id, "expires_at": r.expires_at})
                 ),
-                Output::Text => println!("{}", r.token),
+                Output::Text => outln!("{}", r.token),
             }
             Ok(())
         }
@@ -418,7 +421,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
             if !r.authorities.iter().any(|a| a.state == "active") {
                 return Err(err("no active CA"));
             }
-            println!("SERVING");
+            outln!("SERVING");
             Ok(())
         }
         Command::Entry(cmd) => run_entry(cmd).await,
@@ -440,14 +443,14 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({
                         "crls": r.crls.iter().map(|c| der_to_pem("X509 CRL", std::slice::from_ref(c))).collect::<Vec<_>>(),
                         "revocations": r.revocations.iter().map(enforce::revocation_json).collect::<Vec<_>>(),
                     })
                 ),
-                Output::Text => print!("{}", der_to_pem("X509 CRL", &r.crls)),
+                Output::Text => out!("{}", der_to_pem("X509 CRL", &r.crls)),
             }
             Ok(())
         }
@@ -469,9 +472,9 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                         u64::try_from(b.refresh_hint_seconds).unwrap_or(0),
                     )
                     .map_err(err)?;
-                    println!("{doc}");
+                    outln!("{doc}");
                 }
-                (Output::Json, BundleFormat::Pem) => println!(
+                (Output::Json, BundleFormat::Pem) => outln!(
                     "{}",
                     json!({
                         "trust_domain": b.trust_domain,
@@ -480,7 +483,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                     })
                 ),
                 (Output::Text, BundleFormat::Pem) => {
-                    print!("{}", der_to_pem("CERTIFICATE", &b.x509_authorities));
+                    out!("{}", der_to_pem("CERTIFICATE", &b.x509_authorities));
                 }
                 // Printed by the arm above.
                 (_, BundleFormat::Crl) => {}

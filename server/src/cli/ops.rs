@@ -24,16 +24,16 @@ pub(super) async fn run_agent(cmd: AgentCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"agents": r.agents.iter().map(agent_json).collect::<Vec<_>>()})
                 ),
                 Output::Text => {
                     if r.agents.is_empty() {
-                        println!("No agents");
+                        outln!("No agents");
                     }
                     for a in &r.agents {
-                        println!(
+                        outln!(
                             "{}  attestation={} serial={} expires_at={}{}{}",
                             a.spiffe_id,
                             a.attestation_type,
@@ -59,8 +59,8 @@ pub(super) async fn run_agent(cmd: AgentCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!("{}", json!({"evicted": agent_json(&a)})),
-                Output::Text => println!("Evicted agent {}", a.spiffe_id),
+                Output::Json => outln!("{}", json!({"evicted": agent_json(&a)})),
+                Output::Text => outln!("Evicted agent {}", a.spiffe_id),
             }
         }
         AgentCmd::Ban { id, admin } => {
@@ -72,8 +72,8 @@ pub(super) async fn run_agent(cmd: AgentCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!("{}", json!({"banned": agent_json(&a)})),
-                Output::Text => println!("Banned agent {}", a.spiffe_id),
+                Output::Json => outln!("{}", json!({"banned": agent_json(&a)})),
+                Output::Text => outln!("Banned agent {}", a.spiffe_id),
             }
         }
     }
@@ -84,7 +84,7 @@ pub(super) fn print_authorities(out: Output, r: &ListAuthoritiesResponse) {
     use lanyard_core::clock::{format_rfc3339, from_unix_secs};
     let t = |s: i64| format_rfc3339(from_unix_secs(u64::try_from(s).unwrap_or(0)));
     match out {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             json!({"authorities": r.authorities.iter().map(|a| json!({
                 "id": a.id, "kind": a.kind, "state": a.state, "tainted": a.tainted,
@@ -94,7 +94,7 @@ pub(super) fn print_authorities(out: Output, r: &ListAuthoritiesResponse) {
         ),
         Output::Text => {
             for a in &r.authorities {
-                println!(
+                outln!(
                     "{:<5} {:<9} {}{}  valid {} .. {}  server {}",
                     a.kind,
                     a.state,

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use lanyard_proto::admin::{
-    CheckPolicyRequest, GetPolicyRequest, ListTasksRequest, SetPolicyRequest, TaskRequest,
-    TestPolicyRequest,
+    CheckPolicyRequest, ClearPolicyRequest, GetPolicyRequest, ListTasksRequest, SetPolicyRequest,
+    TaskRequest, TestPolicyRequest,
 };
 
 use super::*;
@@ -29,6 +29,16 @@ pub enum PolicyCmd {
         #[arg(long)]
         version: Option<u64>,
         /// Show the shadow set.
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Unload the enforced set (or, with --shadow, the shadow set): from
+    /// then on only the entries' ceilings decide. (`policy set` with an
+    /// empty file loads a set that permits nothing.)
+    Clear {
+        /// Unload the shadow set instead.
         #[arg(long)]
         shadow: bool,
         #[command(flatten)]
@@ -179,8 +189,8 @@ fn task_text(t: &types::TaskInfo) -> String {
 
 fn print_task(out: Output, t: &types::TaskInfo) {
     match out {
-        Output::Json => println!("{}", task_json(t)),
-        Output::Text => print!("{}", task_text(t)),
+        Output::Json => outln!("{}", task_json(t)),
+        Output::Text => out!("{}", task_text(t)),
     }
 }
 
@@ -204,8 +214,8 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!("{}", policy_json(&p)),
-                Output::Text => println!(
+                Output::Json => outln!("{}", policy_json(&p)),
+                Output::Text => outln!(
                     "{} policy set version {} in force ({} policies)",
                     if p.shadow { "Shadow" } else { "Enforced" },
                     p.version,
@@ -228,17 +238,33 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!("{}", policy_json(&p)),
+                Output::Json => outln!("{}", policy_json(&p)),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "// version {}{}, {} policies, sha256 {}",
                         p.version,
                         if p.shadow { " (shadow)" } else { "" },
                         p.policy_count,
                         p.sha256
                     );
-                    print!("{}", p.text);
+                    out!("{}", p.text);
                 }
+            }
+        }
+        PolicyCmd::Clear { shadow, admin } => {
+            let r = client(&admin)
+                .await?
+                .clear_policy(ClearPolicyRequest { shadow })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let kind = if shadow { "shadow" } else { "enforced" };
+            match admin.output {
+                Output::Json => outln!(
+                    "{}",
+                    json!({"version": r.version, "shadow": shadow, "cleared": true})
+                ),
+                Output::Text => outln!("No {kind} policy set from version {}", r.version),
             }
         }
         PolicyCmd::Check { file, admin } => {
@@ -251,9 +277,9 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 .into_inner();
             match admin.output {
                 Output::Json => {
-                    println!("{}", json!({"valid": true, "policy_count": r.policy_count}))
+                    outln!("{}", json!({"valid": true, "policy_count": r.policy_count}))
                 }
-                Output::Text => println!("{}: valid ({} policies)", file.display(), r.policy_count),
+                Output::Text => outln!("{}: valid ({} policies)", file.display(), r.policy_count),
             }
         }
         PolicyCmd::Test {
@@ -285,7 +311,7 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({
                         "task_allowed": r.task_allowed,
@@ -301,7 +327,7 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 ),
                 Output::Text => {
                     let verdict = |ok: bool| if ok { "ALLOW" } else { "DENY " };
-                    println!(
+                    outln!(
                         "task  {} {}{}",
                         verdict(r.task_allowed),
                         r.reasons.join("; "),
@@ -312,14 +338,14 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                         }
                     );
                     for t in &r.tools {
-                        println!(
+                        outln!(
                             "tool  {} {} {}",
                             verdict(t.allowed),
                             t.tool,
                             t.reasons.join("; ")
                         );
                     }
-                    println!(
+                    outln!(
                         "(entry {}, policy version {})",
                         r.entry_id,
                         if r.policy_version == 0 {
@@ -357,16 +383,16 @@ pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
                 .map_err(status_err)?
                 .into_inner();
             match admin.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     json!({"tasks": r.tasks.iter().map(task_json).collect::<Vec<_>>()})
                 ),
                 Output::Text => {
                     if r.tasks.is_empty() {
-                        println!("No tasks");
+                        outln!("No tasks");
                     }
                     let blocks: Vec<String> = r.tasks.iter().map(task_text).collect();
-                    print!("{}", blocks.join("\n"));
+                    out!("{}", blocks.join("\n"));
                 }
             }
         }

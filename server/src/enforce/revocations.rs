@@ -85,6 +85,16 @@ struct Inner {
     audit: crate::audit::AuditHook,
 }
 
+/// Whether `old` already refuses everything `new` would: the same
+/// credentials for at least as long. A SPIFFE ID revocation refuses what
+/// was issued up to its time, so a later one covers more (after an entry
+/// is deleted and re-created, the new entry's SVIDs) and replaces it.
+fn covers(old: &Revocation, new: &Revocation) -> bool {
+    old.expires_at >= new.expires_at
+        && (new.kind != lanyard_core::revocation::RevokedKind::SpiffeId
+            || old.revoked_at >= new.revoked_at)
+}
+
 fn revocation_event(a: &crate::audit::Audit, r: &Revocation) -> lanyard_core::audit::Event {
     use lanyard_core::revocation::RevokedKind;
     let mut e = a
@@ -269,7 +279,20 @@ impl Revocations {
         let now = unix_secs(self.inner.clock.now());
         let mut added = 0;
         for r in items {
-            if r.expires_at <= now || self.contains(r.kind, &r.value) {
+            if r.expires_at <= now {
+                continue;
+            }
+            let covered = self
+                .read()
+                .set
+                .get(r.kind, &r.value)
+                .is_some_and(|old| covers(old, &r));
+            if covered {
+                // Asked again with nothing new to refuse. A SPIFFE ID
+                // revocation is an operator's act: recorded each time.
+                if r.kind == lanyard_core::revocation::RevokedKind::SpiffeId {
+                    self.inner.audit.note(|a| revocation_event(a, &r)).await;
+                }
                 continue;
             }
             let v = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;

@@ -39,6 +39,7 @@ pub fn entry(id: &str, spiffe_id: &str) -> RegistrationEntry {
         task_limits: TaskLimits::default(),
         revision: 0,
         created_at: 1,
+        created_at_nanos: 0,
     }
 }
 
@@ -389,6 +390,7 @@ async fn change_feed_numbers_every_change_in_order(s: Arc<dyn Store>, t: Arc<dyn
         shadow: false,
         text: String::new(),
         created_at: 1,
+        cleared: false,
     })
     .await
     .unwrap();
@@ -583,6 +585,7 @@ async fn policies_are_versioned(s: Arc<dyn Store>) {
             shadow,
             text: format!("// v{version}"),
             created_at: version,
+            cleared: version == 10,
         })
         .await
         .unwrap();
@@ -592,6 +595,7 @@ async fn policies_are_versioned(s: Arc<dyn Store>) {
         shadow: false,
         text: String::new(),
         created_at: 0,
+        cleared: false,
     };
     assert!(matches!(
         s.create_policy(&dup).await,
@@ -605,6 +609,14 @@ async fn policies_are_versioned(s: Arc<dyn Store>) {
         .map(|p| p.version)
         .collect();
     assert_eq!(versions, vec![1, 2, 10]);
+    let cleared: Vec<bool> = s
+        .list_policies()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.cleared)
+        .collect();
+    assert_eq!(cleared, vec![false, false, true]);
 }
 
 async fn delegations_are_single_use(s: Arc<dyn Store>) {

@@ -154,6 +154,10 @@ pub struct PolicyRecord {
     pub text: String,
     /// Creation, Unix seconds.
     pub created_at: u64,
+    /// This version unloads the set of its kind (`policy clear`): none is
+    /// in force from it on. (An empty text is a set that permits nothing.)
+    #[serde(default)]
+    pub cleared: bool,
 }
 
 /// A delegation token, stored by hash; taken once by the sub-task's

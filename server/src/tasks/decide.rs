@@ -8,7 +8,6 @@ use lanyard_core::RegistrationEntry;
 use lanyard_core::SpiffeId;
 use lanyard_core::task::{SensitivityLevels, TaskRequest, check_ceilings};
 use lanyard_policy::{Action, Decision, PolicyBook, Principal, Request, TaskContext};
-use serde_json::{Map, Value};
 
 /// What the agent attested about the workload asking.
 #[derive(Debug, Clone, Default)]
@@ -83,40 +82,6 @@ pub(crate) fn denial_text(action: Action, resource: &str, d: &Decision) -> Strin
         s.push_str(&d.reasons.join("; "));
     }
     s
-}
-
-/// The policy context of a request.
-pub(crate) fn context(
-    request: &TaskRequest,
-    levels: &SensitivityLevels,
-    hour: u32,
-    extra: Map<String, Value>,
-) -> TaskContext {
-    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    TaskContext {
-        task_type: request.task_type.clone(),
-        tools: request.tools.clone(),
-        destinations: request.destinations.clone(),
-        sensitivity: request.data_sensitivity.clone(),
-        sensitivity_rank: levels
-            .rank(&request.data_sensitivity)
-            .map_or(i64::MAX, |r| i64::try_from(r).unwrap_or(i64::MAX)),
-        ttl_seconds: secs(request.ttl),
-        on_behalf_of: request.on_behalf_of.clone().unwrap_or_default(),
-        intent: request.intent.clone(),
-        hour: i64::from(hour),
-        parent_task_id: request
-            .parent_task_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        delegate_to: String::new(),
-        recent_denials: 0,
-        at_call: false,
-        resource: String::new(),
-        call: vec![],
-        extra,
-    }
 }
 
 /// The Cedar principal for a caller of `entry`.
@@ -224,7 +189,12 @@ pub fn decide_begin(
 mod tests {
     use super::*;
     use lanyard_core::TaskLimits;
+    use serde_json::Map;
     use std::time::Duration;
+
+    fn noon() -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_secs(12 * 3600)
+    }
 
     fn entry(limits: TaskLimits) -> RegistrationEntry {
         let mut e = crate::store::conformance::entry("e1", "spiffe://td/agent/planner");
@@ -262,7 +232,7 @@ mod tests {
         )
         .unwrap();
         let r = request(&["crm.read", "db.drop", "email.send", "shell.exec"]);
-        let ctx = context(&r, &levels, 12, Map::new());
+        let ctx = TaskContext::for_begin(&r, &levels, noon(), Map::new());
         let v = decide_begin(&e, &levels, Some(&book), &Caller::default(), &r, &ctx);
         assert!(v.task_allowed);
         assert_eq!(v.granted(), vec!["crm.read", "email.send"]);

@@ -13,10 +13,11 @@ use lanyard_core::task::{TaskRecord, TaskRequest, TaskState};
 use lanyard_core::{RegistrationEntry, SpiffeId, TaskId};
 use serde_json::Map;
 
-use super::decide::{Caller, context, denial_text, principal};
+use super::decide::{Caller, denial_text, principal};
 use super::error::TaskServiceError;
 use super::service::Tasks;
 use crate::store::DelegationRecord;
+use lanyard_policy::TaskContext;
 
 /// Longest life of a delegation token.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -37,16 +38,18 @@ pub(crate) fn token_hash(token: &str) -> String {
 }
 
 impl Tasks {
-    /// Takes a delegation token and checks it against the request; returns
-    /// the active parent task.
+    /// Takes a delegation token and checks it against the request, begun
+    /// under one of `entries`; returns the active parent task and the
+    /// SPIFFE ID the token was issued to (the entries of any other ID are
+    /// out of the running).
     pub(super) async fn redeem(
         &self,
         parent_id: &TaskId,
         token: &str,
-        entry: &RegistrationEntry,
+        entries: &[RegistrationEntry],
         request: &TaskRequest,
         now: u64,
-    ) -> Result<TaskRecord, TaskServiceError> {
+    ) -> Result<(TaskRecord, SpiffeId), TaskServiceError> {
         let refused = |why: &str| TaskServiceError::Denied(format!("delegation refused: {why}"));
         let d = self
             .inner
@@ -60,10 +63,13 @@ impl Tasks {
         if &d.parent_task_id != parent_id {
             return Err(refused("the token was issued for another parent task"));
         }
-        if d.to_spiffe_id != entry.spiffe_id {
+        if !entries.iter().any(|e| e.spiffe_id == d.to_spiffe_id) {
+            let mut ours: Vec<String> = entries.iter().map(|e| e.spiffe_id.to_string()).collect();
+            ours.dedup();
             return Err(refused(&format!(
                 "the token was issued to {}, not {}",
-                d.to_spiffe_id, entry.spiffe_id
+                d.to_spiffe_id,
+                ours.join(" or ")
             )));
         }
         let parent = self
@@ -94,7 +100,7 @@ impl Tasks {
                 request.data_sensitivity, parent.grant.data_sensitivity
             )));
         }
-        Ok(parent)
+        Ok((parent, d.to_spiffe_id))
     }
 
     /// Issues a delegation token for a sub-task of `task_id`.
@@ -144,7 +150,8 @@ impl Tasks {
                 parent_task_id: Some(parent.grant.task_id.clone()),
                 ..Default::default()
             };
-            let mut ctx = context(&request, &inner.levels, self.hour(), Map::new());
+            let mut ctx =
+                TaskContext::for_begin(&request, &inner.levels, inner.clock.now(), Map::new());
             ctx.delegate_to = to.to_string();
             let d = policy.book.decide(&lanyard_policy::Request {
                 principal: &principal(&entry, caller),

@@ -13,6 +13,10 @@ pub enum TaskServiceError {
     /// Policy, ceilings or delegation refused it.
     #[error("{0}")]
     Denied(String),
+    /// The caller holds several identities that permit the task and named
+    /// none (the message names them).
+    #[error("{0}")]
+    Ambiguous(String),
     /// No such task, or not the caller's.
     #[error("task {0} not found")]
     NotFound(String),
@@ -51,7 +55,9 @@ impl From<TaskServiceError> for Status {
                 Status::permission_denied(e.to_string())
             }
             TaskServiceError::NotFound(_) => Status::not_found(e.to_string()),
-            TaskServiceError::NotActive(..) => Status::failed_precondition(e.to_string()),
+            TaskServiceError::NotActive(..) | TaskServiceError::Ambiguous(_) => {
+                Status::failed_precondition(e.to_string())
+            }
             TaskServiceError::Contended(_) => Status::aborted(e.to_string()),
             TaskServiceError::Signing(_) | TaskServiceError::Store(_) => {
                 tracing::error!(err = %e, "task service internal error");

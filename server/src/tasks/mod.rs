@@ -3,6 +3,7 @@
 //! changes, cascades to delegated sub-tasks), delegation tokens, and
 //! minting the task SVIDs that carry the grant.
 
+mod candidates;
 mod decide;
 mod delegation;
 mod error;

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::enforce::Revocations;
 
-use super::decide::{BeginVerdict, Caller, context, decide_begin};
+use super::candidates::choose;
+use super::decide::{BeginVerdict, Caller, decide_begin};
 use super::error::TaskServiceError;
 use super::mint::{MintRequest, MintedTask, check_audiences, mint};
 use crate::ca::Ca;
@@ -24,6 +25,7 @@ use crate::node_api::IssuanceSettings;
 use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::store::Store;
+use lanyard_policy::TaskContext;
 
 /// How often a contended state change is retried.
 const SWAP_ATTEMPTS: usize = 16;
@@ -31,8 +33,12 @@ const SWAP_ATTEMPTS: usize = 16;
 /// A BeginTask forwarded by an agent.
 #[derive(Debug, Clone)]
 pub struct BeginInput {
-    /// The entry the agent matched for the caller.
+    /// The entry the agent matched for the caller (the first candidate).
     pub entry_id: String,
+    /// When the caller named no SPIFFE ID: every entry it may begin a task
+    /// under, in serving order (`entry_id` among them); the task is begun
+    /// under the one identity that permits it. Empty: `entry_id` alone.
+    pub candidates: Vec<String>,
     /// What the workload asked for.
     pub spec: types::TaskSpec,
     /// PKCS#10 DER for the task X.509-SVID.
@@ -251,8 +257,32 @@ impl Tasks {
             })
     }
 
-    pub(super) fn hour(&self) -> u32 {
-        u32::try_from(unix_secs(self.inner.clock.now()) / 3600 % 24).unwrap_or(0)
+    /// The entries a BeginTask is decided under, in the agent's serving
+    /// order: `entry_id`, or the candidates when the caller named no SPIFFE
+    /// ID. Each must be authorized for `agent`.
+    fn candidate_entries(
+        &self,
+        agent: &SpiffeId,
+        input: &BeginInput,
+    ) -> Result<Vec<RegistrationEntry>, TaskServiceError> {
+        /// More than any caller plausibly matches; bounds the work a
+        /// request can ask for.
+        const MAX_CANDIDATES: usize = 64;
+        if input.candidates.len() > MAX_CANDIDATES {
+            return Err(TaskServiceError::Invalid(format!(
+                "at most {MAX_CANDIDATES} candidate entries"
+            )));
+        }
+        let mut ids: Vec<&str> = vec![input.entry_id.as_str()];
+        for c in &input.candidates {
+            if !ids.contains(&c.as_str()) {
+                ids.push(c);
+            }
+        }
+        ids.into_iter()
+            .filter(|id| !id.is_empty() || input.candidates.is_empty())
+            .map(|id| self.owned_entry(agent, id))
+            .collect()
     }
 
     /// Decides a request without creating anything (`policy test`).
@@ -264,7 +294,8 @@ impl Tasks {
         extra: Map<String, serde_json::Value>,
     ) -> Result<(BeginVerdict, u64), TaskServiceError> {
         let request = request.check(&self.inner.levels)?;
-        let ctx = context(&request, &self.inner.levels, self.hour(), extra);
+        let ctx =
+            TaskContext::for_begin(&request, &self.inner.levels, self.inner.clock.now(), extra);
         let enforced = self.inner.policies.enforced();
         let verdict = decide_begin(
             entry,
@@ -284,7 +315,7 @@ impl Tasks {
         input: BeginInput,
     ) -> Result<(TaskRecord, MintedTask), TaskServiceError> {
         let inner = &self.inner;
-        let entry = self.owned_entry(agent, &input.entry_id)?;
+        let mut entries = self.candidate_entries(agent, &input)?;
         let request = lanyard_proto::convert::task_request(input.spec)?.check(&inner.levels)?;
         check_audiences(&input.jwt_audiences).map_err(TaskServiceError::Invalid)?;
         lanyard_core::x509::parse_csr_public_key(&input.csr)
@@ -293,23 +324,34 @@ impl Tasks {
         let now_secs = unix_secs(now);
         let parent = match (&request.parent_task_id, &request.delegation_token) {
             (Some(p), Some(token)) => {
-                Some(self.redeem(p, token, &entry, &request, now_secs).await?)
+                let (parent, to) = self.redeem(p, token, &entries, &request, now_secs).await?;
+                entries.retain(|e| e.spiffe_id == to);
+                Some(parent)
             }
             _ => None,
         };
-        let ctx = context(&request, &inner.levels, self.hour(), Map::new());
+        let ctx = TaskContext::for_begin(&request, &inner.levels, now, Map::new());
         let enforced = inner.policies.enforced();
-        let verdict = decide_begin(
-            &entry,
-            &inner.levels,
-            enforced.as_ref().map(|l| l.book.as_ref()),
-            &input.caller,
-            &request,
-            &ctx,
-        );
-        if let Some(shadow) = inner.policies.shadow() {
+        let considered = entries
+            .into_iter()
+            .map(|entry| {
+                let verdict = decide_begin(
+                    &entry,
+                    &inner.levels,
+                    enforced.as_ref().map(|l| l.book.as_ref()),
+                    &input.caller,
+                    &request,
+                    &ctx,
+                );
+                (entry, verdict)
+            })
+            .collect();
+        let chosen = choose(considered, request.allow_partial);
+        if let Some(shadow) = inner.policies.shadow()
+            && let Ok((entry, verdict)) = &chosen
+        {
             let candidate = decide_begin(
-                &entry,
+                entry,
                 &inner.levels,
                 Some(shadow.book.as_ref()),
                 &input.caller,
@@ -324,24 +366,12 @@ impl Tasks {
                 shadow_allows = candidate.task_allowed,
                 enforced_tools = ?verdict.granted(),
                 shadow_tools = ?candidate.granted(),
-                differs = verdict != candidate,
+                differs = *verdict != candidate,
                 "shadow policy decision"
             );
         }
-        if !verdict.task_allowed {
-            return Err(TaskServiceError::Denied(format!(
-                "task denied: {}",
-                verdict.task_reason
-            )));
-        }
+        let (entry, verdict) = chosen?;
         let denied = verdict.denied();
-        if !denied.is_empty() && !request.allow_partial {
-            let list: Vec<String> = denied.iter().map(|(t, r)| format!("{t} ({r})")).collect();
-            return Err(TaskServiceError::Denied(format!(
-                "task denied: tools not permitted: {}",
-                list.join("; ")
-            )));
-        }
         let mut not_after = now_secs.saturating_add(request.ttl.as_secs());
         let mut chain = Vec::new();
         if let Some(p) = &parent {

@@ -45,6 +45,12 @@ fn integer(buf: &[u8], pos: &mut usize, n: u8) -> Result<usize, HpackError> {
     let mut value = mask;
     let mut shift = 0u32;
     loop {
+        // Continuation bytes carry 7 bits each: past the bits MAX_INT
+        // needs, more of them (zero-valued ones, `0x80 0x80 ...`, leave the
+        // value small) could only shift past the width of the integer.
+        if shift > MAX_INT.ilog2() {
+            return Err(HpackError::Overflow);
+        }
         let b = *buf.get(*pos).ok_or(HpackError::Truncated)?;
         *pos += 1;
         value += ((b & 0x7f) as usize) << shift;
@@ -252,6 +258,28 @@ mod tests {
     use super::*;
 
     type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+    #[test]
+    fn integers_with_endless_continuation_bytes_are_refused() {
+        // A 7-bit prefix full, then zero-valued continuation bytes: the
+        // value stays small while the shift would pass 64 bits.
+        let mut block = vec![0x7f];
+        block.extend(std::iter::repeat_n(0x80, 64));
+        block.push(0x00);
+        let mut pos = 0;
+        assert!(matches!(
+            integer(&block, &mut pos, 7),
+            Err(HpackError::Overflow)
+        ));
+        // The largest accepted value still decodes: 127 + 0xff_ff81 = 1 << 24.
+        let mut pos = 0;
+        assert_eq!(
+            integer(&[0x7f, 0x81, 0xff, 0xff, 0x07], &mut pos, 7),
+            Ok(MAX_INT)
+        );
+        let mut d = Decoder::new(4096);
+        assert!(decode_all(&mut d, &block).is_err());
+    }
 
     fn decode_all(d: &mut Decoder, block: &[u8]) -> Result<Fields, HpackError> {
         let mut out = Vec::new();

@@ -79,6 +79,7 @@ fn input(entry: &RegistrationEntry, parent: Option<(&str, &str)>) -> BeginInput 
     let csr = SvidKey::generate().unwrap().csr(&entry.spiffe_id).unwrap();
     BeginInput {
         entry_id: entry.id.to_string(),
+        candidates: vec![],
         spec: types::TaskSpec {
             task_type: "t".into(),
             tools: vec!["a".into()],
