@@ -677,6 +677,16 @@ impl Admin for AdminApi {
         Ok(Response::new(q))
     }
 
+    #[instrument(skip_all)]
+    async fn confirm_quarantine(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        let uid = caller_uid(&req);
+        let q = self.confirm_quarantine_impl(req.into_inner(), uid).await?;
+        Ok(Response::new(q))
+    }
+
     type ReadAuditStream = tokio_stream::wrappers::ReceiverStream<Result<AuditLine, Status>>;
 
     #[instrument(skip_all)]

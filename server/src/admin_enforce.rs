@@ -42,6 +42,7 @@ pub(crate) fn quarantine_msg(q: &QuarantineRecord) -> types::Quarantine {
         created_at: secs(q.created_at),
         released_at: q.released_at.map_or(0, secs),
         released_by: q.released_by.clone().unwrap_or_default(),
+        pending: q.pending,
     }
 }
 
@@ -160,6 +161,7 @@ impl AdminApi {
                 reason,
                 source: "operator".into(),
                 reported_by,
+                pending: false,
             }
         } else {
             let task = self.tasks.get(&r.task_id).await.map_err(Status::from)?;
@@ -171,6 +173,7 @@ impl AdminApi {
                 reason,
                 source: "operator".into(),
                 reported_by,
+                pending: false,
             }
         };
         Ok(quarantine_msg(&self.enforce.quarantine(input).await?))
@@ -216,5 +219,25 @@ impl AdminApi {
             .map_err(EnforceError::from)?
             .map(|q| quarantine_msg(&q))
             .ok_or_else(|| Status::not_found(format!("no quarantine {}", r.id)))
+    }
+
+    pub(crate) async fn confirm_quarantine_impl(
+        &self,
+        r: QuarantineRequest,
+        uid: Option<u32>,
+    ) -> Result<types::Quarantine, Status> {
+        let by = uid.map_or_else(|| "admin".to_owned(), |u| format!("uid:{u}"));
+        let q = self
+            .enforce
+            .confirm_quarantine(&r.id, &by)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no quarantine {}", r.id)))?;
+        if !q.active() {
+            return Err(Status::failed_precondition(format!(
+                "quarantine {} was released",
+                r.id
+            )));
+        }
+        Ok(quarantine_msg(&q))
     }
 }

@@ -396,7 +396,7 @@ impl NodeApi {
             quarantines: self
                 .enforce
                 .quarantines
-                .active()
+                .in_force()
                 .iter()
                 .map(crate::admin_enforce::quarantine_msg)
                 .collect(),

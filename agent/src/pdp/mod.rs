@@ -283,7 +283,8 @@ impl Pdp {
             });
         }
         if !verdict.allow && verdict.counts && !record.task_id.is_empty() {
-            self.after_denial(&record, &verdict, now).await;
+            self.after_denial(&record, &verdict, &req.context_json, now)
+                .await;
         }
         Ok(AuthorizeToolCallResponse {
             allow: record.allow,
@@ -387,7 +388,13 @@ impl Pdp {
     /// A denial counts towards quarantine: here at once (so this node
     /// refuses the task even with the server unreachable) and on the server,
     /// which adds up every enforcement point's reports.
-    async fn after_denial(&self, r: &DecisionRecord, v: &Verdict, now: SystemTime) {
+    async fn after_denial(
+        &self,
+        r: &DecisionRecord,
+        v: &Verdict,
+        context_json: &str,
+        now: SystemTime,
+    ) {
         let (_, over) = self.count_denial(&r.task_id, now);
         self.owner.report_denial(lanyard_proto::server::Denial {
             task_id: r.task_id.clone(),
@@ -398,6 +405,8 @@ impl Pdp {
             decision_id: r.decision_id.clone(),
             enforcement_point: r.enforcement_point.clone(),
             quarantine_entry: v.quarantine == Some(true),
+            resource: r.resource.clone(),
+            context_json: context_json.to_owned(),
         });
         let why = if v.quarantine.is_some() {
             Some(format!("forbidden tool {}: {}", r.tool, r.reason))

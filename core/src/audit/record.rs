@@ -81,6 +81,12 @@ pub enum Kind {
     /// A quarantine was released.
     #[serde(rename = "quarantine.released")]
     QuarantineReleased,
+    /// A pending quarantine put in force (an operator, or a second node).
+    #[serde(rename = "quarantine.confirmed")]
+    QuarantineConfirmed,
+    /// A node's report of denied calls that the server did not believe.
+    #[serde(rename = "enforcement.report_refused")]
+    ReportRefused,
     /// A registration entry was created.
     #[serde(rename = "entry.created")]
     EntryCreated,
@@ -109,7 +115,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 27] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -127,6 +133,8 @@ impl Kind {
         Kind::Revocation,
         Kind::QuarantineAdded,
         Kind::QuarantineReleased,
+        Kind::QuarantineConfirmed,
+        Kind::ReportRefused,
         Kind::EntryCreated,
         Kind::EntryUpdated,
         Kind::EntryDeleted,
@@ -157,6 +165,8 @@ impl Kind {
             Kind::Revocation => "revocation",
             Kind::QuarantineAdded => "quarantine.added",
             Kind::QuarantineReleased => "quarantine.released",
+            Kind::QuarantineConfirmed => "quarantine.confirmed",
+            Kind::ReportRefused => "enforcement.report_refused",
             Kind::EntryCreated => "entry.created",
             Kind::EntryUpdated => "entry.updated",
             Kind::EntryDeleted => "entry.deleted",

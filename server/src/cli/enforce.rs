@@ -1,4 +1,4 @@
-//! `svid revoke` and `quarantine add|list|show|release`.
+//! `svid revoke` and `quarantine add|list|show|release|confirm`.
 
 use clap::Subcommand;
 use lanyard_proto::admin::{
@@ -69,8 +69,16 @@ pub enum QuarantineCmd {
         admin: AdminArgs,
     },
     /// Release a quarantine: the workload is served again with fresh SVIDs
-    /// (what was revoked stays revoked).
+    /// (what was revoked stays revoked). Releasing a pending one dismisses it.
     Release {
+        /// Quarantine ID.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put a pending quarantine in force (an entry-wide quarantine reported
+    /// by one node waits for this, or for a second node's report).
+    Confirm {
         /// Quarantine ID.
         id: String,
         #[command(flatten)]
@@ -91,6 +99,7 @@ fn quarantine_json(q: &types::Quarantine) -> serde_json::Value {
         "scope": q.scope, "reason": q.reason, "source": q.source,
         "reported_by": q.reported_by, "created_at": q.created_at,
         "released_at": q.released_at, "released_by": q.released_by,
+        "pending": q.pending,
     })
 }
 
@@ -105,6 +114,11 @@ fn quarantine_text(q: &types::Quarantine) -> String {
         q.reported_by,
         time_text(q.created_at)
     );
+    if q.pending {
+        s.push_str(
+            "State         : pending (one node's report; `quarantine confirm` puts it in force)\n",
+        );
+    }
     if !q.node.is_empty() {
         s.push_str(&format!("Node          : {}\n", q.node));
     }
@@ -220,6 +234,15 @@ pub(super) async fn run_quarantine(cmd: QuarantineCmd) -> Result<(), CliError> {
             let q = client(&admin)
                 .await?
                 .release_quarantine(QuarantineRequest { id })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            print_quarantine(admin.output, &q);
+        }
+        QuarantineCmd::Confirm { id, admin } => {
+            let q = client(&admin)
+                .await?
+                .confirm_quarantine(QuarantineRequest { id })
                 .await
                 .map_err(status_err)?
                 .into_inner();

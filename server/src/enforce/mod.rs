@@ -3,6 +3,7 @@
 //! revokes).
 
 mod quarantine;
+mod reports;
 mod revocations;
 
 pub use quarantine::{DenialTrigger, QuarantineInput, QuarantineRecord, Quarantines, Scope};
@@ -46,6 +47,7 @@ pub struct Enforcement {
     registry: Registry,
     clock: Arc<dyn Clock>,
     audit: Arc<crate::audit::AuditHook>,
+    reports: Arc<reports::ReportGate>,
 }
 
 /// How long a SPIFFE ID revocation is kept: longer than any SVID lives.
@@ -67,6 +69,7 @@ impl Enforcement {
             registry,
             clock,
             audit: Arc::default(),
+            reports: Arc::default(),
         }
     }
 
@@ -104,7 +107,7 @@ impl Enforcement {
         &self,
         input: QuarantineInput,
     ) -> Result<QuarantineRecord, EnforceError> {
-        let id = SpiffeId::new(&input.spiffe_id)
+        SpiffeId::new(&input.spiffe_id)
             .map_err(|e| EnforceError::Invalid(format!("SPIFFE ID {}: {e}", input.spiffe_id)))?;
         let (rec, new) = self.quarantines.add(input).await?;
         if !new {
@@ -123,10 +126,23 @@ impl Enforcement {
                     "quarantine_id": rec.id,
                     "scope": rec.scope.as_str(),
                     "source": rec.source,
+                    "pending": rec.pending,
                 });
                 e
             })
             .await;
+        if !rec.pending {
+            self.enforce_new(&rec).await?;
+        }
+        Ok(rec)
+    }
+
+    /// What a quarantine in force does on the server: the task revoked
+    /// (with its descendants) and, entry-wide, every SVID of the SPIFFE ID
+    /// issued so far.
+    async fn enforce_new(&self, rec: &QuarantineRecord) -> Result<(), EnforceError> {
+        let id = SpiffeId::new(&rec.spiffe_id)
+            .map_err(|e| EnforceError::Invalid(format!("SPIFFE ID {}: {e}", rec.spiffe_id)))?;
         if let Some(task) = &rec.task_id {
             match self
                 .tasks
@@ -147,66 +163,167 @@ impl Enforcement {
             self.revoke_spiffe_id(&id, &format!("quarantined: {}", rec.reason))
                 .await?;
         }
-        Ok(rec)
+        Ok(())
     }
 
-    /// Denied tool calls reported by an enforcement point's agent: each
-    /// counts towards its task's trigger; a `@quarantine` policy, or going
-    /// over the trigger, quarantines the task's holder.
+    /// Denied tool calls reported by an enforcement point's agent. Each is
+    /// a claim checked against the server's own records first
+    /// ([`reports::check`]); one that holds counts towards its task's
+    /// trigger, and a `@quarantine` forbid in the server's policy set, or
+    /// going over the trigger, quarantines the task's holder. A refused
+    /// report changes nothing and is audited.
     pub async fn report_denials(
         &self,
         reporter: &SpiffeId,
         denials: Vec<lanyard_proto::server::Denial>,
     ) -> Result<Vec<QuarantineRecord>, EnforceError> {
         let mut out = Vec::new();
+        let mut rate_noted = false;
         for d in denials {
-            if d.task_id.is_empty() || SpiffeId::new(&d.spiffe_id).is_err() {
+            let now = self.clock.now();
+            if !self.reports.admit(reporter, now) {
+                // One record per batch: a flood is not audited line by line.
+                if !rate_noted {
+                    self.report_refused(reporter, &d, "too many reports from this agent")
+                        .await;
+                    rate_noted = true;
+                }
                 continue;
             }
+            let recent =
+                i64::try_from(self.quarantines.recent_denials(&d.task_id)).unwrap_or(i64::MAX);
+            let believed =
+                match reports::check(&self.registry, &self.tasks, reporter, &d, recent).await {
+                    Ok(b) => b,
+                    Err(why) => {
+                        self.report_refused(reporter, &d, &why).await;
+                        continue;
+                    }
+                };
             let over = self.quarantines.count_denial(&d.task_id);
-            if !(d.quarantine || over) {
+            if !(believed.quarantine.is_some() || over) {
                 continue;
             }
-            let node = self
-                .tasks
-                .get(&d.task_id)
-                .await
-                .ok()
-                .map(|t| t.agent_id.to_string());
-            let (source, reason) = if d.quarantine {
-                ("policy", format!("forbidden tool {}: {}", d.tool, d.reason))
-            } else {
-                (
-                    "denials",
-                    format!(
-                        "too many denied tool calls (last: {} - {})",
-                        d.tool, d.reason
-                    ),
-                )
-            };
-            let scope = if d.quarantine && d.quarantine_entry {
-                Scope::Entry
-            } else {
-                Scope::Instance
-            };
-            out.push(
-                self.quarantine(QuarantineInput {
-                    spiffe_id: d.spiffe_id.clone(),
-                    node,
-                    task_id: Some(d.task_id.clone()),
-                    scope,
-                    reason,
-                    source: source.into(),
-                    reported_by: if d.enforcement_point.is_empty() {
-                        reporter.to_string()
-                    } else {
-                        d.enforcement_point.clone()
-                    },
-                })
-                .await?,
+            out.extend(
+                self.quarantine_reported(reporter, &d, believed, now)
+                    .await?,
             );
         }
         Ok(out)
+    }
+
+    /// Quarantines the holder of a believed denial's task; an entry-wide
+    /// `@quarantine` waits for an operator unless enforcement points on
+    /// another node reported it too.
+    async fn quarantine_reported(
+        &self,
+        reporter: &SpiffeId,
+        d: &lanyard_proto::server::Denial,
+        b: reports::Believed,
+        now: std::time::SystemTime,
+    ) -> Result<Vec<QuarantineRecord>, EnforceError> {
+        let spiffe_id = b.task.grant.spiffe_id.to_string();
+        let (source, reason) = if b.quarantine.is_some() {
+            ("policy", format!("forbidden tool {}: {}", d.tool, b.reason))
+        } else {
+            (
+                "denials",
+                format!(
+                    "too many denied tool calls (last: {} - {})",
+                    d.tool, b.reason
+                ),
+            )
+        };
+        let input = |scope, task_id: Option<String>, pending| QuarantineInput {
+            spiffe_id: spiffe_id.clone(),
+            node: (scope == Scope::Instance).then(|| b.task.agent_id.to_string()),
+            task_id,
+            scope,
+            reason: reason.clone(),
+            source: source.into(),
+            reported_by: b.enforcement_point.clone(),
+            pending,
+        };
+        let task_id = Some(b.task.grant.task_id.to_string());
+        let mut out = vec![
+            self.quarantine(input(Scope::Instance, task_id, false))
+                .await?,
+        ];
+        if b.quarantine == Some(true) {
+            let nodes = self.reports.corroborate(&spiffe_id, reporter, now);
+            let corroborated = nodes >= reports::CORROBORATING_NODES;
+            let pending = self
+                .quarantines
+                .active()
+                .into_iter()
+                .find(|q| q.pending && q.scope == Scope::Entry && q.spiffe_id == spiffe_id);
+            match pending {
+                Some(p) if corroborated => {
+                    let by = format!("{nodes} nodes' enforcement points");
+                    if let Some(q) = self.confirm_quarantine(&p.id, &by).await? {
+                        out.push(q);
+                    }
+                }
+                Some(_) => {}
+                None => out.push(
+                    self.quarantine(input(Scope::Entry, None, !corroborated))
+                        .await?,
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts a pending quarantine in force (`by`: who decided), with what an
+    /// entry-wide quarantine revokes. `None` when there is no such record.
+    pub async fn confirm_quarantine(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<Option<QuarantineRecord>, EnforceError> {
+        let Some((rec, changed)) = self.quarantines.confirm(id).await? else {
+            return Ok(None);
+        };
+        if changed {
+            self.audit
+                .note(|a| {
+                    a.event(lanyard_core::audit::Kind::QuarantineConfirmed)
+                        .actor(by.to_owned())
+                        .subject(rec.spiffe_id.clone())
+                        .reason(rec.reason.clone())
+                        .details(serde_json::json!({"quarantine_id": rec.id}))
+                })
+                .await;
+            self.enforce_new(&rec).await?;
+        }
+        Ok(Some(rec))
+    }
+
+    /// Records a refused report: who sent it and what it claimed.
+    async fn report_refused(
+        &self,
+        reporter: &SpiffeId,
+        d: &lanyard_proto::server::Denial,
+        why: &str,
+    ) {
+        tracing::warn!(%reporter, task_id = %d.task_id, spiffe_id = %d.spiffe_id, why, "enforcement report refused");
+        self.audit
+            .note(|a| {
+                let mut e = a
+                    .event(lanyard_core::audit::Kind::ReportRefused)
+                    .actor(reporter.to_string())
+                    .subject(d.spiffe_id.chars().take(2048).collect::<String>())
+                    .task(d.task_id.chars().take(64).collect::<String>())
+                    .reason(why.to_owned());
+                e.details = serde_json::json!({
+                    "tool": d.tool.chars().take(256).collect::<String>(),
+                    "enforcement_point": d.enforcement_point.chars().take(2048).collect::<String>(),
+                    "claimed_quarantine": d.quarantine,
+                    "claimed_entry_wide": d.quarantine_entry,
+                });
+                e
+            })
+            .await;
     }
 
     /// After an entry was deleted: its SVIDs are revoked, unless another

@@ -65,12 +65,21 @@ pub struct QuarantineRecord {
     /// Who released it.
     #[serde(default)]
     pub released_by: Option<String>,
+    /// An entry-wide quarantine on the word of one node: listed, not in
+    /// force, until an operator confirms it or a second node reports it.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 impl QuarantineRecord {
-    /// In force (not released).
+    /// Not released (in force, or pending).
     pub fn active(&self) -> bool {
         self.released_at.is_none()
+    }
+
+    /// In force: not released and not pending.
+    pub fn in_force(&self) -> bool {
+        self.active() && !self.pending
     }
 }
 
@@ -91,6 +100,8 @@ pub struct QuarantineInput {
     pub source: String,
     /// Who.
     pub reported_by: String,
+    /// Waits for an operator (or a second node) before it is in force.
+    pub pending: bool,
 }
 
 /// The denial-count trigger.
@@ -186,9 +197,18 @@ impl Quarantines {
             .clone()
     }
 
-    /// The records in force.
+    /// The records not released (in force or pending).
     pub fn active(&self) -> Vec<QuarantineRecord> {
         self.list().iter().filter(|q| q.active()).cloned().collect()
+    }
+
+    /// The records in force (what agents apply).
+    pub fn in_force(&self) -> Vec<QuarantineRecord> {
+        self.list()
+            .iter()
+            .filter(|q| q.in_force())
+            .cloned()
+            .collect()
     }
 
     /// One record by ID.
@@ -212,6 +232,7 @@ impl Quarantines {
             q.spiffe_id == input.spiffe_id
                 && q.task_id == input.task_id
                 && (q.node == input.node || q.scope == Scope::Entry)
+                && (q.pending == input.pending || !q.pending)
         }) {
             return Ok((q, false));
         }
@@ -227,6 +248,7 @@ impl Quarantines {
             created_at: unix_secs(self.inner.clock.now()),
             released_at: None,
             released_by: None,
+            pending: input.pending,
         };
         self.put(&rec).await?;
         tracing::warn!(
@@ -271,6 +293,38 @@ impl Quarantines {
             tracing::info!(id = %rec.id, spiffe_id = %rec.spiffe_id, by, "quarantine released");
         }
         Ok(Some(rec))
+    }
+
+    /// Puts a pending quarantine in force; `None` when there is no such
+    /// record, and the record with `false` when it was not pending.
+    pub async fn confirm(&self, id: &str) -> Result<Option<(QuarantineRecord, bool)>, StoreError> {
+        let Some(v) = self.inner.store.get_doc(DocKind::Quarantine, id).await? else {
+            return Ok(None);
+        };
+        let mut rec = decode(id, v)?;
+        if !rec.pending || !rec.active() {
+            return Ok(Some((rec, false)));
+        }
+        rec.pending = false;
+        self.put(&rec).await?;
+        tracing::warn!(id = %rec.id, spiffe_id = %rec.spiffe_id, "pending quarantine confirmed");
+        Ok(Some((rec, true)))
+    }
+
+    /// Denied calls of `task_id` counted within the trigger's window.
+    pub fn recent_denials(&self, task_id: &str) -> usize {
+        let now = self.inner.clock.now();
+        let window = self.inner.trigger.window;
+        self.inner
+            .denials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(task_id)
+            .map_or(0, |q| {
+                q.iter()
+                    .filter(|t| now.duration_since(**t).unwrap_or_default() <= window)
+                    .count()
+            })
     }
 
     /// Counts one denied call for `task_id`; true when the count now

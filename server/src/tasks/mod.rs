@@ -8,10 +8,12 @@ mod decide;
 mod delegation;
 mod error;
 mod mint;
+mod recheck;
 mod service;
 
 pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
 pub use mint::MintedTask;
 pub(crate) use mint::check_audiences;
+pub use recheck::Recheck;
 pub use service::{BeginInput, TaskParts, Tasks};

@@ -1,0 +1,90 @@
+//! The server's own decision on a tool call that an enforcement point
+//! reported denied. A report is a node's claim: before a denial counts
+//! towards quarantine, the server decides the same call again from its own
+//! task record and its own copy of the policy set, and the scope of any
+//! quarantine comes from that decision, never from the reporter's flags.
+
+use lanyard_core::task::{TaskRecord, TaskState};
+use lanyard_policy::{Action, CallFacts, Principal, TaskContext};
+
+use super::service::Tasks;
+
+/// What the server decides on a reported call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// The server denies it too.
+    Denied {
+        /// Why.
+        reason: String,
+        /// The deciding `forbid` said `@quarantine` (`Some(true)`: entry-wide).
+        quarantine: Option<bool>,
+    },
+    /// The server would allow it: the report does not hold.
+    Allowed,
+    /// The task is over: nothing is left to quarantine for it.
+    NotActive(&'static str),
+}
+
+impl Tasks {
+    /// Decides `tool` on `resource` with the call's `key=value` strings for
+    /// `task`, as the decision point would have (its grant, then the
+    /// enforced policy set with the server's sensitivity levels).
+    pub fn recheck_call(
+        &self,
+        task: &TaskRecord,
+        tool: &str,
+        resource: &str,
+        call: Vec<String>,
+        recent_denials: i64,
+    ) -> Recheck {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let state = task.state_at(lanyard_core::clock::unix_secs(now));
+        if state != TaskState::Active {
+            return Recheck::NotActive(state.as_str());
+        }
+        let g = &task.grant;
+        if !g.tools.iter().any(|t| t == tool) {
+            return Recheck::Denied {
+                reason: format!("tool {tool} was not granted to task {}", g.task_id),
+                quarantine: None,
+            };
+        }
+        let Some(policy) = inner.policies.enforced() else {
+            return Recheck::Allowed;
+        };
+        let context = TaskContext::for_call(
+            CallFacts {
+                task_type: &g.task_type,
+                tools: &g.tools,
+                sensitivity: &g.data_sensitivity,
+                on_behalf_of: g.on_behalf_of.as_deref(),
+                parent_task_id: g.parent_task_id().map(ToString::to_string),
+                not_after: Some(lanyard_core::clock::from_unix_secs(g.not_after)),
+                recent_denials,
+                resource,
+                call,
+            },
+            &inner.levels,
+            now,
+        );
+        let principal = Principal {
+            spiffe_id: g.spiffe_id.to_string(),
+            node: task.agent_id.to_string(),
+            ..Principal::default()
+        };
+        let d = policy.book.decide(&lanyard_policy::Request {
+            principal: &principal,
+            action: Action::UseTool,
+            resource: tool,
+            context: &context,
+        });
+        if d.allowed {
+            return Recheck::Allowed;
+        }
+        Recheck::Denied {
+            reason: super::decide::denial_text(Action::UseTool, tool, &d),
+            quarantine: d.quarantine.then_some(d.quarantine_entry),
+        }
+    }
+}
