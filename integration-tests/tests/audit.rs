@@ -154,6 +154,59 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         .await
         .unwrap();
 
+    // A report the server does not believe (a task that does not exist),
+    // and a believed entry-wide @quarantine from this one node: pending
+    // until an operator confirms it.
+    let mut node = lanyard_integration_tests::node_client_from(
+        &s.dir.path().join("agent-data"),
+        s.server().addr(),
+    );
+    node.report_enforcement(lanyard_proto::server::ReportEnforcementRequest {
+        denials: vec![lanyard_proto::server::Denial {
+            task_id: "ab".repeat(16),
+            spiffe_id: PLANNER.into(),
+            tool: "crm.read".into(),
+            enforcement_point: TOOLS.into(),
+            quarantine: true,
+            ..Default::default()
+        }],
+    })
+    .await
+    .unwrap();
+    set_policy(
+        &s,
+        r#"@id("all") permit(principal, action, resource);
+        @id("exfil") @quarantine("entry")
+        forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+        when { context.at_call && context.call.contains("to=attacker") };"#,
+    )
+    .await;
+    let holder3 = Holder::start(&s.socket, &["crm.read", "email.send"]);
+    let exfil = authorize(
+        &s.socket,
+        x509(&holder3.chain),
+        "email.send",
+        r#"{"to": "attacker"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(!exfil.allow);
+    let pending = eventually("a pending quarantine", WAIT, || async {
+        admin()
+            .list_quarantines(lanyard_proto::admin::ListQuarantinesRequest { all: false })
+            .await
+            .ok()?
+            .into_inner()
+            .quarantines
+            .into_iter()
+            .find(|q| q.pending)
+    })
+    .await;
+    admin()
+        .confirm_quarantine(QuarantineRequest { id: pending.id })
+        .await
+        .unwrap();
+
     // Authorities: prepare, activate, taint and revoke the old one.
     let old = s.server().active_ca_id();
     admin()

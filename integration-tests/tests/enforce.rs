@@ -1217,3 +1217,34 @@ async fn reports_a_node_cannot_back_up_quarantine_nothing_and_one_nodes_entry_wi
     .await;
     n2.shutdown().await;
 }
+
+/// A policy that reads what the decision point cannot know for an X.509
+/// caller (its executable digest: only a task JWT carries it) denies the
+/// call, naming the policy and the attribute, instead of comparing with a
+/// blank and letting the forbid miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_on_an_attribute_the_tool_cannot_know_denies() {
+    let s = setup(true).await;
+    let holder = Holder::start(&s.socket, &["crm.read", "email.send"]);
+    set_policy(
+        &s,
+        &format!(
+            r#"{ALLOW_ALL}
+            @id("bad-build") @reason("a known bad build")
+            forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"crm.read")
+            when {{ principal.exe_sha256 == "00" }};"#
+        ),
+    )
+    .await;
+    let d = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(!d.allow, "{d:?}");
+    assert_eq!(d.policy_ids, ["bad-build"]);
+    assert!(d.reason.contains("principal.exe_sha256"), "{d:?}");
+    // A tool no such policy covers is decided as before.
+    let d = authorize(&s.socket, x509(&holder.chain), "email.send", "")
+        .await
+        .unwrap();
+    assert!(d.allow, "{d:?}");
+}

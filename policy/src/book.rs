@@ -2,7 +2,7 @@
 //! policy IDs (`@id("...")` or `policyN`), and sliced by action and by the
 //! resource a policy's scope names.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cedar_policy::{
@@ -44,6 +44,27 @@ struct Slices {
     by_resource: HashMap<String, PolicySet>,
     /// Policies whose scope names no particular resource.
     any_resource: PolicySet,
+    /// Per slice (keyed by resource name; "" for `any_resource`): for each
+    /// principal attribute that may be unknown, the first policy of the
+    /// slice that reads it.
+    reads: HashMap<String, Vec<(&'static str, String)>>,
+}
+
+/// For each attribute `set`'s policies read, the first policy reading it.
+fn slice_reads(
+    set: &PolicySet,
+    reads: &HashMap<String, BTreeSet<&'static str>>,
+) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for p in set.policies() {
+        let id = p.id().to_string();
+        for attr in reads.get(&id).into_iter().flatten() {
+            if !out.iter().any(|(a, _)| a == attr) {
+                out.push((attr, id.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// A validated, sliced policy set.
@@ -116,6 +137,13 @@ impl PolicyBook {
             count: renamed.len(),
             authorizer: Authorizer::new(),
         };
+        let mut reads: HashMap<String, BTreeSet<&'static str>> = HashMap::new();
+        for p in &renamed {
+            let r = crate::reads::principal_reads(p);
+            if !r.is_empty() {
+                reads.insert(p.id().to_string(), r);
+            }
+        }
         for p in &renamed {
             book.notes.insert(
                 p.id().to_string(),
@@ -167,6 +195,16 @@ impl PolicyBook {
                     add(set, p)?;
                 }
             }
+            if !reads.is_empty() {
+                slices
+                    .reads
+                    .insert(String::new(), slice_reads(&slices.any_resource, &reads));
+                for (resource, set) in &slices.by_resource {
+                    slices
+                        .reads
+                        .insert(resource.clone(), slice_reads(set, &reads));
+                }
+            }
             book.slices.insert(action, slices);
         }
         Ok(Arc::new(book))
@@ -212,10 +250,31 @@ impl PolicyBook {
         let Some(slices) = self.slices.get(&action) else {
             return deny_error("unknown action".into());
         };
-        let set = slices
-            .by_resource
-            .get(resource)
-            .unwrap_or(&slices.any_resource);
+        let (set, key) = match slices.by_resource.get(resource) {
+            Some(set) => (set, resource),
+            None => (&slices.any_resource, ""),
+        };
+        if !p.unknown.is_empty()
+            && let Some((attr, id)) = slices
+                .reads
+                .get(key)
+                .into_iter()
+                .flatten()
+                .find(|(attr, _)| p.unknown.contains(attr))
+        {
+            // Deciding with a blank for the attribute could let a forbid
+            // miss: fail closed, and say which policy needs what.
+            return Decision {
+                allowed: false,
+                policy_ids: vec![id.clone()],
+                reasons: vec![format!(
+                    "policy {id} reads principal.{attr}, which is not known here for this caller (a task JWT-SVID carries node and exe_sha256; selectors and exe_path are known only at BeginTask)"
+                )],
+                quarantine: false,
+                quarantine_entry: false,
+                errors: vec![],
+            };
+        }
         let built = action.uid().and_then(|a| {
             let r = uid(action.resource_type(), resource)?;
             cedar_policy::Request::new(p.principal.clone(), a, r, p.context.clone(), None)

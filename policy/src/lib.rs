@@ -11,12 +11,13 @@
 mod book;
 pub mod context;
 mod error;
+mod reads;
 mod request;
 
 pub use book::{Decision, PolicyBook};
 pub use context::{CallFacts, call_strings};
 pub use error::PolicyError;
-pub use request::{Action, Principal, Request, TaskContext};
+pub use request::{Action, Principal, Request, TaskContext, Unknown};
 
 /// The Cedar schema every policy set is validated against.
 pub const SCHEMA: &str = include_str!("../schema/lanyard.cedarschema");

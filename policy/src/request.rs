@@ -57,6 +57,49 @@ pub struct Principal {
     pub exe_path: String,
     /// Executable SHA-256 (hex), or empty.
     pub exe_sha256: String,
+    /// Attributes the deciding side does not know for this principal (the
+    /// node agent at a tool call knows neither the caller's selectors nor
+    /// its program, and an X.509 caller attested on another node brings
+    /// neither its node nor its executable digest). A policy that could
+    /// apply and reads one of them makes the decision a denial: deciding
+    /// with a blank in its place could let a `forbid` miss.
+    pub unknown: Unknown,
+}
+
+/// Which principal attributes are unknown (see [`Principal::unknown`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unknown {
+    /// `principal.node` and `principal in Lanyard::Node::...`.
+    pub node: bool,
+    /// `principal.selectors`.
+    pub selectors: bool,
+    /// `principal.exe_path`.
+    pub exe_path: bool,
+    /// `principal.exe_sha256`.
+    pub exe_sha256: bool,
+}
+
+impl Unknown {
+    /// Nothing is unknown.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether the attribute `name` is unknown.
+    pub(crate) fn contains(self, name: &str) -> bool {
+        match name {
+            "node" => self.node,
+            "selectors" => self.selectors,
+            "exe_path" => self.exe_path,
+            "exe_sha256" => self.exe_sha256,
+            _ => false,
+        }
+    }
+
+    /// True when every attribute is known.
+    pub fn is_empty(self) -> bool {
+        self == Self::default()
+    }
 }
 
 /// The task request as policy context.
@@ -181,6 +224,7 @@ pub(crate) fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
 /// decision about the same task.
 pub(crate) struct Prepared {
     pub(crate) principal: EntityUid,
+    pub(crate) unknown: Unknown,
     pub(crate) entities: Entities,
     pub(crate) context: Context,
 }
@@ -231,6 +275,7 @@ impl Prepared {
         };
         Ok(Self {
             principal: p_uid,
+            unknown: principal.unknown,
             entities,
             context,
         })

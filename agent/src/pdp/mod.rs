@@ -345,6 +345,15 @@ impl Pdp {
             selectors: vec![],
             exe_path: String::new(),
             exe_sha256: v.exe_sha256.clone(),
+            // At the tool the caller's selectors and program are not known,
+            // and its node and executable digest only from a task JWT: a
+            // policy that reads them fails closed.
+            unknown: lanyard_policy::Unknown {
+                node: v.node.is_empty(),
+                selectors: true,
+                exe_path: true,
+                exe_sha256: v.exe_sha256.is_empty(),
+            },
         };
         let context = TaskContext::for_call(
             CallFacts {

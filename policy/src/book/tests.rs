@@ -207,3 +207,47 @@ fn call_context_decides_the_same_built_typed_or_from_json() {
     c.at_call = false;
     assert!(req(&c).allowed);
 }
+
+#[test]
+fn a_policy_reading_an_unknown_attribute_fails_closed() {
+    let text = r#"
+        @id("all") permit (principal, action == Lanyard::Action::"UseTool", resource);
+        @id("bad-build") @reason("a known bad build")
+        forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"crm.read")
+        when { principal.exe_sha256 == "bad" };
+    "#;
+    let book = PolicyBook::compile(text, "p.cedar").unwrap();
+    let c = ctx("internal", 1, "");
+    let decide = |p: &Principal, tool: &str| {
+        book.decide(&Request {
+            principal: p,
+            action: Action::UseTool,
+            resource: tool,
+            context: &c,
+        })
+    };
+    // Known, and not the bad build: permitted; the bad build: forbidden.
+    let mut p = principal("spiffe://td/node/n1");
+    p.exe_sha256 = "good".into();
+    assert!(decide(&p, "crm.read").allowed);
+    p.exe_sha256 = "bad".into();
+    assert_eq!(decide(&p, "crm.read").policy_ids, vec!["bad-build"]);
+    // Unknown: a blank would slip past the forbid; the decision denies and
+    // names the policy and the attribute.
+    p.exe_sha256 = String::new();
+    p.unknown.exe_sha256 = true;
+    let d = decide(&p, "crm.read");
+    assert!(!d.allowed);
+    assert_eq!(d.policy_ids, vec!["bad-build"]);
+    assert!(d.reasons[0].contains("principal.exe_sha256"), "{d:?}");
+    // A tool no policy reading it applies to is decided as before.
+    assert!(decide(&p, "email.send").allowed);
+    // An unknown attribute nothing reads changes nothing.
+    p.unknown = crate::Unknown {
+        selectors: true,
+        exe_path: true,
+        ..crate::Unknown::none()
+    };
+    p.exe_sha256 = "good".into();
+    assert!(decide(&p, "crm.read").allowed);
+}

@@ -96,6 +96,14 @@ pub(crate) fn principal(entry: &RegistrationEntry, caller: &Caller) -> Principal
         selectors: caller.selectors.clone(),
         exe_path: caller.exe_path.clone(),
         exe_sha256: caller.exe_sha256.clone(),
+        // The agent hashes the program only when an entry selects on it,
+        // and a path can be unknown: a policy reading either then fails
+        // closed instead of comparing with a blank.
+        unknown: lanyard_policy::Unknown {
+            exe_path: caller.exe_path.is_empty(),
+            exe_sha256: caller.exe_sha256.is_empty(),
+            ..lanyard_policy::Unknown::none()
+        },
     }
 }
 

@@ -68,9 +68,17 @@ impl Tasks {
             &inner.levels,
             now,
         );
+        // What the task record does not hold is unknown here, as it is at
+        // the tool for an X.509 caller.
         let principal = Principal {
             spiffe_id: g.spiffe_id.to_string(),
             node: task.agent_id.to_string(),
+            unknown: lanyard_policy::Unknown {
+                selectors: true,
+                exe_path: true,
+                exe_sha256: true,
+                ..lanyard_policy::Unknown::none()
+            },
             ..Principal::default()
         };
         let d = policy.book.decide(&lanyard_policy::Request {
