@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lanyard_core::audit::{Line, classify};
+use lanyard_core::audit::{Line, Verifier, classify};
 use lanyard_core::clock::parse_rfc3339;
 use lanyard_proto::admin::{AuditKeyResponse, AuditLine, ReadAuditRequest};
 use tokio::sync::mpsc;
@@ -74,6 +74,11 @@ fn hash_of(v: &serde_json::Value, key: &str) -> Option<[u8; 32]> {
 }
 
 /// Reads the export lines into `out`; false if the reader went away.
+///
+/// Every line from the chain's start is verified (its hash, its link to
+/// the one before, and checkpoints against this server's key) before the
+/// export signs anything over it: a log edited on disk is refused, never
+/// vouched for with a fresh checkpoint.
 fn export(
     audit: &Audit,
     w: Window,
@@ -81,9 +86,15 @@ fn export(
 ) -> Result<bool, Status> {
     let mut cur = Cursor::default();
     let mut alive = true;
+    let mut verifier = Verifier::new(vec![audit.public_key().clone()]);
+    let mut broken = None;
     let send = |line: String| out.blocking_send(Ok(AuditLine { line })).is_ok();
     audit
         .read(|text| {
+            if let Err(e) = verifier.feed(text) {
+                broken = Some(e);
+                return false;
+            }
             match classify(text) {
                 Ok(Line::Checkpoint(c)) => {
                     // Before the window, only the pruning anchor at the
@@ -125,6 +136,12 @@ fn export(
             alive
         })
         .map_err(|e| Status::internal(e.to_string()))?;
+    if let Some(e) = broken {
+        tracing::error!(err = %e, "audit log does not verify; export refused");
+        return Err(Status::data_loss(format!(
+            "the audit log does not verify ({e}); no checkpoint was signed over it: inspect it with `lanyard-server audit verify --file` on a copy of the segment files"
+        )));
+    }
     if let (true, Some((seq, hash))) = (alive, cur.open) {
         alive = send(audit.sign_at(seq, &hash).to_line());
     }

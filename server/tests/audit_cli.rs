@@ -271,3 +271,63 @@ fn a_closed_pipe_ends_a_command_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// A log edited on disk is never vouched for: `audit export` verifies the
+/// chain before it signs a checkpoint over it, and refuses.
+#[test]
+fn export_refuses_to_sign_an_edited_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = start(d);
+    for i in 0..3 {
+        ok(&run(
+            d,
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                &format!("spiffe://example.org/w{i}"),
+                "--parent-id",
+                "spiffe://example.org/node/n1",
+                "--selector",
+                "unix:uid:1000",
+            ],
+        ));
+    }
+    let export = ok(&run(d, &["audit", "export", "--format", "jsonl"]));
+    assert!(export.contains("\"checkpoint\""));
+    drop(server);
+
+    // Edit the first record's time in the segment file.
+    let seg = std::fs::read_dir(d.join("data").join("audit"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    assert!(first.contains("\"time\":\"20"), "{first}");
+    let edited = first.replacen("\"time\":\"20", "\"time\":\"19", 1);
+    std::fs::write(&seg, format!("{edited}\n{rest}")).unwrap();
+
+    let _server = start(d);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let o = loop {
+        let o = run(d, &["audit", "export", "--format", "jsonl"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !err.contains("cannot reach") {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "the server did not start again");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not verify"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !out.contains("\"checkpoint\""),
+        "nothing is signed over the edited log: {out}"
+    );
+}

@@ -150,7 +150,11 @@ pub async fn check(
             "the server's policy permits {} for task {}: the denial does not reproduce",
             d.tool, d.task_id
         )),
-        Recheck::NotActive(state) => Err(format!("task {} is {state}", d.task_id)),
+        Recheck::Stale => Err(format!(
+            "task {} ended more than {}s ago",
+            d.task_id,
+            crate::tasks::REPORT_GRACE
+        )),
     }
 }
 

@@ -15,5 +15,5 @@ pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
 pub use mint::MintedTask;
 pub(crate) use mint::check_audiences;
-pub use recheck::Recheck;
+pub use recheck::{REPORT_GRACE, Recheck};
 pub use service::{BeginInput, TaskParts, Tasks};

@@ -4,7 +4,7 @@
 //! task record and its own copy of the policy set, and the scope of any
 //! quarantine comes from that decision, never from the reporter's flags.
 
-use lanyard_core::task::{TaskRecord, TaskState};
+use lanyard_core::task::TaskRecord;
 use lanyard_policy::{Action, CallFacts, Principal, TaskContext};
 
 use super::service::Tasks;
@@ -21,9 +21,14 @@ pub enum Recheck {
     },
     /// The server would allow it: the report does not hold.
     Allowed,
-    /// The task is over: nothing is left to quarantine for it.
-    NotActive(&'static str),
+    /// The task's window closed long before: a report about it is stale.
+    Stale,
 }
+
+/// How long after a task's window a denial about it is still taken (a
+/// node that was cut off from the server reports when it is back; a task
+/// ended by the quarantine itself is reported after it ended).
+pub const REPORT_GRACE: u64 = 600;
 
 impl Tasks {
     /// Decides `tool` on `resource` with the call's `key=value` strings for
@@ -39,11 +44,12 @@ impl Tasks {
     ) -> Recheck {
         let inner = &self.inner;
         let now = inner.clock.now();
-        let state = task.state_at(lanyard_core::clock::unix_secs(now));
-        if state != TaskState::Active {
-            return Recheck::NotActive(state.as_str());
-        }
+        // A task that has ended is still decided as it stood: the call was
+        // made while it ran (a quarantine ends the task it reports on).
         let g = &task.grant;
+        if lanyard_core::clock::unix_secs(now) > g.not_after.saturating_add(REPORT_GRACE) {
+            return Recheck::Stale;
+        }
         if !g.tools.iter().any(|t| t == tool) {
             return Recheck::Denied {
                 reason: format!("tool {tool} was not granted to task {}", g.task_id),
