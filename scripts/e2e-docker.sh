@@ -102,6 +102,11 @@ node_name = "docker-node"
 kubelet_url = "https://kubelet:10250"
 kubelet_ca_file = "/shared/kubelet-ca.pem"
 token_file = "/shared/kubelet-token"
+# The host's cgroupfs, where a caller's container cgroup must be root-owned
+# and of the runtime's shape; plain Docker (cgroupfs driver) makes
+# /docker/<ID> instead of the kubelet's kubepods tree.
+cgroup_root = "/host/sys/fs/cgroup"
+kubelet_cgroup_roots = ["docker"]
 TOML
 echo "$TOKEN" >"$WORK/join-token"
 # The shared volume gets the files through a container that mounts it.
@@ -118,7 +123,7 @@ docker run -d --name "$P-kubelet" --network "$NET" --network-alias kubelet --use
 step "Agent container: host PID namespace, the socket volume, the Kubernetes attestor"
 for _ in $(seq 1 100); do docker logs "$P-kubelet" 2>&1 | grep -q "kubelet stand-in on" && break; sleep 0.2; done
 docker run -d --name "$P-agent" --network "$NET" --pid host --user 0 --cap-add SYS_PTRACE \
-  -v "$SOCKVOL:/run/lanyard/agent" -v "$P-shared:/shared:ro" \
+  -v "$SOCKVOL:/run/lanyard/agent" -v "$P-shared:/shared:ro" -v /sys/fs/cgroup:/host/sys/fs/cgroup:ro \
   --tmpfs /var/lib/lanyard-agent:rw,mode=0700 \
   -e LANYARD_LOG=info,lanyard_agent::attestor=debug -e NO_COLOR=1 \
   --entrypoint /usr/local/bin/lanyard-agent "$IMAGE" run --config /shared/agent.toml >/dev/null

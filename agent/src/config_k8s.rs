@@ -56,6 +56,13 @@ pub struct RawK8s {
     pub pod_list_cache: Option<String>,
     /// Where `/proc` is (the host's, with `hostPID`).
     pub proc_root: Option<PathBuf>,
+    /// Where the cgroup hierarchies are mounted (default `/sys/fs/cgroup`):
+    /// a caller's container cgroup is checked there (root-owned, the
+    /// kubelet's shape) before its pod is believed.
+    pub cgroup_root: Option<PathBuf>,
+    /// The kubelet's cgroup roots, as path segment names (default
+    /// `kubepods`, `kubepods.slice`, `kubelet-kubepods.slice`).
+    pub kubelet_cgroup_roots: Option<Vec<String>>,
 }
 
 /// How this agent attests its node.
@@ -87,6 +94,8 @@ pub struct K8sSettings {
     pub pod_list_cache: Duration,
     /// `/proc`.
     pub proc_root: PathBuf,
+    /// The cgroup filesystem and the kubelet's roots in it.
+    pub cgroups: crate::attestor::CgroupTrust,
 }
 
 /// Checks `node_attestor` and `[k8s_psat]`.
@@ -175,7 +184,38 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
         ),
         pod_list_cache,
         proc_root: r.proc_root.unwrap_or_else(|| PathBuf::from("/proc")),
+        cgroups: crate::attestor::CgroupTrust {
+            mount: r
+                .cgroup_root
+                .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
+            roots: kubelet_roots(r.kubelet_cgroup_roots)?,
+        },
     }))
+}
+
+/// The kubelet's cgroup roots: each one path segment.
+fn kubelet_roots(raw: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let Some(roots) = raw else {
+        return Ok(lanyard_core::k8s::cgroup::DEFAULT_KUBELET_ROOTS
+            .map(String::from)
+            .to_vec());
+    };
+    if roots.is_empty() {
+        return Err(ConfigError::invalid(
+            "k8s.kubelet_cgroup_roots",
+            "needs at least one root (e.g. \"kubepods.slice\")",
+        ));
+    }
+    if let Some(bad) = roots
+        .iter()
+        .find(|r| r.is_empty() || r.contains('/') || *r == "." || *r == "..")
+    {
+        return Err(ConfigError::invalid(
+            "k8s.kubelet_cgroup_roots",
+            format!("{bad:?} is not one path segment (e.g. \"kubepods.slice\")"),
+        ));
+    }
+    Ok(roots)
 }
 
 #[cfg(test)]

@@ -367,11 +367,12 @@ async fn pods_are_told_apart_by_cgroup_and_the_kubelets_pod_list() {
     let proc_root = dir.path().join("proc");
     let me = std::process::id().to_string();
     std::fs::create_dir_all(proc_root.join(&me)).unwrap();
-    std::fs::write(
-        proc_root.join(&me).join("cgroup"),
-        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3b5d4f6e_1a2b_4c3d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-8f3c1e1ad0b2f8a6c4e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f901234567.scope\n",
-    )
-    .unwrap();
+    let cgroup = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3b5d4f6e_1a2b_4c3d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-8f3c1e1ad0b2f8a6c4e5d7f90a1b2c3d4e5f60718293a4b5c6d7e8f901234567.scope";
+    std::fs::write(proc_root.join(&me).join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+    // The agent believes a container's path only where the kubelet made
+    // it: root-owned directories of that shape on the real cgroupfs (the
+    // unified hierarchy here; the tests run as root).
+    let _kubelet_dirs = CgroupDirs::make(cgroup);
     let token_file = dir.path().join("token");
     std::fs::write(
         &token_file,
@@ -490,4 +491,34 @@ async fn keys_come_from_the_issuers_discovery_document_over_https() {
     assert!(api.hits("/.well-known/openid-configuration") >= 1);
     assert!(api.hits("/openid/v1/jwks") >= 1);
     server.stop().await;
+}
+
+/// Root-owned cgroup directories, as the kubelet makes them, removed again
+/// (only those this test made) when dropped.
+struct CgroupDirs(Vec<std::path::PathBuf>);
+
+impl CgroupDirs {
+    fn make(path: &str) -> Self {
+        let mut dir = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|d| d.join("cgroup.controllers").exists())
+            .expect("a unified cgroup hierarchy");
+        let mut made = vec![];
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            dir.push(seg);
+            if std::fs::create_dir(&dir).is_ok() {
+                made.push(dir.clone());
+            }
+        }
+        Self(made)
+    }
+}
+
+impl Drop for CgroupDirs {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }

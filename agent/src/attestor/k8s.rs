@@ -125,6 +125,12 @@ impl WorkloadAttestor for K8sAttestor {
         let Some(container) = container_of(&cgroup) else {
             return Ok(Some(selectors));
         };
+        // The IDs in the path are public: only a path the kubelet made
+        // (root-owned, its shape) says which container this is.
+        if let Err(why) = self.settings.cgroups.check(&cgroup) {
+            tracing::warn!(pid, container = %container.container_id, %why, "caller's cgroup is not the kubelet's; no k8s selectors");
+            return Ok(Some(selectors));
+        }
         let found = match self.lookup(&container, MISS_REFETCH) {
             Lookup::Found(k8s) => Some(k8s),
             Lookup::NotInList => None,

@@ -1,6 +1,7 @@
 //! Workload attestation: from the kernel-verified credentials of a caller on
 //! the agent socket to the selectors that describe it.
 
+mod cgroup_trust;
 mod instance;
 mod k8s;
 mod proc_info;
@@ -8,6 +9,7 @@ mod systemd;
 mod unix;
 mod users;
 
+pub use cgroup_trust::CgroupTrust;
 pub use instance::{ExeId, InstanceChanged, ProcessInstance};
 pub use k8s::K8sAttestor;
 pub use unix::{DEFAULT_MAX_HASH_BYTES, UnixAttestor};

@@ -40,6 +40,109 @@ pub fn container_of(cgroup_file: &str) -> Option<ContainerRef> {
     found
 }
 
+/// The kubelet's cgroup roots the agent accepts by default: the cgroupfs
+/// driver's `kubepods`, the systemd driver's `kubepods.slice`, and kind's
+/// `kubelet-kubepods.slice` (under `/kubelet.slice` in the node's own
+/// cgroup namespace).
+pub const DEFAULT_KUBELET_ROOTS: [&str; 3] =
+    ["kubepods", "kubepods.slice", "kubelet-kubepods.slice"];
+
+/// A cgroup hierarchy a line of `/proc/PID/cgroup` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// The unified (v2) hierarchy (`0::`).
+    Unified,
+    /// A v1 hierarchy with these controllers (`cpu,cpuacct`,
+    /// `name=systemd`, ...).
+    V1(String),
+}
+
+/// Each line of a cgroup file whose path names a container: the hierarchy
+/// and the path. Every one of them must be the kubelet's for the container
+/// to be believed.
+pub fn container_paths(cgroup_file: &str) -> Vec<(Hierarchy, String)> {
+    cgroup_file
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            from_path(path)?;
+            let h = if id == "0" && controllers.is_empty() {
+                Hierarchy::Unified
+            } else {
+                Hierarchy::V1(controllers.to_owned())
+            };
+            Some((h, path.to_owned()))
+        })
+        .collect()
+}
+
+/// Why a container's cgroup path is not the kubelet's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// `..` in the path: the process is outside the reader's cgroup
+    /// namespace, where nothing can be checked.
+    #[error(
+        "the cgroup {0} is outside this agent's cgroup namespace (run the agent in the node's cgroup namespace)"
+    )]
+    OutsideNamespace(String),
+    /// No kubelet root on the path.
+    #[error("the cgroup {0} is under none of the kubelet's roots ({1})")]
+    NoRoot(String, String),
+    /// Below the root, more or other than [QoS class] [pod] container.
+    #[error(
+        "the cgroup {0} does not have the kubelet's shape below {1} ([QoS class]/[pod]/container)"
+    )]
+    Shape(String, String),
+}
+
+fn is_qos(segment: &str) -> bool {
+    matches!(
+        segment,
+        "burstable"
+            | "besteffort"
+            | "kubepods-burstable.slice"
+            | "kubepods-besteffort.slice"
+            | "kubelet-kubepods-burstable.slice"
+            | "kubelet-kubepods-besteffort.slice"
+    )
+}
+
+/// Checks that `path` lies below one of the kubelet's `roots` in the
+/// kubelet's shape (an optional QoS class, an optional pod, the container
+/// last) and returns the path's segments with the index of the root: the
+/// directories from the root down are the ones whose owner the caller must
+/// check. The first root segment on the path counts, so a tree built
+/// inside a container's own cgroup is too deep to pass.
+pub fn kubelet_shape<'a>(
+    path: &'a str,
+    roots: &[String],
+) -> Result<(Vec<&'a str>, usize), ShapeError> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.iter().any(|s| *s == ".." || *s == ".") {
+        return Err(ShapeError::OutsideNamespace(path.to_owned()));
+    }
+    let Some(root) = segments.iter().position(|s| roots.iter().any(|r| r == s)) else {
+        return Err(ShapeError::NoRoot(path.to_owned(), roots.join(", ")));
+    };
+    let below = &segments[root + 1..];
+    let shape = || ShapeError::Shape(path.to_owned(), segments[root].to_owned());
+    let (last, rest) = below.split_last().ok_or_else(shape)?;
+    if container_id(last).is_none() {
+        return Err(shape());
+    }
+    let ok = match rest {
+        [] => true,
+        [pod] => pod_uid(pod).is_some(),
+        [qos, pod] => is_qos(qos) && pod_uid(pod).is_some(),
+        _ => false,
+    };
+    if !ok {
+        return Err(shape());
+    }
+    Ok((segments, root))
+}
+
 fn from_path(path: &str) -> Option<ContainerRef> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // The container is the last segment that names one; the pod is the
@@ -158,6 +261,62 @@ mod tests {
         // Plain Docker: a container, no pod.
         expect(&format!("0::/system.slice/docker-{ID}.scope\n"), None);
         expect(&format!("0::/docker/{ID}\n"), None);
+    }
+
+    #[test]
+    fn only_the_kubelets_shape_below_its_root_passes() {
+        let roots: Vec<String> = DEFAULT_KUBELET_ROOTS.map(String::from).to_vec();
+        let uid_ = UID.replace('-', "_");
+        for (path, root) in [
+            (
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
+                0,
+            ),
+            (format!("/kubepods/pod{UID}/{ID}"), 0),
+            (format!("/kubepods/burstable/pod{UID}/{ID}"), 0),
+            (
+                format!(
+                    "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{uid_}.slice/cri-containerd-{ID}.scope"
+                ),
+                1,
+            ),
+        ] {
+            let (_, at) = kubelet_shape(&path, &roots).unwrap();
+            assert_eq!(at, root, "{path}");
+        }
+        // Anywhere else, or deeper than the kubelet makes it.
+        for path in [
+            format!("/user.slice/user-1000.slice/pod{UID}/{ID}"),
+            format!("/kubepods/burstable/pod{UID}/{ID}/kubepods/pod{UID}/{ID}"),
+            format!("/kubepods/burstable/extra/pod{UID}/{ID}"),
+            format!("/kubepods/burstable/pod{UID}"),
+            format!("/../../kubepods/pod{UID}/{ID}"),
+        ] {
+            assert!(kubelet_shape(&path, &roots).is_err(), "{path}");
+        }
+        // A configured root (plain Docker's cgroupfs layout).
+        let docker = vec!["docker".to_owned()];
+        assert!(kubelet_shape(&format!("/docker/{ID}"), &docker).is_ok());
+    }
+
+    #[test]
+    fn every_line_naming_a_container_is_listed_with_its_hierarchy() {
+        let file = format!(
+            "12:pids:/kubepods/pod{UID}/{ID}\n1:name=systemd:/\n0::/kubepods/pod{UID}/{ID}\n"
+        );
+        let paths = container_paths(&file);
+        assert_eq!(
+            paths,
+            vec![
+                (
+                    Hierarchy::V1("pids".into()),
+                    format!("/kubepods/pod{UID}/{ID}")
+                ),
+                (Hierarchy::Unified, format!("/kubepods/pod{UID}/{ID}")),
+            ]
+        );
     }
 
     #[test]

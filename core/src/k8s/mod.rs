@@ -8,6 +8,6 @@ pub mod psat;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_issuer;
 
-pub use cgroup::{ContainerRef, container_of};
+pub use cgroup::{ContainerRef, Hierarchy, container_of, container_paths, kubelet_shape};
 pub use pods::{PodList, selectors_for};
 pub use psat::{PsatClaims, PsatError, PsatExpectations, validate_psat};
