@@ -28,7 +28,7 @@ fi
 
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/lanyard-manifests.XXXXXX")"
 trap 'rm -rf "$OUT"' EXIT
-for k in deploy/kubernetes/base deploy/kubernetes/overlays/example; do
+for k in deploy/kubernetes/base deploy/kubernetes/overlays/example deploy/kubernetes/overlays/dev-insecure-kubelet; do
   name="$(echo "$k" | tr / -)"
   kubectl kustomize "$k" >"$OUT/$name.yaml"
   echo "rendered $k: $(grep -c '^kind:' "$OUT/$name.yaml") objects"

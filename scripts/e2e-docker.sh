@@ -100,7 +100,9 @@ data_dir = "/var/lib/lanyard-agent"
 [k8s]
 node_name = "docker-node"
 kubelet_url = "https://kubelet:10250"
-kubelet_ca_file = "/shared/kubelet-ca.pem"
+# The kubelet's own (self-signed) serving certificate, pinned, naming this
+# node.
+kubelet_cert_file = "/shared/kubelet-ca.pem"
 token_file = "/shared/kubelet-token"
 # The host's cgroupfs, where a caller's container cgroup must be root-owned
 # and of the runtime's shape; plain Docker (cgroupfs driver) makes
@@ -117,7 +119,7 @@ done
 docker rm "$P-filler" >/dev/null
 docker run -d --name "$P-kubelet" --network "$NET" --network-alias kubelet --user 0 \
   -v "$P-shared:/shared" --entrypoint /usr/local/bin/lanyard_e2e "$IMAGE" \
-  kubelet --bind 0.0.0.0:10250 --name kubelet --pods /shared/pods.json \
+  kubelet --bind 0.0.0.0:10250 --name docker-node --pods /shared/pods.json \
   --token-file /shared/kubelet-token --ca-out /shared/kubelet-ca.pem >/dev/null
 
 step "Agent container: host PID namespace, the socket volume, the Kubernetes attestor"

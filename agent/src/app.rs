@@ -73,6 +73,11 @@ impl Bound {
 /// Builds and starts the agent.
 pub async fn build(config: Config) -> Result<Bound, AppError> {
     let unix: Arc<dyn WorkloadAttestor> = Arc::new(UnixAttestor::new(config.limits.max_hash_bytes));
+    if config.k8s.as_ref().is_some_and(|k| k.insecure_kubelet) {
+        tracing::warn!(
+            "the kubelet's certificate is not verified (kubelet_insecure_skip_verify): a local process that binds the kubelet's port can read the agent's token and forge pod lists; development only (pin the node's certificate with kubelet_cert_file)"
+        );
+    }
     let attestor: Arc<dyn WorkloadAttestor> = match &config.k8s {
         Some(k8s) => Arc::new(crate::attestor::K8sAttestor::new(
             unix,

@@ -48,6 +48,10 @@ pub struct RawK8s {
     pub kubelet_url: Option<String>,
     /// PEM CA of the kubelet's serving certificate.
     pub kubelet_ca_file: Option<PathBuf>,
+    /// The node's own kubelet serving certificate (PEM, e.g.
+    /// `/var/lib/kubelet/pki/kubelet.crt` mounted read-only), pinned; it
+    /// must name `node_name`.
+    pub kubelet_cert_file: Option<PathBuf>,
     /// Do not verify the kubelet's certificate (self-signed kubelets).
     pub kubelet_insecure_skip_verify: Option<bool>,
     /// Bearer token for the kubelet (re-read on each request).
@@ -84,6 +88,8 @@ pub enum NodeAttestation {
 pub struct K8sSettings {
     /// This node.
     pub node_name: Option<String>,
+    /// The kubelet is not verified (development only: warned at start).
+    pub insecure_kubelet: bool,
     /// Kubelet URL.
     pub kubelet_url: String,
     /// Kubelet client.
@@ -141,41 +147,32 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
     if r.enabled == Some(false) {
         return Ok(None);
     }
-    let trust = match (
+    let node_name = r.node_name.filter(|n| !n.is_empty());
+    let (trust, insecure_kubelet) = kubelet_trust(
         r.kubelet_ca_file,
+        r.kubelet_cert_file,
         r.kubelet_insecure_skip_verify.unwrap_or(false),
-    ) {
-        (Some(_), true) => {
-            return Err(ConfigError::invalid(
-                "k8s.kubelet_ca_file",
-                "kubelet_ca_file and kubelet_insecure_skip_verify are mutually exclusive",
-            ));
-        }
-        (Some(p), false) => {
-            let pem = std::fs::read(&p).map_err(|e| ConfigError::Read(p.clone(), e))?;
-            lanyard_fetch::Trust::Pem(pem)
-        }
-        (None, true) => lanyard_fetch::Trust::Insecure,
-        (None, false) => {
-            return Err(ConfigError::invalid(
-                "k8s.kubelet_ca_file",
-                "is required to verify the kubelet (or set kubelet_insecure_skip_verify = true for a kubelet with a self-signed certificate)",
-            ));
-        }
-    };
-    let client = lanyard_fetch::Client::new(
+        node_name.as_deref(),
+    )?;
+    let mut client = lanyard_fetch::Client::new(
         trust,
         Duration::from_secs(5),
         lanyard_core::k8s::pods::MAX_POD_LIST_BYTES,
     )
     .map_err(|e| ConfigError::invalid("k8s.kubelet_ca_file", e.to_string()))?;
+    // The kubelet's certificate names its node, not the loopback address
+    // the agent reaches it on.
+    if let Some(n) = &node_name {
+        client = client.with_server_name(n.clone());
+    }
     let pod_list_cache = match r.pod_list_cache {
         Some(v) => lanyard_core::duration::parse_duration(&v)
             .map_err(|e| ConfigError::invalid("k8s.pod_list_cache", e))?,
         None => Duration::from_secs(5),
     };
     Ok(Some(K8sSettings {
-        node_name: r.node_name.filter(|n| !n.is_empty()),
+        node_name,
+        insecure_kubelet,
         kubelet_url: r.kubelet_url.unwrap_or_else(|| DEFAULT_KUBELET_URL.into()),
         client,
         token_file: Some(
@@ -191,6 +188,59 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
             roots: kubelet_roots(r.kubelet_cgroup_roots)?,
         },
     }))
+}
+
+/// How the kubelet is verified: against a CA (`kubelet_ca_file`), or by
+/// pinning its own serving certificate read from the node
+/// (`kubelet_cert_file`, which must name this node), or not at all
+/// (`kubelet_insecure_skip_verify`, development only); true for the last.
+fn kubelet_trust(
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    insecure: bool,
+    node_name: Option<&str>,
+) -> Result<(lanyard_fetch::Trust, bool), ConfigError> {
+    match (ca_file, cert_file, insecure) {
+        (Some(p), None, false) => {
+            let pem = std::fs::read(&p).map_err(|e| ConfigError::Read(p.clone(), e))?;
+            Ok((lanyard_fetch::Trust::Pem(pem), false))
+        }
+        (None, Some(p), false) => {
+            let field = "k8s.kubelet_cert_file";
+            let text = std::fs::read(&p).map_err(|e| ConfigError::Read(p.clone(), e))?;
+            let der = pem::parse(&text)
+                .map_err(|e| ConfigError::invalid(field, format!("{}: {e}", p.display())))?
+                .into_contents();
+            let info = lanyard_core::x509::CertInfo::parse(&der)
+                .map_err(|e| ConfigError::invalid(field, format!("{}: {e}", p.display())))?;
+            let node = node_name.ok_or_else(|| {
+                ConfigError::invalid(
+                    "k8s.node_name",
+                    "is required with kubelet_cert_file (the pinned certificate must be this node's; set it, or LANYARD_K8S_NODE_NAME from the pod's spec.nodeName)",
+                )
+            })?;
+            if !info.dns_sans.iter().any(|d| d == node) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!(
+                        "{} is not a certificate for node {node:?} (it names {:?})",
+                        p.display(),
+                        info.dns_sans
+                    ),
+                ));
+            }
+            Ok((lanyard_fetch::Trust::Pinned(der), false))
+        }
+        (None, None, true) => Ok((lanyard_fetch::Trust::Insecure, true)),
+        (None, None, false) => Err(ConfigError::invalid(
+            "k8s.kubelet_ca_file",
+            "is required to verify the kubelet, or kubelet_cert_file to pin the node's own kubelet certificate (kubelet_insecure_skip_verify = true skips verification: development only)",
+        )),
+        _ => Err(ConfigError::invalid(
+            "k8s.kubelet_ca_file",
+            "kubelet_ca_file, kubelet_cert_file and kubelet_insecure_skip_verify are mutually exclusive",
+        )),
+    }
 }
 
 /// The kubelet's cgroup roots: each one path segment.
@@ -222,13 +272,39 @@ fn kubelet_roots(raw: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
 mod tests {
     use super::*;
 
+    /// A self-signed kubelet serving certificate for `node`, as PEM.
+    fn kubelet_cert(node: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(vec![node.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem()
+    }
+
     #[test]
     fn the_kubernetes_manifests_agent_config_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("kubelet.crt");
+        std::fs::write(&cert, kubelet_cert("node-1")).unwrap();
         for text in [
             include_str!("../../deploy/kubernetes/base/agent.toml"),
             include_str!("../../deploy/kubernetes/overlays/example/agent.toml"),
         ] {
-            let raw: crate::config::RawConfig = toml::from_str(text).unwrap();
+            let mut raw: crate::config::RawConfig = toml::from_str(text).unwrap();
+            // The DaemonSet mounts the node's kubelet certificate and sets
+            // the node's name (LANYARD_K8S_NODE_NAME) from spec.nodeName.
+            let k = raw.k8s.as_mut().unwrap();
+            assert_eq!(
+                k.kubelet_cert_file.as_deref(),
+                Some(std::path::Path::new(
+                    "/host/var/lib/kubelet/pki/kubelet.crt"
+                )),
+                "the shipped configs verify the kubelet by default"
+            );
+            assert_eq!(k.kubelet_insecure_skip_verify, None);
+            k.kubelet_cert_file = Some(cert.clone());
+            k.node_name = Some("node-1".into());
             let cfg = raw.validate().unwrap();
             assert!(matches!(
                 cfg.node_attestation,
@@ -237,6 +313,12 @@ mod tests {
             assert!(cfg.k8s.is_some());
             assert!(cfg.metrics_bind.is_some());
         }
+        // Only the development overlay skips verification, and says so.
+        let dev: crate::config::RawConfig = toml::from_str(include_str!(
+            "../../deploy/kubernetes/overlays/dev-insecure-kubelet/agent.toml"
+        ))
+        .unwrap();
+        assert!(dev.validate().unwrap().k8s.unwrap().insecure_kubelet);
     }
 
     #[test]
@@ -255,6 +337,35 @@ mod tests {
         assert!(e.contains("only used with"), "{e}");
         let e = k8s(Some(RawK8s::default())).unwrap_err().to_string();
         assert!(e.contains("kubelet_ca_file"), "{e}");
+        // A pinned certificate must be this node's, and the node named.
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("kubelet.crt");
+        std::fs::write(&cert, kubelet_cert("node-1")).unwrap();
+        let pinned = |node: Option<&str>| RawK8s {
+            kubelet_cert_file: Some(cert.clone()),
+            node_name: node.map(str::to_owned),
+            ..Default::default()
+        };
+        let e = k8s(Some(pinned(Some("node-2")))).unwrap_err().to_string();
+        assert!(e.contains("not a certificate for node \"node-2\""), "{e}");
+        let e = k8s(Some(pinned(None))).unwrap_err().to_string();
+        assert!(e.contains("node_name"), "{e}");
+        let ok = k8s(Some(pinned(Some("node-1")))).unwrap().unwrap();
+        assert!(!ok.insecure_kubelet);
+        let e = k8s(Some(RawK8s {
+            kubelet_insecure_skip_verify: Some(true),
+            ..pinned(Some("node-1"))
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mutually exclusive"), "{e}");
+        let insecure = k8s(Some(RawK8s {
+            kubelet_insecure_skip_verify: Some(true),
+            ..Default::default()
+        }))
+        .unwrap()
+        .unwrap();
+        assert!(insecure.insecure_kubelet);
         assert!(
             k8s(Some(RawK8s {
                 enabled: Some(false),

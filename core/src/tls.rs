@@ -222,6 +222,46 @@ impl ServerCertVerifier for InsecureBootstrapVerifier {
     handshake_signatures!();
 }
 
+/// Accepts exactly one server certificate (compared byte for byte), whose
+/// handshake signature must verify: a kubelet's self-signed serving
+/// certificate, read from the node, pinned instead of trusted by name.
+#[derive(Debug)]
+pub struct PinnedCertVerifier {
+    pinned: Vec<u8>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl PinnedCertVerifier {
+    /// Pins the DER certificate `der`.
+    pub fn new(der: Vec<u8>) -> Self {
+        Self {
+            pinned: der,
+            algs: algorithms(),
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if end_entity.as_ref() == self.pinned.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    handshake_signatures!();
+}
+
 /// A rustls signing identity from a DER chain (leaf first) and its PKCS#8
 /// ECDSA key: what a TLS client or server presents as its SVID.
 pub fn certified_key(

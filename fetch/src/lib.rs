@@ -42,6 +42,9 @@ pub struct Client {
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
     max_body: usize,
+    /// The name the server's certificate must carry, when it is not the
+    /// URL's host (a kubelet reached on 127.0.0.1 serves its node's name).
+    server_name: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -58,8 +61,11 @@ impl std::fmt::Debug for Client {
 pub enum Trust {
     /// PEM certificates (the CA of the server's certificate).
     Pem(Vec<u8>),
-    /// No verification of the server at all (a kubelet with a self-signed
-    /// serving certificate; the operator's explicit choice).
+    /// Exactly this DER certificate (a kubelet's self-signed serving
+    /// certificate, read from its node), its handshake signature verified.
+    Pinned(Vec<u8>),
+    /// No verification of the server at all (development only; the
+    /// operator's explicit choice).
     Insecure,
 }
 
@@ -86,6 +92,12 @@ impl Client {
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
+            Trust::Pinned(der) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(
+                    lanyard_core::tls::PinnedCertVerifier::new(der),
+                ))
+                .with_no_client_auth(),
             Trust::Insecure => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(
@@ -97,7 +109,15 @@ impl Client {
             tls: Arc::new(config),
             timeout,
             max_body,
+            server_name: None,
         })
+    }
+
+    /// Checks the server's certificate against `name` instead of the URL's
+    /// host.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
     }
 
     /// A client trusting the CA certificates in the PEM file at `path`.
@@ -136,7 +156,8 @@ impl Client {
         let tcp = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| connect(e.to_string()))?;
-        let name = ServerName::try_from(host.to_owned()).map_err(|_| bad())?;
+        let name = ServerName::try_from(self.server_name.as_deref().unwrap_or(host).to_owned())
+            .map_err(|_| bad())?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await

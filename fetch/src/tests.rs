@@ -73,3 +73,52 @@ async fn a_silent_server_times_out() {
         Err(FetchError::Timeout(..))
     ));
 }
+
+fn der_of(pem_text: &str) -> Vec<u8> {
+    pem::parse(pem_text).unwrap().into_contents()
+}
+
+/// A kubelet's own self-signed certificate, pinned: that server is
+/// reached; another with a certificate of its own is refused.
+#[tokio::test]
+async fn a_pinned_certificate_is_the_only_one_accepted() {
+    let kubelet = TestServer::start("127.0.0.1:0").await.unwrap();
+    kubelet.set("/pods", 200, "{}");
+    let impostor = TestServer::start("127.0.0.1:0").await.unwrap();
+    impostor.set("/pods", 200, "{}");
+    let pinned = Client::new(
+        Trust::Pinned(der_of(kubelet.ca_pem())),
+        Duration::from_secs(5),
+        1024,
+    )
+    .unwrap();
+    assert!(pinned.get(&kubelet.url("/pods"), None).await.is_ok());
+    assert!(matches!(
+        pinned.get(&impostor.url("/pods"), None).await,
+        Err(FetchError::Connect(..))
+    ));
+}
+
+/// A kubelet reached on 127.0.0.1 serves a certificate for its node's
+/// name: the client checks that name, not the address.
+#[tokio::test]
+async fn the_certificate_is_checked_against_the_given_name() {
+    let kubelet = TestServer::start_for("127.0.0.1:0", &["node-1"])
+        .await
+        .unwrap();
+    kubelet.set("/pods", 200, "{}");
+    let ca = || Trust::Pem(kubelet.ca_pem().as_bytes().to_vec());
+    let by_address = Client::new(ca(), Duration::from_secs(5), 1024).unwrap();
+    assert!(matches!(
+        by_address.get(&kubelet.url("/pods"), None).await,
+        Err(FetchError::Connect(..))
+    ));
+    let by_node = Client::new(ca(), Duration::from_secs(5), 1024)
+        .unwrap()
+        .with_server_name("node-1");
+    assert!(by_node.get(&kubelet.url("/pods"), None).await.is_ok());
+    let other_node = Client::new(ca(), Duration::from_secs(5), 1024)
+        .unwrap()
+        .with_server_name("node-2");
+    assert!(other_node.get(&kubelet.url("/pods"), None).await.is_err());
+}

@@ -349,7 +349,8 @@ async fn pods_are_told_apart_by_cgroup_and_the_kubelets_pod_list() {
     let issuer = TestIssuer::rsa("k1");
     let server = psat_server(dir.path(), &TestIssuer::jwks(&[&issuer]), |_| {}).await;
     // A kubelet on loopback serving the pod list, wanting the agent's token.
-    let kubelet = lanyard_fetch::test_server::TestServer::start("127.0.0.1:0")
+    // Its serving certificate names its node, as a kubelet's does.
+    let kubelet = lanyard_fetch::test_server::TestServer::start_for("127.0.0.1:0", &["node-1"])
         .await
         .unwrap();
     let pods = std::fs::read_to_string(
@@ -358,8 +359,9 @@ async fn pods_are_told_apart_by_cgroup_and_the_kubelets_pod_list() {
     .unwrap();
     kubelet.set("/pods", 200, pods);
     kubelet.require_bearer("agent-sa-token");
-    let ca = dir.path().join("kubelet-ca.pem");
-    std::fs::write(&ca, kubelet.ca_pem()).unwrap();
+    // The node's own kubelet certificate, pinned (the default deployment).
+    let kubelet_cert = dir.path().join("kubelet.crt");
+    std::fs::write(&kubelet_cert, kubelet.ca_pem()).unwrap();
     let sa_token = dir.path().join("sa-token");
     std::fs::write(&sa_token, "agent-sa-token\n").unwrap();
     // This test process plays the planner container: its cgroup file (in
@@ -426,7 +428,7 @@ async fn pods_are_told_apart_by_cgroup_and_the_kubelets_pod_list() {
     let k8s = RawK8s {
         node_name: Some("node-1".into()),
         kubelet_url: Some(kubelet.url("")),
-        kubelet_ca_file: Some(ca),
+        kubelet_cert_file: Some(kubelet_cert),
         token_file: Some(sa_token),
         proc_root: Some(proc_root),
         ..Default::default()

@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Runtime worker threads [default: one per CPU the agent may use].
     #[arg(long, env = "LANYARD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// This node's name for the Kubernetes attestor (`[k8s] node_name`):
+    /// set it from the pod's `spec.nodeName` in a DaemonSet.
+    #[arg(long, env = "LANYARD_K8S_NODE_NAME")]
+    pub k8s_node_name: Option<String>,
     /// Identify callers by start time only, not by pidfd (for kernels or
     /// sandboxes without SO_PEERPIDFD; chosen automatically when missing).
     #[arg(long)]
@@ -108,6 +112,10 @@ impl RunArgs {
             Some(p) => RawConfig::from_file(p)?,
             None => RawConfig::default(),
         };
+        let mut file = file;
+        if let (Some(name), Some(k8s)) = (&self.k8s_node_name, file.k8s.as_mut()) {
+            k8s.node_name = Some(name.clone());
+        }
         Ok(file.merge(RawConfig {
             server: (!self.server.is_empty()).then(|| self.server.join(",")),
             trust_domain: self.trust_domain.clone(),
