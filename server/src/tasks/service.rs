@@ -194,6 +194,14 @@ impl Tasks {
             return Ok(());
         };
         let now = unix_secs(self.inner.clock.now());
+        // A delegated task made through another server while an ancestor
+        // ended: it goes with the ancestor.
+        if !t.grant.chain.is_empty()
+            && t.state_at(now) == TaskState::Active
+            && self.revoke_if_orphaned(&t).await?.is_some()
+        {
+            return Ok(());
+        }
         let revoked_before = self.is_indexed_revoked(&t);
         {
             let mut ended = self.inner.ended.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,6 +216,40 @@ impl Tasks {
             self.inner.changes.send_modify(|v| *v += 1);
         }
         Ok(())
+    }
+
+    /// Revokes the delegated task `t` when one of its ancestors is no
+    /// longer active in the store; returns that ancestor. A child inserted
+    /// while its parent ended (on this server or another) cannot outlive
+    /// it: its begin sees the end here, or the end's cascade finds it (or,
+    /// across servers, the feed brings it here and this check runs again).
+    async fn revoke_if_orphaned(&self, t: &TaskRecord) -> Result<Option<TaskId>, TaskServiceError> {
+        let now = unix_secs(self.inner.clock.now());
+        for a in &t.grant.chain {
+            let live = self
+                .inner
+                .store
+                .get_task(&a.task_id)
+                .await?
+                .is_some_and(|p| p.state_at(now) == TaskState::Active);
+            if !live {
+                match self
+                    .set_state(
+                        "server",
+                        &t.grant.task_id,
+                        TaskState::Revoked,
+                        &format!("ancestor task {} ended", a.task_id),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(TaskServiceError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                self.inner.changes.send_modify(|v| *v += 1);
+                return Ok(Some(a.task_id.clone()));
+            }
+        }
+        Ok(None)
     }
 
     fn is_indexed_revoked(&self, t: &TaskRecord) -> bool {
@@ -430,11 +472,22 @@ impl Tasks {
             ));
         }
         if !record.grant.chain.is_empty() {
-            let mut d = inner.descendants.lock().unwrap_or_else(|p| p.into_inner());
-            for a in &record.grant.chain {
-                d.entry(a.task_id.clone())
-                    .or_default()
-                    .push(record.grant.task_id.clone());
+            {
+                let mut d = inner.descendants.lock().unwrap_or_else(|p| p.into_inner());
+                for a in &record.grant.chain {
+                    d.entry(a.task_id.clone())
+                        .or_default()
+                        .push(record.grant.task_id.clone());
+                }
+            }
+            // The parent was active when the token was redeemed; it may
+            // have ended since. Indexed first, then checked in the store:
+            // an ancestor ending now either finds the child in the index,
+            // or is seen ended here (and the child goes with it).
+            if let Some(ended) = self.revoke_if_orphaned(&record).await? {
+                return Err(TaskServiceError::Denied(format!(
+                    "delegation refused: the parent task {ended} ended"
+                )));
             }
         }
         tracing::info!(

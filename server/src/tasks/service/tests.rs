@@ -173,3 +173,50 @@ async fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
     assert_eq!(f.tasks.prune(Duration::from_secs(86_400)).await.unwrap(), 2);
     assert!(f.tasks.list(None, None, true).await.unwrap().is_empty());
 }
+
+/// A delegated task whose parent ended where this server's cascade could
+/// not see the child (another server ended it before its feed brought the
+/// child): the child's arrival on the feed revokes it.
+#[tokio::test]
+async fn a_child_whose_parent_ended_elsewhere_is_revoked_when_it_arrives() {
+    let f = fixture().await;
+    let (parent, _) = f
+        .tasks
+        .begin(&f.agent, input(&f.planner, None))
+        .await
+        .unwrap();
+    let pid = parent.grant.task_id.to_string();
+    let (token, _) = f
+        .tasks
+        .delegate(
+            &f.agent,
+            &pid,
+            f.worker.spiffe_id.as_str(),
+            vec!["a".into()],
+            300,
+            &Caller::default(),
+        )
+        .await
+        .unwrap();
+    let (child, _) = f
+        .tasks
+        .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
+        .await
+        .unwrap();
+    // The parent ends in the store with no cascade (another server, whose
+    // index did not hold the child yet).
+    let store = f.tasks.inner.store.clone();
+    let mut ended = parent.clone();
+    ended.state = TaskState::Ended;
+    store
+        .swap_task(&parent.grant.task_id, Some(&parent), &ended)
+        .await
+        .unwrap()
+        .unwrap();
+    let before = store.get_task(&child.grant.task_id).await.unwrap().unwrap();
+    assert_eq!(before.state, TaskState::Active);
+    f.tasks.refresh(child.grant.task_id.as_str()).await.unwrap();
+    let after = store.get_task(&child.grant.task_id).await.unwrap().unwrap();
+    assert_eq!(after.state, TaskState::Revoked);
+    assert!(after.end_reason.contains(&pid), "{}", after.end_reason);
+}
