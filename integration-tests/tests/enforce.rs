@@ -1248,3 +1248,54 @@ async fn a_policy_on_an_attribute_the_tool_cannot_know_denies() {
         .unwrap();
     assert!(d.allow, "{d:?}");
 }
+
+/// Denials are counted per workload across its tasks: probing three
+/// forbidden tools, ending the task and beginning another does not reset
+/// the count; the fourth denial, in the new task, quarantines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn denials_count_across_a_workloads_tasks() {
+    let s = setup(true).await;
+    let begin = || async {
+        let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+        let r = TaskIdentityClient::new(ch)
+            .begin_task(header(BeginTaskRequest {
+                spiffe_id: PLANNER.into(),
+                task_type: "report.generate".into(),
+                tools: vec!["crm.read".into()],
+                ttl_seconds: 300,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let chain =
+            lanyard_core::x509::der_chain_split(&r.x509_svid.unwrap().x509_svid).unwrap();
+        (r.task_id, chain)
+    };
+    let (first, chain) = begin().await;
+    for _ in 0..3 {
+        let d = authorize(&s.socket, x509(&chain), "payments.transfer", "")
+            .await
+            .unwrap();
+        assert!(!d.allow);
+    }
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    TaskIdentityClient::new(ch)
+        .end_task(header(lanyard_proto::task::EndTaskRequest { task_id: first }))
+        .await
+        .unwrap();
+    let (second, chain) = begin().await;
+    let d = authorize(&s.socket, x509(&chain), "payments.transfer", "")
+        .await
+        .unwrap();
+    assert!(!d.allow);
+    let q = eventually("a quarantine for the second task", WAIT, || async {
+        quarantines(&s, false)
+            .await
+            .into_iter()
+            .find(|q| q.task_id == second)
+    })
+    .await;
+    assert_eq!(q.source, "denials");
+    assert_eq!(q.spiffe_id, PLANNER);
+}

@@ -70,6 +70,12 @@ pub struct Pdp {
     sink: Arc<dyn DecisionSink>,
 }
 
+/// What denials are counted under: the caller's SPIFFE ID and, when its
+/// credential says, its node (a task JWT's `rctx.node`).
+fn workload_key(v: &Verified) -> String {
+    format!("{} on {}", v.peer.spiffe_id, v.node)
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut b);
@@ -168,9 +174,12 @@ impl Pdp {
         g.1.clone()
     }
 
-    fn count_denial(&self, task_id: &str, now: SystemTime) -> (usize, bool) {
+    /// Counts a denial of the workload `key` (its SPIFFE ID and node),
+    /// across its tasks: ending a task and beginning another does not
+    /// reset the count.
+    fn count_denial(&self, key: &str, now: SystemTime) -> (usize, bool) {
         let mut all = self.denials.lock().unwrap_or_else(|p| p.into_inner());
-        let q = all.entry(task_id.to_owned()).or_default();
+        let q = all.entry(key.to_owned()).or_default();
         q.push_back(now);
         let w = self.trigger.window;
         while q
@@ -189,9 +198,9 @@ impl Pdp {
         (n, n > self.trigger.max_denials as usize)
     }
 
-    fn recent_denials(&self, task_id: &str, now: SystemTime) -> i64 {
+    fn recent_denials(&self, key: &str, now: SystemTime) -> i64 {
         let all = self.denials.lock().unwrap_or_else(|p| p.into_inner());
-        all.get(task_id).map_or(0, |q| {
+        all.get(key).map_or(0, |q| {
             let n = q
                 .iter()
                 .filter(|t| now.duration_since(**t).unwrap_or_default() <= self.trigger.window)
@@ -283,7 +292,7 @@ impl Pdp {
             });
         }
         if !verdict.allow && verdict.counts && !record.task_id.is_empty() {
-            self.after_denial(&record, &verdict, &req.context_json, now)
+            self.after_denial(&record, &verdict, &req.context_json, &workload_key(&v), now)
                 .await;
         }
         Ok(AuthorizeToolCallResponse {
@@ -363,7 +372,7 @@ impl Pdp {
                 on_behalf_of: claims.on_behalf_of.as_deref(),
                 parent_task_id: claims.parent_task_id.as_ref().map(ToString::to_string),
                 not_after: claims.not_after,
-                recent_denials: self.recent_denials(&task, now),
+                recent_denials: self.recent_denials(&workload_key(v), now),
                 resource,
                 call,
             },
@@ -402,9 +411,10 @@ impl Pdp {
         r: &DecisionRecord,
         v: &Verdict,
         context_json: &str,
+        workload: &str,
         now: SystemTime,
     ) {
-        let (_, over) = self.count_denial(&r.task_id, now);
+        let (_, over) = self.count_denial(workload, now);
         self.owner.report_denial(lanyard_proto::server::Denial {
             task_id: r.task_id.clone(),
             spiffe_id: r.principal.clone(),

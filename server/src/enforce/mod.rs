@@ -190,17 +190,20 @@ impl Enforcement {
                 }
                 continue;
             }
-            let recent =
-                i64::try_from(self.quarantines.recent_denials(&d.task_id)).unwrap_or(i64::MAX);
             let believed =
-                match reports::check(&self.registry, &self.tasks, reporter, &d, recent).await {
+                match reports::check(&self.registry, &self.tasks, &self.quarantines, reporter, &d)
+                    .await
+                {
                     Ok(b) => b,
                     Err(why) => {
                         self.report_refused(reporter, &d, &why).await;
                         continue;
                     }
                 };
-            let over = self.quarantines.count_denial(&d.task_id);
+            let over = self.quarantines.count_denial(&quarantine::workload_key(
+                believed.task.grant.spiffe_id.as_str(),
+                believed.task.agent_id.as_str(),
+            ));
             if !(believed.quarantine.is_some() || over) {
                 continue;
             }

@@ -1,5 +1,5 @@
 //! Quarantine records on the server: created by an operator, by too many
-//! denied tool calls for one task (counted across every enforcement point
+//! denied tool calls of one workload (counted across its tasks and every enforcement point
 //! that reports to this server), or by a `@quarantine` forbid policy;
 //! stored as documents (shared by every server), pushed to every agent,
 //! released only by an operator.
@@ -104,10 +104,17 @@ pub struct QuarantineInput {
     pub pending: bool,
 }
 
+/// What denials are counted under: the workload (its SPIFFE ID on its
+/// node), across its tasks, so that ending a task and beginning another
+/// does not reset the count.
+pub fn workload_key(spiffe_id: &str, node: &str) -> String {
+    format!("{spiffe_id} on {node}")
+}
+
 /// The denial-count trigger.
 #[derive(Debug, Clone, Copy)]
 pub struct DenialTrigger {
-    /// More than this many denials for one task...
+    /// More than this many denials for one workload...
     pub max_denials: u32,
     /// ...within this window quarantines it.
     pub window: Duration,
@@ -133,7 +140,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     trigger: DenialTrigger,
     records: RwLock<Arc<Vec<QuarantineRecord>>>,
-    /// Recent denial times per task.
+    /// Recent denial times per workload ([`workload_key`]).
     denials: Mutex<HashMap<String, VecDeque<SystemTime>>>,
     changes: watch::Sender<u64>,
 }
@@ -280,12 +287,12 @@ impl Quarantines {
         let mut rec = decode(id, v)?;
         if rec.released_at.is_none() {
             // Denials before the release do not count again.
-            if let Some(t) = &rec.task_id {
+            if let Some(node) = &rec.node {
                 self.inner
                     .denials
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(t);
+                    .remove(&workload_key(&rec.spiffe_id, node));
             }
             rec.released_at = Some(unix_secs(self.inner.clock.now()));
             rec.released_by = Some(by.to_owned());
@@ -311,15 +318,16 @@ impl Quarantines {
         Ok(Some((rec, true)))
     }
 
-    /// Denied calls of `task_id` counted within the trigger's window.
-    pub fn recent_denials(&self, task_id: &str) -> usize {
+    /// Denied calls of the workload `key` ([`workload_key`]) counted
+    /// within the trigger's window.
+    pub fn recent_denials(&self, key: &str) -> usize {
         let now = self.inner.clock.now();
         let window = self.inner.trigger.window;
         self.inner
             .denials
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(task_id)
+            .get(key)
             .map_or(0, |q| {
                 q.iter()
                     .filter(|t| now.duration_since(**t).unwrap_or_default() <= window)
@@ -327,13 +335,13 @@ impl Quarantines {
             })
     }
 
-    /// Counts one denied call for `task_id`; true when the count now
-    /// exceeds the trigger within its window.
-    pub fn count_denial(&self, task_id: &str) -> bool {
+    /// Counts one denied call of the workload `key` ([`workload_key`]);
+    /// true when the count now exceeds the trigger within its window.
+    pub fn count_denial(&self, key: &str) -> bool {
         let now = self.inner.clock.now();
         let t = self.inner.trigger;
         let mut all = self.inner.denials.lock().unwrap_or_else(|p| p.into_inner());
-        let q = all.entry(task_id.to_owned()).or_default();
+        let q = all.entry(key.to_owned()).or_default();
         q.push_back(now);
         while q
             .front()

@@ -104,9 +104,9 @@ impl ReportGate {
 pub async fn check(
     registry: &Registry,
     tasks: &Tasks,
+    quarantines: &super::Quarantines,
     reporter: &SpiffeId,
     d: &Denial,
-    recent_denials: i64,
 ) -> Result<Believed, String> {
     let ep = SpiffeId::new(&d.enforcement_point)
         .map_err(|e| format!("enforcement point {:?}: {e}", d.enforcement_point))?;
@@ -139,6 +139,10 @@ pub async fn check(
         ));
     }
     let call = lanyard_policy::call_strings(&d.context_json).map_err(|e| e.to_string())?;
+    let recent_denials = i64::try_from(quarantines.recent_denials(
+        &super::quarantine::workload_key(task.grant.spiffe_id.as_str(), task.agent_id.as_str()),
+    ))
+    .unwrap_or(i64::MAX);
     match tasks.recheck_call(&task, &d.tool, &d.resource, call, recent_denials) {
         Recheck::Denied { reason, quarantine } => Ok(Believed {
             task,
