@@ -173,6 +173,21 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     })
     .await
     .unwrap();
+    // A shipment that skips queue numbers (5 after nothing): the gap is
+    // an anomaly record in the chain.
+    let mut shipped =
+        lanyard_core::audit::Event::new(Kind::ToolDecision, "2026-12-03T00:00:00.000Z".into());
+    shipped.correlation.decision_id = "shipped-after-a-gap".into();
+    let event = serde_json::to_string(&shipped).unwrap();
+    node.append_audit(lanyard_proto::server::AppendAuditRequest {
+        epoch: "gappyepoch01".into(),
+        records: vec![lanyard_proto::server::AuditItem {
+            seq: 5,
+            event_json: event,
+        }],
+    })
+    .await
+    .unwrap();
     set_policy(
         &s,
         r#"@id("all") permit(principal, action, resource);

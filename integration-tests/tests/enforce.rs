@@ -1268,8 +1268,7 @@ async fn denials_count_across_a_workloads_tasks() {
             .await
             .unwrap()
             .into_inner();
-        let chain =
-            lanyard_core::x509::der_chain_split(&r.x509_svid.unwrap().x509_svid).unwrap();
+        let chain = lanyard_core::x509::der_chain_split(&r.x509_svid.unwrap().x509_svid).unwrap();
         (r.task_id, chain)
     };
     let (first, chain) = begin().await;
@@ -1281,7 +1280,9 @@ async fn denials_count_across_a_workloads_tasks() {
     }
     let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
     TaskIdentityClient::new(ch)
-        .end_task(header(lanyard_proto::task::EndTaskRequest { task_id: first }))
+        .end_task(header(lanyard_proto::task::EndTaskRequest {
+            task_id: first,
+        }))
         .await
         .unwrap();
     let (second, chain) = begin().await;

@@ -87,6 +87,10 @@ pub enum Kind {
     /// A node's report of denied calls that the server did not believe.
     #[serde(rename = "enforcement.report_refused")]
     ReportRefused,
+    /// Records an agent shipped skip sequence numbers: the missing ones
+    /// never reached the chain (an anomaly `audit verify` reports).
+    #[serde(rename = "audit.gap")]
+    AuditGap,
     /// A registration entry was created.
     #[serde(rename = "entry.created")]
     EntryCreated,
@@ -115,7 +119,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 27] = [
+    pub const ALL: [Kind; 28] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -135,6 +139,7 @@ impl Kind {
         Kind::QuarantineReleased,
         Kind::QuarantineConfirmed,
         Kind::ReportRefused,
+        Kind::AuditGap,
         Kind::EntryCreated,
         Kind::EntryUpdated,
         Kind::EntryDeleted,
@@ -167,6 +172,7 @@ impl Kind {
             Kind::QuarantineReleased => "quarantine.released",
             Kind::QuarantineConfirmed => "quarantine.confirmed",
             Kind::ReportRefused => "enforcement.report_refused",
+            Kind::AuditGap => "audit.gap",
             Kind::EntryCreated => "entry.created",
             Kind::EntryUpdated => "entry.updated",
             Kind::EntryDeleted => "entry.deleted",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{AuditPublicKey, Checkpoint, GENESIS, hash_line};
+use super::{AuditPublicKey, Checkpoint, GENESIS, Kind, hash_line};
 
 /// One line of a log or export.
 #[derive(Debug, Clone)]
@@ -99,6 +99,9 @@ pub struct ChainSummary {
     pub checkpoints: u64,
     /// The chain resumes after records pruned up to here.
     pub pruned_through: Option<u64>,
+    /// `audit.gap` records: an agent's records that never reached the
+    /// chain (an anomaly, though the chain itself is intact).
+    pub gaps: u64,
 }
 
 struct State {
@@ -111,6 +114,11 @@ struct State {
     pruned_through: Option<u64>,
     /// First record not yet covered by a checkpoint.
     uncovered: Option<u64>,
+    gaps: u64,
+}
+
+fn is_gap(record: &Value) -> bool {
+    record.get("kind").and_then(Value::as_str) == Some(Kind::AuditGap.as_str())
 }
 
 /// Verifies lines fed in order.
@@ -192,6 +200,7 @@ impl Verifier {
                         checkpoints: 1,
                         pruned_through: c.pruned.then_some(c.seq),
                         uncovered: None,
+                        gaps: 0,
                     },
                 );
                 Ok(())
@@ -284,6 +293,7 @@ impl Verifier {
                         checkpoints: 0,
                         pruned_through: None,
                         uncovered: Some(1),
+                        gaps: u64::from(is_gap(&value)),
                     },
                 );
                 Ok(())
@@ -321,6 +331,7 @@ impl Verifier {
                 st.next_seq = seq + 1;
                 st.last_hash = hash;
                 st.records += 1;
+                st.gaps += u64::from(is_gap(&value));
                 st.uncovered.get_or_insert(seq);
                 Ok(())
             }
@@ -351,6 +362,7 @@ impl Verifier {
                 records: st.records,
                 checkpoints: st.checkpoints,
                 pruned_through: st.pruned_through,
+                gaps: st.gaps,
             });
         }
         if out.is_empty() {

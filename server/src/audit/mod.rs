@@ -192,6 +192,7 @@ impl Audit {
         let tail = segments::recover(&dir)?;
         let (head_tx, head) = watch::channel(tail.last_seq);
         let public = key.public();
+        let events = lanyard_metrics::CounterFamily::default();
         let writer = Writer::new(
             dir.clone(),
             chain.to_owned(),
@@ -200,6 +201,7 @@ impl Audit {
             settings,
             head_tx,
             tail,
+            events.clone(),
         )?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (stopped_tx, stopped) = watch::channel(false);
@@ -232,7 +234,7 @@ impl Audit {
             key,
             clock,
             stopped,
-            events: lanyard_metrics::CounterFamily::default(),
+            events,
         })
     }
 

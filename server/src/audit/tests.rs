@@ -248,3 +248,70 @@ async fn records_waiting_are_checkpointed_after_the_interval_and_at_close() {
     }
     assert_eq!(v.finish().unwrap()[0].last_seq, 4);
 }
+
+/// Records an agent numbered but never shipped leave an `audit.gap`
+/// record where they would have been (counted by `audit verify`); an empty
+/// batch keeps no mark; only an agent's newest epochs are remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_in_shipped_records_are_recorded_and_the_index_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Audit::open(dir.path(), "aaaa", Arc::new(SystemClock), settings()).unwrap();
+    let batch = |seqs: &[u64]| {
+        seqs.iter()
+            .map(|s| {
+                (
+                    *s,
+                    Event::new(Kind::ToolDecision, "2026-12-03T00:00:00.000Z".into()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let agent = "spiffe://td/lanyard/agent/a";
+    assert_eq!(
+        audit
+            .append_shipped(agent, "e1", batch(&[1, 2, 5]))
+            .await
+            .unwrap(),
+        5
+    );
+    let gaps: Vec<String> = lines(dir.path())
+        .into_iter()
+        .filter(|l| l.contains("\"audit.gap\""))
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(
+        gaps[0].contains("agent records 3 to 4 of epoch e1"),
+        "{}",
+        gaps[0]
+    );
+    assert_eq!(verify(&audit).await[0].gaps, 1);
+    // An empty batch of a new epoch places nothing and keeps no mark.
+    assert_eq!(audit.append_shipped(agent, "e0", vec![]).await.unwrap(), 0);
+    // Newer epochs push the oldest out of the index: e2 and e3 are kept,
+    // so a resend of e2 is skipped; e1 is forgotten (its queue is done).
+    audit
+        .append_shipped(agent, "e2", batch(&[1]))
+        .await
+        .unwrap();
+    audit
+        .append_shipped(agent, "e3", batch(&[1]))
+        .await
+        .unwrap();
+    let before = verify(&audit).await[0].records;
+    audit
+        .append_shipped(agent, "e2", batch(&[1]))
+        .await
+        .unwrap();
+    audit
+        .append_shipped(agent, "e3", batch(&[1]))
+        .await
+        .unwrap();
+    assert_eq!(verify(&audit).await[0].records, before);
+    // (Were e1's queue to come back, its record would be placed again,
+    // after a gap record for what the forgotten mark had covered.)
+    audit
+        .append_shipped(agent, "e1", batch(&[5]))
+        .await
+        .unwrap();
+    assert_eq!(verify(&audit).await[0].records, before + 2);
+}

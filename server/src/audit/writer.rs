@@ -68,7 +68,16 @@ pub(super) struct Writer {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     shipped: HashMap<(String, String), u64>,
+    /// When each (agent, epoch) last shipped (a counter), to keep the
+    /// newest epochs.
+    epoch_seen: HashMap<(String, String), u64>,
+    tick: u64,
+    /// Records by kind (the writer's own anomaly records are counted here).
+    events: lanyard_metrics::CounterFamily,
 }
+
+/// Epochs of one agent kept in the shipping index.
+const EPOCHS_KEPT: usize = 2;
 
 impl Writer {
     pub fn new(
@@ -79,6 +88,7 @@ impl Writer {
         settings: AuditSettings,
         head: watch::Sender<u64>,
         tail: Tail,
+        events: lanyard_metrics::CounterFamily,
     ) -> Result<Self, AuditLogError> {
         let file = match tail.current {
             Some((path, size)) => {
@@ -104,6 +114,9 @@ impl Writer {
             since_checkpoint: tail.since_checkpoint,
             last_checkpoint: Instant::now(),
             shipped: tail.shipped,
+            epoch_seen: HashMap::new(),
+            tick: 0,
+            events,
         })
     }
 
@@ -196,6 +209,16 @@ impl Writer {
                     mut records,
                     reply,
                 } => {
+                    if records.is_empty() {
+                        // Nothing to place: no mark to keep either.
+                        let high = self
+                            .shipped
+                            .get(&(origin_agent.clone(), epoch.clone()))
+                            .copied()
+                            .unwrap_or(0);
+                        answers.push((reply, Ok(high)));
+                        continue;
+                    }
                     let key = (origin_agent.clone(), epoch.clone());
                     let mut high = self.shipped.get(&key).copied().unwrap_or(0);
                     records.sort_by_key(|(s, _)| *s);
@@ -203,6 +226,17 @@ impl Writer {
                     for (seq, mut e) in records {
                         if seq <= high {
                             continue;
+                        }
+                        if seq > high + 1 {
+                            // Records the agent numbered were never shipped:
+                            // the chain says so where they would have been.
+                            r = self.push(
+                                &mut buf,
+                                &self.gap(&origin_agent, &epoch, high + 1, seq - 1),
+                            );
+                            if r.is_err() {
+                                break;
+                            }
                         }
                         e.origin = Some(Origin {
                             agent: origin_agent.clone(),
@@ -217,6 +251,7 @@ impl Writer {
                     }
                     let before = self.shipped.insert(key.clone(), high);
                     shipped0.push((key, before));
+                    self.forget_old_epochs(&origin_agent, &epoch, &mut shipped0);
                     answers.push((reply, r.map(|()| high)));
                 }
                 Cmd::Sign { reply } => signs.push(reply),
@@ -257,6 +292,56 @@ impl Writer {
             let _ = reply.send(self.prune().map_err(|e| e.to_string()));
         }
         self.checkpoint_if_due(true);
+    }
+
+    /// The anomaly record for an agent's records `from..=to` of `epoch`
+    /// that never arrived.
+    fn gap(&self, agent: &str, epoch: &str, from: u64, to: u64) -> Event {
+        tracing::warn!(agent, epoch, from, to, "agent audit records missing");
+        let e = Event::new(
+            lanyard_core::audit::Kind::AuditGap,
+            format_rfc3339_millis(self.clock.now()),
+        )
+        .actor("server")
+        .node(agent.to_owned())
+        .reason(format!(
+            "agent records {from} to {to} of epoch {epoch} never arrived"
+        ))
+        .details(serde_json::json!({"epoch": epoch, "from": from, "to": to}));
+        super::count(&self.events, &e);
+        e
+    }
+
+    /// Keeps at most [`EPOCHS_KEPT`] epochs of `agent` in the shipping
+    /// index (an agent's queue starts a new epoch when its queue is made
+    /// anew; the older ones are done), the most recently shipped ones,
+    /// remembering what it drops in `undo`.
+    fn forget_old_epochs(
+        &mut self,
+        agent: &str,
+        current: &str,
+        undo: &mut Vec<((String, String), Option<u64>)>,
+    ) {
+        self.tick += 1;
+        self.epoch_seen
+            .insert((agent.to_owned(), current.to_owned()), self.tick);
+        let mut others: Vec<(u64, (String, String))> = self
+            .shipped
+            .keys()
+            .filter(|(a, e)| a == agent && e != current)
+            .map(|k| (self.epoch_seen.get(k).copied().unwrap_or(0), k.clone()))
+            .collect();
+        if others.len() < EPOCHS_KEPT {
+            return;
+        }
+        others.sort();
+        let drop = others.len() + 1 - EPOCHS_KEPT;
+        for (_, key) in others.into_iter().take(drop) {
+            if let Some(v) = self.shipped.remove(&key) {
+                undo.push((key.clone(), Some(v)));
+            }
+            self.epoch_seen.remove(&key);
+        }
     }
 
     fn push(&mut self, buf: &mut String, e: &Event) -> Result<(), String> {

@@ -209,6 +209,7 @@ fn report(v: Verifier, output: Output) -> Result<(), CliError> {
                     "chain": c.chain, "key": c.key, "first_seq": c.first_seq,
                     "last_seq": c.last_seq, "records": c.records,
                     "checkpoints": c.checkpoints, "pruned_through": c.pruned_through,
+                    "gaps": c.gaps,
                 })).collect::<Vec<_>>(),
             })
         ),
@@ -228,6 +229,12 @@ fn report(v: Verifier, output: Output) -> Result<(), CliError> {
                     c.checkpoints,
                     c.key
                 );
+                if c.gaps > 0 {
+                    outln!(
+                        "  anomaly: {} gap(s) in agents' shipped records (audit tail --kind audit.gap)",
+                        c.gaps
+                    );
+                }
             }
         }
     }
