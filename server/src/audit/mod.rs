@@ -199,9 +199,11 @@ impl Audit {
             key.clone(),
             clock.clone(),
             settings,
-            head_tx,
             tail,
-            events.clone(),
+            writer::Published {
+                head: head_tx,
+                events: events.clone(),
+            },
         )?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (stopped_tx, stopped) = watch::channel(false);

@@ -79,6 +79,13 @@ pub(super) struct Writer {
 /// Epochs of one agent kept in the shipping index.
 const EPOCHS_KEPT: usize = 2;
 
+/// Where the writer publishes what it did: the head of the chain, and
+/// records by kind (its own anomaly records are counted there).
+pub struct Published {
+    pub head: watch::Sender<u64>,
+    pub events: lanyard_metrics::CounterFamily,
+}
+
 impl Writer {
     pub fn new(
         dir: PathBuf,
@@ -86,10 +93,10 @@ impl Writer {
         key: Arc<AuditKey>,
         clock: Arc<dyn Clock>,
         settings: AuditSettings,
-        head: watch::Sender<u64>,
         tail: Tail,
-        events: lanyard_metrics::CounterFamily,
+        published: Published,
     ) -> Result<Self, AuditLogError> {
+        let Published { head, events } = published;
         let file = match tail.current {
             Some((path, size)) => {
                 let f = std::fs::OpenOptions::new()
