@@ -112,6 +112,32 @@ impl AuditPublicKey {
     }
 }
 
+/// The line `audit key` writes before a key to name the chain it signs.
+pub const CHAIN_LINE: &str = "# lanyard audit chain: ";
+
+/// Every `PUBLIC KEY` block in `text` with the chain it is bound to (the
+/// [`CHAIN_LINE`] before it, if any); at least one.
+pub fn parse_bound_public_keys(
+    text: &str,
+) -> Result<Vec<(Option<String>, AuditPublicKey)>, AuditKeyError> {
+    let keys = parse_public_keys(text)?;
+    // The binding lines, in the order of the blocks they precede.
+    let mut bindings = vec![];
+    let mut pending: Option<String> = None;
+    for line in text.lines() {
+        if let Some(chain) = line.strip_prefix(CHAIN_LINE) {
+            pending = Some(chain.trim().to_owned()).filter(|c| !c.is_empty());
+        } else if line.starts_with("-----BEGIN PUBLIC KEY-----") {
+            bindings.push(pending.take());
+        }
+    }
+    Ok(keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (bindings.get(i).cloned().flatten(), k))
+        .collect())
+}
+
 /// Every `PUBLIC KEY` block in `text` (one per server); at least one.
 pub fn parse_public_keys(text: &str) -> Result<Vec<AuditPublicKey>, AuditKeyError> {
     let blocks = pem::parse_many(text).map_err(|e| AuditKeyError::Public(e.to_string()))?;

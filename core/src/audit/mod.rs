@@ -13,7 +13,9 @@ mod record;
 mod verify;
 
 pub use checkpoint::Checkpoint;
-pub use key::{AuditKey, AuditKeyError, AuditPublicKey, parse_public_keys};
+pub use key::{
+    AuditKey, AuditKeyError, AuditPublicKey, CHAIN_LINE, parse_bound_public_keys, parse_public_keys,
+};
 pub use record::{
     AuditError, Correlation, Event, GENESIS, Kind, Origin, Sealed, Subject, TaskRef, hash_line,
     seal,

@@ -124,6 +124,8 @@ fn is_gap(record: &Value) -> bool {
 /// Verifies lines fed in order.
 pub struct Verifier {
     keys: Vec<AuditPublicKey>,
+    /// Chain -> the ID of the only key that may sign its checkpoints.
+    bound: BTreeMap<String, String>,
     chains: BTreeMap<String, State>,
     line: u64,
 }
@@ -133,9 +135,30 @@ impl Verifier {
     pub fn new(keys: Vec<AuditPublicKey>) -> Self {
         Self {
             keys,
+            bound: BTreeMap::new(),
             chains: BTreeMap::new(),
             line: 0,
         }
+    }
+
+    /// Binds `chain` to the key `key_id` (its server's): a checkpoint of
+    /// the chain signed by any other trusted key is refused, and so is a
+    /// checkpoint of another chain signed by that key. Without a binding a
+    /// chain is bound to the key of its first checkpoint.
+    pub fn bind(&mut self, chain: &str, key_id: &str) {
+        self.bound.insert(chain.to_owned(), key_id.to_owned());
+    }
+
+    /// A verifier trusting `keys`, each bound to its chain where one is
+    /// named (see [`Verifier::bind`]).
+    pub fn with_bound_keys(keys: Vec<(Option<String>, AuditPublicKey)>) -> Self {
+        let mut v = Self::new(keys.iter().map(|(_, k)| k.clone()).collect());
+        for (chain, key) in &keys {
+            if let Some(c) = chain {
+                v.bind(c, &key.id());
+            }
+        }
+        v
     }
 
     fn err(&self, chain: &str, seq: Option<u64>, what: impl Into<String>) -> VerifyError {
@@ -172,6 +195,32 @@ impl Verifier {
                 ),
             ));
         };
+        if let Some(bound) = self.bound.get(&c.chain)
+            && *bound != c.key
+        {
+            return Err(self.err(
+                &c.chain,
+                Some(c.seq),
+                format!(
+                    "checkpoint signed by key {}, but this chain is bound to key {bound}",
+                    c.key
+                ),
+            ));
+        }
+        if let Some((other, _)) = self
+            .bound
+            .iter()
+            .find(|(chain, k)| **k == c.key && **chain != c.chain)
+        {
+            return Err(self.err(
+                &c.chain,
+                Some(c.seq),
+                format!(
+                    "checkpoint signed by key {}, which belongs to chain {other}",
+                    c.key
+                ),
+            ));
+        }
         if !c.verify(key) {
             return Err(self.err(
                 &c.chain,
@@ -380,7 +429,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditKey, Event, Kind, seal};
+    use crate::audit::{AuditKey, CHAIN_LINE, Event, Kind, seal};
 
     const T: &str = "2026-12-03T10:00:00.000Z";
 
@@ -570,5 +619,37 @@ mod tests {
         assert!(verify(&[&k1], &both).is_err());
         let e = verify(&[&k1], &["{nope".to_owned()]).unwrap_err();
         assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn a_chain_bound_to_its_servers_key_refuses_another_trusted_key() {
+        let (a, _) = AuditKey::generate().unwrap();
+        let (b, _) = AuditKey::generate().unwrap();
+        // Server b's key signs a chain in server a's name.
+        let forged = chain(&b, "a", 5, 5);
+        // Trusting both keys with no binding, the first checkpoint binds.
+        assert!(verify(&[&a, &b], &forged).is_ok());
+        // Bound as `audit key` prints them: refused, naming the key.
+        let text = format!(
+            "{CHAIN_LINE}a\n{}{CHAIN_LINE}b\n{}",
+            a.public().to_pem(),
+            b.public().to_pem()
+        );
+        let keys = crate::audit::parse_bound_public_keys(&text).unwrap();
+        assert_eq!(keys[0].0.as_deref(), Some("a"));
+        assert_eq!(keys[1].0.as_deref(), Some("b"));
+        let mut v = Verifier::with_bound_keys(keys.clone());
+        let err = forged
+            .iter()
+            .try_for_each(|l| v.feed(l))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bound to key"), "{err}");
+        // Each server's own chain still verifies.
+        let mut v = Verifier::with_bound_keys(keys);
+        for l in chain(&a, "a", 5, 5).iter().chain(&chain(&b, "b", 3, 3)) {
+            v.feed(l).unwrap();
+        }
+        assert_eq!(v.finish().unwrap().len(), 2);
     }
 }

@@ -4,7 +4,7 @@ use std::io::{BufRead, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use lanyard_core::audit::{Kind, Verifier, parse_public_keys};
+use lanyard_core::audit::{Kind, Verifier, parse_bound_public_keys, parse_public_keys};
 use lanyard_core::clock::parse_rfc3339;
 use lanyard_proto::admin::{GetAuditKeyRequest, ReadAuditRequest};
 use serde_json::Value;
@@ -182,11 +182,11 @@ async fn stream(
 }
 
 fn verify_lines(
-    keys: Vec<lanyard_core::audit::AuditPublicKey>,
+    keys: Vec<(Option<String>, lanyard_core::audit::AuditPublicKey)>,
     lines: impl Iterator<Item = Result<String, CliError>>,
     output: Output,
 ) -> Result<(), CliError> {
-    let mut v = Verifier::new(keys);
+    let mut v = Verifier::with_bound_keys(keys);
     for line in lines {
         v.feed(&line?)
             .map_err(|e| err(format!("audit verify failed: {e}")))?;
@@ -330,19 +330,29 @@ pub(super) async fn run_audit(cmd: AuditCmd) -> Result<(), CliError> {
                 .map_err(|e| err(format!("writing the export: {e}")))
         }
         AuditCmd::Key { data_dir, admin } => {
-            let (pem, id) = match data_dir {
+            let (pem, id, chain) = match data_dir {
                 Some(dir) => {
                     let k = crate::audit::public_key(&dir).map_err(err)?;
-                    (k.to_pem(), k.id())
+                    // The chain is the server's ID, kept beside the data.
+                    let chain = std::fs::read_to_string(dir.join("server-id"))
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_default();
+                    (k.to_pem(), k.id(), chain)
                 }
                 None => {
                     let r = audit_key(&admin).await?;
-                    (r.public_key_pem, r.key_id)
+                    (r.public_key_pem, r.key_id, r.chain)
                 }
             };
             match admin.output {
-                Output::Json => outln!("{}", json!({"key_id": id, "public_key_pem": pem})),
-                Output::Text => out!("{pem}"),
+                Output::Json => outln!(
+                    "{}",
+                    json!({"key_id": id, "chain": chain, "public_key_pem": pem})
+                ),
+                // The line before the key binds it to its chain: `audit
+                // verify` then refuses that chain signed by any other key.
+                Output::Text if chain.is_empty() => out!("{pem}"),
+                Output::Text => out!("{}{chain}\n{pem}", lanyard_core::audit::CHAIN_LINE),
             }
             Ok(())
         }
@@ -356,7 +366,7 @@ pub(super) async fn run_audit(cmd: AuditCmd) -> Result<(), CliError> {
                 let text = std::fs::read_to_string(k)
                     .map_err(|e| err(format!("--key {}: {e}", k.display())))?;
                 keys.extend(
-                    parse_public_keys(&text)
+                    parse_bound_public_keys(&text)
                         .map_err(|e| err(format!("--key {}: {e}", k.display())))?,
                 );
             }
@@ -379,6 +389,7 @@ pub(super) async fn run_audit(cmd: AuditCmd) -> Result<(), CliError> {
             let r = audit_key(&admin).await?;
             let keys = parse_public_keys(&r.public_key_pem).map_err(err)?;
             let mut v = Verifier::new(keys);
+            v.bind(&r.chain, &r.key_id);
             stream(
                 &admin,
                 ReadAuditRequest {
