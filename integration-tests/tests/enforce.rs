@@ -1300,3 +1300,110 @@ async fn denials_count_across_a_workloads_tasks() {
     assert_eq!(q.source, "denials");
     assert_eq!(q.spiffe_id, PLANNER);
 }
+
+/// Revoking a task or a SPIFFE ID reaches the CRLs without the holder's
+/// agent: the server recorded every serial it signed. With the agent
+/// stopped, `task revoke` and `svid revoke --spiffe-id` put the serials of
+/// the task SVID and of the standing SVID into the CRL the server serves,
+/// and `openssl verify -crl_check` refuses both certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_reach_the_crl_with_the_holders_agent_stopped() {
+    let s = setup(true).await;
+    let holder = Holder::start(&s.socket, &["crm.read"]);
+    holder.wait_line("stream ok");
+    // The standing SVID of the planner, as this process (same uid) has it.
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let resp = SpiffeWorkloadApiClient::new(ch)
+        .fetch_x509svid(header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let standing = resp
+        .svids
+        .iter()
+        .find(|v| v.spiffe_id == PLANNER && !v.hint.starts_with("task:"))
+        .map(|v| lanyard_core::x509::der_chain_split(&v.x509_svid).unwrap())
+        .unwrap();
+    let Setup {
+        server,
+        agent,
+        dir,
+        socket: _,
+    } = s;
+    let server = server.unwrap();
+    agent.shutdown().await;
+    let serial_of = |der: &[u8]| {
+        lanyard_core::revocation::normalize_serial(
+            &lanyard_core::x509::CertInfo::parse(der).unwrap().serial,
+        )
+    };
+    let task_serial = serial_of(&holder.chain[0]);
+    let standing_serial = serial_of(&standing[0]);
+    let t0 = Instant::now();
+    server
+        .admin()
+        .revoke_task(lanyard_proto::admin::TaskRequest {
+            task_id: holder.task_id.clone(),
+        })
+        .await
+        .unwrap();
+    server
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            spiffe_id: PLANNER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bundle = server.bundle();
+    let crl = eventually("both serials in the server's CRL", WAIT, || async {
+        let crls = server
+            .admin()
+            .list_revocations(lanyard_proto::admin::ListRevocationsRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .crls;
+        crls.into_iter().find(|der| {
+            lanyard_core::x509::parse_crl(der, &bundle).is_ok_and(|c| {
+                c.serials.contains(&task_serial) && c.serials.contains(&standing_serial)
+            })
+        })
+    })
+    .await;
+    eprintln!(
+        "revoke -> both serials in the CRL, holder's agent stopped: {:?}",
+        t0.elapsed()
+    );
+    // A TLS stack that is not ours refuses them.
+    let pem = |label: &str, ders: &[Vec<u8>]| lanyard_core::x509::der_to_pem(label, ders);
+    let files = dir.path().join("openssl");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("ca.pem"), pem("CERTIFICATE", &bundle)).unwrap();
+    std::fs::write(
+        files.join("crl.pem"),
+        pem("X509 CRL", std::slice::from_ref(&crl)),
+    )
+    .unwrap();
+    for (name, chain) in [("task", &holder.chain), ("standing", &standing)] {
+        let leaf = files.join(format!("{name}.pem"));
+        std::fs::write(&leaf, pem("CERTIFICATE", &chain[..1])).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(files.join("ca.pem"))
+            .arg("-CRLfile")
+            .arg(files.join("crl.pem"))
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(text.contains("revoked"), "{name}: {text}");
+    }
+    server.stop().await;
+}

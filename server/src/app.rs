@@ -273,6 +273,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         .serve_with_incoming_shutdown(admin_incoming(admin_listener), stop(shutdown_rx.clone()));
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
     let rotator = crate::ca::rotator::run(ca.clone(), Some(audit.clone()), shutdown_rx.clone());
+    // The record of signed SVIDs is written in batches, off the signing path.
+    revocations.issued().run(shutdown_rx.clone());
     let crl_signer = revocations.run(ca.clone(), shutdown_rx.clone());
 
     tracing::info!(

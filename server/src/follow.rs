@@ -61,6 +61,13 @@ impl Views {
                 .refresh(key)
                 .await
                 .map_err(|e| e.to_string()),
+            ChangeKind::Issued => self
+                .enforce
+                .revocations
+                .issued_arrived(key)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             ChangeKind::Crl => self
                 .enforce
                 .revocations

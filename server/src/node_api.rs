@@ -445,6 +445,19 @@ impl NodeApi {
             .x509_svids_signed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(%agent, spiffe_id = %entry.spiffe_id, serial = %svid.serial, "signed X.509-SVID");
+        // Recorded (batched, off this path) so that revoking the SPIFFE ID
+        // reaches this serial without the holder's agent.
+        self.enforce
+            .revocations
+            .issued()
+            .note(crate::enforce::IssuedSvid {
+                serial: svid.serial.clone(),
+                spiffe_id: entry.spiffe_id.to_string(),
+                task_id: None,
+                issuer: snap.active.info().subject_key_id.clone(),
+                issued_at: unix_secs(self.clock.now()),
+                not_after: unix_secs(svid.not_after),
+            });
         let event = self
             .audit
             .event(Kind::SvidIssued)

@@ -2,10 +2,12 @@
 //! quarantines (records, the denial trigger, and what a quarantine
 //! revokes).
 
+mod issued;
 mod quarantine;
 mod reports;
 mod revocations;
 
+pub use issued::{Issued, IssuedSvid};
 pub use quarantine::{DenialTrigger, QuarantineInput, QuarantineRecord, Quarantines, Scope};
 pub use revocations::{CRL_REFRESH, CRL_VALIDITY, Revocations};
 

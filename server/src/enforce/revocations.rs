@@ -73,6 +73,8 @@ pub struct Delta {
 }
 
 struct Inner {
+    /// Every live SVID the servers signed.
+    issued: Arc<super::issued::Issued>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     state: RwLock<State>,
@@ -124,8 +126,10 @@ fn decode(key: &str, v: serde_json::Value) -> Result<Revocation, StoreError> {
 impl Revocations {
     /// Loads the set and the CRLs from the store.
     pub async fn load(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let issued = Arc::new(super::issued::Issued::load(store.clone(), clock.clone()).await?);
         let r = Self {
             inner: Arc::new(Inner {
+                issued,
                 store,
                 clock,
                 state: RwLock::default(),
@@ -274,8 +278,43 @@ impl Revocations {
     }
 
     /// Revokes `items` (stored first, then in force here at once; other
-    /// servers learn them from the feed). Returns how many were new.
+    /// servers learn them from the feed), and with a task or SPIFFE ID the
+    /// serials of every live SVID it covers (from the record of what the
+    /// servers signed: the holder's agent need not report them). Returns
+    /// how many were new.
     pub async fn revoke(&self, items: Vec<Revocation>) -> Result<usize, StoreError> {
+        let serials: Vec<Revocation> = items
+            .iter()
+            .flat_map(|r| self.inner.issued.covered(r))
+            .filter(|r| !self.contains(r.kind, &r.value))
+            .collect();
+        let mut added = self.add_all(items).await?;
+        if !serials.is_empty() {
+            added += self.add_all(serials).await?;
+        }
+        Ok(added)
+    }
+
+    /// What the servers signed (the serials revocations reach).
+    pub fn issued(&self) -> &Arc<super::issued::Issued> {
+        &self.inner.issued
+    }
+
+    /// A batch of signed SVIDs arrived from another server: the serials a
+    /// revocation in force already covers are revoked too.
+    pub async fn issued_arrived(&self, key: &str) -> Result<usize, StoreError> {
+        let items = self.inner.issued.arrived(key).await?;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let serials = super::issued::implied(&self.read().set, &items);
+        if serials.is_empty() {
+            return Ok(0);
+        }
+        self.add_all(serials).await
+    }
+
+    async fn add_all(&self, items: Vec<Revocation>) -> Result<usize, StoreError> {
         let now = unix_secs(self.inner.clock.now());
         let mut added = 0;
         for r in items {

@@ -28,6 +28,8 @@ pub enum ChangeKind {
     Quarantine,
     /// A CA's CRL (key: the CA's ID).
     Crl,
+    /// A batch of signed X.509-SVIDs (key: the batch's).
+    Issued,
 }
 
 impl ChangeKind {
@@ -43,6 +45,7 @@ impl ChangeKind {
             Self::Revocation => "revocation",
             Self::Quarantine => "quarantine",
             Self::Crl => "crl",
+            Self::Issued => "issued",
         }
     }
 
@@ -58,6 +61,7 @@ impl ChangeKind {
             "revocation" => Self::Revocation,
             "quarantine" => Self::Quarantine,
             "crl" => Self::Crl,
+            "issued" => Self::Issued,
             _ => return None,
         })
     }

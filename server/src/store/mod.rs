@@ -92,11 +92,19 @@ pub enum DocKind {
     Quarantine,
     /// A CRL signed by one CA (key: the CA's ID).
     Crl,
+    /// A batch of X.509-SVIDs a server signed, kept until they expire
+    /// (key: server ID and batch number).
+    Issued,
 }
 
 impl DocKind {
     /// Every kind.
-    pub const ALL: [DocKind; 3] = [DocKind::Revocation, DocKind::Quarantine, DocKind::Crl];
+    pub const ALL: [DocKind; 4] = [
+        DocKind::Revocation,
+        DocKind::Quarantine,
+        DocKind::Crl,
+        DocKind::Issued,
+    ];
 
     /// Its name in a database.
     pub fn as_str(self) -> &'static str {
@@ -104,6 +112,7 @@ impl DocKind {
             Self::Revocation => "revocation",
             Self::Quarantine => "quarantine",
             Self::Crl => "crl",
+            Self::Issued => "issued",
         }
     }
 
@@ -113,6 +122,7 @@ impl DocKind {
             Self::Revocation => ChangeKind::Revocation,
             Self::Quarantine => ChangeKind::Quarantine,
             Self::Crl => ChangeKind::Crl,
+            Self::Issued => ChangeKind::Issued,
         }
     }
 }

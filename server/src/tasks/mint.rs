@@ -43,6 +43,9 @@ pub(crate) struct MintRequest<'a> {
     pub(crate) csr: &'a [u8],
     pub(crate) audiences: &'a [String],
     pub(crate) exe_sha256: Option<&'a str>,
+    /// Where a signed X.509-SVID is recorded (so revoking the task
+    /// reaches its serial without the holder's agent).
+    pub(crate) issued: &'a crate::enforce::Issued,
 }
 
 /// Mints the credentials of `grant` at `now`.
@@ -85,6 +88,14 @@ pub(crate) fn mint(
                 }
                 other => TaskServiceError::Invalid(format!("csr: {other}")),
             })?;
+        req.issued.note(crate::enforce::IssuedSvid {
+            serial: svid.serial.clone(),
+            spiffe_id: grant.spiffe_id.to_string(),
+            task_id: Some(grant.task_id.to_string()),
+            issuer: snap.active.info().subject_key_id.clone(),
+            issued_at: unix_secs(now),
+            not_after: unix_secs(svid.not_after),
+        });
         out.svid = Some(types::X509Svid {
             spiffe_id: grant.spiffe_id.to_string(),
             cert_chain: vec![svid.cert_der],

@@ -458,6 +458,7 @@ impl Tasks {
                 csr: &input.csr,
                 audiences: &input.jwt_audiences,
                 exe_sha256: Some(input.caller.exe_sha256.as_str()).filter(|h| !h.is_empty()),
+                issued: inner.revocations.issued(),
             },
             now,
         )?;
@@ -547,6 +548,7 @@ impl Tasks {
                 csr,
                 audiences,
                 exe_sha256: Some(exe_sha256).filter(|h| !h.is_empty()),
+                issued: self.inner.revocations.issued(),
             },
             now,
         )
