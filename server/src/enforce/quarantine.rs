@@ -239,7 +239,9 @@ impl Quarantines {
             q.spiffe_id == input.spiffe_id
                 && q.task_id == input.task_id
                 && (q.node == input.node || q.scope == Scope::Entry)
-                && (q.pending == input.pending || !q.pending)
+                // One in force answers any request; a pending one
+                // answers only another pending one.
+                && (!q.pending || input.pending)
         }) {
             return Ok((q, false));
         }

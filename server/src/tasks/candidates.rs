@@ -53,7 +53,6 @@ pub(super) fn choose(
         .iter()
         .map(|(e, _)| e.spiffe_id.to_string())
         .collect();
-    ids.dedup();
     ids.sort();
     ids.dedup();
     match ids.len() {
