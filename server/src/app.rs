@@ -274,7 +274,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());
     let rotator = crate::ca::rotator::run(ca.clone(), Some(audit.clone()), shutdown_rx.clone());
     // The record of signed SVIDs is written in batches, off the signing path.
-    revocations.issued().run(shutdown_rx.clone());
+    let issued_writer = revocations.issued().run(shutdown_rx.clone());
     let crl_signer = revocations.run(ca.clone(), shutdown_rx.clone());
 
     tracing::info!(
@@ -288,14 +288,15 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     let admin_path = config.admin_socket.clone();
     let task = tokio::spawn(async move {
-        let (a, b, (), (), (), (), ()) = tokio::join!(
+        let (a, b, (), (), (), (), (), ()) = tokio::join!(
             node_server,
             admin_server,
             renewer,
             rotator,
             pruner,
             follower,
-            crl_signer
+            crl_signer,
+            issued_writer
         );
         if let Err(e) = a {
             tracing::error!(?e, "server API stopped");

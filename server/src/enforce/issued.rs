@@ -219,10 +219,14 @@ impl Issued {
     }
 
     /// Writes pending SVIDs every [`FLUSH_EVERY`] and prunes every minute,
-    /// until `stop`.
-    pub fn run(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// until `stop` (then writes what is left). The server awaits it before
+    /// it closes the store.
+    pub fn run(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let me = self.clone();
-        tokio::spawn(async move {
+        async move {
             let mut ticks = 0u64;
             loop {
                 let stopping = tokio::select! {
@@ -230,7 +234,9 @@ impl Issued {
                     _ = stop.wait_for(|s| *s) => true,
                 };
                 if stopping {
-                    let _ = me.flush().await;
+                    if let Err(e) = me.flush().await {
+                        tracing::warn!(err = %e, "cannot record the last signed SVIDs");
+                    }
                     return;
                 }
                 if let Err(e) = me.flush().await {
@@ -243,7 +249,7 @@ impl Issued {
                     tracing::warn!(err = %e, "cannot prune the signed-SVID record");
                 }
             }
-        });
+        }
     }
 }
 
