@@ -23,8 +23,6 @@ use crate::store::{DocKind, Store, StoreError};
 
 /// How often signed SVIDs are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// A list this long is written at once.
-const FLUSH_AT: usize = 2048;
 
 /// One signed X.509-SVID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,16 +130,18 @@ impl Issued {
         })
     }
 
-    /// Notes a signed SVID (cheap: the signing path only pushes); true
-    /// when the pending list is long enough to write now.
-    pub fn note(&self, svid: IssuedSvid) -> bool {
+    /// Notes a signed SVID (cheap: the signing path only indexes and
+    /// pushes; the background writer stores it).
+    pub fn note(&self, svid: IssuedSvid) {
         self.index
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add(svid.clone());
-        let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        g.1.push(svid);
-        g.1.len() >= FLUSH_AT
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .push(svid);
     }
 
     /// Writes what is pending as one batch (for other servers and
