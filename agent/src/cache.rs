@@ -11,6 +11,7 @@ use lanyard_core::{EntryId, RegistrationEntry, Selector, SelectorIndex, SpiffeId
 
 use crate::attestor::ProcessInstance;
 use crate::identity::ActiveTask;
+use crate::workload_scope::WorkloadScope;
 
 /// An X.509-SVID the agent holds for one entry.
 pub struct CachedSvid {
@@ -209,6 +210,11 @@ pub struct Quarantined {
     pub scope_entry: bool,
     /// The process instances (PID, start time) it holds on this node.
     pub instances: Vec<(i32, u64)>,
+    /// The workloads those instances belong to: every caller in one of
+    /// them is refused the quarantined SPIFFE ID (a fork, a double-forked
+    /// grandchild, the program restarted).
+    #[serde(default)]
+    pub workloads: Vec<WorkloadScope>,
     /// Why.
     pub reason: String,
 }
@@ -218,6 +224,12 @@ impl Quarantined {
         instance
             .start_time()
             .is_some_and(|st| self.instances.contains(&(instance.pid(), st)))
+    }
+
+    /// Whether it withholds `spiffe_id` from a caller in `scope`.
+    fn withholds(&self, spiffe_id: &str, scope: Option<&WorkloadScope>) -> bool {
+        self.spiffe_id == spiffe_id
+            && (self.whole_id || scope.is_some_and(|s| self.workloads.contains(s)))
     }
 }
 
@@ -256,7 +268,10 @@ impl Snapshot {
     }
 
     /// The quarantine a caller is under, if any: its process instance is
-    /// held by one, or one covers a SPIFFE ID the caller's selectors give.
+    /// held by one, or every SPIFFE ID the caller's selectors give is
+    /// withheld from it (entry-wide, or in the caller's workload). A
+    /// caller with other identities too is served those
+    /// ([`Self::withheld`] filters the rest).
     pub fn quarantine_of(
         &self,
         selectors: &[Selector],
@@ -270,16 +285,25 @@ impl Snapshot {
         {
             return Some(q);
         }
-        let ids: Vec<&SpiffeId> = self
-            .entries
-            .for_task(selectors)
-            .into_iter()
-            .filter(|e| e.selectors.iter().all(|s| selectors.contains(s)))
-            .map(|e| &e.spiffe_id)
-            .collect();
+        let scope = WorkloadScope::of(selectors);
+        let mut first = None;
+        for e in self.entries.for_task(selectors) {
+            if !e.selectors.iter().all(|s| selectors.contains(s)) {
+                continue;
+            }
+            match self.withheld(e.spiffe_id.as_str(), scope.as_ref()) {
+                Some(q) => first = first.or(Some(q)),
+                None => return None,
+            }
+        }
+        first
+    }
+
+    /// The quarantine that withholds `spiffe_id` from a caller in `scope`.
+    pub fn withheld(&self, spiffe_id: &str, scope: Option<&WorkloadScope>) -> Option<&Quarantined> {
         self.quarantines
             .iter()
-            .find(|q| q.whole_id && ids.iter().any(|i| i.as_str() == q.spiffe_id))
+            .find(|q| q.withholds(spiffe_id, scope))
     }
 
     /// The tasks `holder` holds whose entry the caller's current selectors
@@ -325,12 +349,22 @@ impl Snapshot {
         holder: Option<&ProcessInstance>,
         now: SystemTime,
     ) -> Identities {
+        let scope = (!self.quarantines.is_empty())
+            .then(|| WorkloadScope::of(selectors))
+            .flatten();
+        let allowed = |s: &Arc<CachedSvid>| {
+            self.quarantines.is_empty()
+                || self
+                    .withheld(s.spiffe_id.as_str(), scope.as_ref())
+                    .is_none()
+        };
         let mut tasks = 0;
         let mut ready: Vec<Arc<CachedSvid>> = self
             .tasks_for(selectors, holder)
             .inspect(|_| tasks += 1)
             .filter_map(|t| t.svid.clone())
             .filter(|s| s.not_after > now)
+            .filter(allowed)
             .collect();
         let matched: Vec<&RegistrationEntry> = self.entries.matching(selectors).collect();
         if matched.is_empty() && tasks == 0 {
@@ -343,6 +377,7 @@ impl Snapshot {
                 .iter()
                 .filter_map(|e| self.svids.get(&e.id))
                 .filter(|s| s.not_after > now)
+                .filter(|s| allowed(s))
                 .filter(|s| seen.insert(&s.spiffe_id))
                 .cloned(),
         );
@@ -467,5 +502,62 @@ mod tests {
             s.identities_for(&caller, None, from_unix_secs(5)),
             Identities::None
         ));
+    }
+
+    #[test]
+    fn a_quarantine_withholds_its_identity_in_its_workloads_only() {
+        // Two pods of one entry on this node, both also matching a tool
+        // entry; the quarantine holds pod p1.
+        let a = entry("a", 1, "k8s:ns:agents");
+        let t = entry("t", 2, "k8s:ns:agents");
+        let mut s = Snapshot::empty(TrustDomain::new("td").unwrap())
+            .with_entries(vec![a.clone(), t.clone()]);
+        s.svids.insert(a.id.clone(), svid(&a, from_unix_secs(100)));
+        s.svids.insert(t.id.clone(), svid(&t, from_unix_secs(100)));
+        let pod = |uid: &str| -> Vec<Selector> {
+            ["unix:uid:0", "k8s:ns:agents", &format!("k8s:pod-uid:{uid}")]
+                .iter()
+                .map(|x| x.parse().unwrap())
+                .collect()
+        };
+        s.quarantines = Arc::new(vec![Quarantined {
+            id: "q".into(),
+            spiffe_id: a.spiffe_id.to_string(),
+            task_id: Some("task".into()),
+            whole_id: false,
+            scope_entry: false,
+            instances: vec![],
+            workloads: vec![WorkloadScope::Pod("p1".into())],
+            reason: "r".into(),
+        }]);
+        let ids = |sel: &[Selector]| -> Vec<String> {
+            match s.identities_for(sel, None, from_unix_secs(5)) {
+                Identities::Ready(v) => v.iter().map(|x| x.spiffe_id.to_string()).collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // In p1: the tool identity only; in p2 (same uid): both.
+        assert_eq!(ids(&pod("p1")), vec![t.spiffe_id.to_string()]);
+        assert_eq!(ids(&pod("p2")).len(), 2);
+        assert!(s.quarantine_of(&pod("p1"), None).is_none());
+        assert!(
+            s.withheld(a.spiffe_id.as_str(), Some(&WorkloadScope::Pod("p1".into())))
+                .is_some()
+        );
+        assert!(
+            s.withheld(a.spiffe_id.as_str(), Some(&WorkloadScope::Uid(0)))
+                .is_none()
+        );
+        // With the tool entry gone, a caller in p1 has nothing left: refused.
+        let mut only =
+            Snapshot::empty(TrustDomain::new("td").unwrap()).with_entries(vec![a.clone()]);
+        only.svids
+            .insert(a.id.clone(), svid(&a, from_unix_secs(100)));
+        only.quarantines = s.quarantines.clone();
+        assert_eq!(
+            only.quarantine_of(&pod("p1"), None).map(|q| q.id.as_str()),
+            Some("q")
+        );
+        assert!(only.quarantine_of(&pod("p2"), None).is_none());
     }
 }

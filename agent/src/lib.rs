@@ -20,6 +20,7 @@ pub mod pdp;
 pub mod server_client;
 pub mod server_dns;
 pub mod storage;
+pub mod workload_scope;
 
 pub use app::{Bound, build};
 pub use config::Config;

@@ -146,6 +146,13 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         .release_quarantine(QuarantineRequest { id: q.id.clone() })
         .await
         .unwrap();
+    // The quarantine held the workload (this uid's planner processes):
+    // the next one begins once the agent has the release.
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(WAIT, state.wait_for(|snap| snap.quarantines.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
     let holder2 = Holder::start(&s.socket, &["crm.read"]);
     admin()
         .revoke_task(TaskRequest {

@@ -7,6 +7,7 @@
 
 mod enforce_support;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use enforce_support::*;
@@ -714,6 +715,9 @@ async fn a_quarantine_policy_and_an_operator_quarantine_at_once() {
     .await;
     assert_eq!(q.source, "policy");
     drop(holder);
+    // The quarantine holds the workload (this uid's planner processes), so
+    // the next holder begins once it is released.
+    release_all(&s).await;
 
     // An operator quarantines a task's holder.
     let mut other = Holder::start(&s.socket, &["crm.read"]);
@@ -750,6 +754,178 @@ async fn a_quarantine_policy_and_an_operator_quarantine_at_once() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+}
+
+/// A quarantine holds the workload, not one PID: the quarantined holder's
+/// child, its double-forked grandchild (re-parented before it connects)
+/// and the program started again are all refused the quarantined
+/// identity, as is a new task under it; a process of the same uid that
+/// matches another entry keeps that one; release serves them all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quarantine_holds_forks_grandchildren_and_restarts_of_the_workload() {
+    let s = setup(true).await;
+    let mut holder = Holder::start(&s.socket, &["crm.read"]);
+    holder.wait_line("stream ok");
+    // Before: the holder's children are served.
+    assert!(holder.child_fetch().starts_with("svids"));
+    assert!(fresh_fetch(&s.socket).starts_with("svids"));
+    s.server()
+        .admin()
+        .add_quarantine(lanyard_proto::admin::AddQuarantineRequest {
+            task_id: holder.task_id.clone(),
+            reason: "prompt injection".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_quarantined(&s, &mut holder).await;
+    let refused = |answer: &str| {
+        assert!(
+            answer.contains("PermissionDenied") && answer.contains("quarantined"),
+            "{answer}"
+        )
+    };
+    refused(&holder.child_fetch());
+    refused(&holder.grandchild_fetch(s.dir.path()));
+    // The program started again (a new process of the same uid and binary).
+    drop(holder);
+    refused(&fresh_fetch(&s.socket));
+    let mut again = Command::new(HOLDER)
+        .env("HOLD_SPIFFE_ID", PLANNER)
+        .args(["hold"])
+        .arg(&s.socket)
+        .args(["report.generate", "crm.read"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let begun = String::from_utf8_lossy(&std::mem::take(&mut again.stdout)).into_owned();
+    refused(&begun);
+    // This process (same uid, another program) keeps its tool identity and
+    // is not served the quarantined one.
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let mut api = SpiffeWorkloadApiClient::new(ch);
+    let x = api
+        .fetch_x509svid(header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = x.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(ids, vec![TOOLS]);
+    let e = api
+        .fetch_jwtsvid(header(JwtsvidRequest {
+            audience: vec!["x".into()],
+            spiffe_id: PLANNER.into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("quarantined"), "{e:?}");
+    // Released: served again.
+    release_all(&s).await;
+    eventually("a restarted program served again", WAIT, || async {
+        fresh_fetch(&s.socket).starts_with("svids").then_some(())
+    })
+    .await;
+}
+
+/// A systemd system unit's cgroup made for a test (the tests run as root),
+/// removed when dropped.
+struct UnitCgroup(std::path::PathBuf);
+
+impl UnitCgroup {
+    fn make(name: &str) -> Self {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|d| d.join("cgroup.controllers").exists())
+            .expect("a unified cgroup hierarchy");
+        let dir = root.join("system.slice").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// `task_holder ARGS` started inside the unit.
+    fn holder(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && shift && exec "$@""#)
+            .arg(&self.0)
+            .arg("--")
+            .arg(HOLDER)
+            .args(args);
+        c
+    }
+}
+
+impl Drop for UnitCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// On a host where the workload runs as a systemd service, the quarantine
+/// holds the unit: the program restarted in the unit is refused, while a
+/// process of the same uid and program outside it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quarantine_holds_the_systemd_unit_of_the_workload() {
+    let s = setup(true).await;
+    let unit = UnitCgroup::make(&format!("lanyard-test-{}.service", std::process::id()));
+    let socket = s.socket.to_str().unwrap();
+    let mut child = unit
+        .holder(&["hold", socket, "report.generate", "crm.read"])
+        .env("HOLD_SPIFFE_ID", PLANNER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let task = lines.next().unwrap().unwrap();
+    let task_id = task.strip_prefix("task ").expect(&task).to_owned();
+    s.server()
+        .admin()
+        .add_quarantine(lanyard_proto::admin::AddQuarantineRequest {
+            task_id,
+            reason: "prompt injection".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| snap.quarantines.iter().any(|q| !q.workloads.is_empty())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let q = state.borrow().quarantines[0].clone();
+    assert_eq!(
+        q.workloads,
+        vec![lanyard_agent::workload_scope::WorkloadScope::Unit(
+            unit.0.file_name().unwrap().to_string_lossy().into_owned()
+        )]
+    );
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    // Restarted in the unit: refused.
+    let out = unit.holder(&["fetch", socket]).output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("PermissionDenied") && answer.contains("quarantined"),
+        "{answer}"
+    );
+    // The same program and uid outside the unit: served.
+    let answer = fresh_fetch(&s.socket);
+    assert!(answer.starts_with("svids"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

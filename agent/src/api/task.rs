@@ -20,6 +20,7 @@ use super::caller::{Caller, Callers};
 use super::status::WorkloadError;
 use crate::cache::Snapshot;
 use crate::identity::{ActiveTask, BeginRequest, CommandError, IdentityHandle, TaskOwner};
+use crate::workload_scope::WorkloadScope;
 
 /// Most tasks one process instance may hold at once.
 pub const MAX_TASKS_PER_PROCESS: usize = 64;
@@ -56,7 +57,7 @@ impl TaskApi {
             .conn
             .instance
             .as_ref()
-            .and_then(TaskOwner::of)
+            .and_then(|i| TaskOwner::of(i, WorkloadScope::of(&caller.selectors)))
             .ok_or_else(|| {
                 Status::failed_precondition(
                     "the calling process cannot be identified (no PID and start time)",
@@ -185,13 +186,28 @@ impl TaskIdentity for TaskApi {
         // Every identity the caller may begin a task under (or those of the
         // SPIFFE ID it named), in serving order: the server decides which
         // one permits the task, never whichever comes first.
-        let entries: Vec<_> = snap
+        let mut entries: Vec<_> = snap
             .entries
             .for_task(&caller.selectors)
             .into_iter()
             .filter(|e| r.spiffe_id.is_empty() || e.spiffe_id.as_str() == r.spiffe_id)
             .cloned()
             .collect();
+        // No task under an identity a quarantine withholds from this
+        // caller's workload.
+        let mut withheld = None;
+        entries.retain(
+            |e| match snap.withheld(e.spiffe_id.as_str(), owner.scope.as_ref()) {
+                Some(q) => {
+                    withheld.get_or_insert_with(|| q.reason.clone());
+                    false
+                }
+                None => true,
+            },
+        );
+        if let (true, Some(reason)) = (entries.is_empty(), withheld) {
+            return Err(WorkloadError::Quarantined(reason).into());
+        }
         if entries.is_empty() {
             return Err(if !snap.synced {
                 WorkloadError::NotSynced.into()

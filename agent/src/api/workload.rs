@@ -21,6 +21,7 @@ use super::streams::{Build, StreamSource, Streamed, follow};
 use crate::cache::{CachedSvid, Snapshot};
 use crate::identity::JwtSubject;
 use crate::jwt_cache::JwtCache;
+use crate::workload_scope::WorkloadScope;
 
 /// The Workload API service.
 #[derive(Clone)]
@@ -237,6 +238,26 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 WorkloadError::NotSynced
             }
             .into());
+        }
+        // Identities a quarantine withholds from the caller's workload.
+        if !snap.quarantines.is_empty() {
+            let scope = WorkloadScope::of(&caller.selectors);
+            let mut withheld: Option<(String, bool)> = None;
+            subjects.retain(|(_, id, _, _)| {
+                let Some(q) = snap.withheld(id.as_str(), scope.as_ref()) else {
+                    return true;
+                };
+                let asked = id.as_str() == spiffe_id;
+                if withheld.as_ref().is_none_or(|(_, a)| !a) {
+                    withheld = Some((q.reason.clone(), asked));
+                }
+                false
+            });
+            if let Some((reason, asked)) = withheld
+                && (asked || subjects.is_empty())
+            {
+                return Err(WorkloadError::Quarantined(reason).into());
+            }
         }
         if !spiffe_id.is_empty() {
             subjects.retain(|(_, id, _, _)| id.as_str() == spiffe_id);

@@ -13,7 +13,9 @@ use lanyard_proto::server::{Denial, ReportEnforcementRequest, RevokeHeldRequest,
 use lanyard_proto::types;
 
 use super::manager::{CALL_TIMEOUT, Event, Failure, Manager};
+use super::tasks::TaskOwner;
 use crate::cache::Quarantined;
+use crate::workload_scope::WorkloadScope;
 
 /// Most denials sent in one report.
 const REPORT_BATCH: usize = 500;
@@ -48,7 +50,7 @@ pub(crate) struct EnforceState {
     /// The holders of recently ended tasks: a quarantine for a task can
     /// arrive after the task's own end (both are pushed; the end may come
     /// first), and must still find the process.
-    recent_owners: std::collections::VecDeque<(String, (i32, u64))>,
+    recent_owners: std::collections::VecDeque<(String, (i32, u64), Option<WorkloadScope>)>,
 }
 
 /// How many ended tasks' holders are remembered.
@@ -56,11 +58,15 @@ const RECENT_OWNERS: usize = 4096;
 
 impl EnforceState {
     /// Remembers who held a task that just ended.
-    pub(crate) fn task_ended(&mut self, task_id: &str, owner: (i32, u64)) {
+    pub(crate) fn task_ended(&mut self, task_id: &str, owner: &TaskOwner) {
         if self.recent_owners.len() >= RECENT_OWNERS {
             self.recent_owners.pop_front();
         }
-        self.recent_owners.push_back((task_id.to_owned(), owner));
+        self.recent_owners.push_back((
+            task_id.to_owned(),
+            (owner.pid, owner.start_time),
+            owner.scope.clone(),
+        ));
     }
 }
 
@@ -88,6 +94,7 @@ fn from_server(q: types::Quarantine, me: &str) -> Quarantined {
         spiffe_id: q.spiffe_id,
         task_id: Some(q.task_id).filter(|t| !t.is_empty()),
         instances: Vec::new(),
+        workloads: Vec::new(),
         reason: q.reason,
     }
 }
@@ -159,8 +166,10 @@ impl Manager {
             // restart too: acted on then, so not again).
             if let Some(old) = self.enforce.server.iter().find(|o| o.id == q.id) {
                 q.instances = old.instances.clone();
+                q.workloads = old.workloads.clone();
             } else if let Some(old) = restored.iter().find(|o| o.id == q.id) {
                 q.instances = old.instances.clone();
+                q.workloads = old.workloads.clone();
                 self.enforce.acted.insert(q.id.clone());
             }
             // The server's record replaces a local one for the same task.
@@ -172,6 +181,7 @@ impl Manager {
             {
                 let local = self.enforce.local.remove(pos);
                 q.instances.extend(local.instances);
+                q.workloads.extend(local.workloads);
                 self.enforce.acted.insert(q.id.clone());
             }
         }
@@ -316,6 +326,7 @@ impl Manager {
             whole_id: false,
             scope_entry: false,
             instances: Vec::new(),
+            workloads: Vec::new(),
             reason,
         });
         self.act_on_quarantines();
@@ -364,11 +375,17 @@ impl Manager {
                 .iter()
                 .map(|t| (t.owner.pid, t.owner.start_time))
                 .collect();
+            // The workloads those processes belong to: their forks and
+            // restarts are refused the quarantined identity too.
+            let mut workloads: Vec<WorkloadScope> =
+                held.iter().filter_map(|t| t.owner.scope.clone()).collect();
             if let Some(t) = &q.task_id
                 && instances.is_empty()
-                && let Some((_, owner)) = self.enforce.recent_owners.iter().find(|(id, _)| id == t)
+                && let Some((_, owner, scope)) =
+                    self.enforce.recent_owners.iter().find(|(id, ..)| id == t)
             {
                 instances.push(*owner);
+                workloads.extend(scope.clone());
             }
             // Every task of those instances goes, whatever its entry.
             let doomed: Vec<_> = self
@@ -417,8 +434,20 @@ impl Manager {
             } else {
                 self.enforce.local.get_mut(i)
             };
+            workloads.sort_unstable();
+            workloads.dedup();
+            if !workloads.is_empty() {
+                let scopes: Vec<String> = workloads.iter().map(ToString::to_string).collect();
+                tracing::warn!(
+                    quarantine = %q.id,
+                    spiffe_id = %q.spiffe_id,
+                    workloads = %scopes.join(", "),
+                    "quarantine holds these workloads on this node"
+                );
+            }
             if let Some(slot) = slot {
                 slot.instances.extend(instances);
+                slot.workloads.extend(workloads);
             }
         }
         self.publish_snapshot();

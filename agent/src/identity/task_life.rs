@@ -48,6 +48,7 @@ impl Manager {
                 pid: p.pid,
                 start_time: p.start_time,
                 instance: None,
+                scope: p.scope.clone(),
             };
             let id = p.record.grant.task_id.to_string();
             if p.record.grant.not_after <= now {
@@ -81,6 +82,7 @@ impl Manager {
                 pid: t.owner.pid,
                 start_time: t.owner.start_time,
                 exe_sha256: t.exe_sha256.clone(),
+                scope: t.owner.scope.clone(),
             })
             .collect();
         match serde_json::to_vec(&stored) {
@@ -213,8 +215,7 @@ impl Manager {
             return false;
         };
         let task = self.tasks.remove(pos);
-        self.enforce
-            .task_ended(task_id, (task.owner.pid, task.owner.start_time));
+        self.enforce.task_ended(task_id, &task.owner);
         // Its SVID dies with it: the serial goes into the CRLs, so peers
         // that read them refuse it too (an expired one needs nothing).
         if reason != "expired"

@@ -14,6 +14,7 @@ use lanyard_proto::types;
 use super::reconcile::accept_signed;
 use crate::attestor::{ProcessInstance, process_start_time};
 use crate::cache::CachedSvid;
+use crate::workload_scope::WorkloadScope;
 
 /// The process instance a task belongs to: PID and start time (the pair
 /// names one process; exec keeps both, so `task run` can exec into the
@@ -27,15 +28,18 @@ pub struct TaskOwner {
     /// The process as pinned on the connection that began the task (its
     /// pidfd tells exit exactly); absent after an agent restart.
     pub instance: Option<Arc<ProcessInstance>>,
+    /// The workload it belongs to (what a quarantine of its task holds).
+    pub scope: Option<WorkloadScope>,
 }
 
 impl TaskOwner {
-    /// The owner behind a connection's pinned process.
-    pub fn of(instance: &Arc<ProcessInstance>) -> Option<Self> {
+    /// The owner behind a connection's pinned process, in `scope`.
+    pub fn of(instance: &Arc<ProcessInstance>, scope: Option<WorkloadScope>) -> Option<Self> {
         Some(Self {
             pid: instance.pid(),
             start_time: instance.start_time()?,
             instance: Some(instance.clone()),
+            scope,
         })
     }
 
@@ -127,6 +131,8 @@ pub(crate) struct PersistedTask {
     pub start_time: u64,
     #[serde(default)]
     pub exe_sha256: String,
+    #[serde(default)]
+    pub scope: Option<WorkloadScope>,
 }
 
 /// Checks a task SVID the server signed for `key`, and makes it servable.

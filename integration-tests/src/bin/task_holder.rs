@@ -12,8 +12,17 @@
 //!   and `jwt TOKEN`, then follows its FetchX509SVID stream, printing
 //!   `stream ok` per message and `stream error CODE MESSAGE` when it ends;
 //!   meanwhile each stdin line `fetch` prints a fresh fetch result (as the
-//!   `fetch` mode does). Exits when stdin closes. `HOLD_SPIFFE_ID` picks the
-//!   identity to begin the task under.
+//!   `fetch` mode does), each stdin line `child` starts a child process
+//!   (fork and exec) that fetches and prints `child svids ...` or
+//!   `child error ...`, and each line `grandchild FILE` double-forks: a
+//!   child starts a grandchild and exits at once, the grandchild waits
+//!   until it is re-parented, then writes its fetch result to FILE. Exits
+//!   when stdin closes. `HOLD_SPIFFE_ID` picks the identity to begin the
+//!   task under.
+//! - `detach SOCKET FILE`: the middle of a double fork (starts `orphan`
+//!   and exits).
+//! - `orphan SOCKET FILE PPID`: waits until its parent is no longer PPID,
+//!   then writes its fetch result to FILE.
 //!
 //! Test support: exits non-zero with a message on unexpected failures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -123,11 +132,25 @@ async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
             }
         }
     });
+    let me = std::env::current_exe().unwrap();
     while let Some(line) = rx.recv().await {
-        if line.trim() == "fetch" {
+        let line = line.trim();
+        if line == "fetch" {
             println!("{}", fetch(socket).await);
-            std::io::stdout().flush().unwrap();
+        } else if line == "child" {
+            let out = std::process::Command::new(&me)
+                .args(["fetch", socket])
+                .output()
+                .unwrap();
+            println!("child {}", String::from_utf8_lossy(&out.stdout).trim());
+        } else if let Some(file) = line.strip_prefix("grandchild ") {
+            let status = std::process::Command::new(&me)
+                .args(["detach", socket, file])
+                .status()
+                .unwrap();
+            println!("grandchild started {status}");
         }
+        std::io::stdout().flush().unwrap();
     }
 }
 
@@ -162,6 +185,34 @@ async fn main() {
             let _ = std::io::stdin().read_to_end(&mut sink);
         }
         Some("fetch") => println!("{}", fetch(&args[2]).await),
+        Some("detach") => {
+            // Started and left behind: its parent (this process) exits
+            // without waiting, so it is re-parented.
+            #[allow(clippy::zombie_processes)]
+            let _orphan = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "orphan",
+                    &args[2],
+                    &args[3],
+                    &std::process::id().to_string(),
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+        }
+        Some("orphan") => {
+            let parent: u32 = args[4].parse().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::os::unix::process::parent_id() == parent {
+                assert!(std::time::Instant::now() < deadline, "never re-parented");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let result = fetch(&args[2]).await;
+            let tmp = format!("{}.tmp", args[3]);
+            std::fs::write(&tmp, format!("{result}\n")).unwrap();
+            std::fs::rename(&tmp, &args[3]).unwrap();
+        }
         Some("hold") => hold(&args[2], &args[3], args[4..].to_vec()).await,
         Some("end") => {
             let ch = lanyard_uds::unix_channel(std::path::Path::new(&args[2])).unwrap();

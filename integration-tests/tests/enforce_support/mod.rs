@@ -302,6 +302,72 @@ impl Holder {
     }
 }
 
+impl Holder {
+    /// A child the holder starts (fork and exec) fetches: its answer.
+    pub fn child_fetch(&mut self) -> String {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "child").unwrap();
+        stdin.flush().unwrap();
+        self.wait_line("child ")
+            .strip_prefix("child ")
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A grandchild the holder double-forks (re-parented before it
+    /// connects) fetches: its answer.
+    pub fn grandchild_fetch(&mut self, dir: &Path) -> String {
+        let file = dir.join(format!("grandchild-{}", self.pid()));
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "grandchild {}", file.display()).unwrap();
+        stdin.flush().unwrap();
+        self.wait_line("grandchild started");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                return text.trim().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer from the grandchild"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A fresh `task_holder fetch` process (the program started again).
+pub fn fresh_fetch(socket: &Path) -> String {
+    let out = Command::new(HOLDER)
+        .arg("fetch")
+        .arg(socket)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Releases every quarantine and waits until the agent has let go too.
+pub async fn release_all(s: &Setup) {
+    let mut admin = s.server().admin();
+    let list = admin
+        .list_quarantines(lanyard_proto::admin::ListQuarantinesRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .quarantines;
+    for q in list {
+        admin
+            .release_quarantine(lanyard_proto::admin::QuarantineRequest { id: q.id })
+            .await
+            .unwrap();
+    }
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(WAIT, state.wait_for(|snap| snap.quarantines.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
         drop(self.stdin.take());

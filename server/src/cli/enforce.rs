@@ -96,11 +96,31 @@ pub(super) fn revocation_json(r: &types::Revocation) -> serde_json::Value {
 fn quarantine_json(q: &types::Quarantine) -> serde_json::Value {
     json!({
         "id": q.id, "spiffe_id": q.spiffe_id, "node": q.node, "task_id": q.task_id,
-        "scope": q.scope, "reason": q.reason, "source": q.source,
+        "scope": q.scope, "scope_text": scope_text(q), "reason": q.reason, "source": q.source,
         "reported_by": q.reported_by, "created_at": q.created_at,
         "released_at": q.released_at, "released_by": q.released_by,
         "pending": q.pending,
     })
+}
+
+/// What a quarantine's scope holds, in words.
+fn scope_text(q: &types::Quarantine) -> String {
+    match q.scope.as_str() {
+        "entry" => "entry: every process with this SPIFFE ID, on every node".to_owned(),
+        "instance" if q.task_id.is_empty() => format!(
+            "instance: every process with this SPIFFE ID on {}",
+            if q.node.is_empty() {
+                "its node"
+            } else {
+                &q.node
+            }
+        ),
+        "instance" => "instance: the task's holder and its workload on its node (its pod on \
+             Kubernetes, else its systemd unit, else its uid): forks and restarts there are \
+             refused this SPIFFE ID"
+            .to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 fn quarantine_text(q: &types::Quarantine) -> String {
@@ -108,7 +128,7 @@ fn quarantine_text(q: &types::Quarantine) -> String {
         "Quarantine ID : {}\nSPIFFE ID     : {}\nScope         : {}\nReason        : {}\nSource        : {}\nReported by   : {}\nCreated       : {}\n",
         q.id,
         q.spiffe_id,
-        q.scope,
+        scope_text(q),
         q.reason,
         q.source,
         q.reported_by,
@@ -250,4 +270,31 @@ pub(super) async fn run_quarantine(cmd: QuarantineCmd) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_says_what_a_quarantine_holds() {
+        let mut q = types::Quarantine {
+            scope: "instance".into(),
+            task_id: "t1".into(),
+            ..Default::default()
+        };
+        let text = quarantine_text(&q);
+        assert!(
+            text.contains("its pod on Kubernetes, else its systemd unit, else its uid"),
+            "{text}"
+        );
+        q.task_id.clear();
+        q.node = "spiffe://td/node".into();
+        assert!(
+            quarantine_text(&q).contains("every process with this SPIFFE ID on spiffe://td/node")
+        );
+        q.scope = "entry".into();
+        assert!(quarantine_text(&q).contains("on every node"));
+        assert_eq!(quarantine_json(&q)["scope"], "entry");
+    }
 }
