@@ -150,7 +150,13 @@ pub async fn build_with(
             limits.max_connections_per_caller,
         ),
         use_pidfd: config.use_pidfd,
+        boundaries: crate::listener::Boundaries {
+            kubelet: config.k8s.as_ref().map(|k| k.cgroups.clone()),
+            ..Default::default()
+        },
+        header_timeout: limits.header_timeout,
     };
+    lanyard_uds::set_buffer_budget(limits.max_buffered_header_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -180,6 +186,10 @@ pub async fn build_with(
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        // A peer that stops answering PINGs is dropped (quiet streams are
+        // not: clients answer them).
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(lanyard_metrics::CallsLayer::new(metrics.calls.clone()))
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(api))

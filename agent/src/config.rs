@@ -66,6 +66,12 @@ pub struct RawConfig {
     pub max_connections_per_caller: Option<usize>,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_streams_per_connection: Option<u32>,
+    /// How long a caller has to complete the HTTP/2 preface, a frame
+    /// header or a header block once begun (default 10s).
+    pub header_timeout: Option<String>,
+    /// Most bytes held for incomplete HTTP/2 frames and header blocks
+    /// across every Workload API connection (default 64 MiB).
+    pub max_buffered_header_bytes: Option<usize>,
     /// Largest executable hashed for `unix:sha256`, bytes.
     pub max_hash_bytes: Option<u64>,
     /// Runtime worker threads (default: one per CPU).
@@ -121,6 +127,10 @@ pub struct Limits {
     pub max_connections_per_caller: usize,
     /// Most concurrent streams per connection.
     pub max_streams_per_connection: u32,
+    /// Deadline of the HTTP/2 preface, frame headers and header blocks.
+    pub header_timeout: std::time::Duration,
+    /// Most bytes held for incomplete frames and header blocks.
+    pub max_buffered_header_bytes: usize,
     /// Largest executable hashed for `unix:sha256`.
     pub max_hash_bytes: u64,
     /// Bytes of JWT-SVIDs cached.
@@ -135,6 +145,8 @@ impl Default for Limits {
             max_connections: 8192,
             max_connections_per_caller: 256,
             max_streams_per_connection: 128,
+            header_timeout: lanyard_uds::shim::DEFAULT_HEADER_TIMEOUT,
+            max_buffered_header_bytes: lanyard_uds::shim::DEFAULT_BUFFER_BUDGET,
             max_hash_bytes: crate::attestor::DEFAULT_MAX_HASH_BYTES,
             jwt_cache_bytes: 16 << 20,
             jwt_signings_per_caller_per_second: 20,
@@ -277,6 +289,8 @@ impl RawConfig {
             max_connections,
             max_connections_per_caller,
             max_streams_per_connection,
+            header_timeout,
+            max_buffered_header_bytes,
             max_hash_bytes,
             worker_threads,
             jwt_cache_bytes,
@@ -367,6 +381,22 @@ impl RawConfig {
                 "max_streams_per_connection",
                 self.max_streams_per_connection,
                 d.max_streams_per_connection,
+            )?,
+            header_timeout: match self.header_timeout {
+                Some(t) => {
+                    let t = lanyard_core::duration::parse_duration(&t)
+                        .map_err(|e| ConfigError::invalid("header_timeout", e))?;
+                    if t.is_zero() {
+                        return Err(ConfigError::invalid("header_timeout", "must be above 0"));
+                    }
+                    t
+                }
+                None => d.header_timeout,
+            },
+            max_buffered_header_bytes: at_least_one(
+                "max_buffered_header_bytes",
+                self.max_buffered_header_bytes,
+                d.max_buffered_header_bytes,
             )?,
             max_hash_bytes: self.max_hash_bytes.unwrap_or(d.max_hash_bytes),
             jwt_cache_bytes: at_least_one(

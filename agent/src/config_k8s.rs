@@ -186,6 +186,7 @@ pub fn k8s(raw: Option<RawK8s>) -> Result<Option<K8sSettings>, ConfigError> {
                 .cgroup_root
                 .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             roots: kubelet_roots(r.kubelet_cgroup_roots)?,
+            own: Default::default(),
         },
     }))
 }

@@ -21,28 +21,81 @@ use crate::attestor::ProcessInstance;
 /// every Linux ABI).
 pub const USER_HZ: u64 = 100;
 
-/// Who a caller is for the per-caller limits: its uid and its cgroup (on
-/// Kubernetes every container may run as the same uid; its cgroup differs).
+/// Who a caller is for the per-caller limits: its uid and the boundary it
+/// cannot leave by itself, the deepest directory of its cgroup that root
+/// owns on the cgroupfs (a Kubernetes container, a systemd system unit, a
+/// user's slice). A tenant that makes many cgroups of its own (delegated
+/// subtrees, containers with a writable cgroupfs) makes directories it
+/// owns, so they all count as one caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CallerKey {
     uid: u32,
-    cgroup: u64,
+    boundary: u64,
 }
 
-impl CallerKey {
-    /// The key of the process `pid` running as `uid`.
-    pub fn of(uid: u32, pid: Option<i32>) -> Self {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        if let Some(pid) = pid
-            && let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        {
-            text.hash(&mut h);
-        }
+/// Where callers' cgroup paths are looked up.
+#[derive(Debug, Clone)]
+pub struct Boundaries {
+    /// The cgroupfs mount (`/sys/fs/cgroup`).
+    pub mount: std::path::PathBuf,
+    /// The Kubernetes attestor's view of the cgroupfs, which resolves paths
+    /// outside this agent's cgroup namespace.
+    pub kubelet: Option<crate::attestor::CgroupTrust>,
+}
+
+impl Default for Boundaries {
+    fn default() -> Self {
         Self {
-            uid,
-            cgroup: h.finish(),
+            mount: "/sys/fs/cgroup".into(),
+            kubelet: None,
         }
+    }
+}
+
+impl Boundaries {
+    /// The key of the process `pid` running as `uid`.
+    pub fn key(&self, uid: u32, pid: Option<i32>) -> CallerKey {
+        use std::hash::{Hash, Hasher};
+        let boundary = pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+            .and_then(|text| self.boundary(&text));
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        boundary.hash(&mut h);
+        CallerKey {
+            uid,
+            boundary: h.finish(),
+        }
+    }
+
+    /// The deepest root-owned directory of the unified hierarchy's path in
+    /// `cgroup_file`; `None` (the uid alone) when it cannot be found.
+    fn boundary(&self, cgroup_file: &str) -> Option<String> {
+        let path = cgroup_file
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))?
+            .trim_end();
+        let (base, abs) = if path.split('/').any(|s| s == "..") {
+            self.kubelet.as_ref()?.unified_absolute(path)?
+        } else {
+            let base = [self.mount.join("unified"), self.mount.clone()]
+                .into_iter()
+                .find(|d| d.join("cgroup.controllers").exists())?;
+            (base, path.to_owned())
+        };
+        deepest_root_owned(&base, &abs)
+    }
+}
+
+/// The deepest of `path` and its ancestors (under `base`) owned by root.
+fn deepest_root_owned(base: &std::path::Path, path: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    loop {
+        let dir = segments.iter().fold(base.to_path_buf(), |d, s| d.join(s));
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == 0) {
+            return Some(format!("/{}", segments.join("/")));
+        }
+        segments.pop()?;
     }
 }
 
@@ -73,7 +126,7 @@ impl ConnInfo {
             cred: Some(cred),
             accepted_ticks: uptime_ticks(),
             instance: Some(Arc::new(ProcessInstance::capture(socket, pid, true))),
-            caller: CallerKey::of(cred.uid(), Some(pid)),
+            caller: Boundaries::default().key(cred.uid(), Some(pid)),
         }
     }
 }
@@ -152,6 +205,10 @@ pub struct Admission {
     pub limits: ConnLimiter<CallerKey>,
     /// Pin callers with a pidfd where the kernel has `SO_PEERPIDFD`.
     pub use_pidfd: bool,
+    /// What a caller's key is made of.
+    pub boundaries: Boundaries,
+    /// Deadline of the HTTP/2 preface, frame headers and header blocks.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Accepted connections with their [`ConnInfo`]. Connections over a limit
@@ -180,7 +237,9 @@ pub fn incoming(
             let accepted_ticks = uptime_ticks();
             let cred = stream.peer_cred().ok();
             let pid = cred.and_then(|c| c.pid());
-            let caller = CallerKey::of(cred.map_or(u32::MAX, |c| c.uid()), pid);
+            let caller = admission
+                .boundaries
+                .key(cred.map_or(u32::MAX, |c| c.uid()), pid);
             let permit = match admission.limits.try_acquire(caller) {
                 Ok(p) => p,
                 Err(e) => {
@@ -192,7 +251,7 @@ pub fn incoming(
             let instance =
                 pid.map(|p| Arc::new(ProcessInstance::capture(&stream, p, admission.use_pidfd)));
             let conn = WorkloadConn {
-                inner: AuthorityShim::new(stream),
+                inner: AuthorityShim::with_header_timeout(stream, admission.header_timeout),
                 info: ConnInfo {
                     id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     cred,
@@ -210,6 +269,24 @@ pub fn incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boundary_is_the_deepest_root_owned_cgroup() {
+        let b = Boundaries::default();
+        // This process's own cgroup exists and root owns it (tests run as
+        // root); a path below it that does not exist falls back to it.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let mine = b.boundary(&own).unwrap();
+        assert_eq!(mine.trim_end_matches('/'), path.trim_end_matches('/'));
+        let deeper = format!("0::{}/no-such-child\n", path.trim_end_matches('/'));
+        assert_eq!(b.boundary(&deeper), Some(mine));
+        // Outside this agent's namespace with no kubelet view: the uid alone.
+        assert_eq!(b.boundary("0::/../../pod/x\n"), None);
+        assert_eq!(b.boundary("garbage"), None);
+        assert_eq!(b.key(5, None), b.key(5, None));
+        assert_ne!(b.key(5, None), b.key(6, None));
+    }
 
     #[test]
     fn parses_uptime() {

@@ -57,6 +57,7 @@ pub struct AgentMetrics {
     tasks: Gauge,
     jwt_cache_bytes: Gauge,
     audit_waiting: Gauge,
+    header_buffered_bytes: Gauge,
 }
 
 impl Default for AgentMetrics {
@@ -85,6 +86,10 @@ impl Default for AgentMetrics {
                 "lanyard_agent_audit_queue_records",
                 "Decision records queued for the server's audit log",
             ),
+            header_buffered_bytes: r.gauge(
+                "lanyard_agent_header_buffered_bytes",
+                "Bytes held for incomplete HTTP/2 frames and header blocks on the socket",
+            ),
             registry: r,
         }
     }
@@ -111,6 +116,7 @@ impl AgentMetrics {
                 set(&self.tasks, snap.tasks.len());
             }
             set(&self.jwt_cache_bytes, jwt.bytes());
+            set(&self.header_buffered_bytes, lanyard_uds::buffered_bytes());
             set(
                 &self.audit_waiting,
                 usize::try_from(queue.waiting()).unwrap_or(usize::MAX),

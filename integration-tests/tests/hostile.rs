@@ -272,3 +272,225 @@ async fn a_tcp_flood_from_one_peer_does_not_stop_agents_on_another() {
     agent.shutdown().await;
     server.stop().await;
 }
+
+/// The agent's gauge of bytes held for incomplete HTTP/2 headers, scraped
+/// from its metrics endpoint.
+async fn header_bytes(addr: std::net::SocketAddr) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let (_, body) = buf.split_once("\r\n\r\n")?;
+    lanyard_metrics::parse_exposition(body)
+        .ok()?
+        .get("lanyard_agent_header_buffered_bytes")
+        .copied()
+}
+
+/// A helper copy another uid may execute.
+fn tricks_for_others(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tricks = dir.join("peer_tricks");
+    std::fs::copy(TRICKS, &tricks).unwrap();
+    std::fs::set_permissions(&tricks, std::fs::Permissions::from_mode(0o755)).unwrap();
+    tricks
+}
+
+/// 1,000 connections of another uid send the HTTP/2 preface and half a
+/// header frame, then stall: the agent holds their bytes (counted in its
+/// metric) only until the header deadline, closes every one, and the
+/// metric returns to its floor; everyone else is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stalled_mid_header_are_dropped_and_their_bytes_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let tricks = tricks_for_others(dir.path());
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    server
+        .entry_for_me("spiffe://example.org/w", NODE, 60)
+        .await;
+    let agent = agent_with(&server, |c| {
+        c.limits.max_connections_per_caller = 2000;
+        c.limits.header_timeout = Duration::from_secs(3);
+        c.metrics_bind = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = agent.metrics_addr.unwrap();
+    wait_for_svid(&agent.socket).await;
+    let floor = eventually("the metric", WAIT, || header_bytes(metrics)).await;
+    let mut stall = Command::new(&tricks)
+        .arg("stall")
+        .arg(&agent.socket)
+        .arg("1000")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = stall.stdin.take().unwrap();
+    let out = stall.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(ready, "ready 1000");
+    // Held while they stall (the gauge is sampled every 2 s).
+    let peak = eventually("the stalled bytes counted", WAIT, || async {
+        header_bytes(metrics)
+            .await
+            .filter(|b| *b > floor + 1000.0 * 300.0)
+    })
+    .await;
+    // Everyone else is served meanwhile.
+    let client = WorkloadApiClient::connect_to(endpoint(&agent.socket))
+        .await
+        .unwrap();
+    client.fetch_x509_svid().await.unwrap();
+    // After the deadline: every stalled connection closed, bytes released.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        use std::io::Write;
+        writeln!(stdin, "count").unwrap();
+        let line = rx.recv_timeout(WAIT).unwrap();
+        if line == "closed 1000" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still open: {line}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually("the metric back to its floor", WAIT, || async {
+        header_bytes(metrics).await.filter(|b| *b <= floor)
+    })
+    .await;
+    println!("stalled: floor {floor} B, peak {peak} B for 1,000 connections");
+    drop(stdin);
+    let _ = stall.wait();
+    agent.shutdown().await;
+    server.stop().await;
+}
+
+/// One uid makes 64 cgroups of its own (a delegated subtree) and fills
+/// each with connections: they count as one caller, so the agent's total
+/// is never reached and another uid is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_cgroups_of_one_uid_cannot_lock_another_uid_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let tricks = tricks_for_others(dir.path());
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    server
+        .entry_for_me("spiffe://example.org/w", NODE, 60)
+        .await;
+    let agent = agent_with(&server, |c| {
+        c.limits.max_connections = 200;
+        c.limits.max_connections_per_caller = 20;
+    })
+    .await;
+    wait_for_svid(&agent.socket).await;
+    // A subtree delegated to uid 65534, as systemd delegates one to a user
+    // or a runtime to a container; the tenant makes 64 cgroups in it.
+    let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|d| d.join("cgroup.controllers").exists())
+        .expect("a unified cgroup hierarchy");
+    let top = unified.join(format!("lanyard-test-{}", std::process::id()));
+    std::fs::create_dir(&top).unwrap();
+    let _cleanup = RemoveTree(top.clone());
+    let tenant = top.join("tenant");
+    std::fs::create_dir(&tenant).unwrap();
+    for f in ["", "cgroup.procs", "cgroup.subtree_control"] {
+        std::os::unix::fs::chown(tenant.join(f), Some(65534), Some(65534)).unwrap();
+    }
+    let mut floods = Vec::new();
+    for i in 0..64 {
+        let cg = tenant.join(format!("c{i}"));
+        let made = Command::new("mkdir")
+            .arg(&cg)
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Moved in by root (the tenant could not leave the root cgroup),
+        // then running as the tenant.
+        let mut flood = Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec setpriv --reuid=65534 --regid=65534 --clear-groups "$1" flood "$2" 20"#)
+            .arg(&cg)
+            .arg(&tricks)
+            .arg(&agent.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (flood, ready) = tokio::task::spawn_blocking(move || {
+            let l = lines(&mut flood, 1);
+            (flood, l)
+        })
+        .await
+        .unwrap();
+        assert!(
+            ready.first().is_some_and(|l| l.starts_with("ready ")),
+            "{ready:?}"
+        );
+        floods.push(flood);
+    }
+    // Each flood process is in a cgroup of its own.
+    let cgroup_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_ne!(cgroup_of(floods[0].id()), cgroup_of(floods[1].id()));
+    // Another uid (this process) is served: 3 fresh connections.
+    for _ in 0..3 {
+        let client = eventually("a connection to the agent", WAIT, || async {
+            WorkloadApiClient::connect_to(endpoint(&agent.socket))
+                .await
+                .ok()
+        })
+        .await;
+        let svid = tokio::time::timeout(WAIT, client.fetch_x509_svid())
+            .await
+            .expect("fetch within the deadline")
+            .expect("an SVID while the tenant holds its connections");
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/w");
+    }
+    for mut flood in floods {
+        drop(flood.stdin.take());
+        let _ = flood.wait();
+    }
+    agent.shutdown().await;
+    server.stop().await;
+}
+
+/// A cgroup tree made by a test, removed (deepest first, waiting for its
+/// processes to leave) when dropped, also when the test fails.
+struct RemoveTree(std::path::PathBuf);
+
+impl Drop for RemoveTree {
+    fn drop(&mut self) {
+        fn dirs(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs(&e.path(), out);
+                }
+            }
+            out.push(d.to_owned());
+        }
+        let mut all = vec![];
+        dirs(&self.0, &mut all);
+        for d in all {
+            for _ in 0..100 {
+                if std::fs::remove_dir(&d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

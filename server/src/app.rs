@@ -269,6 +269,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             stop(shutdown_rx.clone()),
         );
     let admin_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(AdminServer::with_interceptor(admin, check_peer_uid))
         .serve_with_incoming_shutdown(admin_incoming(admin_listener), stop(shutdown_rx.clone()));
     let renewer = renew_identity(identity, ca.clone(), clock, shutdown_rx.clone());

@@ -9,7 +9,7 @@
 //! `RST_STREAM PROTOCOL_ERROR` before a handler runs, so every non-Go,
 //! non-Rust SPIFFE client would be locked out.
 //!
-//! [`AuthorityShim`] sits between the accepted socket and the HTTP/2 server
+//! [`crate::shim::AuthorityShim`] sits between the accepted socket and the HTTP/2 server
 //! and rewrites, on the client-to-server direction only, a `:authority` that
 //! is not a valid URI authority to `localhost`. It is applied to unix
 //! listeners only; TCP/TLS listeners keep h2's strict parsing.
@@ -39,12 +39,8 @@
 //! whole transport. The shim costs one HPACK decode per request header block
 //! (a few microseconds) and keeps both listeners on the stock stack.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::io;
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -100,6 +96,8 @@ pub struct Rewriter {
     decoder: crate::hpack::Decoder,
     reencode: bool,
     rewritten: u64,
+    /// Frames and header blocks completed (the preface counts as one).
+    progress: u64,
 }
 
 impl std::fmt::Debug for Rewriter {
@@ -138,6 +136,7 @@ impl Rewriter {
             decoder,
             reencode: false,
             rewritten: 0,
+            progress: 0,
         }
     }
 
@@ -154,6 +153,33 @@ impl Rewriter {
             Phase::Frames if self.block.is_none() => self.passthrough,
             _ => 0,
         }
+    }
+
+    /// Whether the client is in the middle of its preface, a frame header
+    /// or a header block (what a header-read deadline covers).
+    pub fn mid_header(&self, input_pending: bool) -> bool {
+        match self.phase {
+            Phase::Preface(_) => true,
+            Phase::Transparent => false,
+            Phase::Frames => input_pending || self.block.is_some(),
+        }
+    }
+
+    /// Whether the client preface is still being read.
+    pub fn in_preface(&self) -> bool {
+        matches!(self.phase, Phase::Preface(_))
+    }
+
+    /// Frames and header blocks completed so far: a header-read deadline
+    /// starts again only when this moves (CONTINUATION frames inside a
+    /// block do not move it).
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Bytes the rewriter holds (a header block's fragments so far).
+    pub fn held(&self) -> usize {
+        self.block.as_ref().map_or(0, |b| b.fragment.capacity())
     }
 
     /// Records that `n` bytes were handed on directly.
@@ -184,6 +210,7 @@ impl Rewriter {
                     input.advance(n);
                     if seen + n == PREFACE.len() {
                         self.phase = Phase::Frames;
+                        self.progress += 1;
                     } else {
                         self.phase = Phase::Preface(seen + n);
                         return Ok(());
@@ -213,6 +240,7 @@ impl Rewriter {
                         output.extend_from_slice(&input[..FRAME_HEADER]);
                         input.advance(FRAME_HEADER);
                         self.passthrough = len;
+                        self.progress += 1;
                         continue;
                     }
                     if len > MAX_BLOCK {
@@ -310,6 +338,7 @@ impl Rewriter {
         let Some(block) = self.block.take() else {
             return Ok(());
         };
+        self.progress += 1;
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut decoded = 0usize;
         let mut too_big = false;
@@ -418,145 +447,6 @@ fn put_frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream:
     out.put_u8(kind);
     out.put_u8(flags);
     out.put_u32(stream & 0x7fff_ffff);
-}
-
-/// An accepted unix stream whose client-to-server HTTP/2 bytes go through a
-/// [`Rewriter`]; writes pass straight through.
-pub struct AuthorityShim<IO> {
-    io: IO,
-    rewriter: Rewriter,
-    input: BytesMut,
-    output: BytesMut,
-    /// Reused read buffer (not zeroed on every read).
-    scratch: Box<[u8]>,
-    eof: bool,
-}
-
-impl<IO> std::fmt::Debug for AuthorityShim<IO> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthorityShim")
-            .field("rewriter", &self.rewriter)
-            .finish()
-    }
-}
-
-impl<IO> AuthorityShim<IO> {
-    /// Wraps an accepted stream.
-    pub fn new(io: IO) -> Self {
-        Self {
-            io,
-            rewriter: Rewriter::new(),
-            input: BytesMut::new(),
-            output: BytesMut::new(),
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            eof: false,
-        }
-    }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-}
-
-/// Size of one read from the socket into the shim's buffer.
-const READ_CHUNK: usize = 16 * 1024;
-
-impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected
-    for AuthorityShim<IO>
-{
-    type ConnectInfo = IO::ConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityShim<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.output.is_empty() {
-                let n = this.output.len().min(buf.remaining());
-                buf.put_slice(&this.output[..n]);
-                this.output.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            // Bytes that need no inspection go straight into the caller's
-            // buffer (DATA frames, or everything once transparent).
-            let budget = this.rewriter.direct_budget();
-            if this.input.is_empty() && budget > 0 && buf.remaining() > 0 {
-                let limit = budget.min(buf.remaining());
-                let slot = buf.initialize_unfilled_to(limit);
-                let mut sub = ReadBuf::new(slot);
-                ready!(Pin::new(&mut this.io).poll_read(cx, &mut sub))?;
-                let n = sub.filled().len();
-                if n == 0 {
-                    this.eof = true;
-                    return Poll::Ready(Ok(()));
-                }
-                buf.advance(n);
-                this.rewriter.consumed_directly(n);
-                return Poll::Ready(Ok(()));
-            }
-            if !this.input.is_empty() {
-                let before = (this.input.len(), this.output.len());
-                this.rewriter.process(&mut this.input, &mut this.output)?;
-                if !this.output.is_empty() {
-                    continue;
-                }
-                let progressed = (this.input.len(), this.output.len()) != before;
-                if progressed && this.rewriter.direct_budget() > 0 && this.input.is_empty() {
-                    continue;
-                }
-            }
-            if this.input.len() > MAX_BLOCK + FRAME_HEADER {
-                return Poll::Ready(Err(invalid("HTTP/2 header block too large")));
-            }
-            let mut rb = ReadBuf::new(&mut this.scratch[..]);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
-                this.eof = true;
-                // An incomplete frame is left for the server to notice the
-                // truncated connection.
-                continue;
-            }
-            this.input.extend_from_slice(rb.filled());
-            this.rewriter.process(&mut this.input, &mut this.output)?;
-        }
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for AuthorityShim<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

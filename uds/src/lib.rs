@@ -9,10 +9,11 @@
 pub mod authority;
 pub mod hpack;
 pub mod limits;
+pub mod shim;
 pub mod socket;
 
-pub use authority::AuthorityShim;
 pub use limits::{AcceptBackoff, ConnLimiter, ConnPermit, LimitError, Limited};
+pub use shim::{AuthorityShim, buffered_bytes, set_buffer_budget};
 pub use socket::{
     SocketDir, SocketError, bind_unix_listener, own_uid, secure_dir, socket_path, unix_channel,
 };

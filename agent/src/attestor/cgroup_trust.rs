@@ -28,6 +28,8 @@ pub struct CgroupTrust {
     pub mount: PathBuf,
     /// Segment names of the kubelet's cgroup roots.
     pub roots: Vec<String>,
+    /// This agent's own directory per hierarchy, once found.
+    pub own: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
 }
 
 /// How deep below a kubelet root the agent looks for its own cgroup.
@@ -38,6 +40,20 @@ impl CgroupTrust {
     /// under one of the kubelet's roots, found by its PID in
     /// `cgroup.procs`.
     fn own_path(&self, base: &Path) -> Option<String> {
+        let known = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(own) = known.get(base) {
+            return Some(own.clone());
+        }
+        drop(known);
+        let found = self.search_own_path(base)?;
+        self.own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(base.to_owned(), found.clone());
+        Some(found)
+    }
+
+    fn search_own_path(&self, base: &Path) -> Option<String> {
         let me = std::process::id().to_string();
         let mut frontier: Vec<(PathBuf, String)> = self
             .roots
@@ -62,6 +78,15 @@ impl CgroupTrust {
             frontier = next;
         }
         None
+    }
+
+    /// The unified hierarchy's directory and `path` (a line of a cgroup
+    /// file, `/..` first when outside this agent's cgroup namespace) from
+    /// that hierarchy's root.
+    pub fn unified_absolute(&self, path: &str) -> Option<(PathBuf, String)> {
+        let base = self.hierarchy_dir(&Hierarchy::Unified)?;
+        let abs = self.absolute(&base, path).ok()?;
+        Some((base, abs))
     }
 
     /// `path` as seen from the hierarchy's root: a path relative to this
@@ -167,6 +192,7 @@ mod tests {
         CgroupTrust {
             mount: PathBuf::from("/sys/fs/cgroup"),
             roots: DEFAULT_KUBELET_ROOTS.map(String::from).to_vec(),
+            own: Default::default(),
         }
     }
 

@@ -3,6 +3,10 @@
 //!
 //! - `flood SOCKET N`: opens N connections and holds them idle; prints
 //!   `ready K` (K opened) and waits until its stdin closes.
+//! - `stall SOCKET N`: opens N connections and on each sends the HTTP/2
+//!   preface and the first half of a HEADERS frame, then stalls; prints
+//!   `ready K`; each stdin line `count` prints `closed C` (how many of them
+//!   the agent has closed); exits when stdin closes.
 //! - `handoff SOCKET`: opens a FetchX509SVID stream, reads the first
 //!   response, hands the connection to a child process (`relay`) and exits.
 //! - `exec SOCKET PROGRAM`: the same, but execs PROGRAM (a copy of this
@@ -26,6 +30,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("flood") => flood(&args[2], args[3].parse().unwrap()),
+        Some("stall") => stall(&args[2], args[3].parse().unwrap()),
         Some("handoff") => handoff(&args[2], None).await,
         Some("exec") => handoff(&args[2], Some(&args[3])).await,
         Some("relay") => relay(
@@ -34,7 +39,7 @@ async fn main() {
                 .and_then(|_| args.get(3))
                 .map(|p| p.parse().unwrap()),
         ),
-        _ => panic!("usage: peer_tricks flood|handoff|exec|relay ..."),
+        _ => panic!("usage: peer_tricks flood|stall|handoff|exec|relay ..."),
     }
 }
 
@@ -50,6 +55,52 @@ fn flood(socket: &str, n: usize) {
     std::io::stdout().flush().unwrap();
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+fn stall(socket: &str, n: usize) {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // A HEADERS frame announcing 1,000 bytes on stream 1, 300 of them sent.
+    let mut partial = PREFACE.to_vec();
+    partial.extend_from_slice(&[0x00, 0x03, 0xe8, 0x01, 0x00, 0, 0, 0, 1]);
+    partial.extend_from_slice(&[0u8; 300]);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(mut s) => {
+                if s.write_all(&partial).is_ok() {
+                    held.push(s);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    println!("ready {}", held.len());
+    std::io::stdout().flush().unwrap();
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "count" {
+            let closed = held
+                .iter_mut()
+                .map(|s| {
+                    s.set_nonblocking(true).unwrap();
+                    let mut buf = [0u8; 4096];
+                    // The agent's SETTINGS may come first; EOF or an error
+                    // after them means closed.
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => return true,
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                            Err(_) => return true,
+                        }
+                    }
+                })
+                .filter(|closed| *closed)
+                .count();
+            println!("closed {closed}");
+            std::io::stdout().flush().unwrap();
+        }
+    }
 }
 
 async fn handoff(socket: &str, program: Option<&str>) {
