@@ -62,7 +62,8 @@ pub struct RawConfig {
     pub audit: Option<RawAudit>,
     /// Most open Workload API connections in total.
     pub max_connections: Option<usize>,
-    /// Most open Workload API connections per caller (its uid and cgroup).
+    /// Most open Workload API connections per caller (its uid and root-made
+    /// cgroup boundary).
     pub max_connections_per_caller: Option<usize>,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_streams_per_connection: Option<u32>,
