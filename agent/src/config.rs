@@ -124,6 +124,9 @@ pub enum Bootstrap {
 pub struct Limits {
     /// Most open connections in total (kept below the descriptor limit).
     pub max_connections: usize,
+    /// `max_connections` was not configured: it may be lowered to fit the
+    /// descriptor limit of the machine it starts on.
+    pub max_connections_default: bool,
     /// Most open connections per caller.
     pub max_connections_per_caller: usize,
     /// Most concurrent streams per connection.
@@ -144,6 +147,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 8192,
+            max_connections_default: true,
             max_connections_per_caller: 256,
             max_streams_per_connection: 128,
             header_timeout: lanyard_uds::shim::DEFAULT_HEADER_TIMEOUT,
@@ -368,6 +372,7 @@ impl RawConfig {
         };
         let d = Limits::default();
         let limits = Limits {
+            max_connections_default: self.max_connections.is_none(),
             max_connections: at_least_one(
                 "max_connections",
                 self.max_connections,

@@ -29,29 +29,45 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// Raises the soft descriptor limit so the connection limits, not the
-/// kernel, decide when a caller is refused; warns when even the hard limit
-/// is below them.
-fn raise_fd_limit(config: &lanyard_agent::Config) {
+/// kernel, decide when a caller is refused. Each connection holds its
+/// socket, a pidfd and a /proc/PID directory: `max_connections` needs
+/// 3 x it + 1024 descriptors. A default that does not fit the hard limit
+/// is lowered to fit (said at info); only a configured value that does not
+/// fit is warned about.
+fn fit_fd_limit(config: &mut lanyard_agent::Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    // Each connection holds its socket, a pidfd and a /proc/PID directory.
-    let want = (config.limits.max_connections as u64)
-        .saturating_mul(3)
-        .saturating_add(1024);
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) => {
-            let target = want.min(hard);
-            if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() {
-                tracing::warn!(soft, hard, "cannot raise the descriptor limit");
-            }
-            if hard < want {
-                tracing::warn!(
-                    hard,
-                    max_connections = config.limits.max_connections,
-                    "descriptor limit is below 3 x max_connections + 1024; lower max_connections or raise LimitNOFILE"
-                );
-            }
+    let need = |conns: usize| (conns as u64).saturating_mul(3).saturating_add(1024);
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(?e, "cannot read the descriptor limit");
+            return;
         }
-        Err(e) => tracing::warn!(?e, "cannot read the descriptor limit"),
+    };
+    let limits = &mut config.limits;
+    if hard < need(limits.max_connections) {
+        if limits.max_connections_default {
+            let fits = usize::try_from(hard.saturating_sub(1024) / 3)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            tracing::info!(
+                hard,
+                max_connections = fits,
+                "max_connections lowered from its default to fit the descriptor limit"
+            );
+            limits.max_connections = fits;
+            limits.max_connections_per_caller = limits.max_connections_per_caller.min(fits);
+        } else {
+            tracing::warn!(
+                hard,
+                max_connections = limits.max_connections,
+                "descriptor limit is below 3 x max_connections + 1024; lower max_connections or raise LimitNOFILE"
+            );
+        }
+    }
+    let target = need(limits.max_connections).min(hard);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() {
+        tracing::warn!(soft, hard, "cannot raise the descriptor limit");
     }
 }
 
@@ -85,10 +101,10 @@ fn run(args: &lanyard_agent::cli::RunArgs) -> anyhow::Result<()> {
     let raw = args.raw_config()?;
     let workers = raw.worker_threads()?;
     runtime(workers)?.block_on(async {
-        let config = raw.validate()?;
+        let mut config = raw.validate()?;
         init_tracing(config.log_format);
+        fit_fd_limit(&mut config);
         tracing::info!(?config, ?workers, "configuration");
-        raise_fd_limit(&config);
         let bound = lanyard_agent::build(config).await?;
         bound.run_until(shutdown_signal()).await;
         Ok(())

@@ -197,3 +197,143 @@ fn client_commands_explain_a_missing_socket() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--join-token"), "{err}");
 }
+
+/// The development overlay that skips the kubelet's certificate check
+/// warns at every start: its own agent.toml (paths moved into a temporary
+/// directory), started twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_insecure_kubelet_overlay_warns_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let overlay = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/kubernetes/overlays/dev-insecure-kubelet/agent.toml"),
+    )
+    .unwrap();
+    assert!(overlay.contains("kubelet_insecure_skip_verify = true"));
+    let td = lanyard_core::TrustDomain::new("example.org").unwrap();
+    let ca = lanyard_core::x509::X509Authority::generate_root(
+        &td,
+        std::time::SystemTime::now(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("bundle.pem"),
+        lanyard_core::x509::der_to_pem("CERTIFICATE", &[ca.cert_der().to_vec()]),
+    )
+    .unwrap();
+    std::fs::write(d.join("psat"), "token\n").unwrap();
+    std::fs::write(d.join("sa"), "token\n").unwrap();
+    let config = overlay
+        .replace(
+            "/etc/lanyard/bundle/bundle.pem",
+            &d.join("bundle.pem").display().to_string(),
+        )
+        .replace(
+            "/var/run/secrets/tokens/lanyard-agent",
+            &d.join("psat").display().to_string(),
+        )
+        .replace(
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            &d.join("sa").display().to_string(),
+        )
+        .replace(
+            "/run/lanyard/agent/api.sock",
+            &d.join("api.sock").display().to_string(),
+        )
+        .replace(
+            "/var/lib/lanyard/agent",
+            &d.join("data").display().to_string(),
+        )
+        .replace("0.0.0.0:9091", "127.0.0.1:0")
+        .replace("/host/sys/fs/cgroup", "/sys/fs/cgroup")
+        .replace(
+            "lanyard-server.lanyard.svc.cluster.local:8081",
+            "127.0.0.1:1",
+        );
+    std::fs::write(d.join("agent.toml"), config).unwrap();
+    for _ in 0..2 {
+        let mut c = Command::new(BIN);
+        c.args(["run", "--config"])
+            .arg(d.join("agent.toml"))
+            .env("LANYARD_K8S_NODE_NAME", "node-1");
+        let log = start_log(c, "kubelet_insecure_skip_verify").await;
+        assert!(
+            log.lines()
+                .any(|l| l.contains("kubelet_insecure_skip_verify") && l.contains("WARN")),
+            "no warning at start: {log}"
+        );
+    }
+}
+
+/// What the agent started by `cmd` logs until a line containing `until`
+/// (or 10 s); then it is stopped.
+async fn start_log(mut cmd: Command, until: &'static str) -> String {
+    let mut child = Agent(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = String::new();
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            log.push_str(&l);
+            log.push('\n');
+            if l.contains(until) {
+                break;
+            }
+        }
+        drop(child);
+        log
+    })
+    .await
+    .unwrap()
+}
+
+/// With the default connection limits on a machine whose descriptor
+/// limit is too low for them, the agent fits them to it and says so at
+/// info, without a warning; a configured limit that does not fit is warned
+/// about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_limits_fit_the_machine_and_only_a_configured_misfit_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |extra: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "ulimit -n 4096 && exec \"$0\" run --trust-domain example.org --server 127.0.0.1:1 --join-token t --insecure-bootstrap --socket {} --data-dir {} {extra}",
+                d.join("a.sock").display(),
+                d.join("data").display()
+            ))
+            .arg(BIN);
+        c
+    };
+    let log = start_log(run(""), "configuration").await;
+    assert!(!log.contains("WARN"), "{log}");
+    assert!(log.contains("max_connections lowered"), "{log}");
+    assert!(log.contains("max_connections: 1024"), "{log}");
+    std::fs::write(d.join("agent.toml"), "max_connections = 8192\n").unwrap();
+    let log = start_log(
+        run(&format!("--config {}", d.join("agent.toml").display())),
+        "configuration",
+    )
+    .await;
+    assert!(
+        log.contains("WARN") && log.contains("descriptor limit is below"),
+        "{log}"
+    );
+}
