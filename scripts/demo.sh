@@ -84,9 +84,13 @@ $BIN/lanyard-server entry create --spiffe-id "$PLANNER" \
 
 step "Loading the Cedar policies in examples/policies/agents.cedar"
 $BIN/lanyard-server policy set examples/policies/agents.cedar --admin-socket "$ADMIN"
+# A dry run: exit status 0 when everything asked is allowed, 1 when
+# something is denied (shell.exec is, here), 2 when it cannot answer.
+rc=0
 $BIN/lanyard-server policy test --spiffe-id "$PLANNER" --task-type report.generate \
   --tool crm.read --tool shell.exec --on-behalf-of user:alice@example.com \
-  --admin-socket "$ADMIN"
+  --admin-socket "$ADMIN" || rc=$?
+[ "$rc" -eq 1 ] || { echo "error: policy test should deny shell.exec (exit $rc)" >&2; exit 1; }
 
 # Wait until the agent has the new entry.
 for _ in $(seq 1 50); do

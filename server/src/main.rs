@@ -59,9 +59,17 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<lanyard_server::cli::CliError>() {
+            Some(c) => {
+                if !c.message.is_empty() {
+                    eprintln!("error: {}", c.message);
+                }
+                ExitCode::from(c.exit)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -448,3 +448,136 @@ fn run_refuses_a_data_dir_of_another_trust_domain() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `policy test` answers with its exit status (0 allowed, 1 denied, 2 no
+/// answer), and `entry update` can turn `--require-task` and
+/// `--enforcement-point` off again.
+#[test]
+fn policy_test_exits_by_decision_and_update_turns_flags_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let _server = start(dir.path());
+    let d = dir.path();
+    let id = "spiffe://example.org/agent/planner";
+    let created = ok(&admin(
+        d,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--parent-id",
+            "spiffe://example.org/node/n1",
+            "--selector",
+            "unix:uid:1000",
+            "--require-task",
+            "--enforcement-point",
+            "--allow-task-type",
+            "report.generate",
+            "--allow-tool",
+            "crm.read",
+            "--allow-tool",
+            "shell.exec",
+            "--output",
+            "json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(v["require_task"], true);
+    assert_eq!(v["enforcement_point"], true);
+    let entry_id = v["id"].as_str().unwrap().to_owned();
+    let show = |o: &Output| -> serde_json::Value { serde_json::from_str(&ok(o)).unwrap() };
+    // Off again; an update that does not name them keeps them.
+    let v = show(&admin(
+        d,
+        &[
+            "entry",
+            "update",
+            &entry_id,
+            "--require-task=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(v["require_task"], false);
+    assert_eq!(v["enforcement_point"], true);
+    let v = show(&admin(
+        d,
+        &[
+            "entry",
+            "update",
+            &entry_id,
+            "--max-task-ttl",
+            "10m",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(v["max_task_ttl_seconds"], 600);
+    let v = show(&admin(
+        d,
+        &[
+            "entry", "update", &entry_id, "--hint", "h", "--output", "json",
+        ],
+    ));
+    assert_eq!(v["enforcement_point"], true);
+    assert_eq!(v["max_task_ttl_seconds"], 600);
+    let v = show(&admin(
+        d,
+        &[
+            "entry",
+            "update",
+            &entry_id,
+            "--enforcement-point=false",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!(v["enforcement_point"], false);
+
+    let policy = d.join("p.cedar");
+    std::fs::write(
+        &policy,
+        r#"@id("begin") permit (principal, action == Lanyard::Action::"BeginTask", resource);
+           @id("read") permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"crm.read");"#,
+    )
+    .unwrap();
+    ok(&admin(d, &["policy", "set", policy.to_str().unwrap()]));
+    let test = |tools: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "test",
+            "--spiffe-id",
+            id,
+            "--task-type",
+            "report.generate",
+        ];
+        for t in tools {
+            args.extend(["--tool", t]);
+        }
+        admin(d, &args)
+    };
+    let allowed = test(&["crm.read"]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", ok(&allowed));
+    let denied = test(&["crm.read", "shell.exec"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&denied.stdout);
+    assert!(out.contains("DENY  shell.exec"), "{out}");
+    assert!(
+        denied.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    let unknown = admin(
+        d,
+        &[
+            "policy",
+            "test",
+            "--spiffe-id",
+            "spiffe://example.org/nobody",
+            "--task-type",
+            "x",
+        ],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    fails(&unknown);
+}

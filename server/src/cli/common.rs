@@ -2,13 +2,38 @@
 
 use super::*;
 
-/// A one-line error for the user.
+/// A one-line error for the user, and the exit status it ends with (1,
+/// or 2 for the commands whose 1 means "denied").
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong; empty for a denial already printed.
+    pub message: String,
+    /// The exit status.
+    pub exit: u8,
+}
+
+impl CliError {
+    /// A decision command's answer "denied" (printed already): exit 1.
+    pub fn denied() -> Self {
+        Self {
+            message: String::new(),
+            exit: 1,
+        }
+    }
+
+    /// The same error, ending with exit status `exit`.
+    pub fn with_exit(mut self, exit: u8) -> Self {
+        self.exit = exit;
+        self
+    }
+}
 
 pub(super) fn err(msg: impl ToString) -> CliError {
-    CliError(msg.to_string())
+    CliError {
+        message: msg.to_string(),
+        exit: 1,
+    }
 }
 
 pub(super) fn status_err(s: tonic::Status) -> CliError {

@@ -30,11 +30,11 @@ impl EntryFields {
         if let Some(h) = &self.hint {
             e.hint = h.clone();
         }
-        if self.require_task {
-            e.require_task = true;
+        if let Some(on) = self.require_task {
+            e.require_task = on;
         }
-        if self.enforcement_point {
-            e.enforcement_point = true;
+        if let Some(on) = self.enforcement_point {
+            e.enforcement_point = on;
         }
         let limits = e.task_limits.get_or_insert_with(Default::default);
         if !self.allow_tools.is_empty() {

@@ -250,20 +250,22 @@ pub struct EntryFields {
     /// Hint passed to workloads.
     #[arg(long)]
     pub hint: Option<String>,
-    /// Issue no SVID outside a task.
-    #[arg(long)]
-    pub require_task: bool,
+    /// Issue no SVID outside a task (`--require-task=false` turns it off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub require_task: Option<bool>,
     /// Mark the entry's workloads as enforcement points (tool servers,
-    /// gateways): they may ask their node agent AuthorizeToolCall.
-    #[arg(long)]
-    pub enforcement_point: bool,
+    /// gateways): they may ask their node agent AuthorizeToolCall
+    /// (`--enforcement-point=false` turns it off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub enforcement_point: Option<bool>,
     /// Tool a task may be granted (repeatable).
     #[arg(long = "allow-tool")]
     pub allow_tools: Vec<String>,
     /// Task type the workload may begin (repeatable).
     #[arg(long = "allow-task-type")]
     pub allow_task_types: Vec<String>,
-    /// Longest task window, e.g. 10m [default: 1h].
+    /// Longest task window, e.g. 10m (`create` without it: 1h; `update`
+    /// without it keeps the stored one).
     #[arg(long)]
     pub max_task_ttl: Option<String>,
     /// Highest data sensitivity a task may be granted, e.g. confidential.

@@ -292,10 +292,14 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
             context,
             admin,
         } => {
-            let spiffe_id = check_id("spiffe-id", &spiffe_id)?;
-            let ttl_seconds = ttl_secs("ttl", &ttl)?.unwrap_or(0);
+            // Exit 0: the task and every tool allowed; 1: something
+            // denied; 2: the question could not be answered.
+            let two = |e: CliError| e.with_exit(2);
+            let spiffe_id = check_id("spiffe-id", &spiffe_id).map_err(two)?;
+            let ttl_seconds = ttl_secs("ttl", &ttl).map_err(two)?.unwrap_or(0);
             let r = client(&admin)
-                .await?
+                .await
+                .map_err(two)?
                 .test_policy(TestPolicyRequest {
                     spiffe_id,
                     task_type,
@@ -308,7 +312,7 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                     intent: String::new(),
                 })
                 .await
-                .map_err(status_err)?
+                .map_err(|s| status_err(s).with_exit(2))?
                 .into_inner();
             match admin.output {
                 Output::Json => outln!(
@@ -355,6 +359,9 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                         }
                     );
                 }
+            }
+            if !r.task_allowed || r.tools.iter().any(|t| !t.allowed) {
+                return Err(CliError::denied());
             }
         }
     }
