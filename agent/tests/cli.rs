@@ -337,3 +337,108 @@ async fn default_limits_fit_the_machine_and_only_a_configured_misfit_warns() {
         "{log}"
     );
 }
+
+/// An evicted agent says so, once, with what to do (not "serving cached
+/// SVIDs" at every retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_agent_says_to_restart_with_a_new_join_token() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = lanyard_server::Config::for_dir("example.org", d).unwrap();
+    let server = lanyard_server::build(cfg).await.unwrap();
+    let mut admin = AdminClient::new(unix_channel(&server.admin_socket).unwrap());
+    let token = admin
+        .create_join_token(CreateJoinTokenRequest {
+            agent_id: NODE.into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let bundle = lanyard_core::x509::der_to_pem("CERTIFICATE", &server.ca.snapshot().authorities);
+    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
+    let socket = d.join("agent.sock");
+    let mut agent = Agent(
+        Command::new(BIN)
+            .args(["run", "--trust-domain", "example.org", "--server"])
+            .arg(server.server_addr.to_string())
+            .args(["--join-token", &token, "--trust-bundle"])
+            .arg(d.join("bundle.pem"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(d.join("agent-data"))
+            .args(["--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let err = agent.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let rx = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if l.contains("\"connected to server\"") {
+                return (l, rx);
+            }
+        }
+        panic!("the agent never connected");
+    })
+    .await
+    .unwrap();
+    let (connected, rx) = rx;
+    let v: serde_json::Value = serde_json::from_str(&connected).unwrap();
+    let agent_id = v["fields"]["agent_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{connected}"))
+        .to_owned();
+    admin
+        .evict_agent(lanyard_proto::admin::AgentRequest {
+            spiffe_id: agent_id,
+        })
+        .await
+        .unwrap();
+    let (line, rx) = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if l.contains("evicted:") {
+                return (l, rx);
+            }
+        }
+        panic!("no eviction line");
+    })
+    .await
+    .unwrap();
+    assert!(line.contains("\"ERROR\""), "{line}");
+    assert!(line.contains("restart it with a new join token"), "{line}");
+    // Said once: later retries do not repeat it.
+    let later: Vec<String> = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut v = vec![];
+        while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            v.push(l);
+        }
+        v
+    })
+    .await
+    .unwrap();
+    assert!(
+        !later
+            .iter()
+            .any(|l| l.contains("evicted:") || l.contains("serving cached SVIDs")),
+        "{later:#?}"
+    );
+    drop(agent);
+    server.shutdown().await;
+}

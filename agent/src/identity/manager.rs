@@ -98,6 +98,9 @@ pub struct Manager {
     pub(crate) publish: watch::Sender<Arc<Snapshot>>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) inflight: InFlight,
+    /// The server's refusal of this agent was logged (once until the next
+    /// connection).
+    refusal_logged: bool,
     /// The current server client (set while a session is up).
     pub(super) client: Option<NodeClient<Channel>>,
     /// The current client, for parts that call the server on their own
@@ -167,6 +170,7 @@ impl Manager {
             publish,
             commands,
             inflight: FuturesUnordered::new(),
+            refusal_logged: false,
             client: None,
             client_watch: watch::channel(None).0,
             entries: Arc::new(EntrySet::new(Vec::new())),
@@ -224,6 +228,27 @@ impl Manager {
         // The last bindings are on disk before the agent stops.
         drop(self.task_file);
         let _ = writer.await;
+    }
+
+    /// Says why the sync stream failed: a refusal of this agent (evicted,
+    /// banned, its SVID revoked) once, with what to do; anything else at
+    /// each attempt.
+    fn sync_failed(&mut self, status: &tonic::Status, what: &str) {
+        if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ) {
+            if !self.refusal_logged {
+                self.refusal_logged = true;
+                tracing::error!(
+                    message = status.message(),
+                    server = %self.server,
+                    "evicted: the server refuses this agent (evicted, banned, or its SVID revoked); cached SVIDs are served until they expire; restart it with a new join token (--join-token)"
+                );
+            }
+            return;
+        }
+        tracing::warn!(code = ?status.code(), message = status.message(), server = %self.server, "{what}; serving cached SVIDs");
     }
 
     async fn run_loop(&mut self, shutdown: &mut watch::Receiver<bool>) {
@@ -296,10 +321,11 @@ impl Manager {
         let mut stream = match client.sync(SyncRequest {}).await {
             Ok(s) => s.into_inner(),
             Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), server = %self.server, "cannot open sync stream; serving cached SVIDs");
+                self.sync_failed(&status, "cannot open sync stream");
                 return Next::Reconnect;
             }
         };
+        self.refusal_logged = false;
         self.client = Some(client.clone());
         self.client_watch.send_replace(Some(client.clone()));
         tracing::info!(server = %self.server, agent_id = %identity.spiffe_id, "connected to server");
@@ -322,7 +348,7 @@ impl Manager {
                         return Next::Reconnect;
                     }
                     Err(status) => {
-                        tracing::warn!(code = ?status.code(), message = status.message(), "sync stream failed; serving cached SVIDs");
+                        self.sync_failed(&status, "sync stream failed");
                         return Next::Reconnect;
                     }
                 },
