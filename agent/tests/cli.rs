@@ -338,10 +338,12 @@ async fn default_limits_fit_the_machine_and_only_a_configured_misfit_warns() {
     );
 }
 
-/// An evicted agent says so, once, with what to do (not "serving cached
-/// SVIDs" at every retry).
+/// What the agent's log tells an operator: a caller that matches no
+/// entry, with the selectors it was attested with (once per caller), and
+/// an evicted agent, once, with what to do (not "serving cached SVIDs" at
+/// every retry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_evicted_agent_says_to_restart_with_a_new_join_token() {
+async fn the_log_names_an_unmatched_callers_selectors_and_an_eviction() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -398,6 +400,39 @@ async fn an_evicted_agent_says_to_restart_with_a_new_join_token() {
     .await
     .unwrap();
     let (connected, rx) = rx;
+    // No entry for this caller: refused, and its selectors are logged once.
+    for _ in 0..2 {
+        let o = Command::new(BIN)
+            .args(["api", "fetch", "x509", "--timeout", "5s"])
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix://{}", socket.display()),
+            )
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("no identity issued"));
+    }
+    let (hints, rx) = tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut v = vec![];
+        while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            v.push(l);
+        }
+        (v, rx)
+    })
+    .await
+    .unwrap();
+    let hinted: Vec<&String> = hints
+        .iter()
+        .filter(|l| l.contains("no entry matches this caller"))
+        .collect();
+    assert_eq!(hinted.len(), 1, "{hints:#?}");
+    assert!(
+        hinted[0].contains(&format!("unix:uid:{}", uid())),
+        "{}",
+        hinted[0]
+    );
     let v: serde_json::Value = serde_json::from_str(&connected).unwrap();
     let agent_id = v["fields"]["agent_id"]
         .as_str()

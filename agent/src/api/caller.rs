@@ -47,6 +47,33 @@ impl Caller {
         recheck(&self.conn)
     }
 
+    /// "No identity issued" for this caller; the first time a caller with
+    /// these selectors meets it, the selectors it was attested with are
+    /// logged (at info), so an operator can write the entry it lacks.
+    pub fn no_identity(&self) -> WorkloadError {
+        use std::hash::{Hash, Hasher};
+        static SEEN: std::sync::LazyLock<Mutex<std::collections::HashSet<u64>>> =
+            std::sync::LazyLock::new(Default::default);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.selectors.hash(&mut h);
+        let first = {
+            let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() >= 4096 {
+                seen.clear();
+            }
+            seen.insert(h.finish())
+        };
+        if first {
+            let selectors: Vec<String> = self.selectors.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                pid = self.conn.instance.as_ref().map(|i| i.pid()),
+                selectors = %selectors.join(" "),
+                "no entry matches this caller; an entry with some of these selectors would"
+            );
+        }
+        WorkloadError::NoIdentity
+    }
+
     /// A number identifying the caller for per-caller limits.
     pub fn key(&self) -> u64 {
         use std::hash::{Hash, Hasher};

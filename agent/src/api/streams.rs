@@ -104,7 +104,7 @@ where
             ) {
                 Identities::None if snap.synced => {
                     st.done = true;
-                    return Some((Err(WorkloadError::NoIdentity.into()), st));
+                    return Some((Err(st.caller.no_identity().into()), st));
                 }
                 Identities::None | Identities::Pending => {}
                 Identities::Ready(svids) => {

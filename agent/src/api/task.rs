@@ -212,7 +212,7 @@ impl TaskIdentity for TaskApi {
             return Err(if !snap.synced {
                 WorkloadError::NotSynced.into()
             } else if r.spiffe_id.is_empty() {
-                WorkloadError::NoIdentity.into()
+                caller.no_identity().into()
             } else {
                 WorkloadError::NotYours(r.spiffe_id).into()
             });

@@ -233,7 +233,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }));
         if subjects.is_empty() {
             return Err(if snap.synced {
-                WorkloadError::NoIdentity
+                caller.no_identity()
             } else {
                 WorkloadError::NotSynced
             }
