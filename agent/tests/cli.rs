@@ -477,3 +477,42 @@ async fn the_log_names_an_unmatched_callers_selectors_and_an_eviction() {
     drop(agent);
     server.shutdown().await;
 }
+
+/// Precedence as the README states it: a flag over an exported variable
+/// over the config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_override_the_environment_which_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "trust_domain = \"example.org\"\nserver = \"127.0.0.1:1\"\ninsecure_bootstrap = true\njoin_token = \"t\"\nsocket = \"{}\"\ndata_dir = \"{}\"\n",
+            d.join("file.sock").display(),
+            d.join("file-data").display()
+        ),
+    )
+    .unwrap();
+    let run = |flag: bool| {
+        let mut c = Command::new(BIN);
+        c.args(["run", "--config"])
+            .arg(d.join("agent.toml"))
+            .env("LANYARD_SOCKET", d.join("env.sock"))
+            .env("LANYARD_DATA_DIR", d.join("env-data"));
+        if flag {
+            c.arg("--socket").arg(d.join("flag.sock"));
+        }
+        c
+    };
+    let log = start_log(run(false), "configuration").await;
+    assert!(
+        log.contains("env.sock") && !log.contains("file.sock"),
+        "{log}"
+    );
+    assert!(log.contains("env-data"), "{log}");
+    let log = start_log(run(true), "configuration").await;
+    assert!(
+        log.contains("flag.sock") && !log.contains("env.sock"),
+        "{log}"
+    );
+}
