@@ -27,16 +27,16 @@ use crate::storage::{AgentStorage, StorageError};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The data directory is unusable.
-    #[error("{0}")]
+    #[error(transparent)]
     Storage(#[from] StorageError),
     /// No identity could be obtained.
-    #[error("{0}")]
+    #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
     /// The socket could not be bound.
-    #[error("workload API socket: {0}")]
+    #[error("workload API socket")]
     Socket(#[from] SocketError),
     /// The audit queue could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Audit(#[from] crate::audit_queue::QueueError),
     /// The metrics address could not be bound.
     #[error("{0}")]

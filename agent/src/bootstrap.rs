@@ -289,8 +289,60 @@ fn is_tls_rejection(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable && chain_text(s).contains("invalid peer certificate")
 }
 
+/// Why the server's certificate was refused, and what to do, in words.
 fn tls_reason(s: &tonic::Status) -> String {
     let text = chain_text(s);
-    text.find("invalid peer certificate")
-        .map_or(text.clone(), |i| text[i..].to_owned())
+    const EXPORT: &str =
+        "export it again with `lanyard-server bundle show` and pass it with --trust-bundle";
+    if text.contains("UnknownIssuer") {
+        return format!(
+            "the trust bundle does not sign the server's certificate (a bundle of another server or trust domain?); {EXPORT}"
+        );
+    }
+    if text.contains("BadSignature") || text.contains("InvalidSignatureForPublicKey") {
+        return format!(
+            "the trust bundle does not sign the server's certificate: it is signed by a key the bundle does not hold (the server's CA rotated since the bundle was exported, or the bundle is another server's); {EXPORT}"
+        );
+    }
+    if text.contains("Expired") {
+        return "the server's certificate has expired (or this machine's clock is wrong)".into();
+    }
+    if text.contains("NotValidYet") {
+        return "the server's certificate is not valid yet (is this machine's clock right?)".into();
+    }
+    // Otherwise the verifier's own words, once.
+    let from = text.find("invalid peer certificate").unwrap_or(0);
+    let rest = &text[from..];
+    let first = rest
+        .split(": ")
+        .take_while(|part| !part.starts_with("transport error"))
+        .collect::<Vec<_>>()
+        .join(": ");
+    first
+        .find(": invalid peer certificate")
+        .map_or(first.clone(), |i| first[..i].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_refusals_are_said_in_words_once() {
+        let st = |m: &str| tonic::Status::unavailable(m.to_owned());
+        let chain = "transport error: invalid peer certificate: Other(OtherError(Chain(\"UnknownIssuer\"))): invalid peer certificate: Other(OtherError(Chain(\"UnknownIssuer\")))";
+        let r = tls_reason(&st(chain));
+        assert!(r.contains("does not sign the server's certificate"), "{r}");
+        assert!(!r.contains("UnknownIssuer"));
+        let r = tls_reason(&st(
+            "invalid peer certificate: InvalidSignatureForPublicKey",
+        ));
+        assert!(r.contains("rotated"), "{r}");
+        let r = tls_reason(&st("invalid peer certificate: Expired"));
+        assert!(r.contains("expired"), "{r}");
+        let r = tls_reason(&st(
+            "invalid peer certificate: wrong SPIFFE ID x: transport error: y: invalid peer certificate: wrong SPIFFE ID x",
+        ));
+        assert_eq!(r, "invalid peer certificate: wrong SPIFFE ID x");
+    }
 }

@@ -516,3 +516,68 @@ async fn flags_override_the_environment_which_overrides_the_file() {
         "{log}"
     );
 }
+
+/// A trust bundle that does not sign the server's certificate: one line
+/// saying so and what to do, without the TLS stack's error chain repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_trust_bundle_is_explained_once() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = lanyard_server::Config::for_dir("example.org", d).unwrap();
+    let server = lanyard_server::build(cfg).await.unwrap();
+    let mut admin = AdminClient::new(unix_channel(&server.admin_socket).unwrap());
+    let token = admin
+        .create_join_token(CreateJoinTokenRequest {
+            agent_id: NODE.into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let td = lanyard_core::TrustDomain::new("example.org").unwrap();
+    let other = lanyard_core::x509::X509Authority::generate_root(
+        &td,
+        std::time::SystemTime::now(),
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("other.pem"),
+        lanyard_core::x509::der_to_pem("CERTIFICATE", &[other.cert_der().to_vec()]),
+    )
+    .unwrap();
+    let addr = server.server_addr.to_string();
+    let o = tokio::task::spawn_blocking({
+        let d = d.to_owned();
+        move || {
+            Command::new(BIN)
+                .args(["run", "--trust-domain", "example.org", "--server", &addr])
+                .args(["--join-token", &token, "--trust-bundle"])
+                .arg(d.join("other.pem"))
+                .arg("--socket")
+                .arg(d.join("a.sock"))
+                .arg("--data-dir")
+                .arg(d.join("data"))
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let line = errors[0];
+    assert!(
+        line.contains("does not sign the server's certificate")
+            && line.contains("lanyard-server bundle show"),
+        "{line}"
+    );
+    assert!(!line.contains("UnknownIssuer"), "{line}");
+    assert_eq!(line.matches("is not trusted").count(), 1, "{line}");
+    server.shutdown().await;
+}

@@ -42,19 +42,19 @@ use crate::store::{AgentRecord, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// The request is malformed.
-    #[error("{0}")]
+    #[error(transparent)]
     Proto(#[from] ProtoError),
     /// A registry rule refused it.
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] RegistryError),
     /// Token issuance failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Token(#[from] AttestationError),
     /// An agent life-cycle change was refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Agent(#[from] AgentError),
     /// An authority operation was refused or failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Ca(#[from] CaError),
     /// The store failed.
     #[error("store: {0}")]

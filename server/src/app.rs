@@ -37,13 +37,13 @@ pub enum AppError {
     #[error("data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
     /// The database could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The CA could not be loaded.
-    #[error("{0}")]
+    #[error(transparent)]
     Ca(#[from] CaError),
     /// Entries could not be loaded.
-    #[error("{0}")]
+    #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The server API address could not be bound.
     #[error("cannot listen on {0}: {1}")]
@@ -61,7 +61,7 @@ pub enum AppError {
     #[error("tasks: {0}")]
     Tasks(#[from] crate::tasks::TaskServiceError),
     /// The audit log could not be opened.
-    #[error("{0}")]
+    #[error(transparent)]
     Audit(#[from] crate::audit::AuditLogError),
 }
 

@@ -23,7 +23,7 @@ pub enum AttestationError {
     Malformed,
     /// The agent ID may not name an agent (another trust domain, the
     /// server's ID, the trust domain itself, a reserved path).
-    #[error("{0}")]
+    #[error(transparent)]
     AgentId(#[from] lanyard_core::agent_id::AgentIdError),
     /// A registration entry already hands this SPIFFE ID to workloads.
     #[error("agent ID {0} is the SPIFFE ID of a registration entry")]

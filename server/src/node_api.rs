@@ -167,7 +167,7 @@ pub enum NodeError {
     #[error("an agent SVID (client certificate) is required")]
     NoClientCert,
     /// The agent record refused the call (unknown, banned, superseded).
-    #[error("{0}")]
+    #[error(transparent)]
     Agent(#[from] AgentError),
     /// The client SVID expired, or its CA left the bundle, after the TLS
     /// handshake that admitted the connection.
@@ -177,7 +177,7 @@ pub enum NodeError {
     #[error("attestation failed: {0}")]
     Attestation(#[from] AttestationError),
     /// A CSR or certificate problem.
-    #[error("{0}")]
+    #[error(transparent)]
     Svid(#[from] SvidError),
     /// Too many CSRs.
     #[error("at most {MAX_BATCH} CSRs per call")]

@@ -16,7 +16,7 @@ use crate::store::{PolicyRecord, Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum PolicySetError {
     /// The text does not parse or validate (`source:line:col: message`).
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] PolicyError),
     /// No such version.
     #[error("no policy version {0}")]

@@ -13,7 +13,7 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The entry is invalid.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] lanyard_core::EntryError),
     /// An entry with the same SPIFFE ID, parent and selectors exists.
     #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists: {0}")]

@@ -43,10 +43,10 @@ pub enum WorkloadError {
     #[error("no identity issued for {0}")]
     NotYours(String),
     /// A JWT-SVID could not be obtained.
-    #[error("{0}")]
+    #[error(transparent)]
     JwtFetch(#[from] JwtFetchError),
     /// A JWT-SVID did not validate.
-    #[error("{0}")]
+    #[error(transparent)]
     InvalidJwt(#[from] lanyard_core::jwt::JwtError),
     /// The agent is shutting down.
     #[error("agent is shutting down")]

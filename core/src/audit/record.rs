@@ -20,7 +20,7 @@ pub const GENESIS: [u8; 32] = [0; 32];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
     /// A value in the record has no canonical JSON form.
-    #[error("{0}")]
+    #[error(transparent)]
     Canonical(#[from] CanonicalError),
     /// The record is not a JSON object of the expected shape.
     #[error("not an audit record: {0}")]

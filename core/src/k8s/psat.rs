@@ -47,7 +47,7 @@ pub struct PsatClaims {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PsatError {
     /// The JWS itself: format, algorithm, unknown key, signature.
-    #[error("{0}")]
+    #[error(transparent)]
     Token(#[from] JwtError),
     /// `iss` is not the cluster's issuer.
     #[error("token issuer {got:?} is not the cluster's issuer {expected:?}")]

@@ -48,10 +48,10 @@ pub enum DatastoreCmd {
 #[derive(Debug, thiserror::Error)]
 pub enum DatastoreError {
     /// Moving records failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Transfer(#[from] TransferError),
     /// Opening a store failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// The data dir is unusable.
     #[error("{0}")]

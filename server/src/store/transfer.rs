@@ -31,7 +31,7 @@ const VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// The store failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// Reading or writing the file failed.
     #[error("{0}: {1}")]
