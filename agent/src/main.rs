@@ -123,9 +123,17 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<lanyard_agent::cli::CliError>() {
+            Some(c) => {
+                if !c.message.is_empty() {
+                    eprintln!("error: {}", c.message);
+                }
+                ExitCode::from(c.exit)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,5 +1,5 @@
 //! `lanyard-agent` command line: `run`, the Workload API client commands
-//! (`api ...`), `task run` and `healthcheck`.
+//! (`api ...`), `task run`, `tool check` and `healthcheck`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ pub enum Command {
     /// Task-scoped identities: begin a task and run a command inside it.
     #[command(subcommand)]
     Task(task::TaskCmd),
+    /// Tool-call decisions, asked as an enforcement point asks them.
+    #[command(subcommand)]
+    Tool(tool::ToolCmd),
     /// Exit 0 when the agent's Workload API answers its health check.
     Healthcheck {
         #[command(flatten)]
@@ -230,13 +233,38 @@ pub enum ValidateCmd {
     },
 }
 
-/// A one-line error for the user.
+/// A one-line error for the user, and the exit status it ends with (1,
+/// or 2 for the commands whose 1 means "denied").
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong; empty for a denial already printed.
+    pub message: String,
+    /// The exit status.
+    pub exit: u8,
+}
+
+impl CliError {
+    /// A decision command's answer "denied" (printed already): exit 1.
+    pub fn denied() -> Self {
+        Self {
+            message: String::new(),
+            exit: 1,
+        }
+    }
+
+    /// The same error, ending with exit status `exit`.
+    pub fn with_exit(mut self, exit: u8) -> Self {
+        self.exit = exit;
+        self
+    }
+}
 
 pub(crate) fn err(m: impl ToString) -> CliError {
-    CliError(m.to_string())
+    CliError {
+        message: m.to_string(),
+        exit: 1,
+    }
 }
 
 fn client(socket: &Path) -> Result<SpiffeWorkloadApiClient<Channel>, CliError> {
@@ -251,7 +279,8 @@ fn client(socket: &Path) -> Result<SpiffeWorkloadApiClient<Channel>, CliError> {
     ))
 }
 
-pub(crate) fn with_header<T>(msg: T) -> tonic::Request<T> {
+/// A request with the SPIFFE security header the Workload API requires.
+pub fn with_header<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
         SECURITY_HEADER,
@@ -389,6 +418,7 @@ pub(crate) fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), Cli
 
 mod out;
 mod task;
+mod tool;
 
 use out::{out, outln};
 
@@ -397,6 +427,7 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Run(_) => Err(err("run is handled by main")),
         Command::Task(cmd) => task::run_task(cmd).await,
+        Command::Tool(cmd) => tool::run_tool(cmd).await,
         Command::Healthcheck { socket } => {
             let path = socket.path();
             if !path.exists() {
