@@ -2,7 +2,8 @@
 # Lanyard local demo: starts a server and a node agent on this machine,
 # registers an identity for the current user, runs an unmodified SPIFFE
 # workload (the `spiffe` crate) that fetches and prints its X.509-SVID, then
-# loads a Cedar policy and runs one permitted and one denied task.
+# loads a Cedar policy and runs one permitted and one denied task, decides
+# an allowed and a denied tool call, and verifies the audit log.
 # Everything lives in a temporary directory and is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +105,24 @@ $BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \
   --tool crm.read --tool email.send --ttl 2m --sensitivity internal \
   --on-behalf-of user:alice@example.com --intent "weekly pipeline report" \
   -- "$BIN/lanyard-agent" api fetch x509
+
+step "Tool calls decided at the tool: one allowed, one denied by policy"
+# The tool server's side: this user's lanyard-agent program may ask the
+# node agent for decisions (an enforcement-point entry).
+$BIN/lanyard-server entry create --spiffe-id "spiffe://$TD/tool/mail" \
+  --parent-id "$NODE" --selector "unix:uid:$(id -u)" \
+  --selector "unix:path:$(realpath "$BIN/lanyard-agent")" --enforcement-point \
+  --admin-socket "$ADMIN" >/dev/null
+sleep 1
+# The AI agent's task writes its SVID; the tool checks each call it makes.
+$BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \
+  --tool crm.read --tool email.send --ttl 2m \
+  --on-behalf-of user:alice@example.com --write "$WORK/task" -- sh -c '
+  "$0" tool check --svid "$1/svid.0.pem" --tool email.send \
+    --context "{\"to\": \"bob@example.com\"}" || exit 1
+  if "$0" tool check --svid "$1/svid.0.pem" --tool email.send \
+    --context "{\"to\": \"eve@attacker.example\"}"; then exit 1; fi' \
+  "$BIN/lanyard-agent" "$WORK/task"
 
 step "A denied task: the policy names the rule and its reason"
 if $BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \

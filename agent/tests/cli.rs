@@ -478,7 +478,7 @@ async fn the_log_names_an_unmatched_callers_selectors_and_an_eviction() {
     server.shutdown().await;
 }
 
-/// Precedence as the README states it: a flag over an exported variable
+/// Precedence as docs/configuration.md states it: a flag over an exported variable
 /// over the config file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_override_the_environment_which_overrides_the_file() {
