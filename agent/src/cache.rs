@@ -7,49 +7,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use lanyard_core::jwt::JwtAuthority;
-use lanyard_core::{EntryId, RegistrationEntry, Selector, SelectorIndex, SpiffeId, TrustDomain};
+use lanyard_core::{EntryId, RegistrationEntry, Selector, SelectorIndex, TrustDomain};
 
 use crate::attestor::ProcessInstance;
-use crate::identity::ActiveTask;
+use crate::held::ActiveTask;
+pub use crate::held::CachedSvid;
 use crate::workload_scope::WorkloadScope;
-
-/// An X.509-SVID the agent holds for one entry.
-pub struct CachedSvid {
-    /// The entry it was issued for.
-    pub entry_id: EntryId,
-    /// Its SPIFFE ID.
-    pub spiffe_id: SpiffeId,
-    /// DER chain, leaf first.
-    pub chain: Vec<Vec<u8>>,
-    /// PKCS#8 DER private key.
-    pub key_pkcs8: Vec<u8>,
-    /// Serial, hex.
-    pub serial: String,
-    /// Validity start.
-    pub not_before: SystemTime,
-    /// Validity end.
-    pub not_after: SystemTime,
-    /// When the agent re-issues it.
-    pub renew_at: SystemTime,
-    /// The entry revision it reflects.
-    pub entry_revision: u64,
-    /// Subject key ID of the CA that signed it.
-    pub issuer_id: Option<String>,
-    /// The entry's hint when it was issued (an entry update bumps the
-    /// revision, which re-issues the SVID).
-    pub hint: String,
-}
-
-impl std::fmt::Debug for CachedSvid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedSvid")
-            .field("spiffe_id", &self.spiffe_id)
-            .field("serial", &self.serial)
-            .field("not_after", &self.not_after)
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
 
 /// The authorised entries with their selector index, built once per entry
 /// change and shared by every snapshot until the next one.

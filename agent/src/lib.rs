@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod config_k8s;
 pub mod creds;
+pub mod held;
 pub mod identity;
 pub mod jwt_cache;
 pub mod listener;

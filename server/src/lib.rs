@@ -18,6 +18,7 @@ pub mod follow;
 pub mod node_api;
 pub mod node_attest;
 mod node_audit;
+mod node_events;
 pub mod policy;
 pub mod registry;
 pub mod store;

@@ -703,7 +703,7 @@ impl Node for NodeApi {
             self.audit
                 .record_all(events)
                 .await
-                .map_err(crate::node_audit::unavailable)?;
+                .map_err(crate::node_events::unavailable)?;
         }
         Ok(Response::new(SignX509SvidsResponse { results }))
     }
@@ -778,7 +778,7 @@ impl Node for NodeApi {
                 exe_sha256: req.exe_sha256,
             },
         };
-        let denied_as = crate::node_audit::denied_task(&self.audit, &agent.spiffe_id, &input);
+        let denied_as = crate::node_events::denied_task(&self.audit, &agent.spiffe_id, &input);
         // Policy evaluation and signing take tens of microseconds: inline.
         let (record, minted) = match self.tasks.begin(&agent.spiffe_id, input).await {
             Ok(v) => v,

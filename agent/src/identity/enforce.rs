@@ -3,7 +3,6 @@
 //! its own while deciding tool calls), and the reports that go back: denied
 //! calls, and the SVIDs of a quarantined workload to revoke.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use lanyard_core::clock::{from_unix_secs, unix_secs};
@@ -13,7 +12,6 @@ use lanyard_proto::server::{Denial, ReportEnforcementRequest, RevokeHeldRequest,
 use lanyard_proto::types;
 
 use super::manager::{CALL_TIMEOUT, Event, Failure, Manager};
-use super::tasks::TaskOwner;
 use crate::cache::Quarantined;
 use crate::workload_scope::WorkloadScope;
 
@@ -21,67 +19,6 @@ use crate::workload_scope::WorkloadScope;
 const REPORT_BATCH: usize = 500;
 /// Most reports kept while the server is unreachable.
 const MAX_PENDING: usize = 100_000;
-
-/// What the owner keeps for enforcement.
-#[derive(Default)]
-pub(crate) struct EnforceState {
-    pub(crate) revocations: Arc<RevocationSet>,
-    pub(crate) generation: u64,
-    pub(crate) crls: Arc<Vec<Vec<u8>>>,
-    /// The server's quarantines in force.
-    server: Vec<Quarantined>,
-    /// Quarantines this agent decided, until the server's record arrives.
-    local: Vec<Quarantined>,
-    /// Quarantine IDs already acted on (tasks ended, SVIDs reported).
-    acted: HashSet<String>,
-    /// Denials not yet reported.
-    denials: Vec<Denial>,
-    /// Certificates to revoke, with the reason, not yet reported.
-    revoke: Vec<(Vec<u8>, String)>,
-    /// A report is in flight.
-    reporting: bool,
-    /// Send SIGSTOP to quarantined processes.
-    pub(crate) freeze: bool,
-    /// The server's quarantines as they were before a restart (with the
-    /// instances they held), until the server's list arrives.
-    restored: Vec<Quarantined>,
-    /// What was last written to the data dir.
-    saved: Vec<u8>,
-    /// The holders of recently ended tasks: a quarantine for a task can
-    /// arrive after the task's own end (both are pushed; the end may come
-    /// first), and must still find the process.
-    recent_owners: std::collections::VecDeque<(String, (i32, u64), Option<WorkloadScope>)>,
-}
-
-/// How many ended tasks' holders are remembered.
-const RECENT_OWNERS: usize = 4096;
-
-impl EnforceState {
-    /// Remembers who held a task that just ended.
-    pub(crate) fn task_ended(&mut self, task_id: &str, owner: &TaskOwner) {
-        if self.recent_owners.len() >= RECENT_OWNERS {
-            self.recent_owners.pop_front();
-        }
-        self.recent_owners.push_back((
-            task_id.to_owned(),
-            (owner.pid, owner.start_time),
-            owner.scope.clone(),
-        ));
-    }
-}
-
-impl EnforceState {
-    /// Every quarantine in force (the server's, then local ones, then any
-    /// restored from before a restart that the server has not listed yet).
-    pub(crate) fn all(&self) -> Vec<Quarantined> {
-        self.server
-            .iter()
-            .chain(&self.local)
-            .chain(&self.restored)
-            .cloned()
-            .collect()
-    }
-}
 
 /// What a quarantine record from the server means on this node.
 fn from_server(q: types::Quarantine, me: &str) -> Quarantined {

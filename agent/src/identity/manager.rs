@@ -23,7 +23,7 @@ use lanyard_proto::server::{RenewAgentRequest, SyncRequest, SyncUpdate};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use super::reconcile::Batch;
+use super::signed::{Batch, jitter_sample};
 use super::tasks::ActiveTask;
 use super::{Command, CommandError};
 use crate::cache::{EntrySet, Snapshot};
@@ -39,15 +39,6 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often task holders are checked for exit.
 pub(super) const TASK_WATCH: Duration = Duration::from_millis(250);
-
-/// A uniformly random sample in [-1, 1] for rotation jitter.
-pub fn jitter_sample() -> f64 {
-    let mut b = [0u8; 4];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        return 0.0;
-    }
-    f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX) * 2.0 - 1.0
-}
 
 pub(super) struct Failure {
     pub(super) attempts: u32,
@@ -136,7 +127,7 @@ pub struct Manager {
     agent_renew_at: Option<SystemTime>,
     agent_failures: u32,
     /// Revocations, CRLs, quarantines and pending reports.
-    pub(super) enforce: super::enforce::EnforceState,
+    pub(super) enforce: super::enforce_state::EnforceState,
 }
 
 enum Next {
@@ -193,7 +184,7 @@ impl Manager {
             synced: false,
             agent_renew_at: None,
             agent_failures: 0,
-            enforce: super::enforce::EnforceState::default(),
+            enforce: super::enforce_state::EnforceState::default(),
         };
         m.restore_tasks();
         m.restore_quarantines();
@@ -220,7 +211,7 @@ impl Manager {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let writer = tokio::spawn(super::task_life::write_task_bindings(
+        let writer = tokio::spawn(super::tasks::write_task_bindings(
             self.storage.clone(),
             self.task_file.subscribe(),
         ));

@@ -19,8 +19,10 @@
 //!   bindings kept across restarts.
 
 mod enforce;
+mod enforce_state;
 mod manager;
 mod reconcile;
+mod signed;
 mod task_life;
 mod tasks;
 
@@ -28,7 +30,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use manager::{Manager, jitter_sample};
+pub use manager::Manager;
+pub use signed::jitter_sample;
 pub use tasks::{ActiveTask, BeginRequest, BegunTask, TaskOwner};
 
 use crate::cache::Snapshot;

@@ -7,15 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lanyard_core::rotation::{renew_at, retry_delay};
-use lanyard_core::x509::{CertInfo, SvidKey};
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+use lanyard_core::rotation::retry_delay;
+use lanyard_core::x509::SvidKey;
+use lanyard_core::{EntryId, RegistrationEntry};
 use lanyard_proto::server::{SignX509SvidsRequest, SignX509SvidsResponse, SvidCsr};
 
-use super::manager::{
-    BACKOFF_BASE, BACKOFF_MAX, CALL_TIMEOUT, Event, Failure, Manager, jitter_sample,
-};
-use crate::cache::CachedSvid;
+use super::manager::{BACKOFF_BASE, BACKOFF_MAX, CALL_TIMEOUT, Event, Failure, Manager};
+use super::signed::{Batch, accept_signed};
 
 /// Most CSRs sent in one call.
 const BATCH: usize = 500;
@@ -23,12 +21,6 @@ const BATCH: usize = 500;
 /// renewed in the same batch: one signing call and one snapshot instead of
 /// many (jitter spreads renewals; this gathers them back into rounds).
 const RENEW_BATCH_WINDOW: Duration = Duration::from_secs(1);
-
-/// One signing call's keys, by entry ID.
-pub(crate) struct Batch {
-    keys: HashMap<String, (SvidKey, RegistrationEntry)>,
-    at: SystemTime,
-}
 
 impl Manager {
     fn due(&self, now: SystemTime) -> Vec<RegistrationEntry> {
@@ -163,47 +155,4 @@ impl Manager {
             self.start_reconcile();
         }
     }
-}
-
-/// Checks an SVID the server signed for `key` (exactly one URI SAN, the
-/// expected SPIFFE ID; the requested key) and makes it servable: renewed at
-/// half of the lifetime left on receipt (the backdated part of the validity
-/// window does not count).
-pub(super) fn accept_signed(
-    entry_id: &EntryId,
-    spiffe_id: &SpiffeId,
-    revision: u64,
-    hint: String,
-    key: &SvidKey,
-    chain: Vec<Vec<u8>>,
-    now: SystemTime,
-) -> Result<CachedSvid, String> {
-    let leaf = chain.first().ok_or("empty certificate chain")?;
-    let info = CertInfo::parse(leaf).map_err(|e| e.to_string())?;
-    if info.uri_sans.len() != 1 || info.uri_sans[0] != spiffe_id.as_str() {
-        return Err(format!(
-            "SVID has URI SANs {:?}, wanted {spiffe_id}",
-            info.uri_sans
-        ));
-    }
-    if info.spki_der != key.spki_der() {
-        return Err("SVID does not carry the requested key".into());
-    }
-    Ok(CachedSvid {
-        entry_id: entry_id.clone(),
-        spiffe_id: spiffe_id.clone(),
-        key_pkcs8: key.pkcs8_der(),
-        serial: info.serial,
-        not_before: info.not_before,
-        not_after: info.not_after,
-        renew_at: renew_at(
-            now.clamp(info.not_before, info.not_after),
-            info.not_after,
-            jitter_sample(),
-        ),
-        entry_revision: revision,
-        issuer_id: info.authority_key_id,
-        hint,
-        chain,
-    })
 }

@@ -423,23 +423,3 @@ impl Manager {
         }
     }
 }
-
-/// Writes the task bindings file whenever the owner publishes new bindings:
-/// one write per burst (a write in progress is followed by one more with
-/// the newest bindings), each atomic and synced, never on the owner's loop.
-pub(crate) async fn write_task_bindings(
-    storage: crate::storage::AgentStorage,
-    mut latest: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
-) {
-    while latest.changed().await.is_ok() {
-        let Some(bytes) = latest.borrow_and_update().clone() else {
-            continue;
-        };
-        let st = storage.clone();
-        match tokio::task::spawn_blocking(move || st.save_tasks(&bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(%e, "cannot persist task bindings"),
-            Err(_) => return,
-        }
-    }
-}

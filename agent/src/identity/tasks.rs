@@ -11,86 +11,11 @@ use lanyard_core::x509::SvidKey;
 use lanyard_core::{RegistrationEntry, TaskClaims};
 use lanyard_proto::types;
 
-use super::reconcile::accept_signed;
-use crate::attestor::{ProcessInstance, process_start_time};
-use crate::cache::CachedSvid;
+use super::signed::accept_signed;
+use crate::held::CachedSvid;
 use crate::workload_scope::WorkloadScope;
 
-/// The process instance a task belongs to: PID and start time (the pair
-/// names one process; exec keeps both, so `task run` can exec into the
-/// command that holds the task).
-#[derive(Debug, Clone)]
-pub struct TaskOwner {
-    /// Process ID.
-    pub pid: i32,
-    /// Start time, ticks since boot.
-    pub start_time: u64,
-    /// The process as pinned on the connection that began the task (its
-    /// pidfd tells exit exactly); absent after an agent restart.
-    pub instance: Option<Arc<ProcessInstance>>,
-    /// The workload it belongs to (what a quarantine of its task holds).
-    pub scope: Option<WorkloadScope>,
-}
-
-impl TaskOwner {
-    /// The owner behind a connection's pinned process, in `scope`.
-    pub fn of(instance: &Arc<ProcessInstance>, scope: Option<WorkloadScope>) -> Option<Self> {
-        Some(Self {
-            pid: instance.pid(),
-            start_time: instance.start_time()?,
-            instance: Some(instance.clone()),
-            scope,
-        })
-    }
-
-    /// Whether `instance` is this owner.
-    pub fn is(&self, instance: &ProcessInstance) -> bool {
-        instance.pid() == self.pid && instance.start_time() == Some(self.start_time)
-    }
-
-    /// Whether `other` names the same process instance.
-    pub fn same_process(&self, other: &TaskOwner) -> bool {
-        self.pid == other.pid && self.start_time == other.start_time
-    }
-
-    /// Whether the owner process still runs.
-    pub fn alive(&self) -> bool {
-        match &self.instance {
-            Some(i) => i.alive(),
-            None => process_start_time(self.pid).ok() == Some(self.start_time),
-        }
-    }
-}
-
-/// A task the agent holds.
-#[derive(Debug)]
-pub struct ActiveTask {
-    /// The task as the server recorded it.
-    pub record: TaskRecord,
-    /// Who holds it.
-    pub owner: TaskOwner,
-    /// Its current X.509-SVID (absent until minted, e.g. after a restart).
-    pub svid: Option<Arc<CachedSvid>>,
-    /// The holder's executable hash when the agent knew it.
-    pub exe_sha256: String,
-}
-
-impl ActiveTask {
-    /// The task ID.
-    pub fn id(&self) -> &str {
-        self.record.grant.task_id.as_str()
-    }
-
-    /// The hint its SVIDs carry.
-    pub fn hint(&self) -> String {
-        format!("task:{}", self.record.grant.task_id)
-    }
-
-    /// When the task ends.
-    pub fn not_after(&self) -> SystemTime {
-        lanyard_core::clock::from_unix_secs(self.record.grant.not_after)
-    }
-}
+pub use crate::held::{ActiveTask, TaskOwner};
 
 /// A BeginTask as the Task API hands it to the owner.
 #[derive(Debug, Clone)]
@@ -183,4 +108,24 @@ pub(crate) struct PendingBegin {
     pub key: SvidKey,
     pub reply: tokio::sync::oneshot::Sender<Result<BegunTask, super::CommandError>>,
     pub result: Result<lanyard_proto::server::BeginTaskResponse, super::CommandError>,
+}
+
+/// Writes the task bindings file whenever the owner publishes new bindings:
+/// one write per burst (a write in progress is followed by one more with
+/// the newest bindings), each atomic and synced, never on the owner's loop.
+pub(crate) async fn write_task_bindings(
+    storage: crate::storage::AgentStorage,
+    mut latest: tokio::sync::watch::Receiver<Option<Arc<Vec<u8>>>>,
+) {
+    while latest.changed().await.is_ok() {
+        let Some(bytes) = latest.borrow_and_update().clone() else {
+            continue;
+        };
+        let st = storage.clone();
+        match tokio::task::spawn_blocking(move || st.save_tasks(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(%e, "cannot persist task bindings"),
+            Err(_) => return,
+        }
+    }
 }

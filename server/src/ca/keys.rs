@@ -15,16 +15,9 @@ use lanyard_core::jwt::JwtSigner;
 use lanyard_core::rotation::{ca_activate_at, ca_prepare_at};
 use lanyard_core::x509::{CertInfo, X509Authority};
 
-use super::material::{self, JwtKey, X509Key};
+use super::material::{self, JwtKey, Key, X509Key};
 use super::{AuthorityInfo, CaError, CaSnapshot};
 use crate::store::{CaKeyRecord, CaKeyState, JwtKeyRecord, Store};
-
-/// What both kinds of key expose to the life cycle.
-pub(super) trait Key {
-    fn id(&self) -> &str;
-    fn not_before(&self) -> SystemTime;
-    fn not_after(&self) -> SystemTime;
-}
 
 pub(super) struct Slot<K> {
     key: Arc<K>,

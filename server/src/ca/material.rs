@@ -17,8 +17,14 @@ use lanyard_core::jwt::{JwtAuthority, JwtSigner};
 use lanyard_core::x509::{CertInfo, X509Authority};
 
 use super::CaError;
-use super::keys::Key;
 use crate::store::{CaKeyRecord, JwtKeyRecord, StoreError};
+
+/// What both kinds of key expose to the life cycle.
+pub(super) trait Key {
+    fn id(&self) -> &str;
+    fn not_before(&self) -> SystemTime;
+    fn not_after(&self) -> SystemTime;
+}
 
 /// An X.509 CA: its certificate, and its signer when this server holds it.
 pub(super) struct X509Key {
