@@ -539,6 +539,11 @@ impl AuditQueue {
                         linger = !full;
                         continue;
                     }
+                    // An older server: the records stay queued (on disk)
+                    // until it is upgraded, retried quietly.
+                    Ok(Err(s)) if crate::server_client::server_lacks(&s, "AppendAudit") => {
+                        backoff = Duration::from_secs(5);
+                    }
                     Ok(Err(s)) => {
                         tracing::warn!(code = ?s.code(), message = s.message(), "audit records not taken; retrying");
                     }

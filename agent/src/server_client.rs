@@ -178,3 +178,45 @@ async fn connect_one(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
+
+/// Whether `status` says the server does not have the RPC behind
+/// `feature` (`Unimplemented`: an older server during a rolling upgrade).
+/// The agent then treats the feature as off: it says so once per feature
+/// (at warn), and the caller neither retries nor treats it as an error.
+pub fn server_lacks(status: &tonic::Status, feature: &'static str) -> bool {
+    if status.code() != tonic::Code::Unimplemented {
+        return false;
+    }
+    static SAID: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.contains(&feature) {
+        said.push(feature);
+        tracing::warn!(
+            feature,
+            "the server does not offer this (an older version, during an upgrade?); it is off until the server is upgraded"
+        );
+    }
+    true
+}
+
+#[cfg(test)]
+mod lacks_tests {
+    use super::*;
+
+    #[test]
+    fn only_unimplemented_means_the_feature_is_off() {
+        assert!(server_lacks(
+            &tonic::Status::unimplemented("x"),
+            "a feature"
+        ));
+        assert!(server_lacks(
+            &tonic::Status::unimplemented("x"),
+            "a feature"
+        ));
+        assert!(!server_lacks(&tonic::Status::unavailable("x"), "a feature"));
+        assert!(!server_lacks(
+            &tonic::Status::permission_denied("x"),
+            "a feature"
+        ));
+    }
+}

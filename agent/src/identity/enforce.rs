@@ -430,8 +430,12 @@ impl Manager {
                 let call = client.report_enforcement(ReportEnforcementRequest {
                     denials: denials.clone(),
                 });
-                if !matches!(tokio::time::timeout(CALL_TIMEOUT, call).await, Ok(Ok(_))) {
-                    failed_denials = denials;
+                match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                    Ok(Ok(_)) => {}
+                    // An older server: the server-wide denial count is off
+                    // (this node's own trigger still quarantines).
+                    Ok(Err(s)) if crate::server_client::server_lacks(&s, "ReportEnforcement") => {}
+                    _ => failed_denials = denials,
                 }
             }
             // One call per reason keeps each reason with its certificates.
@@ -449,6 +453,7 @@ impl Manager {
                 });
                 match tokio::time::timeout(CALL_TIMEOUT, call).await {
                     Ok(Ok(_)) => {}
+                    Ok(Err(s)) if crate::server_client::server_lacks(&s, "RevokeHeld") => {}
                     // Refused (expired, not ours): nothing to retry.
                     Ok(Err(s)) if s.code() != tonic::Code::Unavailable => {
                         tracing::warn!(code = ?s.code(), message = s.message(), "server refused to revoke held SVIDs");

@@ -37,6 +37,11 @@ pub(super) fn err(msg: impl ToString) -> CliError {
 }
 
 pub(super) fn status_err(s: tonic::Status) -> CliError {
+    if s.code() == tonic::Code::Unimplemented {
+        return err(
+            "the server does not offer this command (it runs an older version?); upgrade it, or use the CLI of its version",
+        );
+    }
     if s.code() == tonic::Code::Unavailable {
         return err(format!(
             "cannot reach the server's admin socket ({}); is lanyard-server running?",
