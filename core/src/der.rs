@@ -23,6 +23,30 @@ pub(crate) fn write(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
     out.extend_from_slice(content);
 }
 
+/// One TLV, as a new buffer.
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    write(&mut out, tag, content);
+    out
+}
+
+/// A non-negative INTEGER from big-endian magnitude bytes: leading zeros
+/// dropped, one 0x00 put back when the high bit is set (DER's minimal
+/// two's complement).
+pub(crate) fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
+    let first = magnitude
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(magnitude.len().saturating_sub(1));
+    let trimmed = &magnitude[first..];
+    let mut body = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
+        body.push(0);
+    }
+    body.extend_from_slice(trimmed);
+    tlv(INTEGER, &body)
+}
+
 /// A cursor over DER bytes.
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
@@ -95,6 +119,15 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsigned_integers_are_minimal() {
+        assert_eq!(unsigned_integer(&[0, 0, 1]), vec![INTEGER, 1, 1]);
+        assert_eq!(unsigned_integer(&[0x80]), vec![INTEGER, 2, 0, 0x80]);
+        assert_eq!(unsigned_integer(&[0, 0]), vec![INTEGER, 1, 0]);
+        assert_eq!(unsigned_integer(&[]), vec![INTEGER, 1, 0]);
+        assert_eq!(tlv(SEQUENCE, &[0u8; 200])[..3], [SEQUENCE, 0x81, 200]);
+    }
 
     #[test]
     fn round_trip_and_strictness() {

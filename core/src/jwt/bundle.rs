@@ -160,11 +160,15 @@ fn spki_of(jwk: &super::Jwk) -> Result<Vec<u8>, JwtError> {
             if n.is_empty() || e.is_empty() || n.len() > 2048 || e.len() > 16 {
                 return Err(bad("RSA modulus or exponent out of range"));
             }
-            let rsa_key = der_seq(&[der_uint(&n), der_uint(&e)].concat());
+            use crate::der::{BIT_STRING, SEQUENCE, tlv, unsigned_integer};
+            let rsa_key = tlv(
+                SEQUENCE,
+                &[unsigned_integer(&n), unsigned_integer(&e)].concat(),
+            );
             let mut bits = vec![0u8];
             bits.extend_from_slice(&rsa_key);
-            let alg = der_seq(&[RSA_OID.as_slice(), &[0x05, 0x00]].concat());
-            Ok(der_seq(&[alg, der_tlv(0x03, &bits)].concat()))
+            let alg = tlv(SEQUENCE, &[RSA_OID.as_slice(), &[0x05, 0x00]].concat());
+            Ok(tlv(SEQUENCE, &[alg, tlv(BIT_STRING, &bits)].concat()))
         }
         _ => Err(bad("unsupported key type")),
     }
@@ -185,43 +189,6 @@ const P521_PREFIX: [u8; 25] = [
 const RSA_OID: [u8; 11] = [
     0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
 ];
-
-fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .iter()
-            .copied()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend_from_slice(&bytes);
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-fn der_seq(body: &[u8]) -> Vec<u8> {
-    der_tlv(0x30, body)
-}
-
-fn der_uint(bytes: &[u8]) -> Vec<u8> {
-    let first = bytes
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(bytes.len().saturating_sub(1));
-    let trimmed = &bytes[first..];
-    let mut body = Vec::with_capacity(trimmed.len() + 1);
-    if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
-        body.push(0);
-    }
-    body.extend_from_slice(trimmed);
-    der_tlv(0x02, &body)
-}
 
 #[cfg(test)]
 mod tests {
