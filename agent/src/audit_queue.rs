@@ -495,7 +495,8 @@ impl AuditQueue {
         mut client: watch::Receiver<Option<NodeClient<Channel>>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            lanyard_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut linger = false;
         loop {
             if std::mem::take(&mut linger) {
@@ -535,22 +536,26 @@ impl AuditQueue {
                         if let Err(e) = self.ack(through) {
                             tracing::error!(%e, "audit queue acknowledgement not stored");
                         }
-                        backoff = Duration::from_millis(100);
+                        backoff.succeeded();
                         linger = !full;
                         continue;
                     }
                     // An older server: the records stay queued (on disk)
-                    // until it is upgraded, retried quietly.
+                    // until it is upgraded, retried quietly at the slowest
+                    // pace.
                     Ok(Err(s)) if crate::server_client::server_lacks(&s, "AppendAudit") => {
-                        backoff = Duration::from_secs(5);
+                        backoff.failed();
+                        wait = Duration::from_secs(5);
                     }
                     Ok(Err(s)) => {
                         tracing::warn!(code = ?s.code(), message = s.message(), "audit records not taken; retrying");
+                        wait = backoff.failed();
                     }
-                    Err(_) => tracing::warn!("audit shipping timed out; retrying"),
+                    Err(_) => {
+                        tracing::warn!("audit shipping timed out; retrying");
+                        wait = backoff.failed();
+                    }
                 }
-                wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             tokio::select! {
                 () = self.inner.wake.notified() => {}

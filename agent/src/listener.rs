@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use lanyard_uds::{AcceptBackoff, AuthorityShim, ConnLimiter, ConnPermit};
+use lanyard_uds::{AuthorityShim, ConnLimiter, ConnPermit};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::UCred;
 use tokio::net::{UnixListener, UnixStream};
@@ -219,7 +219,7 @@ pub fn incoming(
     admission: Admission,
 ) -> impl Stream<Item = io::Result<WorkloadConn>> {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let state = (listener, admission, AcceptBackoff::default());
+    let state = (listener, admission, lanyard_uds::accept_backoff());
     futures_util::stream::unfold(state, |(listener, admission, mut backoff)| async move {
         loop {
             let stream = match listener.accept().await {

@@ -6,6 +6,7 @@
 
 pub mod agent_id;
 pub mod audit;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub(crate) mod der;

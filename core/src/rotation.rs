@@ -69,25 +69,6 @@ pub fn ca_activate_at(not_before: SystemTime, not_after: SystemTime) -> SystemTi
     at_fraction(not_before, not_after, CA_ACTIVATE_FRACTION)
 }
 
-/// Exponential backoff for a failing renewal: `base * 2^attempt`, capped at
-/// `max`, and never later than `deadline - now` (so a still-valid credential
-/// is retried before it expires).
-pub fn retry_delay(
-    attempt: u32,
-    base: Duration,
-    max: Duration,
-    now: SystemTime,
-    deadline: SystemTime,
-) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
-    let mut d = exp.min(max);
-    if let Ok(left) = deadline.duration_since(now) {
-        // Leave room for at least one more try before expiry.
-        d = d.min(left / 2).max(Duration::from_millis(100));
-    }
-    d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,20 +129,5 @@ mod tests {
         // CA's NotAfter.
         let last_signing = ca_activate_at(nb, na);
         assert!(last_signing + Duration::from_secs(100) <= na);
-    }
-
-    #[test]
-    fn backoff_grows_and_respects_deadline() {
-        let now = from_unix_secs(0);
-        let far = from_unix_secs(10_000);
-        let base = Duration::from_millis(500);
-        let max = Duration::from_secs(30);
-        assert_eq!(retry_delay(0, base, max, now, far), base);
-        assert_eq!(retry_delay(3, base, max, now, far), Duration::from_secs(4));
-        assert_eq!(retry_delay(40, base, max, now, far), max);
-        assert_eq!(
-            retry_delay(10, base, max, now, from_unix_secs(10)),
-            Duration::from_secs(5)
-        );
     }
 }

@@ -26,7 +26,7 @@ use tonic::transport::server::Connected;
 
 use crate::ca::{Ca, CaError};
 use crate::config::NetLimits;
-use lanyard_uds::{AcceptBackoff, ConnLimiter, ConnPermit};
+use lanyard_uds::{ConnLimiter, ConnPermit};
 
 /// Lifetime of the server's own TLS certificate; renewed at half-life.
 pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
@@ -258,7 +258,7 @@ pub fn incoming(
     let conns = ConnLimiter::new(limits.max_connections, limits.max_connections_per_peer);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes));
     tokio::spawn(async move {
-        let mut backoff = AcceptBackoff::default();
+        let mut backoff = lanyard_uds::accept_backoff();
         loop {
             let (tcp, addr) = tokio::select! {
                 r = listener.accept() => match r {

@@ -12,7 +12,7 @@ pub mod limits;
 pub mod shim;
 pub mod socket;
 
-pub use limits::{AcceptBackoff, ConnLimiter, ConnPermit, LimitError, Limited};
+pub use limits::{ConnLimiter, ConnPermit, LimitError, Limited, accept_backoff};
 pub use shim::{AuthorityShim, buffered_bytes, set_buffer_budget};
 pub use socket::{
     SocketDir, SocketError, bind_unix_listener, own_uid, secure_dir, socket_path, unix_channel,

@@ -182,26 +182,11 @@ impl<IO: AsyncWrite + Unpin, K: Eq + Hash + Unpin> AsyncWrite for Limited<IO, K>
     }
 }
 
-/// Exponential backoff for accept errors (EMFILE, ENFILE, ENOBUFS...): a
-/// listener that keeps failing sleeps 5 ms, 10 ms, ... up to 1 s instead of
-/// spinning, and resets after a success.
-#[derive(Debug, Default)]
-pub struct AcceptBackoff {
-    failures: u32,
-}
-
-impl AcceptBackoff {
-    /// The pause after one more failure.
-    pub fn failed(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let ms = 5u64 << self.failures.min(8);
-        Duration::from_millis(ms.min(1000))
-    }
-
-    /// A connection was accepted.
-    pub fn succeeded(&mut self) {
-        self.failures = 0;
-    }
+/// The backoff of a listener whose accepts fail (EMFILE, ENFILE,
+/// ENOBUFS...): it sleeps 5 ms, 10 ms, ... up to 1 s instead of spinning,
+/// and starts again from 5 ms after a success.
+pub fn accept_backoff() -> lanyard_core::backoff::Backoff {
+    lanyard_core::backoff::Backoff::new(Duration::from_millis(5), Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -223,8 +208,8 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_resets() {
-        let mut b = AcceptBackoff::default();
+    fn accept_backoff_grows_and_resets() {
+        let mut b = accept_backoff();
         let first = b.failed();
         let mut last = first;
         for _ in 0..20 {

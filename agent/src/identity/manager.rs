@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use lanyard_core::backoff::retry_delay;
 use lanyard_core::clock::{Clock, from_unix_secs};
-use lanyard_core::rotation::{renew_at, retry_delay};
+use lanyard_core::rotation::renew_at;
 use lanyard_core::tls::SpiffeServerVerifier;
 use lanyard_core::x509::{CertInfo, SvidKey};
 use lanyard_core::{EntryId, RegistrationEntry, TrustDomain};

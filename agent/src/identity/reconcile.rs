@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lanyard_core::rotation::retry_delay;
+use lanyard_core::backoff::retry_delay;
 use lanyard_core::x509::SvidKey;
 use lanyard_core::{EntryId, RegistrationEntry};
 use lanyard_proto::server::{SignX509SvidsRequest, SignX509SvidsResponse, SvidCsr};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use lanyard_core::rotation::retry_delay;
+use lanyard_core::backoff::retry_delay;
 use lanyard_core::task::TaskRecord;
 use lanyard_core::x509::SvidKey;
 use lanyard_proto::server::{

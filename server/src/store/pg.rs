@@ -577,7 +577,8 @@ async fn listen(
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     wake: Arc<watch::Sender<u64>>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        lanyard_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let started = std::time::Instant::now();
         let outcome = match &tls {
@@ -589,10 +590,9 @@ async fn listen(
         }
         if started.elapsed() > Duration::from_secs(30) {
             // It had been up for a while: a fresh outage starts fast.
-            backoff = Duration::from_millis(100);
+            backoff.succeeded();
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.failed()).await;
     }
 }
 
