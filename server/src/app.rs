@@ -18,12 +18,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::admin_api::{AdminApi, check_peer_uid};
 use crate::agents::Agents;
+use crate::api::node::{IssuanceSettings, Metrics, NodeApi};
 use crate::attestation::JoinTokens;
 use crate::audit::Audit;
 use crate::ca::{Ca, CaError};
 use crate::config::{Config, Datastore};
 use crate::enforce::{Enforcement, Quarantines, Revocations};
-use crate::node_api::{IssuanceSettings, Metrics, NodeApi};
 use crate::policy::Policies;
 use crate::registry::{Registry, RegistryError};
 use crate::store::{PgStore, SledStore, Store, StoreError};

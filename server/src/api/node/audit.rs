@@ -9,8 +9,9 @@ use lanyard_proto::server::{AppendAuditRequest, AppendAuditResponse};
 use lanyard_proto::types;
 use tonic::Status;
 
-use crate::node_api::NodeApi;
-use crate::node_events::unavailable;
+use super::NodeApi;
+use crate::audit::{Audit, AuditLogError};
+use crate::tasks::BeginInput;
 
 /// Most records in one `AppendAudit` call.
 pub const MAX_SHIPPED: usize = 1000;
@@ -18,6 +19,32 @@ pub const MAX_SHIPPED: usize = 1000;
 pub const MAX_SHIPPED_RECORD: usize = 16 * 1024;
 /// The kinds an agent may ship: what happens on the node only.
 const SHIPPED_KINDS: [Kind; 1] = [Kind::ToolDecision];
+
+/// The status for a call refused because its record could not be written.
+pub(crate) fn unavailable(e: AuditLogError) -> Status {
+    tracing::error!(%e, "audit log unavailable; refusing");
+    Status::unavailable("audit log unavailable")
+}
+
+/// The record a refused task would get (filled in before the request is
+/// handed over).
+pub(crate) fn denied_task(audit: &Audit, agent: &SpiffeId, input: &BeginInput) -> Event {
+    let spec = &input.spec;
+    audit
+        .event(Kind::TaskDenied)
+        .actor(agent.to_string())
+        .node(agent.to_string())
+        .task(spec.parent_task_id.clone())
+        .details(serde_json::json!({
+            "entry_id": input.entry_id,
+            "task_type": spec.task_type,
+            "tools": spec.tools,
+            "data_sensitivity": spec.data_sensitivity,
+            "ttl_seconds": spec.ttl_seconds,
+            "on_behalf_of": spec.on_behalf_of,
+            "exe_sha256": input.caller.exe_sha256,
+        }))
+}
 
 fn epoch_ok(e: &str) -> bool {
     (8..=64).contains(&e.len()) && e.bytes().all(|b| b.is_ascii_alphanumeric())

@@ -1,0 +1,4 @@
+//! The gRPC services, at the edge: they convert between the wire and the
+//! domain modules, which never import them.
+
+pub mod node;

@@ -1,0 +1,144 @@
+//! Tasks through the node API: BeginTask, SignTaskSvid, EndTask,
+//! DelegateTask.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+impl NodeApi {
+    /// `begin task` (see the `Node` service).
+    pub(super) async fn begin_task_rpc(
+        &self,
+        req: Request<BeginTaskRequest>,
+    ) -> Result<Response<BeginTaskResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let input = BeginInput {
+            entry_id: req.entry_id,
+            candidates: req.candidate_entry_ids,
+            spec: req
+                .spec
+                .ok_or_else(|| Status::invalid_argument("spec is required"))?,
+            csr: req.csr,
+            jwt_audiences: req.jwt_audiences,
+            caller: Caller {
+                agent_id: Some(agent.spiffe_id.clone()),
+                selectors: req.selectors,
+                exe_path: req.exe_path,
+                exe_sha256: req.exe_sha256,
+            },
+        };
+        let denied_as = denied_task(&self.audit, &agent.spiffe_id, &input);
+        // Policy evaluation and signing take tens of microseconds: inline.
+        let (record, minted) = match self.tasks.begin(&agent.spiffe_id, input).await {
+            Ok(v) => v,
+            Err(e) => {
+                if let crate::tasks::TaskServiceError::Denied(why) = &e {
+                    self.audit.note(denied_as.reason(why.clone())).await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.audited_task(&agent.spiffe_id, &record, minted.svid.as_ref(), true)
+            .await?;
+        let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
+        Ok(Response::new(BeginTaskResponse {
+            task: Some(types::TaskInfo::from(&record)),
+            svid: minted.svid,
+            jwt,
+            jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+
+    /// `sign task svid` (see the `Node` service).
+    pub(super) async fn sign_task_svid_rpc(
+        &self,
+        req: Request<SignTaskSvidRequest>,
+    ) -> Result<Response<SignTaskSvidResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let minted = self
+            .tasks
+            .sign(
+                &agent.spiffe_id,
+                &req.task_id,
+                &req.csr,
+                &req.jwt_audiences,
+                &req.exe_sha256,
+            )
+            .await?;
+        if let Ok(record) = self.tasks.get(&req.task_id).await {
+            self.audited_task(&agent.spiffe_id, &record, minted.svid.as_ref(), false)
+                .await?;
+        }
+        let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
+        Ok(Response::new(SignTaskSvidResponse {
+            svid: minted.svid,
+            jwt,
+            jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+
+    /// `end task` (see the `Node` service).
+    pub(super) async fn end_task_rpc(
+        &self,
+        req: Request<EndTaskRequest>,
+    ) -> Result<Response<EndTaskResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let reason = if req.reason.is_empty() {
+            "ended".to_owned()
+        } else {
+            req.reason.chars().take(128).collect()
+        };
+        self.tasks
+            .end(
+                Some(&agent.spiffe_id),
+                &req.task_id,
+                lanyard_core::task::TaskState::Ended,
+                &reason,
+            )
+            .await?;
+        Ok(Response::new(EndTaskResponse {}))
+    }
+
+    /// `delegate task` (see the `Node` service).
+    pub(super) async fn delegate_task_rpc(
+        &self,
+        req: Request<DelegateTaskRequest>,
+    ) -> Result<Response<DelegateTaskResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let caller = Caller {
+            agent_id: Some(agent.spiffe_id.clone()),
+            selectors: req.selectors,
+            exe_path: req.exe_path,
+            exe_sha256: req.exe_sha256,
+        };
+        let tools = req.tools.clone();
+        let (token, expires_at) = self
+            .tasks
+            .delegate(
+                &agent.spiffe_id,
+                &req.task_id,
+                &req.to_spiffe_id,
+                req.tools,
+                req.ttl_seconds,
+                &caller,
+            )
+            .await?;
+        self.audited(
+            self.audit
+                .event(Kind::TaskDelegated)
+                .actor(agent.spiffe_id.to_string())
+                .subject(req.to_spiffe_id.clone())
+                .node(agent.spiffe_id.to_string())
+                .task(req.task_id.clone())
+                .details(serde_json::json!({"tools": tools, "token_expires_at": expires_at})),
+        )
+        .await?;
+        Ok(Response::new(DelegateTaskResponse {
+            token,
+            expires_at: i64::try_from(expires_at).unwrap_or(i64::MAX),
+        }))
+    }
+}
