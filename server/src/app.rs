@@ -18,9 +18,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::admin_api::{AdminApi, check_peer_uid};
 use crate::agents::Agents;
-use crate::api::node::{IssuanceSettings, Metrics, NodeApi};
+use crate::api::node::{Metrics, NodeApi};
 use crate::attestation::JoinTokens;
 use crate::audit::Audit;
+use crate::ca::IssuanceSettings;
 use crate::ca::{Ca, CaError};
 use crate::config::{Config, Datastore};
 use crate::enforce::{Enforcement, Quarantines, Revocations};

@@ -22,6 +22,17 @@ use tokio::sync::watch;
 use crate::store::{CaKeyState, Store, StoreError};
 use keys::Keys;
 
+/// Lifetimes the server applies.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuanceSettings {
+    /// X.509-SVID TTL for entries that do not set one.
+    pub default_x509_svid_ttl: Duration,
+    /// JWT-SVID TTL for entries that do not set one.
+    pub default_jwt_svid_ttl: Duration,
+    /// TTL of agent SVIDs.
+    pub agent_svid_ttl: Duration,
+}
+
 /// Store counter holding the bundle sequence number.
 pub(crate) const SEQUENCE: &str = "bundle_sequence";
 /// Refresh hint published with the bundle.

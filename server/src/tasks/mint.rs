@@ -11,8 +11,8 @@ use lanyard_core::{RegistrationEntry, SpiffeId};
 use lanyard_proto::types;
 
 use super::error::TaskServiceError;
-use crate::api::node::IssuanceSettings;
 use crate::ca::Ca;
+use crate::ca::IssuanceSettings;
 
 /// A task's freshly minted credentials.
 #[derive(Debug, Default)]

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_core::x509::{SvidError, SvidParams};
@@ -54,16 +53,7 @@ pub use metrics::{Metrics, NodeMetrics};
 use metrics::{StreamGauge, attestor_label, refusal_reason};
 use sign::{bundle_msg, svid_msg};
 
-/// Lifetimes the server applies.
-#[derive(Debug, Clone, Copy)]
-pub struct IssuanceSettings {
-    /// X.509-SVID TTL for entries that do not set one.
-    pub default_x509_svid_ttl: Duration,
-    /// JWT-SVID TTL for entries that do not set one.
-    pub default_jwt_svid_ttl: Duration,
-    /// TTL of agent SVIDs.
-    pub agent_svid_ttl: Duration,
-}
+pub use crate::ca::IssuanceSettings;
 
 /// The Node service.
 #[derive(Clone)]
