@@ -154,9 +154,11 @@ pub async fn build_with(
             kubelet: config.k8s.as_ref().map(|k| k.cgroups.clone()),
             ..Default::default()
         },
-        header_timeout: limits.header_timeout,
+        shim: lanyard_uds::ShimLimits {
+            header_timeout: limits.header_timeout,
+            budget: lanyard_uds::HeaderBudget::new(limits.max_buffered_header_bytes),
+        },
     };
-    lanyard_uds::set_buffer_budget(limits.max_buffered_header_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -179,10 +181,13 @@ pub async fn build_with(
         ),
         None => None,
     };
-    let sampler =
-        metrics
-            .clone()
-            .sample(state.clone(), jwt_cache, queue.clone(), shutdown_rx.clone());
+    let sampler = metrics.clone().sample(
+        state.clone(),
+        jwt_cache,
+        queue.clone(),
+        admission.shim.budget.clone(),
+        shutdown_rx.clone(),
+    );
     let mut stop = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.max_streams_per_connection))

@@ -207,8 +207,8 @@ pub struct Admission {
     pub use_pidfd: bool,
     /// What a caller's key is made of.
     pub boundaries: Boundaries,
-    /// Deadline of the HTTP/2 preface, frame headers and header blocks.
-    pub header_timeout: std::time::Duration,
+    /// The header deadline and buffer budget of the connections' shims.
+    pub shim: lanyard_uds::ShimLimits,
 }
 
 /// Accepted connections with their [`ConnInfo`]. Connections over a limit
@@ -251,7 +251,7 @@ pub fn incoming(
             let instance =
                 pid.map(|p| Arc::new(ProcessInstance::capture(&stream, p, admission.use_pidfd)));
             let conn = WorkloadConn {
-                inner: AuthorityShim::with_header_timeout(stream, admission.header_timeout),
+                inner: AuthorityShim::new(stream, &admission.shim),
                 info: ConnInfo {
                     id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     cred,

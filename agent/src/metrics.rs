@@ -106,6 +106,7 @@ impl AgentMetrics {
         state: watch::Receiver<Arc<Snapshot>>,
         jwt: Arc<crate::jwt_cache::JwtCache>,
         queue: crate::audit_queue::AuditQueue,
+        headers: Arc<lanyard_uds::HeaderBudget>,
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
@@ -116,7 +117,7 @@ impl AgentMetrics {
                 set(&self.tasks, snap.tasks.len());
             }
             set(&self.jwt_cache_bytes, jwt.bytes());
-            set(&self.header_buffered_bytes, lanyard_uds::buffered_bytes());
+            set(&self.header_buffered_bytes, headers.held());
             set(
                 &self.audit_waiting,
                 usize::try_from(queue.waiting()).unwrap_or(usize::MAX),

@@ -459,13 +459,14 @@ fn admin_incoming(
     listener: tokio::net::UnixListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<AdminConn>> {
     let limits = lanyard_uds::ConnLimiter::new(ADMIN_MAX_CONNECTIONS, ADMIN_MAX_PER_UID);
+    let shim = lanyard_uds::ShimLimits::default();
     tokio_stream::StreamExt::filter_map(UnixListenerStream::new(listener), move |conn| match conn {
         Err(e) => Some(Err(e)),
         Ok(stream) => {
             let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
             match limits.try_acquire(uid) {
                 Ok(permit) => Some(Ok(lanyard_uds::Limited::new(
-                    lanyard_uds::AuthorityShim::new(stream),
+                    lanyard_uds::AuthorityShim::new(stream, &shim),
                     permit,
                 ))),
                 Err(e) => {

@@ -13,7 +13,7 @@ pub mod shim;
 pub mod socket;
 
 pub use limits::{ConnLimiter, ConnPermit, LimitError, Limited, accept_backoff};
-pub use shim::{AuthorityShim, buffered_bytes, set_buffer_budget};
+pub use shim::{AuthorityShim, HeaderBudget, ShimLimits};
 pub use socket::{
     SocketDir, SocketError, bind_unix_listener, own_uid, secure_dir, socket_path, unix_channel,
 };

@@ -10,8 +10,8 @@
 //!   peer dribbling a byte at a time does not reset it. Streams that are
 //!   merely quiet hold nothing here (HTTP/2 keepalive on the server ends
 //!   peers that stop answering).
-//! - **A budget of buffered bytes** shared by every shim of the process
-//!   ([`buffered_bytes`], [`set_buffer_budget`]): bytes held for incomplete
+//! - **A budget of buffered bytes** shared by the shims of one listener
+//!   ([`HeaderBudget`]): bytes held for incomplete
 //!   frames and header blocks are counted, and a connection whose next
 //!   read would exceed the budget ends with an error instead of growing
 //!   memory. Buffers are released as soon as a block is complete, so an
@@ -20,6 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,17 +42,46 @@ const READ_CHUNK: usize = 4 * 1024;
 /// Frame header length.
 const FRAME_HEADER: usize = 9;
 
-static BUFFERED: AtomicUsize = AtomicUsize::new(0);
-static BUDGET: AtomicUsize = AtomicUsize::new(DEFAULT_BUFFER_BUDGET);
-
-/// Bytes every shim of this process holds now (for a metric).
-pub fn buffered_bytes() -> usize {
-    BUFFERED.load(Ordering::Relaxed)
+/// The bytes held for incomplete HTTP/2 frames and header blocks by the
+/// shims of one listener, and their bound. Shared by the listener's
+/// connections (an `Arc`), read by its metric.
+#[derive(Debug)]
+pub struct HeaderBudget {
+    held: AtomicUsize,
+    max: usize,
 }
 
-/// Sets the budget of bytes all shims of this process may hold.
-pub fn set_buffer_budget(bytes: usize) {
-    BUDGET.store(bytes.max(READ_CHUNK), Ordering::Relaxed);
+impl HeaderBudget {
+    /// A budget of `max` bytes (at least one read buffer).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            held: AtomicUsize::new(0),
+            max: max.max(READ_CHUNK),
+        })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// What a listener's shims are held to.
+#[derive(Debug, Clone)]
+pub struct ShimLimits {
+    /// Deadline of the preface, frame headers and header blocks.
+    pub header_timeout: Duration,
+    /// The bytes all of them may hold.
+    pub budget: Arc<HeaderBudget>,
+}
+
+impl Default for ShimLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            budget: HeaderBudget::new(DEFAULT_BUFFER_BUDGET),
+        }
+    }
 }
 
 /// An accepted unix stream whose client-to-server HTTP/2 bytes go through a
@@ -65,8 +95,9 @@ pub struct AuthorityShim<IO> {
     /// must look at.
     scratch: Option<Box<[u8]>>,
     eof: bool,
-    /// Bytes this shim counts in [`BUFFERED`].
+    /// Bytes this shim counts in its budget.
     held: usize,
+    budget: Arc<HeaderBudget>,
     header_timeout: Duration,
     /// When the current preface, frame header or header block must be
     /// complete.
@@ -86,14 +117,9 @@ impl<IO> std::fmt::Debug for AuthorityShim<IO> {
 }
 
 impl<IO> AuthorityShim<IO> {
-    /// Wraps an accepted stream (call inside the runtime), with the
-    /// default header-read deadline.
-    pub fn new(io: IO) -> Self {
-        Self::with_header_timeout(io, DEFAULT_HEADER_TIMEOUT)
-    }
-
-    /// Wraps an accepted stream with a header-read deadline of `timeout`.
-    pub fn with_header_timeout(io: IO, timeout: Duration) -> Self {
+    /// Wraps an accepted stream (call inside the runtime), held to
+    /// `limits`.
+    pub fn new(io: IO, limits: &ShimLimits) -> Self {
         Self {
             io,
             rewriter: Rewriter::new(),
@@ -102,7 +128,8 @@ impl<IO> AuthorityShim<IO> {
             scratch: None,
             eof: false,
             held: 0,
-            header_timeout: timeout,
+            budget: limits.budget.clone(),
+            header_timeout: limits.header_timeout,
             deadline: None,
             accepted: Instant::now(),
         }
@@ -137,16 +164,18 @@ impl<IO> AuthorityShim<IO> {
             + self.scratch.as_ref().map_or(0, |s| s.len());
         if now > self.held {
             let grow = now - self.held;
-            let total = BUFFERED.fetch_add(grow, Ordering::Relaxed) + grow;
+            let total = self.budget.held.fetch_add(grow, Ordering::Relaxed) + grow;
             self.held = now;
-            if total > BUDGET.load(Ordering::Relaxed) {
+            if total > self.budget.max {
                 return Err(io::Error::new(
                     io::ErrorKind::OutOfMemory,
                     "the HTTP/2 buffer budget of the socket is exhausted; connection closed",
                 ));
             }
         } else {
-            BUFFERED.fetch_sub(self.held - now, Ordering::Relaxed);
+            self.budget
+                .held
+                .fetch_sub(self.held - now, Ordering::Relaxed);
             self.held = now;
         }
         Ok(())
@@ -192,7 +221,7 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
 
 impl<IO> Drop for AuthorityShim<IO> {
     fn drop(&mut self) {
-        BUFFERED.fetch_sub(self.held, Ordering::Relaxed);
+        self.budget.held.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 
@@ -356,14 +385,17 @@ mod tests {
         }
     }
 
-    // One test: the buffered-bytes counter and the budget are the
-    // process's.
     #[tokio::test]
     async fn stalled_peers_time_out_and_the_budget_bounds_what_they_hold() {
         let timeout = Duration::from_millis(300);
+        let limits = ShimLimits {
+            header_timeout: timeout,
+            budget: HeaderBudget::new(DEFAULT_BUFFER_BUDGET),
+        };
+        let buffered_bytes = || limits.budget.held();
         // Nothing sent at all: the preface's deadline ends it.
         let (client, server) = UnixStream::pair().unwrap();
-        let mut shim = AuthorityShim::with_header_timeout(server, timeout);
+        let mut shim = AuthorityShim::new(server, &limits);
         let e = read_all(&mut shim, &mut vec![]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         drop(shim);
@@ -372,7 +404,7 @@ mod tests {
         // pending, ended by the deadline, released after.
         let floor = buffered_bytes();
         let (mut client2, server) = UnixStream::pair().unwrap();
-        let mut shim = AuthorityShim::with_header_timeout(server, timeout);
+        let mut shim = AuthorityShim::new(server, &limits);
         client2.write_all(PREFACE).await.unwrap();
         client2.write_all(&headers_start(1000)).await.unwrap();
         client2.write_all(&[0u8; 400]).await.unwrap();
@@ -389,7 +421,7 @@ mod tests {
         // A peer that keeps dribbling bytes of one frame does not reset
         // the deadline.
         let (mut client3, server) = UnixStream::pair().unwrap();
-        let mut shim = AuthorityShim::with_header_timeout(server, timeout);
+        let mut shim = AuthorityShim::new(server, &limits);
         client3.write_all(PREFACE).await.unwrap();
         client3.write_all(&headers_start(1000)).await.unwrap();
         let dribble = tokio::spawn(async move {
@@ -408,7 +440,7 @@ mod tests {
         // A complete exchange holds nothing once the frames are through,
         // and a quiet connection is not timed out.
         let (mut client4, server) = UnixStream::pair().unwrap();
-        let mut shim = AuthorityShim::with_header_timeout(server, timeout);
+        let mut shim = AuthorityShim::new(server, &limits);
         let settings = [0u8, 0, 0, 0x4, 0, 0, 0, 0, 0];
         client4.write_all(PREFACE).await.unwrap();
         client4.write_all(&settings).await.unwrap();
@@ -421,16 +453,19 @@ mod tests {
 
         // Over the budget: the connection that would exceed it is ended,
         // and the bytes come back.
-        set_buffer_budget(READ_CHUNK * 2);
+        let small = ShimLimits {
+            header_timeout: Duration::from_secs(30),
+            budget: HeaderBudget::new(READ_CHUNK * 2),
+        };
         let (mut client5, server) = UnixStream::pair().unwrap();
-        let mut shim5 = AuthorityShim::with_header_timeout(server, Duration::from_secs(30));
+        let mut shim5 = AuthorityShim::new(server, &small);
         client5.write_all(PREFACE).await.unwrap();
         client5.write_all(&headers_start(60_000)).await.unwrap();
         client5.write_all(&vec![0u8; 40_000]).await.unwrap();
         let e = read_all(&mut shim5, &mut vec![]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::OutOfMemory, "{e}");
         drop(shim5);
-        set_buffer_budget(DEFAULT_BUFFER_BUDGET);
+        assert_eq!(small.budget.held(), 0);
         drop(shim);
         assert_eq!(buffered_bytes(), floor);
         drop((client, client2, client4, client5));

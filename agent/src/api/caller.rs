@@ -38,6 +38,25 @@ pub(crate) struct Caller {
     pub selectors: Arc<Vec<Selector>>,
     /// Its connection.
     pub conn: ConnInfo,
+    /// Selector sets already logged as matching no entry (shared by the
+    /// callers of one [`Callers`]).
+    pub unmatched: Arc<Unmatched>,
+}
+
+/// Selector sets (by hash) already logged as matching no entry, bounded.
+#[derive(Debug, Default)]
+pub(crate) struct Unmatched(Mutex<std::collections::HashSet<u64>>);
+
+impl Unmatched {
+    /// True the first time `key` is seen (after 4,096 keys the memory
+    /// starts over).
+    fn first(&self, key: u64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= 4096 {
+            seen.clear();
+        }
+        seen.insert(key)
+    }
 }
 
 impl Caller {
@@ -52,18 +71,9 @@ impl Caller {
     /// logged (at info), so an operator can write the entry it lacks.
     pub fn no_identity(&self) -> WorkloadError {
         use std::hash::{Hash, Hasher};
-        static SEEN: std::sync::LazyLock<Mutex<std::collections::HashSet<u64>>> =
-            std::sync::LazyLock::new(Default::default);
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.selectors.hash(&mut h);
-        let first = {
-            let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.len() >= 4096 {
-                seen.clear();
-            }
-            seen.insert(h.finish())
-        };
-        if first {
+        if self.unmatched.first(h.finish()) {
             let selectors: Vec<String> = self.selectors.iter().map(ToString::to_string).collect();
             tracing::info!(
                 pid = self.conn.instance.as_ref().map(|i| i.pid()),
@@ -103,6 +113,8 @@ pub struct Callers {
     attestor: Arc<dyn WorkloadAttestor>,
     /// By connection number (ours, not the caller's: a fast hash is safe).
     attested: Mutex<HashMap<u64, ConnAttestation, foldhash::fast::RandomState>>,
+    /// Selector sets already logged as matching no entry.
+    unmatched: Arc<Unmatched>,
 }
 
 impl Callers {
@@ -111,6 +123,7 @@ impl Callers {
         Self {
             attestor,
             attested: Mutex::new(HashMap::default()),
+            unmatched: Arc::default(),
         }
     }
 
@@ -159,7 +172,11 @@ impl Callers {
         // time, and the same executable) before anything is reused.
         recheck(&conn)?;
         if let Some(selectors) = self.reuse(&conn, pid, hash) {
-            return Ok(Caller { selectors, conn });
+            return Ok(Caller {
+                selectors,
+                conn,
+                unmatched: self.unmatched.clone(),
+            });
         }
         let peer = PeerCred {
             pid: Some(pid),
@@ -198,7 +215,11 @@ impl Callers {
         );
         let selectors = Arc::new(selectors);
         self.remember(&conn, pid, hash, selectors.clone());
-        Ok(Caller { selectors, conn })
+        Ok(Caller {
+            selectors,
+            conn,
+            unmatched: self.unmatched.clone(),
+        })
     }
 }
 

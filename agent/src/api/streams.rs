@@ -159,6 +159,7 @@ mod tests {
         let caller = Caller {
             selectors: Arc::new(vec!["unix:uid:1".parse::<Selector>().unwrap()]),
             conn: ConnInfo::of_peer(&a, 1),
+            unmatched: Arc::default(),
         };
         let now = SystemTime::now();
         let (short, long) = (
