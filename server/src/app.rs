@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::admin_api::{AdminApi, check_peer_uid};
 use crate::agents::Agents;
+use crate::api::admin::{AdminApi, check_peer_uid};
 use crate::api::node::{Metrics, NodeApi};
 use crate::attestation::JoinTokens;
 use crate::audit::Audit;

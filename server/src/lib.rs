@@ -1,10 +1,6 @@
 //! The Lanyard server: CA, registration entries, node attestation, the
 //! server API agents call over mTLS, and the local admin API.
 
-pub mod admin_api;
-mod admin_audit;
-mod admin_enforce;
-mod admin_tasks;
 pub mod agents;
 pub mod api;
 pub mod app;

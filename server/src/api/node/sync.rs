@@ -26,7 +26,7 @@ impl NodeApi {
                 .quarantines
                 .in_force()
                 .iter()
-                .map(crate::admin_enforce::quarantine_msg)
+                .map(crate::api::admin::quarantine_msg)
                 .collect(),
             sensitivity_levels: self.tasks.levels().as_slice().to_vec(),
         }

@@ -38,6 +38,16 @@ use crate::registry::{Registry, RegistryError};
 use crate::store::CaKeyState;
 use crate::store::{AgentRecord, StoreError};
 
+mod agents;
+mod audit;
+mod authorities;
+mod enforce;
+mod entries;
+mod policy;
+mod tasks;
+
+pub(crate) use enforce::quarantine_msg;
+
 /// Why an admin call failed. Mapped to a status in one place below.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -251,41 +261,19 @@ impl AdminApi {
     }
 }
 
+/// The stream `ReadAudit` answers with.
+type ReadAuditStream = tokio_stream::wrappers::ReceiverStream<Result<AuditLine, Status>>;
+
 #[tonic::async_trait]
 impl Admin for AdminApi {
+    type ReadAuditStream = ReadAuditStream;
+
     #[instrument(skip_all)]
     async fn create_join_token(
         &self,
         req: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        let actor = admin_actor(&req);
-        let req = req.into_inner();
-        let agent_id = optional_id("agent_id", &req.agent_id)?;
-        let ttl = match req.ttl_seconds {
-            0 => self.default_token_ttl,
-            s if s < 0 => return Err(AdminError::Proto(ProtoError::Negative("ttl")).into()),
-            s => Duration::from_secs(s.unsigned_abs()),
-        };
-        let t = self
-            .tokens
-            .issue(agent_id, ttl)
-            .await
-            .map_err(AdminError::from)?;
-        tracing::info!(agent_id = %t.agent_id, "join token created");
-        self.audit
-            .note(
-                self.audit
-                    .event(Kind::TokenCreated)
-                    .actor(actor)
-                    .subject(t.agent_id.to_string())
-                    .details(serde_json::json!({"expires_at": t.expires_at})),
-            )
-            .await;
-        Ok(Response::new(CreateJoinTokenResponse {
-            token: t.token,
-            agent_id: t.agent_id.to_string(),
-            expires_at: i64::try_from(t.expires_at).unwrap_or(i64::MAX),
-        }))
+        self.create_join_token_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -293,34 +281,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<CreateEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
-        let actor = admin_actor(&req);
-        let mut msg = req
-            .into_inner()
-            .entry
-            .ok_or(AdminError::Proto(ProtoError::Missing("entry")))?;
-        if msg.id.is_empty() {
-            msg.id = Self::new_entry_id()?.to_string();
-        }
-        msg.revision = 0;
-        let since_epoch = self
-            .clock
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        msg.created_at = i64::try_from(since_epoch.as_secs()).unwrap_or(0);
-        msg.created_at_nanos = since_epoch.subsec_nanos();
-        let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
-        self.check_levels(&entry)?;
-        let entry = self
-            .registry
-            .create(entry)
-            .await
-            .map_err(AdminError::from)?;
-        tracing::info!(entry_id = %entry.id, spiffe_id = %entry.spiffe_id, "entry created");
-        self.audit
-            .note(entry_event(&self.audit, Kind::EntryCreated, actor, &entry))
-            .await;
-        Ok(Response::new(types::Entry::from(&entry)))
+        self.create_entry_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -328,23 +289,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<UpdateEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
-        let actor = admin_actor(&req);
-        let msg = req
-            .into_inner()
-            .entry
-            .ok_or(AdminError::Proto(ProtoError::Missing("entry")))?;
-        let entry = RegistrationEntry::try_from(msg).map_err(AdminError::from)?;
-        self.check_levels(&entry)?;
-        let entry = self
-            .registry
-            .update(entry)
-            .await
-            .map_err(AdminError::from)?;
-        tracing::info!(entry_id = %entry.id, revision = entry.revision, "entry updated");
-        self.audit
-            .note(entry_event(&self.audit, Kind::EntryUpdated, actor, &entry))
-            .await;
-        Ok(Response::new(types::Entry::from(&entry)))
+        self.update_entry_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -352,12 +297,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<GetEntryRequest>,
     ) -> Result<Response<types::Entry>, Status> {
-        let id = req.into_inner().id;
-        let e = self
-            .registry
-            .get(&id)
-            .ok_or_else(|| AdminError::Registry(RegistryError::NotFound(id)))?;
-        Ok(Response::new(types::Entry::from(&e)))
+        self.get_entry_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -365,16 +305,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<ListEntriesRequest>,
     ) -> Result<Response<ListEntriesResponse>, Status> {
-        let req = req.into_inner();
-        let sid = optional_id("spiffe_id", &req.spiffe_id)?;
-        let pid = optional_id("parent_id", &req.parent_id)?;
-        let entries = self
-            .registry
-            .list(sid.as_ref(), pid.as_ref())
-            .iter()
-            .map(types::Entry::from)
-            .collect();
-        Ok(Response::new(ListEntriesResponse { entries }))
+        self.list_entries_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -382,20 +313,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<DeleteEntryRequest>,
     ) -> Result<Response<DeleteEntryResponse>, Status> {
-        let actor = admin_actor(&req);
-        let e = self
-            .registry
-            .delete(&req.into_inner().id)
-            .await
-            .map_err(AdminError::from)?;
-        tracing::info!(entry_id = %e.id, "entry deleted");
-        self.audit
-            .note(entry_event(&self.audit, Kind::EntryDeleted, actor, &e))
-            .await;
-        self.enforce.entry_deleted(&e.spiffe_id).await?;
-        Ok(Response::new(DeleteEntryResponse {
-            entry: Some(types::Entry::from(&e)),
-        }))
+        self.delete_entry_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -403,43 +321,17 @@ impl Admin for AdminApi {
         &self,
         _req: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        let agents = self
-            .agents
-            .list()
-            .await
-            .map_err(AdminError::from)?
-            .iter()
-            .map(agent_msg)
-            .collect();
-        Ok(Response::new(ListAgentsResponse { agents }))
+        self.list_agents_rpc(_req).await
     }
 
     #[instrument(skip_all)]
     async fn evict_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
-        let actor = admin_actor(&req);
-        let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
-        let a = self.agents.evict(&id).await.map_err(AdminError::from)?;
-        tracing::info!(agent_id = %id, "agent evicted");
-        let e = self.audit.event(Kind::AgentEvicted).actor(actor);
-        self.audit
-            .note(e.subject(id.to_string()).serial(a.serial.clone()))
-            .await;
-        self.revoke_agent_svid(&a, "agent evicted").await?;
-        Ok(Response::new(agent_msg(&a)))
+        self.evict_agent_rpc(req).await
     }
 
     #[instrument(skip_all)]
     async fn ban_agent(&self, req: Request<AgentRequest>) -> Result<Response<Agent>, Status> {
-        let actor = admin_actor(&req);
-        let id = spiffe_id("spiffe_id", &req.into_inner().spiffe_id).map_err(AdminError::from)?;
-        let a = self.agents.ban(&id).await.map_err(AdminError::from)?;
-        tracing::info!(agent_id = %id, "agent banned");
-        let e = self.audit.event(Kind::AgentBanned).actor(actor);
-        self.audit
-            .note(e.subject(id.to_string()).serial(a.serial.clone()))
-            .await;
-        self.revoke_agent_svid(&a, "agent banned").await?;
-        Ok(Response::new(agent_msg(&a)))
+        self.ban_agent_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -447,9 +339,7 @@ impl Admin for AdminApi {
         &self,
         _req: Request<GetBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
-        Ok(Response::new(
-            self.ca.snapshot().to_proto(self.ca.trust_domain()),
-        ))
+        self.get_bundle_rpc(_req).await
     }
 
     #[instrument(skip_all)]
@@ -457,7 +347,7 @@ impl Admin for AdminApi {
         &self,
         _req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        Ok(Response::new(authorities(&self.ca).await))
+        self.list_authorities_rpc(_req).await
     }
 
     #[instrument(skip_all)]
@@ -465,10 +355,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        self.ca.prepare().await.map_err(AdminError::from)?;
-        self.audit_authority(Kind::AuthorityPrepared, admin_actor(&req), "")
-            .await;
-        Ok(Response::new(authorities(&self.ca).await))
+        self.prepare_authorities_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -476,10 +363,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<ListAuthoritiesRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        self.ca.activate().await.map_err(AdminError::from)?;
-        self.audit_authority(Kind::AuthorityActivated, admin_actor(&req), "")
-            .await;
-        Ok(Response::new(authorities(&self.ca).await))
+        self.activate_authorities_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -487,12 +371,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<AuthorityRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        let actor = admin_actor(&req);
-        let id = req.into_inner().id;
-        self.ca.taint(&id).await.map_err(AdminError::from)?;
-        self.audit_authority(Kind::AuthorityTainted, actor, &id)
-            .await;
-        Ok(Response::new(authorities(&self.ca).await))
+        self.taint_authority_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -500,12 +379,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<AuthorityRequest>,
     ) -> Result<Response<ListAuthoritiesResponse>, Status> {
-        let actor = admin_actor(&req);
-        let id = req.into_inner().id;
-        self.ca.revoke(&id).await.map_err(AdminError::from)?;
-        self.audit_authority(Kind::AuthorityRevoked, actor, &id)
-            .await;
-        Ok(Response::new(authorities(&self.ca).await))
+        self.revoke_authority_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -513,21 +387,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<SetPolicyRequest>,
     ) -> Result<Response<types::PolicyInfo>, Status> {
-        let actor = admin_actor(&req);
-        let info = self.set_policy_impl(req.into_inner()).await?;
-        self.audit
-            .note(
-                self.audit
-                    .event(Kind::PolicySet)
-                    .actor(actor)
-                    .details(serde_json::json!({
-                        "version": info.version,
-                        "shadow": info.shadow,
-                        "policies": info.policy_count,
-                    })),
-            )
-            .await;
-        Ok(Response::new(info))
+        self.set_policy_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -535,22 +395,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<ClearPolicyRequest>,
     ) -> Result<Response<ClearPolicyResponse>, Status> {
-        let actor = admin_actor(&req);
-        let shadow = req.into_inner().shadow;
-        let version = self.policies.clear(shadow).await?;
-        self.audit
-            .note(
-                self.audit
-                    .event(Kind::PolicySet)
-                    .actor(actor)
-                    .details(serde_json::json!({
-                        "version": version,
-                        "shadow": shadow,
-                        "cleared": true,
-                    })),
-            )
-            .await;
-        Ok(Response::new(ClearPolicyResponse { version }))
+        self.clear_policy_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -558,9 +403,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<GetPolicyRequest>,
     ) -> Result<Response<types::PolicyInfo>, Status> {
-        self.get_policy_impl(req.into_inner())
-            .await
-            .map(Response::new)
+        self.get_policy_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -568,7 +411,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<CheckPolicyRequest>,
     ) -> Result<Response<CheckPolicyResponse>, Status> {
-        self.check_policy_impl(req.into_inner()).map(Response::new)
+        self.check_policy_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -576,7 +419,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<TestPolicyRequest>,
     ) -> Result<Response<TestPolicyResponse>, Status> {
-        self.test_policy_impl(req.into_inner()).map(Response::new)
+        self.test_policy_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -584,9 +427,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        self.list_tasks_impl(req.into_inner())
-            .await
-            .map(Response::new)
+        self.list_tasks_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -594,9 +435,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<TaskRequest>,
     ) -> Result<Response<types::TaskInfo>, Status> {
-        self.get_task_impl(req.into_inner())
-            .await
-            .map(Response::new)
+        self.get_task_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -604,10 +443,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<TaskRequest>,
     ) -> Result<Response<types::TaskInfo>, Status> {
-        let actor = admin_actor(&req);
-        self.revoke_task_impl(req.into_inner(), &actor)
-            .await
-            .map(Response::new)
+        self.revoke_task_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -615,9 +451,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<RevokeSvidRequest>,
     ) -> Result<Response<RevokeSvidResponse>, Status> {
-        self.revoke_svid_impl(req.into_inner())
-            .await
-            .map(Response::new)
+        self.revoke_svid_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -625,7 +459,7 @@ impl Admin for AdminApi {
         &self,
         _req: Request<ListRevocationsRequest>,
     ) -> Result<Response<ListRevocationsResponse>, Status> {
-        Ok(Response::new(self.list_revocations_impl()))
+        self.list_revocations_rpc(_req).await
     }
 
     #[instrument(skip_all)]
@@ -633,10 +467,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<AddQuarantineRequest>,
     ) -> Result<Response<types::Quarantine>, Status> {
-        let uid = caller_uid(&req);
-        self.add_quarantine_impl(req.into_inner(), uid)
-            .await
-            .map(Response::new)
+        self.add_quarantine_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -644,7 +475,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<ListQuarantinesRequest>,
     ) -> Result<Response<ListQuarantinesResponse>, Status> {
-        Ok(Response::new(self.list_quarantines_impl(req.into_inner())))
+        self.list_quarantines_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -652,8 +483,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<QuarantineRequest>,
     ) -> Result<Response<types::Quarantine>, Status> {
-        self.get_quarantine_impl(&req.into_inner())
-            .map(Response::new)
+        self.get_quarantine_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -661,20 +491,7 @@ impl Admin for AdminApi {
         &self,
         req: Request<QuarantineRequest>,
     ) -> Result<Response<types::Quarantine>, Status> {
-        let uid = caller_uid(&req);
-        let q = self.release_quarantine_impl(req.into_inner(), uid).await?;
-        self.audit
-            .note(
-                self.audit
-                    .event(Kind::QuarantineReleased)
-                    .actor(crate::audit::Actor::Admin(uid).name())
-                    .subject(q.spiffe_id.clone())
-                    .node(q.node.clone())
-                    .task(q.task_id.clone())
-                    .details(serde_json::json!({"quarantine_id": q.id})),
-            )
-            .await;
-        Ok(Response::new(q))
+        self.release_quarantine_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -682,22 +499,15 @@ impl Admin for AdminApi {
         &self,
         req: Request<QuarantineRequest>,
     ) -> Result<Response<types::Quarantine>, Status> {
-        let uid = caller_uid(&req);
-        let q = self.confirm_quarantine_impl(req.into_inner(), uid).await?;
-        Ok(Response::new(q))
+        self.confirm_quarantine_rpc(req).await
     }
-
-    type ReadAuditStream = tokio_stream::wrappers::ReceiverStream<Result<AuditLine, Status>>;
 
     #[instrument(skip_all)]
     async fn read_audit(
         &self,
         req: Request<ReadAuditRequest>,
     ) -> Result<Response<Self::ReadAuditStream>, Status> {
-        let rx = self.read_audit_impl(req.into_inner())?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        self.read_audit_rpc(req).await
     }
 
     #[instrument(skip_all)]
@@ -705,7 +515,7 @@ impl Admin for AdminApi {
         &self,
         _req: Request<GetAuditKeyRequest>,
     ) -> Result<Response<AuditKeyResponse>, Status> {
-        Ok(Response::new(self.audit_key_impl()))
+        self.get_audit_key_rpc(_req).await
     }
 }
 

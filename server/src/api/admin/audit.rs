@@ -18,7 +18,9 @@ use lanyard_proto::admin::{AuditKeyResponse, AuditLine, ReadAuditRequest};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::admin_api::AdminApi;
+use super::AdminApi;
+#[allow(clippy::wildcard_imports)]
+use super::*;
 use crate::audit::Audit;
 
 /// Lines buffered towards a slow reader.
@@ -261,5 +263,24 @@ impl AdminApi {
             chain: self.audit.chain().to_owned(),
             head: *self.audit.subscribe().borrow(),
         }
+    }
+}
+
+impl AdminApi {
+    pub(super) async fn read_audit_rpc(
+        &self,
+        req: Request<ReadAuditRequest>,
+    ) -> Result<Response<ReadAuditStream>, Status> {
+        let rx = self.read_audit_impl(req.into_inner())?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    pub(super) async fn get_audit_key_rpc(
+        &self,
+        _req: Request<GetAuditKeyRequest>,
+    ) -> Result<Response<AuditKeyResponse>, Status> {
+        Ok(Response::new(self.audit_key_impl()))
     }
 }

@@ -14,7 +14,9 @@ use lanyard_proto::convert::spiffe_id;
 use lanyard_proto::types;
 use tonic::Status;
 
-use crate::admin_api::AdminApi;
+use super::AdminApi;
+#[allow(clippy::wildcard_imports)]
+use super::*;
 use crate::policy::{LoadedPolicy, Policies, PolicySetError};
 use crate::tasks::{Caller, TaskServiceError};
 
@@ -209,5 +211,35 @@ impl AdminApi {
                 other => Status::from(other),
             })?;
         Ok(types::TaskInfo::from(&t))
+    }
+}
+
+impl AdminApi {
+    pub(super) async fn list_tasks_rpc(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        self.list_tasks_impl(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    pub(super) async fn get_task_rpc(
+        &self,
+        req: Request<lanyard_proto::admin::TaskRequest>,
+    ) -> Result<Response<types::TaskInfo>, Status> {
+        self.get_task_impl(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    pub(super) async fn revoke_task_rpc(
+        &self,
+        req: Request<lanyard_proto::admin::TaskRequest>,
+    ) -> Result<Response<types::TaskInfo>, Status> {
+        let actor = admin_actor(&req);
+        self.revoke_task_impl(req.into_inner(), &actor)
+            .await
+            .map(Response::new)
     }
 }

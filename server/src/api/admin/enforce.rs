@@ -11,7 +11,9 @@ use lanyard_proto::admin::{
 use lanyard_proto::types;
 use tonic::Status;
 
-use crate::admin_api::AdminApi;
+use super::AdminApi;
+#[allow(clippy::wildcard_imports)]
+use super::*;
 use crate::enforce::{EnforceError, QuarantineInput, QuarantineRecord, Scope};
 
 impl From<EnforceError> for Status {
@@ -239,5 +241,77 @@ impl AdminApi {
             )));
         }
         Ok(quarantine_msg(&q))
+    }
+}
+
+impl AdminApi {
+    pub(super) async fn revoke_svid_rpc(
+        &self,
+        req: Request<RevokeSvidRequest>,
+    ) -> Result<Response<RevokeSvidResponse>, Status> {
+        self.revoke_svid_impl(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    pub(super) async fn list_revocations_rpc(
+        &self,
+        _req: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        Ok(Response::new(self.list_revocations_impl()))
+    }
+
+    pub(super) async fn add_quarantine_rpc(
+        &self,
+        req: Request<AddQuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        let uid = caller_uid(&req);
+        self.add_quarantine_impl(req.into_inner(), uid)
+            .await
+            .map(Response::new)
+    }
+
+    pub(super) async fn list_quarantines_rpc(
+        &self,
+        req: Request<ListQuarantinesRequest>,
+    ) -> Result<Response<ListQuarantinesResponse>, Status> {
+        Ok(Response::new(self.list_quarantines_impl(req.into_inner())))
+    }
+
+    pub(super) async fn get_quarantine_rpc(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        self.get_quarantine_impl(&req.into_inner())
+            .map(Response::new)
+    }
+
+    pub(super) async fn release_quarantine_rpc(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        let uid = caller_uid(&req);
+        let q = self.release_quarantine_impl(req.into_inner(), uid).await?;
+        self.audit
+            .note(
+                self.audit
+                    .event(Kind::QuarantineReleased)
+                    .actor(crate::audit::Actor::Admin(uid).name())
+                    .subject(q.spiffe_id.clone())
+                    .node(q.node.clone())
+                    .task(q.task_id.clone())
+                    .details(serde_json::json!({"quarantine_id": q.id})),
+            )
+            .await;
+        Ok(Response::new(q))
+    }
+
+    pub(super) async fn confirm_quarantine_rpc(
+        &self,
+        req: Request<QuarantineRequest>,
+    ) -> Result<Response<types::Quarantine>, Status> {
+        let uid = caller_uid(&req);
+        let q = self.confirm_quarantine_impl(req.into_inner(), uid).await?;
+        Ok(Response::new(q))
     }
 }
