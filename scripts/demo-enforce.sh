@@ -96,6 +96,20 @@ client --tool crm.read --tool payments.transfer --ttl 2m -- \
   payments.transfer acct/7 '{"amount": 50000}' crm.read account/42 '{}' || true
 srv quarantine list
 
+step "The quarantine holds the workload: the same program started again is refused"
+if client --tool crm.read --ttl 2m -- "$BIN/tool-client" "${CONNECT[@]}" crm.read account/42 '{}'; then
+  echo "error: a quarantined workload began a task" >&2; exit 1
+fi
+step "An operator releases it: served again, with fresh SVIDs"
+Q="$(srv quarantine list --output json | grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4)"
+srv quarantine release "$Q"
+# The release reaches the agent over its push stream: wait until a task
+# can begin again.
+for _ in $(seq 1 100); do
+  client --tool crm.read --ttl 1m -- true 2>/dev/null && break
+  sleep 0.2
+done
+
 step "task revoke: a live client is cut off and its next handshake refused"
 client --tool crm.read --ttl 2m -- \
   "$BIN/tool-client" "${CONNECT[@]}" --every 300 crm.read account/42 '{}' >"$WORK/live.log" 2>&1 &
