@@ -15,12 +15,12 @@ use tonic_health::ServingStatus;
 
 use crate::api::{Callers, ExpiryTicker, TaskApi, WorkloadApi};
 use crate::attestor::{UnixAttestor, WorkloadAttestor};
-use crate::bootstrap::{BootstrapError, ensure_identity};
 use crate::cache::Snapshot;
 use crate::config::Config;
-use crate::creds::Credentials;
 use crate::identity::Manager;
 use crate::jwt_cache::JwtCache;
+use crate::server::bootstrap::{BootstrapError, ensure_identity};
+use crate::server::creds::Credentials;
 use crate::storage::{AgentStorage, StorageError};
 
 /// Why the agent could not start.

@@ -226,8 +226,8 @@ pub fn node_client_from(
     data_dir: &Path,
     server: SocketAddr,
 ) -> lanyard_proto::server::node_client::NodeClient<Channel> {
-    use lanyard_agent::creds::{AgentIdentity, ClientCert, Credentials};
-    use lanyard_agent::server_client::{node_client, tls_config};
+    use lanyard_agent::server::client::{node_client, tls_config};
+    use lanyard_agent::server::creds::{AgentIdentity, ClientCert, Credentials};
     use lanyard_agent::storage::AgentStorage;
     use lanyard_core::tls::SpiffeServerVerifier;
     use std::sync::Arc;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lanyard_agent::config::RawConfig;
-use lanyard_agent::config_k8s::{RawK8s, RawK8sPsat};
+use lanyard_agent::config::k8s::{RawK8s, RawK8sPsat};
 use lanyard_core::k8s::test_issuer::{PsatSpec, TestIssuer};
 use lanyard_integration_tests::{TD, TestServer, endpoint, init, own_uid, wait_for_svid};
 use lanyard_proto::admin::{CreateEntryRequest, ListAgentsRequest};
@@ -77,7 +77,7 @@ async fn attest_raw(
     attestor: &str,
     data: Vec<u8>,
 ) -> Result<String, tonic::Status> {
-    use lanyard_agent::server_client::{node_client, tls_config};
+    use lanyard_agent::server::client::{node_client, tls_config};
     let tls = tls_config(
         Arc::new(lanyard_core::tls::InsecureBootstrapVerifier::default()),
         None,

@@ -9,7 +9,6 @@ pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
-mod config_psat;
 pub mod enforce;
 pub mod follow;
 pub mod node_attest;

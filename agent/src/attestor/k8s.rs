@@ -15,7 +15,7 @@ use lanyard_core::Selector;
 use lanyard_core::k8s::{ContainerRef, PodList, container_of, selectors_for};
 
 use super::{AttestError, AttestOptions, PeerCred, WorkloadAttestor};
-use crate::config_k8s::K8sSettings;
+use crate::config::k8s::K8sSettings;
 
 /// A miss fetches the pod list again at most this often.
 const MISS_REFETCH: Duration = Duration::from_secs(1);

@@ -28,8 +28,8 @@ use super::signed::{Batch, jitter_sample};
 use super::tasks::ActiveTask;
 use super::{Command, CommandError};
 use crate::cache::{EntrySet, Snapshot};
-use crate::creds::{AgentIdentity, ClientCert, Credentials};
-use crate::server_client::{node_client_with, tls_config};
+use crate::server::client::{node_client_with, tls_config};
+use crate::server::creds::{AgentIdentity, ClientCert, Credentials};
 use crate::storage::AgentStorage;
 
 /// First retry delay after a failure.
@@ -82,7 +82,7 @@ pub(super) type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Event> +
 pub struct Manager {
     pub(crate) server: String,
     /// Resolves server names.
-    pub(crate) resolver: Arc<crate::server_dns::ServerResolver>,
+    pub(crate) resolver: Arc<crate::server::dns::ServerResolver>,
     pub(crate) td: TrustDomain,
     pub(crate) creds: Arc<Credentials>,
     pub(crate) storage: AgentStorage,
@@ -154,7 +154,7 @@ impl Manager {
         let bundle = lanyard_core::tls::X509BundleSource::x509_authorities(creds.as_ref());
         let mut m = Self {
             server,
-            resolver: crate::server_dns::ServerResolver::system(),
+            resolver: crate::server::dns::ServerResolver::system(),
             td,
             creds,
             storage,
@@ -193,7 +193,7 @@ impl Manager {
     }
 
     /// Resolves server names with `resolver` (default: the system's).
-    pub fn resolver(mut self, resolver: Arc<crate::server_dns::ServerResolver>) -> Self {
+    pub fn resolver(mut self, resolver: Arc<crate::server::dns::ServerResolver>) -> Self {
         self.resolver = resolver;
         self
     }

@@ -1,5 +1,5 @@
 //! The admin API's revocation and quarantine calls (the `Admin` trait impl
-//! in `admin_api` forwards here): `svid revoke`, the revocation list and
+//! in the service (`mod.rs`) forwards here): `svid revoke`, the revocation list and
 //! CRLs, `quarantine add|list|show|release`.
 
 use lanyard_core::clock::unix_secs;

@@ -1,5 +1,5 @@
 //! The admin API's policy and task calls (the `Admin` trait impl in
-//! `admin_api` forwards here): policy set/show/check/test, task
+//! the service (`mod.rs`) forwards here): policy set/show/check/test, task
 //! list/show/revoke.
 
 use std::time::Duration;

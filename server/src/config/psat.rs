@@ -220,8 +220,8 @@ mod tests {
     #[test]
     fn the_kubernetes_manifests_server_config_parses() {
         for text in [
-            include_str!("../../deploy/kubernetes/base/server.toml"),
-            include_str!("../../deploy/kubernetes/overlays/example/server.toml"),
+            include_str!("../../../deploy/kubernetes/base/server.toml"),
+            include_str!("../../../deploy/kubernetes/overlays/example/server.toml"),
         ] {
             let raw: crate::config::RawConfig = toml::from_str(text).unwrap();
             let clusters = raw.k8s_psat.clone().unwrap();

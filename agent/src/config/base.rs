@@ -89,9 +89,9 @@ pub struct RawConfig {
     /// Prometheus metrics address (off when unset).
     pub metrics_bind: Option<String>,
     /// `[k8s_psat]`: the projected service account token.
-    pub k8s_psat: Option<crate::config_k8s::RawK8sPsat>,
+    pub k8s_psat: Option<crate::config::k8s::RawK8sPsat>,
     /// `[k8s]`: the Kubernetes workload attestor.
-    pub k8s: Option<crate::config_k8s::RawK8s>,
+    pub k8s: Option<crate::config::k8s::RawK8s>,
 }
 
 impl std::fmt::Debug for RawConfig {
@@ -186,13 +186,13 @@ pub struct Config {
     /// Workload API limits.
     pub limits: Limits,
     /// How the node attests.
-    pub node_attestation: crate::config_k8s::NodeAttestation,
+    pub node_attestation: crate::config::k8s::NodeAttestation,
     /// Resolves server names.
-    pub resolver: std::sync::Arc<crate::server_dns::ServerResolver>,
+    pub resolver: std::sync::Arc<crate::server::dns::ServerResolver>,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// The Kubernetes workload attestor, when on.
-    pub k8s: Option<crate::config_k8s::K8sSettings>,
+    pub k8s: Option<crate::config::k8s::K8sSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -319,7 +319,7 @@ impl RawConfig {
         })?)
         .map_err(|e| ConfigError::invalid("trust_domain", e))?;
         let server = self.server.unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        let list = crate::server_client::server_list(&server)
+        let list = crate::server::client::server_list(&server)
             .map_err(|_| ConfigError::invalid("server", "is empty (expected host:port)"))?;
         for one in &list {
             if one
@@ -451,18 +451,19 @@ impl RawConfig {
             sync_interval,
         };
         let node_attestation =
-            crate::config_k8s::node_attestation(self.node_attestor.as_deref(), self.k8s_psat)?;
-        if join_token.is_some() && node_attestation != crate::config_k8s::NodeAttestation::JoinToken
+            crate::config::k8s::node_attestation(self.node_attestor.as_deref(), self.k8s_psat)?;
+        if join_token.is_some()
+            && node_attestation != crate::config::k8s::NodeAttestation::JoinToken
         {
             return Err(ConfigError::invalid(
                 "join_token",
                 "is only used with node_attestor = \"join_token\"",
             ));
         }
-        let k8s = crate::config_k8s::k8s(self.k8s)?;
+        let k8s = crate::config::k8s::k8s(self.k8s)?;
         let resolver = match self.dns_server.as_deref().map(str::trim) {
-            None | Some("") => crate::server_dns::ServerResolver::system(),
-            Some(v) => std::sync::Arc::new(crate::server_dns::ServerResolver::new(Some(
+            None | Some("") => crate::server::dns::ServerResolver::system(),
+            Some(v) => std::sync::Arc::new(crate::server::dns::ServerResolver::new(Some(
                 v.parse().map_err(|_| {
                     ConfigError::invalid(
                         "dns_server",

@@ -11,8 +11,8 @@ use lanyard_proto::server::AttestAgentRequest;
 use rustls::client::danger::ServerCertVerifier;
 
 use crate::config::{Bootstrap, Config};
-use crate::creds::{AgentIdentity, Credentials};
-use crate::server_client::{node_client_with, tls_config};
+use crate::server::client::{node_client_with, tls_config};
+use crate::server::creds::{AgentIdentity, Credentials};
 use crate::storage::AgentStorage;
 
 /// Why the agent could not obtain an identity.
@@ -85,7 +85,7 @@ pub async fn ensure_identity(
         creds.set_bundle(Arc::new(bundle));
         creds.set_identity(Some(Arc::new(id)));
     };
-    if let crate::config_k8s::NodeAttestation::K8sPsat {
+    if let crate::config::k8s::NodeAttestation::K8sPsat {
         cluster,
         token_file,
     } = &cfg.node_attestation

@@ -78,7 +78,7 @@ pub struct RawConfig {
     pub audit_segment_bytes: Option<u64>,
     /// `[[k8s_psat]]`: clusters whose agents attest with projected service
     /// account tokens.
-    pub k8s_psat: Option<Vec<crate::config_psat::RawPsatCluster>>,
+    pub k8s_psat: Option<Vec<crate::config::psat::RawPsatCluster>>,
 }
 
 impl RawConfig {
@@ -274,7 +274,7 @@ impl RawConfig {
             }
             audit.segment_bytes = n;
         }
-        let psat_clusters = crate::config_psat::validate(self.k8s_psat.unwrap_or_default())?;
+        let psat_clusters = crate::config::psat::validate(self.k8s_psat.unwrap_or_default())?;
         let metrics_bind =
             lanyard_core::config::optional_addr("metrics_bind", self.metrics_bind.as_deref())?;
         Ok(Config {

@@ -289,8 +289,8 @@ mod tests {
         let cert = dir.path().join("kubelet.crt");
         std::fs::write(&cert, kubelet_cert("node-1")).unwrap();
         for text in [
-            include_str!("../../deploy/kubernetes/base/agent.toml"),
-            include_str!("../../deploy/kubernetes/overlays/example/agent.toml"),
+            include_str!("../../../deploy/kubernetes/base/agent.toml"),
+            include_str!("../../../deploy/kubernetes/overlays/example/agent.toml"),
         ] {
             let mut raw: crate::config::RawConfig = toml::from_str(text).unwrap();
             // The DaemonSet mounts the node's kubelet certificate and sets
@@ -316,7 +316,7 @@ mod tests {
         }
         // Only the development overlay skips verification, and says so.
         let dev: crate::config::RawConfig = toml::from_str(include_str!(
-            "../../deploy/kubernetes/overlays/dev-insecure-kubelet/agent.toml"
+            "../../../deploy/kubernetes/overlays/dev-insecure-kubelet/agent.toml"
         ))
         .unwrap();
         assert!(dev.validate().unwrap().k8s.unwrap().insecure_kubelet);
