@@ -1,0 +1,572 @@
+//! Revocation: decisions, JWT validation, CRLs and handshakes; pruning; revocation by SPIFFE ID; CRLs without the holder's agent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_reaches_decisions_jwt_validation_crls_and_handshakes_within_a_second() {
+    let s = setup(true).await;
+    let peer = follow_bundles(&s.socket).await;
+    // The CRL of every live CA is there from the start, signed by it.
+    let first = peer.crls.lock().unwrap()[0].clone();
+    assert_eq!(first.len(), 1);
+    let bundle = s.server().bundle();
+    let parsed = lanyard_core::x509::parse_crl(&first[0], &bundle).unwrap();
+    assert_eq!(parsed.issuer_key_id, s.server().active_ca_id());
+    assert!(parsed.serials.is_empty());
+    assert!(x509_parser::parse_x509_crl(&first[0]).is_ok());
+
+    // This process holds a task (it is also the workload); its task SVID
+    // and key make a TLS client; the tool server uses its standing SVID.
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let begun = TaskIdentityClient::new(ch)
+        .begin_task(header(BeginTaskRequest {
+            spiffe_id: PLANNER.into(),
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 300,
+            jwt_audiences: vec!["tools".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let task_svid = begun.x509_svid.unwrap();
+    let task_chain = lanyard_core::x509::der_chain_split(&task_svid.x509_svid).unwrap();
+    let task_key = task_svid.x509_svid_key.clone();
+    let task_jwt = begun.jwt_svid.unwrap().svid;
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let mut wl = SpiffeWorkloadApiClient::new(ch);
+    let resp = wl
+        .fetch_x509svid(header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    // The CRL is in FetchX509SVID too.
+    assert_eq!(resp.crl, first);
+    let standing = resp
+        .svids
+        .iter()
+        .find(|v| v.spiffe_id == PLANNER && !v.hint.starts_with("task:"))
+        .unwrap();
+    let standing_chain = lanyard_core::x509::der_chain_split(&standing.x509_svid).unwrap();
+    let standing_key = standing.x509_svid_key.clone();
+    let server_svid = resp
+        .svids
+        .iter()
+        .find(|v| v.spiffe_id == TOOLS && !v.hint.starts_with("task:"))
+        .unwrap();
+    let addr = tool_server(
+        peer.trust.clone(),
+        lanyard_core::x509::der_chain_split(&server_svid.x509_svid).unwrap(),
+        server_svid.x509_svid_key.clone(),
+    )
+    .await;
+    handshake(addr, peer.trust.clone(), &task_chain, &task_key)
+        .await
+        .unwrap();
+    let wl2 = wl.clone();
+    let validate = |token: String| {
+        let mut wl = wl2.clone();
+        async move {
+            wl.validate_jwtsvid(header(ValidateJwtsvidRequest {
+                audience: "tools".into(),
+                svid: token,
+            }))
+            .await
+        }
+    };
+    assert!(validate(task_jwt.clone()).await.is_ok());
+
+    // task revoke: refused by AuthorizeToolCall, ValidateJWTSVID and the
+    // handshake, each within the bound.
+    let t0 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_task(lanyard_proto::admin::TaskRequest {
+            task_id: begun.task_id.clone(),
+        })
+        .await
+        .unwrap();
+    let d_authz = within(
+        "AuthorizeToolCall refuses the revoked task",
+        t0,
+        async || {
+            authorize(&s.socket, x509(&task_chain), "crm.read", "")
+                .await
+                .is_err_and(|e| {
+                    e.code() == tonic::Code::PermissionDenied && e.message().contains("revoked")
+                })
+        },
+    )
+    .await;
+    let d_jwt = within(
+        "ValidateJWTSVID refuses the revoked task's JWT",
+        t0,
+        async || validate(task_jwt.clone()).await.is_err(),
+    )
+    .await;
+    let d_tls = within(
+        "the handshake refuses the revoked task SVID",
+        t0,
+        async || {
+            handshake(addr, peer.trust.clone(), &task_chain, &task_key)
+                .await
+                .is_err()
+        },
+    )
+    .await;
+    eprintln!("task revoke -> refused: authorize {d_authz:?}, jwt {d_jwt:?}, handshake {d_tls:?}");
+    for d in [d_authz, d_jwt, d_tls] {
+        assert!(d < REVOCATION_BOUND, "took {d:?}");
+    }
+    // The CRL now lists the task SVID's serial.
+    let serial = lanyard_core::revocation::normalize_serial(
+        &lanyard_core::x509::CertInfo::parse(&task_chain[0])
+            .unwrap()
+            .serial,
+    );
+    let newest = peer.crls.lock().unwrap().last().cloned().unwrap();
+    let listed = lanyard_core::x509::parse_crl(&newest[0], &bundle).unwrap();
+    assert!(listed.serials.contains(&serial), "{listed:?}");
+
+    // svid revoke SERIAL of a standing SVID: the handshake refuses it and
+    // the waiting bundle stream got a new CRL.
+    handshake(addr, peer.trust.clone(), &standing_chain, &standing_key)
+        .await
+        .unwrap();
+    let standing_serial = lanyard_core::x509::CertInfo::parse(&standing_chain[0])
+        .unwrap()
+        .serial;
+    let t1 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            serial: standing_serial.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d_serial = within("the handshake refuses the revoked serial", t1, async || {
+        handshake(addr, peer.trust.clone(), &standing_chain, &standing_key)
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(d_serial < REVOCATION_BOUND, "took {d_serial:?}");
+    // The agent signs a new standing SVID for the workload.
+    let fresh = eventually("a new standing SVID", WAIT, || {
+        let mut wl = wl.clone();
+        let old = standing_chain[0].clone();
+        async move {
+            let r = wl
+                .fetch_x509svid(header(X509svidRequest {}))
+                .await
+                .ok()?
+                .into_inner()
+                .message()
+                .await
+                .ok()??;
+            let v = r
+                .svids
+                .into_iter()
+                .find(|v| v.spiffe_id == PLANNER && !v.hint.starts_with("task:"))?;
+            let c = lanyard_core::x509::der_chain_split(&v.x509_svid).ok()?;
+            (c[0] != old).then_some((c, v.x509_svid_key))
+        }
+    })
+    .await;
+    handshake(addr, peer.trust.clone(), &fresh.0, &fresh.1)
+        .await
+        .unwrap();
+
+    // svid revoke --jwt-id: ValidateJWTSVID refuses that token only.
+    let token = wl
+        .fetch_jwtsvid(header(JwtsvidRequest {
+            audience: vec!["tools".into()],
+            spiffe_id: PLANNER.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .svids
+        .remove(0)
+        .svid;
+    validate(token.clone()).await.unwrap();
+    let jti = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["jti"].as_str().unwrap().to_owned()
+    };
+    let t2 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            jwt_id: jti,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = within(
+        "ValidateJWTSVID refuses the revoked JWT ID",
+        t2,
+        async || {
+            validate(token.clone())
+                .await
+                .is_err_and(|e| e.message().contains("revoked"))
+        },
+    )
+    .await;
+    assert!(d < REVOCATION_BOUND, "took {d:?}");
+
+    // The other direction: the tool server's own SVID revoked, the
+    // client's verifier refuses the server.
+    let server_chain = lanyard_core::x509::der_chain_split(&server_svid.x509_svid).unwrap();
+    let server_serial = lanyard_core::x509::CertInfo::parse(&server_chain[0])
+        .unwrap()
+        .serial;
+    let t3 = Instant::now();
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            serial: server_serial,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let d = within(
+        "the client refuses the revoked server SVID",
+        t3,
+        async || {
+            handshake(addr, peer.trust.clone(), &fresh.0, &fresh.1)
+                .await
+                .is_err_and(|e| e.contains("invalid peer certificate: Revoked"))
+        },
+    )
+    .await;
+    assert!(d < REVOCATION_BOUND, "took {d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_tasks_ending_at_once_push_the_crl_streams_a_few_times_not_once_each() {
+    let s = setup(false).await;
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let tasks = TaskIdentityClient::new(ch);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let r = tasks
+            .clone()
+            .begin_task(header(BeginTaskRequest {
+                spiffe_id: PLANNER.into(),
+                task_type: "report.generate".into(),
+                tools: vec!["crm.read".into()],
+                ttl_seconds: 300,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(r.task_id);
+    }
+    let peer = follow_bundles(&s.socket).await;
+    let before = peer.crls.lock().unwrap().len();
+    let ends: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut t = tasks.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                t.end_task(header(lanyard_proto::task::EndTaskRequest { task_id: id }))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for e in ends {
+        e.await.unwrap();
+    }
+    // Every ended task's SVID ends up in the CRL...
+    eventually("all 20 serials in the CRL", WAIT, || async {
+        let newest = peer.crls.lock().unwrap().last().cloned()?;
+        let parsed = lanyard_core::x509::parse_crl(&newest[0], &s.server().bundle()).ok()?;
+        (parsed.serials.len() >= 20).then_some(())
+    })
+    .await;
+    // ...through a handful of pushes, not twenty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushes = peer.crls.lock().unwrap().len() - before;
+    eprintln!("CRL pushes for 20 tasks ending at once: {pushes}");
+    assert!(
+        pushes <= 5,
+        "{pushes} CRL pushes for 20 tasks ending at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_are_pruned_once_what_they_revoke_has_expired() {
+    let s = setup(false).await;
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let mut tasks = TaskIdentityClient::new(ch);
+    let begun = tasks
+        .begin_task(header(BeginTaskRequest {
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 3,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    tasks
+        .end_task(header(lanyard_proto::task::EndTaskRequest {
+            task_id: begun.task_id.clone(),
+        }))
+        .await
+        .unwrap();
+    let key = format!("task:{}", begun.task_id);
+    let listed = |s: &Setup| {
+        let mut admin = s.server().admin();
+        async move {
+            admin
+                .list_revocations(lanyard_proto::admin::ListRevocationsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .revocations
+                .iter()
+                .map(|r| format!("{}:{}", r.kind, r.value))
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually("the ended task's revocation", WAIT, || {
+        let f = listed(&s);
+        let key = key.clone();
+        async move { f.await.contains(&key).then_some(()) }
+    })
+    .await;
+    let mut state = s.agent.state.clone();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| {
+            snap.revocations
+                .get(lanyard_core::revocation::RevokedKind::Task, &begun.task_id)
+                .is_some()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // After the task's window: gone from the server and the agent.
+    eventually("the revocation pruned on the server", WAIT, || {
+        let f = listed(&s);
+        let key = key.clone();
+        async move { (!f.await.contains(&key)).then_some(()) }
+    })
+    .await;
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|snap| {
+            snap.revocations
+                .get(lanyard_core::revocation::RevokedKind::Task, &begun.task_id)
+                .is_none()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+/// `svid revoke --spiffe-id` refuses every SVID of the ID signed before it,
+/// each time it is asked: after the entry was deleted (a first revocation)
+/// and re-created, a second revocation still reaches the new entry's task
+/// SVID, and each one is an audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoking_a_spiffe_id_again_reaches_what_was_signed_since_and_is_audited() {
+    let s = setup(true).await;
+    let planner = s
+        .server()
+        .entries()
+        .await
+        .into_iter()
+        .find(|e| e.spiffe_id == PLANNER)
+        .unwrap();
+    s.server()
+        .admin()
+        .delete_entry(lanyard_proto::admin::DeleteEntryRequest { id: planner.id })
+        .await
+        .unwrap();
+    // Revocations by SPIFFE ID are kept to the second: what is signed from
+    // the next second on is outside the first one.
+    let deleted = lanyard_core::clock::unix_secs(std::time::SystemTime::now());
+    eventually("the next second", WAIT, || async {
+        (lanyard_core::clock::unix_secs(std::time::SystemTime::now()) > deleted).then_some(())
+    })
+    .await;
+    entry(s.server(), PLANNER, vec![], false).await;
+    wait_entries(&s, 2).await;
+    let begun = eventually("a task under the re-created entry", WAIT, || async {
+        let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+        TaskIdentityClient::new(ch)
+            .begin_task(header(BeginTaskRequest {
+                spiffe_id: PLANNER.into(),
+                task_type: "report.generate".into(),
+                tools: vec!["crm.read".into()],
+                ttl_seconds: 300,
+                ..Default::default()
+            }))
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+    .await;
+    let chain = lanyard_core::x509::der_chain_split(&begun.x509_svid.unwrap().x509_svid).unwrap();
+    let allowed = authorize(&s.socket, x509(&chain), "crm.read", "")
+        .await
+        .unwrap();
+    assert!(allowed.allow, "{allowed:?}");
+
+    for _ in 0..2 {
+        s.server()
+            .admin()
+            .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+                spiffe_id: PLANNER.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    eventually("AuthorizeToolCall refuses the revoked ID", WAIT, || async {
+        authorize(&s.socket, x509(&chain), "crm.read", "")
+            .await
+            .is_err_and(|e| {
+                e.code() == tonic::Code::PermissionDenied && e.message().contains("revoked")
+            })
+            .then_some(())
+    })
+    .await;
+    let audit = lanyard_integration_tests::verified_audit(s.server().admin()).await;
+    let revocations = audit
+        .iter()
+        .filter(|r| r["kind"] == "revocation" && r.to_string().contains(PLANNER))
+        .count();
+    assert!(
+        revocations >= 3,
+        "the deletion and both revocations are recorded: {revocations}"
+    );
+}
+
+/// Revoking a task or a SPIFFE ID reaches the CRLs without the holder's
+/// agent: the server recorded every serial it signed. With the agent
+/// stopped, `task revoke` and `svid revoke --spiffe-id` put the serials of
+/// the task SVID and of the standing SVID into the CRL the server serves,
+/// and `openssl verify -crl_check` refuses both certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_reach_the_crl_with_the_holders_agent_stopped() {
+    let s = setup(true).await;
+    let holder = Holder::start(&s.socket, &["crm.read"]);
+    holder.wait_line("stream ok");
+    // The standing SVID of the planner, as this process (same uid) has it.
+    let ch = lanyard_uds::unix_channel(&s.socket).unwrap();
+    let resp = SpiffeWorkloadApiClient::new(ch)
+        .fetch_x509svid(header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let standing = resp
+        .svids
+        .iter()
+        .find(|v| v.spiffe_id == PLANNER && !v.hint.starts_with("task:"))
+        .map(|v| lanyard_core::x509::der_chain_split(&v.x509_svid).unwrap())
+        .unwrap();
+    let Setup {
+        server,
+        agent,
+        dir,
+        socket: _,
+    } = s;
+    let server = server.unwrap();
+    agent.shutdown().await;
+    let serial_of = |der: &[u8]| {
+        lanyard_core::revocation::normalize_serial(
+            &lanyard_core::x509::CertInfo::parse(der).unwrap().serial,
+        )
+    };
+    let task_serial = serial_of(&holder.chain[0]);
+    let standing_serial = serial_of(&standing[0]);
+    let t0 = Instant::now();
+    server
+        .admin()
+        .revoke_task(lanyard_proto::admin::TaskRequest {
+            task_id: holder.task_id.clone(),
+        })
+        .await
+        .unwrap();
+    server
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            spiffe_id: PLANNER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bundle = server.bundle();
+    let crl = eventually("both serials in the server's CRL", WAIT, || async {
+        let crls = server
+            .admin()
+            .list_revocations(lanyard_proto::admin::ListRevocationsRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .crls;
+        crls.into_iter().find(|der| {
+            lanyard_core::x509::parse_crl(der, &bundle).is_ok_and(|c| {
+                c.serials.contains(&task_serial) && c.serials.contains(&standing_serial)
+            })
+        })
+    })
+    .await;
+    eprintln!(
+        "revoke -> both serials in the CRL, holder's agent stopped: {:?}",
+        t0.elapsed()
+    );
+    // A TLS stack that is not ours refuses them.
+    let pem = |label: &str, ders: &[Vec<u8>]| lanyard_core::x509::der_to_pem(label, ders);
+    let files = dir.path().join("openssl");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("ca.pem"), pem("CERTIFICATE", &bundle)).unwrap();
+    std::fs::write(
+        files.join("crl.pem"),
+        pem("X509 CRL", std::slice::from_ref(&crl)),
+    )
+    .unwrap();
+    for (name, chain) in [("task", &holder.chain), ("standing", &standing)] {
+        let leaf = files.join(format!("{name}.pem"));
+        std::fs::write(&leaf, pem("CERTIFICATE", &chain[..1])).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(files.join("ca.pem"))
+            .arg("-CRLfile")
+            .arg(files.join("crl.pem"))
+            .arg(&leaf)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {text}");
+        assert!(text.contains("revoked"), "{name}: {text}");
+    }
+    server.stop().await;
+}
