@@ -4,5 +4,7 @@
 
 mod base;
 pub mod k8s;
+mod tables;
 
 pub use base::*;
+pub use tables::*;
