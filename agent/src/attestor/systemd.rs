@@ -1,4 +1,5 @@
-//! The systemd unit of a process, from its cgroup.
+//! The systemd unit of a process, from its cgroup: the outermost
+//! `.service` or `.scope` on its path.
 //!
 //! systemd puts each system service in a cgroup of its own
 //! (`/system.slice/NAME.service`), which only root can move processes into:
@@ -35,9 +36,12 @@ fn unit_in_path(path: &str) -> Option<String> {
     {
         return None;
     }
+    // The outermost unit: the one systemd started. A process whose cgroup
+    // is delegated to it (`Delegate=yes`, a container with a writable
+    // cgroupfs) can make sub-cgroups with any name below it, but cannot
+    // change what is above.
     parts
         .iter()
-        .rev()
         .find(|p| {
             (p.ends_with(".service") || p.ends_with(".scope"))
                 && p.len() <= 256
@@ -65,6 +69,16 @@ mod tests {
         assert_eq!(
             unit_of("0::/system.slice/app.service/worker\n").as_deref(),
             Some("app.service")
+        );
+        // A sub-cgroup a delegated service made itself, named like another
+        // unit, does not make it that unit.
+        assert_eq!(
+            unit_of("0::/system.slice/app.service/victim.service\n").as_deref(),
+            Some("app.service")
+        );
+        assert_eq!(
+            unit_of("0::/system.slice/docker-0123abcd.scope/init.scope\n").as_deref(),
+            Some("docker-0123abcd.scope")
         );
         assert_eq!(
             unit_of("0::/system.slice/docker-0123abcd.scope\n").as_deref(),
