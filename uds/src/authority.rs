@@ -40,23 +40,16 @@
 //! (a few microseconds) and keeps both listeners on the stock stack.
 
 use bytes::{Buf, BufMut, BytesMut};
+
+use crate::frames::{
+    CONTINUATION, END_HEADERS, END_STREAM, HEADERS, PADDED, PRIORITY, emit_block, put_int,
+};
 use std::io;
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Frame header length.
 const FRAME_HEADER: usize = 9;
-/// Frame types the shim looks into.
-const HEADERS: u8 = 0x1;
-const CONTINUATION: u8 = 0x9;
-/// Frame flags.
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
-/// Largest frame payload every HTTP/2 peer accepts (SETTINGS_MAX_FRAME_SIZE
-/// initial value); re-encoded blocks are split at this size.
-const MIN_MAX_FRAME: usize = 16_384;
 /// The dynamic table size the server allows (SETTINGS_HEADER_TABLE_SIZE
 /// default; tonic does not change it).
 const TABLE_SIZE: usize = 4_096;
@@ -370,25 +363,15 @@ impl Rewriter {
         } else {
             &block.fragment
         };
-        emit_block(&block, bytes, output);
+        emit_block(
+            block.stream,
+            block.end_stream,
+            block.priority,
+            bytes,
+            output,
+        );
         Ok(())
     }
-}
-
-/// Appends an HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
-fn put_int(out: &mut BytesMut, first: u8, prefix: u8, mut value: usize) {
-    let max = (1usize << prefix) - 1;
-    if value < max {
-        out.put_u8(first | value as u8);
-        return;
-    }
-    out.put_u8(first | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.put_u8((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.put_u8(value as u8);
 }
 
 /// Encodes fields as "literal without indexing, new name", no Huffman: the
@@ -411,47 +394,10 @@ fn encode_literals(fields: &[(Vec<u8>, Vec<u8>)]) -> BytesMut {
     out
 }
 
-/// Writes a header block as one HEADERS frame and as many CONTINUATION
-/// frames as needed to keep every payload within [`MIN_MAX_FRAME`].
-fn emit_block(block: &Block, bytes: &[u8], out: &mut BytesMut) {
-    let prio_len = if block.priority.is_some() { 5 } else { 0 };
-    let first_room = MIN_MAX_FRAME - prio_len;
-    let (first, mut rest) = bytes.split_at(bytes.len().min(first_room));
-    let mut flags = 0u8;
-    if block.end_stream {
-        flags |= END_STREAM;
-    }
-    if block.priority.is_some() {
-        flags |= PRIORITY;
-    }
-    if rest.is_empty() {
-        flags |= END_HEADERS;
-    }
-    put_frame_header(out, prio_len + first.len(), HEADERS, flags, block.stream);
-    if let Some(p) = block.priority {
-        out.extend_from_slice(&p);
-    }
-    out.extend_from_slice(first);
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(rest.len().min(MIN_MAX_FRAME));
-        rest = tail;
-        let flags = if rest.is_empty() { END_HEADERS } else { 0 };
-        put_frame_header(out, chunk.len(), CONTINUATION, flags, block.stream);
-        out.extend_from_slice(chunk);
-    }
-}
-
-fn put_frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
-    let len = len as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.put_u8(kind);
-    out.put_u8(flags);
-    out.put_u32(stream & 0x7fff_ffff);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::{MIN_MAX_FRAME, put_frame_header};
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
@@ -626,7 +572,13 @@ mod tests {
             fragment: BytesMut::new(),
         };
         let mut out = BytesMut::new();
-        emit_block(&block, &enc, &mut out);
+        emit_block(
+            block.stream,
+            block.end_stream,
+            block.priority,
+            &enc,
+            &mut out,
+        );
         let mut rest = &out[..];
         let mut joined = Vec::new();
         let mut frames = 0;

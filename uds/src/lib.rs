@@ -7,6 +7,7 @@
 //! lives apart from `lanyard-proto`.
 
 pub mod authority;
+mod frames;
 pub mod hpack;
 pub mod limits;
 pub mod shim;
