@@ -152,34 +152,13 @@ async fn default_limits_fit_the_machine_and_only_a_configured_misfit_warns() {
 /// every retry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_names_an_unmatched_callers_selectors_and_an_eviction() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg = lanyard_server::Config::for_dir("example.org", d).unwrap();
-    let server = lanyard_server::build(cfg).await.unwrap();
-    let mut admin = AdminClient::new(unix_channel(&server.admin_socket).unwrap());
-    let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            agent_id: NODE.into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let bundle = lanyard_core::x509::der_to_pem("CERTIFICATE", &server.ca.snapshot().authorities);
-    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
+    let c = cluster(d).await;
+    let mut admin = c.admin.clone();
     let socket = d.join("agent.sock");
     let mut agent = Agent(
-        Command::new(BIN)
-            .args(["run", "--trust-domain", "example.org", "--server"])
-            .arg(server.server_addr.to_string())
-            .args(["--join-token", &token, "--trust-bundle"])
-            .arg(d.join("bundle.pem"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(d.join("agent-data"))
+        c.agent(d, "bundle.pem")
             .args(["--log-format", "json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -283,7 +262,7 @@ async fn the_log_names_an_unmatched_callers_selectors_and_an_eviction() {
         "{later:#?}"
     );
     drop(agent);
-    server.shutdown().await;
+    c.server.shutdown().await;
 }
 
 /// Precedence as docs/configuration.md states it: a flag over an exported variable
@@ -329,21 +308,9 @@ async fn flags_override_the_environment_which_overrides_the_file() {
 /// saying so and what to do, without the TLS stack's error chain repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_trust_bundle_is_explained_once() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg = lanyard_server::Config::for_dir("example.org", d).unwrap();
-    let server = lanyard_server::build(cfg).await.unwrap();
-    let mut admin = AdminClient::new(unix_channel(&server.admin_socket).unwrap());
-    let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            agent_id: NODE.into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let c = cluster(d).await;
     let td = lanyard_core::TrustDomain::new("example.org").unwrap();
     let other = lanyard_core::x509::X509Authority::generate_root(
         &td,
@@ -356,25 +323,11 @@ async fn a_wrong_trust_bundle_is_explained_once() {
         lanyard_core::x509::der_to_pem("CERTIFICATE", &[other.cert_der().to_vec()]),
     )
     .unwrap();
-    let addr = server.server_addr.to_string();
-    let o = tokio::task::spawn_blocking({
-        let d = d.to_owned();
-        move || {
-            Command::new(BIN)
-                .args(["run", "--trust-domain", "example.org", "--server", &addr])
-                .args(["--join-token", &token, "--trust-bundle"])
-                .arg(d.join("other.pem"))
-                .arg("--socket")
-                .arg(d.join("a.sock"))
-                .arg("--data-dir")
-                .arg(d.join("data"))
-                .env("NO_COLOR", "1")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let mut run = c.agent(d, "other.pem");
+    run.env("NO_COLOR", "1");
+    let o = tokio::task::spawn_blocking(move || run.output().unwrap())
+        .await
+        .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
@@ -387,5 +340,5 @@ async fn a_wrong_trust_bundle_is_explained_once() {
     );
     assert!(!line.contains("UnknownIssuer"), "{line}");
     assert_eq!(line.matches("is not trusted").count(), 1, "{line}");
-    server.shutdown().await;
+    c.server.shutdown().await;
 }

@@ -42,11 +42,16 @@ async fn wait_for(path: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_fetch_write_watch_and_healthcheck() {
+/// A server running in this test, with a join token for [`NODE`] and its
+/// trust bundle written to `bundle.pem` in the test's directory.
+struct Cluster {
+    server: lanyard_server::Bound,
+    admin: AdminClient<tonic::transport::Channel>,
+    token: String,
+}
+
+async fn cluster(d: &Path) -> Cluster {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     let cfg = lanyard_server::Config::for_dir("example.org", d).unwrap();
     let server = lanyard_server::build(cfg).await.unwrap();
     let mut admin = AdminClient::new(unix_channel(&server.admin_socket).unwrap());
@@ -59,6 +64,38 @@ async fn run_fetch_write_watch_and_healthcheck() {
         .unwrap()
         .into_inner()
         .token;
+    let bundle = lanyard_core::x509::der_to_pem("CERTIFICATE", &server.ca.snapshot().authorities);
+    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
+    Cluster {
+        server,
+        admin,
+        token,
+    }
+}
+
+impl Cluster {
+    /// `lanyard-agent run` against this server, trusting `bundle` and
+    /// serving `agent.sock` in `d`.
+    fn agent(&self, d: &Path, bundle: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(["run", "--trust-domain", "example.org", "--server"])
+            .arg(self.server.server_addr.to_string())
+            .args(["--join-token", &self.token, "--trust-bundle"])
+            .arg(d.join(bundle))
+            .arg("--socket")
+            .arg(d.join("agent.sock"))
+            .arg("--data-dir")
+            .arg(d.join("agent-data"));
+        c
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fetch_write_watch_and_healthcheck() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = cluster(d).await;
+    let mut admin = c.admin.clone();
     admin
         .create_entry(CreateEntryRequest {
             entry: Some(Entry {
@@ -71,19 +108,9 @@ async fn run_fetch_write_watch_and_healthcheck() {
         })
         .await
         .unwrap();
-    let bundle = lanyard_core::x509::der_to_pem("CERTIFICATE", &server.ca.snapshot().authorities);
-    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
     let socket = d.join("agent.sock");
     let _agent = Agent(
-        Command::new(BIN)
-            .args(["run", "--trust-domain", "example.org", "--server"])
-            .arg(server.server_addr.to_string())
-            .args(["--join-token", &token, "--trust-bundle"])
-            .arg(d.join("bundle.pem"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(d.join("agent-data"))
+        c.agent(d, "bundle.pem")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -177,7 +204,7 @@ async fn run_fetch_write_watch_and_healthcheck() {
     let _ = watch.wait();
     assert!(line.starts_with("Received 1 svid(s)"), "{line}");
 
-    server.shutdown().await;
+    c.server.shutdown().await;
 }
 
 #[test]

@@ -11,21 +11,10 @@ use super::*;
 async fn tool_check_answers_with_its_exit_status() {
     use lanyard_proto::task::BeginTaskRequest;
     use lanyard_proto::task::task_identity_client::TaskIdentityClient;
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg = lanyard_server::Config::for_dir("example.org", d).unwrap();
-    let server = lanyard_server::build(cfg).await.unwrap();
-    let mut admin = AdminClient::new(unix_channel(&server.admin_socket).unwrap());
-    let token = admin
-        .create_join_token(CreateJoinTokenRequest {
-            agent_id: NODE.into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let c = cluster(d).await;
+    let mut admin = c.admin.clone();
     // The workload: this test process (its uid).
     admin
         .create_entry(CreateEntryRequest {
@@ -56,19 +45,9 @@ async fn tool_check_answers_with_its_exit_status() {
         })
         .await
         .unwrap();
-    let bundle = lanyard_core::x509::der_to_pem("CERTIFICATE", &server.ca.snapshot().authorities);
-    std::fs::write(d.join("bundle.pem"), bundle).unwrap();
     let socket = d.join("agent.sock");
     let _agent = Agent(
-        Command::new(BIN)
-            .args(["run", "--trust-domain", "example.org", "--server"])
-            .arg(server.server_addr.to_string())
-            .args(["--join-token", &token, "--trust-bundle"])
-            .arg(d.join("bundle.pem"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(d.join("agent-data"))
+        c.agent(d, "bundle.pem")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -167,5 +146,5 @@ async fn tool_check_answers_with_its_exit_status() {
     let (code, _, stderr) = check(&["--tool", "crm.read", "--context", "[1]"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("JSON object"), "{stderr}");
-    server.shutdown().await;
+    c.server.shutdown().await;
 }
