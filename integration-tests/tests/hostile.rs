@@ -163,26 +163,8 @@ async fn an_idle_connection_flood_from_one_caller_does_not_stop_the_others() {
         floods.push(flood);
     }
     // While the flood holds its connections, a fresh caller is served.
-    for _ in 0..3 {
-        // A connect can still meet a full accept queue for a moment while
-        // the flood's connects are being closed (EAGAIN on a unix socket);
-        // SPIFFE clients retry connects, so this one does too, briefly.
-        let client = eventually("a connection to the agent", WAIT, || async {
-            WorkloadApiClient::connect_to(endpoint(&agent.socket))
-                .await
-                .ok()
-        })
-        .await;
-        let svid = tokio::time::timeout(WAIT, client.fetch_x509_svid())
-            .await
-            .expect("fetch within the deadline")
-            .expect("an SVID while the flood holds its connections");
-        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/w");
-    }
-    for mut flood in floods {
-        drop(flood.stdin.take());
-        let _ = flood.wait();
-    }
+    served_three_times(&agent.socket).await;
+    end_floods(floods);
     agent.shutdown().await;
     server.stop().await;
 }
@@ -447,23 +429,8 @@ async fn many_cgroups_of_one_uid_cannot_lock_another_uid_out() {
     let cgroup_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert_ne!(cgroup_of(floods[0].id()), cgroup_of(floods[1].id()));
     // Another uid (this process) is served: 3 fresh connections.
-    for _ in 0..3 {
-        let client = eventually("a connection to the agent", WAIT, || async {
-            WorkloadApiClient::connect_to(endpoint(&agent.socket))
-                .await
-                .ok()
-        })
-        .await;
-        let svid = tokio::time::timeout(WAIT, client.fetch_x509_svid())
-            .await
-            .expect("fetch within the deadline")
-            .expect("an SVID while the tenant holds its connections");
-        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/w");
-    }
-    for mut flood in floods {
-        drop(flood.stdin.take());
-        let _ = flood.wait();
-    }
+    served_three_times(&agent.socket).await;
+    end_floods(floods);
     agent.shutdown().await;
     server.stop().await;
 }
@@ -492,5 +459,31 @@ impl Drop for RemoveTree {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+}
+
+/// A fresh caller (this process) is served, three times over. A connect
+/// can still meet a full accept queue for a moment while a flood's
+/// connects are being closed (EAGAIN on a unix socket); SPIFFE clients
+/// retry connects, so this one does too, briefly.
+async fn served_three_times(socket: &std::path::Path) {
+    for _ in 0..3 {
+        let client = eventually("a connection to the agent", WAIT, || async {
+            WorkloadApiClient::connect_to(endpoint(socket)).await.ok()
+        })
+        .await;
+        let svid = tokio::time::timeout(WAIT, client.fetch_x509_svid())
+            .await
+            .expect("fetch within the deadline")
+            .expect("an SVID while the flood holds its connections");
+        assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/w");
+    }
+}
+
+/// Closes the floods' stdin and waits for them to exit.
+fn end_floods(floods: Vec<Child>) {
+    for mut flood in floods {
+        drop(flood.stdin.take());
+        let _ = flood.wait();
     }
 }
