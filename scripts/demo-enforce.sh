@@ -115,9 +115,19 @@ client --tool crm.read --ttl 2m -- \
   "$BIN/tool-client" "${CONNECT[@]}" --every 300 crm.read account/42 '{}' >"$WORK/live.log" 2>&1 &
 LIVE=$!
 wait_log "$WORK/live.log" "crm.read account/42 -> allow"
-TASK="$(srv task list --output json | grep -o '"task_id":"[0-9a-f]*"' | tail -1 | cut -d'"' -f4)"
+# The live client's task, as the tool server saw it.
+TASK="$(grep -o 'allow crm.read account/42 for task [0-9a-f]*' "$WORK/tools.log" | tail -1 | awk '{print $NF}')"
 echo "revoking task $TASK"
 srv task revoke "$TASK" >/dev/null
+# The client is cut off within a second; give it 30 s on a loaded machine.
+for _ in $(seq 1 150); do
+  kill -0 "$LIVE" 2>/dev/null || break
+  sleep 0.2
+done
+if kill -0 "$LIVE" 2>/dev/null; then
+  kill "$LIVE"; cat "$WORK/live.log"
+  echo "error: the live client was not cut off after task revoke" >&2; exit 1
+fi
 wait "$LIVE" || true
 cat "$WORK/live.log"
 
