@@ -156,7 +156,7 @@ impl<IO> AuthorityShim<IO> {
     }
 
     /// Counts what the buffers hold now. Errors when growing would exceed
-    /// the process's budget.
+    /// the budget of the listener it belongs to.
     fn account(&mut self) -> io::Result<()> {
         let now = self.input.capacity()
             + self.output.capacity()
