@@ -229,7 +229,7 @@ pub async fn run(bins: &Path, args: &FleetArgs) -> anyhow::Result<FleetReport> {
         (None, 1) => "sled".to_owned(),
         (None, _) => {
             eprintln!("  starting a throwaway PostgreSQL cluster");
-            let pg = lanyard_integration_tests::pg::PgCluster::start().await?;
+            let pg = lanyard_pg_testing::PgCluster::start().await?;
             let db = pg.create_db().await?;
             let url = pg.url(&db);
             cluster = Some(pg);

@@ -1,5 +1,6 @@
 //! What the server's and the agent's configuration pipelines share: the
-//! error type, the log format, and TOML parsing (the caller reads the file).
+//! error type, the log format, reading the TOML file, and the overlay of
+//! flags and environment on it.
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,34 @@ impl LogFormat {
     }
 }
 
+/// Reads and parses the TOML config file at `path`.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+    parse_toml(path, &text)
+}
+
+/// Overlays the settings `over` sets on `base`: every top-level setting
+/// that `over` has (not `None`) replaces `base`'s whole, tables included
+/// (flags and environment over the file). Every setting takes part, so a
+/// new one cannot be forgotten here.
+pub fn overlay<T>(base: T, over: T) -> Result<T, ConfigError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let bad = |e: serde_json::Error| ConfigError::invalid("configuration", e);
+    let mut base = serde_json::to_value(base).map_err(bad)?;
+    if let (Some(b), serde_json::Value::Object(o)) =
+        (base.as_object_mut(), serde_json::to_value(over).map_err(bad)?)
+    {
+        for (k, v) in o {
+            if !v.is_null() {
+                b.insert(k, v);
+            }
+        }
+    }
+    serde_json::from_value(base).map_err(bad)
+}
+
 /// Parses the TOML text of the config file at `path`.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &Path,
@@ -100,6 +129,52 @@ mod tests {
         assert_eq!(at_least_one("n", Some(7u32), 5).unwrap(), 7);
         let e = at_least_one("n", Some(0u64), 5).unwrap_err();
         assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Raw {
+        a: Option<String>,
+        b: Option<u32>,
+        t: Option<Table>,
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Table {
+        x: Option<bool>,
+        y: Option<bool>,
+    }
+
+    #[test]
+    fn overlay_replaces_only_what_is_set_and_tables_whole() {
+        let file = Raw {
+            a: Some("file".into()),
+            b: Some(1),
+            t: Some(Table {
+                x: Some(true),
+                y: Some(true),
+            }),
+        };
+        let flags = Raw {
+            b: Some(2),
+            t: Some(Table {
+                x: Some(false),
+                y: None,
+            }),
+            ..Raw::default()
+        };
+        let got = overlay(file, flags).unwrap();
+        assert_eq!(
+            got,
+            Raw {
+                a: Some("file".into()),
+                b: Some(2),
+                t: Some(Table {
+                    x: Some(false),
+                    y: None
+                }),
+            }
+        );
+        assert_eq!(overlay(Raw::default(), Raw::default()).unwrap(), Raw::default());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub(crate) mod der;
 pub mod duration;
 pub mod entry;
+pub mod error;
 pub mod jwt;
 pub mod k8s;
 pub mod peer;

@@ -1,5 +1,7 @@
 //! rustls certificate verifiers that authenticate peers by SPIFFE ID
-//! against a live trust bundle (sans-I/O: rustls drives them).
+//! (sans-I/O: rustls drives them). One server verifier and one client
+//! verifier, each over a [`ChainCheck`]: a live trust bundle here, the
+//! peer validator (with revocation) in [`crate::peer`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -49,7 +51,7 @@ macro_rules! handshake_signatures {
     };
 }
 
-pub(crate) use handshake_signatures;
+
 
 pub(crate) fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
@@ -68,44 +70,83 @@ pub(crate) fn chain_and_time(
     (chain, UNIX_EPOCH + Duration::from_secs(now.as_secs()))
 }
 
-fn validate(
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    td: &TrustDomain,
-    bundle: &dyn X509BundleSource,
-    usage: PeerUsage,
-    now: UnixTime,
-) -> Result<SpiffeId, Error> {
-    let (chain, now) = chain_and_time(end_entity, intermediates, now);
-    validate_x509_svid(&chain, td, &bundle.x509_authorities(), usage, now).map_err(|e| {
-        Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
-    })
+/// What a verifier checks a presented chain (leaf first) against: the
+/// SVID rules and a trust bundle ([`BundleCheck`]), or, on the peer
+/// validator, also revocations and task requirements
+/// ([`crate::peer::PeerCheck`]). Returns the peer's SPIFFE ID.
+pub trait ChainCheck: Send + Sync + fmt::Debug {
+    /// Validates `chain` for `usage` at `now`.
+    fn check(
+        &self,
+        chain: &[Vec<u8>],
+        usage: PeerUsage,
+        now: std::time::SystemTime,
+    ) -> Result<SpiffeId, Error>;
 }
 
-/// Verifies a server's certificate: an X.509-SVID of `td` whose SPIFFE ID
-/// is exactly `expected` (the DNS name rustls passes is ignored; SPIFFE
-/// authenticates by ID).
+/// Chain and SVID rules against the current authorities of one trust
+/// domain, without revocation: the server's and agent's own connections.
 #[derive(Debug)]
-pub struct SpiffeServerVerifier {
+pub struct BundleCheck {
     td: TrustDomain,
-    expected: SpiffeId,
     bundle: Arc<dyn X509BundleSource>,
+}
+
+impl BundleCheck {
+    /// Checks against `bundle`, for SVIDs of `td`.
+    pub fn new(td: TrustDomain, bundle: Arc<dyn X509BundleSource>) -> Self {
+        Self { td, bundle }
+    }
+}
+
+impl ChainCheck for BundleCheck {
+    fn check(
+        &self,
+        chain: &[Vec<u8>],
+        usage: PeerUsage,
+        now: std::time::SystemTime,
+    ) -> Result<SpiffeId, Error> {
+        validate_x509_svid(chain, &self.td, &self.bundle.x509_authorities(), usage, now).map_err(
+            |e| Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e)))),
+        )
+    }
+}
+
+/// Verifies a server's certificate: an X.509-SVID that passes `C`, whose
+/// SPIFFE ID is exactly the expected one when one is pinned (the DNS name
+/// rustls passes is ignored; SPIFFE authenticates by ID).
+#[derive(Debug)]
+pub struct ServerVerifier<C> {
+    check: C,
+    expected: Option<SpiffeId>,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl SpiffeServerVerifier {
-    /// A verifier for a server that must present `expected`.
-    pub fn new(expected: SpiffeId, bundle: Arc<dyn X509BundleSource>) -> Self {
+impl<C: ChainCheck> ServerVerifier<C> {
+    /// A verifier checking with `check`; `expected` pins one SPIFFE ID.
+    pub fn with(check: C, expected: Option<SpiffeId>) -> Self {
         Self {
-            td: expected.trust_domain(),
+            check,
             expected,
-            bundle,
             algs: algorithms(),
         }
     }
 }
 
-impl ServerCertVerifier for SpiffeServerVerifier {
+/// The server verifier of the server's and agent's own connections.
+pub type SpiffeServerVerifier = ServerVerifier<BundleCheck>;
+
+impl ServerVerifier<BundleCheck> {
+    /// A verifier for a server that must present `expected`.
+    pub fn new(expected: SpiffeId, bundle: Arc<dyn X509BundleSource>) -> Self {
+        Self::with(
+            BundleCheck::new(expected.trust_domain(), bundle),
+            Some(expected),
+        )
+    }
+}
+
+impl<C: ChainCheck> ServerCertVerifier for ServerVerifier<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -114,15 +155,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let id = validate(
-            end_entity,
-            intermediates,
-            &self.td,
-            self.bundle.as_ref(),
-            PeerUsage::Server,
-            now,
-        )?;
-        if id != self.expected {
+        let (chain, now) = chain_and_time(end_entity, intermediates, now);
+        let id = self.check.check(&chain, PeerUsage::Server, now)?;
+        if let Some(want) = &self.expected
+            && *want != id
+        {
             return Err(Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(UnexpectedPeer(id.to_string()))),
             )));
@@ -138,30 +175,38 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 #[error("unexpected peer SPIFFE ID {0}")]
 pub struct UnexpectedPeer(pub String);
 
-/// Verifies client certificates as X.509-SVIDs of `td`. Client certificates
-/// are optional at the TLS layer (`mandatory = false`) so that a service can
-/// serve a bootstrap call without one; handlers then require an identity.
+/// Verifies client certificates as X.509-SVIDs that pass `C`. Where they
+/// are optional at the TLS layer (`mandatory = false`), a service can serve
+/// a bootstrap call without one; its handlers then require an identity.
 #[derive(Debug)]
-pub struct SpiffeClientVerifier {
-    td: TrustDomain,
-    bundle: Arc<dyn X509BundleSource>,
+pub struct ClientVerifier<C> {
+    check: C,
     mandatory: bool,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl SpiffeClientVerifier {
-    /// A client verifier for `td`.
-    pub fn new(td: TrustDomain, bundle: Arc<dyn X509BundleSource>, mandatory: bool) -> Self {
+impl<C: ChainCheck> ClientVerifier<C> {
+    /// A client verifier checking with `check`.
+    pub fn with(check: C, mandatory: bool) -> Self {
         Self {
-            td,
-            bundle,
+            check,
             mandatory,
             algs: algorithms(),
         }
     }
 }
 
-impl ClientCertVerifier for SpiffeClientVerifier {
+/// The client verifier of the server's own listener.
+pub type SpiffeClientVerifier = ClientVerifier<BundleCheck>;
+
+impl ClientVerifier<BundleCheck> {
+    /// A client verifier for `td`.
+    pub fn new(td: TrustDomain, bundle: Arc<dyn X509BundleSource>, mandatory: bool) -> Self {
+        Self::with(BundleCheck::new(td, bundle), mandatory)
+    }
+}
+
+impl<C: ChainCheck> ClientCertVerifier for ClientVerifier<C> {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -176,14 +221,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        validate(
-            end_entity,
-            intermediates,
-            &self.td,
-            self.bundle.as_ref(),
-            PeerUsage::Client,
-            now,
-        )?;
+        let (chain, now) = chain_and_time(end_entity, intermediates, now);
+        self.check.check(&chain, PeerUsage::Client, now)?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -14,7 +14,6 @@ use lanyard_uds::unix_channel;
 
 pub mod dns;
 pub mod h2raw;
-pub mod pg;
 pub mod python;
 pub mod server_proc;
 use tonic::transport::Channel;

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanyard_core::error::{BoxError, report};
 use tokio::sync::watch;
 
 use crate::agents::Agents;
@@ -47,57 +48,32 @@ pub struct Views {
 }
 
 impl Views {
-    async fn apply(&self, kind: ChangeKind, key: &str) -> Result<(), String> {
+    async fn apply(&self, kind: ChangeKind, key: &str) -> Result<(), BoxError> {
+        let revocations = &self.enforce.revocations;
         match kind {
-            ChangeKind::Entry => self.registry.refresh(key).await.map_err(|e| e.to_string()),
-            ChangeKind::Agent => self.agents.refresh(key).await.map_err(|e| e.to_string()),
-            _ if moves_bundle(kind, key) => self.ca.refresh().await.map_err(|e| e.to_string()),
-            ChangeKind::Authority | ChangeKind::Counter => Ok(()),
-            ChangeKind::Policy => self.policies.refresh().await.map_err(|e| e.to_string()),
-            ChangeKind::Task => self.tasks.refresh(key).await.map_err(|e| e.to_string()),
-            ChangeKind::Revocation => self
-                .enforce
-                .revocations
-                .refresh(key)
-                .await
-                .map_err(|e| e.to_string()),
-            ChangeKind::Issued => self
-                .enforce
-                .revocations
-                .issued_arrived(key)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            ChangeKind::Crl => self
-                .enforce
-                .revocations
-                .refresh_crls()
-                .await
-                .map_err(|e| e.to_string()),
-            ChangeKind::Quarantine => self
-                .enforce
-                .quarantines
-                .reload()
-                .await
-                .map_err(|e| e.to_string()),
+            ChangeKind::Entry => self.registry.refresh(key).await?,
+            ChangeKind::Agent => self.agents.refresh(key).await?,
+            _ if moves_bundle(kind, key) => self.ca.refresh().await?,
+            ChangeKind::Authority | ChangeKind::Counter => {}
+            ChangeKind::Policy => self.policies.refresh().await?,
+            ChangeKind::Task => self.tasks.refresh(key).await?,
+            ChangeKind::Revocation => revocations.refresh(key).await?,
+            ChangeKind::Issued => {
+                revocations.issued_arrived(key).await?;
+            }
+            ChangeKind::Crl => revocations.refresh_crls().await?,
+            ChangeKind::Quarantine => self.enforce.quarantines.reload().await?,
         }
+        Ok(())
     }
 
-    async fn reload(&self) -> Result<(), String> {
-        self.registry.reload().await.map_err(|e| e.to_string())?;
-        self.ca.refresh().await.map_err(|e| e.to_string())?;
-        self.policies.refresh().await.map_err(|e| e.to_string())?;
-        self.tasks.reload().await.map_err(|e| e.to_string())?;
-        self.enforce
-            .revocations
-            .reload()
-            .await
-            .map_err(|e| e.to_string())?;
-        self.enforce
-            .quarantines
-            .reload()
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn reload(&self) -> Result<(), BoxError> {
+        self.registry.reload().await?;
+        self.ca.refresh().await?;
+        self.policies.refresh().await?;
+        self.tasks.reload().await?;
+        self.enforce.revocations.reload().await?;
+        self.enforce.quarantines.reload().await?;
         self.agents.wake();
         Ok(())
     }
@@ -119,7 +95,7 @@ pub async fn run(
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %e, position = pos, "following the change feed failed; retrying");
+                tracing::warn!(error = %report(e.as_ref()), position = pos, "following the change feed failed; retrying");
             }
         }
         let wait = if failures > 0 {
@@ -137,13 +113,9 @@ pub async fn run(
 
 /// Applies every change after `pos`, moving `pos`; a change is applied by
 /// reading the record's current state, so a batch applies each key once.
-async fn catch_up(store: &dyn Store, views: &Views, pos: &mut u64) -> Result<(), String> {
+async fn catch_up(store: &dyn Store, views: &Views, pos: &mut u64) -> Result<(), BoxError> {
     loop {
-        match store
-            .changes_since(*pos, BATCH)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match store.changes_since(*pos, BATCH).await? {
             Feed::Changes(changes) if changes.is_empty() => return Ok(()),
             Feed::Changes(changes) => {
                 let last = changes.last().map_or(*pos, |c| c.seq);

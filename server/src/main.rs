@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
                 ExitCode::from(c.exit)
             }
             None => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", lanyard_core::error::report(e.as_ref()));
                 ExitCode::FAILURE
             }
         },

@@ -86,7 +86,7 @@ impl Registry {
         let (changes, _) = watch::channel(0);
         let server_id = td
             .id_with_segments(["lanyard", "server"])
-            .map_err(|e| RegistryError::Store(StoreError::Backend(e.to_string())))?;
+            .map_err(|e| RegistryError::Store(StoreError::caused(e.to_string(), e)))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 server_id,

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use lanyard_core::task::TaskRequest;
 use lanyard_proto::task::task_identity_server::TaskIdentity;
 use lanyard_proto::task::{
     AuthorizeToolCallRequest, AuthorizeToolCallResponse, BeginTaskRequest, BeginTaskResponse,
@@ -86,12 +87,8 @@ fn command_status(e: CommandError) -> Status {
 
 /// Checks what the agent can check alone (everything but the sensitivity
 /// levels and the ceilings, which are the server's), so that an absurd
-/// request never reaches the server.
-fn precheck(spec: &types::TaskSpec, jwt_audiences: &[String]) -> Result<(), Status> {
-    lanyard_proto::convert::task_request(spec.clone())
-        .map_err(|e| Status::invalid_argument(e.to_string()))?
-        .check_shape()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+/// request never reaches the server; the request as the domain holds it.
+fn precheck(spec: types::TaskSpec, jwt_audiences: &[String]) -> Result<TaskRequest, Status> {
     if spec.data_sensitivity.len() > 64 {
         return Err(Status::invalid_argument("data_sensitivity is too long"));
     }
@@ -101,7 +98,10 @@ fn precheck(spec: &types::TaskSpec, jwt_audiences: &[String]) -> Result<(), Stat
     if spec.delegation_token.len() > 256 {
         return Err(Status::invalid_argument("delegation_token is too long"));
     }
-    Ok(())
+    lanyard_proto::convert::task_request(spec)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+        .check_shape()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn task_msg(t: &ActiveTask) -> Task {
@@ -171,7 +171,7 @@ impl TaskIdentity for TaskApi {
             parent_task_id: r.parent_task_id,
             delegation_token: r.delegation_token,
         };
-        precheck(&spec, &r.jwt_audiences)?;
+        let spec = precheck(spec, &r.jwt_audiences)?;
         let snap = self.owner.snapshot();
         let held = snap
             .tasks

@@ -135,7 +135,7 @@ impl RunArgs {
             max_connections_per_caller: self.max_connections_per_caller,
             worker_threads: self.worker_threads,
             ..Default::default()
-        }))
+        })?)
     }
 }
 
@@ -417,6 +417,7 @@ pub(crate) fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), Cli
 }
 
 mod out;
+pub mod process;
 mod task;
 mod tool;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::tables::{Limits, QuarantineSettings, RawAudit, RawQuarantine};
 use lanyard_core::TrustDomain;
 pub use lanyard_core::config::{ConfigError, LogFormat};
-use lanyard_core::config::{at_least_one, parse_toml};
+use lanyard_core::config::{at_least_one, overlay, read_toml};
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/agent/api.sock";
@@ -30,7 +30,7 @@ fn server_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
 }
 
 /// Raw settings; every field optional.
-#[derive(Clone, Default, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Server address(es), host:port: one string (comma-separated for
@@ -195,45 +195,13 @@ impl RawConfig {
 
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
-        parse_toml(path, &text)
+        read_toml(path)
     }
 
-    /// Overlays `other`'s set fields on `self`.
-    pub fn merge(mut self, other: RawConfig) -> Self {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        take!(
-            server,
-            trust_domain,
-            join_token,
-            join_token_file,
-            trust_bundle,
-            insecure_bootstrap,
-            socket,
-            data_dir,
-            log_format,
-            use_pidfd,
-            quarantine,
-            audit,
-            max_connections,
-            max_connections_per_caller,
-            max_streams_per_connection,
-            header_timeout,
-            max_buffered_header_bytes,
-            max_hash_bytes,
-            worker_threads,
-            jwt_cache_bytes,
-            jwt_signings_per_caller_per_second,
-            node_attestor,
-            dns_server,
-            metrics_bind,
-            k8s_psat,
-            k8s
-        );
-        self
+    /// Overlays `other`'s set settings on `self` (flags and environment
+    /// over the file).
+    pub fn merge(self, other: RawConfig) -> Result<Self, ConfigError> {
+        overlay(self, other)
     }
 
     /// Applies defaults and checks every value.

@@ -26,7 +26,7 @@ pub const DEFAULT_SA_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/servicea
 pub const DEFAULT_KUBELET_URL: &str = "https://127.0.0.1:10250";
 
 /// `[k8s_psat]`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawK8sPsat {
     /// The cluster name the server knows this cluster by.
@@ -36,7 +36,7 @@ pub struct RawK8sPsat {
 }
 
 /// `[k8s]`.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawK8s {
     /// Turn the Kubernetes workload attestor on (default: on when the

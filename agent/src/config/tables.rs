@@ -42,7 +42,7 @@ impl Default for Limits {
 }
 
 /// The `[quarantine]` table.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuarantine {
     /// Send SIGSTOP to a quarantined process (default false).
@@ -55,7 +55,7 @@ pub struct RawQuarantine {
 }
 
 /// The `[audit]` table.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// Most bytes of records waiting for the server; when full, tool-call

@@ -126,7 +126,7 @@ impl Manager {
             } else {
                 vec![]
             },
-            spec: Some(req.spec.clone()),
+            spec: Some(lanyard_proto::types::TaskSpec::from(&req.spec)),
             csr,
             jwt_audiences: req.jwt_audiences.clone(),
             selectors: req.selectors.clone(),

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use lanyard_core::task::TaskRecord;
+use lanyard_core::task::{TaskRecord, TaskRequest};
 use lanyard_core::x509::SvidKey;
 use lanyard_core::{RegistrationEntry, TaskClaims};
-use lanyard_proto::types;
 
 use super::signed::accept_signed;
 use crate::held::CachedSvid;
@@ -24,8 +23,8 @@ pub struct BeginRequest {
     /// the caller named a SPIFFE ID with a single entry); the server begins
     /// it under the one whose ceilings and policy permit it.
     pub entries: Vec<RegistrationEntry>,
-    /// What the workload asked for.
-    pub spec: types::TaskSpec,
+    /// What the workload asked for (its shape checked).
+    pub spec: TaskRequest,
     /// Who asks.
     pub owner: TaskOwner,
     /// The caller's attested selectors (for policy).

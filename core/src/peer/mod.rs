@@ -7,7 +7,9 @@
 
 pub mod tls;
 
-pub use tls::{PeerClientVerifier, PeerServerVerifier, SvidResolver, client_config, server_config};
+pub use tls::{
+    PeerCheck, PeerClientVerifier, PeerServerVerifier, SvidResolver, client_config, server_config,
+};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};

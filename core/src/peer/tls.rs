@@ -4,30 +4,41 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, Error, SignatureScheme};
 
-use super::{LiveTrust, Peer, PeerError, Requirements};
+use super::{LiveTrust, PeerError, Requirements};
 use crate::spiffe_id::SpiffeId;
-use crate::tls::{algorithms, chain_and_time, handshake_signatures};
+use crate::tls::{ChainCheck, ClientVerifier, ServerVerifier};
 use crate::x509::PeerUsage;
 
-fn check(
-    trust: &LiveTrust,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    usage: PeerUsage,
-    req: &Requirements,
-    now: UnixTime,
-) -> Result<Peer, Error> {
-    let (chain, now) = chain_and_time(end_entity, intermediates, now);
-    trust
-        .current()
-        .validate(&chain, usage, req, now)
-        .map_err(to_rustls)
+/// The peer validator as a verifier's check: chain, SVID rules, revocation
+/// and task requirements, on the trust state current at the handshake.
+#[derive(Debug)]
+pub struct PeerCheck {
+    trust: Arc<LiveTrust>,
+    req: Requirements,
+}
+
+impl PeerCheck {
+    /// Checks on `trust` with `req`.
+    pub fn new(trust: Arc<LiveTrust>, req: Requirements) -> Self {
+        Self { trust, req }
+    }
+}
+
+impl ChainCheck for PeerCheck {
+    fn check(
+        &self,
+        chain: &[Vec<u8>],
+        usage: PeerUsage,
+        now: std::time::SystemTime,
+    ) -> Result<SpiffeId, Error> {
+        self.trust
+            .current()
+            .validate(chain, usage, &self.req, now)
+            .map(|peer| peer.spiffe_id)
+            .map_err(to_rustls)
+    }
 }
 
 fn to_rustls(e: PeerError) -> Error {
@@ -41,102 +52,25 @@ fn to_rustls(e: PeerError) -> Error {
 
 /// Verifies a server's X.509-SVID with the peer validator: chain, SVID
 /// rules, revocation, task requirements, and (when given) its SPIFFE ID.
-#[derive(Debug)]
-pub struct PeerServerVerifier {
-    trust: Arc<LiveTrust>,
-    expected: Option<SpiffeId>,
-    req: Requirements,
-    algs: WebPkiSupportedAlgorithms,
-}
+pub type PeerServerVerifier = ServerVerifier<PeerCheck>;
 
-impl PeerServerVerifier {
+impl ServerVerifier<PeerCheck> {
     /// A verifier for servers of `trust`'s trust domain; `expected` pins
     /// one SPIFFE ID.
-    pub fn new(trust: Arc<LiveTrust>, expected: Option<SpiffeId>, req: Requirements) -> Self {
-        Self {
-            trust,
-            expected,
-            req,
-            algs: algorithms(),
-        }
+    pub fn peer(trust: Arc<LiveTrust>, expected: Option<SpiffeId>, req: Requirements) -> Self {
+        Self::with(PeerCheck::new(trust, req), expected)
     }
-}
-
-impl ServerCertVerifier for PeerServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        let peer = check(
-            &self.trust,
-            end_entity,
-            intermediates,
-            PeerUsage::Server,
-            &self.req,
-            now,
-        )?;
-        if let Some(want) = &self.expected
-            && *want != peer.spiffe_id
-        {
-            return Err(Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(crate::tls::UnexpectedPeer(
-                    peer.spiffe_id.to_string(),
-                ))),
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    handshake_signatures!();
 }
 
 /// Verifies client X.509-SVIDs with the peer validator. Client
 /// certificates are mandatory.
-#[derive(Debug)]
-pub struct PeerClientVerifier {
-    trust: Arc<LiveTrust>,
-    req: Requirements,
-    algs: WebPkiSupportedAlgorithms,
-}
+pub type PeerClientVerifier = ClientVerifier<PeerCheck>;
 
-impl PeerClientVerifier {
+impl ClientVerifier<PeerCheck> {
     /// A verifier for clients of `trust`'s trust domain.
-    pub fn new(trust: Arc<LiveTrust>, req: Requirements) -> Self {
-        Self {
-            trust,
-            req,
-            algs: algorithms(),
-        }
+    pub fn peer(trust: Arc<LiveTrust>, req: Requirements) -> Self {
+        Self::with(PeerCheck::new(trust, req), true)
     }
-}
-
-impl ClientCertVerifier for PeerClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        check(
-            &self.trust,
-            end_entity,
-            intermediates,
-            PeerUsage::Client,
-            &self.req,
-            now,
-        )?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    handshake_signatures!();
 }
 
 /// The SVID a TLS endpoint presents, swapped in place on rotation: a
@@ -191,7 +125,7 @@ pub fn server_config(
     req: Requirements,
 ) -> rustls::ServerConfig {
     rustls::ServerConfig::builder()
-        .with_client_cert_verifier(Arc::new(PeerClientVerifier::new(trust, req)))
+        .with_client_cert_verifier(Arc::new(PeerClientVerifier::peer(trust, req)))
         .with_cert_resolver(svid)
 }
 
@@ -205,6 +139,6 @@ pub fn client_config(
 ) -> rustls::ClientConfig {
     rustls::ClientConfig::builder()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier::new(trust, expected, req)))
+        .with_custom_certificate_verifier(Arc::new(PeerServerVerifier::peer(trust, expected, req)))
         .with_client_cert_resolver(svid)
 }

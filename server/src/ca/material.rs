@@ -212,15 +212,18 @@ pub(super) fn key_path(dir: &Path, kind: &str, id: &str) -> PathBuf {
 }
 
 fn io(path: &Path, e: std::io::Error) -> CaError {
-    CaError::Store(StoreError::Backend(format!("{}: {e}", path.display())))
+    CaError::Store(StoreError::caused(format!("{}: {e}", path.display()), e))
 }
 
 fn read_key(path: &Path, id: &str) -> Result<Vec<u8>, CaError> {
     std::fs::read(path).map_err(|e| {
-        CaError::Store(StoreError::Backend(format!(
-            "the private key of authority {id} is not in this server's data dir ({}: {e}); restore the data dir, or taint and revoke the authority",
-            path.display()
-        )))
+        CaError::Store(StoreError::caused(
+            format!(
+                "the private key of authority {id} is not in this server's data dir ({}: {e}); restore the data dir, or taint and revoke the authority",
+                path.display()
+            ),
+            e,
+        ))
     })
 }
 

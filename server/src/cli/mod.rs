@@ -186,7 +186,7 @@ impl RunArgs {
             datastore: self.datastore.clone(),
             datastore_ca: self.datastore_ca.clone(),
             ..Default::default()
-        }))
+        })?)
     }
 }
 

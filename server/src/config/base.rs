@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lanyard_core::TrustDomain;
 pub use lanyard_core::config::{ConfigError, LogFormat};
-use lanyard_core::config::{at_least_one, parse_toml};
+use lanyard_core::config::{at_least_one, overlay, read_toml};
 use lanyard_core::duration::{format_duration, parse_duration};
 use lanyard_core::task::SensitivityLevels;
 
@@ -17,7 +17,7 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/lanyard/server/admin.sock";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8081";
 
 /// Raw settings, as read from TOML or flags; every field optional.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Trust domain name.
@@ -84,45 +84,13 @@ pub struct RawConfig {
 impl RawConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
-        parse_toml(path, &text)
+        read_toml(path)
     }
 
-    /// Overlays `other`'s set fields on `self`.
-    pub fn merge(mut self, other: RawConfig) -> Self {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        take!(
-            trust_domain,
-            data_dir,
-            bind,
-            admin_socket,
-            metrics_bind,
-            ca_ttl,
-            default_x509_svid_ttl,
-            default_jwt_svid_ttl,
-            agent_svid_ttl,
-            join_token_ttl,
-            log_format,
-            max_connections,
-            max_connections_per_peer,
-            max_handshakes,
-            handshake_timeout,
-            max_connection_age,
-            sensitivity_levels,
-            datastore,
-            datastore_ca,
-            ca_keys_in_datastore,
-            quarantine_max_denials,
-            quarantine_window,
-            audit_retention,
-            audit_max_records,
-            audit_segment_bytes,
-            k8s_psat
-        );
-        self
+    /// Overlays `other`'s set settings on `self` (flags and environment
+    /// over the file).
+    pub fn merge(self, other: RawConfig) -> Result<Self, ConfigError> {
+        overlay(self, other)
     }
 
     /// Applies defaults and checks every value.
@@ -427,7 +395,7 @@ mod tests {
             trust_domain: Some("b.org".into()),
             ..Default::default()
         };
-        let c = file.merge(flags).validate().unwrap();
+        let c = file.merge(flags).unwrap().validate().unwrap();
         assert_eq!(c.trust_domain.name(), "b.org");
         assert_eq!(c.ca_ttl, Duration::from_secs(4 * 3600));
     }

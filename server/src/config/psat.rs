@@ -25,7 +25,7 @@ use crate::node_attest::{JwksSource, PsatCluster};
 pub const DEFAULT_PSAT_AUDIENCE: &str = "lanyard-server";
 
 /// One `[[k8s_psat]]` table.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPsatCluster {
     /// Cluster name (in agent IDs and selectors).

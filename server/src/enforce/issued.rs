@@ -157,7 +157,7 @@ impl Issued {
             (g.0, std::mem::take(&mut g.1))
         };
         let doc = serde_json::to_value(Batch { items })
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            .map_err(|e| StoreError::caused(e.to_string(), e))?;
         self.store
             .put_doc(DocKind::Issued, &format!("{}-{n:012}", self.prefix), &doc)
             .await

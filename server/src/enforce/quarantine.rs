@@ -269,7 +269,7 @@ impl Quarantines {
     }
 
     async fn put(&self, rec: &QuarantineRecord) -> Result<(), StoreError> {
-        let v = serde_json::to_value(rec).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let v = serde_json::to_value(rec).map_err(|e| StoreError::caused(e.to_string(), e))?;
         self.inner
             .store
             .put_doc(DocKind::Quarantine, &rec.id, &v)

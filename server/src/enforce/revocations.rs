@@ -334,7 +334,7 @@ impl Revocations {
                 }
                 continue;
             }
-            let v = serde_json::to_value(&r).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let v = serde_json::to_value(&r).map_err(|e| StoreError::caused(e.to_string(), e))?;
             self.inner
                 .store
                 .put_doc(DocKind::Revocation, &r.key(), &v)

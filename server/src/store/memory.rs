@@ -3,38 +3,20 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use lanyard_core::task::TaskRecord;
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
-
+use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{
-    AgentRecord, CaKeyRecord, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord,
-    JwtKeyRecord, LocalFeed, PolicyRecord, Store, StoreError,
-};
+use super::{ChangeKind, EntryId, Feed, LocalFeed, Row, Store, StoreError, Swap, Table, Write};
+
+/// One stored record: its key and JSON, and its identity where the table
+/// keeps one.
+type Stored = (String, Value, Option<String>);
 
 #[derive(Default)]
 struct Inner {
-    entries: BTreeMap<EntryId, RegistrationEntry>,
-    agents: BTreeMap<SpiffeId, AgentRecord>,
-    tokens: BTreeMap<String, JoinTokenRecord>,
-    ca_keys: BTreeMap<String, CaKeyRecord>,
-    jwt_keys: BTreeMap<String, JwtKeyRecord>,
+    /// Per table, by [`Table::order`].
+    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Stored>>,
     counters: BTreeMap<String, u64>,
-    tasks: BTreeMap<TaskId, TaskRecord>,
-    policies: BTreeMap<u64, PolicyRecord>,
-    delegations: BTreeMap<String, DelegationRecord>,
-    docs: BTreeMap<(DocKind, String), serde_json::Value>,
-}
-
-impl Inner {
-    fn duplicate_of(&self, entry: &RegistrationEntry) -> Option<EntryId> {
-        let ident = super::entry_identity(entry);
-        self.entries
-            .values()
-            .find(|e| e.id != entry.id && super::entry_identity(e) == ident)
-            .map(|e| e.id.clone())
-    }
 }
 
 /// A [`Store`] in a mutex-guarded map, with an in-process change feed.
@@ -44,24 +26,22 @@ pub struct MemoryStore {
     feed: LocalFeed,
 }
 
+fn order(table: Table, key: &str) -> Result<Vec<u8>, StoreError> {
+    table
+        .order(key)
+        .ok_or_else(|| StoreError::NotFound(format!("{} {key}", table.what())))
+}
+
 impl MemoryStore {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
     }
 
-    /// A swap that announces a change when it wrote.
-    fn pushed<T>(
-        &self,
-        kind: ChangeKind,
-        key: String,
-        f: impl FnOnce(&mut Inner) -> Result<(), T>,
-    ) -> Result<(), T> {
-        let r = self.with(f);
-        if r.is_ok() {
+    fn announce(&self, table: Table, key: &str) {
+        if let Some(kind) = table.change() {
             self.feed.push(kind, key);
         }
-        r
     }
 }
 
@@ -70,232 +50,105 @@ impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
-    async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Value>, StoreError> {
+        let k = order(table, key)?;
+        Ok(self.with(|i| {
+            i.tables
+                .get(&table)
+                .and_then(|t| t.get(&k))
+                .map(|(_, v, _)| v.clone())
+        }))
+    }
+
+    async fn list(&self, table: Table) -> Result<Vec<(String, Value)>, StoreError> {
+        Ok(self.with(|i| {
+            i.tables
+                .get(&table)
+                .map(|t| t.values().map(|(k, v, _)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn write(&self, table: Table, row: &Row, how: Write) -> Result<(), StoreError> {
+        let k = order(table, &row.key)?;
         self.with(|i| {
-            let c = i.counters.entry(name.to_owned()).or_insert(0);
-            *c = (*c).max(value);
-        });
-        self.feed.push(ChangeKind::Counter, name);
-        Ok(())
-    }
-    async fn last_change(&self) -> Result<u64, StoreError> {
-        Ok(self.feed.last())
-    }
-    async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError> {
-        Ok(self.feed.since(after, limit))
-    }
-    fn wake(&self) -> watch::Receiver<u64> {
-        self.feed.wake()
-    }
-    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        self.with(|i| {
-            if i.entries.contains_key(&entry.id) {
-                return Err(StoreError::AlreadyExists(entry.id.to_string()));
+            let t = i.tables.entry(table).or_default();
+            match (how, t.contains_key(&k)) {
+                (Write::New, true) => {
+                    return Err(StoreError::AlreadyExists(format!(
+                        "{} {}",
+                        table.what(),
+                        row.key
+                    )));
+                }
+                (Write::Replace, false) => {
+                    return Err(StoreError::NotFound(format!("{} {}", table.what(), row.key)));
+                }
+                _ => {}
             }
-            if let Some(dup) = i.duplicate_of(entry) {
-                return Err(StoreError::DuplicateEntry(dup));
+            if let Some(ident) = &row.identity
+                && let Some((other, _, _)) = t
+                    .values()
+                    .find(|(key, _, i)| key != &row.key && i.as_ref() == Some(ident))
+            {
+                let id = EntryId::new(other).map_err(|e| StoreError::Corrupt {
+                    key: format!("{}/{other}", table.name()),
+                    reason: e.to_string(),
+                })?;
+                return Err(StoreError::DuplicateEntry(id));
             }
-            i.entries.insert(entry.id.clone(), entry.clone());
+            t.insert(k, (row.key.clone(), row.data.clone(), row.identity.clone()));
             Ok(())
         })?;
-        self.feed.push(ChangeKind::Entry, entry.id.to_string());
+        self.announce(table, &row.key);
         Ok(())
     }
-    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        self.with(|i| {
-            if let Some(dup) = i.duplicate_of(entry) {
-                return Err(StoreError::DuplicateEntry(dup));
-            }
-            match i.entries.get_mut(&entry.id) {
-                Some(e) => {
-                    *e = entry.clone();
-                    Ok(())
-                }
-                None => Err(StoreError::NotFound(format!("entry {}", entry.id))),
-            }
-        })?;
-        self.feed.push(ChangeKind::Entry, entry.id.to_string());
-        Ok(())
-    }
-    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
-        Ok(self.with(|i| i.entries.get(id).cloned()))
-    }
-    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
-        let old = self.with(|i| i.entries.remove(id));
-        if old.is_some() {
-            self.feed.push(ChangeKind::Entry, id.to_string());
-        }
-        Ok(old)
-    }
-    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
-        Ok(self.with(|i| i.entries.values().cloned().collect()))
-    }
-    #[allow(clippy::result_large_err)] // the record found, returned by value like the trait's
-    async fn swap_agent(
+
+    async fn swap(
         &self,
-        id: &SpiffeId,
-        expected: Option<&AgentRecord>,
-        new: Option<&AgentRecord>,
-    ) -> Result<super::Swap<AgentRecord>, StoreError> {
-        Ok(self.pushed(ChangeKind::Agent, id.to_string(), |i| {
-            let current = i.agents.get(id);
-            if current != expected {
+        table: Table,
+        key: &str,
+        matches: &(dyn for<'v> Fn(Option<&'v Value>) -> bool + Send + Sync),
+        new: Option<&Row>,
+    ) -> Result<Swap<Value>, StoreError> {
+        let k = order(table, key)?;
+        let r = self.with(|i| {
+            let t = i.tables.entry(table).or_default();
+            let current = t.get(&k).map(|(_, v, _)| v);
+            if !matches(current) {
                 return Err(current.cloned());
             }
             match new {
-                Some(a) => i.agents.insert(id.clone(), a.clone()),
-                None => i.agents.remove(id),
+                Some(row) => t.insert(k, (key.to_owned(), row.data.clone(), None)),
+                None => t.remove(&k),
             };
             Ok(())
-        }))
-    }
-    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.with(|i| i.agents.get(id).cloned()))
-    }
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.with(|i| i.agents.values().cloned().collect()))
-    }
-    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
-        self.with(|i| {
-            if i.tokens.contains_key(&token.token_hash) {
-                return Err(StoreError::AlreadyExists("join token".into()));
-            }
-            i.tokens.insert(token.token_hash.clone(), token.clone());
-            Ok(())
-        })
-    }
-    async fn take_join_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<JoinTokenRecord>, StoreError> {
-        Ok(self.with(|i| i.tokens.remove(token_hash)))
-    }
-    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
-        self.with(|i| i.ca_keys.insert(key.id.clone(), key.clone()));
-        self.feed.push(ChangeKind::Authority, key.id.clone());
-        Ok(())
-    }
-    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
-        Ok(self.with(|i| i.ca_keys.values().cloned().collect()))
-    }
-    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
-        self.with(|i| i.ca_keys.remove(id));
-        self.feed.push(ChangeKind::Authority, id.to_owned());
-        Ok(())
-    }
-    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
-        self.with(|i| i.jwt_keys.insert(key.kid.clone(), key.clone()));
-        self.feed.push(ChangeKind::Authority, key.kid.clone());
-        Ok(())
-    }
-    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
-        Ok(self.with(|i| i.jwt_keys.values().cloned().collect()))
-    }
-    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.with(|i| i.jwt_keys.remove(kid));
-        self.feed.push(ChangeKind::Authority, kid.to_owned());
-        Ok(())
-    }
-    #[allow(clippy::result_large_err)]
-    async fn swap_task(
-        &self,
-        id: &TaskId,
-        expected: Option<&TaskRecord>,
-        new: &TaskRecord,
-    ) -> Result<super::Swap<TaskRecord>, StoreError> {
-        Ok(self.pushed(ChangeKind::Task, id.to_string(), |i| {
-            let current = i.tasks.get(id);
-            if current != expected {
-                return Err(current.cloned());
-            }
-            i.tasks.insert(id.clone(), new.clone());
-            Ok(())
-        }))
-    }
-    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.with(|i| i.tasks.get(id).cloned()))
-    }
-    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        Ok(self.with(|i| i.tasks.values().cloned().collect()))
-    }
-    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.with(|i| i.tasks.remove(id)))
-    }
-    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
-        self.with(|i| {
-            if i.policies.contains_key(&policy.version) {
-                return Err(StoreError::AlreadyExists(format!(
-                    "policy version {}",
-                    policy.version
-                )));
-            }
-            i.policies.insert(policy.version, policy.clone());
-            Ok(())
-        })?;
-        self.feed
-            .push(ChangeKind::Policy, policy.version.to_string());
-        Ok(())
-    }
-    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
-        Ok(self.with(|i| i.policies.values().cloned().collect()))
-    }
-    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
-        self.with(|i| {
-            if i.delegations.contains_key(&d.token_hash) {
-                return Err(StoreError::AlreadyExists("delegation token".into()));
-            }
-            i.delegations.insert(d.token_hash.clone(), d.clone());
-            Ok(())
-        })
-    }
-    async fn take_delegation(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<DelegationRecord>, StoreError> {
-        Ok(self.with(|i| i.delegations.remove(token_hash)))
-    }
-    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
-        Ok(self.with(|i| i.delegations.values().cloned().collect()))
-    }
-    async fn put_doc(
-        &self,
-        kind: DocKind,
-        key: &str,
-        doc: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.with(|i| i.docs.insert((kind, key.to_owned()), doc.clone()));
-        self.feed.push(kind.change(), key);
-        Ok(())
-    }
-    async fn get_doc(
-        &self,
-        kind: DocKind,
-        key: &str,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
-        Ok(self.with(|i| i.docs.get(&(kind, key.to_owned())).cloned()))
-    }
-    async fn list_docs(
-        &self,
-        kind: DocKind,
-    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        Ok(self.with(|i| {
-            i.docs
-                .iter()
-                .filter(|((k, _), _)| *k == kind)
-                .map(|((_, key), v)| (key.clone(), v.clone()))
-                .collect()
-        }))
-    }
-    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError> {
-        let had = self.with(|i| i.docs.remove(&(kind, key.to_owned())).is_some());
-        if had {
-            self.feed.push(kind.change(), key);
+        });
+        if r.is_ok() {
+            self.announce(table, key);
         }
-        Ok(had)
+        Ok(r)
     }
+
+    async fn take(
+        &self,
+        table: Table,
+        key: &str,
+        announce: bool,
+    ) -> Result<Option<Value>, StoreError> {
+        let k = order(table, key)?;
+        let old = self.with(|i| i.tables.get_mut(&table).and_then(|t| t.remove(&k)));
+        if announce && old.is_some() {
+            self.announce(table, key);
+        }
+        Ok(old.map(|(_, v, _)| v))
+    }
+
     async fn counter(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self.with(|i| i.counters.get(name).copied().unwrap_or(0)))
     }
+
     async fn bump_counter(&self, name: &str) -> Result<u64, StoreError> {
         let n = self.with(|i| {
             let c = i.counters.entry(name.to_owned()).or_insert(0);
@@ -304,6 +157,27 @@ impl Store for MemoryStore {
         });
         self.feed.push(ChangeKind::Counter, name);
         Ok(n)
+    }
+
+    async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.with(|i| {
+            let c = i.counters.entry(name.to_owned()).or_insert(0);
+            *c = (*c).max(value);
+        });
+        self.feed.push(ChangeKind::Counter, name);
+        Ok(())
+    }
+
+    async fn last_change(&self) -> Result<u64, StoreError> {
+        Ok(self.feed.last())
+    }
+
+    async fn changes_since(&self, after: u64, limit: usize) -> Result<Feed, StoreError> {
+        Ok(self.feed.since(after, limit))
+    }
+
+    fn wake(&self) -> watch::Receiver<u64> {
+        self.feed.wake()
     }
 }
 

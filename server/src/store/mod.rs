@@ -3,7 +3,13 @@
 //! PostgreSQL database between several servers. Every implementation must
 //! pass [`conformance`].
 //!
-//! The trait is async: handlers await it without blocking a runtime worker
+//! The trait is narrow: a few operations on JSON records in [`Table`]s
+//! (get, list, write, compare-and-swap, take), named counters and the
+//! change feed. What each kind of record is, and which operations it
+//! allows, lives once above it, in [`typed`] (`store.get_entry(..)`,
+//! `store.swap_agent(..)`, ...). A backend knows tables, not records.
+//!
+//! It is async: handlers await it without blocking a runtime worker
 //! (sled's writes, which fsync, run on the blocking pool; PostgreSQL's are
 //! network round trips). Changes that race each other go through
 //! compare-and-swap (`swap_*`), and every change is announced on the
@@ -15,7 +21,9 @@ mod feed;
 pub(crate) mod pg;
 mod records;
 mod sled_store;
+mod table;
 pub mod transfer;
+mod typed;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -31,9 +39,9 @@ pub use records::{
     PolicyRecord,
 };
 pub use sled_store::SledStore;
+pub use table::{Row, Table, Write};
 
-use lanyard_core::task::TaskRecord;
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
+use lanyard_core::{EntryId, RegistrationEntry};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -59,9 +67,37 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
-    /// The database itself failed.
-    #[error("database error: {0}")]
-    Backend(String),
+    /// The database itself failed: `message` says what and why; the
+    /// error that caused it, if any, is kept as the source.
+    #[error("database error: {message}")]
+    Backend {
+        /// What failed, whole.
+        message: String,
+        /// The database's own error.
+        #[source]
+        source: Option<lanyard_core::error::BoxError>,
+    },
+}
+
+impl StoreError {
+    /// A database failure said by `message` alone.
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A database failure said by `message`, caused by `source`.
+    pub fn caused(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 /// The outcome of a compare-and-swap: `Ok(())` when written, otherwise the
@@ -127,104 +163,42 @@ impl DocKind {
     }
 }
 
-/// Lanyard's persistent state, in domain types.
+/// Lanyard's persistent state: JSON records in tables, counters and the
+/// change feed. Every write that changes a table whose records are
+/// followed ([`Table::change`]) is announced on the feed with the
+/// record's key, in the same transaction where the backend has them.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Which backend, for logs: `sled` or `postgres`.
+    /// Which backend, for logs: `sled`, `postgres` or `memory`.
     fn kind(&self) -> &'static str;
 
-    /// Inserts a new entry; `AlreadyExists` when the ID is taken,
-    /// `DuplicateEntry` when an entry with the same identity exists.
-    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
-    /// Replaces an existing entry; `NotFound` when absent, `DuplicateEntry`
-    /// when the change would make it the same as another entry.
-    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError>;
-    /// Reads one entry.
-    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
-    /// Removes an entry, returning it.
-    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError>;
-    /// Every entry, ordered by ID.
-    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError>;
-
-    /// Replaces the agent record `id` with `new` (`None` removes it) only if
-    /// it currently equals `expected` (`None`: absent). Every change to an
-    /// agent goes through here, so a renewal can never write back a record
-    /// that a concurrent ban or eviction changed, on this server or another.
-    /// On a mismatch nothing is written and the current record is returned.
-    async fn swap_agent(
+    /// Reads one record.
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Value>, StoreError>;
+    /// Every record of `table`, in [`Table::order`].
+    async fn list(&self, table: Table) -> Result<Vec<(String, Value)>, StoreError>;
+    /// Writes a record: [`Write::New`] fails with `AlreadyExists` when the
+    /// key is taken, [`Write::Replace`] with `NotFound` when it is absent,
+    /// [`Write::Upsert`] does either. Where the table keeps a unique
+    /// identity ([`Row::identity`], entries), a write that would give two
+    /// records the same one fails with `DuplicateEntry`.
+    async fn write(&self, table: Table, row: &Row, how: Write) -> Result<(), StoreError>;
+    /// Replaces the record `key` with `new` (`None` removes it) only if
+    /// `matches` holds for the current one (`None`: absent), atomically
+    /// against every other writer, on this server or another. On a
+    /// mismatch nothing is written and the current record is returned.
+    /// Not for tables with an identity.
+    async fn swap(
         &self,
-        id: &SpiffeId,
-        expected: Option<&AgentRecord>,
-        new: Option<&AgentRecord>,
-    ) -> Result<Swap<AgentRecord>, StoreError>;
-    /// Reads one agent.
-    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError>;
-    /// Every agent, ordered by ID.
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
-
-    /// Stores a new join token (keyed by the token's hash).
-    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
-    /// Atomically removes and returns the token with this hash: a token can
-    /// be taken once, across every server.
-    async fn take_join_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<JoinTokenRecord>, StoreError>;
-
-    /// Inserts or replaces a CA key.
-    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError>;
-    /// Every CA key (of every server), ordered by ID.
-    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
-    /// Removes a CA key.
-    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError>;
-
-    /// Inserts or replaces a JWT signing key.
-    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError>;
-    /// Every JWT signing key (of every server), ordered by key ID.
-    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError>;
-    /// Removes a JWT signing key.
-    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError>;
-
-    /// Replaces task `id` with `new` only if it currently equals `expected`
-    /// (`None`: absent); as for agents, concurrent state changes (end,
-    /// revoke, a parent's cascade) cannot overwrite each other.
-    async fn swap_task(
-        &self,
-        id: &TaskId,
-        expected: Option<&TaskRecord>,
-        new: &TaskRecord,
-    ) -> Result<Swap<TaskRecord>, StoreError>;
-    /// Reads one task.
-    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
-    /// Every task, ordered by ID.
-    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError>;
-    /// Removes a task, returning it.
-    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
-
-    /// Stores a new policy version; `AlreadyExists` when the version is taken.
-    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError>;
-    /// Every policy version, oldest first.
-    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError>;
-
-    /// Stores a new delegation token (keyed by its hash).
-    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError>;
-    /// Atomically removes and returns the delegation with this hash.
-    async fn take_delegation(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<DelegationRecord>, StoreError>;
-    /// Every stored delegation token (hashes only), ordered by hash.
-    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError>;
-
-    /// Inserts or replaces a small document of `kind` (revocations,
-    /// quarantines, CRLs: records read whole and listed whole).
-    async fn put_doc(&self, kind: DocKind, key: &str, doc: &Value) -> Result<(), StoreError>;
-    /// Reads one document.
-    async fn get_doc(&self, kind: DocKind, key: &str) -> Result<Option<Value>, StoreError>;
-    /// Every document of `kind`, ordered by key.
-    async fn list_docs(&self, kind: DocKind) -> Result<Vec<(String, Value)>, StoreError>;
-    /// Removes a document; true when it was there.
-    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError>;
+        table: Table,
+        key: &str,
+        matches: &(dyn for<'v> Fn(Option<&'v Value>) -> bool + Send + Sync),
+        new: Option<&Row>,
+    ) -> Result<Swap<Value>, StoreError>;
+    /// Atomically removes and returns a record (a single-use token is taken
+    /// once, across every server). The removal is announced when
+    /// `announce` and the record was there.
+    async fn take(&self, table: Table, key: &str, announce: bool)
+    -> Result<Option<Value>, StoreError>;
 
     /// The current value of a named counter (0 when never bumped).
     async fn counter(&self, name: &str) -> Result<u64, StoreError>;

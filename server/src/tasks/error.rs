@@ -23,15 +23,40 @@ pub enum TaskServiceError {
     /// The task is no longer active.
     #[error("task {0} is {1}")]
     NotActive(String, &'static str),
-    /// Signing failed.
-    #[error("signing failed: {0}")]
-    Signing(String),
+    /// Signing failed: `message` says why; the signer's error, if any, is
+    /// kept as the source.
+    #[error("signing failed: {message}")]
+    Signing {
+        /// Why, whole.
+        message: String,
+        /// The signer's own error.
+        #[source]
+        source: Option<lanyard_core::error::BoxError>,
+    },
     /// Another change to the same task won repeatedly.
     #[error("task {0} is being changed concurrently; retry")]
     Contended(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+}
+
+impl TaskServiceError {
+    /// Signing failed because of `source`.
+    pub fn signing(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Signing {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The random source failed (nothing else to keep).
+    pub fn no_randomness() -> Self {
+        Self::Signing {
+            message: "random source failed".into(),
+            source: None,
+        }
+    }
 }
 
 impl From<lanyard_core::TaskError> for TaskServiceError {
@@ -59,7 +84,7 @@ impl From<TaskServiceError> for Status {
                 Status::failed_precondition(e.to_string())
             }
             TaskServiceError::Contended(_) => Status::aborted(e.to_string()),
-            TaskServiceError::Signing(_) | TaskServiceError::Store(_) => {
+            TaskServiceError::Signing { .. } | TaskServiceError::Store(_) => {
                 tracing::error!(err = %e, "task service internal error");
                 Status::internal("internal error")
             }

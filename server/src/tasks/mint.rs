@@ -8,17 +8,27 @@ use lanyard_core::clock::{from_unix_secs, unix_secs};
 use lanyard_core::task::{TaskGrant, task_claims_oid_der};
 use lanyard_core::x509::SvidParams;
 use lanyard_core::{RegistrationEntry, SpiffeId};
-use lanyard_proto::types;
 
 use super::error::TaskServiceError;
 use crate::ca::Ca;
 use crate::ca::IssuanceSettings;
 
+/// A task X.509-SVID as signed.
+#[derive(Debug, Clone)]
+pub struct TaskSvid {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The leaf certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// When it expires (Unix seconds).
+    pub not_after: u64,
+}
+
 /// A task's freshly minted credentials.
 #[derive(Debug, Default)]
 pub struct MintedTask {
     /// The X.509-SVID, when a CSR was given.
-    pub svid: Option<types::X509Svid>,
+    pub svid: Option<TaskSvid>,
     /// The JWT-SVID and its expiry (Unix seconds), when audiences were given.
     pub jwt: Option<(String, u64)>,
 }
@@ -84,7 +94,7 @@ pub(crate) fn mint(
             .map_err(|e| match e {
                 lanyard_core::x509::SvidError::Issue(_)
                 | lanyard_core::x509::SvidError::Crypto(_) => {
-                    TaskServiceError::Signing(e.to_string())
+                    TaskServiceError::signing(e)
                 }
                 other => TaskServiceError::Invalid(format!("csr: {other}")),
             })?;
@@ -96,10 +106,10 @@ pub(crate) fn mint(
             issued_at: unix_secs(now),
             not_after: unix_secs(svid.not_after),
         });
-        out.svid = Some(types::X509Svid {
-            spiffe_id: grant.spiffe_id.to_string(),
-            cert_chain: vec![svid.cert_der],
-            expires_at: i64::try_from(unix_secs(svid.not_after)).unwrap_or(i64::MAX),
+        out.svid = Some(TaskSvid {
+            spiffe_id: grant.spiffe_id.clone(),
+            cert_der: svid.cert_der,
+            not_after: unix_secs(svid.not_after),
         });
     }
     if !req.audiences.is_empty() {
@@ -117,7 +127,7 @@ pub(crate) fn mint(
                 now,
                 grant.jwt_claims(req.node, req.exe_sha256),
             )
-            .map_err(|e| TaskServiceError::Signing(e.to_string()))?;
+            .map_err(|e| TaskServiceError::signing(e))?;
         out.jwt = Some((minted.token, unix_secs(minted.expires_at)));
     }
     Ok(out)

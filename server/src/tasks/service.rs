@@ -10,7 +10,6 @@ use lanyard_core::clock::{Clock, unix_secs};
 use lanyard_core::revocation::{Revocation, RevokedKind};
 use lanyard_core::task::{Actor, SensitivityLevels, TaskGrant, TaskRecord, TaskRequest, TaskState};
 use lanyard_core::{RegistrationEntry, SpiffeId, TaskId};
-use lanyard_proto::types;
 use serde_json::Map;
 use tokio::sync::watch;
 
@@ -39,8 +38,8 @@ pub struct BeginInput {
     /// under, in serving order (`entry_id` among them); the task is begun
     /// under the one identity that permits it. Empty: `entry_id` alone.
     pub candidates: Vec<String>,
-    /// What the workload asked for.
-    pub spec: types::TaskSpec,
+    /// What the workload asked for (converted, not yet checked).
+    pub spec: TaskRequest,
     /// PKCS#10 DER for the task X.509-SVID.
     pub csr: Vec<u8>,
     /// Audiences of a task JWT-SVID, if one is wanted.
@@ -358,7 +357,7 @@ impl Tasks {
     ) -> Result<(TaskRecord, MintedTask), TaskServiceError> {
         let inner = &self.inner;
         let mut entries = self.candidate_entries(agent, &input)?;
-        let request = lanyard_proto::convert::task_request(input.spec)?.check(&inner.levels)?;
+        let request = input.spec.check(&inner.levels)?;
         check_audiences(&input.jwt_audiences).map_err(TaskServiceError::Invalid)?;
         lanyard_core::x509::parse_csr_public_key(&input.csr)
             .map_err(|e| TaskServiceError::Invalid(format!("csr: {e}")))?;
@@ -426,7 +425,7 @@ impl Tasks {
         }
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id)
-            .map_err(|_| TaskServiceError::Signing("random source failed".into()))?;
+            .map_err(|_| TaskServiceError::no_randomness())?;
         let grant = TaskGrant {
             task_id: TaskId::from_random(id),
             spiffe_id: entry.spiffe_id.clone(),

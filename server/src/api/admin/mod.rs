@@ -256,7 +256,7 @@ impl AdminApi {
     fn new_entry_id() -> Result<EntryId, AdminError> {
         let mut b = [0u8; 16];
         aws_lc_rs::rand::fill(&mut b)
-            .map_err(|_| AdminError::Store(StoreError::Backend("random source failed".into())))?;
+            .map_err(|_| AdminError::Store(StoreError::backend("random source failed")))?;
         Ok(EntryId::from_random(b))
     }
 }

@@ -6,7 +6,7 @@ use lanyard_core::SpiffeId;
 use lanyard_core::audit::{Event, Kind};
 use lanyard_core::task::TaskRecord;
 use lanyard_proto::server::{AppendAuditRequest, AppendAuditResponse};
-use lanyard_proto::types;
+use crate::tasks::TaskSvid;
 use tonic::Status;
 
 use super::NodeApi;
@@ -34,14 +34,18 @@ pub(crate) fn denied_task(audit: &Audit, agent: &SpiffeId, input: &BeginInput) -
         .event(Kind::TaskDenied)
         .actor(agent.to_string())
         .node(agent.to_string())
-        .task(spec.parent_task_id.clone())
+        .task(
+            spec.parent_task_id
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string),
+        )
         .details(serde_json::json!({
             "entry_id": input.entry_id,
             "task_type": spec.task_type,
             "tools": spec.tools,
             "data_sensitivity": spec.data_sensitivity,
-            "ttl_seconds": spec.ttl_seconds,
-            "on_behalf_of": spec.on_behalf_of,
+            "ttl_seconds": spec.ttl.as_secs(),
+            "on_behalf_of": spec.on_behalf_of.as_deref().unwrap_or_default(),
             "exe_sha256": input.caller.exe_sha256,
         }))
 }
@@ -66,7 +70,7 @@ impl NodeApi {
         &self,
         agent: &SpiffeId,
         task: &TaskRecord,
-        svid: Option<&types::X509Svid>,
+        svid: Option<&TaskSvid>,
         begun: bool,
     ) -> Result<(), Status> {
         let g = &task.grant;
@@ -93,8 +97,8 @@ impl NodeApi {
                 "not_after": g.not_after,
             })));
         }
-        if let Some(cert) = svid.and_then(|s| s.cert_chain.first()) {
-            let serial = lanyard_core::x509::CertInfo::parse(cert)
+        if let Some(svid) = svid {
+            let serial = lanyard_core::x509::CertInfo::parse(&svid.cert_der)
                 .map(|i| i.serial)
                 .unwrap_or_default();
             events.push(

@@ -29,7 +29,7 @@ use crate::node_attest::{Attested, NodeAttestors};
 use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::store::{AgentRecord, StoreError};
-use crate::tasks::{BeginInput, Caller, Tasks};
+use crate::tasks::{BeginInput, Caller, TaskSvid, Tasks};
 use crate::tls::{ClientSvid, PeerInfo};
 use lanyard_core::audit::{Event, Kind};
 

@@ -4,6 +4,15 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// A task X.509-SVID as the node API sends it.
+fn task_svid_msg(s: TaskSvid) -> types::X509Svid {
+    types::X509Svid {
+        spiffe_id: s.spiffe_id.to_string(),
+        cert_chain: vec![s.cert_der],
+        expires_at: i64::try_from(s.not_after).unwrap_or(i64::MAX),
+    }
+}
+
 impl NodeApi {
     /// `begin task` (see the `Node` service).
     pub(super) async fn begin_task_rpc(
@@ -15,9 +24,11 @@ impl NodeApi {
         let input = BeginInput {
             entry_id: req.entry_id,
             candidates: req.candidate_entry_ids,
-            spec: req
-                .spec
-                .ok_or_else(|| Status::invalid_argument("spec is required"))?,
+            spec: lanyard_proto::convert::task_request(
+                req.spec
+                    .ok_or_else(|| Status::invalid_argument("spec is required"))?,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
             csr: req.csr,
             jwt_audiences: req.jwt_audiences,
             caller: Caller {
@@ -43,7 +54,7 @@ impl NodeApi {
         let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
         Ok(Response::new(BeginTaskResponse {
             task: Some(types::TaskInfo::from(&record)),
-            svid: minted.svid,
+            svid: minted.svid.map(task_svid_msg),
             jwt,
             jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
         }))
@@ -72,7 +83,7 @@ impl NodeApi {
         }
         let (jwt, jwt_expires_at) = minted.jwt.unwrap_or_default();
         Ok(Response::new(SignTaskSvidResponse {
-            svid: minted.svid,
+            svid: minted.svid.map(task_svid_msg),
             jwt,
             jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
         }))

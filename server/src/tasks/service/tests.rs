@@ -80,14 +80,15 @@ fn input(entry: &RegistrationEntry, parent: Option<(&str, &str)>) -> BeginInput 
     BeginInput {
         entry_id: entry.id.to_string(),
         candidates: vec![],
-        spec: types::TaskSpec {
+        spec: lanyard_proto::convert::task_request(lanyard_proto::types::TaskSpec {
             task_type: "t".into(),
             tools: vec!["a".into()],
             ttl_seconds: 300,
             parent_task_id: parent.map(|p| p.0.to_owned()).unwrap_or_default(),
             delegation_token: parent.map(|p| p.1.to_owned()).unwrap_or_default(),
             ..Default::default()
-        },
+        })
+        .unwrap(),
         csr,
         jwt_audiences: vec![],
         caller: Caller::default(),

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod enforce_support;
+use crate::enforce_support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_integration_tests::pg::PgCluster;
+use lanyard_pg_testing::PgCluster;
 use lanyard_server::store::{Feed, PgOptions, PgStore, Store, conformance};
 use tokio::sync::OnceCell;
 
@@ -92,6 +92,7 @@ async fn tls_to_the_database_is_verified() {
     })
     .await
     .expect("TLS connection with the right CA");
+    let s: &dyn Store = &s;
     s.create_entry(&conformance::entry("a", "spiffe://td/w"))
         .await
         .unwrap();

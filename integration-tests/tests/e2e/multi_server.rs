@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_core::x509::CertInfo;
-use lanyard_integration_tests::pg::PgCluster;
+use lanyard_pg_testing::PgCluster;
 use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
 use lanyard_proto::admin::admin_client::AdminClient;

@@ -14,7 +14,7 @@ use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest};
 use lanyard_proto::types::Entry;
 use lanyard_uds::unix_channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lanyard-agent");
+const BIN: &str = env!("CARGO_BIN_EXE_agent_proc");
 const NODE: &str = "spiffe://example.org/node/n1";
 
 struct Agent(Child);

@@ -5,8 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../enforce_support/mod.rs"]
-mod enforce_support;
+use crate::enforce_support;
 mod policy;
 mod quarantine;
 mod reports;

@@ -14,7 +14,7 @@ use lanyard_uds::unix_channel;
 mod front_door;
 mod tool_check;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lanyard-agent");
+const BIN: &str = env!("CARGO_BIN_EXE_agent_proc");
 const NODE: &str = "spiffe://example.org/node/n1";
 
 struct Agent(Child);

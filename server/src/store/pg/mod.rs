@@ -27,19 +27,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use lanyard_core::task::TaskRecord;
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId, TaskId};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::types::Json;
-use tokio_postgres::{AsyncMessage, NoTls, Row, Transaction};
+use tokio_postgres::{AsyncMessage, NoTls, Transaction};
 
-use super::{
-    AgentRecord, CaKeyRecord, Change, ChangeKind, DelegationRecord, DocKind, Feed, JoinTokenRecord,
-    JwtKeyRecord, PolicyRecord, Store, StoreError, Swap,
-};
+use super::{Change, ChangeKind, Feed, Row, Store, StoreError, Swap, Table, Write};
+
+mod records;
 
 /// The NOTIFY channel.
 const CHANNEL: &str = "lanyard_changes";
@@ -180,40 +175,21 @@ impl std::fmt::Debug for PgStore {
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
-        Some(d) => StoreError::Backend(format!("postgres: {}", d.message())),
-        None => StoreError::Backend(format!("postgres: {e}")),
+        Some(d) => StoreError::caused(format!("postgres: {}", d.message()), e),
+        None => StoreError::caused(format!("postgres: {e}"), e),
     }
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("cannot reach the database: {e}"))
-}
-
-fn decode<T: DeserializeOwned>(key: &str, v: serde_json::Value) -> Result<T, StoreError> {
-    serde_json::from_value(v).map_err(|e| StoreError::Corrupt {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn value<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(v).map_err(|e| StoreError::Backend(format!("encode: {e}")))
-}
-
-fn row_data<T: DeserializeOwned>(table: &str, row: &Row) -> Result<T, StoreError> {
-    let key = row
-        .try_get::<_, String>(0)
-        .unwrap_or_else(|_| "?".to_owned());
-    let v: Json<serde_json::Value> = row.try_get(1).map_err(|e| StoreError::Corrupt {
-        key: format!("{table}/{key}"),
-        reason: e.to_string(),
-    })?;
-    decode(&format!("{table}/{key}"), v.0)
+    StoreError::caused(format!("cannot reach the database: {e}"), e)
 }
 
 /// Column `i` of `row`, or a clear error (a schema that does not match
 /// this binary must not panic the server).
-fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, StoreError> {
     row.try_get(i).map_err(|e| StoreError::Corrupt {
         key: format!("column {i}"),
         reason: e.to_string(),
@@ -221,7 +197,7 @@ fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Res
 }
 
 fn i64_of(v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{v} does not fit a bigint")))
+    i64::try_from(v).map_err(|_| StoreError::backend(format!("{v} does not fit a bigint")))
 }
 
 fn u64_of(v: i64) -> u64 {
@@ -258,8 +234,8 @@ fn tls_connector(
     use rustls_pki_types::pem::PemObject;
     let Some(path) = &opts.ca_file else {
         if mode == SslMode::Require {
-            return Err(StoreError::Backend(
-                "the datastore URL asks for sslmode=require: give the CA that signs the database's certificate with --datastore-ca FILE".into(),
+            return Err(StoreError::backend(
+                "the datastore URL asks for sslmode=require: give the CA that signs the database's certificate with --datastore-ca FILE",
             ));
         }
         return Ok(None);
@@ -267,9 +243,9 @@ fn tls_connector(
     let mut roots = rustls::RootCertStore::empty();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| StoreError::Backend(format!("datastore CA {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::caused(format!("datastore CA {}: {e}", path.display()), e))?;
     if certs.is_empty() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "datastore CA {}: no certificate in it",
             path.display()
         )));
@@ -277,13 +253,13 @@ fn tls_connector(
     for c in certs {
         roots
             .add(c)
-            .map_err(|e| StoreError::Backend(format!("datastore CA {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::caused(format!("datastore CA {}: {e}", path.display()), e))?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+    .map_err(|e| StoreError::caused(format!("TLS: {e}"), e))?
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
@@ -294,7 +270,7 @@ impl PgStore {
     /// changes.
     pub async fn connect(opts: &PgOptions) -> Result<Self, StoreError> {
         let config = tokio_postgres::Config::from_str(&opts.url)
-            .map_err(|e| StoreError::Backend(format!("datastore URL: {e}")))?;
+            .map_err(|e| StoreError::caused(format!("datastore URL: {e}"), e))?;
         let tls = tls_connector(opts, config.get_ssl_mode())?;
         let mgr_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -309,7 +285,7 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Backend(format!("datastore pool: {e}")))?;
+            .map_err(|e| StoreError::caused(format!("datastore pool: {e}"), e))?;
         let store = Self {
             pool,
             wake: Arc::new(watch::channel(0).0),
@@ -353,7 +329,7 @@ impl PgStore {
         let current: i32 = col(&row, 0)?;
         let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
         if current > known {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "the database schema is version {current}, newer than this lanyard-server knows ({known}); upgrade the server"
             )));
         }
@@ -373,186 +349,6 @@ impl PgStore {
             tracing::info!(version, "applied datastore schema migration");
         }
         tx.commit().await.map_err(db)
-    }
-
-    async fn list<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        table: &str,
-    ) -> Result<Vec<T>, StoreError> {
-        let c = self.client().await?;
-        let stmt = c.prepare_cached(sql).await.map_err(db)?;
-        c.query(&stmt, &[])
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| row_data(table, r))
-            .collect()
-    }
-
-    async fn get<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        table: &str,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        let c = self.client().await?;
-        let stmt = c.prepare_cached(sql).await.map_err(db)?;
-        c.query_opt(&stmt, &[&key])
-            .await
-            .map_err(db)?
-            .map(|r| row_data(table, &r))
-            .transpose()
-    }
-
-    /// Deletes and returns a record in one statement (single-use tokens).
-    async fn take<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        table: &str,
-        key: &str,
-        change: Option<ChangeKind>,
-    ) -> Result<Option<T>, StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let row = tx.query_opt(sql, &[&key]).await.map_err(db)?;
-        let old = row.map(|r| row_data(table, &r)).transpose()?;
-        if let (Some(kind), Some(_)) = (change, &old) {
-            record(&tx, kind, key).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(old)
-    }
-
-    /// Inserts a record that announces no change (single-use tokens);
-    /// `AlreadyExists(what)` when the key is taken.
-    async fn insert_new(
-        &self,
-        table: &str,
-        id: &str,
-        data: serde_json::Value,
-        what: &str,
-    ) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .execute(
-                &format!(
-                    "INSERT INTO {table} (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
-                ),
-                &[&id, &Json(data)],
-            )
-            .await
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists(what.to_owned()));
-        }
-        Ok(())
-    }
-
-    /// Inserts or replaces a key record.
-    async fn put_key(
-        &self,
-        table: &str,
-        id: &str,
-        owner: &str,
-        data: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        tx.execute(
-            &format!(
-                "INSERT INTO {table} (id, owner, data) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, data = EXCLUDED.data"
-            ),
-            &[&id, &owner, &Json(data)],
-        )
-        .await
-        .map_err(db)?;
-        record(&tx, ChangeKind::Authority, id).await?;
-        tx.commit().await.map_err(db)
-    }
-
-    /// Compare-and-swap on a decoded record, under a row lock.
-    async fn swap<T: Serialize + DeserializeOwned + PartialEq + Sync>(
-        &self,
-        table: &str,
-        kind: ChangeKind,
-        key: &str,
-        expected: Option<&T>,
-        new: Option<&T>,
-    ) -> Result<Swap<T>, StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let current: Option<T> = tx
-            .query_opt(
-                &format!("SELECT id, data FROM {table} WHERE id = $1 FOR UPDATE"),
-                &[&key],
-            )
-            .await
-            .map_err(db)?
-            .map(|r| row_data(table, &r))
-            .transpose()?;
-        if current.as_ref() != expected {
-            return Ok(Err(current));
-        }
-        let written = match (expected, new) {
-            (None, Some(n)) => tx
-                .execute(
-                    &format!(
-                        "INSERT INTO {table} (id, data) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
-                    ),
-                    &[&key, &Json(value(n)?)],
-                )
-                .await
-                .map_err(db)?,
-            (Some(_), Some(n)) => tx
-                .execute(
-                    &format!("UPDATE {table} SET data = $2 WHERE id = $1"),
-                    &[&key, &Json(value(n)?)],
-                )
-                .await
-                .map_err(db)?,
-            (_, None) => tx
-                .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&key])
-                .await
-                .map_err(db)?,
-        };
-        if written == 0 && expected.is_none() && new.is_none() {
-            return Ok(Ok(()));
-        }
-        if written == 0 {
-            // A concurrent insert of a record that was absent: report it.
-            drop(tx);
-            let now = self
-                .get(
-                    &format!("SELECT id, data FROM {table} WHERE id = $1"),
-                    table,
-                    key,
-                )
-                .await?;
-            return Ok(Err(now));
-        }
-        record(&tx, kind, key).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(Ok(()))
-    }
-
-    /// The entry that holds an identity.
-    async fn entry_with_identity(&self, identity: &str) -> Result<EntryId, StoreError> {
-        let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "SELECT id FROM lanyard_entries WHERE identity = $1",
-                &[&identity],
-            )
-            .await
-            .map_err(db)?;
-        let row = row.ok_or_else(|| StoreError::Backend("a duplicate entry vanished".into()))?;
-        let id: String = col(&row, 0)?;
-        EntryId::new(&id).map_err(|e| StoreError::Corrupt {
-            key: format!("lanyard_entries/{id}"),
-            reason: e.to_string(),
-        })
     }
 
     /// Removes changes older than `age` (followers further behind reload).
@@ -647,366 +443,35 @@ impl Store for PgStore {
         "postgres"
     }
 
-    async fn create_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        let identity = super::entry_identity(entry);
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let id = entry.id.as_str();
-        let r = tx
-            .execute(
-                "INSERT INTO lanyard_entries (id, identity, data) VALUES ($1, $2, $3)",
-                &[&id, &identity, &Json(value(entry)?)],
-            )
-            .await;
-        match r {
-            Ok(_) => {}
-            Err(e) => {
-                return Err(match unique_violation(&e) {
-                    Some("lanyard_entries_pkey") => {
-                        StoreError::AlreadyExists(format!("entry {id}"))
-                    }
-                    Some(_) => {
-                        drop(tx);
-                        StoreError::DuplicateEntry(self.entry_with_identity(&identity).await?)
-                    }
-                    None => db(e),
-                });
-            }
-        }
-        record(&tx, ChangeKind::Entry, id).await?;
-        tx.commit().await.map_err(db)
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Value>, StoreError> {
+        self.get_record(table, key).await
     }
 
-    async fn update_entry(&self, entry: &RegistrationEntry) -> Result<(), StoreError> {
-        let identity = super::entry_identity(entry);
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let id = entry.id.as_str();
-        let r = tx
-            .execute(
-                "UPDATE lanyard_entries SET identity = $2, data = $3 WHERE id = $1",
-                &[&id, &identity, &Json(value(entry)?)],
-            )
-            .await;
-        match r {
-            Ok(0) => return Err(StoreError::NotFound(format!("entry {id}"))),
-            Ok(_) => {}
-            Err(e) if unique_violation(&e).is_some() => {
-                drop(tx);
-                return Err(StoreError::DuplicateEntry(
-                    self.entry_with_identity(&identity).await?,
-                ));
-            }
-            Err(e) => return Err(db(e)),
-        }
-        record(&tx, ChangeKind::Entry, id).await?;
-        tx.commit().await.map_err(db)
+    async fn list(&self, table: Table) -> Result<Vec<(String, Value)>, StoreError> {
+        self.list_records(table).await
     }
 
-    async fn get_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
-        self.get(
-            "SELECT id, data FROM lanyard_entries WHERE id = $1",
-            "entries",
-            id.as_str(),
-        )
-        .await
+    async fn write(&self, table: Table, row: &Row, how: Write) -> Result<(), StoreError> {
+        self.write_record(table, row, how).await
     }
 
-    async fn delete_entry(&self, id: &EntryId) -> Result<Option<RegistrationEntry>, StoreError> {
-        self.take(
-            "DELETE FROM lanyard_entries WHERE id = $1 RETURNING id, data",
-            "entries",
-            id.as_str(),
-            Some(ChangeKind::Entry),
-        )
-        .await
-    }
-
-    async fn list_entries(&self) -> Result<Vec<RegistrationEntry>, StoreError> {
-        self.list(
-            "SELECT id, data FROM lanyard_entries ORDER BY id COLLATE \"C\"",
-            "entries",
-        )
-        .await
-    }
-
-    async fn swap_agent(
+    async fn swap(
         &self,
-        id: &SpiffeId,
-        expected: Option<&AgentRecord>,
-        new: Option<&AgentRecord>,
-    ) -> Result<Swap<AgentRecord>, StoreError> {
-        self.swap(
-            "lanyard_agents",
-            ChangeKind::Agent,
-            id.as_str(),
-            expected,
-            new,
-        )
-        .await
-    }
-
-    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
-        self.get(
-            "SELECT id, data FROM lanyard_agents WHERE id = $1",
-            "agents",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.list(
-            "SELECT id, data FROM lanyard_agents ORDER BY id COLLATE \"C\"",
-            "agents",
-        )
-        .await
-    }
-
-    async fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError> {
-        self.insert_new(
-            "lanyard_join_tokens",
-            &token.token_hash,
-            value(token)?,
-            "join token",
-        )
-        .await
-    }
-
-    async fn take_join_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<JoinTokenRecord>, StoreError> {
-        self.take(
-            "DELETE FROM lanyard_join_tokens WHERE id = $1 RETURNING id, data",
-            "join_tokens",
-            token_hash,
-            None,
-        )
-        .await
-    }
-
-    async fn put_ca_key(&self, key: &CaKeyRecord) -> Result<(), StoreError> {
-        self.put_key("lanyard_ca_keys", &key.id, &key.owner, value(key)?)
-            .await
-    }
-
-    async fn list_ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
-        self.list(
-            "SELECT id, data FROM lanyard_ca_keys ORDER BY id COLLATE \"C\"",
-            "ca_keys",
-        )
-        .await
-    }
-
-    async fn delete_ca_key(&self, id: &str) -> Result<(), StoreError> {
-        self.take::<serde_json::Value>(
-            "DELETE FROM lanyard_ca_keys WHERE id = $1 RETURNING id, data",
-            "ca_keys",
-            id,
-            Some(ChangeKind::Authority),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    async fn put_jwt_key(&self, key: &JwtKeyRecord) -> Result<(), StoreError> {
-        self.put_key("lanyard_jwt_keys", &key.kid, &key.owner, value(key)?)
-            .await
-    }
-
-    async fn list_jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
-        self.list(
-            "SELECT id, data FROM lanyard_jwt_keys ORDER BY id COLLATE \"C\"",
-            "jwt_keys",
-        )
-        .await
-    }
-
-    async fn delete_jwt_key(&self, kid: &str) -> Result<(), StoreError> {
-        self.take::<serde_json::Value>(
-            "DELETE FROM lanyard_jwt_keys WHERE id = $1 RETURNING id, data",
-            "jwt_keys",
-            kid,
-            Some(ChangeKind::Authority),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    async fn swap_task(
-        &self,
-        id: &TaskId,
-        expected: Option<&TaskRecord>,
-        new: &TaskRecord,
-    ) -> Result<Swap<TaskRecord>, StoreError> {
-        self.swap(
-            "lanyard_tasks",
-            ChangeKind::Task,
-            id.as_str(),
-            expected,
-            Some(new),
-        )
-        .await
-    }
-
-    async fn get_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.get(
-            "SELECT id, data FROM lanyard_tasks WHERE id = $1",
-            "tasks",
-            id.as_str(),
-        )
-        .await
-    }
-
-    async fn list_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
-        self.list(
-            "SELECT id, data FROM lanyard_tasks ORDER BY id COLLATE \"C\"",
-            "tasks",
-        )
-        .await
-    }
-
-    async fn delete_task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        self.take(
-            "DELETE FROM lanyard_tasks WHERE id = $1 RETURNING id, data",
-            "tasks",
-            id.as_str(),
-            None,
-        )
-        .await
-    }
-
-    async fn create_policy(&self, policy: &PolicyRecord) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let version = i64_of(policy.version)?;
-        let n = tx
-            .execute(
-                "INSERT INTO lanyard_policies (version, data) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
-                &[&version, &Json(value(policy)?)],
-            )
-            .await
-            .map_err(db)?;
-        if n == 0 {
-            return Err(StoreError::AlreadyExists(format!(
-                "policy version {}",
-                policy.version
-            )));
-        }
-        record(&tx, ChangeKind::Policy, &policy.version.to_string()).await?;
-        tx.commit().await.map_err(db)
-    }
-
-    async fn list_policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
-        self.list(
-            "SELECT version::text, data FROM lanyard_policies ORDER BY lanyard_policies.version",
-            "policies",
-        )
-        .await
-    }
-
-    async fn create_delegation(&self, d: &DelegationRecord) -> Result<(), StoreError> {
-        self.insert_new(
-            "lanyard_delegations",
-            &d.token_hash,
-            value(d)?,
-            "delegation token",
-        )
-        .await
-    }
-
-    async fn take_delegation(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<DelegationRecord>, StoreError> {
-        self.take(
-            "DELETE FROM lanyard_delegations WHERE id = $1 RETURNING id, data",
-            "delegations",
-            token_hash,
-            None,
-        )
-        .await
-    }
-
-    async fn list_delegations(&self) -> Result<Vec<DelegationRecord>, StoreError> {
-        self.list(
-            "SELECT id, data FROM lanyard_delegations ORDER BY id COLLATE \"C\"",
-            "delegations",
-        )
-        .await
-    }
-
-    async fn put_doc(
-        &self,
-        kind: DocKind,
+        table: Table,
         key: &str,
-        doc: &serde_json::Value,
-    ) -> Result<(), StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        tx.execute(
-            "INSERT INTO lanyard_docs (kind, id, data) VALUES ($1, $2, $3)
-             ON CONFLICT (kind, id) DO UPDATE SET data = EXCLUDED.data",
-            &[&kind.as_str(), &key, &Json(doc)],
-        )
-        .await
-        .map_err(db)?;
-        record(&tx, kind.change(), key).await?;
-        tx.commit().await.map_err(db)
+        matches: &(dyn for<'v> Fn(Option<&'v Value>) -> bool + Send + Sync),
+        new: Option<&Row>,
+    ) -> Result<Swap<Value>, StoreError> {
+        self.swap_record(table, key, matches, new).await
     }
 
-    async fn get_doc(
+    async fn take(
         &self,
-        kind: DocKind,
+        table: Table,
         key: &str,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
-        let c = self.client().await?;
-        let stmt = c
-            .prepare_cached("SELECT id, data FROM lanyard_docs WHERE kind = $1 AND id = $2")
-            .await
-            .map_err(db)?;
-        c.query_opt(&stmt, &[&kind.as_str(), &key])
-            .await
-            .map_err(db)?
-            .map(|r| row_data("docs", &r))
-            .transpose()
-    }
-
-    async fn list_docs(
-        &self,
-        kind: DocKind,
-    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        let c = self.client().await?;
-        let stmt = c
-            .prepare_cached(
-                "SELECT id, data FROM lanyard_docs WHERE kind = $1 ORDER BY id COLLATE \"C\"",
-            )
-            .await
-            .map_err(db)?;
-        c.query(&stmt, &[&kind.as_str()])
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| Ok((col::<String>(r, 0)?, row_data("docs", r)?)))
-            .collect()
-    }
-
-    async fn delete_doc(&self, kind: DocKind, key: &str) -> Result<bool, StoreError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let n = tx
-            .execute(
-                "DELETE FROM lanyard_docs WHERE kind = $1 AND id = $2",
-                &[&kind.as_str(), &key],
-            )
-            .await
-            .map_err(db)?;
-        if n > 0 {
-            record(&tx, kind.change(), key).await?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(n > 0)
+        announce: bool,
+    ) -> Result<Option<Value>, StoreError> {
+        self.take_record(table, key, announce).await
     }
 
     async fn counter(&self, name: &str) -> Result<u64, StoreError> {
