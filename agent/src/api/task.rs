@@ -21,6 +21,7 @@ use super::caller::{Caller, Callers};
 use super::status::WorkloadError;
 use crate::cache::Snapshot;
 use crate::identity::{ActiveTask, BeginRequest, CommandError, IdentityHandle, TaskOwner};
+use crate::pdp::{CallCredential, PdpError, ToolCall};
 use crate::workload_scope::WorkloadScope;
 
 /// Most tasks one process instance may hold at once.
@@ -102,6 +103,21 @@ fn precheck(spec: types::TaskSpec, jwt_audiences: &[String]) -> Result<TaskReque
         .map_err(|e| Status::invalid_argument(e.to_string()))?
         .check_shape()
         .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// An AuthorizeToolCall as the decision point takes it.
+fn tool_call(r: AuthorizeToolCallRequest) -> ToolCall {
+    use lanyard_proto::task::authorize_tool_call_request::Credential;
+    ToolCall {
+        tool: r.tool,
+        resource: r.resource,
+        context_json: r.context_json,
+        credential: r.credential.map(|c| match c {
+            Credential::X509Chain(c) => CallCredential::X509Chain(c.certs),
+            Credential::JwtSvid(t) => CallCredential::Jwt(t),
+        }),
+        audience: r.audience,
+    }
 }
 
 fn task_msg(t: &ActiveTask) -> Task {
@@ -352,8 +368,22 @@ impl TaskIdentity for TaskApi {
                 "the caller is not an enforcement point (its entry needs --enforcement-point)",
             ));
         };
-        let resp = self.pdp.authorize(&ep, req.into_inner()).await?;
+        let d = self
+            .pdp
+            .authorize(&ep, tool_call(req.into_inner()))
+            .await
+            .map_err(|e| match e {
+                PdpError::Invalid(m) => Status::invalid_argument(m),
+                PdpError::Refused(m) => Status::permission_denied(m),
+            })?;
         caller.recheck()?;
-        Ok(Response::new(resp))
+        Ok(Response::new(AuthorizeToolCallResponse {
+            allow: d.allow,
+            reason: d.reason,
+            policy_ids: d.policy_ids,
+            decision_id: d.decision_id,
+            task_id: d.task_id,
+            principal: d.principal,
+        }))
     }
 }

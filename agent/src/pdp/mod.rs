@@ -15,9 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use lanyard_core::clock::Clock;
 use lanyard_policy::{Action, CallFacts, PolicyBook, Principal, TaskContext};
-use lanyard_proto::task::authorize_tool_call_request::Credential;
-use lanyard_proto::task::{AuthorizeToolCallRequest, AuthorizeToolCallResponse};
-use tonic::Status;
 
 pub use record::{DecisionRecord, DecisionSink, QueueSink, TracingSink, audit_event};
 pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
@@ -84,8 +81,61 @@ fn random_id() -> String {
 
 /// The call's context as Cedar sees it (`key=value` per top-level member),
 /// or InvalidArgument.
-fn call_strings(json: &str) -> Result<Vec<String>, Status> {
-    lanyard_policy::call_strings(json).map_err(|e| Status::invalid_argument(e.to_string()))
+fn call_strings(json: &str) -> Result<Vec<String>, PdpError> {
+    lanyard_policy::call_strings(json).map_err(|e| PdpError::Invalid(e.to_string()))
+}
+
+/// What the caller of a tool presents.
+#[derive(Debug, Clone)]
+pub enum CallCredential {
+    /// Its X.509-SVID chain (DER, leaf first), as the tool saw it in TLS.
+    X509Chain(Vec<Vec<u8>>),
+    /// A task JWT-SVID it sent as a bearer token.
+    Jwt(String),
+}
+
+/// One tool call to decide.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    /// The tool called.
+    pub tool: String,
+    /// What it acts on (may be empty).
+    pub resource: String,
+    /// The call's arguments and facts, a JSON object (may be empty).
+    pub context_json: String,
+    /// The caller's credential.
+    pub credential: Option<CallCredential>,
+    /// The audience a JWT-SVID must carry (empty: the enforcement point's
+    /// SPIFFE ID).
+    pub audience: String,
+}
+
+/// A recorded decision, as the enforcement point gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allowed or denied.
+    pub allow: bool,
+    /// Why.
+    pub reason: String,
+    /// The policies that decided.
+    pub policy_ids: Vec<String>,
+    /// Its record's ID.
+    pub decision_id: String,
+    /// The caller's task (empty when it has none).
+    pub task_id: String,
+    /// The caller's SPIFFE ID.
+    pub principal: String,
+}
+
+/// Why a call got no decision.
+#[derive(Debug, thiserror::Error)]
+pub enum PdpError {
+    /// The call is malformed (the message says which part).
+    #[error("{0}")]
+    Invalid(String),
+    /// The credential was refused (recorded as a denial).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A decision before it is recorded.
@@ -210,18 +260,14 @@ impl Pdp {
     }
 
     /// Decides one call for the enforcement point `ep`.
-    pub async fn authorize(
-        &self,
-        ep: &str,
-        req: AuthorizeToolCallRequest,
-    ) -> Result<AuthorizeToolCallResponse, Status> {
+    pub async fn authorize(&self, ep: &str, req: ToolCall) -> Result<Decision, PdpError> {
         if req.tool.is_empty() || req.tool.len() > MAX_NAME {
-            return Err(Status::invalid_argument(format!(
+            return Err(PdpError::Invalid(format!(
                 "tool must be 1 to {MAX_NAME} bytes"
             )));
         }
         if req.resource.len() > MAX_NAME {
-            return Err(Status::invalid_argument(format!(
+            return Err(PdpError::Invalid(format!(
                 "resource: at most {MAX_NAME} bytes"
             )));
         }
@@ -229,8 +275,10 @@ impl Pdp {
         let snap = self.owner.snapshot();
         let now = self.clock.now();
         let (kind, checked) = match req.credential {
-            Some(Credential::X509Chain(c)) => ("x509", self.verified.x509(&snap, &c.certs, now)),
-            Some(Credential::JwtSvid(t)) => {
+            Some(CallCredential::X509Chain(certs)) => {
+                ("x509", self.verified.x509(&snap, &certs, now))
+            }
+            Some(CallCredential::Jwt(t)) => {
                 let aud = if req.audience.is_empty() {
                     ep
                 } else {
@@ -239,8 +287,8 @@ impl Pdp {
                 ("jwt", self.verified.jwt(&snap, &t, aud, now))
             }
             None => {
-                return Err(Status::invalid_argument(
-                    "credential (x509_chain or jwt_svid) is required",
+                return Err(PdpError::Invalid(
+                    "credential (x509_chain or jwt_svid) is required".into(),
                 ));
             }
         };
@@ -259,13 +307,13 @@ impl Pdp {
         };
         let v = match checked {
             Ok(v) => v,
-            Err(CredentialError::Malformed(m)) => return Err(Status::invalid_argument(m)),
+            Err(CredentialError::Malformed(m)) => return Err(PdpError::Invalid(m)),
             Err(e @ CredentialError::Refused(_)) => {
                 record.reason = e.to_string();
                 if let Err(why) = self.sink.record(&record) {
                     tracing::error!(%why, decision_id = %record.decision_id, "decision record not kept");
                 }
-                return Err(Status::permission_denied(e.to_string()));
+                return Err(PdpError::Refused(e.to_string()));
             }
         };
         record.principal = v.peer.spiffe_id.to_string();
@@ -282,7 +330,7 @@ impl Pdp {
         if let Err(why) = self.sink.record(&record) {
             // No decision without its record: fail closed.
             tracing::error!(%why, decision_id = %record.decision_id, "decision record not kept; denying");
-            return Ok(AuthorizeToolCallResponse {
+            return Ok(Decision {
                 allow: false,
                 reason: AUDIT_UNAVAILABLE.to_owned(),
                 policy_ids: vec![],
@@ -295,7 +343,7 @@ impl Pdp {
             self.after_denial(&record, &verdict, &req.context_json, &workload_key(&v), now)
                 .await;
         }
-        Ok(AuthorizeToolCallResponse {
+        Ok(Decision {
             allow: record.allow,
             reason: record.reason,
             policy_ids: record.policy_ids,
@@ -459,18 +507,9 @@ mod tests {
             vec!["amount=5", "to=acme", "urgent=true"]
         );
         assert!(call_strings("").unwrap().is_empty());
-        assert_eq!(
-            call_strings("[1]").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(
-            call_strings("{not json").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        assert!(matches!(call_strings("[1]"), Err(PdpError::Invalid(_))));
+        assert!(matches!(call_strings("{not json"), Err(PdpError::Invalid(_))));
         let big = format!(r#"{{"x": "{}"}}"#, "a".repeat(MAX_CONTEXT));
-        assert_eq!(
-            call_strings(&big).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        assert!(matches!(call_strings(&big), Err(PdpError::Invalid(_))));
     }
 }
