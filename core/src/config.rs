@@ -86,16 +86,27 @@ where
 {
     let bad = |e: serde_json::Error| ConfigError::invalid("configuration", e);
     let mut base = serde_json::to_value(base).map_err(bad)?;
-    if let (Some(b), serde_json::Value::Object(o)) =
-        (base.as_object_mut(), serde_json::to_value(over).map_err(bad)?)
-    {
+    if let (Some(b), serde_json::Value::Object(o)) = (
+        base.as_object_mut(),
+        serde_json::to_value(over).map_err(bad)?,
+    ) {
         for (k, v) in o {
             if !v.is_null() {
                 b.insert(k, v);
             }
         }
     }
+    // An unset setting is absent, as in the file (a custom deserializer
+    // need not take `null`).
+    drop_nulls(&mut base);
     serde_json::from_value(base).map_err(bad)
+}
+
+fn drop_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(o) = v {
+        o.retain(|_, v| !v.is_null());
+        o.values_mut().for_each(drop_nulls);
+    }
 }
 
 /// Parses the TOML text of the config file at `path`.
@@ -174,7 +185,23 @@ mod tests {
                 }),
             }
         );
-        assert_eq!(overlay(Raw::default(), Raw::default()).unwrap(), Raw::default());
+        assert_eq!(
+            overlay(Raw::default(), Raw::default()).unwrap(),
+            Raw::default()
+        );
+        // A setting whose deserializer refuses `null` stays unset.
+        #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Strict {
+            #[serde(default, deserialize_with = "only_text")]
+            s: Option<String>,
+        }
+        fn only_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+            <String as serde::Deserialize>::deserialize(d).map(Some)
+        }
+        assert_eq!(
+            overlay(Strict::default(), Strict::default()).unwrap(),
+            Strict::default()
+        );
     }
 
     #[test]

@@ -51,8 +51,6 @@ macro_rules! handshake_signatures {
     };
 }
 
-
-
 pub(crate) fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }

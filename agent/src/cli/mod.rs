@@ -119,7 +119,7 @@ impl RunArgs {
         if let (Some(name), Some(k8s)) = (&self.k8s_node_name, file.k8s.as_mut()) {
             k8s.node_name = Some(name.clone());
         }
-        Ok(file.merge(RawConfig {
+        file.merge(RawConfig {
             server: (!self.server.is_empty()).then(|| self.server.join(",")),
             trust_domain: self.trust_domain.clone(),
             join_token: self.join_token.clone(),
@@ -135,7 +135,7 @@ impl RunArgs {
             max_connections_per_caller: self.max_connections_per_caller,
             worker_threads: self.worker_threads,
             ..Default::default()
-        })?)
+        })
     }
 }
 

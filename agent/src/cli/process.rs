@@ -111,10 +111,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<()> = match cli.command {
         Command::Run(args) => run(&args),
-        cmd => runtime(None).map_err(anyhow::Error::from).and_then(|rt| {
-            rt.block_on(run_client(cmd))
-                .map_err(Into::into)
-        }),
+        cmd => runtime(None)
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run_client(cmd)).map_err(Into::into)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

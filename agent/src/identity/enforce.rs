@@ -11,7 +11,8 @@ use lanyard_core::x509::BACKDATE;
 use lanyard_proto::server::{Denial, ReportEnforcementRequest, RevokeHeldRequest, SyncUpdate};
 use lanyard_proto::types;
 
-use super::manager::{CALL_TIMEOUT, Event, Failure, Manager};
+use super::manager::{CALL_TIMEOUT, Event, Manager};
+use super::parts::Failure;
 use crate::cache::Quarantined;
 use crate::workload_scope::WorkloadScope;
 
@@ -203,6 +204,7 @@ impl Manager {
     fn drop_revoked(&mut self) {
         let set = self.enforce.revocations.clone();
         let revoked: Vec<(lanyard_core::EntryId, Option<u64>)> = self
+            .standing
             .svids
             .iter()
             .filter_map(|(id, s)| {
@@ -221,11 +223,11 @@ impl Manager {
             .collect();
         for (id, revoked_at) in revoked {
             tracing::info!(entry_id = %id, "standing SVID revoked; signing a new one");
-            self.svids.remove(&id);
+            self.standing.svids.remove(&id);
             // A SPIFFE ID revocation covers what was issued up to its
             // second: the new SVID is issued after it.
             let next_try = revoked_at.map_or(self.clock.now(), |t| from_unix_secs(t + 1));
-            self.failures.insert(
+            self.standing.failures.insert(
                 id,
                 Failure {
                     attempts: 0,
@@ -234,6 +236,7 @@ impl Manager {
             );
         }
         let ended: Vec<String> = self
+            .held
             .tasks
             .iter()
             .filter(|t| set.get(RevokedKind::Task, t.id()).is_some())
@@ -300,6 +303,7 @@ impl Manager {
             };
             self.enforce.acted.insert(q.id.clone());
             let held: Vec<_> = self
+                .held
                 .tasks
                 .iter()
                 .filter(|t| {
@@ -326,6 +330,7 @@ impl Manager {
             }
             // Every task of those instances goes, whatever its entry.
             let doomed: Vec<_> = self
+                .held
                 .tasks
                 .iter()
                 .filter(|t| instances.contains(&(t.owner.pid, t.owner.start_time)))
@@ -338,6 +343,7 @@ impl Manager {
             }
             if !instances.is_empty() || q.whole_id {
                 let standing: Vec<_> = self
+                    .standing
                     .svids
                     .iter()
                     .filter(|(_, s)| s.spiffe_id.as_str() == q.spiffe_id)
@@ -347,7 +353,7 @@ impl Manager {
                     if let Some(leaf) = leaf {
                         self.enforce.revoke.push((leaf, reason.clone()));
                     }
-                    self.svids.remove(&id);
+                    self.standing.svids.remove(&id);
                     tracing::info!(entry_id = %id, "standing SVID of a quarantined workload revoked; signing a new one");
                 }
             }

@@ -5,7 +5,6 @@
 //! futures polled here; when the server is unreachable the agent keeps
 //! serving what it holds and retries with backoff.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,16 +19,16 @@ use lanyard_core::tls::SpiffeServerVerifier;
 use lanyard_core::x509::{CertInfo, SvidKey};
 use lanyard_core::{EntryId, RegistrationEntry, TrustDomain};
 use lanyard_proto::server::node_client::NodeClient;
-use lanyard_proto::server::{RenewAgentRequest, SyncRequest, SyncUpdate};
+use lanyard_proto::server::{SyncRequest, SyncUpdate};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
+use super::parts::{HeldTasks, Standing, Trust};
 use super::signed::{Batch, jitter_sample};
-use super::tasks::ActiveTask;
 use super::{Command, CommandError};
 use crate::cache::{EntrySet, Snapshot};
 use crate::server::client::{node_client_with, tls_config};
-use crate::server::creds::{AgentIdentity, ClientCert, Credentials};
+use crate::server::creds::{ClientCert, Credentials};
 use crate::storage::AgentStorage;
 
 /// First retry delay after a failure.
@@ -40,11 +39,6 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often task holders are checked for exit.
 pub(super) const TASK_WATCH: Duration = Duration::from_millis(250);
-
-pub(super) struct Failure {
-    pub(super) attempts: u32,
-    pub(super) next_try: SystemTime,
-}
 
 /// What an in-flight server call reports back to the loop.
 pub(super) enum Event {
@@ -98,35 +92,14 @@ pub struct Manager {
     /// The current client, for parts that call the server on their own
     /// (the audit shipper).
     client_watch: watch::Sender<Option<NodeClient<Channel>>>,
-    pub(super) entries: Arc<EntrySet>,
-    pub(super) svids: crate::cache::SvidMap,
-    pub(super) failures: HashMap<EntryId, Failure>,
-    /// Standing-SVID batches in flight.
-    pub(super) signing: usize,
-    /// A reconcile was asked for while a round was in flight.
-    pub(super) reconcile_wanted: bool,
-    /// Tasks held, newest first.
-    pub(super) tasks: Vec<Arc<ActiveTask>>,
-    /// Per-task upkeep: signing in flight, retry time.
-    pub(super) task_work: HashMap<String, super::tasks::TaskWork>,
-    /// Task ends not yet reported to the server.
-    pub(super) pending_ends: Vec<(String, &'static str)>,
-    /// The newest task bindings, for the writer task.
-    pub(super) task_file: watch::Sender<Option<Arc<Vec<u8>>>>,
-    bundle: Arc<Vec<Vec<u8>>>,
-    jwt_authorities: Arc<Vec<lanyard_core::jwt::JwtAuthority>>,
-    /// Tainted authority IDs from the bundle.
-    tainted: Arc<Vec<String>>,
-    /// Subject key IDs of the CAs in the bundle.
-    bundle_ids: std::collections::HashSet<String>,
-    bundle_sequence: u64,
-    policy_version: u64,
-    policy_text: Arc<str>,
-    /// The server's sensitivity levels (the decision point ranks with them).
-    levels: Arc<lanyard_core::task::SensitivityLevels>,
-    synced: bool,
-    agent_renew_at: Option<SystemTime>,
-    agent_failures: u32,
+    /// The entries and their standing SVIDs.
+    pub(super) standing: Standing,
+    /// The tasks held.
+    pub(super) held: HeldTasks,
+    /// Bundles, policies and levels from the server.
+    pub(super) trust: Trust,
+    pub(super) agent_renew_at: Option<SystemTime>,
+    pub(super) agent_failures: u32,
     /// Revocations, CRLs, quarantines and pending reports.
     pub(super) enforce: super::enforce_state::EnforceState,
 }
@@ -165,24 +138,9 @@ impl Manager {
             refusal_logged: false,
             client: None,
             client_watch: watch::channel(None).0,
-            entries: Arc::new(EntrySet::new(Vec::new())),
-            svids: crate::cache::SvidMap::default(),
-            failures: HashMap::new(),
-            signing: 0,
-            reconcile_wanted: false,
-            tasks: Vec::new(),
-            task_work: HashMap::new(),
-            pending_ends: Vec::new(),
-            task_file: watch::channel(None).0,
-            bundle,
-            jwt_authorities: Arc::new(Vec::new()),
-            tainted: Arc::new(Vec::new()),
-            bundle_ids: std::collections::HashSet::new(),
-            bundle_sequence: 0,
-            policy_version: 0,
-            policy_text: Arc::from(""),
-            levels: Arc::default(),
-            synced: false,
+            standing: Standing::default(),
+            held: HeldTasks::default(),
+            trust: Trust::new(bundle),
             agent_renew_at: None,
             agent_failures: 0,
             enforce: super::enforce_state::EnforceState::default(),
@@ -214,11 +172,11 @@ impl Manager {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let writer = tokio::spawn(super::tasks::write_task_bindings(
             self.storage.clone(),
-            self.task_file.subscribe(),
+            self.held.task_file.subscribe(),
         ));
         self.run_loop(&mut shutdown).await;
         // The last bindings are on disk before the agent stops.
-        drop(self.task_file);
+        drop(self.held.task_file);
         let _ = writer.await;
     }
 
@@ -377,13 +335,13 @@ impl Manager {
     /// When the next standing SVID is due for renewal or retry.
     fn standing_deadline(&self) -> SystemTime {
         let far = self.clock.now() + Duration::from_secs(3600);
-        let svids = self.svids.values().map(|s| s.renew_at);
-        let failures = self.failures.values().map(|f| f.next_try);
+        let svids = self.standing.svids.values().map(|s| s.renew_at);
+        let failures = self.standing.failures.values().map(|f| f.next_try);
         svids.chain(failures).fold(far, SystemTime::min)
     }
 
     fn next_deadline(&self) -> SystemTime {
-        let tasks = (!self.tasks.is_empty()).then(|| self.clock.now() + TASK_WATCH);
+        let tasks = (!self.held.tasks.is_empty()).then(|| self.clock.now() + TASK_WATCH);
         self.agent_renew_at
             .into_iter()
             .chain(tasks)
@@ -406,7 +364,7 @@ impl Manager {
                 ok,
             } => {
                 if !ok {
-                    self.pending_ends.push((task_id, reason));
+                    self.held.pending_ends.push((task_id, reason));
                 }
             }
             Event::Reported { denials, revoke } => self.finish_report(denials, revoke),
@@ -532,37 +490,37 @@ impl Manager {
                 }
             }
         }
-        self.entries = Arc::new(EntrySet::new(entries));
-        if let Some(b) = update
-            .bundle
-            .filter(|b| b.sequence != self.bundle_sequence || *self.bundle != b.x509_authorities)
-        {
-            self.bundle_sequence = b.sequence;
-            self.bundle_ids = b
+        self.standing.entries = Arc::new(EntrySet::new(entries));
+        if let Some(b) = update.bundle.filter(|b| {
+            b.sequence != self.trust.bundle_sequence || *self.trust.bundle != b.x509_authorities
+        }) {
+            self.trust.bundle_sequence = b.sequence;
+            self.trust.bundle_ids = b
                 .x509_authorities
                 .iter()
                 .filter_map(|c| CertInfo::parse(c).ok())
                 .map(|i| i.subject_key_id)
                 .collect();
-            self.tainted = Arc::new(b.tainted_key_ids);
-            self.bundle = Arc::new(b.x509_authorities);
-            self.jwt_authorities =
+            self.trust.tainted = Arc::new(b.tainted_key_ids);
+            self.trust.bundle = Arc::new(b.x509_authorities);
+            self.trust.jwt_authorities =
                 Arc::new(b.jwt_authorities.into_iter().map(Into::into).collect());
-            self.creds.set_bundle(self.bundle.clone());
-            if let Err(err) = self.storage.save_bundle(&self.bundle) {
+            self.creds.set_bundle(self.trust.bundle.clone());
+            if let Err(err) = self.storage.save_bundle(&self.trust.bundle) {
                 tracing::warn!(%err, "cannot persist trust bundle");
             }
             tracing::info!(
-                sequence = self.bundle_sequence,
-                authorities = self.bundle.len(),
+                sequence = self.trust.bundle_sequence,
+                authorities = self.trust.bundle.len(),
                 "trust bundle updated"
             );
         }
-        self.apply_levels(std::mem::take(&mut update.sensitivity_levels));
-        if update.policy_version != self.policy_version {
-            self.policy_version = update.policy_version;
-            self.policy_text = Arc::from(std::mem::take(&mut update.policy_text));
-            tracing::info!(version = self.policy_version, "policy set updated");
+        self.trust
+            .set_levels(std::mem::take(&mut update.sensitivity_levels));
+        if update.policy_version != self.trust.policy_version {
+            self.trust.policy_version = update.policy_version;
+            self.trust.policy_text = Arc::from(std::mem::take(&mut update.policy_text));
+            tracing::info!(version = self.trust.policy_version, "policy set updated");
         }
         for id in &update.ended_task_ids {
             if self.end_task(id, "revoked", false) {
@@ -573,113 +531,37 @@ impl Manager {
         // signed by a tainted CA (or one that left the bundle) is renewed at
         // once, before the CA is revoked and the server refuses it.
         if let Some(id) = self.creds.identity()
-            && !self.issuer_ok(id.issuer_id.as_deref())
+            && !self.trust.issuer_ok(id.issuer_id.as_deref())
         {
             tracing::warn!(issuer = ?id.issuer_id, "agent SVID signed by a tainted or removed CA; renewing now");
             self.agent_renew_at = Some(self.clock.now());
         }
-        self.synced = true;
+        self.trust.synced = true;
         let live: std::collections::HashSet<&EntryId> =
-            self.entries.iter().map(|e| &e.id).collect();
-        self.svids.retain(|id, _| live.contains(id));
-        self.failures.retain(|id, _| live.contains(id));
+            self.standing.entries.iter().map(|e| &e.id).collect();
+        self.standing.svids.retain(|id, _| live.contains(id));
+        self.standing.failures.retain(|id, _| live.contains(id));
         self.apply_enforcement(&mut enforcement);
         self.publish_snapshot();
     }
 
     pub(super) fn publish_snapshot(&self) {
         let mut snap = Snapshot::empty(self.td.clone());
-        snap.entries = self.entries.clone();
-        snap.svids = self.svids.clone();
-        snap.tasks = Arc::new(self.tasks.clone());
-        snap.bundle = self.bundle.clone();
-        snap.jwt_authorities = self.jwt_authorities.clone();
-        snap.tainted = self.tainted.clone();
-        snap.bundle_sequence = self.bundle_sequence;
-        snap.policy_version = self.policy_version;
-        snap.policy_text = self.policy_text.clone();
-        snap.levels = self.levels.clone();
-        snap.synced = self.synced;
+        snap.entries = self.standing.entries.clone();
+        snap.svids = self.standing.svids.clone();
+        snap.tasks = Arc::new(self.held.tasks.clone());
+        snap.bundle = self.trust.bundle.clone();
+        snap.jwt_authorities = self.trust.jwt_authorities.clone();
+        snap.tainted = self.trust.tainted.clone();
+        snap.bundle_sequence = self.trust.bundle_sequence;
+        snap.policy_version = self.trust.policy_version;
+        snap.policy_text = self.trust.policy_text.clone();
+        snap.levels = self.trust.levels.clone();
+        snap.synced = self.trust.synced;
         snap.revocations = self.enforce.revocations.clone();
         snap.revocation_generation = self.enforce.generation;
         snap.crls = self.enforce.crls.clone();
         snap.quarantines = Arc::new(self.enforce.all());
         self.publish.send_replace(Arc::new(snap));
-    }
-
-    /// Takes the server's sensitivity levels (none: a server that does not
-    /// send them, whose levels are the defaults).
-    fn apply_levels(&mut self, levels: Vec<String>) {
-        let levels = if levels.is_empty() {
-            lanyard_core::task::SensitivityLevels::default()
-        } else {
-            match lanyard_core::task::SensitivityLevels::new(levels) {
-                Ok(l) => l,
-                Err(err) => {
-                    tracing::warn!(%err, "ignoring invalid sensitivity levels from the server");
-                    return;
-                }
-            }
-        };
-        if *self.levels != levels {
-            tracing::info!(levels = ?levels.as_slice(), "sensitivity levels from the server");
-            self.levels = Arc::new(levels);
-        }
-    }
-
-    /// True when an SVID signed by `issuer` may still be served: the CA is
-    /// in the bundle and not tainted.
-    pub(super) fn issuer_ok(&self, issuer: Option<&str>) -> bool {
-        match issuer {
-            Some(i) => self.bundle_ids.contains(i) && !self.tainted.iter().any(|t| t == i),
-            None => true,
-        }
-    }
-
-    /// Renews the agent's own SVID; true when it was replaced. Awaited in
-    /// the loop: it happens once per half-life, and the session reconnects
-    /// right after it anyway.
-    async fn renew_agent(&mut self, client: &mut NodeClient<Channel>) -> bool {
-        let now = self.clock.now();
-        let result = async {
-            let id = self.creds.identity().ok_or("no agent identity")?;
-            let key = SvidKey::generate().map_err(|e| e.to_string())?;
-            let csr = key.csr(&id.spiffe_id).map_err(|e| e.to_string())?;
-            let resp =
-                tokio::time::timeout(CALL_TIMEOUT, client.renew_agent(RenewAgentRequest { csr }))
-                    .await
-                    .map_err(|_| "timed out".to_string())?
-                    .map_err(|s| s.message().to_string())?
-                    .into_inner();
-            let chain = resp.svid.ok_or("empty response")?.cert_chain;
-            let identity = AgentIdentity::new(chain, key.pkcs8_der()).map_err(|e| e.to_string())?;
-            self.storage
-                .save_svid(&identity.chain, &identity.key_pkcs8)
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(identity)
-        }
-        .await;
-        match result {
-            Ok(identity) => {
-                tracing::info!(agent_id = %identity.spiffe_id, not_after = ?identity.not_after, "agent SVID renewed");
-                self.agent_renew_at = Some(renew_at(
-                    now.clamp(identity.not_before, identity.not_after),
-                    identity.not_after,
-                    jitter_sample(),
-                ));
-                self.agent_failures = 0;
-                self.creds.set_identity(Some(Arc::new(identity)));
-                true
-            }
-            Err(err) => {
-                let expires = self.creds.identity().map_or(now, |i| i.not_after);
-                let delay =
-                    retry_delay(self.agent_failures, BACKOFF_BASE, BACKOFF_MAX, now, expires);
-                self.agent_failures = self.agent_failures.saturating_add(1);
-                self.agent_renew_at = Some(now + delay);
-                tracing::warn!(%err, retry_in = ?delay, "agent SVID renewal failed");
-                false
-            }
-        }
     }
 }

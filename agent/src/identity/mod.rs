@@ -18,9 +18,11 @@
 //!   task's window, end on EndTask, expiry, revocation or process exit;
 //!   bindings kept across restarts.
 
+mod agent_svid;
 mod enforce;
 mod enforce_state;
 mod manager;
+mod parts;
 mod reconcile;
 mod signed;
 mod task_life;

@@ -12,7 +12,8 @@ use lanyard_core::x509::SvidKey;
 use lanyard_core::{EntryId, RegistrationEntry};
 use lanyard_proto::server::{SignX509SvidsRequest, SignX509SvidsResponse, SvidCsr};
 
-use super::manager::{BACKOFF_BASE, BACKOFF_MAX, CALL_TIMEOUT, Event, Failure, Manager};
+use super::manager::{BACKOFF_BASE, BACKOFF_MAX, CALL_TIMEOUT, Event, Manager};
+use super::parts::Failure;
 use super::signed::{Batch, accept_signed};
 
 /// Most CSRs sent in one call.
@@ -24,29 +25,36 @@ const RENEW_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
 impl Manager {
     fn due(&self, now: SystemTime) -> Vec<RegistrationEntry> {
-        self.entries
+        self.standing
+            .entries
             .iter()
             // Task-bound entries get SVIDs only inside a task.
             .filter(|e| !e.require_task)
-            .filter(|e| match self.svids.get(&e.id) {
+            .filter(|e| match self.standing.svids.get(&e.id) {
                 None => true,
                 Some(s) => {
                     s.entry_revision != e.revision
                         || now + RENEW_BATCH_WINDOW >= s.renew_at
-                        || !self.issuer_ok(s.issuer_id.as_deref())
+                        || !self.trust.issuer_ok(s.issuer_id.as_deref())
                 }
             })
-            .filter(|e| self.failures.get(&e.id).is_none_or(|f| now >= f.next_try))
+            .filter(|e| {
+                self.standing
+                    .failures
+                    .get(&e.id)
+                    .is_none_or(|f| now >= f.next_try)
+            })
             .cloned()
             .collect()
     }
 
     fn fail(&mut self, id: &EntryId, now: SystemTime) {
         let expires = self
+            .standing
             .svids
             .get(id)
             .map_or(now + BACKOFF_MAX, |s| s.not_after);
-        let f = self.failures.entry(id.clone()).or_insert(Failure {
+        let f = self.standing.failures.entry(id.clone()).or_insert(Failure {
             attempts: 0,
             next_try: now,
         });
@@ -56,12 +64,12 @@ impl Manager {
 
     /// Sends the due entries' CSRs, unless a round is already in flight.
     pub(super) fn start_reconcile(&mut self) {
-        if self.signing > 0 {
+        if self.standing.signing > 0 {
             // Looked at again when the round in flight finishes.
-            self.reconcile_wanted = true;
+            self.standing.reconcile_wanted = true;
             return;
         }
-        self.reconcile_wanted = false;
+        self.standing.reconcile_wanted = false;
         let Some(client) = self.client.clone() else {
             return;
         };
@@ -85,7 +93,7 @@ impl Manager {
             }
             let mut client = client.clone();
             let batch = Batch { keys, at: now };
-            self.signing += 1;
+            self.standing.signing += 1;
             self.inflight.push(Box::pin(async move {
                 let call = client.sign_x509_svids(SignX509SvidsRequest { csrs });
                 let result = match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -104,7 +112,7 @@ impl Manager {
         mut batch: Batch,
         result: Result<SignX509SvidsResponse, String>,
     ) {
-        self.signing = self.signing.saturating_sub(1);
+        self.standing.signing = self.standing.signing.saturating_sub(1);
         let now = batch.at;
         match result {
             Err(err) => {
@@ -130,8 +138,8 @@ impl Manager {
                     }) {
                         Ok(svid) => {
                             tracing::debug!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "SVID issued");
-                            self.failures.remove(&entry.id);
-                            self.svids.insert(entry.id.clone(), Arc::new(svid));
+                            self.standing.failures.remove(&entry.id);
+                            self.standing.svids.insert(entry.id.clone(), Arc::new(svid));
                         }
                         Err(err) => {
                             tracing::warn!(entry_id = %entry.id, %err, "server refused SVID");
@@ -146,12 +154,12 @@ impl Manager {
         }
         // Entries deleted while the round was in flight are not kept.
         let live: std::collections::HashSet<&EntryId> =
-            self.entries.iter().map(|e| &e.id).collect();
-        self.svids.retain(|id, _| live.contains(id));
+            self.standing.entries.iter().map(|e| &e.id).collect();
+        self.standing.svids.retain(|id, _| live.contains(id));
         self.publish_snapshot();
         // A sync update that arrived meanwhile (new or changed entries) is
         // served now, not at the next deadline.
-        if self.signing == 0 && self.reconcile_wanted {
+        if self.standing.signing == 0 && self.standing.reconcile_wanted {
             self.start_reconcile();
         }
     }

@@ -56,18 +56,19 @@ impl Manager {
             }
             if !owner.alive() {
                 tracing::info!(task_id = %id, pid = p.pid, "task holder exited while the agent was down");
-                self.pending_ends.push((id, "process exited"));
+                self.held.pending_ends.push((id, "process exited"));
                 continue;
             }
             tracing::info!(task_id = %id, pid = p.pid, "task binding restored");
-            self.tasks.push(Arc::new(ActiveTask {
+            self.held.tasks.push(Arc::new(ActiveTask {
                 record: p.record,
                 owner,
                 svid: None,
                 exe_sha256: p.exe_sha256,
             }));
         }
-        self.tasks
+        self.held
+            .tasks
             .sort_by_key(|t| std::cmp::Reverse(t.record.created_at));
     }
 
@@ -75,6 +76,7 @@ impl Manager {
     /// bursts and writes off the owner's loop).
     fn save_tasks(&self) {
         let stored: Vec<PersistedTask> = self
+            .held
             .tasks
             .iter()
             .map(|t| PersistedTask {
@@ -87,7 +89,7 @@ impl Manager {
             .collect();
         match serde_json::to_vec(&stored) {
             Ok(b) => {
-                self.task_file.send_replace(Some(Arc::new(b)));
+                self.held.task_file.send_replace(Some(Arc::new(b)));
             }
             Err(e) => tracing::error!(%e, "cannot encode task bindings"),
         }
@@ -191,7 +193,7 @@ impl Manager {
             exe_sha256: req.exe_sha256,
         });
         tracing::info!(task_id = %task.id(), pid = task.owner.pid, spiffe_id = %task.record.grant.spiffe_id, "task begun");
-        self.task_work.insert(
+        self.held.task_work.insert(
             task.id().to_owned(),
             TaskWork {
                 signing: false,
@@ -199,7 +201,7 @@ impl Manager {
                 next_try: now,
             },
         );
-        self.tasks.insert(0, task.clone());
+        self.held.tasks.insert(0, task.clone());
         self.save_tasks();
         self.publish_snapshot();
         let jwt = Some(resp.jwt).filter(|j| !j.is_empty());
@@ -211,10 +213,10 @@ impl Manager {
     /// Ends a held task: its credentials leave the snapshot now; with
     /// `notify` the server records the end. False when not held.
     pub(super) fn end_task(&mut self, task_id: &str, reason: &'static str, notify: bool) -> bool {
-        let Some(pos) = self.tasks.iter().position(|t| t.id() == task_id) else {
+        let Some(pos) = self.held.tasks.iter().position(|t| t.id() == task_id) else {
             return false;
         };
-        let task = self.tasks.remove(pos);
+        let task = self.held.tasks.remove(pos);
         self.enforce.task_ended(task_id, &task.owner);
         // Its SVID dies with it: the serial goes into the CRLs, so peers
         // that read them refuse it too (an expired one needs nothing).
@@ -223,7 +225,7 @@ impl Manager {
         {
             self.queue_revoke(leaf.clone(), format!("task {task_id} {reason}"));
         }
-        self.task_work.remove(task_id);
+        self.held.task_work.remove(task_id);
         tracing::info!(task_id, reason, "task ended");
         if notify {
             self.report_end(task_id.to_owned(), reason);
@@ -235,7 +237,7 @@ impl Manager {
 
     fn report_end(&mut self, task_id: String, reason: &'static str) {
         let Some(mut client) = self.client.clone() else {
-            self.pending_ends.push((task_id, reason));
+            self.held.pending_ends.push((task_id, reason));
             return;
         };
         self.inflight.push(Box::pin(async move {
@@ -262,7 +264,7 @@ impl Manager {
 
     /// Reports the task ends noted while disconnected.
     pub(super) fn flush_pending_ends(&mut self) {
-        for (id, reason) in std::mem::take(&mut self.pending_ends) {
+        for (id, reason) in std::mem::take(&mut self.held.pending_ends) {
             self.report_end(id, reason);
         }
     }
@@ -270,11 +272,12 @@ impl Manager {
     /// Ends expired tasks and tasks whose holder exited; mints task SVIDs
     /// that are missing or due.
     pub(super) fn task_upkeep(&mut self) {
-        if self.tasks.is_empty() {
+        if self.held.tasks.is_empty() {
             return;
         }
         let now = self.clock.now();
         let ended: Vec<(String, &'static str, bool)> = self
+            .held
             .tasks
             .iter()
             .filter_map(|t| {
@@ -291,14 +294,16 @@ impl Manager {
             self.end_task(&id, reason, notify);
         }
         let due: Vec<Arc<ActiveTask>> = self
+            .held
             .tasks
             .iter()
             .filter(|t| match &t.svid {
                 None => true,
-                Some(s) => now >= s.renew_at || !self.issuer_ok(s.issuer_id.as_deref()),
+                Some(s) => now >= s.renew_at || !self.trust.issuer_ok(s.issuer_id.as_deref()),
             })
             .filter(|t| {
-                self.task_work
+                self.held
+                    .task_work
                     .get(t.id())
                     .is_none_or(|w| !w.signing && now >= w.next_try)
             })
@@ -320,6 +325,7 @@ impl Manager {
         };
         let now = self.clock.now();
         let work = self
+            .held
             .task_work
             .entry(task.id().to_owned())
             .or_insert(TaskWork {
@@ -359,16 +365,17 @@ impl Manager {
         result: Result<SignTaskSvidResponse, CommandError>,
     ) {
         let now = self.clock.now();
-        let Some(pos) = self.tasks.iter().position(|t| t.id() == task_id) else {
+        let Some(pos) = self.held.tasks.iter().position(|t| t.id() == task_id) else {
             return;
         };
-        let task = self.tasks[pos].clone();
+        let task = self.held.tasks[pos].clone();
         let outcome = match result {
             Ok(r) => r
                 .svid
                 .ok_or_else(|| "no SVID in the answer".to_owned())
                 .and_then(|s| {
                     let revision = self
+                        .standing
                         .entries
                         .iter()
                         .find(|e| e.id == task.record.entry_id)
@@ -394,6 +401,7 @@ impl Manager {
             Err(e) => Err(e.to_string()),
         };
         let work = self
+            .held
             .task_work
             .entry(task_id.to_owned())
             .or_insert(TaskWork {
@@ -405,7 +413,7 @@ impl Manager {
         match outcome {
             Ok(svid) => {
                 work.attempts = 0;
-                self.tasks[pos] = Arc::new(ActiveTask {
+                self.held.tasks[pos] = Arc::new(ActiveTask {
                     record: task.record.clone(),
                     owner: task.owner.clone(),
                     svid: Some(Arc::new(svid)),

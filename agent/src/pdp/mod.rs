@@ -508,7 +508,10 @@ mod tests {
         );
         assert!(call_strings("").unwrap().is_empty());
         assert!(matches!(call_strings("[1]"), Err(PdpError::Invalid(_))));
-        assert!(matches!(call_strings("{not json"), Err(PdpError::Invalid(_))));
+        assert!(matches!(
+            call_strings("{not json"),
+            Err(PdpError::Invalid(_))
+        ));
         let big = format!(r#"{{"x": "{}"}}"#, "a".repeat(MAX_CONTEXT));
         assert!(matches!(call_strings(&big), Err(PdpError::Invalid(_))));
     }

@@ -8,9 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lanyard_pg_testing::PgCluster;
 use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, init};
+use lanyard_pg_testing::PgCluster;
 use lanyard_proto::admin::{CreateEntryRequest, ListEntriesRequest};
 use lanyard_proto::types;
 

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use lanyard_core::x509::CertInfo;
-use lanyard_pg_testing::PgCluster;
 use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
+use lanyard_pg_testing::PgCluster;
 use lanyard_proto::admin::admin_client::AdminClient;
 use lanyard_proto::admin::{
     AgentRequest, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest,

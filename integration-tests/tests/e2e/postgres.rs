@@ -358,7 +358,7 @@ async fn a_cluster_never_dropped_does_not_outlive_its_process() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_cluster_never_dropped_does_not_outlive_its_process",
+            "postgres::a_cluster_never_dropped_does_not_outlive_its_process",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -169,7 +169,7 @@ impl RunArgs {
             Some(p) => RawConfig::from_file(p)?,
             None => RawConfig::default(),
         };
-        Ok(file.merge(RawConfig {
+        file.merge(RawConfig {
             trust_domain: self.trust_domain.clone(),
             data_dir: self.data_dir.clone(),
             bind: self.bind.clone(),
@@ -186,7 +186,7 @@ impl RunArgs {
             datastore: self.datastore.clone(),
             datastore_ca: self.datastore_ca.clone(),
             ..Default::default()
-        })?)
+        })
     }
 }
 

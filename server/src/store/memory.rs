@@ -83,7 +83,11 @@ impl Store for MemoryStore {
                     )));
                 }
                 (Write::Replace, false) => {
-                    return Err(StoreError::NotFound(format!("{} {}", table.what(), row.key)));
+                    return Err(StoreError::NotFound(format!(
+                        "{} {}",
+                        table.what(),
+                        row.key
+                    )));
                 }
                 _ => {}
             }

@@ -197,8 +197,12 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically removes and returns a record (a single-use token is taken
     /// once, across every server). The removal is announced when
     /// `announce` and the record was there.
-    async fn take(&self, table: Table, key: &str, announce: bool)
-    -> Result<Option<Value>, StoreError>;
+    async fn take(
+        &self,
+        table: Table,
+        key: &str,
+        announce: bool,
+    ) -> Result<Option<Value>, StoreError>;
 
     /// The current value of a named counter (0 when never bumped).
     async fn counter(&self, name: &str) -> Result<u64, StoreError>;

@@ -199,10 +199,11 @@ impl SledStore {
         }
         for kv in self.entries.iter() {
             let (k, v) = kv.map_err(backend)?;
-            let e: RegistrationEntry = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                key: format!("entries/{}", String::from_utf8_lossy(&k)),
-                reason: e.to_string(),
-            })?;
+            let e: RegistrationEntry =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                    key: format!("entries/{}", String::from_utf8_lossy(&k)),
+                    reason: e.to_string(),
+                })?;
             self.entry_ids
                 .insert(
                     super::entry_identity(&e).as_bytes(),
@@ -351,7 +352,9 @@ impl SledStore {
     fn bump_now(&self, name: &str, f: impl Fn(u64) -> u64) -> Result<u64, StoreError> {
         let new = self
             .counters
-            .update_and_fetch(name, |old| Some(f(old.map_or(0, decode_u64)).to_be_bytes().to_vec()))
+            .update_and_fetch(name, |old| {
+                Some(f(old.map_or(0, decode_u64)).to_be_bytes().to_vec())
+            })
             .map_err(backend)?
             .map_or(0, |v| decode_u64(&v));
         self.flush()?;
@@ -480,8 +483,10 @@ impl Store for SledStore {
     async fn raise_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
         let n = name.to_owned();
         let change = (ChangeKind::Counter, name.to_owned());
-        self.write_blocking(Some(change), move |s| s.bump_now(&n, |v| v.max(value)).map(|_| ()))
-            .await
+        self.write_blocking(Some(change), move |s| {
+            s.bump_now(&n, |v| v.max(value)).map(|_| ())
+        })
+        .await
     }
 
     async fn last_change(&self) -> Result<u64, StoreError> {

@@ -110,10 +110,10 @@ impl Table {
     /// A key back from its [`Table::order`] bytes.
     pub fn key_of(self, order: &[u8]) -> String {
         match self {
-            Self::Policies => order
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_or_else(|_| String::from_utf8_lossy(order).into_owned(), |v| v.to_string()),
+            Self::Policies => order.try_into().map(u64::from_be_bytes).map_or_else(
+                |_| String::from_utf8_lossy(order).into_owned(),
+                |v| v.to_string(),
+            ),
             _ => String::from_utf8_lossy(order).into_owned(),
         }
     }

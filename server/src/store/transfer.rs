@@ -428,7 +428,13 @@ mod tests {
             let dst = MemoryStore::default();
             let err = restore(&dst, f).await.unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
-            assert!((&dst as &dyn Store).list_entries().await.unwrap().is_empty());
+            assert!(
+                (&dst as &dyn Store)
+                    .list_entries()
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
     }
 }

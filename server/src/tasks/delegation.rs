@@ -25,8 +25,7 @@ pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(60);
 /// A new token and its hash.
 pub(crate) fn new_token() -> Result<(String, String), TaskServiceError> {
     let mut b = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut b)
-        .map_err(|_| TaskServiceError::no_randomness())?;
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| TaskServiceError::no_randomness())?;
     let token = URL_SAFE_NO_PAD.encode(b);
     let hash = token_hash(&token);
     Ok((token, hash))

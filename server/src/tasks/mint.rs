@@ -93,9 +93,7 @@ pub(crate) fn mint(
             .sign_x509_svid(req.csr, &params, now)
             .map_err(|e| match e {
                 lanyard_core::x509::SvidError::Issue(_)
-                | lanyard_core::x509::SvidError::Crypto(_) => {
-                    TaskServiceError::signing(e)
-                }
+                | lanyard_core::x509::SvidError::Crypto(_) => TaskServiceError::signing(e),
                 other => TaskServiceError::Invalid(format!("csr: {other}")),
             })?;
         req.issued.note(crate::enforce::IssuedSvid {
@@ -127,7 +125,7 @@ pub(crate) fn mint(
                 now,
                 grant.jwt_claims(req.node, req.exe_sha256),
             )
-            .map_err(|e| TaskServiceError::signing(e))?;
+            .map_err(TaskServiceError::signing)?;
         out.jwt = Some((minted.token, unix_secs(minted.expires_at)));
     }
     Ok(out)

@@ -13,7 +13,7 @@ mod service;
 
 pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
-pub use mint::{MintedTask, TaskSvid};
 pub(crate) use mint::check_audiences;
+pub use mint::{MintedTask, TaskSvid};
 pub use recheck::{REPORT_GRACE, Recheck};
 pub use service::{BeginInput, TaskParts, Tasks};

@@ -424,8 +424,7 @@ impl Tasks {
             chain.extend(p.grant.chain.iter().cloned());
         }
         let mut id = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut id)
-            .map_err(|_| TaskServiceError::no_randomness())?;
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| TaskServiceError::no_randomness())?;
         let grant = TaskGrant {
             task_id: TaskId::from_random(id),
             spiffe_id: entry.spiffe_id.clone(),

@@ -2,11 +2,11 @@
 //! (issuance is on disk before a credential leaves), and `AppendAudit`,
 //! through which agents ship the records of their own decisions.
 
+use crate::tasks::TaskSvid;
 use lanyard_core::SpiffeId;
 use lanyard_core::audit::{Event, Kind};
 use lanyard_core::task::TaskRecord;
 use lanyard_proto::server::{AppendAuditRequest, AppendAuditResponse};
-use crate::tasks::TaskSvid;
 use tonic::Status;
 
 use super::NodeApi;

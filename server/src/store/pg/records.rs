@@ -85,10 +85,11 @@ impl Sql {
             .kind
             .map(|k| format!(" WHERE kind = '{k}'"))
             .unwrap_or_default();
+        // Qualified: a bare `version` would name the text column listed.
         let order = if self.key == "id" {
-            "id COLLATE \"C\""
+            "id COLLATE \"C\"".to_owned()
         } else {
-            self.key
+            format!("{}.{}", self.table, self.key)
         };
         format!(
             "SELECT {}, data FROM {}{scope} ORDER BY {order}",
@@ -165,7 +166,11 @@ fn what(t: Table, key: &str) -> String {
 }
 
 impl PgStore {
-    pub(super) async fn get_record(&self, t: Table, key: &str) -> Result<Option<Value>, StoreError> {
+    pub(super) async fn get_record(
+        &self,
+        t: Table,
+        key: &str,
+    ) -> Result<Option<Value>, StoreError> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(&sql(t).select(false)).await.map_err(db)?;
         c.query_opt(&stmt, &[&key])
@@ -212,7 +217,10 @@ impl PgStore {
                 let q = s.insert(how == Write::Upsert);
                 tx.execute(&q, &[&key, &value, &extra]).await
             }
-            (_, None) => tx.execute(&s.insert(how == Write::Upsert), &[&key, &value]).await,
+            (_, None) => {
+                tx.execute(&s.insert(how == Write::Upsert), &[&key, &value])
+                    .await
+            }
         };
         match r {
             Ok(0) if how == Write::New => return Err(StoreError::AlreadyExists(what(t, key))),
@@ -335,7 +343,7 @@ mod tests {
         );
         assert_eq!(
             p.list(),
-            "SELECT version::text, data FROM lanyard_policies ORDER BY version"
+            "SELECT version::text, data FROM lanyard_policies ORDER BY lanyard_policies.version"
         );
         let d = sql(Table::Docs(DocKind::Crl));
         assert_eq!(
