@@ -6,6 +6,7 @@
 
 mod keys;
 mod material;
+mod ring;
 pub mod rotator;
 
 use std::sync::{Arc, RwLock};

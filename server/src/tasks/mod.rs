@@ -7,6 +7,7 @@ mod candidates;
 mod decide;
 mod delegation;
 mod error;
+mod index;
 mod mint;
 mod recheck;
 mod service;

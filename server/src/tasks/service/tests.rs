@@ -5,6 +5,7 @@ use crate::store::MemoryStore;
 use lanyard_core::clock::FakeClock;
 use lanyard_core::x509::SvidKey;
 use lanyard_core::{TaskLimits, TrustDomain};
+use std::time::Duration;
 
 const T0: u64 = 1_800_000_000;
 
