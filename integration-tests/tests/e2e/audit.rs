@@ -18,7 +18,7 @@ use lanyard_proto::admin::{
     ListAuthoritiesRequest, QuarantineRequest, RevokeSvidRequest, TaskRequest, UpdateEntryRequest,
 };
 use lanyard_proto::task::task_identity_client::TaskIdentityClient;
-use lanyard_proto::task::{BeginTaskRequest, DelegateTaskRequest};
+use lanyard_proto::task::{AuthorizeToolCallResponse, BeginTaskRequest, DelegateTaskRequest};
 use lanyard_proto::workload::JwtsvidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use serde_json::Value;
@@ -42,19 +42,38 @@ fn begin_request(tools: &[&str]) -> BeginTaskRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     let s = setup(true).await;
-    let admin = || s.server().admin();
-
-    // A refused attestation: an agent with a made-up token.
     let other = tempfile::tempdir().unwrap();
+    a_refused_attestation_entry_changes_and_a_jwt_svid(&s, other.path()).await;
+    let (holder, mine) = tasks_begun_refused_delegated_and_ended(&s).await;
+    let (allowed, refused_call) = one_call_allowed_and_one_denied(&s, &holder).await;
+    let holder2 = a_revocation_a_quarantine_released_and_a_task_revoked(&s, &holder).await;
+    let holder3 = reports_a_gap_and_an_entry_wide_quarantine_confirmed(&s).await;
+    an_authority_rotated_tainted_and_revoked(&s).await;
+    agents_ship_decisions_then_are_banned_and_evicted(&s, other.path()).await;
+
+    let recs = verified_audit(s.server().admin()).await;
+    let kinds: BTreeSet<&str> = recs.iter().map(kind).collect();
+    let missing: Vec<&str> = Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|k| !kinds.contains(k))
+        .collect();
+    assert!(missing.is_empty(), "kinds never recorded: {missing:?}");
+    records_say_who_and_why(&recs, &holder, &holder2, &mine, &allowed, &refused_call);
+    drop((holder, holder2, holder3));
+    s.agent.shutdown().await;
+}
+
+/// A refused attestation (an agent with a made-up token); an entry
+/// updated, another created and deleted; a JWT-SVID.
+async fn a_refused_attestation_entry_changes_and_a_jwt_svid(s: &Setup, other: &std::path::Path) {
     let refused = lanyard_agent::build(agent_config(
-        other.path(),
+        other,
         s.server().addr(),
         Some("not-a-token".into()),
     ))
     .await;
     assert!(refused.is_err());
-
-    // Entries: update one, create and delete another.
     let mut e = entry(
         s.server(),
         "spiffe://example.org/agent/temp",
@@ -63,13 +82,15 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     )
     .await;
     e.hint = "changed".into();
-    admin()
+    s.server()
+        .admin()
         .update_entry(UpdateEntryRequest {
             entry: Some(e.clone()),
         })
         .await
         .unwrap();
-    admin()
+    s.server()
+        .admin()
         .delete_entry(DeleteEntryRequest { id: e.id.clone() })
         .await
         .unwrap();
@@ -82,9 +103,12 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     }))
     .await
     .unwrap();
+}
 
-    // Tasks: a holder process begins one; this process begins one, is
-    // refused one, delegates from its own, and ends it.
+/// A holder process begins a task; this process begins one, is refused
+/// one, delegates from its own, and ends it. Returns the holder and this
+/// process's task ID.
+async fn tasks_begun_refused_delegated_and_ended(s: &Setup) -> (Holder, String) {
     let holder = Holder::start(&s.socket, &["crm.read"]);
     let mut tasks = TaskIdentityClient::new(lanyard_uds::unix_channel(&s.socket).unwrap());
     let denied = tasks
@@ -112,9 +136,16 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         }))
         .await
         .unwrap();
+    (holder, mine.task_id)
+}
 
-    // Policy, decisions at the enforcement point (one allowed, one denied).
-    set_policy(&s, "@id(\"all\") permit(principal, action, resource);").await;
+/// The policy, and decisions at the enforcement point: one allowed, one
+/// denied.
+async fn one_call_allowed_and_one_denied(
+    s: &Setup,
+    holder: &Holder,
+) -> (AuthorizeToolCallResponse, AuthorizeToolCallResponse) {
+    set_policy(s, "@id(\"all\") permit(principal, action, resource);").await;
     let allowed = authorize(&s.socket, x509(&holder.chain), "crm.read", "")
         .await
         .unwrap();
@@ -123,9 +154,16 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         .await
         .unwrap();
     assert!(!refused_call.allow);
+    (allowed, refused_call)
+}
 
-    // Revocation, quarantine and release, task revoke.
-    admin()
+/// A revocation, a quarantine and its release, a task revoked.
+async fn a_revocation_a_quarantine_released_and_a_task_revoked(
+    s: &Setup,
+    holder: &Holder,
+) -> Holder {
+    s.server()
+        .admin()
         .revoke_svid(RevokeSvidRequest {
             serial: "0abc".into(),
             reason: "test".into(),
@@ -133,7 +171,9 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         })
         .await
         .unwrap();
-    let q = admin()
+    let q = s
+        .server()
+        .admin()
         .add_quarantine(AddQuarantineRequest {
             task_id: holder.task_id.clone(),
             reason: "audit test".into(),
@@ -142,7 +182,8 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         .await
         .unwrap()
         .into_inner();
-    admin()
+    s.server()
+        .admin()
         .release_quarantine(QuarantineRequest { id: q.id.clone() })
         .await
         .unwrap();
@@ -154,16 +195,20 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         .unwrap()
         .unwrap();
     let holder2 = Holder::start(&s.socket, &["crm.read"]);
-    admin()
+    s.server()
+        .admin()
         .revoke_task(TaskRequest {
             task_id: holder2.task_id.clone(),
         })
         .await
         .unwrap();
+    holder2
+}
 
-    // A report the server does not believe (a task that does not exist),
-    // and a believed entry-wide @quarantine from this one node: pending
-    // until an operator confirms it.
+/// A report the server does not believe (a task that does not exist), a
+/// shipment that skips queue numbers, and a believed entry-wide
+/// `@quarantine` from this one node, pending until an operator confirms it.
+async fn reports_a_gap_and_an_entry_wide_quarantine_confirmed(s: &Setup) -> Holder {
     let mut node = lanyard_integration_tests::node_client_from(
         &s.dir.path().join("agent-data"),
         s.server().addr(),
@@ -196,7 +241,7 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     .await
     .unwrap();
     set_policy(
-        &s,
+        s,
         r#"@id("all") permit(principal, action, resource);
         @id("exfil") @quarantine("entry")
         forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
@@ -214,7 +259,8 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     .unwrap();
     assert!(!exfil.allow);
     let pending = eventually("a pending quarantine", WAIT, || async {
-        admin()
+        s.server()
+            .admin()
             .list_quarantines(lanyard_proto::admin::ListQuarantinesRequest { all: false })
             .await
             .ok()?
@@ -224,44 +270,54 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
             .find(|q| q.pending)
     })
     .await;
-    admin()
+    s.server()
+        .admin()
         .confirm_quarantine(QuarantineRequest { id: pending.id })
         .await
         .unwrap();
+    holder3
+}
 
-    // Authorities: prepare, activate, taint and revoke the old one.
+/// Authorities: prepare, activate, taint and revoke the old one.
+async fn an_authority_rotated_tainted_and_revoked(s: &Setup) {
     let old = s.server().active_ca_id();
-    admin()
+    s.server()
+        .admin()
         .prepare_authorities(ListAuthoritiesRequest {})
         .await
         .unwrap();
-    admin()
+    s.server()
+        .admin()
         .activate_authorities(ListAuthoritiesRequest {})
         .await
         .unwrap();
-    admin()
+    s.server()
+        .admin()
         .taint_authority(AuthorityRequest { id: old.clone() })
         .await
         .unwrap();
     // The agent renews its own SVID at once (signed by the tainted CA);
     // only then may that CA leave the bundle.
     eventually("the agent to renew its SVID", WAIT, || async {
-        verified_audit(admin())
+        verified_audit(s.server().admin())
             .await
             .iter()
             .any(|r| kind(r) == "agent.renewed")
             .then_some(())
     })
     .await;
-    admin()
+    s.server()
+        .admin()
         .revoke_authority(AuthorityRequest { id: old })
         .await
         .unwrap();
+}
 
-    // The agent ships its decisions; then it is evicted, and a second
-    // agent banned.
+/// The agent ships its decisions; then it is evicted, and a second agent
+/// banned.
+async fn agents_ship_decisions_then_are_banned_and_evicted(s: &Setup, other: &std::path::Path) {
     eventually("the agent to ship its decisions", WAIT, || async {
-        (verified_audit(admin())
+        (verified_audit(s.server().admin())
             .await
             .iter()
             .filter(|r| kind(r) == "tool.decision")
@@ -271,34 +327,38 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     })
     .await;
     let token2 = s.server().token("spiffe://example.org/node/n2").await;
-    let agent2 = lanyard_agent::build(agent_config(other.path(), s.server().addr(), Some(token2)))
+    let agent2 = lanyard_agent::build(agent_config(other, s.server().addr(), Some(token2)))
         .await
         .unwrap();
     agent2.shutdown().await;
-    admin()
+    s.server()
+        .admin()
         .ban_agent(AgentRequest {
             spiffe_id: "spiffe://example.org/node/n2".into(),
         })
         .await
         .unwrap();
-    admin()
+    s.server()
+        .admin()
         .evict_agent(AgentRequest {
             spiffe_id: NODE.into(),
         })
         .await
         .unwrap();
+}
 
-    let recs = verified_audit(admin()).await;
-    let kinds: BTreeSet<&str> = recs.iter().map(kind).collect();
-    let missing: Vec<&str> = Kind::ALL
-        .iter()
-        .map(|k| k.as_str())
-        .filter(|k| !kinds.contains(k))
-        .collect();
-    assert!(missing.is_empty(), "kinds never recorded: {missing:?}");
-
-    // Decisions carry what the enforcement point was told, and who
-    // shipped them (set by the server from the agent's mTLS identity).
+/// Decisions carry what the enforcement point was told, and who shipped
+/// them (set by the server from the agent's mTLS identity); issuance names
+/// the serial and the agent; the admin's uid is the actor of admin
+/// changes; the denied task says why.
+fn records_say_who_and_why(
+    recs: &[Value],
+    holder: &Holder,
+    holder2: &Holder,
+    mine: &str,
+    allowed: &AuthorizeToolCallResponse,
+    refused_call: &AuthorizeToolCallResponse,
+) {
     let by_decision: HashMap<&str, &Value> = recs
         .iter()
         .filter(|r| kind(r) == "tool.decision")
@@ -340,12 +400,10 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     );
     let ended = recs
         .iter()
-        .find(|r| kind(r) == "task.ended" && r["task"]["id"] == mine.task_id.as_str())
+        .find(|r| kind(r) == "task.ended" && r["task"]["id"] == mine)
         .unwrap();
     assert_eq!(ended["actor"], NODE);
     let delegated = recs.iter().find(|r| kind(r) == "task.delegated").unwrap();
-    assert_eq!(delegated["task"]["id"], mine.task_id.as_str());
+    assert_eq!(delegated["task"]["id"], mine);
     assert_eq!(delegated["subject"]["spiffe_id"], TOOLS);
-    drop((holder, holder2));
-    s.agent.shutdown().await;
 }

@@ -62,29 +62,93 @@ fn connected_ports(ports: &[u16]) -> BTreeSet<u16> {
     out
 }
 
+/// Three server processes on one database, each with its own data dir.
+struct Fleet {
+    pg: PgCluster,
+    db: String,
+    dir: tempfile::TempDir,
+    /// `None` once killed.
+    servers: Vec<Option<ServerProc>>,
+    ports: Vec<u16>,
+}
+
+impl Fleet {
+    /// The first server creates the schema; the others start together.
+    async fn start() -> Self {
+        let pg = PgCluster::start().await.unwrap();
+        let db = pg.create_db().await.unwrap();
+        let url = pg.url(&db);
+        let dir = tempfile::tempdir().unwrap();
+        let s1 = ServerProc::start(SERVER, dir.path(), 1, &url);
+        s1.ready().await;
+        let s2 = ServerProc::start(SERVER, dir.path(), 2, &url);
+        let s3 = ServerProc::start(SERVER, dir.path(), 3, &url);
+        s2.ready().await;
+        s3.ready().await;
+        let servers = vec![Some(s1), Some(s2), Some(s3)];
+        let ports = servers.iter().flatten().map(|s| s.port).collect();
+        Self {
+            pg,
+            db,
+            dir,
+            servers,
+            ports,
+        }
+    }
+
+    fn admin(&self, i: usize) -> AdminClient<Channel> {
+        self.servers[i].as_ref().unwrap().admin()
+    }
+}
+
+/// An entry for this process's uid, with 6 s SVIDs.
+fn entry_req(spiffe_id: &str) -> CreateEntryRequest {
+    CreateEntryRequest {
+        entry: Some(types::Entry {
+            spiffe_id: spiffe_id.into(),
+            parent_id: NODE.into(),
+            selectors: vec![format!("unix:uid:{}", own_uid())],
+            x509_ttl_seconds: 6,
+            ..Default::default()
+        }),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans() {
     init();
-    let pg = PgCluster::start().await.unwrap();
-    let db = pg.create_db().await.unwrap();
-    let url = pg.url(&db);
-    let dir = tempfile::tempdir().unwrap();
-    // The first server creates the schema; the others start together.
-    let s1 = ServerProc::start(SERVER, dir.path(), 1, &url);
-    s1.ready().await;
-    let s2 = ServerProc::start(SERVER, dir.path(), 2, &url);
-    let s3 = ServerProc::start(SERVER, dir.path(), 3, &url);
-    s2.ready().await;
-    s3.ready().await;
-    let mut servers = vec![Some(s1), Some(s2), Some(s3)];
-    let ports: Vec<u16> = servers.iter().flatten().map(|s| s.port).collect();
-    let srv = |servers: &Vec<Option<ServerProc>>, i: usize| -> AdminClient<Channel> {
-        servers[i].as_ref().unwrap().admin()
-    };
+    let mut f = Fleet::start().await;
+    every_server_publishes_its_ca_and_keeps_its_private_keys(&f).await;
+    let (agent, client, home) = the_agent_attests_through_one_and_trusts_all_three(&f).await;
+    an_entry_through_another_server_arrives_at_once(&f, &client, home).await;
+    let (dead, now_home) =
+        a_killed_server_hands_the_agent_over_with_fresh_svids(&mut f, &agent, home).await;
+    let third = (0..3).find(|i| *i != home && *i != now_home).unwrap();
+    entries_after_the_failover_arrive_in_creation_order(&f, &client, third).await;
+    a_dead_servers_keys_are_revoked_and_leave_the_bundle(&f, &dead, &client, third).await;
+    let live: Vec<u16> = f
+        .ports
+        .iter()
+        .copied()
+        .filter(|p| *p != f.ports[home])
+        .collect();
+    a_ban_through_any_server_is_refused_by_every_server(&f, &live, third).await;
 
-    // Every server's CA is in the bundle each of them publishes.
+    agent.shutdown().await;
+    for s in f.servers.iter().flatten() {
+        let log = s.log();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    drop(dead);
+}
+
+/// Every server's CA is in the bundle each of them publishes; private keys
+/// stay in each server's data dir (0600), the shared database holds
+/// certificates and public keys only.
+async fn every_server_publishes_its_ca_and_keeps_its_private_keys(f: &Fleet) {
     let owners = eventually("three servers' CAs", Duration::from_secs(20), || async {
-        let list = srv(&servers, 0)
+        let list = f
+            .admin(0)
             .list_authorities(ListAuthoritiesRequest {})
             .await
             .ok()?
@@ -99,9 +163,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     })
     .await;
     eprintln!("server IDs: {owners:?}");
-    // Private keys stay in each server's data dir (0600); the shared
-    // database holds certificates and public keys only.
-    let db_client = pg.client(&db).await.unwrap();
+    let db_client = f.pg.client(&f.db).await.unwrap();
     for table in ["lanyard_ca_keys", "lanyard_jwt_keys"] {
         let (rows, with_private): (i64, i64) = {
             let r = db_client
@@ -118,7 +180,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         assert!(rows >= 3, "{table}: {rows} rows");
         assert_eq!(with_private, 0, "{table} holds private keys");
     }
-    for s in servers.iter().flatten() {
+    for s in f.servers.iter().flatten() {
         let keys: Vec<_> = std::fs::read_dir(s.dir.join("data").join("keys"))
             .unwrap()
             .flatten()
@@ -129,9 +191,16 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
             assert_eq!(k.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
+}
 
-    // The agent attests through server 2 and is given all three addresses.
-    let token = srv(&servers, 1)
+/// The agent attests through server 2 and is given all three addresses;
+/// its bundle holds the three CAs. Returns the agent, a workload client
+/// and the index of the server the agent attached to.
+async fn the_agent_attests_through_one_and_trusts_all_three(
+    f: &Fleet,
+) -> (lanyard_agent::Bound, spiffe::WorkloadApiClient, usize) {
+    let token = f
+        .admin(1)
         .create_join_token(CreateJoinTokenRequest {
             agent_id: NODE.into(),
             ttl_seconds: 600,
@@ -140,26 +209,18 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         .unwrap()
         .into_inner()
         .token;
-    let first = |spiffe_id: &str| CreateEntryRequest {
-        entry: Some(types::Entry {
-            spiffe_id: spiffe_id.into(),
-            parent_id: NODE.into(),
-            selectors: vec![format!("unix:uid:{}", own_uid())],
-            x509_ttl_seconds: 6,
-            ..Default::default()
-        }),
-    };
-    srv(&servers, 1)
-        .create_entry(first("spiffe://example.org/first"))
+    f.admin(1)
+        .create_entry(entry_req("spiffe://example.org/first"))
         .await
         .unwrap();
-    let all = servers
+    let all = f
+        .servers
         .iter()
         .flatten()
         .map(ServerProc::addr)
         .collect::<Vec<_>>()
         .join(",");
-    let agent_dir = dir.path().join("agent");
+    let agent_dir = f.dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
     let agent = lanyard_agent::build(
         lanyard_agent::config::RawConfig {
@@ -184,15 +245,13 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     })
     .await;
     let attached = eventually("the agent's server", Duration::from_secs(20), || async {
-        let c = connected_ports(&ports);
+        let c = connected_ports(&f.ports);
         (c.len() == 1).then(|| c.into_iter().next().unwrap())
     })
     .await;
-    let home = ports.iter().position(|p| *p == attached).unwrap();
-    let other = (home + 1) % 3;
+    let home = f.ports.iter().position(|p| *p == attached).unwrap();
     eprintln!("agent attached to server {}", home + 1);
 
-    // The agent's bundle holds the three CAs.
     let ctx = client.fetch_x509_context().await.unwrap();
     let bundle = ctx
         .bundle_set()
@@ -204,17 +263,26 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         "the agent's bundle holds {} CAs",
         bundle.authorities().len()
     );
+    (agent, client, home)
+}
 
-    // An entry created through another server reaches the agent at once.
+/// An entry created through another server than the agent's reaches the
+/// agent at once.
+async fn an_entry_through_another_server_arrives_at_once(
+    f: &Fleet,
+    client: &spiffe::WorkloadApiClient,
+    home: usize,
+) {
+    let other = (home + 1) % 3;
     let created = Instant::now();
-    srv(&servers, other)
-        .create_entry(first("spiffe://example.org/second"))
+    f.admin(other)
+        .create_entry(entry_req("spiffe://example.org/second"))
         .await
         .unwrap();
     eventually(
         "the entry created through another server",
         Duration::from_secs(10),
-        || holds_svid(&client, "spiffe://example.org/second"),
+        || holds_svid(client, "spiffe://example.org/second"),
     )
     .await;
     let latency = created.elapsed();
@@ -227,9 +295,17 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         latency < Duration::from_secs(2),
         "an entry took {latency:?} to reach an agent of another server"
     );
+}
 
-    // A workload holding an X509Source checks every 50 ms that it never
-    // holds an expired SVID, across the failover below.
+/// SIGKILL the agent's server: the agent moves to another one, and a
+/// workload holding an X509Source (checked every 50 ms) never holds an
+/// expired SVID across it. Returns the killed server and the index of the
+/// agent's new one.
+async fn a_killed_server_hands_the_agent_over_with_fresh_svids(
+    f: &mut Fleet,
+    agent: &lanyard_agent::Bound,
+    home: usize,
+) -> (ServerProc, usize) {
     let source = spiffe::X509Source::builder()
         .endpoint(endpoint(&agent.socket))
         .build()
@@ -255,12 +331,12 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         })
     };
 
-    // SIGKILL the agent's server: the agent moves to another one.
     let killed_at = Instant::now();
-    let mut dead = servers[home].take().unwrap();
+    let mut dead = f.servers[home].take().unwrap();
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
-    let live: Vec<u16> = ports.iter().copied().filter(|p| *p != attached).collect();
+    let attached = f.ports[home];
+    let live: Vec<u16> = f.ports.iter().copied().filter(|p| *p != attached).collect();
     let moved = eventually(
         "the agent to reach another server",
         Duration::from_secs(30),
@@ -282,22 +358,30 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         serials.len() >= 3,
         "the SVID rotated across the failover: {serials:?}"
     );
-    // An entry created now still arrives (through the new server).
-    let now_home = ports.iter().position(|p| *p == moved).unwrap();
-    let third_server = (0..3).find(|i| *i != home && *i != now_home).unwrap();
-    srv(&servers, third_server)
-        .create_entry(first("spiffe://example.org/third"))
+    source.shutdown().await;
+    let now_home = f.ports.iter().position(|p| *p == moved).unwrap();
+    (dead, now_home)
+}
+
+/// An entry created after the failover still arrives (through the third
+/// server). The three entries were created through three different
+/// servers, and the agent has changed servers since: it serves them in
+/// creation order, the oldest as the default SVID.
+async fn entries_after_the_failover_arrive_in_creation_order(
+    f: &Fleet,
+    client: &spiffe::WorkloadApiClient,
+    third: usize,
+) {
+    f.admin(third)
+        .create_entry(entry_req("spiffe://example.org/third"))
         .await
         .unwrap();
     eventually(
         "an entry after the failover",
         Duration::from_secs(10),
-        || holds_svid(&client, "spiffe://example.org/third"),
+        || holds_svid(client, "spiffe://example.org/third"),
     )
     .await;
-    // The three entries were created through three different servers (and
-    // the agent has changed servers since): it serves them in creation
-    // order, the oldest as the default SVID.
     let order = eventually("all three SVIDs", Duration::from_secs(10), || async {
         let ctx = client.fetch_x509_context().await.ok()?;
         let ids: Vec<String> = ctx
@@ -316,15 +400,23 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
             "spiffe://example.org/third"
         ]
     );
+}
 
-    // The killed server is gone for good: its keys (its CA is still the
-    // active one it left) are tainted, then revoked, through another
-    // server, and leave the agent's bundle.
+/// The killed server is gone for good: its keys (its CA is still the
+/// active one it left) are tainted, then revoked, through another server,
+/// and leave the agent's bundle.
+async fn a_dead_servers_keys_are_revoked_and_leave_the_bundle(
+    f: &Fleet,
+    dead: &ServerProc,
+    client: &spiffe::WorkloadApiClient,
+    third: usize,
+) {
     let dead_id = std::fs::read_to_string(dead.dir.join("data").join("server-id"))
         .unwrap()
         .trim()
         .to_owned();
-    let dead_keys: Vec<(String, String)> = srv(&servers, third_server)
+    let dead_keys: Vec<(String, String)> = f
+        .admin(third)
         .list_authorities(ListAuthoritiesRequest {})
         .await
         .unwrap()
@@ -339,11 +431,11 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         "{dead_keys:?}"
     );
     for (id, _) in &dead_keys {
-        srv(&servers, third_server)
+        f.admin(third)
             .taint_authority(AuthorityRequest { id: id.clone() })
             .await
             .unwrap();
-        srv(&servers, third_server)
+        f.admin(third)
             .revoke_authority(AuthorityRequest { id: id.clone() })
             .await
             .unwrap();
@@ -371,19 +463,26 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
         },
     )
     .await;
+}
 
-    // A ban through the server the agent is not on: every live server
-    // refuses the agent's credentials, and its stream is ended.
-    srv(&servers, third_server)
+/// A ban through a server the agent is not on: every live server refuses
+/// the agent's credentials, and its stream is ended.
+async fn a_ban_through_any_server_is_refused_by_every_server(
+    f: &Fleet,
+    live: &[u16],
+    third: usize,
+) {
+    f.admin(third)
         .ban_agent(AgentRequest {
             spiffe_id: NODE.into(),
         })
         .await
         .unwrap();
-    for (i, s) in servers.iter().enumerate() {
+    let agent_data = f.dir.path().join("agent").join("data");
+    for (i, s) in f.servers.iter().enumerate() {
         let Some(s) = s else { continue };
         let addr: std::net::SocketAddr = s.addr().parse().unwrap();
-        let node = lanyard_integration_tests::node_client_from(&agent_dir.join("data"), addr);
+        let node = lanyard_integration_tests::node_client_from(&agent_data, addr);
         let status = eventually("the ban on every server", Duration::from_secs(10), || {
             let mut node = node.clone();
             async move {
@@ -405,15 +504,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     eventually(
         "the banned agent's stream to end",
         Duration::from_secs(10),
-        || async { connected_ports(&live).is_empty().then_some(()) },
+        || async { connected_ports(live).is_empty().then_some(()) },
     )
     .await;
-
-    source.shutdown().await;
-    agent.shutdown().await;
-    for s in servers.iter().flatten() {
-        let log = s.log();
-        assert!(!log.contains("panicked"), "{log}");
-    }
-    drop(dead);
 }
