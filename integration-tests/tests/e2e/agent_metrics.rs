@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lanyard_proto::admin::admin_client::AdminClient;
@@ -14,17 +14,7 @@ use lanyard_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest};
 use lanyard_proto::types::Entry;
 use lanyard_uds::unix_channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent_proc");
-const NODE: &str = "spiffe://example.org/node/n1";
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::agent_cli::{Agent, BIN, NODE};
 
 fn free_addr() -> String {
     let p = std::net::TcpListener::bind("127.0.0.1:0")

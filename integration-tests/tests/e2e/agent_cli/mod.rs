@@ -14,10 +14,13 @@ use lanyard_uds::unix_channel;
 mod front_door;
 mod tool_check;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent_proc");
-const NODE: &str = "spiffe://example.org/node/n1";
+/// The agent's command line, as a process.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_agent_proc");
+/// The agent's SPIFFE ID in these tests.
+pub(crate) const NODE: &str = "spiffe://example.org/node/n1";
 
-struct Agent(Child);
+/// An agent process, killed when dropped.
+pub(crate) struct Agent(pub(crate) Child);
 
 impl Drop for Agent {
     fn drop(&mut self) {
