@@ -17,7 +17,6 @@ use lanyard_core::clock::Clock;
 use lanyard_core::jwt::{JwtAuthority, JwtError, JwtSigner};
 use lanyard_core::tls::X509BundleSource;
 use lanyard_core::x509::{SvidError, X509Authority};
-use lanyard_proto::types;
 use tokio::sync::watch;
 
 use crate::store::{CaKeyState, Store, StoreError};
@@ -95,24 +94,6 @@ pub struct CaSnapshot {
     pub tainted: Arc<Vec<String>>,
     /// Bundle sequence number, bumped on every change.
     pub sequence: u64,
-}
-
-impl CaSnapshot {
-    /// The bundle as a protobuf message.
-    pub fn to_proto(&self, td: &TrustDomain) -> types::Bundle {
-        types::Bundle {
-            trust_domain: td.to_string(),
-            x509_authorities: self.authorities.to_vec(),
-            sequence: self.sequence,
-            refresh_hint_seconds: i64::try_from(REFRESH_HINT_SECS).unwrap_or(60),
-            jwt_authorities: self
-                .jwt_authorities
-                .iter()
-                .map(types::JwtAuthority::from)
-                .collect(),
-            tainted_key_ids: self.tainted.to_vec(),
-        }
-    }
 }
 
 /// One authority as `ca show` lists it.

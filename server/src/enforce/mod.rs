@@ -9,6 +9,7 @@ mod revocations;
 
 pub use issued::{Issued, IssuedSvid};
 pub use quarantine::{DenialTrigger, QuarantineInput, QuarantineRecord, Quarantines, Scope};
+pub use reports::Denial;
 pub use revocations::{CRL_REFRESH, CRL_VALIDITY, Revocations};
 
 use std::sync::Arc;
@@ -177,7 +178,7 @@ impl Enforcement {
     pub async fn report_denials(
         &self,
         reporter: &SpiffeId,
-        denials: Vec<lanyard_proto::server::Denial>,
+        denials: Vec<Denial>,
     ) -> Result<Vec<QuarantineRecord>, EnforceError> {
         let mut out = Vec::new();
         let mut rate_noted = false;
@@ -223,7 +224,7 @@ impl Enforcement {
     async fn quarantine_reported(
         &self,
         reporter: &SpiffeId,
-        d: &lanyard_proto::server::Denial,
+        d: &Denial,
         b: reports::Believed,
         now: std::time::SystemTime,
     ) -> Result<Vec<QuarantineRecord>, EnforceError> {
@@ -305,12 +306,7 @@ impl Enforcement {
     }
 
     /// Records a refused report: who sent it and what it claimed.
-    async fn report_refused(
-        &self,
-        reporter: &SpiffeId,
-        d: &lanyard_proto::server::Denial,
-        why: &str,
-    ) {
+    async fn report_refused(&self, reporter: &SpiffeId, d: &Denial, why: &str) {
         tracing::warn!(%reporter, task_id = %d.task_id, spiffe_id = %d.spiffe_id, why, "enforcement report refused");
         self.audit
             .note(|a| {

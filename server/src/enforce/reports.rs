@@ -21,10 +21,35 @@ use std::time::{Duration, SystemTime};
 
 use lanyard_core::SpiffeId;
 use lanyard_core::task::TaskRecord;
-use lanyard_proto::server::Denial;
 
 use crate::registry::Registry;
 use crate::tasks::{Recheck, Tasks};
+
+/// One denial an enforcement point reports through its agent: a claim,
+/// re-decided by the server before it counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Denial {
+    /// The task whose credential was presented.
+    pub task_id: String,
+    /// The workload whose credential was presented.
+    pub spiffe_id: String,
+    /// The tool called.
+    pub tool: String,
+    /// Why the enforcement point's decision point denied it.
+    pub reason: String,
+    /// A deciding forbid carried `@quarantine` (the reporter's view).
+    pub quarantine: bool,
+    /// The decision's record ID.
+    pub decision_id: String,
+    /// The enforcement point that asked.
+    pub enforcement_point: String,
+    /// The forbid said `@quarantine("entry")` (the reporter's view).
+    pub quarantine_entry: bool,
+    /// The resource of the call.
+    pub resource: String,
+    /// The call's JSON arguments.
+    pub context_json: String,
+}
 
 /// Most denials one agent may report per [`RATE_WINDOW`]; more are refused
 /// (a flood of reports is itself a sign of a compromised node).

@@ -109,7 +109,7 @@ impl Tasks {
         task_id: &str,
         to: &str,
         mut tools: Vec<String>,
-        ttl_seconds: i64,
+        ttl: std::time::Duration,
         caller: &Caller,
     ) -> Result<(String, u64), TaskServiceError> {
         let inner = &self.inner;
@@ -126,7 +126,7 @@ impl Tasks {
             .iter()
             .try_for_each(|t| lanyard_core::task::check_tool(t))?;
         let remaining = parent.grant.not_after.saturating_sub(now);
-        let ttl = lanyard_proto::convert::ttl_seconds(ttl_seconds)?.as_secs();
+        let ttl = ttl.as_secs();
         if ttl > remaining {
             return Err(TaskServiceError::Denied(format!(
                 "delegation refused: TTL {ttl}s exceeds the parent's remaining {remaining}s"

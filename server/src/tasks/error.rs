@@ -1,6 +1,5 @@
-//! Why a task operation failed; mapped to a gRPC status in one place.
-
-use tonic::Status;
+//! Why a task operation failed (mapped to a gRPC status at the edge, in
+//! `api/status.rs`).
 
 use crate::store::StoreError;
 
@@ -62,32 +61,5 @@ impl TaskServiceError {
 impl From<lanyard_core::TaskError> for TaskServiceError {
     fn from(e: lanyard_core::TaskError) -> Self {
         Self::Invalid(e.to_string())
-    }
-}
-
-impl From<lanyard_proto::ProtoError> for TaskServiceError {
-    fn from(e: lanyard_proto::ProtoError) -> Self {
-        Self::Invalid(e.to_string())
-    }
-}
-
-impl From<TaskServiceError> for Status {
-    fn from(e: TaskServiceError) -> Self {
-        match &e {
-            TaskServiceError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            TaskServiceError::Denied(_) => {
-                tracing::info!(err = %e, "task refused");
-                Status::permission_denied(e.to_string())
-            }
-            TaskServiceError::NotFound(_) => Status::not_found(e.to_string()),
-            TaskServiceError::NotActive(..) | TaskServiceError::Ambiguous(_) => {
-                Status::failed_precondition(e.to_string())
-            }
-            TaskServiceError::Contended(_) => Status::aborted(e.to_string()),
-            TaskServiceError::Signing { .. } | TaskServiceError::Store(_) => {
-                tracing::error!(err = %e, "task service internal error");
-                Status::internal("internal error")
-            }
-        }
     }
 }

@@ -10,6 +10,7 @@ mod policy;
 mod quarantine;
 mod reports;
 mod revocation;
+mod revocation_bound;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -8,9 +8,10 @@ impl AdminApi {
         &self,
         _req: Request<GetBundleRequest>,
     ) -> Result<Response<types::Bundle>, Status> {
-        Ok(Response::new(
-            self.ca.snapshot().to_proto(self.ca.trust_domain()),
-        ))
+        Ok(Response::new(crate::api::bundle_proto(
+            &self.ca.snapshot(),
+            self.ca.trust_domain(),
+        )))
     }
 
     pub(super) async fn list_authorities_rpc(

@@ -4,6 +4,22 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
+/// A reported denial as the domain takes it.
+fn denial(d: lanyard_proto::server::Denial) -> crate::enforce::Denial {
+    crate::enforce::Denial {
+        task_id: d.task_id,
+        spiffe_id: d.spiffe_id,
+        tool: d.tool,
+        reason: d.reason,
+        quarantine: d.quarantine,
+        decision_id: d.decision_id,
+        enforcement_point: d.enforcement_point,
+        quarantine_entry: d.quarantine_entry,
+        resource: d.resource,
+        context_json: d.context_json,
+    }
+}
+
 impl NodeApi {
     /// `report enforcement` (see the `Node` service).
     pub(super) async fn report_enforcement_rpc(
@@ -15,6 +31,7 @@ impl NodeApi {
         if denials.len() > MAX_BATCH {
             return Err(NodeError::BatchTooLarge.into());
         }
+        let denials = denials.into_iter().map(denial).collect();
         self.enforce
             .report_denials(&agent.spiffe_id, denials)
             .await

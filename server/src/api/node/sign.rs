@@ -5,7 +5,7 @@
 use super::*;
 
 pub(super) fn bundle_msg(ca: &Ca) -> types::Bundle {
-    ca.snapshot().to_proto(ca.trust_domain())
+    crate::api::bundle_proto(&ca.snapshot(), ca.trust_domain())
 }
 
 pub(super) fn svid_msg(

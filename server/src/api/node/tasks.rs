@@ -133,7 +133,8 @@ impl NodeApi {
                 &req.task_id,
                 &req.to_spiffe_id,
                 req.tools,
-                req.ttl_seconds,
+                lanyard_proto::convert::ttl_seconds(req.ttl_seconds)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
                 &caller,
             )
             .await?;

@@ -113,7 +113,7 @@ async fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
             &pid,
             f.worker.spiffe_id.as_str(),
             vec!["a".into()],
-            60,
+            Duration::from_secs(60),
             &Caller::default(),
         )
         .await
@@ -133,7 +133,7 @@ async fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
             &pid,
             "spiffe://td/agent/other",
             vec!["a".into()],
-            60,
+            Duration::from_secs(60),
             &Caller::default(),
         )
         .await
@@ -165,7 +165,7 @@ async fn an_expired_delegation_token_is_refused_and_old_records_are_pruned() {
             &pid,
             f.worker.spiffe_id.as_str(),
             vec!["a".into()],
-            60,
+            Duration::from_secs(60),
             &Caller::default(),
         )
         .await
@@ -195,7 +195,7 @@ async fn a_child_whose_parent_ended_elsewhere_is_revoked_when_it_arrives() {
             &pid,
             f.worker.spiffe_id.as_str(),
             vec!["a".into()],
-            300,
+            Duration::from_secs(300),
             &Caller::default(),
         )
         .await
