@@ -19,9 +19,9 @@ use crate::cache::Snapshot;
 use crate::config::Config;
 use crate::identity::Manager;
 use crate::jwt_cache::JwtCache;
-use crate::server::bootstrap::{BootstrapError, ensure_identity};
-use crate::server::creds::Credentials;
 use crate::storage::{AgentStorage, StorageError};
+use crate::upstream::bootstrap::{BootstrapError, ensure_identity};
+use crate::upstream::creds::Credentials;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]

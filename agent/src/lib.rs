@@ -15,8 +15,8 @@ pub mod jwt_cache;
 pub mod listener;
 pub mod metrics;
 pub mod pdp;
-pub mod server;
 pub mod storage;
+pub mod upstream;
 pub mod workload_scope;
 
 pub use app::{Bound, build};

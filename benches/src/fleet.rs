@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lanyard_agent::server::client::{node_client, tls_config};
-use lanyard_agent::server::creds::{AgentIdentity, ClientCert, Credentials};
+use lanyard_agent::upstream::client::{node_client, tls_config};
+use lanyard_agent::upstream::creds::{AgentIdentity, ClientCert, Credentials};
 use lanyard_core::tls::SpiffeServerVerifier;
 use lanyard_core::x509::SvidKey;
 use lanyard_core::{SpiffeId, TrustDomain};

@@ -225,9 +225,9 @@ pub fn node_client_from(
     data_dir: &Path,
     server: SocketAddr,
 ) -> lanyard_proto::server::node_client::NodeClient<Channel> {
-    use lanyard_agent::server::client::{node_client, tls_config};
-    use lanyard_agent::server::creds::{AgentIdentity, ClientCert, Credentials};
     use lanyard_agent::storage::AgentStorage;
+    use lanyard_agent::upstream::client::{node_client, tls_config};
+    use lanyard_agent::upstream::creds::{AgentIdentity, ClientCert, Credentials};
     use lanyard_core::tls::SpiffeServerVerifier;
     use std::sync::Arc;
     let stored = AgentStorage::open(data_dir)

@@ -543,7 +543,7 @@ impl AuditQueue {
                     // An older server: the records stay queued (on disk)
                     // until it is upgraded, retried quietly at the slowest
                     // pace.
-                    Ok(Err(s)) if crate::server::client::server_lacks(&s, "AppendAudit") => {
+                    Ok(Err(s)) if crate::upstream::client::server_lacks(&s, "AppendAudit") => {
                         backoff.failed();
                         wait = Duration::from_secs(5);
                     }

@@ -148,7 +148,7 @@ pub struct Config {
     /// How the node attests.
     pub node_attestation: crate::config::k8s::NodeAttestation,
     /// Resolves server names.
-    pub resolver: std::sync::Arc<crate::server::dns::ServerResolver>,
+    pub resolver: std::sync::Arc<crate::upstream::dns::ServerResolver>,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_bind: Option<std::net::SocketAddr>,
     /// The Kubernetes workload attestor, when on.
@@ -214,7 +214,7 @@ impl RawConfig {
         })?)
         .map_err(|e| ConfigError::invalid("trust_domain", e))?;
         let server = self.server.unwrap_or_else(|| DEFAULT_SERVER.to_owned());
-        let list = crate::server::client::server_list(&server)
+        let list = crate::upstream::client::server_list(&server)
             .map_err(|_| ConfigError::invalid("server", "is empty (expected host:port)"))?;
         for one in &list {
             if one
@@ -357,8 +357,8 @@ impl RawConfig {
         }
         let k8s = crate::config::k8s::k8s(self.k8s)?;
         let resolver = match self.dns_server.as_deref().map(str::trim) {
-            None | Some("") => crate::server::dns::ServerResolver::system(),
-            Some(v) => std::sync::Arc::new(crate::server::dns::ServerResolver::new(Some(
+            None | Some("") => crate::upstream::dns::ServerResolver::system(),
+            Some(v) => std::sync::Arc::new(crate::upstream::dns::ServerResolver::new(Some(
                 v.parse().map_err(|_| {
                     ConfigError::invalid(
                         "dns_server",

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::manager::{BACKOFF_BASE, BACKOFF_MAX, CALL_TIMEOUT, Manager};
 use super::signed::jitter_sample;
-use crate::server::creds::AgentIdentity;
+use crate::upstream::creds::AgentIdentity;
 
 impl Manager {
     /// Renews the agent's own SVID; true when it was replaced. Awaited in

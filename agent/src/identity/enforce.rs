@@ -440,7 +440,7 @@ impl Manager {
                     Ok(Ok(_)) => {}
                     // An older server: the server-wide denial count is off
                     // (this node's own trigger still quarantines).
-                    Ok(Err(s)) if crate::server::client::server_lacks(&s, "ReportEnforcement") => {}
+                    Ok(Err(s)) if crate::upstream::client::server_lacks(&s, "ReportEnforcement") => {}
                     _ => failed_denials = denials,
                 }
             }
@@ -459,7 +459,7 @@ impl Manager {
                 });
                 match tokio::time::timeout(CALL_TIMEOUT, call).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(s)) if crate::server::client::server_lacks(&s, "RevokeHeld") => {}
+                    Ok(Err(s)) if crate::upstream::client::server_lacks(&s, "RevokeHeld") => {}
                     // Refused (expired, not ours): nothing to retry.
                     Ok(Err(s)) if s.code() != tonic::Code::Unavailable => {
                         tracing::warn!(code = ?s.code(), message = s.message(), "server refused to revoke held SVIDs");

@@ -27,9 +27,9 @@ use super::parts::{HeldTasks, Standing, Trust};
 use super::signed::{Batch, jitter_sample};
 use super::{Command, CommandError};
 use crate::cache::{EntrySet, Snapshot};
-use crate::server::client::{node_client_with, tls_config};
-use crate::server::creds::{ClientCert, Credentials};
 use crate::storage::AgentStorage;
+use crate::upstream::client::{node_client_with, tls_config};
+use crate::upstream::creds::{ClientCert, Credentials};
 
 /// First retry delay after a failure.
 pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -76,7 +76,7 @@ pub(super) type InFlight = FuturesUnordered<Pin<Box<dyn Future<Output = Event> +
 pub struct Manager {
     pub(crate) server: String,
     /// Resolves server names.
-    pub(crate) resolver: Arc<crate::server::dns::ServerResolver>,
+    pub(crate) resolver: Arc<crate::upstream::dns::ServerResolver>,
     pub(crate) td: TrustDomain,
     pub(crate) creds: Arc<Credentials>,
     pub(crate) storage: AgentStorage,
@@ -127,7 +127,7 @@ impl Manager {
         let bundle = lanyard_core::tls::X509BundleSource::x509_authorities(creds.as_ref());
         let mut m = Self {
             server,
-            resolver: crate::server::dns::ServerResolver::system(),
+            resolver: crate::upstream::dns::ServerResolver::system(),
             td,
             creds,
             storage,
@@ -151,7 +151,7 @@ impl Manager {
     }
 
     /// Resolves server names with `resolver` (default: the system's).
-    pub fn resolver(mut self, resolver: Arc<crate::server::dns::ServerResolver>) -> Self {
+    pub fn resolver(mut self, resolver: Arc<crate::upstream::dns::ServerResolver>) -> Self {
         self.resolver = resolver;
         self
     }

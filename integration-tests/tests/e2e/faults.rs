@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_agent::server::client::{node_client, tls_config};
+use lanyard_agent::upstream::client::{node_client, tls_config};
 use lanyard_core::SpiffeId;
 use lanyard_core::x509::SvidKey;
 use lanyard_integration_tests::{

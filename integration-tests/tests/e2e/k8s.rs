@@ -77,7 +77,7 @@ async fn attest_raw(
     attestor: &str,
     data: Vec<u8>,
 ) -> Result<String, tonic::Status> {
-    use lanyard_agent::server::client::{node_client, tls_config};
+    use lanyard_agent::upstream::client::{node_client, tls_config};
     let tls = tls_config(
         Arc::new(lanyard_core::tls::InsecureBootstrapVerifier::default()),
         None,

@@ -72,14 +72,14 @@ pub fn node_client(
     servers: &str,
     tls: Arc<ClientConfig>,
 ) -> Result<NodeClient<Channel>, ClientError> {
-    node_client_with(servers, tls, crate::server::dns::ServerResolver::system())
+    node_client_with(servers, tls, crate::upstream::dns::ServerResolver::system())
 }
 
 /// [`node_client`] resolving server names with `resolver`.
 pub fn node_client_with(
     servers: &str,
     tls: Arc<ClientConfig>,
-    resolver: Arc<crate::server::dns::ServerResolver>,
+    resolver: Arc<crate::upstream::dns::ServerResolver>,
 ) -> Result<NodeClient<Channel>, ClientError> {
     let addrs = Arc::new(server_list(servers)?);
     let first = addrs.first().cloned().unwrap_or_default();
@@ -132,7 +132,7 @@ pub fn node_client_with(
 /// turn; when none answers, the name is resolved afresh and tried once more.
 async fn connect_tcp(
     addr: &str,
-    resolver: &crate::server::dns::ServerResolver,
+    resolver: &crate::upstream::dns::ServerResolver,
 ) -> std::io::Result<TcpStream> {
     let mut last_err = None;
     for fresh in [false, true] {
@@ -166,7 +166,7 @@ async fn connect_tcp(
 async fn connect_one(
     addr: &str,
     connector: &TlsConnector,
-    resolver: &crate::server::dns::ServerResolver,
+    resolver: &crate::upstream::dns::ServerResolver,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = connect_tcp(addr, resolver).await?;
     let _ = tcp.set_nodelay(true);

@@ -11,9 +11,9 @@ use lanyard_proto::server::AttestAgentRequest;
 use rustls::client::danger::ServerCertVerifier;
 
 use crate::config::{Bootstrap, Config};
-use crate::server::client::{node_client_with, tls_config};
-use crate::server::creds::{AgentIdentity, Credentials};
 use crate::storage::AgentStorage;
+use crate::upstream::client::{node_client_with, tls_config};
+use crate::upstream::creds::{AgentIdentity, Credentials};
 
 /// Why the agent could not obtain an identity.
 #[derive(Debug, thiserror::Error)]
