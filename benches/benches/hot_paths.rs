@@ -107,14 +107,28 @@ fn jwt(c: &mut Criterion) {
     let aud = vec!["tools.example.org".to_owned()];
     let auths = vec![signer.authority()];
     let token = signer
-        .sign_svid(&id, &aud, Duration::from_secs(300), now, Default::default())
+        .sign_svid(
+            "https://example.org",
+            &id,
+            &aud,
+            Duration::from_secs(300),
+            now,
+            Default::default(),
+        )
         .unwrap()
         .token;
     let mut g = c.benchmark_group("jwt_svid");
     g.bench_function("sign", |b| {
         b.iter(|| {
             signer
-                .sign_svid(&id, &aud, Duration::from_secs(300), now, Default::default())
+                .sign_svid(
+                    "https://example.org",
+                    &id,
+                    &aud,
+                    Duration::from_secs(300),
+                    now,
+                    Default::default(),
+                )
                 .unwrap()
         })
     });

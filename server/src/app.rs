@@ -64,6 +64,9 @@ pub enum AppError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditLogError),
+    /// OpenID Connect discovery could not be served.
+    #[error(transparent)]
+    Oidc(#[from] crate::api::oidc::OidcError),
 }
 
 /// A running server.
@@ -80,6 +83,8 @@ pub struct Bound {
     pub audit: Audit,
     /// Where Prometheus metrics are served, when they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where OpenID Connect discovery is served, when it is.
+    pub oidc_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -170,6 +175,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         default_x509_svid_ttl: config.default_x509_svid_ttl,
         default_jwt_svid_ttl: config.default_jwt_svid_ttl,
         agent_svid_ttl: config.agent_svid_ttl,
+        jwt_issuer: config.oidc.issuer.as_str().into(),
     };
     let policies = Policies::load(store.clone(), clock.clone()).await?;
     let revocations = Revocations::load(store.clone(), clock.clone()).await?;
@@ -184,7 +190,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         },
         clock.clone(),
         config.sensitivity_levels.clone(),
-        settings,
+        settings.clone(),
     )
     .await?;
     let enforce = Enforcement::new(
@@ -261,6 +267,13 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         ),
         None => None,
     };
+    let oidc_addr = match &config.oidc.serve {
+        Some(serve) => Some(
+            crate::api::oidc::serve(serve, &config.oidc.issuer, ca.clone(), shutdown_rx.clone())
+                .await?,
+        ),
+        None => None,
+    };
     let node_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(lanyard_metrics::CallsLayer::new(node_calls))
@@ -285,6 +298,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         server_id = %server_id,
         datastore = store.kind(),
         %server_addr,
+        jwt_issuer = %config.oidc.issuer,
         admin_socket = %config.admin_socket.display(),
         data_dir = %config.data_dir.display(),
         "lanyard-server started"
@@ -316,6 +330,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         metrics,
         audit,
         metrics_addr,
+        oidc_addr,
         shutdown,
         task,
     })

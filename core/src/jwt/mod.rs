@@ -3,6 +3,7 @@
 
 mod bundle;
 mod jwk;
+pub mod oidc;
 mod signer;
 mod validate;
 

@@ -155,11 +155,13 @@ impl JwtSigner {
         ))
     }
 
-    /// Mints a JWT-SVID for `sub` and `audience`, living `ttl` but never past
-    /// the key's own expiry. `extra` claims are added (they cannot replace
-    /// the standard ones).
+    /// Mints a JWT-SVID for `sub` and `audience`, issued by `issuer` (its
+    /// `iss`, the URL of the OpenID Connect discovery document), living
+    /// `ttl` but never past the key's own expiry. `extra` claims are added
+    /// (they cannot replace the standard ones).
     pub fn sign_svid(
         &self,
+        issuer: &str,
         sub: &SpiffeId,
         audience: &[String],
         ttl: Duration,
@@ -176,6 +178,7 @@ impl JwtSigner {
         let exp = unix_secs(crate::rotation::capped_not_after(now, ttl, self.not_after));
         let jti = random_hex(16)?;
         let mut claims = extra;
+        claims.insert("iss".into(), json!(issuer));
         claims.insert("sub".into(), json!(sub.as_str()));
         claims.insert("aud".into(), json!(audience));
         claims.insert("iat".into(), json!(iat));

@@ -235,6 +235,7 @@ mod tests {
 
     fn mint(s: &JwtSigner) -> String {
         s.sign_svid(
+            "https://td",
             &SpiffeId::new("spiffe://td/w").unwrap(),
             &["aud1".into(), "aud2".into()],
             Duration::from_secs(60),
@@ -385,6 +386,7 @@ mod tests {
         let (_, s, _) = setup();
         let m = s
             .sign_svid(
+                "https://td",
                 &SpiffeId::new("spiffe://td/w").unwrap(),
                 &["a".into()],
                 Duration::from_secs(86_400),
@@ -398,6 +400,7 @@ mod tests {
         assert_eq!(again.spki_der(), s.spki_der());
         assert!(
             s.sign_svid(
+                "https://td",
                 &SpiffeId::new("spiffe://td/w").unwrap(),
                 &[],
                 Duration::from_secs(1),
@@ -449,6 +452,7 @@ mod generated {
         let auths = vec![signer.authority()];
         let good = signer
             .sign_svid(
+                "https://td",
                 &SpiffeId::new("spiffe://td/w").unwrap(),
                 &["a".into()],
                 std::time::Duration::from_secs(30),

@@ -22,6 +22,7 @@ mod interop;
 mod jwt_e2e;
 mod k8s;
 mod multi_server;
+mod oidc;
 mod postgres;
 mod rotation;
 mod tasks;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod node;
+pub mod oidc;
 mod status;
 
 use lanyard_core::TrustDomain;

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use crate::store::{CaKeyState, Store, StoreError};
 use keys::Keys;
 
-/// Lifetimes the server applies.
-#[derive(Debug, Clone, Copy)]
+/// Lifetimes the server applies, and the issuer its JWT-SVIDs name.
+#[derive(Debug, Clone)]
 pub struct IssuanceSettings {
     /// X.509-SVID TTL for entries that do not set one.
     pub default_x509_svid_ttl: Duration,
@@ -31,6 +31,8 @@ pub struct IssuanceSettings {
     pub default_jwt_svid_ttl: Duration,
     /// TTL of agent SVIDs.
     pub agent_svid_ttl: Duration,
+    /// `iss` of every JWT-SVID: the OpenID Connect issuer URL.
+    pub jwt_issuer: std::sync::Arc<str>,
 }
 
 /// Store counter holding the bundle sequence number.

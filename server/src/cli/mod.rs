@@ -130,6 +130,24 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics [default: off].
     #[arg(long, env = "LANYARD_METRICS_BIND")]
     pub metrics_bind: Option<String>,
+    /// `iss` of every JWT-SVID, the OpenID Connect issuer URL
+    /// [default: https://<trust domain>].
+    #[arg(long, env = "LANYARD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Serve OpenID Connect discovery (`/.well-known/openid-configuration`
+    /// and `/keys`) on ADDR [default: off]; HTTPS with --oidc-cert and
+    /// --oidc-key, or plain HTTP with --oidc-plain-http.
+    #[arg(long, env = "LANYARD_OIDC_BIND")]
+    pub oidc_bind: Option<String>,
+    /// PEM certificate chain of the discovery endpoint.
+    #[arg(long, env = "LANYARD_OIDC_CERT")]
+    pub oidc_cert: Option<PathBuf>,
+    /// PEM private key of --oidc-cert.
+    #[arg(long, env = "LANYARD_OIDC_KEY")]
+    pub oidc_key: Option<PathBuf>,
+    /// Serve discovery over plain HTTP (behind a TLS-terminating proxy).
+    #[arg(long, env = "LANYARD_OIDC_PLAIN_HTTP")]
+    pub oidc_plain_http: bool,
     /// CA lifetime [default: 24h].
     #[arg(long, env = "LANYARD_CA_TTL")]
     pub ca_ttl: Option<String>,
@@ -175,6 +193,11 @@ impl RunArgs {
             bind: self.bind.clone(),
             admin_socket: self.admin_socket.clone(),
             metrics_bind: self.metrics_bind.clone(),
+            jwt_issuer: self.jwt_issuer.clone(),
+            oidc_bind: self.oidc_bind.clone(),
+            oidc_cert: self.oidc_cert.clone(),
+            oidc_key: self.oidc_key.clone(),
+            oidc_plain_http: self.oidc_plain_http.then_some(true),
             ca_ttl: self.ca_ttl.clone(),
             default_x509_svid_ttl: self.default_x509_svid_ttl.clone(),
             default_jwt_svid_ttl: self.default_jwt_svid_ttl.clone(),

@@ -76,6 +76,19 @@ pub struct RawConfig {
     pub audit_max_records: Option<u64>,
     /// Size at which a new audit segment file is started (default 64 MiB).
     pub audit_segment_bytes: Option<u64>,
+    /// `iss` of every JWT-SVID: the OpenID Connect issuer URL (default
+    /// `https://<trust domain>`; every server of a trust domain names the
+    /// same one).
+    pub jwt_issuer: Option<String>,
+    /// Serve OpenID Connect discovery and the JWT keys on this address
+    /// (off when unset).
+    pub oidc_bind: Option<String>,
+    /// PEM certificate chain of the discovery endpoint (HTTPS).
+    pub oidc_cert: Option<PathBuf>,
+    /// PEM private key of `oidc_cert`.
+    pub oidc_key: Option<PathBuf>,
+    /// Serve discovery over plain HTTP (behind a TLS-terminating proxy).
+    pub oidc_plain_http: Option<bool>,
     /// `[[k8s_psat]]`: clusters whose agents attest with projected service
     /// account tokens.
     pub k8s_psat: Option<Vec<crate::config::psat::RawPsatCluster>>,
@@ -245,8 +258,19 @@ impl RawConfig {
         let psat_clusters = crate::config::psat::validate(self.k8s_psat.unwrap_or_default())?;
         let metrics_bind =
             lanyard_core::config::optional_addr("metrics_bind", self.metrics_bind.as_deref())?;
+        let oidc = crate::config::oidc::validate(
+            crate::config::oidc::RawOidc {
+                issuer: self.jwt_issuer,
+                bind: self.oidc_bind,
+                cert: self.oidc_cert,
+                key: self.oidc_key,
+                plain_http: self.oidc_plain_http,
+            },
+            &trust_domain,
+        )?;
         Ok(Config {
             metrics_bind,
+            oidc,
             psat_clusters,
             audit,
             quarantine,
@@ -359,6 +383,8 @@ pub struct Config {
     pub psat_clusters: Vec<crate::node_attest::PsatCluster>,
     /// Where Prometheus metrics are served, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// The JWT issuer and the discovery endpoint.
+    pub oidc: crate::config::oidc::OidcSettings,
 }
 
 impl Config {

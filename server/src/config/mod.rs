@@ -1,8 +1,10 @@
 //! The server's configuration: one pipeline from the TOML file,
 //! `LANYARD_*` variables and flags to a validated [`Config`]; the
-//! Kubernetes service-account token clusters in [`psat`].
+//! Kubernetes service-account token clusters in [`psat`]; the JWT issuer
+//! and OpenID Connect discovery in [`oidc`].
 
 mod base;
+pub mod oidc;
 pub mod psat;
 
 pub use base::*;

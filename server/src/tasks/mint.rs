@@ -119,6 +119,7 @@ pub(crate) fn mint(
         let minted = snap
             .jwt_active
             .sign_svid(
+                &settings.jwt_issuer,
                 &grant.spiffe_id,
                 req.audiences,
                 ttl,

@@ -150,6 +150,7 @@ impl NodeApi {
             .snapshot()
             .jwt_active
             .sign_svid(
+                &self.settings.jwt_issuer,
                 &entry.spiffe_id,
                 &req.audience,
                 ttl,

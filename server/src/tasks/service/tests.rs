@@ -63,6 +63,7 @@ async fn fixture() -> Fixture {
             default_x509_svid_ttl: Duration::from_secs(60),
             default_jwt_svid_ttl: Duration::from_secs(60),
             agent_svid_ttl: Duration::from_secs(60),
+            jwt_issuer: "https://td".into(),
         },
     )
     .await
