@@ -130,6 +130,16 @@ impl Issued {
         })
     }
 
+    /// How many live SVIDs the index holds, by task and by SPIFFE ID
+    /// (expired ones leave at the next prune).
+    pub fn indexed(&self) -> (usize, usize) {
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            index.by_task.values().map(Vec::len).sum(),
+            index.by_id.values().map(Vec::len).sum(),
+        )
+    }
+
     /// Notes a signed SVID (cheap: the signing path only indexes and
     /// pushes; the background writer stores it).
     pub fn note(&self, svid: IssuedSvid) {

@@ -30,6 +30,11 @@ struct Flusher {
     lock: std::sync::Mutex<()>,
 }
 
+/// Most bytes of pages sled keeps in memory: with its default (1 GiB) the
+/// server's memory could follow the data, which grows with task churn (a
+/// task record is kept a day after it ends); the hot state is indexed.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// sled-backed [`Store`].
 #[derive(Debug, Clone)]
 pub struct SledStore {
@@ -163,15 +168,16 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Opens sled, waiting up to 2 s for the lock of a process (or an
-    /// earlier handle) that is letting go of the database: a restart that
-    /// races the previous process's exit, or a tool run right after it.
+    /// Opens sled (cache: [`CACHE_BYTES`]), waiting up to 2 s for the lock
+    /// of a process (or an earlier handle) that is letting go of the
+    /// database: a restart racing the previous exit, or a tool right after.
     fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             match sled::Config::new()
                 .path(dir)
                 .mode(sled::Mode::HighThroughput)
+                .cache_capacity(CACHE_BYTES)
                 .open()
             {
                 Ok(db) => return Ok(db),

@@ -19,6 +19,19 @@ type Indexes = (
     HashMap<TaskId, Vec<TaskId>>,
 );
 
+/// How much the task indexes hold in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskFootprint {
+    /// Agents with revoked, unexpired tasks listed.
+    pub agents_with_ended: usize,
+    /// Revoked, unexpired tasks listed for their agents.
+    pub ended: usize,
+    /// Active tasks with delegated descendants.
+    pub ancestors: usize,
+    /// Links from those ancestors to their descendants.
+    pub descendants: usize,
+}
+
 /// Adds one stored task to the indexes (again: each ancestor lists a
 /// descendant once).
 fn index_one(
@@ -164,8 +177,27 @@ impl Tasks {
         tasks.keys().map(ToString::to_string).collect()
     }
 
+    /// What the indexes hold: it returns to zero once every task has
+    /// expired and [`Tasks::prune`] has run, however many tasks came and
+    /// went.
+    pub fn footprint(&self) -> TaskFootprint {
+        let ended = self.inner.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let descendants = self
+            .inner
+            .descendants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        TaskFootprint {
+            agents_with_ended: ended.len(),
+            ended: ended.values().map(BTreeMap::len).sum(),
+            ancestors: descendants.len(),
+            descendants: descendants.values().map(Vec::len).sum(),
+        }
+    }
+
     /// Removes tasks that ended more than `retention` ago and expired
-    /// delegation tokens; returns how many records went.
+    /// delegation tokens, and drops expired tasks from the in-memory
+    /// indexes; returns how many records went.
     pub async fn prune(&self, retention: Duration) -> Result<usize, TaskServiceError> {
         let now = unix_secs(self.inner.clock.now());
         let cutoff = now.saturating_sub(retention.as_secs());
@@ -184,6 +216,16 @@ impl Tasks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|ancestor, _| active.contains(ancestor));
+        // Revoked tasks stay listed for their agent only until they expire
+        // (an agent that never asks again must not keep them forever).
+        self.inner
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, tasks| {
+                tasks.retain(|_, exp| *exp > now);
+                !tasks.is_empty()
+            });
         for d in self.inner.store.list_delegations().await? {
             if d.expires_at <= now
                 && self

@@ -14,6 +14,7 @@ mod service;
 
 pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
+pub use index::TaskFootprint;
 pub(crate) use mint::check_audiences;
 pub use mint::{MintedTask, TaskSvid};
 pub use recheck::{REPORT_GRACE, Recheck};
