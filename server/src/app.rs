@@ -64,6 +64,9 @@ pub enum AppError {
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditLogError),
+    /// The credential key file could not be read or created.
+    #[error(transparent)]
+    CredentialKey(#[from] crate::credentials::SealError),
     /// OpenID Connect discovery could not be served.
     #[error(transparent)]
     Oidc(#[from] crate::api::oidc::OidcError),
@@ -121,6 +124,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| AppError::DataDir(dir.clone(), e))?;
     let store = open_store(&config).await?;
+    let sealing = crate::credentials::SealingKeys::load_or_create(&config.credential_key_file)?;
+    tracing::info!(key_file = %config.credential_key_file.display(), keys = ?sealing.ids(), "credential secrets sealed with the key file");
     let server_id = server_id(dir)?;
     let audit = Audit::open(dir, &server_id, clock.clone(), config.audit)?;
     // The feed position is read before anything is loaded: every change
@@ -242,7 +247,22 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         feed_from,
         shutdown_rx.clone(),
     );
+    let credentials =
+        crate::credentials::Credentials::new(store.clone(), Arc::new(sealing), clock.clone());
+    // After a key rotation (a new first line in the key file), secrets
+    // sealed with an older key are sealed again with the new one.
+    match credentials.reseal().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            providers = n,
+            "credential secrets sealed again with the key file's first key"
+        ),
+        Err(e) => {
+            tracing::warn!(err = %lanyard_core::error::report(&e), "credential secrets could not be sealed again with the key file's first key")
+        }
+    }
     let admin = AdminApi {
+        credentials,
         ca: ca.clone(),
         registry,
         agents,

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod enforce;
 pub mod follow;
 pub mod node_attest;

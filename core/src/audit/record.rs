@@ -115,11 +115,21 @@ pub enum Kind {
     /// A tainted authority was revoked (removed from the bundle).
     #[serde(rename = "authority.revoked")]
     AuthorityRevoked,
+    /// A credential provider was declared (a secret named by its digest,
+    /// never its value).
+    #[serde(rename = "credential.added")]
+    CredentialAdded,
+    /// A secret provider's value was replaced.
+    #[serde(rename = "credential.rotated")]
+    CredentialRotated,
+    /// A credential provider was removed.
+    #[serde(rename = "credential.deleted")]
+    CredentialDeleted,
 }
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 28] = [
+    pub const ALL: [Kind; 31] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -148,6 +158,9 @@ impl Kind {
         Kind::AuthorityActivated,
         Kind::AuthorityTainted,
         Kind::AuthorityRevoked,
+        Kind::CredentialAdded,
+        Kind::CredentialRotated,
+        Kind::CredentialDeleted,
     ];
 
     /// The name records carry (`svid.issued`).
@@ -181,6 +194,9 @@ impl Kind {
             Kind::AuthorityActivated => "authority.activated",
             Kind::AuthorityTainted => "authority.tainted",
             Kind::AuthorityRevoked => "authority.revoked",
+            Kind::CredentialAdded => "credential.added",
+            Kind::CredentialRotated => "credential.rotated",
+            Kind::CredentialDeleted => "credential.deleted",
         }
     }
 }

@@ -14,6 +14,9 @@ use enforce_support::*;
 use lanyard_core::audit::Kind;
 use lanyard_integration_tests::{NODE, agent_config, eventually, verified_audit};
 use lanyard_proto::admin::{
+    AddCredentialRequest, CredentialProviderRequest, RotateCredentialRequest,
+};
+use lanyard_proto::admin::{
     AddQuarantineRequest, AgentRequest, AuthorityRequest, DeleteEntryRequest,
     ListAuthoritiesRequest, QuarantineRequest, RevokeSvidRequest, TaskRequest, UpdateEntryRequest,
 };
@@ -49,6 +52,7 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     let holder2 = a_revocation_a_quarantine_released_and_a_task_revoked(&s, &holder).await;
     let holder3 = reports_a_gap_and_an_entry_wide_quarantine_confirmed(&s).await;
     an_authority_rotated_tainted_and_revoked(&s).await;
+    a_credential_provider_added_rotated_and_deleted(&s).await;
     agents_ship_decisions_then_are_banned_and_evicted(&s, other.path()).await;
 
     let recs = verified_audit(s.server().admin()).await;
@@ -59,6 +63,7 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
         .filter(|k| !kinds.contains(k))
         .collect();
     assert!(missing.is_empty(), "kinds never recorded: {missing:?}");
+    credential_records_name_the_secret_by_digest_only(&recs);
     records_say_who_and_why(&recs, &holder, &holder2, &mine, &allowed, &refused_call);
     drop((holder, holder2, holder3));
     s.agent.shutdown().await;
@@ -311,6 +316,71 @@ async fn an_authority_rotated_tainted_and_revoked(s: &Setup) {
         .revoke_authority(AuthorityRequest { id: old })
         .await
         .unwrap();
+}
+
+/// A secret credential provider declared, its value rotated, then removed.
+async fn a_credential_provider_added_rotated_and_deleted(s: &Setup) {
+    let mut admin = s.server().admin();
+    admin
+        .add_credential(AddCredentialRequest {
+            name: "crm-api-key".into(),
+            kind: "secret".into(),
+            secret: SECRET_V1.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .rotate_credential(RotateCredentialRequest {
+            name: "crm-api-key".into(),
+            secret: SECRET_V2.into(),
+        })
+        .await
+        .unwrap();
+    admin
+        .delete_credential(CredentialProviderRequest {
+            name: "crm-api-key".into(),
+        })
+        .await
+        .unwrap();
+}
+
+const SECRET_V1: &[u8] = b"sk-live-audit-first";
+const SECRET_V2: &[u8] = b"sk-live-audit-second";
+
+/// The credential records say who did what to which provider, name the
+/// value by a digest that changes with it, and never hold the value.
+fn credential_records_name_the_secret_by_digest_only(recs: &[Value]) {
+    let creds: Vec<&Value> = recs
+        .iter()
+        .filter(|r| kind(r).starts_with("credential."))
+        .collect();
+    let kinds: Vec<&str> = creds.iter().map(|r| kind(r)).collect();
+    assert_eq!(
+        kinds,
+        [
+            "credential.added",
+            "credential.rotated",
+            "credential.deleted"
+        ]
+    );
+    for r in &creds {
+        assert_eq!(r["details"]["name"], "crm-api-key", "{r}");
+        assert_eq!(r["details"]["kind"], "secret", "{r}");
+        assert!(r["actor"].as_str().unwrap().starts_with("uid:"), "{r}");
+        let text = r.to_string();
+        assert!(
+            !text.contains("sk-live"),
+            "a secret in the audit log: {text}"
+        );
+        assert!(
+            r["details"]["digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
+    }
+    assert_ne!(creds[0]["details"]["digest"], creds[1]["details"]["digest"]);
 }
 
 /// The agent ships its decisions; then it is evicted, and a second agent

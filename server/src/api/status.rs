@@ -24,3 +24,26 @@ impl From<TaskServiceError> for Status {
         }
     }
 }
+
+impl From<crate::credentials::CredentialError> for Status {
+    fn from(e: crate::credentials::CredentialError) -> Self {
+        use crate::credentials::{CredentialError, SealError};
+        match &e {
+            CredentialError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            CredentialError::NotFound(_) => Status::not_found(e.to_string()),
+            CredentialError::Exists(_) => Status::already_exists(e.to_string()),
+            CredentialError::WrongKind { .. } => Status::failed_precondition(e.to_string()),
+            CredentialError::Contended(_) => Status::aborted(e.to_string()),
+            // Another server's key file, or an altered row: say which, the
+            // operator must act on it.
+            CredentialError::Seal(SealError::UnknownKey(_) | SealError::Tampered) => {
+                tracing::error!(err = %e, "a sealed secret does not open");
+                Status::failed_precondition(e.to_string())
+            }
+            CredentialError::Seal(_) | CredentialError::Store(_) => {
+                tracing::error!(err = %lanyard_core::error::report(&e), "credential provider internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -64,6 +64,10 @@ pub enum Command {
     /// The tamper-evident audit log: tail, export, key, verify.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Credential providers: what tasks may be handed besides their SVIDs
+    /// (exchanged OAuth tokens, held secrets, transaction tokens).
+    #[command(subcommand)]
+    Credential(credentials::CredentialCmd),
     /// Exit 0 when the server answers on its admin socket with an active
     /// CA (for liveness and readiness probes).
     Healthcheck {
@@ -393,6 +397,7 @@ pub enum BundleCmd {
 
 mod audit;
 mod common;
+mod credentials;
 pub mod datastore;
 mod enforce;
 mod entry;
@@ -457,6 +462,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
         Command::Svid(cmd) => enforce::run_svid(cmd).await,
         Command::Quarantine(cmd) => enforce::run_quarantine(cmd).await,
         Command::Audit(cmd) => audit::run_audit(cmd).await,
+        Command::Credential(cmd) => credentials::run_credential(cmd).await,
         Command::Bundle(BundleCmd::Show {
             format: BundleFormat::Crl,
             admin,

@@ -76,6 +76,10 @@ pub struct RawConfig {
     pub audit_max_records: Option<u64>,
     /// Size at which a new audit segment file is started (default 64 MiB).
     pub audit_segment_bytes: Option<u64>,
+    /// The key file that seals credential providers' secrets (default
+    /// `<data_dir>/credential.key`, created when missing; every server of
+    /// one PostgreSQL database needs the same file).
+    pub credential_key_file: Option<PathBuf>,
     /// `iss` of every JWT-SVID: the OpenID Connect issuer URL (default
     /// `https://<trust domain>`; every server of a trust domain names the
     /// same one).
@@ -268,7 +272,13 @@ impl RawConfig {
             },
             &trust_domain,
         )?;
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(".lanyard/server"));
         Ok(Config {
+            credential_key_file: self
+                .credential_key_file
+                .unwrap_or_else(|| data_dir.join("credential.key")),
             metrics_bind,
             oidc,
             psat_clusters,
@@ -278,9 +288,7 @@ impl RawConfig {
             datastore,
             sensitivity_levels,
             trust_domain,
-            data_dir: self
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(".lanyard/server")),
+            data_dir,
             bind,
             admin_socket: self
                 .admin_socket
@@ -385,6 +393,8 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     /// The JWT issuer and the discovery endpoint.
     pub oidc: crate::config::oidc::OidcSettings,
+    /// The key file sealing credential providers' secrets.
+    pub credential_key_file: PathBuf,
 }
 
 impl Config {

@@ -131,15 +131,18 @@ pub enum DocKind {
     /// A batch of X.509-SVIDs a server signed, kept until they expire
     /// (key: server ID and batch number).
     Issued,
+    /// A credential provider (key: its name; a secret's value sealed).
+    Credential,
 }
 
 impl DocKind {
     /// Every kind.
-    pub const ALL: [DocKind; 4] = [
+    pub const ALL: [DocKind; 5] = [
         DocKind::Revocation,
         DocKind::Quarantine,
         DocKind::Crl,
         DocKind::Issued,
+        DocKind::Credential,
     ];
 
     /// Its name in a database.
@@ -149,16 +152,19 @@ impl DocKind {
             Self::Quarantine => "quarantine",
             Self::Crl => "crl",
             Self::Issued => "issued",
+            Self::Credential => "credential",
         }
     }
 
-    /// The change-feed kind of its changes.
-    pub fn change(self) -> ChangeKind {
+    /// The change-feed kind of its changes; `None` for documents read
+    /// from the store whenever they are used (credential providers).
+    pub fn change(self) -> Option<ChangeKind> {
         match self {
-            Self::Revocation => ChangeKind::Revocation,
-            Self::Quarantine => ChangeKind::Quarantine,
-            Self::Crl => ChangeKind::Crl,
-            Self::Issued => ChangeKind::Issued,
+            Self::Revocation => Some(ChangeKind::Revocation),
+            Self::Quarantine => Some(ChangeKind::Quarantine),
+            Self::Crl => Some(ChangeKind::Crl),
+            Self::Issued => Some(ChangeKind::Issued),
+            Self::Credential => None,
         }
     }
 }

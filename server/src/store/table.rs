@@ -33,7 +33,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, for backups and migrations.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Entries,
         Table::Agents,
         Table::JoinTokens,
@@ -46,6 +46,7 @@ impl Table {
         Table::Docs(DocKind::Quarantine),
         Table::Docs(DocKind::Crl),
         Table::Docs(DocKind::Issued),
+        Table::Docs(DocKind::Credential),
     ];
 
     /// Its name on disk (sled tree; PostgreSQL table without the
@@ -79,6 +80,7 @@ impl Table {
             Self::Docs(DocKind::Quarantine) => "quarantine",
             Self::Docs(DocKind::Crl) => "CRL",
             Self::Docs(DocKind::Issued) => "issued batch",
+            Self::Docs(DocKind::Credential) => "credential provider",
         }
     }
 
@@ -91,7 +93,7 @@ impl Table {
             Self::CaKeys | Self::JwtKeys => Some(ChangeKind::Authority),
             Self::Tasks => Some(ChangeKind::Task),
             Self::Policies => Some(ChangeKind::Policy),
-            Self::Docs(kind) => Some(kind.change()),
+            Self::Docs(kind) => kind.change(),
             Self::JoinTokens | Self::Delegations => None,
         }
     }

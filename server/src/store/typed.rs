@@ -260,6 +260,20 @@ impl dyn Store {
         self.get(Table::Docs(kind), key).await
     }
 
+    /// Compare-and-swap on one document: `new` (`None` removes it) is
+    /// written only if `matches` holds for the current one.
+    pub async fn swap_doc(
+        &self,
+        kind: DocKind,
+        key: &str,
+        matches: &(dyn for<'v> Fn(Option<&'v Value>) -> bool + Send + Sync),
+        new: Option<&Value>,
+    ) -> Result<Swap<Value>, StoreError> {
+        let row = new.map(|v| Row::new(key, v.clone()));
+        self.swap(Table::Docs(kind), key, matches, row.as_ref())
+            .await
+    }
+
     /// Every document of `kind`, ordered by key.
     pub async fn list_docs(&self, kind: DocKind) -> Result<Vec<(String, Value)>, StoreError> {
         self.list(Table::Docs(kind)).await

@@ -9,8 +9,23 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lanyard-server");
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
+}
+
+impl Server {
+    /// Stops the server as a service manager does (SIGTERM) and waits for
+    /// it: what it wrote is on disk when this returns.
+    pub(crate) fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -20,7 +35,7 @@ impl Drop for Server {
     }
 }
 
-fn start(dir: &Path) -> Server {
+pub(crate) fn start(dir: &Path) -> Server {
     let child = Command::new(BIN)
         .args([
             "run",
@@ -45,7 +60,7 @@ fn start(dir: &Path) -> Server {
     Server { child }
 }
 
-fn admin(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn admin(dir: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .arg("--admin-socket")
@@ -54,7 +69,7 @@ fn admin(dir: &Path, args: &[&str]) -> Output {
         .expect("run admin command")
 }
 
-fn ok(o: &Output) -> String {
+pub(crate) fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
         "command failed: {}",
@@ -63,7 +78,7 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn fails(o: &Output) -> String {
+pub(crate) fn fails(o: &Output) -> String {
     assert!(!o.status.success(), "command should fail");
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(

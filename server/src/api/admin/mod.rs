@@ -41,6 +41,7 @@ use crate::store::{AgentRecord, StoreError};
 mod agents;
 mod audit;
 mod authorities;
+mod credentials;
 mod enforce;
 mod entries;
 mod policy;
@@ -115,6 +116,7 @@ pub struct AdminApi {
     pub(crate) tasks: crate::tasks::Tasks,
     pub(crate) policies: crate::policy::Policies,
     pub(crate) enforce: crate::enforce::Enforcement,
+    pub(crate) credentials: crate::credentials::Credentials,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
     /// Where admin changes are recorded.
@@ -516,6 +518,41 @@ impl Admin for AdminApi {
         _req: Request<GetAuditKeyRequest>,
     ) -> Result<Response<AuditKeyResponse>, Status> {
         self.get_audit_key_rpc(_req).await
+    }
+
+    async fn add_credential(
+        &self,
+        req: Request<lanyard_proto::admin::AddCredentialRequest>,
+    ) -> Result<Response<lanyard_proto::admin::CredentialProvider>, Status> {
+        self.add_credential_rpc(req).await
+    }
+
+    async fn list_credentials(
+        &self,
+        _req: Request<lanyard_proto::admin::ListCredentialsRequest>,
+    ) -> Result<Response<lanyard_proto::admin::ListCredentialsResponse>, Status> {
+        self.list_credentials_rpc().await
+    }
+
+    async fn get_credential_provider(
+        &self,
+        req: Request<lanyard_proto::admin::CredentialProviderRequest>,
+    ) -> Result<Response<lanyard_proto::admin::CredentialProvider>, Status> {
+        self.get_credential_provider_rpc(req).await
+    }
+
+    async fn rotate_credential(
+        &self,
+        req: Request<lanyard_proto::admin::RotateCredentialRequest>,
+    ) -> Result<Response<lanyard_proto::admin::CredentialProvider>, Status> {
+        self.rotate_credential_rpc(req).await
+    }
+
+    async fn delete_credential(
+        &self,
+        req: Request<lanyard_proto::admin::CredentialProviderRequest>,
+    ) -> Result<Response<lanyard_proto::admin::CredentialProvider>, Status> {
+        self.delete_credential_rpc(req).await
     }
 }
 

@@ -184,6 +184,32 @@ pub(super) async fn documents_are_shared_and_announced(s: Arc<dyn Store>, t: Arc
     assert!(s.delete_doc(DocKind::Revocation, "serial:a").await.unwrap());
     assert!(!t.delete_doc(DocKind::Revocation, "serial:a").await.unwrap());
     assert_eq!(t.list_docs(DocKind::Revocation).await.unwrap().len(), 1);
+    // Credential providers: compare-and-swap through either handle, and
+    // no announcement (they are read from the store whenever used).
+    let p1 = serde_json::json!({"name": "p", "version": 1});
+    let p2 = serde_json::json!({"name": "p", "version": 2});
+    let absent = |c: Option<&serde_json::Value>| c.is_none();
+    assert_eq!(
+        s.swap_doc(DocKind::Credential, "p", &absent, Some(&p1))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        t.swap_doc(DocKind::Credential, "p", &absent, Some(&p2))
+            .await
+            .unwrap(),
+        Err(Some(p1.clone()))
+    );
+    let was_p1 = |c: Option<&serde_json::Value>| c == Some(&p1);
+    assert_eq!(
+        t.swap_doc(DocKind::Credential, "p", &was_p1, Some(&p2))
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(s.get_doc(DocKind::Credential, "p").await.unwrap(), Some(p2));
+    assert!(s.delete_doc(DocKind::Credential, "p").await.unwrap());
     let Feed::Changes(changes) = t.changes_since(start, 100).await.unwrap() else {
         panic!("gap")
     };

@@ -11,6 +11,7 @@ const T0: u64 = 1_800_000_000;
 
 struct Fixture {
     tasks: Tasks,
+    revocations: crate::enforce::Revocations,
     clock: Arc<FakeClock>,
     agent: SpiffeId,
     planner: RegistrationEntry,
@@ -55,7 +56,7 @@ async fn fixture() -> Fixture {
             registry,
             ca,
             policies,
-            revocations,
+            revocations: revocations.clone(),
         },
         clock.clone(),
         SensitivityLevels::default(),
@@ -70,6 +71,7 @@ async fn fixture() -> Fixture {
     .unwrap();
     Fixture {
         tasks,
+        revocations,
         clock,
         agent: planner.parent_id.clone(),
         planner,
@@ -222,4 +224,74 @@ async fn a_child_whose_parent_ended_elsewhere_is_revoked_when_it_arrives() {
     let after = store.get_task(&child.grant.task_id).await.unwrap().unwrap();
     assert_eq!(after.state, TaskState::Revoked);
     assert!(after.end_reason.contains(&pid), "{}", after.end_reason);
+}
+
+/// What the server keeps per task returns to its floor once the tasks have
+/// expired and the pruners have run, however many tasks came and went:
+/// ended by their agent, revoked by an operator (listed for their agent
+/// until they expire), and delegated (listed under their ancestor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_ended_tasks_leave_no_state_behind() {
+    const TASKS: usize = 10_000;
+    let f = fixture().await;
+    let before = f.tasks.footprint();
+    assert_eq!(before, crate::tasks::TaskFootprint::default());
+    for i in 0..TASKS / 2 {
+        let (parent, _) = f
+            .tasks
+            .begin(&f.agent, input(&f.planner, None))
+            .await
+            .unwrap();
+        let pid = parent.grant.task_id.to_string();
+        let (token, _) = f
+            .tasks
+            .delegate(
+                &f.agent,
+                &pid,
+                f.worker.spiffe_id.as_str(),
+                vec!["a".into()],
+                Duration::from_secs(300),
+                &Caller::default(),
+            )
+            .await
+            .unwrap();
+        let (child, _) = f
+            .tasks
+            .begin(&f.agent, input(&f.worker, Some((&pid, &token))))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            // Ended by its agent: the child goes with it.
+            f.tasks
+                .end(Some(&f.agent), &pid, TaskState::Ended, "done")
+                .await
+                .unwrap();
+        } else {
+            // Revoked by an operator, child first; the parent is left to
+            // expire on its own.
+            f.tasks
+                .end(
+                    None,
+                    &child.grant.task_id.to_string(),
+                    TaskState::Revoked,
+                    "r",
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let busy = f.tasks.footprint();
+    assert!(busy.ended > 0 && busy.ancestors > 0, "{busy:?}");
+    assert!(!f.revocations.items().is_empty());
+    assert!(f.revocations.issued().indexed().0 > 0);
+
+    // Every task and SVID has expired, and the retention has passed.
+    f.clock.advance(Duration::from_secs(300 + 86_400 + 1));
+    f.tasks.prune(Duration::from_secs(86_400)).await.unwrap();
+    f.revocations.prune().await.unwrap();
+    f.revocations.issued().prune().await.unwrap();
+    assert_eq!(f.tasks.footprint(), before);
+    assert!(f.revocations.items().is_empty());
+    assert_eq!(f.revocations.issued().indexed(), (0, 0));
+    assert!(f.tasks.list(None, None, true).await.unwrap().is_empty());
 }
