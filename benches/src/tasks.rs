@@ -43,6 +43,7 @@ pub async fn prepare(d: &Deployment, policies: usize) -> anyhow::Result<()> {
                     allowed_tools: vec!["*".into()],
                     max_task_ttl_seconds: 600,
                     max_sensitivity: String::new(),
+                    allowed_credentials: vec![],
                 }),
                 ..Default::default()
             }),

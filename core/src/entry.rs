@@ -136,6 +136,10 @@ pub struct TaskLimits {
     /// Highest data sensitivity level a task may be granted; `None`: any.
     #[serde(default)]
     pub max_sensitivity: Option<String>,
+    /// Credential providers a task may be handed credentials from; empty
+    /// permits none, `*` any.
+    #[serde(default)]
+    pub allowed_credentials: Vec<String>,
 }
 
 /// Most task types or tools one entry may list.
@@ -154,10 +158,14 @@ impl TaskLimits {
                 crate::task::check_task_type as fn(&str) -> Result<(), crate::task::TaskError>,
             ),
             (&mut self.allowed_tools, crate::task::check_tool),
+            (
+                &mut self.allowed_credentials,
+                crate::task::check_credential_name,
+            ),
         ] {
             if list.len() > MAX_TASK_LIMIT_ITEMS {
                 return Err(EntryError::BadTaskLimits(format!(
-                    "at most {MAX_TASK_LIMIT_ITEMS} task types or tools"
+                    "at most {MAX_TASK_LIMIT_ITEMS} task types, tools or credential providers"
                 )));
             }
             list.iter()
@@ -424,6 +432,18 @@ pub(crate) mod tests {
         let mut e = sample("td");
         e.dns_names = vec!["-bad.example".into()];
         assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+        for bad in ["GitHub", "a b", "-x", "a/b"] {
+            let mut e = sample("td");
+            e.task_limits.allowed_credentials = vec![bad.into()];
+            assert!(
+                matches!(e.validate(&td), Err(EntryError::BadTaskLimits(m)) if m.contains("credential provider")),
+                "{bad}"
+            );
+        }
+        let mut e = sample("td");
+        e.task_limits.allowed_credentials = vec!["github".into(), "*".into(), "github".into()];
+        let ok = e.validate(&td).unwrap();
+        assert_eq!(ok.task_limits.allowed_credentials, ["*", "github"]);
     }
 
     #[test]

@@ -75,6 +75,20 @@ pub fn check_ceilings(
     }
 }
 
+/// Whether an entry's tasks may be handed credentials from the provider
+/// `name` (fail closed: an entry that names no provider permits none).
+pub fn credential_allowed(limits: &TaskLimits, name: &str) -> Result<(), String> {
+    if allows(&limits.allowed_credentials, name) {
+        Ok(())
+    } else if limits.allowed_credentials.is_empty() {
+        Err("the entry allows no credential providers (--allow-credential)".to_owned())
+    } else {
+        Err(format!(
+            "credential provider {name:?} is not allowed by the entry"
+        ))
+    }
+}
+
 fn sensitivity_denial(
     limits: &TaskLimits,
     levels: &SensitivityLevels,
@@ -120,10 +134,14 @@ mod tests {
             allowed_tools: vec!["*".into()],
             max_task_ttl: None,
             max_sensitivity: None,
+            allowed_credentials: vec!["*".into()],
         };
         let d = check_ceilings(&any, &levels, &req(60, &["x", "y"], "restricted"));
         assert_eq!(d.task_denied, None);
         assert!(d.denied_tools.is_empty());
+        assert!(credential_allowed(&any, "github").is_ok());
+        let e = credential_allowed(&none, "github").unwrap_err();
+        assert!(e.contains("--allow-credential"), "{e}");
     }
 
     #[test]
@@ -134,7 +152,14 @@ mod tests {
             allowed_tools: vec!["crm.read".into()],
             max_task_ttl: Some(Duration::from_secs(300)),
             max_sensitivity: Some("confidential".into()),
+            allowed_credentials: vec!["github".into()],
         };
+        assert!(credential_allowed(&l, "github").is_ok());
+        let e = credential_allowed(&l, "crm-api-key").unwrap_err();
+        assert!(
+            e.contains("crm-api-key") && e.contains("not allowed"),
+            "{e}"
+        );
         assert_eq!(
             check_ceilings(&l, &levels, &req(300, &["crm.read"], "confidential")).task_denied,
             None

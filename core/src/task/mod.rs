@@ -12,12 +12,12 @@ mod record;
 mod sensitivity;
 
 pub use canonical::{CanonicalError, canonical_json};
-pub use ceilings::{CeilingDecision, check_ceilings};
+pub use ceilings::{CeilingDecision, check_ceilings, credential_allowed};
 pub use claims::{TASK_CLAIMS_OID, TaskClaims, task_claims_oid_der};
 pub use grant::{Actor, TaskGrant, TaskRequest};
 pub use names::{
-    MAX_DESTINATIONS, MAX_INTENT_LEN, MAX_TOOLS, TaskError, TaskId, check_destination,
-    check_on_behalf_of, check_task_type, check_tool,
+    MAX_DESTINATIONS, MAX_INTENT_LEN, MAX_TOOLS, TaskError, TaskId, check_credential_name,
+    check_destination, check_on_behalf_of, check_task_type, check_tool,
 };
 pub use record::{TaskRecord, TaskState};
 pub use sensitivity::SensitivityLevels;

@@ -31,6 +31,11 @@ pub enum TaskError {
         "invalid tool name {0:?}: 1-128 characters of letters, digits, '.', '_', '-', ':' or '/', starting with a letter or digit"
     )]
     BadTool(String),
+    /// A credential provider name outside the accepted syntax.
+    #[error(
+        "invalid credential provider name {0:?}: 1-63 characters of lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    BadCredentialName(String),
     /// More tools than [`MAX_TOOLS`].
     #[error("a task can request at most {MAX_TOOLS} tools")]
     TooManyTools,
@@ -137,6 +142,15 @@ pub fn check_tool(s: &str) -> Result<(), TaskError> {
         Ok(())
     } else {
         Err(TaskError::BadTool(truncate(s)))
+    }
+}
+
+/// Checks a credential provider name such as `github` or `crm-api-key`.
+pub fn check_credential_name(s: &str) -> Result<(), TaskError> {
+    if s.len() <= 63 && is_name(s, b"") && !s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(TaskError::BadCredentialName(truncate(s)))
     }
 }
 

@@ -105,6 +105,7 @@ async fn main() {
                     allowed_tools: vec!["crm.read".into(), "email.send".into()],
                     max_task_ttl_seconds: 600,
                     max_sensitivity: "confidential".into(),
+                    allowed_credentials: vec![],
                 }),
                 ..Default::default()
             }),

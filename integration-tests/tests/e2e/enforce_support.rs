@@ -113,6 +113,7 @@ pub async fn entry_via(
                     allowed_tools: vec!["crm.read".into(), "email.send".into()],
                     max_task_ttl_seconds: 600,
                     max_sensitivity: String::new(),
+                    allowed_credentials: vec![],
                 }),
                 ..Default::default()
             }),

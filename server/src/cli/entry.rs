@@ -43,6 +43,9 @@ impl EntryFields {
         if !self.allow_task_types.is_empty() {
             limits.allowed_task_types = self.allow_task_types.clone();
         }
+        if !self.allow_credentials.is_empty() {
+            limits.allowed_credentials = self.allow_credentials.clone();
+        }
         if let Some(t) = ttl_secs("max-task-ttl", &self.max_task_ttl)? {
             limits.max_task_ttl_seconds = t;
         }
@@ -68,6 +71,7 @@ pub(super) fn entry_json(e: &types::Entry) -> serde_json::Value {
         "enforcement_point": e.enforcement_point,
         "allowed_tools": limits.allowed_tools,
         "allowed_task_types": limits.allowed_task_types,
+        "allowed_credentials": limits.allowed_credentials,
         "max_task_ttl_seconds": limits.max_task_ttl_seconds,
         "max_sensitivity": limits.max_sensitivity,
         "revision": e.revision,
@@ -114,6 +118,9 @@ pub(super) fn entry_text(e: &types::Entry) -> String {
         }
         for t in &l.allowed_tools {
             s.push_str(&format!("Allowed tool  : {t}\n"));
+        }
+        for c in &l.allowed_credentials {
+            s.push_str(&format!("Credential    : {c}\n"));
         }
         if l.max_task_ttl_seconds > 0 {
             s.push_str(&format!(

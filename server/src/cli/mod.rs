@@ -291,6 +291,10 @@ pub struct EntryFields {
     /// Task type the workload may begin (repeatable).
     #[arg(long = "allow-task-type")]
     pub allow_task_types: Vec<String>,
+    /// Credential provider a task may be handed credentials from
+    /// (repeatable; `*` for any; none by default).
+    #[arg(long = "allow-credential")]
+    pub allow_credentials: Vec<String>,
     /// Longest task window, e.g. 10m (`create` without it: 1h; `update`
     /// without it keeps the stored one).
     #[arg(long)]

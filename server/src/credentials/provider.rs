@@ -101,21 +101,9 @@ pub struct CredentialProvider {
     pub updated_at: u64,
 }
 
-/// Checks a provider name.
+/// Checks a provider name (the rule entries' `--allow-credential` follows).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok_first = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_rest = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
-    if !ok_first || !ok_rest || name.len() > 63 {
-        return Err(format!(
-            "credential provider name {name:?} must be 1 to 63 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
-        ));
-    }
-    Ok(())
+    lanyard_core::task::check_credential_name(name).map_err(|e| e.to_string())
 }
 
 /// Checks an endpoint URL: `https://`, or `http://` on a loopback host

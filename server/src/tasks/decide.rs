@@ -228,6 +228,7 @@ mod tests {
             allowed_tools: vec!["crm.read".into(), "email.send".into(), "shell.exec".into()],
             max_task_ttl: None,
             max_sensitivity: None,
+            allowed_credentials: vec![],
         });
         let book = PolicyBook::compile(
             r#"

@@ -87,6 +87,7 @@ async fn task_entry(server: &TestServer, spiffe_id: &str, require_task: bool) ->
                     ],
                     max_task_ttl_seconds: 600,
                     max_sensitivity: "confidential".into(),
+                    allowed_credentials: vec![],
                 }),
                 ..Default::default()
             }),

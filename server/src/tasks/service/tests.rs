@@ -40,6 +40,7 @@ async fn fixture() -> Fixture {
             allowed_tools: vec!["*".into()],
             max_task_ttl: None,
             max_sensitivity: None,
+            allowed_credentials: vec![],
         };
         e.created_at = u64::from(id.as_bytes()[0]);
         registry.create(e).await.unwrap()
