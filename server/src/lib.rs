@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod follow;
 pub mod node_attest;
 pub mod policy;
+pub mod private_file;
 pub mod registry;
 pub mod store;
 pub mod tasks;

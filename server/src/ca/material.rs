@@ -227,28 +227,13 @@ fn read_key(path: &Path, id: &str) -> Result<Vec<u8>, CaError> {
     })
 }
 
-/// Writes a private key file once (0600, synced, renamed into place).
+/// Writes a private key file once (0600, written whole).
 fn write_key(path: &Path, pkcs8: &[u8]) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() {
-        return Ok(());
+    match crate::private_file::write_new(path, pkcs8) {
+        Ok(()) => Ok(()),
+        Err((_, e)) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err((at, e)) => Err(io(&at, e)),
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
-    f.write_all(pkcs8)
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| std::fs::File::open(dir)?.sync_all())
-        .map_err(|e| io(path, e))
 }
 
 /// Removes an own key's file (after the key left the bundle).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lanyard_core::clock::{Clock, unix_secs};
 use serde_json::Value;
 
-use super::provider::{ClientAuth, CredentialProvider, ProviderKind, check_name};
+use super::provider::{CredentialProvider, ProviderKind, check_name};
 use super::seal::{SealError, SealingKeys, Secret};
 use crate::store::{DocKind, Store, StoreError};
 
@@ -48,34 +48,18 @@ pub enum CredentialError {
     Contended(String),
 }
 
-/// A provider as the operator declares it (a secret's value in the clear,
-/// sealed before it is stored).
+/// A provider as the operator declares it.
 #[derive(Debug)]
 pub enum ProviderSpec {
-    /// See [`ProviderKind::OauthExchange`].
-    OauthExchange {
-        /// The token endpoint.
-        token_url: String,
-        /// The JWT-SVID's audience.
-        audience: String,
-        /// How the server authenticates.
-        client_auth: ClientAuth,
-        /// The most a task may ask for.
-        scopes: Vec<String>,
-        /// RFC 7009 revocation endpoint.
-        revocation_url: Option<String>,
-    },
-    /// See [`ProviderKind::Secret`].
+    /// An oauth-exchange or txn-token provider: its settings, as stored.
+    Settings(ProviderKind),
+    /// A secret provider: its value (wiped when dropped, sealed before it
+    /// is stored), and whether workloads may be handed it.
     Secret {
-        /// The value (wiped when dropped).
+        /// The value.
         value: Secret,
         /// Whether workloads may be handed it.
         reveal: bool,
-    },
-    /// See [`ProviderKind::TxnToken`].
-    TxnToken {
-        /// Its `aud`.
-        audience: String,
     },
 }
 
@@ -107,20 +91,11 @@ impl Credentials {
     }
 
     fn kind(&self, name: &str, spec: ProviderSpec) -> Result<ProviderKind, CredentialError> {
-        Ok(match spec {
-            ProviderSpec::OauthExchange {
-                token_url,
-                audience,
-                client_auth,
-                scopes,
-                revocation_url,
-            } => ProviderKind::OauthExchange {
-                token_url,
-                audience,
-                client_auth,
-                scopes,
-                revocation_url,
-            },
+        match spec {
+            ProviderSpec::Settings(ProviderKind::Secret { .. }) => Err(CredentialError::Invalid(
+                "a secret provider is declared with its value".into(),
+            )),
+            ProviderSpec::Settings(kind) => Ok(kind),
             ProviderSpec::Secret { value, reveal } => {
                 let bytes = value.expose();
                 if bytes.is_empty() || bytes.len() > MAX_SECRET_BYTES {
@@ -128,14 +103,13 @@ impl Credentials {
                         "a secret must be 1 to {MAX_SECRET_BYTES} bytes"
                     )));
                 }
-                ProviderKind::Secret {
+                Ok(ProviderKind::Secret {
                     sealed: self.keys.seal(bytes, name)?,
                     digest: self.keys.digest(bytes),
                     reveal,
-                }
+                })
             }
-            ProviderSpec::TxnToken { audience } => ProviderKind::TxnToken { audience },
-        })
+        }
     }
 
     /// Declares a provider; a name already taken is refused.
@@ -290,6 +264,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::ClientAuth;
     use crate::store::MemoryStore;
     use lanyard_core::clock::FakeClock;
 
@@ -315,13 +290,13 @@ mod tests {
         assert_eq!(p.version, 1);
         c.add(
             "github",
-            ProviderSpec::OauthExchange {
+            ProviderSpec::Settings(ProviderKind::OauthExchange {
                 token_url: "https://auth.example.com/oauth/token".into(),
                 audience: "https://auth.example.com".into(),
                 client_auth: ClientAuth::JwtSpiffe,
                 scopes: vec!["repo:read".into()],
                 revocation_url: None,
-            },
+            }),
         )
         .await
         .unwrap();

@@ -240,32 +240,10 @@ impl Drop for Secret {
     }
 }
 
-/// Writes a new private file (0600, synced, renamed into place); refuses
-/// to replace one.
+/// Writes a new private file (0600, written whole); refuses to replace one.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), SealError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |p: &Path| {
-        let p = p.to_owned();
-        move |source| SealError::Io { path: p, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::hard_link(&tmp, path)
-        .and_then(|()| std::fs::remove_file(&tmp))
-        .and_then(|()| std::fs::File::open(dir)?.sync_all())
-        .map_err(io(path))
+    crate::private_file::write_new(path, bytes)
+        .map_err(|(path, source)| SealError::Io { path, source })
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ fn spec(r: AddCredentialRequest) -> Result<ProviderSpec, CredentialError> {
     match r.kind.as_str() {
         "oauth-exchange" => {
             unused("a secret value", !r.secret.is_empty() || r.reveal)?;
-            Ok(ProviderSpec::OauthExchange {
+            Ok(ProviderSpec::Settings(ProviderKind::OauthExchange {
                 token_url: r.token_url.clone(),
                 audience: r.audience.clone(),
                 client_auth: ClientAuth::parse(if r.client_auth.is_empty() {
@@ -89,7 +89,7 @@ fn spec(r: AddCredentialRequest) -> Result<ProviderSpec, CredentialError> {
                 .map_err(CredentialError::Invalid)?,
                 scopes: r.scopes.clone(),
                 revocation_url: (!r.revocation_url.is_empty()).then(|| r.revocation_url.clone()),
-            })
+            }))
         }
         "secret" => {
             unused(
@@ -115,9 +115,9 @@ fn spec(r: AddCredentialRequest) -> Result<ProviderSpec, CredentialError> {
                     || !r.scopes.is_empty()
                     || !r.revocation_url.is_empty(),
             )?;
-            Ok(ProviderSpec::TxnToken {
+            Ok(ProviderSpec::Settings(ProviderKind::TxnToken {
                 audience: r.audience,
-            })
+            }))
         }
         other => Err(CredentialError::Invalid(format!(
             "credential provider kind {other:?} is not one of oauth-exchange, secret, txn-token"

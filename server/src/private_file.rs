@@ -1,0 +1,58 @@
+//! Files only the server may read (private keys, the credential key file),
+//! written whole or not at all.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to a new file at `path`, mode 0600: into a temporary
+/// file beside it, synced, then renamed into place and the directory
+/// synced, so a crash leaves either no file or the whole one. An existing
+/// file is not replaced (`AlreadyExists`; one server owns its data dir).
+/// On failure, the path at fault.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+    let at = |p: &Path| {
+        let p = p.to_owned();
+        move |e| (p, e)
+    };
+    if path.exists() {
+        return Err((path.to_owned(), std::io::ErrorKind::AlreadyExists.into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(at(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(at(&tmp))?;
+    std::fs::rename(&tmp, path)
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(at(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_is_private_and_an_existing_one_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key");
+        write_new(&path, b"first").unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        let (at, e) = write_new(&path, b"second").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(at, path);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert!(!path.with_extension("tmp").exists());
+    }
+}
