@@ -5,8 +5,8 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to a new file at `path`, mode 0600: into a temporary
-/// file beside it, synced, then renamed into place and the directory
+/// Writes `bytes` to a new file at `path`, mode 0600: into a new, randomly
+/// named temporary file beside it, synced, then renamed into place and the directory
 /// synced, so a crash leaves either no file or the whole one. An existing
 /// file is not replaced (`AlreadyExists`; one server owns its data dir).
 /// On failure, the path at fault.
@@ -20,17 +20,22 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Err
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(at(dir))?;
-    let tmp = path.with_extension("tmp");
+    // A new, randomly named file: O_CREAT | O_EXCL neither reuses a file
+    // nor follows a link planted at that name.
+    let mut r = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut r)
+        .map_err(|_| (path.to_owned(), std::io::Error::other("no randomness")))?;
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(r)));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(at(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(at(&tmp))?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err((tmp, e));
+    }
     std::fs::rename(&tmp, path)
         .and_then(|()| std::fs::File::open(dir)?.sync_all())
         .map_err(at(path))
@@ -53,6 +58,7 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(at, path);
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
-        assert!(!path.with_extension("tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left");
     }
 }
