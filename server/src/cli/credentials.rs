@@ -182,7 +182,7 @@ pub(super) async fn run_credential(cmd: CredentialCmd) -> Result<(), CliError> {
                 }
                 (None, _) => Vec::new(),
             };
-            if reveal {
+            if reveal && kind == "secret" {
                 eprintln!(
                     "warning: --reveal hands the value to workloads: they then hold a long-lived secret"
                 );
