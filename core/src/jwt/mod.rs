@@ -14,7 +14,7 @@ pub use jwk::{Jwk, JwtAuthority, jwks_for_workloads, spiffe_bundle_json};
 pub use signer::{JwtSigner, MintedJwt};
 pub use validate::{
     MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_TOKEN_LEN, ValidatedJwt, audiences_ok, validate_jwt_svid,
-    verify_jws,
+    verify_jws, verify_jws_typed,
 };
 
 /// Why a JWT-SVID could not be minted or validated. Every message names the

@@ -120,6 +120,39 @@ pub fn verify_jws(
     token: &str,
     authorities: &[JwtAuthority],
 ) -> Result<Map<String, Value>, JwtError> {
+    verify_jws_as(token, authorities, &|typ| {
+        typ.is_none_or(|t| t == "JWT" || t == "JOSE")
+    })
+    .map_err(|e| match e {
+        JwtError::Malformed(m) if m == TYP_REFUSED => {
+            JwtError::Malformed("header typ must be JWT or JOSE".into())
+        }
+        other => other,
+    })
+}
+
+/// [`verify_jws`] for a token of an explicit type (`typ` present and equal
+/// to `typ`), such as a transaction token's `txntoken+jwt`.
+pub fn verify_jws_typed(
+    token: &str,
+    authorities: &[JwtAuthority],
+    typ: &str,
+) -> Result<Map<String, Value>, JwtError> {
+    verify_jws_as(token, authorities, &|t| t == Some(typ)).map_err(|e| match e {
+        JwtError::Malformed(m) if m == TYP_REFUSED => {
+            JwtError::Malformed(format!("header typ must be {typ}"))
+        }
+        other => other,
+    })
+}
+
+const TYP_REFUSED: &str = "typ";
+
+fn verify_jws_as(
+    token: &str,
+    authorities: &[JwtAuthority],
+    typ_ok: &dyn Fn(Option<&str>) -> bool,
+) -> Result<Map<String, Value>, JwtError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(JwtError::TooLong("token"));
     }
@@ -136,11 +169,13 @@ pub fn verify_jws(
         _ => return Err(JwtError::Algorithm(String::new())),
     };
     verifier(&alg)?;
-    if header
-        .get("typ")
-        .is_some_and(|typ| typ != "JWT" && typ != "JOSE")
-    {
-        return Err(JwtError::Malformed("header typ must be JWT or JOSE".into()));
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(JwtError::Malformed(TYP_REFUSED.into())),
+    };
+    if !typ_ok(typ) {
+        return Err(JwtError::Malformed(TYP_REFUSED.into()));
     }
     let kid = match header.get("kid") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
