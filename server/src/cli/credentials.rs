@@ -212,21 +212,14 @@ pub(super) async fn run_credential(cmd: CredentialCmd) -> Result<(), CliError> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            match admin.output {
-                Output::Json => outln!(
-                    "{}",
-                    json!({"providers": r.providers.iter().map(provider_json).collect::<Vec<_>>()})
-                ),
-                Output::Text if r.providers.is_empty() => outln!("no credential providers"),
-                Output::Text => {
-                    for (i, p) in r.providers.iter().enumerate() {
-                        if i > 0 {
-                            outln!();
-                        }
-                        out!("{}", provider_text(p));
-                    }
-                }
-            }
+            super::out::print_list(
+                admin.output,
+                "providers",
+                &r.providers,
+                "no credential providers",
+                provider_json,
+                provider_text,
+            );
         }
         CredentialCmd::Show { name, admin } => {
             let p = client(&admin)

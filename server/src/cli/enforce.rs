@@ -225,21 +225,14 @@ pub(super) async fn run_quarantine(cmd: QuarantineCmd) -> Result<(), CliError> {
                 .await
                 .map_err(status_err)?
                 .into_inner();
-            match admin.output {
-                Output::Json => outln!(
-                    "{}",
-                    json!({"quarantines": r.quarantines.iter().map(quarantine_json).collect::<Vec<_>>()})
-                ),
-                Output::Text if r.quarantines.is_empty() => outln!("no quarantines"),
-                Output::Text => {
-                    for (i, q) in r.quarantines.iter().enumerate() {
-                        if i > 0 {
-                            outln!();
-                        }
-                        out!("{}", quarantine_text(q));
-                    }
-                }
-            }
+            super::out::print_list(
+                admin.output,
+                "quarantines",
+                &r.quarantines,
+                "no quarantines",
+                quarantine_json,
+                quarantine_text,
+            );
         }
         QuarantineCmd::Show { id, admin } => {
             let q = client(&admin)

@@ -38,3 +38,30 @@ macro_rules! out {
     };
 }
 pub(crate) use {out, outln};
+
+/// Prints a listing: `{"<key>": [...]}` in JSON; in text, each item's
+/// block with a blank line between them, or `empty` when there is none.
+pub(crate) fn print_list<T>(
+    output: super::Output,
+    key: &str,
+    items: &[T],
+    empty: &str,
+    json: impl Fn(&T) -> serde_json::Value,
+    text: impl Fn(&T) -> String,
+) {
+    match output {
+        super::Output::Json => {
+            let list: Vec<serde_json::Value> = items.iter().map(json).collect();
+            outln!("{}", serde_json::json!({ key: list }));
+        }
+        super::Output::Text if items.is_empty() => outln!("{empty}"),
+        super::Output::Text => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    outln!();
+                }
+                out!("{}", text(item));
+            }
+        }
+    }
+}
