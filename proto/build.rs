@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lanyard/server/v1/server.proto",
         "proto/lanyard/admin/v1/admin.proto",
         "proto/lanyard/task/v1/task.proto",
+        "proto/lanyard/broker/v1/broker.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -143,6 +143,7 @@ pub async fn build_with(
         )),
     ));
     pdp.precompile(shutdown_rx.clone());
+    let broker_api = crate::api::BrokerApi::new(identity.clone(), callers.clone());
     let task_api = TaskApi::new(identity, callers, pdp);
     let admission = crate::listener::Admission {
         limits: lanyard_uds::ConnLimiter::new(
@@ -199,6 +200,11 @@ pub async fn build_with(
         .add_service(health_service)
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(TaskIdentityServer::new(task_api))
+        .add_service(
+            lanyard_proto::broker::credential_broker_server::CredentialBrokerServer::new(
+                broker_api,
+            ),
+        )
         .serve_with_incoming_shutdown(crate::listener::incoming(listener, admission), async move {
             let _ = stop.wait_for(|s| *s).await;
         });

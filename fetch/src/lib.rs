@@ -1,22 +1,25 @@
-//! A small HTTPS GET client for the few HTTP resources Lanyard reads: the
-//! kubelet's pod list (agent) and a cluster issuer's JWKS (server). TLS by
-//! rustls against a CA file given by the operator (or, where the operator
-//! says so, no verification: kubelets often serve self-signed
-//! certificates), an optional bearer token, a timeout on the whole
-//! exchange and a limit on the body.
+//! A small HTTPS client for the few HTTP resources Lanyard uses: the
+//! kubelet's pod list (agent), a cluster issuer's JWKS (server), and the
+//! token and revocation endpoints of OAuth authorization servers (server,
+//! a form POST). TLS by rustls against a CA file given by the operator,
+//! the system's roots, or (where the operator says so) no verification:
+//! kubelets often serve self-signed certificates. An optional bearer
+//! token, a timeout on the whole exchange and a limit on the body. Plain
+//! `http://` only to a loopback address, and only for a POST.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Why a fetch failed. Each message names the URL's problem.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Not an `https://host[:port]/path` URL.
+    /// Not an `https://host[:port]/path` URL (or `http://` to a loopback
+    /// address, for a POST).
     #[error("{0}: not an https:// URL")]
     BadUrl(String),
     /// The CA file could not be read or holds no certificate.
@@ -67,6 +70,17 @@ pub enum Trust {
     /// No verification of the server at all (development only; the
     /// operator's explicit choice).
     Insecure,
+    /// The operating system's trusted roots.
+    System,
+}
+
+/// An answer of any status (an OAuth error is a JSON body with a 400).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (at most the client's limit).
+    pub body: Bytes,
 }
 
 impl Client {
@@ -98,6 +112,22 @@ impl Client {
                     lanyard_core::tls::PinnedCertVerifier::new(der),
                 ))
                 .with_no_client_auth(),
+            Trust::System => {
+                let mut roots = rustls::RootCertStore::empty();
+                let found = rustls_native_certs::load_native_certs();
+                for c in found.certs {
+                    // A root the platform holds but rustls cannot use is
+                    // skipped, as every rustls client does.
+                    let _ = roots.add(c);
+                }
+                if roots.is_empty() {
+                    return Err(FetchError::Ca(
+                        "(system roots)".into(),
+                        "the system holds no trusted root certificate".into(),
+                    ));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
             Trust::Insecure => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(
@@ -137,62 +167,121 @@ impl Client {
     /// `GET url` with `Authorization: Bearer TOKEN` when given; the body of
     /// a 200 answer.
     pub async fn get(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, FetchError> {
-        tokio::time::timeout(self.timeout, self.get_inner(url, bearer))
+        let a = self.send(url, bearer, None).await?;
+        if a.status != 200 {
+            return Err(FetchError::Status(url.to_owned(), a.status));
+        }
+        Ok(a.body)
+    }
+
+    /// `POST url` with `form` as `application/x-www-form-urlencoded`; the
+    /// answer whatever its status. `http://` is accepted for a loopback
+    /// address only.
+    pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<Answer, FetchError> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        self.send(url, None, Some(body)).await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        form: Option<String>,
+    ) -> Result<Answer, FetchError> {
+        tokio::time::timeout(self.timeout, self.send_inner(url, bearer, form))
             .await
             .map_err(|_| FetchError::Timeout(url.to_owned(), self.timeout))?
     }
 
-    async fn get_inner(&self, url: &str, bearer: Option<&str>) -> Result<Bytes, FetchError> {
+    async fn send_inner(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        form: Option<String>,
+    ) -> Result<Answer, FetchError> {
         let bad = || FetchError::BadUrl(url.to_owned());
         let uri: http::Uri = url.parse().map_err(|_| bad())?;
-        if uri.scheme_str() != Some("https") {
-            return Err(bad());
-        }
         let host = uri.host().ok_or_else(bad)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(443);
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") if form.is_some() && is_loopback(host) => false,
+            _ => return Err(bad()),
+        };
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let connect = |e: String| FetchError::Connect(url.to_owned(), e);
         let tcp = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| connect(e.to_string()))?;
-        let name = ServerName::try_from(self.server_name.as_deref().unwrap_or(host).to_owned())
+        let authority = uri.authority().map_or(host, |a| a.as_str());
+        let mut req = match form {
+            Some(_) => http::Request::post(path).header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            ),
+            None => http::Request::get(path),
+        }
+        .header(http::header::HOST, authority)
+        .header(http::header::ACCEPT, "application/json");
+        if let Some(token) = bearer {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(form.unwrap_or_default())))
             .map_err(|_| bad())?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| connect(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        if tls {
+            let name = ServerName::try_from(self.server_name.as_deref().unwrap_or(host).to_owned())
+                .map_err(|_| bad())?;
+            let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+            self.exchange(url, TokioIo::new(stream), req).await
+        } else {
+            self.exchange(url, TokioIo::new(tcp), req).await
+        }
+    }
+
+    async fn exchange<T>(
+        &self,
+        url: &str,
+        io: T,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<Answer, FetchError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let connect = |e: String| FetchError::Connect(url.to_owned(), e);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| connect(e.to_string()))?;
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });
-        let authority = uri.authority().map_or(host, |a| a.as_str());
-        let mut req = http::Request::get(path)
-            .header(http::header::HOST, authority)
-            .header(http::header::ACCEPT, "application/json");
-        if let Some(token) = bearer {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|_| bad())?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|e| connect(e.to_string()))?;
         let status = resp.status().as_u16();
-        if status != 200 {
-            driver.abort();
-            return Err(FetchError::Status(url.to_owned(), status));
-        }
         let body = Limited::new(resp.into_body(), self.max_body)
             .collect()
             .await
             .map_err(|e| FetchError::Body(url.to_owned(), e.to_string()))?
             .to_bytes();
         driver.abort();
-        Ok(body)
+        Ok(Answer { status, body })
     }
+}
+
+/// Whether `host` names this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(feature = "test-server")]

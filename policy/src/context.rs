@@ -84,6 +84,8 @@ impl TaskContext {
             at_call: false,
             resource: String::new(),
             call: vec![],
+            scopes: vec![],
+            target: String::new(),
             extra,
         }
     }
@@ -109,6 +111,8 @@ impl TaskContext {
             at_call: true,
             resource: facts.resource.to_owned(),
             call: facts.call,
+            scopes: vec![],
+            target: String::new(),
             extra: Map::new(),
         }
     }

@@ -7,7 +7,7 @@ use cedar_policy::{
 };
 use serde_json::{Map, Value};
 
-/// The three actions of the schema.
+/// The actions of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Begin a task of a type (resource: `TaskType`).
@@ -16,11 +16,19 @@ pub enum Action {
     UseTool,
     /// Hand a sub-task to another workload (resource: `TaskType`).
     Delegate,
+    /// Obtain a credential from a provider inside a task (resource:
+    /// `Credential`).
+    GetCredential,
 }
 
 impl Action {
     /// All actions.
-    pub const ALL: [Action; 3] = [Action::BeginTask, Action::UseTool, Action::Delegate];
+    pub const ALL: [Action; 4] = [
+        Action::BeginTask,
+        Action::UseTool,
+        Action::Delegate,
+        Action::GetCredential,
+    ];
 
     /// The action's name in the schema.
     pub fn name(self) -> &'static str {
@@ -28,6 +36,7 @@ impl Action {
             Self::BeginTask => "BeginTask",
             Self::UseTool => "UseTool",
             Self::Delegate => "Delegate",
+            Self::GetCredential => "GetCredential",
         }
     }
 
@@ -36,6 +45,7 @@ impl Action {
         match self {
             Self::UseTool => "Lanyard::Tool",
             Self::BeginTask | Self::Delegate => "Lanyard::TaskType",
+            Self::GetCredential => "Lanyard::Credential",
         }
     }
 
@@ -135,6 +145,10 @@ pub struct TaskContext {
     pub resource: String,
     /// The call's context as `key=value` strings.
     pub call: Vec<String>,
+    /// GetCredential: the scopes asked for.
+    pub scopes: Vec<String>,
+    /// GetCredential: where the credential will be used, or empty.
+    pub target: String,
     /// Extra members (from `policy test --context`), merged over the above.
     pub extra: Map<String, Value>,
 }
@@ -171,6 +185,8 @@ impl TaskContext {
             ),
             ("resource".into(), s(&self.resource)),
             ("call".into(), set(&self.call)),
+            ("scopes".into(), set(&self.scopes)),
+            ("target".into(), s(&self.target)),
         ]
     }
 
@@ -191,6 +207,8 @@ impl TaskContext {
         m.insert("at_call".into(), self.at_call.into());
         m.insert("resource".into(), self.resource.clone().into());
         m.insert("call".into(), self.call.clone().into());
+        m.insert("scopes".into(), self.scopes.clone().into());
+        m.insert("target".into(), self.target.clone().into());
         for (k, v) in &self.extra {
             m.insert(k.clone(), v.clone());
         }
@@ -205,7 +223,7 @@ pub struct Request<'a> {
     pub principal: &'a Principal,
     /// What.
     pub action: Action,
-    /// On what: a task type or a tool name.
+    /// On what: a task type, a tool or a credential provider's name.
     pub resource: &'a str,
     /// With which task.
     pub context: &'a TaskContext,

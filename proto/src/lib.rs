@@ -2,7 +2,7 @@
 //! domain types.
 //!
 //! - [`workload`]: the SPIFFE Workload API, byte-compatible with the spec.
-//! - [`types`], [`server`], [`admin`], [`task`]: Lanyard's own APIs.
+//! - [`types`], [`server`], [`admin`], [`task`], [`broker`]: Lanyard's own APIs.
 //! - [`convert`]: `TryFrom` between the messages and `lanyard-core` types.
 
 /// The SPIFFE Workload API (the spec's proto has no package).
@@ -37,6 +37,11 @@ mod generated {
                 include!(concat!(env!("OUT_DIR"), "/lanyard.task.v1.rs"));
             }
         }
+        pub mod broker {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/lanyard.broker.v1.rs"));
+            }
+        }
     }
 }
 
@@ -51,6 +56,9 @@ pub use generated::lanyard::admin::v1 as admin;
 
 /// `lanyard.task.v1`: task-scoped identities on the agent's socket.
 pub use generated::lanyard::task::v1 as task;
+
+/// `lanyard.broker.v1`: task-bound credentials on the agent's socket.
+pub use generated::lanyard::broker::v1 as broker;
 
 pub mod convert;
 

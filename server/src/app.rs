@@ -67,6 +67,9 @@ pub enum AppError {
     /// The credential key file could not be read or created.
     #[error(transparent)]
     CredentialKey(#[from] crate::credentials::SealError),
+    /// The CA file for authorization servers is unusable.
+    #[error("credential_ca_file: {0}")]
+    CredentialCa(String),
     /// OpenID Connect discovery could not be served.
     #[error(transparent)]
     Oidc(#[from] crate::api::oidc::OidcError),
@@ -109,6 +112,27 @@ impl Bound {
         signal.await;
         tracing::info!("shutting down");
         self.shutdown().await;
+    }
+}
+
+/// The client for authorization servers' token and revocation endpoints:
+/// trusting the configured CA file (which must be readable), else the
+/// system's roots. Without any root, `oauth-exchange` providers answer
+/// with the reason.
+fn authorization_server_client(
+    ca_file: Option<&std::path::Path>,
+) -> Result<crate::credentials::broker::AsClient, AppError> {
+    let timeout = Duration::from_secs(10);
+    let max = crate::credentials::oauth::MAX_ANSWER;
+    match ca_file {
+        Some(path) => lanyard_fetch::Client::with_ca_file(path, timeout, max)
+            .map(Ok)
+            .map_err(|e| AppError::CredentialCa(e.to_string())),
+        None => Ok(
+            lanyard_fetch::Client::new(lanyard_fetch::Trust::System, timeout, max).map_err(|e| {
+                format!("no TLS trust for authorization servers ({e}); set credential_ca_file")
+            }),
+        ),
     }
 }
 
@@ -219,7 +243,18 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         psat.preload().await;
         attestors = attestors.with(Arc::new(psat));
     }
+    let credentials =
+        crate::credentials::Credentials::new(store.clone(), Arc::new(sealing), clock.clone());
+    let broker = crate::credentials::Broker::new(
+        credentials.clone(),
+        crate::credentials::Leases::new(store.clone(), clock.clone()),
+        tasks.clone(),
+        clock.clone(),
+        authorization_server_client(config.credential_ca_file.as_deref())?,
+    );
+    broker.set_audit(audit.clone());
     let node = NodeApi {
+        broker: broker.clone(),
         ca: ca.clone(),
         registry: registry.clone(),
         agents: agents.clone(),
@@ -247,8 +282,6 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         feed_from,
         shutdown_rx.clone(),
     );
-    let credentials =
-        crate::credentials::Credentials::new(store.clone(), Arc::new(sealing), clock.clone());
     // After a key rotation (a new first line in the key file), secrets
     // sealed with an older key are sealed again with the new one.
     match credentials.reseal().await {
@@ -312,6 +345,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     // The record of signed SVIDs is written in batches, off the signing path.
     let issued_writer = revocations.issued().run(shutdown_rx.clone());
     let crl_signer = revocations.run(ca.clone(), shutdown_rx.clone());
+    let lease_ender = broker.run(shutdown_rx.clone());
 
     tracing::info!(
         trust_domain = %td,
@@ -325,7 +359,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     let admin_path = config.admin_socket.clone();
     let task = tokio::spawn(async move {
-        let (a, b, (), (), (), (), (), ()) = tokio::join!(
+        let (a, b, (), (), (), (), (), (), ()) = tokio::join!(
             node_server,
             admin_server,
             renewer,
@@ -333,7 +367,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             pruner,
             follower,
             crl_signer,
-            issued_writer
+            issued_writer,
+            lease_ender
         );
         if let Err(e) = a {
             tracing::error!(?e, "server API stopped");

@@ -9,7 +9,9 @@
 //! - `expiry`: one timer for all streams, ticking when an SVID expires.
 //! - `workload`: the `SpiffeWorkloadAPI` handlers.
 //! - `task`: the `lanyard.task.v1.TaskIdentity` handlers.
+//! - `broker`: the `lanyard.broker.v1.CredentialBroker` handler.
 
+mod broker;
 mod caller;
 mod expiry;
 mod status;
@@ -17,6 +19,7 @@ mod streams;
 mod task;
 mod workload;
 
+pub use broker::BrokerApi;
 pub use caller::{ATTESTATION_REUSE, Callers};
 pub use expiry::ExpiryTicker;
 pub use status::{SECURITY_HEADER, WorkloadError};

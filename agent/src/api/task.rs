@@ -46,30 +46,39 @@ impl TaskApi {
     }
 
     async fn attest<T>(&self, req: &Request<T>) -> Result<(Caller, TaskOwner), Status> {
-        let snap = self.owner.snapshot();
-        let caller = self.callers.attest(req, snap.entries.uses_sha256()).await?;
-        if let Some(q) = self
-            .owner
-            .snapshot()
-            .quarantine_of(&caller.selectors, caller.conn.instance.as_deref())
-        {
-            return Err(WorkloadError::Quarantined(q.reason.clone()).into());
-        }
-        let owner = caller
-            .conn
-            .instance
-            .as_ref()
-            .and_then(|i| TaskOwner::of(i, WorkloadScope::of(&caller.selectors)))
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "the calling process cannot be identified (no PID and start time)",
-                )
-            })?;
-        Ok((caller, owner))
+        attest_task_caller(&self.owner, &self.callers, req).await
     }
 }
 
-fn command_status(e: CommandError) -> Status {
+/// Attests a caller of a task service: its selectors, refused when
+/// quarantined, and the process instance it is.
+pub(super) async fn attest_task_caller<T>(
+    owner: &IdentityHandle,
+    callers: &Callers,
+    req: &Request<T>,
+) -> Result<(Caller, TaskOwner), Status> {
+    let snap = owner.snapshot();
+    let caller = callers.attest(req, snap.entries.uses_sha256()).await?;
+    if let Some(q) = owner
+        .snapshot()
+        .quarantine_of(&caller.selectors, caller.conn.instance.as_deref())
+    {
+        return Err(WorkloadError::Quarantined(q.reason.clone()).into());
+    }
+    let task_owner = caller
+        .conn
+        .instance
+        .as_ref()
+        .and_then(|i| TaskOwner::of(i, WorkloadScope::of(&caller.selectors)))
+        .ok_or_else(|| {
+            Status::failed_precondition(
+                "the calling process cannot be identified (no PID and start time)",
+            )
+        })?;
+    Ok((caller, task_owner))
+}
+
+pub(super) fn command_status(e: CommandError) -> Status {
     match e {
         // The server's decision (InvalidArgument, PermissionDenied with the
         // deciding policies, ...) reaches the workload as is.
@@ -148,13 +157,13 @@ fn own_task(snap: &Snapshot, owner: &TaskOwner, id: &str) -> Result<Arc<ActiveTa
 
 /// Whether `caller` has every selector of `task`'s entry (not only the
 /// boundary ones BeginTask matched on).
-fn matches_in_full(snap: &Snapshot, task: &ActiveTask, caller: &Caller) -> bool {
+pub(super) fn matches_in_full(snap: &Snapshot, task: &ActiveTask, caller: &Caller) -> bool {
     snap.entries
         .get(&task.record.entry_id)
         .is_some_and(|e| e.selectors.iter().all(|s| caller.selectors.contains(s)))
 }
 
-fn selector_value<'a>(caller: &'a Caller, prefix: &str) -> &'a str {
+pub(super) fn selector_value<'a>(caller: &'a Caller, prefix: &str) -> &'a str {
     caller
         .selectors
         .iter()

@@ -14,6 +14,28 @@ pub use instance::{ExeId, InstanceChanged, ProcessInstance};
 pub use k8s::K8sAttestor;
 pub use unix::{DEFAULT_MAX_HASH_BYTES, UnixAttestor};
 
+/// Whether process `pid` descends from the process instance (`ancestor`,
+/// `ancestor_start`), within `max_depth` generations. A parent that exits
+/// hands its children to a reaper, so a broken line of descent never
+/// passes: each step reads a live process's parent.
+pub fn descends_from(pid: i32, ancestor: i32, ancestor_start: u64, max_depth: usize) -> bool {
+    let root = std::path::Path::new("/proc");
+    let mut cur = pid;
+    for _ in 0..max_depth {
+        let Ok((parent, _)) = proc_info::parent_and_start(root, cur) else {
+            return false;
+        };
+        if parent <= 1 {
+            return false;
+        }
+        if parent == ancestor {
+            return proc_info::start_time(root, parent).ok() == Some(ancestor_start);
+        }
+        cur = parent;
+    }
+    false
+}
+
 /// The start time of process `pid` (ticks since boot): with the PID it
 /// names one process instance.
 pub fn process_start_time(pid: i32) -> std::io::Result<u64> {

@@ -25,6 +25,23 @@ pub fn start_time(proc_root: &Path, pid: i32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
 }
 
+/// The parent PID and start time of a process (fields 4 and 22 of
+/// /proc/PID/stat).
+pub fn parent_and_start(proc_root: &Path, pid: i32) -> io::Result<(i32, u64)> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))?;
+    parse_parent_and_start(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+/// Parses the parent PID and start time out of a /proc/PID/stat line.
+pub fn parse_parent_and_start(stat: &str) -> Option<(i32, u64)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    // Field 3 is the state, field 4 the parent.
+    let ppid = fields.nth(1)?.parse().ok()?;
+    Some((ppid, parse_start_time(stat)?))
+}
+
 /// Owner of /proc/PID: the process's effective uid and gid, except for
 /// non-dumpable processes, whose entries belong to root.
 pub fn owner(proc_root: &Path, pid: i32) -> io::Result<(u32, u32)> {
@@ -96,6 +113,28 @@ mod tests {
         assert_eq!(parse_start_time(line), Some(987_654));
         assert_eq!(parse_start_time("garbage"), None);
         assert_eq!(parse_start_time("1 (x) S 1"), None);
+        assert_eq!(parse_parent_and_start(line), Some((1, 987_654)));
+        assert_eq!(parse_parent_and_start("1 (x) S"), None);
+    }
+
+    #[test]
+    fn a_child_descends_from_this_process_and_not_the_reverse() {
+        let me = std::process::id() as i32;
+        let root = Path::new("/proc");
+        let my_start = start_time(root, me).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(crate::attestor::descends_from(pid, me, my_start, 8));
+        // The same PID with another start time is another process.
+        assert!(!crate::attestor::descends_from(pid, me, my_start + 1, 8));
+        // A parent does not descend from its child.
+        let child_start = start_time(root, pid).unwrap();
+        assert!(!crate::attestor::descends_from(me, pid, child_start, 8));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -388,25 +388,10 @@ impl Manager {
                 };
                 let _ = reply.send(r);
             }
-            Command::DelegateTask { request, reply } => {
-                let Some(mut client) = self.client.clone() else {
-                    let _ = reply.send(Err(CommandError::NotConnected));
-                    return;
-                };
+            Command::Call(call) => {
+                let fut = call(self.client.clone());
                 self.inflight.push(Box::pin(async move {
-                    let r = match tokio::time::timeout(CALL_TIMEOUT, client.delegate_task(request))
-                        .await
-                    {
-                        Err(_) => Err(CommandError::Server(tonic::Status::unavailable(
-                            "the server did not answer in time",
-                        ))),
-                        Ok(Err(s)) => Err(CommandError::Server(s)),
-                        Ok(Ok(r)) => {
-                            let r = r.into_inner();
-                            Ok((r.token, r.expires_at))
-                        }
-                    };
-                    let _ = reply.send(r);
+                    fut.await;
                     Event::Done
                 }));
             }

@@ -30,7 +30,17 @@ mod tasks;
 
 use std::sync::Arc;
 
+use lanyard_proto::server::node_client::NodeClient;
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::Channel;
+
+/// A server call the owner runs (see [`Command::Call`]).
+pub(crate) type ServerCall = Box<
+    dyn FnOnce(
+            Option<NodeClient<Channel>>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
 
 pub use manager::Manager;
 pub use signed::jitter_sample;
@@ -89,10 +99,9 @@ pub(crate) enum Command {
         reason: &'static str,
         reply: oneshot::Sender<Result<(), CommandError>>,
     },
-    DelegateTask {
-        request: lanyard_proto::server::DelegateTaskRequest,
-        reply: oneshot::Sender<Result<(String, i64), CommandError>>,
-    },
+    /// A unary call to the server over the owner's connection (`None`
+    /// when there is none); the call answers its caller itself.
+    Call(ServerCall),
     SignJwt {
         subject: JwtSubject,
         audience: Vec<String>,
@@ -163,8 +172,49 @@ impl IdentityHandle {
         &self,
         request: lanyard_proto::server::DelegateTaskRequest,
     ) -> Result<(String, i64), CommandError> {
-        self.ask(|reply| Command::DelegateTask { request, reply })
+        let r = self
+            .call(move |mut c| async move { c.delegate_task(request).await })
+            .await?;
+        Ok((r.token, r.expires_at))
+    }
+
+    /// Asks the server for a credential for a task this agent holds.
+    pub async fn get_credential(
+        &self,
+        request: lanyard_proto::server::GetCredentialRequest,
+    ) -> Result<lanyard_proto::server::GetCredentialResponse, CommandError> {
+        self.call(move |mut c| async move { c.get_credential(request).await })
             .await
+    }
+
+    /// Runs one unary server call on the owner's connection, within the
+    /// owner's call timeout.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, CommandError>
+    where
+        T: Send + 'static,
+        F: FnOnce(NodeClient<Channel>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
+            + Send
+            + 'static,
+    {
+        self.ask(|reply| {
+            Command::Call(Box::new(move |client| {
+                Box::pin(async move {
+                    let r = match client {
+                        None => Err(CommandError::NotConnected),
+                        Some(c) => match tokio::time::timeout(manager::CALL_TIMEOUT, f(c)).await {
+                            Err(_) => Err(CommandError::Server(tonic::Status::unavailable(
+                                "the server did not answer in time",
+                            ))),
+                            Ok(Err(s)) => Err(CommandError::Server(s)),
+                            Ok(Ok(r)) => Ok(r.into_inner()),
+                        },
+                    };
+                    let _ = reply.send(r);
+                })
+            }))
+        })
+        .await
     }
 
     /// Reports a denied tool call (queued; never waits for the server).
@@ -236,7 +286,7 @@ pub(crate) fn refuse(cmd: Command) {
     match cmd {
         Command::BeginTask(_, r) => drop(r.send(Err(CommandError::NotConnected))),
         Command::EndTask { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
-        Command::DelegateTask { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
+        Command::Call(call) => drop(call(None)),
         Command::SignJwt { reply, .. } => drop(reply.send(Err(CommandError::NotConnected))),
         Command::ReportDenial(_) | Command::LocalQuarantine { .. } => {}
     }

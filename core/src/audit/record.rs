@@ -125,11 +125,22 @@ pub enum Kind {
     /// A credential provider was removed.
     #[serde(rename = "credential.deleted")]
     CredentialDeleted,
+    /// A credential was handed to a task (a lease began; the record names
+    /// the provider, scopes and lease, never the credential).
+    #[serde(rename = "credential.issued")]
+    CredentialIssued,
+    /// A task's request for a credential was refused.
+    #[serde(rename = "credential.denied")]
+    CredentialDenied,
+    /// A lease ended with its task (and its token was revoked where the
+    /// provider can).
+    #[serde(rename = "credential.lease_ended")]
+    CredentialLeaseEnded,
 }
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 31] = [
+    pub const ALL: [Kind; 34] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -161,6 +172,9 @@ impl Kind {
         Kind::CredentialAdded,
         Kind::CredentialRotated,
         Kind::CredentialDeleted,
+        Kind::CredentialIssued,
+        Kind::CredentialDenied,
+        Kind::CredentialLeaseEnded,
     ];
 
     /// The name records carry (`svid.issued`).
@@ -197,6 +211,9 @@ impl Kind {
             Kind::CredentialAdded => "credential.added",
             Kind::CredentialRotated => "credential.rotated",
             Kind::CredentialDeleted => "credential.deleted",
+            Kind::CredentialIssued => "credential.issued",
+            Kind::CredentialDenied => "credential.denied",
+            Kind::CredentialLeaseEnded => "credential.lease_ended",
         }
     }
 }

@@ -47,3 +47,26 @@ impl From<crate::credentials::CredentialError> for Status {
         }
     }
 }
+
+impl From<crate::credentials::BrokerError> for Status {
+    fn from(e: crate::credentials::BrokerError) -> Self {
+        use crate::credentials::BrokerError;
+        use crate::credentials::oauth::OauthError;
+        match e {
+            BrokerError::Invalid(m) => Status::invalid_argument(m),
+            BrokerError::Task(t) => t.into(),
+            BrokerError::Credential(c) => c.into(),
+            BrokerError::Refused(m) => Status::permission_denied(m),
+            BrokerError::Oauth(o @ OauthError::Unreachable { .. }) => {
+                Status::unavailable(o.to_string())
+            }
+            // The authorization server's refusal is the answer (its error
+            // code and description, never the body).
+            BrokerError::Oauth(o @ OauthError::Refused { .. }) => {
+                Status::permission_denied(o.to_string())
+            }
+            BrokerError::Oauth(o @ OauthError::BadAnswer(_)) => Status::internal(o.to_string()),
+            BrokerError::NoTrust(m) => Status::failed_precondition(m),
+        }
+    }
+}

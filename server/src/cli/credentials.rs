@@ -33,6 +33,11 @@ pub enum CredentialCmd {
         /// JWT-SVID as client assertion) or none [default: jwt-spiffe].
         #[arg(long)]
         client_auth: Option<String>,
+        /// oauth-exchange: token-exchange (RFC 8693, the task's JWT-SVID as
+        /// subject token) or client-credentials (the JWT-SVID as client
+        /// assertion only) [default: token-exchange].
+        #[arg(long)]
+        grant: Option<String>,
         /// oauth-exchange: a scope tasks may ask for (repeatable).
         #[arg(long = "scope")]
         scopes: Vec<String>,
@@ -110,6 +115,7 @@ fn provider_json(p: &CredentialProvider) -> serde_json::Value {
         "token_url": p.token_url,
         "audience": p.audience,
         "client_auth": p.client_auth,
+        "grant": p.grant,
         "scopes": p.scopes,
         "revocation_url": p.revocation_url,
         "digest": p.digest,
@@ -134,6 +140,7 @@ fn provider_text(p: &CredentialProvider) -> String {
     };
     line("Token URL", &p.token_url);
     line("Audience", &p.audience);
+    line("Grant", &p.grant);
     line("Client auth", &p.client_auth);
     line("Scopes", &p.scopes.join(" "));
     line("Revocation URL", &p.revocation_url);
@@ -169,6 +176,7 @@ pub(super) async fn run_credential(cmd: CredentialCmd) -> Result<(), CliError> {
             token_url,
             audience,
             client_auth,
+            grant,
             scopes,
             revocation_url,
             from_file,
@@ -195,6 +203,7 @@ pub(super) async fn run_credential(cmd: CredentialCmd) -> Result<(), CliError> {
                     token_url: token_url.unwrap_or_default(),
                     audience: audience.unwrap_or_default(),
                     client_auth: client_auth.unwrap_or_default(),
+                    grant: grant.unwrap_or_default(),
                     scopes,
                     revocation_url: revocation_url.unwrap_or_default(),
                     secret,

@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// Serve discovery over plain HTTP (behind a TLS-terminating proxy).
     #[arg(long, env = "LANYARD_OIDC_PLAIN_HTTP")]
     pub oidc_plain_http: bool,
+    /// PEM file of the CA certificates trusted for authorization servers'
+    /// token and revocation endpoints [default: the system's roots].
+    #[arg(long, env = "LANYARD_CREDENTIAL_CA_FILE")]
+    pub credential_ca_file: Option<PathBuf>,
     /// CA lifetime [default: 24h].
     #[arg(long, env = "LANYARD_CA_TTL")]
     pub ca_ttl: Option<String>,
@@ -202,6 +206,7 @@ impl RunArgs {
             oidc_cert: self.oidc_cert.clone(),
             oidc_key: self.oidc_key.clone(),
             oidc_plain_http: self.oidc_plain_http.then_some(true),
+            credential_ca_file: self.credential_ca_file.clone(),
             ca_ttl: self.ca_ttl.clone(),
             default_x509_svid_ttl: self.default_x509_svid_ttl.clone(),
             default_jwt_svid_ttl: self.default_jwt_svid_ttl.clone(),

@@ -80,6 +80,10 @@ pub struct RawConfig {
     /// `<data_dir>/credential.key`, created when missing; every server of
     /// one PostgreSQL database needs the same file).
     pub credential_key_file: Option<PathBuf>,
+    /// PEM file of the CA certificates trusted for the token and
+    /// revocation endpoints of `oauth-exchange` providers (default: the
+    /// system's roots).
+    pub credential_ca_file: Option<PathBuf>,
     /// `iss` of every JWT-SVID: the OpenID Connect issuer URL (default
     /// `https://<trust domain>`; every server of a trust domain names the
     /// same one).
@@ -276,6 +280,7 @@ impl RawConfig {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(".lanyard/server"));
         Ok(Config {
+            credential_ca_file: self.credential_ca_file,
             credential_key_file: self
                 .credential_key_file
                 .unwrap_or_else(|| data_dir.join("credential.key")),
@@ -395,6 +400,8 @@ pub struct Config {
     pub oidc: crate::config::oidc::OidcSettings,
     /// The key file sealing credential providers' secrets.
     pub credential_key_file: PathBuf,
+    /// CA certificates for authorization servers (else the system's).
+    pub credential_ca_file: Option<PathBuf>,
 }
 
 impl Config {

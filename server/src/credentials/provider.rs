@@ -38,6 +38,50 @@ impl ClientAuth {
     }
 }
 
+/// Which OAuth grant an `oauth-exchange` provider uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grant {
+    /// RFC 8693 token exchange: a JWT-SVID of the task as `subject_token`
+    /// (of the root task, with the delegated task's as `actor_token`).
+    #[default]
+    TokenExchange,
+    /// `client_credentials`, the task's JWT-SVID as the client assertion
+    /// (draft-ietf-oauth-spiffe-client-auth).
+    ClientCredentials,
+}
+
+impl Grant {
+    /// Parses the `--grant` value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "token-exchange" => Ok(Self::TokenExchange),
+            "client-credentials" => Ok(Self::ClientCredentials),
+            other => Err(format!(
+                "grant {other:?} is not one of token-exchange, client-credentials"
+            )),
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TokenExchange => "token-exchange",
+            Self::ClientCredentials => "client-credentials",
+        }
+    }
+}
+
+impl ClientAuth {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::JwtSpiffe => "jwt-spiffe",
+            Self::None => "none",
+        }
+    }
+}
+
 /// What a provider hands out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -55,6 +99,9 @@ pub enum ProviderKind {
         scopes: Vec<String>,
         /// RFC 7009 revocation endpoint: ends a token when its task ends.
         revocation_url: Option<String>,
+        /// The grant.
+        #[serde(default)]
+        grant: Grant,
     },
     /// A secret the server holds, sealed.
     Secret {
@@ -188,8 +235,15 @@ impl CredentialProvider {
                 audience,
                 scopes,
                 revocation_url,
-                ..
+                grant,
+                client_auth,
             } => {
+                if *grant == Grant::ClientCredentials && *client_auth == ClientAuth::None {
+                    return Err(
+                        "a client-credentials grant authenticates with the JWT-SVID: --client-auth jwt-spiffe"
+                            .into(),
+                    );
+                }
                 check_endpoint("token URL", token_url)?;
                 if let Some(u) = revocation_url {
                     check_endpoint("revocation URL", u)?;
@@ -235,6 +289,7 @@ mod tests {
                 client_auth: ClientAuth::JwtSpiffe,
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
                 revocation_url: None,
+                grant: Grant::TokenExchange,
             },
             version: 1,
             created_at: 0,

@@ -212,6 +212,24 @@ impl Credentials {
         }
     }
 
+    /// Seals a token a lease keeps for its revocation (bound to the lease).
+    pub fn seal_for_lease(
+        &self,
+        token: &[u8],
+        lease_id: &str,
+    ) -> Result<super::seal::Sealed, CredentialError> {
+        Ok(self.keys.seal(token, &format!("lease:{lease_id}"))?)
+    }
+
+    /// Opens a token [`Credentials::seal_for_lease`] sealed.
+    pub fn open_for_lease(
+        &self,
+        sealed: &super::seal::Sealed,
+        lease_id: &str,
+    ) -> Result<Secret, CredentialError> {
+        Ok(self.keys.open(sealed, &format!("lease:{lease_id}"))?)
+    }
+
     /// Seals again, with the key file's first key, every secret sealed by
     /// another (after a key rotation); returns how many.
     pub async fn reseal(&self) -> Result<usize, CredentialError> {
@@ -296,6 +314,7 @@ mod tests {
                 client_auth: ClientAuth::JwtSpiffe,
                 scopes: vec!["repo:read".into()],
                 revocation_url: None,
+                grant: super::provider::Grant::TokenExchange,
             }),
         )
         .await

@@ -133,16 +133,19 @@ pub enum DocKind {
     Issued,
     /// A credential provider (key: its name; a secret's value sealed).
     Credential,
+    /// A credential handed to a task (key: the lease ID).
+    Lease,
 }
 
 impl DocKind {
     /// Every kind.
-    pub const ALL: [DocKind; 5] = [
+    pub const ALL: [DocKind; 6] = [
         DocKind::Revocation,
         DocKind::Quarantine,
         DocKind::Crl,
         DocKind::Issued,
         DocKind::Credential,
+        DocKind::Lease,
     ];
 
     /// Its name in a database.
@@ -153,6 +156,7 @@ impl DocKind {
             Self::Crl => "crl",
             Self::Issued => "issued",
             Self::Credential => "credential",
+            Self::Lease => "lease",
         }
     }
 
@@ -164,7 +168,7 @@ impl DocKind {
             Self::Quarantine => Some(ChangeKind::Quarantine),
             Self::Crl => Some(ChangeKind::Crl),
             Self::Issued => Some(ChangeKind::Issued),
-            Self::Credential => None,
+            Self::Credential | Self::Lease => None,
         }
     }
 }

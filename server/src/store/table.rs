@@ -33,7 +33,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, for backups and migrations.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Entries,
         Table::Agents,
         Table::JoinTokens,
@@ -47,6 +47,7 @@ impl Table {
         Table::Docs(DocKind::Crl),
         Table::Docs(DocKind::Issued),
         Table::Docs(DocKind::Credential),
+        Table::Docs(DocKind::Lease),
     ];
 
     /// Its name on disk (sled tree; PostgreSQL table without the
@@ -81,6 +82,7 @@ impl Table {
             Self::Docs(DocKind::Crl) => "CRL",
             Self::Docs(DocKind::Issued) => "issued batch",
             Self::Docs(DocKind::Credential) => "credential provider",
+            Self::Docs(DocKind::Lease) => "credential lease",
         }
     }
 

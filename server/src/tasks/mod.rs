@@ -4,6 +4,7 @@
 //! minting the task SVIDs that carry the grant.
 
 mod candidates;
+mod credential;
 mod decide;
 mod delegation;
 mod error;
@@ -12,6 +13,7 @@ mod mint;
 mod recheck;
 mod service;
 
+pub use credential::{CredentialAsk, CredentialGrant};
 pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;
 pub use index::TaskFootprint;

@@ -86,6 +86,9 @@ pub(super) struct Inner {
     /// a task finds its descendants without scanning the store.
     pub(super) descendants: Mutex<HashMap<TaskId, Vec<TaskId>>>,
     pub(super) changes: watch::Sender<u64>,
+    /// Every task this server ends or revokes, as it happens (credential
+    /// leases end with their task).
+    pub(super) ends: tokio::sync::broadcast::Sender<TaskId>,
 }
 
 impl Tasks {
@@ -117,6 +120,7 @@ impl Tasks {
                 ended: Mutex::new(ended),
                 descendants: Mutex::new(descendants),
                 changes: watch::channel(0).0,
+                ends: tokio::sync::broadcast::channel(1024).0,
                 audit: crate::audit::AuditHook::default(),
             }),
         })
@@ -131,6 +135,12 @@ impl Tasks {
     /// ancestor).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    /// Tells of every task this server ends or revokes. A receiver that
+    /// lags loses some: whoever needs all of them also sweeps.
+    pub fn ends(&self) -> tokio::sync::broadcast::Receiver<TaskId> {
+        self.inner.ends.subscribe()
     }
 
     /// The configured sensitivity levels.
@@ -574,6 +584,7 @@ impl Tasks {
                             issuer: None,
                         }])
                         .await?;
+                    let _ = self.inner.ends.send(id.clone());
                 }
                 return Ok(next);
             }

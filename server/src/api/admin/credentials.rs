@@ -5,7 +5,8 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use crate::credentials::{
-    ClientAuth, CredentialError, CredentialProvider as Provider, ProviderKind, ProviderSpec, Secret,
+    ClientAuth, CredentialError, CredentialProvider as Provider, Grant, ProviderKind, ProviderSpec,
+    Secret,
 };
 use lanyard_proto::admin::{
     AddCredentialRequest, CredentialProvider, CredentialProviderRequest, ListCredentialsResponse,
@@ -29,14 +30,12 @@ fn provider_msg(p: &Provider) -> CredentialProvider {
             client_auth,
             scopes,
             revocation_url,
+            grant,
         } => {
             m.token_url.clone_from(token_url);
             m.audience.clone_from(audience);
-            m.client_auth = match client_auth {
-                ClientAuth::JwtSpiffe => "jwt-spiffe",
-                ClientAuth::None => "none",
-            }
-            .into();
+            m.client_auth = client_auth.name().into();
+            m.grant = grant.name().into();
             m.scopes.clone_from(scopes);
             m.revocation_url = revocation_url.clone().unwrap_or_default();
         }
@@ -57,6 +56,7 @@ fn provider_details(p: &Provider) -> serde_json::Value {
         "kind": m.kind,
         "version": m.version,
         "token_url": m.token_url,
+        "grant": m.grant,
         "audience": m.audience,
         "scopes": m.scopes,
         "digest": m.digest,
@@ -89,12 +89,18 @@ fn spec(r: AddCredentialRequest) -> Result<ProviderSpec, CredentialError> {
                 .map_err(CredentialError::Invalid)?,
                 scopes: r.scopes.clone(),
                 revocation_url: (!r.revocation_url.is_empty()).then(|| r.revocation_url.clone()),
+                grant: if r.grant.is_empty() {
+                    Grant::TokenExchange
+                } else {
+                    Grant::parse(&r.grant).map_err(CredentialError::Invalid)?
+                },
             }))
         }
         "secret" => {
             unused(
-                "a token URL, audience, client auth, scope or revocation URL",
-                !r.token_url.is_empty()
+                "a token URL, audience, client auth, grant, scope or revocation URL",
+                !r.grant.is_empty()
+                    || !r.token_url.is_empty()
                     || !r.audience.is_empty()
                     || !r.client_auth.is_empty()
                     || !r.scopes.is_empty()
@@ -107,8 +113,9 @@ fn spec(r: AddCredentialRequest) -> Result<ProviderSpec, CredentialError> {
         }
         "txn-token" => {
             unused(
-                "a secret, token URL, client auth, scope or revocation URL",
-                !r.secret.is_empty()
+                "a secret, token URL, client auth, grant, scope or revocation URL",
+                !r.grant.is_empty()
+                    || !r.secret.is_empty()
                     || r.reveal
                     || !r.token_url.is_empty()
                     || !r.client_auth.is_empty()

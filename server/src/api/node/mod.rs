@@ -40,6 +40,7 @@ pub use lanyard_core::jwt::MAX_AUDIENCES;
 
 mod attest;
 mod audit;
+mod credentials;
 mod enforce;
 mod error;
 mod metrics;
@@ -73,6 +74,8 @@ pub struct NodeApi {
     pub(crate) metrics: Arc<Metrics>,
     /// Where issuance and attestation are recorded.
     pub(crate) audit: crate::audit::Audit,
+    /// Hands tasks credentials from providers.
+    pub(crate) broker: crate::credentials::Broker,
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncUpdate, Status>> + Send>>;
@@ -127,6 +130,14 @@ impl Node for NodeApi {
         req: Request<SignJwtSvidRequest>,
     ) -> Result<Response<SignJwtSvidResponse>, Status> {
         self.sign_jwt_svid_rpc(req).await
+    }
+
+    #[instrument(skip_all)]
+    async fn get_credential(
+        &self,
+        req: Request<lanyard_proto::server::GetCredentialRequest>,
+    ) -> Result<Response<lanyard_proto::server::GetCredentialResponse>, Status> {
+        self.get_credential_rpc(req).await
     }
 
     #[instrument(skip_all)]

@@ -1,0 +1,234 @@
+//! `lanyard.broker.v1.CredentialBroker` on the agent's socket: a
+//! credential from a provider for the caller's task. The caller is
+//! attested like every caller; the task must be held by its process (or a
+//! process it descends from, so a script's helpers work inside its task),
+//! and the caller must match the task's entry in full, as for the task's
+//! SVIDs. The server decides and issues; the agent keeps each answer per
+//! (task, provider, scopes, audience) until shortly before it expires and
+//! forgets it when the task ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use lanyard_core::clock::unix_secs;
+use lanyard_proto::broker::credential_broker_server::CredentialBroker;
+use lanyard_proto::broker::{CredentialType, GetCredentialRequest, GetCredentialResponse};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::caller::Callers;
+use super::task::{attest_task_caller, command_status, matches_in_full, selector_value};
+use crate::identity::{ActiveTask, IdentityHandle};
+
+/// A cached credential is fetched again when it has less than this left.
+pub const REFRESH_BEFORE_SECS: u64 = 10;
+/// Most cached credentials (beyond it, answers are not kept).
+pub const MAX_CACHED: usize = 4096;
+/// How many generations a caller may be below its task's holder.
+pub const MAX_DESCENT: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    task_id: String,
+    name: String,
+    scopes: Vec<String>,
+    audience: String,
+}
+
+struct Cached {
+    answer: GetCredentialResponse,
+    expires_at: u64,
+}
+
+/// The CredentialBroker service.
+#[derive(Clone)]
+pub struct BrokerApi {
+    owner: IdentityHandle,
+    callers: Arc<Callers>,
+    cache: Arc<Mutex<HashMap<Key, Cached>>>,
+}
+
+fn credential_type(t: &str) -> CredentialType {
+    match t {
+        "bearer" => CredentialType::Bearer,
+        "txn_token" => CredentialType::TxnToken,
+        "secret" => CredentialType::Secret,
+        _ => CredentialType::Unspecified,
+    }
+}
+
+fn check_request(r: &GetCredentialRequest) -> Result<(), Status> {
+    if r.name.is_empty() {
+        return Err(Status::invalid_argument(
+            "name (the credential provider) is required",
+        ));
+    }
+    if r.name.len() > 63 {
+        return Err(Status::invalid_argument(
+            "name is longer than 63 characters",
+        ));
+    }
+    if r.scopes.len() > 32 || r.scopes.iter().any(|s| s.len() > 128) {
+        return Err(Status::invalid_argument(
+            "at most 32 scopes of at most 128 characters",
+        ));
+    }
+    if r.audience.len() > 2048 {
+        return Err(Status::invalid_argument(
+            "audience is longer than 2048 characters",
+        ));
+    }
+    if r.task_id.len() > 64 {
+        return Err(Status::invalid_argument(
+            "task_id is longer than 64 characters",
+        ));
+    }
+    Ok(())
+}
+
+impl BrokerApi {
+    /// The service over the identity owner.
+    pub fn new(owner: IdentityHandle, callers: Arc<Callers>) -> Self {
+        Self {
+            owner,
+            callers,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Drops what no held task owns any more, and what has expired.
+    fn purge(&self, held: &[Arc<ActiveTask>], now: u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|k, v| v.expires_at > now && held.iter().any(|t| t.id() == k.task_id));
+    }
+
+    /// How many credentials are cached (for tests and metrics).
+    pub fn cached(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialBroker for BrokerApi {
+    #[instrument(skip_all)]
+    async fn get_credential(
+        &self,
+        req: Request<GetCredentialRequest>,
+    ) -> Result<Response<GetCredentialResponse>, Status> {
+        let (caller, owner) = attest_task_caller(&self.owner, &self.callers, &req).await?;
+        let r = req.into_inner();
+        check_request(&r)?;
+        let snap = self.owner.snapshot();
+        let pid = owner.pid;
+        let mine: Vec<_> = snap
+            .tasks
+            .iter()
+            .filter(|t| r.task_id.is_empty() || t.id() == r.task_id)
+            .filter(|t| {
+                t.owner.same_process(&owner)
+                    || crate::attestor::descends_from(
+                        pid,
+                        t.owner.pid,
+                        t.owner.start_time,
+                        MAX_DESCENT,
+                    )
+            })
+            .cloned()
+            .collect();
+        let task = match (mine.as_slice(), r.task_id.is_empty()) {
+            ([], true) => {
+                return Err(Status::failed_precondition(
+                    "the caller holds no task: credentials are handed out only inside a task (BeginTask, or lanyard-agent task run)",
+                ));
+            }
+            ([], false) => {
+                return Err(Status::not_found(format!(
+                    "task {:?} not found among the caller's tasks",
+                    r.task_id
+                )));
+            }
+            ([t], _) => t.clone(),
+            (many, _) => {
+                return Err(Status::failed_precondition(format!(
+                    "the caller holds {} tasks: name one with task_id",
+                    many.len()
+                )));
+            }
+        };
+        if !matches_in_full(&snap, &task, &caller) {
+            return Err(Status::permission_denied(
+                "the caller does not match its task's entry in full (its program differs): only the entry's program gets the task's credentials",
+            ));
+        }
+        let mut scopes = r.scopes.clone();
+        scopes.sort();
+        let key = Key {
+            task_id: task.id().to_owned(),
+            name: r.name.clone(),
+            scopes,
+            audience: r.audience.clone(),
+        };
+        let now = unix_secs(std::time::SystemTime::now());
+        self.purge(&snap.tasks, now);
+        let hit = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|c| c.expires_at > now + REFRESH_BEFORE_SECS)
+            .map(|c| c.answer.clone());
+        if let Some(answer) = hit {
+            caller.recheck()?;
+            return Ok(Response::new(answer));
+        }
+        let s = self
+            .owner
+            .get_credential(lanyard_proto::server::GetCredentialRequest {
+                task_id: task.id().to_owned(),
+                name: r.name,
+                scopes: r.scopes,
+                audience: r.audience,
+                selectors: caller.selectors.iter().map(ToString::to_string).collect(),
+                exe_path: selector_value(&caller, "path:").to_owned(),
+                exe_sha256: selector_value(&caller, "sha256:").to_owned(),
+            })
+            .await
+            .map_err(command_status)?;
+        let expires_at = u64::try_from(s.expires_at).unwrap_or(0);
+        let answer = GetCredentialResponse {
+            credential: s.credential,
+            r#type: credential_type(&s.r#type).into(),
+            expires_at: s.expires_at,
+            lease_id: s.lease_id,
+            scopes: s.scopes,
+            task_id: task.id().to_owned(),
+        };
+        // The task may have ended while the server answered.
+        if !self
+            .owner
+            .snapshot()
+            .tasks
+            .iter()
+            .any(|t| t.id() == task.id())
+        {
+            return Err(Status::failed_precondition(format!(
+                "task {} ended",
+                task.id()
+            )));
+        }
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() < MAX_CACHED {
+                cache.insert(
+                    key,
+                    Cached {
+                        answer: answer.clone(),
+                        expires_at,
+                    },
+                );
+            }
+        }
+        caller.recheck()?;
+        Ok(Response::new(answer))
+    }
+}
