@@ -42,6 +42,9 @@ pub enum Command {
     /// Tool-call decisions, asked as an enforcement point asks them.
     #[command(subcommand)]
     Tool(tool::ToolCmd),
+    /// Credentials from providers, for this process's task.
+    #[command(subcommand)]
+    Credential(credential::CredentialCmd),
     /// Exit 0 when the agent's Workload API answers its health check.
     Healthcheck {
         #[command(flatten)]
@@ -416,6 +419,7 @@ pub(crate) fn write_files(dir: &Path, resp: &X509svidResponse) -> Result<(), Cli
     Ok(())
 }
 
+mod credential;
 mod out;
 pub mod process;
 mod task;
@@ -429,6 +433,7 @@ pub async fn run_client(cmd: Command) -> Result<(), CliError> {
         Command::Run(_) => Err(err("run is handled by main")),
         Command::Task(cmd) => task::run_task(cmd).await,
         Command::Tool(cmd) => tool::run_tool(cmd).await,
+        Command::Credential(cmd) => credential::run_credential(cmd).await,
         Command::Healthcheck { socket } => {
             let path = socket.path();
             if !path.exists() {

@@ -53,6 +53,11 @@ pub struct TaskRunArgs {
     /// Which of this process's identities [default: its first].
     #[arg(long)]
     pub spiffe_id: Option<String>,
+    /// Hand the command a credential from provider NAME in the environment
+    /// variable VAR (repeatable; NAME=VAR). It lives no longer than the
+    /// task; like --write, it needs a runner the entry names.
+    #[arg(long = "credential", value_name = "NAME=VAR")]
+    pub credentials: Vec<String>,
     /// Begin with the permitted tools when some are denied.
     #[arg(long)]
     pub allow_partial: bool,
@@ -68,10 +73,31 @@ pub struct TaskRunArgs {
     pub command: Vec<String>,
 }
 
+/// Parses `--credential NAME=VAR`.
+fn credential_flag(flag: &str) -> Result<(String, String), CliError> {
+    let (name, var) = flag
+        .split_once('=')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .ok_or_else(|| err(format!("--credential {flag:?}: expected NAME=VAR")))?;
+    let var_ok = var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !var.as_bytes()[0].is_ascii_digit();
+    if !var_ok {
+        return Err(err(format!(
+            "--credential {flag:?}: {var:?} is not an environment variable name"
+        )));
+    }
+    Ok((name.to_owned(), var.to_owned()))
+}
+
 /// Runs a `task` subcommand.
 pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
     let TaskCmd::Run(a) = cmd;
     let ttl = parse_duration(&a.ttl).map_err(|e| err(format!("--ttl: {e}")))?;
+    let wanted = a
+        .credentials
+        .iter()
+        .map(|c| credential_flag(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let socket = a.socket.path();
     if !socket.exists() {
         return Err(err(format!(
@@ -130,6 +156,24 @@ pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
             outln!("Wrote {}", p.display());
         }
     }
+    let mut env = Vec::with_capacity(wanted.len());
+    for (name, var) in wanted {
+        let c = super::credential::fetch(
+            &socket,
+            lanyard_proto::broker::GetCredentialRequest {
+                name: name.clone(),
+                task_id: resp.task_id.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        eprintln!(
+            "credential {name} in ${var} ({}, lease {})",
+            super::credential::type_name(c.r#type),
+            c.lease_id
+        );
+        env.push((var, c.credential));
+    }
     let socket = std::path::absolute(&socket).unwrap_or(socket);
     let Some((program, args)) = a.command.split_first() else {
         return Err(err("a command to run is required after --"));
@@ -138,6 +182,7 @@ pub(super) async fn run_task(cmd: TaskCmd) -> Result<(), CliError> {
     // the task; it finds the agent through SPIFFE_ENDPOINT_SOCKET.
     let e = std::process::Command::new(program)
         .args(args)
+        .envs(env)
         .env(
             "SPIFFE_ENDPOINT_SOCKET",
             format!("unix://{}", socket.display()),

@@ -13,6 +13,7 @@ mod agent_metrics;
 mod audit;
 mod audit_delivery;
 mod crash;
+mod credentials;
 mod dns;
 mod enforce;
 mod faults;

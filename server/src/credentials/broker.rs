@@ -399,7 +399,11 @@ impl Broker {
         // Scopes beyond those asked for are refused (and the token given
         // back where the provider can take it).
         let granted = issued.scope.unwrap_or_else(|| scopes.clone());
-        let extra: Vec<_> = granted.iter().filter(|s| !scopes.contains(s)).collect();
+        // (A provider that declares no scopes leaves them to the server.)
+        let extra: Vec<_> = granted
+            .iter()
+            .filter(|s| !scopes.is_empty() && !scopes.contains(s))
+            .collect();
         let outlives = issued_until.is_none_or(|t| t > task_end);
         let refusal = if !extra.is_empty() {
             Some(format!(

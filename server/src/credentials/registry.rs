@@ -314,7 +314,7 @@ mod tests {
                 client_auth: ClientAuth::JwtSpiffe,
                 scopes: vec!["repo:read".into()],
                 revocation_url: None,
-                grant: super::provider::Grant::TokenExchange,
+                grant: crate::credentials::Grant::TokenExchange,
             }),
         )
         .await
