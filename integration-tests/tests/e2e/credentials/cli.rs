@@ -1,0 +1,67 @@
+//! The command line: `task run --credential NAME=VAR` hands the command a
+//! credential in its environment, and `credential get` works from a
+//! process the task's holder started (a script's helper), not from one
+//! outside the task.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::agent_cli::BIN;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_run_hands_credentials_to_its_command_and_its_children() {
+    let s = setup(3600).await;
+    let socket = s.agent.socket.clone();
+    let mut child = Command::new(BIN)
+        .args(["task", "run", "--type", "report.generate", "--tool", "crm.read"])
+        .args(["--sensitivity", "internal", "--spiffe-id", PLANNER])
+        .args(["--on-behalf-of", "user:alice@example.com"])
+        .args(["--credential", "api-key=CRM_KEY", "--"])
+        .args(["sh", "-c"])
+        .arg(format!(
+            "echo \"$CRM_KEY\"; {BIN} credential get internal --scope reports:read --output json; exec sleep 30"
+        ))
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let finish = |mut child: std::process::Child| {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    if lines.len() < 2 {
+        panic!("task run printed {lines:?}: {}", finish(child));
+    }
+    assert_eq!(lines[0], "crm-key-123");
+    let txn: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(txn["type"], "txn_token");
+    assert_eq!(txn["scopes"], serde_json::json!(["reports:read"]));
+    let task_id = txn["task_id"].as_str().unwrap().to_owned();
+
+    // This process started `task run` but does not descend from it: while
+    // the task lives, it is still not this process's task.
+    let e = get(&s.agent.socket, "internal", &[], &task_id)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = get(&s.agent.socket, "internal", &[], "").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let stderr = finish(child);
+    assert!(
+        stderr.contains("credential api-key in $CRM_KEY"),
+        "{stderr}"
+    );
+}
