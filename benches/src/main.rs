@@ -8,6 +8,7 @@
 //! ```
 
 mod audit;
+mod credentials;
 mod enforce;
 mod fleet;
 mod procs;
@@ -269,6 +270,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tasks::withdrawal(&d, tasks::Withdraw::End, args.samples.min(100)).await?,
         tasks::withdrawal(&d, tasks::Withdraw::Revoke, args.samples.min(100)).await?,
     ];
+    eprintln!(
+        "- GetCredential: cached, and first issuances (txn-token; oauth-exchange against an instant loopback token endpoint)"
+    );
+    credentials::prepare(&d).await?;
+    let n = args.samples.min(200);
+    let credential_reports = [
+        credentials::get_credential(&d, "bench-txn", false, n * 5).await?,
+        credentials::get_credential(&d, "bench-txn", true, n).await?,
+        credentials::get_credential(&d, "bench-oauth", true, n).await?,
+    ];
     eprintln!("- AuthorizeToolCall on the agent, 1 and 10 enforcement-point callers");
     enforce::prepare(&d).await?;
     // The workload, task and enforcement-point entries' standing SVIDs.
@@ -298,6 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     reports.extend(task_reports);
     reports.extend([authz1, authz10, revoke]);
+    reports.extend(credential_reports);
     println!();
     stats::print_table(&reports);
     let base = &reports[0];
@@ -341,6 +353,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "{}: p50 {:.1} ms p99 {:.1} ms over {} samples (target p99 < 1 s)",
         reports[10].name, reports[10].p50_ms, reports[10].p99_ms, reports[10].ok
     );
+    println!(
+        "{}: p50 {:.3} ms p99 {:.3} ms (target p99 < 2 ms)",
+        reports[11].name, reports[11].p50_ms, reports[11].p99_ms
+    );
+    for r in &reports[12..14] {
+        println!(
+            "{}: p50 {:.2} ms p99 {:.2} ms (target: p99 within 10 ms of the authorization server's own latency; here a loopback one that answers at once)",
+            r.name, r.p50_ms, r.p99_ms
+        );
+    }
     if let Some(f) = &footprint {
         println!(
             "agent with {} SVIDs on a {}s TTL: RSS {:.1} MiB (idle {:.1} MiB; target < 30 MB), CPU {:.1}% of one core over {:.0}s; all served {:.1}s after creation",

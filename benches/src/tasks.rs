@@ -43,7 +43,7 @@ pub async fn prepare(d: &Deployment, policies: usize) -> anyhow::Result<()> {
                     allowed_tools: vec!["*".into()],
                     max_task_ttl_seconds: 600,
                     max_sensitivity: String::new(),
-                    allowed_credentials: vec![],
+                    allowed_credentials: vec!["*".into()],
                 }),
                 ..Default::default()
             }),
@@ -51,7 +51,7 @@ pub async fn prepare(d: &Deployment, policies: usize) -> anyhow::Result<()> {
         .await?;
     if policies > 0 {
         let mut text = String::from(
-            "permit (principal, action == Lanyard::Action::\"BeginTask\", resource);\n",
+            "permit (principal, action == Lanyard::Action::\"BeginTask\", resource);\npermit (principal, action == Lanyard::Action::\"GetCredential\", resource);\n",
         );
         for i in 0..policies {
             text.push_str(&format!(

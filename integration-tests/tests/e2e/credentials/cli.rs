@@ -65,3 +65,41 @@ async fn task_run_hands_credentials_to_its_command_and_its_children() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_agent_gets_a_token_uses_it_and_sees_it_die_with_its_task() {
+    let s = setup(3600).await;
+    let py = python::python(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let socket = s.agent.socket.clone();
+    let api = format!("{}/api/whoami", s.auth.base);
+    let ca = s._dir.path().join("as.crt");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(python::repo_root().join("examples/python/credential_agent.py"))
+            .arg("--socket")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--spiffe-id", PLANNER, "--tool", "crm.read"])
+            .args(["--on-behalf-of", "user:alice@example.com"])
+            .args(["--provider", "github", "--scope", "repo:read"])
+            .args(["--api", &api])
+            .arg("--api-ca")
+            .arg(ca)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["credential"]["type"], "CREDENTIAL_TYPE_BEARER");
+    assert!(v["credential"]["expires_at"].as_i64() <= v["credential"]["task_expires_at"].as_i64());
+    assert_eq!(v["api_during_task"][0], 200);
+    assert_eq!(v["api_during_task"][1]["sub"], PLANNER);
+    assert_eq!(v["api_during_task"][1]["task"], v["task_id"]);
+    assert_eq!(v["api_after_task"], 401, "{v}");
+}
