@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 
 use lanyard_core::clock::unix_secs;
 use lanyard_proto::broker::credential_broker_server::CredentialBroker;
+use lanyard_proto::broker::get_credential_request::TaskCredential;
 use lanyard_proto::broker::{CredentialType, GetCredentialRequest, GetCredentialResponse};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::caller::Callers;
 use super::task::{attest_task_caller, command_status, matches_in_full, selector_value};
-use crate::identity::{ActiveTask, IdentityHandle};
+use crate::identity::IdentityHandle;
 
 /// A cached credential is fetched again when it has less than this left.
 pub const REFRESH_BEFORE_SECS: u64 = 10;
@@ -29,10 +30,35 @@ pub const MAX_DESCENT: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
+    /// The caller's task, or (for an enforcement point) a digest of the
+    /// enforcement point's entry and the credential it was shown.
     task_id: String,
     name: String,
     scopes: Vec<String>,
     audience: String,
+}
+
+/// A digest naming what an enforcement point was shown.
+fn shown_digest(ep_entry: &str, c: &TaskCredential) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut part = |b: &[u8]| {
+        ctx.update(&(b.len() as u64).to_be_bytes());
+        ctx.update(b);
+    };
+    part(ep_entry.as_bytes());
+    match c {
+        TaskCredential::X509Chain(chain) => {
+            part(b"x509");
+            for cert in &chain.certs {
+                part(cert);
+            }
+        }
+        TaskCredential::JwtSvid(t) => {
+            part(b"jwt");
+            part(t.as_bytes());
+        }
+    }
+    format!("shown:{}", hex::encode(ctx.finish().as_ref()))
 }
 
 struct Cached {
@@ -55,6 +81,26 @@ fn credential_type(t: &str) -> CredentialType {
         "secret" => CredentialType::Secret,
         _ => CredentialType::Unspecified,
     }
+}
+
+/// The server's answer as the workload gets it.
+fn answer_of(s: lanyard_proto::server::GetCredentialResponse) -> GetCredentialResponse {
+    GetCredentialResponse {
+        credential: s.credential,
+        r#type: credential_type(&s.r#type).into(),
+        expires_at: s.expires_at,
+        lease_id: s.lease_id,
+        scopes: s.scopes,
+        task_id: s.task_id,
+    }
+}
+
+/// Whether the agent knows `task_id` revoked (an enforcement point's
+/// cached credential goes with it).
+fn task_revoked(snap: &crate::cache::Snapshot, task_id: &str) -> bool {
+    snap.revocations
+        .get(lanyard_core::revocation::RevokedKind::Task, task_id)
+        .is_some()
 }
 
 fn check_request(r: &GetCredentialRequest) -> Result<(), Status> {
@@ -96,10 +142,96 @@ impl BrokerApi {
         }
     }
 
-    /// Drops what no held task owns any more, and what has expired.
-    fn purge(&self, held: &[Arc<ActiveTask>], now: u64) {
+    /// Drops what no held task owns any more (an enforcement point's:
+    /// whose task is revoked), and what has expired.
+    fn purge(&self, snap: &crate::cache::Snapshot, now: u64) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|k, v| v.expires_at > now && held.iter().any(|t| t.id() == k.task_id));
+        cache.retain(|k, v| {
+            v.expires_at > now
+                && if k.task_id.starts_with("shown:") {
+                    !task_revoked(snap, &v.answer.task_id)
+                } else {
+                    snap.tasks.iter().any(|t| t.id() == k.task_id)
+                }
+        });
+    }
+
+    fn cached_answer(&self, key: &Key, now: u64) -> Option<GetCredentialResponse> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|c| c.expires_at > now + REFRESH_BEFORE_SECS)
+            .map(|c| c.answer.clone())
+    }
+
+    fn keep(&self, key: Key, answer: &GetCredentialResponse) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() < MAX_CACHED {
+            cache.insert(
+                key,
+                Cached {
+                    answer: answer.clone(),
+                    expires_at: u64::try_from(answer.expires_at).unwrap_or(0),
+                },
+            );
+        }
+    }
+
+    /// An enforcement point asking for the task its caller showed.
+    async fn for_enforcement_point(
+        &self,
+        caller: &super::caller::Caller,
+        r: GetCredentialRequest,
+        shown: TaskCredential,
+    ) -> Result<GetCredentialResponse, Status> {
+        let snap = self.owner.snapshot();
+        let Some(ep) = snap
+            .entries_for(&caller.selectors)
+            .into_iter()
+            .find(|e| e.enforcement_point)
+            .map(|e| e.id.to_string())
+        else {
+            return Err(Status::permission_denied(
+                "only an enforcement point may present a task credential (its entry needs --enforcement-point)",
+            ));
+        };
+        let mut scopes = r.scopes.clone();
+        scopes.sort();
+        let key = Key {
+            task_id: shown_digest(&ep, &shown),
+            name: r.name.clone(),
+            scopes,
+            audience: r.audience.clone(),
+        };
+        let now = unix_secs(std::time::SystemTime::now());
+        self.purge(&snap, now);
+        if let Some(answer) = self.cached_answer(&key, now) {
+            return Ok(answer);
+        }
+        let (x509_chain, jwt_svid) = match shown {
+            TaskCredential::X509Chain(c) => (c.certs, String::new()),
+            TaskCredential::JwtSvid(t) => (vec![], t),
+        };
+        let s = self
+            .owner
+            .get_credential(lanyard_proto::server::GetCredentialRequest {
+                name: r.name,
+                scopes: r.scopes,
+                audience: r.audience,
+                selectors: caller.selectors.iter().map(ToString::to_string).collect(),
+                exe_path: selector_value(caller, "path:").to_owned(),
+                exe_sha256: selector_value(caller, "sha256:").to_owned(),
+                enforcement_point_entry_id: ep,
+                x509_chain,
+                jwt_svid,
+                ..Default::default()
+            })
+            .await
+            .map_err(command_status)?;
+        let answer = answer_of(s);
+        self.keep(key, &answer);
+        Ok(answer)
     }
 
     /// How many credentials are cached (for tests and metrics).
@@ -116,8 +248,13 @@ impl CredentialBroker for BrokerApi {
         req: Request<GetCredentialRequest>,
     ) -> Result<Response<GetCredentialResponse>, Status> {
         let (caller, owner) = attest_task_caller(&self.owner, &self.callers, &req).await?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         check_request(&r)?;
+        if let Some(shown) = r.task_credential.take() {
+            let answer = self.for_enforcement_point(&caller, r, shown).await?;
+            caller.recheck()?;
+            return Ok(Response::new(answer));
+        }
         let snap = self.owner.snapshot();
         let pid = owner.pid;
         let mine: Vec<_> = snap
@@ -169,15 +306,8 @@ impl CredentialBroker for BrokerApi {
             audience: r.audience.clone(),
         };
         let now = unix_secs(std::time::SystemTime::now());
-        self.purge(&snap.tasks, now);
-        let hit = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .filter(|c| c.expires_at > now + REFRESH_BEFORE_SECS)
-            .map(|c| c.answer.clone());
-        if let Some(answer) = hit {
+        self.purge(&snap, now);
+        if let Some(answer) = self.cached_answer(&key, now) {
             caller.recheck()?;
             return Ok(Response::new(answer));
         }
@@ -191,18 +321,11 @@ impl CredentialBroker for BrokerApi {
                 selectors: caller.selectors.iter().map(ToString::to_string).collect(),
                 exe_path: selector_value(&caller, "path:").to_owned(),
                 exe_sha256: selector_value(&caller, "sha256:").to_owned(),
+                ..Default::default()
             })
             .await
             .map_err(command_status)?;
-        let expires_at = u64::try_from(s.expires_at).unwrap_or(0);
-        let answer = GetCredentialResponse {
-            credential: s.credential,
-            r#type: credential_type(&s.r#type).into(),
-            expires_at: s.expires_at,
-            lease_id: s.lease_id,
-            scopes: s.scopes,
-            task_id: task.id().to_owned(),
-        };
+        let answer = answer_of(s);
         // The task may have ended while the server answered.
         if !self
             .owner
@@ -216,18 +339,7 @@ impl CredentialBroker for BrokerApi {
                 task.id()
             )));
         }
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() < MAX_CACHED {
-                cache.insert(
-                    key,
-                    Cached {
-                        answer: answer.clone(),
-                        expires_at,
-                    },
-                );
-            }
-        }
+        self.keep(key, &answer);
         caller.recheck()?;
         Ok(Response::new(answer))
     }

@@ -83,6 +83,7 @@ pub(super) async fn run_credential(cmd: CredentialCmd) -> Result<(), CliError> {
             scopes,
             audience,
             task_id,
+            task_credential: None,
         },
     )
     .await?;

@@ -23,7 +23,7 @@ use super::provider::{
 use super::registry::{CredentialError, Credentials};
 use super::seal::Secret;
 use super::txn_token::{TxnTokenParams, mint_txn_token};
-use crate::tasks::{Caller, CredentialAsk, TaskServiceError, Tasks};
+use crate::tasks::{Caller, CredentialAsk, ReleaseAsk, TaskCredential, TaskServiceError, Tasks};
 
 /// Lifetime of a transaction token (capped at the task's end).
 pub const TXN_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -71,6 +71,9 @@ pub struct CredentialRequest<'a> {
     pub audience: &'a str,
     /// The calling workload.
     pub caller: &'a Caller,
+    /// An enforcement point acting for a task: its entry and the task
+    /// credential its caller presented (`task_id` is then unused).
+    pub release: Option<(&'a str, &'a TaskCredential)>,
 }
 
 /// A credential handed to a task.
@@ -85,6 +88,8 @@ pub struct Handed {
     pub lease_id: String,
     /// Scopes granted.
     pub scopes: Vec<String>,
+    /// The task it belongs to.
+    pub task_id: String,
 }
 
 impl std::fmt::Debug for Handed {
@@ -197,6 +202,7 @@ impl Broker {
                     revoke: None,
                     ended_at: None,
                     end_reason: String::new(),
+                    enforcement_point: String::new(),
                 };
                 tracing::info!(task_id = r.task_id, provider = r.name, err = %e, "credential refused");
                 self.note(Kind::CredentialDenied, &lease, &e.to_string())
@@ -222,17 +228,35 @@ impl Broker {
             }
             ProviderKind::Secret { .. } => vec![],
         };
-        let grant = inner
-            .tasks
-            .authorize_credential(CredentialAsk {
-                agent: r.agent,
-                task_id: r.task_id,
-                provider: r.name,
-                scopes: &scopes,
-                target: r.audience,
-                caller: r.caller,
-            })
-            .await?;
+        let (grant, enforcement_point) = match r.release {
+            None => (
+                inner
+                    .tasks
+                    .authorize_credential(CredentialAsk {
+                        agent: r.agent,
+                        task_id: r.task_id,
+                        provider: r.name,
+                        scopes: &scopes,
+                        target: r.audience,
+                        caller: r.caller,
+                    })
+                    .await?,
+                None,
+            ),
+            Some((ep_entry_id, credential)) => {
+                let release = inner
+                    .tasks
+                    .authorize_release(ReleaseAsk {
+                        agent: r.agent,
+                        ep_entry_id,
+                        credential,
+                        provider: r.name,
+                        scopes: &scopes,
+                    })
+                    .await?;
+                (release.grant, Some(release.enforcement_point))
+            }
+        };
         let task = grant.task;
         let now = unix_secs(inner.clock.now());
         let minted = match &provider.kind {
@@ -258,7 +282,7 @@ impl Broker {
                 }
             }
             ProviderKind::Secret { reveal, .. } => {
-                if !reveal {
+                if !reveal && enforcement_point.is_none() {
                     return Err(BrokerError::Refused(format!(
                         "credential provider {:?} is released only to an enforcement point acting for the task (it is not declared --reveal)",
                         r.name
@@ -308,17 +332,21 @@ impl Broker {
             revoke,
             ended_at: None,
             end_reason: String::new(),
+            enforcement_point: enforcement_point
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         };
         inner.leases.record(&lease).await?;
         // The task may have ended while the token was being fetched: the
         // lease then ends at once (revoking what the provider can).
-        if inner.tasks.get(r.task_id).await.is_ok_and(|t| {
+        if inner.tasks.get(&lease.task_id).await.is_ok_and(|t| {
             t.state_at(unix_secs(inner.clock.now())) != lanyard_core::task::TaskState::Active
         }) {
             self.end_lease(&lease.lease_id, "task ended during issuance")
                 .await;
             return Err(BrokerError::Task(TaskServiceError::NotActive(
-                r.task_id.to_owned(),
+                lease.task_id.clone(),
                 "ended",
             )));
         }
@@ -328,6 +356,7 @@ impl Broker {
             expires_at: minted.expires_at,
             lease_id,
             scopes: minted.scopes,
+            task_id: lease.task_id.clone(),
         };
         Ok((handed, lease))
     }
@@ -461,7 +490,11 @@ impl Broker {
             .audit
             .note(|a| {
                 a.event(kind)
-                    .actor(lease.agent.clone())
+                    .actor(if lease.enforcement_point.is_empty() {
+                        lease.agent.clone()
+                    } else {
+                        lease.enforcement_point.clone()
+                    })
                     .subject(lease.spiffe_id.clone())
                     .node(lease.agent.clone())
                     .task(lease.task_id.clone())
@@ -473,6 +506,7 @@ impl Broker {
                         "lease_id": lease.lease_id,
                         "type": lease.credential_type.as_str(),
                         "expires_at": lease.expires_at,
+                        "enforcement_point": lease.enforcement_point,
                     }))
             })
             .await;

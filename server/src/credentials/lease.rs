@@ -81,6 +81,9 @@ pub struct Lease {
     /// Why it ended.
     #[serde(default)]
     pub end_reason: String,
+    /// The enforcement point it was released to, when not the workload.
+    #[serde(default)]
+    pub enforcement_point: String,
 }
 
 /// The leases in the store.

@@ -11,6 +11,7 @@ mod error;
 mod index;
 mod mint;
 mod recheck;
+mod release;
 mod service;
 
 pub use credential::{CredentialAsk, CredentialGrant};
@@ -20,4 +21,5 @@ pub use index::TaskFootprint;
 pub(crate) use mint::check_audiences;
 pub use mint::{MintedTask, TaskSvid};
 pub use recheck::{REPORT_GRACE, Recheck};
+pub use release::{Release, ReleaseAsk, TaskCredential};
 pub use service::{BeginInput, TaskParts, Tasks};

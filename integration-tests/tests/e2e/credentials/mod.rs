@@ -10,6 +10,7 @@
 
 mod cli;
 mod exchange;
+mod release;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,6 +4,7 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 use crate::credentials::CredentialRequest;
+use crate::tasks::TaskCredential;
 use lanyard_proto::server::{GetCredentialRequest, GetCredentialResponse};
 
 impl NodeApi {
@@ -20,6 +21,23 @@ impl NodeApi {
             exe_path: r.exe_path,
             exe_sha256: r.exe_sha256,
         };
+        let presented = match (r.x509_chain.is_empty(), r.jwt_svid.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(TaskCredential::X509(r.x509_chain)),
+            (true, false) => Some(TaskCredential::Jwt(r.jwt_svid)),
+            (false, false) => {
+                return Err(Status::invalid_argument("x509_chain or jwt_svid, not both"));
+            }
+        };
+        let release = match (&presented, r.enforcement_point_entry_id.is_empty()) {
+            (None, true) => None,
+            (Some(c), false) => Some((r.enforcement_point_entry_id.as_str(), c)),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "enforcement_point_entry_id and a task credential go together",
+                ));
+            }
+        };
         let handed = self
             .broker
             .get(CredentialRequest {
@@ -29,6 +47,7 @@ impl NodeApi {
                 scopes: &r.scopes,
                 audience: &r.audience,
                 caller: &caller,
+                release,
             })
             .await?;
         let credential = String::from_utf8(handed.credential.expose().to_vec())
@@ -39,6 +58,7 @@ impl NodeApi {
             expires_at: i64::try_from(handed.expires_at).unwrap_or(i64::MAX),
             lease_id: handed.lease_id.clone(),
             scopes: handed.scopes.clone(),
+            task_id: handed.task_id.clone(),
         }))
     }
 }
