@@ -37,7 +37,10 @@ impl ServerProc {
 
     /// [`ServerProc::start`] on a given port (a restart where agents
     /// expect it).
+    /// Every server under `dir` shares `dir/credential.key` (as servers of
+    /// one database must).
     pub fn start_on(bin: &str, dir: &Path, n: usize, datastore: &str, port: u16) -> Self {
+        let key_file = dir.join("credential.key");
         let dir = dir.join(format!("server{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let admin = dir.join("admin.sock");
@@ -54,6 +57,8 @@ impl ServerProc {
             .arg("--admin-socket")
             .arg(&admin)
             .args(["--datastore", datastore])
+            .arg("--credential-key-file")
+            .arg(key_file)
             .args(["--default-x509-svid-ttl", "6s", "--agent-svid-ttl", "30s"])
             .env("LANYARD_LOG", "info")
             .stdout(Stdio::null())

@@ -152,6 +152,11 @@ pub struct RunArgs {
     /// Serve discovery over plain HTTP (behind a TLS-terminating proxy).
     #[arg(long, env = "LANYARD_OIDC_PLAIN_HTTP")]
     pub oidc_plain_http: bool,
+    /// The key file sealing credential providers' secrets [default:
+    /// <data dir>/credential.key]; every server of one database needs the
+    /// same file.
+    #[arg(long, env = "LANYARD_CREDENTIAL_KEY_FILE")]
+    pub credential_key_file: Option<PathBuf>,
     /// PEM file of the CA certificates trusted for authorization servers'
     /// token and revocation endpoints [default: the system's roots].
     #[arg(long, env = "LANYARD_CREDENTIAL_CA_FILE")]
@@ -207,6 +212,7 @@ impl RunArgs {
             oidc_key: self.oidc_key.clone(),
             oidc_plain_http: self.oidc_plain_http.then_some(true),
             credential_ca_file: self.credential_ca_file.clone(),
+            credential_key_file: self.credential_key_file.clone(),
             ca_ttl: self.ca_ttl.clone(),
             default_x509_svid_ttl: self.default_x509_svid_ttl.clone(),
             default_jwt_svid_ttl: self.default_jwt_svid_ttl.clone(),

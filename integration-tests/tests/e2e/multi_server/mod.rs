@@ -17,6 +17,7 @@ use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
 use lanyard_pg_testing::PgCluster;
 use lanyard_proto::admin::admin_client::AdminClient;
+mod credentials;
 use lanyard_proto::admin::{
     AgentRequest, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest,
     ListAuthoritiesRequest,
@@ -119,9 +120,11 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     init();
     let mut f = Fleet::start().await;
     every_server_publishes_its_ca_and_keeps_its_private_keys(&f).await;
-    a_secret_provider_is_shared_and_the_database_holds_only_ciphertext(&f).await;
+    credentials::a_secret_provider_is_shared_and_the_database_holds_only_ciphertext(&f).await;
     let (agent, client, home) = the_agent_attests_through_one_and_trusts_all_three(&f).await;
     an_entry_through_another_server_arrives_at_once(&f, &client, home).await;
+    credentials::a_secret_added_through_one_server_is_released_through_another(&f, &agent, home)
+        .await;
     let (dead, now_home) =
         a_killed_server_hands_the_agent_over_with_fresh_svids(&mut f, &agent, home).await;
     let third = (0..3).find(|i| *i != home && *i != now_home).unwrap();
@@ -192,64 +195,6 @@ async fn every_server_publishes_its_ca_and_keeps_its_private_keys(f: &Fleet) {
             assert_eq!(k.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
-}
-
-/// A secret provider added through one server is seen and rotated through
-/// the others; the shared database holds only its ciphertext.
-async fn a_secret_provider_is_shared_and_the_database_holds_only_ciphertext(f: &Fleet) {
-    use lanyard_proto::admin::{
-        AddCredentialRequest, CredentialProviderRequest, ListCredentialsRequest,
-        RotateCredentialRequest,
-    };
-    let name = || "crm-api-key".to_owned();
-    f.admin(0)
-        .add_credential(AddCredentialRequest {
-            name: name(),
-            kind: "secret".into(),
-            secret: b"sk-live-fleet-0123456789".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let seen = f
-        .admin(1)
-        .get_credential_provider(CredentialProviderRequest { name: name() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((seen.kind.as_str(), seen.version), ("secret", 1));
-    let rotated = f
-        .admin(2)
-        .rotate_credential(RotateCredentialRequest {
-            name: name(),
-            secret: b"sk-live-fleet-rotated".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rotated.version, 2);
-    assert_ne!(rotated.digest, seen.digest);
-    let listed = f
-        .admin(0)
-        .list_credentials(ListCredentialsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.providers[0].version, 2);
-    let db = f.pg.client(&f.db).await.unwrap();
-    let rows = db
-        .query(
-            "SELECT data::text FROM lanyard_docs WHERE kind = 'credential'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 1);
-    let row: String = rows[0].get(0);
-    assert!(
-        row.contains("ciphertext") && !row.contains("sk-live"),
-        "{row}"
-    );
 }
 
 /// The agent attests through server 2 and is given all three addresses;
