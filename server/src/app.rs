@@ -249,6 +249,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         credentials.clone(),
         crate::credentials::Leases::new(store.clone(), clock.clone()),
         tasks.clone(),
+        revocations.clone(),
         clock.clone(),
         authorization_server_client(config.credential_ca_file.as_deref())?,
     );

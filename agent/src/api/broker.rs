@@ -64,6 +64,10 @@ fn shown_digest(ep_entry: &str, c: &TaskCredential) -> String {
 struct Cached {
     answer: GetCredentialResponse,
     expires_at: u64,
+    /// When it was kept (Unix seconds).
+    kept_at: u64,
+    /// The workload it was issued for (empty for an enforcement point's).
+    spiffe_id: String,
 }
 
 /// The CredentialBroker service.
@@ -101,6 +105,16 @@ fn task_revoked(snap: &crate::cache::Snapshot, task_id: &str) -> bool {
     snap.revocations
         .get(lanyard_core::revocation::RevokedKind::Task, task_id)
         .is_some()
+}
+
+/// Whether every SVID of `spiffe_id` issued up to `since` is revoked (its
+/// credentials' leases end with them).
+fn workload_revoked(snap: &crate::cache::Snapshot, spiffe_id: &str, since: u64) -> bool {
+    !spiffe_id.is_empty()
+        && snap
+            .revocations
+            .get(lanyard_core::revocation::RevokedKind::SpiffeId, spiffe_id)
+            .is_some_and(|r| r.revoked_at >= since)
 }
 
 fn check_request(r: &GetCredentialRequest) -> Result<(), Status> {
@@ -148,6 +162,7 @@ impl BrokerApi {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|k, v| {
             v.expires_at > now
+                && !workload_revoked(snap, &v.spiffe_id, v.kept_at)
                 && if k.task_id.starts_with("shown:") {
                     !task_revoked(snap, &v.answer.task_id)
                 } else {
@@ -165,7 +180,7 @@ impl BrokerApi {
             .map(|c| c.answer.clone())
     }
 
-    fn keep(&self, key: Key, answer: &GetCredentialResponse) {
+    fn keep(&self, key: Key, answer: &GetCredentialResponse, spiffe_id: &str) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() < MAX_CACHED {
             cache.insert(
@@ -173,6 +188,8 @@ impl BrokerApi {
                 Cached {
                     answer: answer.clone(),
                     expires_at: u64::try_from(answer.expires_at).unwrap_or(0),
+                    kept_at: unix_secs(std::time::SystemTime::now()),
+                    spiffe_id: spiffe_id.to_owned(),
                 },
             );
         }
@@ -230,7 +247,7 @@ impl BrokerApi {
             .await
             .map_err(command_status)?;
         let answer = answer_of(s);
-        self.keep(key, &answer);
+        self.keep(key, &answer, "");
         Ok(answer)
     }
 
@@ -339,7 +356,7 @@ impl CredentialBroker for BrokerApi {
                 task.id()
             )));
         }
-        self.keep(key, &answer);
+        self.keep(key, &answer, task.record.grant.spiffe_id.as_str());
         caller.recheck()?;
         Ok(Response::new(answer))
     }

@@ -115,6 +115,8 @@ pub(super) struct BrokerInner {
     pub(super) credentials: Credentials,
     pub(super) leases: Leases,
     pub(super) tasks: Tasks,
+    /// What is revoked (a revoked workload's leases end).
+    pub(super) revocations: crate::enforce::Revocations,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) http: AsClient,
     pub(super) audit: crate::audit::AuditHook,
@@ -143,6 +145,7 @@ impl Broker {
         credentials: Credentials,
         leases: Leases,
         tasks: Tasks,
+        revocations: crate::enforce::Revocations,
         clock: Arc<dyn Clock>,
         http: AsClient,
     ) -> Self {
@@ -151,6 +154,7 @@ impl Broker {
                 credentials,
                 leases,
                 tasks,
+                revocations,
                 clock,
                 http,
                 audit: crate::audit::AuditHook::default(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lanyard_core::audit::Kind;
 use lanyard_core::clock::unix_secs;
+use lanyard_core::revocation::RevokedKind;
 use lanyard_core::task::TaskState;
 use tokio::sync::watch;
 
@@ -156,8 +157,15 @@ impl Broker {
                 Err(crate::tasks::TaskServiceError::NotFound(_)) => TaskState::Ended,
                 Err(_) => continue,
             };
+            let workload_revoked = inner
+                .revocations
+                .get(RevokedKind::SpiffeId, &l.spiffe_id)
+                .is_some_and(|r| r.revoked_at >= l.issued_at);
             if state != TaskState::Active {
                 self.end_lease(&l.lease_id, &format!("task {}", state.as_str()))
+                    .await;
+            } else if workload_revoked {
+                self.end_lease(&l.lease_id, "the workload's SVIDs were revoked")
                     .await;
             } else if l.expires_at <= now {
                 self.end_lease(&l.lease_id, "expired").await;
@@ -168,13 +176,25 @@ impl Broker {
         }
     }
 
-    /// Ends leases as tasks end, and sweeps, until `shutdown`.
+    /// Ends leases as tasks end, and sweeps (at once when something is
+    /// revoked, at most once a second), until `shutdown`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut ends = self.inner.tasks.ends();
+        let mut revoked = self.inner.revocations.subscribe();
+        let mut last_sweep = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                changed = revoked.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if last_sweep.elapsed() >= Duration::from_secs(1) {
+                        self.sweep().await;
+                        last_sweep = tokio::time::Instant::now();
+                    }
+                }
                 () = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
                 ended = ends.recv() => match ended {
                     Ok(id) => {
@@ -189,7 +209,10 @@ impl Broker {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.sweep().await,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                _ = tick.tick() => self.sweep().await,
+                _ = tick.tick() => {
+                    self.sweep().await;
+                    last_sweep = tokio::time::Instant::now();
+                }
             }
         }
     }

@@ -232,6 +232,15 @@ impl Revocations {
         self.read().set.items().into_iter().cloned().collect()
     }
 
+    /// The revocation of `kind:value`, if in force.
+    pub fn get(
+        &self,
+        kind: lanyard_core::revocation::RevokedKind,
+        value: &str,
+    ) -> Option<Revocation> {
+        self.read().set.get(kind, value).cloned()
+    }
+
     /// Whether `kind:value` is revoked.
     pub fn contains(&self, kind: lanyard_core::revocation::RevokedKind, value: &str) -> bool {
         self.read().set.get(kind, value).is_some()

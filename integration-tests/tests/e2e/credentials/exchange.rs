@@ -260,6 +260,33 @@ async fn policy_and_quarantine_refuse_credentials_and_a_short_token_needs_no_rev
     assert!(short.expires_at < task.expires_at);
     assert_eq!(s.auth.whoami(&short.credential).await.0, 200);
 
+    // Revoking the workload's SVIDs ends its leases: the token is revoked
+    // at the authorization server, and the agent forgets its copy.
+    s.server
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            spiffe_id: PLANNER.into(),
+            reason: "key leaked".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually("the token revoked with the workload", WAIT, || async {
+        (s.auth.whoami(&c.credential).await.0 == 401).then_some(())
+    })
+    .await;
+    // A revocation covers what was issued up to its second: the next
+    // lease comes from the second after.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = eventually("a fresh lease", WAIT, || async {
+        get(sock, "github", &["repo:read"], "")
+            .await
+            .ok()
+            .filter(|n| n.lease_id != c.lease_id)
+    })
+    .await;
+    assert_eq!(s.auth.whoami(&fresh.credential).await.0, 200);
+
     // A quarantine of the task refuses the caller and ends the lease.
     s.server
         .admin()
