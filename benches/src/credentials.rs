@@ -102,15 +102,18 @@ async fn begin(c: &mut TaskIdentityClient<tonic::transport::Channel>) -> anyhow:
     .task_id)
 }
 
-/// `samples` GetCredential calls of `provider`: each in a fresh task
-/// (`first`: a first issuance) or all in one (served from the cache after
-/// the first, which is not counted).
+/// `samples` GetCredential calls of `provider`: each for a task of its own
+/// (`first`: a first issuance; the tasks are begun in batches before the
+/// timed calls and ended after them, so that ending tasks, and the
+/// revocations it pushes, do not run under the figures) or all in one
+/// (served from the cache after the first, which is not counted).
 pub async fn get_credential(
     d: &Deployment,
     provider: &str,
     first: bool,
     samples: usize,
 ) -> anyhow::Result<Report> {
+    const BATCH: usize = 50;
     let mut tasks = TaskIdentityClient::new(unix_channel(&d.socket)?);
     let mut broker = CredentialBrokerClient::new(unix_channel(&d.socket)?);
     let ask = |task_id: &str| {
@@ -123,31 +126,44 @@ pub async fn get_credential(
     let mut lat = Vec::with_capacity(samples);
     let mut errors = 0u64;
     let start = Instant::now();
-    let mut task = begin(&mut tasks).await?;
-    if !first {
-        broker.get_credential(ask(&task)).await?;
-    }
-    for _ in 0..samples {
-        if first {
-            let _ = tasks
-                .end_task(req(EndTaskRequest {
-                    task_id: task.clone(),
-                }))
-                .await;
-            task = begin(&mut tasks).await?;
-        }
-        let t = Instant::now();
-        match broker.get_credential(ask(&task)).await {
-            Ok(_) => lat.push(t.elapsed()),
-            Err(e) => {
-                if errors == 0 {
-                    eprintln!("  [get-credential {provider}] first error: {e}");
-                }
-                errors += 1;
+    let mut timed = |r: Result<tonic::Response<_>, tonic::Status>, t: Instant| match r {
+        Ok(_) => lat.push(t.elapsed()),
+        Err(e) => {
+            if errors == 0 {
+                eprintln!("  [get-credential {provider}] first error: {e}");
             }
+            errors += 1;
         }
+    };
+    if first {
+        let mut left = samples;
+        while left > 0 {
+            let n = left.min(BATCH);
+            let mut batch = Vec::with_capacity(n);
+            for _ in 0..n {
+                batch.push(begin(&mut tasks).await?);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for task in &batch {
+                let t = Instant::now();
+                let r = broker.get_credential(ask(task)).await;
+                timed(r, t);
+            }
+            for task_id in batch {
+                let _ = tasks.end_task(req(EndTaskRequest { task_id })).await;
+            }
+            left -= n;
+        }
+    } else {
+        let task = begin(&mut tasks).await?;
+        broker.get_credential(ask(&task)).await?;
+        for _ in 0..samples {
+            let t = Instant::now();
+            let r = broker.get_credential(ask(&task)).await;
+            timed(r, t);
+        }
+        let _ = tasks.end_task(req(EndTaskRequest { task_id: task })).await;
     }
-    let _ = tasks.end_task(req(EndTaskRequest { task_id: task })).await;
     Ok(Report::from_samples(
         &format!(
             "get-credential-{provider}-{}",
