@@ -48,6 +48,7 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     let other = tempfile::tempdir().unwrap();
     a_refused_attestation_entry_changes_and_a_jwt_svid(&s, other.path()).await;
     let (holder, mine) = tasks_begun_refused_delegated_and_ended(&s).await;
+    a_credential_issued_refused_and_ended_with_its_task(&s).await;
     let (allowed, refused_call) = one_call_allowed_and_one_denied(&s, &holder).await;
     let holder2 = a_revocation_a_quarantine_released_and_a_task_revoked(&s, &holder).await;
     let holder3 = reports_a_gap_and_an_entry_wide_quarantine_confirmed(&s).await;
@@ -142,6 +143,87 @@ async fn tasks_begun_refused_delegated_and_ended(s: &Setup) -> (Holder, String) 
         .await
         .unwrap();
     (holder, mine.task_id)
+}
+
+/// A task of this process is handed a transaction token, refused an
+/// unknown provider, and ended: the lease ends with it.
+async fn a_credential_issued_refused_and_ended_with_its_task(s: &Setup) {
+    use lanyard_proto::broker::GetCredentialRequest;
+    use lanyard_proto::broker::credential_broker_client::CredentialBrokerClient;
+    const ID: &str = "spiffe://example.org/agent/credentials";
+    let mut admin = s.server().admin();
+    admin
+        .add_credential(AddCredentialRequest {
+            name: "audit-txn".into(),
+            kind: "txn-token".into(),
+            audience: "spiffe://example.org".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .create_entry(lanyard_proto::admin::CreateEntryRequest {
+            entry: Some(lanyard_proto::types::Entry {
+                spiffe_id: ID.into(),
+                parent_id: NODE.into(),
+                selectors: vec![format!("unix:uid:{}", lanyard_integration_tests::own_uid())],
+                task_limits: Some(lanyard_proto::types::TaskLimits {
+                    allowed_task_types: vec!["*".into()],
+                    allowed_tools: vec!["*".into()],
+                    max_task_ttl_seconds: 600,
+                    allowed_credentials: vec!["audit-txn".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let mut tasks = TaskIdentityClient::new(lanyard_uds::unix_channel(&s.socket).unwrap());
+    let task = eventually("a task under the new entry", WAIT, || {
+        let mut tasks = tasks.clone();
+        async move {
+            tasks
+                .begin_task(header(BeginTaskRequest {
+                    spiffe_id: ID.into(),
+                    ..begin_request(&["crm.read"])
+                }))
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    let mut broker = CredentialBrokerClient::new(lanyard_uds::unix_channel(&s.socket).unwrap());
+    let ask = |name: &str| {
+        header(GetCredentialRequest {
+            name: name.into(),
+            task_id: task.task_id.clone(),
+            ..Default::default()
+        })
+    };
+    broker.get_credential(ask("audit-txn")).await.unwrap();
+    let e = broker
+        .get_credential(ask("audit-missing"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    tasks
+        .end_task(header(lanyard_proto::task::EndTaskRequest {
+            task_id: task.task_id.clone(),
+        }))
+        .await
+        .unwrap();
+    eventually("the lease's end", WAIT, || async {
+        verified_audit(s.server().admin())
+            .await
+            .iter()
+            .any(|r| {
+                kind(r) == "credential.lease_ended" && r["task"]["id"] == task.task_id.as_str()
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 /// The policy, and decisions at the enforcement point: one allowed, one
@@ -353,7 +435,7 @@ const SECRET_V2: &[u8] = b"sk-live-audit-second";
 fn credential_records_name_the_secret_by_digest_only(recs: &[Value]) {
     let creds: Vec<&Value> = recs
         .iter()
-        .filter(|r| kind(r).starts_with("credential."))
+        .filter(|r| r["details"]["name"] == "crm-api-key")
         .collect();
     let kinds: Vec<&str> = creds.iter().map(|r| kind(r)).collect();
     assert_eq!(
