@@ -76,6 +76,8 @@ pub struct BrokerApi {
     owner: IdentityHandle,
     callers: Arc<Callers>,
     cache: Arc<Mutex<HashMap<Key, Cached>>>,
+    /// The second of the last purge.
+    last_purge: Arc<Mutex<u64>>,
 }
 
 fn credential_type(t: &str) -> CredentialType {
@@ -153,12 +155,22 @@ impl BrokerApi {
             owner,
             callers,
             cache: Arc::default(),
+            last_purge: Arc::default(),
         }
     }
 
     /// Drops what no held task owns any more (an enforcement point's:
-    /// whose task is revoked), and what has expired.
+    /// whose task is revoked), and what has expired; at most once a second
+    /// (a hit is checked on its own in [`BrokerApi::cached_answer`]).
     fn purge(&self, snap: &crate::cache::Snapshot, now: u64) {
+        {
+            let mut last = self.last_purge.lock().unwrap_or_else(|p| p.into_inner());
+            if *last == now {
+                return;
+            }
+            *last = now;
+        }
+        let held: std::collections::HashSet<&str> = snap.tasks.iter().map(|t| t.id()).collect();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|k, v| {
             v.expires_at > now
@@ -166,17 +178,29 @@ impl BrokerApi {
                 && if k.task_id.starts_with("shown:") {
                     !task_revoked(snap, &v.answer.task_id)
                 } else {
-                    snap.tasks.iter().any(|t| t.id() == k.task_id)
+                    held.contains(k.task_id.as_str())
                 }
         });
     }
 
-    fn cached_answer(&self, key: &Key, now: u64) -> Option<GetCredentialResponse> {
+    /// A cached answer still good for `key`: not about to expire, its
+    /// workload's SVIDs not revoked since, its task not revoked (the
+    /// caller's own task is known to be held).
+    fn cached_answer(
+        &self,
+        snap: &crate::cache::Snapshot,
+        key: &Key,
+        now: u64,
+    ) -> Option<GetCredentialResponse> {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .filter(|c| c.expires_at > now + REFRESH_BEFORE_SECS)
+            .filter(|c| {
+                c.expires_at > now + REFRESH_BEFORE_SECS
+                    && !workload_revoked(snap, &c.spiffe_id, c.kept_at)
+                    && !task_revoked(snap, &c.answer.task_id)
+            })
             .map(|c| c.answer.clone())
     }
 
@@ -223,7 +247,7 @@ impl BrokerApi {
         };
         let now = unix_secs(std::time::SystemTime::now());
         self.purge(&snap, now);
-        if let Some(answer) = self.cached_answer(&key, now) {
+        if let Some(answer) = self.cached_answer(&snap, &key, now) {
             return Ok(answer);
         }
         let (x509_chain, jwt_svid) = match shown {
@@ -273,22 +297,25 @@ impl CredentialBroker for BrokerApi {
             return Ok(Response::new(answer));
         }
         let snap = self.owner.snapshot();
-        let pid = owner.pid;
-        let mine: Vec<_> = snap
+        let named: Vec<_> = snap
             .tasks
             .iter()
             .filter(|t| r.task_id.is_empty() || t.id() == r.task_id)
-            .filter(|t| {
-                t.owner.same_process(&owner)
-                    || crate::attestor::descends_from(
-                        pid,
-                        t.owner.pid,
-                        t.owner.start_time,
-                        MAX_DESCENT,
-                    )
-            })
-            .cloned()
             .collect();
+        let mut mine: Vec<_> = named
+            .iter()
+            .filter(|t| t.owner.same_process(&owner))
+            .map(|t| Arc::clone(t))
+            .collect();
+        if mine.is_empty() && !named.is_empty() {
+            // A process the holder started: its line of descent, read once.
+            let line = crate::attestor::ancestors(owner.pid, MAX_DESCENT);
+            mine = named
+                .iter()
+                .filter(|t| line.contains(&(t.owner.pid, t.owner.start_time)))
+                .map(|t| Arc::clone(t))
+                .collect();
+        }
         let task = match (mine.as_slice(), r.task_id.is_empty()) {
             ([], true) => {
                 return Err(Status::failed_precondition(
@@ -324,7 +351,7 @@ impl CredentialBroker for BrokerApi {
         };
         let now = unix_secs(std::time::SystemTime::now());
         self.purge(&snap, now);
-        if let Some(answer) = self.cached_answer(&key, now) {
+        if let Some(answer) = self.cached_answer(&snap, &key, now) {
             caller.recheck()?;
             return Ok(Response::new(answer));
         }
@@ -359,5 +386,84 @@ impl CredentialBroker for BrokerApi {
         self.keep(key, &answer, task.record.grant.spiffe_id.as_str());
         caller.recheck()?;
         Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_proto::broker::X509Chain;
+
+    #[test]
+    fn what_an_enforcement_point_was_shown_is_named_by_entry_and_credential() {
+        let jwt = |t: &str| TaskCredential::JwtSvid(t.into());
+        let x509 = |c: &[&[u8]]| {
+            TaskCredential::X509Chain(X509Chain {
+                certs: c.iter().map(|b| b.to_vec()).collect(),
+            })
+        };
+        let a = shown_digest("ep1", &jwt("a.b.c"));
+        assert_eq!(a, shown_digest("ep1", &jwt("a.b.c")));
+        assert!(a.starts_with("shown:"));
+        // Another enforcement point, another token, another kind, another
+        // split of the same bytes: another key.
+        assert_ne!(a, shown_digest("ep2", &jwt("a.b.c")));
+        assert_ne!(a, shown_digest("ep1", &jwt("a.b.d")));
+        assert_ne!(a, shown_digest("ep1", &x509(&[b"a.b.c"])));
+        assert_ne!(
+            shown_digest("ep1", &x509(&[b"ab", b"c"])),
+            shown_digest("ep1", &x509(&[b"a", b"bc"]))
+        );
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_with_the_field() {
+        let ok = GetCredentialRequest {
+            name: "github".into(),
+            ..Default::default()
+        };
+        assert!(check_request(&ok).is_ok());
+        for (bad, says) in [
+            (
+                GetCredentialRequest {
+                    name: String::new(),
+                    ..ok.clone()
+                },
+                "name",
+            ),
+            (
+                GetCredentialRequest {
+                    name: "x".repeat(64),
+                    ..ok.clone()
+                },
+                "name",
+            ),
+            (
+                GetCredentialRequest {
+                    scopes: vec!["s".into(); 33],
+                    ..ok.clone()
+                },
+                "scopes",
+            ),
+            (
+                GetCredentialRequest {
+                    audience: "a".repeat(2049),
+                    ..ok.clone()
+                },
+                "audience",
+            ),
+        ] {
+            let e = check_request(&bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(says), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_servers_type_names_map_to_the_enum() {
+        assert_eq!(credential_type("bearer"), CredentialType::Bearer);
+        assert_eq!(credential_type("txn_token"), CredentialType::TxnToken);
+        assert_eq!(credential_type("secret"), CredentialType::Secret);
+        assert_eq!(credential_type("other"), CredentialType::Unspecified);
     }
 }

@@ -14,26 +14,34 @@ pub use instance::{ExeId, InstanceChanged, ProcessInstance};
 pub use k8s::K8sAttestor;
 pub use unix::{DEFAULT_MAX_HASH_BYTES, UnixAttestor};
 
-/// Whether process `pid` descends from the process instance (`ancestor`,
-/// `ancestor_start`), within `max_depth` generations. A parent that exits
-/// hands its children to a reaper, so a broken line of descent never
-/// passes: each step reads a live process's parent.
-pub fn descends_from(pid: i32, ancestor: i32, ancestor_start: u64, max_depth: usize) -> bool {
+/// The process instances (PID, start time) `pid` descends from, nearest
+/// first, at most `max_depth` generations up (init excluded). A parent
+/// that exits hands its children to a reaper, so a broken line of descent
+/// never reaches the old parent: each step reads a live process's parent.
+pub fn ancestors(pid: i32, max_depth: usize) -> Vec<(i32, u64)> {
     let root = std::path::Path::new("/proc");
+    let mut out = Vec::new();
     let mut cur = pid;
     for _ in 0..max_depth {
         let Ok((parent, _)) = proc_info::parent_and_start(root, cur) else {
-            return false;
+            break;
         };
         if parent <= 1 {
-            return false;
+            break;
         }
-        if parent == ancestor {
-            return proc_info::start_time(root, parent).ok() == Some(ancestor_start);
-        }
+        let Ok(start) = proc_info::start_time(root, parent) else {
+            break;
+        };
+        out.push((parent, start));
         cur = parent;
     }
-    false
+    out
+}
+
+/// Whether process `pid` descends from the process instance (`ancestor`,
+/// `ancestor_start`), within `max_depth` generations.
+pub fn descends_from(pid: i32, ancestor: i32, ancestor_start: u64, max_depth: usize) -> bool {
+    ancestors(pid, max_depth).contains(&(ancestor, ancestor_start))
 }
 
 /// The start time of process `pid` (ticks since boot): with the PID it

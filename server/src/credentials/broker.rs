@@ -271,7 +271,9 @@ impl Broker {
                         issuer: inner.tasks.jwt_issuer(),
                         audience,
                         grant: &task.grant,
-                        requester: &task.grant.spiffe_id,
+                        // An enforcement point asks for the task: it is
+                        // the requesting workload.
+                        requester: enforcement_point.as_ref().unwrap_or(&task.grant.spiffe_id),
                         scopes: &scopes,
                         ttl: TXN_TOKEN_TTL,
                         now: inner.clock.now(),

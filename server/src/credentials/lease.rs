@@ -241,3 +241,80 @@ impl Leases {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use lanyard_core::clock::FakeClock;
+    use std::time::Duration;
+
+    const T0: u64 = 1_800_000_000;
+
+    fn lease(id: &str, task: &str, expires_at: u64) -> Lease {
+        Lease {
+            lease_id: id.into(),
+            task_id: task.into(),
+            spiffe_id: "spiffe://td/agent".into(),
+            agent: "spiffe://td/node".into(),
+            provider: "github".into(),
+            credential_type: CredentialType::Bearer,
+            scopes: vec!["repo:read".into()],
+            audience: String::new(),
+            issued_at: T0,
+            expires_at,
+            revoke: None,
+            ended_at: None,
+            end_reason: String::new(),
+            enforcement_point: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_ends_once_and_leaves_after_it_is_over() {
+        let clock = Arc::new(FakeClock::at(T0));
+        let leases = Leases::new(Arc::new(MemoryStore::default()), clock.clone());
+        leases.record(&lease("a", "t1", T0 + 60)).await.unwrap();
+        leases.record(&lease("b", "t2", T0 + 60)).await.unwrap();
+        // The same ID twice is refused (nothing half written).
+        assert!(leases.record(&lease("a", "t1", T0 + 60)).await.is_err());
+
+        // Ended once: a second end (another server, a sweep) is a no-op.
+        let first = leases.end("a", "task ended").await.unwrap();
+        assert_eq!(first.map(|l| l.lease_id), Some("a".to_owned()));
+        assert!(leases.end("a", "again").await.unwrap().is_none());
+        let a = leases.get("a").await.unwrap().unwrap();
+        assert_eq!(a.ended_at, Some(T0));
+        assert_eq!(a.end_reason, "task ended");
+
+        // Kept for a while after it ended (or expired), then pruned.
+        assert_eq!(leases.prune().await.unwrap(), 0);
+        clock.advance(Duration::from_secs(KEEP_ENDED_SECS));
+        assert_eq!(leases.prune().await.unwrap(), 1, "the ended one");
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(leases.prune().await.unwrap(), 1, "the expired one");
+        assert!(leases.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lease_with_a_token_to_revoke_is_kept_until_it_is_forgotten() {
+        let clock = Arc::new(FakeClock::at(T0));
+        let leases = Leases::new(Arc::new(MemoryStore::default()), clock.clone());
+        let mut l = lease("r", "t1", T0 + 60);
+        l.revoke = Some(Revocable {
+            url: "https://as.example/revoke".into(),
+            sealed: Sealed {
+                key_id: "k".into(),
+                nonce: String::new(),
+                ciphertext: "c".into(),
+            },
+        });
+        leases.record(&l).await.unwrap();
+        leases.end("r", "task ended").await.unwrap();
+        clock.advance(Duration::from_secs(KEEP_ENDED_SECS + 120));
+        assert_eq!(leases.prune().await.unwrap(), 0, "not revoked yet");
+        leases.forget_token("r").await.unwrap();
+        assert!(leases.get("r").await.unwrap().unwrap().revoke.is_none());
+        assert_eq!(leases.prune().await.unwrap(), 1);
+    }
+}
