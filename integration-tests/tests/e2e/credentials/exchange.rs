@@ -86,6 +86,18 @@ async fn a_task_exchanges_its_identity_for_credentials_that_end_with_it() {
         "not allowed by the entry",
     );
     refused(get(sock, "nope", &[], "").await, Code::NotFound, "nope");
+    // An authorization server that cannot be reached, one that refuses:
+    // the reason, and nothing issued.
+    refused(
+        get(sock, "down", &[], "").await,
+        Code::Unavailable,
+        "cannot be reached",
+    );
+    refused(
+        get(sock, "wide", &[], "").await,
+        Code::PermissionDenied,
+        "invalid_scope",
+    );
     // A token that would outlive the task, with no way to end it early.
     refused(
         get(sock, "norevoke", &[], "").await,
@@ -223,6 +235,20 @@ async fn a_task_exchanges_its_identity_for_credentials_that_end_with_it() {
             .iter()
             .any(|l| l["kind"] == "credential.denied" && l["details"]["provider"] == "ci")
     );
+    for refused in ["down", "wide", "norevoke", "hidden"] {
+        assert!(
+            audit.iter().any(|l| l["kind"] == "credential.denied"
+                && l["details"]["provider"] == refused
+                && !l["reason"].as_str().unwrap_or_default().is_empty()),
+            "{refused}: no denial on record"
+        );
+        assert!(
+            !audit
+                .iter()
+                .any(|l| l["kind"] == "credential.issued" && l["details"]["provider"] == refused),
+            "{refused}: issued"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,6 +203,29 @@ async fn setup(token_ttl: u64) -> Setup {
         })
         .await
         .unwrap();
+    // An authorization server nobody runs, and scopes the real one refuses.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    admin
+        .add_credential(AddCredentialRequest {
+            token_url: format!("https://{closed}/token"),
+            audience: AS_AUD.into(),
+            ..add("down", "oauth-exchange")
+        })
+        .await
+        .unwrap();
+    admin
+        .add_credential(AddCredentialRequest {
+            token_url: format!("{}/token", auth.base),
+            audience: AS_AUD.into(),
+            scopes: vec!["admin:org".into()],
+            revocation_url: format!("{}/revoke", auth.base),
+            ..add("wide", "oauth-exchange")
+        })
+        .await
+        .unwrap();
     admin
         .add_credential(AddCredentialRequest {
             token_url: format!("{}/token", auth.base),
@@ -251,6 +274,8 @@ async fn setup(token_ttl: u64) -> Setup {
                         allowed_credentials: vec![
                             "github".into(),
                             "norevoke".into(),
+                            "down".into(),
+                            "wide".into(),
                             "internal".into(),
                             "api-key".into(),
                             "hidden".into(),
