@@ -2,8 +2,9 @@
 # Lanyard local demo: starts a server and a node agent on this machine,
 # registers an identity for the current user, runs an unmodified SPIFFE
 # workload (the `spiffe` crate) that fetches and prints its X.509-SVID, then
-# loads a Cedar policy and runs one permitted and one denied task, decides
-# an allowed and a denied tool call, and verifies the audit log.
+# loads a Cedar policy and runs one permitted and one denied task, hands a
+# task a credential from a provider, decides an allowed and a denied tool
+# call, and verifies the audit log.
 # Everything lives in a temporary directory and is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,7 @@ $BIN/lanyard-server entry create --spiffe-id "$PLANNER" \
   --parent-id "$NODE" --selector "unix:uid:$(id -u)" --x509-ttl 60s \
   --require-task --allow-task-type report.generate \
   --allow-tool crm.read --allow-tool email.send --allow-tool shell.exec \
+  --allow-credential internal \
   --max-task-ttl 10m --max-sensitivity confidential --admin-socket "$ADMIN"
 
 step "Loading the Cedar policies in examples/policies/agents.cedar"
@@ -105,6 +107,19 @@ $BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \
   --tool crm.read --tool email.send --ttl 2m --sensitivity internal \
   --on-behalf-of user:alice@example.com --intent "weekly pipeline report" \
   -- "$BIN/lanyard-agent" api fetch x509
+
+step "Inside a task, a credential from a provider instead of a standing secret"
+# A transaction token the server signs for internal services: it carries
+# the task and whom it acts for, and never outlives the task.
+$BIN/lanyard-server credential add internal --kind txn-token --audience "spiffe://$TD" \
+  --admin-socket "$ADMIN"
+$BIN/lanyard-agent task run --spiffe-id "$PLANNER" --type report.generate \
+  --tool crm.read --ttl 2m --on-behalf-of user:alice@example.com \
+  --credential internal=TXN_TOKEN -- sh -c '
+  echo "the command starts with \$TXN_TOKEN: ${#TXN_TOKEN} characters"
+  "$0" credential get internal --scope reports:read --output json
+  if why=$("$0" credential get internal --scope reports:write 2>&1); then exit 1; fi
+  echo "$why"' "$BIN/lanyard-agent"
 
 step "Tool calls decided at the tool: one allowed, one denied by policy"
 # The tool server's side: this user's lanyard-agent program may ask the
