@@ -296,6 +296,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         }
     }
     let admin = AdminApi {
+        leases: broker.leases().clone(),
         credentials,
         ca: ca.clone(),
         registry,

@@ -62,6 +62,18 @@ pub enum CredentialCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Credentials handed to tasks: task, provider, scopes, expiry (never
+    /// the credential).
+    Leases {
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// Ended ones too (kept about ten minutes after their end).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show one provider.
     Show {
         /// Its name.
@@ -161,6 +173,54 @@ fn provider_text(p: &CredentialProvider) -> String {
     out
 }
 
+fn lease_json(l: &lanyard_proto::admin::Lease) -> serde_json::Value {
+    json!({
+        "lease_id": l.lease_id,
+        "task_id": l.task_id,
+        "spiffe_id": l.spiffe_id,
+        "agent": l.agent,
+        "provider": l.provider,
+        "type": l.r#type,
+        "scopes": l.scopes,
+        "audience": l.audience,
+        "issued_at": l.issued_at,
+        "expires_at": l.expires_at,
+        "ended_at": (l.ended_at > 0).then_some(l.ended_at),
+        "end_reason": l.end_reason,
+        "enforcement_point": l.enforcement_point,
+        "revocation_pending": l.revocation_pending,
+    })
+}
+
+fn lease_text(l: &lanyard_proto::admin::Lease) -> String {
+    let time = |s: i64| {
+        lanyard_core::clock::format_rfc3339(lanyard_core::clock::from_unix_secs(
+            u64::try_from(s).unwrap_or(0),
+        ))
+    };
+    let mut out = format!(
+        "Lease         : {}\nTask          : {}\nWorkload      : {}\nProvider      : {} ({})\n",
+        l.lease_id, l.task_id, l.spiffe_id, l.provider, l.r#type
+    );
+    let mut line = |label: &str, v: &str| {
+        if !v.is_empty() {
+            out.push_str(&format!("{label:<14}: {v}\n"));
+        }
+    };
+    line("Scopes", &l.scopes.join(" "));
+    line("Audience", &l.audience);
+    line("Released to", &l.enforcement_point);
+    line("Issued", &time(l.issued_at));
+    line("Expires", &time(l.expires_at));
+    if l.ended_at > 0 {
+        line("Ended", &format!("{} ({})", time(l.ended_at), l.end_reason));
+    }
+    if l.revocation_pending {
+        line("Revocation", "pending at the authorization server");
+    }
+    out
+}
+
 fn print_provider(output: Output, p: &CredentialProvider) {
     match output {
         Output::Json => outln!("{}", provider_json(p)),
@@ -228,6 +288,25 @@ pub(super) async fn run_credential(cmd: CredentialCmd) -> Result<(), CliError> {
                 "no credential providers",
                 provider_json,
                 provider_text,
+            );
+        }
+        CredentialCmd::Leases { task, all, admin } => {
+            let r = client(&admin)
+                .await?
+                .list_leases(lanyard_proto::admin::ListLeasesRequest {
+                    task_id: task.unwrap_or_default(),
+                    all,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            super::out::print_list(
+                admin.output,
+                "leases",
+                &r.leases,
+                if all { "no leases" } else { "no open leases" },
+                lease_json,
+                lease_text,
             );
         }
         CredentialCmd::Show { name, admin } => {

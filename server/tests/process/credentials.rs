@@ -105,6 +105,16 @@ fn a_secret_goes_in_from_a_file_and_never_comes_out() {
     assert!(!list.to_string().contains("sk-live"));
     let before = providers[0]["digest"].as_str().unwrap().to_owned();
     assert!(before.starts_with("hmac-sha256:"));
+    // No task has been handed anything yet.
+    assert_eq!(
+        ok(&run(d, &["credential", "leases"])).trim(),
+        "no open leases"
+    );
+    let leases = json(&ok(&run(
+        d,
+        &["credential", "leases", "--all", "--output", "json"],
+    )));
+    assert_eq!(leases["leases"], serde_json::json!([]));
     let github = ok(&run(d, &["credential", "show", "github"]));
     assert!(
         github.contains("repo:read issues:write") && github.contains("jwt-spiffe"),

@@ -166,6 +166,26 @@ async fn a_task_exchanges_its_identity_for_credentials_that_end_with_it() {
     assert_eq!(who["act"]["sub"], WORKER);
     assert_eq!(who["act"]["task"], child.task_id.as_str());
 
+    // The operator sees the open leases (never the credentials).
+    let open = s
+        .server
+        .admin()
+        .list_leases(lanyard_proto::admin::ListLeasesRequest {
+            task_id: task.task_id.clone(),
+            all: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    let github = open.iter().find(|l| l.lease_id == c.lease_id).unwrap();
+    assert_eq!(
+        (github.provider.as_str(), github.r#type.as_str()),
+        ("github", "bearer")
+    );
+    assert!(github.revocation_pending && github.ended_at == 0);
+    assert!(open.iter().all(|l| l.task_id == task.task_id));
+
     // Ending the root task ends every lease, the delegated one's too: the
     // authorization server revokes both tokens.
     tasks(sock)
@@ -186,6 +206,25 @@ async fn a_task_exchanges_its_identity_for_credentials_that_end_with_it() {
         (a == 401 && b == 401).then_some(())
     })
     .await;
+    let ended = eventually("the leases ended and revoked", WAIT, || async {
+        let all = s
+            .server
+            .admin()
+            .list_leases(lanyard_proto::admin::ListLeasesRequest {
+                task_id: String::new(),
+                all: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .leases;
+        all.iter()
+            .filter(|l| l.task_id == task.task_id || l.task_id == child.task_id)
+            .all(|l| l.ended_at > 0 && !l.revocation_pending)
+            .then_some(all)
+    })
+    .await;
+    assert!(ended.iter().any(|l| l.lease_id == delegated.lease_id));
     // And the broker no longer answers for the task.
     refused(
         get(sock, "github", &[], &task.task_id).await,

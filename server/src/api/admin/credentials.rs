@@ -169,6 +169,44 @@ impl AdminApi {
         }))
     }
 
+    pub(super) async fn list_leases_rpc(
+        &self,
+        req: Request<lanyard_proto::admin::ListLeasesRequest>,
+    ) -> Result<Response<lanyard_proto::admin::ListLeasesResponse>, Status> {
+        let r = req.into_inner();
+        let secs = |t: u64| i64::try_from(t).unwrap_or(i64::MAX);
+        let mut leases: Vec<_> = self
+            .leases
+            .list()
+            .await?
+            .into_iter()
+            .filter(|l| r.task_id.is_empty() || l.task_id == r.task_id)
+            .filter(|l| r.all || l.ended_at.is_none())
+            .collect();
+        leases.sort_by(|a, b| (b.issued_at, &b.lease_id).cmp(&(a.issued_at, &a.lease_id)));
+        Ok(Response::new(lanyard_proto::admin::ListLeasesResponse {
+            leases: leases
+                .into_iter()
+                .map(|l| lanyard_proto::admin::Lease {
+                    revocation_pending: l.revoke.is_some(),
+                    r#type: l.credential_type.as_str().into(),
+                    issued_at: secs(l.issued_at),
+                    expires_at: secs(l.expires_at),
+                    ended_at: l.ended_at.map_or(0, secs),
+                    lease_id: l.lease_id,
+                    task_id: l.task_id,
+                    spiffe_id: l.spiffe_id,
+                    agent: l.agent,
+                    provider: l.provider,
+                    scopes: l.scopes,
+                    audience: l.audience,
+                    end_reason: l.end_reason,
+                    enforcement_point: l.enforcement_point,
+                })
+                .collect(),
+        }))
+    }
+
     pub(super) async fn get_credential_provider_rpc(
         &self,
         req: Request<CredentialProviderRequest>,

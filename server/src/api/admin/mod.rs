@@ -117,6 +117,8 @@ pub struct AdminApi {
     pub(crate) policies: crate::policy::Policies,
     pub(crate) enforce: crate::enforce::Enforcement,
     pub(crate) credentials: crate::credentials::Credentials,
+    /// Credentials handed to tasks.
+    pub(crate) leases: crate::credentials::Leases,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
     /// Where admin changes are recorded.
@@ -553,6 +555,13 @@ impl Admin for AdminApi {
         req: Request<lanyard_proto::admin::CredentialProviderRequest>,
     ) -> Result<Response<lanyard_proto::admin::CredentialProvider>, Status> {
         self.delete_credential_rpc(req).await
+    }
+
+    async fn list_leases(
+        &self,
+        req: Request<lanyard_proto::admin::ListLeasesRequest>,
+    ) -> Result<Response<lanyard_proto::admin::ListLeasesResponse>, Status> {
+        self.list_leases_rpc(req).await
     }
 }
 
