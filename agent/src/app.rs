@@ -167,6 +167,11 @@ pub async fn build_with(
         .await;
     health.set_serving::<TaskIdentityServer<TaskApi>>().await;
     health
+        .set_serving::<lanyard_proto::broker::credential_broker_server::CredentialBrokerServer<
+            crate::api::BrokerApi,
+        >>()
+        .await;
+    health
         .set_service_status(AUDIT_HEALTH_SERVICE, ServingStatus::Serving)
         .await;
     let audit_health = watch_audit_health(health.clone(), queue.full(), shutdown_rx.clone());
