@@ -343,7 +343,15 @@ impl Broker {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
         };
-        inner.leases.record(&lease).await?;
+        if let Err(e) = inner.leases.record(&lease).await {
+            // Not on record, so nothing would end it: give the token back.
+            if let Some(r) = &lease.revoke
+                && let Err(why) = self.try_revoke(&lease, r).await
+            {
+                tracing::warn!(provider = %lease.provider, err = %why, "a token whose lease could not be recorded could not be revoked either");
+            }
+            return Err(e.into());
+        }
         // The task may have ended while the token was being fetched: the
         // lease then ends at once (revoking what the provider can).
         if inner.tasks.get(&lease.task_id).await.is_ok_and(|t| {

@@ -78,7 +78,11 @@ impl Broker {
         done
     }
 
-    async fn try_revoke(&self, lease: &Lease, r: &super::lease::Revocable) -> Result<(), String> {
+    pub(super) async fn try_revoke(
+        &self,
+        lease: &Lease,
+        r: &super::lease::Revocable,
+    ) -> Result<(), String> {
         let inner = &self.inner;
         let http = inner.http.as_ref().map_err(Clone::clone)?;
         let token = inner
