@@ -4,8 +4,9 @@
 //! process it descends from, so a script's helpers work inside its task),
 //! and the caller must match the task's entry in full, as for the task's
 //! SVIDs. The server decides and issues; the agent keeps each answer per
-//! (task, provider, scopes, audience) until shortly before it expires and
-//! forgets it when the task ends.
+//! (task, provider, scopes, audience, asking process) until shortly before
+//! it expires and forgets it when the task ends: a helper the holder
+//! starts gets a lease of its own, never the holder's copy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,9 @@ struct Key {
     name: String,
     scopes: Vec<String>,
     audience: String,
+    /// The asking process instance (PID, start time): an answer is never
+    /// served to another process.
+    holder: (i32, u64),
 }
 
 /// A digest naming what an enforcement point was shown.
@@ -223,6 +227,7 @@ impl BrokerApi {
     async fn for_enforcement_point(
         &self,
         caller: &super::caller::Caller,
+        holder: (i32, u64),
         r: GetCredentialRequest,
         shown: TaskCredential,
     ) -> Result<GetCredentialResponse, Status> {
@@ -244,6 +249,7 @@ impl BrokerApi {
             name: r.name.clone(),
             scopes,
             audience: r.audience.clone(),
+            holder,
         };
         let now = unix_secs(std::time::SystemTime::now());
         self.purge(&snap, now);
@@ -292,7 +298,10 @@ impl CredentialBroker for BrokerApi {
         let mut r = req.into_inner();
         check_request(&r)?;
         if let Some(shown) = r.task_credential.take() {
-            let answer = self.for_enforcement_point(&caller, r, shown).await?;
+            let holder = (owner.pid, owner.start_time);
+            let answer = self
+                .for_enforcement_point(&caller, holder, r, shown)
+                .await?;
             caller.recheck()?;
             return Ok(Response::new(answer));
         }
@@ -348,6 +357,7 @@ impl CredentialBroker for BrokerApi {
             name: r.name.clone(),
             scopes,
             audience: r.audience.clone(),
+            holder: (owner.pid, owner.start_time),
         };
         let now = unix_secs(std::time::SystemTime::now());
         self.purge(&snap, now);

@@ -19,7 +19,7 @@ async fn task_run_hands_credentials_to_its_command_and_its_children() {
         .args(["--credential", "api-key=CRM_KEY", "--"])
         .args(["sh", "-c"])
         .arg(format!(
-            "echo \"$CRM_KEY\"; {BIN} credential get internal --scope reports:read --output json; exec sleep 30"
+            "echo \"$CRM_KEY\"; {BIN} credential get internal --scope reports:read --output json; {BIN} credential get internal --scope reports:read --output json; exec sleep 30"
         ))
         .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
         .stdout(Stdio::piped())
@@ -31,7 +31,7 @@ async fn task_run_hands_credentials_to_its_command_and_its_children() {
         use std::io::BufRead;
         std::io::BufReader::new(stdout)
             .lines()
-            .take(2)
+            .take(3)
             .map(Result::unwrap)
             .collect::<Vec<_>>()
     })
@@ -42,7 +42,7 @@ async fn task_run_hands_credentials_to_its_command_and_its_children() {
         let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    if lines.len() < 2 {
+    if lines.len() < 3 {
         panic!("task run printed {lines:?}: {}", finish(child));
     }
     assert_eq!(lines[0], "crm-key-123");
@@ -50,6 +50,11 @@ async fn task_run_hands_credentials_to_its_command_and_its_children() {
     assert_eq!(txn["type"], "txn_token");
     assert_eq!(txn["scopes"], serde_json::json!(["reports:read"]));
     let task_id = txn["task_id"].as_str().unwrap().to_owned();
+    // Another helper process of the same task gets a lease of its own,
+    // never the first one's copy.
+    let again: Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(again["task_id"], txn["task_id"]);
+    assert_ne!(again["lease_id"], txn["lease_id"]);
 
     // This process started `task run` but does not descend from it: while
     // the task lives, it is still not this process's task.
