@@ -73,8 +73,19 @@ pub async fn wait_revocations_settle(d: &Deployment, limit: Duration) -> anyhow:
 }
 
 /// Begins a task under the bench's task entry; its chain and key.
+/// A new decision task on the agent at `socket`: its ID and X.509-SVID
+/// chain.
+pub async fn task_chain(socket: &std::path::Path) -> anyhow::Result<(String, Vec<Vec<u8>>)> {
+    let (id, chain, _) = task_on(socket).await?;
+    Ok((id, chain))
+}
+
 async fn task(d: &Deployment) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
-    let r = TaskIdentityClient::new(unix_channel(&d.socket)?)
+    task_on(&d.socket).await
+}
+
+async fn task_on(socket: &std::path::Path) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
+    let r = TaskIdentityClient::new(unix_channel(socket)?)
         .begin_task(req(BeginTaskRequest {
             spiffe_id: TASK_ID.into(),
             task_type: "bench.task".into(),

@@ -13,6 +13,7 @@ mod enforce;
 mod fleet;
 mod procs;
 mod scenarios;
+mod soak;
 mod stats;
 mod tasks;
 mod workload;
@@ -90,6 +91,20 @@ enum Cmd {
         /// others (needs `taskset`).
         #[arg(long)]
         pin: bool,
+    },
+    /// The long run: SVIDs on a short TTL, a task every second, a decision
+    /// every 10 ms, a workload watching its stream; RSS over time. Not run
+    /// by CI.
+    Soak {
+        /// How long (up to 24h).
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        /// Standing SVIDs.
+        #[arg(long = "soak-svids", default_value_t = 1000)]
+        svids: usize,
+        /// How often RSS is sampled.
+        #[arg(long, default_value = "30s")]
+        sample_every: String,
     },
     /// Thousands of simulated agents (real attestation, real mTLS and Sync
     /// streams) against one or several servers: notification latency,
@@ -193,6 +208,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let r = workload::rounds(&d, args.concurrency, duration, *rounds).await?;
         workload::print(&r);
+        write_json(args.json.as_deref(), &r)?;
+        return Ok(());
+    }
+    if let Some(Cmd::Soak {
+        duration,
+        svids,
+        sample_every,
+    }) = &args.cmd
+    {
+        let long = |flag: &str, v: &str| -> anyhow::Result<Duration> {
+            let d = parse_duration(v).with_context(|| format!("--{flag}"))?;
+            anyhow::ensure!(
+                d >= Duration::from_secs(1) && d <= Duration::from_secs(86_400),
+                "--{flag} must be 1s to 24h"
+            );
+            Ok(d)
+        };
+        anyhow::ensure!(
+            (1..=10_000).contains(svids),
+            "--soak-svids must be 1..=10000"
+        );
+        let sa = soak::SoakArgs {
+            duration: long("duration", duration)?,
+            svids: *svids,
+            ttl,
+            sample_every: long("sample-every", sample_every)?,
+        };
+        let d = scenarios::start_with_workload(&bins, ttl).await?;
+        tasks::prepare(&d, 0).await?;
+        enforce::prepare(&d).await?;
+        let r = soak::run(&d, &sa).await?;
+        println!(
+            "soak: {:.0} s, {} tasks, {} decisions, {} stream updates, {} expired SVIDs served (target 0), {} errors",
+            r.seconds, r.tasks, r.decisions, r.updates, r.expired_served, r.errors
+        );
+        if let (Some(first), Some(last)) = (r.samples.first(), r.samples.last()) {
+            println!(
+                "  agent RSS {:.1} -> {:.1} MiB ({:+.2} MiB/h after warm-up); server RSS {:.1} -> {:.1} MiB ({:+.2} MiB/h)",
+                first.agent_mib,
+                last.agent_mib,
+                r.agent_mib_per_hour,
+                first.server_mib,
+                last.server_mib,
+                r.server_mib_per_hour
+            );
+        }
         write_json(args.json.as_deref(), &r)?;
         return Ok(());
     }
