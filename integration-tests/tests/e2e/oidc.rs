@@ -69,7 +69,7 @@ fn claims_of(token: &str) -> (Value, Value) {
 }
 
 /// Runs `examples/python/verify_jwt_svid.py` on `token`.
-async fn pyjwt_verify(issuer: &str, audience: &str, token: &str) -> (bool, Value) {
+pub(crate) async fn pyjwt_verify(issuer: &str, audience: &str, token: &str) -> (bool, Value) {
     let py = python::python(Path::new(env!("CARGO_TARGET_TMPDIR")));
     let script = python::repo_root().join("examples/python/verify_jwt_svid.py");
     let (issuer, audience, token) = (issuer.to_owned(), audience.to_owned(), token.to_owned());

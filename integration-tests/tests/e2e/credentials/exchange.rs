@@ -124,6 +124,11 @@ async fn a_task_exchanges_its_identity_for_credentials_that_end_with_it() {
     assert_eq!(claims["scope"], "reports:write");
     assert_eq!(claims["rctx"]["req_wl"], PLANNER);
     assert!(claims["exp"].as_i64().unwrap() <= task.expires_at);
+    // It verifies with the server's JWT keys, found by discovery alone.
+    let (ok, verified) =
+        crate::oidc::pyjwt_verify(&s.issuer, "spiffe://example.org", &txn.credential).await;
+    assert!(ok, "{verified}");
+    assert_eq!(verified["claims"]["txn"], task.task_id.as_str());
 
     // A delegated task is exchanged as itself acting for the root task.
     let token = tasks(sock)

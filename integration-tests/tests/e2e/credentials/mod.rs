@@ -147,6 +147,8 @@ impl AuthServer {
 }
 
 struct Setup {
+    /// The server's JWT issuer (discovery served there).
+    issuer: String,
     server: TestServer,
     agent: lanyard_agent::Bound,
     auth: AuthServer,
@@ -300,6 +302,7 @@ async fn setup(token_ttl: u64) -> Setup {
     .unwrap()
     .unwrap();
     Setup {
+        issuer,
         server,
         agent,
         auth,
