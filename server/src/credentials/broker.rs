@@ -192,10 +192,16 @@ impl Broker {
                 Ok(handed)
             }
             Err(e) => {
+                // The workload, where the task is known (not for a task
+                // credential that did not verify).
+                let spiffe_id = match self.inner.tasks.get(r.task_id).await {
+                    Ok(t) if !r.task_id.is_empty() => t.grant.spiffe_id.to_string(),
+                    _ => String::new(),
+                };
                 let lease = Lease {
                     lease_id: String::new(),
                     task_id: r.task_id.to_owned(),
-                    spiffe_id: String::new(),
+                    spiffe_id,
                     agent: r.agent.to_string(),
                     provider: r.name.to_owned(),
                     credential_type: CredentialType::Bearer,

@@ -283,6 +283,7 @@ async fn a_task_exchanges_its_identity_for_credentials_that_end_with_it() {
         assert!(
             audit.iter().any(|l| l["kind"] == "credential.denied"
                 && l["details"]["provider"] == refused
+                && l["subject"]["spiffe_id"] == PLANNER
                 && !l["reason"].as_str().unwrap_or_default().is_empty()),
             "{refused}: no denial on record"
         );
