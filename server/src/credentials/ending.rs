@@ -8,7 +8,6 @@ use std::time::Duration;
 use lanyard_core::audit::Kind;
 use lanyard_core::clock::unix_secs;
 use lanyard_core::revocation::RevokedKind;
-use lanyard_core::task::TaskState;
 use tokio::sync::watch;
 
 use super::broker::{ASSERTION_TTL, Broker};
@@ -137,8 +136,9 @@ impl Broker {
         }
     }
 
-    /// One pass: leases whose task is no longer active end; revocations
-    /// not done yet are retried; old records go.
+    /// One pass: leases whose task ended or whose workload was revoked
+    /// end, and those past their expiry (a lease never outlives its task);
+    /// revocations not done yet are retried; old records go.
     pub async fn sweep(&self) {
         let inner = &self.inner;
         let leases = match inner.leases.list().await {
@@ -156,18 +156,16 @@ impl Broker {
                 }
                 continue;
             }
-            let state = match inner.tasks.get(&l.task_id).await {
-                Ok(t) => t.state_at(now),
-                Err(crate::tasks::TaskServiceError::NotFound(_)) => TaskState::Ended,
-                Err(_) => continue,
-            };
+            // In memory, no store read per lease: every server holds the
+            // revocation set (a task ended or revoked anywhere is in it until
+            // its end), and a lease never outlives its task's end.
+            let task_ended = inner.revocations.get(RevokedKind::Task, &l.task_id);
             let workload_revoked = inner
                 .revocations
                 .get(RevokedKind::SpiffeId, &l.spiffe_id)
                 .is_some_and(|r| r.revoked_at >= l.issued_at);
-            if state != TaskState::Active {
-                self.end_lease(&l.lease_id, &format!("task {}", state.as_str()))
-                    .await;
+            if let Some(r) = task_ended {
+                self.end_lease(&l.lease_id, &r.reason).await;
             } else if workload_revoked {
                 self.end_lease(&l.lease_id, "the workload's SVIDs were revoked")
                     .await;
