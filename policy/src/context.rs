@@ -8,7 +8,7 @@
 use std::time::SystemTime;
 
 use lanyard_core::clock::unix_secs;
-use lanyard_core::task::{SensitivityLevels, TaskRequest};
+use lanyard_core::task::{SensitivityLevels, TaskGrant, TaskRequest};
 use serde_json::{Map, Value};
 
 use crate::TaskContext;
@@ -55,7 +55,42 @@ pub struct CallFacts<'a> {
     pub call: Vec<String>,
 }
 
+impl<'a> CallFacts<'a> {
+    /// What a task's grant says (no call yet: add the resource, the call
+    /// and the recent denials).
+    pub fn of_grant(g: &'a TaskGrant) -> Self {
+        Self {
+            task_type: &g.task_type,
+            tools: &g.tools,
+            sensitivity: &g.data_sensitivity,
+            on_behalf_of: g.on_behalf_of.as_deref(),
+            parent_task_id: g.parent_task_id().map(ToString::to_string),
+            not_after: Some(lanyard_core::clock::from_unix_secs(g.not_after)),
+            ..Default::default()
+        }
+    }
+}
+
 impl TaskContext {
+    /// The context of a `GetCredential` by the task `g` at `now`: the
+    /// task's facts and destinations, with the `scopes` asked for and the
+    /// `target` (where the credential will be used, or the enforcement
+    /// point it is released to).
+    pub fn for_credential(
+        g: &TaskGrant,
+        levels: &SensitivityLevels,
+        now: SystemTime,
+        scopes: &[String],
+        target: &str,
+    ) -> Self {
+        let mut ctx = Self::for_call(CallFacts::of_grant(g), levels, now);
+        ctx.at_call = false;
+        ctx.destinations.clone_from(&g.destinations);
+        ctx.scopes = scopes.to_vec();
+        target.clone_into(&mut ctx.target);
+        ctx
+    }
+
     /// The context of a `BeginTask` (and of a `Delegate`, whose caller sets
     /// `delegate_to`) for `request` at `now`.
     pub fn for_begin(

@@ -152,26 +152,22 @@ impl Leases {
             .transpose()
     }
 
-    /// Marks a lease ended, once: the lease as it was when this call ended
-    /// it, or `None` when it had ended already (another server, an earlier
-    /// sweep) or is gone.
-    pub async fn end(
+    /// Replaces a lease with what `change` makes of it, atomically against
+    /// every other writer; `change` answers `None` to leave it as it is.
+    /// Returns the lease as it was when changed, or `None` (absent, or
+    /// left).
+    async fn update(
         &self,
         lease_id: &str,
-        reason: &str,
+        change: impl Fn(&Lease) -> Option<Lease>,
     ) -> Result<Option<Lease>, CredentialError> {
         for _ in 0..SWAP_ATTEMPTS {
             let Some(cur) = self.get(lease_id).await? else {
                 return Ok(None);
             };
-            if cur.ended_at.is_some() {
+            let Some(next) = change(&cur) else {
                 return Ok(None);
-            }
-            let mut next = cur.clone();
-            next.ended_at = Some(unix_secs(self.clock.now()));
-            reason.clone_into(&mut next.end_reason);
-            // The sealed token stays until the revocation is done (the
-            // caller clears it with `forget_token`).
+            };
             let expected = encode(&cur)?;
             let data = encode(&next)?;
             if self
@@ -191,35 +187,37 @@ impl Leases {
         Err(CredentialError::Contended(lease_id.to_owned()))
     }
 
+    /// Marks a lease ended, once: the lease as it was when this call ended
+    /// it, or `None` when it had ended already (another server, an earlier
+    /// sweep) or is gone. The sealed token stays until the revocation is
+    /// done ([`Leases::forget_token`]).
+    pub async fn end(
+        &self,
+        lease_id: &str,
+        reason: &str,
+    ) -> Result<Option<Lease>, CredentialError> {
+        let now = unix_secs(self.clock.now());
+        self.update(lease_id, |cur| {
+            cur.ended_at.is_none().then(|| Lease {
+                ended_at: Some(now),
+                end_reason: reason.to_owned(),
+                ..cur.clone()
+            })
+        })
+        .await
+    }
+
     /// Drops the sealed token of an ended lease (revoked, or past its
     /// expiry).
     pub async fn forget_token(&self, lease_id: &str) -> Result<(), CredentialError> {
-        for _ in 0..SWAP_ATTEMPTS {
-            let Some(cur) = self.get(lease_id).await? else {
-                return Ok(());
-            };
-            if cur.revoke.is_none() {
-                return Ok(());
-            }
-            let mut next = cur.clone();
-            next.revoke = None;
-            let expected = encode(&cur)?;
-            let data = encode(&next)?;
-            if self
-                .store
-                .swap_doc(
-                    DocKind::Lease,
-                    lease_id,
-                    &|v| v == Some(&expected),
-                    Some(&data),
-                )
-                .await?
-                .is_ok()
-            {
-                return Ok(());
-            }
-        }
-        Err(CredentialError::Contended(lease_id.to_owned()))
+        self.update(lease_id, |cur| {
+            cur.revoke.is_some().then(|| Lease {
+                revoke: None,
+                ..cur.clone()
+            })
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Removes leases that ended or expired more than

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lanyard_core::clock::{from_unix_secs, unix_secs};
 use lanyard_core::task::{TaskRecord, TaskState};
 use lanyard_core::{RegistrationEntry, SpiffeId};
-use lanyard_policy::{Action, CallFacts, TaskContext};
+use lanyard_policy::{Action, TaskContext};
 
 use super::decide::{Caller, denial_text, principal};
 use super::error::TaskServiceError;
@@ -60,24 +60,13 @@ impl Tasks {
         lanyard_core::task::credential_allowed(&entry.task_limits, ask.provider)
             .map_err(|why| TaskServiceError::Denied(format!("credential refused: {why}")))?;
         if let Some(policy) = inner.policies.enforced() {
-            let g = &task.grant;
-            let mut ctx = TaskContext::for_call(
-                CallFacts {
-                    task_type: &g.task_type,
-                    tools: &g.tools,
-                    sensitivity: &g.data_sensitivity,
-                    on_behalf_of: g.on_behalf_of.as_deref(),
-                    parent_task_id: g.parent_task_id().map(ToString::to_string),
-                    not_after: Some(from_unix_secs(g.not_after)),
-                    ..Default::default()
-                },
+            let ctx = TaskContext::for_credential(
+                &task.grant,
                 &inner.levels,
                 now,
+                ask.scopes,
+                ask.target,
             );
-            ctx.at_call = false;
-            ctx.destinations.clone_from(&g.destinations);
-            ctx.scopes = ask.scopes.to_vec();
-            ctx.target = ask.target.to_owned();
             let d = policy.book.decide(&lanyard_policy::Request {
                 principal: &principal(&entry, ask.caller),
                 action: Action::GetCredential,

@@ -61,15 +61,10 @@ impl Tasks {
         };
         let context = TaskContext::for_call(
             CallFacts {
-                task_type: &g.task_type,
-                tools: &g.tools,
-                sensitivity: &g.data_sensitivity,
-                on_behalf_of: g.on_behalf_of.as_deref(),
-                parent_task_id: g.parent_task_id().map(ToString::to_string),
-                not_after: Some(lanyard_core::clock::from_unix_secs(g.not_after)),
                 recent_denials,
                 resource,
                 call,
+                ..CallFacts::of_grant(g)
             },
             &inner.levels,
             now,

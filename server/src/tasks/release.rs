@@ -13,7 +13,7 @@ use lanyard_core::peer::{Requirements, TrustState};
 use lanyard_core::revocation::RevokedKind;
 use lanyard_core::task::{TaskClaims, TaskState};
 use lanyard_core::x509::PeerUsage;
-use lanyard_policy::{Action, CallFacts, TaskContext};
+use lanyard_policy::{Action, TaskContext};
 
 use super::credential::CredentialGrant;
 use super::decide::denial_text;
@@ -135,23 +135,13 @@ impl Tasks {
             .map_err(|why| refused(format!("the task's entry: {why}")))?;
         if let Some(policy) = inner.policies.enforced() {
             let g = &task.grant;
-            let mut ctx = TaskContext::for_call(
-                CallFacts {
-                    task_type: &g.task_type,
-                    tools: &g.tools,
-                    sensitivity: &g.data_sensitivity,
-                    on_behalf_of: g.on_behalf_of.as_deref(),
-                    parent_task_id: g.parent_task_id().map(ToString::to_string),
-                    not_after: Some(lanyard_core::clock::from_unix_secs(g.not_after)),
-                    ..Default::default()
-                },
+            let ctx = TaskContext::for_credential(
+                g,
                 &inner.levels,
                 now,
+                ask.scopes,
+                ep.spiffe_id.as_str(),
             );
-            ctx.at_call = false;
-            ctx.destinations.clone_from(&g.destinations);
-            ctx.scopes = ask.scopes.to_vec();
-            ctx.target = ep.spiffe_id.to_string();
             // The workload is not the caller here: what its agent attested
             // (selectors, program) is not known, and a policy reading it
             // fails closed.
