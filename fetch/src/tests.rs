@@ -122,3 +122,72 @@ async fn the_certificate_is_checked_against_the_given_name() {
         .with_server_name("node-2");
     assert!(other_node.get(&kubelet.url("/pods"), None).await.is_err());
 }
+
+/// A form POST returns the answer whatever its status (an OAuth error is
+/// a 400 with a JSON body); plain http only to a loopback address, and
+/// only for a POST.
+#[tokio::test]
+async fn a_form_post_returns_any_status_and_plain_http_only_reaches_loopback() {
+    let srv = TestServer::start("127.0.0.1:0").await.unwrap();
+    srv.set("/token", 400, "{\"error\":\"invalid_scope\"}");
+    let client = Client::new(
+        Trust::Pem(srv.ca_pem().as_bytes().to_vec()),
+        Duration::from_secs(5),
+        1024,
+    )
+    .unwrap();
+    let a = client
+        .post_form(
+            &srv.url("/token"),
+            &[("grant_type", "client_credentials"), ("scope", "a b")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 400);
+    assert_eq!(&a.body[..], b"{\"error\":\"invalid_scope\"}");
+    assert_eq!(srv.hits("/token"), 1);
+
+    // Plain http: a loopback listener is reached (the request arrives as
+    // a form); any other host is refused before connecting.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let body = "{}";
+        s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let a = client
+        .post_form(&format!("http://{addr}/token"), &[("token", "a&b=c")])
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    let request = seen.await.unwrap();
+    assert!(request.starts_with("POST /token HTTP/1.1"), "{request}");
+    assert!(
+        request.contains("application/x-www-form-urlencoded"),
+        "{request}"
+    );
+    assert!(request.ends_with("token=a%26b%3Dc"), "{request}");
+    for url in [
+        "http://example.com/token",
+        "http://10.0.0.1/token",
+        "ftp://127.0.0.1/x",
+    ] {
+        assert!(
+            matches!(client.post_form(url, &[]).await, Err(FetchError::BadUrl(_))),
+            "{url}"
+        );
+    }
+}
