@@ -143,7 +143,8 @@ pub async fn build_with(
         )),
     ));
     pdp.precompile(shutdown_rx.clone());
-    let broker_api = crate::api::BrokerApi::new(identity.clone(), callers.clone());
+    let broker_api =
+        crate::api::BrokerApi::new(identity.clone(), callers.clone(), Some(queue.clone()));
     let task_api = TaskApi::new(identity, callers, pdp);
     let admission = crate::listener::Admission {
         limits: lanyard_uds::ConnLimiter::new(

@@ -82,6 +82,9 @@ pub struct BrokerApi {
     cache: Arc<Mutex<HashMap<Key, Cached>>>,
     /// The second of the last purge.
     last_purge: Arc<Mutex<u64>>,
+    /// Where a credential served again from the cache is recorded (the
+    /// server records each issuance itself).
+    audit: Option<crate::audit_queue::AuditQueue>,
 }
 
 fn credential_type(t: &str) -> CredentialType {
@@ -154,13 +157,57 @@ fn check_request(r: &GetCredentialRequest) -> Result<(), Status> {
 
 impl BrokerApi {
     /// The service over the identity owner.
-    pub fn new(owner: IdentityHandle, callers: Arc<Callers>) -> Self {
+    pub fn new(
+        owner: IdentityHandle,
+        callers: Arc<Callers>,
+        audit: Option<crate::audit_queue::AuditQueue>,
+    ) -> Self {
         Self {
             owner,
             callers,
             cache: Arc::default(),
             last_purge: Arc::default(),
+            audit,
         }
+    }
+
+    /// Records that a cached credential was served again; a record that
+    /// cannot be kept refuses the answer (as a decision would be).
+    fn served(
+        &self,
+        answer: &GetCredentialResponse,
+        key: &Key,
+        holder: &str,
+    ) -> Result<(), Status> {
+        let Some(q) = &self.audit else {
+            return Ok(());
+        };
+        let mut e = lanyard_core::audit::Event::new(
+            lanyard_core::audit::Kind::CredentialServed,
+            lanyard_core::clock::format_rfc3339_millis(std::time::SystemTime::now()),
+        )
+        .actor(holder)
+        .task(answer.task_id.clone());
+        e.subject.spiffe_id = self.cached_spiffe_id(key).unwrap_or_default();
+        e = e.details(serde_json::json!({
+            "provider": key.name,
+            "scopes": key.scopes,
+            "audience": key.audience,
+            "lease_id": answer.lease_id,
+            "expires_at": answer.expires_at,
+            "pid": key.holder.0,
+        }));
+        q.append(e).map(|_| ()).map_err(|e| {
+            Status::unavailable(format!("the audit queue cannot take the record: {e}"))
+        })
+    }
+
+    fn cached_spiffe_id(&self, key: &Key) -> Option<String> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|c| c.spiffe_id.clone())
     }
 
     /// Drops what no held task owns any more (an enforcement point's:
@@ -232,11 +279,11 @@ impl BrokerApi {
         shown: TaskCredential,
     ) -> Result<GetCredentialResponse, Status> {
         let snap = self.owner.snapshot();
-        let Some(ep) = snap
+        let Some((ep, ep_id)) = snap
             .entries_for(&caller.selectors)
             .into_iter()
             .find(|e| e.enforcement_point)
-            .map(|e| e.id.to_string())
+            .map(|e| (e.id.to_string(), e.spiffe_id.to_string()))
         else {
             return Err(Status::permission_denied(
                 "only an enforcement point may present a task credential (its entry needs --enforcement-point)",
@@ -254,6 +301,7 @@ impl BrokerApi {
         let now = unix_secs(std::time::SystemTime::now());
         self.purge(&snap, now);
         if let Some(answer) = self.cached_answer(&snap, &key, now) {
+            self.served(&answer, &key, &ep_id)?;
             return Ok(answer);
         }
         let (x509_chain, jwt_svid) = match shown {
@@ -363,6 +411,7 @@ impl CredentialBroker for BrokerApi {
         self.purge(&snap, now);
         if let Some(answer) = self.cached_answer(&snap, &key, now) {
             caller.recheck()?;
+            self.served(&answer, &key, task.record.grant.spiffe_id.as_str())?;
             return Ok(Response::new(answer));
         }
         let s = self

@@ -136,11 +136,15 @@ pub enum Kind {
     /// provider can).
     #[serde(rename = "credential.lease_ended")]
     CredentialLeaseEnded,
+    /// A node agent served a credential it holds for a task again (from
+    /// its cache, within the lease): recorded on the node, shipped.
+    #[serde(rename = "credential.served")]
+    CredentialServed,
 }
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 34] = [
+    pub const ALL: [Kind; 35] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -175,6 +179,7 @@ impl Kind {
         Kind::CredentialIssued,
         Kind::CredentialDenied,
         Kind::CredentialLeaseEnded,
+        Kind::CredentialServed,
     ];
 
     /// The name records carry (`svid.issued`).
@@ -214,6 +219,7 @@ impl Kind {
             Kind::CredentialIssued => "credential.issued",
             Kind::CredentialDenied => "credential.denied",
             Kind::CredentialLeaseEnded => "credential.lease_ended",
+            Kind::CredentialServed => "credential.served",
         }
     }
 }

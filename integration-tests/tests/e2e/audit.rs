@@ -202,7 +202,18 @@ async fn a_credential_issued_refused_and_ended_with_its_task(s: &Setup) {
             ..Default::default()
         })
     };
-    broker.get_credential(ask("audit-txn")).await.unwrap();
+    let first = broker
+        .get_credential(ask("audit-txn"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Asked again: the agent serves its copy, and records that on the node.
+    let again = broker
+        .get_credential(ask("audit-txn"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.lease_id, first.lease_id);
     let e = broker
         .get_credential(ask("audit-missing"))
         .await
@@ -214,15 +225,23 @@ async fn a_credential_issued_refused_and_ended_with_its_task(s: &Setup) {
         }))
         .await
         .unwrap();
-    eventually("the lease's end", WAIT, || async {
-        verified_audit(s.server().admin())
-            .await
-            .iter()
-            .any(|r| {
+    eventually(
+        "the lease's end, and the copy served on the node",
+        WAIT,
+        || async {
+            let recs = verified_audit(s.server().admin()).await;
+            let ended = recs.iter().any(|r| {
                 kind(r) == "credential.lease_ended" && r["task"]["id"] == task.task_id.as_str()
-            })
-            .then_some(())
-    })
+            });
+            let served = recs.iter().any(|r| {
+                kind(r) == "credential.served"
+                    && r["details"]["lease_id"] == first.lease_id.as_str()
+                    && r["subject"]["spiffe_id"] == ID
+                    && r["origin"]["agent"] == NODE
+            });
+            (ended && served).then_some(())
+        },
+    )
     .await;
 }
 
