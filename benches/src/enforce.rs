@@ -134,6 +134,7 @@ pub async fn authorize(
                         resource: "account/42".into(),
                         context_json: r#"{"amount": 10}"#.into(),
                         audience: String::new(),
+                        ..Default::default()
                     }))
                     .await;
                 match r {

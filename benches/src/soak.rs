@@ -182,6 +182,7 @@ pub async fn run(d: &Deployment, a: &SoakArgs) -> anyhow::Result<Soak> {
                         resource: "account/42".into(),
                         context_json: r#"{"amount": 10}"#.into(),
                         audience: String::new(),
+                        ..Default::default()
                     }))
                     .await;
                 match r {

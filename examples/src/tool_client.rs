@@ -11,8 +11,7 @@
 //! With `--every MS` the calls repeat until the server drops the client
 //! (it then tries one new connection and prints the outcome).
 
-#[path = "shared/mtls.rs"]
-mod mtls;
+use lanyard_gate::identity as mtls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,8 +20,7 @@
 //! ```
 //! The server's own entry must be marked `--enforcement-point`.
 
-#[path = "shared/mtls.rs"]
-mod mtls;
+use lanyard_gate::identity as mtls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,6 +152,7 @@ async fn call(agent: &TaskIdentityClient<Channel>, chain: &[Vec<u8>], line: &str
         resource: resource.clone(),
         context_json,
         audience: String::new(),
+        ..Default::default()
     });
     match agent.clone().authorize_tool_call(req).await {
         Ok(d) => {

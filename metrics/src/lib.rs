@@ -15,7 +15,7 @@ pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-pub use serve::serve;
+pub use serve::{CONTENT_TYPE, serve};
 
 use prometheus_client::registry::Registry;
 

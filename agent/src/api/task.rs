@@ -10,7 +10,7 @@ use lanyard_proto::task::task_identity_server::TaskIdentity;
 use lanyard_proto::task::{
     AuthorizeToolCallRequest, AuthorizeToolCallResponse, BeginTaskRequest, BeginTaskResponse,
     DelegateTaskRequest, DelegateTaskResponse, DeniedTool, EndTaskRequest, EndTaskResponse,
-    ListTasksRequest, ListTasksResponse, Task,
+    ListTasksRequest, ListTasksResponse, RecordToolCallRequest, RecordToolCallResponse, Task,
 };
 use lanyard_proto::types;
 use lanyard_proto::workload::{Jwtsvid, X509svid};
@@ -126,6 +126,8 @@ fn tool_call(r: AuthorizeToolCallRequest) -> ToolCall {
             Credential::JwtSvid(t) => CallCredential::Jwt(t),
         }),
         audience: r.audience,
+        probe: r.probe,
+        outcome_follows: r.outcome_follows,
     }
 }
 
@@ -143,6 +145,31 @@ fn task_msg(t: &ActiveTask) -> Task {
             .parent_task_id()
             .map(ToString::to_string)
             .unwrap_or_default(),
+    }
+}
+
+/// The SPIFFE ID of the caller's enforcement-point entry. Only an
+/// enforcement point may ask for decisions and record outcomes:
+/// certificate chains are public, and anyone else could rack up denials
+/// against a victim's task.
+fn enforcement_point(snap: &Snapshot, caller: &Caller) -> Result<String, Status> {
+    snap.entries_for(&caller.selectors)
+        .into_iter()
+        .find(|e| e.enforcement_point)
+        .map(|e| e.spiffe_id.to_string())
+        .ok_or_else(|| {
+            Status::permission_denied(
+                "the caller is not an enforcement point (its entry needs --enforcement-point)",
+            )
+        })
+}
+
+fn pdp_status(e: PdpError) -> Status {
+    match e {
+        PdpError::Invalid(m) => Status::invalid_argument(m),
+        PdpError::Refused(m) => Status::permission_denied(m),
+        PdpError::NotFound(m) => Status::not_found(m),
+        PdpError::Unavailable(m) => Status::unavailable(m),
     }
 }
 
@@ -364,27 +391,12 @@ impl TaskIdentity for TaskApi {
         req: Request<AuthorizeToolCallRequest>,
     ) -> Result<Response<AuthorizeToolCallResponse>, Status> {
         let (caller, _) = self.attest(&req).await?;
-        // Only an enforcement point may ask: certificate chains are public,
-        // and anyone else could rack up denials against a victim's task.
-        let snap = self.owner.snapshot();
-        let Some(ep) = snap
-            .entries_for(&caller.selectors)
-            .into_iter()
-            .find(|e| e.enforcement_point)
-            .map(|e| e.spiffe_id.to_string())
-        else {
-            return Err(Status::permission_denied(
-                "the caller is not an enforcement point (its entry needs --enforcement-point)",
-            ));
-        };
+        let ep = enforcement_point(&self.owner.snapshot(), &caller)?;
         let d = self
             .pdp
             .authorize(&ep, tool_call(req.into_inner()))
             .await
-            .map_err(|e| match e {
-                PdpError::Invalid(m) => Status::invalid_argument(m),
-                PdpError::Refused(m) => Status::permission_denied(m),
-            })?;
+            .map_err(pdp_status)?;
         caller.recheck()?;
         Ok(Response::new(AuthorizeToolCallResponse {
             allow: d.allow,
@@ -394,5 +406,28 @@ impl TaskIdentity for TaskApi {
             task_id: d.task_id,
             principal: d.principal,
         }))
+    }
+
+    #[instrument(skip_all)]
+    async fn record_tool_call(
+        &self,
+        req: Request<RecordToolCallRequest>,
+    ) -> Result<Response<RecordToolCallResponse>, Status> {
+        let (caller, _) = self.attest(&req).await?;
+        let ep = enforcement_point(&self.owner.snapshot(), &caller)?;
+        let r = req.into_inner();
+        let outcome = crate::pdp::Outcome {
+            upstream: r.upstream,
+            method: r.method,
+            status: r.status,
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            latency: std::time::Duration::from_micros(r.latency_us),
+            error: r.error,
+        };
+        self.pdp
+            .record_outcome(&ep, &r.decision_id, &outcome)
+            .map_err(pdp_status)?;
+        Ok(Response::new(RecordToolCallResponse {}))
     }
 }

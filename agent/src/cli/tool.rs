@@ -114,6 +114,7 @@ pub(super) async fn run_tool(cmd: ToolCmd) -> Result<(), CliError> {
             resource,
             context_json: context.unwrap_or_default(),
             audience: audience.unwrap_or_default(),
+            ..Default::default()
         }))
         .await
         .map_err(|s| two(refusal(&s)))?

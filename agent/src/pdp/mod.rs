@@ -6,6 +6,7 @@
 //! decision is one [`DecisionRecord`]; denials count towards quarantine,
 //! here at once and on the server across every enforcement point.
 
+mod outcome;
 mod record;
 mod verify;
 
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use lanyard_core::clock::Clock;
 use lanyard_policy::{Action, CallFacts, PolicyBook, Principal, TaskContext};
 
+pub use outcome::{OUTCOME_WAIT, Outcome};
 pub use record::{DecisionRecord, DecisionSink, QueueSink, TracingSink, audit_event};
 pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
 
@@ -65,6 +67,8 @@ pub struct Pdp {
     denials: Mutex<HashMap<String, VecDeque<SystemTime>>>,
     trigger: LocalTrigger,
     sink: Arc<dyn DecisionSink>,
+    /// Allowed calls whose enforcement point will report the outcome.
+    waiting: outcome::Waiting,
 }
 
 /// What denials are counted under: the caller's SPIFFE ID and, when its
@@ -108,6 +112,10 @@ pub struct ToolCall {
     /// The audience a JWT-SVID must carry (empty: the enforcement point's
     /// SPIFFE ID).
     pub audience: String,
+    /// Decide only: no record, no denial counted, no decision ID.
+    pub probe: bool,
+    /// The enforcement point will report the outcome (RecordToolCall).
+    pub outcome_follows: bool,
 }
 
 /// A recorded decision, as the enforcement point gets it.
@@ -136,6 +144,12 @@ pub enum PdpError {
     /// The credential was refused (recorded as a denial).
     #[error("{0}")]
     Refused(String),
+    /// No such decision waits for its outcome.
+    #[error("{0}")]
+    NotFound(String),
+    /// The audit queue could not take the record.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A decision before it is recorded.
@@ -178,6 +192,7 @@ impl Pdp {
             denials: Mutex::default(),
             trigger,
             sink,
+            waiting: outcome::Waiting::default(),
         }
     }
 
@@ -310,6 +325,9 @@ impl Pdp {
             Err(CredentialError::Malformed(m)) => return Err(PdpError::Invalid(m)),
             Err(e @ CredentialError::Refused(_)) => {
                 record.reason = e.to_string();
+                if req.probe {
+                    return Err(PdpError::Refused(e.to_string()));
+                }
                 if let Err(why) = self.sink.record(&record) {
                     tracing::error!(%why, decision_id = %record.decision_id, "decision record not kept");
                 }
@@ -327,6 +345,16 @@ impl Pdp {
         record.allow = verdict.allow;
         record.reason = verdict.reason.clone();
         record.policy_ids = verdict.policy_ids.clone();
+        if req.probe {
+            return Ok(Decision {
+                allow: record.allow,
+                reason: record.reason,
+                policy_ids: record.policy_ids,
+                decision_id: String::new(),
+                task_id: record.task_id,
+                principal: record.principal,
+            });
+        }
         if let Err(why) = self.sink.record(&record) {
             // No decision without its record: fail closed.
             tracing::error!(%why, decision_id = %record.decision_id, "decision record not kept; denying");
@@ -343,6 +371,9 @@ impl Pdp {
             self.after_denial(&record, &verdict, &req.context_json, &workload_key(&v), now)
                 .await;
         }
+        if req.outcome_follows {
+            self.waiting.keep(&record, now);
+        }
         Ok(Decision {
             allow: record.allow,
             reason: record.reason,
@@ -351,6 +382,22 @@ impl Pdp {
             task_id: record.task_id,
             principal: record.principal,
         })
+    }
+
+    /// Records the outcome of a call `ep` decided with `outcome_follows`:
+    /// one `tool.call` record, once.
+    pub fn record_outcome(&self, ep: &str, decision_id: &str, o: &Outcome) -> Result<(), PdpError> {
+        o.check().map_err(PdpError::Invalid)?;
+        let now = self.clock.now();
+        let d = self.waiting.take(decision_id, ep, now).ok_or_else(|| {
+            PdpError::NotFound(format!(
+                "decision {decision_id:?}: unknown to this enforcement point, already recorded, or older than {}s",
+                OUTCOME_WAIT.as_secs()
+            ))
+        })?;
+        self.sink
+            .record_call(&d, o, now)
+            .map_err(|why| PdpError::Unavailable(format!("the call record was not kept: {why}")))
     }
 
     fn decide(

@@ -36,6 +36,19 @@ pub trait DecisionSink: Send + Sync {
     /// error means it could not be kept (the decision point then denies).
     /// Must not block for long: it runs on every call.
     fn record(&self, d: &DecisionRecord) -> Result<(), String>;
+
+    /// Takes the record of a call's outcome (`tool.call`); by default a
+    /// `tracing` event only.
+    fn record_call(
+        &self,
+        d: &DecisionRecord,
+        o: &super::Outcome,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let e = super::outcome::call_event(d, o, now);
+        tracing::info!(target: "lanyard::decision", decision_id = %d.decision_id, details = %e.details, "tool call outcome");
+        Ok(())
+    }
 }
 
 /// Writes each record to the durable audit queue (shipped to the
@@ -49,6 +62,17 @@ impl DecisionSink for QueueSink {
             .append(audit_event(d))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    fn record_call(
+        &self,
+        d: &DecisionRecord,
+        o: &super::Outcome,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let e = super::outcome::call_event(d, o, now);
+        tracing::info!(target: "lanyard::decision", decision_id = %d.decision_id, details = %e.details, "tool call outcome");
+        self.0.append(e).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 

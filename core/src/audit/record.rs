@@ -140,11 +140,16 @@ pub enum Kind {
     /// its cache, within the lease): recorded on the node, shipped.
     #[serde(rename = "credential.served")]
     CredentialServed,
+    /// A call an enforcement point passed on (or refused) in the path, with
+    /// its decision and its outcome (status, bytes each way, latency):
+    /// recorded on the node, shipped.
+    #[serde(rename = "tool.call")]
+    ToolCall,
 }
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 35] = [
+    pub const ALL: [Kind; 36] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -180,6 +185,7 @@ impl Kind {
         Kind::CredentialDenied,
         Kind::CredentialLeaseEnded,
         Kind::CredentialServed,
+        Kind::ToolCall,
     ];
 
     /// The name records carry (`svid.issued`).
@@ -220,6 +226,7 @@ impl Kind {
             Kind::CredentialDenied => "credential.denied",
             Kind::CredentialLeaseEnded => "credential.lease_ended",
             Kind::CredentialServed => "credential.served",
+            Kind::ToolCall => "tool.call",
         }
     }
 }

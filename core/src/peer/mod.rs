@@ -321,6 +321,7 @@ mod tests {
             on_behalf_of: None,
             not_after: Some(now + Duration::from_secs(120)),
             parent_task_id: None,
+            destinations: vec![],
         };
         let params = SvidParams {
             spiffe_id: id.clone(),

@@ -12,7 +12,9 @@
 //!   grantDigest      OCTET STRING,      -- SHA-256 of the RFC 8785 grant
 //!   onBehalfOf   [0] IMPLICIT UTF8String OPTIONAL,
 //!   taskNotAfter [1] IMPLICIT GeneralizedTime OPTIONAL,
-//!   parentTaskId [2] IMPLICIT UTF8String OPTIONAL }
+//!   parentTaskId [2] IMPLICIT UTF8String OPTIONAL,
+//!   destinations [3] IMPLICIT SEQUENCE OF UTF8String OPTIONAL }
+//!                                       -- absent when none were declared
 //! ```
 
 use std::time::SystemTime;
@@ -30,6 +32,7 @@ const OID_UUID_ARC: u128 = 187_691_679_452_939_855_309_652_420_807_227_979_439;
 const TAG_ON_BEHALF_OF: u8 = 0x80;
 const TAG_NOT_AFTER: u8 = 0x81;
 const TAG_PARENT: u8 = 0x82;
+const TAG_DESTINATIONS: u8 = 0xa3;
 /// Largest extension accepted when decoding.
 const MAX_EXTENSION_LEN: usize = 16 * 1024;
 
@@ -68,6 +71,9 @@ pub struct TaskClaims {
     pub not_after: Option<SystemTime>,
     /// The task this one was delegated from.
     pub parent_task_id: Option<TaskId>,
+    /// The hosts, URLs or services the task declared it will reach (empty:
+    /// none declared).
+    pub destinations: Vec<String>,
 }
 
 impl TaskClaims {
@@ -100,6 +106,13 @@ impl TaskClaims {
         }
         if let Some(p) = &self.parent_task_id {
             der::write(&mut body, TAG_PARENT, p.as_str().as_bytes());
+        }
+        if !self.destinations.is_empty() {
+            let mut d = Vec::new();
+            for x in &self.destinations {
+                der::write(&mut d, der::UTF8_STRING, x.as_bytes());
+            }
+            der::write(&mut body, TAG_DESTINATIONS, &d);
         }
         let mut out = Vec::new();
         der::write(&mut out, der::SEQUENCE, &body);
@@ -144,6 +157,7 @@ impl TaskClaims {
             on_behalf_of: None,
             not_after: None,
             parent_task_id: None,
+            destinations: vec![],
         };
         if r.peek_tag() == Some(TAG_ON_BEHALF_OF) {
             claims.on_behalf_of = Some(r.read_utf8(TAG_ON_BEHALF_OF)?.to_owned());
@@ -154,6 +168,14 @@ impl TaskClaims {
         if r.peek_tag() == Some(TAG_PARENT) {
             claims.parent_task_id =
                 Some(TaskId::new(r.read_utf8(TAG_PARENT)?).map_err(|e| e.to_string())?);
+        }
+        if r.peek_tag() == Some(TAG_DESTINATIONS) {
+            let mut dr = Reader::new(r.read(TAG_DESTINATIONS)?);
+            while !dr.is_empty() {
+                claims
+                    .destinations
+                    .push(dr.read_utf8(der::UTF8_STRING)?.to_owned());
+            }
         }
         if !r.is_empty() {
             return Err("unexpected trailing fields".into());
@@ -239,6 +261,19 @@ impl TaskClaims {
                 v.as_u64().ok_or_else(|| bad("tctx.task_exp"))?,
             )),
         };
+        let destinations = match tctx.get("destinations") {
+            None => vec![],
+            Some(v) => v
+                .as_array()
+                .ok_or_else(|| bad("tctx.destinations"))?
+                .iter()
+                .map(|d| {
+                    d.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("tctx.destinations"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let parent_task_id = match claims.get("act") {
             None => None,
             Some(act) => Some(TaskId::new(
@@ -256,14 +291,16 @@ impl TaskClaims {
             on_behalf_of,
             not_after,
             parent_task_id,
+            destinations,
         }))
     }
 
-    /// The `tctx` members these claims determine (the grant adds
-    /// destinations and the intent digest).
+    /// The `tctx` members these claims determine (the grant adds the
+    /// intent digest).
     pub(crate) fn tctx_base(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("tools".into(), json!(self.tools));
+        m.insert("destinations".into(), json!(self.destinations));
         m.insert("data_sensitivity".into(), json!(self.data_sensitivity));
         m.insert("grant_sha256".into(), json!(hex::encode(self.grant_digest)));
         if let Some(obo) = &self.on_behalf_of {
@@ -331,6 +368,7 @@ mod tests {
             on_behalf_of: Some("user:alice@example.com".into()),
             not_after: Some(from_unix_secs(1_800_000_000)),
             parent_task_id: Some(TaskId::new("ffeeddccbbaa99887766554433221100").unwrap()),
+            destinations: vec!["crm.example.com".into(), "https://mail.example.com/".into()],
         }
     }
 
@@ -356,6 +394,7 @@ mod tests {
             on_behalf_of: None,
             not_after: None,
             parent_task_id: None,
+            destinations: vec![],
             tools: vec!["a".into()],
             task_type: "t".into(),
             data_sensitivity: "public".into(),

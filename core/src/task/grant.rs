@@ -187,6 +187,7 @@ impl TaskGrant {
             on_behalf_of: self.on_behalf_of.clone(),
             not_after: Some(from_unix_secs(self.not_after)),
             parent_task_id: self.parent_task_id().cloned(),
+            destinations: self.destinations.clone(),
         }
     }
 
@@ -195,7 +196,6 @@ impl TaskGrant {
     /// (RFC 8693: the nearest actor outermost, earlier ones nested).
     pub fn jwt_claims(&self, node: &SpiffeId, exe_sha256: Option<&str>) -> Map<String, Value> {
         let mut tctx = self.claims().tctx_base();
-        tctx.insert("destinations".into(), json!(self.destinations));
         tctx.insert("intent_sha256".into(), json!(self.intent_sha256));
         let mut rctx = Map::new();
         rctx.insert("node".into(), json!(node.as_str()));

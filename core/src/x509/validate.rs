@@ -124,6 +124,7 @@ mod tests {
             on_behalf_of: None,
             not_after: Some(from_unix_secs(T0 + 300)),
             parent_task_id: None,
+            destinations: vec![],
         };
         let mut p = params("spiffe://td/w", 60);
         p.extensions = vec![(task_claims_oid_der(), claims.to_der())];

@@ -184,6 +184,7 @@ pub async fn authorize(
             resource: "account/42".into(),
             context_json: context.into(),
             audience: String::new(),
+            ..Default::default()
         }))
         .await
         .map(tonic::Response::into_inner)

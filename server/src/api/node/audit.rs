@@ -18,7 +18,7 @@ pub const MAX_SHIPPED: usize = 1000;
 /// Largest record an agent may ship, bytes of JSON.
 pub const MAX_SHIPPED_RECORD: usize = 16 * 1024;
 /// The kinds an agent may ship: what happens on the node only.
-const SHIPPED_KINDS: [Kind; 2] = [Kind::ToolDecision, Kind::CredentialServed];
+const SHIPPED_KINDS: [Kind; 3] = [Kind::ToolDecision, Kind::CredentialServed, Kind::ToolCall];
 
 /// The status for a call refused because its record could not be written.
 pub(crate) fn unavailable(e: AuditLogError) -> Status {

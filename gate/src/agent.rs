@@ -1,0 +1,211 @@
+//! The gateway's node agent: decisions (`AuthorizeToolCall`, probes for
+//! tool lists), call records (`RecordToolCall`), upstream credentials for
+//! the caller's task (`GetCredential` as an enforcement point) and JWT-SVID
+//! validation (`ValidateJWTSVID`), all on the agent's unix socket.
+
+use std::path::Path;
+
+use lanyard_proto::broker::credential_broker_client::CredentialBrokerClient;
+use lanyard_proto::broker::get_credential_request::TaskCredential;
+use lanyard_proto::broker::{GetCredentialRequest, X509Chain as BrokerChain};
+use lanyard_proto::task::authorize_tool_call_request::Credential;
+use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+use lanyard_proto::task::{AuthorizeToolCallRequest, RecordToolCallRequest, X509Chain};
+use lanyard_proto::workload::ValidateJwtsvidRequest;
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tonic::transport::Channel;
+
+use crate::identity::header;
+
+/// What a caller presented.
+#[derive(Debug, Clone)]
+pub enum CallerCredential {
+    /// Its X.509-SVID chain from the TLS handshake (DER, leaf first).
+    X509(Vec<Vec<u8>>),
+    /// A JWT-SVID it sent as a bearer token.
+    Jwt(String),
+}
+
+/// One decision, as the gateway uses it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Allowed.
+    pub allow: bool,
+    /// Why.
+    pub reason: String,
+    /// The deciding policies.
+    pub policy_ids: Vec<String>,
+    /// The record's ID (empty for a probe).
+    pub decision_id: String,
+}
+
+/// A call to decide.
+#[derive(Debug, Clone, Default)]
+pub struct Ask<'a> {
+    /// The Lanyard tool.
+    pub tool: &'a str,
+    /// What it acts on.
+    pub resource: &'a str,
+    /// The call's arguments, a JSON object.
+    pub context_json: String,
+    /// Decide without recording (tool lists).
+    pub probe: bool,
+}
+
+/// The outcome of a forwarded call.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The decision it follows.
+    pub decision_id: String,
+    /// The upstream's name.
+    pub upstream: String,
+    /// What was called.
+    pub method: String,
+    /// The upstream's status (0: not reached).
+    pub status: u16,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Answer bytes.
+    pub bytes_out: u64,
+    /// Arrival to end of answer.
+    pub latency: std::time::Duration,
+    /// What went wrong, if anything.
+    pub error: String,
+}
+
+/// The node agent, reached on its socket.
+#[derive(Clone)]
+pub struct Agent {
+    tasks: TaskIdentityClient<Channel>,
+    broker: CredentialBrokerClient<Channel>,
+    workload: SpiffeWorkloadApiClient<Channel>,
+}
+
+/// An agent call that failed: its gRPC status, said plainly.
+#[derive(Debug, thiserror::Error)]
+#[error("node agent: {}: {}", .0.code(), .0.message())]
+pub struct AgentError(pub tonic::Status);
+
+impl Agent {
+    /// A client of the agent at `socket` (connects lazily).
+    pub fn new(socket: &Path) -> anyhow::Result<Self> {
+        let ch = lanyard_uds::unix_channel(socket)?;
+        Ok(Self {
+            tasks: TaskIdentityClient::new(ch.clone()),
+            broker: CredentialBrokerClient::new(ch.clone()),
+            workload: SpiffeWorkloadApiClient::new(ch),
+        })
+    }
+
+    /// Decides `ask` for a caller holding `cred`.
+    pub async fn authorize(
+        &self,
+        cred: &CallerCredential,
+        ask: Ask<'_>,
+    ) -> Result<Decision, AgentError> {
+        let credential = match cred {
+            CallerCredential::X509(c) => Credential::X509Chain(X509Chain { certs: c.clone() }),
+            CallerCredential::Jwt(t) => Credential::JwtSvid(t.clone()),
+        };
+        let r = self
+            .tasks
+            .clone()
+            .authorize_tool_call(header(AuthorizeToolCallRequest {
+                credential: Some(credential),
+                tool: ask.tool.to_owned(),
+                resource: ask.resource.to_owned(),
+                context_json: ask.context_json,
+                audience: String::new(),
+                probe: ask.probe,
+                outcome_follows: !ask.probe,
+            }))
+            .await
+            .map_err(AgentError)?
+            .into_inner();
+        Ok(Decision {
+            allow: r.allow,
+            reason: r.reason,
+            policy_ids: r.policy_ids,
+            decision_id: r.decision_id,
+        })
+    }
+
+    /// Records what became of a call (once per decision).
+    pub async fn record(&self, o: Outcome) -> Result<(), AgentError> {
+        self.tasks
+            .clone()
+            .record_tool_call(header(RecordToolCallRequest {
+                decision_id: o.decision_id,
+                upstream: o.upstream,
+                method: o.method,
+                status: u32::from(o.status),
+                bytes_in: o.bytes_in,
+                bytes_out: o.bytes_out,
+                latency_us: u64::try_from(o.latency.as_micros()).unwrap_or(u64::MAX),
+                error: o.error,
+            }))
+            .await
+            .map_err(AgentError)
+            .map(|_| ())
+    }
+
+    /// A credential from `provider` for the caller's task, released to the
+    /// gateway as an enforcement point.
+    pub async fn credential(
+        &self,
+        cred: &CallerCredential,
+        task_id: &str,
+        provider: &str,
+        scopes: &[String],
+        audience: &str,
+    ) -> Result<String, AgentError> {
+        let task_credential = match cred {
+            CallerCredential::X509(c) => {
+                TaskCredential::X509Chain(BrokerChain { certs: c.clone() })
+            }
+            CallerCredential::Jwt(t) => TaskCredential::JwtSvid(t.clone()),
+        };
+        let r = self
+            .broker
+            .clone()
+            .get_credential(header(GetCredentialRequest {
+                name: provider.to_owned(),
+                scopes: scopes.to_vec(),
+                audience: audience.to_owned(),
+                task_id: task_id.to_owned(),
+                task_credential: Some(task_credential),
+            }))
+            .await
+            .map_err(AgentError)?
+            .into_inner();
+        Ok(r.credential)
+    }
+
+    /// Validates a JWT-SVID for `audience`: the holder's SPIFFE ID and
+    /// claims (the agent checks signature, expiry and revocation).
+    pub async fn validate_jwt(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(String, serde_json::Map<String, serde_json::Value>), AgentError> {
+        let r = self
+            .workload
+            .clone()
+            .validate_jwtsvid(header(ValidateJwtsvidRequest {
+                audience: audience.to_owned(),
+                svid: token.to_owned(),
+            }))
+            .await
+            .map_err(AgentError)?
+            .into_inner();
+        let claims = match r
+            .claims
+            .as_ref()
+            .map(lanyard_proto::convert::struct_to_json)
+        {
+            Some(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        Ok((r.spiffe_id, claims))
+    }
+}

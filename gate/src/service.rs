@@ -1,0 +1,378 @@
+//! One request through the gateway: find the upstream by path, know the
+//! caller (and refuse it before anything else when it holds no live task or
+//! the upstream is not among its destinations), read the body within the
+//! cap, then hand it to the MCP or the HTTP side, which decide and call
+//! [`Call::forward`]: credential, upstream, the answer streamed back and
+//! recorded once.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use lanyard_core::peer::Peer;
+use serde_json::json;
+
+use crate::agent::{AgentError, Decision, Outcome};
+use crate::body::{Body, Counted, full};
+use crate::caller::{self, Caller, Refusal};
+use crate::config::{CredentialSource, Upstream};
+use crate::state::{Gate, Live};
+use crate::upstream::Outgoing;
+
+/// What the connection says about the caller: the task X.509-SVID it
+/// presented (validated in the handshake), if it did.
+#[derive(Debug, Clone, Default)]
+pub struct Conn {
+    /// The peer and its chain.
+    pub peer: Option<(Peer, Vec<Vec<u8>>)>,
+}
+
+/// A request on its way, with everything the two sides need.
+pub struct Call {
+    /// The gateway.
+    pub gate: Arc<Gate>,
+    /// The configuration in force when it arrived.
+    pub live: Arc<Live>,
+    /// Where it goes.
+    pub upstream: Upstream,
+    /// Who sent it.
+    pub caller: Caller,
+    /// Its head.
+    pub parts: http::request::Parts,
+    /// Its body.
+    pub body: Bytes,
+    /// When it arrived.
+    pub started: Instant,
+}
+
+/// A plain-text answer.
+pub fn text(status: http::StatusCode, msg: &str) -> http::Response<Body> {
+    let mut r = http::Response::new(full(format!("{msg}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A JSON answer.
+pub fn json_answer(status: http::StatusCode, v: &serde_json::Value) -> http::Response<Body> {
+    let mut r = http::Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn refusal(r: &Refusal) -> http::Response<Body> {
+    let mut resp = json_answer(r.status, &json!({"error": "refused", "reason": r.reason}));
+    if r.status == http::StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+/// Serves one request.
+pub async fn handle(
+    gate: Arc<Gate>,
+    conn: Arc<Conn>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let live = gate.live();
+    let Some(upstream) = live.config.upstream_for(req.uri().path()).cloned() else {
+        return text(
+            http::StatusCode::NOT_FOUND,
+            "no upstream is served at this path",
+        );
+    };
+    let peer = match &conn.peer {
+        Some((p, c)) => Some((p, c.as_slice())),
+        None => None,
+    };
+    let caller = match caller::authenticate(
+        peer,
+        req.headers(),
+        &gate.agent,
+        gate.spiffe_id(),
+        SystemTime::now(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => {
+            gate.metrics.call(&upstream.name, "", "refused");
+            tracing::info!(upstream = %upstream.name, reason = %r.reason, "caller refused");
+            return refusal(&r);
+        }
+    };
+    if let Err(r) =
+        caller::destination_allowed(&caller.claims, &upstream, live.config.require_destinations)
+    {
+        gate.metrics.call(&upstream.name, "", "refused");
+        tracing::info!(upstream = %upstream.name, task = %caller.claims.task_id, reason = %r.reason, "destination refused");
+        return refusal(&r);
+    }
+    let (parts, body) = req.into_parts();
+    let max = live.config.max_body;
+    let body = match crate::body::read_limited(body, max).await {
+        Ok(b) => b,
+        Err(crate::body::ReadError::TooLarge(_)) => {
+            return text(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {max} bytes (max_body)"),
+            );
+        }
+        Err(crate::body::ReadError::Broken(e)) => {
+            return text(http::StatusCode::BAD_REQUEST, &format!("request body: {e}"));
+        }
+    };
+    let call = Call {
+        gate,
+        live,
+        upstream,
+        caller,
+        parts,
+        body,
+        started,
+    };
+    match call.upstream.kind {
+        crate::config::Kind::Mcp => crate::mcp::handle(call).await,
+        crate::config::Kind::Http => crate::routes::handle(call).await,
+    }
+}
+
+impl Call {
+    /// Asks the decision point; a failure to get a decision is a denial
+    /// (fail closed), with the reason.
+    pub async fn decide(
+        &self,
+        tool: &str,
+        resource: &str,
+        context: &serde_json::Value,
+    ) -> Decision {
+        let ask = crate::agent::Ask {
+            tool,
+            resource,
+            context_json: context.to_string(),
+            probe: false,
+        };
+        let d = match self
+            .gate
+            .agent
+            .authorize(&self.caller.credential, ask)
+            .await
+        {
+            Ok(d) => d,
+            Err(AgentError(s)) => Decision {
+                allow: false,
+                reason: match s.code() {
+                    tonic::Code::InvalidArgument => {
+                        format!("the call cannot be decided: {}", s.message())
+                    }
+                    tonic::Code::PermissionDenied => s.message().to_owned(),
+                    _ => format!("no decision (node agent: {}); denied", s.message()),
+                },
+                policy_ids: vec![],
+                decision_id: String::new(),
+            },
+        };
+        let verdict = if d.allow { "allow" } else { "deny" };
+        self.gate.metrics.call(&self.upstream.name, tool, verdict);
+        tracing::info!(
+            upstream = %self.upstream.name, tool, task = %self.caller.claims.task_id,
+            principal = %self.caller.spiffe_id, decision = verdict, reason = %d.reason,
+            decision_id = %d.decision_id, "tool call decided"
+        );
+        d
+    }
+
+    /// Records a call that never reached the upstream (denied, or failed
+    /// before): one `tool.call` record.
+    pub fn record_unsent(&self, d: &Decision, method: &str, error: &str) {
+        self.record(Outcome {
+            decision_id: d.decision_id.clone(),
+            upstream: self.upstream.name.clone(),
+            method: method.to_owned(),
+            status: 0,
+            bytes_in: self.body.len() as u64,
+            bytes_out: 0,
+            latency: self.started.elapsed(),
+            error: error.to_owned(),
+        });
+    }
+
+    fn record(&self, o: Outcome) {
+        if o.decision_id.is_empty() {
+            return;
+        }
+        let agent = self.gate.agent.clone();
+        tokio::spawn(async move {
+            let id = o.decision_id.clone();
+            if let Err(e) = agent.record(o).await {
+                tracing::error!(decision_id = %id, err = %e, "the call record was not kept");
+            }
+        });
+    }
+
+    /// The upstream credential for the caller's task, if the upstream has
+    /// one; an answer for the caller when it cannot be had.
+    async fn credential(&self) -> Result<Option<String>, (http::StatusCode, String)> {
+        let Some(c) = &self.upstream.credential else {
+            return Ok(None);
+        };
+        match &c.source {
+            CredentialSource::File(_) => Ok(self.live.statics.get(&self.upstream.name).cloned()),
+            CredentialSource::Provider(p) => self
+                .gate
+                .agent
+                .credential(
+                    &self.caller.credential,
+                    self.caller.claims.task_id.as_str(),
+                    p,
+                    &c.scopes,
+                    &self.upstream.host,
+                )
+                .await
+                .map(Some)
+                .map_err(|AgentError(s)| {
+                    let status = match s.code() {
+                        tonic::Code::PermissionDenied
+                        | tonic::Code::NotFound
+                        | tonic::Code::FailedPrecondition => http::StatusCode::FORBIDDEN,
+                        _ => http::StatusCode::BAD_GATEWAY,
+                    };
+                    (status, format!("upstream credential {p}: {}", s.message()))
+                }),
+        }
+    }
+
+    /// Sends the call upstream (credentialed) and returns the answer's
+    /// head with its body still to come, or an answer for the caller.
+    pub async fn send(
+        &self,
+        rest: &str,
+        d: Option<&Decision>,
+        method: &str,
+    ) -> Result<http::Response<Body>, http::Response<Body>> {
+        let fail = |status: http::StatusCode, msg: String| {
+            if let Some(d) = d {
+                self.record_unsent(d, method, &msg);
+            }
+            Err(json_answer(
+                status,
+                &json!({"error": "upstream", "reason": msg}),
+            ))
+        };
+        let credential = match self.credential().await {
+            Ok(c) => c,
+            Err((status, msg)) => return fail(status, msg),
+        };
+        let req = Outgoing {
+            upstream: &self.upstream,
+            rest,
+            query: self.parts.uri.query(),
+            method: self.parts.method.clone(),
+            headers: self.parts.headers.clone(),
+            body: self.body.clone(),
+            credential,
+        }
+        .build();
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => return fail(http::StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+        let t = Instant::now();
+        let resp = self.live.clients.send(&self.upstream, req).await;
+        let labels = lanyard_metrics::labels(&[("upstream", &self.upstream.name)]);
+        self.gate
+            .metrics
+            .upstream_seconds
+            .get_or_create(&labels)
+            .observe(t.elapsed().as_secs_f64());
+        match resp {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.gate
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&labels)
+                    .inc();
+                tracing::warn!(upstream = %self.upstream.name, err = %e, "upstream call failed");
+                let status = match e {
+                    crate::upstream::UpstreamError::Timeout(..) => {
+                        http::StatusCode::GATEWAY_TIMEOUT
+                    }
+                    _ => http::StatusCode::BAD_GATEWAY,
+                };
+                fail(status, e.to_string())
+            }
+        }
+    }
+
+    /// Streams `resp` back to the caller: counted, cut if the caller's
+    /// credential is revoked, recorded once at its end.
+    pub fn stream_back(
+        &self,
+        resp: http::Response<Body>,
+        d: Option<&Decision>,
+        method: &str,
+    ) -> http::Response<Body> {
+        let (parts, body) = resp.into_parts();
+        let trust = self.gate.identity.trust.clone();
+        let peer = self.caller.peer.clone();
+        let cut = Box::pin(async move { trust.revoked(&peer).await.to_string() });
+        let gate = self.gate.clone();
+        let template = Outcome {
+            decision_id: d.map(|d| d.decision_id.clone()).unwrap_or_default(),
+            upstream: self.upstream.name.clone(),
+            method: method.to_owned(),
+            status: parts.status.as_u16(),
+            bytes_in: self.body.len() as u64,
+            ..Outcome::default()
+        };
+        let started = self.started;
+        let on_end = Box::new(move |e: crate::body::Ended| {
+            if template.decision_id.is_empty() {
+                return;
+            }
+            let o = Outcome {
+                bytes_out: e.bytes,
+                latency: started.elapsed(),
+                error: e.error,
+                ..template
+            };
+            let agent = gate.agent.clone();
+            // The body ends inside the runtime (or is dropped by it).
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let id = o.decision_id.clone();
+                    if let Err(e) = agent.record(o).await {
+                        tracing::error!(decision_id = %id, err = %e, "the call record was not kept");
+                    }
+                });
+            }
+        });
+        let body = Counted::new(body, Some(cut), on_end);
+        http::Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
+    }
+
+    /// Sends and streams back: the usual way of a decided call.
+    pub async fn forward(
+        &self,
+        rest: &str,
+        d: Option<&Decision>,
+        method: &str,
+    ) -> http::Response<Body> {
+        match self.send(rest, d, method).await {
+            Ok(resp) => self.stream_back(resp, d, method),
+            Err(answer) => answer,
+        }
+    }
+}
