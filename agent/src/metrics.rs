@@ -42,6 +42,15 @@ impl DecisionSink for CountingSink {
             .inc();
         r
     }
+
+    fn record_call(
+        &self,
+        d: &DecisionRecord,
+        o: &crate::pdp::Outcome,
+        now: std::time::SystemTime,
+    ) -> Result<(), String> {
+        self.inner.record_call(d, o, now)
+    }
 }
 
 /// What the agent reports.

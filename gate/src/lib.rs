@@ -9,6 +9,7 @@ pub mod admin;
 pub mod agent;
 pub mod body;
 pub mod caller;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod listener;

@@ -37,18 +37,14 @@ pub trait DecisionSink: Send + Sync {
     /// Must not block for long: it runs on every call.
     fn record(&self, d: &DecisionRecord) -> Result<(), String>;
 
-    /// Takes the record of a call's outcome (`tool.call`); by default a
-    /// `tracing` event only.
+    /// Takes the record of a call's outcome (`tool.call`), durably; no
+    /// default, so a wrapping sink cannot drop it unawares.
     fn record_call(
         &self,
         d: &DecisionRecord,
         o: &super::Outcome,
         now: SystemTime,
-    ) -> Result<(), String> {
-        let e = super::outcome::call_event(d, o, now);
-        tracing::info!(target: "lanyard::decision", decision_id = %d.decision_id, details = %e.details, "tool call outcome");
-        Ok(())
-    }
+    ) -> Result<(), String>;
 }
 
 /// Writes each record to the durable audit queue (shipped to the
@@ -70,9 +66,11 @@ impl DecisionSink for QueueSink {
         o: &super::Outcome,
         now: SystemTime,
     ) -> Result<(), String> {
-        let e = super::outcome::call_event(d, o, now);
-        tracing::info!(target: "lanyard::decision", decision_id = %d.decision_id, details = %e.details, "tool call outcome");
-        self.0.append(e).map(|_| ()).map_err(|e| e.to_string())
+        TracingSink.record_call(d, o, now)?;
+        self.0
+            .append(super::outcome::call_event(d, o, now))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -117,6 +115,17 @@ impl DecisionSink for TracingSink {
             credential = d.credential,
             "tool call decision"
         );
+        Ok(())
+    }
+
+    fn record_call(
+        &self,
+        d: &DecisionRecord,
+        o: &super::Outcome,
+        now: SystemTime,
+    ) -> Result<(), String> {
+        let e = super::outcome::call_event(d, o, now);
+        tracing::info!(target: "lanyard::decision", decision_id = %d.decision_id, details = %e.details, "tool call outcome");
         Ok(())
     }
 }

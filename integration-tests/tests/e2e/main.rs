@@ -17,6 +17,7 @@ mod credentials;
 mod dns;
 mod enforce;
 mod faults;
+mod gate;
 mod hostile;
 mod identities;
 mod interop;

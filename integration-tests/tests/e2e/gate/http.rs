@@ -1,0 +1,144 @@
+//! Plain HTTP tools through lanyard-gate: routes decide, a static
+//! upstream credential from a file is injected, a bearer JWT-SVID stands
+//! in for mutual TLS, and destinations are enforced.
+
+use serde_json::{Value, json};
+
+use super::{GATE_ID, gate, python_server, run_agent, stack, upstream_log};
+
+fn files_config(port: u16, key_file: &std::path::Path) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "files"
+kind = "http"
+path = "/files"
+url = "http://127.0.0.1:{port}/api/"
+[upstream.credential]
+file = "{}"
+header = "x-api-key"
+[[upstream.route]]
+method = "GET"
+path = "/docs/{{id}}"
+tool = "files.read"
+resource = "doc/{{id}}"
+[[upstream.route]]
+method = "POST"
+path = "/docs"
+tool = "files.write"
+"#,
+        key_file.display()
+    )
+}
+
+fn args(steps: Value, destination: &str) -> Vec<String> {
+    vec![
+        "--url".into(),
+        "unused".into(),
+        "--tool".into(),
+        "files.read".into(),
+        "--destination".into(),
+        destination.into(),
+        "--jwt-audience".into(),
+        GATE_ID.into(),
+        "--steps".into(),
+        steps.to_string(),
+    ]
+}
+
+fn answer<'a>(lines: &'a [Value], i: usize) -> &'a Value {
+    lines
+        .iter()
+        .filter(|l| l.get("http").is_some() || l.get("error").is_some())
+        .nth(i)
+        .unwrap_or_else(|| panic!("no answer {i} in {lines:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_decide_and_the_static_credential_is_injected() {
+    let s = stack().await;
+    let (_tool, port) = python_server(&s, "mcp_tool_server.py", &[]);
+    let key = s.dir.path().join("files.key");
+    std::fs::write(&key, "files-key-456\n").unwrap();
+    let g = gate(&s, "gate-http", &files_config(port, &key));
+    let base = format!("https://{}/files", g.addr);
+    let steps = json!([
+        {"http": {"method": "GET", "url": format!("{base}/docs/17?x=1"),
+                  "headers": {"x-api-key": "forged", "authorization": "Bearer forged"}}},
+        {"http": {"method": "POST", "url": format!("{base}/docs"), "json": {"title": "t"}}},
+        {"http": {"method": "DELETE", "url": format!("{base}/docs/17")}},
+        {"http": {"method": "GET", "url": format!("{base}/docs/18")}, "as": "jwt"},
+    ]);
+    let lines = run_agent(&s, args(steps, "127.0.0.1"), |_| {}).await;
+    let all = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !all.contains("files-key-456"),
+        "the caller saw the key: {all}"
+    );
+
+    let read = answer(&lines, 0);
+    assert_eq!(read["status"], 200, "{read}");
+    let body: Value = serde_json::from_str(read["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["path"], "/api/docs/17");
+    assert_eq!(body["query"], "x=1");
+
+    let write = answer(&lines, 1);
+    assert_eq!(write["status"], 403, "{write}");
+    assert!(
+        write["body"]
+            .as_str()
+            .unwrap()
+            .contains("files.write was not granted"),
+        "{write}"
+    );
+
+    let unrouted = answer(&lines, 2);
+    assert_eq!(unrouted["status"], 403, "{unrouted}");
+    assert!(
+        unrouted["body"].as_str().unwrap().contains("no route"),
+        "{unrouted}"
+    );
+
+    let by_jwt = answer(&lines, 3);
+    assert_eq!(
+        by_jwt["status"], 200,
+        "a bearer JWT-SVID was refused: {by_jwt}"
+    );
+
+    // Only the allowed calls reached the API, each with the key from the
+    // file, never the caller's forged values.
+    let log = upstream_log(port).await;
+    let api: Vec<&Value> = log
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/api/"))
+        .collect();
+    assert_eq!(api.len(), 2, "{log:?}");
+    for r in api {
+        assert_eq!(r["x_api_key"], "files-key-456", "{r}");
+        assert_eq!(r["authorization"], Value::Null, "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_outside_the_tasks_destinations_is_refused() {
+    let s = stack().await;
+    let (_tool, port) = python_server(&s, "mcp_tool_server.py", &[]);
+    let key = s.dir.path().join("files.key");
+    std::fs::write(&key, "files-key-456").unwrap();
+    let g = gate(&s, "gate-dest", &files_config(port, &key));
+    let url = format!("https://{}/files/docs/1", g.addr);
+    let steps = json!([{"http": {"method": "GET", "url": url}}]);
+    let lines = run_agent(&s, args(steps, "crm.example.com"), |_| {}).await;
+    let a = answer(&lines, 0);
+    assert_eq!(a["status"], 403, "{a}");
+    assert!(
+        a["body"].as_str().unwrap().contains("not among task"),
+        "{a}"
+    );
+    let log = upstream_log(port).await;
+    assert!(
+        log.iter()
+            .all(|r| !r["path"].as_str().unwrap().starts_with("/api/")),
+        "{log:?}"
+    );
+}
