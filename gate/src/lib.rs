@@ -11,6 +11,7 @@ pub mod body;
 pub mod caller;
 pub mod cli;
 pub mod config;
+pub mod front;
 pub mod identity;
 pub mod listener;
 pub mod mcp;

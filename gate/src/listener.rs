@@ -17,7 +17,8 @@ use lanyard_core::x509::PeerUsage;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::service::{Conn, handle};
+use crate::front::handle;
+use crate::service::Conn;
 use crate::state::Gate;
 
 /// Most connections served at once.

@@ -1,12 +1,9 @@
-//! One request through the gateway: find the upstream by path, know the
-//! caller (and refuse it before anything else when it holds no live task or
-//! the upstream is not among its destinations), read the body within the
-//! cap, then hand it to the MCP or the HTTP side, which decide and call
-//! [`Call::forward`]: credential, upstream, the answer streamed back and
-//! recorded once.
+//! A request on its way, as the MCP and the HTTP sides handle it: the
+//! decision (fail closed), the upstream credential, the call upstream and
+//! the answer streamed back and recorded once ([`Call::forward`]).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use lanyard_core::peer::Peer;
@@ -14,7 +11,7 @@ use serde_json::json;
 
 use crate::agent::{AgentError, Decision, Outcome};
 use crate::body::{Body, Counted, full};
-use crate::caller::{self, Caller, Refusal};
+use crate::caller::Caller;
 use crate::config::{CredentialSource, Upstream};
 use crate::state::{Gate, Live};
 use crate::upstream::Outgoing;
@@ -65,87 +62,6 @@ pub fn json_answer(status: http::StatusCode, v: &serde_json::Value) -> http::Res
         http::HeaderValue::from_static("application/json"),
     );
     r
-}
-
-fn refusal(r: &Refusal) -> http::Response<Body> {
-    let mut resp = json_answer(r.status, &json!({"error": "refused", "reason": r.reason}));
-    if r.status == http::StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-    }
-    resp
-}
-
-/// Serves one request.
-pub async fn handle(
-    gate: Arc<Gate>,
-    conn: Arc<Conn>,
-    req: http::Request<hyper::body::Incoming>,
-) -> http::Response<Body> {
-    let started = Instant::now();
-    let live = gate.live();
-    let Some(upstream) = live.config.upstream_for(req.uri().path()).cloned() else {
-        return text(
-            http::StatusCode::NOT_FOUND,
-            "no upstream is served at this path",
-        );
-    };
-    let peer = match &conn.peer {
-        Some((p, c)) => Some((p, c.as_slice())),
-        None => None,
-    };
-    let caller = match caller::authenticate(
-        peer,
-        req.headers(),
-        &gate.agent,
-        gate.spiffe_id(),
-        SystemTime::now(),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(r) => {
-            gate.metrics.call(&upstream.name, "", "refused");
-            tracing::info!(upstream = %upstream.name, reason = %r.reason, "caller refused");
-            return refusal(&r);
-        }
-    };
-    if let Err(r) =
-        caller::destination_allowed(&caller.claims, &upstream, live.config.require_destinations)
-    {
-        gate.metrics.call(&upstream.name, "", "refused");
-        tracing::info!(upstream = %upstream.name, task = %caller.claims.task_id, reason = %r.reason, "destination refused");
-        return refusal(&r);
-    }
-    let (parts, body) = req.into_parts();
-    let max = live.config.max_body;
-    let body = match crate::body::read_limited(body, max).await {
-        Ok(b) => b,
-        Err(crate::body::ReadError::TooLarge(_)) => {
-            return text(
-                http::StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body over {max} bytes (max_body)"),
-            );
-        }
-        Err(crate::body::ReadError::Broken(e)) => {
-            return text(http::StatusCode::BAD_REQUEST, &format!("request body: {e}"));
-        }
-    };
-    let call = Call {
-        gate,
-        live,
-        upstream,
-        caller,
-        parts,
-        body,
-        started,
-    };
-    match call.upstream.kind {
-        crate::config::Kind::Mcp => crate::mcp::handle(call).await,
-        crate::config::Kind::Http => crate::routes::handle(call).await,
-    }
 }
 
 impl Call {
@@ -260,15 +176,15 @@ impl Call {
         rest: &str,
         d: Option<&Decision>,
         method: &str,
-    ) -> Result<http::Response<Body>, http::Response<Body>> {
+    ) -> Result<http::Response<Body>, Box<http::Response<Body>>> {
         let fail = |status: http::StatusCode, msg: String| {
             if let Some(d) = d {
                 self.record_unsent(d, method, &msg);
             }
-            Err(json_answer(
+            Err(Box::new(json_answer(
                 status,
                 &json!({"error": "upstream", "reason": msg}),
-            ))
+            )))
         };
         let credential = match self.credential().await {
             Ok(c) => c,
@@ -372,7 +288,7 @@ impl Call {
     ) -> http::Response<Body> {
         match self.send(rest, d, method).await {
             Ok(resp) => self.stream_back(resp, d, method),
-            Err(answer) => answer,
+            Err(answer) => *answer,
         }
     }
 }

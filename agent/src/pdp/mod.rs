@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 use lanyard_core::clock::Clock;
 use lanyard_policy::{Action, CallFacts, PolicyBook, Principal, TaskContext};
 
-pub use outcome::{OUTCOME_WAIT, Outcome};
-pub use record::{DecisionRecord, DecisionSink, QueueSink, TracingSink, audit_event};
+pub use outcome::OUTCOME_WAIT;
+pub use record::{DecisionRecord, DecisionSink, Outcome, QueueSink, TracingSink, audit_event};
 pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
 
 use crate::cache::Snapshot;

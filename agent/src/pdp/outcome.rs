@@ -16,42 +16,6 @@ pub const OUTCOME_WAIT: Duration = Duration::from_secs(600);
 /// Most decisions waiting at once; past it the oldest is dropped (its
 /// decision record was kept; only the outcome record is lost, and said).
 const MAX_WAITING: usize = 65_536;
-/// Longest method and error texts kept.
-const MAX_METHOD: usize = 256;
-const MAX_ERROR: usize = 1024;
-
-/// The outcome an enforcement point reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Outcome {
-    /// Where the call went (the gateway's upstream).
-    pub upstream: String,
-    /// What was called (`tools/call`, `GET /contacts/42`).
-    pub method: String,
-    /// The upstream's HTTP status, 0 when it was not reached.
-    pub status: u32,
-    /// Bytes of the request body, and of the answer.
-    pub bytes_in: u64,
-    /// Bytes of the answer.
-    pub bytes_out: u64,
-    /// Arrival to the end of the answer.
-    pub latency: Duration,
-    /// Why it failed, if it did.
-    pub error: String,
-}
-
-impl Outcome {
-    /// Checks the lengths the record keeps.
-    pub fn check(&self) -> Result<(), String> {
-        if self.method.len() > MAX_METHOD || self.upstream.len() > MAX_METHOD {
-            return Err(format!("method and upstream: at most {MAX_METHOD} bytes"));
-        }
-        if self.error.len() > MAX_ERROR {
-            return Err(format!("error: at most {MAX_ERROR} bytes"));
-        }
-        Ok(())
-    }
-}
-
 /// Decisions waiting for their outcome, by decision ID.
 #[derive(Default)]
 pub struct Waiting(Mutex<HashMap<String, DecisionRecord>>);
@@ -97,31 +61,11 @@ fn expired(d: &DecisionRecord, now: SystemTime) -> bool {
     now.duration_since(d.time).unwrap_or_default() > OUTCOME_WAIT
 }
 
-/// The `tool.call` audit record: the decision and its outcome.
-pub fn call_event(d: &DecisionRecord, o: &Outcome, now: SystemTime) -> lanyard_core::audit::Event {
-    use lanyard_core::audit::Kind;
-    let mut e = super::record::audit_event(d);
-    e.kind = Kind::ToolCall;
-    e.time = lanyard_core::clock::format_rfc3339_millis(now);
-    e.details = serde_json::json!({
-        "credential": d.credential,
-        "upstream": o.upstream,
-        "method": o.method,
-        "status": o.status,
-        "bytes_in": o.bytes_in,
-        "bytes_out": o.bytes_out,
-        "latency_us": u64::try_from(o.latency.as_micros()).unwrap_or(u64::MAX),
-        "error": o.error,
-        "decided_at": lanyard_core::clock::format_rfc3339_millis(d.time),
-    });
-    e
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(id: &str, ep: &str, time: SystemTime) -> DecisionRecord {
+    pub(crate) fn rec(id: &str, ep: &str, time: SystemTime) -> DecisionRecord {
         DecisionRecord {
             decision_id: id.into(),
             time,
@@ -156,26 +100,5 @@ mod tests {
         let later = then + OUTCOME_WAIT + Duration::from_secs(1);
         assert!(w.take("d1", "ep", later).is_none());
         assert_eq!(w.len(), 0);
-    }
-
-    #[test]
-    fn the_record_carries_the_decision_and_the_outcome() {
-        let now = SystemTime::now();
-        let o = Outcome {
-            upstream: "crm".into(),
-            method: "tools/call".into(),
-            status: 200,
-            bytes_in: 10,
-            bytes_out: 20,
-            latency: Duration::from_micros(1500),
-            error: String::new(),
-        };
-        let e = call_event(&rec("d1", "ep", now), &o, now);
-        assert_eq!(e.kind.as_str(), "tool.call");
-        assert_eq!(e.decision, "allow");
-        assert_eq!(e.correlation.decision_id, "d1");
-        assert_eq!(e.details["status"], 200);
-        assert_eq!(e.details["latency_us"], 1500);
-        assert_eq!(e.details["upstream"], "crm");
     }
 }

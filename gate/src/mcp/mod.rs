@@ -269,7 +269,7 @@ async fn tools_list(call: Call, msg: &Message) -> http::Response<Body> {
     call.gate.metrics.call(&call.upstream.name, "", "pass");
     let resp = match call.send("", None, "tools/list").await {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let (mut parts, body) = resp.into_parts();
     if !parts.status.is_success() {
@@ -313,7 +313,7 @@ async fn tools_list(call: Call, msg: &Message) -> http::Response<Body> {
         let Some(tool) = lanyard_tool(&call, &name) else {
             continue;
         };
-        if !call.caller.claims.tools.iter().any(|t| *t == tool) {
+        if !call.caller.claims.tools.contains(&tool) {
             continue;
         }
         let ask = Ask {

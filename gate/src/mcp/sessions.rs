@@ -99,6 +99,7 @@ impl Sessions {
     }
 
     /// How many are bound.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -142,3 +142,47 @@ async fn an_upstream_outside_the_tasks_destinations_is_refused() {
         "{log:?}"
     );
 }
+
+/// SIGHUP reloads the upstreams: a new route serves at once; a broken file
+/// is refused and the configuration in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_takes_new_routes_and_a_broken_file_changes_nothing() {
+    let s = stack().await;
+    let (_tool, port) = python_server(&s, "mcp_tool_server.py", &[]);
+    let key = s.dir.path().join("files.key");
+    std::fs::write(&key, "files-key-456").unwrap();
+    let g = gate(&s, "gate-reload", &files_config(port, &key));
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &g._proc.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let url = format!("https://{}/files/docs/1", g.addr);
+    let del = json!([{"http": {"method": "DELETE", "url": url}}]);
+
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    std::fs::write(
+        &g.config,
+        format!("{text}\n[[upstream.route]]\nmethod = \"DELETE\"\npath = \"/docs/{{id}}\"\ntool = \"files.read\"\n"),
+    )
+    .unwrap();
+    hup();
+    lanyard_integration_tests::eventually("the reload", super::WAIT, || async {
+        g.log().contains("configuration reloaded").then_some(())
+    })
+    .await;
+    let lines = run_agent(&s, args(del.clone(), "127.0.0.1"), |_| {}).await;
+    assert_eq!(answer(&lines, 0)["status"], 200, "{lines:?}");
+
+    std::fs::write(&g.config, "this is = not [ toml").unwrap();
+    hup();
+    lanyard_integration_tests::eventually("the refusal", super::WAIT, || async {
+        g.log().contains("reload refused").then_some(())
+    })
+    .await;
+    let lines = run_agent(&s, args(del, "127.0.0.1"), |_| {}).await;
+    assert_eq!(answer(&lines, 0)["status"], 200, "{lines:?}");
+}
