@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lanyard/admin/v1/admin.proto",
         "proto/lanyard/task/v1/task.proto",
         "proto/lanyard/broker/v1/broker.proto",
+        "proto/envoy/service/auth/v3/external_auth.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -16,6 +16,15 @@ mod generated {
     // The task service reuses the Workload API's SVID messages, which live
     // in the package-less root.
     pub use super::workload::{Jwtsvid, X509svid};
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+                }
+            }
+        }
+    }
     pub mod lanyard {
         pub mod types {
             pub mod v1 {
@@ -53,6 +62,10 @@ pub use generated::lanyard::server::v1 as server;
 
 /// `lanyard.admin.v1`: the admin API on the server's local socket.
 pub use generated::lanyard::admin::v1 as admin;
+
+/// `envoy.service.auth.v3`: Envoy's external authorization service, as
+/// lanyard-gate serves it (a wire-compatible subset).
+pub use generated::envoy::service::auth::v3 as ext_authz;
 
 /// `lanyard.task.v1`: task-scoped identities on the agent's socket.
 pub use generated::lanyard::task::v1 as task;
