@@ -11,6 +11,7 @@ pub mod body;
 pub mod caller;
 pub mod cli;
 pub mod config;
+pub mod ext_authz;
 pub mod front;
 pub mod identity;
 pub mod listener;
@@ -93,6 +94,17 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     listener::serve(gate.clone(), listener, stopped.clone());
+    let live = gate.live();
+    if let Some(sock) = &live.config.ext_authz_socket {
+        ext_authz::serve(
+            gate.clone(),
+            sock,
+            live.config.ext_authz_uids.clone(),
+            stopped.clone(),
+        )
+        .await?;
+        tracing::info!(socket = %sock.display(), "serving Envoy external authorization");
+    }
     let admin = match admin_listen {
         Some(a) => Some(
             admin::serve(a, gate.clone(), stopped.clone())

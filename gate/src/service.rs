@@ -137,36 +137,8 @@ impl Call {
         });
     }
 
-    /// The upstream credential for the caller's task, if the upstream has
-    /// one; an answer for the caller when it cannot be had.
     async fn credential(&self) -> Result<Option<String>, (http::StatusCode, String)> {
-        let Some(c) = &self.upstream.credential else {
-            return Ok(None);
-        };
-        match &c.source {
-            CredentialSource::File(_) => Ok(self.live.statics.get(&self.upstream.name).cloned()),
-            CredentialSource::Provider(p) => self
-                .gate
-                .agent
-                .credential(
-                    &self.caller.credential,
-                    self.caller.claims.task_id.as_str(),
-                    p,
-                    &c.scopes,
-                    &self.upstream.host,
-                )
-                .await
-                .map(Some)
-                .map_err(|AgentError(s)| {
-                    let status = match s.code() {
-                        tonic::Code::PermissionDenied
-                        | tonic::Code::NotFound
-                        | tonic::Code::FailedPrecondition => http::StatusCode::FORBIDDEN,
-                        _ => http::StatusCode::BAD_GATEWAY,
-                    };
-                    (status, format!("upstream credential {p}: {}", s.message()))
-                }),
-        }
+        upstream_credential(&self.gate, &self.live, &self.upstream, &self.caller).await
     }
 
     /// Sends the call upstream (credentialed) and returns the answer's
@@ -290,5 +262,43 @@ impl Call {
             Ok(resp) => self.stream_back(resp, d, method),
             Err(answer) => *answer,
         }
+    }
+}
+
+/// The upstream credential for the caller's task, if the upstream has
+/// one; an answer for the caller when it cannot be had.
+/// The upstream credential for the caller's task, if the upstream has one;
+/// an answer for the caller when it cannot be had.
+pub async fn upstream_credential(
+    gate: &Gate,
+    live: &Live,
+    upstream: &Upstream,
+    caller: &Caller,
+) -> Result<Option<String>, (http::StatusCode, String)> {
+    let Some(c) = &upstream.credential else {
+        return Ok(None);
+    };
+    match &c.source {
+        CredentialSource::File(_) => Ok(live.statics.get(&upstream.name).cloned()),
+        CredentialSource::Provider(p) => gate
+            .agent
+            .credential(
+                &caller.credential,
+                caller.claims.task_id.as_str(),
+                p,
+                &c.scopes,
+                &upstream.host,
+            )
+            .await
+            .map(Some)
+            .map_err(|AgentError(s)| {
+                let status = match s.code() {
+                    tonic::Code::PermissionDenied
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition => http::StatusCode::FORBIDDEN,
+                    _ => http::StatusCode::BAD_GATEWAY,
+                };
+                (status, format!("upstream credential {p}: {}", s.message()))
+            }),
     }
 }

@@ -95,6 +95,20 @@ pub struct Upstream {
     pub routes: Vec<Route>,
 }
 
+impl Upstream {
+    /// The Lanyard tool of MCP tool `name`: its mapping, else (with
+    /// `allow_unmapped`) the name itself when it is a valid tool name.
+    pub fn lanyard_tool(&self, name: &str) -> Option<String> {
+        match self.tools.get(name) {
+            Some(t) => Some(t.clone()),
+            None if self.allow_unmapped && lanyard_core::task::check_tool(name).is_ok() => {
+                Some(name.to_owned())
+            }
+            None => None,
+        }
+    }
+}
+
 /// Where an upstream credential comes from and where it goes.
 #[derive(Debug, Clone)]
 pub struct Credential {

@@ -45,7 +45,8 @@ fn malformed(m: &Malformed) -> http::Response<Body> {
     json_answer(status, &m.to_json())
 }
 
-fn is_lifecycle(method: &str) -> bool {
+/// Messages that pass without a decision.
+pub fn is_lifecycle(method: &str) -> bool {
     matches!(method, "initialize" | "ping" | "server/discover")
         || method.starts_with("notifications/")
 }
@@ -185,7 +186,7 @@ async fn post(call: Call, session: Option<String>) -> http::Response<Body> {
 }
 
 /// The Cedar call context of `args`: the object itself, `{}` otherwise.
-fn context_of(args: &Value) -> Value {
+pub fn context_of(args: &Value) -> Value {
     match args {
         Value::Object(m) => {
             let mut m = m.clone();
@@ -213,17 +214,6 @@ fn bind_session(call: &Call, r: &http::Response<Body>) {
     }
 }
 
-/// The Lanyard tool of MCP tool `name` on this upstream, if any.
-fn lanyard_tool(call: &Call, name: &str) -> Option<String> {
-    match call.upstream.tools.get(name) {
-        Some(t) => Some(t.clone()),
-        None if call.upstream.allow_unmapped && lanyard_core::task::check_tool(name).is_ok() => {
-            Some(name.to_owned())
-        }
-        None => None,
-    }
-}
-
 fn denied_result(id: &Value, d: &Decision) -> Value {
     let mut text = format!("Denied by Lanyard: {}", d.reason);
     if !d.policy_ids.is_empty() {
@@ -242,7 +232,7 @@ fn denied_result(id: &Value, d: &Decision) -> Value {
 
 async fn tools_call(call: Call, msg: &Message) -> http::Response<Body> {
     let name = msg.param_str("name").unwrap_or_default().to_owned();
-    let Some(tool) = lanyard_tool(&call, &name) else {
+    let Some(tool) = call.upstream.lanyard_tool(&name) else {
         call.gate.metrics.call(&call.upstream.name, "", "deny");
         let d = Decision {
             allow: false,
@@ -310,7 +300,7 @@ async fn tools_list(call: Call, msg: &Message) -> http::Response<Body> {
     };
     let mut keep = HashSet::new();
     for name in answer.names() {
-        let Some(tool) = lanyard_tool(&call, &name) else {
+        let Some(tool) = call.upstream.lanyard_tool(&name) else {
             continue;
         };
         if !call.caller.claims.tools.contains(&tool) {

@@ -260,48 +260,8 @@ async fn one_call_allowed_and_one_denied(
         .await
         .unwrap();
     assert!(!refused_call.allow);
-    a_call_and_its_outcome_recorded_once(s, holder).await;
+    crate::audit_calls::a_call_and_its_outcome_recorded_once(s, holder).await;
     (allowed, refused_call)
-}
-
-/// An enforcement point in the path reports what became of a call it had
-/// decided with `outcome_follows`: one `tool.call` record; a second report
-/// of the same decision, or of one never made, is refused.
-async fn a_call_and_its_outcome_recorded_once(s: &Setup, holder: &Holder) {
-    use lanyard_proto::task::{AuthorizeToolCallRequest, RecordToolCallRequest};
-    let mut tasks = TaskIdentityClient::new(lanyard_uds::unix_channel(&s.socket).unwrap());
-    let d = tasks
-        .authorize_tool_call(header(AuthorizeToolCallRequest {
-            credential: Some(x509(&holder.chain)),
-            tool: "crm.read".into(),
-            outcome_follows: true,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(d.allow, "{d:?}");
-    let report = |id: &str| RecordToolCallRequest {
-        decision_id: id.into(),
-        upstream: "crm".into(),
-        method: "tools/call read_contact".into(),
-        status: 200,
-        bytes_in: 80,
-        bytes_out: 120,
-        latency_us: 900,
-        error: String::new(),
-    };
-    tasks
-        .record_tool_call(header(report(&d.decision_id)))
-        .await
-        .unwrap();
-    for id in [d.decision_id.as_str(), "no-such-decision"] {
-        let again = tasks
-            .record_tool_call(header(report(id)))
-            .await
-            .unwrap_err();
-        assert_eq!(again.code(), tonic::Code::NotFound, "{again:?}");
-    }
 }
 
 /// A revocation, a quarantine and its release, a task revoked.

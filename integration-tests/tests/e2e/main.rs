@@ -11,6 +11,7 @@ mod enforce_support;
 mod agent_cli;
 mod agent_metrics;
 mod audit;
+mod audit_calls;
 mod audit_delivery;
 mod crash;
 mod credentials;

@@ -46,7 +46,7 @@ fn args(steps: Value, destination: &str) -> Vec<String> {
     ]
 }
 
-fn answer<'a>(lines: &'a [Value], i: usize) -> &'a Value {
+fn answer(lines: &[Value], i: usize) -> &Value {
     lines
         .iter()
         .filter(|l| l.get("http").is_some() || l.get("error").is_some())

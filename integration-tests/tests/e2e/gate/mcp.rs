@@ -212,7 +212,7 @@ async fn a_revoked_task_loses_its_live_session() {
                 let _ = tx.send(t.to_owned());
             }
         });
-        tokio::spawn(async move { lines.await })
+        tokio::spawn(lines)
     };
     let task_id = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT).unwrap())
         .await
@@ -226,7 +226,6 @@ async fn a_revoked_task_loses_its_live_session() {
         .admin()
         .revoke_task(lanyard_proto::admin::TaskRequest {
             task_id: task_id.clone(),
-            ..Default::default()
         })
         .await
         .unwrap();
