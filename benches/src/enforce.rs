@@ -84,6 +84,13 @@ async fn task(d: &Deployment) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)>
     task_on(&d.socket).await
 }
 
+/// A new decision task: its ID, chain and key.
+pub async fn task_with_key(
+    socket: &std::path::Path,
+) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
+    task_on(socket).await
+}
+
 async fn task_on(socket: &std::path::Path) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
     let r = TaskIdentityClient::new(unix_channel(socket)?)
         .begin_task(req(BeginTaskRequest {
@@ -172,9 +179,9 @@ pub async fn authorize(
     Ok((report, if cpu > 0.0 { n / cpu } else { 0.0 }))
 }
 
-/// task revoke → the first handshake a peer (following the agent's
-/// FetchX509Bundles stream, CRLs included) refuses, `samples` times.
-pub async fn revoke_to_handshake(d: &Deployment, samples: usize) -> anyhow::Result<Report> {
+/// Live trust following the agent's FetchX509Bundles stream (CRLs
+/// included), as a peer of the bench's trust domain keeps it.
+pub async fn follow_bundles(d: &Deployment) -> anyhow::Result<Arc<LiveTrust>> {
     let td = TrustDomain::new(TD)?;
     let trust = LiveTrust::new(TrustState::new(td, vec![]));
     let mut bundles = SpiffeWorkloadApiClient::new(unix_channel(&d.socket)?)
@@ -211,6 +218,13 @@ pub async fn revoke_to_handshake(d: &Deployment, samples: usize) -> anyhow::Resu
             }
         }
     });
+    Ok(trust)
+}
+
+/// task revoke → the first handshake a peer (following the agent's
+/// FetchX509Bundles stream, CRLs included) refuses, `samples` times.
+pub async fn revoke_to_handshake(d: &Deployment, samples: usize) -> anyhow::Result<Report> {
+    let trust = follow_bundles(d).await?;
     // The tool server presents the bench's standing SVID.
     let own = SpiffeWorkloadApiClient::new(unix_channel(&d.socket)?)
         .fetch_x509svid(req(X509svidRequest {}))

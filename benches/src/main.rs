@@ -11,6 +11,7 @@ mod audit;
 mod credentials;
 mod enforce;
 mod fleet;
+mod gate;
 mod procs;
 mod scenarios;
 mod soak;
@@ -105,6 +106,14 @@ enum Cmd {
         /// How often RSS is sampled.
         #[arg(long, default_value = "30s")]
         sample_every: String,
+    },
+    /// MCP tool calls through lanyard-gate against the same calls straight
+    /// to the upstream, at 1 and 10 callers (needs lanyard-gate in the
+    /// bin dir).
+    Gate {
+        /// Length of each of the four runs.
+        #[arg(long, default_value = "5s")]
+        duration: String,
     },
     /// Thousands of simulated agents (real attestation, real mTLS and Sync
     /// streams) against one or several servers: notification latency,
@@ -255,6 +264,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         write_json(args.json.as_deref(), &r)?;
+        return Ok(());
+    }
+    if let Some(Cmd::Gate { duration }) = &args.cmd {
+        let d = procs::start(&bins, ttl).await?;
+        tasks::prepare(&d, 0).await?;
+        let reports = gate::run(&d, &bins, dur("--duration", duration)?).await?;
+        stats::print_table(&reports);
+        for callers in [1, 10] {
+            let pick = |via: &str| {
+                reports
+                    .iter()
+                    .find(|r| r.name == format!("tools/call {via}, {callers} caller(s)"))
+            };
+            if let (Some(direct), Some(gate)) = (pick("direct"), pick("via lanyard-gate")) {
+                println!(
+                    "gate at {callers} caller(s): added p50 {:.3} ms, added p99 {:.3} ms (target < 1 ms at 10), throughput {:.0}% of direct",
+                    gate.p50_ms - direct.p50_ms,
+                    gate.p99_ms - direct.p99_ms,
+                    100.0 * gate.per_second / direct.per_second.max(1.0)
+                );
+            }
+        }
+        write_json(args.json.as_deref(), &reports)?;
         return Ok(());
     }
     if let Some(Cmd::Fleet {
