@@ -23,8 +23,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$PROFILE" in
-  release) cargo build --release --locked --quiet --bin lanyard-server --bin lanyard-agent ;;
-  debug) cargo build --locked --quiet --bin lanyard-server --bin lanyard-agent ;;
+  release) cargo build --release --locked --quiet --bin lanyard-server --bin lanyard-agent --bin lanyard-gate ;;
+  debug) cargo build --locked --quiet --bin lanyard-server --bin lanyard-agent --bin lanyard-gate ;;
   *) echo "error: --profile is release or debug" >&2; exit 2 ;;
 esac
 BIN="target/$PROFILE"
@@ -34,7 +34,7 @@ trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT/usr/local/bin" "$ROOT/etc" "$ROOT/run" "$ROOT/tmp" "$ROOT/data"
 chmod 1777 "$ROOT/tmp"
 chmod 0755 "$ROOT/run"
-for b in lanyard-server lanyard-agent "${EXTRA[@]}"; do
+for b in lanyard-server lanyard-agent lanyard-gate "${EXTRA[@]}"; do
   [ -x "$BIN/$b" ] || { echo "error: $BIN/$b is missing (build it first)" >&2; exit 1; }
   install -m 0755 "$BIN/$b" "$ROOT/usr/local/bin/$b"
   # Debug info stays on the host; line tables are enough for backtraces.
