@@ -98,10 +98,10 @@ impl Sessions {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
-    /// How many are bound.
+    /// Whether none is bound.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 }
 
@@ -141,6 +141,6 @@ mod tests {
             s.check("abc", "crm", "t1", "spiffe://example.org/a", later),
             SessionCheck::Unknown
         );
-        assert_eq!(s.len(), 0);
+        assert!(s.is_empty());
     }
 }
