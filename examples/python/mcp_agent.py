@@ -133,10 +133,10 @@ async def run(url, ctx, steps, mode, timeout):
             for s in steps:
                 try:
                     if "list" in s:
-                        r = await client.list_tools()
+                        r = await asyncio.wait_for(client.list_tools(), timeout)
                         emit({"tools": sorted(t.name for t in r.tools)})
                     elif "call" in s:
-                        r = await client.call_tool(s["call"], s.get("args", {}))
+                        r = await asyncio.wait_for(client.call_tool(s["call"], s.get("args", {})), timeout)
                         text = " ".join(getattr(c, "text", "") for c in r.content)
                         emit({"call": s["call"], "is_error": bool(r.is_error), "text": text,
                               "meta": (r.meta or {}).get("dev.lanyard/decision")})
@@ -169,7 +169,8 @@ def main():
     p.add_argument("--jwt-audience", action="append", default=[])
     p.add_argument("--steps", required=True, help="JSON list of steps")
     p.add_argument("--mode", default="legacy", help="MCP client mode: legacy, auto or 2026-07-28")
-    p.add_argument("--timeout", type=float, default=20)
+    p.add_argument("--timeout", type=float, default=20, help="seconds per step")
+    p.add_argument("--deadline", type=float, default=120, help="seconds for the whole session")
     p.add_argument("--proto-dir", default=os.path.join(here, "..", "..", "proto", "proto"))
     args = p.parse_args()
     path = args.socket.removeprefix("unix://").removeprefix("unix:")
@@ -197,7 +198,11 @@ def main():
             asyncio.run(plain_http(steps, ctx, trust_context(begun.x509_svid),
                                    begun.jwt_svid.svid, args.timeout))
         else:
-            asyncio.run(run(args.url, ctx, steps, args.mode, args.timeout))
+            try:
+                asyncio.run(asyncio.wait_for(run(args.url, ctx, steps, args.mode, args.timeout),
+                                             args.deadline))
+            except TimeoutError:
+                emit({"session_error": f"no end within {args.deadline} s"})
         try:
             tasks.EndTask(tpb.EndTaskRequest(task_id=begun.task_id), metadata=md, timeout=15)
         except grpc.RpcError as e:

@@ -1,5 +1,5 @@
 //! The gateway's node agent: decisions (`AuthorizeToolCall`, probes for
-//! tool lists), call records (`RecordToolCall`), upstream credentials for
+//! tool lists), call records (`RecordToolCalls`), upstream credentials for
 //! the caller's task (`GetCredential` as an enforcement point) and JWT-SVID
 //! validation (`ValidateJWTSVID`), all on the agent's unix socket.
 
@@ -10,7 +10,9 @@ use lanyard_proto::broker::get_credential_request::TaskCredential;
 use lanyard_proto::broker::{GetCredentialRequest, X509Chain as BrokerChain};
 use lanyard_proto::task::authorize_tool_call_request::Credential;
 use lanyard_proto::task::task_identity_client::TaskIdentityClient;
-use lanyard_proto::task::{AuthorizeToolCallRequest, RecordToolCallRequest, X509Chain};
+use lanyard_proto::task::{
+    AuthorizeToolCallRequest, RecordToolCallsRequest, ToolCallOutcome, X509Chain,
+};
 use lanyard_proto::workload::ValidateJwtsvidRequest;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tonic::transport::Channel;
@@ -130,11 +132,12 @@ impl Agent {
         })
     }
 
-    /// Records what became of a call (once per decision).
-    pub async fn record(&self, o: Outcome) -> Result<(), AgentError> {
-        self.tasks
-            .clone()
-            .record_tool_call(header(RecordToolCallRequest {
+    /// Records what became of calls (once per decision); returns the
+    /// decision IDs the agent did not know.
+    pub async fn record(&self, outcomes: Vec<Outcome>) -> Result<Vec<String>, AgentError> {
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| ToolCallOutcome {
                 decision_id: o.decision_id,
                 upstream: o.upstream,
                 method: o.method,
@@ -143,10 +146,14 @@ impl Agent {
                 bytes_out: o.bytes_out,
                 latency_us: u64::try_from(o.latency.as_micros()).unwrap_or(u64::MAX),
                 error: o.error,
-            }))
+            })
+            .collect();
+        self.tasks
+            .clone()
+            .record_tool_calls(header(RecordToolCallsRequest { outcomes }))
             .await
             .map_err(AgentError)
-            .map(|_| ())
+            .map(|r| r.into_inner().unknown)
     }
 
     /// A credential from `provider` for the caller's task, released to the

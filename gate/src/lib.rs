@@ -17,6 +17,7 @@ pub mod identity;
 pub mod listener;
 pub mod mcp;
 pub mod metrics;
+pub mod recorder;
 pub mod routes;
 pub mod service;
 pub mod state;

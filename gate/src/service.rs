@@ -125,16 +125,7 @@ impl Call {
     }
 
     fn record(&self, o: Outcome) {
-        if o.decision_id.is_empty() {
-            return;
-        }
-        let agent = self.gate.agent.clone();
-        tokio::spawn(async move {
-            let id = o.decision_id.clone();
-            if let Err(e) = agent.record(o).await {
-                tracing::error!(decision_id = %id, err = %e, "the call record was not kept");
-            }
-        });
+        self.gate.recorder.send(o);
     }
 
     async fn credential(&self) -> Result<Option<String>, (http::StatusCode, String)> {
@@ -215,8 +206,12 @@ impl Call {
         let (parts, body) = resp.into_parts();
         let trust = self.gate.identity.trust.clone();
         let peer = self.caller.peer.clone();
-        let cut = Box::pin(async move { trust.revoked(&peer).await.to_string() });
-        let gate = self.gate.clone();
+        let cut = Box::pin(async move {
+            let why = trust.revoked(&peer).await.to_string();
+            tracing::warn!(peer = %peer.spiffe_id, reason = %why, "caller revoked: answer cut");
+            why
+        });
+        let recorder = self.gate.recorder.clone();
         let template = Outcome {
             decision_id: d.map(|d| d.decision_id.clone()).unwrap_or_default(),
             upstream: self.upstream.name.clone(),
@@ -227,25 +222,12 @@ impl Call {
         };
         let started = self.started;
         let on_end = Box::new(move |e: crate::body::Ended| {
-            if template.decision_id.is_empty() {
-                return;
-            }
-            let o = Outcome {
+            recorder.send(Outcome {
                 bytes_out: e.bytes,
                 latency: started.elapsed(),
                 error: e.error,
                 ..template
-            };
-            let agent = gate.agent.clone();
-            // The body ends inside the runtime (or is dropped by it).
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let id = o.decision_id.clone();
-                    if let Err(e) = agent.record(o).await {
-                        tracing::error!(decision_id = %id, err = %e, "the call record was not kept");
-                    }
-                });
-            }
+            });
         });
         let body = Counted::new(body, Some(cut), on_end);
         http::Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))

@@ -62,6 +62,8 @@ pub struct Gate {
     live: RwLock<Arc<Live>>,
     /// The node agent.
     pub agent: Agent,
+    /// Call outcomes on their way to the agent.
+    pub recorder: crate::recorder::Recorder,
     /// The gateway's own SVID and the trust it checks callers with.
     pub identity: Identity,
     /// MCP sessions by task.
@@ -83,6 +85,7 @@ impl Gate {
     ) -> Self {
         Self {
             live: RwLock::new(Arc::new(live)),
+            recorder: crate::recorder::Recorder::start(agent.clone()),
             agent,
             identity,
             sessions: Sessions::default(),

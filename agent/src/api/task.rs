@@ -10,7 +10,7 @@ use lanyard_proto::task::task_identity_server::TaskIdentity;
 use lanyard_proto::task::{
     AuthorizeToolCallRequest, AuthorizeToolCallResponse, BeginTaskRequest, BeginTaskResponse,
     DelegateTaskRequest, DelegateTaskResponse, DeniedTool, EndTaskRequest, EndTaskResponse,
-    ListTasksRequest, ListTasksResponse, RecordToolCallRequest, RecordToolCallResponse, Task,
+    ListTasksRequest, ListTasksResponse, RecordToolCallsRequest, RecordToolCallsResponse, Task,
 };
 use lanyard_proto::types;
 use lanyard_proto::workload::{Jwtsvid, X509svid};
@@ -147,6 +147,9 @@ fn task_msg(t: &ActiveTask) -> Task {
             .unwrap_or_default(),
     }
 }
+
+/// Most outcomes in one RecordToolCalls.
+const MAX_OUTCOMES: usize = 1000;
 
 /// The SPIFFE ID of the caller's enforcement-point entry. Only an
 /// enforcement point may ask for decisions and record outcomes:
@@ -409,25 +412,35 @@ impl TaskIdentity for TaskApi {
     }
 
     #[instrument(skip_all)]
-    async fn record_tool_call(
+    async fn record_tool_calls(
         &self,
-        req: Request<RecordToolCallRequest>,
-    ) -> Result<Response<RecordToolCallResponse>, Status> {
+        req: Request<RecordToolCallsRequest>,
+    ) -> Result<Response<RecordToolCallsResponse>, Status> {
         let (caller, _) = self.attest(&req).await?;
         let ep = enforcement_point(&self.owner.snapshot(), &caller)?;
         let r = req.into_inner();
-        let outcome = crate::pdp::Outcome {
-            upstream: r.upstream,
-            method: r.method,
-            status: r.status,
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out,
-            latency: std::time::Duration::from_micros(r.latency_us),
-            error: r.error,
-        };
-        self.pdp
-            .record_outcome(&ep, &r.decision_id, &outcome)
-            .map_err(pdp_status)?;
-        Ok(Response::new(RecordToolCallResponse {}))
+        if r.outcomes.len() > MAX_OUTCOMES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_OUTCOMES} outcomes per call"
+            )));
+        }
+        let mut unknown = vec![];
+        for o in r.outcomes {
+            let outcome = crate::pdp::Outcome {
+                upstream: o.upstream,
+                method: o.method,
+                status: o.status,
+                bytes_in: o.bytes_in,
+                bytes_out: o.bytes_out,
+                latency: std::time::Duration::from_micros(o.latency_us),
+                error: o.error,
+            };
+            match self.pdp.record_outcome(&ep, &o.decision_id, &outcome) {
+                Ok(()) => {}
+                Err(PdpError::NotFound(_)) => unknown.push(o.decision_id),
+                Err(e) => return Err(pdp_status(e)),
+            }
+        }
+        Ok(Response::new(RecordToolCallsResponse { unknown }))
     }
 }

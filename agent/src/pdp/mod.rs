@@ -114,7 +114,7 @@ pub struct ToolCall {
     pub audience: String,
     /// Decide only: no record, no denial counted, no decision ID.
     pub probe: bool,
-    /// The enforcement point will report the outcome (RecordToolCall).
+    /// The enforcement point will report the outcome (RecordToolCalls).
     pub outcome_follows: bool,
 }
 

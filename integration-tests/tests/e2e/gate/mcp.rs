@@ -206,7 +206,14 @@ async fn a_revoked_task_loses_its_live_session() {
     ]);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let runner = {
-        let args = agent_args(&url, steps, "legacy");
+        let mut args = agent_args(&url, steps, "legacy");
+        // Whatever the SDK does with a cut connection, the session ends.
+        args.extend([
+            "--timeout".into(),
+            "10".into(),
+            "--deadline".into(),
+            "40".into(),
+        ]);
         let lines = run_agent(&s, args, move |l| {
             if let Some(t) = l.get("task_id").and_then(Value::as_str) {
                 let _ = tx.send(t.to_owned());

@@ -260,6 +260,16 @@ pub fn run_agent(
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
+        // A client that never ends fails the test instead of hanging it.
+        let pid = child.id();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished = done.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(WAIT * 6);
+            if !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        });
         let mut lines = vec![];
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line)
@@ -267,10 +277,9 @@ pub fn run_agent(
             on_line(&v);
             lines.push(v);
         }
-        assert!(
-            child.wait().unwrap().success(),
-            "mcp_agent.py failed: {lines:?}"
-        );
+        let status = child.wait().unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(status.success(), "mcp_agent.py failed: {lines:?}");
         lines
     });
     async move { job.await.unwrap() }
