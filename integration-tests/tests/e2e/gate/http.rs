@@ -186,3 +186,60 @@ async fn a_reload_takes_new_routes_and_a_broken_file_changes_nothing() {
     let lines = run_agent(&s, args(del, "127.0.0.1"), |_| {}).await;
     assert_eq!(answer(&lines, 0)["status"], 200, "{lines:?}");
 }
+
+/// Bad input and a bad upstream get clear answers: a body over the cap is
+/// 413 before any decision, an upstream that never answers is 504 after
+/// its timeout, and the gateway goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_and_hanging_upstreams_get_clear_answers() {
+    let s = stack().await;
+    // Accepts connections (the kernel does) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let g = gate(
+        &s,
+        "gate-bad",
+        &format!(
+            r#"max_body = 1024
+
+[[upstream]]
+name = "slow"
+kind = "http"
+path = "/slow"
+url = "http://127.0.0.1:{port}/"
+timeout = "1s"
+[[upstream.route]]
+method = "*"
+path = "/*"
+tool = "files.read"
+"#
+        ),
+    );
+    let base = format!("https://{}/slow", g.addr);
+    let big = "x".repeat(4096);
+    let steps = json!([
+        {"http": {"method": "POST", "url": format!("{base}/upload"), "json": {"data": big}}},
+        {"http": {"method": "GET", "url": format!("{base}/thing")}},
+        {"http": {"method": "POST", "url": format!("{base}/upload"), "json": {"data": "small"}}},
+    ]);
+    let lines = run_agent(&s, args(steps, "127.0.0.1"), |_| {}).await;
+    let too_big = answer(&lines, 0);
+    assert_eq!(too_big["status"], 413, "{too_big}");
+    assert!(
+        too_big["body"].as_str().unwrap().contains("max_body"),
+        "{too_big}"
+    );
+    let hung = answer(&lines, 1);
+    assert_eq!(hung["status"], 504, "{hung}");
+    assert!(
+        hung["body"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within"),
+        "{hung}"
+    );
+    // Still serving: the small one is decided and goes upstream (and
+    // times out there too).
+    assert_eq!(answer(&lines, 2)["status"], 504);
+    drop(silent);
+}
