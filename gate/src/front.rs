@@ -13,6 +13,9 @@ use crate::caller::{self, Refusal};
 use crate::service::{Call, Conn, json_answer, text};
 use crate::state::Gate;
 
+/// Time for a request's body to arrive whole.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn refusal(r: &Refusal) -> http::Response<Body> {
     let mut resp = json_answer(r.status, &json!({"error": "refused", "reason": r.reason}));
     if r.status == http::StatusCode::UNAUTHORIZED {
@@ -70,7 +73,18 @@ pub async fn handle(
     }
     let (parts, body) = req.into_parts();
     let max = live.config.max_body;
-    let body = match crate::body::read_limited(body, max).await {
+    // A body trickled in byte by byte must not hold a connection forever.
+    let read = tokio::time::timeout(BODY_TIMEOUT, crate::body::read_limited(body, max)).await;
+    let Ok(read) = read else {
+        return text(
+            http::StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "request body not received within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        );
+    };
+    let body = match read {
         Ok(b) => b,
         Err(crate::body::ReadError::TooLarge(_)) => {
             return text(
