@@ -70,7 +70,8 @@ def main():
                       "query": scope.get("query_string", b"").decode(),
                       "authorization": headers.get("authorization"),
                       "x_api_key": headers.get("x-api-key"),
-                      "mcp_method": headers.get("mcp-method")}
+                      "mcp_method": headers.get("mcp-method"),
+                      "session": headers.get("mcp-session-id")}
             seen.append(record)
             if scope["path"].startswith("/api/"):
                 # A plain HTTP API beside the MCP endpoint: it answers what

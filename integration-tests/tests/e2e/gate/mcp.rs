@@ -294,3 +294,49 @@ async fn repeated_forbidden_calls_quarantine_the_caller() {
         .into_inner();
     assert!(!q.quarantines.is_empty(), "no quarantine recorded");
 }
+
+/// An MCP session belongs to the task that opened it: another task that
+/// presents its `Mcp-Session-Id` is refused (403), and a session the
+/// gateway never bound is unknown (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cannot_be_used_by_another_task() {
+    let (s, _tool, port, g) = setup().await;
+    let url = format!("https://{}/mcp/crm", g.addr);
+    let go = s.dir.path().join("go-session");
+    let steps = json!([{"list": true}, {"wait": go.display().to_string()}]);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let lines = run_agent(&s, agent_args(&url, steps, "legacy"), move |l| {
+            if l.get("waiting").is_some() {
+                let _ = tx.send(());
+            }
+        });
+        tokio::spawn(lines)
+    };
+    tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT).unwrap())
+        .await
+        .unwrap();
+    let session = upstream_log(port)
+        .await
+        .iter()
+        .find_map(|r| r["session"].as_str().map(str::to_owned))
+        .expect("the first task's session");
+    let list = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}});
+    let steps = json!([
+        {"raw": {"headers": {"mcp-session-id": session}, "body": list}},
+        {"raw": {"headers": {"mcp-session-id": "never-bound"}, "body": list}},
+    ]);
+    let lines = run_agent(&s, agent_args(&url, steps, "legacy"), |_| {}).await;
+    let raws: Vec<&Value> = lines.iter().filter(|l| l.get("raw").is_some()).collect();
+    assert_eq!(raws[0]["raw"], 403, "{lines:?}");
+    assert!(
+        raws[0]["body"].as_str().unwrap().contains("another task"),
+        "{lines:?}"
+    );
+    assert_eq!(raws[1]["raw"], 404, "{lines:?}");
+    std::fs::write(&go, b"").unwrap();
+    tokio::time::timeout(WAIT * 3, holder)
+        .await
+        .unwrap()
+        .unwrap();
+}
