@@ -9,11 +9,11 @@ use std::time::SystemTime;
 
 use lanyard_core::peer::Requirements;
 use lanyard_core::x509::PeerUsage;
-use serde_json::json;
 
 use crate::agent::Ask;
 use crate::caller::{self, Caller};
 use crate::config::{Inject, Kind, Upstream};
+use crate::mcp::Classified;
 use crate::mcp::message::Message;
 use crate::state::{Gate, Live};
 
@@ -218,56 +218,19 @@ async fn mcp(gate: &Gate, u: &Upstream, caller: &Caller, seen: &Seen) -> Decided
     if let Err(m) = msg.check_headers(&seen.headers) {
         return Decided::Denied(deny(400, m.message));
     }
-    let Some(method) = msg.method.clone() else {
-        return Decided::Pass;
-    };
-    if crate::mcp::is_lifecycle(&method) || method == "tools/list" {
-        return Decided::Pass;
-    }
-    if method == "tools/call" {
-        let name = msg.param_str("name").unwrap_or_default();
-        let Some(tool) = u.lanyard_tool(name) else {
+    match crate::mcp::classify(u, &msg) {
+        Classified::Pass(_) | Classified::List => Decided::Pass,
+        Classified::Unmapped { reason, .. } => {
             gate.metrics.call(&u.name, "", "deny");
-            return Decided::Denied(deny(
-                403,
-                format!(
-                    "MCP tool {name:?} of upstream {} is not mapped to a Lanyard tool",
-                    u.name
-                ),
-            ));
-        };
-        return decide(
-            gate,
-            u,
-            caller,
-            &tool,
-            "",
-            &crate::mcp::context_of(&msg.arguments()),
-        )
-        .await;
+            Decided::Denied(deny(403, reason))
+        }
+        Classified::Decide {
+            tool,
+            resource,
+            context,
+            ..
+        } => decide(gate, u, caller, &tool, &resource, &context).await,
     }
-    let Some(tool) = u.methods.get(&method) else {
-        gate.metrics.call(&u.name, "", "deny");
-        return Decided::Denied(deny(
-            403,
-            format!("{method} is not mapped to a tool for upstream {}", u.name),
-        ));
-    };
-    let resource = msg
-        .param_str("uri")
-        .or_else(|| msg.param_str("name"))
-        .unwrap_or_default()
-        .to_owned();
-    let params = msg.body.get("params").cloned().unwrap_or_else(|| json!({}));
-    decide(
-        gate,
-        u,
-        caller,
-        tool,
-        &resource,
-        &crate::mcp::context_of(&params),
-    )
-    .await
 }
 
 async fn http_route(

@@ -14,6 +14,7 @@
 //!
 //! An `Mcp-Session-Id` is bound to the task that opened it.
 
+pub mod classify;
 pub mod list;
 pub mod message;
 pub mod sessions;
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 use crate::agent::{Ask, Decision};
 use crate::body::Body;
 use crate::service::{Call, json_answer, text};
+pub use classify::{Classified, classify};
 use message::{METHOD_DENIED, Malformed, Message};
 use sessions::SessionCheck;
 
@@ -43,12 +45,6 @@ fn malformed(m: &Malformed) -> http::Response<Body> {
         http::StatusCode::OK
     };
     json_answer(status, &m.to_json())
-}
-
-/// Messages that pass without a decision.
-pub fn is_lifecycle(method: &str) -> bool {
-    matches!(method, "initialize" | "ping" | "server/discover")
-        || method.starts_with("notifications/")
 }
 
 /// Serves one MCP request.
@@ -128,73 +124,62 @@ async fn post(call: Call, session: Option<String>) -> http::Response<Body> {
         tracing::warn!(upstream = %call.upstream.name, task = %call.caller.claims.task_id, err = %m.message, "MCP headers disagree with the body");
         return malformed(&m);
     }
-    let Some(method) = msg.method.clone() else {
-        // The client's answer to a server request.
-        call.gate.metrics.call(&call.upstream.name, "", "pass");
-        return call.forward("", None, "response").await;
-    };
-    if is_lifecycle(&method) {
-        call.gate.metrics.call(&call.upstream.name, "", "pass");
-        let r = call.forward("", None, &method).await;
-        if method == "initialize" && session.is_none() {
-            bind_session(&call, &r);
-        }
-        return r;
-    }
-    match method.as_str() {
-        "tools/call" => tools_call(call, &msg).await,
-        "tools/list" => tools_list(call, &msg).await,
-        other => {
-            let Some(tool) = call.upstream.methods.get(other).cloned() else {
-                call.gate.metrics.call(&call.upstream.name, "", "deny");
-                return json_answer(
-                    http::StatusCode::OK,
-                    &message::error_response(
-                        &msg.reply_id(),
-                        METHOD_DENIED,
-                        &format!(
-                            "denied by lanyard-gate: {other} is not mapped to a tool for upstream {}",
-                            call.upstream.name
-                        ),
-                        None,
-                    ),
-                );
-            };
-            let resource = msg
-                .param_str("uri")
-                .or_else(|| msg.param_str("name"))
-                .unwrap_or_default()
-                .to_owned();
-            let args = msg.body.get("params").cloned().unwrap_or_else(|| json!({}));
-            let d = call.decide(&tool, &resource, &context_of(&args)).await;
-            if !d.allow {
-                call.record_unsent(&d, other, "");
-                let data = json!({"reason": d.reason, "policy_ids": d.policy_ids, "decision_id": d.decision_id});
-                return json_answer(
-                    http::StatusCode::OK,
-                    &message::error_response(
-                        &msg.reply_id(),
-                        METHOD_DENIED,
-                        &format!("denied by Lanyard: {}", d.reason),
-                        Some(data),
-                    ),
-                );
+    match classify(&call.upstream, &msg) {
+        Classified::Pass(label) => {
+            call.gate.metrics.call(&call.upstream.name, "", "pass");
+            let r = call.forward("", None, &label).await;
+            if label == "initialize" && session.is_none() {
+                bind_session(&call, &r);
             }
-            call.forward("", Some(&d), other).await
+            r
+        }
+        Classified::List => tools_list(call, &msg).await,
+        Classified::Unmapped { reason, tool_call } => {
+            call.gate.metrics.call(&call.upstream.name, "", "deny");
+            tracing::info!(upstream = %call.upstream.name, task = %call.caller.claims.task_id, %reason, "unmapped MCP call denied");
+            let d = Decision {
+                allow: false,
+                reason,
+                policy_ids: vec![],
+                decision_id: String::new(),
+            };
+            denied(&msg, &d, tool_call)
+        }
+        Classified::Decide {
+            tool,
+            resource,
+            context,
+            label,
+            tool_call,
+        } => {
+            let d = call.decide(&tool, &resource, &context).await;
+            if !d.allow {
+                call.record_unsent(&d, &label, "");
+                return denied(&msg, &d, tool_call);
+            }
+            call.forward("", Some(&d), &label).await
         }
     }
 }
 
-/// The Cedar call context of `args`: the object itself, `{}` otherwise.
-pub fn context_of(args: &Value) -> Value {
-    match args {
-        Value::Object(m) => {
-            let mut m = m.clone();
-            m.remove("_meta");
-            Value::Object(m)
-        }
-        _ => json!({}),
+/// A denial as the client's SDK shows it: a tool result with `isError`
+/// for `tools/call` (so the model reads the reason), a JSON-RPC error for
+/// any other method.
+fn denied(msg: &Message, d: &Decision, tool_call: bool) -> http::Response<Body> {
+    if tool_call {
+        return json_answer(http::StatusCode::OK, &denied_result(&msg.reply_id(), d));
     }
+    let data =
+        json!({"reason": d.reason, "policy_ids": d.policy_ids, "decision_id": d.decision_id});
+    json_answer(
+        http::StatusCode::OK,
+        &message::error_response(
+            &msg.reply_id(),
+            METHOD_DENIED,
+            &format!("denied by Lanyard: {}", d.reason),
+            Some(data),
+        ),
+    )
 }
 
 fn bind_session(call: &Call, r: &http::Response<Body>) {
@@ -228,31 +213,6 @@ fn denied_result(id: &Value, d: &Decision) -> Value {
             "_meta": {META_KEY: {"decision": "deny", "reason": d.reason, "policy_ids": d.policy_ids, "decision_id": d.decision_id}},
         }
     })
-}
-
-async fn tools_call(call: Call, msg: &Message) -> http::Response<Body> {
-    let name = msg.param_str("name").unwrap_or_default().to_owned();
-    let Some(tool) = call.upstream.lanyard_tool(&name) else {
-        call.gate.metrics.call(&call.upstream.name, "", "deny");
-        let d = Decision {
-            allow: false,
-            reason: format!(
-                "MCP tool {name:?} of upstream {} is not mapped to a Lanyard tool",
-                call.upstream.name
-            ),
-            policy_ids: vec![],
-            decision_id: String::new(),
-        };
-        tracing::info!(upstream = %call.upstream.name, tool = %name, task = %call.caller.claims.task_id, "unmapped MCP tool denied");
-        return json_answer(http::StatusCode::OK, &denied_result(&msg.reply_id(), &d));
-    };
-    let d = call.decide(&tool, "", &context_of(&msg.arguments())).await;
-    let method = format!("tools/call {name}");
-    if !d.allow {
-        call.record_unsent(&d, &method, "");
-        return json_answer(http::StatusCode::OK, &denied_result(&msg.reply_id(), &d));
-    }
-    call.forward("", Some(&d), &method).await
 }
 
 async fn tools_list(call: Call, msg: &Message) -> http::Response<Body> {
