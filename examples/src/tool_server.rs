@@ -95,14 +95,7 @@ async fn serve(
     agent: TaskIdentityClient<Channel>,
     trust: Arc<lanyard_core::peer::LiveTrust>,
 ) {
-    let chain: Vec<Vec<u8>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .unwrap_or_default()
-        .iter()
-        .map(|c| c.to_vec())
-        .collect();
+    let chain = mtls::peer_chain(tls.get_ref().1);
     let Ok(peer) = trust.current().validate(
         &chain,
         lanyard_core::x509::PeerUsage::Client,

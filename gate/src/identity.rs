@@ -24,6 +24,16 @@ pub fn header<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// The certificate chain a TLS peer presented (DER, leaf first; empty when
+/// it presented none).
+pub fn peer_chain(conn: &rustls::CommonState) -> Vec<Vec<u8>> {
+    conn.peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 /// The socket named by `SPIFFE_ENDPOINT_SOCKET`.
 pub fn agent_socket() -> anyhow::Result<std::path::PathBuf> {
     let endpoint = std::env::var("SPIFFE_ENDPOINT_SOCKET")

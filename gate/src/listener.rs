@@ -91,14 +91,7 @@ async fn connection(
             return;
         }
     };
-    let chain: Vec<Vec<u8>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .unwrap_or_default()
-        .iter()
-        .map(|c| c.to_vec())
-        .collect();
+    let chain = crate::identity::peer_chain(tls.get_ref().1);
     let trust = gate.identity.trust.clone();
     let peer = if chain.is_empty() {
         None

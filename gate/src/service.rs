@@ -112,7 +112,7 @@ impl Call {
     /// Records a call that never reached the upstream (denied, or failed
     /// before): one `tool.call` record.
     pub fn record_unsent(&self, d: &Decision, method: &str, error: &str) {
-        self.record(Outcome {
+        self.gate.recorder.send(Outcome {
             decision_id: d.decision_id.clone(),
             upstream: self.upstream.name.clone(),
             method: method.to_owned(),
@@ -122,10 +122,6 @@ impl Call {
             latency: self.started.elapsed(),
             error: error.to_owned(),
         });
-    }
-
-    fn record(&self, o: Outcome) {
-        self.gate.recorder.send(o);
     }
 
     async fn credential(&self) -> Result<Option<String>, (http::StatusCode, String)> {
