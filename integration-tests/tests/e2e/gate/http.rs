@@ -170,19 +170,13 @@ async fn a_reload_takes_new_routes_and_a_broken_file_changes_nothing() {
     )
     .unwrap();
     hup();
-    lanyard_integration_tests::eventually("the reload", super::WAIT, || async {
-        g.log().contains("configuration reloaded").then_some(())
-    })
-    .await;
+    g.wait_log("configuration reloaded", super::WAIT).await;
     let lines = run_agent(&s, args(del.clone(), "127.0.0.1"), |_| {}).await;
     assert_eq!(answer(&lines, 0)["status"], 200, "{lines:?}");
 
     std::fs::write(&g.config, "this is = not [ toml").unwrap();
     hup();
-    lanyard_integration_tests::eventually("the refusal", super::WAIT, || async {
-        g.log().contains("reload refused").then_some(())
-    })
-    .await;
+    g.wait_log("reload refused", super::WAIT).await;
     let lines = run_agent(&s, args(del, "127.0.0.1"), |_| {}).await;
     assert_eq!(answer(&lines, 0)["status"], 200, "{lines:?}");
 }

@@ -225,10 +225,7 @@ async fn a_revoked_task_loses_its_live_session() {
         .await
         .unwrap();
     // The first call went through.
-    lanyard_integration_tests::eventually("the first call", WAIT, || async {
-        g.log().contains("tool call decided").then_some(())
-    })
-    .await;
+    g.wait_log("tool call decided", WAIT).await;
     s.server
         .admin()
         .revoke_task(lanyard_proto::admin::TaskRequest {
@@ -236,12 +233,9 @@ async fn a_revoked_task_loses_its_live_session() {
         })
         .await
         .unwrap();
-    lanyard_integration_tests::eventually("the gateway closes the connection", WAIT, || async {
-        g.log()
-            .contains("caller revoked: connection closed")
-            .then_some(())
-    })
-    .await;
+    // The connection is closed, or an answer still streaming is cut (which
+    // ends its connection too): either way the gateway says so.
+    g.wait_log("caller revoked:", WAIT).await;
     std::fs::write(&go, b"").unwrap();
     let lines = tokio::time::timeout(WAIT * 2, runner)
         .await

@@ -65,6 +65,22 @@ impl Gate {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// Waits until the gateway's log holds `needle`; on timeout, fails
+    /// with the log's end, so a failure says what the gateway did.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if tokio::time::Instant::now() >= deadline {
+                let log = self.log();
+                let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+                panic!(
+                    "timed out after {timeout:?} waiting for {needle:?} in the gateway's log; its last lines, newest first:\n{tail}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 pub struct Stack {
