@@ -64,6 +64,11 @@ fn io(path: &Path, e: std::io::Error) -> QueueError {
 }
 
 const SEGMENT_BYTES: u64 = 16 << 20;
+/// A segment whose every record is acknowledged is left for a fresh one
+/// (and removed) once it holds this much, or a quarter of the queue's
+/// room when that is less: not after every batch, which would cost a new
+/// file and its directory sync each time.
+const ROLL_ACKED: u64 = 1 << 20;
 /// Most records per AppendAudit call, and most bytes.
 const BATCH: usize = 1000;
 const BATCH_BYTES: usize = 2 << 20;
@@ -451,7 +456,8 @@ impl AuditQueue {
             s.acked = through.min(s.next_seq.saturating_sub(1));
             // Everything written is acknowledged: start a fresh segment so
             // the old one can go (a full queue recovers at once).
-            if s.acked + 1 == s.next_seq && s.segments.back().is_some_and(|g| g.size > 0) {
+            let roll = ROLL_ACKED.min(self.inner.settings.max_bytes / 4).max(1);
+            if s.acked + 1 == s.next_seq && s.segments.back().is_some_and(|g| g.size >= roll) {
                 let (seg, f) = Self::create_segment(&self.inner.dir, s.next_seq)?;
                 s.file = f;
                 s.segments.push_back(seg);
@@ -488,6 +494,17 @@ impl AuditQueue {
             .send_if_modified(|f| std::mem::replace(f, full) != full);
     }
 
+    /// Runs `f` on the queue on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let q = self.clone();
+        tokio::task::spawn_blocking(move || f(&q))
+            .await
+            .map_err(|e| io(&self.inner.dir, std::io::Error::other(e.to_string())))?
+    }
+
     /// Ships queued records whenever a server connection is up, until
     /// `stop`. Failures keep the records and retry with backoff.
     pub async fn run_ship(
@@ -507,13 +524,18 @@ impl AuditQueue {
             }
             let acked = self.lock().acked;
             let current = client.borrow_and_update().clone();
-            let batch = match (&current, self.pending(acked)) {
-                (Some(_), Ok(b)) => b,
-                (_, Err(e)) => {
-                    tracing::error!(%e, "audit queue unreadable");
-                    vec![]
-                }
-                (None, _) => vec![],
+            // Reading the segments and storing acknowledgements (file
+            // syncs) block: they run off the runtime's threads, which
+            // answer decisions meanwhile.
+            let batch = match &current {
+                Some(_) => match self.blocking(move |q| q.pending(acked)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(%e, "audit queue unreadable");
+                        vec![]
+                    }
+                },
+                None => vec![],
             };
             let mut wait = Duration::from_millis(500);
             if let (Some(mut c), false) = (current, batch.is_empty()) {
@@ -533,7 +555,7 @@ impl AuditQueue {
                                 "server acknowledged fewer audit records than sent"
                             );
                         }
-                        if let Err(e) = self.ack(through) {
+                        if let Err(e) = self.blocking(move |q| q.ack(through)).await {
                             tracing::error!(%e, "audit queue acknowledgement not stored");
                         }
                         backoff.succeeded();

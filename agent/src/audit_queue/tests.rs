@@ -107,3 +107,31 @@ fn a_full_queue_refuses_until_acknowledged() {
     assert!(!*full.borrow());
     assert!(q.append(event(100)).is_ok());
 }
+
+#[test]
+fn a_small_acknowledged_segment_is_kept_and_written_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = AuditQueue::open(dir.path(), QueueSettings::default()).unwrap();
+    for i in 1..=5 {
+        q.append(event(i)).unwrap();
+    }
+    q.ack(5).unwrap();
+    // No new file per acknowledged batch: the same segment goes on.
+    assert_eq!(
+        q.lock().segments.iter().map(|g| g.first).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(q.append(event(6)).unwrap(), 6);
+    assert_eq!(q.pending(5).unwrap().len(), 1);
+    drop(q);
+    let q = AuditQueue::open(dir.path(), QueueSettings::default()).unwrap();
+    assert_eq!(q.waiting(), 1);
+    assert_eq!(
+        q.pending(5)
+            .unwrap()
+            .iter()
+            .map(|i| i.seq)
+            .collect::<Vec<_>>(),
+        vec![6]
+    );
+}
