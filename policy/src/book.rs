@@ -3,7 +3,7 @@
 //! resource a policy's scope names.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Decision as CedarDecision, Effect, PolicyId, PolicySet,
@@ -11,7 +11,11 @@ use cedar_policy::{
 };
 
 use crate::error::{PolicyError, located};
-use crate::request::{Action, Prepared, Principal, Request, TaskContext, uid};
+use crate::request::{Action, Prepared, Principal, Request, TaskContext, Who, uid};
+
+/// Principals whose entities are kept (all are dropped when more arrive:
+/// a node decides for a few hundred workloads at most).
+const MAX_WHO: usize = 4096;
 
 /// Most policies one set may hold.
 pub const MAX_POLICIES: usize = 100_000;
@@ -74,6 +78,9 @@ pub struct PolicyBook {
     notes: HashMap<String, (Option<String>, Option<String>)>,
     count: usize,
     authorizer: Authorizer,
+    /// Each principal's entities, built once (a decision otherwise spends
+    /// about a third of its Cedar time building them again).
+    who: Mutex<HashMap<Principal, Arc<Who>>>,
 }
 
 impl std::fmt::Debug for PolicyBook {
@@ -136,6 +143,7 @@ impl PolicyBook {
             notes: HashMap::new(),
             count: renamed.len(),
             authorizer: Authorizer::new(),
+            who: Mutex::default(),
         };
         let mut reads: HashMap<String, BTreeSet<&'static str>> = HashMap::new();
         for p in &renamed {
@@ -220,9 +228,28 @@ impl PolicyBook {
         self.count == 0
     }
 
+    /// The principal's entities, built on first use.
+    fn who(&self, principal: &Principal) -> Result<Arc<Who>, String> {
+        let lock = || self.who.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = lock().get(principal) {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(Who::new(principal)?);
+        let mut m = lock();
+        if m.len() >= MAX_WHO {
+            m.clear();
+        }
+        m.insert(principal.clone(), w.clone());
+        Ok(w)
+    }
+
+    fn prepare(&self, principal: &Principal, context: &TaskContext) -> Result<Prepared, String> {
+        Prepared::new(self.who(principal)?, principal.unknown, context)
+    }
+
     /// Decides one request.
     pub fn decide(&self, req: &Request<'_>) -> Decision {
-        match Prepared::new(req.principal, req.context) {
+        match self.prepare(req.principal, req.context) {
             Ok(prepared) => self.decide_prepared(&prepared, req.action, req.resource),
             Err(e) => deny_error(e),
         }
@@ -237,7 +264,7 @@ impl PolicyBook {
         action: Action,
         resources: &[String],
     ) -> Vec<Decision> {
-        match Prepared::new(principal, context) {
+        match self.prepare(principal, context) {
             Ok(p) => resources
                 .iter()
                 .map(|r| self.decide_prepared(&p, action, r))
@@ -277,14 +304,16 @@ impl PolicyBook {
         }
         let built = action.uid().and_then(|a| {
             let r = uid(action.resource_type(), resource)?;
-            cedar_policy::Request::new(p.principal.clone(), a, r, p.context.clone(), None)
+            cedar_policy::Request::new(p.who.principal.clone(), a, r, p.context.clone(), None)
                 .map_err(|e| e.to_string())
         });
         let request = match built {
             Ok(r) => r,
             Err(e) => return deny_error(e),
         };
-        let response = self.authorizer.is_authorized(&request, set, &p.entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, set, &p.who.entities);
         let diag = response.diagnostics();
         let mut policy_ids: Vec<String> = diag.reason().map(ToString::to_string).collect();
         policy_ids.sort();

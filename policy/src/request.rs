@@ -1,6 +1,7 @@
 //! What a decision is asked about, in Lanyard's terms.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression,
@@ -55,7 +56,7 @@ impl Action {
 }
 
 /// The workload asking, as attested.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Principal {
     /// The entry's SPIFFE ID.
     pub spiffe_id: String,
@@ -77,7 +78,7 @@ pub struct Principal {
 }
 
 /// Which principal attributes are unknown (see [`Principal::unknown`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Unknown {
     /// `principal.node` and `principal in Lanyard::Node::...`.
     pub node: bool,
@@ -238,17 +239,16 @@ pub(crate) fn uid(type_name: &str, id: &str) -> Result<EntityUid, String> {
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
-/// The entities and context of a request, built once and shared by every
-/// decision about the same task.
-pub(crate) struct Prepared {
+/// A principal as Cedar sees it: its entity and the entities (itself and
+/// its node) a decision reads. It depends only on the principal, so it is
+/// built once per principal and shared ([`crate::PolicyBook`] keeps them).
+pub(crate) struct Who {
     pub(crate) principal: EntityUid,
-    pub(crate) unknown: Unknown,
     pub(crate) entities: Entities,
-    pub(crate) context: Context,
 }
 
-impl Prepared {
-    pub(crate) fn new(principal: &Principal, context: &TaskContext) -> Result<Self, String> {
+impl Who {
+    pub(crate) fn new(principal: &Principal) -> Result<Self, String> {
         let node = uid("Lanyard::Node", &principal.node)?;
         let p_uid = uid("Lanyard::Workload", &principal.spiffe_id)?;
         let set = |items: &[String]| {
@@ -282,6 +282,27 @@ impl Prepared {
         let entities =
             Entities::from_entities([workload, Entity::new_no_attrs(node, HashSet::new())], None)
                 .map_err(|e| e.to_string())?;
+        Ok(Self {
+            principal: p_uid,
+            entities,
+        })
+    }
+}
+
+/// The entities and context of a request, built once and shared by every
+/// decision about the same task.
+pub(crate) struct Prepared {
+    pub(crate) who: Arc<Who>,
+    pub(crate) unknown: Unknown,
+    pub(crate) context: Context,
+}
+
+impl Prepared {
+    pub(crate) fn new(
+        who: Arc<Who>,
+        unknown: Unknown,
+        context: &TaskContext,
+    ) -> Result<Self, String> {
         // Built from typed values: parsing the same context from JSON costs
         // most of a decision (Cedar's JSON reader tries several shapes per
         // value). Extra members (`policy test --context`) still go through
@@ -292,9 +313,8 @@ impl Prepared {
             Context::from_json_value(context.to_json(), None).map_err(|e| e.to_string())?
         };
         Ok(Self {
-            principal: p_uid,
-            unknown: principal.unknown,
-            entities,
+            who,
+            unknown,
             context,
         })
     }

@@ -251,3 +251,55 @@ fn a_policy_reading_an_unknown_attribute_fails_closed() {
     p.exe_sha256 = "good".into();
     assert!(decide(&p, "crm.read").allowed);
 }
+
+/// Each principal's entities are built once and kept: a principal that
+/// differs in any attribute (here only its program) gets its own, so one
+/// caller's attributes never decide for another.
+#[test]
+fn kept_principals_never_answer_for_another() {
+    let book = PolicyBook::compile(
+        r#"
+@id("tools")
+permit (principal, action == Lanyard::Action::"UseTool", resource);
+
+@id("no-curl")
+forbid (principal, action == Lanyard::Action::"UseTool", resource)
+when { principal.exe_path == "/usr/bin/curl" };
+"#,
+        "p.cedar",
+    )
+    .unwrap();
+    let c = ctx("internal", 1, "");
+    let decide = |p: &Principal| {
+        book.decide(&Request {
+            principal: p,
+            action: Action::UseTool,
+            resource: "crm.read",
+            context: &c,
+        })
+    };
+    let good = Principal {
+        exe_path: "/opt/agent/bin/agent".into(),
+        ..principal("spiffe://td/node/n1")
+    };
+    let bad = Principal {
+        exe_path: "/usr/bin/curl".into(),
+        ..good.clone()
+    };
+    for _ in 0..2 {
+        assert!(decide(&good).allowed);
+        let d = decide(&bad);
+        assert!(!d.allowed);
+        assert_eq!(d.policy_ids, vec!["no-curl"]);
+    }
+    // Past the bound, they are built again and still right.
+    for i in 0..MAX_WHO + 1 {
+        let p = Principal {
+            spiffe_id: format!("spiffe://td/agent/a{i}"),
+            ..good.clone()
+        };
+        assert!(decide(&p).allowed);
+    }
+    assert!(book.who.lock().unwrap().len() <= MAX_WHO);
+    assert!(!decide(&bad).allowed);
+}
