@@ -88,12 +88,17 @@ impl Clients {
             let tls = rustls::ClientConfig::builder()
                 .with_root_certificates(roots(u)?)
                 .with_no_client_auth();
+            // Small requests and answers go out at once (no Nagle delay
+            // waiting for the peer's delayed ACK).
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.enforce_http(false);
             let https = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http()
                 .enable_http1()
                 .enable_http2()
-                .build();
+                .wrap_connector(http);
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build(https);
