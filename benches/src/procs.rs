@@ -133,6 +133,13 @@ pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
         // Every workload of the load tool is this one process: raise the
         // per-caller connection limit above --concurrency (at most 1,000).
         .args(["--max-connections-per-caller", "2048"])
+        // LANYARD_BENCH_AGENT_WORKERS sets the agent's runtime worker
+        // threads (default: one per CPU), to compare the two.
+        .args(
+            std::env::var("LANYARD_BENCH_AGENT_WORKERS")
+                .map(|n| vec!["--worker-threads".to_owned(), n])
+                .unwrap_or_default(),
+        )
         // LANYARD_BENCH_AGENT_LOG overrides the agent's log filter (to see
         // what it does during a scenario); warn by default, so that log
         // lines cost nothing in the figures.
