@@ -118,7 +118,11 @@ fn a_small_acknowledged_segment_is_kept_and_written_on() {
     q.ack(5).unwrap();
     // No new file per acknowledged batch: the same segment goes on.
     assert_eq!(
-        q.lock().segments.iter().map(|g| g.first).collect::<Vec<_>>(),
+        q.lock()
+            .segments
+            .iter()
+            .map(|g| g.first)
+            .collect::<Vec<_>>(),
         vec![1]
     );
     assert_eq!(q.append(event(6)).unwrap(), 6);
