@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need when it is
 # missing (PostgreSQL's server binaries for the shared-database tests,
-# Python's venv for the interop tests), then runs every test.
+# Python's venv for the interop tests), then runs every test: the Rust
+# workspace's, then the Python package's (scripts/test-sdk-python.sh).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --locked`);
 # `scripts/test.sh --install-only` installs and stops.
 set -euo pipefail
@@ -37,4 +38,6 @@ fi
 if [ "${1:-}" = "--install-only" ]; then
   exit 0
 fi
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+# The Python package: its tests against the real binaries, its type check.
+./scripts/test-sdk-python.sh

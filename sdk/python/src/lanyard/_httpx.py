@@ -1,0 +1,85 @@
+"""httpx clients that do mutual TLS with a task's SVID and follow its
+rotation: a new SVID gets a new connection pool (built from a fresh TLS
+context); the pool before it is kept for requests still in flight and
+closed one rotation later."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+
+class _Pools:
+    def __init__(self, task: Task, make: Any) -> None:
+        self._task = task
+        self._make = make
+        self._lock = threading.Lock()
+        self._serial: int | None = None
+        self._current: Any = None
+        self._retired: list[Any] = []
+
+    def current(self) -> tuple[Any, list[Any]]:
+        """The pool for the current SVID, and pools now due to close."""
+        serial = self._task.svid().leaf.serial_number
+        with self._lock:
+            due: list[Any] = []
+            if serial != self._serial or self._current is None:
+                ctx = self._task.ssl_context()
+                if self._current is not None:
+                    self._retired.append(self._current)
+                self._current, self._serial = self._make(ctx), serial
+                due, self._retired = self._retired[:-1], self._retired[-1:]
+            return self._current, due
+
+    def all(self) -> list[Any]:
+        with self._lock:
+            pools = self._retired + ([self._current] if self._current is not None else [])
+            self._retired, self._current = [], None
+            return pools
+
+
+class _Transport(httpx.BaseTransport):
+    def __init__(self, task: Task, **kwargs: Any) -> None:
+        self._pools = _Pools(task, lambda ctx: httpx.HTTPTransport(verify=ctx, **kwargs))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        pool, due = self._pools.current()
+        for p in due:
+            p.close()
+        response: httpx.Response = pool.handle_request(request)
+        return response
+
+    def close(self) -> None:
+        for p in self._pools.all():
+            p.close()
+
+
+class _AsyncTransport(httpx.AsyncBaseTransport):
+    def __init__(self, task: Task, **kwargs: Any) -> None:
+        self._pools = _Pools(task, lambda ctx: httpx.AsyncHTTPTransport(verify=ctx, **kwargs))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool, due = self._pools.current()
+        for p in due:
+            await p.aclose()
+        response: httpx.Response = await pool.handle_async_request(request)
+        return response
+
+    async def aclose(self) -> None:
+        for p in self._pools.all():
+            await p.aclose()
+
+
+def client(task: Task, **kwargs: Any) -> httpx.Client:
+    """An httpx.Client for ``task`` (``kwargs`` go to the client)."""
+    return httpx.Client(transport=_Transport(task), **kwargs)
+
+
+def async_client(task: Task, **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx.AsyncClient for ``task``."""
+    return httpx.AsyncClient(transport=_AsyncTransport(task), **kwargs)

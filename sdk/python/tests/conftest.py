@@ -1,0 +1,152 @@
+"""Fixtures: a real lanyard-server and lanyard-agent in a temporary
+directory, with an entry for this Python interpreter (the agent attests
+the process by uid and program, as it would any AI agent).
+
+The binaries come from ``LANYARD_BIN_DIR`` or the repository's
+``target/debug`` (``cargo build --bin lanyard-server --bin lanyard-agent``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+TD = "example.org"
+NODE = f"spiffe://{TD}/node/py"
+AGENT_ID = f"spiffe://{TD}/agent/py"
+
+POLICY = """
+@id("begin")
+permit (principal, action == Lanyard::Action::"BeginTask", resource);
+
+@id("tools")
+permit (principal, action == Lanyard::Action::"UseTool", resource);
+
+@id("credentials")
+permit (principal, action == Lanyard::Action::"GetCredential", resource);
+
+@id("delegate")
+permit (principal, action == Lanyard::Action::"Delegate", resource);
+
+@id("no-shell")
+@reason("shells are never granted")
+forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"shell.exec");
+"""
+
+
+def _bin(name: str) -> str:
+    d = Path(os.environ.get("LANYARD_BIN_DIR", REPO / "target" / "debug"))
+    p = d / name
+    if not p.exists():
+        pytest.fail(f"{p} not found: run `cargo build --bin lanyard-server --bin lanyard-agent` or set LANYARD_BIN_DIR")
+    return str(p)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_socket(path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"{path.name} did not appear; log:\n{log.read_text()}")
+
+
+@dataclass
+class Stack:
+    dir: Path
+    admin: Path
+    socket: Path
+    server_bin: str
+
+    def admin_cmd(self, *args: str) -> str:
+        """Runs ``lanyard-server ARGS --admin-socket ...``; its output."""
+        out = subprocess.run(
+            [self.server_bin, *args, "--admin-socket", str(self.admin)],
+            capture_output=True, text=True, timeout=30,
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"lanyard-server {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    server_bin, agent_bin = _bin("lanyard-server"), _bin("lanyard-agent")
+    d = Path(tempfile.mkdtemp(prefix="lanyard-py-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        port = _free_port()
+        admin = d / "admin.sock"
+        slog = d / "server.log"
+        procs.append(subprocess.Popen(
+            [server_bin, "run", "--trust-domain", TD, "--data-dir", str(d / "server"),
+             "--bind", f"127.0.0.1:{port}", "--admin-socket", str(admin)],
+            stdout=slog.open("wb"), stderr=subprocess.STDOUT))
+        _wait_socket(admin, procs[-1], slog)
+        s = Stack(d, admin, d / "agent.sock", server_bin)
+        token = s.admin_cmd("token", "generate", "--agent-id", NODE).strip()
+        (d / "bundle.pem").write_text(s.admin_cmd("bundle", "show", "--format", "pem"))
+        policy = d / "policy.cedar"
+        policy.write_text(POLICY)
+        s.admin_cmd("policy", "set", str(policy))
+        s.admin_cmd("credential", "add", "internal", "--kind", "txn-token", "--audience", f"spiffe://{TD}")
+        # This interpreter, as the agent sees it (/proc/PID/exe).
+        exe = os.path.realpath(sys.executable)
+        s.admin_cmd(
+            "entry", "create", "--spiffe-id", AGENT_ID, "--parent-id", NODE,
+            "--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{exe}",
+            "--x509-ttl", "10s",
+            "--allow-task-type", "report.generate",
+            "--allow-tool", "crm.read", "--allow-tool", "email.send", "--allow-tool", "shell.exec",
+            "--allow-credential", "internal", "--max-task-ttl", "10m",
+        )
+        alog = d / "agent.log"
+        procs.append(subprocess.Popen(
+            [agent_bin, "run", "--server", f"127.0.0.1:{port}", "--trust-domain", TD,
+             "--join-token", token, "--trust-bundle", str(d / "bundle.pem"),
+             "--socket", str(s.socket), "--data-dir", str(d / "agent")],
+            stdout=alog.open("wb"), stderr=subprocess.STDOUT))
+        _wait_socket(s.socket, procs[-1], alog)
+        os.environ["SPIFFE_ENDPOINT_SOCKET"] = f"unix://{s.socket}"
+        # The entry has reached the agent once this process is served.
+        from spiffe import WorkloadApiClient
+
+        client = WorkloadApiClient(f"unix://{s.socket}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.fetch_x509_svid(timeout=5)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        client.close()
+        yield s
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["rm", "-rf", str(d)], check=False)
