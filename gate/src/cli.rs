@@ -114,6 +114,16 @@ pub fn main() -> ExitCode {
     };
     let path = common.config.clone();
     rt.block_on(async move {
+        // Handlers first: a SIGHUP that arrives while the gateway starts (a
+        // reload sent as soon as it is listening) must not kill it, which
+        // is what a hangup does to a process that handles none.
+        let (Ok(mut hup), Ok(mut term)) = (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+        ) else {
+            eprintln!("error: cannot handle signals");
+            return ExitCode::FAILURE;
+        };
         let running = match crate::start(config, Some((path, flags)), Duration::from_secs(60)).await {
             Ok(r) => r,
             Err(e) => {
@@ -123,13 +133,6 @@ pub fn main() -> ExitCode {
         };
         // Printed for scripts that start it on port 0.
         println!("lanyard-gate listening on {}", running.addr);
-        let (Ok(mut hup), Ok(mut term)) = (
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
-        ) else {
-            eprintln!("error: cannot handle signals");
-            return ExitCode::FAILURE;
-        };
         loop {
             tokio::select! {
                 _ = hup.recv() => {

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{GATE_ID, gate, python_server, run_agent, stack, upstream_log};
+use super::{GATE_ID, gate, gate_then, python_server, run_agent, stack, upstream_log};
 
 fn files_config(port: u16, key_file: &std::path::Path) -> String {
     format!(
@@ -140,6 +140,41 @@ async fn an_upstream_outside_the_tasks_destinations_is_refused() {
         log.iter()
             .all(|r| !r["path"].as_str().unwrap().starts_with("/api/")),
         "{log:?}"
+    );
+}
+
+/// A reload asked for while the gateway is still starting (its identity
+/// fetched, not yet listening) reloads once it is up: it never kills it,
+/// which is what SIGHUP does to a process that does not handle it yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_start_does_not_kill_the_gateway() {
+    let s = stack().await;
+    let key = s.dir.path().join("files.key");
+    std::fs::write(&key, "files-key-456").unwrap();
+    let mut g = gate_then(&s, "gate-early-hup", &files_config(1, &key), |log, pid| {
+        let deadline = std::time::Instant::now() + super::WAIT;
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("gateway identity from the node agent")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway never got its identity"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    });
+    g.wait_log("configuration reloaded", super::WAIT).await;
+    assert!(
+        g._proc.0.try_wait().unwrap().is_none(),
+        "the gateway exited: {}",
+        g.log()
     );
 }
 

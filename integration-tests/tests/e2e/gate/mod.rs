@@ -214,6 +214,12 @@ pub fn python_server(s: &Stack, script: &str, args: &[&str]) -> (Proc, u16) {
 /// Starts the gateway on `config` (TOML; `agent_socket` and `listen` are
 /// added here).
 pub fn gate(s: &Stack, name: &str, config: &str) -> Gate {
+    gate_then(s, name, config, |_, _| {})
+}
+
+/// [`gate`], calling `starting` with the gateway's log file and pid as soon
+/// as it has spawned, before it listens.
+pub fn gate_then(s: &Stack, name: &str, config: &str, starting: impl FnOnce(&Path, u32)) -> Gate {
     let path = s.dir.path().join(format!("{name}.toml"));
     let text = format!(
         "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nagent_socket = \"unix://{}\"\ntrust_domain = \"example.org\"\n{config}",
@@ -236,6 +242,7 @@ pub fn gate(s: &Stack, name: &str, config: &str) -> Gate {
             let _ = tx.send(line);
         }
     });
+    starting(&stderr, proc.0.id());
     let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
         panic!(
             "the gateway did not start: {}",
