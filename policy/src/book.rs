@@ -14,8 +14,8 @@ use crate::error::{PolicyError, located};
 use crate::request::{Action, Prepared, Principal, Request, TaskContext, Who, uid};
 
 /// Principals whose entities are kept (all are dropped when more arrive:
-/// a node decides for a few hundred workloads at most).
-const MAX_WHO: usize = 4096;
+/// a node decides for a few hundred workloads at most, each a few KB).
+const MAX_WHO: usize = 1024;
 
 /// Most policies one set may hold.
 pub const MAX_POLICIES: usize = 100_000;
