@@ -5,13 +5,23 @@ closed one rotation later."""
 
 from __future__ import annotations
 
+import ssl
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 if TYPE_CHECKING:
-    from ._task import Task
+    from spiffe import X509Svid
+
+
+class Task(Protocol):
+    """What the clients need of a task: its current SVID, and a TLS
+    context built from it."""
+
+    def svid(self) -> X509Svid: ...
+
+    def ssl_context(self, server_side: bool = False) -> ssl.SSLContext: ...
 
 
 class _Pools:
