@@ -9,6 +9,7 @@ The binaries come from ``LANYARD_BIN_DIR`` or the repository's
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[3]
 TD = "example.org"
 NODE = f"spiffe://{TD}/node/py"
 AGENT_ID = f"spiffe://{TD}/agent/py"
+TOOL_ID = f"spiffe://{TD}/tool/py"
 
 POLICY = """
 @id("begin")
@@ -37,6 +39,11 @@ permit (principal, action == Lanyard::Action::"GetCredential", resource);
 
 @id("delegate")
 permit (principal, action == Lanyard::Action::"Delegate", resource);
+
+@id("no-mail-out")
+@reason("no email outside example.com")
+forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+when { context.at_call && context.call.contains("to=eve@outside.example") };
 
 @id("no-shell")
 @reason("shells are never granted")
@@ -75,6 +82,9 @@ class Stack:
     admin: Path
     socket: Path
     server_bin: str
+    #: A copy of this interpreter: another program to the agent, whose
+    #: entry is an enforcement point (a tool server written in Python).
+    tool_python: Path
 
     def admin_cmd(self, *args: str) -> str:
         """Runs ``lanyard-server ARGS --admin-socket ...``; its output."""
@@ -101,7 +111,9 @@ def stack() -> Iterator[Stack]:
              "--bind", f"127.0.0.1:{port}", "--admin-socket", str(admin)],
             stdout=slog.open("wb"), stderr=subprocess.STDOUT))
         _wait_socket(admin, procs[-1], slog)
-        s = Stack(d, admin, d / "agent.sock", server_bin)
+        tool_python = d / "python-tool"
+        shutil.copy(os.path.realpath(sys.executable), tool_python)
+        s = Stack(d, admin, d / "agent.sock", server_bin, tool_python)
         token = s.admin_cmd("token", "generate", "--agent-id", NODE).strip()
         (d / "bundle.pem").write_text(s.admin_cmd("bundle", "show", "--format", "pem"))
         policy = d / "policy.cedar"
@@ -117,6 +129,11 @@ def stack() -> Iterator[Stack]:
             "--allow-task-type", "report.generate",
             "--allow-tool", "crm.read", "--allow-tool", "email.send", "--allow-tool", "shell.exec",
             "--allow-credential", "internal", "--max-task-ttl", "10m",
+        )
+        s.admin_cmd(
+            "entry", "create", "--spiffe-id", TOOL_ID, "--parent-id", NODE,
+            "--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{tool_python}",
+            "--enforcement-point",
         )
         alog = d / "agent.log"
         procs.append(subprocess.Popen(

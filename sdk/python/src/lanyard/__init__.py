@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from . import claims, tls
+from .guard import Decision, Guard, ToolDenied
 from ._errors import AgentUnavailable, InvalidRequest, LanyardError, NotFound, TaskDenied
 from ._gen import task_pb2
 from ._duration import seconds
@@ -32,13 +33,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentUnavailable",
     "Credential",
+    "Decision",
     "Delegation",
+    "Guard",
     "InvalidRequest",
     "LanyardError",
     "NotFound",
     "Task",
     "TaskClaims",
     "TaskDenied",
+    "ToolDenied",
     "atask",
     "claims",
     "task",

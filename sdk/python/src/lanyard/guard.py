@@ -1,0 +1,129 @@
+"""The tool's side: a :class:`Guard` asks the node agent to decide each
+call a caller makes, on the caller's task SVID.
+
+The tool's own process must be an enforcement point (its entry created
+with ``--enforcement-point``): only enforcement points may ask for
+decisions, since certificates are public and anyone else could run up
+denials against another task. The node agent checks the credential
+(chain to the bundle, not revoked, task live and in its window, tool
+granted), then the Cedar policy with the call's arguments; a denial
+counts towards quarantining the caller, and every decision is audited.
+
+    guard = lanyard.Guard()
+    decision = guard.require("crm.read", chain=[peer_der], arguments={"id": "42"})
+
+The credential is what the caller presented: its certificate chain from
+the TLS handshake (DER, leaf first; with the standard library
+``SSLSocket.getpeercert(binary_form=True)`` gives the leaf, enough for an
+SVID signed by the trust domain's CA), or a task JWT-SVID sent as a bearer
+token (its audience must be ``audience``, by default the tool's own
+SPIFFE ID).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from . import _socket
+from ._errors import LanyardError, from_rpc_error
+from ._gen import task_pb2, task_pb2_grpc
+
+#: Seconds a decision may take.
+DECIDE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The node agent's answer for one call."""
+
+    allow: bool
+    reason: str
+    #: The deciding Cedar policies.
+    policy_ids: tuple[str, ...]
+    #: The decision's record in the audit log (empty for a refusal of the
+    #: credential itself).
+    decision_id: str
+    #: The caller's task (empty when its credential carries none).
+    task_id: str
+    #: The caller's SPIFFE ID.
+    principal: str
+
+
+class ToolDenied(LanyardError):
+    """A call was denied; ``decision`` says why and by which policies."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason, "PERMISSION_DENIED")
+        self.decision = decision
+        self.policy_ids = list(decision.policy_ids)
+
+
+class Guard:
+    """Decides tool calls on the node agent at ``socket`` (default:
+    ``SPIFFE_ENDPOINT_SOCKET``). Thread-safe; keep one per process."""
+
+    def __init__(self, socket: str | None = None, audience: str = "") -> None:
+        self._channel = grpc.insecure_channel(_socket.grpc_target(_socket.socket_path(socket)))
+        self._tasks = task_pb2_grpc.TaskIdentityStub(self._channel)
+        self._audience = audience
+
+    def decide(
+        self,
+        tool: str,
+        *,
+        chain: Sequence[bytes] | None = None,
+        jwt: str | None = None,
+        resource: str = "",
+        arguments: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Decides a call of ``tool`` (on ``resource``, with ``arguments``
+        as the policy's ``context.call``) by the caller holding ``chain`` or
+        ``jwt``. A credential the agent refuses (revoked, expired, no task,
+        not from this trust domain) is a denial, not an exception."""
+        if (chain is None) == (jwt is None):
+            raise ValueError("give the caller's credential: chain= (its certificates) or jwt=")
+        try:
+            context = json.dumps(dict(arguments or {}), separators=(",", ":"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"arguments must be JSON: {e}") from None
+        req = task_pb2.AuthorizeToolCallRequest(
+            tool=tool, resource=resource, context_json=context, audience=self._audience)
+        if chain is not None:
+            if not chain:
+                raise ValueError("chain= is empty: the caller presented no certificate")
+            req.x509_chain.certs.extend(bytes(c) for c in chain)
+        else:
+            req.jwt_svid = jwt or ""
+        try:
+            r: task_pb2.AuthorizeToolCallResponse = self._tasks.AuthorizeToolCall(
+                req, metadata=_socket.METADATA, timeout=DECIDE_TIMEOUT)
+        except grpc.RpcError as e:
+            err = from_rpc_error(e)
+            if err.code == "PERMISSION_DENIED":
+                # The credential was refused (or this process is not an
+                # enforcement point: the reason says which).
+                return Decision(False, err.reason, (), "", "", "")
+            raise err from None
+        return Decision(r.allow, r.reason, tuple(r.policy_ids), r.decision_id, r.task_id, r.principal)
+
+    def require(self, tool: str, **kwargs: Any) -> Decision:
+        """:meth:`decide`, raising :class:`ToolDenied` unless allowed."""
+        d = self.decide(tool, **kwargs)
+        if not d.allow:
+            raise ToolDenied(d)
+        return d
+
+    def close(self) -> None:
+        """Closes the connection to the node agent."""
+        self._channel.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
