@@ -141,8 +141,12 @@ class Task:
     # The task's X.509-SVID, following rotation.
 
     def _pick(self, svids: list[X509Svid]) -> X509Svid:
+        # Never raises: a picker that raises closes the source for good.
         for s in svids:
-            c = _claims.from_certificate(s.leaf)
+            try:
+                c = _claims.from_certificate(s.leaf)
+            except ValueError:
+                continue
             if c is not None and c.task_id == self.id:
                 return s
         # Not served (any more): the caller is told in svid().
@@ -152,14 +156,15 @@ class Task:
         """The Workload API source of this task's SVID and the bundle (from
         the ``spiffe`` package), started on first use and kept current as
         the SVID renews."""
-        from spiffe import WorkloadApiClient, X509Source
+        from spiffe import X509Source
 
         with self._lock:
             if self._ended:
                 raise LanyardError(f"task {self.id} has ended", "FAILED_PRECONDITION")
             if self._source is None:
-                client = WorkloadApiClient(f"unix://{self._path}")
-                self._source = X509Source(client, timeout_in_seconds=CALL_TIMEOUT, svid_picker=self._pick)
+                # The source owns its client and closes it with itself.
+                self._source = X509Source(
+                    socket_path=f"unix://{self._path}", timeout_in_seconds=CALL_TIMEOUT, svid_picker=self._pick)
             return self._source
 
     def svid(self) -> X509Svid:
