@@ -17,7 +17,8 @@ NODE="spiffe://$TD/node/demo"
 GATE_ID="spiffe://$TD/gate/crm"
 AGENT_ID="spiffe://$TD/agent/assistant"
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# shellcheck source=scripts/demo-lib.sh
+. scripts/demo-lib.sh
 
 step "Building (first run takes a few minutes) and the Python venv"
 cargo build --quiet --bin lanyard-server --bin lanyard-agent --bin lanyard-gate
@@ -33,23 +34,7 @@ PY="$VENV/bin/python3"
 # The program the agent attests (the venv's python is a symlink to it).
 PY_EXE="$(readlink -f "$PY")"
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/lanyard-gate.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_for() { # file, what, log, pid
-  for _ in $(seq 1 300); do
-    [ -e "$1" ] && return 0
-    kill -0 "$4" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "error: $2 did not start; its log:" >&2; cat "$3" >&2; exit 1
-}
+demo_workdir lanyard-gate
 
 ADMIN="$WORK/admin.sock"
 SOCKET="$WORK/agent.sock"

@@ -13,29 +13,14 @@ PORT="${LANYARD_DEMO_PORT:-8081}"
 TD=example.org
 NODE="spiffe://$TD/node/demo"
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# shellcheck source=scripts/demo-lib.sh
+. scripts/demo-lib.sh
 
 step "Building (first run takes a few minutes)"
 cargo build --quiet --bin lanyard-server --bin lanyard-agent --bin fetch-svid
 BIN=target/debug
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/lanyard-demo.XXXXXX")"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_for() { # socket, what, log, pid
-  for _ in $(seq 1 300); do
-    [ -S "$1" ] && return 0
-    kill -0 "$4" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "error: $2 did not start; its log:" >&2; cat "$3" >&2; exit 1
-}
+demo_workdir lanyard-demo
 
 ADMIN="$WORK/admin.sock"
 SOCKET="$WORK/agent.sock"
