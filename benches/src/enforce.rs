@@ -2,6 +2,7 @@
 //! second at 1 and 10 callers, and per second of agent CPU), and revoke →
 //! first refused handshake at a peer that follows the agent's CRLs.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,11 +27,16 @@ use crate::tasks::{TASK_ID, req};
 /// This bench process becomes an enforcement point (its own binary path
 /// sets it apart from the task entry's workloads).
 pub async fn prepare(d: &Deployment) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
+    enforcement_point(d, "tool-server", &std::env::current_exe()?).await
+}
+
+/// An enforcement-point entry `spiffe://TD/bench/NAME` for the program
+/// `exe` run by this uid.
+pub async fn enforcement_point(d: &Deployment, name: &str, exe: &Path) -> anyhow::Result<()> {
     procs::admin(&d.admin_socket)?
         .create_entry(CreateEntryRequest {
             entry: Some(Entry {
-                spiffe_id: format!("spiffe://{TD}/bench/tool-server"),
+                spiffe_id: format!("spiffe://{TD}/bench/{name}"),
                 parent_id: NODE.into(),
                 selectors: vec![
                     format!("unix:uid:{}", own_uid()),

@@ -13,11 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use lanyard_core::peer::{Requirements, SvidResolver};
-use lanyard_proto::admin::CreateEntryRequest;
-use lanyard_proto::types::Entry;
 
-use crate::procs::{self, Deployment, NODE, Proc, TD};
-use crate::scenarios::own_uid;
+use crate::procs::{Deployment, Proc, TD};
 use crate::stats::Report;
 
 const BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
@@ -58,20 +55,7 @@ async fn upstream() -> anyhow::Result<u16> {
 /// its entry an enforcement point; returns it and its address.
 async fn start_gate(d: &Deployment, bins: &Path, port: u16) -> anyhow::Result<(Proc, String)> {
     let exe = std::fs::canonicalize(bins.join("lanyard-gate"))?;
-    procs::admin(&d.admin_socket)?
-        .create_entry(CreateEntryRequest {
-            entry: Some(Entry {
-                spiffe_id: format!("spiffe://{TD}/bench/gate"),
-                parent_id: NODE.into(),
-                selectors: vec![
-                    format!("unix:uid:{}", own_uid()),
-                    format!("unix:path:{}", exe.display()),
-                ],
-                enforcement_point: true,
-                ..Default::default()
-            }),
-        })
-        .await?;
+    crate::enforce::enforcement_point(d, "gate", &exe).await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("gate.toml");
     std::fs::write(
