@@ -19,6 +19,7 @@ import pytest
 
 import lanyard
 from conftest import AGENT_ID, Stack
+from tool_server import recv_line
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +48,7 @@ def call(ctx: ssl.SSLContext, port: int, tool: str, arguments: dict[str, Any]) -
     with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
         with ctx.wrap_socket(raw) as tls:
             tls.sendall(json.dumps({"tool": tool, "arguments": arguments}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    answer: dict[str, Any] = json.loads(data)
+            answer: dict[str, Any] = json.loads(recv_line(tls))
     return answer
 
 

@@ -13,11 +13,23 @@ import dataclasses
 import json
 import os
 import socket
+import ssl
 import sys
 
 from spiffe import WorkloadApiClient, X509Source
 
 import lanyard
+
+
+def recv_line(tls: ssl.SSLSocket) -> bytes:
+    """Reads until a newline (or the peer closes)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = tls.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def main() -> None:
@@ -40,13 +52,7 @@ def main() -> None:
         try:
             with ctx.wrap_socket(conn, server_side=True) as tls:
                 leaf = tls.getpeercert(binary_form=True)
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = tls.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                req = json.loads(data)
+                req = json.loads(recv_line(tls))
                 if leaf is None:
                     raise ValueError("no client certificate")
                 d = guard.decide(req["tool"], chain=[leaf], arguments=req.get("arguments"))
