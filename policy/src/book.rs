@@ -10,6 +10,7 @@ use cedar_policy::{
     ResourceConstraint, Schema, ValidationMode, Validator,
 };
 
+use crate::approval::{Approval, annotation};
 use crate::error::{PolicyError, located};
 use crate::request::{Action, Prepared, Principal, Request, TaskContext, Who, uid};
 
@@ -39,6 +40,25 @@ pub struct Decision {
     pub quarantine_entry: bool,
     /// Policies that failed to evaluate (they are skipped, as Cedar does).
     pub errors: Vec<String>,
+    /// When allowed: the satisfied permits that carry `@approval` (any one
+    /// makes the answer "allowed once a person approves", even when an
+    /// unannotated permit matches too). Empty when denied.
+    pub approvals: Vec<Approval>,
+}
+
+impl Decision {
+    /// Allowed, but only once a person approves.
+    pub fn needs_approval(&self) -> bool {
+        self.allowed && !self.approvals.is_empty()
+    }
+}
+
+/// What a policy's annotations say, beside its rule.
+struct Notes {
+    reason: Option<String>,
+    /// A forbid's `@quarantine` value.
+    quarantine: Option<String>,
+    approval: Option<Approval>,
 }
 
 /// The policies that can apply to one (action, resource).
@@ -74,8 +94,8 @@ fn slice_reads(
 /// A validated, sliced policy set.
 pub struct PolicyBook {
     slices: HashMap<Action, Slices>,
-    /// `@reason` and `@quarantine` per policy ID.
-    notes: HashMap<String, (Option<String>, Option<String>)>,
+    /// `@reason`, `@quarantine` and `@approval` per policy ID.
+    notes: HashMap<String, Notes>,
     count: usize,
     authorizer: Authorizer,
     /// Each principal's entities, built once (a decision otherwise spends
@@ -152,16 +172,26 @@ impl PolicyBook {
                 reads.insert(p.id().to_string(), r);
             }
         }
+        let mut refused = Vec::new();
         for p in &renamed {
+            let approval = annotation(p, source).unwrap_or_else(|e| {
+                refused.push(e);
+                None
+            });
             book.notes.insert(
                 p.id().to_string(),
-                (
-                    p.annotation("reason").map(str::to_owned),
-                    p.annotation("quarantine")
+                Notes {
+                    reason: p.annotation("reason").map(str::to_owned),
+                    quarantine: p
+                        .annotation("quarantine")
                         .filter(|_| p.effect() == Effect::Forbid)
                         .map(str::to_owned),
-                ),
+                    approval,
+                },
             );
+        }
+        if !refused.is_empty() {
+            return Err(PolicyError::Invalid(refused));
         }
         let add = |set: &mut PolicySet, p: &cedar_policy::Policy| {
             set.add(p.clone())
@@ -300,6 +330,7 @@ impl PolicyBook {
                 quarantine: false,
                 quarantine_entry: false,
                 errors: vec![],
+                approvals: vec![],
             };
         }
         let built = action.uid().and_then(|a| {
@@ -320,14 +351,19 @@ impl PolicyBook {
         let mut reasons = Vec::new();
         let mut quarantine = false;
         let mut quarantine_entry = false;
+        let mut approvals = Vec::new();
         for id in &policy_ids {
-            if let Some((reason, q)) = self.notes.get(id) {
-                reasons.extend(reason.clone());
-                quarantine |= q.is_some();
-                quarantine_entry |= q.as_deref() == Some("entry");
+            if let Some(n) = self.notes.get(id) {
+                reasons.extend(n.reason.clone());
+                quarantine |= n.quarantine.is_some();
+                quarantine_entry |= n.quarantine.as_deref() == Some("entry");
+                approvals.extend(n.approval.clone());
             }
         }
         let allowed = response.decision() == CedarDecision::Allow;
+        if !allowed {
+            approvals.clear();
+        }
         Decision {
             allowed,
             quarantine: quarantine && !allowed,
@@ -335,6 +371,7 @@ impl PolicyBook {
             policy_ids,
             reasons,
             errors: diag.errors().map(ToString::to_string).collect(),
+            approvals,
         }
     }
 }
@@ -347,6 +384,7 @@ fn deny_error(e: String) -> Decision {
         quarantine: false,
         quarantine_entry: false,
         errors: vec![e],
+        approvals: vec![],
     }
 }
 

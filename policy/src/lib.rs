@@ -8,12 +8,14 @@
 //! [`Decision`]: Cedar stays behind this crate (it is also the slowest crate
 //! of the workspace to compile).
 
+pub mod approval;
 mod book;
 pub mod context;
 mod error;
 mod reads;
 mod request;
 
+pub use approval::{Approval, Approvers};
 pub use book::{Decision, PolicyBook};
 pub use context::{CallFacts, call_strings};
 pub use error::PolicyError;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::{Approval, Approvers};
 
 const POLICIES: &str = r#"
 @id("planner-reports")
@@ -302,4 +303,109 @@ when { principal.exe_path == "/usr/bin/curl" };
     }
     assert!(book.who.lock().unwrap().len() <= MAX_WHO);
     assert!(!decide(&bad).allowed);
+}
+
+#[test]
+fn an_approval_permit_makes_the_answer_pending_even_beside_a_blanket_permit() {
+    let text = r#"
+        @id("tools") permit (principal, action == Lanyard::Action::"UseTool", resource);
+        @id("big-payments") @approval("group:payments-approvers") @approval_ttl("10m")
+        permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"pay")
+        when { context.at_call && context.call.contains("size=big") };
+        @id("mail-out") @approval("requester")
+        permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"pay")
+        when { context.at_call && context.call.contains("to=outside") };
+        @id("no-evil")
+        forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"pay")
+        when { context.at_call && context.call.contains("to=evil") };
+    "#;
+    let book = PolicyBook::compile(text, "p.cedar").unwrap();
+    let p = principal("spiffe://td/node/n1");
+    let mut c = ctx("internal", 1, "user:alice@example.com");
+    c.at_call = true;
+    let decide = |call: &[&str]| {
+        let mut c = c.clone();
+        c.call = call.iter().map(|s| (*s).to_owned()).collect();
+        book.decide(&Request {
+            principal: &p,
+            action: Action::UseTool,
+            resource: "pay",
+            context: &c,
+        })
+    };
+    let plain = decide(&["size=small"]);
+    assert!(plain.allowed && !plain.needs_approval());
+
+    let big = decide(&["size=big"]);
+    assert!(big.allowed && big.needs_approval());
+    assert_eq!(big.policy_ids, vec!["big-payments", "tools"]);
+    assert_eq!(
+        big.approvals,
+        vec![Approval {
+            policy_id: "big-payments".into(),
+            approvers: Approvers::Group("payments-approvers".into()),
+            ttl: Some(std::time::Duration::from_secs(600)),
+        }]
+    );
+
+    // Both annotated permits: both requirements are listed.
+    let both = decide(&["size=big", "to=outside"]);
+    let who: Vec<String> = both
+        .approvals
+        .iter()
+        .map(|a| a.approvers.to_string())
+        .collect();
+    assert_eq!(who, vec!["group:payments-approvers", "requester"]);
+
+    // A forbid wins over a permit that wants approval: plain deny.
+    let evil = decide(&["size=big", "to=evil"]);
+    assert!(!evil.allowed && !evil.needs_approval() && evil.approvals.is_empty());
+
+    // Not at call time (the tool grant at BeginTask): no approval asked.
+    c.at_call = false;
+    let d = book.decide(&Request {
+        principal: &p,
+        action: Action::UseTool,
+        resource: "pay",
+        context: &c,
+    });
+    assert!(d.allowed && !d.needs_approval());
+}
+
+#[test]
+fn approval_annotations_that_could_be_misread_are_refused() {
+    let refused = [
+        (
+            r#"@approval("requester") forbid (principal, action == Lanyard::Action::"UseTool", resource);"#,
+            "belongs on a permit",
+        ),
+        (
+            r#"@approval("requester") permit (principal, action, resource);"#,
+            "UseTool and BeginTask only",
+        ),
+        (
+            r#"@approval("requester") permit (principal, action == Lanyard::Action::"GetCredential", resource);"#,
+            "UseTool and BeginTask only",
+        ),
+        (
+            r#"@approval("alice") permit (principal, action == Lanyard::Action::"UseTool", resource);"#,
+            "expected \"requester\"",
+        ),
+        (
+            r#"@approval_ttl("5m") permit (principal, action == Lanyard::Action::"UseTool", resource);"#,
+            "without @approval",
+        ),
+        (
+            r#"@approval("any-operator") @approval_ttl("2d") permit (principal, action == Lanyard::Action::"UseTool", resource);"#,
+            "between 1s and 24h",
+        ),
+    ];
+    for (text, want) in refused {
+        let e = PolicyBook::compile(text, "a.cedar")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want) && e.contains("a.cedar"), "{text}: {e}");
+    }
+    let ok = r#"@approval("any-operator") permit (principal, action in [Lanyard::Action::"UseTool", Lanyard::Action::"BeginTask"], resource);"#;
+    PolicyBook::compile(ok, "a.cedar").unwrap();
 }
