@@ -222,6 +222,16 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         settings.clone(),
     )
     .await?;
+    let approvals = crate::approvals::Approvals::load(
+        store.clone(),
+        clock.clone(),
+        config.approval.clone(),
+        tasks.clone(),
+        quarantines.clone(),
+    )
+    .await?;
+    approvals.set_audit(audit.clone());
+    approvals.run_sweeper(shutdown_rx.clone());
     let enforce = Enforcement::new(
         revocations.clone(),
         quarantines,
@@ -255,6 +265,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
     );
     broker.set_audit(audit.clone());
     let node = NodeApi {
+        approvals: approvals.clone(),
         broker: broker.clone(),
         ca: ca.clone(),
         registry: registry.clone(),
@@ -279,6 +290,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             policies: policies.clone(),
             tasks: tasks.clone(),
             enforce: enforce.clone(),
+            approvals: approvals.clone(),
         },
         feed_from,
         shutdown_rx.clone(),
@@ -296,6 +308,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         }
     }
     let admin = AdminApi {
+        approvals,
         leases: broker.leases().clone(),
         credentials,
         ca: ca.clone(),

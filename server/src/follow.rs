@@ -45,6 +45,8 @@ pub struct Views {
     pub tasks: Tasks,
     /// Revocations, CRLs and quarantines.
     pub enforce: crate::enforce::Enforcement,
+    /// Calls held for approval.
+    pub approvals: crate::approvals::Approvals,
 }
 
 impl Views {
@@ -63,6 +65,7 @@ impl Views {
             }
             ChangeKind::Crl => revocations.refresh_crls().await?,
             ChangeKind::Quarantine => self.enforce.quarantines.reload().await?,
+            ChangeKind::Approval => self.approvals.refresh(key).await?,
         }
         Ok(())
     }
@@ -74,6 +77,7 @@ impl Views {
         self.tasks.reload().await?;
         self.enforce.revocations.reload().await?;
         self.enforce.quarantines.reload().await?;
+        self.approvals.reload().await?;
         self.agents.wake();
         Ok(())
     }

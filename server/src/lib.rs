@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api;
 pub mod app;
+pub mod approvals;
 pub mod attestation;
 pub mod audit;
 pub mod ca;

@@ -145,11 +145,30 @@ pub enum Kind {
     /// recorded on the node, shipped.
     #[serde(rename = "tool.call")]
     ToolCall,
+    /// A call a policy holds for a person's approval was put to the
+    /// approvers.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    /// A declared approver approved a held call.
+    #[serde(rename = "approval.approved")]
+    ApprovalApproved,
+    /// A declared approver denied a held call.
+    #[serde(rename = "approval.denied")]
+    ApprovalDenied,
+    /// An approved call was let through (once).
+    #[serde(rename = "approval.used")]
+    ApprovalUsed,
+    /// A request lapsed unanswered (or approved and unused).
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    /// A request ended with its task (ended, revoked or quarantined).
+    #[serde(rename = "approval.ended")]
+    ApprovalEnded,
 }
 
 impl Kind {
     /// Every kind, in the order above.
-    pub const ALL: [Kind; 36] = [
+    pub const ALL: [Kind; 42] = [
         Kind::NodeAttested,
         Kind::NodeRefused,
         Kind::AgentRenewed,
@@ -186,6 +205,12 @@ impl Kind {
         Kind::CredentialLeaseEnded,
         Kind::CredentialServed,
         Kind::ToolCall,
+        Kind::ApprovalRequested,
+        Kind::ApprovalApproved,
+        Kind::ApprovalDenied,
+        Kind::ApprovalUsed,
+        Kind::ApprovalExpired,
+        Kind::ApprovalEnded,
     ];
 
     /// The name records carry (`svid.issued`).
@@ -227,6 +252,12 @@ impl Kind {
             Kind::CredentialLeaseEnded => "credential.lease_ended",
             Kind::CredentialServed => "credential.served",
             Kind::ToolCall => "tool.call",
+            Kind::ApprovalRequested => "approval.requested",
+            Kind::ApprovalApproved => "approval.approved",
+            Kind::ApprovalDenied => "approval.denied",
+            Kind::ApprovalUsed => "approval.used",
+            Kind::ApprovalExpired => "approval.expired",
+            Kind::ApprovalEnded => "approval.ended",
         }
     }
 }

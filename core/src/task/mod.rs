@@ -11,7 +11,7 @@ mod names;
 mod record;
 mod sensitivity;
 
-pub use canonical::{CanonicalError, canonical_json};
+pub use canonical::{CanonicalError, canonical_json, canonical_json_any};
 pub use ceilings::{CeilingDecision, check_ceilings, credential_allowed};
 pub use claims::{TASK_CLAIMS_OID, TaskClaims, task_claims_oid_der};
 pub use grant::{Actor, TaskGrant, TaskRequest};

@@ -48,6 +48,10 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// Why it ended.
     pub end_reason: String,
+    /// The intent text the task was begun with (credentials carry only its
+    /// digest; approvers read it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intent: String,
 }
 
 impl TaskRecord {

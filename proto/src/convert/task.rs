@@ -96,6 +96,7 @@ impl From<&TaskRecord> for types::TaskInfo {
             created_at: i64_secs(t.created_at),
             state: t.state.as_str().into(),
             end_reason: t.end_reason.clone(),
+            intent: t.intent.clone(),
             grant_sha256: hex::encode(g.digest()),
             denied: t
                 .denied
@@ -147,6 +148,7 @@ impl TryFrom<types::TaskInfo> for TaskRecord {
             agent_id: spiffe_id("agent_id", &t.agent_id)?,
             denied: t.denied.into_iter().map(|d| (d.tool, d.reason)).collect(),
             created_at: u64::try_from(t.created_at).unwrap_or(0),
+            intent: t.intent,
             state,
             end_reason: t.end_reason,
         })

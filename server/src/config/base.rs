@@ -100,6 +100,10 @@ pub struct RawConfig {
     /// `[[k8s_psat]]`: clusters whose agents attest with projected service
     /// account tokens.
     pub k8s_psat: Option<Vec<crate::config::psat::RawPsatCluster>>,
+    /// How long a call held for approval waits by default (5m).
+    pub approval_ttl: Option<String>,
+    /// `[[approver]]`: the people who may approve held calls.
+    pub approver: Option<Vec<crate::config::approvers::RawApprover>>,
 }
 
 impl RawConfig {
@@ -264,6 +268,10 @@ impl RawConfig {
             audit.segment_bytes = n;
         }
         let psat_clusters = crate::config::psat::validate(self.k8s_psat.unwrap_or_default())?;
+        let approval = crate::config::approvers::validate(
+            self.approver.unwrap_or_default(),
+            self.approval_ttl.as_deref(),
+        )?;
         let metrics_bind =
             lanyard_core::config::optional_addr("metrics_bind", self.metrics_bind.as_deref())?;
         let oidc = crate::config::oidc::validate(
@@ -280,6 +288,7 @@ impl RawConfig {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(".lanyard/server"));
         Ok(Config {
+            approval,
             credential_ca_file: self.credential_ca_file,
             credential_key_file: self
                 .credential_key_file
@@ -402,6 +411,8 @@ pub struct Config {
     pub credential_key_file: PathBuf,
     /// CA certificates for authorization servers (else the system's).
     pub credential_ca_file: Option<PathBuf>,
+    /// Who may approve held calls, and how long requests wait.
+    pub approval: crate::config::approvers::ApprovalSettings,
 }
 
 impl Config {

@@ -3,6 +3,7 @@
 //! Kubernetes service-account token clusters in [`psat`]; the JWT issuer
 //! and OpenID Connect discovery in [`oidc`].
 
+pub mod approvers;
 mod base;
 pub mod oidc;
 pub mod psat;

@@ -30,6 +30,8 @@ pub enum ChangeKind {
     Crl,
     /// A batch of signed X.509-SVIDs (key: the batch's).
     Issued,
+    /// A call held for approval (key: its ID).
+    Approval,
 }
 
 impl ChangeKind {
@@ -46,6 +48,7 @@ impl ChangeKind {
             Self::Quarantine => "quarantine",
             Self::Crl => "crl",
             Self::Issued => "issued",
+            Self::Approval => "approval",
         }
     }
 
@@ -62,6 +65,7 @@ impl ChangeKind {
             "quarantine" => Self::Quarantine,
             "crl" => Self::Crl,
             "issued" => Self::Issued,
+            "approval" => Self::Approval,
             _ => return None,
         })
     }

@@ -135,17 +135,20 @@ pub enum DocKind {
     Credential,
     /// A credential handed to a task (key: the lease ID).
     Lease,
+    /// A call held for a person's approval (key: its ID).
+    Approval,
 }
 
 impl DocKind {
     /// Every kind.
-    pub const ALL: [DocKind; 6] = [
+    pub const ALL: [DocKind; 7] = [
         DocKind::Revocation,
         DocKind::Quarantine,
         DocKind::Crl,
         DocKind::Issued,
         DocKind::Credential,
         DocKind::Lease,
+        DocKind::Approval,
     ];
 
     /// Its name in a database.
@@ -157,6 +160,7 @@ impl DocKind {
             Self::Issued => "issued",
             Self::Credential => "credential",
             Self::Lease => "lease",
+            Self::Approval => "approval",
         }
     }
 
@@ -168,6 +172,7 @@ impl DocKind {
             Self::Quarantine => Some(ChangeKind::Quarantine),
             Self::Crl => Some(ChangeKind::Crl),
             Self::Issued => Some(ChangeKind::Issued),
+            Self::Approval => Some(ChangeKind::Approval),
             Self::Credential | Self::Lease => None,
         }
     }

@@ -33,7 +33,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, for backups and migrations.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Entries,
         Table::Agents,
         Table::JoinTokens,
@@ -48,6 +48,7 @@ impl Table {
         Table::Docs(DocKind::Issued),
         Table::Docs(DocKind::Credential),
         Table::Docs(DocKind::Lease),
+        Table::Docs(DocKind::Approval),
     ];
 
     /// Its name on disk (sled tree; PostgreSQL table without the
@@ -83,6 +84,7 @@ impl Table {
             Self::Docs(DocKind::Issued) => "issued batch",
             Self::Docs(DocKind::Credential) => "credential provider",
             Self::Docs(DocKind::Lease) => "credential lease",
+            Self::Docs(DocKind::Approval) => "approval",
         }
     }
 

@@ -311,6 +311,7 @@ impl Tasks {
             created_at: now_secs,
             state: TaskState::Active,
             end_reason: String::new(),
+            intent: request.intent.clone(),
         };
         let minted = mint(
             &inner.ca,

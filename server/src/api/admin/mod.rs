@@ -39,6 +39,7 @@ use crate::store::CaKeyState;
 use crate::store::{AgentRecord, StoreError};
 
 mod agents;
+mod approvals;
 mod audit;
 mod authorities;
 mod credentials;
@@ -119,6 +120,8 @@ pub struct AdminApi {
     pub(crate) credentials: crate::credentials::Credentials,
     /// Credentials handed to tasks.
     pub(crate) leases: crate::credentials::Leases,
+    /// Calls held for approval.
+    pub(crate) approvals: crate::approvals::Approvals,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
     /// Where admin changes are recorded.
@@ -562,6 +565,27 @@ impl Admin for AdminApi {
         req: Request<lanyard_proto::admin::ListLeasesRequest>,
     ) -> Result<Response<lanyard_proto::admin::ListLeasesResponse>, Status> {
         self.list_leases_rpc(req).await
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<lanyard_proto::admin::ListApprovalsRequest>,
+    ) -> Result<Response<lanyard_proto::admin::ListApprovalsResponse>, Status> {
+        self.list_approvals_rpc(req)
+    }
+
+    async fn get_approval(
+        &self,
+        req: Request<lanyard_proto::admin::ApprovalRequest>,
+    ) -> Result<Response<lanyard_proto::types::Approval>, Status> {
+        self.get_approval_rpc(req)
+    }
+
+    async fn answer_approval(
+        &self,
+        req: Request<lanyard_proto::admin::AnswerApprovalRequest>,
+    ) -> Result<Response<lanyard_proto::types::Approval>, Status> {
+        self.answer_approval_rpc(req).await
     }
 }
 

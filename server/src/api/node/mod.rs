@@ -38,6 +38,7 @@ pub const MAX_BATCH: usize = 1000;
 /// Most audiences in one JWT-SVID.
 pub use lanyard_core::jwt::MAX_AUDIENCES;
 
+mod approvals;
 mod attest;
 mod audit;
 mod credentials;
@@ -76,6 +77,8 @@ pub struct NodeApi {
     pub(crate) audit: crate::audit::Audit,
     /// Hands tasks credentials from providers.
     pub(crate) broker: crate::credentials::Broker,
+    /// Calls held for approval.
+    pub(crate) approvals: crate::approvals::Approvals,
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncUpdate, Status>> + Send>>;
@@ -170,6 +173,14 @@ impl Node for NodeApi {
         req: Request<DelegateTaskRequest>,
     ) -> Result<Response<DelegateTaskResponse>, Status> {
         self.delegate_task_rpc(req).await
+    }
+
+    #[instrument(skip_all)]
+    async fn request_approval(
+        &self,
+        req: Request<lanyard_proto::server::RequestApprovalRequest>,
+    ) -> Result<Response<lanyard_proto::server::RequestApprovalResponse>, Status> {
+        self.request_approval_rpc(req).await
     }
 
     #[instrument(skip_all)]

@@ -1,0 +1,246 @@
+//! The people who may approve calls that a policy holds for approval:
+//! `[[approver]]` tables of the server configuration, and `approval_ttl`.
+//!
+//! ```toml
+//! approval_ttl = "5m"          # how long a request waits by default
+//!
+//! [[approver]]
+//! name = "user:alice@example.com"
+//! groups = ["payments-approvers"]
+//! ```
+//!
+//! Nobody else can approve: the admin socket's `approval approve --as
+//! NAME` and the console accept only a declared name. A name is what a
+//! task's `on_behalf_of` says (e.g. `user:alice@example.com`), never a
+//! SPIFFE ID: a workload cannot be an approver.
+
+use std::time::Duration;
+
+use lanyard_core::config::ConfigError;
+use lanyard_core::duration::parse_duration;
+use lanyard_policy::approval::{Approvers, MAX_TTL, valid_group};
+
+/// Default time a request waits for its answer.
+pub const DEFAULT_APPROVAL_TTL: Duration = Duration::from_secs(300);
+
+/// One `[[approver]]` table.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprover {
+    /// The person, as tasks name them in `on_behalf_of`
+    /// (e.g. `user:alice@example.com`).
+    pub name: Option<String>,
+    /// Groups that `@approval("group:NAME")` names.
+    pub groups: Option<Vec<String>>,
+}
+
+/// A declared approver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    /// Name.
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// Who may approve, and the default wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSettings {
+    /// Declared approvers.
+    pub approvers: Vec<Approver>,
+    /// How long a request waits when its policy does not say.
+    pub default_ttl: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self {
+            approvers: vec![],
+            default_ttl: DEFAULT_APPROVAL_TTL,
+        }
+    }
+}
+
+impl ApprovalSettings {
+    /// The declared approver called `name`.
+    pub fn approver(&self, name: &str) -> Option<&Approver> {
+        self.approvers.iter().find(|a| a.name == name)
+    }
+
+    /// The declared approvers who satisfy every requirement, for a task
+    /// acting for `on_behalf_of`; or why nobody can.
+    pub fn eligible(
+        &self,
+        needs: &[Approvers],
+        on_behalf_of: Option<&str>,
+    ) -> Result<Vec<String>, String> {
+        let mut out: Vec<String> = Vec::new();
+        for a in &self.approvers {
+            if needs.iter().all(|n| match n {
+                Approvers::Requester => on_behalf_of == Some(a.name.as_str()),
+                Approvers::AnyOperator => true,
+                Approvers::Group(g) => a.groups.iter().any(|x| x == g),
+            }) {
+                out.push(a.name.clone());
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        if needs.contains(&Approvers::Requester) {
+            return Err(match on_behalf_of {
+                None => "the policy asks the requester to approve, and the task acts on behalf of nobody".to_owned(),
+                Some(o) if self.approver(o).is_none() => format!(
+                    "the policy asks the requester to approve, and {o:?} (the task's on_behalf_of) is not a declared approver"
+                ),
+                Some(o) => format!("{o:?} does not satisfy every approval the policies ask for"),
+            });
+        }
+        let wanted: Vec<String> = needs.iter().map(ToString::to_string).collect();
+        Err(format!(
+            "no declared approver satisfies {}",
+            wanted.join(" and ")
+        ))
+    }
+}
+
+/// Checks the tables and the default wait.
+pub fn validate(raw: Vec<RawApprover>, ttl: Option<&str>) -> Result<ApprovalSettings, ConfigError> {
+    const F: &str = "approver";
+    let default_ttl = match ttl {
+        None => DEFAULT_APPROVAL_TTL,
+        Some(t) => {
+            let d = parse_duration(t).map_err(|e| ConfigError::invalid("approval_ttl", e))?;
+            if d < Duration::from_secs(1) || d > MAX_TTL {
+                return Err(ConfigError::invalid(
+                    "approval_ttl",
+                    "must be between 1s and 24h",
+                ));
+            }
+            d
+        }
+    };
+    let mut approvers: Vec<Approver> = Vec::new();
+    for r in raw {
+        let name = r.name.unwrap_or_default();
+        if name.is_empty()
+            || name.len() > 256
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ConfigError::invalid(
+                F,
+                "every [[approver]] needs name = \"user:NAME\" (1 to 256 characters, no spaces)",
+            ));
+        }
+        if name.starts_with("spiffe://") {
+            return Err(ConfigError::invalid(
+                F,
+                format!(
+                    "{name:?}: an approver is a person, not a workload's SPIFFE ID (an approval never comes from a workload)"
+                ),
+            ));
+        }
+        if approvers.iter().any(|a| a.name == name) {
+            return Err(ConfigError::invalid(
+                F,
+                format!("{name:?} is declared twice"),
+            ));
+        }
+        let groups = r.groups.unwrap_or_default();
+        if let Some(g) = groups.iter().find(|g| !valid_group(g)) {
+            return Err(ConfigError::invalid(
+                F,
+                format!("{name:?}: group {g:?} must be 1 to 64 letters, digits, '.', '_' or '-'"),
+            ));
+        }
+        approvers.push(Approver { name, groups });
+    }
+    Ok(ApprovalSettings {
+        approvers,
+        default_ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(name: &str, groups: &[&str]) -> RawApprover {
+        RawApprover {
+            name: Some(name.into()),
+            groups: Some(groups.iter().map(|g| (*g).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn approvers_are_people_declared_once() {
+        let s = validate(
+            vec![
+                raw("user:alice@example.com", &["payments"]),
+                raw("user:bob@example.com", &[]),
+            ],
+            Some("2m"),
+        )
+        .unwrap();
+        assert_eq!(s.default_ttl, Duration::from_secs(120));
+        for (bad, want) in [
+            (vec![raw("spiffe://td/agent", &[])], "not a workload"),
+            (vec![raw("", &[])], "needs name"),
+            (vec![raw("user:a b", &[])], "no spaces"),
+            (vec![raw("user:a", &[]), raw("user:a", &[])], "twice"),
+            (vec![raw("user:a", &["bad group"])], "group"),
+        ] {
+            let e = validate(bad, None).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        assert!(validate(vec![], Some("0s")).is_err());
+        assert!(validate(vec![], Some("2d")).is_err());
+    }
+
+    #[test]
+    fn eligibility_meets_every_requirement() {
+        let s = validate(
+            vec![
+                raw("user:alice@example.com", &["payments"]),
+                raw("user:bob@example.com", &[]),
+            ],
+            None,
+        )
+        .unwrap();
+        let alice = Some("user:alice@example.com");
+        assert_eq!(
+            s.eligible(&[Approvers::AnyOperator], None).unwrap(),
+            vec!["user:alice@example.com", "user:bob@example.com"]
+        );
+        assert_eq!(
+            s.eligible(&[Approvers::Requester], alice).unwrap(),
+            vec!["user:alice@example.com"]
+        );
+        assert_eq!(
+            s.eligible(&[Approvers::Group("payments".into())], None)
+                .unwrap(),
+            vec!["user:alice@example.com"]
+        );
+        // Requester and group: both must hold for the same person.
+        let e = s
+            .eligible(
+                &[Approvers::Requester, Approvers::Group("payments".into())],
+                Some("user:bob@example.com"),
+            )
+            .unwrap_err();
+        assert!(e.contains("does not satisfy"), "{e}");
+        let e = s
+            .eligible(&[Approvers::Requester], Some("user:mallory@example.com"))
+            .unwrap_err();
+        assert!(e.contains("not a declared approver"), "{e}");
+        let e = s.eligible(&[Approvers::Requester], None).unwrap_err();
+        assert!(e.contains("on behalf of nobody"), "{e}");
+        let e = s
+            .eligible(&[Approvers::Group("nobody".into())], None)
+            .unwrap_err();
+        assert!(
+            e.contains("no declared approver satisfies group:nobody"),
+            "{e}"
+        );
+    }
+}
