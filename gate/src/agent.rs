@@ -39,6 +39,39 @@ pub struct Decision {
     pub policy_ids: Vec<String>,
     /// The record's ID (empty for a probe).
     pub decision_id: String,
+    /// Waiting for a person's approval (`allow` is false): the caller
+    /// retries the same call.
+    pub pending: bool,
+    /// The approval request, when the call needed one.
+    pub approval_id: String,
+    /// When a pending request lapses, Unix seconds.
+    pub approval_expires_at: i64,
+}
+
+impl Decision {
+    /// A denial with its reason and nothing else.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Self {
+            allow: false,
+            reason: reason.into(),
+            policy_ids: vec![],
+            decision_id: String::new(),
+            pending: false,
+            approval_id: String::new(),
+            approval_expires_at: 0,
+        }
+    }
+
+    /// `allow`, `deny` or `pending`, for metrics and logs.
+    pub fn verdict(&self) -> &'static str {
+        if self.allow {
+            "allow"
+        } else if self.pending {
+            "pending"
+        } else {
+            "deny"
+        }
+    }
 }
 
 /// A call to decide.
@@ -52,6 +85,8 @@ pub struct Ask<'a> {
     pub context_json: String,
     /// Decide without recording (tool lists).
     pub probe: bool,
+    /// How long to hold a call that waits for a person's approval.
+    pub wait: std::time::Duration,
 }
 
 /// The outcome of a forwarded call.
@@ -120,6 +155,8 @@ impl Agent {
                 audience: String::new(),
                 probe: ask.probe,
                 outcome_follows: !ask.probe,
+                approval_id: String::new(),
+                wait_ms: u32::try_from(ask.wait.as_millis()).unwrap_or(u32::MAX),
             }))
             .await
             .map_err(AgentError)?
@@ -129,6 +166,9 @@ impl Agent {
             reason: r.reason,
             policy_ids: r.policy_ids,
             decision_id: r.decision_id,
+            pending: r.pending,
+            approval_id: r.approval_id,
+            approval_expires_at: r.approval_expires_at,
         })
     }
 

@@ -157,6 +157,10 @@ pub async fn handle(call: Call) -> http::Response<Body> {
     let resource = m.resource();
     let d = call.decide(&tool, &resource, &ctx).await;
     let label = format!("{method} {rest}");
+    if d.pending {
+        call.record_unsent(&d, &label, "");
+        return crate::service::pending_answer(&d);
+    }
     if !d.allow {
         call.record_unsent(&d, &label, "");
         return json_answer(

@@ -64,6 +64,35 @@ pub fn json_answer(status: http::StatusCode, v: &serde_json::Value) -> http::Res
     r
 }
 
+/// Seconds a caller is told to wait before retrying a pending call.
+pub const PENDING_RETRY_AFTER: u32 = 5;
+
+/// The answer to an HTTP call still waiting for a person's approval: 503
+/// with `Retry-After` (what HTTP clients retry on), the approval's ID in
+/// `Lanyard-Approval-Id` and the body. The same call, retried, is allowed
+/// once approved.
+pub fn pending_answer(d: &Decision) -> http::Response<Body> {
+    let mut r = json_answer(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "error": "approval pending",
+            "reason": d.reason,
+            "approval_id": d.approval_id,
+            "approval_expires_at": d.approval_expires_at,
+            "policy_ids": d.policy_ids,
+            "decision_id": d.decision_id,
+        }),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(PENDING_RETRY_AFTER),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&d.approval_id) {
+        r.headers_mut().insert("lanyard-approval-id", v);
+    }
+    r
+}
+
 impl Call {
     /// Asks the decision point; a failure to get a decision is a denial
     /// (fail closed), with the reason.
@@ -78,6 +107,7 @@ impl Call {
             resource,
             context_json: context.to_string(),
             probe: false,
+            wait: self.live.config.approval_wait,
         };
         let d = match self
             .gate
@@ -86,20 +116,15 @@ impl Call {
             .await
         {
             Ok(d) => d,
-            Err(AgentError(s)) => Decision {
-                allow: false,
-                reason: match s.code() {
-                    tonic::Code::InvalidArgument => {
-                        format!("the call cannot be decided: {}", s.message())
-                    }
-                    tonic::Code::PermissionDenied => s.message().to_owned(),
-                    _ => format!("no decision (node agent: {}); denied", s.message()),
-                },
-                policy_ids: vec![],
-                decision_id: String::new(),
-            },
+            Err(AgentError(s)) => Decision::deny(match s.code() {
+                tonic::Code::InvalidArgument => {
+                    format!("the call cannot be decided: {}", s.message())
+                }
+                tonic::Code::PermissionDenied => s.message().to_owned(),
+                _ => format!("no decision (node agent: {}); denied", s.message()),
+            }),
         };
-        let verdict = if d.allow { "allow" } else { "deny" };
+        let verdict = d.verdict();
         self.gate.metrics.call(&self.upstream.name, tool, verdict);
         tracing::info!(
             upstream = %self.upstream.name, tool, task = %self.caller.claims.task_id,

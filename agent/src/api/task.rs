@@ -115,9 +115,22 @@ fn precheck(spec: types::TaskSpec, jwt_audiences: &[String]) -> Result<TaskReque
 }
 
 /// An AuthorizeToolCall as the decision point takes it.
-fn tool_call(r: AuthorizeToolCallRequest) -> ToolCall {
+#[allow(clippy::result_large_err)]
+fn tool_call(r: AuthorizeToolCallRequest) -> Result<ToolCall, Status> {
     use lanyard_proto::task::authorize_tool_call_request::Credential;
-    ToolCall {
+    let wait = std::time::Duration::from_millis(u64::from(r.wait_ms));
+    if wait > crate::pdp::MAX_APPROVAL_WAIT {
+        return Err(Status::invalid_argument(format!(
+            "wait_ms: at most {}",
+            crate::pdp::MAX_APPROVAL_WAIT.as_millis()
+        )));
+    }
+    if r.approval_id.len() > 64 || !r.approval_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::invalid_argument(
+            "approval_id: an approval ID as AuthorizeToolCall returned it",
+        ));
+    }
+    Ok(ToolCall {
         tool: r.tool,
         resource: r.resource,
         context_json: r.context_json,
@@ -128,7 +141,9 @@ fn tool_call(r: AuthorizeToolCallRequest) -> ToolCall {
         audience: r.audience,
         probe: r.probe,
         outcome_follows: r.outcome_follows,
-    }
+        approval_id: r.approval_id,
+        wait,
+    })
 }
 
 fn task_msg(t: &ActiveTask) -> Task {
@@ -397,7 +412,7 @@ impl TaskIdentity for TaskApi {
         let ep = enforcement_point(&self.owner.snapshot(), &caller)?;
         let d = self
             .pdp
-            .authorize(&ep, tool_call(req.into_inner()))
+            .authorize(&ep, tool_call(req.into_inner())?)
             .await
             .map_err(pdp_status)?;
         caller.recheck()?;
@@ -408,6 +423,9 @@ impl TaskIdentity for TaskApi {
             decision_id: d.decision_id,
             task_id: d.task_id,
             principal: d.principal,
+            pending: d.pending,
+            approval_id: d.approval_id,
+            approval_expires_at: d.approval_expires_at,
         }))
     }
 

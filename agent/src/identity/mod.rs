@@ -187,9 +187,39 @@ impl IdentityHandle {
             .await
     }
 
+    /// Asks the server about a call a policy holds for approval; the
+    /// server may hold the answer up to the request's `wait_ms`.
+    pub async fn request_approval(
+        &self,
+        request: lanyard_proto::server::RequestApprovalRequest,
+    ) -> Result<lanyard_proto::server::RequestApprovalResponse, CommandError> {
+        let limit =
+            manager::CALL_TIMEOUT + std::time::Duration::from_millis(u64::from(request.wait_ms));
+        self.call_within(limit, move |mut c| async move {
+            c.request_approval(request).await
+        })
+        .await
+    }
+
     /// Runs one unary server call on the owner's connection, within the
     /// owner's call timeout.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, CommandError>
+    where
+        T: Send + 'static,
+        F: FnOnce(NodeClient<Channel>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>
+            + Send
+            + 'static,
+    {
+        self.call_within(manager::CALL_TIMEOUT, f).await
+    }
+
+    /// Runs one unary server call on the owner's connection, within `limit`.
+    async fn call_within<T, F, Fut>(
+        &self,
+        limit: std::time::Duration,
+        f: F,
+    ) -> Result<T, CommandError>
     where
         T: Send + 'static,
         F: FnOnce(NodeClient<Channel>) -> Fut + Send + 'static,
@@ -202,7 +232,7 @@ impl IdentityHandle {
                 Box::pin(async move {
                     let r = match client {
                         None => Err(CommandError::NotConnected),
-                        Some(c) => match tokio::time::timeout(manager::CALL_TIMEOUT, f(c)).await {
+                        Some(c) => match tokio::time::timeout(limit, f(c)).await {
                             Err(_) => Err(CommandError::Server(tonic::Status::unavailable(
                                 "the server did not answer in time",
                             ))),

@@ -6,6 +6,7 @@
 //! decision is one [`DecisionRecord`]; denials count towards quarantine,
 //! here at once and on the server across every enforcement point.
 
+mod approval;
 mod outcome;
 mod record;
 mod verify;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use lanyard_core::clock::Clock;
 use lanyard_policy::{Action, CallFacts, PolicyBook, Principal, TaskContext};
 
+pub use approval::MAX_APPROVAL_WAIT;
 pub use outcome::OUTCOME_WAIT;
 pub use record::{DecisionRecord, DecisionSink, Outcome, QueueSink, TracingSink, audit_event};
 pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
@@ -116,6 +118,10 @@ pub struct ToolCall {
     pub probe: bool,
     /// The enforcement point will report the outcome (RecordToolCalls).
     pub outcome_follows: bool,
+    /// The approval asked for earlier, when the caller names it.
+    pub approval_id: String,
+    /// How long to hold a call waiting for approval.
+    pub wait: Duration,
 }
 
 /// A recorded decision, as the enforcement point gets it.
@@ -133,6 +139,12 @@ pub struct Decision {
     pub task_id: String,
     /// The caller's SPIFFE ID.
     pub principal: String,
+    /// Waiting for a person's approval (`allow` is false).
+    pub pending: bool,
+    /// The approval request, when the call needed one.
+    pub approval_id: String,
+    /// When a pending request lapses, Unix seconds.
+    pub approval_expires_at: i64,
 }
 
 /// Why a call got no decision.
@@ -162,6 +174,12 @@ struct Verdict {
     /// A denial that counts towards quarantine (one because the workload
     /// is already quarantined does not).
     counts: bool,
+    /// The satisfied permits that want a person's approval first.
+    approvals: Vec<lanyard_policy::Approval>,
+    /// Waiting for that approval.
+    pending: bool,
+    approval_id: String,
+    approval_expires_at: i64,
 }
 
 impl Verdict {
@@ -172,6 +190,10 @@ impl Verdict {
             policy_ids: vec![],
             quarantine: None,
             counts: true,
+            approvals: vec![],
+            pending: false,
+            approval_id: String::new(),
+            approval_expires_at: 0,
         }
     }
 }
@@ -275,7 +297,7 @@ impl Pdp {
     }
 
     /// Decides one call for the enforcement point `ep`.
-    pub async fn authorize(&self, ep: &str, req: ToolCall) -> Result<Decision, PdpError> {
+    pub async fn authorize(&self, ep: &str, mut req: ToolCall) -> Result<Decision, PdpError> {
         if req.tool.is_empty() || req.tool.len() > MAX_NAME {
             return Err(PdpError::Invalid(format!(
                 "tool must be 1 to {MAX_NAME} bytes"
@@ -289,7 +311,7 @@ impl Pdp {
         let call = call_strings(&req.context_json)?;
         let snap = self.owner.snapshot();
         let now = self.clock.now();
-        let (kind, checked) = match req.credential {
+        let (kind, checked) = match req.credential.take() {
             Some(CallCredential::X509Chain(certs)) => {
                 ("x509", self.verified.x509(&snap, &certs, now))
             }
@@ -319,6 +341,8 @@ impl Pdp {
             resource: req.resource.clone(),
             enforcement_point: ep.to_owned(),
             credential: kind,
+            pending: false,
+            approval_id: String::new(),
         };
         let v = match checked {
             Ok(v) => v,
@@ -341,10 +365,17 @@ impl Pdp {
             .as_ref()
             .map(|c| c.task_id.to_string())
             .unwrap_or_default();
-        let verdict = self.decide(&snap, &v, &req.tool, &req.resource, call, now);
+        let mut verdict = self.decide(&snap, &v, &req.tool, &req.resource, call, now);
+        // A probe (what a caller is shown) lists a tool that needs approval
+        // as callable; calling it asks.
+        if verdict.allow && !verdict.approvals.is_empty() && !req.probe {
+            verdict = self.approve(verdict, &record, &req).await;
+        }
         record.allow = verdict.allow;
         record.reason = verdict.reason.clone();
         record.policy_ids = verdict.policy_ids.clone();
+        record.pending = verdict.pending;
+        record.approval_id = verdict.approval_id.clone();
         if req.probe {
             return Ok(Decision {
                 allow: record.allow,
@@ -353,6 +384,9 @@ impl Pdp {
                 decision_id: String::new(),
                 task_id: record.task_id,
                 principal: record.principal,
+                pending: false,
+                approval_id: String::new(),
+                approval_expires_at: 0,
             });
         }
         if let Err(why) = self.sink.record(&record) {
@@ -365,6 +399,9 @@ impl Pdp {
                 decision_id: record.decision_id,
                 task_id: record.task_id,
                 principal: record.principal,
+                pending: false,
+                approval_id: String::new(),
+                approval_expires_at: 0,
             });
         }
         if !verdict.allow && verdict.counts && !record.task_id.is_empty() {
@@ -381,6 +418,9 @@ impl Pdp {
             decision_id: record.decision_id,
             task_id: record.task_id,
             principal: record.principal,
+            pending: verdict.pending,
+            approval_id: verdict.approval_id,
+            approval_expires_at: verdict.approval_expires_at,
         })
     }
 
@@ -434,9 +474,7 @@ impl Pdp {
                 return Verdict {
                     allow: true,
                     reason: format!("tool {tool} granted to task {task}"),
-                    policy_ids: vec![],
-                    quarantine: None,
-                    counts: true,
+                    ..Verdict::deny("")
                 };
             }
             Err(e) => {
@@ -494,7 +532,8 @@ impl Pdp {
             reason,
             policy_ids: d.policy_ids,
             quarantine: d.quarantine.then_some(d.quarantine_entry),
-            counts: true,
+            approvals: d.approvals,
+            ..Verdict::deny("")
         }
     }
 

@@ -78,6 +78,8 @@ pub(crate) mod tests {
             resource: String::new(),
             enforcement_point: ep.into(),
             credential: "x509",
+            pending: false,
+            approval_id: String::new(),
         }
     }
 

@@ -28,6 +28,23 @@ pub struct DecisionRecord {
     pub enforcement_point: String,
     /// `x509` or `jwt`.
     pub credential: &'static str,
+    /// Held for a person's approval (`allow` is false).
+    pub pending: bool,
+    /// The approval request, when the call needed one.
+    pub approval_id: String,
+}
+
+impl DecisionRecord {
+    /// `allow`, `deny` or `pending`.
+    pub fn decision(&self) -> &'static str {
+        if self.allow {
+            "allow"
+        } else if self.pending {
+            "pending"
+        } else {
+            "deny"
+        }
+    }
 }
 
 /// Where decision records go.
@@ -75,10 +92,14 @@ pub fn audit_event(d: &DecisionRecord) -> lanyard_core::audit::Event {
     .subject(d.principal.clone())
     .task(d.task_id.clone())
     .reason(d.reason.clone())
-    .details(serde_json::json!({"credential": d.credential}));
+    .details(if d.approval_id.is_empty() {
+        serde_json::json!({"credential": d.credential})
+    } else {
+        serde_json::json!({"credential": d.credential, "approval_id": d.approval_id})
+    });
     e.tool = d.tool.clone();
     e.resource = d.resource.clone();
-    e.decision = if d.allow { "allow" } else { "deny" }.to_owned();
+    e.decision = d.decision().to_owned();
     e.policy_ids = d.policy_ids.clone();
     e.correlation.decision_id = d.decision_id.clone();
     e
@@ -94,7 +115,7 @@ impl DecisionSink for TracingSink {
             target: "lanyard::decision",
             decision_id = %d.decision_id,
             time = %lanyard_core::clock::format_rfc3339(d.time),
-            decision = if d.allow { "allow" } else { "deny" },
+            decision = d.decision(),
             reason = %d.reason,
             policy_ids = ?d.policy_ids,
             task_id = %d.task_id,

@@ -21,6 +21,8 @@ pub use upstream::{Credential, CredentialSource, Inject, Kind, Route, Segment, U
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// How long an upstream may take, by default.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waiting for approval is held open by default.
+pub const DEFAULT_APPROVAL_WAIT: Duration = Duration::from_secs(25);
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +38,7 @@ struct File {
     require_destinations: Option<bool>,
     ext_authz_socket: Option<String>,
     ext_authz_uids: Option<Vec<u32>>,
+    approval_wait: Option<String>,
     #[serde(default)]
     upstream: Vec<upstream::UpstreamFile>,
 }
@@ -75,6 +78,9 @@ pub struct Config {
     pub ext_authz_socket: Option<PathBuf>,
     /// The uids allowed on that socket (besides the gateway's own).
     pub ext_authz_uids: Vec<u32>,
+    /// How long a call a policy holds for a person's approval is held
+    /// open for the answer before the caller is told "pending, retry".
+    pub approval_wait: Duration,
     /// The tool servers.
     pub upstreams: Vec<Upstream>,
 }
@@ -128,7 +134,18 @@ impl Config {
             ));
         }
         let upstreams = upstream::check_all(f.upstream, upstream_timeout)?;
+        let approval_wait = match f.approval_wait {
+            None => DEFAULT_APPROVAL_WAIT,
+            Some(t) => parse_duration(&t).map_err(|e| ConfigError::invalid("approval_wait", e))?,
+        };
+        if approval_wait > Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "approval_wait",
+                "at most 60s (the caller retries after that)",
+            ));
+        }
         Ok(Self {
+            approval_wait,
             listen,
             admin_listen,
             agent_socket: lanyard_uds::socket_path(&socket),

@@ -178,13 +178,24 @@ async fn decide(
         resource,
         context_json: context.to_string(),
         probe: false,
+        // Envoy waits for this check within its own short timeout: a call
+        // held for approval is answered "pending" at once.
+        wait: std::time::Duration::ZERO,
     };
     match gate.agent.authorize(&caller.credential, ask).await {
         Ok(d) => {
-            gate.metrics
-                .call(&u.name, tool, if d.allow { "allow" } else { "deny" });
+            gate.metrics.call(&u.name, tool, d.verdict());
             if d.allow {
                 Decided::Allowed
+            } else if d.pending {
+                Decided::Denied(Verdict::Deny {
+                    status: 503,
+                    reason: format!(
+                        "approval pending (approval {}), retry the same call later: {}",
+                        d.approval_id, d.reason
+                    ),
+                    policy_ids: d.policy_ids,
+                })
             } else {
                 Decided::Denied(Verdict::Deny {
                     status: 403,

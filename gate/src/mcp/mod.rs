@@ -137,13 +137,7 @@ async fn post(call: Call, session: Option<String>) -> http::Response<Body> {
         Classified::Unmapped { reason, tool_call } => {
             call.gate.metrics.call(&call.upstream.name, "", "deny");
             tracing::info!(upstream = %call.upstream.name, task = %call.caller.claims.task_id, %reason, "unmapped MCP call denied");
-            let d = Decision {
-                allow: false,
-                reason,
-                policy_ids: vec![],
-                decision_id: String::new(),
-            };
-            denied(&msg, &d, tool_call)
+            denied(&msg, &Decision::deny(reason), tool_call)
         }
         Classified::Decide {
             tool,
@@ -169,16 +163,21 @@ fn denied(msg: &Message, d: &Decision, tool_call: bool) -> http::Response<Body> 
     if tool_call {
         return json_answer(http::StatusCode::OK, &denied_result(&msg.reply_id(), d));
     }
-    let data =
-        json!({"reason": d.reason, "policy_ids": d.policy_ids, "decision_id": d.decision_id});
+    let data = json!({
+        "decision": d.verdict(), "reason": d.reason, "policy_ids": d.policy_ids,
+        "decision_id": d.decision_id, "approval_id": d.approval_id,
+    });
+    let text = if d.pending {
+        format!(
+            "pending approval by a person, retry the same call later: {}",
+            d.reason
+        )
+    } else {
+        format!("denied by Lanyard: {}", d.reason)
+    };
     json_answer(
         http::StatusCode::OK,
-        &message::error_response(
-            &msg.reply_id(),
-            METHOD_DENIED,
-            &format!("denied by Lanyard: {}", d.reason),
-            Some(data),
-        ),
+        &message::error_response(&msg.reply_id(), METHOD_DENIED, &text, Some(data)),
     )
 }
 
@@ -200,9 +199,21 @@ fn bind_session(call: &Call, r: &http::Response<Body>) {
 }
 
 fn denied_result(id: &Value, d: &Decision) -> Value {
-    let mut text = format!("Denied by Lanyard: {}", d.reason);
+    let mut text = if d.pending {
+        format!(
+            "Pending: this call needs a person's approval and has not been answered yet. Retry the same call with the same arguments later; it is allowed once approved. ({})",
+            d.reason
+        )
+    } else {
+        format!("Denied by Lanyard: {}", d.reason)
+    };
     if !d.policy_ids.is_empty() {
         text.push_str(&format!(" (policies: {})", d.policy_ids.join(", ")));
+    }
+    let mut meta = json!({"decision": d.verdict(), "reason": d.reason, "policy_ids": d.policy_ids, "decision_id": d.decision_id});
+    if !d.approval_id.is_empty() {
+        meta["approval_id"] = json!(d.approval_id);
+        meta["approval_expires_at"] = json!(d.approval_expires_at);
     }
     json!({
         "jsonrpc": "2.0",
@@ -210,7 +221,7 @@ fn denied_result(id: &Value, d: &Decision) -> Value {
         "result": {
             "content": [{"type": "text", "text": text}],
             "isError": true,
-            "_meta": {META_KEY: {"decision": "deny", "reason": d.reason, "policy_ids": d.policy_ids, "decision_id": d.decision_id}},
+            "_meta": {META_KEY: meta},
         }
     })
 }
@@ -271,6 +282,7 @@ async fn tools_list(call: Call, msg: &Message) -> http::Response<Body> {
             resource: "",
             context_json: "{}".into(),
             probe: true,
+            wait: std::time::Duration::ZERO,
         };
         if call
             .gate

@@ -200,6 +200,7 @@ mod tests {
             created_at: 5,
             state: TaskState::Revoked,
             end_reason: "operator".into(),
+            intent: "weekly report".into(),
         };
         let msg = types::TaskInfo::from(&record);
         assert_eq!(TaskRecord::try_from(msg).unwrap(), record);

@@ -377,7 +377,7 @@ impl Approvals {
                 ask.task_id, ask.principal
             )));
         }
-        if let Some(q) = self.quarantined(&task.grant.spiffe_id.to_string(), &ask.task_id) {
+        if let Some(q) = self.quarantined(task.grant.spiffe_id.as_str(), &ask.task_id) {
             return Ok(Verdict::deny(format!("quarantined: {q}")));
         }
         let binding = Binding {

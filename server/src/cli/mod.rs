@@ -61,6 +61,9 @@ pub enum Command {
     /// Quarantined workloads.
     #[command(subcommand)]
     Quarantine(enforce::QuarantineCmd),
+    /// Tool calls held for a person's approval (`@approval` policies).
+    #[command(subcommand)]
+    Approval(approvals::ApprovalCmd),
     /// The tamper-evident audit log: tail, export, key, verify.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -410,6 +413,7 @@ pub enum BundleCmd {
     },
 }
 
+mod approvals;
 mod audit;
 mod common;
 mod credentials;
@@ -476,6 +480,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
         Command::Task(cmd) => tasks::run_task(cmd).await,
         Command::Svid(cmd) => enforce::run_svid(cmd).await,
         Command::Quarantine(cmd) => enforce::run_quarantine(cmd).await,
+        Command::Approval(cmd) => approvals::run_approval(cmd).await,
         Command::Audit(cmd) => audit::run_audit(cmd).await,
         Command::Credential(cmd) => credentials::run_credential(cmd).await,
         Command::Bundle(BundleCmd::Show {

@@ -326,6 +326,7 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                         "tools": r.tools.iter().map(|t| json!({
                             "tool": t.tool, "allowed": t.allowed,
                             "policy_ids": t.policy_ids, "reasons": t.reasons,
+                            "approval": t.approval,
                         })).collect::<Vec<_>>(),
                     })
                 ),
@@ -342,10 +343,16 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                         }
                     );
                     for t in &r.tools {
+                        let approval = if t.approval.is_empty() || !t.allowed {
+                            String::new()
+                        } else {
+                            format!(" (each call once approved by {})", t.approval.join(" and "))
+                        };
                         outln!(
-                            "tool  {} {} {}",
+                            "tool  {} {}{} {}",
                             verdict(t.allowed),
                             t.tool,
+                            approval,
                             t.reasons.join("; ")
                         );
                     }

@@ -104,6 +104,7 @@ mod tests {
                 } else {
                     "not in the entry's tools".into()
                 },
+                approval: vec![],
             }],
             quarantine: false,
         }

@@ -33,6 +33,9 @@ pub struct ToolVerdict {
     pub policy_ids: Vec<String>,
     /// Why, for a denial: one line.
     pub reason: String,
+    /// Whom a call needs approval from, when an `@approval` permit
+    /// matches (at call time, with the call's arguments, this may differ).
+    pub approval: Vec<String>,
 }
 
 /// The verdict on a whole request.
@@ -141,6 +144,16 @@ pub fn decide_begin(
         if !d.allowed {
             verdict.task_allowed = false;
             verdict.task_reason = denial_text(Action::BeginTask, &request.task_type, &d);
+        } else if d.needs_approval() {
+            // Fail closed: a permit written as "once a person approves" is
+            // never read as a plain permit.
+            let ids: Vec<&str> = d.approvals.iter().map(|a| a.policy_id.as_str()).collect();
+            verdict.task_allowed = false;
+            verdict.task_reason = format!(
+                "BeginTask {} needs a person's approval ({}), and tasks are not held for approval: approval applies to tool calls",
+                request.task_type,
+                ids.join(", ")
+            );
         }
     }
     let passed: Vec<String> = request
@@ -166,6 +179,7 @@ pub fn decide_begin(
                 allowed: false,
                 policy_ids: vec![],
                 reason: format!("entry {}: {reason}", entry.id),
+                approval: vec![],
             }
         } else if let Some(d) = cedar.remove(tool.as_str()) {
             verdict.quarantine |= d.quarantine;
@@ -177,6 +191,11 @@ pub fn decide_begin(
                 } else {
                     denial_text(Action::UseTool, tool, &d)
                 },
+                approval: d
+                    .approvals
+                    .iter()
+                    .map(|a| a.approvers.to_string())
+                    .collect(),
                 policy_ids: d.policy_ids,
             }
         } else {
@@ -186,6 +205,7 @@ pub fn decide_begin(
                 allowed: true,
                 policy_ids: vec![],
                 reason: String::new(),
+                approval: vec![],
             }
         };
         verdict.tools.push(v);

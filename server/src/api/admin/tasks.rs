@@ -157,6 +157,7 @@ impl AdminApi {
                     } else {
                         vec![t.reason]
                     },
+                    approval: t.approval,
                 })
                 .collect(),
             entry_id: entry.id.to_string(),

@@ -281,6 +281,7 @@ fn task(n: u8) -> TaskRecord {
         created_at: 1,
         state: TaskState::Active,
         end_reason: String::new(),
+        intent: String::new(),
     }
 }
 
