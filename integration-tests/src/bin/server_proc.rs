@@ -16,9 +16,20 @@ async fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Command::Run(args) = Cli::parse().command else {
-        eprintln!("error: only `run` is supported here");
-        return ExitCode::FAILURE;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        // The admin commands, as the real binary runs them.
+        cmd => {
+            return match lanyard_server::cli::run_admin(cmd).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    if !e.message.is_empty() {
+                        eprintln!("error: {}", e.message);
+                    }
+                    ExitCode::from(e.exit)
+                }
+            };
+        }
     };
     let result: anyhow::Result<()> = async {
         let config = args.raw_config()?.validate()?;

@@ -79,6 +79,8 @@ async fn hold(socket: &str, task_type: &str, tools: Vec<String>) {
             tools,
             ttl_seconds: 300,
             jwt_audiences: vec!["tools".into()],
+            on_behalf_of: std::env::var("HOLD_ON_BEHALF_OF").unwrap_or_default(),
+            intent: std::env::var("HOLD_INTENT").unwrap_or_default(),
             ..Default::default()
         }))
         .await;

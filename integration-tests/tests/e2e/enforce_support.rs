@@ -212,8 +212,15 @@ pub struct Holder {
 
 impl Holder {
     pub fn start(socket: &Path, tools: &[&str]) -> Self {
+        Self::start_env(socket, tools, &[])
+    }
+
+    /// [`Holder::start`] with extra environment (`HOLD_ON_BEHALF_OF`,
+    /// `HOLD_INTENT`).
+    pub fn start_env(socket: &Path, tools: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(HOLDER)
             .env("HOLD_SPIFFE_ID", PLANNER)
+            .envs(env.iter().copied())
             .arg("hold")
             .arg(socket)
             .arg("report.generate")

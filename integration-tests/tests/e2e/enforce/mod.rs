@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::enforce_support;
+mod approval;
 mod policy;
 mod quarantine;
 mod reports;
