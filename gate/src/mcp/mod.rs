@@ -137,7 +137,7 @@ async fn post(call: Call, session: Option<String>) -> http::Response<Body> {
         Classified::Unmapped { reason, tool_call } => {
             call.gate.metrics.call(&call.upstream.name, "", "deny");
             tracing::info!(upstream = %call.upstream.name, task = %call.caller.claims.task_id, %reason, "unmapped MCP call denied");
-            denied(&msg, &Decision::deny(reason), tool_call)
+            denied(&msg, &Decision::deny(reason), tool_call, modern(&call))
         }
         Classified::Decide {
             tool,
@@ -149,7 +149,7 @@ async fn post(call: Call, session: Option<String>) -> http::Response<Body> {
             let d = call.decide(&tool, &resource, &context).await;
             if !d.allow {
                 call.record_unsent(&d, &label, "");
-                return denied(&msg, &d, tool_call);
+                return denied(&msg, &d, tool_call, modern(&call));
             }
             call.forward("", Some(&d), &label).await
         }
@@ -159,9 +159,24 @@ async fn post(call: Call, session: Option<String>) -> http::Response<Body> {
 /// A denial as the client's SDK shows it: a tool result with `isError`
 /// for `tools/call` (so the model reads the reason), a JSON-RPC error for
 /// any other method.
-fn denied(msg: &Message, d: &Decision, tool_call: bool) -> http::Response<Body> {
+/// Whether the request speaks revision 2026-07-28, whose results carry
+/// `resultType`.
+fn modern(call: &Call) -> bool {
+    call.parts
+        .headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        == Some(message::MODERN)
+}
+
+fn denied(msg: &Message, d: &Decision, tool_call: bool, modern: bool) -> http::Response<Body> {
     if tool_call {
-        return json_answer(http::StatusCode::OK, &denied_result(&msg.reply_id(), d));
+        let mut r = denied_result(&msg.reply_id(), d);
+        if modern {
+            // Required from 2026-07-28: a client refuses a result without it.
+            r["result"]["resultType"] = json!("complete");
+        }
+        return json_answer(http::StatusCode::OK, &r);
     }
     let data = json!({
         "decision": d.verdict(), "reason": d.reason, "policy_ids": d.policy_ids,

@@ -582,6 +582,3 @@ impl ApprovalRecord {
         <Self as serde::Deserialize>::deserialize(v).ok()
     }
 }
-
-#[cfg(test)]
-mod tests;

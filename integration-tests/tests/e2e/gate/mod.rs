@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod approval;
 mod ext_authz;
 mod http;
 mod mcp;
@@ -109,13 +110,21 @@ fn limits(tools: &[&str], credentials: &[&str]) -> Option<types::TaskLimits> {
 /// entries: the gateway's (its program, an enforcement point that may hold
 /// `crm-key`) and the Python AI agent's (its interpreter).
 pub async fn stack() -> Stack {
+    stack_with(|_| {}, "").await
+}
+
+/// [`stack`] with the server's configuration adjusted and more policies.
+pub async fn stack_with(
+    tweak: impl FnOnce(&mut lanyard_server::Config),
+    more_policy: &str,
+) -> Stack {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let server = TestServer::start_with(dir.path(), "127.0.0.1:0", tweak).await;
     let py = python::python(Path::new(env!("CARGO_TARGET_TMPDIR")));
     let mut admin = server.admin();
     admin
         .set_policy(SetPolicyRequest {
-            text: POLICY.into(),
+            text: format!("{POLICY}\n{more_policy}"),
             shadow: false,
             source_name: "gate.cedar".into(),
         })
