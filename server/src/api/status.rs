@@ -13,9 +13,9 @@ impl From<TaskServiceError> for Status {
                 Status::permission_denied(e.to_string())
             }
             TaskServiceError::NotFound(_) => Status::not_found(e.to_string()),
-            TaskServiceError::NotActive(..) | TaskServiceError::Ambiguous(_) => {
-                Status::failed_precondition(e.to_string())
-            }
+            TaskServiceError::NotActive(..)
+            | TaskServiceError::Ambiguous(_)
+            | TaskServiceError::NeedsApproval(_) => Status::failed_precondition(e.to_string()),
             TaskServiceError::Contended(_) => Status::aborted(e.to_string()),
             TaskServiceError::Signing { .. } | TaskServiceError::Store(_) => {
                 tracing::error!(err = %e, "task service internal error");

@@ -41,16 +41,17 @@ pub const KEEP_CLOSED: Duration = Duration::from_secs(3600);
 /// Largest arguments object, bytes of JSON.
 pub const MAX_ARGUMENTS: usize = lanyard_policy::context::MAX_CALL_CONTEXT;
 
-/// What a decision point asks about one call.
+/// What a decision point asks about one call (or the server about one
+/// BeginTask).
 #[derive(Debug, Clone, Default)]
 pub struct Ask {
-    /// The caller's task.
+    /// The caller's task (empty for a BeginTask).
     pub task_id: String,
     /// The caller's SPIFFE ID, as its credential says.
     pub principal: String,
-    /// `UseTool`.
+    /// `UseTool` or `BeginTask`.
     pub action: String,
-    /// Tool.
+    /// Tool (for a BeginTask: the task type).
     pub tool: String,
     /// Resource (may be empty).
     pub resource: String,
@@ -68,6 +69,27 @@ pub struct Ask {
     pub node: String,
     /// The decision asking.
     pub decision_id: String,
+    /// For a BeginTask (there is no task record yet): whom it would act
+    /// for, and its intent.
+    pub begin: Option<BeginFacts>,
+}
+
+/// What a BeginTask waiting for approval would be.
+#[derive(Debug, Clone, Default)]
+pub struct BeginFacts {
+    /// Whom the task would act for.
+    pub on_behalf_of: Option<String>,
+    /// Its intent.
+    pub intent: String,
+}
+
+/// The task (or would-be task) a request is for.
+struct Subject {
+    on_behalf_of: Option<String>,
+    task_type: String,
+    intent: String,
+    /// The request lapses no later than this (the task's end).
+    not_after: Option<u64>,
 }
 
 /// The answer for one call.
@@ -317,19 +339,21 @@ impl Approvals {
     /// reported if pending or denied; otherwise a new request. A pending
     /// answer is held up to `ask.wait` for the approver.
     pub async fn ask(&self, ask: &Ask) -> Result<Verdict, AskError> {
-        if ask.task_id.is_empty() || ask.tool.is_empty() || ask.tool.len() > 256 {
-            return Err(AskError::Invalid(
-                "task_id and tool (at most 256 bytes) are required".into(),
-            ));
+        if ask.tool.is_empty() || ask.tool.len() > 256 {
+            return Err(AskError::Invalid("tool: 1 to 256 bytes is required".into()));
         }
         if ask.resource.len() > 256 {
             return Err(AskError::Invalid("resource: at most 256 bytes".into()));
         }
-        if ask.action != "UseTool" {
-            return Err(AskError::Invalid(format!(
-                "action {:?}: only UseTool calls are held for approval here",
-                ask.action
-            )));
+        match (ask.action.as_str(), ask.begin.is_some()) {
+            ("UseTool", false) if !ask.task_id.is_empty() => {}
+            ("BeginTask", true) if ask.task_id.is_empty() => {}
+            _ => {
+                return Err(AskError::Invalid(format!(
+                    "action {:?}: UseTool calls (with their task) and BeginTask requests are held for approval",
+                    ask.action
+                )));
+            }
         }
         if ask.needs.is_empty() {
             return Err(AskError::Invalid(
@@ -354,33 +378,26 @@ impl Approvals {
     }
 
     async fn step(&self, ask: &Ask, digest: &str) -> Result<Verdict, AskError> {
-        let task = match self.inner.tasks.get(&ask.task_id).await {
-            Ok(t) => t,
-            Err(TaskServiceError::NotFound(_) | TaskServiceError::Invalid(_)) => {
-                return Ok(Verdict::deny(format!("task {} is unknown", ask.task_id)));
+        let subject = match &ask.begin {
+            Some(b) => {
+                if let Some(q) = self.quarantined(&ask.principal, "") {
+                    return Ok(Verdict::deny(format!("quarantined: {q}")));
+                }
+                Subject {
+                    on_behalf_of: b.on_behalf_of.clone(),
+                    task_type: ask.tool.clone(),
+                    intent: b.intent.clone(),
+                    not_after: None,
+                }
             }
-            Err(TaskServiceError::Store(e)) => return Err(AskError::Store(e)),
-            Err(e) => return Err(AskError::Invalid(e.to_string())),
+            None => match self.task_subject(ask).await? {
+                Ok(s) => s,
+                Err(v) => return Ok(v),
+            },
         };
         let now = self.now();
-        let state = task.state_at(now);
-        if state != TaskState::Active {
-            return Ok(Verdict::deny(format!(
-                "task {} is {}",
-                ask.task_id,
-                state.as_str()
-            )));
-        }
-        if task.grant.spiffe_id.as_str() != ask.principal {
-            return Err(AskError::Invalid(format!(
-                "task {} is not held by {}",
-                ask.task_id, ask.principal
-            )));
-        }
-        if let Some(q) = self.quarantined(task.grant.spiffe_id.as_str(), &ask.task_id) {
-            return Ok(Verdict::deny(format!("quarantined: {q}")));
-        }
         let binding = Binding {
+            principal: &ask.principal,
             task_id: &ask.task_id,
             action: &ask.action,
             tool: &ask.tool,
@@ -392,7 +409,7 @@ impl Approvals {
             let r = match found {
                 Err(v) => return Ok(v),
                 Ok(Some(r)) => r,
-                Ok(None) => return self.open(ask, &task, &binding).await,
+                Ok(None) => return self.open(ask, &subject, &binding).await,
             };
             match r.state {
                 State::Pending => return Ok(Verdict::of(&r, State::Pending)),
@@ -408,12 +425,50 @@ impl Approvals {
                     }
                     // Another call (or server) changed it first: look again.
                 }
-                _ => return self.open(ask, &task, &binding).await,
+                _ => return self.open(ask, &subject, &binding).await,
             }
         }
         Err(AskError::Invalid(
             "the request is being changed concurrently; retry".into(),
         ))
+    }
+
+    /// The live task a call is for, or the answer when it is not live.
+    async fn task_subject(&self, ask: &Ask) -> Result<Result<Subject, Verdict>, AskError> {
+        let task = match self.inner.tasks.get(&ask.task_id).await {
+            Ok(t) => t,
+            Err(TaskServiceError::NotFound(_) | TaskServiceError::Invalid(_)) => {
+                return Ok(Err(Verdict::deny(format!(
+                    "task {} is unknown",
+                    ask.task_id
+                ))));
+            }
+            Err(TaskServiceError::Store(e)) => return Err(AskError::Store(e)),
+            Err(e) => return Err(AskError::Invalid(e.to_string())),
+        };
+        let state = task.state_at(self.now());
+        if state != TaskState::Active {
+            return Ok(Err(Verdict::deny(format!(
+                "task {} is {}",
+                ask.task_id,
+                state.as_str()
+            ))));
+        }
+        if task.grant.spiffe_id.as_str() != ask.principal {
+            return Err(AskError::Invalid(format!(
+                "task {} is not held by {}",
+                ask.task_id, ask.principal
+            )));
+        }
+        if let Some(q) = self.quarantined(task.grant.spiffe_id.as_str(), &ask.task_id) {
+            return Ok(Err(Verdict::deny(format!("quarantined: {q}"))));
+        }
+        Ok(Ok(Subject {
+            on_behalf_of: task.grant.on_behalf_of,
+            task_type: task.grant.task_type,
+            intent: task.intent,
+            not_after: Some(task.grant.not_after),
+        }))
     }
 
     /// The quarantine in force on this task or its SPIFFE ID, by reason.
@@ -461,12 +516,7 @@ impl Approvals {
 
     /// Opens a request for this call (or finds the one another call just
     /// opened).
-    async fn open(
-        &self,
-        ask: &Ask,
-        task: &lanyard_core::task::TaskRecord,
-        b: &Binding<'_>,
-    ) -> Result<Verdict, AskError> {
+    async fn open(&self, ask: &Ask, task: &Subject, b: &Binding<'_>) -> Result<Verdict, AskError> {
         let _one = self.inner.opening.lock().await;
         let now = self.now();
         if let Ok(Some(r)) = self.find(None, b, now) {
@@ -476,7 +526,7 @@ impl Approvals {
         let eligible = match self
             .inner
             .settings
-            .eligible(&needs, task.grant.on_behalf_of.as_deref())
+            .eligible(&needs, task.on_behalf_of.as_deref())
         {
             Ok(e) => e,
             Err(why) => return Ok(Verdict::deny(format!("needs approval, but {why}"))),
@@ -487,10 +537,18 @@ impl Approvals {
             .filter(|r| r.state == State::Pending && r.answers(now))
             .cloned()
             .collect();
-        if open.iter().filter(|r| r.task_id == ask.task_id).count() >= MAX_OPEN_PER_TASK {
+        let mine = open
+            .iter()
+            .filter(|r| r.task_id == ask.task_id && r.principal == ask.principal)
+            .count();
+        if mine >= MAX_OPEN_PER_TASK {
             return Ok(Verdict::deny(format!(
-                "task {} already has {MAX_OPEN_PER_TASK} calls waiting for approval",
-                ask.task_id
+                "{} already has {MAX_OPEN_PER_TASK} requests waiting for approval",
+                if ask.task_id.is_empty() {
+                    ask.principal.as_str()
+                } else {
+                    ask.task_id.as_str()
+                }
             )));
         }
         if open.len() >= MAX_OPEN {
@@ -504,14 +562,13 @@ impl Approvals {
             .filter_map(|(_, _, t)| *t)
             .min()
             .unwrap_or(self.inner.settings.default_ttl);
-        let task_ends = task.grant.not_after;
         let r = ApprovalRecord {
             id: random_id(),
             state: State::Pending,
             task_id: ask.task_id.clone(),
             principal: ask.principal.clone(),
-            on_behalf_of: task.grant.on_behalf_of.clone(),
-            task_type: task.grant.task_type.clone(),
+            on_behalf_of: task.on_behalf_of.clone(),
+            task_type: task.task_type.clone(),
             intent: task.intent.clone(),
             action: ask.action.clone(),
             tool: ask.tool.clone(),
@@ -522,7 +579,9 @@ impl Approvals {
             approvers: needs.iter().map(ToString::to_string).collect(),
             eligible,
             created_at: now,
-            expires_at: now.saturating_add(ttl.as_secs()).min(task_ends),
+            expires_at: now
+                .saturating_add(ttl.as_secs())
+                .min(task.not_after.unwrap_or(u64::MAX)),
             answered_by: String::new(),
             answered_at: 0,
             reason: String::new(),

@@ -44,7 +44,9 @@ impl State {
 /// The call a request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding<'a> {
-    /// Task.
+    /// The workload asking.
+    pub principal: &'a str,
+    /// Task (empty for a BeginTask).
     pub task_id: &'a str,
     /// `UseTool`.
     pub action: &'a str,
@@ -63,7 +65,7 @@ pub struct ApprovalRecord {
     pub id: String,
     /// Where it stands.
     pub state: State,
-    /// The task that asked.
+    /// The task that asked (empty for a BeginTask).
     pub task_id: String,
     /// The task's holder.
     pub principal: String,
@@ -75,9 +77,9 @@ pub struct ApprovalRecord {
     /// The task's stated intent.
     #[serde(default)]
     pub intent: String,
-    /// `UseTool`.
+    /// `UseTool` or `BeginTask`.
     pub action: String,
-    /// The tool called.
+    /// The tool called (for a BeginTask: the task type).
     pub tool: String,
     /// What it is called on.
     #[serde(default)]
@@ -126,7 +128,8 @@ pub struct ApprovalRecord {
 impl ApprovalRecord {
     /// Whether it is for exactly this call.
     pub fn binds(&self, b: &Binding<'_>) -> bool {
-        self.task_id == b.task_id
+        self.principal == b.principal
+            && self.task_id == b.task_id
             && self.action == b.action
             && self.tool == b.tool
             && self.resource == b.resource

@@ -35,6 +35,10 @@ impl Approvals {
             }
             let why = if now >= r.expires_at {
                 Some((State::Expired, "expired unanswered".to_owned()))
+            } else if r.task_id.is_empty() {
+                // A BeginTask: no task yet; an entry-wide quarantine ends it.
+                self.quarantined(&r.principal, "")
+                    .map(|q| (State::Ended, format!("quarantined: {q}")))
             } else {
                 match self.inner.tasks.get(&r.task_id).await {
                     Ok(t) if t.state_at(now) == TaskState::Active => self

@@ -319,6 +319,7 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                     "{}",
                     json!({
                         "task_allowed": r.task_allowed,
+                        "task_approval": r.task_approval,
                         "policy_ids": r.policy_ids,
                         "reasons": r.reasons,
                         "entry_id": r.entry_id,
@@ -333,8 +334,13 @@ pub(super) async fn run_policy(cmd: PolicyCmd) -> Result<(), CliError> {
                 Output::Text => {
                     let verdict = |ok: bool| if ok { "ALLOW" } else { "DENY " };
                     outln!(
-                        "task  {} {}{}",
+                        "task  {}{} {}{}",
                         verdict(r.task_allowed),
+                        if r.task_approval.is_empty() || !r.task_allowed {
+                            String::new()
+                        } else {
+                            format!(" (once approved by {})", r.task_approval.join(" and "))
+                        },
                         r.reasons.join("; "),
                         if r.policy_ids.is_empty() {
                             String::new()

@@ -51,6 +51,9 @@ pub struct BeginVerdict {
     pub tools: Vec<ToolVerdict>,
     /// A deciding `forbid` carries `@quarantine`.
     pub quarantine: bool,
+    /// The task is permitted once a person approves: the `@approval`
+    /// permits that ask (empty: no approval needed).
+    pub task_approval: Vec<lanyard_policy::Approval>,
 }
 
 impl BeginVerdict {
@@ -128,6 +131,7 @@ pub fn decide_begin(
         policy_ids: vec![],
         tools: vec![],
         quarantine: false,
+        task_approval: vec![],
     };
     if let Some(reason) = &ceilings.task_denied {
         verdict.task_allowed = false;
@@ -145,15 +149,7 @@ pub fn decide_begin(
             verdict.task_allowed = false;
             verdict.task_reason = denial_text(Action::BeginTask, &request.task_type, &d);
         } else if d.needs_approval() {
-            // Fail closed: a permit written as "once a person approves" is
-            // never read as a plain permit.
-            let ids: Vec<&str> = d.approvals.iter().map(|a| a.policy_id.as_str()).collect();
-            verdict.task_allowed = false;
-            verdict.task_reason = format!(
-                "BeginTask {} needs a person's approval ({}), and tasks are not held for approval: approval applies to tool calls",
-                request.task_type,
-                ids.join(", ")
-            );
+            verdict.task_approval = d.approvals;
         }
     }
     let passed: Vec<String> = request

@@ -38,6 +38,10 @@ pub enum TaskServiceError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A policy holds the task for a person's approval (the caller asks
+    /// for one, and begins again once it is approved).
+    #[error("BeginTask {} needs a person's approval", .0.task_type)]
+    NeedsApproval(Box<super::BeginApproval>),
 }
 
 impl TaskServiceError {

@@ -3,6 +3,7 @@
 //! changes, cascades to delegated sub-tasks), delegation tokens, and
 //! minting the task SVIDs that carry the grant.
 
+mod begin_approval;
 mod candidates;
 mod credential;
 mod decide;
@@ -14,6 +15,7 @@ mod recheck;
 mod release;
 mod service;
 
+pub use begin_approval::BeginApproval;
 pub use credential::{CredentialAsk, CredentialGrant};
 pub use decide::{BeginVerdict, Caller, ToolVerdict};
 pub use error::TaskServiceError;

@@ -45,6 +45,9 @@ pub struct BeginInput {
     pub jwt_audiences: Vec<String>,
     /// What the agent attested.
     pub caller: Caller,
+    /// The approval this request was approved with, when a policy holds
+    /// the task for a person's approval (the caller has used it).
+    pub approved: Option<String>,
 }
 
 /// The services tasks are decided and minted with.
@@ -148,50 +151,6 @@ impl Tasks {
         &self.inner.levels
     }
 
-    pub(super) fn owned_entry(
-        &self,
-        agent: &SpiffeId,
-        entry_id: &str,
-    ) -> Result<RegistrationEntry, TaskServiceError> {
-        self.inner
-            .registry
-            .get(entry_id)
-            .filter(|e| self.inner.registry.owns(agent, e))
-            .ok_or_else(|| {
-                TaskServiceError::Denied(format!(
-                    "entry {entry_id:?} is not authorized for agent {agent}"
-                ))
-            })
-    }
-
-    /// The entries a BeginTask is decided under, in the agent's serving
-    /// order: `entry_id`, or the candidates when the caller named no SPIFFE
-    /// ID. Each must be authorized for `agent`.
-    fn candidate_entries(
-        &self,
-        agent: &SpiffeId,
-        input: &BeginInput,
-    ) -> Result<Vec<RegistrationEntry>, TaskServiceError> {
-        /// More than any caller plausibly matches; bounds the work a
-        /// request can ask for.
-        const MAX_CANDIDATES: usize = 64;
-        if input.candidates.len() > MAX_CANDIDATES {
-            return Err(TaskServiceError::Invalid(format!(
-                "at most {MAX_CANDIDATES} candidate entries"
-            )));
-        }
-        let mut ids: Vec<&str> = vec![input.entry_id.as_str()];
-        for c in &input.candidates {
-            if !ids.contains(&c.as_str()) {
-                ids.push(c);
-            }
-        }
-        ids.into_iter()
-            .filter(|id| !id.is_empty() || input.candidates.is_empty())
-            .map(|id| self.owned_entry(agent, id))
-            .collect()
-    }
-
     /// Decides a request without creating anything (`policy test`).
     pub fn dry_run(
         &self,
@@ -278,6 +237,11 @@ impl Tasks {
             );
         }
         let (entry, verdict) = chosen?;
+        if !verdict.task_approval.is_empty() && input.approved.is_none() {
+            return Err(TaskServiceError::NeedsApproval(Box::new(
+                super::BeginApproval::new(&entry, &verdict, &request),
+            )));
+        }
         let denied = verdict.denied();
         let mut not_after = now_secs.saturating_add(request.ttl.as_secs());
         let mut chain = Vec::new();

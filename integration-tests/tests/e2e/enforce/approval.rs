@@ -456,3 +456,100 @@ async fn without_a_server_a_call_that_needs_approval_is_denied() {
         .unwrap();
     assert!(plain.allow, "{plain:?}");
 }
+
+/// `@approval` on BeginTask: the task waits for the person it acts for,
+/// begins once approved (once), and a changed request asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_held_for_approval_begins_once_approved() {
+    let s = approval_setup(
+        r#"
+        @id("tools") permit (principal, action == Lanyard::Action::"UseTool", resource);
+        @id("reports") @approval("requester")
+        permit (principal, action == Lanyard::Action::"BeginTask", resource == Lanyard::TaskType::"report.generate");
+        "#,
+    )
+    .await;
+    let begin = |tools: &'static [&'static str]| {
+        let socket = s.socket.clone();
+        async move {
+            let ch = lanyard_uds::unix_channel(&socket).unwrap();
+            TaskIdentityClient::new(ch)
+                .begin_task(header(BeginTaskRequest {
+                    spiffe_id: PLANNER.into(),
+                    task_type: "report.generate".into(),
+                    tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+                    ttl_seconds: 300,
+                    on_behalf_of: ALICE.into(),
+                    intent: "the Q3 board report".into(),
+                    ..Default::default()
+                }))
+                .await
+        }
+    };
+    let err = begin(&["crm.read"]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().starts_with("approval pending"), "{err:?}");
+    let pending = s
+        .server()
+        .admin()
+        .list_approvals(ListApprovalsRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let a = &pending[0];
+    assert!(err.message().contains(&a.id), "{err:?}");
+    assert_eq!(
+        (a.action.as_str(), a.tool.as_str(), a.intent.as_str()),
+        ("BeginTask", "report.generate", "the Q3 board report")
+    );
+    assert_eq!(a.eligible, vec![ALICE]);
+    assert!(a.task_id.is_empty());
+    // Asking again does not open a second request.
+    begin(&["crm.read"]).await.unwrap_err();
+    assert_eq!(
+        s.server()
+            .admin()
+            .list_approvals(ListApprovalsRequest { all: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .approvals
+            .len(),
+        1
+    );
+    let refused = answer(&s, &a.id, true, BOB).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    answer(&s, &a.id, true, ALICE).await.unwrap();
+    let task = begin(&["crm.read"]).await.unwrap().into_inner();
+    assert!(!task.task_id.is_empty());
+    assert_eq!(state(&s, &a.id).await, "used");
+    // Once: the same request again waits for a new approval.
+    let again = begin(&["crm.read"]).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    assert!(!again.message().contains(&a.id), "{again:?}");
+    // Another request (other tools) is another approval; denied, it is
+    // the caller's answer.
+    begin(&["crm.read", "email.send"]).await.unwrap_err();
+    let other = s
+        .server()
+        .admin()
+        .list_approvals(ListApprovalsRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals
+        .into_iter()
+        .find(|x| x.arguments_json.contains("email.send"))
+        .unwrap();
+    answer(&s, &other.id, false, ALICE).await.unwrap();
+    let denied = begin(&["crm.read", "email.send"]).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied
+            .message()
+            .contains("denied by user:alice@example.com"),
+        "{denied:?}"
+    );
+}

@@ -138,6 +138,11 @@ impl AdminApi {
         };
         let (verdict, version) = self.tasks.dry_run(&entry, &caller, request, extra)?;
         Ok(TestPolicyResponse {
+            task_approval: verdict
+                .task_approval
+                .iter()
+                .map(|a| a.approvers.to_string())
+                .collect(),
             task_allowed: verdict.task_allowed,
             policy_ids: verdict.policy_ids.clone(),
             reasons: if verdict.task_allowed {

@@ -42,6 +42,7 @@ fn ask(agent: &SpiffeId, r: RequestApprovalRequest) -> Result<Ask, Status> {
         enforcement_point: r.enforcement_point,
         node: agent.to_string(),
         decision_id: r.decision_id,
+        begin: None,
     })
 }
 

@@ -37,10 +37,19 @@ impl NodeApi {
                 exe_path: req.exe_path,
                 exe_sha256: req.exe_sha256,
             },
+            approved: None,
         };
         let denied_as = denied_task(&self.audit, &agent.spiffe_id, &input);
         // Policy evaluation and signing take tens of microseconds: inline.
-        let (record, minted) = match self.tasks.begin(&agent.spiffe_id, input).await {
+        let begun = match self.tasks.begin(&agent.spiffe_id, input.clone()).await {
+            Err(crate::tasks::TaskServiceError::NeedsApproval(b)) => {
+                let mut input = input;
+                input.approved = Some(self.begin_approval(&agent.spiffe_id, &b).await?);
+                self.tasks.begin(&agent.spiffe_id, input).await
+            }
+            other => other,
+        };
+        let (record, minted) = match begun {
             Ok(v) => v,
             Err(e) => {
                 if let crate::tasks::TaskServiceError::Denied(why) = &e {
@@ -58,6 +67,68 @@ impl NodeApi {
             jwt,
             jwt_expires_at: i64::try_from(jwt_expires_at).unwrap_or(i64::MAX),
         }))
+    }
+
+    /// A BeginTask a policy holds for approval: the approval's ID once it
+    /// is approved (and now used by this request); otherwise the answer
+    /// (FailedPrecondition "approval pending", PermissionDenied).
+    async fn begin_approval(
+        &self,
+        agent: &SpiffeId,
+        b: &crate::tasks::BeginApproval,
+    ) -> Result<String, Status> {
+        let asked: Vec<String> = b
+            .needs
+            .iter()
+            .map(|a| format!("{} asks {}", a.policy_id, a.approvers))
+            .collect();
+        let ask = crate::approvals::Ask {
+            principal: b.spiffe_id.clone(),
+            action: "BeginTask".into(),
+            tool: b.task_type.clone(),
+            arguments_json: b.arguments_json.clone(),
+            needs: b
+                .needs
+                .iter()
+                .map(|a| (a.policy_id.clone(), a.approvers.clone(), a.ttl))
+                .collect(),
+            node: agent.to_string(),
+            begin: Some(crate::approvals::BeginFacts {
+                on_behalf_of: b.on_behalf_of.clone(),
+                intent: b.intent.clone(),
+            }),
+            ..Default::default()
+        };
+        let v = self.approvals.ask(&ask).await.map_err(|e| match e {
+            crate::approvals::AskError::Invalid(m) => Status::invalid_argument(m),
+            crate::approvals::AskError::Store(e) => {
+                tracing::error!(err = %e, "approval request failed");
+                Status::unavailable("the approval store is unavailable")
+            }
+        })?;
+        match v.state {
+            crate::approvals::State::Used => Ok(v.id),
+            crate::approvals::State::Pending => Err(Status::failed_precondition(format!(
+                "approval pending: BeginTask {} waits for a person's approval (approval {}; {}); begin the same task again once approved",
+                b.task_type,
+                v.id,
+                asked.join("; ")
+            ))),
+            _ => Err(Status::permission_denied(if v.answered_by.is_empty() {
+                format!("task denied: {}", v.reason)
+            } else {
+                format!(
+                    "task denied: approval {} denied by {}{}",
+                    v.id,
+                    v.answered_by,
+                    if v.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", v.reason)
+                    }
+                )
+            })),
+        }
     }
 
     /// `sign task svid` (see the `Node` service).

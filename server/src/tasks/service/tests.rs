@@ -97,6 +97,7 @@ fn input(entry: &RegistrationEntry, parent: Option<(&str, &str)>) -> BeginInput 
         csr,
         jwt_audiences: vec![],
         caller: Caller::default(),
+        approved: None,
     }
 }
 
