@@ -5,7 +5,8 @@
 //! the system's roots, or (where the operator says so) no verification:
 //! kubelets often serve self-signed certificates. An optional bearer
 //! token, a timeout on the whole exchange and a limit on the body. Plain
-//! `http://` only to a loopback address, and only for a POST.
+//! `http://` only to a loopback address, and only for a POST. Also a JSON
+//! POST with headers of its own (the server's approval webhooks).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,14 +182,36 @@ impl Client {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        self.send(url, None, Some(body)).await
+        let post = Post {
+            content_type: "application/x-www-form-urlencoded",
+            body: Bytes::from(body),
+            headers: vec![],
+        };
+        self.send(url, None, Some(post)).await
+    }
+
+    /// `POST url` with a JSON `body` and extra `headers` (names in lower
+    /// case); the answer whatever its status. `http://` is accepted for a
+    /// loopback address only.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<Answer, FetchError> {
+        let post = Post {
+            content_type: "application/json",
+            body: Bytes::from(body),
+            headers,
+        };
+        self.send(url, None, Some(post)).await
     }
 
     async fn send(
         &self,
         url: &str,
         bearer: Option<&str>,
-        form: Option<String>,
+        form: Option<Post>,
     ) -> Result<Answer, FetchError> {
         tokio::time::timeout(self.timeout, self.send_inner(url, bearer, form))
             .await
@@ -199,7 +222,7 @@ impl Client {
         &self,
         url: &str,
         bearer: Option<&str>,
-        form: Option<String>,
+        form: Option<Post>,
     ) -> Result<Answer, FetchError> {
         let bad = || FetchError::BadUrl(url.to_owned());
         let uri: http::Uri = url.parse().map_err(|_| bad())?;
@@ -217,11 +240,8 @@ impl Client {
             .await
             .map_err(|e| connect(e.to_string()))?;
         let authority = uri.authority().map_or(host, |a| a.as_str());
-        let mut req = match form {
-            Some(_) => http::Request::post(path).header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            ),
+        let mut req = match &form {
+            Some(p) => http::Request::post(path).header(http::header::CONTENT_TYPE, p.content_type),
             None => http::Request::get(path),
         }
         .header(http::header::HOST, authority)
@@ -229,9 +249,16 @@ impl Client {
         if let Some(token) = bearer {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req
-            .body(Full::new(Bytes::from(form.unwrap_or_default())))
-            .map_err(|_| bad())?;
+        let body = match form {
+            Some(p) => {
+                for (name, value) in p.headers {
+                    req = req.header(name, value);
+                }
+                p.body
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(body)).map_err(|_| bad())?;
         if tls {
             let name = ServerName::try_from(self.server_name.as_deref().unwrap_or(host).to_owned())
                 .map_err(|_| bad())?;
@@ -274,6 +301,13 @@ impl Client {
         driver.abort();
         Ok(Answer { status, body })
     }
+}
+
+/// A POST's body and headers.
+struct Post {
+    content_type: &'static str,
+    body: Bytes,
+    headers: Vec<(&'static str, String)>,
 }
 
 /// Whether `host` names this machine (`localhost`, 127.0.0.0/8, `::1`).

@@ -11,6 +11,7 @@
 mod answer;
 mod record;
 mod sweep;
+mod webhook;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 
 pub use answer::AnswerError;
 pub use record::{ApprovalRecord, Binding, State};
+pub use webhook::signature;
 
 use crate::config::approvers::ApprovalSettings;
 use crate::enforce::Quarantines;
@@ -159,6 +161,8 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// One request opened at a time on this server (no two for one call).
     opening: tokio::sync::Mutex<()>,
+    /// Delivers webhooks (`None` when none are configured).
+    webhook_client: Option<lanyard_fetch::Client>,
 }
 
 fn decode(key: &str, v: serde_json::Value) -> Result<ApprovalRecord, StoreError> {
@@ -207,6 +211,7 @@ impl Approvals {
         settings: ApprovalSettings,
         tasks: Tasks,
         quarantines: Quarantines,
+        webhook_client: Option<lanyard_fetch::Client>,
     ) -> Result<Self, StoreError> {
         let a = Self {
             inner: Arc::new(Inner {
@@ -219,6 +224,7 @@ impl Approvals {
                 records: RwLock::default(),
                 changes: watch::channel(0).0,
                 opening: tokio::sync::Mutex::new(()),
+                webhook_client,
             }),
         };
         a.reload().await?;
@@ -596,10 +602,11 @@ impl Approvals {
         }
         tracing::info!(
             id = %r.id, task_id = %r.task_id, tool = %r.tool, eligible = ?r.eligible,
-            "tool call held for approval"
+            action = %r.action, "held for approval"
         );
         self.note(&r, Kind::ApprovalRequested, &r.node.clone())
             .await;
+        self.announce(&r);
         Ok(Verdict::of(&r, State::Pending))
     }
 

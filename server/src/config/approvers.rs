@@ -7,6 +7,13 @@
 //! [[approver]]
 //! name = "user:alice@example.com"
 //! groups = ["payments-approvers"]
+//! webhook = "https://chat.example.com/hooks/lanyard"   # optional
+//! webhook_secret_file = "/etc/lanyard/alice-hook.key"
+//!
+//! [[approver_group]]                   # a webhook for a whole group
+//! name = "payments-approvers"
+//! webhook = "https://pager.example.com/lanyard"
+//! webhook_secret_file = "/etc/lanyard/payments-hook.key"
 //! ```
 //!
 //! Nobody else can approve: the admin socket's `approval approve --as
@@ -32,6 +39,39 @@ pub struct RawApprover {
     pub name: Option<String>,
     /// Groups that `@approval("group:NAME")` names.
     pub groups: Option<Vec<String>>,
+    /// Told of every request this approver may answer.
+    pub webhook: Option<String>,
+    /// The webhook's HMAC key (at least 16 bytes).
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+}
+
+/// One `[[approver_group]]` table: a webhook for a group.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApproverGroup {
+    /// The group.
+    pub name: Option<String>,
+    /// Told of every request a member of the group may answer.
+    pub webhook: Option<String>,
+    /// The webhook's HMAC key (at least 16 bytes).
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+}
+
+/// Where requests are announced, and the key their bodies are signed with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `https://` (or `http://` on loopback).
+    pub url: String,
+    /// HMAC-SHA256 key.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A declared approver.
@@ -41,6 +81,8 @@ pub struct Approver {
     pub name: String,
     /// Groups.
     pub groups: Vec<String>,
+    /// Told of every request this approver may answer.
+    pub webhook: Option<Webhook>,
 }
 
 /// Who may approve, and the default wait.
@@ -50,6 +92,11 @@ pub struct ApprovalSettings {
     pub approvers: Vec<Approver>,
     /// How long a request waits when its policy does not say.
     pub default_ttl: Duration,
+    /// Webhooks per group.
+    pub group_webhooks: Vec<(String, Webhook)>,
+    /// PEM CA certificates trusted for webhook URLs (the system's roots
+    /// otherwise).
+    pub webhook_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ApprovalSettings {
@@ -57,11 +104,35 @@ impl Default for ApprovalSettings {
         Self {
             approvers: vec![],
             default_ttl: DEFAULT_APPROVAL_TTL,
+            group_webhooks: vec![],
+            webhook_ca_file: None,
         }
     }
 }
 
 impl ApprovalSettings {
+    /// The webhooks told of a request `eligible` may answer, whose
+    /// policies name `groups`: each URL once.
+    pub fn webhooks_for(&self, eligible: &[String], groups: &[String]) -> Vec<Webhook> {
+        let mut out: Vec<Webhook> = Vec::new();
+        let approvers = self
+            .approvers
+            .iter()
+            .filter(|a| eligible.contains(&a.name))
+            .filter_map(|a| a.webhook.clone());
+        let groups = self
+            .group_webhooks
+            .iter()
+            .filter(|(g, _)| groups.contains(g))
+            .map(|(_, w)| w.clone());
+        for w in approvers.chain(groups) {
+            if !out.iter().any(|o| o.url == w.url) {
+                out.push(w);
+            }
+        }
+        out
+    }
+
     /// The declared approver called `name`.
     pub fn approver(&self, name: &str) -> Option<&Approver> {
         self.approvers.iter().find(|a| a.name == name)
@@ -104,8 +175,64 @@ impl ApprovalSettings {
     }
 }
 
+/// A webhook's URL and key file, both or neither.
+fn webhook(
+    who: &str,
+    url: Option<String>,
+    secret_file: Option<std::path::PathBuf>,
+) -> Result<Option<Webhook>, ConfigError> {
+    const F: &str = "webhook";
+    let (url, file) = match (url, secret_file) {
+        (None, None) => return Ok(None),
+        (Some(u), Some(f)) => (u, f),
+        _ => {
+            return Err(ConfigError::invalid(
+                F,
+                format!("{who}: webhook and webhook_secret_file go together"),
+            ));
+        }
+    };
+    let loopback = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .is_some_and(|h| h == "localhost" || h.starts_with("127."));
+    if !(url.starts_with("https://") || loopback) {
+        return Err(ConfigError::invalid(
+            F,
+            format!("{who}: {url:?} must be an https:// URL (http:// only on loopback)"),
+        ));
+    }
+    let secret = std::fs::read(&file).map_err(|e| {
+        ConfigError::invalid(
+            F,
+            format!("{who}: webhook_secret_file {}: {e}", file.display()),
+        )
+    })?;
+    let secret = secret.trim_ascii().to_vec();
+    if secret.len() < 16 {
+        return Err(ConfigError::invalid(
+            F,
+            format!(
+                "{who}: webhook_secret_file {} holds fewer than 16 bytes",
+                file.display()
+            ),
+        ));
+    }
+    Ok(Some(Webhook { url, secret }))
+}
+
 /// Checks the tables and the default wait.
 pub fn validate(raw: Vec<RawApprover>, ttl: Option<&str>) -> Result<ApprovalSettings, ConfigError> {
+    validate_all(raw, vec![], ttl, None)
+}
+
+/// Checks the approvers, the group webhooks and the default wait.
+pub fn validate_all(
+    raw: Vec<RawApprover>,
+    raw_groups: Vec<RawApproverGroup>,
+    ttl: Option<&str>,
+    webhook_ca_file: Option<std::path::PathBuf>,
+) -> Result<ApprovalSettings, ConfigError> {
     const F: &str = "approver";
     let default_ttl = match ttl {
         None => DEFAULT_APPROVAL_TTL,
@@ -153,11 +280,31 @@ pub fn validate(raw: Vec<RawApprover>, ttl: Option<&str>) -> Result<ApprovalSett
                 format!("{name:?}: group {g:?} must be 1 to 64 letters, digits, '.', '_' or '-'"),
             ));
         }
-        approvers.push(Approver { name, groups });
+        let webhook = webhook(&name, r.webhook, r.webhook_secret_file)?;
+        approvers.push(Approver {
+            name,
+            groups,
+            webhook,
+        });
+    }
+    let mut group_webhooks = Vec::new();
+    for g in raw_groups {
+        let name = g.name.unwrap_or_default();
+        if !valid_group(&name) {
+            return Err(ConfigError::invalid(
+                "approver_group",
+                format!("name {name:?}: 1 to 64 letters, digits, '.', '_' or '-'"),
+            ));
+        }
+        if let Some(w) = webhook(&name, g.webhook, g.webhook_secret_file)? {
+            group_webhooks.push((name, w));
+        }
     }
     Ok(ApprovalSettings {
         approvers,
         default_ttl,
+        group_webhooks,
+        webhook_ca_file,
     })
 }
 
@@ -169,6 +316,7 @@ mod tests {
         RawApprover {
             name: Some(name.into()),
             groups: Some(groups.iter().map(|g| (*g).to_owned()).collect()),
+            ..Default::default()
         }
     }
 

@@ -104,6 +104,11 @@ pub struct RawConfig {
     pub approval_ttl: Option<String>,
     /// `[[approver]]`: the people who may approve held calls.
     pub approver: Option<Vec<crate::config::approvers::RawApprover>>,
+    /// `[[approver_group]]`: webhooks per group of approvers.
+    pub approver_group: Option<Vec<crate::config::approvers::RawApproverGroup>>,
+    /// PEM CA certificates trusted for approval webhooks (default: the
+    /// system's roots).
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -268,9 +273,11 @@ impl RawConfig {
             audit.segment_bytes = n;
         }
         let psat_clusters = crate::config::psat::validate(self.k8s_psat.unwrap_or_default())?;
-        let approval = crate::config::approvers::validate(
+        let approval = crate::config::approvers::validate_all(
             self.approver.unwrap_or_default(),
+            self.approver_group.unwrap_or_default(),
             self.approval_ttl.as_deref(),
+            self.webhook_ca_file.clone(),
         )?;
         let metrics_bind =
             lanyard_core::config::optional_addr("metrics_bind", self.metrics_bind.as_deref())?;

@@ -34,10 +34,12 @@ async fn approval_setup(policy: &str) -> Setup {
                     Approver {
                         name: ALICE.into(),
                         groups: vec!["mail-approvers".into()],
+                        webhook: None,
                     },
                     Approver {
                         name: BOB.into(),
                         groups: vec![],
+                        webhook: None,
                     },
                 ],
                 ..ApprovalSettings::default()
@@ -447,7 +449,7 @@ async fn only_the_requester_approves_a_requester_approval() {
 async fn without_a_server_a_call_that_needs_approval_is_denied() {
     let mut s = approval_setup(APPROVAL_POLICY).await;
     let holder = Holder::start(&s.socket, &["crm.read", "email.send"]);
-    drop(s.server.take());
+    s.server.take().unwrap().stop().await;
     let r = ask(&s, &holder, r#"{"to": "x"}"#, 0).await;
     assert!(!r.allow && !r.pending, "{r:?}");
     assert!(r.reason.contains("cannot be asked"), "{r:?}");

@@ -73,6 +73,7 @@ async fn a_held_call_goes_through_once_approved_and_again_is_pending() {
                 approvers: vec![Approver {
                     name: "user:ops@example.com".into(),
                     groups: vec![],
+                    webhook: None,
                 }],
                 ..ApprovalSettings::default()
             };
