@@ -392,3 +392,57 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_need_a_key_and_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "tooshort").unwrap();
+        let raw = |url: &str, file: Option<&std::path::Path>| RawApprover {
+            name: Some("user:a".into()),
+            webhook: Some(url.into()),
+            webhook_secret_file: file.map(std::path::Path::to_owned),
+            ..Default::default()
+        };
+        let s = validate(vec![raw("https://chat.example.com/h", Some(&good))], None).unwrap();
+        let w = s.approvers[0].webhook.as_ref().unwrap();
+        assert_eq!(w.secret, b"0123456789abcdef0123");
+        assert!(
+            !format!("{w:?}").contains("0123456789"),
+            "the key is not logged"
+        );
+        validate(vec![raw("http://127.0.0.1:9/h", Some(&good))], None).unwrap();
+        for (r, want) in [
+            (raw("https://x/h", None), "go together"),
+            (raw("http://chat.example.com/h", Some(&good)), "https://"),
+            (raw("https://x/h", Some(&short)), "fewer than 16 bytes"),
+            (
+                raw("https://x/h", Some(&dir.path().join("missing"))),
+                "webhook_secret_file",
+            ),
+        ] {
+            let e = validate(vec![r], None).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let g = |name: &str| RawApproverGroup {
+            name: Some(name.into()),
+            webhook: Some("https://pager.example.com".into()),
+            webhook_secret_file: Some(good.clone()),
+        };
+        let s = validate_all(vec![], vec![g("payments")], None, None).unwrap();
+        assert_eq!(
+            s.webhooks_for(&[], &["payments".into()])
+                .iter()
+                .map(|w| w.url.as_str())
+                .collect::<Vec<_>>(),
+            vec!["https://pager.example.com"]
+        );
+        assert!(validate_all(vec![], vec![g("bad group")], None, None).is_err());
+    }
+}
