@@ -86,7 +86,7 @@ pub async fn task_chain(socket: &std::path::Path) -> anyhow::Result<(String, Vec
     Ok((id, chain))
 }
 
-async fn task(d: &Deployment) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
+pub(crate) async fn task(d: &Deployment) -> anyhow::Result<(String, Vec<Vec<u8>>, Vec<u8>)> {
     task_on(&d.socket).await
 }
 

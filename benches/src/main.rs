@@ -7,6 +7,7 @@
 //! target/release/lanyard-bench --json bench.json
 //! ```
 
+mod approval;
 mod audit;
 mod credentials;
 mod enforce;
@@ -114,6 +115,13 @@ enum Cmd {
         /// Length of each of the four runs.
         #[arg(long, default_value = "5s")]
         duration: String,
+    },
+    /// Calls held for a person's approval: answer sent -> held call
+    /// allowed, one call at a time.
+    Approval {
+        /// Calls to hold and approve.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
     },
     /// AuthorizeToolCall only, at 1 and 10 enforcement-point callers, with
     /// `--task-policies` Cedar policies loaded: decisions per second of
@@ -298,6 +306,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         write_json(args.json.as_deref(), &reports)?;
+        return Ok(());
+    }
+    if let Some(Cmd::Approval { samples }) = &args.cmd {
+        anyhow::ensure!(
+            (1..=10_000).contains(samples),
+            "--samples must be 1..=10000"
+        );
+        let d = procs::start_configured(&bins, ttl, approval::SERVER_TOML).await?;
+        tasks::prepare(&d, 0).await?;
+        enforce::prepare(&d).await?;
+        let r = approval::run(&d, *samples).await?;
+        stats::print_table(std::slice::from_ref(&r));
+        println!(
+            "approval: answer -> held call allowed p50 {:.2} ms p99 {:.2} ms max {:.2} ms over {} calls (target p99 < 100 ms)",
+            r.p50_ms, r.p99_ms, r.max_ms, r.ok
+        );
+        write_json(args.json.as_deref(), &r)?;
         return Ok(());
     }
     if let Some(Cmd::Decide { duration, rounds }) = &args.cmd {

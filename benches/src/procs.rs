@@ -87,7 +87,19 @@ pub fn admin(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
 
 /// Starts a server (X.509 TTL `ttl`) and an agent attested to it.
 pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
+    start_configured(bins, ttl, "").await
+}
+
+/// [`start`] with `server_toml` as the server's configuration file (what
+/// flags cannot say, such as `[[approver]]` tables).
+pub async fn start_configured(
+    bins: &Path,
+    ttl: Duration,
+    server_toml: &str,
+) -> anyhow::Result<Deployment> {
     let dir = tempfile::tempdir()?;
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, server_toml)?;
     let port = free_port()?;
     let admin_socket = dir.path().join("admin.sock");
     let ttl_s = format!("{}s", ttl.as_secs().max(2));
@@ -95,6 +107,8 @@ pub async fn start(bins: &Path, ttl: Duration) -> anyhow::Result<Deployment> {
     let mut server = Command::new(bins.join("lanyard-server"))
         .args(["run", "--trust-domain", TD, "--bind"])
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--config")
+        .arg(&config)
         .arg("--data-dir")
         .arg(dir.path().join("server"))
         .arg("--admin-socket")
