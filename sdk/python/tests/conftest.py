@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -48,7 +49,20 @@ when { context.at_call && context.call.contains("to=eve@outside.example") };
 @id("no-shell")
 @reason("shells are never granted")
 forbid (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"shell.exec");
+
+@id("mail-partner")
+@approval("any-operator")
+permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"email.send")
+when { context.at_call && context.call.contains("to=partner@outside.example") };
+
+@id("board-reports")
+@approval("any-operator")
+permit (principal, action == Lanyard::Action::"BeginTask", resource == Lanyard::TaskType::"report.generate")
+when { context.on_behalf_of == "user:board@example.com" };
 """
+
+#: The one declared approver.
+APPROVER = "user:alice@example.com"
 
 
 def _bin(name: str) -> str:
@@ -106,8 +120,11 @@ def stack() -> Iterator[Stack]:
         port = _free_port()
         admin = d / "admin.sock"
         slog = d / "server.log"
+        config = d / "server.toml"
+        config.write_text(f'[[approver]]\nname = "{APPROVER}"\n')
         procs.append(subprocess.Popen(
-            [server_bin, "run", "--trust-domain", TD, "--data-dir", str(d / "server"),
+            [server_bin, "run", "--config", str(config), "--trust-domain", TD,
+             "--data-dir", str(d / "server"),
              "--bind", f"127.0.0.1:{port}", "--admin-socket", str(admin)],
             stdout=slog.open("wb"), stderr=subprocess.STDOUT))
         _wait_socket(admin, procs[-1], slog)
@@ -167,3 +184,27 @@ def stack() -> Iterator[Stack]:
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run(["rm", "-rf", str(d)], check=False)
+
+
+#: The tool server written with lanyard.Guard (tests/tool_server.py), run by
+#: the copied interpreter (an enforcement point); its port. One per session.
+@pytest.fixture(scope="session")
+def tool_port(stack: Stack) -> Iterator[int]:
+    port_file = stack.dir / "tool.port"
+    env = dict(os.environ)
+    # The copied interpreter finds this environment's packages by path.
+    env["PYTHONPATH"] = os.pathsep.join([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    log = stack.dir / "tool.log"
+    proc = subprocess.Popen(
+        [str(stack.tool_python), str(Path(__file__).with_name("tool_server.py")), str(port_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the tool server did not start: {log.read_text()}")
+            time.sleep(0.05)
+        yield int(port_file.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(10)

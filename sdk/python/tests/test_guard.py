@@ -4,15 +4,8 @@ deciding the calls of an AI agent's task over mutual TLS."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
-import sysconfig
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,28 +13,6 @@ import pytest
 import lanyard
 from conftest import AGENT_ID, Stack
 from tool_server import recv_line
-
-
-@pytest.fixture(scope="module")
-def tool_port(stack: Stack) -> Iterator[int]:
-    port_file = stack.dir / "tool.port"
-    env = dict(os.environ)
-    # The copied interpreter finds this environment's packages by path.
-    env["PYTHONPATH"] = os.pathsep.join([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    log = stack.dir / "tool.log"
-    proc = subprocess.Popen(
-        [str(stack.tool_python), str(Path(__file__).with_name("tool_server.py")), str(port_file)],
-        env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the tool server did not start: {log.read_text()}")
-            time.sleep(0.05)
-        yield int(port_file.read_text())
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def call(ctx: ssl.SSLContext, port: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """A tool server for the tests, written with lanyard.Guard: mutual TLS
 (its own SVID from the Workload API; callers must present one), one JSON
-request per connection ``{"tool": ..., "arguments": {...}}``, answered
+request per connection ``{"tool": ..., "arguments": {...}, "wait": S}``, answered
 with the node agent's decision as JSON. Its process must be an
 enforcement point.
 
@@ -55,7 +55,8 @@ def main() -> None:
                 req = json.loads(recv_line(tls))
                 if leaf is None:
                     raise ValueError("no client certificate")
-                d = guard.decide(req["tool"], chain=[leaf], arguments=req.get("arguments"))
+                d = guard.decide(req["tool"], chain=[leaf], arguments=req.get("arguments"),
+                                 wait=float(req.get("wait", 0)))
                 tls.sendall(json.dumps(dataclasses.asdict(d)).encode() + b"\n")
         except Exception as e:  # one bad connection does not stop the server
             print(f"tool server: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -21,8 +21,9 @@ from types import TracebackType
 from typing import Any
 
 from . import claims, tls
-from .guard import Decision, Guard, ToolDenied
-from ._errors import AgentUnavailable, InvalidRequest, LanyardError, NotFound, TaskDenied
+from .guard import CallPending, Decision, Guard, ToolDenied
+from ._errors import (AgentUnavailable, ApprovalPending, InvalidRequest, LanyardError, NotFound,
+                      TaskDenied)
 from ._gen import task_pb2
 from ._duration import seconds
 from ._task import Credential, Delegation, Task
@@ -32,6 +33,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentUnavailable",
+    "ApprovalPending",
+    "CallPending",
     "Credential",
     "Decision",
     "Delegation",

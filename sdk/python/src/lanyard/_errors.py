@@ -8,6 +8,7 @@ import re
 import grpc
 
 _POLICIES = re.compile(r"denied by policy ([^:;]+)")
+_APPROVAL = re.compile(r"\(approval ([0-9a-f]+)")
 
 
 class LanyardError(Exception):
@@ -38,6 +39,19 @@ class TaskDenied(LanyardError):
         self.policy_ids = ids
 
 
+class ApprovalPending(LanyardError):
+    """A policy holds the task (or the call) until a person approves it.
+    ``approval_id`` names the request; begin the same task (or make the
+    same call) again once it is approved: it then goes through once."""
+
+    def __init__(self, reason: str, approval_id: str = "", code: str = "FAILED_PRECONDITION") -> None:
+        super().__init__(reason, code)
+        if not approval_id:
+            m = _APPROVAL.search(reason)
+            approval_id = m.group(1) if m else ""
+        self.approval_id = approval_id
+
+
 class NotFound(LanyardError):
     """No such task, or it is not this process's."""
 
@@ -59,6 +73,8 @@ def from_rpc_error(e: grpc.RpcError) -> LanyardError:
         return TaskDenied(details, name)
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(details, name)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("approval pending"):
+        return ApprovalPending(details, code=name)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return AgentUnavailable(details, name)
     if code == grpc.StatusCode.INVALID_ARGUMENT:

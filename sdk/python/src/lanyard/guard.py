@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from . import _socket
-from ._errors import LanyardError, from_rpc_error
+from ._errors import ApprovalPending, LanyardError, from_rpc_error
 from ._gen import task_pb2, task_pb2_grpc
 
 #: Seconds a decision may take.
@@ -52,6 +52,14 @@ class Decision:
     task_id: str
     #: The caller's SPIFFE ID.
     principal: str
+    #: Neither allowed nor denied yet: an ``@approval`` policy holds the
+    #: call until a person approves it (``allow`` is false). The same call,
+    #: made again once approved, is allowed once.
+    pending: bool = False
+    #: The approval request, when the call needed one.
+    approval_id: str = ""
+    #: When a pending request lapses (seconds since the epoch).
+    approval_expires_at: int = 0
 
 
 class ToolDenied(LanyardError):
@@ -61,6 +69,15 @@ class ToolDenied(LanyardError):
         super().__init__(decision.reason, "PERMISSION_DENIED")
         self.decision = decision
         self.policy_ids = list(decision.policy_ids)
+
+
+class CallPending(ApprovalPending):
+    """A call is held for a person's approval; ``decision`` has the
+    ``approval_id``. Retry the same call later (or decide with ``wait=``)."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason, decision.approval_id)
+        self.decision = decision
 
 
 class Guard:
@@ -80,11 +97,18 @@ class Guard:
         jwt: str | None = None,
         resource: str = "",
         arguments: Mapping[str, Any] | None = None,
+        wait: float = 0.0,
     ) -> Decision:
         """Decides a call of ``tool`` (on ``resource``, with ``arguments``
         as the policy's ``context.call``) by the caller holding ``chain`` or
         ``jwt``. A credential the agent refuses (revoked, expired, no task,
-        not from this trust domain) is a denial, not an exception."""
+        not from this trust domain) is a denial, not an exception.
+
+        A call an ``@approval`` policy holds is answered ``pending`` with an
+        ``approval_id``; with ``wait`` (seconds, at most 60) the agent holds
+        the call until a person answers and returns allow or deny."""
+        if not 0 <= wait <= 60:
+            raise ValueError("wait= is 0 to 60 seconds")
         if (chain is None) == (jwt is None):
             raise ValueError("give the caller's credential: chain= (its certificates) or jwt=")
         try:
@@ -92,7 +116,8 @@ class Guard:
         except (TypeError, ValueError) as e:
             raise ValueError(f"arguments must be JSON: {e}") from None
         req = task_pb2.AuthorizeToolCallRequest(
-            tool=tool, resource=resource, context_json=context, audience=self._audience)
+            tool=tool, resource=resource, context_json=context, audience=self._audience,
+            wait_ms=int(wait * 1000))
         if chain is not None:
             if not chain:
                 raise ValueError("chain= is empty: the caller presented no certificate")
@@ -101,7 +126,7 @@ class Guard:
             req.jwt_svid = jwt or ""
         try:
             r: task_pb2.AuthorizeToolCallResponse = self._tasks.AuthorizeToolCall(
-                req, metadata=_socket.METADATA, timeout=DECIDE_TIMEOUT)
+                req, metadata=_socket.METADATA, timeout=DECIDE_TIMEOUT + wait)
         except grpc.RpcError as e:
             err = from_rpc_error(e)
             if err.code == "PERMISSION_DENIED":
@@ -109,11 +134,15 @@ class Guard:
                 # enforcement point: the reason says which).
                 return Decision(False, err.reason, (), "", "", "")
             raise err from None
-        return Decision(r.allow, r.reason, tuple(r.policy_ids), r.decision_id, r.task_id, r.principal)
+        return Decision(r.allow, r.reason, tuple(r.policy_ids), r.decision_id, r.task_id,
+                        r.principal, r.pending, r.approval_id, r.approval_expires_at)
 
     def require(self, tool: str, **kwargs: Any) -> Decision:
-        """:meth:`decide`, raising :class:`ToolDenied` unless allowed."""
+        """:meth:`decide`, raising :class:`CallPending` for a call held for
+        approval and :class:`ToolDenied` for a denial."""
         d = self.decide(tool, **kwargs)
+        if d.pending:
+            raise CallPending(d)
         if not d.allow:
             raise ToolDenied(d)
         return d

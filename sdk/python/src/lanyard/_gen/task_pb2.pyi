@@ -136,6 +136,8 @@ class AuthorizeToolCallRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _builtins.int
     PROBE_FIELD_NUMBER: _builtins.int
     OUTCOME_FOLLOWS_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
     jwt_svid: _builtins.str
     """The peer's JWT-SVID."""
     tool: _builtins.str
@@ -159,6 +161,15 @@ class AuthorizeToolCallRequest(_message.Message):
     """The enforcement point will report the call's outcome with
     RecordToolCalls: the decision is kept for it (up to 10 minutes).
     """
+    approval_id: _builtins.str
+    """A call a policy allows only with a person's approval: the approval
+    asked for earlier (optional: the same task, tool, resource and
+    arguments find it without).
+    """
+    wait_ms: _builtins.int
+    """How long to hold a pending call for the answer, milliseconds (at
+    most 60,000; 0 answers pending at once).
+    """
     @_builtins.property
     def x509_chain(self) -> Global___X509Chain:
         """The peer's X.509-SVID chain, DER certificates leaf first, as the
@@ -176,10 +187,12 @@ class AuthorizeToolCallRequest(_message.Message):
         audience: _builtins.str = ...,
         probe: _builtins.bool = ...,
         outcome_follows: _builtins.bool = ...,
+        approval_id: _builtins.str = ...,
+        wait_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "jwt_svid", b"jwt_svid", "x509_chain", b"x509_chain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "context_json", b"context_json", "credential", b"credential", "jwt_svid", b"jwt_svid", "outcome_follows", b"outcome_follows", "probe", b"probe", "resource", b"resource", "tool", b"tool", "x509_chain", b"x509_chain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "audience", b"audience", "context_json", b"context_json", "credential", b"credential", "jwt_svid", b"jwt_svid", "outcome_follows", b"outcome_follows", "probe", b"probe", "resource", b"resource", "tool", b"tool", "wait_ms", b"wait_ms", "x509_chain", b"x509_chain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_credential: _TypeAlias = _typing.Literal["x509_chain", "jwt_svid"]  # noqa: Y015
     _WhichOneofArgType_credential: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
@@ -217,6 +230,9 @@ class AuthorizeToolCallResponse(_message.Message):
     DECISION_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    APPROVAL_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     allow: _builtins.bool
     reason: _builtins.str
     decision_id: _builtins.str
@@ -224,6 +240,14 @@ class AuthorizeToolCallResponse(_message.Message):
     """Empty when the credential carries no task."""
     principal: _builtins.str
     """The SPIFFE ID of the credential's holder."""
+    pending: _builtins.bool
+    """Neither allowed nor denied yet: a person must approve first
+    (allow is false). Retry the same call, with approval_id or after
+    waiting; an approved call is allowed once.
+    """
+    approval_id: _builtins.str
+    approval_expires_at: _builtins.int
+    """Seconds since the Unix epoch: when the pending request lapses."""
     @_builtins.property
     def policy_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -235,10 +259,13 @@ class AuthorizeToolCallResponse(_message.Message):
         decision_id: _builtins.str = ...,
         task_id: _builtins.str = ...,
         principal: _builtins.str = ...,
+        pending: _builtins.bool = ...,
+        approval_id: _builtins.str = ...,
+        approval_expires_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "decision_id", b"decision_id", "policy_ids", b"policy_ids", "principal", b"principal", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "approval_expires_at", b"approval_expires_at", "approval_id", b"approval_id", "decision_id", b"decision_id", "pending", b"pending", "policy_ids", b"policy_ids", "principal", b"principal", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
