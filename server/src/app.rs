@@ -73,6 +73,9 @@ pub enum AppError {
     /// Approval webhooks are configured and no HTTPS client can be made.
     #[error("{0}")]
     WebhookCa(String),
+    /// The operator console could not be served.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// OpenID Connect discovery could not be served.
     #[error(transparent)]
     Oidc(#[from] crate::api::oidc::OidcError),
@@ -94,6 +97,8 @@ pub struct Bound {
     pub metrics_addr: Option<SocketAddr>,
     /// Where OpenID Connect discovery is served, when it is.
     pub oidc_addr: Option<SocketAddr>,
+    /// Where the operator console is served, when it is.
+    pub console_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -330,7 +335,21 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
             tracing::warn!(err = %lanyard_core::error::report(&e), "credential secrets could not be sealed again with the key file's first key")
         }
     }
+    let console = config.console.clone().map(|c| {
+        crate::console::Console::new(
+            c,
+            approvals.clone(),
+            tasks.clone(),
+            enforce.clone(),
+            audit.clone(),
+        )
+    });
+    let console_addr = match &console {
+        Some(c) => Some(c.serve(shutdown_rx.clone()).await?),
+        None => None,
+    };
     let admin = AdminApi {
+        console,
         approvals,
         leases: broker.leases().clone(),
         credentials,
@@ -424,6 +443,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         audit,
         metrics_addr,
         oidc_addr,
+        console_addr,
         shutdown,
         task,
     })

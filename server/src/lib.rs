@@ -10,6 +10,7 @@ pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod enforce;
 pub mod follow;

@@ -176,6 +176,16 @@ fn text(status: http::StatusCode, body: &'static str) -> hyper::Response<Full<By
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, OidcError> {
+    file_acceptor(cert, key, &[b"http/1.1"])
+}
+
+/// A TLS acceptor serving the PEM certificate and key in these files
+/// (read again when they change), offering `alpn`. Also the console's.
+pub(crate) fn file_acceptor(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::TlsAcceptor, OidcError> {
     let resolver = FileCert::load(cert, key)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -186,7 +196,7 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Oi
         })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

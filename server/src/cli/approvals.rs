@@ -1,7 +1,9 @@
 //! `approval list|show|approve|deny`: calls held for a person's approval.
 
 use clap::Subcommand;
-use lanyard_proto::admin::{AnswerApprovalRequest, ApprovalRequest, ListApprovalsRequest};
+use lanyard_proto::admin::{
+    AnswerApprovalRequest, ApprovalRequest, ConsoleLoginRequest, ListApprovalsRequest,
+};
 use lanyard_proto::types;
 
 use super::*;
@@ -52,6 +54,41 @@ pub enum ApprovalCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// `console` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCmd {
+    /// A one-time link that signs in to the operator console (valid for
+    /// five minutes, used once; the session lasts console_session_ttl).
+    Login {
+        /// Answer approvals as this declared approver (otherwise the
+        /// session may look and release quarantines, not approve).
+        #[arg(long = "as", value_name = "NAME")]
+        approver: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+pub(super) async fn run_console(cmd: ConsoleCmd) -> Result<(), CliError> {
+    let ConsoleCmd::Login { approver, admin } = cmd;
+    let r = client(&admin)
+        .await?
+        .console_login(ConsoleLoginRequest {
+            approver: approver.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    match admin.output {
+        Output::Json => outln!(
+            "{}",
+            json!({"url": r.url, "expires_in_seconds": r.expires_in_seconds})
+        ),
+        Output::Text => outln!("{}", r.url),
+    }
+    Ok(())
 }
 
 fn approval_json(a: &types::Approval) -> serde_json::Value {

@@ -64,6 +64,9 @@ pub enum Command {
     /// Tool calls held for a person's approval (`@approval` policies).
     #[command(subcommand)]
     Approval(approvals::ApprovalCmd),
+    /// The operator console (served with --console-bind).
+    #[command(subcommand)]
+    Console(approvals::ConsoleCmd),
     /// The tamper-evident audit log: tail, export, key, verify.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -155,6 +158,17 @@ pub struct RunArgs {
     /// Serve discovery over plain HTTP (behind a TLS-terminating proxy).
     #[arg(long, env = "LANYARD_OIDC_PLAIN_HTTP")]
     pub oidc_plain_http: bool,
+    /// Serve the operator console on ADDR [default: off]: HTTPS with
+    /// --console-cert and --console-key, or plain HTTP on a loopback
+    /// address. Sign in with `lanyard-server console login`.
+    #[arg(long, env = "LANYARD_CONSOLE_BIND")]
+    pub console_bind: Option<String>,
+    /// PEM certificate chain of the console.
+    #[arg(long, env = "LANYARD_CONSOLE_CERT")]
+    pub console_cert: Option<PathBuf>,
+    /// PEM private key of --console-cert.
+    #[arg(long, env = "LANYARD_CONSOLE_KEY")]
+    pub console_key: Option<PathBuf>,
     /// The key file sealing credential providers' secrets [default:
     /// <data dir>/credential.key]; every server of one database needs the
     /// same file.
@@ -214,6 +228,9 @@ impl RunArgs {
             oidc_cert: self.oidc_cert.clone(),
             oidc_key: self.oidc_key.clone(),
             oidc_plain_http: self.oidc_plain_http.then_some(true),
+            console_bind: self.console_bind.clone(),
+            console_cert: self.console_cert.clone(),
+            console_key: self.console_key.clone(),
             credential_ca_file: self.credential_ca_file.clone(),
             credential_key_file: self.credential_key_file.clone(),
             ca_ttl: self.ca_ttl.clone(),
@@ -481,6 +498,7 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
         Command::Svid(cmd) => enforce::run_svid(cmd).await,
         Command::Quarantine(cmd) => enforce::run_quarantine(cmd).await,
         Command::Approval(cmd) => approvals::run_approval(cmd).await,
+        Command::Console(cmd) => approvals::run_console(cmd).await,
         Command::Audit(cmd) => audit::run_audit(cmd).await,
         Command::Credential(cmd) => credentials::run_credential(cmd).await,
         Command::Bundle(BundleCmd::Show {

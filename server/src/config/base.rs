@@ -109,6 +109,16 @@ pub struct RawConfig {
     /// PEM CA certificates trusted for approval webhooks (default: the
     /// system's roots).
     pub webhook_ca_file: Option<PathBuf>,
+    /// Serve the operator console on this address (off by default).
+    pub console_bind: Option<String>,
+    /// PEM certificate chain of the console (HTTPS).
+    pub console_cert: Option<PathBuf>,
+    /// PEM private key of `console_cert`.
+    pub console_key: Option<PathBuf>,
+    /// The console's base URL in login links (default: its address).
+    pub console_url: Option<String>,
+    /// How long a console session lasts (15m).
+    pub console_session_ttl: Option<String>,
 }
 
 impl RawConfig {
@@ -273,6 +283,13 @@ impl RawConfig {
             audit.segment_bytes = n;
         }
         let psat_clusters = crate::config::psat::validate(self.k8s_psat.unwrap_or_default())?;
+        let console = crate::config::console::validate(crate::config::console::RawConsole {
+            bind: self.console_bind,
+            cert: self.console_cert,
+            key: self.console_key,
+            url: self.console_url,
+            session_ttl: self.console_session_ttl,
+        })?;
         let approval = crate::config::approvers::validate_all(
             self.approver.unwrap_or_default(),
             self.approver_group.unwrap_or_default(),
@@ -295,6 +312,7 @@ impl RawConfig {
             .data_dir
             .unwrap_or_else(|| PathBuf::from(".lanyard/server"));
         Ok(Config {
+            console,
             approval,
             credential_ca_file: self.credential_ca_file,
             credential_key_file: self
@@ -420,6 +438,8 @@ pub struct Config {
     pub credential_ca_file: Option<PathBuf>,
     /// Who may approve held calls, and how long requests wait.
     pub approval: crate::config::approvers::ApprovalSettings,
+    /// The operator console, when served.
+    pub console: Option<crate::config::console::ConsoleSettings>,
 }
 
 impl Config {

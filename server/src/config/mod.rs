@@ -5,6 +5,7 @@
 
 pub mod approvers;
 mod base;
+pub mod console;
 pub mod oidc;
 pub mod psat;
 

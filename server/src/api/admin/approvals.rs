@@ -1,7 +1,8 @@
 //! The admin API's approval calls: `approval list|show|approve|deny`.
 
 use lanyard_proto::admin::{
-    AnswerApprovalRequest, ApprovalRequest, ListApprovalsRequest, ListApprovalsResponse,
+    AnswerApprovalRequest, ApprovalRequest, ConsoleLoginRequest, ConsoleLoginResponse,
+    ListApprovalsRequest, ListApprovalsResponse,
 };
 use lanyard_proto::types;
 use tonic::{Request, Response, Status};
@@ -25,6 +26,26 @@ impl From<AnswerError> for Status {
 }
 
 impl AdminApi {
+    pub(super) fn console_login_rpc(
+        &self,
+        req: Request<ConsoleLoginRequest>,
+    ) -> Result<Response<ConsoleLoginResponse>, Status> {
+        let via = admin_actor(&req);
+        let approver = Some(req.into_inner().approver).filter(|a| !a.is_empty());
+        let Some(console) = &self.console else {
+            return Err(Status::failed_precondition(
+                "the console is off: start the server with --console-bind (console_bind)",
+            ));
+        };
+        let url = console
+            .login_link(approver, via)
+            .map_err(Status::permission_denied)?;
+        Ok(Response::new(ConsoleLoginResponse {
+            url,
+            expires_in_seconds: i64::try_from(crate::console::LINK_TTL.as_secs()).unwrap_or(300),
+        }))
+    }
+
     pub(super) fn list_approvals_rpc(
         &self,
         req: Request<ListApprovalsRequest>,

@@ -122,6 +122,8 @@ pub struct AdminApi {
     pub(crate) leases: crate::credentials::Leases,
     /// Calls held for approval.
     pub(crate) approvals: crate::approvals::Approvals,
+    /// The operator console, when served.
+    pub(crate) console: Option<crate::console::Console>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_token_ttl: Duration,
     /// Where admin changes are recorded.
@@ -586,6 +588,13 @@ impl Admin for AdminApi {
         req: Request<lanyard_proto::admin::AnswerApprovalRequest>,
     ) -> Result<Response<lanyard_proto::types::Approval>, Status> {
         self.answer_approval_rpc(req).await
+    }
+
+    async fn console_login(
+        &self,
+        req: Request<lanyard_proto::admin::ConsoleLoginRequest>,
+    ) -> Result<Response<lanyard_proto::admin::ConsoleLoginResponse>, Status> {
+        self.console_login_rpc(req)
     }
 }
 
