@@ -27,6 +27,11 @@ fi
 for tool in unshare openssl; do
   command -v "$tool" >/dev/null || need_apt+=(util-linux openssl)
 done
+# The console's browser tests: Debian's Chromium and its WebDriver (the
+# Python package drives them; nothing downloads a browser).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  need_apt+=(chromium chromium-driver)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   as_root apt-get update -qq

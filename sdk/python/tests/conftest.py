@@ -63,6 +63,9 @@ when { context.on_behalf_of == "user:board@example.com" };
 
 #: The one declared approver.
 APPROVER = "user:alice@example.com"
+#: Console sessions last this long (seconds): short, so that a test sees
+#: one expire.
+CONSOLE_SESSION = 10
 
 
 def _bin(name: str) -> str:
@@ -99,6 +102,8 @@ class Stack:
     #: A copy of this interpreter: another program to the agent, whose
     #: entry is an enforcement point (a tool server written in Python).
     tool_python: Path
+    #: The operator console's base URL.
+    console: str
 
     def admin_cmd(self, *args: str) -> str:
         """Runs ``lanyard-server ARGS --admin-socket ...``; its output."""
@@ -121,16 +126,20 @@ def stack() -> Iterator[Stack]:
         admin = d / "admin.sock"
         slog = d / "server.log"
         config = d / "server.toml"
-        config.write_text(f'[[approver]]\nname = "{APPROVER}"\n')
+        config.write_text(
+            f'console_session_ttl = "{CONSOLE_SESSION}s"\n[[approver]]\nname = "{APPROVER}"\n')
+        console_port = _free_port()
         procs.append(subprocess.Popen(
             [server_bin, "run", "--config", str(config), "--trust-domain", TD,
+             "--console-bind", f"127.0.0.1:{console_port}",
              "--data-dir", str(d / "server"),
              "--bind", f"127.0.0.1:{port}", "--admin-socket", str(admin)],
             stdout=slog.open("wb"), stderr=subprocess.STDOUT))
         _wait_socket(admin, procs[-1], slog)
         tool_python = d / "python-tool"
         shutil.copy(os.path.realpath(sys.executable), tool_python)
-        s = Stack(d, admin, d / "agent.sock", server_bin, tool_python)
+        s = Stack(d, admin, d / "agent.sock", server_bin, tool_python,
+                  f"http://127.0.0.1:{console_port}")
         token = s.admin_cmd("token", "generate", "--agent-id", NODE).strip()
         (d / "bundle.pem").write_text(s.admin_cmd("bundle", "show", "--format", "pem"))
         policy = d / "policy.cedar"
