@@ -38,9 +38,16 @@ impl ServerProc {
     /// [`ServerProc::start`] on a given port (a restart where agents
     /// expect it).
     /// Every server under `dir` shares `dir/credential.key` (as servers of
-    /// one database must).
+    /// one database must), and `dir/server.toml` as its configuration file
+    /// when there is one.
     pub fn start_on(bin: &str, dir: &Path, n: usize, datastore: &str, port: u16) -> Self {
         let key_file = dir.join("credential.key");
+        let config = dir.join("server.toml");
+        let config: Vec<std::ffi::OsString> = if config.exists() {
+            vec!["--config".into(), config.into_os_string()]
+        } else {
+            vec![]
+        };
         let dir = dir.join(format!("server{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let admin = dir.join("admin.sock");
@@ -50,7 +57,9 @@ impl ServerProc {
             .open(dir.join("server.log"))
             .unwrap();
         let child = Command::new(bin)
-            .args(["run", "--trust-domain", TD, "--bind"])
+            .arg("run")
+            .args(config)
+            .args(["--trust-domain", TD, "--bind"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir.join("data"))

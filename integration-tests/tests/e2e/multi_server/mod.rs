@@ -17,6 +17,7 @@ use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
 use lanyard_pg_testing::PgCluster;
 use lanyard_proto::admin::admin_client::AdminClient;
+mod approvals;
 mod credentials;
 use lanyard_proto::admin::{
     AgentRequest, AuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest,
@@ -80,6 +81,11 @@ impl Fleet {
         let db = pg.create_db().await.unwrap();
         let url = pg.url(&db);
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("server.toml"),
+            format!("[[approver]]\nname = \"{}\"\n", approvals::APPROVER),
+        )
+        .unwrap();
         let s1 = ServerProc::start(SERVER, dir.path(), 1, &url);
         s1.ready().await;
         let s2 = ServerProc::start(SERVER, dir.path(), 2, &url);
@@ -125,6 +131,7 @@ async fn three_servers_on_one_database_serve_one_agent_through_failover_and_bans
     an_entry_through_another_server_arrives_at_once(&f, &client, home).await;
     credentials::a_secret_added_through_one_server_is_released_through_another(&f, &agent, home)
         .await;
+    approvals::a_call_held_through_one_server_is_approved_through_another(&f, &agent, home).await;
     let (dead, now_home) =
         a_killed_server_hands_the_agent_over_with_fresh_svids(&mut f, &agent, home).await;
     let third = (0..3).find(|i| *i != home && *i != now_home).unwrap();
