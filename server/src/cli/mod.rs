@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Join tokens for node attestation.
     #[command(subcommand)]
     Token(TokenCmd),

@@ -42,15 +42,14 @@ pub struct RawConsole {
 }
 
 /// Checks the console settings; `None` when it is off.
-pub fn validate(raw: RawConsole) -> Result<Option<ConsoleSettings>, ConsoleConfigError> {
+pub fn validate(raw: RawConsole) -> Result<Option<ConsoleSettings>, ConfigError> {
     let Some(bind) = lanyard_core::config::optional_addr("console_bind", raw.bind.as_deref())?
     else {
         if raw.cert.is_some() || raw.key.is_some() || raw.url.is_some() {
             return Err(ConfigError::invalid(
                 "console_bind",
                 "console_cert, console_key and console_url need console_bind",
-            )
-            .into());
+            ));
         }
         return Ok(None);
     };
@@ -63,21 +62,22 @@ pub fn validate(raw: RawConsole) -> Result<Option<ConsoleSettings>, ConsoleConfi
                 format!(
                     "{bind} is not a loopback address: the console is served over HTTPS there (set console_cert and console_key), or plain HTTP on 127.0.0.1 only"
                 ),
-            )
-            .into());
+            ));
         }
         _ => {
             return Err(ConfigError::invalid(
                 "console_cert",
                 "console_cert and console_key go together",
-            )
-            .into());
+            ));
         }
     };
     if let Some(u) = &raw.url
         && !(u.starts_with("https://") || u.starts_with("http://"))
     {
-        return Err(ConfigError::invalid("console_url", "must be an http(s):// URL").into());
+        return Err(ConfigError::invalid(
+            "console_url",
+            "must be an http(s):// URL",
+        ));
     }
     let session_ttl = match raw.session_ttl {
         None => DEFAULT_SESSION_TTL,
@@ -85,9 +85,10 @@ pub fn validate(raw: RawConsole) -> Result<Option<ConsoleSettings>, ConsoleConfi
             let d =
                 parse_duration(&t).map_err(|e| ConfigError::invalid("console_session_ttl", e))?;
             if d < Duration::from_secs(1) || d > Duration::from_secs(12 * 3600) {
-                return Err(
-                    ConfigError::invalid("console_session_ttl", "between 1s and 12h").into(),
-                );
+                return Err(ConfigError::invalid(
+                    "console_session_ttl",
+                    "between 1s and 12h",
+                ));
             }
             d
         }
@@ -99,9 +100,6 @@ pub fn validate(raw: RawConsole) -> Result<Option<ConsoleSettings>, ConsoleConfi
         session_ttl,
     }))
 }
-
-/// A console setting that does not hold.
-pub type ConsoleConfigError = ConfigError;
 
 #[cfg(test)]
 mod tests {

@@ -567,25 +567,35 @@ async fn webhooks_are_signed_and_retried_until_delivered() {
     let secret_file = tmp.path().join("hook.key");
     std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
     let port_file = tmp.path().join("hook.port");
-    let mut receiver = Command::new("python3")
-        .arg(
-            lanyard_integration_tests::python::repo_root()
-                .join("integration-tests/python/webhook_receiver.py"),
-        )
-        .arg("--port-file")
-        .arg(&port_file)
-        .arg("--secret-file")
-        .arg(&secret_file)
-        .args(["--fail", "2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// The receiver, killed (and reaped) however the test ends.
+    struct Receiver(std::process::Child);
+    impl Drop for Receiver {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut receiver = Receiver(
+        Command::new("python3")
+            .arg(
+                lanyard_integration_tests::python::repo_root()
+                    .join("integration-tests/python/webhook_receiver.py"),
+            )
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--secret-file")
+            .arg(&secret_file)
+            .args(["--fail", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let port = eventually("the receiver's port", WAIT, || async {
         std::fs::read_to_string(&port_file).ok()
     })
     .await;
     let lines = {
-        let out = receiver.stdout.take().unwrap();
+        let out = receiver.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -628,7 +638,7 @@ async fn webhooks_are_signed_and_retried_until_delivered() {
             .unwrap_or_else(|_| panic!("deliveries so far: {got:?}"));
         got.push(serde_json::from_str(&line).unwrap());
     }
-    let _ = receiver.kill();
+    drop(receiver);
     for path in ["/alice", "/group"] {
         let mine: Vec<&serde_json::Value> = got.iter().filter(|l| l["path"] == path).collect();
         assert_eq!(mine.len(), 3, "two failures, then delivered: {got:?}");
