@@ -144,25 +144,6 @@ fn authorization_server_client(
     }
 }
 
-/// The HTTPS client of approval webhooks, when any is configured.
-fn webhook_client(
-    s: &crate::config::approvers::ApprovalSettings,
-) -> Result<Option<lanyard_fetch::Client>, AppError> {
-    let any = s.approvers.iter().any(|a| a.webhook.is_some()) || !s.group_webhooks.is_empty();
-    if !any {
-        return Ok(None);
-    }
-    let timeout = Duration::from_secs(10);
-    let max = 64 * 1024;
-    let client = match &s.webhook_ca_file {
-        Some(path) => lanyard_fetch::Client::with_ca_file(path, timeout, max),
-        None => lanyard_fetch::Client::new(lanyard_fetch::Trust::System, timeout, max),
-    };
-    client
-        .map(Some)
-        .map_err(|e| AppError::WebhookCa(format!("approval webhooks: {e} (set webhook_ca_file)")))
-}
-
 /// Builds and starts the server.
 pub async fn build(config: Config) -> Result<Bound, AppError> {
     build_with_clock(config, Arc::new(SystemClock)).await
@@ -255,7 +236,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<B
         config.approval.clone(),
         tasks.clone(),
         quarantines.clone(),
-        webhook_client(&config.approval)?,
+        crate::approvals::webhook_client(&config.approval).map_err(AppError::WebhookCa)?,
     )
     .await?;
     approvals.set_audit(audit.clone());

@@ -9,6 +9,7 @@
 mod approval;
 mod outcome;
 mod record;
+mod verdict;
 mod verify;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +26,7 @@ pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
 
 use crate::cache::Snapshot;
 use crate::identity::IdentityHandle;
+use verdict::Verdict;
 
 /// The reason of every decision while the audit queue cannot take its
 /// record.
@@ -162,40 +164,6 @@ pub enum PdpError {
     /// The audit queue could not take the record.
     #[error("{0}")]
     Unavailable(String),
-}
-
-/// A decision before it is recorded.
-struct Verdict {
-    allow: bool,
-    reason: String,
-    policy_ids: Vec<String>,
-    /// A deciding forbid said `@quarantine` (and whether entry-wide).
-    quarantine: Option<bool>,
-    /// A denial that counts towards quarantine (one because the workload
-    /// is already quarantined does not).
-    counts: bool,
-    /// The satisfied permits that want a person's approval first.
-    approvals: Vec<lanyard_policy::Approval>,
-    /// Waiting for that approval.
-    pending: bool,
-    approval_id: String,
-    approval_expires_at: i64,
-}
-
-impl Verdict {
-    fn deny(reason: impl Into<String>) -> Self {
-        Self {
-            allow: false,
-            reason: reason.into(),
-            policy_ids: vec![],
-            quarantine: None,
-            counts: true,
-            approvals: vec![],
-            pending: false,
-            approval_id: String::new(),
-            approval_expires_at: 0,
-        }
-    }
 }
 
 impl Pdp {

@@ -8,6 +8,8 @@
 
 use crate::enforce_support;
 
+mod approvals;
+
 use std::collections::{BTreeSet, HashMap};
 
 use enforce_support::*;
@@ -61,7 +63,7 @@ async fn every_kind_is_recorded_by_the_flow_that_causes_it() {
     let (holder, mine) = tasks_begun_refused_delegated_and_ended(&s).await;
     a_credential_issued_refused_and_ended_with_its_task(&s).await;
     let (allowed, refused_call) = one_call_allowed_and_one_denied(&s, &holder).await;
-    approvals_asked_answered_used_and_lapsed(&s).await;
+    approvals::asked_answered_used_and_lapsed(&s).await;
     let holder2 = a_revocation_a_quarantine_released_and_a_task_revoked(&s, &holder).await;
     let holder3 = reports_a_gap_and_an_entry_wide_quarantine_confirmed(&s).await;
     an_authority_rotated_tainted_and_revoked(&s).await;
@@ -274,85 +276,6 @@ async fn one_call_allowed_and_one_denied(
     assert!(!refused_call.allow);
     crate::audit_calls::a_call_and_its_outcome_recorded_once(s, holder).await;
     (allowed, refused_call)
-}
-
-/// Calls held for approval: one approved and used, one denied, one
-/// expired, one ended with its task.
-async fn approvals_asked_answered_used_and_lapsed(s: &Setup) {
-    use lanyard_proto::admin::{AnswerApprovalRequest, ApprovalRequest};
-    use lanyard_proto::task::AuthorizeToolCallRequest;
-    set_policy(
-        s,
-        r#"@id("all") permit(principal, action, resource);
-        @id("held") @approval("any-operator") @approval_ttl("1s")
-        permit (principal, action == Lanyard::Action::"UseTool", resource == Lanyard::Tool::"crm.read")
-        when { context.at_call && context.call.contains("held=true") };"#,
-    )
-    .await;
-    let holder = Holder::start(&s.socket, &["crm.read"]);
-    let ask = |n: u32| {
-        let socket = s.socket.clone();
-        let chain = holder.chain.clone();
-        async move {
-            let ch = lanyard_uds::unix_channel(&socket).unwrap();
-            TaskIdentityClient::new(ch)
-                .authorize_tool_call(header(AuthorizeToolCallRequest {
-                    credential: Some(x509(&chain)),
-                    tool: "crm.read".into(),
-                    context_json: format!(r#"{{"held": true, "n": {n}}}"#),
-                    ..Default::default()
-                }))
-                .await
-                .unwrap()
-                .into_inner()
-        }
-    };
-    let answer = |id: String, approve: bool| async move {
-        s.server()
-            .admin()
-            .answer_approval(AnswerApprovalRequest {
-                id,
-                approve,
-                approver: "user:ops@example.com".into(),
-                reason: "audit test".into(),
-            })
-            .await
-            .unwrap();
-    };
-    let state = |id: String| async move {
-        s.server()
-            .admin()
-            .get_approval(ApprovalRequest { id })
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-    };
-    let approved = ask(1).await;
-    assert!(approved.pending, "{approved:?}");
-    answer(approved.approval_id.clone(), true).await;
-    assert!(ask(1).await.allow);
-    let denied = ask(2).await;
-    answer(denied.approval_id.clone(), false).await;
-    let expired = ask(3).await;
-    eventually("an expired request", WAIT, || async {
-        (state(expired.approval_id.clone()).await == "expired").then_some(())
-    })
-    .await;
-    let ended = ask(4).await;
-    assert!(ended.pending, "{ended:?}");
-    s.server()
-        .admin()
-        .revoke_task(TaskRequest {
-            task_id: holder.task_id.clone(),
-        })
-        .await
-        .unwrap();
-    eventually("a request ended with its task", WAIT, || async {
-        (state(ended.approval_id.clone()).await == "ended").then_some(())
-    })
-    .await;
-    set_policy(s, "@id(\"all\") permit(principal, action, resource);").await;
 }
 
 /// A revocation, a quarantine and its release, a task revoked.

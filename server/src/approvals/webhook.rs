@@ -19,6 +19,26 @@ const ATTEMPTS: u32 = 10;
 const FIRST_DELAY: Duration = Duration::from_millis(500);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
+/// The HTTPS client of approval webhooks, when any is configured; or why
+/// none can be made.
+pub fn webhook_client(
+    s: &crate::config::approvers::ApprovalSettings,
+) -> Result<Option<lanyard_fetch::Client>, String> {
+    let any = s.approvers.iter().any(|a| a.webhook.is_some()) || !s.group_webhooks.is_empty();
+    if !any {
+        return Ok(None);
+    }
+    let timeout = Duration::from_secs(10);
+    let max = 64 * 1024;
+    let client = match &s.webhook_ca_file {
+        Some(path) => lanyard_fetch::Client::with_ca_file(path, timeout, max),
+        None => lanyard_fetch::Client::new(lanyard_fetch::Trust::System, timeout, max),
+    };
+    client
+        .map(Some)
+        .map_err(|e| format!("approval webhooks: {e} (set webhook_ca_file)"))
+}
+
 /// The signature header's value for `body` sent at `timestamp`.
 pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);

@@ -8,6 +8,7 @@ mod candidates;
 mod credential;
 mod decide;
 mod delegation;
+mod entries;
 mod error;
 mod index;
 mod mint;

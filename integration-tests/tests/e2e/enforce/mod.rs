@@ -7,6 +7,7 @@
 
 use crate::enforce_support;
 mod approval;
+mod approval_webhooks;
 mod policy;
 mod quarantine;
 mod reports;

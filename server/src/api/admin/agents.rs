@@ -51,3 +51,15 @@ impl AdminApi {
         Ok(Response::new(agent_msg(&a)))
     }
 }
+
+fn agent_msg(a: &AgentRecord) -> Agent {
+    Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        attestation_type: a.attestation_type.clone(),
+        serial: a.serial.clone(),
+        expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
+        banned: a.banned,
+        attested_at: i64::try_from(a.attested_at).unwrap_or(i64::MAX),
+        selectors: a.selectors.clone(),
+    }
+}

@@ -143,3 +143,23 @@ impl AdminApi {
         }))
     }
 }
+
+/// The audit record of an entry change.
+fn entry_event(
+    audit: &crate::audit::Audit,
+    kind: Kind,
+    actor: String,
+    e: &RegistrationEntry,
+) -> lanyard_core::audit::Event {
+    audit
+        .event(kind)
+        .actor(actor)
+        .subject(e.spiffe_id.to_string())
+        .node(e.parent_id.to_string())
+        .details(serde_json::json!({
+            "entry_id": e.id.to_string(),
+            "revision": e.revision,
+            "selectors": e.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "require_task": e.require_task,
+        }))
+}

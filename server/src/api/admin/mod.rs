@@ -170,18 +170,6 @@ pub fn check_peer_uid(req: Request<()>) -> Result<Request<()>, Status> {
     }
 }
 
-fn agent_msg(a: &AgentRecord) -> Agent {
-    Agent {
-        spiffe_id: a.spiffe_id.to_string(),
-        attestation_type: a.attestation_type.clone(),
-        serial: a.serial.clone(),
-        expires_at: i64::try_from(a.expires_at).unwrap_or(i64::MAX),
-        banned: a.banned,
-        attested_at: i64::try_from(a.attested_at).unwrap_or(i64::MAX),
-        selectors: a.selectors.clone(),
-    }
-}
-
 fn optional_id(field: &'static str, s: &str) -> Result<Option<SpiffeId>, AdminError> {
     if s.is_empty() {
         Ok(None)
@@ -601,23 +589,4 @@ impl Admin for AdminApi {
 /// The admin caller, as audit records name it.
 fn admin_actor<T>(req: &Request<T>) -> String {
     crate::audit::Actor::Admin(caller_uid(req)).name()
-}
-
-fn entry_event(
-    audit: &crate::audit::Audit,
-    kind: Kind,
-    actor: String,
-    e: &RegistrationEntry,
-) -> lanyard_core::audit::Event {
-    audit
-        .event(kind)
-        .actor(actor)
-        .subject(e.spiffe_id.to_string())
-        .node(e.parent_id.to_string())
-        .details(serde_json::json!({
-            "entry_id": e.id.to_string(),
-            "revision": e.revision,
-            "selectors": e.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "require_task": e.require_task,
-        }))
 }
