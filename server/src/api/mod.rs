@@ -2,6 +2,7 @@
 //! domain modules, which never import them.
 
 pub mod admin;
+pub(crate) mod http1;
 pub mod node;
 pub mod oidc;
 mod status;

@@ -15,12 +15,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use lanyard_core::jwt::oidc::{DISCOVERY_PATH, JWKS_PATH, discovery_document, oidc_jwks};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::ca::Ca;
 use crate::config::oidc::{OidcServe, OidcTransport};
@@ -58,7 +56,7 @@ pub async fn serve(
     serve: &OidcServe,
     issuer: &str,
     ca: Ca,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, OidcError> {
     let acceptor = match &serve.transport {
         OidcTransport::Tls { cert, key } => Some(tls_acceptor(cert, key)?),
@@ -72,46 +70,17 @@ pub async fn serve(
         .map_err(|e| OidcError::Bind(serve.bind, e))?;
     let document = Bytes::from(discovery_document(issuer).to_string());
     tracing::info!(%addr, issuer, https = acceptor.is_some(), "serving OpenID Connect discovery");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::spawn(async move {
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.changed() => return,
-            };
-            let Ok((tcp, _)) = accepted else {
-                // Out of descriptors, say: let the others finish first.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let (ca, document, acceptor) = (ca.clone(), document.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let out = respond(&req, &document, &ca);
-                    async move { Ok::<_, std::convert::Infallible>(out) }
-                });
-                let served = async {
-                    let http = hyper::server::conn::http1::Builder::new();
-                    match acceptor {
-                        Some(acceptor) => match acceptor.accept(tcp).await {
-                            Ok(tls) => {
-                                let _ = http.serve_connection(TokioIo::new(tls), svc).await;
-                            }
-                            Err(e) => tracing::debug!(error = %e, "discovery TLS handshake failed"),
-                        },
-                        None => {
-                            let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(CONNECTION_DEADLINE, served).await;
-            });
-        }
-    });
+    crate::api::http1::serve(
+        listener,
+        acceptor,
+        MAX_CONNECTIONS,
+        CONNECTION_DEADLINE,
+        shutdown,
+        move |req| {
+            let out = respond(&req, &document, &ca);
+            async move { out }
+        },
+    );
     Ok(addr)
 }
 

@@ -6,6 +6,7 @@ use lanyard_proto::admin::{
 };
 use lanyard_proto::types;
 
+use super::out::time_text;
 use super::*;
 
 /// `approval` subcommands.
@@ -155,12 +156,6 @@ fn approval_text(a: &types::Approval) -> String {
         s.push_str(&format!("Used          : {}\n", time_text(a.used_at)));
     }
     s
-}
-
-fn time_text(secs: i64) -> String {
-    lanyard_core::clock::format_rfc3339(lanyard_core::clock::from_unix_secs(
-        u64::try_from(secs).unwrap_or(0),
-    ))
 }
 
 fn print_approval(output: Output, a: &types::Approval) {

@@ -6,6 +6,7 @@ use lanyard_proto::admin::{
 };
 use lanyard_proto::types;
 
+use super::out::time_text;
 use super::*;
 
 /// `svid` subcommands.
@@ -153,12 +154,6 @@ fn quarantine_text(q: &types::Quarantine) -> String {
         ));
     }
     s
-}
-
-fn time_text(secs: i64) -> String {
-    lanyard_core::clock::format_rfc3339(lanyard_core::clock::from_unix_secs(
-        u64::try_from(secs).unwrap_or(0),
-    ))
 }
 
 fn print_quarantine(output: Output, q: &types::Quarantine) {

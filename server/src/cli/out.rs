@@ -65,3 +65,10 @@ pub(crate) fn print_list<T>(
         }
     }
 }
+
+/// Unix seconds as RFC 3339 text.
+pub(crate) fn time_text(secs: i64) -> String {
+    lanyard_core::clock::format_rfc3339(lanyard_core::clock::from_unix_secs(
+        u64::try_from(secs).unwrap_or(0),
+    ))
+}

@@ -19,10 +19,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use lanyard_core::audit::Kind;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 pub use auth::{LINK_TTL, Operator};
 use auth::{Session, Sessions, same};
@@ -121,7 +119,7 @@ impl Console {
     /// address.
     pub async fn serve(
         &self,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<SocketAddr, ConsoleError> {
         let s = &self.inner.settings;
         let acceptor = match &s.tls {
@@ -144,45 +142,18 @@ impl Console {
             .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let _ = self.inner.url.set(base.clone());
         tracing::info!(%addr, url = %base, "serving the operator console");
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = shutdown.changed() => return,
-                };
-                let Ok((tcp, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (me, acceptor) = (me.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let svc = service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
-                    });
-                    let served = async {
-                        let http = hyper::server::conn::http1::Builder::new();
-                        match acceptor {
-                            Some(a) => {
-                                if let Ok(tls) = a.accept(tcp).await {
-                                    let _ = http.serve_connection(TokioIo::new(tls), svc).await;
-                                }
-                            }
-                            None => {
-                                let _ = http.serve_connection(TokioIo::new(tcp), svc).await;
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(CONNECTION_DEADLINE, served).await;
-                });
-            }
-        });
+        crate::api::http1::serve(
+            listener,
+            acceptor,
+            MAX_CONNECTIONS,
+            CONNECTION_DEADLINE,
+            shutdown,
+            move |req| {
+                let me = me.clone();
+                async move { me.handle(req).await }
+            },
+        );
         Ok(addr)
     }
 
