@@ -133,6 +133,13 @@ def test_state_changes_need_the_session_and_its_csrf_token(stack: Stack, browser
     assert status == 401
 
 
+def test_signing_out_ends_the_session(stack: Stack, browser: webdriver.Chrome) -> None:
+    browser.get(login_link(stack))
+    browser.find_element(By.ID, "logout").click()
+    browser.get(f"{stack.console}/quarantines")
+    assert browser.find_elements(By.ID, "signin"), browser.page_source
+
+
 def test_a_session_expires(stack: Stack, browser: webdriver.Chrome) -> None:
     browser.get(login_link(stack))
     assert browser.title == "Pending approvals - Lanyard"

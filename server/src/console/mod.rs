@@ -117,10 +117,7 @@ impl Console {
 
     /// Listens on the configured address until `shutdown`; the bound
     /// address.
-    pub async fn serve(
-        &self,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<SocketAddr, ConsoleError> {
+    pub async fn serve(&self, shutdown: watch::Receiver<bool>) -> Result<SocketAddr, ConsoleError> {
         let s = &self.inner.settings;
         let acceptor = match &s.tls {
             Some((cert, key)) => Some(

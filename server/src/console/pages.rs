@@ -49,8 +49,10 @@ fn time(secs: u64) -> String {
 pub fn layout(title: &str, session: Option<&Session>, refresh: bool, body: &str) -> String {
     let who = session.map_or_else(String::new, |s| {
         format!(
-            "<span class=\"muted\" id=\"who\">{}</span>",
-            escape(&s.operator.name())
+            "<span class=\"muted\" id=\"who\">{}</span>\
+<form method=\"post\" action=\"/logout\">{}<button type=\"submit\" id=\"logout\">Sign out</button></form>",
+            escape(&s.operator.name()),
+            hidden_csrf(s)
         )
     });
     let nav = if session.is_some() {
