@@ -13,6 +13,7 @@ mod agent_metrics;
 mod audit;
 mod audit_calls;
 mod audit_delivery;
+mod console;
 mod crash;
 mod credentials;
 mod dns;
