@@ -25,6 +25,18 @@ impl From<TaskServiceError> for Status {
     }
 }
 
+impl From<crate::approvals::AskError> for Status {
+    fn from(e: crate::approvals::AskError) -> Self {
+        match e {
+            crate::approvals::AskError::Invalid(m) => Status::invalid_argument(m),
+            crate::approvals::AskError::Store(e) => {
+                tracing::error!(err = %e, "approval request failed");
+                Status::unavailable("the approval store is unavailable")
+            }
+        }
+    }
+}
+
 impl From<crate::credentials::CredentialError> for Status {
     fn from(e: crate::credentials::CredentialError) -> Self {
         use crate::credentials::{CredentialError, SealError};

@@ -101,6 +101,25 @@ async fn state(s: &Setup, id: &str) -> String {
         .state
 }
 
+/// Waits until request `id` is in state `want`.
+async fn wait_state(s: &Setup, id: &str, want: &str) {
+    eventually(&format!("approval {id} {want}"), WAIT, || async {
+        (state(s, id).await == want).then_some(())
+    })
+    .await;
+}
+
+/// The pending requests.
+async fn pending(s: &Setup) -> Vec<lanyard_proto::types::Approval> {
+    s.server()
+        .admin()
+        .list_approvals(ListApprovalsRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals
+}
+
 async fn answer(
     s: &Setup,
     id: &str,
@@ -307,16 +326,7 @@ async fn a_waiting_call_is_released_when_approved() {
         })
     };
     let id = eventually("the held request", WAIT, || async {
-        s.server()
-            .admin()
-            .list_approvals(ListApprovalsRequest { all: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .approvals
-            .into_iter()
-            .next()
-            .map(|a| a.id)
+        pending(&s).await.into_iter().next().map(|a| a.id)
     })
     .await;
     assert!(!held.is_finished(), "the call did not wait");
@@ -349,10 +359,7 @@ async fn expiry_task_end_and_quarantine_end_pending_requests() {
     let left = quick.approval_expires_at
         - i64::try_from(lanyard_core::clock::unix_secs(std::time::SystemTime::now())).unwrap();
     assert!((0..=3).contains(&left), "expires in {left}s");
-    eventually("expiry", WAIT, || async {
-        (state(&s, &quick.approval_id).await == "expired").then_some(())
-    })
-    .await;
+    wait_state(&s, &quick.approval_id, "expired").await;
     let late = answer(&s, &quick.approval_id, true, ALICE)
         .await
         .unwrap_err();
@@ -368,10 +375,7 @@ async fn expiry_task_end_and_quarantine_end_pending_requests() {
         })
         .await
         .unwrap();
-    eventually("the request ended with its task", WAIT, || async {
-        (state(&s, &slow.approval_id).await == "ended").then_some(())
-    })
-    .await;
+    wait_state(&s, &slow.approval_id, "ended").await;
     let rec = s
         .server()
         .admin()
@@ -397,10 +401,7 @@ async fn expiry_task_end_and_quarantine_end_pending_requests() {
         })
         .await
         .unwrap();
-    eventually("the request ended with the quarantine", WAIT, || async {
-        (state(&s, &held.approval_id).await == "ended").then_some(())
-    })
-    .await;
+    wait_state(&s, &held.approval_id, "ended").await;
     let err = answer(&s, &held.approval_id, true, ALICE)
         .await
         .unwrap_err();
@@ -491,16 +492,9 @@ async fn a_task_held_for_approval_begins_once_approved() {
     let err = begin(&["crm.read"]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().starts_with("approval pending"), "{err:?}");
-    let pending = s
-        .server()
-        .admin()
-        .list_approvals(ListApprovalsRequest { all: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .approvals;
-    assert_eq!(pending.len(), 1, "{pending:?}");
-    let a = &pending[0];
+    let listed = pending(&s).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let a = &listed[0];
     assert!(err.message().contains(&a.id), "{err:?}");
     assert_eq!(
         (a.action.as_str(), a.tool.as_str(), a.intent.as_str()),
@@ -510,17 +504,7 @@ async fn a_task_held_for_approval_begins_once_approved() {
     assert!(a.task_id.is_empty());
     // Asking again does not open a second request.
     begin(&["crm.read"]).await.unwrap_err();
-    assert_eq!(
-        s.server()
-            .admin()
-            .list_approvals(ListApprovalsRequest { all: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .approvals
-            .len(),
-        1
-    );
+    assert_eq!(pending(&s).await.len(), 1);
     let refused = answer(&s, &a.id, true, BOB).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     answer(&s, &a.id, true, ALICE).await.unwrap();
@@ -534,14 +518,8 @@ async fn a_task_held_for_approval_begins_once_approved() {
     // Another request (other tools) is another approval; denied, it is
     // the caller's answer.
     begin(&["crm.read", "email.send"]).await.unwrap_err();
-    let other = s
-        .server()
-        .admin()
-        .list_approvals(ListApprovalsRequest { all: false })
+    let other = pending(&s)
         .await
-        .unwrap()
-        .into_inner()
-        .approvals
         .into_iter()
         .find(|x| x.arguments_json.contains("email.send"))
         .unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lanyard_proto::server::{RequestApprovalRequest, RequestApprovalResponse};
 
-use crate::approvals::{Ask, AskError, MAX_WAIT};
+use crate::approvals::{Ask, MAX_WAIT};
 
 /// The request as the domain takes it, or InvalidArgument.
 fn ask(agent: &SpiffeId, r: RequestApprovalRequest) -> Result<Ask, Status> {
@@ -54,13 +54,7 @@ impl NodeApi {
     ) -> Result<Response<RequestApprovalResponse>, Status> {
         let (agent, _) = self.authenticate(&req).await?;
         let ask = ask(&agent.spiffe_id, req.into_inner())?;
-        let v = self.approvals.ask(&ask).await.map_err(|e| match e {
-            AskError::Invalid(m) => Status::invalid_argument(m),
-            AskError::Store(e) => {
-                tracing::error!(err = %e, "approval request failed");
-                Status::unavailable("the approval store is unavailable")
-            }
-        })?;
+        let v = self.approvals.ask(&ask).await?;
         Ok(Response::new(RequestApprovalResponse {
             state: v.state.as_str().into(),
             approval_id: v.id,

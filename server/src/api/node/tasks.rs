@@ -99,13 +99,7 @@ impl NodeApi {
             }),
             ..Default::default()
         };
-        let v = self.approvals.ask(&ask).await.map_err(|e| match e {
-            crate::approvals::AskError::Invalid(m) => Status::invalid_argument(m),
-            crate::approvals::AskError::Store(e) => {
-                tracing::error!(err = %e, "approval request failed");
-                Status::unavailable("the approval store is unavailable")
-            }
-        })?;
+        let v = self.approvals.ask(&ask).await?;
         match v.state {
             crate::approvals::State::Used => Ok(v.id),
             crate::approvals::State::Pending => Err(Status::failed_precondition(format!(
