@@ -9,13 +9,6 @@ use super::*;
 /// The declared approver of every server in the fleet.
 pub(super) const APPROVER: &str = "user:ops@example.com";
 
-fn header<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    r
-}
-
 pub(super) async fn a_call_held_through_one_server_is_approved_through_another(
     f: &Fleet,
     agent: &lanyard_agent::Bound,

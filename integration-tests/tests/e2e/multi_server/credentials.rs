@@ -5,13 +5,6 @@
 
 use super::*;
 
-fn header<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    r
-}
-
 /// A secret provider added through one server is seen and rotated through
 /// the others; the shared database holds only its ciphertext.
 pub(super) async fn a_secret_provider_is_shared_and_the_database_holds_only_ciphertext(f: &Fleet) {

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+// The Workload API's metadata header, as every workload sends it.
+use crate::enforce_support::header;
 use lanyard_core::x509::CertInfo;
 use lanyard_integration_tests::server_proc::ServerProc;
 use lanyard_integration_tests::{NODE, TD, endpoint, eventually, init, own_uid};
