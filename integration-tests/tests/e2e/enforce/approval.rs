@@ -358,7 +358,9 @@ async fn expiry_task_end_and_quarantine_end_pending_requests() {
     assert!(quick.pending);
     let left = quick.approval_expires_at
         - i64::try_from(lanyard_core::clock::unix_secs(std::time::SystemTime::now())).unwrap();
-    assert!((0..=3).contains(&left), "expires in {left}s");
+    // At most the 2 s of its policy (not the 5 min default); a loaded
+    // machine may answer late enough that it has already lapsed.
+    assert!(left <= 3, "expires in {left}s");
     wait_state(&s, &quick.approval_id, "expired").await;
     let late = answer(&s, &quick.approval_id, true, ALICE)
         .await
