@@ -47,7 +47,7 @@ impl Default for Limits {
 pub struct RawQuarantine {
     /// Send SIGSTOP to a quarantined process (default false).
     pub freeze: Option<bool>,
-    /// More denied tool calls than this for one task, within `window`, at
+    /// More denied tool calls than this by one workload, within `window`, at
     /// this node's enforcement points quarantine it here at once (default 3).
     pub max_denials: Option<u32>,
     /// The window of `max_denials` (default 60s).

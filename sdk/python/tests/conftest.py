@@ -8,6 +8,7 @@ The binaries come from ``LANYARD_BIN_DIR`` or the repository's
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -127,7 +128,10 @@ def stack() -> Iterator[Stack]:
         slog = d / "server.log"
         config = d / "server.toml"
         config.write_text(
-            f'console_session_ttl = "{CONSOLE_SESSION}s"\n[[approver]]\nname = "{APPROVER}"\n')
+            # The tests share one AI agent process: its denials, across
+            # tests, must not quarantine it.
+            f'console_session_ttl = "{CONSOLE_SESSION}s"\nquarantine_max_denials = 1000\n'
+            f'[[approver]]\nname = "{APPROVER}"\n')
         console_port = _free_port()
         procs.append(subprocess.Popen(
             [server_bin, "run", "--config", str(config), "--trust-domain", TD,
@@ -159,11 +163,13 @@ def stack() -> Iterator[Stack]:
         s.admin_cmd(
             "entry", "create", "--spiffe-id", TOOL_ID, "--parent-id", NODE,
             "--selector", f"unix:uid:{os.getuid()}", "--selector", f"unix:path:{tool_python}",
-            "--enforcement-point",
+            "--enforcement-point", "--x509-ttl", "10s",
         )
         alog = d / "agent.log"
+        agent_config = d / "agent.toml"
+        agent_config.write_text("[quarantine]\nmax_denials = 1000\n")
         procs.append(subprocess.Popen(
-            [agent_bin, "run", "--server", f"127.0.0.1:{port}", "--trust-domain", TD,
+            [agent_bin, "run", "--config", str(agent_config), "--server", f"127.0.0.1:{port}", "--trust-domain", TD,
              "--join-token", token, "--trust-bundle", str(d / "bundle.pem"),
              "--socket", str(s.socket), "--data-dir", str(d / "agent")],
             stdout=alog.open("wb"), stderr=subprocess.STDOUT))
@@ -195,25 +201,50 @@ def stack() -> Iterator[Stack]:
         subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
-#: The tool server written with lanyard.Guard (tests/tool_server.py), run by
-#: the copied interpreter (an enforcement point); its port. One per session.
-@pytest.fixture(scope="session")
-def tool_port(stack: Stack) -> Iterator[int]:
-    port_file = stack.dir / "tool.port"
+def _tool_process(stack: Stack, script: str, name: str) -> Iterator[str]:
+    """Runs ``tests/SCRIPT PORT_FILE`` with the copied interpreter (an
+    enforcement point) until the session ends; yields what it wrote to
+    PORT_FILE."""
+    port_file = stack.dir / f"{name}.port"
     env = dict(os.environ)
     # The copied interpreter finds this environment's packages by path.
     env["PYTHONPATH"] = os.pathsep.join([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-    log = stack.dir / "tool.log"
+    log = stack.dir / f"{name}.log"
     proc = subprocess.Popen(
-        [str(stack.tool_python), str(Path(__file__).with_name("tool_server.py")), str(port_file)],
+        [str(stack.tool_python), str(Path(__file__).with_name(script)), str(port_file)],
         env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         deadline = time.monotonic() + 30
         while not port_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the tool server did not start: {log.read_text()}")
+                pytest.fail(f"{script} did not start: {log.read_text()}")
             time.sleep(0.05)
-        yield int(port_file.read_text())
+        yield port_file.read_text()
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+#: The tool server written with lanyard.Guard (tests/tool_server.py), run by
+#: the copied interpreter (an enforcement point); its port. One per session.
+@pytest.fixture(scope="session")
+def tool_port(stack: Stack) -> Iterator[int]:
+    for text in _tool_process(stack, "tool_server.py", "tool"):
+        yield int(text)
+
+
+@dataclass
+class Guarded:
+    """The FastAPI service and the MCP server of tests/guarded_service.py."""
+
+    api: str
+    mcp: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def guarded(stack: Stack) -> Iterator[Guarded]:
+    for text in _tool_process(stack, "guarded_service.py", "guarded"):
+        ports = json.loads(text)
+        yield Guarded(f"https://127.0.0.1:{ports['api']}", f"https://127.0.0.1:{ports['mcp']}/mcp",
+                      stack.dir / "guarded.log")

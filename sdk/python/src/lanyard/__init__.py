@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from . import claims, tls
+from ._caller import Caller, caller, current as current_caller
 from .guard import CallPending, Decision, Guard, ToolDenied
 from ._errors import (AgentUnavailable, ApprovalPending, InvalidRequest, LanyardError, NotFound,
                       TaskDenied)
@@ -35,6 +36,7 @@ __all__ = [
     "AgentUnavailable",
     "ApprovalPending",
     "CallPending",
+    "Caller",
     "Credential",
     "Decision",
     "Delegation",
@@ -47,7 +49,9 @@ __all__ = [
     "TaskDenied",
     "ToolDenied",
     "atask",
+    "caller",
     "claims",
+    "current_caller",
     "task",
     "tls",
 ]

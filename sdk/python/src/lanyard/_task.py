@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import ssl
 
     import httpx
+    import requests
     from spiffe import X509Source, X509Svid
 
 #: Seconds each call to the node agent may take.
@@ -202,6 +203,14 @@ class Task:
         from ._httpx import async_client
 
         return async_client(self, **kwargs)
+
+    def requests_session(self) -> requests.Session:
+        """A ``requests.Session`` doing mutual TLS with the task SVID for
+        https:// URLs; new connections use the SVID current at the time
+        (needs ``requests``)."""
+        from ._requests import session
+
+        return session(self)
 
     # Other credentials of the task.
 

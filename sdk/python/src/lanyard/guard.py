@@ -18,20 +18,32 @@ the TLS handshake (DER, leaf first; with the standard library
 SVID signed by the trust domain's CA), or a task JWT-SVID sent as a bearer
 token (its audience must be ``audience``, by default the tool's own
 SPIFFE ID).
+
+In a web service, :class:`lanyard.asgi.GuardMiddleware` takes the
+credential from each request and ``@guard.tool("crm.read")`` decides the
+decorated function's calls with their arguments:
+
+    @app.get("/contacts/{id}")
+    @guard.tool("crm.read")
+    async def read_contact(id: str) -> dict: ...
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from . import _socket
+from . import _caller, _socket
 from ._errors import ApprovalPending, LanyardError, from_rpc_error
 from ._gen import task_pb2, task_pb2_grpc
+from ._tooldecor import decorate
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Seconds a decision may take.
 DECIDE_TIMEOUT = 5.0
@@ -146,6 +158,33 @@ class Guard:
         if not d.allow:
             raise ToolDenied(d)
         return d
+
+    async def adecide(self, tool: str, **kwargs: Any) -> Decision:
+        """:meth:`decide` for asyncio (the call to the node agent runs in a
+        worker thread)."""
+        return await asyncio.to_thread(lambda: self.decide(tool, **kwargs))
+
+    async def arequire(self, tool: str, **kwargs: Any) -> Decision:
+        """:meth:`require` for asyncio."""
+        return await asyncio.to_thread(lambda: self.require(tool, **kwargs))
+
+    def tool(self, name: str, *, resource: str = "", wait: float = 0.0) -> Callable[[F], F]:
+        """Decorates a function (sync or async) that carries out the tool
+        ``name``: each call is decided for the current caller (set by
+        :class:`lanyard.asgi.GuardMiddleware`, the MCP middleware, or
+        :func:`lanyard.caller`) with the function's JSON-representable
+        arguments as ``context.call``, before the function runs. A denial
+        raises :class:`ToolDenied`, a held call :class:`CallPending`; with
+        no caller the call is denied."""
+        return decorate(self, name, resource, wait)
+
+    def _require_current(self, tool: str, resource: str, arguments: dict[str, Any], wait: float) -> Decision:
+        c = _caller.current()
+        if c is None:
+            raise ToolDenied(Decision(False, "no credential of the caller: serve the tool behind "
+                                      "lanyard.asgi.GuardMiddleware or set it with lanyard.caller()",
+                                      (), "", "", ""))
+        return self.require(tool, resource=resource, arguments=arguments, wait=wait, **c.credential())
 
     def close(self) -> None:
         """Closes the connection to the node agent."""

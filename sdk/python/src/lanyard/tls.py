@@ -42,6 +42,13 @@ def context(
     if not roots:
         raise ValueError("no trust bundle to verify peers against")
     ctx.load_verify_locations(cadata=roots)
+    load_svid(ctx, chain, key)
+    return ctx
+
+
+def load_svid(ctx: ssl.SSLContext, chain: list[x509.Certificate], key: PrivateKeyTypes) -> None:
+    """Loads ``chain`` and ``key`` into ``ctx`` (for the connections made
+    after; calling it again replaces them)."""
     d = tempfile.mkdtemp(prefix="lanyard-svid-")
     try:
         os.chmod(d, 0o700)
@@ -58,7 +65,6 @@ def context(
         ctx.load_cert_chain(cert_path, key_path)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return ctx
 
 
 def peer_spiffe_id(cert: x509.Certificate | bytes) -> str | None:
