@@ -7,7 +7,8 @@
 # model as tool errors with the reason), and the CRM's credential reaching
 # the tool while the agent never holds it. Everything lives in a temporary
 # directory and is removed on exit; the Python packages (pinned in
-# examples/python/requirements.txt) go into target/demo-venv.
+# examples/python/requirements.txt, and the lanyard package from sdk/python)
+# go into target/demo-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,10 @@ if [ "$(cat "$VENV/installed" 2>/dev/null)" != "$(cat examples/python/requiremen
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt
   cp examples/python/requirements.txt "$VENV/installed"
 fi
+# The AI agent example is written with Lanyard's Python package.
+rm -rf sdk/python/build
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+  --force-reinstall ./sdk/python
 PY="$VENV/bin/python3"
 # The program the agent attests (the venv's python is a symlink to it).
 PY_EXE="$(readlink -f "$PY")"

@@ -2,8 +2,10 @@
 //! tests that talk to the agent with a client that is not Rust.
 //!
 //! Created on first use under the cargo target directory (pinned versions
-//! from `examples/python/requirements.txt`) and reused by later runs; a
-//! file lock keeps parallel tests from building it twice. A machine without
+//! from `examples/python/requirements.txt`, and Lanyard's own Python
+//! package from `sdk/python`, reinstalled when its sources change) and
+//! reused by later runs; a file lock keeps parallel tests from building it
+//! twice. A machine without
 //! `python3` or without access to PyPI fails these tests with the reason:
 //! they never skip quietly.
 
@@ -31,6 +33,7 @@ pub fn python(target_tmp: &Path) -> PathBuf {
     lock.lock().expect("lock the venv");
     let wanted = std::fs::read_to_string(&reqs).expect("read requirements.txt");
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && py.exists() {
+        install_sdk(&venv, &py);
         return py;
     }
     let _ = std::fs::remove_dir_all(&venv);
@@ -52,7 +55,81 @@ pub fn python(target_tmp: &Path) -> PathBuf {
         "pip install -r examples/python/requirements.txt (needs PyPI)",
     );
     std::fs::write(&stamp, wanted).expect("write stamp");
+    install_sdk(&venv, &py);
     py
+}
+
+/// Installs `sdk/python` into the venv unless the same sources already are.
+fn install_sdk(venv: &Path, py: &Path) {
+    let sdk = repo_root().join("sdk/python");
+    let stamp = venv.join("sdk.installed");
+    let wanted = format!(
+        "{:016x}",
+        digest_tree(
+            &sdk.join("src"),
+            fnv(
+                FNV_START,
+                &std::fs::read(sdk.join("pyproject.toml")).expect("sdk/python/pyproject.toml")
+            )
+        )
+    );
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return;
+    }
+    // An isolated copy: setuptools builds in the source tree otherwise.
+    let build = venv.join("sdk-src");
+    let _ = std::fs::remove_dir_all(&build);
+    run(
+        Command::new("cp").arg("-r").arg(&sdk).arg(&build),
+        "copy sdk/python",
+    );
+    let _ = std::fs::remove_dir_all(build.join("build"));
+    run(
+        Command::new(py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--no-build-isolation",
+                "--force-reinstall",
+            ])
+            .arg(&build),
+        "pip install sdk/python",
+    );
+    std::fs::write(&stamp, wanted).expect("write sdk stamp");
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A digest of every file under `dir` (names and contents, in order).
+fn digest_tree(dir: &Path, mut h: u64) -> u64 {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("read sdk dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| !p.ends_with("__pycache__") && !p.to_string_lossy().ends_with(".egg-info"))
+        .collect();
+    entries.sort();
+    for p in entries {
+        h = fnv(h, p.to_string_lossy().as_bytes());
+        if p.is_dir() {
+            h = digest_tree(&p, h);
+        } else {
+            h = fnv(h, &std::fs::read(&p).expect("read sdk file"));
+        }
+    }
+    h
 }
 
 fn run(cmd: &mut Command, what: &str) {

@@ -101,7 +101,7 @@ async fn the_python_example_agent_gets_a_token_uses_it_and_sees_it_die_with_its_
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(v["credential"]["type"], "CREDENTIAL_TYPE_BEARER");
+    assert_eq!(v["credential"]["kind"], "bearer");
     assert!(v["credential"]["expires_at"].as_i64() <= v["credential"]["task_expires_at"].as_i64());
     assert_eq!(v["api_during_task"][0], 200);
     assert_eq!(v["api_during_task"][1]["sub"], PLANNER);

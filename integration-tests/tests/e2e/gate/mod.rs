@@ -311,7 +311,10 @@ pub fn run_agent(
         }
         let status = child.wait().unwrap();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(status.success(), "mcp_agent.py failed: {lines:?}");
+        assert!(
+            status.success(),
+            "mcp_agent.py failed ({status}): {lines:?}"
+        );
         lines
     });
     async move { job.await.unwrap() }

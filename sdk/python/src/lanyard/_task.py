@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: Seconds each call to the node agent may take.
 CALL_TIMEOUT = 15.0
+#: Seconds end() waits for the SVID watcher to stop.
+WATCHER_JOIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Task:
         self._tasks = task_pb2_grpc.TaskIdentityStub(self._channel)
         self._lock = threading.Lock()
         self._source: X509Source | None = None
+        self._watchers: list[threading.Thread] = []
         self._ended = False
         self.id = ""
         self.spiffe_id = ""
@@ -153,6 +156,12 @@ class Task:
         # Not served (any more): the caller is told in svid().
         return svids[0]
 
+    @property
+    def endpoint(self) -> str:
+        """The node agent's Workload API address (``unix:///...``), for
+        other SPIFFE libraries in this process."""
+        return f"unix://{self._path}"
+
     def source(self) -> X509Source:
         """The Workload API source of this task's SVID and the bundle (from
         the ``spiffe`` package), started on first use and kept current as
@@ -163,9 +172,13 @@ class Task:
             if self._ended:
                 raise LanyardError(f"task {self.id} has ended", "FAILED_PRECONDITION")
             if self._source is None:
-                # The source owns its client and closes it with itself.
+                # The source owns its client and closes it with itself. Its
+                # watcher is a daemon thread: end() waits for it, since one
+                # still inside gRPC when the interpreter exits aborts it.
+                before = set(threading.enumerate())
                 self._source = X509Source(
-                    socket_path=f"unix://{self._path}", timeout_in_seconds=CALL_TIMEOUT, svid_picker=self._pick)
+                    socket_path=self.endpoint, timeout_in_seconds=CALL_TIMEOUT, svid_picker=self._pick)
+                self._watchers = [t for t in threading.enumerate() if t not in before and t.daemon]
             return self._source
 
     def svid(self) -> X509Svid:
@@ -280,6 +293,8 @@ class Task:
         finally:
             if source is not None:
                 source.close()
+                for t in self._watchers:
+                    t.join(timeout=WATCHER_JOIN)
             self._channel.close()
 
     @property
