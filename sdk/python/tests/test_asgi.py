@@ -119,3 +119,22 @@ def test_the_server_follows_its_own_svid_rotation(stack: Stack, guarded: Guarded
         assert now.not_valid_after_utc > first.not_valid_after_utc
         with t.httpx_client(timeout=20) as http:
             assert http.get(f"{guarded.api}/contacts/42").status_code == 200
+
+
+def test_an_svid_revoked_by_serial_is_refused_within_seconds(stack: Stack, guarded: Guarded) -> None:
+    with lanyard.task("report.generate", ["crm.read"]) as t:
+        ctx = t.ssl_context()  # one certificate, kept
+        leaf = t.svid().leaf
+        with httpx.Client(verify=ctx, timeout=20) as http:
+            assert http.get(f"{guarded.api}/contacts/42").status_code == 200
+        stack.admin_cmd("svid", "revoke", f"{leaf.serial_number:X}", "--reason", "key leaked")
+        deadline = time.monotonic() + 15
+        while True:
+            # A new connection each time (the same certificate).
+            with httpx.Client(verify=ctx, timeout=20) as http:
+                r = http.get(f"{guarded.api}/contacts/42")
+            if r.status_code == 403 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 403, r.text
+        assert "revoked" in r.json()["reason"], r.text
