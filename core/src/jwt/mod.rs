@@ -6,6 +6,7 @@ mod jwk;
 pub mod oidc;
 mod signer;
 mod validate;
+pub mod wit;
 
 pub use bundle::{
     MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, SpiffeBundle, parse_jwks, parse_spiffe_bundle,

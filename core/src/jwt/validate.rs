@@ -26,25 +26,25 @@ pub struct ValidatedJwt {
     pub claims: Map<String, Value>,
 }
 
-fn b64(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
+pub(super) fn b64(part: &str, what: &str) -> Result<Vec<u8>, JwtError> {
     URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| JwtError::Malformed(format!("{what} is not base64url")))
 }
 
-fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, JwtError> {
+pub(super) fn json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, JwtError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(JwtError::Malformed(format!("{what} is not a JSON object"))),
     }
 }
 
-enum Verifier {
+pub(super) enum Verifier {
     Ec(&'static signature::EcdsaVerificationAlgorithm, &'static str),
     Rsa(&'static RsaParameters),
 }
 
-fn verifier(alg: &str) -> Result<Verifier, JwtError> {
+pub(super) fn verifier(alg: &str) -> Result<Verifier, JwtError> {
     Ok(match alg {
         "ES256" => Verifier::Ec(&signature::ECDSA_P256_SHA256_FIXED, "P-256"),
         "ES384" => Verifier::Ec(&signature::ECDSA_P384_SHA384_FIXED, "P-384"),
@@ -59,7 +59,7 @@ fn verifier(alg: &str) -> Result<Verifier, JwtError> {
     })
 }
 
-fn verify_signature(
+pub(super) fn verify_signature(
     alg: &str,
     kid: &str,
     jwk: &Jwk,
