@@ -100,8 +100,10 @@ impl WorkloadKey {
         Ok(jwk.to_string())
     }
 
-    /// Signs `header.claims` (a proof) with this key.
-    pub(super) fn sign(&self, header: &Value, claims: &Value) -> Result<String, WitError> {
+    /// Signs `header.claims` as given with this key. Proofs come from
+    /// [`super::sign_wpt`]; this is for tools and tests that need tokens a
+    /// validator must refuse.
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> Result<String, WitError> {
         let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
         let input = format!("{}.{}", enc(header), enc(claims));
         let sig = self

@@ -245,20 +245,20 @@ fn a_proof_by_another_key_or_for_another_wit_is_refused() {
     let claims = json!({"aud": TARGET, "exp": T0 + 30, "jti": "x", "wth": token_hash(&f.wit)});
     let rs = f
         .key
-        .sign(&json!({"alg": "ES384", "typ": "wpt+jwt"}), &claims)
+        .sign_with_header(&json!({"alg": "ES384", "typ": "wpt+jwt"}), &claims)
         .unwrap();
     let e = validate_wpt(&rs, &wit, &f.wit, &request(), at(2), max, &cache).unwrap_err();
     assert!(matches!(e, WitError::ProofAlgorithm { .. }), "{e}");
     // Not typed as a proof (a WIT itself is not a proof).
     let untyped = f
         .key
-        .sign(&json!({"alg": "ES256", "typ": "JWT"}), &claims)
+        .sign_with_header(&json!({"alg": "ES256", "typ": "JWT"}), &claims)
         .unwrap();
     let e = validate_wpt(&untyped, &wit, &f.wit, &request(), at(2), max, &cache).unwrap_err();
     assert!(e.to_string().contains("typ must be wpt+jwt"), "{e}");
     let no_jti = f
         .key
-        .sign(
+        .sign_with_header(
             &json!({"alg": "ES256", "typ": "wpt+jwt"}),
             &json!({"aud": TARGET, "exp": T0 + 30, "wth": token_hash(&f.wit)}),
         )

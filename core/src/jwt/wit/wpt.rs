@@ -204,5 +204,5 @@ pub fn sign_wpt(
             .collect();
         claims["oth"] = Value::Object(oth);
     }
-    key.sign(&json!({"alg": "ES256", "typ": WPT_TYP}), &claims)
+    key.sign_with_header(&json!({"alg": "ES256", "typ": WPT_TYP}), &claims)
 }
