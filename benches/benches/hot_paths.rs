@@ -140,6 +140,75 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
+/// A WIT-SVID and its proof: minting, validating the WIT, and what the
+/// decision point does per request with the WIT already validated (the
+/// proof's signature, claims and replay check).
+fn wit(c: &mut Criterion) {
+    use lanyard_core::jwt::wit::{
+        ReplayCache, WorkloadKey, WptRequest, sign_wit, sign_wpt, validate_wit_svid, validate_wpt,
+    };
+    let now = SystemTime::now();
+    let td = TrustDomain::new("example.org").unwrap();
+    let signer = JwtSigner::generate(now, now + Duration::from_secs(3600)).unwrap();
+    let auths = vec![signer.authority()];
+    let id = SpiffeId::new("spiffe://example.org/agent/planner").unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let ttl = Duration::from_secs(300);
+    let token = sign_wit(
+        &signer,
+        &id,
+        &key.public_jwk(),
+        ttl,
+        now,
+        Default::default(),
+    )
+    .unwrap()
+    .token;
+    let validated = validate_wit_svid(&token, &td, &auths, now).unwrap();
+    let req = WptRequest {
+        target_uri: "https://tools.example.org/crm/read",
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("wit_svid");
+    g.bench_function("sign", |b| {
+        b.iter(|| {
+            sign_wit(
+                &signer,
+                &id,
+                &key.public_jwk(),
+                ttl,
+                now,
+                Default::default(),
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("validate", |b| {
+        b.iter(|| validate_wit_svid(black_box(&token), &td, &auths, now).unwrap())
+    });
+    // Fresh proofs (each is accepted once); signing is outside the timing.
+    let cache = ReplayCache::new(10_000_000);
+    g.bench_function("validate_wpt_cached_wit", |b| {
+        b.iter_batched(
+            || sign_wpt(&key, &token, &req, Duration::from_secs(30), now).unwrap(),
+            |wpt| {
+                validate_wpt(
+                    &wpt,
+                    &validated,
+                    &token,
+                    &req,
+                    now,
+                    Duration::from_secs(60),
+                    &cache,
+                )
+                .unwrap()
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
 fn selectors(c: &mut Criterion) {
     let entries: Vec<Vec<Selector>> = (0..10_000)
         .map(|i| {
@@ -259,6 +328,7 @@ criterion_group!(
     benches,
     issuance,
     jwt,
+    wit,
     selectors,
     spiffe_ids,
     attestation,
