@@ -132,6 +132,8 @@ pub struct Snapshot {
     pub bundle: Arc<Vec<Vec<u8>>>,
     /// JWT authorities of the trust domain.
     pub jwt_authorities: Arc<Vec<JwtAuthority>>,
+    /// WIT-SVID authorities of the trust domain.
+    pub wit_authorities: Arc<Vec<JwtAuthority>>,
     /// IDs of tainted authorities.
     pub tainted: Arc<Vec<String>>,
     /// Bundle sequence from the server.
@@ -216,6 +218,7 @@ impl Snapshot {
             svids: SvidMap::default(),
             bundle: Arc::new(Vec::new()),
             jwt_authorities: Arc::new(Vec::new()),
+            wit_authorities: Arc::new(Vec::new()),
             tainted: Arc::new(Vec::new()),
             bundle_sequence: 0,
             tasks: Arc::new(Vec::new()),

@@ -490,6 +490,8 @@ impl Manager {
             self.trust.bundle = Arc::new(b.x509_authorities);
             self.trust.jwt_authorities =
                 Arc::new(b.jwt_authorities.into_iter().map(Into::into).collect());
+            self.trust.wit_authorities =
+                Arc::new(b.wit_authorities.into_iter().map(Into::into).collect());
             self.creds.set_bundle(self.trust.bundle.clone());
             if let Err(err) = self.storage.save_bundle(&self.trust.bundle) {
                 tracing::warn!(%err, "cannot persist trust bundle");
@@ -537,6 +539,7 @@ impl Manager {
         snap.tasks = Arc::new(self.held.tasks.clone());
         snap.bundle = self.trust.bundle.clone();
         snap.jwt_authorities = self.trust.jwt_authorities.clone();
+        snap.wit_authorities = self.trust.wit_authorities.clone();
         snap.tainted = self.trust.tainted.clone();
         snap.bundle_sequence = self.trust.bundle_sequence;
         snap.policy_version = self.trust.policy_version;

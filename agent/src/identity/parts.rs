@@ -73,6 +73,8 @@ impl Default for HeldTasks {
 pub(super) struct Trust {
     pub(super) bundle: Arc<Vec<Vec<u8>>>,
     pub(super) jwt_authorities: Arc<Vec<JwtAuthority>>,
+    /// The keys that sign WIT-SVIDs.
+    pub(super) wit_authorities: Arc<Vec<JwtAuthority>>,
     /// Tainted authority IDs from the bundle.
     pub(super) tainted: Arc<Vec<String>>,
     /// Subject key IDs of the CAs in the bundle.
@@ -92,6 +94,7 @@ impl Trust {
         Self {
             bundle,
             jwt_authorities: Arc::new(Vec::new()),
+            wit_authorities: Arc::new(Vec::new()),
             tainted: Arc::new(Vec::new()),
             bundle_ids: HashSet::new(),
             bundle_sequence: 0,

@@ -20,6 +20,8 @@ pub struct SpiffeBundle {
     pub x509_authorities: Vec<Vec<u8>>,
     /// JWT authorities.
     pub jwt_authorities: Vec<JwtAuthority>,
+    /// WIT-SVID authorities (`use: wit-svid`).
+    pub wit_authorities: Vec<JwtAuthority>,
     /// `spiffe_sequence`.
     pub sequence: Option<u64>,
     /// `spiffe_refresh_hint`, seconds.
@@ -74,17 +76,22 @@ pub fn parse_spiffe_bundle(json: &[u8]) -> Result<SpiffeBundle, JwtError> {
                 }
                 out.x509_authorities.push(der);
             }
-            Some("jwt-svid") => {
+            Some(u @ ("jwt-svid" | "wit-svid")) => {
                 let key_id = key
                     .kid
                     .clone()
                     .filter(|k| !k.is_empty())
-                    .ok_or_else(|| bad("jwt-svid key needs a kid"))?;
-                out.jwt_authorities.push(JwtAuthority {
+                    .ok_or_else(|| bad(format!("{u} key needs a kid")))?;
+                let a = JwtAuthority {
                     key_id,
                     public_key: spki_of(&key)?,
                     expires_at: 0,
-                });
+                };
+                if u == "jwt-svid" {
+                    out.jwt_authorities.push(a);
+                } else {
+                    out.wit_authorities.push(a);
+                }
             }
             _ => {}
         }

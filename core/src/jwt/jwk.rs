@@ -111,11 +111,15 @@ fn rsa_components(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>), JwtError> {
     Ok((int(0)?, int(1)?))
 }
 
-fn jwt_key_json(a: &JwtAuthority) -> Result<Value, JwtError> {
+fn key_json(a: &JwtAuthority, use_: &str) -> Result<Value, JwtError> {
     let mut jwk = Jwk::from_spki(&a.public_key)?;
     jwk.kid = Some(a.key_id.clone());
-    jwk.use_ = Some("jwt-svid".into());
+    jwk.use_ = Some(use_.into());
     serde_json::to_value(jwk).map_err(|e| JwtError::Key(e.to_string()))
+}
+
+fn jwt_key_json(a: &JwtAuthority) -> Result<Value, JwtError> {
+    key_json(a, "jwt-svid")
 }
 
 /// The trust bundle in the SPIFFE bundle format: X.509 authorities with
@@ -125,6 +129,24 @@ fn jwt_key_json(a: &JwtAuthority) -> Result<Value, JwtError> {
 pub fn spiffe_bundle_json(
     x509_authorities: &[Vec<u8>],
     jwt_authorities: &[JwtAuthority],
+    sequence: u64,
+    refresh_hint_secs: u64,
+) -> Result<String, JwtError> {
+    spiffe_bundle_json_with_wit(
+        x509_authorities,
+        jwt_authorities,
+        &[],
+        sequence,
+        refresh_hint_secs,
+    )
+}
+
+/// [`spiffe_bundle_json`] with the WIT-SVID authorities too (`use:
+/// wit-svid` and `kid`, as the WIT-SVID profile publishes them).
+pub fn spiffe_bundle_json_with_wit(
+    x509_authorities: &[Vec<u8>],
+    jwt_authorities: &[JwtAuthority],
+    wit_authorities: &[JwtAuthority],
     sequence: u64,
     refresh_hint_secs: u64,
 ) -> Result<String, JwtError> {
@@ -138,6 +160,9 @@ pub fn spiffe_bundle_json(
     }
     for a in jwt_authorities {
         keys.push(jwt_key_json(a)?);
+    }
+    for a in wit_authorities {
+        keys.push(key_json(a, "wit-svid")?);
     }
     let doc = json!({
         "keys": keys,
@@ -154,4 +179,14 @@ pub fn jwks_for_workloads(jwt_authorities: &[JwtAuthority]) -> Result<Vec<u8>, J
         .map(jwt_key_json)
         .collect::<Result<Vec<_>, _>>()?;
     serde_json::to_vec(&json!({ "keys": keys })).map_err(|e| JwtError::Key(e.to_string()))
+}
+
+/// The JWKS of WIT authorities served by `FetchWITBundles` (`use:
+/// wit-svid`, each with its `kid`).
+pub fn wit_jwks_for_workloads(wit_authorities: &[JwtAuthority]) -> Result<String, JwtError> {
+    let keys = wit_authorities
+        .iter()
+        .map(|a| key_json(a, "wit-svid"))
+        .collect::<Result<Vec<_>, _>>()?;
+    serde_json::to_string(&json!({ "keys": keys })).map_err(|e| JwtError::Key(e.to_string()))
 }

@@ -11,7 +11,10 @@ pub mod wit;
 pub use bundle::{
     MAX_BUNDLE_BYTES, MAX_BUNDLE_KEYS, SpiffeBundle, parse_jwks, parse_spiffe_bundle,
 };
-pub use jwk::{Jwk, JwtAuthority, jwks_for_workloads, spiffe_bundle_json};
+pub use jwk::{
+    Jwk, JwtAuthority, jwks_for_workloads, spiffe_bundle_json, spiffe_bundle_json_with_wit,
+    wit_jwks_for_workloads,
+};
 pub use signer::{JwtSigner, MintedJwt};
 pub use validate::{
     MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_TOKEN_LEN, ValidatedJwt, audiences_ok, validate_jwt_svid,

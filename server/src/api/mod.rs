@@ -25,5 +25,10 @@ pub(crate) fn bundle_proto(snap: &CaSnapshot, td: &TrustDomain) -> types::Bundle
             .map(types::JwtAuthority::from)
             .collect(),
         tainted_key_ids: snap.tainted.to_vec(),
+        wit_authorities: snap
+            .wit_authorities
+            .iter()
+            .map(types::JwtAuthority::from)
+            .collect(),
     }
 }

@@ -184,14 +184,18 @@ pub(super) fn x509_record(k: &X509Key, key_dir: Option<&Path>) -> Result<Option<
     }))
 }
 
-/// As [`x509_record`] for a JWT key.
-pub(super) fn jwt_record(k: &JwtKey, key_dir: Option<&Path>) -> Result<Option<Vec<u8>>, CaError> {
+/// As [`x509_record`] for a JWT-format key (`kind` `jwt` or `wit`).
+pub(super) fn jwt_record(
+    k: &JwtKey,
+    kind: &str,
+    key_dir: Option<&Path>,
+) -> Result<Option<Vec<u8>>, CaError> {
     let Some(signer) = k.signer() else {
         return Ok(None);
     };
     Ok(Some(match key_dir {
         Some(dir) => {
-            write_key(&key_path(dir, "jwt", k.id()), signer.pkcs8())?;
+            write_key(&key_path(dir, kind, k.id()), signer.pkcs8())?;
             Vec::new()
         }
         None => signer.pkcs8().to_vec(),

@@ -92,6 +92,11 @@ pub struct CaSnapshot {
     pub jwt_active: Arc<JwtSigner>,
     /// Every published JWT key, active first.
     pub jwt_authorities: Arc<Vec<JwtAuthority>>,
+    /// The key that signs new WIT-SVIDs.
+    pub wit_active: Arc<JwtSigner>,
+    /// Every published WIT key, active first (the WIT bundle; never in the
+    /// JWT bundle or the OpenID Connect JWKS).
+    pub wit_authorities: Arc<Vec<JwtAuthority>>,
     /// IDs of tainted authorities.
     pub tainted: Arc<Vec<String>>,
     /// Bundle sequence number, bumped on every change.
@@ -105,7 +110,7 @@ pub struct AuthorityInfo {
     pub id: String,
     /// The server that owns it.
     pub owner: String,
-    /// `x509` or `jwt`.
+    /// `x509`, `jwt` or `wit`.
     pub kind: &'static str,
     /// Life-cycle state.
     pub state: CaKeyState,

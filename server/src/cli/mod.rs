@@ -534,9 +534,12 @@ pub async fn run_admin(cmd: Command) -> Result<(), CliError> {
                 (_, BundleFormat::Jwks) => {
                     let jwt: Vec<lanyard_core::jwt::JwtAuthority> =
                         b.jwt_authorities.iter().cloned().map(Into::into).collect();
-                    let doc = lanyard_core::jwt::spiffe_bundle_json(
+                    let wit: Vec<lanyard_core::jwt::JwtAuthority> =
+                        b.wit_authorities.iter().cloned().map(Into::into).collect();
+                    let doc = lanyard_core::jwt::spiffe_bundle_json_with_wit(
                         &b.x509_authorities,
                         &jwt,
+                        &wit,
                         b.sequence,
                         u64::try_from(b.refresh_hint_seconds).unwrap_or(0),
                     )

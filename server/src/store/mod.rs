@@ -36,7 +36,7 @@ pub use memory::MemoryStore;
 pub use pg::{PgOptions, PgStore};
 pub use records::{
     AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
-    PolicyRecord,
+    KeyPurpose, PolicyRecord,
 };
 pub use sled_store::SledStore;
 pub use table::{Row, Table, Write};

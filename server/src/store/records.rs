@@ -105,7 +105,18 @@ impl std::fmt::Debug for CaKeyRecord {
     }
 }
 
-/// A JWT signing key.
+/// What a JWT-format signing key signs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPurpose {
+    /// JWT-SVIDs (published in the JWT bundle and OpenID Connect JWKS).
+    #[default]
+    Jwt,
+    /// WIT-SVIDs (published in the WIT bundle only).
+    Wit,
+}
+
+/// A JWT signing key (of JWT-SVIDs or of WIT-SVIDs).
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JwtKeyRecord {
     /// Key ID (`kid`).
@@ -130,6 +141,9 @@ pub struct JwtKeyRecord {
     /// The server that holds the private key (see [`CaKeyRecord::owner`]).
     #[serde(default)]
     pub owner: String,
+    /// What it signs (records written before WIT-SVIDs sign JWT-SVIDs).
+    #[serde(default)]
+    pub purpose: KeyPurpose,
 }
 
 impl std::fmt::Debug for JwtKeyRecord {

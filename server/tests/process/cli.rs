@@ -193,6 +193,16 @@ fn admin_commands_work_end_to_end() {
         keys.iter()
             .any(|k| k["use"] == "jwt-svid" && k["kid"].is_string())
     );
+    // The WIT-SVID key, published with its own use and a kid of its own.
+    let kids = |u: &str| -> Vec<String> {
+        keys.iter()
+            .filter(|k| k["use"] == u)
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (jwt_kids, wit_kids) = (kids("jwt-svid"), kids("wit-svid"));
+    assert_eq!(wit_kids.len(), 1, "{jwks}");
+    assert!(!jwt_kids.contains(&wit_kids[0]), "{jwks}");
     assert!(jwks["spiffe_sequence"].as_u64().unwrap() >= 1);
     // Authorities: show, prepare, activate, taint and revoke the old one.
     let show: serde_json::Value =
@@ -210,8 +220,24 @@ fn admin_commands_work_end_to_end() {
     assert!(err.contains("is active"), "{err}");
     let err = fails(&admin(d, &["ca", "activate"]));
     assert!(err.contains("ca prepare"), "{err}");
+    let active_wit = |show: &serde_json::Value| -> Vec<String> {
+        show["authorities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "wit" && a["state"] == "active")
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(active_wit(&show), wit_kids);
     assert!(ok(&admin(d, &["ca", "prepare"])).contains("prepared"));
     assert!(ok(&admin(d, &["ca", "activate"])).contains("old"));
+    // The WIT key rotates with the others.
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&admin(d, &["ca", "show", "--output", "json"]))).unwrap();
+    let rotated = active_wit(&show);
+    assert_eq!(rotated.len(), 1, "{show}");
+    assert_ne!(rotated, wit_kids);
     let err = fails(&admin(d, &["ca", "revoke", &old_x509]));
     assert!(err.contains("tainted before"), "{err}");
     assert!(ok(&admin(d, &["ca", "taint", &old_x509])).contains("(tainted)"));

@@ -28,7 +28,7 @@ use shared::{
 
 use super::{
     AgentRecord, CaKeyRecord, CaKeyState, DelegationRecord, JoinTokenRecord, JwtKeyRecord,
-    PolicyRecord, Store, StoreError,
+    KeyPurpose, PolicyRecord, Store, StoreError,
 };
 
 /// A valid entry for tests.
@@ -238,10 +238,13 @@ async fn jwt_keys(s: Arc<dyn Store>) {
         state: CaKeyState::Active,
         tainted: false,
         owner: "server-b".into(),
+        purpose: KeyPurpose::Jwt,
     };
     s.put_jwt_key(&k).await.unwrap();
     let mut k2 = k.clone();
     k2.kid = "b".into();
+    // A WIT key lives in the same table and keeps its purpose.
+    k2.purpose = KeyPurpose::Wit;
     s.put_jwt_key(&k2).await.unwrap();
     assert_eq!(s.list_jwt_keys().await.unwrap(), vec![k, k2.clone()]);
     s.delete_jwt_key("a").await.unwrap();
