@@ -42,21 +42,25 @@ pub fn python(target_tmp: &Path) -> PathBuf {
         "python3 -m venv (is python3 with venv installed?)",
     );
     run(
-        Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&reqs),
+        pip_install(&py).arg("-r").arg(&reqs),
         "pip install -r examples/python/requirements.txt (needs PyPI)",
     );
     std::fs::write(&stamp, wanted).expect("write stamp");
     install_sdk(&venv, &py);
     py
+}
+
+/// `PY -m pip install --quiet`, without the version nag.
+fn pip_install(py: &Path) -> Command {
+    let mut c = Command::new(py);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    c
 }
 
 /// Installs `sdk/python` into the venv unless the same sources already are.
@@ -85,17 +89,8 @@ fn install_sdk(venv: &Path, py: &Path) {
     );
     let _ = std::fs::remove_dir_all(build.join("build"));
     run(
-        Command::new(py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--no-build-isolation",
-                "--force-reinstall",
-            ])
+        pip_install(py)
+            .args(["--no-deps", "--no-build-isolation", "--force-reinstall"])
             .arg(&build),
         "pip install sdk/python",
     );

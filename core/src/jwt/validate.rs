@@ -195,6 +195,34 @@ fn verify_jws_as(
     Ok(claims)
 }
 
+/// `sub`: a SPIFFE ID of `td`.
+pub(super) fn subject_in(
+    claims: &Map<String, Value>,
+    td: &TrustDomain,
+) -> Result<SpiffeId, JwtError> {
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or(JwtError::Claim("sub"))?;
+    let spiffe_id = SpiffeId::new(sub).map_err(|_| JwtError::Subject(sub.to_owned()))?;
+    if !spiffe_id.is_member_of(td) {
+        return Err(JwtError::ForeignSubject(sub.to_owned(), td.to_string()));
+    }
+    Ok(spiffe_id)
+}
+
+/// `exp` as whole seconds, required, and not passed at `now_secs`.
+pub(super) fn expiry(claims: &Map<String, Value>, now_secs: u64) -> Result<u64, JwtError> {
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or(JwtError::Claim("exp"))?;
+    if now_secs >= exp {
+        return Err(JwtError::Expired);
+    }
+    Ok(exp)
+}
+
 /// Validates a JWT-SVID for `audience` against the JWT authorities of
 /// `td`, at `now`: SPIFFE algorithms only, `kid` required and known,
 /// signature, `exp` (and `nbf` when present), `aud` contains the audience,
@@ -234,14 +262,7 @@ pub fn validate_jwt_svid(
     if !aud_ok {
         return Err(JwtError::Audience(audience.to_owned()));
     }
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or(JwtError::Claim("sub"))?;
-    let spiffe_id = SpiffeId::new(sub).map_err(|_| JwtError::Subject(sub.to_owned()))?;
-    if !spiffe_id.is_member_of(td) {
-        return Err(JwtError::ForeignSubject(sub.to_owned(), td.to_string()));
-    }
+    let spiffe_id = subject_in(&claims, td)?;
     Ok(ValidatedJwt { spiffe_id, claims })
 }
 

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use super::super::validate::{b64, json_object, verifier, verify_jws_typed};
+use super::super::validate::{b64, expiry, json_object, subject_in, verifier, verify_jws_typed};
 use super::super::{Jwk, JwtAuthority, JwtError};
 use super::{ALGORITHMS, WIT_TYP, WitError};
 use crate::clock::unix_secs;
@@ -100,13 +100,7 @@ pub fn validate_wit_svid(
         return Err(WitError::HeaderParameter(k.clone()));
     }
     let now_secs = unix_secs(now);
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or(JwtError::Claim("exp"))?;
-    if now_secs >= exp {
-        return Err(JwtError::Expired.into());
-    }
+    let exp = expiry(&claims, now_secs)?;
     if let Some(nbf) = claims.get("nbf")
         && now_secs < nbf.as_u64().ok_or(JwtError::Claim("nbf"))?
     {
@@ -115,14 +109,7 @@ pub fn validate_wit_svid(
     if claims.contains_key("aud") {
         return Err(WitError::HasAudience);
     }
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or(JwtError::Claim("sub"))?;
-    let spiffe_id = SpiffeId::new(sub).map_err(|_| JwtError::Subject(sub.to_owned()))?;
-    if !spiffe_id.is_member_of(td) {
-        return Err(JwtError::ForeignSubject(sub.to_owned(), td.to_string()).into());
-    }
+    let spiffe_id = subject_in(&claims, td)?;
     let jti = match claims.get("jti") {
         None => None,
         Some(Value::String(j)) if !j.is_empty() => Some(j.clone()),

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
 use super::super::JwtError;
-use super::super::validate::{b64, json_object, verify_signature};
+use super::super::validate::{b64, expiry, json_object, verify_signature};
 use super::{
     MAX_JTI_LEN, MAX_WPT_LIFETIME, ReplayCache, ValidatedWit, WPT_TYP, WitError, WorkloadKey,
 };
@@ -121,13 +121,7 @@ pub fn validate_wpt(
         return Err(WitError::Target(target.to_owned()));
     }
     let now_secs = unix_secs(now);
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or(JwtError::Claim("exp"))?;
-    if now_secs >= exp {
-        return Err(JwtError::Expired.into());
-    }
+    let exp = expiry(&claims, now_secs)?;
     let longest = max_lifetime.min(MAX_WPT_LIFETIME).as_secs();
     if exp - now_secs > longest {
         return Err(WitError::Lifetime(exp - now_secs, longest));
