@@ -7,12 +7,12 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
-
-if TYPE_CHECKING:
-    from .guard import Guard
+from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Decides one call for the current caller, raising on a denial:
+#: ``require(tool, resource, arguments, wait)``.
+Require = Callable[[str, str, dict[str, Any], float], Any]
 
 _SKIP = object()
 
@@ -56,7 +56,7 @@ def arguments(sig: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, A
     return out
 
 
-def decorate(guard: Guard, name: str, resource: str, wait: float) -> Callable[[F], F]:
+def decorate(require: Require, name: str, resource: str, wait: float) -> Callable[[F], F]:
     if not name:
         raise ValueError("guard.tool() needs the tool's name, e.g. guard.tool(\"crm.read\")")
     if not 0 <= wait <= 60:
@@ -70,13 +70,13 @@ def decorate(guard: Guard, name: str, resource: str, wait: float) -> Callable[[F
                 call = arguments(sig, args, kwargs)
                 # A worker thread: the decision is a blocking gRPC call. The
                 # current caller goes with it (to_thread copies the context).
-                await asyncio.to_thread(guard._require_current, name, resource, call, wait)
+                await asyncio.to_thread(require, name, resource, call, wait)
                 return await fn(*args, **kwargs)
             return cast(F, awrapped)
 
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            guard._require_current(name, resource, arguments(sig, args, kwargs), wait)
+            require(name, resource, arguments(sig, args, kwargs), wait)
             return fn(*args, **kwargs)
         return cast(F, wrapped)
 

@@ -176,7 +176,7 @@ class Guard:
         arguments as ``context.call``, before the function runs. A denial
         raises :class:`ToolDenied`, a held call :class:`CallPending`; with
         no caller the call is denied."""
-        return decorate(self, name, resource, wait)
+        return decorate(self._require_current, name, resource, wait)
 
     def _require_current(self, tool: str, resource: str, arguments: dict[str, Any], wait: float) -> Decision:
         c = _caller.current()
