@@ -8,8 +8,9 @@ use lanyard_core::clock::Clock;
 use lanyard_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use lanyard_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
-    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
-    X509svid, X509svidRequest, X509svidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, WitBundlesRequest, WitBundlesResponse,
+    WitsvidRequest, WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid,
+    X509svidRequest, X509svidResponse,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -353,7 +354,30 @@ impl SpiffeWorkloadApi for WorkloadApi {
             claims: Some(lanyard_proto::convert::json_to_struct(&v.claims)),
         }))
     }
+
+    type FetchWITSVIDStream = Streamed<WitsvidResponse>;
+
+    /// The WIT-SVID profile is optional (Incubating); this endpoint does
+    /// not serve it, and says so as the standard requires.
+    async fn fetch_witsvid(
+        &self,
+        _req: Request<WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        Err(Status::unimplemented(WIT_UNSERVED))
+    }
+
+    type FetchWITBundlesStream = Streamed<WitBundlesResponse>;
+
+    async fn fetch_wit_bundles(
+        &self,
+        _req: Request<WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        Err(Status::unimplemented(WIT_UNSERVED))
+    }
 }
+
+/// Why the WIT-SVID profile's calls are refused.
+const WIT_UNSERVED: &str = "this Workload API endpoint does not serve the WIT-SVID profile";
 
 #[cfg(test)]
 mod tests {

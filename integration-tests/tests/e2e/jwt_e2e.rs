@@ -389,6 +389,39 @@ async fn every_bad_token_is_refused_with_invalid_argument() {
     s.server.stop().await;
 }
 
+/// The WIT-SVID profile is optional: this agent answers its calls with
+/// Unimplemented, as the standard requires of an endpoint that does not
+/// serve it, and the other profiles go on working on the same channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wit_profile_answers_unimplemented_and_leaves_the_others_alone() {
+    let s = setup_with(None, 0).await;
+    let mut c = raw(&s.agent);
+    let err = c
+        .fetch_witsvid(with_header(
+            lanyard_proto::workload::WitsvidRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains("WIT-SVID profile"), "{err:?}");
+    let err = c
+        .fetch_wit_bundles(with_header(lanyard_proto::workload::WitBundlesRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    let jwt = c
+        .fetch_jwtsvid(with_header(lanyard_proto::workload::JwtsvidRequest {
+            audience: vec!["crm".into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt.svids.len(), 1);
+    s.agent.shutdown().await;
+    s.server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_bundles_stream_sends_plain_jwks_at_once() {
     let s = setup_with(None, 0).await;
