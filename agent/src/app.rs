@@ -125,7 +125,7 @@ pub async fn build_with(
         limits.jwt_signings_per_caller_per_second,
     ));
     let expiry = ExpiryTicker::new(state.clone(), clock.clone());
-    let api = WorkloadApi::new(
+    let mut api = WorkloadApi::new(
         state.clone(),
         callers.clone(),
         clock.clone(),
@@ -133,6 +133,12 @@ pub async fn build_with(
         jwt_cache.clone(),
         expiry.subscribe(),
     );
+    if config.wit_svids {
+        api = api.with_wit(Arc::new(crate::wit_cache::WitCache::new(
+            identity.clone(),
+            clock.clone(),
+        )));
+    }
     let pdp = Arc::new(crate::pdp::Pdp::new(
         identity.clone(),
         clock.clone(),

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pdp;
 pub mod storage;
 pub mod upstream;
+pub mod wit_cache;
 pub mod workload_scope;
 
 pub use app::{Bound, build};

@@ -8,6 +8,7 @@
 //! - `streams`: the driver that follows the agent's snapshot for a stream.
 //! - `expiry`: one timer for all streams, ticking when an SVID expires.
 //! - `workload`: the `SpiffeWorkloadAPI` handlers.
+//! - `wit`: the WIT-SVID profile's streams (served when enabled).
 //! - `task`: the `lanyard.task.v1.TaskIdentity` handlers.
 //! - `broker`: the `lanyard.broker.v1.CredentialBroker` handler.
 
@@ -17,6 +18,7 @@ mod expiry;
 mod status;
 mod streams;
 mod task;
+mod wit;
 mod workload;
 
 pub use broker::BrokerApi;

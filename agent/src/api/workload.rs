@@ -33,6 +33,8 @@ pub struct WorkloadApi {
     jwt: Arc<JwtCache>,
     callers: Arc<Callers>,
     expiry: watch::Receiver<u64>,
+    /// WIT-SVIDs, when the profile is served.
+    wit: Option<Arc<crate::wit_cache::WitCache>>,
 }
 
 impl WorkloadApi {
@@ -53,7 +55,15 @@ impl WorkloadApi {
             jwt,
             callers,
             expiry,
+            wit: None,
         }
+    }
+
+    /// Serves the WIT-SVID profile with `cache`.
+    #[must_use]
+    pub fn with_wit(mut self, cache: Arc<crate::wit_cache::WitCache>) -> Self {
+        self.wit = Some(cache);
+        self
     }
 
     /// Attests the caller and refuses it when it is quarantined.
@@ -357,27 +367,48 @@ impl SpiffeWorkloadApi for WorkloadApi {
 
     type FetchWITSVIDStream = Streamed<WitsvidResponse>;
 
-    /// The WIT-SVID profile is optional (Incubating); this endpoint does
-    /// not serve it, and says so as the standard requires.
+    /// The WIT-SVID profile is optional (Incubating): served when
+    /// `[workload_api] wit = true`, otherwise Unimplemented as the standard
+    /// requires.
+    #[instrument(level = "debug", skip_all)]
     async fn fetch_witsvid(
         &self,
-        _req: Request<WitsvidRequest>,
+        req: Request<WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        Err(Status::unimplemented(WIT_UNSERVED))
+        let Some(wits) = self.wit.clone() else {
+            return Err(Status::unimplemented(WIT_UNSERVED));
+        };
+        let caller = self.attest(&req).await?;
+        let want = req.into_inner().spiffe_id;
+        Ok(Response::new(super::wit::wit_svids(
+            self.source(),
+            caller,
+            want,
+            wits,
+        )))
     }
 
     type FetchWITBundlesStream = Streamed<WitBundlesResponse>;
 
+    #[instrument(level = "debug", skip_all)]
     async fn fetch_wit_bundles(
         &self,
-        _req: Request<WitBundlesRequest>,
+        req: Request<WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        Err(Status::unimplemented(WIT_UNSERVED))
+        if self.wit.is_none() {
+            return Err(Status::unimplemented(WIT_UNSERVED));
+        }
+        let caller = self.attest(&req).await?;
+        Ok(Response::new(follow(
+            self.source(),
+            caller,
+            super::wit::WIT_BUNDLES,
+        )))
     }
 }
 
-/// Why the WIT-SVID profile's calls are refused.
-const WIT_UNSERVED: &str = "this Workload API endpoint does not serve the WIT-SVID profile";
+/// Why the WIT-SVID profile's calls are refused when it is off.
+const WIT_UNSERVED: &str = "this Workload API endpoint does not serve the WIT-SVID profile (enable it with [workload_api] wit = true)";
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::tables::{Limits, QuarantineSettings, RawAudit, RawQuarantine};
+use super::tables::{Limits, QuarantineSettings, RawAudit, RawQuarantine, RawWorkloadApi};
 use lanyard_core::TrustDomain;
 pub use lanyard_core::config::{ConfigError, LogFormat};
 use lanyard_core::config::{at_least_one, overlay, read_toml};
@@ -61,6 +61,8 @@ pub struct RawConfig {
     pub quarantine: Option<RawQuarantine>,
     /// `[audit]`: the durable queue of decision records.
     pub audit: Option<RawAudit>,
+    /// `[workload_api]`: optional Workload API profiles.
+    pub workload_api: Option<RawWorkloadApi>,
     /// Most open Workload API connections in total.
     pub max_connections: Option<usize>,
     /// Most open Workload API connections per caller (its uid and root-made
@@ -143,6 +145,8 @@ pub struct Config {
     pub quarantine: QuarantineSettings,
     /// The audit queue.
     pub audit: crate::audit_queue::QueueSettings,
+    /// Serve the WIT-SVID profile of the Workload API.
+    pub wit_svids: bool,
     /// Workload API limits.
     pub limits: Limits,
     /// How the node attests.
@@ -379,6 +383,11 @@ impl RawConfig {
             join_token,
             quarantine,
             audit,
+            wit_svids: self
+                .workload_api
+                .as_ref()
+                .and_then(|w| w.wit)
+                .unwrap_or(false),
             use_pidfd: self.use_pidfd.unwrap_or(true),
             limits,
             bootstrap,

@@ -54,6 +54,15 @@ pub struct RawQuarantine {
     pub window: Option<String>,
 }
 
+/// The `[workload_api]` table.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkloadApi {
+    /// Serve the WIT-SVID profile (`FetchWITSVID`, `FetchWITBundles`);
+    /// off by default, when both answer Unimplemented.
+    pub wit: Option<bool>,
+}
+
 /// The `[audit]` table.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -30,4 +30,5 @@ mod oidc;
 mod postgres;
 mod rotation;
 mod tasks;
+mod wit_e2e;
 mod x509_e2e;

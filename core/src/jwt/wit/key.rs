@@ -114,6 +114,45 @@ impl WorkloadKey {
     }
 }
 
+/// The `cnf.jwk` to issue for a public key a workload's agent sent: only
+/// an EC P-256 key for ES256 (`kty`, `crv`, `x`, `y` of 32 bytes each,
+/// `alg` ES256 when present), rebuilt with exactly those members, so that
+/// nothing else the sender put in it reaches the token.
+pub fn issuable_cnf(jwk_json: &str) -> Result<Value, WitError> {
+    let bad = |m: &str| WitError::Confirmation(m.to_owned());
+    if jwk_json.len() > 1024 {
+        return Err(bad("public key JWK is too long"));
+    }
+    let v: Value =
+        serde_json::from_str(jwk_json).map_err(|_| bad("public key is not a JSON object"))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| bad("public key is not a JSON object"))?;
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| o.contains_key(*m))
+    {
+        return Err(bad("a private key was sent where the public key belongs"));
+    }
+    let text = |name: &str| o.get(name).and_then(Value::as_str);
+    if text("kty") != Some("EC") || text("crv") != Some("P-256") {
+        return Err(bad("only EC P-256 keys (ES256) are issued"));
+    }
+    if o.get("alg").is_some_and(|a| a.as_str() != Some("ES256")) {
+        return Err(bad("only ES256 keys are issued"));
+    }
+    let coord = |name: &str| -> Result<String, WitError> {
+        let s = text(name).ok_or_else(|| bad(&format!("public key has no {name:?}")))?;
+        match URL_SAFE_NO_PAD.decode(s) {
+            Ok(b) if b.len() == 32 => Ok(s.to_owned()),
+            _ => Err(bad(&format!(
+                "public key {name:?} is not 32 bytes of base64url"
+            ))),
+        }
+    };
+    Ok(json!({"kty": "EC", "crv": "P-256", "x": coord("x")?, "y": coord("y")?, "alg": "ES256"}))
+}
+
 /// Mints a WIT-SVID for `sub` bound to `cnf` (a public JWK with `alg`),
 /// signed by `signer` (a WIT authority), living `ttl` but never past the
 /// signer's own expiry: header `{alg, kid, typ: wit+jwt}` and nothing

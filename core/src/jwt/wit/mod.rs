@@ -24,7 +24,7 @@ mod wpt;
 
 use std::time::Duration;
 
-pub use key::{WorkloadKey, sign_wit};
+pub use key::{WorkloadKey, issuable_cnf, sign_wit};
 pub use replay::ReplayCache;
 pub use validate::{ValidatedWit, validate_wit_svid};
 pub use wpt::{ValidatedWpt, WptRequest, sign_wpt, token_hash, validate_wpt};

@@ -316,3 +316,29 @@ fn txn_and_other_tokens_must_be_bound_exactly() {
     let e = validate_wpt(&wpt, &wit, &f.wit, &wrong, at(2), max, &cache).unwrap_err();
     assert!(e.to_string().contains("does not match its header"), "{e}");
 }
+
+#[test]
+fn only_a_public_p256_key_is_issued_and_nothing_else_it_carries() {
+    let key = WorkloadKey::generate().unwrap();
+    let mut sent = key.public_jwk();
+    sent["kid"] = json!("chosen-by-the-sender");
+    sent["x5u"] = json!("https://evil.example/cert");
+    let cnf = issuable_cnf(&sent.to_string()).unwrap();
+    assert_eq!(cnf, key.public_jwk());
+    let refused = |v: Value, want: &str| {
+        let e = issuable_cnf(&v.to_string()).unwrap_err();
+        assert!(e.to_string().contains(want), "{e} (wanted {want:?})");
+    };
+    let private: Value = serde_json::from_str(&key.private_jwk().unwrap()).unwrap();
+    refused(private, "private key");
+    let mut p384 = key.public_jwk();
+    p384["crv"] = json!("P-384");
+    refused(p384, "P-256");
+    let mut rs = key.public_jwk();
+    rs["alg"] = json!("RS256");
+    refused(rs, "ES256");
+    let mut short = key.public_jwk();
+    short["x"] = json!("AAAA");
+    refused(short, "32 bytes");
+    refused(json!("just text"), "JSON object");
+}

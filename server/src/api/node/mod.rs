@@ -13,7 +13,8 @@ use lanyard_proto::server::{
     DelegateTaskRequest, DelegateTaskResponse, EndTaskRequest, EndTaskResponse, RenewAgentRequest,
     RenewAgentResponse, ReportEnforcementRequest, ReportEnforcementResponse, RevokeHeldRequest,
     RevokeHeldResponse, SignJwtSvidRequest, SignJwtSvidResponse, SignResult, SignTaskSvidRequest,
-    SignTaskSvidResponse, SignX509SvidsRequest, SignX509SvidsResponse, SyncRequest, SyncUpdate,
+    SignTaskSvidResponse, SignWitSvidRequest, SignWitSvidResponse, SignX509SvidsRequest,
+    SignX509SvidsResponse, SyncRequest, SyncUpdate,
 };
 use lanyard_proto::types;
 use tokio::sync::{mpsc, watch};
@@ -133,6 +134,14 @@ impl Node for NodeApi {
         req: Request<SignJwtSvidRequest>,
     ) -> Result<Response<SignJwtSvidResponse>, Status> {
         self.sign_jwt_svid_rpc(req).await
+    }
+
+    #[instrument(skip_all)]
+    async fn sign_wit_svid(
+        &self,
+        req: Request<SignWitSvidRequest>,
+    ) -> Result<Response<SignWitSvidResponse>, Status> {
+        self.sign_wit_svid_rpc(req).await
     }
 
     #[instrument(skip_all)]

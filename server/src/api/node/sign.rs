@@ -179,4 +179,47 @@ impl NodeApi {
             expires_at: secs(minted.expires_at),
         }))
     }
+
+    /// `sign wit svid` (see the `Node` service): a WIT-SVID for one of the
+    /// agent's entries, on the same TTL as its JWT-SVIDs, bound to the
+    /// workload's public key (rebuilt from its EC P-256 members only).
+    pub(super) async fn sign_wit_svid_rpc(
+        &self,
+        req: Request<SignWitSvidRequest>,
+    ) -> Result<Response<SignWitSvidResponse>, Status> {
+        let (agent, _) = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let cnf = lanyard_core::jwt::wit::issuable_cnf(&req.public_jwk)
+            .map_err(|e| NodeError::BadJwtRequest(e.to_string()))?;
+        let entry = self.owned_entry(&agent.spiffe_id, &req.entry_id)?;
+        let ttl = entry.jwt_ttl.unwrap_or(self.settings.default_jwt_svid_ttl);
+        let started = std::time::Instant::now();
+        let minted = lanyard_core::jwt::wit::sign_wit(
+            &self.ca.snapshot().wit_active,
+            &entry.spiffe_id,
+            &cnf,
+            ttl,
+            self.clock.now(),
+            serde_json::Map::new(),
+        )
+        .map_err(|e| NodeError::BadJwtRequest(e.to_string()))?;
+        self.metrics.signed("wit", started);
+        tracing::debug!(agent_id = %agent.spiffe_id, spiffe_id = %entry.spiffe_id, jti = %minted.jti, "signed WIT-SVID");
+        // Recorded as a JWT-format SVID, with its profile: the jti is what
+        // `svid revoke --jwt-id` names.
+        let mut e = self
+            .audit
+            .event(Kind::JwtIssued)
+            .actor(agent.spiffe_id.to_string())
+            .subject(entry.spiffe_id.to_string())
+            .node(agent.spiffe_id.to_string())
+            .details(serde_json::json!({"profile": "wit-svid", "ttl_seconds": ttl.as_secs()}));
+        e.correlation.jti = minted.jti.clone();
+        self.audited(e).await?;
+        Ok(Response::new(SignWitSvidResponse {
+            token: minted.token,
+            expires_at: i64::try_from(unix_secs(minted.expires_at)).unwrap_or(i64::MAX),
+            jti: minted.jti,
+        }))
+    }
 }

@@ -1,0 +1,182 @@
+//! WIT-SVIDs through the Workload API (the WIT-SVID profile, on): the WIT
+//! bundle, a WIT bound to the key served with it, a proof made with that
+//! key accepted once, renewal with a fresh key pushed on the stream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use lanyard_core::jwt::wit::{
+    ReplayCache, WorkloadKey, WptRequest, sign_wpt, validate_wit_svid, validate_wpt,
+};
+use lanyard_core::{SpiffeId, TrustDomain};
+use lanyard_integration_tests::{TestServer, init};
+use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use lanyard_proto::workload::{WitBundlesRequest, WitsvidRequest};
+use lanyard_uds::unix_channel;
+
+const NODE: &str = "spiffe://example.org/node/n1";
+const WORKLOAD: &str = "spiffe://example.org/wit-workload";
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Setup {
+    server: TestServer,
+    agent: lanyard_agent::Bound,
+    _dir: tempfile::TempDir,
+}
+
+/// A server, an entry for this process whose WITs live `ttl` seconds, and
+/// an agent serving the WIT-SVID profile.
+async fn setup(ttl: i64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let token = server.token(NODE).await;
+    server
+        .admin()
+        .create_entry(lanyard_proto::admin::CreateEntryRequest {
+            entry: Some(lanyard_proto::types::Entry {
+                spiffe_id: WORKLOAD.into(),
+                parent_id: NODE.into(),
+                selectors: vec![format!("unix:uid:{}", lanyard_integration_tests::own_uid())],
+                jwt_ttl_seconds: ttl,
+                hint: "wit".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    init();
+    let mut cfg = lanyard_integration_tests::agent_config(dir.path(), server.addr(), Some(token));
+    cfg.wit_svids = true;
+    let agent = lanyard_agent::build(cfg).await.unwrap();
+    let mut state = agent.state.clone();
+    state.wait_for(|s| s.synced).await.unwrap();
+    Setup {
+        server,
+        agent,
+        _dir: dir,
+    }
+}
+
+fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
+    let s = setup(4).await;
+    let mut c = SpiffeWorkloadApiClient::new(unix_channel(&s.agent.socket).unwrap());
+    let td = TrustDomain::new("example.org").unwrap();
+
+    // The WIT bundle: the server's WIT key alone, never its JWT key.
+    let mut bundles = c
+        .fetch_wit_bundles(with_header(WitBundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = tokio::time::timeout(WAIT, bundles.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!b.more);
+    let jwks = &b.bundles["spiffe://example.org"];
+    let doc: serde_json::Value = serde_json::from_str(jwks).unwrap();
+    let ca = s.server.bound.ca.snapshot();
+    assert_eq!(doc["keys"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["keys"][0]["use"], "wit-svid");
+    assert_eq!(doc["keys"][0]["kid"], ca.wit_active.key_id());
+    assert_ne!(ca.wit_active.key_id(), ca.jwt_active.key_id());
+    let authorities = lanyard_core::jwt::parse_jwks(jwks.as_bytes()).unwrap();
+
+    let mut stream = c
+        .fetch_witsvid(with_header(WitsvidRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.svids.len(), 1);
+    let w = &first.svids[0];
+    assert_eq!(w.spiffe_id, WORKLOAD);
+    assert_eq!(w.hint, "wit");
+    let now = std::time::SystemTime::now();
+    let wit = validate_wit_svid(&w.wit_svid, &td, &authorities, now).unwrap();
+    assert_eq!(wit.spiffe_id, SpiffeId::new(WORKLOAD).unwrap());
+    // The key served is the one the WIT is bound to.
+    let key = WorkloadKey::from_private_jwk(&w.wit_svid_key).unwrap();
+    assert_eq!(
+        serde_json::to_value(&wit.cnf).unwrap()["x"],
+        key.public_jwk()["x"]
+    );
+
+    // A proof for one request, accepted once.
+    let req = WptRequest {
+        target_uri: "https://tool.example/call",
+        ..Default::default()
+    };
+    let wpt = sign_wpt(&key, &w.wit_svid, &req, Duration::from_secs(30), now).unwrap();
+    let cache = ReplayCache::new(16);
+    validate_wpt(
+        &wpt,
+        &wit,
+        &w.wit_svid,
+        &req,
+        now,
+        Duration::from_secs(60),
+        &cache,
+    )
+    .unwrap();
+    assert!(
+        validate_wpt(
+            &wpt,
+            &wit,
+            &w.wit_svid,
+            &req,
+            now,
+            Duration::from_secs(60),
+            &cache
+        )
+        .is_err()
+    );
+
+    // At half its 4 s life the WIT is renewed, with a fresh key, on the
+    // open stream.
+    let second = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let w2 = &second.svids[0];
+    assert_ne!(w2.wit_svid, w.wit_svid);
+    assert_ne!(w2.wit_svid_key, w.wit_svid_key);
+    validate_wit_svid(
+        &w2.wit_svid,
+        &td,
+        &authorities,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+
+    // Another SPIFFE ID than the caller's is refused.
+    let mut other = c
+        .fetch_witsvid(with_header(WitsvidRequest {
+            spiffe_id: "spiffe://example.org/someone-else".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(WAIT, other.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    s.agent.shutdown().await;
+    s.server.stop().await;
+}
