@@ -8,3 +8,4 @@ mod audit_cli;
 mod cli;
 mod credentials;
 mod metrics;
+mod run_cli;
