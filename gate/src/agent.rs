@@ -157,6 +157,7 @@ impl Agent {
                 outcome_follows: !ask.probe,
                 approval_id: String::new(),
                 wait_ms: u32::try_from(ask.wait.as_millis()).unwrap_or(u32::MAX),
+                target_uri: String::new(),
             }))
             .await
             .map_err(AgentError)?

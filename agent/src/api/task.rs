@@ -137,7 +137,14 @@ fn tool_call(r: AuthorizeToolCallRequest) -> Result<ToolCall, Status> {
         credential: r.credential.map(|c| match c {
             Credential::X509Chain(c) => CallCredential::X509Chain(c.certs),
             Credential::JwtSvid(t) => CallCredential::Jwt(t),
+            Credential::Wit(w) => CallCredential::Wit(crate::pdp::WitCall {
+                wit: w.wit_svid,
+                wpt: w.wpt,
+                txn_token: w.txn_token,
+                other_tokens: w.other_tokens.into_iter().collect(),
+            }),
         }),
+        target_uri: r.target_uri,
         audience: r.audience,
         probe: r.probe,
         outcome_follows: r.outcome_follows,

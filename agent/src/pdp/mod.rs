@@ -22,7 +22,7 @@ use lanyard_policy::{Action, CallFacts, PolicyBook, Principal, TaskContext};
 pub use approval::MAX_APPROVAL_WAIT;
 pub use outcome::OUTCOME_WAIT;
 pub use record::{DecisionRecord, DecisionSink, Outcome, QueueSink, TracingSink, audit_event};
-pub use verify::{CredentialError, Verified, VerifyCache, jwt_revocation};
+pub use verify::{CredentialError, Verified, VerifyCache, WIT_TASK_CLAIM, WitCall, jwt_revocation};
 
 use crate::cache::Snapshot;
 use crate::identity::IdentityHandle;
@@ -100,6 +100,8 @@ pub enum CallCredential {
     X509Chain(Vec<Vec<u8>>),
     /// A task JWT-SVID it sent as a bearer token.
     Jwt(String),
+    /// A WIT-SVID with its proof of possession for this request.
+    Wit(WitCall),
 }
 
 /// One tool call to decide.
@@ -124,6 +126,8 @@ pub struct ToolCall {
     pub approval_id: String,
     /// How long to hold a call waiting for approval.
     pub wait: Duration,
+    /// The HTTP target URI of the request (a WIT's proof names it).
+    pub target_uri: String,
 }
 
 /// A recorded decision, as the enforcement point gets it.
@@ -291,9 +295,12 @@ impl Pdp {
                 };
                 ("jwt", self.verified.jwt(&snap, &t, aud, now))
             }
+            Some(CallCredential::Wit(w)) => {
+                ("wit", self.verified.wit(&snap, &w, &req.target_uri, now))
+            }
             None => {
                 return Err(PdpError::Invalid(
-                    "credential (x509_chain or jwt_svid) is required".into(),
+                    "credential (x509_chain, jwt_svid or wit) is required".into(),
                 ));
             }
         };

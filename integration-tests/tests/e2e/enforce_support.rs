@@ -190,6 +190,17 @@ pub async fn authorize(
         .map(tonic::Response::into_inner)
 }
 
+/// An AuthorizeToolCall request for `tool` on `account/42` with no context.
+pub fn authorize_request(credential: Credential, tool: &str) -> AuthorizeToolCallRequest {
+    AuthorizeToolCallRequest {
+        credential: Some(credential),
+        tool: tool.into(),
+        resource: "account/42".into(),
+        context_json: "{}".into(),
+        ..Default::default()
+    }
+}
+
 pub fn x509(chain: &[Vec<u8>]) -> Credential {
     Credential::X509Chain(X509Chain {
         certs: chain.to_vec(),

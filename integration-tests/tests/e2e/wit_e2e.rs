@@ -180,3 +180,100 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
     s.agent.shutdown().await;
     s.server.stop().await;
 }
+
+/// AuthorizeToolCall with a WIT and its proof: accepted (the decision goes
+/// on to the grant: a standing identity has no task), and refused with the
+/// reason when the proof is replayed, names another target, is signed by
+/// another key or is missing, or when the WIT is sent as a bearer token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() {
+    use crate::enforce_support::{PLANNER, authorize_request, header, setup_with};
+    use lanyard_proto::task::WitProof;
+    use lanyard_proto::task::authorize_tool_call_request::Credential;
+    use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+
+    let s = setup_with(true, |c| c.wit_svids = true).await;
+    let mut c = SpiffeWorkloadApiClient::new(unix_channel(&s.socket).unwrap());
+    let mut stream = c
+        .fetch_witsvid(with_header(WitsvidRequest {
+            spiffe_id: PLANNER.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let w = got.svids[0].clone();
+    assert_eq!(w.spiffe_id, PLANNER);
+    let key = WorkloadKey::from_private_jwk(&w.wit_svid_key).unwrap();
+    let target = "https://crm.example/api/contacts";
+    let proof = |k: &WorkloadKey, uri: &str| {
+        let req = WptRequest {
+            target_uri: uri,
+            ..Default::default()
+        };
+        sign_wpt(
+            k,
+            &w.wit_svid,
+            &req,
+            Duration::from_secs(30),
+            std::time::SystemTime::now(),
+        )
+        .unwrap()
+    };
+    let ask = |cred: Credential, uri: &str| {
+        let socket = s.socket.clone();
+        let mut r = authorize_request(cred, "crm.read");
+        r.target_uri = uri.to_owned();
+        async move {
+            TaskIdentityClient::new(unix_channel(&socket).unwrap())
+                .authorize_tool_call(header(r))
+                .await
+        }
+    };
+    let wit = |wpt: String| {
+        Credential::Wit(WitProof {
+            wit_svid: w.wit_svid.clone(),
+            wpt,
+            ..Default::default()
+        })
+    };
+
+    let good = proof(&key, target);
+    let d = ask(wit(good.clone()), target).await.unwrap().into_inner();
+    assert_eq!(d.principal, PLANNER, "{d:?}");
+    assert!(!d.allow);
+    assert!(d.reason.contains("carries no task"), "{d:?}");
+    // Replayed.
+    let e = ask(wit(good), target).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("already used"), "{e:?}");
+    // For another request target.
+    let e = ask(wit(proof(&key, "https://crm.example/api/delete")), target)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("not this request's target"), "{e:?}");
+    // Signed by a key that is not the WIT's.
+    let e = ask(
+        wit(proof(&WorkloadKey::generate().unwrap(), target)),
+        target,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().contains("signature is invalid"), "{e:?}");
+    // No proof, or no target: the caller's mistake.
+    let e = ask(wit(String::new()), target).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = ask(wit(proof(&key, target)), "").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // The WIT as a bearer JWT-SVID.
+    let e = ask(Credential::JwtSvid(w.wit_svid.clone()), target)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("typ"), "{e:?}");
+    s.agent.shutdown().await;
+}

@@ -26,13 +26,15 @@ _sym_db = _symbol_database.Default()
 from spiffe._proto import workload_pb2 as spiffe_dot___proto_dot_workload__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alanyard/task/v1/task.proto\x12\x0flanyard.task.v1\x1a\x1cspiffe/_proto/workload.proto\"L\n\x16RecordToolCallsRequest\x12\x32\n\x08outcomes\x18\x01 \x03(\x0b\x32 .lanyard.task.v1.ToolCallOutcome\"\xa0\x01\n\x0fToolCallOutcome\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\r\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x12\n\nlatency_us\x18\x07 \x01(\x04\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"*\n\x17RecordToolCallsResponse\x12\x0f\n\x07unknown\x18\x01 \x03(\t\"\x84\x02\n\x18\x41uthorizeToolCallRequest\x12\x30\n\nx509_chain\x18\x01 \x01(\x0b\x32\x1a.lanyard.task.v1.X509ChainH\x00\x12\x12\n\x08jwt_svid\x18\x02 \x01(\tH\x00\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontext_json\x18\x05 \x01(\t\x12\x10\n\x08\x61udience\x18\x06 \x01(\t\x12\r\n\x05probe\x18\x07 \x01(\x08\x12\x17\n\x0foutcome_follows\x18\x08 \x01(\x08\x12\x13\n\x0b\x61pproval_id\x18\t \x01(\t\x12\x0f\n\x07wait_ms\x18\n \x01(\rB\x0c\n\ncredential\"\x1a\n\tX509Chain\x12\r\n\x05\x63\x65rts\x18\x01 \x03(\x0c\"\xca\x01\n\x19\x41uthorizeToolCallResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\npolicy_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x11\n\tprincipal\x18\x06 \x01(\t\x12\x0f\n\x07pending\x18\x07 \x01(\x08\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12\x1b\n\x13\x61pproval_expires_at\x18\t \x01(\x03\"\x92\x02\n\x10\x42\x65ginTaskRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x0e\n\x06intent\x18\x03 \x01(\t\x12\r\n\x05tools\x18\x04 \x03(\t\x12\x14\n\x0c\x64\x65stinations\x18\x05 \x03(\t\x12\x18\n\x10\x64\x61ta_sensitivity\x18\x06 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x07 \x01(\x03\x12\x14\n\x0con_behalf_of\x18\x08 \x01(\t\x12\x15\n\rjwt_audiences\x18\t \x03(\t\x12\x15\n\rallow_partial\x18\n \x01(\x08\x12\x16\n\x0eparent_task_id\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65legation_token\x18\x0c \x01(\t\"*\n\nDeniedTool\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x11\x42\x65ginTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x15\n\rgranted_tools\x18\x02 \x03(\t\x12+\n\x06\x64\x65nied\x18\x03 \x03(\x0b\x32\x1b.lanyard.task.v1.DeniedTool\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\x1c\n\tx509_svid\x18\x05 \x01(\x0b\x32\t.X509SVID\x12\x1a\n\x08jwt_svid\x18\x06 \x01(\x0b\x32\x08.JWTSVID\"!\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x11\n\x0f\x45ndTaskResponse\"\x12\n\x10ListTasksRequest\"\xb0\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x15\n\rgranted_tools\x18\x04 \x03(\t\x12\x18\n\x10\x64\x61ta_sensitivity\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x14\n\x0con_behalf_of\x18\x07 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x08 \x01(\t\"9\n\x11ListTasksResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.lanyard.task.v1.Task\"`\n\x13\x44\x65legateTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cto_spiffe_id\x18\x02 \x01(\t\x12\r\n\x05tools\x18\x03 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\"D\n\x14\x44\x65legateTaskResponse\x12\x18\n\x10\x64\x65legation_token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x32\xb3\x04\n\x0cTaskIdentity\x12R\n\tBeginTask\x12!.lanyard.task.v1.BeginTaskRequest\x1a\".lanyard.task.v1.BeginTaskResponse\x12L\n\x07\x45ndTask\x12\x1f.lanyard.task.v1.EndTaskRequest\x1a .lanyard.task.v1.EndTaskResponse\x12R\n\tListTasks\x12!.lanyard.task.v1.ListTasksRequest\x1a\".lanyard.task.v1.ListTasksResponse\x12[\n\x0c\x44\x65legateTask\x12$.lanyard.task.v1.DelegateTaskRequest\x1a%.lanyard.task.v1.DelegateTaskResponse\x12j\n\x11\x41uthorizeToolCall\x12).lanyard.task.v1.AuthorizeToolCallRequest\x1a*.lanyard.task.v1.AuthorizeToolCallResponse\x12\x64\n\x0fRecordToolCalls\x12\'.lanyard.task.v1.RecordToolCallsRequest\x1a(.lanyard.task.v1.RecordToolCallsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alanyard/task/v1/task.proto\x12\x0flanyard.task.v1\x1a\x1cspiffe/_proto/workload.proto\"L\n\x16RecordToolCallsRequest\x12\x32\n\x08outcomes\x18\x01 \x03(\x0b\x32 .lanyard.task.v1.ToolCallOutcome\"\xa0\x01\n\x0fToolCallOutcome\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\r\x12\x10\n\x08\x62ytes_in\x18\x05 \x01(\x04\x12\x11\n\tbytes_out\x18\x06 \x01(\x04\x12\x12\n\nlatency_us\x18\x07 \x01(\x04\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"*\n\x17RecordToolCallsResponse\x12\x0f\n\x07unknown\x18\x01 \x03(\t\"\xc2\x02\n\x18\x41uthorizeToolCallRequest\x12\x30\n\nx509_chain\x18\x01 \x01(\x0b\x32\x1a.lanyard.task.v1.X509ChainH\x00\x12\x12\n\x08jwt_svid\x18\x02 \x01(\tH\x00\x12(\n\x03wit\x18\x0b \x01(\x0b\x32\x19.lanyard.task.v1.WitProofH\x00\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontext_json\x18\x05 \x01(\t\x12\x10\n\x08\x61udience\x18\x06 \x01(\t\x12\r\n\x05probe\x18\x07 \x01(\x08\x12\x17\n\x0foutcome_follows\x18\x08 \x01(\x08\x12\x13\n\x0b\x61pproval_id\x18\t \x01(\t\x12\x0f\n\x07wait_ms\x18\n \x01(\r\x12\x12\n\ntarget_uri\x18\x0c \x01(\tB\x0c\n\ncredential\"\xb2\x01\n\x08WitProof\x12\x10\n\x08wit_svid\x18\x01 \x01(\t\x12\x0b\n\x03wpt\x18\x02 \x01(\t\x12\x11\n\ttxn_token\x18\x03 \x01(\t\x12@\n\x0cother_tokens\x18\x04 \x03(\x0b\x32*.lanyard.task.v1.WitProof.OtherTokensEntry\x1a\x32\n\x10OtherTokensEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\tX509Chain\x12\r\n\x05\x63\x65rts\x18\x01 \x03(\x0c\"\xca\x01\n\x19\x41uthorizeToolCallResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\npolicy_ids\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x11\n\tprincipal\x18\x06 \x01(\t\x12\x0f\n\x07pending\x18\x07 \x01(\x08\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12\x1b\n\x13\x61pproval_expires_at\x18\t \x01(\x03\"\x92\x02\n\x10\x42\x65ginTaskRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\ttask_type\x18\x02 \x01(\t\x12\x0e\n\x06intent\x18\x03 \x01(\t\x12\r\n\x05tools\x18\x04 \x03(\t\x12\x14\n\x0c\x64\x65stinations\x18\x05 \x03(\t\x12\x18\n\x10\x64\x61ta_sensitivity\x18\x06 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x07 \x01(\x03\x12\x14\n\x0con_behalf_of\x18\x08 \x01(\t\x12\x15\n\rjwt_audiences\x18\t \x03(\t\x12\x15\n\rallow_partial\x18\n \x01(\x08\x12\x16\n\x0eparent_task_id\x18\x0b \x01(\t\x12\x18\n\x10\x64\x65legation_token\x18\x0c \x01(\t\"*\n\nDeniedTool\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x11\x42\x65ginTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x15\n\rgranted_tools\x18\x02 \x03(\t\x12+\n\x06\x64\x65nied\x18\x03 \x03(\x0b\x32\x1b.lanyard.task.v1.DeniedTool\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x12\x1c\n\tx509_svid\x18\x05 \x01(\x0b\x32\t.X509SVID\x12\x1a\n\x08jwt_svid\x18\x06 \x01(\x0b\x32\x08.JWTSVID\"!\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x11\n\x0f\x45ndTaskResponse\"\x12\n\x10ListTasksRequest\"\xb0\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x15\n\rgranted_tools\x18\x04 \x03(\t\x12\x18\n\x10\x64\x61ta_sensitivity\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\x03\x12\x14\n\x0con_behalf_of\x18\x07 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x08 \x01(\t\"9\n\x11ListTasksResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.lanyard.task.v1.Task\"`\n\x13\x44\x65legateTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cto_spiffe_id\x18\x02 \x01(\t\x12\r\n\x05tools\x18\x03 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\x03\"D\n\x14\x44\x65legateTaskResponse\x12\x18\n\x10\x64\x65legation_token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x32\xb3\x04\n\x0cTaskIdentity\x12R\n\tBeginTask\x12!.lanyard.task.v1.BeginTaskRequest\x1a\".lanyard.task.v1.BeginTaskResponse\x12L\n\x07\x45ndTask\x12\x1f.lanyard.task.v1.EndTaskRequest\x1a .lanyard.task.v1.EndTaskResponse\x12R\n\tListTasks\x12!.lanyard.task.v1.ListTasksRequest\x1a\".lanyard.task.v1.ListTasksResponse\x12[\n\x0c\x44\x65legateTask\x12$.lanyard.task.v1.DelegateTaskRequest\x1a%.lanyard.task.v1.DelegateTaskResponse\x12j\n\x11\x41uthorizeToolCall\x12).lanyard.task.v1.AuthorizeToolCallRequest\x1a*.lanyard.task.v1.AuthorizeToolCallResponse\x12\x64\n\x0fRecordToolCalls\x12\'.lanyard.task.v1.RecordToolCallsRequest\x1a(.lanyard.task.v1.RecordToolCallsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lanyard.task.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WITPROOF_OTHERTOKENSENTRY']._loaded_options = None
+  _globals['_WITPROOF_OTHERTOKENSENTRY']._serialized_options = b'8\001'
   _globals['_RECORDTOOLCALLSREQUEST']._serialized_start=77
   _globals['_RECORDTOOLCALLSREQUEST']._serialized_end=153
   _globals['_TOOLCALLOUTCOME']._serialized_start=156
@@ -40,31 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDTOOLCALLSRESPONSE']._serialized_start=318
   _globals['_RECORDTOOLCALLSRESPONSE']._serialized_end=360
   _globals['_AUTHORIZETOOLCALLREQUEST']._serialized_start=363
-  _globals['_AUTHORIZETOOLCALLREQUEST']._serialized_end=623
-  _globals['_X509CHAIN']._serialized_start=625
-  _globals['_X509CHAIN']._serialized_end=651
-  _globals['_AUTHORIZETOOLCALLRESPONSE']._serialized_start=654
-  _globals['_AUTHORIZETOOLCALLRESPONSE']._serialized_end=856
-  _globals['_BEGINTASKREQUEST']._serialized_start=859
-  _globals['_BEGINTASKREQUEST']._serialized_end=1133
-  _globals['_DENIEDTOOL']._serialized_start=1135
-  _globals['_DENIEDTOOL']._serialized_end=1177
-  _globals['_BEGINTASKRESPONSE']._serialized_start=1180
-  _globals['_BEGINTASKRESPONSE']._serialized_end=1362
-  _globals['_ENDTASKREQUEST']._serialized_start=1364
-  _globals['_ENDTASKREQUEST']._serialized_end=1397
-  _globals['_ENDTASKRESPONSE']._serialized_start=1399
-  _globals['_ENDTASKRESPONSE']._serialized_end=1416
-  _globals['_LISTTASKSREQUEST']._serialized_start=1418
-  _globals['_LISTTASKSREQUEST']._serialized_end=1436
-  _globals['_TASK']._serialized_start=1439
-  _globals['_TASK']._serialized_end=1615
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1617
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1674
-  _globals['_DELEGATETASKREQUEST']._serialized_start=1676
-  _globals['_DELEGATETASKREQUEST']._serialized_end=1772
-  _globals['_DELEGATETASKRESPONSE']._serialized_start=1774
-  _globals['_DELEGATETASKRESPONSE']._serialized_end=1842
-  _globals['_TASKIDENTITY']._serialized_start=1845
-  _globals['_TASKIDENTITY']._serialized_end=2408
+  _globals['_AUTHORIZETOOLCALLREQUEST']._serialized_end=685
+  _globals['_WITPROOF']._serialized_start=688
+  _globals['_WITPROOF']._serialized_end=866
+  _globals['_WITPROOF_OTHERTOKENSENTRY']._serialized_start=816
+  _globals['_WITPROOF_OTHERTOKENSENTRY']._serialized_end=866
+  _globals['_X509CHAIN']._serialized_start=868
+  _globals['_X509CHAIN']._serialized_end=894
+  _globals['_AUTHORIZETOOLCALLRESPONSE']._serialized_start=897
+  _globals['_AUTHORIZETOOLCALLRESPONSE']._serialized_end=1099
+  _globals['_BEGINTASKREQUEST']._serialized_start=1102
+  _globals['_BEGINTASKREQUEST']._serialized_end=1376
+  _globals['_DENIEDTOOL']._serialized_start=1378
+  _globals['_DENIEDTOOL']._serialized_end=1420
+  _globals['_BEGINTASKRESPONSE']._serialized_start=1423
+  _globals['_BEGINTASKRESPONSE']._serialized_end=1605
+  _globals['_ENDTASKREQUEST']._serialized_start=1607
+  _globals['_ENDTASKREQUEST']._serialized_end=1640
+  _globals['_ENDTASKRESPONSE']._serialized_start=1642
+  _globals['_ENDTASKRESPONSE']._serialized_end=1659
+  _globals['_LISTTASKSREQUEST']._serialized_start=1661
+  _globals['_LISTTASKSREQUEST']._serialized_end=1679
+  _globals['_TASK']._serialized_start=1682
+  _globals['_TASK']._serialized_end=1858
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1860
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1917
+  _globals['_DELEGATETASKREQUEST']._serialized_start=1919
+  _globals['_DELEGATETASKREQUEST']._serialized_end=2015
+  _globals['_DELEGATETASKRESPONSE']._serialized_start=2017
+  _globals['_DELEGATETASKRESPONSE']._serialized_end=2085
+  _globals['_TASKIDENTITY']._serialized_start=2088
+  _globals['_TASKIDENTITY']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)

@@ -130,6 +130,7 @@ class AuthorizeToolCallRequest(_message.Message):
 
     X509_CHAIN_FIELD_NUMBER: _builtins.int
     JWT_SVID_FIELD_NUMBER: _builtins.int
+    WIT_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     CONTEXT_JSON_FIELD_NUMBER: _builtins.int
@@ -138,6 +139,7 @@ class AuthorizeToolCallRequest(_message.Message):
     OUTCOME_FOLLOWS_FIELD_NUMBER: _builtins.int
     APPROVAL_ID_FIELD_NUMBER: _builtins.int
     WAIT_MS_FIELD_NUMBER: _builtins.int
+    TARGET_URI_FIELD_NUMBER: _builtins.int
     jwt_svid: _builtins.str
     """The peer's JWT-SVID."""
     tool: _builtins.str
@@ -170,10 +172,20 @@ class AuthorizeToolCallRequest(_message.Message):
     """How long to hold a pending call for the answer, milliseconds (at
     most 60,000; 0 answers pending at once).
     """
+    target_uri: _builtins.str
+    """The HTTP target URI of the request the call came on (query and
+    fragment are ignored): required with a WIT, whose proof names it.
+    """
     @_builtins.property
     def x509_chain(self) -> Global___X509Chain:
         """The peer's X.509-SVID chain, DER certificates leaf first, as the
         tool server saw it in the TLS handshake.
+        """
+
+    @_builtins.property
+    def wit(self) -> Global___WitProof:
+        """The peer's WIT-SVID and its proof of possession for this request
+        (needs target_uri).
         """
 
     def __init__(
@@ -181,6 +193,7 @@ class AuthorizeToolCallRequest(_message.Message):
         *,
         x509_chain: Global___X509Chain | None = ...,
         jwt_svid: _builtins.str = ...,
+        wit: Global___WitProof | None = ...,
         tool: _builtins.str = ...,
         resource: _builtins.str = ...,
         context_json: _builtins.str = ...,
@@ -189,16 +202,79 @@ class AuthorizeToolCallRequest(_message.Message):
         outcome_follows: _builtins.bool = ...,
         approval_id: _builtins.str = ...,
         wait_ms: _builtins.int = ...,
+        target_uri: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "jwt_svid", b"jwt_svid", "x509_chain", b"x509_chain"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "jwt_svid", b"jwt_svid", "wit", b"wit", "x509_chain", b"x509_chain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "audience", b"audience", "context_json", b"context_json", "credential", b"credential", "jwt_svid", b"jwt_svid", "outcome_follows", b"outcome_follows", "probe", b"probe", "resource", b"resource", "tool", b"tool", "wait_ms", b"wait_ms", "x509_chain", b"x509_chain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "audience", b"audience", "context_json", b"context_json", "credential", b"credential", "jwt_svid", b"jwt_svid", "outcome_follows", b"outcome_follows", "probe", b"probe", "resource", b"resource", "target_uri", b"target_uri", "tool", b"tool", "wait_ms", b"wait_ms", "wit", b"wit", "x509_chain", b"x509_chain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_credential: _TypeAlias = _typing.Literal["x509_chain", "jwt_svid"]  # noqa: Y015
+    _WhichOneofReturnType_credential: _TypeAlias = _typing.Literal["x509_chain", "jwt_svid", "wit"]  # noqa: Y015
     _WhichOneofArgType_credential: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_credential) -> _WhichOneofReturnType_credential | None: ...
 
 Global___AuthorizeToolCallRequest: _TypeAlias = AuthorizeToolCallRequest  # noqa: Y015
+
+@_typing.final
+class WitProof(_message.Message):
+    """A WIT-SVID presented with a Workload Proof Token, as the request carried
+    them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OtherTokensEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WIT_SVID_FIELD_NUMBER: _builtins.int
+    WPT_FIELD_NUMBER: _builtins.int
+    TXN_TOKEN_FIELD_NUMBER: _builtins.int
+    OTHER_TOKENS_FIELD_NUMBER: _builtins.int
+    wit_svid: _builtins.str
+    """The Workload-Identity-Token header."""
+    wpt: _builtins.str
+    """The proof, from `Authorization: WPT <proof>`."""
+    txn_token: _builtins.str
+    """The Txn-Token header, when the request had one (the proof must bind
+    it with tth).
+    """
+    @_builtins.property
+    def other_tokens(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Other context-token headers by lower-case name (the proof's oth must
+        bind each it names).
+        """
+
+    def __init__(
+        self,
+        *,
+        wit_svid: _builtins.str = ...,
+        wpt: _builtins.str = ...,
+        txn_token: _builtins.str = ...,
+        other_tokens: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["other_tokens", b"other_tokens", "txn_token", b"txn_token", "wit_svid", b"wit_svid", "wpt", b"wpt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitProof: _TypeAlias = WitProof  # noqa: Y015
 
 @_typing.final
 class X509Chain(_message.Message):
