@@ -1,17 +1,18 @@
-//! WIT-SVIDs for workloads' standing identities: one per entry, each bound
-//! to a key generated here for it, renewed at half its life, and served
-//! while still valid when the server cannot be reached.
+//! WIT-SVIDs for workloads: one per entry and one per task held, each
+//! bound to a key generated here for it, renewed at half its life, and
+//! served while still valid when the server cannot be reached.
 //!
-//! The cache holds one WIT per entry the node serves, so it is bounded by
-//! the entries; those no longer in the snapshot are dropped.
+//! The cache holds one WIT per entry and task the node serves, so it is
+//! bounded by them; those no longer in the snapshot are dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use lanyard_core::SpiffeId;
 use lanyard_core::clock::{Clock, from_unix_secs};
 use lanyard_core::jwt::wit::WorkloadKey;
-use lanyard_core::{EntryId, RegistrationEntry, SpiffeId};
+use lanyard_proto::server::SignWitSvidRequest;
 
 use crate::identity::{CommandError, IdentityHandle};
 
@@ -41,11 +42,46 @@ impl std::fmt::Debug for Wit {
     }
 }
 
-/// The WITs of the node's entries.
+/// What a WIT is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WitFor {
+    /// A standing identity: the entry's ID.
+    Entry(String),
+    /// A task held: its ID and its holder's executable digest.
+    Task(String, String),
+}
+
+impl WitFor {
+    fn request(&self, public_jwk: String) -> SignWitSvidRequest {
+        match self {
+            Self::Entry(id) => SignWitSvidRequest {
+                entry_id: id.clone(),
+                public_jwk,
+                ..Default::default()
+            },
+            Self::Task(id, exe) => SignWitSvidRequest {
+                task_id: id.clone(),
+                exe_sha256: exe.clone(),
+                public_jwk,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The cache key: an entry ID and a task ID never collide.
+    fn key(&self) -> String {
+        match self {
+            Self::Entry(id) => format!("entry {id}"),
+            Self::Task(id, _) => format!("task {id}"),
+        }
+    }
+}
+
+/// The WITs of the node's entries and tasks.
 pub struct WitCache {
     identity: IdentityHandle,
     clock: Arc<dyn Clock>,
-    wits: Mutex<HashMap<EntryId, Arc<Wit>>>,
+    wits: Mutex<HashMap<String, Arc<Wit>>>,
     /// One signing at a time: concurrent streams of one entry share it.
     signing: tokio::sync::Mutex<()>,
 }
@@ -61,7 +97,7 @@ impl WitCache {
         }
     }
 
-    fn cached(&self, id: &EntryId) -> Option<Arc<Wit>> {
+    fn cached(&self, id: &str) -> Option<Arc<Wit>> {
         self.wits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -69,27 +105,25 @@ impl WitCache {
             .cloned()
     }
 
-    /// The WIT of `entry`: the cached one before its refresh time, else a
-    /// new one (a fresh key, signed by the server); the cached one while
-    /// still valid if the server cannot sign.
-    pub async fn get(&self, entry: &RegistrationEntry) -> Result<Arc<Wit>, CommandError> {
+    /// The WIT `of` the identity `spiffe_id`: the cached one before its
+    /// refresh time, else a new one (a fresh key, signed by the server);
+    /// the cached one while still valid if the server cannot sign.
+    pub async fn get(&self, of: &WitFor, spiffe_id: &SpiffeId) -> Result<Arc<Wit>, CommandError> {
+        let id = of.key();
         let fresh = |w: &Arc<Wit>, now| now < w.refresh_at;
-        if let Some(w) = self
-            .cached(&entry.id)
-            .filter(|w| fresh(w, self.clock.now()))
-        {
+        if let Some(w) = self.cached(&id).filter(|w| fresh(w, self.clock.now())) {
             return Ok(w);
         }
         let _one = self.signing.lock().await;
         let now = self.clock.now();
-        let old = self.cached(&entry.id);
+        let old = self.cached(&id);
         if let Some(w) = old.as_ref().filter(|w| fresh(w, now)) {
             return Ok(w.clone());
         }
         let signed = match WorkloadKey::generate() {
             Ok(key) => self
                 .identity
-                .sign_wit(entry.id.to_string(), key.public_jwk().to_string())
+                .sign_wit(of.request(key.public_jwk().to_string()))
                 .await
                 .and_then(|r| {
                     let key_jwk = key.private_jwk().map_err(|e| {
@@ -104,7 +138,7 @@ impl WitCache {
                 let expires_at = from_unix_secs(u64::try_from(r.expires_at).unwrap_or(0));
                 let life = expires_at.duration_since(now).unwrap_or(Duration::ZERO);
                 let wit = Arc::new(Wit {
-                    spiffe_id: entry.spiffe_id.clone(),
+                    spiffe_id: spiffe_id.clone(),
                     token: r.token,
                     key_jwk,
                     jti: r.jti,
@@ -114,12 +148,12 @@ impl WitCache {
                 self.wits
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(entry.id.clone(), wit.clone());
+                    .insert(of.key(), wit.clone());
                 Ok(wit)
             }
             Err(e) => match old.filter(|w| now < w.expires_at) {
                 Some(w) => {
-                    tracing::warn!(spiffe_id = %entry.spiffe_id, err = %e, "cannot renew a WIT-SVID; serving the current one");
+                    tracing::warn!(%spiffe_id, err = %e, "cannot renew a WIT-SVID; serving the current one");
                     Ok(w)
                 }
                 None => Err(e),
@@ -127,11 +161,12 @@ impl WitCache {
         }
     }
 
-    /// Drops the WITs of entries not in `live`.
-    pub fn retain(&self, live: &[&EntryId]) {
+    /// Drops the WITs of entries and tasks not in `live`.
+    pub fn retain(&self, live: &[WitFor]) {
+        let keys: std::collections::HashSet<String> = live.iter().map(WitFor::key).collect();
         self.wits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|id, _| live.contains(&id));
+            .retain(|k, _| keys.contains(k));
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanyard_core::RegistrationEntry;
+use lanyard_core::SpiffeId;
 use lanyard_core::jwt::JwtAuthority;
 use lanyard_proto::workload::{WitBundlesResponse, Witsvid, WitsvidResponse};
 use tonic::Status;
@@ -19,7 +19,7 @@ use super::caller::Caller;
 use super::status::WorkloadError;
 use super::streams::{Build, StreamSource, Streamed};
 use crate::cache::Snapshot;
-use crate::wit_cache::{Wit, WitCache};
+use crate::wit_cache::{Wit, WitCache, WitFor};
 use crate::workload_scope::WorkloadScope;
 
 /// How long a stream waits before asking again for a WIT the server could
@@ -28,18 +28,39 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The longest a stream sleeps without looking at its WITs again.
 const LONGEST_SLEEP: Duration = Duration::from_secs(60);
 
-/// The caller's entries that may have a WIT: not withheld by a quarantine,
-/// and only `want` when given.
-fn entries(snap: &Snapshot, caller: &Caller, want: &str) -> Vec<RegistrationEntry> {
+/// The caller's identities that may have a WIT, its tasks first (newest
+/// first, as for JWT-SVIDs: inside a task the default WIT is the task's),
+/// then its entries; not withheld by a quarantine, and only `want` when
+/// given.
+fn identities(snap: &Snapshot, caller: &Caller, want: &str) -> Vec<(WitFor, SpiffeId, String)> {
     let scope = WorkloadScope::of(&caller.selectors);
-    snap.entries_for(&caller.selectors)
-        .into_iter()
-        .filter(|e| {
-            snap.withheld(e.spiffe_id.as_str(), scope.as_ref())
-                .is_none()
+    let holder = caller.conn.instance.as_deref();
+    snap.tasks_for(&caller.selectors, holder)
+        .map(|t| {
+            (
+                WitFor::Task(t.id().to_owned(), t.exe_sha256.clone()),
+                t.record.grant.spiffe_id.clone(),
+                t.hint(),
+            )
         })
-        .filter(|e| want.is_empty() || e.spiffe_id.as_str() == want)
-        .cloned()
+        .chain(snap.entries_for(&caller.selectors).into_iter().map(|e| {
+            (
+                WitFor::Entry(e.id.to_string()),
+                e.spiffe_id.clone(),
+                e.hint.clone(),
+            )
+        }))
+        .filter(|(_, id, _)| snap.withheld(id.as_str(), scope.as_ref()).is_none())
+        .filter(|(_, id, _)| want.is_empty() || id.as_str() == want)
+        .collect()
+}
+
+/// Everything on the node a WIT may be kept for.
+fn live(snap: &Snapshot) -> Vec<WitFor> {
+    snap.tasks
+        .iter()
+        .map(|t| WitFor::Task(t.id().to_owned(), t.exe_sha256.clone()))
+        .chain(snap.entries.iter().map(|e| WitFor::Entry(e.id.to_string())))
         .collect()
 }
 
@@ -115,7 +136,7 @@ pub(crate) fn wit_svids(
                 let e = WorkloadError::Quarantined(q.reason.clone());
                 return Some((Err(e.into()), st));
             }
-            let mine = entries(&snap, &st.caller, &st.want);
+            let mine = identities(&snap, &st.caller, &st.want);
             if mine.is_empty() {
                 if snap.synced {
                     st.done = true;
@@ -129,24 +150,23 @@ pub(crate) fn wit_svids(
                 (st.wait, st.sleep) = (true, LONGEST_SLEEP);
                 continue;
             }
-            let live: Vec<_> = snap.entries.iter().map(|e| &e.id).collect();
-            st.wits.retain(&live);
+            st.wits.retain(&live(&snap));
             let now = st.src.clock.now();
             let mut got = Vec::with_capacity(mine.len());
             let mut sleep = LONGEST_SLEEP;
-            for e in &mine {
-                match st.wits.get(e).await {
+            for (of, spiffe_id, hint) in &mine {
+                match st.wits.get(of, spiffe_id).await {
                     Ok(w) => {
                         sleep = sleep.min(w.refresh_at.duration_since(now).unwrap_or(RETRY));
-                        got.push((w, e.hint.clone()));
+                        got.push((w, hint.clone()));
                     }
                     Err(err) if st.last.is_none() && got.is_empty() => {
                         st.done = true;
-                        let msg = format!("cannot obtain a WIT-SVID for {}: {err}", e.spiffe_id);
+                        let msg = format!("cannot obtain a WIT-SVID for {spiffe_id}: {err}");
                         return Some((Err(Status::unavailable(msg)), st));
                     }
                     Err(err) => {
-                        tracing::warn!(spiffe_id = %e.spiffe_id, %err, "cannot obtain a WIT-SVID");
+                        tracing::warn!(%spiffe_id, %err, "cannot obtain a WIT-SVID");
                         sleep = RETRY;
                     }
                 }

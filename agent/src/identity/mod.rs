@@ -201,21 +201,14 @@ impl IdentityHandle {
         .await
     }
 
-    /// A WIT-SVID for the entry `entry_id`, bound to `public_jwk` (the
+    /// A WIT-SVID for an entry or a task, bound to `public_jwk` (the
     /// public half of a key this agent generated for the workload).
     pub async fn sign_wit(
         &self,
-        entry_id: String,
-        public_jwk: String,
+        request: lanyard_proto::server::SignWitSvidRequest,
     ) -> Result<lanyard_proto::server::SignWitSvidResponse, CommandError> {
-        self.call(move |mut c| async move {
-            c.sign_wit_svid(lanyard_proto::server::SignWitSvidRequest {
-                entry_id,
-                public_jwk,
-            })
+        self.call(move |mut c| async move { c.sign_wit_svid(request).await })
             .await
-        })
-        .await
     }
 
     /// Runs one unary server call on the owner's connection, within the

@@ -31,7 +31,7 @@ const REPLAY_MAX: usize = 200_000;
 /// Most other context tokens sent with a WIT.
 const MAX_OTHER_TOKENS: usize = 16;
 /// The claim a task WIT-SVID carries its task under.
-pub const WIT_TASK_CLAIM: &str = "dev.lanyard/task";
+pub use lanyard_core::jwt::wit::TASK_CLAIM as WIT_TASK_CLAIM;
 
 /// A WIT-SVID and its proof of possession, as the request carried them.
 #[derive(Debug, Clone, Default)]

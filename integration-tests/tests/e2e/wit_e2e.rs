@@ -277,3 +277,115 @@ async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() 
     assert!(e.message().contains("typ"), "{e:?}");
     s.agent.shutdown().await;
 }
+
+/// Inside a task the first WIT is the task's: it carries the task, a call
+/// with it and a proof is decided on the task's grant, and it dies with the
+/// task (refused once the task ends, and gone from the open stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_wit_carries_the_task_and_dies_with_it() {
+    use crate::enforce_support::{PLANNER, authorize_request, header, set_policy, setup_with};
+    use lanyard_proto::task::authorize_tool_call_request::Credential;
+    use lanyard_proto::task::task_identity_client::TaskIdentityClient;
+    use lanyard_proto::task::{BeginTaskRequest, EndTaskRequest, WitProof};
+
+    let s = setup_with(true, |c| c.wit_svids = true).await;
+    set_policy(&s, "@id(\"all\") permit (principal, action, resource);").await;
+    let mut tasks = TaskIdentityClient::new(unix_channel(&s.socket).unwrap());
+    let begun = tasks
+        .begin_task(header(BeginTaskRequest {
+            spiffe_id: PLANNER.into(),
+            task_type: "report.generate".into(),
+            tools: vec!["crm.read".into()],
+            ttl_seconds: 120,
+            intent: "weekly report".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut c = SpiffeWorkloadApiClient::new(unix_channel(&s.socket).unwrap());
+    let mut stream = c
+        .fetch_witsvid(with_header(WitsvidRequest {
+            spiffe_id: PLANNER.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // The task's WIT first, then the standing one.
+    assert_eq!(got.svids.len(), 2, "{got:?}");
+    let w = got.svids[0].clone();
+    let payload = w.wit_svid.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let task = &claims[lanyard_core::jwt::wit::TASK_CLAIM];
+    assert_eq!(task["txn"], begun.task_id.as_str(), "{claims}");
+    assert_eq!(task["tctx"]["tools"][0], "crm.read", "{claims}");
+    assert!(claims["exp"].as_u64().unwrap() <= u64::try_from(begun.expires_at).unwrap());
+
+    let key = WorkloadKey::from_private_jwk(&w.wit_svid_key).unwrap();
+    let target = "https://crm.example/api/contacts";
+    let call = || {
+        let req = WptRequest {
+            target_uri: target,
+            ..Default::default()
+        };
+        let wpt = sign_wpt(
+            &key,
+            &w.wit_svid,
+            &req,
+            Duration::from_secs(30),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let mut r = authorize_request(
+            Credential::Wit(WitProof {
+                wit_svid: w.wit_svid.clone(),
+                wpt,
+                ..Default::default()
+            }),
+            "crm.read",
+        );
+        r.target_uri = target.into();
+        let socket = s.socket.clone();
+        async move {
+            TaskIdentityClient::new(unix_channel(&socket).unwrap())
+                .authorize_tool_call(header(r))
+                .await
+        }
+    };
+    let d = call().await.unwrap().into_inner();
+    assert!(d.allow, "{d:?}");
+    assert_eq!(d.task_id, begun.task_id);
+
+    tasks
+        .end_task(header(EndTaskRequest {
+            task_id: begun.task_id.clone(),
+        }))
+        .await
+        .unwrap();
+    // Once the task's revocation reaches the agent (the server pushes it).
+    let e = lanyard_integration_tests::eventually("the ended task's WIT refused", WAIT, || async {
+        call().await.err()
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains(&begun.task_id), "{e:?}");
+    // The open stream drops the task's WIT.
+    let after = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.svids.len(), 1, "{after:?}");
+    assert_eq!(after.svids[0].spiffe_id, PLANNER);
+    assert_ne!(after.svids[0].wit_svid, w.wit_svid);
+    s.agent.shutdown().await;
+}

@@ -15,6 +15,7 @@ mod mint;
 mod recheck;
 mod release;
 mod service;
+mod wit;
 
 pub use begin_approval::BeginApproval;
 pub use credential::{CredentialAsk, CredentialGrant};

@@ -44,6 +44,10 @@ pub const WPT_SCHEME: &str = "WPT";
 /// The longest a proof may still be valid when it arrives (`exp - now`):
 /// proofs are for one request, seconds or minutes.
 pub const MAX_WPT_LIFETIME: Duration = Duration::from_secs(300);
+/// The claim a task WIT-SVID carries its task under (the task JWT-SVID's
+/// `txn`, `scope`, `tctx`, `rctx` and `act`, in one collision-resistant
+/// name).
+pub const TASK_CLAIM: &str = "dev.lanyard/task";
 /// Longest `jti` accepted in a proof, in bytes.
 pub const MAX_JTI_LEN: usize = 256;
 

@@ -191,29 +191,46 @@ impl NodeApi {
         let req = req.into_inner();
         let cnf = lanyard_core::jwt::wit::issuable_cnf(&req.public_jwk)
             .map_err(|e| NodeError::BadJwtRequest(e.to_string()))?;
-        let entry = self.owned_entry(&agent.spiffe_id, &req.entry_id)?;
-        let ttl = entry.jwt_ttl.unwrap_or(self.settings.default_jwt_svid_ttl);
         let started = std::time::Instant::now();
-        let minted = lanyard_core::jwt::wit::sign_wit(
-            &self.ca.snapshot().wit_active,
-            &entry.spiffe_id,
-            &cnf,
-            ttl,
-            self.clock.now(),
-            serde_json::Map::new(),
-        )
-        .map_err(|e| NodeError::BadJwtRequest(e.to_string()))?;
+        let (minted, subject) = if req.task_id.is_empty() {
+            let entry = self.owned_entry(&agent.spiffe_id, &req.entry_id)?;
+            let ttl = entry.jwt_ttl.unwrap_or(self.settings.default_jwt_svid_ttl);
+            let minted = lanyard_core::jwt::wit::sign_wit(
+                &self.ca.snapshot().wit_active,
+                &entry.spiffe_id,
+                &cnf,
+                ttl,
+                self.clock.now(),
+                serde_json::Map::new(),
+            )
+            .map_err(|e| NodeError::BadJwtRequest(e.to_string()))?;
+            (minted, entry.spiffe_id)
+        } else {
+            let minted = self
+                .tasks
+                .sign_wit(&agent.spiffe_id, &req.task_id, &cnf, &req.exe_sha256)
+                .await?;
+            let task = self.tasks.get(&req.task_id).await?;
+            (minted, task.grant.spiffe_id)
+        };
         self.metrics.signed("wit", started);
-        tracing::debug!(agent_id = %agent.spiffe_id, spiffe_id = %entry.spiffe_id, jti = %minted.jti, "signed WIT-SVID");
+        tracing::debug!(agent_id = %agent.spiffe_id, spiffe_id = %subject, jti = %minted.jti, "signed WIT-SVID");
         // Recorded as a JWT-format SVID, with its profile: the jti is what
         // `svid revoke --jwt-id` names.
+        let ttl = minted
+            .expires_at
+            .duration_since(minted.issued_at)
+            .unwrap_or_default();
         let mut e = self
             .audit
             .event(Kind::JwtIssued)
             .actor(agent.spiffe_id.to_string())
-            .subject(entry.spiffe_id.to_string())
+            .subject(subject.to_string())
             .node(agent.spiffe_id.to_string())
             .details(serde_json::json!({"profile": "wit-svid", "ttl_seconds": ttl.as_secs()}));
+        if !req.task_id.is_empty() {
+            e = e.task(req.task_id.clone());
+        }
         e.correlation.jti = minted.jti.clone();
         self.audited(e).await?;
         Ok(Response::new(SignWitSvidResponse {
