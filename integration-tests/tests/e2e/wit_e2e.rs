@@ -275,6 +275,36 @@ async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() 
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("typ"), "{e:?}");
+    // Revoked by its jti (`svid revoke --jwt-id`): refused with a fresh
+    // proof once the revocation reaches the agent.
+    let jti = {
+        use base64::Engine;
+        let payload = w.wit_svid.split('.').nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        v["jti"].as_str().unwrap().to_owned()
+    };
+    s.server()
+        .admin()
+        .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
+            jwt_id: jti.clone(),
+            reason: "leaked".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = lanyard_integration_tests::eventually("the revoked WIT refused", WAIT, || async {
+        ask(wit(proof(&key, target)), target).await.err()
+    })
+    .await;
+    assert!(
+        e.message().contains("revoked") && e.message().contains(&jti),
+        "{e:?}"
+    );
     s.agent.shutdown().await;
 }
 
