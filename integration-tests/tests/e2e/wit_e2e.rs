@@ -419,3 +419,100 @@ async fn a_task_wit_carries_the_task_and_dies_with_it() {
     assert_ne!(after.svids[0].wit_svid, w.wit_svid);
     s.agent.shutdown().await;
 }
+
+/// A client that is not ours (Python: grpcio stubs generated from the
+/// standard's proto, PyJWT for the proof) fetches its WIT and key and asks
+/// AuthorizeToolCall: a good proof is taken, and a replayed proof, a proof
+/// for another target, a proof signed by another key, the WIT as a bearer
+/// token and an expired WIT are each refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_proves_possession_and_every_forgery_is_refused() {
+    use lanyard_integration_tests::python;
+    const PY_ID: &str = "spiffe://example.org/agent/py";
+    let py = python::python(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let exe = std::fs::canonicalize(&py).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
+    let token = server.token(NODE).await;
+    let selectors = vec![
+        format!("unix:uid:{}", lanyard_integration_tests::own_uid()),
+        format!("unix:path:{}", exe.display()),
+    ];
+    for (id, ep, ttl) in [(PY_ID, false, 3), ("spiffe://example.org/tool/py", true, 0)] {
+        server
+            .admin()
+            .create_entry(lanyard_proto::admin::CreateEntryRequest {
+                entry: Some(lanyard_proto::types::Entry {
+                    spiffe_id: id.into(),
+                    parent_id: NODE.into(),
+                    selectors: selectors.clone(),
+                    jwt_ttl_seconds: ttl,
+                    enforcement_point: ep,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    init();
+    let mut cfg = lanyard_integration_tests::agent_config(dir.path(), server.addr(), Some(token));
+    cfg.wit_svids = true;
+    let agent = lanyard_agent::build(cfg).await.unwrap();
+    let mut state = agent.state.clone();
+    state
+        .wait_for(|s| s.synced && s.entries.iter().count() >= 2)
+        .await
+        .unwrap();
+    let socket = agent.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(py)
+            .arg(python::repo_root().join("examples/python/wit_check.py"))
+            .arg("--socket")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--spiffe-id",
+                PY_ID,
+                "--target",
+                "https://tool.example/call",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: std::collections::HashMap<String, serde_json::Value> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["case"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    let check = |case: &str, code: &str, reason: &str| {
+        let v = &cases[case];
+        assert_eq!(v["code"], code, "{case}: {v}");
+        assert!(
+            v["reason"].as_str().unwrap().contains(reason),
+            "{case}: {v} (wanted {reason:?})"
+        );
+    };
+    // Taken: the decision goes on to the grant (a standing identity has
+    // no task).
+    check("good", "OK", "carries no task");
+    check("replayed", "PERMISSION_DENIED", "already used");
+    check(
+        "other target",
+        "PERMISSION_DENIED",
+        "not this request's target",
+    );
+    check("other key", "PERMISSION_DENIED", "signature is invalid");
+    check("bearer", "PERMISSION_DENIED", "typ");
+    check("expired", "PERMISSION_DENIED", "expired");
+    agent.shutdown().await;
+    server.stop().await;
+}
