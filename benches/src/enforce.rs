@@ -125,6 +125,41 @@ pub async fn authorize(
     duration: Duration,
 ) -> anyhow::Result<(Report, f64)> {
     let (_, chain, _) = task(d).await?;
+    let make = move |w: usize| {
+        Ok(call(
+            w,
+            Credential::X509Chain(X509Chain {
+                certs: chain.clone(),
+            }),
+        ))
+    };
+    decide_loop(d, concurrency, duration, "authorize-tool-call", make).await
+}
+
+/// The bench's AuthorizeToolCall: `tool1` or `tool2` by worker, with a
+/// small call context.
+pub(crate) fn call(worker: usize, credential: Credential) -> AuthorizeToolCallRequest {
+    AuthorizeToolCallRequest {
+        credential: Some(credential),
+        tool: if worker.is_multiple_of(2) { "tool1" } else { "tool2" }.into(),
+        resource: "account/42".into(),
+        context_json: r#"{"amount": 10}"#.into(),
+        ..Default::default()
+    }
+}
+
+/// `concurrency` callers each ask for decisions for `duration`, the
+/// request of each call made by `make(worker)` before its timing starts.
+pub(crate) async fn decide_loop<F>(
+    d: &Deployment,
+    concurrency: usize,
+    duration: Duration,
+    name: &str,
+    make: F,
+) -> anyhow::Result<(Report, f64)>
+where
+    F: Fn(usize) -> anyhow::Result<AuthorizeToolCallRequest> + Clone + Send + Sync + 'static,
+{
     let errors = Arc::new(AtomicU64::new(0));
     let cpu_before = procs::cpu_ticks(d.agent.0.id())?;
     let start = Instant::now();
@@ -132,24 +167,14 @@ pub async fn authorize(
     for w in 0..concurrency {
         let socket = d.socket.clone();
         let errors = errors.clone();
-        let chain = chain.clone();
+        let make = make.clone();
         handles.push(tokio::spawn(async move {
             let mut c = TaskIdentityClient::new(unix_channel(&socket)?);
             let mut lat = Vec::new();
             while start.elapsed() < duration {
+                let request = make(w)?;
                 let t = Instant::now();
-                let r = c
-                    .authorize_tool_call(req(AuthorizeToolCallRequest {
-                        credential: Some(Credential::X509Chain(X509Chain {
-                            certs: chain.clone(),
-                        })),
-                        tool: if w % 2 == 0 { "tool1" } else { "tool2" }.into(),
-                        resource: "account/42".into(),
-                        context_json: r#"{"amount": 10}"#.into(),
-                        audience: String::new(),
-                        ..Default::default()
-                    }))
-                    .await;
+                let r = c.authorize_tool_call(req(request)).await;
                 match r {
                     Ok(r) if r.get_ref().allow => lat.push(t.elapsed()),
                     Ok(r) => {
@@ -176,7 +201,7 @@ pub async fn authorize(
         (procs::cpu_ticks(d.agent.0.id())? - cpu_before) as f64 / procs::ticks_per_second() as f64;
     let n = all.len() as f64;
     let report = Report::from_samples(
-        &format!("authorize-tool-call-c{concurrency}"),
+        &format!("{name}-c{concurrency}"),
         all,
         errors.load(Ordering::Relaxed),
         elapsed,

@@ -10,6 +10,7 @@
 mod approval;
 mod audit;
 mod credentials;
+mod decide_wit;
 mod enforce;
 mod fleet;
 mod gate;
@@ -133,6 +134,10 @@ enum Cmd {
         /// Rounds (each at 1, then 10 callers).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The caller's credential: `x509` (its task chain) or `wit` (its
+        /// task WIT-SVID with a fresh proof per call).
+        #[arg(long, default_value = "x509")]
+        credential: String,
     },
     /// Thousands of simulated agents (real attestation, real mTLS and Sync
     /// streams) against one or several servers: notification latency,
@@ -325,7 +330,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         write_json(args.json.as_deref(), &r)?;
         return Ok(());
     }
-    if let Some(Cmd::Decide { duration, rounds }) = &args.cmd {
+    if let Some(Cmd::Decide {
+        duration,
+        rounds,
+        credential,
+    }) = &args.cmd
+    {
+        let wit = match credential.as_str() {
+            "x509" => false,
+            "wit" => true,
+            other => anyhow::bail!("--credential {other:?}: x509 or wit"),
+        };
         let d = scenarios::start_with_workload(&bins, ttl).await?;
         tasks::prepare(&d, args.task_policies).await?;
         enforce::prepare(&d).await?;
@@ -335,7 +350,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut lines = Vec::new();
         for _ in 0..*rounds {
             for callers in [1, 10] {
-                let (r, per_cpu) = enforce::authorize(&d, callers, duration).await?;
+                let (r, per_cpu) = if wit {
+                    decide_wit::authorize_wit(&d, callers, duration).await?
+                } else {
+                    enforce::authorize(&d, callers, duration).await?
+                };
                 lines.push(format!(
                     "{} p50 {:.3} ms p99 {:.3} ms, {:.0} decisions/s, {:.0} per second of agent CPU (target: p99 < 1 ms at 1 caller; >= 10,000 per CPU-second)",
                     r.name, r.p50_ms, r.p99_ms, r.per_second, per_cpu

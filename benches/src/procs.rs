@@ -135,8 +135,13 @@ pub async fn start_configured(
     let bundle_path = dir.path().join("bundle.pem");
     std::fs::write(&bundle_path, pem)?;
     let socket = dir.path().join("agent.sock");
+    // The WIT-SVID profile on (the `decide --credential wit` scenario).
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(&agent_config, "[workload_api]\nwit = true\n")?;
     let mut agent = Command::new(bins.join("lanyard-agent"))
-        .args(["run", "--trust-domain", TD, "--server"])
+        .args(["run", "--config"])
+        .arg(&agent_config)
+        .args(["--trust-domain", TD, "--server"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["--join-token", &token, "--trust-bundle"])
         .arg(&bundle_path)
