@@ -141,7 +141,12 @@ pub async fn authorize(
 pub(crate) fn call(worker: usize, credential: Credential) -> AuthorizeToolCallRequest {
     AuthorizeToolCallRequest {
         credential: Some(credential),
-        tool: if worker.is_multiple_of(2) { "tool1" } else { "tool2" }.into(),
+        tool: if worker.is_multiple_of(2) {
+            "tool1"
+        } else {
+            "tool2"
+        }
+        .into(),
         resource: "account/42".into(),
         context_json: r#"{"amount": 10}"#.into(),
         ..Default::default()

@@ -11,9 +11,14 @@ use lanyard_core::jwt::wit::{
 };
 use lanyard_core::{SpiffeId, TrustDomain};
 use lanyard_integration_tests::{TestServer, init};
+use lanyard_proto::task::WitProof;
+use lanyard_proto::task::authorize_tool_call_request::Credential;
+use lanyard_proto::task::task_identity_client::TaskIdentityClient;
 use lanyard_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use lanyard_proto::workload::{WitBundlesRequest, WitsvidRequest};
 use lanyard_uds::unix_channel;
+
+use crate::enforce_support::{PLANNER, authorize_request, header, set_policy, setup_with};
 
 const NODE: &str = "spiffe://example.org/node/n1";
 const WORKLOAD: &str = "spiffe://example.org/wit-workload";
@@ -28,41 +33,50 @@ struct Setup {
 /// A server, an entry for this process whose WITs live `ttl` seconds, and
 /// an agent serving the WIT-SVID profile.
 async fn setup(ttl: i64) -> Setup {
+    let uid = format!("unix:uid:{}", lanyard_integration_tests::own_uid());
+    let workload = lanyard_proto::types::Entry {
+        spiffe_id: WORKLOAD.into(),
+        selectors: vec![uid],
+        jwt_ttl_seconds: ttl,
+        hint: "wit".into(),
+        ..Default::default()
+    };
+    setup_entries(vec![workload]).await
+}
+
+/// A server with `entries` (under the node), and an agent serving the
+/// WIT-SVID profile once it has them all.
+async fn setup_entries(entries: Vec<lanyard_proto::types::Entry>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
     let token = server.token(NODE).await;
-    server
-        .admin()
-        .create_entry(lanyard_proto::admin::CreateEntryRequest {
-            entry: Some(lanyard_proto::types::Entry {
-                spiffe_id: WORKLOAD.into(),
-                parent_id: NODE.into(),
-                selectors: vec![format!("unix:uid:{}", lanyard_integration_tests::own_uid())],
-                jwt_ttl_seconds: ttl,
-                hint: "wit".into(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
+    let n = entries.len();
+    for e in entries {
+        server
+            .admin()
+            .create_entry(lanyard_proto::admin::CreateEntryRequest {
+                entry: Some(lanyard_proto::types::Entry {
+                    parent_id: NODE.into(),
+                    ..e
+                }),
+            })
+            .await
+            .unwrap();
+    }
     init();
     let mut cfg = lanyard_integration_tests::agent_config(dir.path(), server.addr(), Some(token));
     cfg.wit_svids = true;
     let agent = lanyard_agent::build(cfg).await.unwrap();
     let mut state = agent.state.clone();
-    state.wait_for(|s| s.synced).await.unwrap();
+    state
+        .wait_for(|s| s.synced && s.entries.iter().count() >= n)
+        .await
+        .unwrap();
     Setup {
         server,
         agent,
         _dir: dir,
     }
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +87,7 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
 
     // The WIT bundle: the server's WIT key alone, never its JWT key.
     let mut bundles = c
-        .fetch_wit_bundles(with_header(WitBundlesRequest {}))
+        .fetch_wit_bundles(header(WitBundlesRequest {}))
         .await
         .unwrap()
         .into_inner();
@@ -93,7 +107,7 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
     let authorities = lanyard_core::jwt::parse_jwks(jwks.as_bytes()).unwrap();
 
     let mut stream = c
-        .fetch_witsvid(with_header(WitsvidRequest::default()))
+        .fetch_witsvid(header(WitsvidRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -166,7 +180,7 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
 
     // Another SPIFFE ID than the caller's is refused.
     let mut other = c
-        .fetch_witsvid(with_header(WitsvidRequest {
+        .fetch_witsvid(header(WitsvidRequest {
             spiffe_id: "spiffe://example.org/someone-else".into(),
         }))
         .await
@@ -181,113 +195,138 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
     s.server.stop().await;
 }
 
-/// AuthorizeToolCall with a WIT and its proof: accepted (the decision goes
-/// on to the grant: a standing identity has no task), and refused with the
-/// reason when the proof is replayed, names another target, is signed by
-/// another key or is missing, or when the WIT is sent as a bearer token.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() {
-    use crate::enforce_support::{PLANNER, authorize_request, header, setup_with};
-    use lanyard_proto::task::WitProof;
-    use lanyard_proto::task::authorize_tool_call_request::Credential;
-    use lanyard_proto::task::task_identity_client::TaskIdentityClient;
-
-    let s = setup_with(true, |c| c.wit_svids = true).await;
-    let mut c = SpiffeWorkloadApiClient::new(unix_channel(&s.socket).unwrap());
-    let mut stream = c
-        .fetch_witsvid(with_header(WitsvidRequest {
-            spiffe_id: PLANNER.into(),
+/// The first FetchWITSVID message for `spiffe_id` on the agent at
+/// `socket`, and the stream, still open.
+async fn wits(
+    socket: &std::path::Path,
+    spiffe_id: &str,
+) -> (
+    lanyard_proto::workload::WitsvidResponse,
+    tonic::Streaming<lanyard_proto::workload::WitsvidResponse>,
+) {
+    let mut stream = SpiffeWorkloadApiClient::new(unix_channel(socket).unwrap())
+        .fetch_witsvid(header(WitsvidRequest {
+            spiffe_id: spiffe_id.into(),
         }))
         .await
         .unwrap()
         .into_inner();
-    let got = tokio::time::timeout(WAIT, stream.message())
+    let first = next(&mut stream).await;
+    (first, stream)
+}
+
+async fn next(
+    stream: &mut tonic::Streaming<lanyard_proto::workload::WitsvidResponse>,
+) -> lanyard_proto::workload::WitsvidResponse {
+    tokio::time::timeout(WAIT, stream.message())
         .await
         .unwrap()
         .unwrap()
-        .unwrap();
+        .unwrap()
+}
+
+/// A proof by `key` for the WIT `wit` on a request to `target`.
+fn proof(key: &WorkloadKey, wit: &str, target: &str) -> String {
+    let req = WptRequest {
+        target_uri: target,
+        ..Default::default()
+    };
+    sign_wpt(
+        key,
+        wit,
+        &req,
+        Duration::from_secs(30),
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
+}
+
+fn with_proof(wit: &str, wpt: String) -> Credential {
+    Credential::Wit(WitProof {
+        wit_svid: wit.to_owned(),
+        wpt,
+        ..Default::default()
+    })
+}
+
+/// This process (an enforcement point) asks for a `crm.read` decision.
+async fn decide(
+    socket: &std::path::Path,
+    credential: Credential,
+    target: &str,
+) -> Result<lanyard_proto::task::AuthorizeToolCallResponse, tonic::Status> {
+    let mut r = authorize_request(credential, "crm.read");
+    r.target_uri = target.to_owned();
+    TaskIdentityClient::new(unix_channel(socket).unwrap())
+        .authorize_tool_call(header(r))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The claims of a compact JWS, unverified.
+fn claims_of(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+const TARGET: &str = "https://crm.example/api/contacts";
+
+/// AuthorizeToolCall with a WIT and its proof: accepted (the decision goes
+/// on to the grant: a standing identity has no task), and refused with the
+/// reason when the proof is replayed, names another target, is signed by
+/// another key or is missing, when the WIT is sent as a bearer token, and
+/// once the WIT is revoked by its jti.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() {
+    let s = setup_with(true, |c| c.wit_svids = true).await;
+    let (got, _stream) = wits(&s.socket, PLANNER).await;
     let w = got.svids[0].clone();
     assert_eq!(w.spiffe_id, PLANNER);
     let key = WorkloadKey::from_private_jwk(&w.wit_svid_key).unwrap();
-    let target = "https://crm.example/api/contacts";
-    let proof = |k: &WorkloadKey, uri: &str| {
-        let req = WptRequest {
-            target_uri: uri,
-            ..Default::default()
-        };
-        sign_wpt(
-            k,
-            &w.wit_svid,
-            &req,
-            Duration::from_secs(30),
-            std::time::SystemTime::now(),
-        )
-        .unwrap()
-    };
-    let ask = |cred: Credential, uri: &str| {
-        let socket = s.socket.clone();
-        let mut r = authorize_request(cred, "crm.read");
-        r.target_uri = uri.to_owned();
-        async move {
-            TaskIdentityClient::new(unix_channel(&socket).unwrap())
-                .authorize_tool_call(header(r))
-                .await
-        }
-    };
-    let wit = |wpt: String| {
-        Credential::Wit(WitProof {
-            wit_svid: w.wit_svid.clone(),
-            wpt,
-            ..Default::default()
-        })
-    };
+    let wit = w.wit_svid.as_str();
+    let ask = |cred, target| decide(&s.socket, cred, target);
 
-    let good = proof(&key, target);
-    let d = ask(wit(good.clone()), target).await.unwrap().into_inner();
+    let good = proof(&key, wit, TARGET);
+    let d = ask(with_proof(wit, good.clone()), TARGET).await.unwrap();
     assert_eq!(d.principal, PLANNER, "{d:?}");
     assert!(!d.allow);
     assert!(d.reason.contains("carries no task"), "{d:?}");
     // Replayed.
-    let e = ask(wit(good), target).await.unwrap_err();
+    let e = ask(with_proof(wit, good), TARGET).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("already used"), "{e:?}");
     // For another request target.
-    let e = ask(wit(proof(&key, "https://crm.example/api/delete")), target)
-        .await
-        .unwrap_err();
+    let other = proof(&key, wit, "https://crm.example/api/delete");
+    let e = ask(with_proof(wit, other), TARGET).await.unwrap_err();
     assert!(e.message().contains("not this request's target"), "{e:?}");
     // Signed by a key that is not the WIT's.
-    let e = ask(
-        wit(proof(&WorkloadKey::generate().unwrap(), target)),
-        target,
-    )
-    .await
-    .unwrap_err();
+    let thief = proof(&WorkloadKey::generate().unwrap(), wit, TARGET);
+    let e = ask(with_proof(wit, thief), TARGET).await.unwrap_err();
     assert!(e.message().contains("signature is invalid"), "{e:?}");
     // No proof, or no target: the caller's mistake.
-    let e = ask(wit(String::new()), target).await.unwrap_err();
+    let e = ask(with_proof(wit, String::new()), TARGET)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
-    let e = ask(wit(proof(&key, target)), "").await.unwrap_err();
+    let e = ask(with_proof(wit, proof(&key, wit, TARGET)), "")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     // The WIT as a bearer JWT-SVID.
-    let e = ask(Credential::JwtSvid(w.wit_svid.clone()), target)
+    let e = ask(Credential::JwtSvid(wit.to_owned()), TARGET)
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("typ"), "{e:?}");
     // Revoked by its jti (`svid revoke --jwt-id`): refused with a fresh
     // proof once the revocation reaches the agent.
-    let jti = {
-        use base64::Engine;
-        let payload = w.wit_svid.split('.').nth(1).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .unwrap(),
-        )
-        .unwrap();
-        v["jti"].as_str().unwrap().to_owned()
-    };
+    let jti = claims_of(wit)["jti"].as_str().unwrap().to_owned();
     s.server()
         .admin()
         .revoke_svid(lanyard_proto::admin::RevokeSvidRequest {
@@ -298,7 +337,9 @@ async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() 
         .await
         .unwrap();
     let e = lanyard_integration_tests::eventually("the revoked WIT refused", WAIT, || async {
-        ask(wit(proof(&key, target)), target).await.err()
+        ask(with_proof(wit, proof(&key, wit, TARGET)), TARGET)
+            .await
+            .err()
     })
     .await;
     assert!(
@@ -313,10 +354,7 @@ async fn a_decision_point_takes_a_wit_only_with_a_fresh_proof_for_its_request() 
 /// task (refused once the task ends, and gone from the open stream).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_wit_carries_the_task_and_dies_with_it() {
-    use crate::enforce_support::{PLANNER, authorize_request, header, set_policy, setup_with};
-    use lanyard_proto::task::authorize_tool_call_request::Credential;
-    use lanyard_proto::task::task_identity_client::TaskIdentityClient;
-    use lanyard_proto::task::{BeginTaskRequest, EndTaskRequest, WitProof};
+    use lanyard_proto::task::{BeginTaskRequest, EndTaskRequest};
 
     let s = setup_with(true, |c| c.wit_svids = true).await;
     set_policy(&s, "@id(\"all\") permit (principal, action, resource);").await;
@@ -333,65 +371,22 @@ async fn a_task_wit_carries_the_task_and_dies_with_it() {
         .await
         .unwrap()
         .into_inner();
-    let mut c = SpiffeWorkloadApiClient::new(unix_channel(&s.socket).unwrap());
-    let mut stream = c
-        .fetch_witsvid(with_header(WitsvidRequest {
-            spiffe_id: PLANNER.into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let got = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (got, mut stream) = wits(&s.socket, PLANNER).await;
     // The task's WIT first, then the standing one.
     assert_eq!(got.svids.len(), 2, "{got:?}");
     let w = got.svids[0].clone();
-    let payload = w.wit_svid.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = claims_of(&w.wit_svid);
     let task = &claims[lanyard_core::jwt::wit::TASK_CLAIM];
     assert_eq!(task["txn"], begun.task_id.as_str(), "{claims}");
     assert_eq!(task["tctx"]["tools"][0], "crm.read", "{claims}");
     assert!(claims["exp"].as_u64().unwrap() <= u64::try_from(begun.expires_at).unwrap());
 
     let key = WorkloadKey::from_private_jwk(&w.wit_svid_key).unwrap();
-    let target = "https://crm.example/api/contacts";
     let call = || {
-        let req = WptRequest {
-            target_uri: target,
-            ..Default::default()
-        };
-        let wpt = sign_wpt(
-            &key,
-            &w.wit_svid,
-            &req,
-            Duration::from_secs(30),
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-        let mut r = authorize_request(
-            Credential::Wit(WitProof {
-                wit_svid: w.wit_svid.clone(),
-                wpt,
-                ..Default::default()
-            }),
-            "crm.read",
-        );
-        r.target_uri = target.into();
-        let socket = s.socket.clone();
-        async move {
-            TaskIdentityClient::new(unix_channel(&socket).unwrap())
-                .authorize_tool_call(header(r))
-                .await
-        }
+        let cred = with_proof(&w.wit_svid, proof(&key, &w.wit_svid, TARGET));
+        decide(&s.socket, cred, TARGET)
     };
-    let d = call().await.unwrap().into_inner();
+    let d = call().await.unwrap();
     assert!(d.allow, "{d:?}");
     assert_eq!(d.task_id, begun.task_id);
 
@@ -409,11 +404,7 @@ async fn a_task_wit_carries_the_task_and_dies_with_it() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains(&begun.task_id), "{e:?}");
     // The open stream drops the task's WIT.
-    let after = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let after = next(&mut stream).await;
     assert_eq!(after.svids.len(), 1, "{after:?}");
     assert_eq!(after.svids[0].spiffe_id, PLANNER);
     assert_ne!(after.svids[0].wit_svid, w.wit_svid);
@@ -431,38 +422,23 @@ async fn a_python_client_proves_possession_and_every_forgery_is_refused() {
     const PY_ID: &str = "spiffe://example.org/agent/py";
     let py = python::python(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
     let exe = std::fs::canonicalize(&py).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), "127.0.0.1:0").await;
-    let token = server.token(NODE).await;
     let selectors = vec![
         format!("unix:uid:{}", lanyard_integration_tests::own_uid()),
         format!("unix:path:{}", exe.display()),
     ];
-    for (id, ep, ttl) in [(PY_ID, false, 3), ("spiffe://example.org/tool/py", true, 0)] {
-        server
-            .admin()
-            .create_entry(lanyard_proto::admin::CreateEntryRequest {
-                entry: Some(lanyard_proto::types::Entry {
-                    spiffe_id: id.into(),
-                    parent_id: NODE.into(),
-                    selectors: selectors.clone(),
-                    jwt_ttl_seconds: ttl,
-                    enforcement_point: ep,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap();
-    }
-    init();
-    let mut cfg = lanyard_integration_tests::agent_config(dir.path(), server.addr(), Some(token));
-    cfg.wit_svids = true;
-    let agent = lanyard_agent::build(cfg).await.unwrap();
-    let mut state = agent.state.clone();
-    state
-        .wait_for(|s| s.synced && s.entries.iter().count() >= 2)
-        .await
-        .unwrap();
+    let entry = |id: &str, ep: bool, ttl: i64| lanyard_proto::types::Entry {
+        spiffe_id: id.into(),
+        selectors: selectors.clone(),
+        jwt_ttl_seconds: ttl,
+        enforcement_point: ep,
+        ..Default::default()
+    };
+    let s = setup_entries(vec![
+        entry(PY_ID, false, 3),
+        entry("spiffe://example.org/tool/py", true, 0),
+    ])
+    .await;
+    let (agent, server) = (s.agent, s.server);
     let socket = agent.socket.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(py)
