@@ -106,16 +106,7 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
     assert_ne!(ca.wit_active.key_id(), ca.jwt_active.key_id());
     let authorities = lanyard_core::jwt::parse_jwks(jwks.as_bytes()).unwrap();
 
-    let mut stream = c
-        .fetch_witsvid(header(WitsvidRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (first, mut stream) = wits(&s.agent.socket, "").await;
     assert_eq!(first.svids.len(), 1);
     let w = &first.svids[0];
     assert_eq!(w.spiffe_id, WORKLOAD);
@@ -162,11 +153,7 @@ async fn a_wit_comes_with_its_key_and_a_proof_made_with_it_is_accepted_once() {
 
     // At half its 4 s life the WIT is renewed, with a fresh key, on the
     // open stream.
-    let second = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let second = next(&mut stream).await;
     let w2 = &second.svids[0];
     assert_ne!(w2.wit_svid, w.wit_svid);
     assert_ne!(w2.wit_svid_key, w.wit_svid_key);
