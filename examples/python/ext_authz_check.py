@@ -9,7 +9,6 @@ import json
 import urllib.parse
 
 import grpc
-from cryptography.hazmat.primitives.serialization import Encoding
 from envoy.service.auth.v3 import attribute_context_pb2 as ac, external_auth_pb2 as ea, external_auth_pb2_grpc as eag
 
 import lanyard
@@ -24,7 +23,7 @@ p.add_argument("--cases", required=True)
 args = p.parse_args()
 with lanyard.task(args.type, args.tool, destinations=args.destination, ttl=120, intent="check calls through Envoy",
                   socket=args.agent_socket) as t, grpc.insecure_channel(f"unix:{args.authz_socket}") as authz:
-    cert = urllib.parse.quote("".join(c.public_bytes(Encoding.PEM).decode() for c in t.svid().cert_chain), safe="")
+    cert = urllib.parse.quote(lanyard.tls.pem(t.svid().cert_chain), safe="")
     for case in json.loads(args.cases):
         body = case.get("body", "") if isinstance(case.get("body", ""), str) else json.dumps(case["body"])
         headers, size = {k.lower(): v for k, v in case.get("headers", {}).items()}, len(body.encode())

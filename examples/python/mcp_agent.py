@@ -19,7 +19,6 @@ import os
 import ssl
 
 import httpx2
-from cryptography.hazmat.primitives.serialization import Encoding
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -31,7 +30,7 @@ def emit(obj):
 
 
 async def plain_http(steps, task, jwt_audience, timeout):
-    trust = ssl.create_default_context(cadata="".join(c.public_bytes(Encoding.PEM).decode() for c in task.authorities()))
+    trust = ssl.create_default_context(cadata=lanyard.tls.pem(task.authorities()))
     trust.check_hostname = False  # SPIFFE authenticates by URI SAN, not host name
     async with httpx2.AsyncClient(verify=task.ssl_context(), timeout=timeout) as mtls, \
             httpx2.AsyncClient(verify=trust, timeout=timeout) as bare:

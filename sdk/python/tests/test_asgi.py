@@ -11,7 +11,6 @@ import time
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 import lanyard
 from conftest import TOOL_ID, Guarded, Stack
@@ -21,8 +20,7 @@ def bundle_only(t: lanyard.Task) -> ssl.SSLContext:
     """A client context trusting the bundle and presenting no certificate."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
-    ctx.load_verify_locations(cadata="".join(
-        c.public_bytes(serialization.Encoding.PEM).decode() for c in t.authorities()))
+    ctx.load_verify_locations(cadata=lanyard.tls.pem(t.authorities()))
     return ctx
 
 

@@ -31,13 +31,13 @@ import ssl
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 
 from . import _caller, _socket, tls
 from .guard import CallPending, ToolDenied
 
 if TYPE_CHECKING:
-    from spiffe import X509Source
+    from spiffe import X509Source, X509Svid
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -183,12 +183,15 @@ class _ServerTLS:
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
         self.context = ctx
 
-    def _build(self) -> tuple[ssl.SSLContext, int]:
+    def _current(self) -> tuple[X509Svid, list[x509.Certificate]]:
         x = self._source.get_x509_context()
         svid = x.default_svid
         bundle = x.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
-        ctx = tls.context(svid.cert_chain, svid.private_key, list(bundle.x509_authorities) if bundle else [],
-                          server_side=True)
+        return svid, list(bundle.x509_authorities) if bundle else []
+
+    def _build(self) -> tuple[ssl.SSLContext, int]:
+        svid, authorities = self._current()
+        ctx = tls.context(svid.cert_chain, svid.private_key, authorities, server_side=True)
         return ctx, svid.leaf.serial_number
 
     async def follow(self) -> None:
@@ -198,14 +201,11 @@ class _ServerTLS:
             await asyncio.sleep(1)
             if self._source.svid.leaf.serial_number == self._serial:
                 continue
-            x = self._source.get_x509_context()
-            svid = x.default_svid
-            bundle = x.x509_bundle_set.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+            svid, authorities = self._current()
             tls.load_svid(self.context, svid.cert_chain, svid.private_key)
-            if bundle is not None:
-                roots = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in bundle.x509_authorities)
-                if roots:
-                    self.context.load_verify_locations(cadata=roots)
+            roots = tls.pem(authorities)
+            if roots:
+                self.context.load_verify_locations(cadata=roots)
             self._serial = svid.leaf.serial_number
 
 

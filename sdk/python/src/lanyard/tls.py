@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 
-def _pem(certs: Iterable[x509.Certificate]) -> str:
+def pem(certs: Iterable[x509.Certificate]) -> str:
+    """``certs`` as concatenated PEM text."""
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
 
 
@@ -38,7 +39,7 @@ def context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    roots = _pem(authorities)
+    roots = pem(authorities)
     if not roots:
         raise ValueError("no trust bundle to verify peers against")
     ctx.load_verify_locations(cadata=roots)
@@ -54,7 +55,7 @@ def load_svid(ctx: ssl.SSLContext, chain: list[x509.Certificate], key: PrivateKe
         os.chmod(d, 0o700)
         cert_path, key_path = os.path.join(d, "svid.pem"), os.path.join(d, "key.pem")
         with open(cert_path, "w") as f:
-            f.write(_pem(chain))
+            f.write(pem(chain))
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(key.private_bytes(
