@@ -29,6 +29,19 @@ pub(crate) struct StreamSource {
     pub expiry: watch::Receiver<u64>,
 }
 
+/// Parts of a snapshot shared between snapshots that did not change them
+/// (bundle certificates, CRLs, JWT authorities), compared by pointer first:
+/// then the per-call comparison costs nothing, while a replaced part with
+/// equal contents still compares equal (nothing is resent). Holding the
+/// `Arc` keeps its address from being reused by another part.
+pub(crate) struct Shared<T>(pub(crate) Arc<T>);
+
+impl<T: PartialEq> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
 /// How a stream's messages are made: `key` says what a message would be
 /// built from (compared with the last one sent, on every wake-up), and
 /// `message` builds it only when the key changed.

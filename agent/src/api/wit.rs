@@ -17,7 +17,7 @@ use tonic::Status;
 
 use super::caller::Caller;
 use super::status::WorkloadError;
-use super::streams::{Build, StreamSource, Streamed};
+use super::streams::{Build, Shared, StreamSource, Streamed};
 use crate::cache::Snapshot;
 use crate::wit_cache::{Wit, WitCache, WitFor};
 use crate::workload_scope::WorkloadScope;
@@ -190,17 +190,9 @@ pub(crate) fn wit_svids(
     }))
 }
 
-pub(crate) struct SharedKeys(Arc<Vec<JwtAuthority>>);
-
-impl PartialEq for SharedKeys {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
 /// `FetchWITBundles`: the trust domain's WIT authorities as a JWKS.
-pub(crate) const WIT_BUNDLES: Build<SharedKeys, WitBundlesResponse> = Build {
-    key: |snap, _| SharedKeys(snap.wit_authorities.clone()),
+pub(crate) const WIT_BUNDLES: Build<Shared<Vec<JwtAuthority>>, WitBundlesResponse> = Build {
+    key: |snap, _| Shared(snap.wit_authorities.clone()),
     message: |snap, _| WitBundlesResponse {
         bundles: HashMap::from([(
             snap.trust_domain.id_string(),

@@ -18,7 +18,7 @@ use tracing::instrument;
 
 use super::caller::{Caller, Callers, check_header};
 use super::status::WorkloadError;
-use super::streams::{Build, StreamSource, Streamed, follow};
+use super::streams::{Build, Shared, StreamSource, Streamed, follow};
 use crate::cache::{CachedSvid, Snapshot};
 use crate::identity::JwtSubject;
 use crate::jwt_cache::JwtCache;
@@ -84,19 +84,6 @@ impl WorkloadApi {
             clock: self.clock.clone(),
             expiry: self.expiry.clone(),
         }
-    }
-}
-
-/// Parts of a snapshot shared between snapshots that did not change them
-/// (bundle certificates, CRLs, JWT authorities), compared by pointer first:
-/// then the per-call comparison costs nothing, while a replaced part with
-/// equal contents still compares equal (nothing is resent). Holding the
-/// `Arc` keeps its address from being reused by another part.
-struct Shared<T>(Arc<T>);
-
-impl<T: PartialEq> PartialEq for Shared<T> {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
     }
 }
 
